@@ -1,0 +1,35 @@
+"""`python -m cumulo.agent --config FILE`: the host agent (started by `cumulo up`, or by hand
+on a hypervisor host of a scaled-out cloud)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cumulo.agent.main import AgentConfig, main
+from cumulo.domain.arch import Arch
+
+
+def _load(path: Path) -> AgentConfig:
+    raw = json.loads(path.read_text())
+    token = Path(raw["token_file"]).read_text().strip()
+    return AgentConfig(
+        api_url=raw["api_url"],
+        token=token,
+        host_dir=Path(raw["host_dir"]),
+        name=raw["name"],
+        zone=raw["zone"],
+        vcpus=int(raw["vcpus"]),
+        ram_mib=int(raw["ram_mib"]),
+        driver=raw.get("driver", "qemu"),
+        accel=raw.get("accel", "auto"),
+        architectures=[Arch.parse(a) for a in raw.get("architectures", ["x86_64", "arm64"])],
+        stop_timeout_s=float(raw.get("stop_timeout_s", 30.0)),
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m cumulo.agent")
+    parser.add_argument("--config", type=Path, required=True)
+    main(_load(parser.parse_args().config))

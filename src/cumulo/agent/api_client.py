@@ -1,0 +1,42 @@
+"""The agent's HTTP client for the API (the only way an agent learns or tells anything)."""
+
+from __future__ import annotations
+
+import httpx
+
+from cumulo.protocol import Assignments, HostRegistration, Observation, Registered, Report
+
+
+class ApiClient:
+    def __init__(self, url: str, token: str) -> None:
+        transport = None
+        if url.startswith("unix:"):
+            transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix:"))
+            url = "http://api"
+        self._http = httpx.AsyncClient(
+            base_url=url,
+            transport=transport,
+            timeout=httpx.Timeout(10.0, read=45.0),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def register(self, reg: HostRegistration) -> str:
+        r = await self._http.post("/v1/agent/hosts/register", json=reg.model_dump())
+        r.raise_for_status()
+        return Registered.model_validate(r.json()).host_id
+
+    async def assignments(self, host: str, since: int, wait: float) -> Assignments:
+        r = await self._http.get(
+            f"/v1/agent/hosts/{host}/assignments", params={"since": since, "wait": wait}
+        )
+        r.raise_for_status()
+        return Assignments.model_validate(r.json())
+
+    async def report(self, host: str, observations: list[Observation]) -> None:
+        r = await self._http.post(
+            f"/v1/agent/hosts/{host}/report", json=Report(observations=observations).model_dump()
+        )
+        r.raise_for_status()

@@ -1,0 +1,82 @@
+"""The reconciler's brain: one pure function from (desired, observed) to the next step.
+
+Kept free of I/O so every branch is unit-tested; agent/reconciler.py carries the steps out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cumulo.agent.drivers.base import Observed, PowerState
+from cumulo.domain.instance import DesiredPower, InstanceState
+from cumulo.protocol import Assignment
+
+DELETED = "deleted"
+
+
+class Step(StrEnum):
+    NONE = "none"
+    START = "start"
+    REQUEST_SHUTDOWN = "request_shutdown"
+    FORCE_STOP = "force_stop"
+    REBOOT = "reboot"
+    DESTROY = "destroy"
+
+
+@dataclass(frozen=True)
+class Decision:
+    step: Step
+    report: str  # the state to report once the step is done
+    reason: str = ""
+    guest_initiated: bool = False
+
+
+def decide(
+    a: Assignment,
+    obs: Observed | None,
+    *,
+    shutdown_requested: bool,
+    shutdown_overdue: bool,
+    stop_timeout_s: float,
+) -> Decision:
+    desired = DesiredPower(a.desired_power)
+    power = obs.power if obs is not None else None
+    S = InstanceState
+
+    if desired is DesiredPower.DELETED:
+        return Decision(Step.DESTROY, DELETED)
+
+    if desired is DesiredPower.STOPPED:
+        if power in (PowerState.RUNNING, PowerState.PAUSED):
+            if not shutdown_requested:
+                return Decision(Step.REQUEST_SHUTDOWN, S.STOPPING)
+            if shutdown_overdue:
+                return Decision(
+                    Step.FORCE_STOP,
+                    S.STOPPED,
+                    f"the guest did not power off within {stop_timeout_s:g} s; "
+                    "it was powered off by force",
+                )
+            return Decision(Step.NONE, S.STOPPING)
+        if power is PowerState.SHUTDOWN:
+            return Decision(Step.FORCE_STOP, S.STOPPED)
+        return Decision(Step.NONE, S.STOPPED)
+
+    # desired running
+    if power is None or power is PowerState.STOPPED:
+        return Decision(Step.START, S.RUNNING)
+    if power is PowerState.CRASHED:
+        assert obs is not None
+        if a.state == S.STARTING:  # the user asked to start it again after the crash
+            return Decision(Step.START, S.RUNNING)
+        return Decision(Step.NONE, S.ERROR, obs.reason or "the VM process exited unexpectedly")
+    if power is PowerState.SHUTDOWN:
+        return Decision(
+            Step.FORCE_STOP, S.STOPPED, "the guest powered itself off", guest_initiated=True
+        )
+    if a.reboot_seq > a.reboot_done_seq:
+        return Decision(Step.REBOOT, S.RUNNING)
+    if power is PowerState.PAUSED:
+        return Decision(Step.NONE, S.RUNNING, "paused by the hypervisor")
+    return Decision(Step.NONE, S.RUNNING)

@@ -1,0 +1,132 @@
+"""The host agent process: register, then watch assignments and reconcile until told to stop.
+
+Stopping the agent never stops a VM: QEMU processes are daemonized and re-adopted by the next
+agent through their pidfiles and QMP sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import platform
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import structlog
+import uvicorn
+
+from cumulo.agent.api_client import ApiClient
+from cumulo.agent.console_server import make_app
+from cumulo.agent.drivers.base import Driver
+from cumulo.agent.reconciler import Reconciler
+from cumulo.domain.arch import Arch
+from cumulo.protocol import HostRegistration
+
+log = structlog.get_logger("cumulo.agent")
+
+POLL_WAIT_S = 1.0  # long-poll wait: also the observe period (crashes seen within ~1 s)
+RESYNC_S = 30.0  # re-send every observation this often, in case the API lost one
+
+
+@dataclass
+class AgentConfig:
+    api_url: str
+    token: str
+    host_dir: Path
+    name: str
+    zone: str
+    vcpus: int
+    ram_mib: int
+    driver: str = "qemu"
+    accel: str = "auto"
+    architectures: list[Arch] = field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
+    stop_timeout_s: float = 30.0
+
+
+def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
+    """The driver and the accelerator it will use (shown in `zone list`)."""
+    if cfg.driver == "fake":
+        from cumulo.agent.drivers.fake import FakeDriver
+
+        return FakeDriver(), "fake"
+    from cumulo.agent.drivers.accel import resolve_accel
+    from cumulo.agent.drivers.qemu import QemuDriver
+
+    native = Arch.X86_64 if platform.machine() == "x86_64" else Arch.ARM64
+    accel = resolve_accel(cfg.accel, native, cfg.host_dir)
+    return QemuDriver(cfg.host_dir / "run", accel=accel), accel
+
+
+async def run_agent(cfg: AgentConfig, stop: asyncio.Event) -> None:
+    cfg.host_dir.mkdir(parents=True, exist_ok=True)
+    driver, accel = make_driver(cfg)
+    sock = cfg.host_dir / "agent.sock"
+    sock.unlink(missing_ok=True)
+    server = uvicorn.Server(
+        uvicorn.Config(make_app(driver), uds=str(sock), log_level="warning", lifespan="off")
+    )
+    server_task = asyncio.create_task(server.serve())
+    client = ApiClient(cfg.api_url, cfg.token)
+    rec = Reconciler(driver, cfg.host_dir / "instances", stop_timeout_s=cfg.stop_timeout_s)
+    reg = HostRegistration(
+        name=cfg.name,
+        zone=cfg.zone,
+        architectures=[a.value for a in cfg.architectures],
+        vcpus=cfg.vcpus,
+        ram_mib=cfg.ram_mib,
+        driver=cfg.driver,
+        accel=accel,
+        agent_url=f"unix:{sock}",
+    )
+    registered = False
+    version = -1
+    last_resync = time.monotonic()
+    try:
+        while not stop.is_set():
+            try:
+                if not registered:
+                    await client.register(reg)
+                    registered = True
+                    log.info("agent_registered", host=cfg.name, zone=cfg.zone, accel=accel)
+                batch = await client.assignments(cfg.name, since=version, wait=POLL_WAIT_S)
+                version = batch.version
+                if time.monotonic() - last_resync > RESYNC_S:
+                    rec.forget_reports()
+                    last_resync = time.monotonic()
+                changed = await rec.run_pass(batch.instances)
+                if changed:
+                    await client.report(cfg.name, changed)
+                    rec.acknowledge(changed)
+            except httpx.HTTPStatusError as e:
+                if e.response.status_code == 404:
+                    registered = False  # the API forgot us (fresh DB): register again
+                log.warning("api_error", status=e.response.status_code, body=e.response.text[:200])
+                await _sleep_or_stop(stop, 1.0)
+            except httpx.TransportError as e:
+                log.warning("api_unreachable", error=str(e))  # VMs keep running meanwhile
+                await _sleep_or_stop(stop, 1.0)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server_task, 5)
+        await client.close()
+        sock.unlink(missing_ok=True)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+def main(cfg: AgentConfig) -> None:
+    async def _run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_agent(cfg, stop)
+
+    asyncio.run(_run())

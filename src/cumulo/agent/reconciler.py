@@ -1,0 +1,155 @@
+"""One reconcile pass: compare assignments with what the driver observes, act, report.
+
+Every step is idempotent, so a pass interrupted by a crash is simply done again by the next.
+VMs the API does not know about are left alone and logged (never destroyed on a guess: an
+empty answer from a broken API must not wipe a host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from cumulo.agent.decide import DELETED, Decision, Step, decide
+from cumulo.agent.drivers.base import Driver, DriverError, Observed, VMSpec
+from cumulo.agent.storage.disks import StorageError, ensure_overlay
+from cumulo.domain.arch import Arch
+from cumulo.domain.ids import is_id
+from cumulo.domain.instance import InstanceState
+from cumulo.protocol import Assignment, Observation
+
+log = structlog.get_logger("cumulo.agent")
+
+
+@dataclass
+class Reconciler:
+    driver: Driver
+    instances_dir: Path
+    stop_timeout_s: float = 30.0
+    # vm_id -> (generation, monotonic deadline) of an ACPI shutdown we asked for
+    _shutdowns: dict[str, tuple[int, float]] = field(default_factory=dict)
+    _last_report: dict[str, Observation] = field(default_factory=dict)
+    _orphans_logged: set[str] = field(default_factory=set)
+
+    async def run_pass(self, assignments: list[Assignment]) -> list[Observation]:
+        """Converge every assigned VM; return the observations that changed since last time."""
+        observed = await self.driver.observe()
+        wanted = {a.id for a in assignments}
+        for vm_id in observed.keys() - wanted - self._orphans_logged:
+            log.warning("vm_not_in_api", vm_id=vm_id, hint="left running; not destroyed")
+            self._orphans_logged.add(vm_id)
+        results = await asyncio.gather(
+            *(self._converge(a, observed.get(a.id)) for a in assignments)
+        )
+        changed = []
+        for obs in results:
+            if self._last_report.get(obs.id) != obs:
+                changed.append(obs)
+        return changed
+
+    def forget_reports(self) -> None:
+        """Make the next pass report everything again (periodic resync with the API)."""
+        self._last_report.clear()
+
+    def acknowledge(self, sent: list[Observation]) -> None:
+        for obs in sent:
+            if obs.state == DELETED:
+                self._last_report.pop(obs.id, None)
+            else:
+                self._last_report[obs.id] = obs
+
+    async def _converge(self, a: Assignment, obs: Observed | None) -> Observation:
+        pending = self._shutdowns.get(a.id)
+        requested = pending is not None and pending[0] == a.generation
+        overdue = requested and pending is not None and time.monotonic() > pending[1]
+        d = decide(
+            a,
+            obs,
+            shutdown_requested=requested,
+            shutdown_overdue=overdue,
+            stop_timeout_s=self.stop_timeout_s,
+        )
+        try:
+            reboot_done = await self._apply(a, d)
+        except (DriverError, StorageError, OSError) as e:
+            log.error("step_failed", vm_id=a.id, step=d.step.value, error=str(e))
+            return Observation(
+                id=a.id,
+                state=InstanceState.ERROR.value,
+                reason=f"{d.step.value} failed: {e}",
+                generation=a.generation,
+            )
+        return Observation(
+            id=a.id,
+            state=d.report,
+            reason=d.reason,
+            generation=a.generation,
+            reboot_done_seq=reboot_done,
+            guest_initiated=d.guest_initiated,
+        )
+
+    async def _apply(self, a: Assignment, d: Decision) -> int | None:
+        """Carry out the step; returns the reboot sequence now done, if it changed."""
+        if d.step is not Step.REQUEST_SHUTDOWN and d.step is not Step.NONE:
+            self._shutdowns.pop(a.id, None)
+        match d.step:
+            case Step.START:
+                await self.driver.start(await self._spec(a))
+            case Step.REQUEST_SHUTDOWN:
+                await self.driver.request_shutdown(a.id)
+                self._shutdowns[a.id] = (a.generation, time.monotonic() + self.stop_timeout_s)
+            case Step.FORCE_STOP:
+                await self.driver.force_stop(a.id)
+            case Step.REBOOT:
+                await self.driver.reboot(a.id)
+                return a.reboot_seq
+            case Step.DESTROY:
+                await self.driver.destroy(a.id)
+                self._remove_storage(a.id)
+            case Step.NONE:
+                pass
+        return None
+
+    def _instance_dir(self, vm_id: str) -> Path:
+        if not is_id(vm_id):  # the id becomes a path: never trust it blindly
+            raise StorageError(f"refusing malformed instance id {vm_id!r}")
+        return self.instances_dir / vm_id
+
+    def _remove_storage(self, vm_id: str) -> None:
+        shutil.rmtree(self._instance_dir(vm_id), ignore_errors=True)
+
+    async def _spec(self, a: Assignment) -> VMSpec:
+        from cumulo.agent.storage.seed import build_seed_iso
+
+        d = self._instance_dir(a.id)
+        d.mkdir(parents=True, exist_ok=True)
+        disk = d / "disk.qcow2"
+        await ensure_overlay(disk, Path(a.image.disk_path), a.disk_gib)
+        seed = d / "seed.iso"
+        user_data = base64.b64decode(a.user_data_b64) if a.user_data_b64 else None
+        await asyncio.to_thread(
+            build_seed_iso,
+            seed,
+            instance_id=a.id,
+            hostname=a.hostname,
+            user_data=user_data,
+            ssh_public_keys=a.ssh_public_keys,
+        )
+        return VMSpec(
+            vm_id=a.id,
+            hostname=a.hostname,
+            arch=Arch.parse(a.arch),
+            vcpus=a.vcpus,
+            ram_mib=a.ram_mib,
+            boot_disk=disk,
+            kernel=Path(a.image.kernel_path) if a.image.kernel_path else None,
+            initrd=Path(a.image.initrd_path) if a.image.initrd_path else None,
+            kernel_cmdline=a.image.kernel_cmdline,
+            seed_iso=seed,
+        )

@@ -1,0 +1,1 @@
+"""`cumulo up` / `cumulo down`: the whole cloud on one machine."""

@@ -1,0 +1,201 @@
+"""`cumulo up`: API + scheduler + one local agent in the foreground.
+
+The agent runs as a child process and talks to the API over HTTP exactly as a remote host
+would. SIGTERM/SIGINT stop the API and the agent, never the VMs: those are re-adopted next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import structlog
+import tomli_w
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from cumulo.allinone.paths import StatePaths, pid_alive, write_private
+from cumulo.api.app import create_app
+from cumulo.config import Settings, load_settings
+from cumulo.db.engine import Database
+from cumulo.db.migrate import upgrade
+from cumulo.db.tables import TokenRow
+from cumulo.domain.errors import Conflict
+from cumulo.services import images
+from cumulo.services.auth import ensure_default_project, issue_token, token_digest
+from cumulo.services.context import Role, Services
+from cumulo.services.notifier import Notifier
+
+log = structlog.get_logger("cumulo.up")
+
+
+def _say(msg: str) -> None:
+    print(f"cumulo: {msg}", file=sys.stderr, flush=True)
+
+
+def _check_not_running(paths: StatePaths) -> None:
+    try:
+        pid = int(paths.pidfile.read_text())
+    except (OSError, ValueError):
+        return
+    if pid != os.getpid() and pid_alive(pid, "cumulo"):
+        raise Conflict(
+            f"a cloud already runs from {paths.root} (pid {pid}); "
+            "stop it first or use another --state-dir",
+            code="already_running",
+        )
+
+
+def _token_valid(db: Database, token: str) -> bool:
+    with db.session() as s:
+        return (
+            s.scalar(select(TokenRow.id).where(TokenRow.sha256 == token_digest(token))) is not None
+        )
+
+
+def _read_token(path: Path, key: str = "token") -> str | None:
+    import tomllib
+
+    try:
+        value = tomllib.loads(path.read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def prepare(paths: StatePaths, settings: Settings, db: Database, port: int) -> tuple[str, Path]:
+    """Schema, default project, tokens, client.toml, agent config. Returns (url, agent config)."""
+    upgrade(db)
+    url = f"http://127.0.0.1:{port}"
+    admin = _read_token(paths.client_config)
+    host = settings.host
+    host_dir = paths.host_dir(host.name)
+    token_file = host_dir / "agent.token"
+    agent_token = token_file.read_text().strip() if token_file.exists() else None
+    with db.session() as s:
+        ensure_default_project(s)
+    if admin is None or not _token_valid(db, admin):
+        with db.session() as s:
+            admin = issue_token(s, Role.ADMIN, description="created by cumulo up")
+    if agent_token is None or not _token_valid(db, agent_token):
+        with db.session() as s:
+            agent_token = issue_token(s, Role.AGENT, host_name=host.name, description="local agent")
+        write_private(token_file, agent_token + "\n")
+    write_private(paths.client_config, tomli_w.dumps({"url": url, "token": admin}))
+    agent_cfg = host_dir / "agent.json"
+    agent_cfg.write_text(
+        json.dumps(
+            {
+                "api_url": url,
+                "token_file": str(token_file),
+                "host_dir": str(host_dir),
+                "name": host.name,
+                "zone": host.zone,
+                "vcpus": host.vcpus,
+                "ram_mib": host.ram_mib,
+                "driver": host.driver,
+                "accel": host.accel,
+                "architectures": [a.value for a in host.architectures],
+                "stop_timeout_s": host.stop_timeout_s,
+            },
+            indent=2,
+        )
+    )
+    return url, agent_cfg
+
+
+def register_images(svc: Services) -> None:
+    from cumulo.images.tiny import ensure_tiny_image
+
+    for arch in svc.settings.host.architectures:
+        _say(f"preparing built-in image tiny/{arch.value} (first time: a few minutes)")
+        images.register_builtin(svc, ensure_tiny_image(arch))
+
+
+class AgentSupervisor:
+    """Runs the local agent as a child process and restarts it if it dies."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def _spawn(self) -> None:
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cumulo.agent", "--config", str(self.config)],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    async def _watch(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.5)
+            if self.proc is not None and self.proc.poll() is not None and not self._stopping:
+                _say(f"agent exited with {self.proc.returncode}; restarting it")
+                await asyncio.sleep(1.0)
+                self._spawn()
+
+    def start(self) -> None:
+        self._spawn()
+        self._task = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            for _ in range(100):
+                if self.proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                self.proc.kill()
+
+
+def run(
+    state_dir: Path, port: int, config: Path | None = None, database_url: str | None = None
+) -> None:
+    paths = StatePaths(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _check_not_running(paths)
+    settings = load_settings(config or paths.config)
+    db = Database(database_url or f"sqlite:///{paths.database}")
+    url, agent_cfg = prepare(paths, settings, db, port)
+    svc = Services(db=db, settings=settings, notifier=Notifier())
+    register_images(svc)
+    paths.pidfile.write_text(str(os.getpid()))
+    supervisor = AgentSupervisor(agent_cfg, paths.host_dir(settings.host.name) / "agent.log")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        supervisor.start()
+        _say(f"API on {url}; client config in {paths.client_config}")
+        _say(f"ready: try `CUMULO_CONFIG={paths.client_config} cumulo zone list`")
+        try:
+            yield
+        finally:
+            await supervisor.stop()
+            _say("stopped (VMs keep running; `cumulo down` stops them)")
+
+    app = create_app(svc)
+    app.router.lifespan_context = lifespan
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    finally:
+        with contextlib.suppress(OSError):
+            if paths.pidfile.read_text() == str(os.getpid()):
+                paths.pidfile.unlink()
+        db.dispose()

@@ -1,0 +1,28 @@
+"""The API application: native REST under /v1 (OpenAPI at /openapi.json)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from cumulo import __version__
+from cumulo.api import errors
+from cumulo.api.routers import agents, catalogue, instances, projects
+from cumulo.services.context import Services
+
+
+def create_app(svc: Services) -> FastAPI:
+    app = FastAPI(
+        title="cumulo",
+        version=__version__,
+        description="Compute instances on real QEMU virtual machines.",
+    )
+    app.state.services = svc
+    errors.install(app)
+    for module in (catalogue, projects, instances, agents):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

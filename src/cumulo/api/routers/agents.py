@@ -1,0 +1,50 @@
+"""The agent API: registration, long-poll for assignments, reports. Agent tokens only."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+
+from cumulo.api.deps import Svc, Who
+from cumulo.protocol import Assignments, HostRegistration, Registered, Report
+from cumulo.services import agents, hosts
+
+router = APIRouter(prefix="/v1/agent/hosts", tags=["agent"])
+
+MAX_WAIT_S = 30.0
+
+
+@router.post("/register")
+def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
+    host_id = hosts.register(
+        svc,
+        who,
+        name=body.name,
+        zone=body.zone,
+        architectures=body.architectures,
+        vcpus=body.vcpus,
+        ram_mib=body.ram_mib,
+        driver=body.driver,
+        accel=body.accel,
+        agent_url=body.agent_url,
+    )
+    return Registered(host_id=host_id)
+
+
+@router.get("/{name}/assignments")
+async def assignments(
+    svc: Svc, who: Who, name: str, since: int = -1, wait: float = 0.0
+) -> Assignments:
+    """Returns at once when anything changed since `since`, else after up to `wait` s."""
+    host_id = await run_in_threadpool(agents.host_id, svc, who, name)
+    version = svc.notifier.version(host_id)
+    if since == version and wait > 0:
+        version = await svc.notifier.wait(host_id, since, min(wait, MAX_WAIT_S))
+    rows = await run_in_threadpool(agents.assignments, svc, who, name)
+    return Assignments(version=version, instances=rows)
+
+
+@router.post("/{name}/report", status_code=204)
+def report(svc: Svc, who: Who, name: str, body: Report) -> Response:
+    agents.report(svc, who, name, body.observations)
+    return Response(status_code=204)

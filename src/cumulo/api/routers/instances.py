@@ -1,0 +1,117 @@
+"""Instances: the lifecycle. Mutations return 202 with the resource; agents converge later."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import httpx
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
+from cumulo.api.deps import Svc, Who
+from cumulo.domain.errors import Conflict, InvalidInput
+from cumulo.domain.instance import Action
+from cumulo.services import instances
+from cumulo.services.views import InstanceView
+
+router = APIRouter(prefix="/v1/instances", tags=["instances"])
+
+
+class InstanceCreate(BaseModel):
+    name: str = Field(description="a DNS label, unique in the project")
+    image: str
+    type: str | None = None
+    vcpus: int | None = None
+    ram_mib: int | None = None
+    bandwidth_mbps: int | None = None
+    disk_gib: int | None = None
+    arch: str = "x86_64"
+    zone: str | None = None
+    user_data: str | None = Field(default=None, description="base64 of the user-data (<= 64 KiB)")
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+def _decode(user_data: str | None) -> bytes | None:
+    if user_data is None:
+        return None
+    try:
+        return base64.b64decode(user_data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("user_data must be base64", code="invalid_user_data") from None
+
+
+@router.post("", status_code=202)
+def create(svc: Svc, who: Who, body: InstanceCreate, project: str | None = None) -> InstanceView:
+    req = instances.CreateInstance(
+        name=body.name,
+        image=body.image,
+        type=body.type,
+        vcpus=body.vcpus,
+        ram_mib=body.ram_mib,
+        bandwidth_mbps=body.bandwidth_mbps,
+        disk_gib=body.disk_gib,
+        arch=body.arch,
+        zone=body.zone,
+        user_data=_decode(body.user_data),
+        tags=body.tags,
+    )
+    return instances.create(svc, who, project, req)
+
+
+@router.get("")
+def list_all(svc: Svc, who: Who, project: str | None = None) -> list[InstanceView]:
+    return instances.list_all(svc, who, project)
+
+
+@router.get("/{ref}")
+def show(svc: Svc, who: Who, ref: str, project: str | None = None) -> InstanceView:
+    return instances.get(svc, who, project, ref)
+
+
+def _action(action: Action) -> object:
+    def handler(svc: Svc, who: Who, ref: str, project: str | None = None) -> InstanceView:
+        return instances.act(svc, who, project, ref, action)
+
+    handler.__name__ = f"{action.value}_instance"
+    return handler
+
+
+for _act in (Action.START, Action.STOP, Action.REBOOT):
+    router.add_api_route(
+        f"/{{ref}}/{_act.value}",
+        _action(_act),  # type: ignore[arg-type]
+        methods=["POST"],
+        status_code=202,
+    )
+
+
+@router.delete("/{ref}", status_code=202)
+def delete(svc: Svc, who: Who, ref: str, project: str | None = None) -> InstanceView:
+    return instances.act(svc, who, project, ref, Action.DELETE)
+
+
+@router.get("/{ref}/console", response_class=PlainTextResponse)
+async def console(svc: Svc, who: Who, ref: str, project: str | None = None) -> Response:
+    """The serial console log, fetched from the instance's host agent."""
+    target = await run_in_threadpool(instances.console_target, svc, who, project, ref)
+    url = target.agent_url
+    transport = None
+    if url.startswith("unix:"):
+        transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix:"))
+        url = "http://agent"
+    try:
+        async with httpx.AsyncClient(transport=transport, timeout=5.0) as client:
+            resp = await client.get(f"{url}/console/{target.vm_id}")
+    except httpx.HTTPError as e:
+        raise Conflict(
+            f"the instance's host agent is unreachable: {e}", code="host_unreachable"
+        ) from e
+    if resp.status_code != 200:
+        raise Conflict(
+            f"the host agent could not read the console ({resp.status_code})",
+            code="host_unreachable",
+        )
+    return PlainTextResponse(resp.text)

@@ -1,0 +1,37 @@
+"""Projects (admin only)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel
+
+from cumulo.api.deps import Svc, Who
+from cumulo.services import projects
+from cumulo.services.views import CreatedToken, ProjectView
+
+router = APIRouter(prefix="/v1/projects", tags=["projects"])
+
+
+class ProjectCreate(BaseModel):
+    name: str
+
+
+@router.post("", status_code=201)
+def create(svc: Svc, who: Who, body: ProjectCreate) -> ProjectView:
+    return projects.create(svc, who, body.name)
+
+
+@router.get("")
+def list_all(svc: Svc, who: Who) -> list[ProjectView]:
+    return projects.list_all(svc, who)
+
+
+@router.delete("/{name}", status_code=204)
+def delete(svc: Svc, who: Who, name: str) -> Response:
+    projects.delete(svc, who, name)
+    return Response(status_code=204)
+
+
+@router.post("/{name}/tokens", status_code=201)
+def create_token(svc: Svc, who: Who, name: str) -> CreatedToken:
+    return projects.create_member_token(svc, who, name)

@@ -1,0 +1,198 @@
+"""`cumulo instance ...`"""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cumulo.cli.client import CliError
+from cumulo.cli.output import CliState, emit, err, out, state
+from cumulo.domain.validation import MAX_USER_DATA_BYTES
+
+app = typer.Typer(help="Create and manage instances (virtual machines).", no_args_is_help=True)
+
+COLUMNS = ["name", "state", "zone", "arch", "type", "vcpus", "ram_mib", "image", "host", "id"]
+SHOW = [
+    "id",
+    "name",
+    "project",
+    "state",
+    "state_reason",
+    "desired_state",
+    "region",
+    "zone",
+    "arch",
+    "type",
+    "vcpus",
+    "ram_mib",
+    "bandwidth_mbps",
+    "disk_gib",
+    "image",
+    "host",
+    "tags",
+    "created_at",
+    "updated_at",
+]
+
+Wait = Annotated[bool, typer.Option("--wait", help="Follow the state until it settles.")]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
+
+
+def wait_for(st: CliState, ref: str, target: str | None, timeout: float) -> dict[str, Any] | None:
+    """Poll until the instance reaches `target` (None: until it is gone). Error state fails."""
+    client = st.client()
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] | None = None
+    with err.status(f"waiting for {ref}...") as status:
+        while time.monotonic() < deadline:
+            try:
+                last = client.get(f"/v1/instances/{ref}")
+            except CliError as e:
+                if target is None and e.code == "unknown_instance":
+                    return None
+                raise
+            assert last is not None
+            status.update(f"{ref}: {last['state']}")
+            if last["state"] == target:
+                return last
+            if last["state"] == "error":
+                raise CliError(
+                    "instance_error", f"instance {ref} is in error: {last['state_reason']}"
+                )
+            time.sleep(0.2)
+    raise CliError(
+        "timeout",
+        f"instance {ref} did not become {target or 'deleted'} "
+        f"within {timeout:g} s (now: {last['state'] if last else '?'})",
+    )
+
+
+def _show(st: CliState, data: dict[str, Any] | None) -> None:
+    if data is not None:
+        emit(st, data, SHOW)
+
+
+@app.command()
+def create(
+    ctx: typer.Context,
+    name: str,
+    image: Annotated[str, typer.Option("--image", help="Image name (see `cumulo image list`).")],
+    type_: Annotated[str | None, typer.Option("--type", help="Instance type.")] = None,
+    vcpus: Annotated[int | None, typer.Option("--vcpus", help="Custom size: vCPUs.")] = None,
+    ram: Annotated[int | None, typer.Option("--ram", help="Custom size: RAM in MiB.")] = None,
+    bandwidth: Annotated[int | None, typer.Option("--bandwidth", help="Mbit/s cap.")] = None,
+    disk_size: Annotated[int | None, typer.Option("--disk-size", help="Boot disk GiB.")] = None,
+    arch: Annotated[str, typer.Option("--arch", help="x86_64 or arm64.")] = "x86_64",
+    zone: Annotated[str | None, typer.Option("--zone")] = None,
+    user_data: Annotated[
+        Path | None,
+        typer.Option("--user-data", help="File given to the guest at boot (cloud-init)."),
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE, repeatable.")] = None,
+    wait: Wait = False,
+    timeout: Timeout = 600.0,
+) -> None:
+    """Create an instance and start it."""
+    st = state(ctx)
+    body: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "arch": arch,
+        "type": type_,
+        "vcpus": vcpus,
+        "ram_mib": ram,
+        "bandwidth_mbps": bandwidth,
+        "disk_gib": disk_size,
+        "zone": zone,
+        "tags": {},
+    }
+    if user_data is not None:
+        try:
+            raw = user_data.read_bytes()
+        except OSError as e:
+            raise CliError("invalid_user_data", f"cannot read {user_data}: {e.strerror}") from e
+        if len(raw) > MAX_USER_DATA_BYTES:
+            raise CliError(
+                "user_data_too_large", f"{user_data} is {len(raw)} bytes; the limit is 64 KiB"
+            )
+        body["user_data"] = base64.b64encode(raw).decode()
+    for item in tag or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError("invalid_tag", f"tag {item!r} is not KEY=VALUE")
+        body["tags"][key] = value
+    created = st.client().post("/v1/instances", json=body)
+    _show(st, wait_for(st, created["id"], "running", timeout) if wait else created)
+
+
+@app.command("list")
+def list_(ctx: typer.Context) -> None:
+    """List the project's instances."""
+    st = state(ctx)
+    emit(st, st.client().get("/v1/instances"), COLUMNS)
+
+
+@app.command()
+def show(ctx: typer.Context, name: str) -> None:
+    """Show one instance."""
+    st = state(ctx)
+    _show(st, st.client().get(f"/v1/instances/{name}"))
+
+
+def _action(
+    ctx: typer.Context, name: str, action: str, target: str | None, wait: bool, timeout: float
+) -> None:
+    st = state(ctx)
+    client = st.client()
+    if action == "delete":
+        result = client.delete(f"/v1/instances/{name}")
+    else:
+        result = client.post(f"/v1/instances/{name}/{action}")
+    if wait:
+        result = wait_for(st, result["id"], target, timeout)
+        if result is None:
+            if st.json:
+                emit(st, {"name": name, "state": "deleted"}, ["name", "state"])
+            else:
+                out.print(f"instance {name} deleted")
+            return
+    _show(st, result)
+
+
+@app.command()
+def start(ctx: typer.Context, name: str, wait: Wait = False, timeout: Timeout = 600.0) -> None:
+    """Start a stopped instance."""
+    _action(ctx, name, "start", "running", wait, timeout)
+
+
+@app.command()
+def stop(ctx: typer.Context, name: str, wait: Wait = False, timeout: Timeout = 600.0) -> None:
+    """Power off (ACPI, then by force after the host's timeout)."""
+    _action(ctx, name, "stop", "stopped", wait, timeout)
+
+
+@app.command()
+def reboot(ctx: typer.Context, name: str, wait: Wait = False, timeout: Timeout = 600.0) -> None:
+    """Reset a running instance."""
+    _action(ctx, name, "reboot", "running", wait, timeout)
+
+
+@app.command()
+def delete(ctx: typer.Context, name: str, wait: Wait = False, timeout: Timeout = 600.0) -> None:
+    """Delete an instance and its boot disk."""
+    _action(ctx, name, "delete", None, wait, timeout)
+
+
+@app.command("console-log")
+def console_log(ctx: typer.Context, name: str) -> None:
+    """Print the instance's serial console output."""
+    st = state(ctx)
+    text = st.client().get(f"/v1/instances/{name}/console")
+    if st.json:
+        emit(st, {"name": name, "console": text}, ["name", "console"])
+    else:
+        out.out(text, end="", highlight=False)

@@ -1,0 +1,138 @@
+"""Server configuration: the catalogue (regions, zones, instance types) and the local host.
+
+Read from a TOML file (`<state-dir>/cumulo.toml` when present, or `--config`); every key has a
+default so `cumulo up` runs with no file at all. Validated once at start-up: a bad file stops
+the server with a one-line error rather than misbehaving later.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from cumulo.domain.arch import Arch
+from cumulo.domain.errors import InvalidInput
+from cumulo.domain.validation import dns_label
+
+
+class Region(BaseModel):
+    name: str
+    zones: list[str] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return dns_label(v, "region name")
+
+    @field_validator("zones")
+    @classmethod
+    def _zones(cls, v: list[str]) -> list[str]:
+        return [dns_label(z, "zone name") for z in v]
+
+
+class InstanceType(BaseModel):
+    name: str
+    vcpus: int = Field(gt=0)
+    ram_mib: int = Field(gt=0)
+    bandwidth_mbps: int = Field(gt=0)
+    disk_gib: int = Field(gt=0)
+    architectures: list[Arch] = Field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
+
+
+def _default_types() -> list[InstanceType]:
+    both = [Arch.X86_64, Arch.ARM64]
+    rows = [
+        # name        vcpus  ram  Mbit/s disk   small sizes exist so tests boot many VMs
+        ("t1.nano", 1, 128, 100, 1),
+        ("t1.micro", 1, 256, 200, 2),
+        ("t1.small", 1, 512, 500, 5),
+        ("s1.medium", 2, 2048, 1000, 10),
+        ("s1.large", 2, 4096, 2000, 20),
+        ("m1.xlarge", 4, 8192, 5000, 40),
+    ]
+    return [
+        InstanceType(name=n, vcpus=c, ram_mib=r, bandwidth_mbps=b, disk_gib=d, architectures=both)
+        for n, c, r, b, d in rows
+    ]
+
+
+def _host_ram_mib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 1024
+
+
+class LocalHost(BaseModel):
+    """The host agent that `cumulo up` starts."""
+
+    name: str = Field(default_factory=lambda: _safe_hostname())
+    zone: str = "local-1a"
+    # Allocatable capacity. vCPUs are overcommitted (TCG guests mostly idle); RAM is not.
+    vcpus: int = Field(default_factory=lambda: (os.cpu_count() or 1) * 8, gt=0)
+    ram_mib: int = Field(default_factory=lambda: max(256, _host_ram_mib() - 2048), gt=0)
+    driver: Literal["qemu", "fake"] = "qemu"
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    architectures: list[Arch] = Field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
+    stop_timeout_s: float = Field(default=30.0, gt=0)
+
+
+def _safe_hostname() -> str:
+    raw = socket.gethostname().split(".")[0].lower()
+    cleaned = "".join(c if c.isalnum() else "-" for c in raw).strip("-")[:63]
+    return cleaned or "local"
+
+
+class Settings(BaseModel):
+    cloud_domain: str = "cumulo.internal"
+    regions: list[Region] = Field(
+        default_factory=lambda: [Region(name="local-1", zones=["local-1a", "local-1b"])]
+    )
+    instance_types: list[InstanceType] = Field(default_factory=_default_types)
+    host: LocalHost = Field(default_factory=LocalHost)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        zones = self.zone_names()
+        if len(zones) != len(set(zones)):
+            raise ValueError("a zone name appears in two regions")
+        if self.host.zone not in zones:
+            raise ValueError(f"host zone {self.host.zone!r} is not in any region")
+        names = [t.name for t in self.instance_types]
+        if len(names) != len(set(names)):
+            raise ValueError("two instance types share a name")
+        return self
+
+    def zone_names(self) -> list[str]:
+        return [z for r in self.regions for z in r.zones]
+
+    def region_of(self, zone: str) -> str:
+        for r in self.regions:
+            if zone in r.zones:
+                return r.name
+        raise KeyError(zone)
+
+    def instance_type(self, name: str) -> InstanceType | None:
+        return next((t for t in self.instance_types if t.name == name), None)
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Settings from `path` (missing file = all defaults). Raises InvalidInput on a bad file."""
+    data: dict[str, object] = {}
+    if path is not None and path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidInput(f"{path}: not valid TOML: {e}", code="invalid_config") from e
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{path}: {where}: {first['msg']}", code="invalid_config") from e

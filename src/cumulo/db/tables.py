@@ -1,0 +1,118 @@
+"""SQLAlchemy 2 tables. Persistence only: rules live in domain/ and services/."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[str]: JSON}
+
+
+class ProjectRow(Base):
+    __tablename__ = "projects"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TokenRow(Base):
+    __tablename__ = "tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin | member | agent
+    project_id: Mapped[str | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), nullable=True
+    )
+    host_name: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class HostRow(Base):
+    __tablename__ = "hosts"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    zone: Mapped[str] = mapped_column(String(63), index=True)
+    architectures: Mapped[list[str]] = mapped_column(JSON)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    ram_mib: Mapped[int] = mapped_column(Integer)
+    driver: Mapped[str] = mapped_column(String(16))
+    accel: Mapped[str] = mapped_column(String(8), default="")
+    agent_url: Mapped[str] = mapped_column(String(300), default="")
+    state: Mapped[str] = mapped_column(String(16), default="up")
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ImageRow(Base):
+    """One architecture variant of an image; variants share a name."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("project_id", "name", "arch", name="uq_image_variant"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), index=True)
+    project_id: Mapped[str | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), nullable=True
+    )  # NULL: public image
+    arch: Mapped[str] = mapped_column(String(16))
+    boot: Mapped[str] = mapped_column(String(16))  # kernel | bios | uefi
+    default_user: Mapped[str] = mapped_column(String(32))
+    os: Mapped[str] = mapped_column(String(200), default="")
+    disk_path: Mapped[str] = mapped_column(Text)
+    kernel_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    initrd_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    kernel_cmdline: Mapped[str] = mapped_column(Text, default="")
+    virtual_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[str] = mapped_column(String(16), default="available")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class InstanceRow(Base):
+    __tablename__ = "instances"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_instance_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    zone: Mapped[str] = mapped_column(String(63))
+    arch: Mapped[str] = mapped_column(String(16))
+    type_name: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    ram_mib: Mapped[int] = mapped_column(Integer)
+    bandwidth_mbps: Mapped[int] = mapped_column(Integer)
+    disk_gib: Mapped[int] = mapped_column(Integer)
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"))
+    image_name: Mapped[str] = mapped_column(String(63))
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True, index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    desired_power: Mapped[str] = mapped_column(String(16))
+    # Bumped on every user action; agent reports carry the generation they acted on, so a
+    # report made before the agent saw the newest request cannot overwrite it.
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    reboot_seq: Mapped[int] = mapped_column(Integer, default=0)
+    reboot_done_seq: Mapped[int] = mapped_column(Integer, default=0)
+    user_data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )

@@ -1,0 +1,81 @@
+"""Instance states and the transitions a user may ask for.
+
+Two views of an instance are kept apart: the DESIRED power state (what the user asked for,
+written by the API) and the observed STATE (what the host agent reports). The state machine
+below decides which user requests make sense in which observed state; the agent's reports
+may move the state anywhere (the hypervisor is the source of truth).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from cumulo.domain.errors import Conflict
+
+
+class InstanceState(StrEnum):
+    PENDING = "pending"  # recorded and placed; the host has not started it yet
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    REBOOTING = "rebooting"
+    DELETING = "deleting"
+    ERROR = "error"
+
+
+class DesiredPower(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+class Action(StrEnum):
+    START = "start"
+    STOP = "stop"
+    REBOOT = "reboot"
+    DELETE = "delete"
+
+
+S = InstanceState
+# Which observed states accept which request. Anything else is a 409 with the reason below.
+_ALLOWED: dict[Action, frozenset[InstanceState]] = {
+    Action.START: frozenset({S.STOPPED, S.ERROR, S.STOPPING}),
+    Action.STOP: frozenset({S.PENDING, S.STARTING, S.RUNNING, S.REBOOTING, S.ERROR}),
+    Action.REBOOT: frozenset({S.RUNNING}),
+    Action.DELETE: frozenset(set(S) - {S.DELETING}),
+}
+# The state shown right after the request is accepted (the agent then converges).
+_NEXT: dict[Action, InstanceState] = {
+    Action.START: S.STARTING,
+    Action.STOP: S.STOPPING,
+    Action.REBOOT: S.REBOOTING,
+    Action.DELETE: S.DELETING,
+}
+_DESIRED: dict[Action, DesiredPower | None] = {
+    Action.START: DesiredPower.RUNNING,
+    Action.STOP: DesiredPower.STOPPED,
+    Action.REBOOT: None,  # stays running; a reboot counter tells the agent
+    Action.DELETE: DesiredPower.DELETED,
+}
+
+
+def check_transition(name: str, state: InstanceState, action: Action) -> InstanceState:
+    """Return the state to show after `action`, or raise Conflict saying why it is refused."""
+    if state not in _ALLOWED[action]:
+        hint = {
+            Action.START: "it is already running or on its way",
+            Action.STOP: "it is not running",
+            Action.REBOOT: "only a running instance can be rebooted",
+            Action.DELETE: "it is already being deleted",
+        }[action]
+        raise Conflict(
+            f"cannot {action.value} instance {name!r} while it is {state.value}: {hint}",
+            code="invalid_state",
+        )
+    return _NEXT[action]
+
+
+def desired_after(action: Action, current: DesiredPower) -> DesiredPower:
+    new = _DESIRED[action]
+    return current if new is None else new

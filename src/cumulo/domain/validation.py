@@ -1,0 +1,52 @@
+"""Validation of everything a user types. Nothing reaches a path, a command line or a file
+before passing through one of these functions."""
+
+from __future__ import annotations
+
+import re
+
+from cumulo.domain.errors import InvalidInput
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_USER_DATA_BYTES = 64 * 1024
+MAX_TAGS = 50
+_TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/=+@-]{1,128}$")
+
+
+def dns_label(value: str, what: str = "name") -> str:
+    """A DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'."""
+    if not _DNS_LABEL.match(value):
+        raise InvalidInput(
+            f"invalid {what} {value!r}: use 1-63 characters a-z, 0-9 and '-', "
+            "starting and ending with a letter or digit",
+            code="invalid_name",
+        )
+    return value
+
+
+def positive(value: int, what: str, *, maximum: int | None = None) -> int:
+    if value <= 0:
+        raise InvalidInput(f"{what} must be greater than 0 (got {value})", code="invalid_size")
+    if maximum is not None and value > maximum:
+        raise InvalidInput(f"{what} {value} exceeds the maximum of {maximum}", code="invalid_size")
+    return value
+
+
+def user_data(value: bytes | None) -> bytes | None:
+    if value is not None and len(value) > MAX_USER_DATA_BYTES:
+        raise InvalidInput(
+            f"user-data is {len(value)} bytes; the limit is {MAX_USER_DATA_BYTES} (64 KiB)",
+            code="user_data_too_large",
+        )
+    return value
+
+
+def tags(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_TAGS:
+        raise InvalidInput(f"at most {MAX_TAGS} tags", code="invalid_tag")
+    for key, val in value.items():
+        if not _TAG_KEY.match(key):
+            raise InvalidInput(f"invalid tag key {key!r}", code="invalid_tag")
+        if len(val) > 256 or any(ord(c) < 32 for c in val):
+            raise InvalidInput(f"invalid value for tag {key!r}", code="invalid_tag")
+    return value

@@ -1,0 +1,92 @@
+"""Bearer tokens. Only a SHA-256 of each token is stored; the token itself is shown once."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cumulo.db.tables import ProjectRow, TokenRow
+from cumulo.domain.errors import Forbidden, NotFound, Unauthorized
+from cumulo.domain.ids import new_id
+from cumulo.services.context import Principal, Role
+
+DEFAULT_PROJECT = "default"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_token(
+    s: Session,
+    role: Role,
+    *,
+    project_id: str | None = None,
+    host_name: str | None = None,
+    description: str = "",
+) -> str:
+    token = "cmo_" + secrets.token_urlsafe(32)
+    s.add(
+        TokenRow(
+            id=new_id("tok"),
+            sha256=token_digest(token),
+            role=role.value,
+            project_id=project_id,
+            host_name=host_name,
+            description=description,
+        )
+    )
+    return token
+
+
+def authenticate(s: Session, authorization: str | None) -> Principal:
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    row = s.scalar(
+        select(TokenRow).where(TokenRow.sha256 == token_digest(authorization[7:].strip()))
+    )
+    if row is None:
+        raise Unauthorized("invalid token")
+    return Principal(role=Role(row.role), project_id=row.project_id, host_name=row.host_name)
+
+
+def ensure_default_project(s: Session) -> ProjectRow:
+    row = s.scalar(select(ProjectRow).where(ProjectRow.name == DEFAULT_PROJECT))
+    if row is None:
+        row = ProjectRow(id=new_id("prj"), name=DEFAULT_PROJECT)
+        s.add(row)
+        s.flush()
+    return row
+
+
+def scope_project(s: Session, who: Principal, requested: str | None) -> ProjectRow:
+    """The project a call acts in: members get their own; admins any (default: 'default')."""
+    if who.role is Role.AGENT:
+        raise Forbidden("agent tokens cannot use the user API")
+    if who.is_admin:
+        name = requested or DEFAULT_PROJECT
+        row = s.scalar(select(ProjectRow).where(ProjectRow.name == name))
+        if row is None:
+            raise NotFound(f"project {name!r} does not exist", code="unknown_project")
+        return row
+    row = s.get(ProjectRow, who.project_id)
+    if row is None:
+        raise Unauthorized("the token's project no longer exists")
+    if requested is not None and requested != row.name:
+        raise Forbidden(f"this token may only act in project {row.name!r}")
+    return row
+
+
+def require_admin(who: Principal) -> None:
+    if not who.is_admin:
+        raise Forbidden("this needs an admin token")
+
+
+def require_agent(who: Principal, host_name: str) -> None:
+    if who.is_admin:
+        return
+    if who.role is not Role.AGENT or who.host_name != host_name:
+        raise Forbidden(f"this token may not act for host {host_name!r}")

@@ -1,0 +1,34 @@
+"""What every use case needs: the database, the settings, who is calling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cumulo.config import Settings
+from cumulo.db.engine import Database
+from cumulo.services.notifier import Notifier
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    MEMBER = "member"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: Role
+    project_id: str | None = None  # members are bound to one project
+    host_name: str | None = None  # agents are bound to one host
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+
+@dataclass
+class Services:
+    db: Database
+    settings: Settings
+    notifier: Notifier

@@ -1,0 +1,92 @@
+"""Hypervisor hosts: registration by their agent, liveness, capacity."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cumulo.db.tables import HostRow, InstanceRow
+from cumulo.domain.errors import InvalidInput
+from cumulo.domain.ids import new_id
+from cumulo.domain.validation import dns_label, positive
+from cumulo.scheduler.placement import HostCapacity
+from cumulo.services.auth import require_agent
+from cumulo.services.context import Principal, Services
+
+# An agent heartbeats every few seconds; silence this long marks its host down.
+HOST_DOWN_AFTER = timedelta(seconds=30)
+
+
+def register(
+    svc: Services,
+    who: Principal,
+    *,
+    name: str,
+    zone: str,
+    architectures: list[str],
+    vcpus: int,
+    ram_mib: int,
+    driver: str,
+    accel: str,
+    agent_url: str,
+) -> str:
+    """Create or update the host record; returns its id. Called by the agent at start-up."""
+    require_agent(who, name)
+    dns_label(name, "host name")
+    if zone not in svc.settings.zone_names():
+        raise InvalidInput(f"unknown zone {zone!r}", code="unknown_zone")
+    positive(vcpus, "vcpus")
+    positive(ram_mib, "ram_mib")
+    with svc.db.session() as s:
+        row = s.scalar(select(HostRow).where(HostRow.name == name))
+        if row is None:
+            row = HostRow(id=new_id("h"), name=name)
+            s.add(row)
+        row.zone, row.architectures = zone, sorted(architectures)
+        row.vcpus, row.ram_mib, row.driver, row.accel = vcpus, ram_mib, driver, accel
+        row.agent_url, row.state, row.last_seen = agent_url, "up", datetime.now(UTC)
+        s.flush()
+        return row.id
+
+
+def heartbeat(s: Session, host: HostRow) -> None:
+    host.last_seen = datetime.now(UTC)
+    host.state = "up"
+
+
+def is_up(row: HostRow, now: datetime) -> bool:
+    seen = row.last_seen if row.last_seen.tzinfo else row.last_seen.replace(tzinfo=UTC)
+    return row.state == "up" and now - seen < HOST_DOWN_AFTER
+
+
+def capacities(s: Session, zone: str | None = None) -> list[HostCapacity]:
+    """Every host's capacity and what its instances (any state but deleted) hold."""
+    q = select(HostRow)
+    if zone is not None:
+        q = q.where(HostRow.zone == zone)
+    hosts = list(s.scalars(q))
+    used = {
+        hid: (int(c or 0), int(r or 0))
+        for hid, c, r in s.execute(
+            select(InstanceRow.host_id, func.sum(InstanceRow.vcpus), func.sum(InstanceRow.ram_mib))
+            .where(InstanceRow.host_id.is_not(None))
+            .group_by(InstanceRow.host_id)
+        )
+    }
+    now = datetime.now(UTC)
+    return [
+        HostCapacity(
+            host_id=h.id,
+            name=h.name,
+            zone=h.zone,
+            architectures=frozenset(h.architectures),
+            up=is_up(h, now),
+            vcpus_total=h.vcpus,
+            ram_mib_total=h.ram_mib,
+            vcpus_used=used.get(h.id, (0, 0))[0],
+            ram_mib_used=used.get(h.id, (0, 0))[1],
+        )
+        for h in hosts
+    ]

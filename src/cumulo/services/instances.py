@@ -1,0 +1,228 @@
+"""Instance use cases: validate, authorize, place, write desired state. No HTTP, no drivers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cumulo.db.tables import HostRow, InstanceRow, ProjectRow
+from cumulo.domain.arch import Arch
+from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
+from cumulo.domain.ids import is_id, new_id
+from cumulo.domain.instance import (
+    Action,
+    DesiredPower,
+    InstanceState,
+    check_transition,
+    desired_after,
+)
+from cumulo.domain.validation import dns_label, positive, tags, user_data
+from cumulo.scheduler.placement import Request, largest_possible, place
+from cumulo.services import hosts, images
+from cumulo.services.auth import scope_project
+from cumulo.services.context import Principal, Services
+from cumulo.services.views import InstanceView
+
+DEFAULT_BANDWIDTH_MBPS = 100
+
+
+@dataclass
+class CreateInstance:
+    name: str
+    image: str
+    type: str | None = None
+    vcpus: int | None = None
+    ram_mib: int | None = None
+    bandwidth_mbps: int | None = None
+    disk_gib: int | None = None
+    arch: str = Arch.X86_64.value
+    zone: str | None = None
+    user_data: bytes | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def view(svc: Services, row: InstanceRow, project: str, host: str | None) -> InstanceView:
+    return InstanceView(
+        id=row.id,
+        name=row.name,
+        project=project,
+        state=row.state,
+        state_reason=row.state_reason,
+        desired_state=row.desired_power,
+        region=svc.settings.region_of(row.zone),
+        zone=row.zone,
+        arch=row.arch,
+        type=row.type_name,
+        vcpus=row.vcpus,
+        ram_mib=row.ram_mib,
+        bandwidth_mbps=row.bandwidth_mbps,
+        disk_gib=row.disk_gib,
+        image=row.image_name,
+        host=host,
+        tags=dict(row.tags or {}),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _sizes(svc: Services, req: CreateInstance, arch: Arch) -> tuple[int, int, int, int]:
+    """(vcpus, ram_mib, bandwidth_mbps, disk_gib) from a type or a custom size."""
+    if req.type is not None:
+        if req.vcpus is not None or req.ram_mib is not None:
+            raise InvalidInput("give either --type or --vcpus/--ram, not both", code="invalid_size")
+        itype = svc.settings.instance_type(req.type)
+        if itype is None:
+            raise NotFound(f"unknown instance type {req.type!r}", code="unknown_type")
+        if arch not in itype.architectures:
+            raise InvalidInput(
+                f"type {itype.name!r} is not offered for {arch.value}", code="type_arch_mismatch"
+            )
+        bw = positive(req.bandwidth_mbps, "bandwidth") if req.bandwidth_mbps else None
+        return itype.vcpus, itype.ram_mib, bw or itype.bandwidth_mbps, itype.disk_gib
+    if req.vcpus is None or req.ram_mib is None:
+        raise InvalidInput("give --type, or both --vcpus and --ram", code="invalid_size")
+    return (
+        positive(req.vcpus, "vcpus"),
+        positive(req.ram_mib, "ram (MiB)"),
+        positive(req.bandwidth_mbps or DEFAULT_BANDWIDTH_MBPS, "bandwidth"),
+        0,
+    )
+
+
+def create(svc: Services, who: Principal, project: str | None, req: CreateInstance) -> InstanceView:
+    dns_label(req.name, "instance name")
+    user_data(req.user_data)
+    tags(req.tags)
+    arch = Arch.parse(req.arch)
+    zone = req.zone or svc.settings.host.zone
+    if zone not in svc.settings.zone_names():
+        raise NotFound(f"unknown zone {zone!r} (see `cumulo zone list`)", code="unknown_zone")
+    vcpus, ram, bw, disk = _sizes(svc, req, arch)
+    if req.disk_gib is not None:
+        disk = positive(req.disk_gib, "disk size (GiB)", maximum=16384)
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        image = images.resolve_variant(s, prj, req.image, arch.value)
+        disk = max(disk, -(-image.virtual_size_bytes // 2**30), 1)
+        if s.scalar(
+            select(InstanceRow.id).where(
+                InstanceRow.project_id == prj.id, InstanceRow.name == req.name
+            )
+        ):
+            raise Conflict(
+                f"an instance named {req.name!r} already exists in project {prj.name!r}",
+                code="name_taken",
+            )
+        # Lock the zone's hosts so two concurrent creates cannot both take the last slot.
+        s.execute(select(HostRow.id).where(HostRow.zone == zone).with_for_update()).all()
+        caps = hosts.capacities(s, zone)
+        max_cpu, max_ram = largest_possible(caps, arch.value, zone)
+        if max_cpu and (vcpus > max_cpu or ram > max_ram):
+            raise InvalidInput(
+                f"{vcpus} vCPUs / {ram} MiB is larger than any {arch.value} host in zone "
+                f"{zone} can hold (largest: {max_cpu} vCPUs / {max_ram} MiB)",
+                code="too_large",
+            )
+        placement = place(Request(zone=zone, arch=arch.value, vcpus=vcpus, ram_mib=ram), caps)
+        if placement.host is None:
+            raise InsufficientCapacity(f"no host can take this instance now: {placement.explain()}")
+        row = InstanceRow(
+            id=new_id("i"),
+            name=req.name,
+            project_id=prj.id,
+            zone=zone,
+            arch=arch.value,
+            type_name=req.type,
+            vcpus=vcpus,
+            ram_mib=ram,
+            bandwidth_mbps=bw,
+            disk_gib=disk,
+            image_id=image.id,
+            image_name=image.name,
+            host_id=placement.host.host_id,
+            state=InstanceState.PENDING.value,
+            desired_power=DesiredPower.RUNNING.value,
+            user_data=req.user_data,
+            tags=dict(req.tags),
+        )
+        s.add(row)
+        try:
+            s.flush()
+        except IntegrityError:
+            raise Conflict(
+                f"an instance named {req.name!r} already exists", code="name_taken"
+            ) from None
+        result = view(svc, row, prj.name, placement.host.name)
+    svc.notifier.notify(placement.host.host_id)
+    return result
+
+
+def _find(s: Session, prj: ProjectRow, ref: str) -> InstanceRow:
+    q = select(InstanceRow).where(InstanceRow.project_id == prj.id)
+    q = q.where(InstanceRow.id == ref) if is_id(ref) else q.where(InstanceRow.name == ref)
+    row = s.scalar(q)
+    if row is None:
+        raise NotFound(f"no instance {ref!r} in project {prj.name!r}", code="unknown_instance")
+    return row
+
+
+def _host_name(s: Session, row: InstanceRow) -> str | None:
+    return s.scalar(select(HostRow.name).where(HostRow.id == row.host_id)) if row.host_id else None
+
+
+def get(svc: Services, who: Principal, project: str | None, ref: str) -> InstanceView:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = _find(s, prj, ref)
+        return view(svc, row, prj.name, _host_name(s, row))
+
+
+def list_all(svc: Services, who: Principal, project: str | None) -> list[InstanceView]:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        names = dict(s.execute(select(HostRow.id, HostRow.name)).tuples().all())
+        rows = s.scalars(
+            select(InstanceRow)
+            .where(InstanceRow.project_id == prj.id)
+            .order_by(InstanceRow.created_at, InstanceRow.name)
+        )
+        return [view(svc, r, prj.name, names.get(r.host_id or "")) for r in rows]
+
+
+def act(
+    svc: Services, who: Principal, project: str | None, ref: str, action: Action
+) -> InstanceView:
+    """start / stop / reboot / delete: check the transition, record intent, wake the agent."""
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = _find(s, prj, ref)
+        new_state = check_transition(row.name, InstanceState(row.state), action)
+        row.state = new_state.value
+        row.state_reason = ""
+        row.desired_power = desired_after(action, DesiredPower(row.desired_power)).value
+        row.generation += 1
+        if action is Action.REBOOT:
+            row.reboot_seq += 1
+        host_id = row.host_id
+        result = view(svc, row, prj.name, _host_name(s, row))
+    svc.notifier.notify(host_id)
+    return result
+
+
+@dataclass(frozen=True)
+class ConsoleTarget:
+    vm_id: str
+    agent_url: str
+
+
+def console_target(svc: Services, who: Principal, project: str | None, ref: str) -> ConsoleTarget:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = _find(s, prj, ref)
+        host = s.get(HostRow, row.host_id) if row.host_id else None
+        if host is None or not host.agent_url:
+            raise Conflict(f"instance {row.name!r} has no host yet", code="invalid_state")
+        return ConsoleTarget(vm_id=row.id, agent_url=host.agent_url)

@@ -1,0 +1,64 @@
+"""Projects: every resource belongs to one. Admin only."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from cumulo.db.tables import InstanceRow, ProjectRow, TokenRow
+from cumulo.domain.errors import Conflict, NotFound
+from cumulo.domain.ids import new_id
+from cumulo.domain.validation import dns_label
+from cumulo.services.auth import DEFAULT_PROJECT, issue_token, require_admin
+from cumulo.services.context import Principal, Role, Services
+from cumulo.services.views import CreatedToken, ProjectView
+
+
+def _view(row: ProjectRow) -> ProjectView:
+    return ProjectView(id=row.id, name=row.name, created_at=row.created_at)
+
+
+def create(svc: Services, who: Principal, name: str) -> ProjectView:
+    require_admin(who)
+    dns_label(name, "project name")
+    with svc.db.session() as s:
+        if s.scalar(select(ProjectRow).where(ProjectRow.name == name)) is not None:
+            raise Conflict(f"project {name!r} already exists", code="name_taken")
+        row = ProjectRow(id=new_id("prj"), name=name)
+        s.add(row)
+        s.flush()
+        return _view(row)
+
+
+def list_all(svc: Services, who: Principal) -> list[ProjectView]:
+    require_admin(who)
+    with svc.db.session() as s:
+        return [_view(r) for r in s.scalars(select(ProjectRow).order_by(ProjectRow.name))]
+
+
+def delete(svc: Services, who: Principal, name: str) -> None:
+    require_admin(who)
+    with svc.db.session() as s:
+        row = s.scalar(select(ProjectRow).where(ProjectRow.name == name))
+        if row is None:
+            raise NotFound(f"project {name!r} does not exist", code="unknown_project")
+        if name == DEFAULT_PROJECT:
+            raise Conflict("the default project cannot be deleted", code="protected")
+        count = s.scalar(select(func.count()).where(InstanceRow.project_id == row.id)) or 0
+        if count:
+            raise Conflict(
+                f"project {name!r} still has {count} instance(s); delete them first",
+                code="project_not_empty",
+            )
+        for tok in s.scalars(select(TokenRow).where(TokenRow.project_id == row.id)):
+            s.delete(tok)
+        s.delete(row)
+
+
+def create_member_token(svc: Services, who: Principal, name: str) -> CreatedToken:
+    """A token that acts only inside project `name` (what a tenant would be handed)."""
+    require_admin(who)
+    with svc.db.session() as s:
+        row = s.scalar(select(ProjectRow).where(ProjectRow.name == name))
+        if row is None:
+            raise NotFound(f"project {name!r} does not exist", code="unknown_project")
+        return CreatedToken(token=issue_token(s, Role.MEMBER, project_id=row.id))

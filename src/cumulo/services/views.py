@@ -1,0 +1,88 @@
+"""What the API returns: one pydantic model per resource (also the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+
+class ProjectView(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class InstanceView(BaseModel):
+    id: str
+    name: str
+    project: str
+    state: str
+    state_reason: str
+    desired_state: str
+    region: str
+    zone: str
+    arch: str
+    type: str | None
+    vcpus: int
+    ram_mib: int
+    bandwidth_mbps: int
+    disk_gib: int
+    image: str
+    host: str | None
+    tags: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class InstanceTypeView(BaseModel):
+    name: str
+    vcpus: int
+    ram_mib: int
+    bandwidth_mbps: int
+    disk_gib: int
+    architectures: list[str]
+
+
+class ImageVariantView(BaseModel):
+    id: str
+    arch: str
+    boot: str
+    virtual_size_bytes: int
+    state: str
+
+
+class ImageView(BaseModel):
+    name: str
+    project: str | None  # None: public
+    os: str
+    default_user: str
+    architectures: list[str]
+    variants: list[ImageVariantView]
+
+
+class HostView(BaseModel):
+    name: str
+    zone: str
+    state: str
+    driver: str
+    accel: str
+    architectures: list[str]
+    vcpus: int
+    ram_mib: int
+    vcpus_used: int
+    ram_mib_used: int
+    instances: int
+    last_seen: datetime
+
+
+class ZoneView(BaseModel):
+    name: str
+    region: str
+    hosts: list[HostView]
+    vcpus_free: int
+    ram_mib_free: int
+
+
+class CreatedToken(BaseModel):
+    token: str

@@ -1,0 +1,109 @@
+"""Shared fixtures: a fresh database per test (SQLite, and PostgreSQL when the test command
+started one), services wired as in production, and an API client with an admin token."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from cumulo.api.app import create_app
+from cumulo.config import Settings
+from cumulo.db.engine import Database
+from cumulo.db.migrate import upgrade
+from cumulo.services import hosts, images
+from cumulo.services.auth import ensure_default_project, issue_token
+from cumulo.services.context import Principal, Role, Services
+from cumulo.services.notifier import Notifier
+
+PG_URL = os.environ.get("CUMULO_TEST_POSTGRES_URL")
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _pg_database() -> Iterator[str]:
+    if not PG_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CUMULO_TEST_POSTGRES_URL is not set: the test command must start "
+                        "PostgreSQL (see ./bootstrap)")
+        pytest.skip("PostgreSQL not available (set CUMULO_TEST_POSTGRES_URL)")
+    name = "cumulo_t_" + secrets.token_hex(6)
+    admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    base = PG_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        database = Database(f"sqlite:///{tmp_path / 'cumulo.db'}")
+        upgrade(database)
+        yield database
+        database.dispose()
+        return
+    gen = _pg_database()
+    url = next(gen)
+    database = Database(url)
+    upgrade(database)
+    try:
+        yield database
+    finally:
+        database.dispose()
+        next(gen, None)
+
+
+def make_image_dir(root: Path, arch: str, name: str = "tiny") -> Path:
+    d = root / "images" / name / arch
+    d.mkdir(parents=True)
+    for f in ("vmlinuz", "initrd.img", "rootfs.qcow2"):
+        (d / f).write_bytes(b"")
+    (d / "image.json").write_text(json.dumps({
+        "name": name, "arch": arch, "boot": "kernel", "default_user": "cumulo",
+        "kernel_cmdline": "console=ttyS0", "os": "test", "virtual_size_bytes": 2**30,
+    }))
+    return d
+
+
+ADMIN = Principal(role=Role.ADMIN)
+AGENT_HOST = "host-a"
+
+
+@pytest.fixture
+def svc(db: Database, tmp_path: Path) -> Services:
+    """Services with the default project, a `tiny` image (both arches) and one host of
+    4 vCPUs / 4096 MiB in zone local-1a."""
+    services = Services(db=db, settings=Settings(), notifier=Notifier())
+    with db.session() as s:
+        ensure_default_project(s)
+    for arch in ("x86_64", "arm64"):
+        images.register_builtin(services, make_image_dir(tmp_path, arch))
+    hosts.register(services, ADMIN, name=AGENT_HOST, zone="local-1a",
+                   architectures=["x86_64", "arm64"], vcpus=4, ram_mib=4096, driver="fake",
+                   accel="fake", agent_url="")
+    return services
+
+
+@pytest.fixture
+def admin_token(svc: Services) -> str:
+    with svc.db.session() as s:
+        return issue_token(s, Role.ADMIN)
+
+
+@pytest.fixture
+def api(svc: Services, admin_token: str) -> Iterator[TestClient]:
+    with TestClient(create_app(svc)) as client:
+        client.headers["Authorization"] = f"Bearer {admin_token}"
+        yield client
