@@ -1,0 +1,143 @@
+"""An in-memory driver with the QEMU driver's semantics and none of its cost.
+
+Transitions are instant, but they follow the same rules as real VMs: a shutdown request
+powers the guest off (SHUTDOWN, process still there) as seen by the next observe; force_stop
+makes it STOPPED; a process that vanishes without a request is CRASHED. It is cheap enough to
+simulate 100 hosts x 2,000 VMs in one process.
+
+The VMs live in a `FakeHost` (the "hypervisor"), separate from the `FakeDriver` (the agent's
+view of it): a new FakeDriver on the same FakeHost re-adopts its VMs, like a restarted agent.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from cumulo.agent.drivers.base import Driver, DriverError, Observed, PowerState, VMSpec
+
+_LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)
+
+
+class _FakeVM:
+    __slots__ = ("events", "observed", "shutdown_pending", "spec")
+
+    def __init__(self, spec: VMSpec, observed: Observed) -> None:
+        self.spec = spec
+        self.observed = observed
+        self.shutdown_pending = False
+        self.events: list[str] = []  # "boot", "reset", "poweroff", "kill": console is rendered
+
+
+@dataclass
+class FakeHost:
+    """The simulated hypervisor: outlives any FakeDriver that is attached to it."""
+
+    vms: dict[str, _FakeVM] = field(default_factory=dict)
+    pids: itertools.count[int] = field(default_factory=lambda: itertools.count(10_000))
+
+
+class FakeDriver(Driver):
+    name = "fake"
+
+    def __init__(self, host: FakeHost | None = None, *, check_paths: bool = True) -> None:
+        """`check_paths=False` skips the boot disk/kernel existence checks (benchmarks)."""
+        self.host = host if host is not None else FakeHost()
+        self.check_paths = check_paths
+
+    async def observe(self) -> dict[str, Observed]:
+        result: dict[str, Observed] = {}
+        for vm_id, vm in self.host.vms.items():
+            if vm.shutdown_pending:
+                vm.shutdown_pending = False
+                if vm.observed.power is PowerState.RUNNING:
+                    vm.events.append("poweroff")
+                    vm.observed = Observed(vm_id, PowerState.SHUTDOWN, vm.observed.pid)
+            result[vm_id] = vm.observed
+        return result
+
+    async def start(self, spec: VMSpec) -> Observed:
+        vm = self.host.vms.get(spec.vm_id)
+        if vm is not None and vm.observed.power in _LIVE:
+            return vm.observed
+        if self.check_paths:
+            _check_files(spec)
+        observed = Observed(spec.vm_id, PowerState.RUNNING, next(self.host.pids))
+        if vm is None:
+            vm = self.host.vms[spec.vm_id] = _FakeVM(spec, observed)
+        else:
+            vm.spec, vm.observed, vm.shutdown_pending = spec, observed, False
+        vm.events.append("boot")
+        return observed
+
+    async def request_shutdown(self, vm_id: str) -> None:
+        vm = self.host.vms.get(vm_id)
+        if vm is not None and vm.observed.power in _LIVE:
+            vm.shutdown_pending = True
+
+    async def force_stop(self, vm_id: str) -> None:
+        vm = self.host.vms.get(vm_id)
+        if vm is None or vm.observed.power is PowerState.STOPPED:
+            return
+        if vm.observed.power in _LIVE:
+            vm.events.append("kill")
+        vm.shutdown_pending = False
+        vm.observed = Observed(vm_id, PowerState.STOPPED, None, "stopped on request")
+
+    async def reboot(self, vm_id: str) -> None:
+        vm = self.host.vms.get(vm_id)
+        if vm is None or vm.observed.power not in _LIVE:
+            raise DriverError(f"cannot reboot {vm_id}: it is not running")
+        vm.shutdown_pending = False
+        vm.events.append("reset")
+        if vm.observed.power is not PowerState.RUNNING:
+            vm.observed = Observed(vm_id, PowerState.RUNNING, vm.observed.pid)
+
+    async def destroy(self, vm_id: str) -> None:
+        self.host.vms.pop(vm_id, None)
+
+    async def console_log(self, vm_id: str, max_bytes: int = 64 * 1024) -> str:
+        vm = self.host.vms.get(vm_id)
+        if vm is None:
+            return ""
+        text = "".join(_render(vm.spec, event) for event in vm.events)
+        data = text.encode()
+        return data[-max_bytes:].decode(errors="replace") if len(data) > max_bytes else text
+
+    def simulate_crash(self, vm_id: str, reason: str = "") -> None:
+        """The VM's process dies without anyone asking (tests). KeyError if unknown."""
+        vm = self.host.vms[vm_id]
+        pid = vm.observed.pid
+        vm.events.append("kill")
+        vm.shutdown_pending = False
+        vm.observed = Observed(
+            vm_id,
+            PowerState.CRASHED,
+            None,
+            reason or f"qemu process exited unexpectedly (pid {pid})",
+        )
+
+
+def _check_files(spec: VMSpec) -> None:
+    for label, path in (
+        ("boot disk", spec.boot_disk),
+        ("kernel", spec.kernel),
+        ("initrd", spec.initrd),
+        ("seed ISO", spec.seed_iso),
+    ):
+        if path is not None and not path.is_file():
+            raise DriverError(f"cannot start {spec.vm_id}: {label} {path} does not exist")
+
+
+def _render(spec: VMSpec, event: str) -> str:
+    if event == "boot" or event == "reset":
+        return (
+            f"[    0.000000] Linux version 6.1.0-fake ({spec.arch}) #1 SMP\n"
+            f"[    0.000000] Command line: {spec.kernel_cmdline}\n"
+            f"[    0.100000] smpboot: Allowing {spec.vcpus} CPUs, {spec.ram_mib} MiB RAM\n"
+            f"[    1.000000] hostname: {spec.hostname}\n"
+            "cumulo-tiny: ready\n"
+        )
+    if event == "poweroff":
+        return "[   60.000000] reboot: Power down\n"
+    return ""

@@ -1,0 +1,308 @@
+"""The QEMU driver: one daemonized QEMU process per VM, controlled through its QMP socket.
+
+Runtime files of a VM live in `<runtime_dir>/<vm_id>/` (see VMPaths). QEMU is launched with
+`-daemonize` in a new session so it outlives the agent; a new QemuDriver on the same
+runtime_dir re-adopts running VMs through their pidfiles and QMP sockets.
+
+How observe() decides:
+- pidfile names a live process whose /proc/<pid>/cmdline carries this VM's pidfile path
+  (guards against PID reuse) -> ask QMP `query-status`: running -> RUNNING, paused-like ->
+  PAUSED, "shutdown" -> SHUTDOWN (the guest powered off; `-action shutdown=pause` keeps the
+  process). It is the reconciler's job to call force_stop on a SHUTDOWN VM.
+- no live process -> STOPPED when `stop-requested` exists (written BEFORE cumulo stops a VM
+  on purpose), else CRASHED with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from cumulo.agent.drivers.accel import resolve_accel
+from cumulo.agent.drivers.base import Driver, DriverError, Observed, PowerState, VMSpec
+from cumulo.agent.drivers.qemu_argv import UNIX_PATH_MAX, Accel, VMPaths, build_argv
+from cumulo.agent.drivers.qmp import qmp_execute
+from cumulo.domain.arch import Arch
+
+QMP_TIMEOUT_S = 1.0
+LAUNCH_TIMEOUT_S = 30.0
+QUIT_GRACE_S = 2.0
+OBSERVE_CONCURRENCY = 32
+_LONGEST_VM_ID = "abcd-" + "0" * 17  # ids are `<prefix up to 4>-<17 hex>`
+
+_PAUSED = {
+    "paused", "suspended", "prelaunch", "inmigrate", "postmigrate", "finish-migrate",
+    "save-vm", "restore-vm", "debug", "io-error", "watchdog", "colo",
+}  # fmt: skip
+_BROKEN = {"guest-panicked": "the guest kernel panicked", "internal-error": "qemu internal error"}
+
+
+class QemuDriver(Driver):
+    name = "qemu"
+
+    def __init__(self, runtime_dir: Path, accel: str = "auto") -> None:
+        self.runtime_dir = Path(runtime_dir).absolute()
+        self.requested_accel = accel
+        self._accel: dict[Arch, Accel] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        probe = VMPaths.for_vm(self.runtime_dir, _LONGEST_VM_ID).qmp_sock
+        if len(os.fsencode(probe)) >= UNIX_PATH_MAX:
+            raise DriverError(
+                f"runtime dir {self.runtime_dir} is too long: QMP socket paths under it would"
+                f" exceed the {UNIX_PATH_MAX - 1}-byte unix socket limit"
+                f" ({len(os.fsencode(probe))} bytes); use a shorter path"
+            )
+
+    # -- contract ---------------------------------------------------------------------------
+
+    async def observe(self) -> dict[str, Observed]:
+        try:
+            entries = [e for e in os.scandir(self.runtime_dir) if _is_vm_dir(e)]
+        except FileNotFoundError:
+            return {}
+        gate = asyncio.Semaphore(OBSERVE_CONCURRENCY)
+
+        async def one(name: str) -> Observed:
+            async with gate:
+                return await self._observe_one(self._paths(name))
+
+        results = await asyncio.gather(*(one(e.name) for e in entries))
+        return {o.vm_id: o for o in results}
+
+    async def start(self, spec: VMSpec) -> Observed:
+        paths = self._paths(spec.vm_id)
+        async with self._lock(spec.vm_id):
+            pid = _live_pid(paths)
+            if pid is not None:
+                return await self._observe_one(paths)
+            _check_files(spec)
+            binary = shutil.which(spec.arch.qemu_binary)
+            if binary is None:
+                raise DriverError(f"cannot start {spec.vm_id}: {spec.arch.qemu_binary} not found")
+            accel = await self.accel_for(spec.arch)
+            paths.dir.mkdir(parents=True, exist_ok=True)
+            for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock):
+                stale.unlink(missing_ok=True)
+            argv = build_argv(spec, paths, accel)
+            paths.spec_json.write_text(json.dumps(_spec_record(spec, accel, argv), indent=1))
+            pid = await _launch(argv, paths)
+            paths.last_pid.write_text(f"{pid}\n")
+            return Observed(spec.vm_id, PowerState.RUNNING, pid)
+
+    async def request_shutdown(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            if _live_pid(paths) is None:
+                return
+            paths.stop_marker.touch()
+            await qmp_execute(paths.qmp_sock, "system_powerdown", timeout=QMP_TIMEOUT_S)
+
+    async def force_stop(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            await self._force_stop(paths)
+
+    async def reboot(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            if _live_pid(paths) is None:
+                raise DriverError(f"cannot reboot {vm_id}: it is not running")
+            await qmp_execute(paths.qmp_sock, "system_reset", timeout=QMP_TIMEOUT_S)
+
+    async def destroy(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            await self._force_stop(paths)
+            await asyncio.to_thread(shutil.rmtree, paths.dir, True)
+        self._locks.pop(vm_id, None)
+
+    async def console_log(self, vm_id: str, max_bytes: int = 64 * 1024) -> str:
+        path = self._paths(vm_id).console_log
+        try:
+            with path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - max_bytes))
+                data = f.read(max_bytes)
+        except (FileNotFoundError, NotADirectoryError):
+            return ""
+        return data.decode("utf-8", errors="replace")
+
+    # -- extras -----------------------------------------------------------------------------
+
+    async def accel_for(self, arch: Arch) -> Accel:
+        """The accelerator VMs of `arch` get (probed once per host boot for `auto`)."""
+        if arch not in self._accel:
+            cache_dir = self.runtime_dir / ".accel"
+            self._accel[arch] = await asyncio.to_thread(
+                resolve_accel, self.requested_accel, arch, cache_dir
+            )
+        return self._accel[arch]
+
+    def paths(self, vm_id: str) -> VMPaths:
+        return self._paths(vm_id)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _paths(self, vm_id: str) -> VMPaths:
+        if not vm_id or "/" in vm_id or vm_id.startswith("."):
+            raise DriverError(f"invalid vm id {vm_id!r}")
+        paths = VMPaths.for_vm(self.runtime_dir, vm_id)
+        if len(os.fsencode(paths.qmp_sock)) >= UNIX_PATH_MAX:
+            raise DriverError(f"QMP socket path {paths.qmp_sock} exceeds the unix socket limit")
+        return paths
+
+    def _lock(self, vm_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(vm_id, asyncio.Lock())
+
+    async def _observe_one(self, paths: VMPaths) -> Observed:
+        vm_id = paths.vm_id
+        pid = _live_pid(paths)
+        if pid is None:
+            if paths.stop_marker.exists():
+                return Observed(vm_id, PowerState.STOPPED, None, "stopped on request")
+            return Observed(vm_id, PowerState.CRASHED, None, _crash_reason(paths))
+        try:
+            status = await qmp_execute(paths.qmp_sock, "query-status", timeout=QMP_TIMEOUT_S)
+        except DriverError as exc:
+            if _live_pid(paths) is None:  # it died while we asked
+                return await self._observe_one(paths)
+            return Observed(vm_id, PowerState.RUNNING, pid, f"QMP unresponsive: {exc}")
+        state = str(status.get("status", "")) if isinstance(status, dict) else ""
+        if state == "running":
+            return Observed(vm_id, PowerState.RUNNING, pid)
+        if state == "shutdown":
+            return Observed(vm_id, PowerState.SHUTDOWN, pid, "the guest powered off")
+        if state in _BROKEN:
+            return Observed(vm_id, PowerState.CRASHED, pid, _BROKEN[state])
+        if state in _PAUSED:
+            return Observed(vm_id, PowerState.PAUSED, pid, f"qemu status {state}")
+        return Observed(vm_id, PowerState.RUNNING, pid, f"unknown qemu status {state!r}")
+
+    async def _force_stop(self, paths: VMPaths) -> None:
+        if not paths.dir.is_dir():
+            return
+        paths.stop_marker.touch()
+        pid = _live_pid(paths)
+        if pid is None:
+            return
+        with contextlib.suppress(DriverError):
+            await qmp_execute(paths.qmp_sock, "quit", timeout=QMP_TIMEOUT_S)
+        if await _wait_gone(paths, pid, QUIT_GRACE_S):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if not await _wait_gone(paths, pid, 10.0):
+            raise DriverError(f"qemu (pid {pid}) of {paths.vm_id} survived SIGKILL")
+
+
+def _is_vm_dir(entry: os.DirEntry[str]) -> bool:
+    return not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _live_pid(paths: VMPaths) -> int | None:
+    """The pid of this VM's QEMU if it is alive (not a zombie, not a reused pid)."""
+    pid = _read_pid(paths.pidfile)
+    if pid is None or pid <= 0:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # A zombie has an empty cmdline; a reused pid has someone else's.
+    return pid if os.fsencode(paths.pidfile) in cmdline.split(b"\0") else None
+
+
+async def _wait_gone(paths: VMPaths, pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return True
+        if os.fsencode(paths.pidfile) not in cmdline.split(b"\0"):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+
+
+def _crash_reason(paths: VMPaths) -> str:
+    pid = _read_pid(paths.pidfile) or _read_pid(paths.last_pid)
+    if pid is not None:
+        return f"qemu process exited unexpectedly (pid {pid})"
+    try:
+        err = " ".join(paths.launch_log.read_text(errors="replace").split())
+    except OSError:
+        err = ""
+    return f"qemu failed to start: {err[:300]}" if err else "qemu is not running"
+
+
+def _check_files(spec: VMSpec) -> None:
+    for label, path in (
+        ("boot disk", spec.boot_disk),
+        ("kernel", spec.kernel),
+        ("initrd", spec.initrd),
+        ("seed ISO", spec.seed_iso),
+    ):
+        if path is not None and not path.is_file():
+            raise DriverError(f"cannot start {spec.vm_id}: {label} {path} does not exist")
+
+
+def _spec_record(spec: VMSpec, accel: Accel, argv: list[str]) -> dict[str, Any]:
+    return {
+        "vm_id": spec.vm_id,
+        "hostname": spec.hostname,
+        "arch": str(spec.arch),
+        "vcpus": spec.vcpus,
+        "ram_mib": spec.ram_mib,
+        "boot_disk": str(spec.boot_disk),
+        "kernel": None if spec.kernel is None else str(spec.kernel),
+        "initrd": None if spec.initrd is None else str(spec.initrd),
+        "kernel_cmdline": spec.kernel_cmdline,
+        "seed_iso": None if spec.seed_iso is None else str(spec.seed_iso),
+        "extra": dict(spec.extra),
+        "accel": accel,
+        "argv": argv,
+    }
+
+
+async def _launch(argv: list[str], paths: VMPaths) -> int:
+    """Run QEMU until it has daemonized; its pid. Launch errors become DriverError."""
+    with paths.launch_log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        code = await asyncio.wait_for(proc.wait(), LAUNCH_TIMEOUT_S)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise DriverError(
+            f"qemu for {paths.vm_id} did not finish starting within {LAUNCH_TIMEOUT_S:.0f}s"
+        ) from None
+    message = paths.launch_log.read_text(errors="replace").strip()
+    if code != 0:
+        raise DriverError(f"qemu for {paths.vm_id} failed to start (exit {code}): {message}")
+    pid = _read_pid(paths.pidfile)
+    if pid is None:
+        raise DriverError(f"qemu for {paths.vm_id} started but wrote no pidfile {paths.pidfile}")
+    return pid

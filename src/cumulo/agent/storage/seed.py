@@ -1,0 +1,91 @@
+"""cloud-init NoCloud seed ISOs (volume label `cidata`, files meta-data / user-data)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pycdlib
+
+SEED_LABEL = "cidata"
+
+
+def _yaml_str(value: str) -> str:
+    """A YAML scalar for `value` (JSON strings are valid YAML double-quoted scalars)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_meta_data(
+    *, instance_id: str, hostname: str, ssh_public_keys: Sequence[str] = ()
+) -> str:
+    lines = [
+        f"instance-id: {_yaml_str(instance_id)}",
+        f"local-hostname: {_yaml_str(hostname)}",
+    ]
+    keys = [k.strip() for k in ssh_public_keys if k.strip()]
+    if keys:
+        lines.append("public-keys:")
+        lines.extend(f"  - {_yaml_str(k)}" for k in keys)
+    return "\n".join(lines) + "\n"
+
+
+def build_seed_iso(
+    path: Path,
+    *,
+    instance_id: str,
+    hostname: str,
+    user_data: bytes | None = None,
+    ssh_public_keys: Sequence[str] = (),
+    network_config: str | None = None,
+) -> None:
+    """Write a NoCloud seed ISO (ISO9660 + Joliet + Rock Ridge, label `cidata`) to `path`.
+
+    The file appears atomically (written to a temp file in the same directory, then renamed).
+    """
+    for name, value in (("instance_id", instance_id), ("hostname", hostname)):
+        if not value or any(c in value for c in "\n\r\0"):
+            raise ValueError(f"{name} must be a non-empty single line, got {value!r}")
+    files: list[tuple[str, bytes]] = [
+        (
+            "meta-data",
+            render_meta_data(
+                instance_id=instance_id, hostname=hostname, ssh_public_keys=ssh_public_keys
+            ).encode(),
+        ),
+        ("user-data", user_data if user_data is not None else b"#cloud-config\n"),
+    ]
+    if network_config is not None:
+        files.append(("network-config", network_config.encode()))
+
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=SEED_LABEL)
+    try:
+        for name, data in files:
+            iso9660_name = "/" + name.replace("-", "_").upper() + ".;1"
+            iso.add_fp(
+                io.BytesIO(data),
+                len(data),
+                iso9660_name,
+                rr_name=name,
+                joliet_path="/" + name,
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                iso.write_fp(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+    finally:
+        iso.close()

@@ -1,0 +1,466 @@
+"""The built-in `tiny` guest image: Debian cloud kernel + busybox + dropbear.
+
+Everything comes from Debian packages (apt-get download, dpkg-deb -x); nothing is mounted and
+nothing is installed on the host. The result, per architecture, is a directory with `vmlinuz`,
+`initrd.img`, `rootfs.qcow2` and `image.json` (see `ensure_tiny_image`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from cumulo.domain.arch import Arch
+from cumulo.images import debs, kmod
+from cumulo.images.cpio import CpioArchive
+from cumulo.images.debs import DebPackage, ImageBuildError, ToolMissing
+
+__all__ = [
+    "ImageBuildError",
+    "ToolMissing",
+    "default_cache_dir",
+    "ensure_tiny_image",
+]
+
+# Bump when the build recipe changes in a way the inputs hash would not notice.
+BUILDER_VERSION = 1
+
+ROOTFS_SIZE = 1 << 30  # 1 GiB virtual
+
+# Packages (besides the kernel) whose files go into the image, per Debian architecture.
+USERLAND_PACKAGES = (
+    "busybox-static",
+    "dropbear-bin",
+    "libc6",
+    "libcrypt1",
+    "libtomcrypt1",
+    "libtommath1",
+    "zlib1g",
+    "libgmp10",
+)
+LIB_PACKAGES = ("libc6", "libcrypt1", "libtomcrypt1", "libtommath1", "zlib1g", "libgmp10")
+
+# Kernel modules the initramfs loads (with their dependencies, in dependency order).
+REQUIRED_MODULES = ("virtio_pci", "virtio_blk", "ext4", "isofs", "virtio_net")
+OPTIONAL_MODULES = ("virtio_rng", "evdev", "button")
+
+GUEST_FILES = (
+    "init",
+    "rcS",
+    "rcK",
+    "inittab",
+    "cumulo-powerbtn",
+    "cumulo-hotplug",
+    "cumulo-netup",
+    "udhcpc.script",
+)
+
+DROPBEAR_FILES = (
+    "usr/sbin/dropbear",
+    "usr/bin/dropbearkey",
+    "usr/bin/dbclient",
+    "usr/bin/dropbearconvert",
+)
+
+
+@dataclass(frozen=True)
+class _ArchSpec:
+    console: str
+
+    def cmdline(self) -> str:
+        return f"console={self.console} root=/dev/vda rootfstype=ext4 rw quiet"
+
+
+_SPECS = {
+    Arch.X86_64: _ArchSpec(console="ttyS0"),
+    Arch.ARM64: _ArchSpec(console="ttyAMA0"),
+}
+
+
+def default_cache_dir() -> Path:
+    """$CUMULO_IMAGE_CACHE, or /var/cache/cumulo/images."""
+    return Path(os.environ.get("CUMULO_IMAGE_CACHE") or "/var/cache/cumulo/images")
+
+
+def kernel_cmdline(arch: Arch) -> str:
+    return _SPECS[arch].cmdline()
+
+
+def _guest_file(name: str) -> bytes:
+    return resources.files("cumulo.images").joinpath("tiny", name).read_bytes()
+
+
+_RESOLVE_TTL = 300.0
+_resolved: dict[Arch, tuple[float, list[DebPackage]]] = {}
+
+
+def _resolve_packages(arch: Arch) -> list[DebPackage]:
+    """The kernel package first, then USERLAND_PACKAGES (cached in-process for a while:
+    each `apt-cache` run costs over a second here)."""
+    hit = _resolved.get(arch)
+    if hit is not None and time.monotonic() - hit[0] < _RESOLVE_TTL:
+        return hit[1]
+    a = arch.debian_name
+    meta, *userland = debs.show_many(
+        [(f"linux-image-cloud-{a}", a), *((p, a) for p in USERLAND_PACKAGES)]
+    )
+    kernel = debs.show(debs.kernel_of(meta), a)
+    pkgs = [kernel, *userland]
+    _resolved[arch] = (time.monotonic(), pkgs)
+    return pkgs
+
+
+def inputs_digest(arch: Arch, packages: Sequence[DebPackage]) -> str:
+    """SHA-256 over everything the image is made from."""
+    doc = {
+        "builder_version": BUILDER_VERSION,
+        "arch": arch.value,
+        "cmdline": kernel_cmdline(arch),
+        "rootfs_size": ROOTFS_SIZE,
+        "modules": [REQUIRED_MODULES, OPTIONAL_MODULES],
+        "packages": sorted([p.name, p.arch, p.version, p.sha256] for p in packages),
+        "guest_files": {n: hashlib.sha256(_guest_file(n)).hexdigest() for n in GUEST_FILES},
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _current_digest(link: Path) -> str | None:
+    try:
+        doc = json.loads((link / "image.json").read_text())
+    except (OSError, ValueError):
+        return None
+    digest = doc.get("inputs_sha256")
+    if not isinstance(digest, str):
+        return None
+    if not all((link / f).is_file() for f in ("vmlinuz", "initrd.img", "rootfs.qcow2")):
+        return None
+    return digest
+
+
+def ensure_tiny_image(arch: Arch, cache_dir: Path | None = None) -> Path:
+    """Build (or reuse, if already built from the same inputs) the tiny image for `arch`.
+
+    Returns `<cache>/tiny/<arch>/` (a symlink to the build directory `<arch>.<digest>`; a
+    rebuild from new inputs goes to a new directory and the link is swapped atomically, so
+    files of an older build stay valid for whoever uses them). Safe to call concurrently:
+    builds are serialised with a lock file, made in a temp dir and renamed into place.
+    Raises ToolMissing if a host tool is missing and ImageBuildError if the build fails.
+    """
+    for tool in ("apt-get", "apt-cache", "dpkg-deb", "dpkg", "mke2fs", "qemu-img"):
+        debs.require_tool(tool)
+    cache = (cache_dir or default_cache_dir()).absolute()
+    tiny = cache / "tiny"
+    link = tiny / arch.value
+    packages = _resolve_packages(arch)
+    digest = inputs_digest(arch, packages)
+    if _current_digest(link) == digest:
+        return link
+    with _locked(tiny / f".{arch.value}.lock"):
+        if _current_digest(link) == digest:
+            return link
+        final = tiny / f"{arch.value}.{digest[:16]}"
+        if _current_digest(final) != digest:
+            work = Path(tempfile.mkdtemp(prefix=f".build-{arch.value}-", dir=tiny))
+            try:
+                out = work / "out"
+                out.mkdir()
+                _build(arch, packages, digest, cache / "debs", work, out)
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(out, final)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        tmp_link = tiny / f".{arch.value}.link-{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            tmp_link.unlink()
+        tmp_link.symlink_to(final.name)
+        if link.exists() and not link.is_symlink():
+            shutil.rmtree(link)  # a plain directory left by something else
+        os.replace(tmp_link, link)
+    return link
+
+
+# --- the build ------------------------------------------------------------------------------
+
+
+def _build(
+    arch: Arch,
+    packages: Sequence[DebPackage],
+    digest: str,
+    deb_dir: Path,
+    work: Path,
+    out: Path,
+) -> None:
+    trees: dict[str, Path] = {}
+    for pkg in packages:
+        deb = debs.fetch(pkg, deb_dir)
+        trees[pkg.name] = debs.extract(deb, work / "x" / pkg.name)
+    kernel_pkg = packages[0]
+    ktree = trees[kernel_pkg.name]
+    kvers = sorted(p.name for p in (ktree / "lib/modules").iterdir())
+    if len(kvers) != 1:
+        raise ImageBuildError(f"expected one kernel in {kernel_pkg.name}, found {kvers}")
+    kver = kvers[0]
+    vmlinuz = ktree / "boot" / f"vmlinuz-{kver}"
+    shutil.copyfile(vmlinuz, out / "vmlinuz")
+
+    moddir = ktree / "lib/modules" / kver
+    builtin_text = (moddir / "modules.builtin").read_text()
+    dep_text = kmod.modules_dep_text(moddir)
+    order = kmod.load_order(
+        kmod.parse_modules_dep(dep_text),
+        [*REQUIRED_MODULES, *OPTIONAL_MODULES],
+        builtin=kmod.builtin_names(builtin_text),
+        optional=OPTIONAL_MODULES,
+    )
+    busybox = (trees["busybox-static"] / "bin/busybox").read_bytes()
+    applets = busybox_applets(busybox)
+
+    (out / "initrd.img").write_bytes(_initramfs(moddir, order, busybox, applets))
+
+    staging = work / "rootfs"
+    _rootfs_tree(arch, staging, busybox, applets, trees)
+    _make_qcow2(staging, work / "rootfs.raw", out / "rootfs.qcow2", digest)
+
+    image = {
+        "name": "tiny",
+        "arch": arch.value,
+        "boot": "kernel",
+        "default_user": "cumulo",
+        "kernel_cmdline": kernel_cmdline(arch),
+        "os": f"tiny (busybox+dropbear on Debian cloud kernel {kver})",
+        "virtual_size_bytes": ROOTFS_SIZE,
+        "inputs_sha256": digest,
+        "kernel_version": kver,
+        "kernel_package": f"{kernel_pkg.name}={kernel_pkg.version}",
+        "modules": [p.rsplit("/", 1)[-1] for p in order],
+    }
+    (out / "image.json").write_text(json.dumps(image, indent=2) + "\n")
+
+
+def busybox_applets(binary: bytes) -> list[str]:
+    """Applet names compiled into a busybox binary (read from its applet name table)."""
+    start = binary.find(b"\0[\0[[\0")
+    if start < 0:
+        raise ImageBuildError("cannot find the applet table in busybox")
+    names: list[str] = []
+    for raw in binary[start + 1 :].split(b"\0"):
+        if not raw:
+            break
+        names.append(raw.decode("ascii"))
+    if "sh" not in names or "switch_root" not in names:
+        raise ImageBuildError(f"unexpected busybox applet table: {names[:10]}...")
+    return names
+
+
+_INITRD_APPLETS = (
+    "sh", "mount", "umount", "insmod", "switch_root", "mkdir", "cat", "echo", "sleep",
+    "usleep", "poweroff", "ls", "dmesg",
+)  # fmt: skip
+
+
+def _initramfs(moddir: Path, order: Sequence[str], busybox: bytes, applets: list[str]) -> bytes:
+    a = CpioArchive()
+    for d in ("bin", "sbin", "dev", "proc", "sys", "newroot", "etc", "lib", "lib/modules"):
+        a.add_dir(d)
+    a.add_chardev("dev/console", 5, 1)
+    a.add_chardev("dev/null", 1, 3, 0o666)
+    a.add_file("bin/busybox", busybox, 0o755)
+    for name in _INITRD_APPLETS:
+        if name in applets:
+            a.add_symlink(f"bin/{name}", "busybox")
+    a.add_file("init", _guest_file("init"), 0o755)
+    names = []
+    for rel in order:
+        base = rel.rsplit("/", 1)[-1]
+        names.append(base)
+        a.add_file(f"lib/modules/{base}", (moddir / rel).read_bytes())
+    a.add_file("etc/modules.order", ("\n".join(names) + "\n").encode())
+    return gzip.compress(a.to_bytes(), compresslevel=9, mtime=0)
+
+
+def _copy_elf_with_libs(src_root: Path, rel: str, lib_trees: Sequence[Path], dest: Path) -> None:
+    """Copy `rel` from `src_root` into `dest`, plus its loader and shared libraries."""
+    todo = [(_resolve_in(src_root / rel, src_root), rel)]
+    seen: set[str] = set()
+    while todo:
+        src, relpath = todo.pop()
+        if relpath in seen:
+            continue
+        seen.add(relpath)
+        target = dest / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+        target.chmod(0o755)
+        elf = kmod.ElfFile.open(target)
+        interp = elf.interpreter()
+        if interp:
+            found = _find_in_trees(interp.lstrip("/"), lib_trees)
+            if found is None:
+                raise ImageBuildError(f"loader {interp} (for {relpath}) not found in lib debs")
+            todo.append((found[0], interp.lstrip("/")))
+        for soname in elf.needed():
+            hit = _find_lib(soname, lib_trees)
+            if hit is None:
+                raise ImageBuildError(f"shared library {soname} (for {relpath}) not found")
+            todo.append(hit)
+
+
+def _resolve_in(path: Path, root: Path) -> Path:
+    """Follow symlinks inside an extracted tree (absolute targets are relative to `root`)."""
+    for _ in range(20):
+        if not path.is_symlink():
+            return path
+        t = os.readlink(path)
+        path = root / t.lstrip("/") if t.startswith("/") else path.parent / t
+    raise ImageBuildError(f"symlink loop at {path}")
+
+
+def _find_in_trees(rel: str, trees: Sequence[Path]) -> tuple[Path, Path] | None:
+    for t in trees:
+        p = t / rel
+        if p.is_symlink() or p.exists():
+            return (_resolve_in(p, t), t)
+    return None
+
+
+def _find_lib(soname: str, trees: Sequence[Path]) -> tuple[Path, str] | None:
+    for t in trees:
+        for d in ("lib", "usr/lib"):
+            base = t / d
+            if not base.is_dir():
+                continue
+            for sub in sorted(base.iterdir()):
+                cand = sub / soname if sub.is_dir() else None
+                if cand is not None and (cand.is_symlink() or cand.exists()):
+                    return (_resolve_in(cand, t), cand.relative_to(t).as_posix())
+            cand = base / soname
+            if cand.is_symlink() or cand.exists():
+                return (_resolve_in(cand, t), cand.relative_to(t).as_posix())
+    return None
+
+
+def _rootfs_tree(
+    arch: Arch,
+    root: Path,
+    busybox: bytes,
+    applets: list[str],
+    trees: dict[str, Path],
+) -> None:
+    for d in (
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc/init.d", "etc/dropbear", "etc/udhcpc",
+        "dev", "proc", "sys", "run", "tmp", "root", "home", "mnt", "var/lib/cloud", "var/log",
+        "var/run",
+    ):  # fmt: skip
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "tmp").chmod(0o1777)
+    (root / "root").chmod(0o700)
+    bb = root / "bin/busybox"
+    bb.write_bytes(busybox)
+    bb.chmod(0o755)
+    for name in applets:
+        if name != "busybox":
+            (root / "bin" / name).symlink_to("busybox")
+    (root / "sbin/init").symlink_to("../bin/busybox")
+    (root / "usr/bin/env").symlink_to("../../bin/busybox")
+
+    lib_trees = [trees[p] for p in LIB_PACKAGES]
+    for rel in DROPBEAR_FILES:
+        _copy_elf_with_libs(trees["dropbear-bin"], rel, lib_trees, root)
+
+    def put(rel: str, data: bytes, mode: int = 0o644) -> None:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        p.chmod(mode)
+
+    console = _SPECS[arch].console
+    put("etc/inittab", _guest_file("inittab").replace(b"@CONSOLE@", console.encode()))
+    put("etc/init.d/rcS", _guest_file("rcS"), 0o755)
+    put("etc/init.d/rcK", _guest_file("rcK"), 0o755)
+    put("etc/udhcpc/default.script", _guest_file("udhcpc.script"), 0o755)
+    for name in ("cumulo-powerbtn", "cumulo-hotplug", "cumulo-netup"):
+        put(f"sbin/{name}", _guest_file(name), 0o755)
+    put("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    put("etc/shadow", b"root:*:19000:0:99999:7:::\n", 0o600)
+    put("etc/group", b"root:x:0:\ntty:x:5:\n")
+    put("etc/shells", b"/bin/sh\n/bin/ash\n")
+    put("etc/nsswitch.conf", b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n")
+    put("etc/hostname", b"tiny\n")
+    put("etc/hosts", b"127.0.0.1\tlocalhost\n")
+    put("etc/resolv.conf", b"")
+    put("etc/profile", b'export PATH=/bin:/sbin:/usr/bin:/usr/sbin\nexport PS1="\\u@\\h:\\w\\$ "\n')
+    put(
+        "etc/os-release",
+        b'NAME="cumulo tiny"\nID=cumulo-tiny\nPRETTY_NAME="cumulo tiny (busybox+dropbear)"\n',
+    )
+
+
+def _make_qcow2(staging: Path, raw: Path, qcow2: Path, digest: str) -> None:
+    with raw.open("wb") as f:
+        f.truncate(ROOTFS_SIZE)
+    uuid = f"{digest[0:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+    seed = f"{digest[32:40]}-{digest[40:44]}-{digest[44:48]}-{digest[48:52]}-{digest[52:64]}"
+    env = dict(os.environ, E2FSPROGS_FAKE_TIME="1700000000", LC_ALL="C")
+    cmd = [
+        debs.require_tool("mke2fs"), "-q", "-F", "-t", "ext4", "-L", "tiny-root", "-U", uuid,
+        "-E", f"hash_seed={seed},root_owner=0:0", "-d", str(staging), str(raw),
+    ]  # fmt: skip
+    _check(cmd, env)
+    _check(
+        [debs.require_tool("qemu-img"), "convert", "-q", "-f", "raw", "-O", "qcow2",
+         str(raw), str(qcow2)],
+        env,
+    )  # fmt: skip
+    raw.unlink()
+
+
+def _check(cmd: list[str], env: dict[str, str]) -> None:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ImageBuildError(f"{cmd[0]} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m cumulo.images.tiny", description="Build the tiny guest image."
+    )
+    parser.add_argument("--arch", required=True, choices=[a.value for a in Arch])
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    try:
+        path = ensure_tiny_image(Arch(args.arch), args.cache_dir)
+    except ImageBuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The driver contract: one suite, run on the fake driver and on the QEMU driver (real VMs).
+
+The QEMU harness boots real VMs under TCG from the built-in tiny image (one qcow2 overlay per
+VM) in a short temp dir, and kills by pid every QEMU it started when the test ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cumulo.agent.drivers.base import Driver, DriverError, Observed, PowerState, VMSpec
+from cumulo.agent.drivers.fake import FakeDriver, FakeHost
+from cumulo.agent.drivers.qemu import QemuDriver
+from cumulo.domain.arch import Arch
+
+READY = "cumulo-tiny: ready"
+
+
+@dataclass
+class Guest:
+    kernel: Path
+    initrd: Path
+    rootfs: Path
+    cmdline: str
+
+
+@dataclass
+class Harness:
+    kind: str
+    driver: Driver
+    workdir: Path
+    reopen: Callable[[], Driver]  # a new driver on the same host (agent restart)
+    crash: Callable[[str], None]  # the VM's process dies without anyone asking
+    guest: Guest | None = None
+    boot_timeout: float = 60.0
+    ready: str = READY
+    n: int = 0
+
+    def spec(self, *, missing_disk: bool = False) -> VMSpec:
+        self.n += 1
+        vm_id = f"i-{self.n:017x}"
+        disk = self.workdir / f"{vm_id}.qcow2"
+        if self.guest is None:
+            if not missing_disk:
+                disk.write_bytes(b"")
+            return VMSpec(vm_id, f"host{self.n}", Arch.X86_64, 1, 128, disk)
+        if not missing_disk:
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.guest.rootfs),
+                 "-F", "qcow2", str(disk)],
+                check=True,
+            )  # fmt: skip
+        return VMSpec(
+            vm_id=vm_id,
+            hostname=f"host{self.n}",
+            arch=Arch.X86_64,
+            vcpus=1,
+            ram_mib=128,
+            boot_disk=disk,
+            kernel=self.guest.kernel,
+            initrd=self.guest.initrd,
+            kernel_cmdline=self.guest.cmdline,
+        )
+
+    async def wait_console(self, vm_id: str, count: int = 1, driver: Driver | None = None) -> str:
+        """Poll the console until the guest has said it is ready `count` times."""
+        drv = driver or self.driver
+        deadline = time.monotonic() + self.boot_timeout * count
+        while True:
+            log = await drv.console_log(vm_id)
+            if log.count(self.ready) >= count:
+                return log
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{vm_id} not ready {count}x; console:\n{log[-3000:]}")
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def tiny_guest(tiny_image_x86_64: Path) -> Guest:
+    meta = json.loads((tiny_image_x86_64 / "image.json").read_text())
+    return Guest(
+        kernel=tiny_image_x86_64 / "vmlinuz",
+        initrd=tiny_image_x86_64 / "initrd.img",
+        rootfs=tiny_image_x86_64 / "rootfs.qcow2",
+        cmdline=str(meta["kernel_cmdline"]),
+    )
+
+
+@pytest.fixture(params=["fake", pytest.param("qemu", marks=pytest.mark.qemu)])
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    workdir = Path(tempfile.mkdtemp(prefix="cd-"))
+    try:
+        if request.param == "fake":
+            host = FakeHost()
+            fake = FakeDriver(host)
+
+            def crash_fake(vm_id: str) -> None:
+                fake.simulate_crash(vm_id)
+
+            yield Harness("fake", fake, workdir, lambda: FakeDriver(host), crash_fake)
+            return
+        guest: Guest = request.getfixturevalue("tiny_guest")
+        runtime = workdir / "run"
+        qemu = QemuDriver(runtime, accel="tcg")
+
+        def crash_qemu(vm_id: str) -> None:
+            pid = int((runtime / vm_id / "qemu.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            _wait_pid_gone(pid)
+
+        h = Harness("qemu", qemu, workdir, lambda: QemuDriver(runtime, accel="tcg"), crash_qemu)
+        h.guest = guest
+        try:
+            yield h
+        finally:
+            _kill_all(runtime)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _kill_all(runtime: Path) -> None:
+    """Kill (by pid) every QEMU this test started; only pids whose cmdline names our dir."""
+    for pidfile in runtime.glob("*/qemu.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if os.fsencode(pidfile) in cmdline.split(b"\0"):
+                os.kill(pid, signal.SIGKILL)
+                _wait_pid_gone(pid)
+
+
+def _wait_pid_gone(pid: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not Path(f"/proc/{pid}/cmdline").read_bytes():  # zombie: gone for us
+                return
+        except OSError:
+            return
+        time.sleep(0.02)
+
+
+# -- the contract ---------------------------------------------------------------------------
+
+
+async def observed(driver: Driver, vm_id: str) -> Observed:
+    return (await driver.observe())[vm_id]
+
+
+async def wait_power(
+    driver: Driver, vm_id: str, wanted: set[PowerState], timeout: float
+) -> Observed:
+    deadline = time.monotonic() + timeout
+    while True:
+        obs = await observed(driver, vm_id)
+        if obs.power in wanted:
+            return obs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{vm_id} still {obs} after {timeout}s (wanted {wanted})")
+        await asyncio.sleep(0.2)
+
+
+async def test_start_runs_and_is_idempotent(harness: Harness) -> None:
+    d = harness.driver
+    spec = harness.spec()
+    first = await d.start(spec)
+    assert first.power is PowerState.RUNNING and first.pid is not None
+    log = await harness.wait_console(spec.vm_id)
+    assert log.strip()
+    obs = await observed(d, spec.vm_id)
+    assert (obs.power, obs.pid) == (PowerState.RUNNING, first.pid)
+    again = await d.start(spec)
+    assert (again.power, again.pid) == (PowerState.RUNNING, first.pid)
+    assert list(await d.observe()) == [spec.vm_id]
+
+
+async def test_reboot_keeps_running_and_boots_again(harness: Harness) -> None:
+    d = harness.driver
+    spec = harness.spec()
+    pid = (await d.start(spec)).pid
+    await harness.wait_console(spec.vm_id)
+    await d.reboot(spec.vm_id)
+    await harness.wait_console(spec.vm_id, count=2)
+    obs = await observed(d, spec.vm_id)
+    assert (obs.power, obs.pid) == (PowerState.RUNNING, pid)
+
+
+async def test_guest_shutdown_then_force_stop_is_stopped(harness: Harness) -> None:
+    d = harness.driver
+    spec = harness.spec()
+    await d.start(spec)
+    await harness.wait_console(spec.vm_id)
+    await d.request_shutdown(spec.vm_id)
+    await wait_power(d, spec.vm_id, {PowerState.SHUTDOWN, PowerState.STOPPED}, timeout=30)
+    # Guest powered off: cleaning up the process is the reconciler's call.
+    await d.force_stop(spec.vm_id)
+    obs = await observed(d, spec.vm_id)
+    assert obs.power is PowerState.STOPPED, obs
+    assert obs.pid is None
+    await d.force_stop(spec.vm_id)  # idempotent
+    assert (await observed(d, spec.vm_id)).power is PowerState.STOPPED
+
+
+async def test_force_stop_then_start_again_clears_the_stop_marker(harness: Harness) -> None:
+    d = harness.driver
+    spec = harness.spec()
+    first = await d.start(spec)
+    await d.force_stop(spec.vm_id)
+    assert (await observed(d, spec.vm_id)).power is PowerState.STOPPED
+    second = await d.start(spec)
+    assert second.power is PowerState.RUNNING and second.pid != first.pid
+    # The marker of the earlier stop must not turn a later crash into a clean stop.
+    harness.crash(spec.vm_id)
+    assert (await observed(d, spec.vm_id)).power is PowerState.CRASHED
+
+
+async def test_crash_is_reported_with_a_reason(harness: Harness) -> None:
+    d = harness.driver
+    spec = harness.spec()
+    pid = (await d.start(spec)).pid
+    harness.crash(spec.vm_id)
+    obs = await observed(d, spec.vm_id)
+    assert obs.power is PowerState.CRASHED
+    assert obs.pid is None
+    assert "unexpectedly" in obs.reason and str(pid) in obs.reason
+    with pytest.raises(DriverError):
+        await d.reboot(spec.vm_id)
+    # Acknowledging the crash (force_stop) leaves a cleanly stopped VM.
+    await d.force_stop(spec.vm_id)
+    assert (await observed(d, spec.vm_id)).power is PowerState.STOPPED
+
+
+async def test_new_driver_instance_readopts_running_vms(harness: Harness) -> None:
+    spec = harness.spec()
+    pid = (await harness.driver.start(spec)).pid
+    await harness.wait_console(spec.vm_id)
+    fresh = harness.reopen()  # the agent restarted
+    obs = await observed(fresh, spec.vm_id)
+    assert (obs.power, obs.pid) == (PowerState.RUNNING, pid)
+    assert (await fresh.start(spec)).pid == pid
+    assert harness.ready in await fresh.console_log(spec.vm_id)
+    # Controls work through the adopted VM's QMP socket, not only by pid.
+    await fresh.request_shutdown(spec.vm_id)
+    await wait_power(fresh, spec.vm_id, {PowerState.SHUTDOWN, PowerState.STOPPED}, timeout=30)
+    await fresh.force_stop(spec.vm_id)
+    assert (await observed(fresh, spec.vm_id)).power is PowerState.STOPPED
+
+
+async def test_destroy_removes_the_vm(harness: Harness) -> None:
+    d = harness.driver
+    spec = harness.spec()
+    await d.start(spec)
+    await d.destroy(spec.vm_id)
+    assert spec.vm_id not in await d.observe()
+    assert await d.console_log(spec.vm_id) == ""
+    await d.destroy(spec.vm_id)  # idempotent
+
+
+async def test_unknown_vm(harness: Harness) -> None:
+    d = harness.driver
+    await d.force_stop("i-00000000000000bad")
+    await d.destroy("i-00000000000000bad")
+    await d.request_shutdown("i-00000000000000bad")
+    assert await d.console_log("i-00000000000000bad") == ""
+    with pytest.raises(DriverError):
+        await d.reboot("i-00000000000000bad")
+    assert await d.observe() == {}
+
+
+async def test_start_with_a_missing_disk_fails_clearly(harness: Harness) -> None:
+    spec = harness.spec(missing_disk=True)
+    with pytest.raises(DriverError, match="boot disk"):
+        await harness.driver.start(spec)
+    assert spec.vm_id not in await harness.driver.observe()

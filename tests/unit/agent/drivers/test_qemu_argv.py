@@ -1,0 +1,115 @@
+"""Golden QEMU command lines: any change to the argv must show up here on purpose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cumulo.agent.drivers.base import VMSpec
+from cumulo.agent.drivers.qemu_argv import VMPaths, build_argv
+from cumulo.domain.arch import Arch
+
+RUN = Path("/run/cumulo/vms")
+VM = "i-0123456789abcdef0"
+PATHS = VMPaths.for_vm(RUN, VM)
+D = f"{RUN}/{VM}"
+
+
+def spec(arch: Arch, **kw: object) -> VMSpec:
+    base: dict[str, object] = {
+        "vm_id": VM,
+        "hostname": "web1",
+        "arch": arch,
+        "vcpus": 2,
+        "ram_mib": 512,
+        "boot_disk": Path("/var/lib/cumulo/disks/vol-1.qcow2"),
+        "kernel": Path("/img/vmlinuz"),
+        "initrd": Path("/img/initrd.img"),
+        "kernel_cmdline": "console=ttyS0 root=/dev/vda rw quiet",
+        "seed_iso": Path("/var/lib/cumulo/seeds/i-0123456789abcdef0.iso"),
+    }
+    base.update(kw)
+    return VMSpec(**base)  # type: ignore[arg-type]
+
+
+TAIL = [
+    "-drive", "if=none,id=root,file=/var/lib/cumulo/disks/vol-1.qcow2,format=qcow2,"
+    "cache=writeback,discard=unmap",
+    "-device", "virtio-blk-pci,drive=root,id=root-dev",
+    "-drive", "if=none,id=seed,file=/var/lib/cumulo/seeds/i-0123456789abcdef0.iso,"
+    "format=raw,readonly=on",
+    "-device", "virtio-blk-pci,drive=seed,id=seed-dev",
+    "-device", "virtio-rng-pci",
+    "-qmp", f"unix:{D}/qmp.sock,server=on,wait=off",
+    "-action", "shutdown=pause",
+    "-pidfile", f"{D}/qemu.pid",
+    "-daemonize",
+]  # fmt: skip
+
+
+def head(binary: str, machine: list[str], accel: str) -> list[str]:
+    return [
+        binary, "-name", f"guest={VM}", "-nodefaults", "-no-user-config", "-display", "none",
+        *machine, "-accel", accel, "-smp", "2", "-m", "512",
+        "-chardev", f"file,id=console,path={D}/console.log,append=on",
+        "-serial", "chardev:console",
+    ]  # fmt: skip
+
+
+KERNEL = [
+    "-kernel", "/img/vmlinuz", "-initrd", "/img/initrd.img",
+    "-append", "console=ttyS0 root=/dev/vda rw quiet",
+]  # fmt: skip
+
+
+def test_x86_64_tcg() -> None:
+    assert build_argv(spec(Arch.X86_64), PATHS, "tcg") == [
+        *head("qemu-system-x86_64", ["-machine", "q35", "-cpu", "max"], "tcg"),
+        *KERNEL,
+        *TAIL,
+    ]
+
+
+def test_x86_64_kvm_uses_the_host_cpu() -> None:
+    assert build_argv(spec(Arch.X86_64), PATHS, "kvm") == [
+        *head("qemu-system-x86_64", ["-machine", "q35", "-cpu", "host"], "kvm"),
+        *KERNEL,
+        *TAIL,
+    ]
+
+
+def test_arm64_tcg() -> None:
+    assert build_argv(spec(Arch.ARM64), PATHS, "tcg") == [
+        *head("qemu-system-aarch64", ["-machine", "virt", "-cpu", "cortex-a57"], "tcg"),
+        *KERNEL,
+        *TAIL,
+    ]
+
+
+def test_arm64_kvm() -> None:
+    argv = build_argv(spec(Arch.ARM64), PATHS, "kvm")
+    assert argv[7:13] == ["-machine", "virt,gic-version=host", "-cpu", "host", "-accel", "kvm"]
+
+
+def test_disk_boot_without_kernel_or_seed() -> None:
+    x86 = build_argv(spec(Arch.X86_64, kernel=None, initrd=None, seed_iso=None), PATHS, "tcg")
+    assert "-kernel" not in x86 and "-append" not in x86 and "-bios" not in x86
+    assert not any("id=seed" in a for a in x86)
+    arm = build_argv(spec(Arch.ARM64, kernel=None, initrd=None, seed_iso=None), PATHS, "tcg")
+    assert arm[arm.index("-bios") + 1] == "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"
+
+
+def test_commas_in_paths_are_escaped() -> None:
+    argv = build_argv(spec(Arch.X86_64, boot_disk=Path("/d/a,b.qcow2")), PATHS, "tcg")
+    assert any(a.startswith("if=none,id=root,file=/d/a,,b.qcow2,format") for a in argv)
+
+
+def test_runtime_dir_appears_in_the_command_line() -> None:
+    argv = build_argv(spec(Arch.X86_64), PATHS, "tcg")
+    assert f"{D}/qemu.pid" in argv  # how observe() tells our QEMU from a reused pid
+    assert argv[-1] == "-daemonize" and "-nic" not in argv and "-netdev" not in argv
+
+
+def test_paths() -> None:
+    assert PATHS.vm_id == VM
+    assert str(PATHS.stop_marker) == f"{D}/stop-requested"
+    assert str(PATHS.console_log) == f"{D}/console.log"

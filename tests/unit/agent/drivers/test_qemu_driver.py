@@ -1,0 +1,101 @@
+"""QEMU driver specifics outside the contract: launch errors, path limits, outliving the agent.
+
+These boot no guest OS (a blank qcow2 disk: the firmware finds nothing and waits), so they
+need only qemu-system-x86_64 and qemu-img.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cumulo.agent.drivers.base import DriverError, PowerState, VMSpec
+from cumulo.agent.drivers.qemu import QemuDriver
+from cumulo.domain.arch import Arch
+
+pytestmark = pytest.mark.qemu
+
+VM = "i-0000000000000abcd"
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
+        pytest.skip("qemu-system-x86_64 and qemu-img are needed")
+    path = Path(tempfile.mkdtemp(prefix="cd-"))
+    try:
+        yield path
+    finally:
+        for pidfile in path.glob("run/*/qemu.pid"):  # kill only our own QEMUs, by pid
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pidfile.read_text())
+                if os.fsencode(pidfile) in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                    os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def blank_spec(workdir: Path) -> VMSpec:
+    disk = workdir / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    return VMSpec(VM, "blank", Arch.X86_64, 1, 64, disk)
+
+
+def test_runtime_dir_too_long_for_unix_sockets() -> None:
+    with pytest.raises(DriverError, match="too long"):
+        QemuDriver(Path("/tmp/" + "x" * 90))
+
+
+async def test_launch_error_carries_qemu_stderr(workdir: Path) -> None:
+    driver = QemuDriver(workdir / "run", accel="tcg")
+    not_qcow2 = workdir / "raw.img"
+    not_qcow2.write_bytes(b"\0" * 4096)
+    spec = VMSpec(VM, "bad", Arch.X86_64, 1, 64, not_qcow2)
+    with pytest.raises(DriverError, match=r"failed to start.*qcow2"):
+        await driver.start(spec)
+    obs = (await driver.observe())[VM]
+    assert obs.power is PowerState.CRASHED and "qcow2" in obs.reason
+
+
+async def test_qemu_outlives_the_process_that_started_it(workdir: Path) -> None:
+    spec = blank_spec(workdir)
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from pathlib import Path
+        from cumulo.agent.drivers.base import VMSpec
+        from cumulo.agent.drivers.qemu import QemuDriver
+        from cumulo.domain.arch import Arch
+        spec = VMSpec({VM!r}, "blank", Arch.X86_64, 1, 64, Path({str(spec.boot_disk)!r}))
+        print(asyncio.run(QemuDriver(Path({str(workdir / "run")!r}), "tcg").start(spec)).pid)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    pid = int(out.stdout.decode().strip())
+    driver = QemuDriver(workdir / "run", accel="tcg")  # the "restarted agent"
+    obs = (await driver.observe())[VM]
+    assert (obs.power, obs.pid) == (PowerState.RUNNING, pid)
+    assert os.getsid(pid) != os.getsid(0)  # its own session: a signal to ours won't reach it
+    await driver.force_stop(VM)
+    obs = (await driver.observe())[VM]
+    assert obs.power is PowerState.STOPPED
+
+
+async def test_a_reused_pid_is_not_mistaken_for_the_vm(workdir: Path) -> None:
+    driver = QemuDriver(workdir / "run", accel="tcg")
+    vm_dir = workdir / "run" / VM
+    vm_dir.mkdir(parents=True)
+    (vm_dir / "qemu.pid").write_text(f"{os.getpid()}\n")  # a live pid that is not our QEMU
+    obs = (await driver.observe())[VM]
+    assert obs.power is PowerState.CRASHED and str(os.getpid()) in obs.reason
+    await driver.force_stop(VM)  # must not kill this test process
+    assert (await driver.observe())[VM].power is PowerState.STOPPED

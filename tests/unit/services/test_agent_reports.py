@@ -1,0 +1,84 @@
+"""What agents report moves instances; stale reports cannot undo a newer user request."""
+
+from __future__ import annotations
+
+import pytest
+from tests.conftest import ADMIN, AGENT_HOST
+
+from cumulo.domain.errors import Forbidden
+from cumulo.domain.instance import Action
+from cumulo.protocol import Observation
+from cumulo.services import agents, instances
+from cumulo.services.context import Principal, Role, Services
+
+AGENT = Principal(role=Role.AGENT, host_name=AGENT_HOST)
+
+
+def _new(svc: Services, name: str = "vm") -> str:
+    req = instances.CreateInstance(name=name, image="tiny", type="t1.nano")
+    return instances.create(svc, ADMIN, None, req).id
+
+
+def _report(svc: Services, iid: str, state: str, gen: int, **kw: object) -> None:
+    agents.report(svc, AGENT, AGENT_HOST,
+                  [Observation(id=iid, state=state, generation=gen, **kw)])  # type: ignore[arg-type]
+
+
+def test_assignments_carry_desired_state(svc: Services) -> None:
+    iid = _new(svc)
+    (a,) = agents.assignments(svc, AGENT, AGENT_HOST)
+    assert (a.id, a.desired_power, a.generation, a.state) == (iid, "running", 1, "pending")
+    assert a.image.kernel_path and a.image.kernel_path.endswith("vmlinuz")
+
+
+def test_report_moves_state_and_stale_reports_are_ignored(svc: Services) -> None:
+    iid = _new(svc)
+    _report(svc, iid, "running", 1)
+    assert instances.get(svc, ADMIN, None, iid).state == "running"
+    instances.act(svc, ADMIN, None, iid, Action.STOP)  # generation 2
+    _report(svc, iid, "running", 1)  # made before the agent saw the stop
+    assert instances.get(svc, ADMIN, None, iid).state == "stopping"
+    _report(svc, iid, "stopped", 2)
+    assert instances.get(svc, ADMIN, None, iid).state == "stopped"
+
+
+def test_crash_shows_error_with_reason_and_guest_poweroff_sets_desired_stopped(
+    svc: Services,
+) -> None:
+    iid = _new(svc)
+    _report(svc, iid, "error", 1, reason="qemu process exited unexpectedly")
+    v = instances.get(svc, ADMIN, None, iid)
+    assert (v.state, v.state_reason) == ("error", "qemu process exited unexpectedly")
+    other = _new(svc, "other")
+    _report(svc, other, "stopped", 1, guest_initiated=True, reason="the guest powered itself off")
+    v = instances.get(svc, ADMIN, None, other)
+    assert (v.state, v.desired_state) == ("stopped", "stopped")
+
+
+def test_reboot_is_rebooting_until_the_agent_has_done_it(svc: Services) -> None:
+    iid = _new(svc)
+    _report(svc, iid, "running", 1)
+    instances.act(svc, ADMIN, None, iid, Action.REBOOT)
+    _report(svc, iid, "running", 2)  # not yet done
+    assert instances.get(svc, ADMIN, None, iid).state == "rebooting"
+    _report(svc, iid, "running", 2, reboot_done_seq=1)
+    assert instances.get(svc, ADMIN, None, iid).state == "running"
+
+
+def test_deleted_report_removes_the_row_only_when_deletion_was_asked(svc: Services) -> None:
+    iid = _new(svc)
+    _report(svc, iid, "deleted", 1)
+    assert instances.get(svc, ADMIN, None, iid).state == "pending"
+    instances.act(svc, ADMIN, None, iid, Action.DELETE)
+    _report(svc, iid, "stopped", 2)
+    assert instances.get(svc, ADMIN, None, iid).state == "deleting"
+    _report(svc, iid, "deleted", 2)
+    assert instances.list_all(svc, ADMIN, None) == []
+
+
+def test_an_agent_acts_only_for_its_own_host(svc: Services) -> None:
+    _new(svc)
+    with pytest.raises(Forbidden):
+        agents.assignments(svc, Principal(role=Role.AGENT, host_name="other"), AGENT_HOST)
+    with pytest.raises(Forbidden):
+        instances.list_all(svc, AGENT, None)
