@@ -42,7 +42,8 @@ def test_x86_64_and_arm64_lifecycle(qemu_cloud: Cloud) -> None:
     pids = qemu_pids(c.state_dir)
     assert len(pids) == 2
     for pid in pids.values():
-        cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
         assert str(c.state_dir).encode() in cmdline and b"tcg" in cmdline
 
     # stop is an ACPI power-off the guest obeys (well before the forced-stop timeout)
