@@ -7,6 +7,7 @@ the server with a one-line error rather than misbehaving later.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -89,8 +90,33 @@ def _safe_hostname() -> str:
     return cleaned or "local"
 
 
+class NetworkSettings(BaseModel):
+    # Default project networks are carved out of this pool, one /default_prefix each.
+    private_pool: str = "10.64.0.0/10"
+    default_prefix: int = Field(default=20, ge=16, le=28)
+    # All-in-one public IPs: a slice of loopback, forwarded into instances (no route to VMs).
+    public_pool: str = "127.100.0.0/16"
+
+    @field_validator("private_pool")
+    @classmethod
+    def _private(cls, v: str) -> str:
+        net = ipaddress.ip_network(v, strict=True)
+        if not (net.version == 4 and net.is_private) or net.is_loopback:
+            raise ValueError("private_pool must be a private IPv4 range")
+        return v
+
+    @field_validator("public_pool")
+    @classmethod
+    def _public(cls, v: str) -> str:
+        net = ipaddress.IPv4Network(v, strict=True)
+        if not net.subnet_of(ipaddress.IPv4Network("127.0.0.0/8")) or net.prefixlen < 9:
+            raise ValueError("public_pool must be a slice of 127.0.0.0/8 (not all of it)")
+        return v
+
+
 class Settings(BaseModel):
     cloud_domain: str = "cumulo.internal"
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
     regions: list[Region] = Field(
         default_factory=lambda: [Region(name="local-1", zones=["local-1a", "local-1b"])]
     )

@@ -29,6 +29,38 @@ class ImageRef(BaseModel):
     kernel_cmdline: str
 
 
+class DnsRecord(BaseModel):
+    hostname: str  # the instance name (a DNS label)
+    fqdn: str  # <name>.<project>.<zone>.<cloud domain>
+    ip: str
+    mac: str
+
+
+class NetworkRef(BaseModel):
+    """A private network (one Linux bridge inside the host's namespace, one dnsmasq)."""
+
+    id: str  # "net-<17 hex>"
+    project: str
+    cidr: str  # e.g. "10.100.3.0/24"
+    gateway: str  # the bridge's own address; also DHCP + DNS server for the network
+    dns_domain: str  # "<project>.<zone>.<cloud domain>"
+    records: list[DnsRecord] = Field(default_factory=list)  # every instance on the network
+
+
+class NicRef(BaseModel):
+    network_id: str
+    mac: str  # "52:54:00:xx:xx:xx"
+    ip: str
+
+
+class FirewallRule(BaseModel):
+    """One ingress allow rule of a security group (egress is always allowed)."""
+
+    proto: str  # tcp | udp | icmp
+    port: int | None = None  # None: every port (tcp/udp); ignored for icmp
+    cidr: str = "0.0.0.0/0"
+
+
 class Assignment(BaseModel):
     """One instance the host must converge to `desired_power`."""
 
@@ -47,11 +79,17 @@ class Assignment(BaseModel):
     image: ImageRef
     user_data_b64: str | None = None
     ssh_public_keys: list[str] = Field(default_factory=list)
+    fqdn: str = ""
+    bandwidth_mbps: int = 0  # 0: no cap
+    nics: list[NicRef] = Field(default_factory=list)
+    ingress: list[FirewallRule] = Field(default_factory=list)
+    public_ip: str | None = None  # all-in-one: a loopback address forwarding into the VM
 
 
 class Assignments(BaseModel):
     version: int  # the notifier version; long-poll again with since=version
     instances: list[Assignment]
+    networks: list[NetworkRef] = Field(default_factory=list)  # those the instances use
 
 
 class Observation(BaseModel):

@@ -15,28 +15,12 @@ from cumulo.domain.validation import MAX_USER_DATA_BYTES
 
 app = typer.Typer(help="Create and manage instances (virtual machines).", no_args_is_help=True)
 
-COLUMNS = ["name", "state", "zone", "arch", "type", "vcpus", "ram_mib", "image", "host", "id"]
-SHOW = [
-    "id",
-    "name",
-    "project",
-    "state",
-    "state_reason",
-    "desired_state",
-    "region",
-    "zone",
-    "arch",
-    "type",
-    "vcpus",
-    "ram_mib",
-    "bandwidth_mbps",
-    "disk_gib",
-    "image",
-    "host",
-    "tags",
-    "created_at",
-    "updated_at",
-]
+COLUMNS = ["name", "state", "zone", "arch", "type", "vcpus", "ram_mib", "image", "private_ip",
+           "public_ip", "id"]
+SHOW = ["id", "name", "project", "state", "state_reason", "desired_state", "region", "zone",
+        "arch", "type", "vcpus", "ram_mib", "bandwidth_mbps", "disk_gib", "image", "host",
+        "network", "private_ip", "public_ip", "fqdn", "key_names", "security_groups", "tags",
+        "created_at", "updated_at"]
 
 Wait = Annotated[bool, typer.Option("--wait", help="Follow the state until it settles.")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
@@ -93,6 +77,12 @@ def create(
         typer.Option("--user-data", help="File given to the guest at boot (cloud-init)."),
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE, repeatable.")] = None,
+    key: Annotated[list[str] | None, typer.Option("--key", help="Key pair, repeatable.")] = None,
+    security_group: Annotated[list[str] | None, typer.Option(
+        "--security-group", help="Repeatable; default: the project's default group.")] = None,
+    network: Annotated[str | None, typer.Option("--network", help="default: the zone's "
+                                                "default network")] = None,
+    private_ip: Annotated[str | None, typer.Option("--private-ip")] = None,
     wait: Wait = False,
     timeout: Timeout = 600.0,
 ) -> None:
@@ -109,6 +99,10 @@ def create(
         "disk_gib": disk_size,
         "zone": zone,
         "tags": {},
+        "keys": key or [],
+        "security_groups": security_group or [],
+        "network": network,
+        "private_ip": private_ip,
     }
     if user_data is not None:
         try:
@@ -121,10 +115,10 @@ def create(
             )
         body["user_data"] = base64.b64encode(raw).decode()
     for item in tag or []:
-        key, sep, value = item.partition("=")
+        tag_key, sep, value = item.partition("=")
         if not sep:
             raise CliError("invalid_tag", f"tag {item!r} is not KEY=VALUE")
-        body["tags"][key] = value
+        body["tags"][tag_key] = value
     created = st.client().post("/v1/instances", json=body)
     _show(st, wait_for(st, created["id"], "running", timeout) if wait else created)
 

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from cumulo.cli.client import Client, load_client_config
 
-out = Console()
+# Piped output is not cut to 80 columns: scripts grep it.
+out = Console(width=None if sys.stdout.isatty() else 400)
 err = Console(stderr=True)
 
 

@@ -111,8 +111,91 @@ class InstanceRow(Base):
     reboot_seq: Mapped[int] = mapped_column(Integer, default=0)
     reboot_done_seq: Mapped[int] = mapped_column(Integer, default=0)
     user_data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # Public keys copied at create (like EC2): deleting a key pair later changes no instance.
+    ssh_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
+    key_names: Mapped[list[str]] = mapped_column(JSON, default=list)
     tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class NetworkRow(Base):
+    """A private network of one project in one zone (a bridge + dnsmasq on each host)."""
+
+    __tablename__ = "networks"
+    __table_args__ = (UniqueConstraint("project_id", "zone", "name", name="uq_network_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    zone: Mapped[str] = mapped_column(String(63))
+    cidr: Mapped[str] = mapped_column(String(43), unique=True)
+    gateway: Mapped[str] = mapped_column(String(39))
+    is_default: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AddressRow(Base):
+    """A private address (and the NIC's MAC) held by one instance on one network."""
+
+    __tablename__ = "addresses"
+    __table_args__ = (UniqueConstraint("network_id", "ip", name="uq_address_ip"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"), index=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
+    ip: Mapped[str] = mapped_column(String(39))
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+
+
+class PublicIpRow(Base):
+    __tablename__ = "public_ips"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ip: Mapped[str] = mapped_column(String(39), unique=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    instance_id: Mapped[str | None] = mapped_column(
+        ForeignKey("instances.id"), nullable=True, unique=True
+    )
+    auto: Mapped[bool] = mapped_column(default=False)  # given at create, released at delete
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class KeyPairRow(Base):
+    __tablename__ = "keypairs"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_keypair_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SecurityGroupRow(Base):
+    __tablename__ = "security_groups"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_security_group_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SecurityRuleRow(Base):
+    __tablename__ = "security_rules"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("security_groups.id", ondelete="CASCADE"), index=True
+    )
+    proto: Mapped[str] = mapped_column(String(8))
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cidr: Mapped[str] = mapped_column(String(43))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class InstanceGroupRow(Base):
+    __tablename__ = "instance_security_groups"
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    group_id: Mapped[str] = mapped_column(ForeignKey("security_groups.id"), primary_key=True)

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import base64
+from collections import defaultdict
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from cumulo.db.tables import HostRow, ImageRow, InstanceRow, ProjectRow
+from cumulo.db.tables import (
+    AddressRow,
+    HostRow,
+    ImageRow,
+    InstanceGroupRow,
+    InstanceRow,
+    NetworkRow,
+    ProjectRow,
+    PublicIpRow,
+)
 from cumulo.domain.errors import NotFound
 from cumulo.domain.instance import DesiredPower, InstanceState
-from cumulo.protocol import Assignment, ImageRef, Observation
-from cumulo.services import hosts
+from cumulo.protocol import (
+    Assignment,
+    DnsRecord,
+    ImageRef,
+    NetworkRef,
+    NicRef,
+    Observation,
+)
+from cumulo.services import hosts, security_groups
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services
+from cumulo.services.instances import fqdn, network_hosts
 
 DELETED = "deleted"
 
@@ -31,69 +49,103 @@ def host_id(svc: Services, who: Principal, name: str) -> str:
         return _host(s, name).id
 
 
-def assignments(svc: Services, who: Principal, name: str) -> list[Assignment]:
+def _networks(s: Session, svc: Services, network_ids: set[str]) -> list[NetworkRef]:
+    """The networks with a DNS record for every instance on them, wherever it runs."""
+    if not network_ids:
+        return []
+    records: dict[str, list[DnsRecord]] = defaultdict(list)
+    rows = s.execute(
+        select(AddressRow, InstanceRow.name, InstanceRow.zone, ProjectRow.name)
+        .join(InstanceRow, InstanceRow.id == AddressRow.instance_id)
+        .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
+        .where(AddressRow.network_id.in_(network_ids))
+        .order_by(AddressRow.ip)
+    )
+    for addr, name, zone, project in rows:
+        records[addr.network_id].append(DnsRecord(
+            hostname=name, fqdn=fqdn(svc, name, project, zone), ip=addr.ip, mac=addr.mac))
+    out = []
+    for net, project in s.execute(select(NetworkRow, ProjectRow.name)
+                                  .join(ProjectRow, ProjectRow.id == NetworkRow.project_id)
+                                  .where(NetworkRow.id.in_(network_ids))
+                                  .order_by(NetworkRow.id)):
+        out.append(NetworkRef(
+            id=net.id, project=project, cidr=net.cidr, gateway=net.gateway,
+            dns_domain=f"{project}.{net.zone}.{svc.settings.cloud_domain}",
+            records=records[net.id]))
+    return out
+
+
+def assignments(svc: Services, who: Principal, name: str
+                ) -> tuple[list[Assignment], list[NetworkRef]]:
     require_agent(who, name)
     with svc.db.session() as s:
         host = _host(s, name)
         hosts.heartbeat(s, host)
-        rows = (
-            s.execute(
-                select(InstanceRow, ImageRow, ProjectRow.name)
-                .join(ImageRow, ImageRow.id == InstanceRow.image_id)
-                .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
-                .where(InstanceRow.host_id == host.id)
-            )
-            .tuples()
-            .all()
-        )
-        return [
+        rows = s.execute(
+            select(InstanceRow, ImageRow, ProjectRow.name)
+            .join(ImageRow, ImageRow.id == InstanceRow.image_id)
+            .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
+            .where(InstanceRow.host_id == host.id)
+        ).all()
+        ids = [i.id for i, _, _ in rows]
+        nics: dict[str, list[NicRef]] = defaultdict(list)
+        for a in s.scalars(select(AddressRow).where(AddressRow.instance_id.in_(ids))
+                           .order_by(AddressRow.id)):
+            nics[a.instance_id].append(NicRef(network_id=a.network_id, mac=a.mac, ip=a.ip))
+        pub = dict(s.execute(select(PublicIpRow.instance_id, PublicIpRow.ip)
+                             .where(PublicIpRow.instance_id.in_(ids))).all())
+        ingress = security_groups.ingress_for(s, ids)
+        out = [
             Assignment(
-                id=i.id,
-                hostname=i.name,
-                project=pname,
-                arch=i.arch,
-                vcpus=i.vcpus,
-                ram_mib=i.ram_mib,
-                disk_gib=i.disk_gib,
-                state=i.state,
-                desired_power=i.desired_power,
-                generation=i.generation,
-                reboot_seq=i.reboot_seq,
-                reboot_done_seq=i.reboot_done_seq,
-                image=ImageRef(
-                    id=img.id,
-                    boot=img.boot,
-                    disk_path=img.disk_path,
-                    kernel_path=img.kernel_path,
-                    initrd_path=img.initrd_path,
-                    kernel_cmdline=img.kernel_cmdline,
-                ),
+                id=i.id, hostname=i.name, project=pname, arch=i.arch, vcpus=i.vcpus,
+                ram_mib=i.ram_mib, disk_gib=i.disk_gib, state=i.state,
+                desired_power=i.desired_power, generation=i.generation,
+                reboot_seq=i.reboot_seq, reboot_done_seq=i.reboot_done_seq,
+                image=ImageRef(id=img.id, boot=img.boot, disk_path=img.disk_path,
+                               kernel_path=img.kernel_path, initrd_path=img.initrd_path,
+                               kernel_cmdline=img.kernel_cmdline),
                 user_data_b64=base64.b64encode(i.user_data).decode() if i.user_data else None,
+                ssh_public_keys=list(i.ssh_keys or []), fqdn=fqdn(svc, i.name, pname, i.zone),
+                bandwidth_mbps=i.bandwidth_mbps, nics=nics[i.id], ingress=ingress[i.id],
+                public_ip=pub.get(i.id),
             )
             for i, img, pname in rows
         ]
+        nets = _networks(s, svc, {n.network_id for a in out for n in a.nics})
+        return out, nets
+
+
+def _forget(s: Session, row: InstanceRow) -> set[str]:
+    """Remove a deleted instance and release what it held; returns hosts to wake (DNS)."""
+    nets = list(s.scalars(select(AddressRow.network_id).where(AddressRow.instance_id == row.id)))
+    s.execute(delete(AddressRow).where(AddressRow.instance_id == row.id))
+    s.execute(delete(PublicIpRow).where(PublicIpRow.instance_id == row.id, PublicIpRow.auto))
+    for pip in s.scalars(select(PublicIpRow).where(PublicIpRow.instance_id == row.id)):
+        pip.instance_id = None  # an allocated (not auto) public IP stays with the project
+    s.execute(delete(InstanceGroupRow).where(InstanceGroupRow.instance_id == row.id))
+    s.delete(row)
+    s.flush()
+    return network_hosts(s, nets)
 
 
 def report(svc: Services, who: Principal, name: str, observations: list[Observation]) -> None:
     """Apply what the agent saw. Stale reports (older generation) cannot undo a newer request."""
     require_agent(who, name)
+    wake: set[str] = set()
     with svc.db.session() as s:
         host = _host(s, name)
         hosts.heartbeat(s, host)
         ids = [o.id for o in observations]
-        rows = {
-            r.id: r
-            for r in s.scalars(
-                select(InstanceRow).where(InstanceRow.id.in_(ids), InstanceRow.host_id == host.id)
-            )
-        }
+        rows = {r.id: r for r in s.scalars(
+            select(InstanceRow).where(InstanceRow.id.in_(ids), InstanceRow.host_id == host.id))}
         for obs in observations:
             row = rows.get(obs.id)
             if row is None or obs.generation < row.generation:
                 continue
             if obs.state == DELETED:
                 if row.desired_power == DesiredPower.DELETED.value:
-                    s.delete(row)
+                    wake |= _forget(s, row)
                 continue
             state = InstanceState(obs.state)
             if obs.reboot_done_seq is not None:
@@ -106,3 +158,5 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
                 row.desired_power = DesiredPower.STOPPED.value
             if row.state != state.value or row.state_reason != obs.reason:
                 row.state, row.state_reason = state.value, obs.reason
+    for h in wake:
+        svc.notifier.notify(h)

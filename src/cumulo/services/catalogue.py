@@ -32,9 +32,9 @@ def list_zones(svc: Services, who: Principal) -> list[ZoneView]:
         caps = {c.host_id: c for c in hosts.capacities(s)}
         rows = {h.id: h for h in s.scalars(select(HostRow).order_by(HostRow.name))}
         counts = dict(
-            s.execute(select(InstanceRow.host_id, func.count()).group_by(InstanceRow.host_id))
-            .tuples()
-            .all()
+            s.execute(
+                select(InstanceRow.host_id, func.count()).group_by(InstanceRow.host_id)
+            ).all()
         )
     by_zone: dict[str, list[HostView]] = defaultdict(list)
     for hid, cap in caps.items():

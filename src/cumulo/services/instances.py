@@ -8,7 +8,16 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cumulo.db.tables import HostRow, InstanceRow, ProjectRow
+from cumulo.db.tables import (
+    AddressRow,
+    HostRow,
+    InstanceGroupRow,
+    InstanceRow,
+    NetworkRow,
+    ProjectRow,
+    PublicIpRow,
+    SecurityGroupRow,
+)
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
 from cumulo.domain.ids import is_id, new_id
@@ -21,7 +30,7 @@ from cumulo.domain.instance import (
 )
 from cumulo.domain.validation import dns_label, positive, tags, user_data
 from cumulo.scheduler.placement import Request, largest_possible, place
-from cumulo.services import hosts, images
+from cumulo.services import hosts, images, keypairs, networks, public_ips, security_groups
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import InstanceView
@@ -42,30 +51,52 @@ class CreateInstance:
     zone: str | None = None
     user_data: bytes | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)
+    security_groups: list[str] = field(default_factory=list)
+    network: str | None = None
+    private_ip: str | None = None
 
 
-def view(svc: Services, row: InstanceRow, project: str, host: str | None) -> InstanceView:
-    return InstanceView(
-        id=row.id,
-        name=row.name,
-        project=project,
-        state=row.state,
-        state_reason=row.state_reason,
-        desired_state=row.desired_power,
-        region=svc.settings.region_of(row.zone),
-        zone=row.zone,
-        arch=row.arch,
-        type=row.type_name,
-        vcpus=row.vcpus,
-        ram_mib=row.ram_mib,
-        bandwidth_mbps=row.bandwidth_mbps,
-        disk_gib=row.disk_gib,
-        image=row.image_name,
-        host=host,
-        tags=dict(row.tags or {}),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+def fqdn(svc: Services, name: str, project: str, zone: str) -> str:
+    return f"{name}.{project}.{zone}.{svc.settings.cloud_domain}"
+
+
+def views(s: Session, svc: Services, rows: list[InstanceRow], project: str) -> list[InstanceView]:
+    """Views of `rows` (all of one project), with their network facts fetched in bulk."""
+    ids = [r.id for r in rows]
+    hosts_by_id = dict(s.execute(select(HostRow.id, HostRow.name)).all())
+    addr = {a.instance_id: (a.ip, n) for a, n in s.execute(
+        select(AddressRow, NetworkRow.name).join(NetworkRow, NetworkRow.id == AddressRow.network_id)
+        .where(AddressRow.instance_id.in_(ids)))}
+    pub = dict(s.execute(select(PublicIpRow.instance_id, PublicIpRow.ip)
+                         .where(PublicIpRow.instance_id.in_(ids))).all())
+    groups: dict[str, list[str]] = {i: [] for i in ids}
+    for iid, gname in s.execute(select(InstanceGroupRow.instance_id, SecurityGroupRow.name)
+                                .join(SecurityGroupRow,
+                                      SecurityGroupRow.id == InstanceGroupRow.group_id)
+                                .where(InstanceGroupRow.instance_id.in_(ids))
+                                .order_by(SecurityGroupRow.name)):
+        groups[iid].append(gname)
+    return [
+        InstanceView(
+            id=row.id, name=row.name, project=project, state=row.state,
+            state_reason=row.state_reason, desired_state=row.desired_power,
+            region=svc.settings.region_of(row.zone), zone=row.zone, arch=row.arch,
+            type=row.type_name, vcpus=row.vcpus, ram_mib=row.ram_mib,
+            bandwidth_mbps=row.bandwidth_mbps, disk_gib=row.disk_gib, image=row.image_name,
+            host=hosts_by_id.get(row.host_id or ""),
+            network=addr[row.id][1] if row.id in addr else None,
+            private_ip=addr[row.id][0] if row.id in addr else None,
+            public_ip=pub.get(row.id), fqdn=fqdn(svc, row.name, project, row.zone),
+            key_names=list(row.key_names or []), security_groups=groups[row.id],
+            tags=dict(row.tags or {}), created_at=row.created_at, updated_at=row.updated_at,
+        )
+        for row in rows
+    ]
+
+
+def view(s: Session, svc: Services, row: InstanceRow, project: str) -> InstanceView:
+    return views(s, svc, [row], project)[0]
 
 
 def _sizes(svc: Services, req: CreateInstance, arch: Arch) -> tuple[int, int, int, int]:
@@ -129,38 +160,43 @@ def create(svc: Services, who: Principal, project: str | None, req: CreateInstan
         placement = place(Request(zone=zone, arch=arch.value, vcpus=vcpus, ram_mib=ram), caps)
         if placement.host is None:
             raise InsufficientCapacity(f"no host can take this instance now: {placement.explain()}")
+        keys = keypairs.resolve(s, prj, req.keys)
+        groups = security_groups.resolve(s, prj, req.security_groups)
+        network = networks.resolve(s, svc, prj, zone, req.network)
         row = InstanceRow(
-            id=new_id("i"),
-            name=req.name,
-            project_id=prj.id,
-            zone=zone,
-            arch=arch.value,
-            type_name=req.type,
-            vcpus=vcpus,
-            ram_mib=ram,
-            bandwidth_mbps=bw,
-            disk_gib=disk,
-            image_id=image.id,
-            image_name=image.name,
-            host_id=placement.host.host_id,
-            state=InstanceState.PENDING.value,
-            desired_power=DesiredPower.RUNNING.value,
-            user_data=req.user_data,
-            tags=dict(req.tags),
+            id=new_id("i"), name=req.name, project_id=prj.id, zone=zone, arch=arch.value,
+            type_name=req.type, vcpus=vcpus, ram_mib=ram, bandwidth_mbps=bw, disk_gib=disk,
+            image_id=image.id, image_name=image.name, host_id=placement.host.host_id,
+            state=InstanceState.PENDING.value, desired_power=DesiredPower.RUNNING.value,
+            user_data=req.user_data, tags=dict(req.tags),
+            ssh_keys=[k.public_key for k in keys], key_names=[k.name for k in keys],
         )
         s.add(row)
         try:
             s.flush()
+            networks.allocate_address(s, network, row.id, req.private_ip)
+            for g in groups:
+                s.add(InstanceGroupRow(instance_id=row.id, group_id=g.id))
+            public_ips.assign_auto(s, svc, prj, row.id)
+            s.flush()
         except IntegrityError:
-            raise Conflict(
-                f"an instance named {req.name!r} already exists", code="name_taken"
-            ) from None
-        result = view(svc, row, prj.name, placement.host.name)
-    svc.notifier.notify(placement.host.host_id)
+            raise Conflict(f"an instance named {req.name!r} or its address is already taken",
+                           code="name_taken") from None
+        result = view(s, svc, row, prj.name)
+        wake = network_hosts(s, [network.id])
+    for h in wake | {placement.host.host_id}:
+        svc.notifier.notify(h)
     return result
 
 
-def _find(s: Session, prj: ProjectRow, ref: str) -> InstanceRow:
+def network_hosts(s: Session, network_ids: list[str]) -> set[str]:
+    """Hosts running an instance of these networks (their DNS records change with them)."""
+    return {h for h in s.scalars(select(InstanceRow.host_id).join(
+        AddressRow, AddressRow.instance_id == InstanceRow.id)
+        .where(AddressRow.network_id.in_(network_ids))) if h}
+
+
+def find_row(s: Session, prj: ProjectRow, ref: str) -> InstanceRow:
     q = select(InstanceRow).where(InstanceRow.project_id == prj.id)
     q = q.where(InstanceRow.id == ref) if is_id(ref) else q.where(InstanceRow.name == ref)
     row = s.scalar(q)
@@ -169,27 +205,21 @@ def _find(s: Session, prj: ProjectRow, ref: str) -> InstanceRow:
     return row
 
 
-def _host_name(s: Session, row: InstanceRow) -> str | None:
-    return s.scalar(select(HostRow.name).where(HostRow.id == row.host_id)) if row.host_id else None
-
-
 def get(svc: Services, who: Principal, project: str | None, ref: str) -> InstanceView:
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        row = _find(s, prj, ref)
-        return view(svc, row, prj.name, _host_name(s, row))
+        return view(s, svc, find_row(s, prj, ref), prj.name)
 
 
 def list_all(svc: Services, who: Principal, project: str | None) -> list[InstanceView]:
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        names = dict(s.execute(select(HostRow.id, HostRow.name)).tuples().all())
         rows = s.scalars(
             select(InstanceRow)
             .where(InstanceRow.project_id == prj.id)
             .order_by(InstanceRow.created_at, InstanceRow.name)
         )
-        return [view(svc, r, prj.name, names.get(r.host_id or "")) for r in rows]
+        return views(s, svc, list(rows), prj.name)
 
 
 def act(
@@ -198,7 +228,7 @@ def act(
     """start / stop / reboot / delete: check the transition, record intent, wake the agent."""
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        row = _find(s, prj, ref)
+        row = find_row(s, prj, ref)
         new_state = check_transition(row.name, InstanceState(row.state), action)
         row.state = new_state.value
         row.state_reason = ""
@@ -207,7 +237,7 @@ def act(
         if action is Action.REBOOT:
             row.reboot_seq += 1
         host_id = row.host_id
-        result = view(svc, row, prj.name, _host_name(s, row))
+        result = view(s, svc, row, prj.name)
     svc.notifier.notify(host_id)
     return result
 
@@ -221,7 +251,7 @@ class ConsoleTarget:
 def console_target(svc: Services, who: Principal, project: str | None, ref: str) -> ConsoleTarget:
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        row = _find(s, prj, ref)
+        row = find_row(s, prj, ref)
         host = s.get(HostRow, row.host_id) if row.host_id else None
         if host is None or not host.agent_url:
             raise Conflict(f"instance {row.name!r} has no host yet", code="invalid_state")

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select
 
-from cumulo.db.tables import InstanceRow, ProjectRow, TokenRow
+from cumulo.db.tables import (
+    InstanceRow,
+    KeyPairRow,
+    NetworkRow,
+    ProjectRow,
+    PublicIpRow,
+    SecurityGroupRow,
+    TokenRow,
+)
 from cumulo.domain.errors import Conflict, NotFound
 from cumulo.domain.ids import new_id
 from cumulo.domain.validation import dns_label
@@ -49,8 +58,9 @@ def delete(svc: Services, who: Principal, name: str) -> None:
                 f"project {name!r} still has {count} instance(s); delete them first",
                 code="project_not_empty",
             )
-        for tok in s.scalars(select(TokenRow).where(TokenRow.project_id == row.id)):
-            s.delete(tok)
+        # Everything else the project owns goes with it (no instance uses any of it any more).
+        for table in (TokenRow, NetworkRow, KeyPairRow, PublicIpRow, SecurityGroupRow):
+            s.execute(sa_delete(table).where(table.project_id == row.id))
         s.delete(row)
 
 

@@ -30,6 +30,12 @@ class InstanceView(BaseModel):
     disk_gib: int
     image: str
     host: str | None
+    network: str | None
+    private_ip: str | None
+    public_ip: str | None
+    fqdn: str
+    key_names: list[str]
+    security_groups: list[str]
     tags: dict[str, str]
     created_at: datetime
     updated_at: datetime
@@ -86,3 +92,47 @@ class ZoneView(BaseModel):
 
 class CreatedToken(BaseModel):
     token: str
+
+
+class NetworkView(BaseModel):
+    id: str
+    name: str
+    project: str
+    zone: str
+    cidr: str
+    gateway: str
+    is_default: bool
+    instances: int
+    created_at: datetime
+
+
+class KeyPairView(BaseModel):
+    name: str
+    fingerprint: str
+    public_key: str
+    created_at: datetime
+    private_key: str | None = None  # only in the answer to `create`, never stored
+
+
+class SecurityRuleView(BaseModel):
+    id: str
+    proto: str
+    port: int | None
+    cidr: str
+
+
+class SecurityGroupView(BaseModel):
+    id: str
+    name: str
+    project: str
+    description: str
+    rules: list[SecurityRuleView]
+    instances: int
+
+
+class PublicIpView(BaseModel):
+    ip: str
+    project: str
+    instance: str | None  # instance name
+    auto: bool
+    created_at: datetime

@@ -19,6 +19,14 @@ from cumulo.domain.arch import Arch
 
 
 @dataclass(frozen=True)
+class NicSpec:
+    """A virtio-net NIC backed by a tap device that QEMU creates inside `VMSpec.netns`."""
+
+    tap: str  # interface name (<= 15 bytes), derived from the vm id by cumulo.agent.net
+    mac: str
+
+
+@dataclass(frozen=True)
 class VMSpec:
     """Everything a driver needs to run one VM. Paths are already validated and owned by cumulo."""
 
@@ -32,6 +40,8 @@ class VMSpec:
     initrd: Path | None = None
     kernel_cmdline: str = ""
     seed_iso: Path | None = None  # cloud-init NoCloud seed (cidata), attached read-only
+    netns: str | None = None  # the host's network namespace; QEMU runs inside it when set
+    nics: tuple[NicSpec, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
 

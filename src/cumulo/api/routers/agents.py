@@ -40,8 +40,8 @@ async def assignments(
     version = svc.notifier.version(host_id)
     if since == version and wait > 0:
         version = await svc.notifier.wait(host_id, since, min(wait, MAX_WAIT_S))
-    rows = await run_in_threadpool(agents.assignments, svc, who, name)
-    return Assignments(version=version, instances=rows)
+    rows, networks = await run_in_threadpool(agents.assignments, svc, who, name)
+    return Assignments(version=version, instances=rows, networks=networks)
 
 
 @router.post("/{name}/report", status_code=204)

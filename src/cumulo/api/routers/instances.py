@@ -32,6 +32,10 @@ class InstanceCreate(BaseModel):
     zone: str | None = None
     user_data: str | None = Field(default=None, description="base64 of the user-data (<= 64 KiB)")
     tags: dict[str, str] = Field(default_factory=dict)
+    keys: list[str] = Field(default_factory=list, description="key pair names")
+    security_groups: list[str] = Field(default_factory=list, description="default: ['default']")
+    network: str | None = Field(default=None, description="default: the zone's default network")
+    private_ip: str | None = None
 
 
 def _decode(user_data: str | None) -> bytes | None:
@@ -57,6 +61,10 @@ def create(svc: Svc, who: Who, body: InstanceCreate, project: str | None = None)
         zone=body.zone,
         user_data=_decode(body.user_data),
         tags=body.tags,
+        keys=body.keys,
+        security_groups=body.security_groups,
+        network=body.network,
+        private_ip=body.private_ip,
     )
     return instances.create(svc, who, project, req)
 

@@ -1,0 +1,153 @@
+"""Private networks and their address management (IPAM)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cumulo.db.tables import AddressRow, InstanceRow, NetworkRow, ProjectRow
+from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
+from cumulo.domain.ids import new_id
+from cumulo.domain.netaddr import first_free_host, first_free_subnet, gateway_of, parse_cidr
+from cumulo.domain.netaddr import random_mac as _mac
+from cumulo.domain.validation import dns_label
+from cumulo.services.auth import scope_project
+from cumulo.services.context import Principal, Services
+from cumulo.services.views import NetworkView
+
+DEFAULT_NETWORK = "default"
+
+
+def _view(s: Session, row: NetworkRow, project: str) -> NetworkView:
+    n = s.scalar(select(func.count()).where(AddressRow.network_id == row.id)) or 0
+    return NetworkView(id=row.id, name=row.name, project=project, zone=row.zone, cidr=row.cidr,
+                       gateway=row.gateway, is_default=row.is_default, instances=int(n),
+                       created_at=row.created_at)
+
+
+def _check_free(s: Session, net: ipaddress.IPv4Network) -> None:
+    """Networks never overlap (one namespace per host holds every bridge), nor the pools."""
+    for row in s.scalars(select(NetworkRow)):
+        if net.overlaps(ipaddress.ip_network(row.cidr)):
+            raise Conflict(f"{net} overlaps network {row.name!r} ({row.cidr})",
+                           code="cidr_overlap")
+
+
+def _zone(svc: Services, zone: str | None) -> str:
+    z = zone or svc.settings.host.zone
+    if z not in svc.settings.zone_names():
+        raise NotFound(f"unknown zone {z!r}", code="unknown_zone")
+    return z
+
+
+def create(svc: Services, who: Principal, project: str | None, name: str, cidr: str,
+           zone: str | None) -> NetworkView:
+    dns_label(name, "network name")
+    net = parse_cidr(cidr)
+    z = _zone(svc, zone)
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        if s.scalar(select(NetworkRow.id).where(NetworkRow.project_id == prj.id,
+                                                NetworkRow.zone == z, NetworkRow.name == name)):
+            raise Conflict(f"network {name!r} already exists in zone {z}", code="name_taken")
+        _check_free(s, net)
+        row = NetworkRow(id=new_id("net"), name=name, project_id=prj.id, zone=z, cidr=str(net),
+                         gateway=gateway_of(net), is_default=False)
+        s.add(row)
+        s.flush()
+        return _view(s, row, prj.name)
+
+
+def ensure_default(s: Session, svc: Services, project: ProjectRow, zone: str) -> NetworkRow:
+    row = s.scalar(select(NetworkRow).where(NetworkRow.project_id == project.id,
+                                            NetworkRow.zone == zone, NetworkRow.is_default))
+    if row is not None:
+        return row
+    pool = ipaddress.ip_network(svc.settings.network.private_pool)
+    assert isinstance(pool, ipaddress.IPv4Network)
+    existing = [ipaddress.IPv4Network(c) for c in s.scalars(select(NetworkRow.cidr))]
+    subnet = first_free_subnet(pool, svc.settings.network.default_prefix, existing)
+    if subnet is None:
+        raise InsufficientCapacity(f"the private address pool {pool} is exhausted")
+    row = NetworkRow(id=new_id("net"), name=DEFAULT_NETWORK, project_id=project.id, zone=zone,
+                     cidr=str(subnet), gateway=gateway_of(subnet), is_default=True)
+    s.add(row)
+    s.flush()
+    return row
+
+
+def resolve(s: Session, svc: Services, project: ProjectRow, zone: str,
+            name: str | None) -> NetworkRow:
+    if name is None or name == DEFAULT_NETWORK:
+        return ensure_default(s, svc, project, zone)
+    row = s.scalar(select(NetworkRow).where(NetworkRow.project_id == project.id,
+                                            NetworkRow.zone == zone, NetworkRow.name == name))
+    if row is None:
+        raise NotFound(f"no network {name!r} in zone {zone}", code="unknown_network")
+    return row
+
+
+def allocate_address(s: Session, network: NetworkRow, instance_id: str,
+                     requested: str | None = None) -> AddressRow:
+    """Reserve `requested` or the first free address (the unique constraint guards races)."""
+    net = ipaddress.IPv4Network(network.cidr)
+    taken = set(s.scalars(select(AddressRow.ip).where(AddressRow.network_id == network.id)))
+    if requested is not None:
+        addr = ipaddress.IPv4Address(check_ip(requested))
+        if addr not in net or addr in (net.network_address, net.broadcast_address):
+            raise InvalidInput(f"{addr} is not a usable address of network {network.name!r} "
+                               f"({network.cidr})", code="ip_outside_network")
+        if str(addr) == network.gateway:
+            raise InvalidInput(f"{addr} is the network's gateway", code="ip_reserved")
+        if str(addr) in taken:
+            raise Conflict(f"{addr} is already used on network {network.name!r}",
+                           code="ip_in_use")
+        ip: str | None = str(addr)
+    else:
+        ip = first_free_host(net, taken)
+    if ip is None:
+        raise InsufficientCapacity(f"network {network.name!r} ({network.cidr}) has no free "
+                                   "address left")
+    row = AddressRow(id=new_id("adr"), network_id=network.id, instance_id=instance_id, ip=ip,
+                     mac=_mac())
+    s.add(row)
+    return row
+
+
+def list_all(svc: Services, who: Principal, project: str | None) -> list[NetworkView]:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        rows = s.scalars(select(NetworkRow).where(NetworkRow.project_id == prj.id)
+                         .order_by(NetworkRow.zone, NetworkRow.name))
+        return [_view(s, r, prj.name) for r in rows]
+
+
+def delete(svc: Services, who: Principal, project: str | None, name: str,
+           zone: str | None) -> None:
+    z = _zone(svc, zone)
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = s.scalar(select(NetworkRow).where(NetworkRow.project_id == prj.id,
+                                                NetworkRow.zone == z, NetworkRow.name == name))
+        if row is None:
+            raise NotFound(f"no network {name!r} in zone {z}", code="unknown_network")
+        used = s.scalar(select(func.count()).where(AddressRow.network_id == row.id)) or 0
+        if used:
+            raise Conflict(f"network {name!r} still has {used} instance(s)",
+                           code="network_in_use")
+        s.delete(row)
+
+
+def instances_on(s: Session, network_ids: list[str]) -> list[InstanceRow]:
+    return list(s.scalars(select(InstanceRow).join(AddressRow,
+                                                   AddressRow.instance_id == InstanceRow.id)
+                          .where(AddressRow.network_id.in_(network_ids))))
+
+
+def check_ip(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise InvalidInput(f"invalid IPv4 address {value!r}", code="invalid_ip") from None

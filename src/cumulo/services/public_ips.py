@@ -1,0 +1,120 @@
+"""Public IPs. In all-in-one mode they come from a loopback pool (a slice of 127.0.0.0/8)
+and the host agent forwards them into the instance as its security groups allow."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cumulo.db.tables import InstanceRow, ProjectRow, PublicIpRow
+from cumulo.domain.errors import Conflict, InsufficientCapacity, NotFound
+from cumulo.domain.ids import new_id
+from cumulo.services import networks
+from cumulo.services.auth import scope_project
+from cumulo.services.context import Principal, Services
+from cumulo.services.views import PublicIpView
+
+
+def _view(s: Session, row: PublicIpRow, project: str) -> PublicIpView:
+    inst = s.get(InstanceRow, row.instance_id) if row.instance_id else None
+    return PublicIpView(ip=row.ip, project=project, instance=inst.name if inst else None,
+                        auto=row.auto, created_at=row.created_at)
+
+
+def _allocate(s: Session, svc: Services, prj: ProjectRow, auto: bool) -> PublicIpRow:
+    pool = ipaddress.ip_network(svc.settings.network.public_pool)
+    taken = set(s.scalars(select(PublicIpRow.ip)))
+    for host in pool.hosts():
+        # .0/.255-style addresses are avoided: some tools treat them as special
+        if str(host) not in taken and host.packed[-1] not in (0, 255):
+            row = PublicIpRow(id=new_id("pip"), ip=str(host), project_id=prj.id, auto=auto)
+            s.add(row)
+            s.flush()
+            return row
+    raise InsufficientCapacity(f"the public IP pool {pool} is exhausted")
+
+
+def assign_auto(s: Session, svc: Services, prj: ProjectRow, instance_id: str) -> PublicIpRow:
+    row = _allocate(s, svc, prj, auto=True)
+    row.instance_id = instance_id
+    return row
+
+
+def _find(s: Session, prj: ProjectRow, ip: str) -> PublicIpRow:
+    row = s.scalar(select(PublicIpRow).where(PublicIpRow.ip == networks.check_ip(ip),
+                                             PublicIpRow.project_id == prj.id))
+    if row is None:
+        raise NotFound(f"public IP {ip} is not allocated to this project",
+                       code="unknown_public_ip")
+    return row
+
+
+def allocate(svc: Services, who: Principal, project: str | None) -> PublicIpView:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        return _view(s, _allocate(s, svc, prj, auto=False), prj.name)
+
+
+def list_all(svc: Services, who: Principal, project: str | None) -> list[PublicIpView]:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        rows = s.scalars(select(PublicIpRow).where(PublicIpRow.project_id == prj.id)
+                         .order_by(PublicIpRow.created_at))
+        return [_view(s, r, prj.name) for r in rows]
+
+
+def attach(svc: Services, who: Principal, project: str | None, ip: str,
+           instance_ref: str) -> PublicIpView:
+    """Attach to an instance (moving it if attached elsewhere; the instance's previous
+    public IP is released if it was auto-assigned, kept allocated otherwise)."""
+    from cumulo.services.instances import find_row
+
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = _find(s, prj, ip)
+        inst = find_row(s, prj, instance_ref)
+        notify = {inst.host_id}
+        if row.instance_id == inst.id:
+            return _view(s, row, prj.name)
+        if row.instance_id is not None:
+            old = s.get(InstanceRow, row.instance_id)
+            notify.add(old.host_id if old else None)
+        current = s.scalar(select(PublicIpRow).where(PublicIpRow.instance_id == inst.id))
+        if current is not None:
+            if current.auto:
+                s.delete(current)
+            else:
+                current.instance_id = None
+            s.flush()
+        row.instance_id = inst.id
+        row.auto = False
+        s.flush()
+        result = _view(s, row, prj.name)
+    for h in notify:
+        svc.notifier.notify(h)
+    return result
+
+
+def detach(svc: Services, who: Principal, project: str | None, ip: str) -> PublicIpView:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = _find(s, prj, ip)
+        if row.instance_id is None:
+            raise Conflict(f"public IP {ip} is not attached", code="not_attached")
+        inst = s.get(InstanceRow, row.instance_id)
+        row.instance_id = None
+        row.auto = False
+        result = _view(s, row, prj.name)
+    svc.notifier.notify(inst.host_id if inst else None)
+    return result
+
+
+def release(svc: Services, who: Principal, project: str | None, ip: str) -> None:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = _find(s, prj, ip)
+        if row.instance_id is not None:
+            raise Conflict(f"public IP {ip} is attached; detach it first", code="attached")
+        s.delete(row)
