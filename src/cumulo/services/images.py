@@ -19,7 +19,12 @@ from cumulo.services.views import ImageVariantView, ImageView
 
 
 def register_builtin(svc: Services, image_dir: Path) -> None:
-    """Record (or refresh) a built-in image variant from a directory holding image.json."""
+    """Record (or refresh) a built-in image variant from a directory holding image.json.
+
+    The directory is resolved first: built-in image dirs are symlinks swapped on rebuild, and
+    instance overlays must keep pointing at the exact base disk they were made from.
+    """
+    image_dir = image_dir.resolve()
     meta = json.loads((image_dir / "image.json").read_text())
     arch = Arch.parse(meta["arch"]).value
     with svc.db.session() as s:
