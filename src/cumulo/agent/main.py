@@ -70,7 +70,13 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event) -> None:
     )
     server_task = asyncio.create_task(server.serve())
     client = ApiClient(cfg.api_url, cfg.token)
-    rec = Reconciler(driver, cfg.host_dir / "instances", stop_timeout_s=cfg.stop_timeout_s)
+    network = None
+    if cfg.driver == "qemu":
+        from cumulo.agent.net.host_network import HostNetwork
+
+        network = HostNetwork(cfg.host_dir)
+    rec = Reconciler(driver, cfg.host_dir / "instances", stop_timeout_s=cfg.stop_timeout_s,
+                     network=network)
     reg = HostRegistration(
         name=cfg.name,
         zone=cfg.zone,
@@ -81,39 +87,50 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event) -> None:
         accel=accel,
         agent_url=f"unix:{sock}",
     )
-    registered = False
-    version = -1
-    last_resync = time.monotonic()
     try:
-        while not stop.is_set():
-            try:
-                if not registered:
-                    await client.register(reg)
-                    registered = True
-                    log.info("agent_registered", host=cfg.name, zone=cfg.zone, accel=accel)
-                batch = await client.assignments(cfg.name, since=version, wait=POLL_WAIT_S)
-                version = batch.version
-                if time.monotonic() - last_resync > RESYNC_S:
-                    rec.forget_reports()
-                    last_resync = time.monotonic()
-                changed = await rec.run_pass(batch.instances)
-                if changed:
-                    await client.report(cfg.name, changed)
-                    rec.acknowledge(changed)
-            except httpx.HTTPStatusError as e:
-                if e.response.status_code == 404:
-                    registered = False  # the API forgot us (fresh DB): register again
-                log.warning("api_error", status=e.response.status_code, body=e.response.text[:200])
-                await _sleep_or_stop(stop, 1.0)
-            except httpx.TransportError as e:
-                log.warning("api_unreachable", error=str(e))  # VMs keep running meanwhile
-                await _sleep_or_stop(stop, 1.0)
+        await agent_loop(client, rec, reg, stop)
     finally:
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server_task, 5)
         await client.close()
         sock.unlink(missing_ok=True)
+
+
+async def agent_loop(
+    client: ApiClient, rec: Reconciler, reg: HostRegistration, stop: asyncio.Event
+) -> None:
+    """Register, then long-poll assignments, reconcile and report until `stop` is set.
+
+    The whole protocol of an agent with the API; `run_agent` wraps it with a driver and the
+    console server, and the control-plane benchmark runs 100 of these in one process.
+    """
+    registered = False
+    version = -1
+    last_resync = time.monotonic()
+    while not stop.is_set():
+        try:
+            if not registered:
+                await client.register(reg)
+                registered = True
+                log.info("agent_registered", host=reg.name, zone=reg.zone, accel=reg.accel)
+            batch = await client.assignments(reg.name, since=version, wait=POLL_WAIT_S)
+            version = batch.version
+            if time.monotonic() - last_resync > RESYNC_S:
+                rec.forget_reports()
+                last_resync = time.monotonic()
+            changed = await rec.run_pass(batch.instances, batch.networks)
+            if changed:
+                await client.report(reg.name, changed)
+                rec.acknowledge(changed)
+        except httpx.HTTPStatusError as e:
+            if e.response.status_code == 404:
+                registered = False  # the API forgot us (fresh DB): register again
+            log.warning("api_error", status=e.response.status_code, body=e.response.text[:200])
+            await _sleep_or_stop(stop, 1.0)
+        except httpx.TransportError as e:
+            log.warning("api_unreachable", error=str(e))  # VMs keep running meanwhile
+            await _sleep_or_stop(stop, 1.0)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

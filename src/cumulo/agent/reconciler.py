@@ -12,19 +12,25 @@ import base64
 import shutil
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import structlog
 
 from cumulo.agent.decide import DELETED, Decision, Step, decide
-from cumulo.agent.drivers.base import Driver, DriverError, Observed, VMSpec
+from cumulo.agent.drivers.base import Driver, DriverError, Observed, PowerState, VMSpec
 from cumulo.agent.storage.disks import StorageError, ensure_overlay
 from cumulo.domain.arch import Arch
 from cumulo.domain.ids import is_id
 from cumulo.domain.instance import InstanceState
-from cumulo.protocol import Assignment, Observation
+from cumulo.protocol import Assignment, NetworkRef, Observation
+
+if TYPE_CHECKING:
+    from cumulo.agent.net.host_network import HostNetwork
 
 log = structlog.get_logger("cumulo.agent")
+
+_LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)
 
 
 @dataclass
@@ -32,26 +38,44 @@ class Reconciler:
     driver: Driver
     instances_dir: Path
     stop_timeout_s: float = 30.0
+    network: HostNetwork | None = None  # None: no data plane (the fake driver's hosts)
     # vm_id -> (generation, monotonic deadline) of an ACPI shutdown we asked for
     _shutdowns: dict[str, tuple[int, float]] = field(default_factory=dict)
     _last_report: dict[str, Observation] = field(default_factory=dict)
     _orphans_logged: set[str] = field(default_factory=set)
 
-    async def run_pass(self, assignments: list[Assignment]) -> list[Observation]:
+    async def run_pass(self, assignments: list[Assignment],
+                       networks: list[NetworkRef] | None = None) -> list[Observation]:
         """Converge every assigned VM; return the observations that changed since last time."""
         observed = await self.driver.observe()
         wanted = {a.id for a in assignments}
         for vm_id in observed.keys() - wanted - self._orphans_logged:
             log.warning("vm_not_in_api", vm_id=vm_id, hint="left running; not destroyed")
             self._orphans_logged.add(vm_id)
+        live = {i for i, o in observed.items() if o.power in _LIVE}
+        # The namespace and bridges must exist before QEMU starts inside them.
+        await self._converge_network(assignments, networks or [], live)
         results = await asyncio.gather(
             *(self._converge(a, observed.get(a.id)) for a in assignments)
         )
+        started = {o.id for o in results if o.state == InstanceState.RUNNING.value}
+        if started - live or live - started:
+            # New taps to attach (and shape, and firewall); gone ones to forget.
+            await self._converge_network(assignments, networks or [], started)
         changed = []
         for obs in results:
             if self._last_report.get(obs.id) != obs:
                 changed.append(obs)
         return changed
+
+    async def _converge_network(self, assignments: list[Assignment],
+                                networks: list[NetworkRef], running: set[str]) -> None:
+        if self.network is None:
+            return
+        try:
+            await self.network.converge(networks, assignments, running)
+        except Exception as e:  # a data-plane failure must not stop the VM reconcile loop
+            log.error("network_converge_failed", error=str(e))
 
     def forget_reports(self) -> None:
         """Make the next pass report everything again (periodic resync with the API)."""

@@ -41,6 +41,13 @@ async def _stop_vms(run_dir: Path) -> int:
     return len(alive)
 
 
+async def _teardown_network(host_dir: Path) -> None:
+    """Namespace, bridges, taps, dnsmasq: everything the host's data plane made."""
+    from cumulo.agent.net.host_network import HostNetwork
+
+    await HostNetwork(host_dir).teardown()
+
+
 def run(state_dir: Path) -> int:
     """Returns how many VMs were stopped."""
     paths = StatePaths(state_dir)
@@ -49,5 +56,6 @@ def run(state_dir: Path) -> int:
     for host_dir in paths.hosts():
         if (host_dir / "run").is_dir():
             stopped += asyncio.run(_stop_vms(host_dir / "run"))
+        asyncio.run(_teardown_network(host_dir))
         (host_dir / "agent.sock").unlink(missing_ok=True)
     return stopped

@@ -86,6 +86,8 @@ class QemuDriver(Driver):
             binary = shutil.which(spec.arch.qemu_binary)
             if binary is None:
                 raise DriverError(f"cannot start {spec.vm_id}: {spec.arch.qemu_binary} not found")
+            if spec.netns is not None:
+                _check_netns(spec)
             accel = await self.accel_for(spec.arch)
             paths.dir.mkdir(parents=True, exist_ok=True)
             for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock):
@@ -262,6 +264,15 @@ def _check_files(spec: VMSpec) -> None:
             raise DriverError(f"cannot start {spec.vm_id}: {label} {path} does not exist")
 
 
+def _check_netns(spec: VMSpec) -> None:
+    if shutil.which("ip") is None:
+        raise DriverError(f"cannot start {spec.vm_id}: `ip` (iproute2) not found")
+    if not spec.netns or "/" in spec.netns or not Path("/run/netns", spec.netns).exists():
+        raise DriverError(
+            f"cannot start {spec.vm_id}: network namespace {spec.netns!r} does not exist"
+        )
+
+
 def _spec_record(spec: VMSpec, accel: Accel, argv: list[str]) -> dict[str, Any]:
     return {
         "vm_id": spec.vm_id,
@@ -274,6 +285,8 @@ def _spec_record(spec: VMSpec, accel: Accel, argv: list[str]) -> dict[str, Any]:
         "initrd": None if spec.initrd is None else str(spec.initrd),
         "kernel_cmdline": spec.kernel_cmdline,
         "seed_iso": None if spec.seed_iso is None else str(spec.seed_iso),
+        "netns": spec.netns,
+        "nics": [{"tap": n.tap, "mac": n.mac} for n in spec.nics],
         "extra": dict(spec.extra),
         "accel": accel,
         "argv": argv,

@@ -68,8 +68,14 @@ class VMPaths:
 
 
 def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
-    """The full QEMU argv (argv[0] is the binary name, resolved through PATH)."""
+    """The full QEMU argv (argv[0] is the binary name, resolved through PATH).
+
+    With `spec.netns`, QEMU is started by `ip netns exec <netns>` (which execs QEMU, so the
+    daemonized process is QEMU itself, inside the namespace, where it creates the taps).
+    """
+    prefix = ["ip", "netns", "exec", spec.netns] if spec.netns else []
     argv: list[str] = [
+        *prefix,
         spec.arch.qemu_binary,
         "-name",
         f"guest={spec.vm_id}",
@@ -110,6 +116,13 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
             "-device",
             "virtio-blk-pci,drive=seed,id=seed-dev",
         ]
+    for i, nic in enumerate(spec.nics):
+        argv += [
+            "-netdev",
+            f"tap,id=net{i},ifname={_opt(nic.tap)},script=no,downscript=no",
+            "-device",
+            f"virtio-net-pci,netdev=net{i},mac={_opt(nic.mac)},romfile=",
+        ]
     argv += [
         "-device",
         "virtio-rng-pci",
@@ -134,6 +147,6 @@ def _machine(arch: Arch, accel: Accel) -> list[str]:
     return ["-machine", "virt", "-cpu", "cortex-a57"]
 
 
-def _opt(path: Path) -> str:
-    """A path as a QEMU option value: a comma is written twice."""
+def _opt(path: Path | str) -> str:
+    """A path (or name) as a QEMU option value: a comma is written twice."""
     return str(path).replace(",", ",,")

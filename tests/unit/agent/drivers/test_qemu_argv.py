@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cumulo.agent.drivers.base import VMSpec
+from cumulo.agent.drivers.base import NicSpec, VMSpec
 from cumulo.agent.drivers.qemu_argv import VMPaths, build_argv
 from cumulo.domain.arch import Arch
 
@@ -107,6 +107,34 @@ def test_runtime_dir_appears_in_the_command_line() -> None:
     argv = build_argv(spec(Arch.X86_64), PATHS, "tcg")
     assert f"{D}/qemu.pid" in argv  # how observe() tells our QEMU from a reused pid
     assert argv[-1] == "-daemonize" and "-nic" not in argv and "-netdev" not in argv
+
+
+def test_nics_in_a_network_namespace() -> None:
+    nics = (NicSpec("ct0123456789a0", "52:54:00:12:34:56"),
+            NicSpec("ct0123456789a1", "52:54:00:ab:cd:ef"))  # fmt: skip
+    argv = build_argv(spec(Arch.X86_64, netns="cn-0123456789", nics=nics), PATHS, "tcg")
+    net = [
+        "-netdev", "tap,id=net0,ifname=ct0123456789a0,script=no,downscript=no",
+        "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,romfile=",
+        "-netdev", "tap,id=net1,ifname=ct0123456789a1,script=no,downscript=no",
+        "-device", "virtio-net-pci,netdev=net1,mac=52:54:00:ab:cd:ef,romfile=",
+    ]  # fmt: skip
+    rng = TAIL.index("virtio-rng-pci") - 1
+    assert argv == [
+        "ip", "netns", "exec", "cn-0123456789",
+        *head("qemu-system-x86_64", ["-machine", "q35", "-cpu", "max"], "tcg"),
+        *KERNEL,
+        *TAIL[:rng],
+        *net,
+        *TAIL[rng:],
+    ]  # fmt: skip
+
+
+def test_nics_without_a_namespace() -> None:
+    argv = build_argv(spec(Arch.X86_64, nics=(NicSpec("ctx0", "52:54:00:00:00:01"),)), PATHS,
+                      "tcg")  # fmt: skip
+    assert argv[0] == "qemu-system-x86_64"
+    assert "tap,id=net0,ifname=ctx0,script=no,downscript=no" in argv
 
 
 def test_paths() -> None:

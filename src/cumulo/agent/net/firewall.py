@@ -1,0 +1,116 @@
+"""The host's nftables rulesets (rendered by a pure function) and their atomic application.
+
+Two tables, replaced together in ONE `nft -f` transaction inside the host namespace:
+
+- `inet cumulo` (stateful; bridged IPv4 reaches it through br_netfilter, see namespace.py):
+  forward: established/related accepted; nothing is routed between networks; traffic TO an
+  instance NIC goes through its `to_<tap>` chain (its ingress rules, then drop); traffic FROM
+  instances is allowed. input: instances may reach their gateway for DHCP, DNS and ping only.
+  output (the namespace itself: dnsmasq, the public forwarder) is trusted; the forwarder
+  checks client addresses against the rules' CIDRs itself.
+- `bridge cumulo` (stateless, before everything): anti-spoofing per tap (MAC and IPv4 source
+  must be the instance's own; no IPv6).
+"""
+
+from __future__ import annotations
+
+from cumulo.agent.net.cmd import run
+from cumulo.agent.net.plan import Net, Nic, Rule
+
+TABLE = "cumulo"
+ANYWHERE = "0.0.0.0/0"
+
+
+def _rule(r: Rule) -> str:
+    src = "" if r.cidr == ANYWHERE else f"ip saddr {r.cidr} "
+    if r.proto == "icmp":
+        return f"{src}meta l4proto icmp accept"
+    if r.port is None:
+        return f"{src}meta l4proto {r.proto} accept"
+    return f"{src}{r.proto} dport {r.port} accept"
+
+
+def render(nets: tuple[Net, ...], nics: tuple[Nic, ...]) -> str:
+    """The full nft script: recreate both tables atomically (add, delete, define)."""
+    out = [
+        f"table inet {TABLE}",
+        f"delete table inet {TABLE}",
+        f"table bridge {TABLE}",
+        f"delete table bridge {TABLE}",
+        "",
+        f"table inet {TABLE} {{",
+    ]
+    out += [
+        "\tchain input {",
+        "\t\ttype filter hook input priority filter; policy accept;",
+        "\t\tct state established,related accept",
+    ]
+    for n in nets:
+        b = n.bridge
+        out += [
+            f'\t\tiifname "{b}" udp dport 67 accept',
+            f'\t\tiifname "{b}" ip daddr {n.gateway} udp dport 53 accept',
+            f'\t\tiifname "{b}" ip daddr {n.gateway} tcp dport 53 accept',
+            f'\t\tiifname "{b}" ip daddr {n.gateway} icmp type echo-request accept',
+        ]
+    out += ['\t\tiifname "cb*" drop', "\t}", ""]
+    out += [
+        "\tchain forward {",
+        "\t\ttype filter hook forward priority filter; policy drop;",
+        "\t\tct state established,related accept",
+        "\t\tct state invalid drop",
+        "\t\tmeta nfproto ipv6 drop",
+    ]
+    for n in nets:
+        out.append(f'\t\tiifname "{n.bridge}" oifname != "{n.bridge}" drop')
+    for nic in nics:
+        out.append(f'\t\toifname "{nic.bridge}" ip daddr {nic.ip} jump to_{nic.tap}')
+    for n in nets:
+        out.append(f'\t\tiifname "{n.bridge}" accept')
+    out += ["\t}"]
+    for nic in nics:
+        out += ["", f"\tchain to_{nic.tap} {{"]
+        out += [f"\t\t{_rule(r)}" for r in nic.rules]
+        out += ["\t\tdrop", "\t}"]
+    out += ["}", "", f"table bridge {TABLE} {{"]
+    for hook in ("forward", "input"):
+        out += [
+            f"\tchain {hook} {{",
+            f"\t\ttype filter hook {hook} priority -200; policy accept;",
+        ]
+        out += [f'\t\tiifname "{nic.tap}" jump from_{nic.tap}' for nic in nics]
+        out += ["\t}", ""]
+    for nic in nics:
+        out += [
+            f"\tchain from_{nic.tap} {{",
+            f"\t\tether saddr != {nic.mac} drop",
+            f"\t\tether type ip ip saddr != {{ 0.0.0.0, {nic.ip} }} drop",
+            f"\t\tether type arp arp saddr ip != {{ 0.0.0.0, {nic.ip} }} drop",
+            "\t\tether type ip6 drop",
+            "\t}",
+            "",
+        ]
+    if out[-1] == "":
+        out.pop()
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def render_empty() -> str:
+    """Remove both tables (teardown of the last network)."""
+    return (
+        "\n".join(
+            [
+                f"table inet {TABLE}",
+                f"delete table inet {TABLE}",
+                f"table bridge {TABLE}",
+                f"delete table bridge {TABLE}",
+            ]
+        )
+        + "\n"
+    )
+
+
+async def apply(netns: str, script: str) -> None:
+    """One transaction: either the whole new ruleset is in force, or the old one still is."""
+    await run("ip", "netns", "exec", netns, "nft", "-f", "-", stdin=script)

@@ -1,0 +1,132 @@
+"""HostNetwork: converge one host's data plane to the assignments (the agent's only entry point).
+
+Layout, all inside the host namespace `names.netns_name(host_dir)`:
+  bridge per network (gateway address) + dnsmasq per network (DHCP/DNS)
+  tap per instance NIC (created by QEMU, which runs in the namespace), attached to its bridge,
+  tc caps on the tap (+ its IFB), one nft transaction for every firewall rule of the host.
+Public endpoints (loopback listeners in the root namespace) are served by this process.
+
+The reconciler calls `converge` after each pass (after driver.start, so new taps exist, and
+after destroy, so removed instances lose their rules); it is cheap when nothing changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import socket
+from pathlib import Path
+
+import structlog
+
+from cumulo.agent.drivers.base import NicSpec
+from cumulo.agent.net import bridge, dnsmasq, firewall, names, namespace, plan, shaping
+from cumulo.agent.net.cmd import NetError
+from cumulo.agent.net.forwarder import Forwarder
+from cumulo.protocol import Assignment, NetworkRef
+
+log = structlog.get_logger("cumulo.agent.net")
+
+
+def _ifindex(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return 0
+
+
+def _ifindexes(taps: list[str]) -> dict[str, int]:
+    return {t: _ifindex(t) for t in taps}
+
+
+class HostNetwork:
+    def __init__(self, host_dir: Path) -> None:
+        self.host_dir = Path(host_dir).absolute()
+        self._netns = names.netns_name(self.host_dir)
+        self.state_dir = self.host_dir / "net"
+        self._forwarder = Forwarder(self._netns)
+        self._applied: str | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def netns(self) -> str:
+        return self._netns
+
+    @property
+    def public_endpoints(self) -> list[tuple[str, int]]:
+        """(loopback ip, port) of every listening public endpoint."""
+        return self._forwarder.listening
+
+    def nic_specs(self, a: Assignment) -> tuple[NicSpec, ...]:
+        return tuple(
+            NicSpec(tap=names.tap_name(a.id, i), mac=nic.mac.lower())
+            for i, nic in enumerate(a.nics)
+        )
+
+    def _dnsmasq_paths(self, network_id: str) -> dnsmasq.DnsmasqPaths:
+        if not network_id or "/" in network_id or network_id.startswith("."):
+            raise NetError(f"invalid network id {network_id!r}")
+        return dnsmasq.DnsmasqPaths(self.state_dir / "dnsmasq" / network_id)
+
+    async def converge(
+        self, networks: list[NetworkRef], instances: list[Assignment], running: set[str]
+    ) -> None:
+        """Make the data plane match; idempotent, and a no-op when nothing changed."""
+        p = plan.build(networks, instances, running)
+        async with self._lock:
+            if not namespace.exists(self._netns):
+                self._applied = None
+                await self._forwarder.close()  # its threads live in the old namespace
+                await namespace.ensure(self._netns)
+            taps = await self._tap_indexes(p)
+            fingerprint = hashlib.sha256(repr((p, sorted(taps.items()))).encode()).hexdigest()
+            if fingerprint == self._applied and self._dnsmasq_alive(p):
+                return
+            await self._apply(p, taps)
+            self._applied = fingerprint
+
+    async def _tap_indexes(self, p: plan.NetPlan) -> dict[str, int]:
+        if not p.nics:
+            return {}
+        return await self._forwarder.connector().call(_ifindexes, [n.tap for n in p.nics])
+
+    def _dnsmasq_alive(self, p: plan.NetPlan) -> bool:
+        return all(dnsmasq.live_pid(self._dnsmasq_paths(n.id)) is not None for n in p.nets)
+
+    async def _apply(self, p: plan.NetPlan, taps: dict[str, int]) -> None:
+        ns = self._netns
+        await namespace.ensure(ns)
+        present = {n.tap for n in p.nics if taps.get(n.tap)}
+        await bridge.converge(ns, p.nets, p.nics)
+        for net in p.nets:
+            await dnsmasq.ensure(ns, net, self._dnsmasq_paths(net.id))
+        await self._stop_stale_dnsmasq({n.id for n in p.nets})
+        links = await bridge.links(ns)
+        ifbs = {n for n, link in links.items() if link.kind == "ifb" and names.is_cumulo_ifb(n)}
+        caps = {n.tap: n.mbps for n in p.nics if n.tap in present}
+        await shaping.apply(ns, caps, ifbs)
+        await firewall.apply(ns, firewall.render(p.nets, p.nics))
+        errors = await self._forwarder.update(p.forwards)
+        if errors:
+            raise NetError("; ".join(errors))
+        log.info("network_converged", netns=ns, networks=len(p.nets), nics=len(present),
+                 endpoints=len(p.forwards))  # fmt: skip
+
+    async def _stop_stale_dnsmasq(self, wanted: set[str]) -> None:
+        base = self.state_dir / "dnsmasq"
+        if not base.is_dir():
+            return
+        for d in base.iterdir():
+            if d.is_dir() and d.name not in wanted:
+                await dnsmasq.stop(dnsmasq.DnsmasqPaths(d))
+                shutil.rmtree(d, ignore_errors=True)
+
+    async def teardown(self) -> None:
+        """Remove everything this host's data plane made (works from a fresh process too)."""
+        async with self._lock:
+            await self._forwarder.close()
+            await self._stop_stale_dnsmasq(set())
+            await namespace.delete(self._netns)
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            self._applied = None

@@ -1,0 +1,48 @@
+"""Interface and namespace names (pure). Linux limits interface names to 15 bytes.
+
+- namespace `cn-<10 hex>`: a hash of the host dir, so parallel test clouds never collide
+- bridge    `cb<12 hex>`:  a hash of the network id (one bridge per network)
+- tap       `ct<10 hex><i>`: a hash of the vm id + the NIC index (QEMU creates it)
+- ifb       `cf<10 hex><i>`: the IFB device that shapes traffic FROM that tap's VM
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+IFNAMSIZ = 15
+MAX_NICS = 100
+
+
+def _h(text: str, n: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def netns_name(host_dir: Path) -> str:
+    return "cn-" + _h(str(Path(host_dir).absolute()), 10)
+
+
+def bridge_name(network_id: str) -> str:
+    return "cb" + _h(network_id, 12)
+
+
+def tap_name(vm_id: str, index: int) -> str:
+    if not 0 <= index < MAX_NICS:
+        raise ValueError(f"NIC index {index} out of range 0..{MAX_NICS - 1}")
+    return f"ct{_h(vm_id, 10)}{index}"
+
+
+def ifb_name(tap: str) -> str:
+    """The IFB twin of a tap (same suffix)."""
+    if not tap.startswith("ct"):
+        raise ValueError(f"not a cumulo tap: {tap!r}")
+    return "cf" + tap[2:]
+
+
+def is_cumulo_bridge(name: str) -> bool:
+    return name.startswith("cb") and len(name) == 14
+
+
+def is_cumulo_ifb(name: str) -> bool:
+    return name.startswith("cf")

@@ -1,0 +1,191 @@
+"""What the host's data plane must look like (pure): assignments in, a NetPlan out.
+
+Inputs are validated here (addresses, CIDRs, MACs, ports) because they end up in nft rulesets,
+dnsmasq files and command lines: a malformed value is rejected, never interpolated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from cumulo.agent.net import names
+from cumulo.agent.net.cmd import NetError
+from cumulo.protocol import Assignment, FirewallRule, NetworkRef
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+PROTOS = ("tcp", "udp", "icmp")
+DEFAULT_SSH_PORT = 22
+
+
+@dataclass(frozen=True)
+class Rule:
+    proto: str  # tcp | udp | icmp
+    port: int | None
+    cidr: str  # normalised; "0.0.0.0/0" = anywhere
+
+
+@dataclass(frozen=True)
+class Host:
+    hostname: str
+    fqdn: str
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class Net:
+    id: str
+    bridge: str
+    cidr: str
+    gateway: str
+    prefixlen: int
+    netmask: str
+    network_addr: str
+    domain: str
+    hosts: tuple[Host, ...]
+
+
+@dataclass(frozen=True)
+class Nic:
+    vm_id: str
+    tap: str
+    bridge: str
+    ip: str
+    mac: str
+    mbps: int
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A public endpoint: public_ip:port (root namespace) -> private ip:port (host netns)."""
+
+    public_ip: str
+    port: int
+    private_ip: str
+    cidrs: tuple[str, ...]  # clients allowed (matched against the client's address)
+
+
+@dataclass(frozen=True)
+class NetPlan:
+    nets: tuple[Net, ...]
+    nics: tuple[Nic, ...]  # only NICs of running instances (their taps exist)
+    forwards: tuple[Forward, ...]
+
+
+def _ip(value: str, what: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise NetError(f"invalid {what} {value!r}") from None
+
+
+def _cidr(value: str, what: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(value, strict=False)
+    except ValueError:
+        raise NetError(f"invalid {what} {value!r}") from None
+
+
+def _mac(value: str) -> str:
+    mac = value.lower()
+    if not _MAC.match(mac):
+        raise NetError(f"invalid MAC address {value!r}")
+    return mac
+
+
+def _name(value: str, what: str) -> str:
+    v = value.lower().rstrip(".")
+    if not v or len(v) > 253 or not all(_LABEL.match(p) for p in v.split(".")):
+        raise NetError(f"invalid {what} {value!r}")
+    return v
+
+
+def rule(r: FirewallRule) -> Rule:
+    if r.proto not in PROTOS:
+        raise NetError(f"invalid protocol {r.proto!r} (expected one of {', '.join(PROTOS)})")
+    port = None if r.proto == "icmp" else r.port
+    if port is not None and not 1 <= port <= 65535:
+        raise NetError(f"invalid port {port}")
+    return Rule(r.proto, port, str(_cidr(r.cidr, "rule CIDR")))
+
+
+def network(n: NetworkRef) -> Net:
+    cidr = _cidr(n.cidr, "network CIDR")
+    gw = _ip(n.gateway, "gateway")
+    if ipaddress.IPv4Address(gw) not in cidr:
+        raise NetError(f"gateway {gw} is outside {cidr}")
+    hosts = tuple(
+        sorted(
+            {
+                Host(_name(r.hostname, "hostname"), _name(r.fqdn, "fqdn"), _ip(r.ip, "ip"),
+                     _mac(r.mac))
+                for r in n.records
+            },
+            key=lambda h: (ipaddress.IPv4Address(h.ip), h.fqdn),
+        )
+    )  # fmt: skip
+    return Net(
+        id=n.id,
+        bridge=names.bridge_name(n.id),
+        cidr=str(cidr),
+        gateway=gw,
+        prefixlen=cidr.prefixlen,
+        netmask=str(cidr.netmask),
+        network_addr=str(cidr.network_address),
+        domain=_name(n.dns_domain, "dns domain"),
+        hosts=hosts,
+    )
+
+
+def forwards_of(a: Assignment) -> tuple[Forward, ...]:
+    """The public endpoints of an instance: one per allowed TCP port of its first NIC.
+
+    A TCP rule without a port (every port) forwards port 22 only: a loopback forwarder cannot
+    listen on all 65535 ports, and SSH is what the public endpoint is for.
+    """
+    if not a.public_ip or not a.nics:
+        return ()
+    public = _ip(a.public_ip, "public ip")
+    if not ipaddress.IPv4Address(public).is_loopback:
+        raise NetError(f"public ip {public} is not a loopback address (all-in-one mode)")
+    private = _ip(a.nics[0].ip, "ip")
+    ports: dict[int, set[str]] = {}
+    for r in map(rule, a.ingress):
+        if r.proto == "tcp":
+            ports.setdefault(r.port if r.port is not None else DEFAULT_SSH_PORT, set()).add(r.cidr)
+    return tuple(Forward(public, p, private, tuple(sorted(c))) for p, c in sorted(ports.items()))
+
+
+def build(networks: list[NetworkRef], instances: list[Assignment], running: set[str]) -> NetPlan:
+    nets = tuple(sorted((network(n) for n in networks), key=lambda n: n.bridge))
+    by_id = {n.id: n for n in nets}
+    nics: list[Nic] = []
+    forwards: list[Forward] = []
+    for a in sorted(instances, key=lambda a: a.id):
+        forwards.extend(forwards_of(a))
+        if a.id not in running:
+            continue
+        rules = tuple(dict.fromkeys(rule(r) for r in a.ingress))
+        if a.bandwidth_mbps < 0:
+            raise NetError(f"invalid bandwidth {a.bandwidth_mbps} Mbit/s for {a.id}")
+        for i, ref in enumerate(a.nics):
+            net = by_id.get(ref.network_id)
+            if net is None:
+                raise NetError(f"{a.id}: network {ref.network_id} is not in the assignments")
+            ip = _ip(ref.ip, "ip")
+            if ipaddress.IPv4Address(ip) not in ipaddress.IPv4Network(net.cidr):
+                raise NetError(f"{a.id}: {ip} is outside {net.cidr}")
+            nics.append(
+                Nic(a.id, names.tap_name(a.id, i), net.bridge, ip, _mac(ref.mac),
+                    a.bandwidth_mbps, rules)
+            )  # fmt: skip
+    seen: set[tuple[str, int]] = set()
+    for f in forwards:
+        if (f.public_ip, f.port) in seen:
+            raise NetError(f"public endpoint {f.public_ip}:{f.port} is assigned twice")
+        seen.add((f.public_ip, f.port))
+    return NetPlan(nets, tuple(nics), tuple(forwards))

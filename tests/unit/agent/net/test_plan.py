@@ -1,0 +1,109 @@
+"""The data plane's desired state: validation, names, forwards (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cumulo.agent.net import names, plan
+from cumulo.agent.net.cmd import NetError
+from cumulo.protocol import Assignment, DnsRecord, FirewallRule, ImageRef, NetworkRef, NicRef
+
+NET = NetworkRef(
+    id="net-0000000000000000a", project="p1", cidr="10.9.1.0/24", gateway="10.9.1.1",
+    dns_domain="p1.z.cumulo.test",
+    records=[DnsRecord(hostname="web", fqdn="web.p1.z.cumulo.test", ip="10.9.1.10",
+                       mac="52:54:00:00:00:0A")],
+)  # fmt: skip
+
+
+def vm(vm_id: str = "i-0000000000000000a", **kw: object) -> Assignment:
+    base: dict[str, object] = dict(
+        id=vm_id, hostname="web", project="p1", arch="x86_64", vcpus=1, ram_mib=128,
+        disk_gib=1, state="running", desired_power="running", generation=1, reboot_seq=0,
+        reboot_done_seq=0,
+        image=ImageRef(id="i", boot="kernel", disk_path="/d", kernel_path=None,
+                       initrd_path=None, kernel_cmdline=""),
+        nics=[NicRef(network_id=NET.id, mac="52:54:00:00:00:0a", ip="10.9.1.10")],
+        ingress=[FirewallRule(proto="tcp", port=22)],
+    )  # fmt: skip
+    base.update(kw)
+    return Assignment(**base)  # type: ignore[arg-type]
+
+
+def test_names_fit_in_ifnamsiz_and_are_stable() -> None:
+    ns = names.netns_name(Path("/var/lib/cumulo/hosts/local"))
+    assert ns == names.netns_name(Path("/var/lib/cumulo/hosts/local"))
+    assert ns != names.netns_name(Path("/var/lib/cumulo/hosts/other"))
+    tap = names.tap_name("i-0123456789abcdef0", 99)
+    for n in (ns, names.bridge_name("net-0123456789abcdef0"), tap, names.ifb_name(tap)):
+        assert len(n.encode()) <= names.IFNAMSIZ
+    assert names.tap_name("i-1", 0) != names.tap_name("i-1", 1)
+    assert names.ifb_name(tap).startswith("cf") and names.ifb_name(tap)[2:] == tap[2:]
+    with pytest.raises(ValueError):
+        names.tap_name("i-1", 100)
+
+
+def test_plan_keeps_only_running_nics_and_normalises() -> None:
+    p = plan.build([NET], [vm(), vm("i-0000000000000000b", nics=[])], {"i-0000000000000000a"})
+    (net,) = p.nets
+    assert (net.gateway, net.prefixlen, net.netmask, net.network_addr) == (
+        "10.9.1.1", 24, "255.255.255.0", "10.9.1.0")  # fmt: skip
+    assert net.hosts == (plan.Host("web", "web.p1.z.cumulo.test", "10.9.1.10",
+                                   "52:54:00:00:00:0a"),)  # fmt: skip
+    (nic,) = p.nics
+    assert nic.tap == names.tap_name("i-0000000000000000a", 0) and nic.bridge == net.bridge
+    assert nic.rules == (plan.Rule("tcp", 22, "0.0.0.0/0"),)
+    assert plan.build([NET], [vm()], set()).nics == ()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"ingress": [FirewallRule(proto="gre")]},
+        {"ingress": [FirewallRule(proto="tcp", port=70000)]},
+        {"ingress": [FirewallRule(proto="tcp", port=22, cidr="10.0.0.0/8; drop")]},
+        {"nics": [NicRef(network_id=NET.id, mac="52:54:00:00:00:0a", ip="10.9.2.10")]},
+        {"nics": [NicRef(network_id=NET.id, mac="nope", ip="10.9.1.10")]},
+        {"nics": [NicRef(network_id="net-other", mac="52:54:00:00:00:0a", ip="10.9.1.10")]},
+        {"public_ip": "192.0.2.1"},
+    ],
+)
+def test_malformed_input_is_rejected_never_interpolated(bad: dict[str, object]) -> None:
+    with pytest.raises(NetError):
+        plan.build([NET], [vm("i-0000000000000000a", **bad)], {"i-0000000000000000a"})
+
+
+def test_bad_network_is_rejected() -> None:
+    with pytest.raises(NetError, match="outside"):
+        plan.network(NET.model_copy(update={"gateway": "10.9.2.1"}))
+    with pytest.raises(NetError, match="dns domain"):
+        plan.network(NET.model_copy(update={"dns_domain": "bad domain/"}))
+
+
+def test_forwards_one_per_tcp_port_and_port_22_for_all_ports() -> None:
+    a = vm(
+        public_ip="127.100.0.5",
+        ingress=[
+            FirewallRule(proto="tcp", port=None, cidr="127.0.0.0/8"),
+            FirewallRule(proto="tcp", port=22),
+            FirewallRule(proto="tcp", port=8080, cidr="10.0.0.0/8"),
+            FirewallRule(proto="udp", port=53),
+            FirewallRule(proto="icmp"),
+        ],
+    )
+    assert plan.forwards_of(a) == (
+        plan.Forward("127.100.0.5", 22, "10.9.1.10", ("0.0.0.0/0", "127.0.0.0/8")),
+        plan.Forward("127.100.0.5", 8080, "10.9.1.10", ("10.0.0.0/8",)),
+    )
+    assert plan.forwards_of(vm()) == ()  # no public ip
+    # the listeners exist whether or not the VM runs (a stopped VM refuses connections)
+    assert plan.build([NET], [a], set()).forwards == plan.forwards_of(a)
+
+
+def test_a_public_endpoint_cannot_be_assigned_twice() -> None:
+    a = vm(public_ip="127.100.0.5")
+    b = vm("i-0000000000000000b", public_ip="127.100.0.5")
+    with pytest.raises(NetError, match="twice"):
+        plan.build([NET], [a, b], set())
