@@ -176,4 +176,6 @@ class Reconciler:
             initrd=Path(a.image.initrd_path) if a.image.initrd_path else None,
             kernel_cmdline=a.image.kernel_cmdline,
             seed_iso=seed,
+            netns=self.network.netns if self.network else None,
+            nics=self.network.nic_specs(a) if self.network else (),
         )

@@ -223,9 +223,10 @@ def ssh(
     for key in identities:
         if key.is_file():
             argv += ["-i", str(key)]
-    argv += [f"{login}@{inst['public_ip']}"]
-    if command:
-        argv += ["--", *command]
+    remote = list(command or [])
+    if remote[:1] == ["--"]:  # click keeps the separator when interspersed args are off
+        remote = remote[1:]
+    argv += ["--", f"{login}@{inst['public_ip']}", *remote]
     try:
         raise typer.Exit(subprocess.call(argv))
     except FileNotFoundError:
