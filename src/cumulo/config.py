@@ -90,6 +90,22 @@ def _safe_hostname() -> str:
     return cleaned or "local"
 
 
+class VolumeType(BaseModel):
+    """A block storage class: QEMU throttles each volume of this type to these limits."""
+
+    name: str
+    iops: int = Field(gt=0)
+    mbps: int = Field(gt=0)
+    description: str = ""
+
+
+def _default_volume_types() -> list[VolumeType]:
+    return [
+        VolumeType(name="standard", iops=500, mbps=50, description="general purpose"),
+        VolumeType(name="fast", iops=5000, mbps=250, description="IO-heavy workloads"),
+    ]
+
+
 class NetworkSettings(BaseModel):
     # Default project networks are carved out of this pool, one /default_prefix each.
     private_pool: str = "10.64.0.0/10"
@@ -117,6 +133,8 @@ class NetworkSettings(BaseModel):
 class Settings(BaseModel):
     cloud_domain: str = "cumulo.internal"
     network: NetworkSettings = Field(default_factory=NetworkSettings)
+    volume_types: list[VolumeType] = Field(default_factory=_default_volume_types)
+    max_volume_gib: int = Field(default=1024, gt=0)
     regions: list[Region] = Field(
         default_factory=lambda: [Region(name="local-1", zones=["local-1a", "local-1b"])]
     )
@@ -143,6 +161,9 @@ class Settings(BaseModel):
             if zone in r.zones:
                 return r.name
         raise KeyError(zone)
+
+    def volume_type(self, name: str) -> VolumeType | None:
+        return next((t for t in self.volume_types if t.name == name), None)
 
     def instance_type(self, name: str) -> InstanceType | None:
         return next((t for t in self.instance_types if t.name == name), None)

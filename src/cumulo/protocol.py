@@ -86,10 +86,34 @@ class Assignment(BaseModel):
     public_ip: str | None = None  # all-in-one: a loopback address forwarding into the VM
 
 
+class VolumeAssignment(BaseModel):
+    """A volume whose file lives on this host, and the instance it should be attached to."""
+
+    id: str  # "vol-<17 hex>"; also the disk serial the guest sees
+    size_gib: int  # desired size: grown (never shrunk) when larger than the file
+    iops: int  # QEMU throttling of the attachment
+    mbps: int
+    desired: str  # "present" | "deleted"
+    attach_to: str | None = None  # instance id on this host, None: detached
+    device: str | None = None  # expected guest device name (e.g. "vdc"), informational
+    source_snapshot: str | None = None  # snapshot id to copy from when the file is created
+    generation: int
+
+
+class SnapshotAssignment(BaseModel):
+    """A snapshot stored on this host: taken from `volume_id` once, then kept until deleted."""
+
+    id: str  # "snap-<17 hex>"
+    volume_id: str | None  # None once the source volume is gone
+    desired: str  # "present" | "deleted"
+
+
 class Assignments(BaseModel):
     version: int  # the notifier version; long-poll again with since=version
     instances: list[Assignment]
     networks: list[NetworkRef] = Field(default_factory=list)  # those the instances use
+    volumes: list[VolumeAssignment] = Field(default_factory=list)
+    snapshots: list[SnapshotAssignment] = Field(default_factory=list)
 
 
 class Observation(BaseModel):
@@ -101,5 +125,23 @@ class Observation(BaseModel):
     guest_initiated: bool = False  # the guest powered itself off
 
 
+class VolumeObservation(BaseModel):
+    id: str
+    state: str  # creating | available | attaching | in-use | detaching | error | deleted
+    attached_to: str | None = None
+    size_gib: int = 0
+    reason: str = ""
+    generation: int
+
+
+class SnapshotObservation(BaseModel):
+    id: str
+    state: str  # creating | available | error | deleted
+    size_gib: int = 0
+    reason: str = ""
+
+
 class Report(BaseModel):
     observations: list[Observation]
+    volumes: list[VolumeObservation] = Field(default_factory=list)
+    snapshots: list[SnapshotObservation] = Field(default_factory=list)

@@ -12,8 +12,8 @@ import base64
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 

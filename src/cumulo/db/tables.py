@@ -199,3 +199,48 @@ class InstanceGroupRow(Base):
         ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
     )
     group_id: Mapped[str] = mapped_column(ForeignKey("security_groups.id"), primary_key=True)
+
+
+class VolumeRow(Base):
+    """A block volume. Its file lives on one host of its zone (`host_id`)."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_volume_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    zone: Mapped[str] = mapped_column(String(63))
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True, index=True)
+    size_gib: Mapped[int] = mapped_column(Integer)
+    type_name: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16))
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    desired: Mapped[str] = mapped_column(String(16), default="present")  # present | deleted
+    # The attachment the user asked for; `attached_to` is what the agent confirmed.
+    want_instance_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    attached_to: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    device: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    delete_on_termination: Mapped[bool] = mapped_column(default=False)
+    source_snapshot_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class SnapshotRow(Base):
+    """A point-in-time copy of a volume (crash-consistent when taken while attached)."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_snapshot_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    volume_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # may be deleted
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True)
+    zone: Mapped[str] = mapped_column(String(63))
+    size_gib: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))  # creating | available | error | deleting
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

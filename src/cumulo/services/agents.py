@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import threading
+import weakref
 from collections import defaultdict
 
 from sqlalchemy import delete, select
@@ -32,6 +34,7 @@ from cumulo.services import hosts, security_groups
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services
 from cumulo.services.instances import fqdn, network_hosts
+from cumulo.services.notifier import Notifier
 
 DELETED = "deleted"
 
@@ -49,30 +52,60 @@ def host_id(svc: Services, who: Principal, name: str) -> str:
         return _host(s, name).id
 
 
+# Per API process: network id -> (the notifier's network version it was read at, records).
+# Every agent on a network receives the same records; they are read once per change.
+_records_cache: weakref.WeakKeyDictionary[Notifier, dict[str, tuple[int, list[DnsRecord]]]] = (
+    weakref.WeakKeyDictionary())
+_records_lock = threading.Lock()
+
+
+def _records(s: Session, svc: Services, network_ids: set[str]) -> dict[str, list[DnsRecord]]:
+    """A DNS record for every instance on these networks, wherever it runs."""
+    with _records_lock:
+        cache = _records_cache.setdefault(svc.notifier, {})
+        out: dict[str, list[DnsRecord]] = {}
+        missing: dict[str, int] = {}
+        for n in network_ids:
+            version = svc.notifier.network_version(n)  # read before the query: never stale
+            hit = cache.get(n)
+            if hit is not None and hit[0] == version:
+                out[n] = hit[1]
+            else:
+                missing[n] = version
+    if not missing:
+        return out
+    fresh: dict[str, list[DnsRecord]] = {n: [] for n in missing}
+    rows = s.execute(
+        select(AddressRow.network_id, AddressRow.ip, AddressRow.mac, InstanceRow.name,
+               InstanceRow.zone, ProjectRow.name)
+        .join(InstanceRow, InstanceRow.id == AddressRow.instance_id)
+        .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
+        .where(AddressRow.network_id.in_(missing))
+        .order_by(AddressRow.ip)
+    )
+    for net_id, ip, mac, name, zone, project in rows:
+        fresh[net_id].append(DnsRecord.model_construct(
+            hostname=name, fqdn=fqdn(svc, name, project, zone), ip=ip, mac=mac))
+    with _records_lock:
+        for n, version in missing.items():
+            cache[n] = (version, fresh[n])
+    return out | fresh
+
+
 def _networks(s: Session, svc: Services, network_ids: set[str]) -> list[NetworkRef]:
     """The networks with a DNS record for every instance on them, wherever it runs."""
     if not network_ids:
         return []
-    records: dict[str, list[DnsRecord]] = defaultdict(list)
-    rows = s.execute(
-        select(AddressRow, InstanceRow.name, InstanceRow.zone, ProjectRow.name)
-        .join(InstanceRow, InstanceRow.id == AddressRow.instance_id)
-        .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
-        .where(AddressRow.network_id.in_(network_ids))
-        .order_by(AddressRow.ip)
-    )
-    for addr, name, zone, project in rows:
-        records[addr.network_id].append(DnsRecord(
-            hostname=name, fqdn=fqdn(svc, name, project, zone), ip=addr.ip, mac=addr.mac))
+    records = _records(s, svc, network_ids)
     out = []
     for net, project in s.execute(select(NetworkRow, ProjectRow.name)
                                   .join(ProjectRow, ProjectRow.id == NetworkRow.project_id)
                                   .where(NetworkRow.id.in_(network_ids))
                                   .order_by(NetworkRow.id)):
-        out.append(NetworkRef(
+        out.append(NetworkRef.model_construct(
             id=net.id, project=project, cidr=net.cidr, gateway=net.gateway,
             dns_domain=f"{project}.{net.zone}.{svc.settings.cloud_domain}",
-            records=records[net.id]))
+            records=records.get(net.id, [])))
     return out
 
 
@@ -116,8 +149,9 @@ def assignments(svc: Services, who: Principal, name: str
         return out, nets
 
 
-def _forget(s: Session, row: InstanceRow) -> set[str]:
-    """Remove a deleted instance and release what it held; returns hosts to wake (DNS)."""
+def _forget(s: Session, row: InstanceRow) -> tuple[set[str], set[str]]:
+    """Remove a deleted instance and release what it held.
+    Returns (its networks, the hosts to wake: their DNS records change)."""
     nets = list(s.scalars(select(AddressRow.network_id).where(AddressRow.instance_id == row.id)))
     s.execute(delete(AddressRow).where(AddressRow.instance_id == row.id))
     s.execute(delete(PublicIpRow).where(PublicIpRow.instance_id == row.id, PublicIpRow.auto))
@@ -126,13 +160,14 @@ def _forget(s: Session, row: InstanceRow) -> set[str]:
     s.execute(delete(InstanceGroupRow).where(InstanceGroupRow.instance_id == row.id))
     s.delete(row)
     s.flush()
-    return network_hosts(s, nets)
+    return set(nets), network_hosts(s, nets)
 
 
 def report(svc: Services, who: Principal, name: str, observations: list[Observation]) -> None:
     """Apply what the agent saw. Stale reports (older generation) cannot undo a newer request."""
     require_agent(who, name)
     wake: set[str] = set()
+    nets: set[str] = set()
     with svc.db.session() as s:
         host = _host(s, name)
         hosts.heartbeat(s, host)
@@ -145,7 +180,9 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
                 continue
             if obs.state == DELETED:
                 if row.desired_power == DesiredPower.DELETED.value:
-                    wake |= _forget(s, row)
+                    gone_from, hosts_to_wake = _forget(s, row)
+                    nets |= gone_from
+                    wake |= hosts_to_wake
                 continue
             state = InstanceState(obs.state)
             if obs.reboot_done_seq is not None:
@@ -158,5 +195,5 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
                 row.desired_power = DesiredPower.STOPPED.value
             if row.state != state.value or row.state_reason != obs.reason:
                 row.state, row.state_reason = state.value, obs.reason
-    for h in wake:
-        svc.notifier.notify(h)
+    svc.notifier.network_changed(nets)
+    svc.notifier.notify_soon(wake)  # their DNS records changed

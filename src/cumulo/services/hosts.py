@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import HostRow, InstanceRow
@@ -51,14 +51,39 @@ def register(
         return row.id
 
 
+# A heartbeat younger than this is not written again: every poll of every agent would
+# otherwise be a write transaction (on SQLite, one more turn of the single write lock).
+HEARTBEAT_WRITE_EVERY = timedelta(seconds=5)
+
+
 def heartbeat(s: Session, host: HostRow) -> None:
-    host.last_seen = datetime.now(UTC)
-    host.state = "up"
+    now = datetime.now(UTC)
+    seen = host.last_seen if host.last_seen.tzinfo else host.last_seen.replace(tzinfo=UTC)
+    if host.state != "up" or now - seen >= HEARTBEAT_WRITE_EVERY:
+        host.last_seen = now
+        host.state = "up"
 
 
 def is_up(row: HostRow, now: datetime) -> bool:
     seen = row.last_seen if row.last_seen.tzinfo else row.last_seen.replace(tzinfo=UTC)
     return row.state == "up" and now - seen < HOST_DOWN_AFTER
+
+
+def lock_zone(s: Session, zone: str) -> None:
+    """Serialize placements in `zone` until the transaction ends (two concurrent creates must
+    not both take the last slot, nor the same address).
+
+    PostgreSQL locks the zone's host rows. SQLite has no row locks and starts a write
+    transaction lazily at the first write, so concurrent creates would read the same free
+    address or capacity and collide at commit: a no-op UPDATE takes SQLite's (single) write
+    lock now, waiting for other writers (busy timeout), and every read after it is current.
+    """
+    if s.get_bind().dialect.name == "sqlite":
+        s.execute(update(HostRow).where(HostRow.zone == zone).values(zone=HostRow.zone))
+    else:
+        # In id order: two creates locking the same rows in different orders would deadlock.
+        s.execute(select(HostRow.id).where(HostRow.zone == zone).order_by(HostRow.id)
+                  .with_for_update()).all()
 
 
 def capacities(s: Session, zone: str | None = None) -> list[HostCapacity]:

@@ -135,6 +135,9 @@ def create(svc: Services, who: Principal, project: str | None, req: CreateInstan
     if req.disk_gib is not None:
         disk = positive(req.disk_gib, "disk size (GiB)", maximum=16384)
     with svc.db.session() as s:
+        # First, so that the checks below (name, capacity, addresses, default network and
+        # security group) see every create that committed before this one.
+        hosts.lock_zone(s, zone)
         prj = scope_project(s, who, project)
         image = images.resolve_variant(s, prj, req.image, arch.value)
         disk = max(disk, -(-image.virtual_size_bytes // 2**30), 1)
@@ -147,8 +150,6 @@ def create(svc: Services, who: Principal, project: str | None, req: CreateInstan
                 f"an instance named {req.name!r} already exists in project {prj.name!r}",
                 code="name_taken",
             )
-        # Lock the zone's hosts so two concurrent creates cannot both take the last slot.
-        s.execute(select(HostRow.id).where(HostRow.zone == zone).with_for_update()).all()
         caps = hosts.capacities(s, zone)
         max_cpu, max_ram = largest_possible(caps, arch.value, zone)
         if max_cpu and (vcpus > max_cpu or ram > max_ram):
@@ -184,8 +185,9 @@ def create(svc: Services, who: Principal, project: str | None, req: CreateInstan
                            code="name_taken") from None
         result = view(s, svc, row, prj.name)
         wake = network_hosts(s, [network.id])
-    for h in wake | {placement.host.host_id}:
-        svc.notifier.notify(h)
+    svc.notifier.network_changed([network.id])
+    svc.notifier.notify(placement.host.host_id)
+    svc.notifier.notify_soon(wake - {placement.host.host_id})  # their DNS records changed
     return result
 
 

@@ -10,11 +10,20 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
+from collections.abc import Iterable
+
+# DNS-only changes (another host's instance joined or left a network) wake a host at most
+# this often: a burst of creates then costs each host one fetch per period, not one per create.
+DNS_COALESCE_S = 0.5
 
 
 class Notifier:
-    def __init__(self) -> None:
+    def __init__(self, coalesce_s: float = DNS_COALESCE_S) -> None:
         self._lock = threading.Lock()
+        self.coalesce_s = coalesce_s
+        self._soon: set[str] = set()
+        self._timer: threading.Timer | None = None
+        self._network_versions: dict[str, int] = defaultdict(int)
         self._versions: dict[str, int] = defaultdict(int)
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = (
             defaultdict(list)
@@ -32,6 +41,32 @@ class Notifier:
             waiters = self._waiters.pop(host_id, [])
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)
+
+    def notify_soon(self, host_ids: Iterable[str | None]) -> None:
+        """Wake these hosts within `coalesce_s` (changes that are not about their own VMs)."""
+        with self._lock:
+            self._soon.update(h for h in host_ids if h)
+            if self._timer is not None or not self._soon:
+                return
+            self._timer = threading.Timer(self.coalesce_s, self._flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _flush(self) -> None:
+        with self._lock:
+            hosts, self._soon, self._timer = self._soon, set(), None
+        for h in hosts:
+            self.notify(h)
+
+    def network_version(self, network_id: str) -> int:
+        with self._lock:
+            return self._network_versions[network_id]
+
+    def network_changed(self, network_ids: Iterable[str]) -> None:
+        """An address of these networks was added or removed (call after the commit)."""
+        with self._lock:
+            for n in network_ids:
+                self._network_versions[n] += 1
 
     async def wait(self, host_id: str, since: int, timeout: float) -> int:
         """Return the host's version once it differs from `since`, or after `timeout`."""

@@ -136,3 +136,33 @@ class PublicIpView(BaseModel):
     instance: str | None  # instance name
     auto: bool
     created_at: datetime
+
+
+class VolumeView(BaseModel):
+    id: str
+    name: str
+    project: str
+    zone: str
+    size_gib: int
+    type: str
+    iops: int
+    mbps: int
+    state: str
+    state_reason: str
+    attached_to: str | None  # instance name
+    device: str | None  # expected guest device name (e.g. vdc)
+    delete_on_termination: bool
+    source_snapshot: str | None
+    created_at: datetime
+
+
+class SnapshotView(BaseModel):
+    id: str
+    name: str
+    project: str
+    zone: str
+    volume: str | None  # source volume name, None once deleted
+    size_gib: int
+    state: str
+    state_reason: str
+    created_at: datetime

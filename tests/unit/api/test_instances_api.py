@@ -76,9 +76,8 @@ def test_bad_input_is_refused_with_a_stable_code_and_changes_nothing(
 
 
 def test_image_without_the_requested_arch(api: TestClient, svc: Any, tmp_path: Any) -> None:
-    from tests.conftest import make_image_dir
-
     from cumulo.services import images
+    from tests.conftest import make_image_dir
 
     images.register_builtin(svc, make_image_dir(tmp_path / "x", "x86_64", name="only-x86"))
     r = create(api, image="only-x86", arch="arm64")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import ADMIN, AGENT_HOST
 
 from cumulo.domain.errors import Forbidden
 from cumulo.domain.instance import Action
 from cumulo.protocol import Observation
 from cumulo.services import agents, instances
 from cumulo.services.context import Principal, Role, Services
+from tests.conftest import ADMIN, AGENT_HOST
 
 AGENT = Principal(role=Role.AGENT, host_name=AGENT_HOST)
 

@@ -1,0 +1,372 @@
+"""Control plane: create N instances through the API with concurrent clients, until all run.
+
+Setup (per database backend): a fresh database (SQLite file in a temp dir; a new PostgreSQL
+database), the real API (uvicorn on 127.0.0.1, its own process), H simulated hosts (the real
+agent loop and reconciler over the fake driver, one process, each with its own agent token
+and HTTP long-poll). Then C concurrent HTTP clients create N `t1.nano` instances in one
+project; the clock runs from the first create to the moment every instance is running, as
+reported by the agents. Then every instance is deleted, until all are gone.
+
+Reported: instances per second (N / that wall time), p50 / p99 latency of the create calls
+as the clients saw them, the same for deletes, and the CPU the API process used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, func, select, text
+
+from cumulo.config import Settings
+from cumulo.db.engine import Database
+from cumulo.db.migrate import upgrade
+from cumulo.db.tables import HostRow, InstanceRow
+from cumulo.services import images
+from cumulo.services.auth import ensure_default_project, issue_token
+from cumulo.services.context import Role, Services
+from cumulo.services.notifier import Notifier
+
+REPO = Path(__file__).resolve().parent.parent
+ZONE = "local-1a"
+TYPE = "t1.nano"
+
+
+@dataclass(frozen=True)
+class Scale:
+    instances: int
+    hosts: int = 100
+    clients: int = 20
+    host_vcpus: int = 64  # t1.nano: 1 vCPU, 128 MiB
+    host_ram_mib: int = 16384
+    timeout_s: float = 600.0
+
+
+def scale(quick: bool) -> Scale:
+    return Scale(instances=500 if quick else 2000)
+
+
+def postgres_url() -> str | None:
+    """Where to create the PostgreSQL bench database (None: PostgreSQL is skipped)."""
+    return os.environ.get("CUMULO_BENCH_POSTGRES_URL") or os.environ.get(
+        "CUMULO_TEST_POSTGRES_URL"
+    )
+
+
+def run(quick: bool) -> dict[str, object]:
+    sc = scale(quick)
+    out: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="cumulo-bench-") as tmp:
+        out["sqlite"] = measure(f"sqlite:///{Path(tmp) / 'cumulo.db'}", sc, Path(tmp) / "sq")
+    pg = postgres_url()
+    if pg is None:
+        out["postgresql_skipped"] = "set CUMULO_BENCH_POSTGRES_URL (or CUMULO_TEST_POSTGRES_URL)"
+        return out
+    with pg_database(pg) as url, tempfile.TemporaryDirectory(prefix="cumulo-bench-") as tmp:
+        out["postgresql"] = measure(url, sc, Path(tmp))
+    return out
+
+
+@contextmanager
+def pg_database(server_url: str) -> Iterator[str]:
+    """A fresh database on that server, dropped afterwards."""
+    name = "cumulo_bench_" + secrets.token_hex(4)
+    admin = create_engine(server_url.replace("postgresql://", "postgresql+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{server_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _fake_image(root: Path) -> Path:
+    """A built-in-like image record; the fake driver never opens its (empty) files."""
+    d = root / "images" / "tiny" / "x86_64"
+    d.mkdir(parents=True)
+    for f in ("vmlinuz", "initrd.img", "rootfs.qcow2"):
+        (d / f).write_bytes(b"")
+    (d / "image.json").write_text(json.dumps({
+        "name": "tiny", "arch": "x86_64", "boot": "kernel", "default_user": "cumulo",
+        "kernel_cmdline": "console=ttyS0", "os": "bench", "virtual_size_bytes": 2**30,
+    }))
+    return d
+
+
+def prepare(url: str, sc: Scale, work: Path) -> tuple[str, list[dict[str, str]]]:
+    """Schema, project, image, tokens. Returns (admin token, [{name, token}] per host)."""
+    db = Database(url)
+    try:
+        upgrade(db)
+        svc = Services(db=db, settings=Settings(), notifier=Notifier())
+        with db.session() as s:
+            ensure_default_project(s)
+            admin = issue_token(s, Role.ADMIN, description="bench")
+        images.register_builtin(svc, _fake_image(work))
+        hosts = []
+        with db.session() as s:
+            for i in range(sc.hosts):
+                name = f"bench-h{i:03d}"
+                hosts.append({"name": name, "token": issue_token(s, Role.AGENT, host_name=name)})
+        return admin, hosts
+    finally:
+        db.dispose()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    argv = [sys.executable, "-m", "bench.cp_processes", *args]
+    prof = os.environ.get("CUMULO_BENCH_PYSPY")  # e.g. "/tmp/api.svg": profile the API
+    if prof and args[0] == "api":
+        fmt = ["--format", "raw"] if prof.endswith(".txt") else []  # collapsed stacks
+        spy = str(Path(sys.executable).parent / "py-spy")
+        argv = [spy, "record", "--gil", "-r", "250", *fmt, "-o", prof, "--", *argv]
+    with open(log, "ab") as f:
+        return subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _api_pid(proc: subprocess.Popen[bytes]) -> int:
+    """The API's own pid (under py-spy, its child)."""
+    if not os.environ.get("CUMULO_BENCH_PYSPY"):
+        return proc.pid
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    for _ in range(100):
+        kids = children.read_text().split()
+        if kids:
+            return int(kids[0])
+        time.sleep(0.05)
+    return proc.pid
+
+
+class Probe:
+    """Counts instances straight in the database: the wait loop must not load the API."""
+
+    def __init__(self, url: str) -> None:
+        self.db = Database(url)
+
+    def hosts(self) -> int:
+        with self.db.session() as s:
+            return int(s.scalar(select(func.count()).select_from(HostRow)) or 0)
+
+    def counts(self) -> tuple[int, int]:
+        """(instances, of which running)."""
+        with self.db.session() as s:
+            total = s.scalar(select(func.count()).select_from(InstanceRow)) or 0
+            running = s.scalar(select(func.count()).select_from(InstanceRow)
+                               .where(InstanceRow.state == "running")) or 0
+            return int(total), int(running)
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def _wait(cond: object, timeout: float, what: str, step: float = 0.02) -> float:
+    """Poll `cond()` until true; returns the perf_counter time it became true."""
+    assert callable(cond)
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(step)
+    return time.perf_counter()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    s = sorted(values)
+    rank = max(1, -(-len(s) * q // 100))
+    return s[int(rank) - 1]
+
+
+async def _fire(base: str, token: str, sc: Scale, jobs: list[tuple[str, str]]
+                ) -> tuple[list[float], list[str], float]:
+    """Run (method, path) jobs over `sc.clients` concurrent connections.
+    Returns (latencies in s, error descriptions, perf_counter at the first request)."""
+    queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    for j in jobs:
+        queue.put_nowait(j)
+    lat: list[float] = []
+    errors: list[str] = []
+    start = time.perf_counter()
+
+    async def worker() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=60.0,
+                                     headers={"Authorization": f"Bearer {token}"}) as client:
+            while True:
+                try:
+                    method, path_or_name = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                t = time.perf_counter()
+                if method == "POST":
+                    r = await client.post("/v1/instances", json={
+                        "name": path_or_name, "image": "tiny", "type": TYPE, "zone": ZONE})
+                else:
+                    r = await client.delete(f"/v1/instances/{path_or_name}")
+                lat.append(time.perf_counter() - t)
+                if r.status_code != 202:
+                    errors.append(f"{method} {path_or_name}: {r.status_code} {r.text[:200]}")
+
+    await asyncio.gather(*(worker() for _ in range(sc.clients)))
+    return lat, errors, start
+
+
+def _stats(prefix: str, lat: list[float]) -> dict[str, float]:
+    return {
+        f"{prefix}p50_ms": round(percentile(lat, 50) * 1000, 2),
+        f"{prefix}p99_ms": round(percentile(lat, 99) * 1000, 2),
+        f"{prefix}max_ms": round(max(lat) * 1000, 2),
+    }
+
+
+def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
+    """One full create/delete run against a fresh database at `url`."""
+    work.mkdir(parents=True, exist_ok=True)
+    admin, hosts = prepare(url, sc, work)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    api = _spawn(["api", "--db", url, "--port", str(port)], work / "api.log")
+    agents: subprocess.Popen[bytes] | None = None
+    probe = Probe(url)
+    api_pid = api.pid
+    try:
+        _wait(lambda: _healthy(base) or api.poll() is not None, 60, "the API to start", 0.1)
+        if api.poll() is not None:
+            raise RuntimeError(f"the API exited: {(work / 'api.log').read_text()[-2000:]}")
+        cfg = work / "agents.json"
+        cfg.write_text(json.dumps({
+            "api_url": base, "zone": ZONE, "vcpus": sc.host_vcpus, "ram_mib": sc.host_ram_mib,
+            "work_dir": str(work / "hosts"), "hosts": hosts}))
+        agents = _spawn(["agents", "--config", str(cfg)], work / "agents.log")
+        _wait(lambda: probe.hosts() == sc.hosts, 120, f"{sc.hosts} hosts to register", 0.1)
+        time.sleep(1.5)  # every agent is in its long-poll now
+        api_pid = _api_pid(api)
+        names = [f"bench-{i:05d}" for i in range(sc.instances)]
+
+        cpu0, agents_cpu0 = _cpu_s(api_pid), _cpu_s(agents.pid)
+        lat, errors, t0 = asyncio.run(_fire(base, admin, sc, [("POST", n) for n in names]))
+        t_sent = time.perf_counter()
+        created = sc.instances - len(errors)
+        t_run = _wait(lambda: probe.counts()[1] >= created, sc.timeout_s, "all to run")
+        cpu1, agents_cpu1 = _cpu_s(api_pid), _cpu_s(agents.pid)
+        shown = _shown_running(base, admin)
+        create_wall = t_run - t0
+
+        dlat, derrors, d0 = asyncio.run(_fire(base, admin, sc, [("DELETE", n) for n in names]))
+        t_dsent = time.perf_counter()
+        t_gone = _wait(lambda: probe.counts()[0] == 0, sc.timeout_s, "all to be deleted")
+        cpu2 = _cpu_s(api_pid)
+        delete_wall = t_gone - d0
+        return {
+            "create_per_s": round(created / create_wall, 1),
+            **_stats("", lat),
+            "instances": sc.instances,
+            "hosts": sc.hosts,
+            "clients": sc.clients,
+            "projects": 1,
+            "create_errors": len(errors),
+            "first_errors": errors[:3] + derrors[:3],
+            "create_calls_s": round(t_sent - t0, 2),
+            "create_to_all_running_s": round(create_wall, 2),
+            "api_shows_running": shown,
+            "api_cpu_s_create": round(cpu1 - cpu0, 2),
+            "api_cpu_percent_create": round(100 * (cpu1 - cpu0) / create_wall, 1),
+            "agents_cpu_s_create": round(agents_cpu1 - agents_cpu0, 2),
+            "delete_per_s": round((sc.instances - len(derrors)) / delete_wall, 1),
+            **_stats("delete_", dlat),
+            "delete_errors": len(derrors),
+            "delete_calls_s": round(t_dsent - d0, 2),
+            "delete_to_all_gone_s": round(delete_wall, 2),
+            "api_cpu_s_delete": round(cpu2 - cpu1, 2),
+        }
+    except BaseException:
+        for log in ("api.log", "agents.log"):
+            with suppress(OSError):
+                tail = (work / log).read_text()[-3000:]
+                print(f"--- {log} (last lines) ---\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        probe.close()
+        if agents is not None:
+            _stop(agents)
+        if api.poll() is None and api_pid != api.pid:  # py-spy writes once its child exits
+            os.kill(api_pid, signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                api.wait(60)
+        _stop(api)
+
+
+def _healthy(base: str) -> bool:
+    with suppress(httpx.HTTPError):
+        return httpx.get(f"{base}/healthz", timeout=1.0).status_code == 200
+    return False
+
+
+def _shown_running(base: str, token: str) -> int:
+    """How many instances the API itself lists as running (after the clock stopped)."""
+    r = httpx.get(f"{base}/v1/instances", headers={"Authorization": f"Bearer {token}"},
+                  timeout=120.0)
+    r.raise_for_status()
+    return sum(1 for i in r.json() if i["state"] == "running")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.control_plane")
+    p.add_argument("--instances", type=int, default=500)
+    p.add_argument("--hosts", type=int, default=100)
+    p.add_argument("--clients", type=int, default=20)
+    p.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql"])
+    a = p.parse_args()
+    s = Scale(instances=a.instances, hosts=a.hosts, clients=a.clients)
+    with tempfile.TemporaryDirectory(prefix="cumulo-bench-") as tmp:
+        if a.db == "sqlite":
+            res = measure(f"sqlite:///{Path(tmp) / 'cumulo.db'}", s, Path(tmp))
+        else:
+            pg = postgres_url()
+            assert pg, "set CUMULO_BENCH_POSTGRES_URL"
+            with pg_database(pg) as u:
+                res = measure(u, s, Path(tmp))
+    print(json.dumps(res, indent=2))

@@ -1,0 +1,303 @@
+"""Block volumes and their snapshots: validate, authorize, record intent, wake the agent.
+
+A volume's file lives on one host of its zone (chosen at create); it attaches only to
+instances on that host. The agent converges files and attachments and reports back.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cumulo.db.tables import HostRow, InstanceRow, ProjectRow, SnapshotRow, VolumeRow
+from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
+from cumulo.domain.ids import is_id, new_id
+from cumulo.domain.instance import DesiredPower
+from cumulo.domain.validation import dns_label, positive
+from cumulo.services import hosts
+from cumulo.services.auth import scope_project
+from cumulo.services.context import Principal, Services
+from cumulo.services.views import SnapshotView, VolumeView
+
+PRESENT, DELETED = "present", "deleted"
+# The boot disk is vda and the cloud-init seed vdb: volumes start at vdc.
+_DEVICES = [f"vd{c}" for c in "cdefghijklmnopqrstuvwxyz"]
+
+
+def _limits(svc: Services, type_name: str) -> tuple[int, int]:
+    vt = svc.settings.volume_type(type_name)
+    return (vt.iops, vt.mbps) if vt else (0, 0)
+
+
+def views(s: Session, svc: Services, rows: list[VolumeRow], project: str) -> list[VolumeView]:
+    inst_names = dict(s.execute(select(InstanceRow.id, InstanceRow.name).where(
+        InstanceRow.id.in_([r.attached_to or r.want_instance_id for r in rows
+                            if r.attached_to or r.want_instance_id]))).all())
+    snaps = dict(s.execute(select(SnapshotRow.id, SnapshotRow.name).where(
+        SnapshotRow.id.in_([r.source_snapshot_id for r in rows if r.source_snapshot_id]))).all())
+    out = []
+    for r in rows:
+        iops, mbps = _limits(svc, r.type_name)
+        attached = r.attached_to or r.want_instance_id
+        out.append(VolumeView(
+            id=r.id, name=r.name, project=project, zone=r.zone, size_gib=r.size_gib,
+            type=r.type_name, iops=iops, mbps=mbps, state=r.state, state_reason=r.state_reason,
+            attached_to=inst_names.get(attached) if attached else None,
+            device=r.device if attached else None,
+            delete_on_termination=r.delete_on_termination,
+            source_snapshot=snaps.get(r.source_snapshot_id or ""), created_at=r.created_at))
+    return out
+
+
+def _view(s: Session, svc: Services, row: VolumeRow, project: str) -> VolumeView:
+    return views(s, svc, [row], project)[0]
+
+
+def find(s: Session, prj: ProjectRow, ref: str) -> VolumeRow:
+    q = select(VolumeRow).where(VolumeRow.project_id == prj.id)
+    q = q.where(VolumeRow.id == ref) if is_id(ref) else q.where(VolumeRow.name == ref)
+    row = s.scalar(q)
+    if row is None:
+        raise NotFound(f"no volume {ref!r} in project {prj.name!r}", code="unknown_volume")
+    return row
+
+
+def _find_snapshot(s: Session, prj: ProjectRow, ref: str) -> SnapshotRow:
+    q = select(SnapshotRow).where(SnapshotRow.project_id == prj.id)
+    q = q.where(SnapshotRow.id == ref) if is_id(ref) else q.where(SnapshotRow.name == ref)
+    row = s.scalar(q)
+    if row is None:
+        raise NotFound(f"no snapshot {ref!r} in project {prj.name!r}", code="unknown_snapshot")
+    return row
+
+
+def _check_size(svc: Services, size_gib: int) -> int:
+    return positive(size_gib, "volume size (GiB)", maximum=svc.settings.max_volume_gib)
+
+
+def create(svc: Services, who: Principal, project: str | None, name: str, size_gib: int,
+           zone: str | None = None, type_name: str = "standard",
+           from_snapshot: str | None = None, delete_on_termination: bool = False) -> VolumeView:
+    dns_label(name, "volume name")
+    _check_size(svc, size_gib)
+    if svc.settings.volume_type(type_name) is None:
+        known = ", ".join(t.name for t in svc.settings.volume_types)
+        raise NotFound(f"unknown volume type {type_name!r} (known: {known})",
+                       code="unknown_volume_type")
+    z = zone or svc.settings.host.zone
+    if z not in svc.settings.zone_names():
+        raise NotFound(f"unknown zone {z!r}", code="unknown_zone")
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        if s.scalar(select(VolumeRow.id).where(VolumeRow.project_id == prj.id,
+                                               VolumeRow.name == name)):
+            raise Conflict(f"volume {name!r} already exists", code="name_taken")
+        host_id: str | None
+        source = None
+        if from_snapshot is not None:
+            source = _find_snapshot(s, prj, from_snapshot)
+            if source.state != "available":
+                raise Conflict(f"snapshot {source.name!r} is {source.state}",
+                               code="invalid_state")
+            if source.zone != z:
+                raise InvalidInput(f"snapshot {source.name!r} is in zone {source.zone}, not "
+                                   f"{z}", code="zone_mismatch")
+            if size_gib < source.size_gib:
+                raise InvalidInput(f"the volume must be at least the snapshot's size "
+                                   f"({source.size_gib} GiB)", code="invalid_size")
+            host_id = source.host_id
+        else:
+            up = [c for c in hosts.capacities(s, z) if c.up]
+            if not up:
+                raise InsufficientCapacity(f"no host is up in zone {z}")
+            host_id = min(up, key=lambda c: c.name).host_id
+        row = VolumeRow(id=new_id("vol"), name=name, project_id=prj.id, zone=z, host_id=host_id,
+                        size_gib=size_gib, type_name=type_name, state="creating",
+                        desired=PRESENT, delete_on_termination=delete_on_termination,
+                        source_snapshot_id=source.id if source else None)
+        s.add(row)
+        s.flush()
+        result = _view(s, svc, row, prj.name)
+    svc.notifier.notify(host_id)
+    return result
+
+
+def list_all(svc: Services, who: Principal, project: str | None) -> list[VolumeView]:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        rows = list(s.scalars(select(VolumeRow).where(VolumeRow.project_id == prj.id)
+                              .order_by(VolumeRow.created_at, VolumeRow.name)))
+        return views(s, svc, rows, prj.name)
+
+
+def show(svc: Services, who: Principal, project: str | None, ref: str) -> VolumeView:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        return _view(s, svc, find(s, prj, ref), prj.name)
+
+
+def _touch(row: VolumeRow) -> None:
+    row.generation += 1
+    row.state_reason = ""
+
+
+def attach(svc: Services, who: Principal, project: str | None, ref: str,
+           instance_ref: str) -> VolumeView:
+    from cumulo.services.instances import find_row
+
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = find(s, prj, ref)
+        inst = find_row(s, prj, instance_ref)
+        if row.desired == DELETED:
+            raise Conflict(f"volume {row.name!r} is being deleted", code="invalid_state")
+        if row.want_instance_id or row.attached_to:
+            raise Conflict(f"volume {row.name!r} is attached already; detach it first",
+                           code="volume_in_use")
+        if row.state not in ("available", "error"):
+            raise Conflict(f"volume {row.name!r} is {row.state}", code="invalid_state")
+        if inst.desired_power == DesiredPower.DELETED.value:
+            raise Conflict(f"instance {inst.name!r} is being deleted", code="invalid_state")
+        if inst.zone != row.zone:
+            raise InvalidInput(f"volume {row.name!r} is in zone {row.zone}; instance "
+                               f"{inst.name!r} is in {inst.zone}", code="zone_mismatch")
+        if inst.host_id != row.host_id:
+            raise InvalidInput(f"volume {row.name!r} is stored on another host than instance "
+                               f"{inst.name!r} (volumes attach to instances of their host)",
+                               code="host_mismatch")
+        used = set(s.scalars(select(VolumeRow.device).where(
+            (VolumeRow.want_instance_id == inst.id) | (VolumeRow.attached_to == inst.id))))
+        free = [d for d in _DEVICES if d not in used]
+        if not free:
+            raise Conflict(f"instance {inst.name!r} has no free device slot",
+                           code="too_many_volumes")
+        row.want_instance_id, row.device, row.state = inst.id, free[0], "attaching"
+        _touch(row)
+        result = _view(s, svc, row, prj.name)
+        host_id = row.host_id
+    svc.notifier.notify(host_id)
+    return result
+
+
+def detach(svc: Services, who: Principal, project: str | None, ref: str) -> VolumeView:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = find(s, prj, ref)
+        if not (row.want_instance_id or row.attached_to):
+            raise Conflict(f"volume {row.name!r} is not attached", code="not_attached")
+        row.want_instance_id, row.state = None, "detaching"
+        _touch(row)
+        result = _view(s, svc, row, prj.name)
+        host_id = row.host_id
+    svc.notifier.notify(host_id)
+    return result
+
+
+def resize(svc: Services, who: Principal, project: str | None, ref: str,
+           size_gib: int) -> VolumeView:
+    _check_size(svc, size_gib)
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = find(s, prj, ref)
+        if size_gib <= row.size_gib:
+            raise InvalidInput(f"volumes only grow: {row.name!r} is {row.size_gib} GiB, "
+                               f"asked {size_gib} GiB", code="invalid_size")
+        if row.state not in ("available", "in-use"):
+            raise Conflict(f"volume {row.name!r} is {row.state}", code="invalid_state")
+        row.size_gib = size_gib
+        _touch(row)
+        result = _view(s, svc, row, prj.name)
+        host_id = row.host_id
+    svc.notifier.notify(host_id)
+    return result
+
+
+def delete(svc: Services, who: Principal, project: str | None, ref: str) -> VolumeView:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = find(s, prj, ref)
+        if row.want_instance_id or row.attached_to:
+            raise Conflict(f"volume {row.name!r} is attached; detach it first",
+                           code="volume_in_use")
+        if row.desired == DELETED:
+            raise Conflict(f"volume {row.name!r} is already being deleted",
+                           code="invalid_state")
+        row.desired, row.state = DELETED, "deleting"
+        _touch(row)
+        result = _view(s, svc, row, prj.name)
+        host_id = row.host_id
+    svc.notifier.notify(host_id)
+    return result
+
+
+def release_for_instance(s: Session, instance_id: str) -> set[str]:
+    """The instance is being deleted: detach its volumes, and delete those that asked for it.
+    Returns the hosts to wake."""
+    wake: set[str] = set()
+    for row in s.scalars(select(VolumeRow).where(VolumeRow.want_instance_id == instance_id)):
+        row.want_instance_id = None
+        row.state = "detaching"
+        if row.delete_on_termination:
+            row.desired, row.state = DELETED, "deleting"
+        _touch(row)
+        if row.host_id:
+            wake.add(row.host_id)
+    return wake
+
+
+def _snap_view(s: Session, row: SnapshotRow, project: str) -> SnapshotView:
+    vol = s.get(VolumeRow, row.volume_id) if row.volume_id else None
+    return SnapshotView(id=row.id, name=row.name, project=project, zone=row.zone,
+                        volume=vol.name if vol else None, size_gib=row.size_gib,
+                        state=row.state, state_reason=row.state_reason,
+                        created_at=row.created_at)
+
+
+def snapshot(svc: Services, who: Principal, project: str | None, ref: str,
+             name: str) -> SnapshotView:
+    dns_label(name, "snapshot name")
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        vol = find(s, prj, ref)
+        if vol.state not in ("available", "in-use") or vol.desired == DELETED:
+            raise Conflict(f"volume {vol.name!r} is {vol.state}", code="invalid_state")
+        if s.scalar(select(SnapshotRow.id).where(SnapshotRow.project_id == prj.id,
+                                                 SnapshotRow.name == name)):
+            raise Conflict(f"snapshot {name!r} already exists", code="name_taken")
+        row = SnapshotRow(id=new_id("snap"), name=name, project_id=prj.id, volume_id=vol.id,
+                          host_id=vol.host_id, zone=vol.zone, size_gib=vol.size_gib,
+                          state="creating")
+        s.add(row)
+        s.flush()
+        result = _snap_view(s, row, prj.name)
+        host_id = vol.host_id
+    svc.notifier.notify(host_id)
+    return result
+
+
+def list_snapshots(svc: Services, who: Principal, project: str | None) -> list[SnapshotView]:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        return [_snap_view(s, r, prj.name) for r in s.scalars(
+            select(SnapshotRow).where(SnapshotRow.project_id == prj.id)
+            .order_by(SnapshotRow.created_at))]
+
+
+def delete_snapshot(svc: Services, who: Principal, project: str | None, ref: str) -> None:
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = _find_snapshot(s, prj, ref)
+        if row.state == "creating":
+            raise Conflict(f"snapshot {row.name!r} is still being taken", code="invalid_state")
+        users = s.scalar(select(VolumeRow.name).where(VolumeRow.source_snapshot_id == row.id,
+                                                      VolumeRow.state == "creating"))
+        if users:
+            raise Conflict(f"volume {users!r} is being made from snapshot {row.name!r}",
+                           code="snapshot_in_use")
+        row.state = "deleting"
+        host_id = row.host_id
+    svc.notifier.notify(host_id)
+
+
+def host_of(s: Session, host_id: str | None) -> HostRow | None:
+    return s.get(HostRow, host_id) if host_id else None

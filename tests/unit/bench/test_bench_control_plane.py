@@ -1,0 +1,44 @@
+"""A tiny control-plane run: the real API, agents and clients in their processes, proving the
+measuring code measures (counts and shapes, never timing thresholds)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import control_plane  # noqa: E402
+from tests.conftest import _pg_database  # noqa: E402
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert control_plane.percentile(values, 50) == 50.0
+    assert control_plane.percentile(values, 99) == 99.0
+    assert control_plane.percentile([7.0], 99) == 7.0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_tiny_run_creates_runs_and_deletes_everything(backend: str, tmp_path: Path) -> None:
+    sc = control_plane.Scale(instances=20, hosts=3, clients=4, timeout_s=120)
+    if backend == "sqlite":
+        result = control_plane.measure(f"sqlite:///{tmp_path / 'b.db'}", sc, tmp_path / "w")
+    else:
+        gen = _pg_database()
+        url = next(gen)
+        try:
+            result = control_plane.measure(url, sc, tmp_path / "w")
+        finally:
+            next(gen, None)
+    assert result["create_errors"] == 0 and result["delete_errors"] == 0, result["first_errors"]
+    assert result["api_shows_running"] == 20  # the API itself lists them running
+    assert result["instances"] == 20 and result["hosts"] == 3
+    for key in ("create_per_s", "p50_ms", "p99_ms", "delete_per_s", "delete_p99_ms"):
+        assert isinstance(result[key], float) and result[key] > 0, key
+    assert result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert result["api_cpu_s_create"] > 0
