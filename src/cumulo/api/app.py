@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from cumulo import __version__
 from cumulo.api import errors
-from cumulo.api.routers import agents, catalogue, instances, networking, projects
+from cumulo.api.routers import agents, catalogue, instances, networking, projects, volumes
 from cumulo.services.context import Services
 
 
@@ -18,7 +18,7 @@ def create_app(svc: Services) -> FastAPI:
     )
     app.state.services = svc
     errors.install(app)
-    for module in (catalogue, projects, instances, networking, agents):
+    for module in (catalogue, projects, instances, networking, volumes, agents):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cumulo.allinone.paths import DEFAULT_PORT, default_state_dir
-from cumulo.cli import bench, catalogue, instances, networking
+from cumulo.cli import bench, catalogue, instances, networking, volumes
 from cumulo.cli.client import CliError
 from cumulo.cli.output import CliState, err
 from cumulo.domain.errors import CumuloError
@@ -29,6 +29,8 @@ app.add_typer(networking.keypair_app, name="keypair")
 app.add_typer(networking.group_app, name="security-group")
 app.add_typer(networking.network_app, name="network")
 app.add_typer(networking.ip_app, name="ip")
+app.add_typer(volumes.volume_app, name="volume")
+app.add_typer(volumes.snapshot_app, name="snapshot")
 app.command("bench")(bench.bench)
 app.command("ssh", context_settings={"allow_interspersed_args": False})(networking.ssh)
 

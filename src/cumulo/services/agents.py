@@ -19,16 +19,23 @@ from cumulo.db.tables import (
     NetworkRow,
     ProjectRow,
     PublicIpRow,
+    SnapshotRow,
+    VolumeRow,
 )
 from cumulo.domain.errors import NotFound
 from cumulo.domain.instance import DesiredPower, InstanceState
 from cumulo.protocol import (
     Assignment,
+    Assignments,
     DnsRecord,
     ImageRef,
     NetworkRef,
     NicRef,
     Observation,
+    SnapshotAssignment,
+    SnapshotObservation,
+    VolumeAssignment,
+    VolumeObservation,
 )
 from cumulo.services import hosts, security_groups
 from cumulo.services.auth import require_agent
@@ -109,8 +116,25 @@ def _networks(s: Session, svc: Services, network_ids: set[str]) -> list[NetworkR
     return out
 
 
-def assignments(svc: Services, who: Principal, name: str
-                ) -> tuple[list[Assignment], list[NetworkRef]]:
+def _storage(s: Session, svc: Services, host_id: str
+             ) -> tuple[list[VolumeAssignment], list[SnapshotAssignment]]:
+    vols = []
+    for v in s.scalars(select(VolumeRow).where(VolumeRow.host_id == host_id)
+                       .order_by(VolumeRow.created_at, VolumeRow.id)):
+        vt = svc.settings.volume_type(v.type_name)
+        vols.append(VolumeAssignment(
+            id=v.id, size_gib=v.size_gib, iops=vt.iops if vt else 0, mbps=vt.mbps if vt else 0,
+            desired=v.desired, attach_to=v.want_instance_id, device=v.device,
+            source_snapshot=v.source_snapshot_id, generation=v.generation))
+    snaps = [SnapshotAssignment(id=sn.id, volume_id=sn.volume_id,
+                                desired="deleted" if sn.state == "deleting" else "present")
+             for sn in s.scalars(select(SnapshotRow).where(SnapshotRow.host_id == host_id)
+                                 .order_by(SnapshotRow.created_at, SnapshotRow.id))]
+    return vols, snaps
+
+
+def assignments(svc: Services, who: Principal, name: str) -> Assignments:
+    """Everything the host must converge to (the long-poll answer, without its version)."""
     require_agent(who, name)
     with svc.db.session() as s:
         host = _host(s, name)
@@ -146,7 +170,9 @@ def assignments(svc: Services, who: Principal, name: str
             for i, img, pname in rows
         ]
         nets = _networks(s, svc, {n.network_id for a in out for n in a.nics})
-        return out, nets
+        vols, snaps = _storage(s, svc, host.id)
+        return Assignments(version=0, instances=out, networks=nets, volumes=vols,
+                           snapshots=snaps)
 
 
 def _forget(s: Session, row: InstanceRow) -> tuple[set[str], set[str]]:
@@ -163,7 +189,39 @@ def _forget(s: Session, row: InstanceRow) -> tuple[set[str], set[str]]:
     return set(nets), network_hosts(s, nets)
 
 
-def report(svc: Services, who: Principal, name: str, observations: list[Observation]) -> None:
+def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
+                    snapshots: list[SnapshotObservation]) -> None:
+    vrows = {r.id: r for r in s.scalars(select(VolumeRow).where(
+        VolumeRow.id.in_([v.id for v in volumes]), VolumeRow.host_id == host_id))}
+    for obs in volumes:
+        row = vrows.get(obs.id)
+        if row is None or obs.generation < row.generation:
+            continue
+        if obs.state == DELETED:
+            if row.desired == "deleted":
+                s.delete(row)
+            continue
+        row.state, row.state_reason, row.attached_to = obs.state, obs.reason, obs.attached_to
+        if row.desired == "deleted" and obs.state != "error":
+            row.state = "deleting"
+    srows = {r.id: r for r in s.scalars(select(SnapshotRow).where(
+        SnapshotRow.id.in_([x.id for x in snapshots]), SnapshotRow.host_id == host_id))}
+    for sobs in snapshots:
+        srow = srows.get(sobs.id)
+        if srow is None:
+            continue
+        if sobs.state == DELETED:
+            if srow.state == "deleting":
+                s.delete(srow)
+            continue
+        if srow.state != "deleting":
+            srow.state, srow.state_reason = sobs.state, sobs.reason
+            srow.size_gib = sobs.size_gib or srow.size_gib
+
+
+def report(svc: Services, who: Principal, name: str, observations: list[Observation],
+           volumes: list[VolumeObservation] | None = None,
+           snapshots: list[SnapshotObservation] | None = None) -> None:
     """Apply what the agent saw. Stale reports (older generation) cannot undo a newer request."""
     require_agent(who, name)
     wake: set[str] = set()
@@ -195,5 +253,7 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
                 row.desired_power = DesiredPower.STOPPED.value
             if row.state != state.value or row.state_reason != obs.reason:
                 row.state, row.state_reason = state.value, obs.reason
+        if volumes or snapshots:
+            _report_storage(s, host.id, volumes or [], snapshots or [])
     svc.notifier.network_changed(nets)
     svc.notifier.notify_soon(wake)  # their DNS records changed

@@ -30,7 +30,15 @@ from cumulo.domain.instance import (
 )
 from cumulo.domain.validation import dns_label, positive, tags, user_data
 from cumulo.scheduler.placement import Request, largest_possible, place
-from cumulo.services import hosts, images, keypairs, networks, public_ips, security_groups
+from cumulo.services import (
+    hosts,
+    images,
+    keypairs,
+    networks,
+    public_ips,
+    security_groups,
+    volumes,
+)
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import InstanceView
@@ -238,9 +246,12 @@ def act(
         row.generation += 1
         if action is Action.REBOOT:
             row.reboot_seq += 1
-        host_id = row.host_id
+        wake = {row.host_id}
+        if action is Action.DELETE:
+            wake |= volumes.release_for_instance(s, row.id)
         result = view(s, svc, row, prj.name)
-    svc.notifier.notify(host_id)
+    for host_id in wake:
+        svc.notifier.notify(host_id)
     return result
 
 

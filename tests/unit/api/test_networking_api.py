@@ -106,7 +106,8 @@ def test_security_groups_and_what_agents_receive(api: TestClient, svc: Services)
     assert [(r["proto"], r["port"]) for r in groups[0]["rules"]] == [("tcp", 22), ("icmp", None)]
     api.post("/v1/security-groups", json={"name": "web"})
     vm = make(api, "w", security_groups=["default", "web"])
-    (a,), nets = agents.assignments(svc, AGENT, AGENT_HOST)
+    d = agents.assignments(svc, AGENT, AGENT_HOST)
+    (a,), nets = d.instances, d.networks
     assert [(r.proto, r.port) for r in a.ingress] == [("tcp", 22), ("icmp", None)]
     assert a.public_ip == vm["public_ip"] and a.fqdn == vm["fqdn"]
     assert a.nics[0].ip == vm["private_ip"] and a.bandwidth_mbps == 100
@@ -116,7 +117,8 @@ def test_security_groups_and_what_agents_receive(api: TestClient, svc: Services)
     g = api.post("/v1/security-groups/web/rules", json={"proto": "tcp", "port": 8080})
     assert g.status_code == 201
     assert svc.notifier.version(a_host(svc)) > version  # the agent is woken at once
-    (a,), _ = agents.assignments(svc, AGENT, AGENT_HOST)
+    d = agents.assignments(svc, AGENT, AGENT_HOST)
+    (a,), _ = d.instances, d.networks
     assert ("tcp", 8080, "0.0.0.0/0") in [(r.proto, r.port, r.cidr) for r in a.ingress]
     rule_id = g.json()["rules"][0]["id"]
     bad = [({"proto": "gre"}, "invalid_protocol"), ({"proto": "tcp", "port": 0}, "invalid_port"),

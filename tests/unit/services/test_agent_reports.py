@@ -26,7 +26,8 @@ def _report(svc: Services, iid: str, state: str, gen: int, **kw: object) -> None
 
 def test_assignments_carry_desired_state(svc: Services) -> None:
     iid = _new(svc)
-    (a,), nets = agents.assignments(svc, AGENT, AGENT_HOST)
+    d = agents.assignments(svc, AGENT, AGENT_HOST)
+    (a,), nets = d.instances, d.networks
     assert [n.id for n in nets] == [a.nics[0].network_id]
     assert (a.id, a.desired_power, a.generation, a.state) == (iid, "running", 1, "pending")
     assert a.image.kernel_path and a.image.kernel_path.endswith("vmlinuz")

@@ -40,11 +40,11 @@ async def assignments(
     version = svc.notifier.version(host_id)
     if since == version and wait > 0:
         version = await svc.notifier.wait(host_id, since, min(wait, MAX_WAIT_S))
-    rows, networks = await run_in_threadpool(agents.assignments, svc, who, name)
-    return Assignments(version=version, instances=rows, networks=networks)
+    desired = await run_in_threadpool(agents.assignments, svc, who, name)
+    return desired.model_copy(update={"version": version})
 
 
 @router.post("/{name}/report", status_code=204)
 def report(svc: Svc, who: Who, name: str, body: Report) -> Response:
-    agents.report(svc, who, name, body.observations)
+    agents.report(svc, who, name, body.observations, body.volumes, body.snapshots)
     return Response(status_code=204)
