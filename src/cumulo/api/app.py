@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from cumulo import __version__
 from cumulo.api import errors
 from cumulo.api.routers import agents, catalogue, instances, networking, projects, volumes
+from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
 
 
@@ -17,6 +18,7 @@ def create_app(svc: Services) -> FastAPI:
         description="Compute instances on real QEMU virtual machines.",
     )
     app.state.services = svc
+    app.state.token_cache = TokenCache()
     errors.install(app)
     for module in (catalogue, projects, instances, networking, volumes, agents):
         app.include_router(module.router)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 
-from cumulo.services.auth import authenticate
+from cumulo.services.auth import TokenCache, authenticate
 from cumulo.services.context import Principal, Services
 
 
@@ -15,8 +16,18 @@ def services(request: Request) -> Services:
     return svc
 
 
-def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    svc = services(request)
+async def principal(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    cache: TokenCache = request.app.state.token_cache
+    who = cache.get(authorization)
+    if who is None:
+        who = await run_in_threadpool(_authenticate, services(request), authorization)
+        cache.put(authorization or "", who)
+    return who
+
+
+def _authenticate(svc: Services, authorization: str | None) -> Principal:
     with svc.db.session() as s:
         return authenticate(s, authorization)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -51,6 +53,35 @@ def authenticate(s: Session, authorization: str | None) -> Principal:
     if row is None:
         raise Unauthorized("invalid token")
     return Principal(role=Role(row.role), project_id=row.project_id, host_name=row.host_name)
+
+
+class TokenCache:
+    """Recently verified tokens, so a busy API does not hit the database on every request.
+
+    Only successes are cached, for a few seconds: a token removed with its project stops
+    working at most `ttl_s` later.
+    """
+
+    def __init__(self, ttl_s: float = 5.0, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, authorization: str | None) -> Principal | None:
+        if not authorization:
+            return None
+        with self._lock:
+            hit = self._entries.get(authorization)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, authorization: str, who: Principal) -> None:
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[authorization] = (who, time.monotonic() + self.ttl_s)
 
 
 def ensure_default_project(s: Session) -> ProjectRow:
