@@ -135,6 +135,8 @@ class Settings(BaseModel):
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     volume_types: list[VolumeType] = Field(default_factory=_default_volume_types)
     max_volume_gib: int = Field(default=1024, gt=0)
+    # Largest image a user may import (file size and virtual size).
+    max_image_gib: int = Field(default=64, gt=0)
     regions: list[Region] = Field(
         default_factory=lambda: [Region(name="local-1", zones=["local-1a", "local-1b"])]
     )

@@ -174,7 +174,9 @@ def run(
     settings = load_settings(config or paths.config)
     db = Database(database_url or f"sqlite:///{paths.database}")
     url, agent_cfg = prepare(paths, settings, db, port)
-    svc = Services(db=db, settings=settings, notifier=Notifier())
+    svc = Services(
+        db=db, settings=settings, notifier=Notifier(), image_store=state_dir / "images"
+    )
     register_images(svc)
     paths.pidfile.write_text(str(os.getpid()))
     supervisor = AgentSupervisor(agent_cfg, paths.host_dir(settings.host.name) / "agent.log")

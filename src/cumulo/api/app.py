@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from cumulo import __version__
 from cumulo.api import errors
-from cumulo.api.routers import agents, catalogue, instances, networking, projects, volumes
+from cumulo.api.routers import agents, catalogue, images, instances, networking, projects, volumes
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
 
@@ -20,7 +20,7 @@ def create_app(svc: Services) -> FastAPI:
     app.state.services = svc
     app.state.token_cache = TokenCache()
     errors.install(app)
-    for module in (catalogue, projects, instances, networking, volumes, agents):
+    for module in (catalogue, images, projects, instances, networking, volumes, agents):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

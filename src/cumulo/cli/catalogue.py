@@ -1,4 +1,4 @@
-"""`cumulo type|image|zone|project ...`"""
+"""`cumulo type|zone|project ...` (images: images.py)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import typer
 from cumulo.cli.output import emit, out, state
 
 types_app = typer.Typer(help="Instance types.", no_args_is_help=True)
-images_app = typer.Typer(help="Operating system images.", no_args_is_help=True)
 zones_app = typer.Typer(help="Datacenters (zones) and their hosts.", no_args_is_help=True)
 projects_app = typer.Typer(help="Projects (admin).", no_args_is_help=True)
 
@@ -22,28 +21,6 @@ def type_list(ctx: typer.Context) -> None:
         st,
         st.client().get("/v1/instance-types", scoped=False),
         ["name", "vcpus", "ram_mib", "bandwidth_mbps", "disk_gib", "architectures"],
-    )
-
-
-@images_app.command("list")
-def image_list(ctx: typer.Context) -> None:
-    """List images visible to the project."""
-    st = state(ctx)
-    emit(
-        st,
-        st.client().get("/v1/images"),
-        ["name", "architectures", "default_user", "project", "os"],
-    )
-
-
-@images_app.command("show")
-def image_show(ctx: typer.Context, name: str) -> None:
-    """Show one image."""
-    st = state(ctx)
-    emit(
-        st,
-        st.client().get(f"/v1/images/{name}"),
-        ["name", "project", "os", "default_user", "architectures", "variants"],
     )
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cumulo.allinone.paths import DEFAULT_PORT, default_state_dir
-from cumulo.cli import bench, catalogue, instances, networking, volumes
+from cumulo.cli import bench, catalogue, images, instances, networking, volumes
 from cumulo.cli.client import CliError
 from cumulo.cli.output import CliState, err
 from cumulo.domain.errors import CumuloError
@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(instances.app, name="instance")
 app.add_typer(catalogue.types_app, name="type")
-app.add_typer(catalogue.images_app, name="image")
+app.add_typer(images.images_app, name="image")
 app.add_typer(catalogue.zones_app, name="zone")
 app.add_typer(catalogue.projects_app, name="project")
 app.add_typer(networking.keypair_app, name="keypair")

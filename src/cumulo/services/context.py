@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from cumulo.config import Settings
 from cumulo.db.engine import Database
@@ -32,3 +33,5 @@ class Services:
     db: Database
     settings: Settings
     notifier: Notifier
+    # Where imported images are stored (`<state-dir>/images` for `cumulo up`); None: no imports.
+    image_store: Path | None = None

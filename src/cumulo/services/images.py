@@ -1,4 +1,8 @@
-"""Images: one name, one variant per architecture; public (project NULL) or per project."""
+"""Images: one name, one variant per architecture; public (project NULL) or per project.
+
+Imports (upload, URL, from an instance) are in image_import.py; this module lists, resolves
+and deletes.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,12 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from cumulo.db.tables import ImageRow, ProjectRow
+from cumulo.db.tables import ImageRow, InstanceRow, ProjectRow
 from cumulo.domain.arch import Arch
-from cumulo.domain.errors import InvalidInput, NotFound
+from cumulo.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from cumulo.domain.ids import new_id
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
@@ -115,3 +119,72 @@ def show(svc: Services, who: Principal, project: str | None, name: str) -> Image
         views = _views(s, rows)
         own = [v for v in views if v.project is not None]
         return (own or views)[0]
+
+
+def view_of(s: Session, project_id: str | None, name: str) -> ImageView:
+    """The view of image `name` owned by `project_id` (None: the public one)."""
+    q = select(ImageRow).where(ImageRow.name == name)
+    q = q.where(ImageRow.project_id.is_(None) if project_id is None
+                else ImageRow.project_id == project_id)
+    rows = list(s.scalars(q.order_by(ImageRow.arch)))
+    if not rows:
+        raise NotFound(f"unknown image {name!r}", code="unknown_image")
+    return _views(s, rows)[0]
+
+
+def variant_exists(s: Session, project_id: str | None, name: str, arch: str) -> bool:
+    q = select(ImageRow.id).where(ImageRow.name == name, ImageRow.arch == arch)
+    q = q.where(ImageRow.project_id.is_(None) if project_id is None
+                else ImageRow.project_id == project_id)
+    return s.scalar(q) is not None
+
+
+def in_store(svc: Services, path: Path) -> bool:
+    """True when `path` is a file of the image store (built-in images live elsewhere)."""
+    if svc.image_store is None:
+        return False
+    return path.resolve().parent == svc.image_store.resolve()
+
+
+def delete(
+    svc: Services,
+    who: Principal,
+    project: str | None,
+    name: str,
+    *,
+    arch: str | None = None,
+    public: bool = False,
+) -> None:
+    """Delete image `name` (all its variants, or the `arch` one): the project's own image, or
+    with `public` (or when the project has none of that name) the public one (admins only).
+    Refused while any instance uses a variant. Files in the image store are removed; built-in
+    images' files are left alone."""
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        rows = _visible(s, prj, name)
+        own = [r for r in rows if r.project_id == prj.id]
+        shared = [r for r in rows if r.project_id is None]
+        targets = shared if public or not own else own
+        if arch is not None:
+            wanted = Arch.parse(arch).value
+            targets = [r for r in targets if r.arch == wanted]
+        if not targets:
+            what = f"{name!r} ({arch})" if arch else repr(name)
+            raise NotFound(f"unknown image {what}", code="unknown_image")
+        if any(r.project_id is None for r in targets) and not who.is_admin:
+            raise Forbidden(
+                f"image {name!r} is public: only an admin may delete it", code="public_image"
+            )
+        ids = [r.id for r in targets]
+        used = s.scalar(select(func.count()).where(InstanceRow.image_id.in_(ids))) or 0
+        if used:
+            raise Conflict(
+                f"image {name!r} is used by {used} instance(s): delete them first",
+                code="image_in_use",
+            )
+        paths = [Path(r.disk_path) for r in targets]
+        for r in targets:
+            s.delete(r)
+    for p in paths:
+        if in_store(svc, p):
+            p.unlink(missing_ok=True)

@@ -1,12 +1,12 @@
-"""Zones, instance types, images: what a user can choose from."""
+"""Zones and instance types: what a user can choose from (images: images.py)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from cumulo.api.deps import Svc, Who
-from cumulo.services import catalogue, images
-from cumulo.services.views import ImageView, InstanceTypeView, ZoneView
+from cumulo.services import catalogue
+from cumulo.services.views import InstanceTypeView, ZoneView
 
 router = APIRouter(prefix="/v1", tags=["catalogue"])
 
@@ -20,13 +20,3 @@ def list_zones(svc: Svc, who: Who) -> list[ZoneView]:
 def list_types(svc: Svc, who: Who) -> list[InstanceTypeView]:
     del who
     return catalogue.list_types(svc)
-
-
-@router.get("/images")
-def list_images(svc: Svc, who: Who, project: str | None = None) -> list[ImageView]:
-    return images.list_images(svc, who, project)
-
-
-@router.get("/images/{name}")
-def show_image(svc: Svc, who: Who, name: str, project: str | None = None) -> ImageView:
-    return images.show(svc, who, project, name)

@@ -1,0 +1,364 @@
+"""Image imports: a file the CLI uploads, an http(s) URL the API downloads, or a stopped
+instance's boot disk.
+
+The API never opens a path a user names. Every import lands in the image store as
+`<store>/.tmp-*` (the user's bytes), is inspected with qemu-img (see cumulo.images.qemu_img),
+converted into a fresh qcow2 under another temp name, made read-only (0444) and renamed to
+`<store>/<image-id>.qcow2`; only then is the row written. Any failure removes the temp files
+and writes no row, so a refused or interrupted import leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy.orm import Session
+
+from cumulo.allinone.paths import StatePaths
+from cumulo.db.tables import HostRow, ImageRow
+from cumulo.domain.arch import Arch
+from cumulo.domain.errors import Conflict, CumuloError, Forbidden, InvalidInput
+from cumulo.domain.ids import is_id, new_id
+from cumulo.domain.instance import DesiredPower, InstanceState
+from cumulo.domain.validation import dns_label
+from cumulo.images import qemu_img
+from cumulo.services import images
+from cumulo.services.auth import scope_project
+from cumulo.services.context import Principal, Services
+from cumulo.services.views import ImageView
+
+IMPORT_BOOT_MODES = ("bios", "uefi")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+MAX_URL_LEN = 2048
+MAX_OS_LEN = 200
+STALE_TEMP_S = 6 * 3600
+DOWNLOAD_CHUNK = 1 << 20
+# Serialises "is the name free? write the row" (public images have a NULL project, which a
+# unique constraint does not cover).
+_ROW_LOCK = threading.Lock()
+
+
+class StoreUnavailable(CumuloError):
+    code = "image_store_unavailable"
+    status = 503
+
+
+class DownloadFailed(CumuloError):
+    code = "download_failed"
+    status = 502
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    name: str
+    arch: str
+    boot: str | None = None  # default: bios on x86_64, uefi on arm64
+    default_user: str = "root"
+    os: str = ""
+    public: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    """A validated import: what the row will say, and whose it is (None: public)."""
+
+    name: str
+    arch: str
+    boot: str
+    default_user: str
+    os: str
+    project_id: str | None
+    kernel_path: str | None = None
+    initrd_path: str | None = None
+    kernel_cmdline: str = ""
+
+
+def store(svc: Services) -> Path:
+    if svc.image_store is None:
+        raise StoreUnavailable("this server has no image store configured: imports are off")
+    svc.image_store.mkdir(parents=True, exist_ok=True)
+    return svc.image_store
+
+
+def max_bytes(svc: Services) -> int:
+    return svc.settings.max_image_gib * 2**30
+
+
+def _owner(s: Session, who: Principal, project: str | None, public: bool) -> str | None:
+    prj = scope_project(s, who, project)
+    if public:
+        if not who.is_admin:
+            raise Forbidden("only an admin may add a public image", code="public_image")
+        return None
+    return prj.id
+
+
+def _refuse_taken(s: Session, t: Target) -> None:
+    if images.variant_exists(s, t.project_id, t.name, t.arch):
+        where = "public" if t.project_id is None else "this project's"
+        raise Conflict(
+            f"{where} image {t.name!r} already has an {t.arch} variant: delete it first",
+            code="image_exists",
+        )
+
+
+def plan(svc: Services, who: Principal, project: str | None, req: ImportRequest) -> Target:
+    """Validate an import request before any byte is transferred."""
+    store(svc)
+    dns_label(req.name, "image name")
+    arch = Arch.parse(req.arch)
+    default_boot = "bios" if arch is Arch.X86_64 else "uefi"
+    boot = req.boot or default_boot
+    if boot == "kernel":
+        raise InvalidInput(
+            "--boot kernel needs a kernel and an initrd, which imports do not take: "
+            "import a disk that boots by itself (--boot bios or uefi)",
+            code="invalid_boot",
+        )
+    if boot not in IMPORT_BOOT_MODES:
+        raise InvalidInput(f"unknown boot mode {boot!r} (bios or uefi)", code="invalid_boot")
+    if arch is Arch.ARM64 and boot == "bios":
+        raise InvalidInput("arm64 images boot with UEFI (--boot uefi)", code="invalid_boot")
+    if not _USER_RE.match(req.default_user):
+        raise InvalidInput(
+            f"invalid default user {req.default_user!r}: a Unix user name "
+            "(a-z, 0-9, '_' and '-', at most 32)",
+            code="invalid_user",
+        )
+    if len(req.os) > MAX_OS_LEN or any(ord(c) < 32 for c in req.os):
+        raise InvalidInput("os: at most 200 printable characters", code="invalid_input")
+    with svc.db.session() as s:
+        t = Target(
+            name=req.name, arch=arch.value, boot=boot, default_user=req.default_user,
+            os=req.os, project_id=_owner(s, who, project, req.public),
+        )
+        _refuse_taken(s, t)
+    return t
+
+
+def _clean_stale(root: Path) -> None:
+    """Temp files older than STALE_TEMP_S are left-overs of a crashed server."""
+    cutoff = time.time() - STALE_TEMP_S
+    for p in root.glob(".tmp-*"):
+        try:
+            if p.stat().st_mtime < cutoff:
+                p.unlink()
+        except OSError:
+            pass
+
+
+def staging_path(svc: Services, suffix: str = ".upload") -> Path:
+    root = store(svc)
+    _clean_stale(root)
+    return root / f".tmp-{secrets.token_hex(8)}{suffix}"
+
+
+class StagedFile:
+    """The user's bytes being written to a staged file (created 0600), capped in size.
+    Any failure (and abort()) removes the file."""
+
+    def __init__(self, svc: Services, dest: Path) -> None:
+        self.svc = svc
+        self.dest = dest
+        self.cap = max_bytes(svc)
+        self.size = 0
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._f = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.size += len(chunk)
+            if self.size > self.cap:
+                raise too_large(self.svc)
+            self._f.write(chunk)
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, OSError) and qemu_img.is_no_space(e):
+                raise qemu_img.InsufficientStorage(
+                    "the image store is full: free space and retry"
+                ) from None
+            raise
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except OSError as e:
+            self.abort()
+            if qemu_img.is_no_space(e):
+                raise qemu_img.InsufficientStorage(
+                    "the image store is full: free space and retry"
+                ) from None
+            raise
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._f.close()
+        self.dest.unlink(missing_ok=True)
+
+
+def write_staged(svc: Services, dest: Path, chunks: Iterable[bytes]) -> int:
+    """Write `chunks` to `dest`, refusing more than the size cap; `dest` is removed on failure."""
+    staged = StagedFile(svc, dest)
+    try:
+        for chunk in chunks:
+            staged.write(chunk)
+    except BaseException:
+        staged.abort()
+        raise
+    staged.close()
+    return staged.size
+
+
+def too_large(svc: Services) -> qemu_img.ImageTooLarge:
+    return qemu_img.ImageTooLarge(
+        f"the image is larger than the limit of {svc.settings.max_image_gib} GiB "
+        "(max_image_gib)"
+    )
+
+
+def _install(svc: Services, t: Target, src: Path, fmt: str) -> ImageView:
+    """Convert `src` into the store and write the row. Removes what it made on failure."""
+    root = store(svc)
+    tmp = root / f".tmp-{secrets.token_hex(8)}.qcow2"
+    image_id = new_id("img")
+    final = root / f"{image_id}.qcow2"
+    recorded = False
+    try:
+        qemu_img.convert_to_qcow2(src, fmt, tmp)
+        made = qemu_img.info(tmp, "qcow2")
+        vsize = int(made.get("virtual-size", 0))
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, final)
+        with _ROW_LOCK, svc.db.session() as s:
+            _refuse_taken(s, t)
+            s.add(ImageRow(
+                id=image_id, name=t.name, project_id=t.project_id, arch=t.arch, boot=t.boot,
+                default_user=t.default_user, os=t.os, disk_path=str(final),
+                kernel_path=t.kernel_path, initrd_path=t.initrd_path,
+                kernel_cmdline=t.kernel_cmdline, virtual_size_bytes=vsize, state="available",
+            ))
+        recorded = True  # committed: from here on the file belongs to the row
+        with svc.db.session() as s:
+            return images.view_of(s, t.project_id, t.name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        if not recorded:
+            final.unlink(missing_ok=True)
+        raise
+
+
+def import_staged(svc: Services, t: Target, staged: Path) -> ImageView:
+    """Inspect the user's bytes at `staged`, convert them into the store, record the image.
+    `staged` is always removed."""
+    try:
+        info = qemu_img.inspect(staged, max_virtual_size=max_bytes(svc))
+        return _install(svc, t, staged, info.format)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def check_url(url: str) -> httpx.URL:
+    if len(url) > MAX_URL_LEN or any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        raise InvalidInput("invalid URL (spaces, control characters or too long)",
+                           code="invalid_url")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        raise InvalidInput(f"invalid URL {url!r}", code="invalid_url") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidInput("only http:// and https:// URLs can be imported", code="invalid_url")
+    return parsed
+
+
+def _download(svc: Services, url: httpx.URL, dest: Path) -> None:
+    cap = max_bytes(svc)
+    timeout = httpx.Timeout(30.0, read=120.0)
+    try:
+        with httpx.Client(
+            timeout=timeout, follow_redirects=True, max_redirects=5, trust_env=False
+        ) as http, http.stream("GET", url) as r:
+            if r.status_code != 200:
+                raise DownloadFailed(f"GET {url} answered HTTP {r.status_code}")
+            length = r.headers.get("content-length")
+            if length and length.isdigit() and int(length) > cap:
+                raise too_large(svc)
+            write_staged(svc, dest, r.iter_bytes(DOWNLOAD_CHUNK))
+    except httpx.HTTPError as e:
+        dest.unlink(missing_ok=True)
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DownloadFailed(f"cannot download {url}: {detail}") from None
+
+
+def import_url(
+    svc: Services, who: Principal, project: str | None, req: ImportRequest, url: str
+) -> ImageView:
+    parsed = check_url(url)
+    t = plan(svc, who, project, req)
+    staged = staging_path(svc)
+    _download(svc, parsed, staged)
+    return import_staged(svc, t, staged)
+
+
+def instance_disk(svc: Services, host_name: str, instance_id: str) -> Path:
+    """An instance's boot disk in the all-in-one layout (image store = `<state>/images`,
+    disks under `<state>/hosts/<host>/instances/<id>/disk.qcow2`)."""
+    root = store(svc)
+    dns_label(host_name, "host name")
+    if not is_id(instance_id):
+        raise InvalidInput(f"malformed instance id {instance_id!r}")
+    return StatePaths(root.parent).host_dir(host_name) / "instances" / instance_id / "disk.qcow2"
+
+
+def create_from_instance(
+    svc: Services, who: Principal, project: str | None, name: str, instance: str
+) -> ImageView:
+    """A new image of the project from a stopped instance's boot disk (flattened)."""
+    from cumulo.services.instances import find_row
+
+    store(svc)
+    dns_label(name, "image name")
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = find_row(s, prj, instance)
+        if (row.state != InstanceState.STOPPED.value
+                or row.desired_power != DesiredPower.STOPPED.value):
+            raise Conflict(
+                f"instance {row.name!r} is {row.state}: stop it first", code="instance_not_stopped"
+            )
+        base = s.get(ImageRow, row.image_id)
+        host = s.get(HostRow, row.host_id) if row.host_id else None
+        if base is None or host is None:
+            raise Conflict(f"instance {row.name!r} has no disk yet", code="instance_disk_missing")
+        t = Target(
+            name=name, arch=base.arch, boot=base.boot, default_user=base.default_user,
+            os=base.os, project_id=prj.id, kernel_path=base.kernel_path,
+            initrd_path=base.initrd_path, kernel_cmdline=base.kernel_cmdline,
+        )
+        _refuse_taken(s, t)
+        host_name, instance_id = host.name, row.id
+    disk = instance_disk(svc, host_name, instance_id)
+    if not disk.is_file():
+        raise Conflict(
+            f"the boot disk of instance {instance!r} is not on this server "
+            "(never started, or on a remote host)",
+            code="instance_disk_missing",
+        )
+    try:
+        # The overlay is ours (made by the agent), backing file included: flatten it.
+        return _install(svc, t, disk, "qcow2")
+    except InvalidInput as e:
+        if "lock" in e.message:
+            raise Conflict(
+                f"the disk of instance {instance!r} is in use (is it starting?)",
+                code="instance_not_stopped",
+            ) from None
+        raise
