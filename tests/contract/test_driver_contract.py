@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from cumulo.agent.drivers.base import Driver, DriverError, Observed, PowerState, VMSpec
+from cumulo.agent.drivers.base import (
+    Driver,
+    DriverError,
+    Observed,
+    PowerState,
+    VMSpec,
+    VolumeAttachment,
+)
 from cumulo.agent.drivers.fake import FakeDriver, FakeHost
 from cumulo.agent.drivers.qemu import QemuDriver
 from cumulo.domain.arch import Arch
@@ -74,6 +82,13 @@ class Harness:
             initrd=self.guest.initrd,
             kernel_cmdline=self.guest.cmdline,
         )
+
+    def volume(self, n: int, size: str = "1G", iops: int = 0, mbps: int = 0) -> VolumeAttachment:
+        """A fresh standalone qcow2 volume file (real for both drivers)."""
+        vol_id = f"vol-{n:017x}"
+        path = self.workdir / f"{vol_id}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
+        return VolumeAttachment(vol_id, path, iops, mbps)
 
     async def wait_console(self, vm_id: str, count: int = 1, driver: Driver | None = None) -> str:
         """Poll the console until the guest has said it is ready `count` times."""
@@ -285,3 +300,86 @@ async def test_start_with_a_missing_disk_fails_clearly(harness: Harness) -> None
     with pytest.raises(DriverError, match="boot disk"):
         await harness.driver.start(spec)
     assert spec.vm_id not in await harness.driver.observe()
+
+
+# -- block volumes --------------------------------------------------------------------------
+
+
+def qemu_img_info(path: Path) -> dict[str, object]:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)], check=True,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    info: dict[str, object] = json.loads(out)
+    return info
+
+
+async def test_volume_hotplug_resize_snapshot_detach(harness: Harness) -> None:
+    d = harness.driver
+    spec = harness.spec()
+    await d.start(spec)
+    await harness.wait_console(spec.vm_id)  # the guest must be up to release a disk
+    vol = harness.volume(1, iops=200, mbps=10)
+    await d.attach_volume(spec.vm_id, vol)
+    assert await d.attached_volumes(spec.vm_id) == {vol.volume_id}
+    await d.attach_volume(spec.vm_id, vol)  # idempotent
+    # A new driver (agent restart) asks the hypervisor, not its memory.
+    assert await harness.reopen().attached_volumes(spec.vm_id) == {vol.volume_id}
+
+    await d.resize_volume(spec.vm_id, vol.volume_id, 2 * 2**30)
+    assert qemu_img_info(vol.path)["virtual-size"] == 2 * 2**30
+
+    target = harness.workdir / "snap.qcow2"
+    await d.snapshot_volume(spec.vm_id, vol.volume_id, target)
+    info = qemu_img_info(target)  # a standalone qcow2: no backing file
+    assert info["format"] == "qcow2" and "backing-filename" not in info
+    assert info["virtual-size"] == 2 * 2**30
+    subprocess.run(["qemu-img", "check", "-q", str(target)], check=True)
+    with pytest.raises(DriverError, match="exists"):
+        await d.snapshot_volume(spec.vm_id, vol.volume_id, target)
+
+    await d.detach_volume(spec.vm_id, vol.volume_id, timeout_s=30)
+    assert await d.attached_volumes(spec.vm_id) == set()
+    await d.detach_volume(spec.vm_id, vol.volume_id, timeout_s=30)  # not attached: a no-op
+    # Everything was released: the same volume plugs in again.
+    await d.attach_volume(spec.vm_id, vol)
+    assert await d.attached_volumes(spec.vm_id) == {vol.volume_id}
+
+
+async def test_cold_attached_volumes_are_seen_and_hot_unpluggable(harness: Harness) -> None:
+    d = harness.driver
+    a, b = harness.volume(1), harness.volume(2)
+    spec = dataclasses.replace(harness.spec(), volumes=(a, b))
+    await d.start(spec)
+    await harness.wait_console(spec.vm_id)
+    assert await d.attached_volumes(spec.vm_id) == {a.volume_id, b.volume_id}
+    await d.detach_volume(spec.vm_id, a.volume_id, timeout_s=30)
+    assert await harness.reopen().attached_volumes(spec.vm_id) == {b.volume_id}
+    # A stopped VM holds nothing; it gets the spec's volumes again at its next start.
+    await d.force_stop(spec.vm_id)
+    assert await d.attached_volumes(spec.vm_id) == set()
+    await d.start(spec)
+    assert await d.attached_volumes(spec.vm_id) == {a.volume_id, b.volume_id}
+
+
+async def test_volume_calls_on_unknown_or_stopped_vms(harness: Harness) -> None:
+    d = harness.driver
+    vol = harness.volume(1)
+    unknown = "i-00000000000000bad"
+    assert await d.attached_volumes(unknown) == set()
+    await d.detach_volume(unknown, vol.volume_id, timeout_s=1)  # nothing attached: no-op
+    with pytest.raises(DriverError, match="not running"):
+        await d.attach_volume(unknown, vol)
+    with pytest.raises(DriverError):
+        await d.resize_volume(unknown, vol.volume_id, 2**31)
+    spec = harness.spec()
+    await d.start(spec)
+    with pytest.raises(DriverError, match="not attached"):
+        await d.resize_volume(spec.vm_id, vol.volume_id, 2**31)
+    with pytest.raises(DriverError, match="not attached"):
+        await d.snapshot_volume(spec.vm_id, vol.volume_id, harness.workdir / "s.qcow2")
+    assert not (harness.workdir / "s.qcow2").exists()
+    missing = VolumeAttachment("vol-000000000000000ff", harness.workdir / "nope.qcow2")
+    with pytest.raises(DriverError, match="does not exist"):
+        await d.attach_volume(spec.vm_id, missing)
+    assert await d.attached_volumes(spec.vm_id) == set()
+    with pytest.raises(DriverError, match="volume vol-000000000000000ff"):
+        await d.start(dataclasses.replace(harness.spec(), volumes=(missing,)))

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import httpx
 
-from cumulo.protocol import Assignments, HostRegistration, Observation, Registered, Report
+from cumulo.protocol import (
+    Assignments,
+    HostRegistration,
+    Observation,
+    Registered,
+    Report,
+    SnapshotObservation,
+    VolumeObservation,
+)
 
 
 class ApiClient:
@@ -35,8 +43,14 @@ class ApiClient:
         r.raise_for_status()
         return Assignments.model_validate(r.json())
 
-    async def report(self, host: str, observations: list[Observation]) -> None:
-        r = await self._http.post(
-            f"/v1/agent/hosts/{host}/report", json=Report(observations=observations).model_dump()
-        )
+    async def report(
+        self,
+        host: str,
+        observations: list[Observation],
+        volumes: list[VolumeObservation] | None = None,
+        snapshots: list[SnapshotObservation] | None = None,
+    ) -> None:
+        report = Report(observations=observations, volumes=volumes or [],
+                        snapshots=snapshots or [])  # fmt: skip
+        r = await self._http.post(f"/v1/agent/hosts/{host}/report", json=report.model_dump())
         r.raise_for_status()

@@ -20,15 +20,18 @@ import uvicorn
 
 from cumulo.agent.api_client import ApiClient
 from cumulo.agent.console_server import make_app
-from cumulo.agent.drivers.base import Driver
+from cumulo.agent.drivers.base import Driver, PowerState
 from cumulo.agent.reconciler import Reconciler
+from cumulo.agent.storage.volumes import VolumeStore
+from cumulo.agent.volume_reconciler import VolumeReconciler
 from cumulo.domain.arch import Arch
-from cumulo.protocol import HostRegistration
+from cumulo.protocol import HostRegistration, SnapshotObservation, VolumeObservation
 
 log = structlog.get_logger("cumulo.agent")
 
 POLL_WAIT_S = 1.0  # long-poll wait: also the observe period (crashes seen within ~1 s)
 RESYNC_S = 30.0  # re-send every observation this often, in case the API lost one
+_LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)  # processes holding disks
 
 
 @dataclass
@@ -75,8 +78,14 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event) -> None:
         from cumulo.agent.net.host_network import HostNetwork
 
         network = HostNetwork(cfg.host_dir)
-    rec = Reconciler(driver, cfg.host_dir / "instances", stop_timeout_s=cfg.stop_timeout_s,
-                     network=network)
+    vrec = VolumeReconciler(driver, VolumeStore(cfg.host_dir))
+    rec = Reconciler(
+        driver,
+        cfg.host_dir / "instances",
+        stop_timeout_s=cfg.stop_timeout_s,
+        network=network,
+        volumes=vrec.attachments_for,
+    )
     reg = HostRegistration(
         name=cfg.name,
         zone=cfg.zone,
@@ -88,7 +97,7 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event) -> None:
         agent_url=f"unix:{sock}",
     )
     try:
-        await agent_loop(client, rec, reg, stop)
+        await agent_loop(client, rec, reg, stop, vrec)
     finally:
         server.should_exit = True
         with contextlib.suppress(Exception):
@@ -98,12 +107,17 @@ async def run_agent(cfg: AgentConfig, stop: asyncio.Event) -> None:
 
 
 async def agent_loop(
-    client: ApiClient, rec: Reconciler, reg: HostRegistration, stop: asyncio.Event
+    client: ApiClient,
+    rec: Reconciler,
+    reg: HostRegistration,
+    stop: asyncio.Event,
+    vrec: VolumeReconciler | None = None,
 ) -> None:
     """Register, then long-poll assignments, reconcile and report until `stop` is set.
 
     The whole protocol of an agent with the API; `run_agent` wraps it with a driver and the
     console server, and the control-plane benchmark runs 100 of these in one process.
+    Volumes are reconciled first, so a VM started in the same pass boots with its volumes.
     """
     registered = False
     version = -1
@@ -118,11 +132,22 @@ async def agent_loop(
             version = batch.version
             if time.monotonic() - last_resync > RESYNC_S:
                 rec.forget_reports()
+                if vrec is not None:
+                    vrec.forget_reports()
                 last_resync = time.monotonic()
+            vols: list[VolumeObservation] = []
+            snaps: list[SnapshotObservation] = []
+            if vrec is not None and (batch.volumes or batch.snapshots or vrec.busy):
+                running = {
+                    vm_id for vm_id, o in (await rec.driver.observe()).items() if o.power in _LIVE
+                }
+                vols, snaps = await vrec.run_pass(batch.volumes, batch.snapshots, running)
             changed = await rec.run_pass(batch.instances, batch.networks)
-            if changed:
-                await client.report(reg.name, changed)
+            if changed or vols or snaps:
+                await client.report(reg.name, changed, vols, snaps)
                 rec.acknowledge(changed)
+                if vrec is not None:
+                    vrec.acknowledge(vols, snaps)
         except httpx.HTTPStatusError as e:
             if e.response.status_code == 404:
                 registered = False  # the API forgot us (fresh DB): register again

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,14 @@ from typing import TYPE_CHECKING
 import structlog
 
 from cumulo.agent.decide import DELETED, Decision, Step, decide
-from cumulo.agent.drivers.base import Driver, DriverError, Observed, PowerState, VMSpec
+from cumulo.agent.drivers.base import (
+    Driver,
+    DriverError,
+    Observed,
+    PowerState,
+    VMSpec,
+    VolumeAttachment,
+)
 from cumulo.agent.storage.disks import StorageError, ensure_overlay
 from cumulo.domain.arch import Arch
 from cumulo.domain.ids import is_id
@@ -39,6 +47,9 @@ class Reconciler:
     instances_dir: Path
     stop_timeout_s: float = 30.0
     network: HostNetwork | None = None  # None: no data plane (the fake driver's hosts)
+    # vm_id -> the volumes to cold-attach at start (VolumeReconciler.attachments_for).
+    # Volume files live outside instances_dir: destroying an instance never deletes them.
+    volumes: Callable[[str], tuple[VolumeAttachment, ...]] | None = None
     # vm_id -> (generation, monotonic deadline) of an ACPI shutdown we asked for
     _shutdowns: dict[str, tuple[int, float]] = field(default_factory=dict)
     _last_report: dict[str, Observation] = field(default_factory=dict)
@@ -178,4 +189,5 @@ class Reconciler:
             seed_iso=seed,
             netns=self.network.netns if self.network else None,
             nics=self.network.nic_specs(a) if self.network else (),
+            volumes=self.volumes(a.id) if self.volumes else (),
         )

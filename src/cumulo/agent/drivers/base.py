@@ -27,6 +27,25 @@ class NicSpec:
 
 
 @dataclass(frozen=True)
+class VolumeAttachment:
+    """A block volume (a standalone qcow2 file) given to a VM as a virtio disk.
+
+    The guest sees it as /dev/vdX with the disk serial `serial` (the volume id without its
+    dash: "vol0123456789abcdef0", the 20 bytes virtio-blk carries; EBS on NVMe does the same).
+    `iops` and `mbps` (MiB/s) cap its I/O through QEMU throttling; 0 means no cap.
+    """
+
+    volume_id: str  # "vol-<17 hex>" (validated by the caller)
+    path: Path
+    iops: int = 0
+    mbps: int = 0
+
+    @property
+    def serial(self) -> str:
+        return self.volume_id.replace("-", "")
+
+
+@dataclass(frozen=True)
 class VMSpec:
     """Everything a driver needs to run one VM. Paths are already validated and owned by cumulo."""
 
@@ -43,6 +62,7 @@ class VMSpec:
     netns: str | None = None  # the host's network namespace; QEMU runs inside it when set
     nics: tuple[NicSpec, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    volumes: tuple[VolumeAttachment, ...] = ()  # cold-attached at boot (hot-unpluggable)
 
 
 class PowerState(StrEnum):
@@ -65,6 +85,14 @@ class Observed:
 
 class DriverError(Exception):
     """The hypervisor refused or failed an operation; the message is shown to the operator."""
+
+
+class DetachTimeout(DriverError):
+    """The guest did not release a hot-unplugged disk in time; the volume is still attached."""
+
+
+# Hot-plug slots per VM (PCIe root ports): at most this many volumes are attached at once.
+MAX_VOLUMES = 8
 
 
 class Driver(abc.ABC):
@@ -99,3 +127,39 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def console_log(self, vm_id: str, max_bytes: int = 64 * 1024) -> str:
         """The tail of the VM's serial console output (survives restarts of the VM)."""
+
+    # -- block volumes ----------------------------------------------------------------------
+    # A volume is attached to a running VM only: a stopped VM gets its volumes at the next
+    # start through `VMSpec.volumes`. What is attached is asked of the hypervisor every time
+    # (a new driver sees the attachments a previous one made).
+
+    @abc.abstractmethod
+    async def attach_volume(self, vm_id: str, att: VolumeAttachment) -> None:
+        """Hot-plug the volume into the running VM. A no-op when already attached to it.
+
+        Raises DriverError when the VM does not run or has no free slot (MAX_VOLUMES).
+        """
+
+    @abc.abstractmethod
+    async def detach_volume(self, vm_id: str, volume_id: str, timeout_s: float) -> None:
+        """Hot-unplug the volume and wait until the guest has released it.
+
+        A no-op when the volume is not attached (or the VM does not run). Raises DetachTimeout
+        when the guest has not released the disk within `timeout_s`: the volume then stays
+        attached (the unplug request stays pending; calling again keeps waiting for it).
+        """
+
+    @abc.abstractmethod
+    async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
+        """Grow an attached volume online; the guest is told the new size."""
+
+    @abc.abstractmethod
+    async def snapshot_volume(self, vm_id: str, volume_id: str, target: Path) -> None:
+        """Copy an attached volume, as of now (crash-consistent), to a new standalone qcow2.
+
+        `target` must not exist; on failure nothing is left at `target`.
+        """
+
+    @abc.abstractmethod
+    async def attached_volumes(self, vm_id: str) -> set[str]:
+        """The ids of the volumes the running VM holds (empty when it does not run)."""

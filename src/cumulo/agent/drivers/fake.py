@@ -11,22 +11,40 @@ view of it): a new FakeDriver on the same FakeHost re-adopts its VMs, like a res
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from cumulo.agent.drivers.base import Driver, DriverError, Observed, PowerState, VMSpec
+from cumulo.agent.drivers.base import (
+    MAX_VOLUMES,
+    DetachTimeout,
+    Driver,
+    DriverError,
+    Observed,
+    PowerState,
+    VMSpec,
+    VolumeAttachment,
+)
 
 _LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)
 
 
 class _FakeVM:
-    __slots__ = ("events", "observed", "shutdown_pending", "spec")
+    __slots__ = ("events", "observed", "shutdown_pending", "spec", "volumes")
 
     def __init__(self, spec: VMSpec, observed: Observed) -> None:
         self.spec = spec
         self.observed = observed
         self.shutdown_pending = False
         self.events: list[str] = []  # "boot", "reset", "poweroff", "kill": console is rendered
+        self.volumes: dict[str, VolumeAttachment] = {}  # held by the running process
+
+    def power_off(self, power: PowerState, reason: str) -> None:
+        self.shutdown_pending = False
+        self.volumes.clear()  # the process is gone, and its disks with it
+        self.observed = Observed(self.observed.vm_id, power, None, reason)
 
 
 @dataclass
@@ -35,6 +53,8 @@ class FakeHost:
 
     vms: dict[str, _FakeVM] = field(default_factory=dict)
     pids: itertools.count[int] = field(default_factory=lambda: itertools.count(10_000))
+    # Volume ids whose guest never releases the disk on hot-unplug (tests of the timeout).
+    stuck_volumes: set[str] = field(default_factory=set)
 
 
 class FakeDriver(Driver):
@@ -63,10 +83,16 @@ class FakeDriver(Driver):
         if self.check_paths:
             _check_files(spec)
         observed = Observed(spec.vm_id, PowerState.RUNNING, next(self.host.pids))
+        if len(spec.volumes) > MAX_VOLUMES:
+            raise DriverError(
+                f"cannot start {spec.vm_id}: {len(spec.volumes)} volumes attached,"
+                f" at most {MAX_VOLUMES} are supported"
+            )
         if vm is None:
             vm = self.host.vms[spec.vm_id] = _FakeVM(spec, observed)
         else:
             vm.spec, vm.observed, vm.shutdown_pending = spec, observed, False
+        vm.volumes = {v.volume_id: v for v in spec.volumes}
         vm.events.append("boot")
         return observed
 
@@ -81,8 +107,7 @@ class FakeDriver(Driver):
             return
         if vm.observed.power in _LIVE:
             vm.events.append("kill")
-        vm.shutdown_pending = False
-        vm.observed = Observed(vm_id, PowerState.STOPPED, None, "stopped on request")
+        vm.power_off(PowerState.STOPPED, "stopped on request")
 
     async def reboot(self, vm_id: str) -> None:
         vm = self.host.vms.get(vm_id)
@@ -109,13 +134,77 @@ class FakeDriver(Driver):
         vm = self.host.vms[vm_id]
         pid = vm.observed.pid
         vm.events.append("kill")
-        vm.shutdown_pending = False
-        vm.observed = Observed(
-            vm_id,
-            PowerState.CRASHED,
-            None,
-            reason or f"qemu process exited unexpectedly (pid {pid})",
-        )
+        vm.power_off(PowerState.CRASHED, reason or f"qemu process exited unexpectedly (pid {pid})")
+
+    # -- block volumes ----------------------------------------------------------------------
+
+    def _running(self, vm_id: str, action: str) -> _FakeVM:
+        vm = self.host.vms.get(vm_id)
+        if vm is None or vm.observed.power not in _LIVE:
+            raise DriverError(f"cannot {action}: {vm_id} is not running")
+        return vm
+
+    def _holder(self, vm_id: str, volume_id: str, action: str) -> VolumeAttachment:
+        att = self._running(vm_id, f"{action} {volume_id}").volumes.get(volume_id)
+        if att is None:
+            raise DriverError(f"cannot {action} {volume_id}: it is not attached to {vm_id}")
+        return att
+
+    async def attach_volume(self, vm_id: str, att: VolumeAttachment) -> None:
+        vm = self._running(vm_id, f"attach {att.volume_id} to {vm_id}")
+        if att.volume_id in vm.volumes:
+            return
+        if len(vm.volumes) >= MAX_VOLUMES:
+            raise DriverError(
+                f"cannot attach {att.volume_id} to {vm_id}: all {MAX_VOLUMES} volume slots"
+                " are in use"
+            )
+        if self.check_paths and not att.path.is_file():
+            raise DriverError(
+                f"cannot attach {att.volume_id} to {vm_id}: {att.path} does not exist"
+            )
+        vm.volumes[att.volume_id] = att
+
+    async def detach_volume(self, vm_id: str, volume_id: str, timeout_s: float) -> None:
+        vm = self.host.vms.get(vm_id)
+        if vm is None or volume_id not in vm.volumes:
+            return
+        if volume_id in self.host.stuck_volumes:
+            await asyncio.sleep(timeout_s)  # waits for the guest, like QEMU, in vain
+            raise DetachTimeout(
+                f"volume {volume_id} is still attached to {vm_id}: the guest did not release"
+                f" the disk within {timeout_s:g}s (is it mounted or in use?)"
+            )
+        del vm.volumes[volume_id]
+
+    async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
+        att = self._holder(vm_id, volume_id, "resize")
+        if att.path.is_file():  # the file grows, as QEMU's block_resize does
+            await _qemu_img("resize", "-q", "-f", "qcow2", str(att.path), str(size_bytes))
+
+    async def snapshot_volume(self, vm_id: str, volume_id: str, target: Path) -> None:
+        att = self._holder(vm_id, volume_id, "snapshot")
+        if target.exists():
+            raise DriverError(f"cannot snapshot {volume_id}: {target} already exists")
+        if att.path.is_file():
+            await asyncio.to_thread(shutil.copyfile, att.path, target)
+        elif self.check_paths:
+            raise DriverError(f"cannot snapshot {volume_id}: {att.path} does not exist")
+        else:
+            target.write_bytes(b"")
+
+    async def attached_volumes(self, vm_id: str) -> set[str]:
+        vm = self.host.vms.get(vm_id)
+        return set(vm.volumes) if vm is not None else set()
+
+
+async def _qemu_img(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise DriverError(f"qemu-img {args[0]} failed: {err.decode(errors='replace').strip()}")
 
 
 def _check_files(spec: VMSpec) -> None:
@@ -124,6 +213,7 @@ def _check_files(spec: VMSpec) -> None:
         ("kernel", spec.kernel),
         ("initrd", spec.initrd),
         ("seed ISO", spec.seed_iso),
+        *((f"volume {v.volume_id}", v.path) for v in spec.volumes),
     ):
         if path is not None and not path.is_file():
             raise DriverError(f"cannot start {spec.vm_id}: {label} {path} does not exist")

@@ -25,8 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cumulo.agent.drivers import qemu_volumes
 from cumulo.agent.drivers.accel import resolve_accel
-from cumulo.agent.drivers.base import Driver, DriverError, Observed, PowerState, VMSpec
+from cumulo.agent.drivers.base import (
+    Driver,
+    DriverError,
+    Observed,
+    PowerState,
+    VMSpec,
+    VolumeAttachment,
+)
 from cumulo.agent.drivers.qemu_argv import UNIX_PATH_MAX, Accel, VMPaths, build_argv
 from cumulo.agent.drivers.qmp import qmp_execute
 from cumulo.domain.arch import Arch
@@ -135,6 +143,43 @@ class QemuDriver(Driver):
         except (FileNotFoundError, NotADirectoryError):
             return ""
         return data.decode("utf-8", errors="replace")
+
+    # -- block volumes (see qemu_volumes) ---------------------------------------------------
+
+    async def attach_volume(self, vm_id: str, att: VolumeAttachment) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            if _live_pid(paths) is None:
+                raise DriverError(f"cannot attach {att.volume_id} to {vm_id}: it is not running")
+            await qemu_volumes.attach(paths.qmp_sock, vm_id, att)
+
+    async def detach_volume(self, vm_id: str, volume_id: str, timeout_s: float) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            if _live_pid(paths) is None:
+                return
+            await qemu_volumes.detach(paths.qmp_sock, vm_id, volume_id, timeout_s)
+
+    async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            if _live_pid(paths) is None:
+                raise DriverError(f"cannot resize {volume_id}: {vm_id} is not running")
+            await qemu_volumes.resize(paths.qmp_sock, vm_id, volume_id, size_bytes)
+
+    async def snapshot_volume(self, vm_id: str, volume_id: str, target: Path) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            if _live_pid(paths) is None:
+                raise DriverError(f"cannot snapshot {volume_id}: {vm_id} is not running")
+            await qemu_volumes.snapshot(paths.qmp_sock, vm_id, volume_id, target)
+
+    async def attached_volumes(self, vm_id: str) -> set[str]:
+        paths = self._paths(vm_id)
+        if _live_pid(paths) is None:
+            return set()
+        async with self._lock(vm_id):
+            return await qemu_volumes.attached(paths.qmp_sock)
 
     # -- extras -----------------------------------------------------------------------------
 
@@ -259,6 +304,7 @@ def _check_files(spec: VMSpec) -> None:
         ("kernel", spec.kernel),
         ("initrd", spec.initrd),
         ("seed ISO", spec.seed_iso),
+        *((f"volume {v.volume_id}", v.path) for v in spec.volumes),
     ):
         if path is not None and not path.is_file():
             raise DriverError(f"cannot start {spec.vm_id}: {label} {path} does not exist")
@@ -288,6 +334,10 @@ def _spec_record(spec: VMSpec, accel: Accel, argv: list[str]) -> dict[str, Any]:
         "netns": spec.netns,
         "nics": [{"tap": n.tap, "mac": n.mac} for n in spec.nics],
         "extra": dict(spec.extra),
+        "volumes": [
+            {"id": v.volume_id, "path": str(v.path), "iops": v.iops, "mbps": v.mbps}
+            for v in spec.volumes
+        ],
         "accel": accel,
         "argv": argv,
     }

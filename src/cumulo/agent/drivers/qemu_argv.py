@@ -5,11 +5,12 @@ No I/O here: golden tests pin the exact argv. The QEMU driver adds nothing to it
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from cumulo.agent.drivers.base import VMSpec
+from cumulo.agent.drivers.base import MAX_VOLUMES, DriverError, VMSpec, VolumeAttachment
 from cumulo.domain.arch import Arch
 
 Accel = Literal["kvm", "tcg"]
@@ -123,9 +124,9 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
             "-device",
             f"virtio-net-pci,netdev=net{i},mac={_opt(nic.mac)},romfile=",
         ]
+    argv += ["-device", "virtio-rng-pci"]
+    argv += volume_argv(spec)
     argv += [
-        "-device",
-        "virtio-rng-pci",
         "-qmp",
         f"unix:{_opt(paths.qmp_sock)},server=on,wait=off",
         # A guest poweroff pauses QEMU (status "shutdown") instead of exiting, so the driver
@@ -136,6 +137,89 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
         str(paths.pidfile),
         "-daemonize",
     ]
+    return argv
+
+
+# -- block volumes ---------------------------------------------------------------------------
+# Each volume is a chain of block nodes: file -> qcow2 ("<vol>-fmt") -> throttle ("<vol>-thr",
+# in throttle group object "<vol>-tg"), under a virtio-blk-pci device whose id is the volume
+# id, plugged into one of MAX_VOLUMES PCIe root ports "hp0".. (hot-pluggable slots on q35 and
+# arm64 virt). The same pure functions feed argv (cold attach) and QMP (hot-plug).
+
+
+def hotplug_port(i: int) -> str:
+    return f"hp{i}"
+
+
+def fmt_node(volume_id: str) -> str:
+    return f"{volume_id}-fmt"
+
+
+def top_node(volume_id: str) -> str:
+    return f"{volume_id}-thr"
+
+
+def throttle_group_id(volume_id: str) -> str:
+    return f"{volume_id}-tg"
+
+
+def throttle_group(att: VolumeAttachment) -> dict[str, Any]:
+    """The `throttle-group` object (QMP object-add arguments). 0 = no cap."""
+    limits: dict[str, int] = {}
+    if att.iops > 0:
+        limits["iops-total"] = att.iops
+    if att.mbps > 0:
+        limits["bps-total"] = att.mbps * 1024 * 1024
+    return {"qom-type": "throttle-group", "id": throttle_group_id(att.volume_id), "limits": limits}
+
+
+def volume_blockdev(att: VolumeAttachment) -> dict[str, Any]:
+    """The volume's block node chain (QMP blockdev-add arguments)."""
+    return {
+        "driver": "throttle",
+        "node-name": top_node(att.volume_id),
+        "throttle-group": throttle_group_id(att.volume_id),
+        "file": {
+            "driver": "qcow2",
+            "node-name": fmt_node(att.volume_id),
+            "discard": "unmap",
+            "cache": {"direct": False, "no-flush": False},
+            "file": {"driver": "file", "filename": str(att.path)},
+        },
+    }
+
+
+def volume_device(att: VolumeAttachment, port: int) -> dict[str, Any]:
+    """The guest-visible disk (QMP device_add arguments)."""
+    return {
+        "driver": "virtio-blk-pci",
+        "id": att.volume_id,
+        "drive": top_node(att.volume_id),
+        "serial": att.serial,
+        "bus": hotplug_port(port),
+    }
+
+
+def volume_argv(spec: VMSpec) -> list[str]:
+    """The hot-plug ports, then each cold-attached volume in its own port (in spec order)."""
+    if len(spec.volumes) > MAX_VOLUMES:
+        raise DriverError(
+            f"cannot start {spec.vm_id}: {len(spec.volumes)} volumes attached,"
+            f" at most {MAX_VOLUMES} are supported"
+        )
+    argv: list[str] = []
+    for i in range(MAX_VOLUMES):
+        argv += ["-device", f"pcie-root-port,id={hotplug_port(i)},chassis={i + 1},io-reserve=0"]
+    for i, att in enumerate(spec.volumes):
+        dev = volume_device(att, i)
+        argv += [
+            "-object",
+            json.dumps(throttle_group(att), separators=(",", ":")),
+            "-blockdev",
+            json.dumps(volume_blockdev(att), separators=(",", ":")),
+            "-device",
+            ",".join([dev["driver"], *(f"{k}={_opt(v)}" for k, v in dev.items() if k != "driver")]),
+        ]
     return argv
 
 

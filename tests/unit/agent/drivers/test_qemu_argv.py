@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cumulo.agent.drivers.base import NicSpec, VMSpec
+import pytest
+
+from cumulo.agent.drivers.base import MAX_VOLUMES, DriverError, NicSpec, VMSpec, VolumeAttachment
 from cumulo.agent.drivers.qemu_argv import VMPaths, build_argv
 from cumulo.domain.arch import Arch
 
@@ -39,6 +41,15 @@ TAIL = [
     "format=raw,readonly=on",
     "-device", "virtio-blk-pci,drive=seed,id=seed-dev",
     "-device", "virtio-rng-pci",
+    # hot-plug slots for volumes (PCIe root ports)
+    "-device", "pcie-root-port,id=hp0,chassis=1,io-reserve=0",
+    "-device", "pcie-root-port,id=hp1,chassis=2,io-reserve=0",
+    "-device", "pcie-root-port,id=hp2,chassis=3,io-reserve=0",
+    "-device", "pcie-root-port,id=hp3,chassis=4,io-reserve=0",
+    "-device", "pcie-root-port,id=hp4,chassis=5,io-reserve=0",
+    "-device", "pcie-root-port,id=hp5,chassis=6,io-reserve=0",
+    "-device", "pcie-root-port,id=hp6,chassis=7,io-reserve=0",
+    "-device", "pcie-root-port,id=hp7,chassis=8,io-reserve=0",
     "-qmp", f"unix:{D}/qmp.sock,server=on,wait=off",
     "-action", "shutdown=pause",
     "-pidfile", f"{D}/qemu.pid",
@@ -141,3 +152,40 @@ def test_paths() -> None:
     assert PATHS.vm_id == VM
     assert str(PATHS.stop_marker) == f"{D}/stop-requested"
     assert str(PATHS.console_log) == f"{D}/console.log"
+
+
+VOL_A = VolumeAttachment("vol-0123456789abcdef0", Path("/var/lib/cumulo/volumes/a,b.qcow2"),
+                         iops=500, mbps=40)  # fmt: skip
+VOL_B = VolumeAttachment("vol-00000000000000001", Path("/v/b.qcow2"))
+
+
+def test_cold_attached_volumes_are_throttled_in_hotplug_slots() -> None:
+    argv = build_argv(spec(Arch.X86_64, volumes=(VOL_A, VOL_B)), PATHS, "tcg")
+    qmp = argv.index("-qmp")
+    assert argv[qmp - 12 : qmp] == [
+        "-object", '{"qom-type":"throttle-group","id":"vol-0123456789abcdef0-tg",'
+        '"limits":{"iops-total":500,"bps-total":41943040}}',
+        "-blockdev", '{"driver":"throttle","node-name":"vol-0123456789abcdef0-thr",'
+        '"throttle-group":"vol-0123456789abcdef0-tg","file":{"driver":"qcow2",'
+        '"node-name":"vol-0123456789abcdef0-fmt","discard":"unmap",'
+        '"cache":{"direct":false,"no-flush":false},'
+        '"file":{"driver":"file","filename":"/var/lib/cumulo/volumes/a,b.qcow2"}}}',
+        "-device", "virtio-blk-pci,id=vol-0123456789abcdef0,drive=vol-0123456789abcdef0-thr,"
+        "serial=vol0123456789abcdef0,bus=hp0",
+        "-object", '{"qom-type":"throttle-group","id":"vol-00000000000000001-tg","limits":{}}',
+        "-blockdev", '{"driver":"throttle","node-name":"vol-00000000000000001-thr",'
+        '"throttle-group":"vol-00000000000000001-tg","file":{"driver":"qcow2",'
+        '"node-name":"vol-00000000000000001-fmt","discard":"unmap",'
+        '"cache":{"direct":false,"no-flush":false},'
+        '"file":{"driver":"file","filename":"/v/b.qcow2"}}}',
+        "-device", "virtio-blk-pci,id=vol-00000000000000001,drive=vol-00000000000000001-thr,"
+        "serial=vol00000000000000001,bus=hp1",
+    ]  # fmt: skip
+    assert argv[qmp - 13] == "pcie-root-port,id=hp7,chassis=8,io-reserve=0"
+    assert len(VOL_A.serial) == 20  # all virtio-blk carries: the guest sees it whole
+
+
+def test_too_many_volumes_is_a_clear_error() -> None:
+    vols = tuple(VolumeAttachment(f"vol-{i:017x}", Path(f"/v/{i}")) for i in range(MAX_VOLUMES + 1))
+    with pytest.raises(DriverError, match=f"at most {MAX_VOLUMES}"):
+        build_argv(spec(Arch.X86_64, volumes=vols), PATHS, "tcg")

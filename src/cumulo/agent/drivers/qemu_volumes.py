@@ -1,0 +1,210 @@
+"""Block volumes on a running QEMU, over its QMP socket (the QemuDriver's volume calls).
+
+Everything is read back from QEMU (qom-list, query-pci, query-named-block-nodes), never kept
+in memory, so a new agent sees what an earlier one attached. Names come from qemu_argv: the
+device id is the volume id; nodes "<vol>-thr" (throttle) over "<vol>-fmt" (qcow2); throttle
+group "<vol>-tg"; slots are PCIe root ports "hp0".."hp{MAX_VOLUMES-1}".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from cumulo.agent.drivers.base import MAX_VOLUMES, DetachTimeout, DriverError, VolumeAttachment
+from cumulo.agent.drivers.qemu_argv import (
+    fmt_node,
+    hotplug_port,
+    throttle_group,
+    throttle_group_id,
+    top_node,
+    volume_blockdev,
+    volume_device,
+)
+from cumulo.agent.drivers.qmp import qmp_execute
+from cumulo.domain.ids import is_id
+
+QMP_TIMEOUT_S = 5.0
+POLL_S = 0.1
+SNAPSHOT_TIMEOUT_S = 3600.0
+
+
+async def _qmp(sock: Path, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    return await qmp_execute(sock, command, arguments, timeout=QMP_TIMEOUT_S)
+
+
+async def _peripherals(sock: Path) -> set[str]:
+    """The ids of the user-created devices (our volumes are named by their volume id)."""
+    children = await _qmp(sock, "qom-list", {"path": "/machine/peripheral"})
+    return {str(c["name"]) for c in children}
+
+
+async def _node_names(sock: Path) -> set[str]:
+    nodes = await _qmp(sock, "query-named-block-nodes", {"flat": True})
+    return {str(n["node-name"]) for n in nodes}
+
+
+async def _objects(sock: Path) -> set[str]:
+    children = await _qmp(sock, "qom-list", {"path": "/objects"})
+    return {str(c["name"]) for c in children}
+
+
+async def attached(sock: Path) -> set[str]:
+    """Volumes the VM holds: a device, or block nodes left by an unfinished attach/detach."""
+    held = {d for d in await _peripherals(sock) if d.startswith("vol-") and is_id(d)}
+    for node in await _node_names(sock):
+        for suffix in ("-thr", "-fmt"):
+            vol = node.removesuffix(suffix)
+            if node.endswith(suffix) and vol.startswith("vol-") and is_id(vol):
+                held.add(vol)
+    return held
+
+
+async def _used_ports(sock: Path) -> set[str]:
+    """Root ports (by qdev id) with a device behind them, including ones being unplugged."""
+    used: set[str] = set()
+    for bus in await _qmp(sock, "query-pci"):
+        for dev in bus.get("devices", []):
+            bridge = dev.get("pci_bridge")
+            if bridge is not None and bridge.get("devices"):
+                used.add(str(dev.get("qdev_id", "")))
+    return used
+
+
+async def attach(sock: Path, vm_id: str, att: VolumeAttachment) -> None:
+    vol = att.volume_id
+    if vol in await _peripherals(sock):
+        return
+    await _release_nodes(sock, vol)  # leftovers of an attach interrupted half-way
+    used = await _used_ports(sock)
+    free = [i for i in range(MAX_VOLUMES) if hotplug_port(i) not in used]
+    if not free:
+        raise DriverError(
+            f"cannot attach {vol} to {vm_id}: all {MAX_VOLUMES} volume slots are in use"
+        )
+    if not att.path.is_file():
+        raise DriverError(f"cannot attach {vol} to {vm_id}: {att.path} does not exist")
+    try:
+        await _qmp(sock, "object-add", throttle_group(att))
+        await _qmp(sock, "blockdev-add", volume_blockdev(att))
+        await _qmp(sock, "device_add", volume_device(att, free[0]))
+    except DriverError as exc:
+        with contextlib.suppress(DriverError):
+            if vol not in await _peripherals(sock):
+                await _release_nodes(sock, vol)
+        raise DriverError(f"cannot attach {vol} to {vm_id}: {exc}") from exc
+
+
+async def detach(sock: Path, vm_id: str, vol: str, timeout_s: float) -> None:
+    if vol in await _peripherals(sock):
+        try:
+            await _qmp(sock, "device_del", {"id": vol})
+        except DriverError as exc:
+            # A repeated request while the guest still holds the disk is not an error.
+            if "in progress" not in str(exc) and "pending" not in str(exc):
+                raise
+        deadline = time.monotonic() + timeout_s
+        while vol in await _peripherals(sock):
+            if time.monotonic() >= deadline:
+                raise DetachTimeout(
+                    f"volume {vol} is still attached to {vm_id}: the guest did not release"
+                    f" the disk within {timeout_s:g}s (is it mounted or in use?)"
+                )
+            await asyncio.sleep(POLL_S)
+    await _release_nodes(sock, vol)
+
+
+async def _release_nodes(sock: Path, vol: str) -> None:
+    """Remove the volume's block nodes and throttle group (the device must be gone)."""
+    nodes = await _node_names(sock)
+    for node in (top_node(vol), fmt_node(vol)):
+        if node in nodes:
+            await _qmp(sock, "blockdev-del", {"node-name": node})
+            nodes = await _node_names(sock)  # deleting the top node frees its children
+    if throttle_group_id(vol) in await _objects(sock):
+        await _qmp(sock, "object-del", {"id": throttle_group_id(vol)})
+
+
+async def resize(sock: Path, vm_id: str, vol: str, size_bytes: int) -> None:
+    if top_node(vol) not in await _node_names(sock):
+        raise DriverError(f"cannot resize {vol}: it is not attached to {vm_id}")
+    await _qmp(sock, "block_resize", {"node-name": top_node(vol), "size": size_bytes})
+
+
+async def snapshot(sock: Path, vm_id: str, vol: str, target: Path) -> None:
+    """blockdev-backup sync=full into a fresh qcow2: a point-in-time copy, taken online."""
+    nodes = await _qmp(sock, "query-named-block-nodes", {"flat": True})
+    source = next((n for n in nodes if n.get("node-name") == fmt_node(vol)), None)
+    if source is None:
+        raise DriverError(f"cannot snapshot {vol}: it is not attached to {vm_id}")
+    size = int(source["image"]["virtual-size"])
+    if target.exists():
+        raise DriverError(f"cannot snapshot {vol}: {target} already exists")
+    dst, job = f"{vol}-dst", f"{vol}-backup"
+    await _cancel_job(sock, job, dst)
+    try:
+        await _run("qemu-img", "create", "-q", "-f", "qcow2", str(target), str(size))
+        await _qmp(sock, "blockdev-add", {
+            "driver": "qcow2", "node-name": dst,
+            "file": {"driver": "file", "filename": str(target)},
+        })  # fmt: skip
+        await _qmp(sock, "blockdev-backup", {
+            "job-id": job, "device": fmt_node(vol), "target": dst, "sync": "full",
+            "auto-finalize": True, "auto-dismiss": False,
+        })  # fmt: skip
+        await _wait_job(sock, job, vol)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    finally:
+        with contextlib.suppress(DriverError):
+            await _cancel_job(sock, job, dst)
+
+
+async def _wait_job(sock: Path, job: str, vol: str) -> None:
+    deadline = time.monotonic() + SNAPSHOT_TIMEOUT_S
+    while True:
+        jobs = {str(j["id"]): j for j in await _qmp(sock, "query-jobs")}
+        info = jobs.get(job)
+        if info is None:
+            raise DriverError(f"snapshot of {vol}: backup job {job} vanished")
+        if info.get("status") == "concluded":
+            await _qmp(sock, "job-dismiss", {"id": job})
+            if info.get("error"):
+                raise DriverError(f"snapshot of {vol} failed: {info['error']}")
+            return
+        if time.monotonic() > deadline:
+            raise DriverError(f"snapshot of {vol} did not finish in {SNAPSHOT_TIMEOUT_S:g}s")
+        await asyncio.sleep(POLL_S)
+
+
+async def _cancel_job(sock: Path, job: str, node: str) -> None:
+    """Clean up a backup job and its target node (left by a failure or an agent restart)."""
+    jobs = {str(j["id"]): j for j in await _qmp(sock, "query-jobs")}
+    if job in jobs:
+        if jobs[job].get("status") != "concluded":
+            with contextlib.suppress(DriverError):
+                await _qmp(sock, "job-cancel", {"id": job, "force": True})
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                jobs = {str(j["id"]): j for j in await _qmp(sock, "query-jobs")}
+                if jobs.get(job, {}).get("status") in (None, "concluded"):
+                    break
+                await asyncio.sleep(POLL_S)
+        if job in jobs:
+            with contextlib.suppress(DriverError):
+                await _qmp(sock, "job-dismiss", {"id": job})
+    if node in await _node_names(sock):
+        await _qmp(sock, "blockdev-del", {"node-name": node})
+
+
+async def _run(*argv: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise DriverError(f"{argv[0]} failed: {err.decode(errors='replace').strip()}")
