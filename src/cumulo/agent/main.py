@@ -25,11 +25,17 @@ from cumulo.agent.reconciler import Reconciler
 from cumulo.agent.storage.volumes import VolumeStore
 from cumulo.agent.volume_reconciler import VolumeReconciler
 from cumulo.domain.arch import Arch
-from cumulo.protocol import HostRegistration, SnapshotObservation, VolumeObservation
+from cumulo.protocol import (
+    Assignments,
+    HostRegistration,
+    SnapshotObservation,
+    VolumeObservation,
+)
 
 log = structlog.get_logger("cumulo.agent")
 
-POLL_WAIT_S = 1.0  # long-poll wait: also the observe period (crashes seen within ~1 s)
+LONG_POLL_S = 25.0  # how long the API may hold an unchanged long-poll
+OBSERVE_S = 1.0  # how often the host's VMs are observed (crashes seen within ~1 s)
 RESYNC_S = 30.0  # re-send every observation this often, in case the API lost one
 _LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)  # processes holding disks
 
@@ -121,41 +127,68 @@ async def agent_loop(
     """
     registered = False
     version = -1
+    batch: Assignments | None = None
+    poll: asyncio.Task[Assignments] | None = None
     last_resync = time.monotonic()
-    while not stop.is_set():
-        try:
-            if not registered:
-                await client.register(reg)
-                registered = True
-                log.info("agent_registered", host=reg.name, zone=reg.zone, accel=reg.accel)
-            batch = await client.assignments(reg.name, since=version, wait=POLL_WAIT_S)
-            version = batch.version
-            if time.monotonic() - last_resync > RESYNC_S:
-                rec.forget_reports()
-                if vrec is not None:
-                    vrec.forget_reports()
-                last_resync = time.monotonic()
-            vols: list[VolumeObservation] = []
-            snaps: list[SnapshotObservation] = []
-            if vrec is not None and (batch.volumes or batch.snapshots or vrec.busy):
-                running = {
-                    vm_id for vm_id, o in (await rec.driver.observe()).items() if o.power in _LIVE
-                }
-                vols, snaps = await vrec.run_pass(batch.volumes, batch.snapshots, running)
-            changed = await rec.run_pass(batch.instances, batch.networks)
-            if changed or vols or snaps:
-                await client.report(reg.name, changed, vols, snaps)
-                rec.acknowledge(changed)
-                if vrec is not None:
-                    vrec.acknowledge(vols, snaps)
-        except httpx.HTTPStatusError as e:
-            if e.response.status_code == 404:
-                registered = False  # the API forgot us (fresh DB): register again
-            log.warning("api_error", status=e.response.status_code, body=e.response.text[:200])
-            await _sleep_or_stop(stop, 1.0)
-        except httpx.TransportError as e:
-            log.warning("api_unreachable", error=str(e))  # VMs keep running meanwhile
-            await _sleep_or_stop(stop, 1.0)
+    try:
+        while not stop.is_set():
+            try:
+                if not registered:
+                    await client.register(reg)
+                    registered = True
+                    log.info("agent_registered", host=reg.name, zone=reg.zone, accel=reg.accel)
+                # One long-poll stays open (the API answers at once when anything changes);
+                # meanwhile the host is observed every OBSERVE_S from the last answer, so an
+                # idle host costs the API one request per LONG_POLL_S, not one per second.
+                if poll is None:
+                    poll = asyncio.create_task(
+                        client.assignments(reg.name, since=version, wait=LONG_POLL_S))
+                done, _ = await asyncio.wait(
+                    {poll}, timeout=OBSERVE_S if batch is not None else None)
+                if poll in done:
+                    answered, poll = poll, None
+                    batch = answered.result()
+                    version = batch.version
+                if batch is None:
+                    continue
+                if time.monotonic() - last_resync > RESYNC_S:
+                    rec.forget_reports()
+                    if vrec is not None:
+                        vrec.forget_reports()
+                    last_resync = time.monotonic()
+                await _pass(client, rec, reg, batch, vrec)
+            except httpx.HTTPStatusError as e:
+                if e.response.status_code == 404:
+                    registered = False  # the API forgot us (fresh DB): register again
+                log.warning("api_error", status=e.response.status_code,
+                            body=e.response.text[:200])
+                await _sleep_or_stop(stop, 1.0)
+            except httpx.TransportError as e:
+                log.warning("api_unreachable", error=str(e))  # VMs keep running meanwhile
+                await _sleep_or_stop(stop, 1.0)
+    finally:
+        if poll is not None:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                await poll
+
+
+async def _pass(client: ApiClient, rec: Reconciler, reg: HostRegistration, batch: Assignments,
+                vrec: VolumeReconciler | None) -> None:
+    """Reconcile volumes, then instances, and report what changed."""
+    vols: list[VolumeObservation] = []
+    snaps: list[SnapshotObservation] = []
+    if vrec is not None and (batch.volumes or batch.snapshots or vrec.busy):
+        running = {
+            vm_id for vm_id, o in (await rec.driver.observe()).items() if o.power in _LIVE
+        }
+        vols, snaps = await vrec.run_pass(batch.volumes, batch.snapshots, running)
+    changed = await rec.run_pass(batch.instances, batch.networks)
+    if changed or vols or snaps:
+        await client.report(reg.name, changed, vols, snaps)
+        rec.acknowledge(changed)
+        if vrec is not None:
+            vrec.acknowledge(vols, snaps)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -255,5 +255,9 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
                 row.state, row.state_reason = state.value, obs.reason
         if volumes or snapshots:
             _report_storage(s, host.id, volumes or [], snapshots or [])
+        reporter = host.id
     svc.notifier.network_changed(nets)
     svc.notifier.notify_soon(wake)  # their DNS records changed
+    # The reporting agent decides from the API's view of each instance (e.g. a VM shown in
+    # error is not restarted): hand it the view its own report just changed.
+    svc.notifier.notify_soon({reporter})

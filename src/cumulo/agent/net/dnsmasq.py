@@ -105,6 +105,18 @@ def _write(path: Path, text: str) -> bool:
     return True
 
 
+def prune_leases(text: str, net: Net) -> str:
+    """The lease lines still matching a reservation (mac + ip). A lease kept for a deleted
+    instance would make dnsmasq refuse its address to the next instance that gets it."""
+    valid = {(h.mac.lower(), h.ip) for h in net.hosts}
+    kept = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and (fields[1].lower(), fields[2]) in valid:
+            kept.append(line + "\n")
+    return "".join(kept)
+
+
 def live_pid(paths: DnsmasqPaths) -> int | None:
     try:
         pid = int(paths.pidfile.read_text().strip())
@@ -121,9 +133,16 @@ async def ensure(netns: str, net: Net, paths: DnsmasqPaths) -> None:
     data_changed = _write(paths.hosts, render_hosts(net))
     data_changed = _write(paths.addn_hosts, render_addn_hosts(net)) or data_changed
     pid = live_pid(paths)
-    if pid is not None and conf_changed:
+    leases = ""
+    with contextlib.suppress(OSError):
+        leases = paths.leases.read_text()
+    stale = prune_leases(leases, net) != leases
+    if pid is not None and (conf_changed or stale):
+        # dnsmasq keeps leases in memory: stale ones go only with a restart
         await stop(paths)
         pid = None
+    if stale:
+        _write(paths.leases, prune_leases(leases, net))
     if pid is None:
         await run(
             "ip", "netns", "exec", netns, "dnsmasq", f"--conf-file={paths.conf}",

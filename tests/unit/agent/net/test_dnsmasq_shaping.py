@@ -77,3 +77,18 @@ def test_shaping_both_directions() -> None:
 def test_burst_grows_with_the_rate() -> None:
     assert shaping.burst_bytes(1) == shaping.MIN_BURST
     assert shaping.burst_bytes(10_000) == 1_250_000_000 // 100  # 10 ms at 10 Gbit/s
+
+
+def test_prune_leases_drops_leases_of_moved_or_gone_addresses() -> None:
+    from cumulo.agent.net.dnsmasq import prune_leases
+    from cumulo.agent.net.plan import Host, Net
+
+    net = Net(id="net-00000000000000001", bridge="cb0", cidr="10.0.0.0/24", gateway="10.0.0.1",
+              prefixlen=24, netmask="255.255.255.0", network_addr="10.0.0.0",
+              domain="p.z.cumulo.internal",
+              hosts=(Host(hostname="new", fqdn="new.p.z.cumulo.internal", ip="10.0.0.2",
+                          mac="52:54:00:00:00:02"),))
+    leases = ("1 52:54:00:00:00:01 10.0.0.2 old *\n"      # the address moved to a new MAC
+              "1 52:54:00:00:00:02 10.0.0.2 new *\n"      # current
+              "1 52:54:00:00:00:03 10.0.0.3 gone *\n")    # instance deleted
+    assert prune_leases(leases, net) == "1 52:54:00:00:00:02 10.0.0.2 new *\n"
