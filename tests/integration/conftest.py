@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -97,7 +98,12 @@ class Cloud:
 
 
 def _config(driver: str) -> str:
+    # Each test cloud gets its own loopback public pool: another cloud on this machine (a
+    # developer's `cumulo up`) may hold addresses of the default 127.100.0.0/16.
+    second_octet = random.randint(101, 254)
     return (
+        "[network]\n"
+        f'public_pool = "127.{second_octet}.0.0/16"\n'
         "[host]\n"
         'name = "local"\n'
         f'driver = "{driver}"\n'

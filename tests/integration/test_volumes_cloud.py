@@ -18,6 +18,18 @@ from tests.integration.test_network_cloud import ssh, wait_ssh
 pytestmark = pytest.mark.qemu
 
 
+def rssh(c: Cloud, vm: str, *command: str) -> str:
+    """Root SSH that retries transport failures (exit 255): a TCG guest busy with I/O can be
+    slow to accept; remote command failures are not retried."""
+    for _ in range(5):
+        r = ssh(c, vm, *command, root=True, check=False)
+        if r.returncode != 255:
+            assert r.returncode == 0, r.stderr
+            return r.stdout
+        time.sleep(1)
+    raise AssertionError(f"ssh to {vm} kept failing: {r.stderr}")
+
+
 def device_of(c: Cloud, vm: str, volume_id: str, timeout: float = 60) -> str:
     """The guest's /dev name of a volume, found by its disk serial (the id without '-')."""
     serial = volume_id.replace("-", "")
@@ -25,7 +37,7 @@ def device_of(c: Cloud, vm: str, volume_id: str, timeout: float = 60) -> str:
               "&& basename $d; done'")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = ssh(c, vm, "sh", "-c", script, root=True).stdout.strip()
+        out = rssh(c, vm, "sh", "-c", script).strip()
         if out:
             return out
         time.sleep(0.5)
@@ -33,8 +45,7 @@ def device_of(c: Cloud, vm: str, volume_id: str, timeout: float = 60) -> str:
 
 
 def checksum(c: Cloud, vm: str, dev: str) -> str:
-    r = ssh(c, vm, "sh", "-c", f"'head -c 1048576 /dev/{dev} | md5sum'", root=True)
-    return r.stdout.split()[0]
+    return rssh(c, vm, "sh", "-c", f"'head -c 1048576 /dev/{dev} | md5sum'").split()[0]
 
 
 def test_volume_data_survives_everything(qemu_cloud: Cloud) -> None:
@@ -52,7 +63,7 @@ def test_volume_data_survives_everything(qemu_cloud: Cloud) -> None:
     v = c.json("volume", "attach", "data", "a", "--wait")
     assert (v["state"], v["attached_to"]) == ("in-use", "a")
     dev = device_of(c, "a", vol["id"])
-    ssh(c, "a", "sh", "-c", f"'head -c 1048576 /dev/urandom > /dev/{dev} && sync'", root=True)
+    rssh(c, "a", "sh", "-c", f"'head -c 1048576 /dev/urandom > /dev/{dev} && sync'")
     written = checksum(c, "a", dev)
     assert written != "b6d81b360a5672d80c27430f39153e2c"  # md5 of 1 MiB of zeros
 
@@ -84,7 +95,7 @@ def test_volume_data_survives_everything(qemu_cloud: Cloud) -> None:
     dev_b = device_of(c, "b", vol["id"])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        sectors = int(ssh(c, "b", "cat", f"/sys/block/{dev_b}/size").stdout)
+        sectors = int(rssh(c, "b", "cat", f"/sys/block/{dev_b}/size"))
         if sectors == 2 * 2**30 // 512:
             break
         time.sleep(0.5)
