@@ -43,6 +43,11 @@ QMP_TIMEOUT_S = 1.0
 LAUNCH_TIMEOUT_S = 30.0
 QUIT_GRACE_S = 2.0
 OBSERVE_CONCURRENCY = 32
+# A live process is checked through /proc at every observe (a crash is seen at once); its
+# QMP status (guest powered off, paused) is asked at most this often, or at every observe
+# while cumulo waits for a stop it asked for. One QMP session per VM per second was most of
+# an idle agent's CPU.
+STATUS_REFRESH_S = 5.0
 _LONGEST_VM_ID = "abcd-" + "0" * 17  # ids are `<prefix up to 4>-<17 hex>`
 
 _PAUSED = {
@@ -60,6 +65,8 @@ class QemuDriver(Driver):
         self.requested_accel = accel
         self._accel: dict[Arch, Accel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # vm_id -> (pid, observed, monotonic time) of the last QMP status
+        self._status: dict[str, tuple[int, Observed, float]] = {}
         probe = VMPaths.for_vm(self.runtime_dir, _LONGEST_VM_ID).qmp_sock
         if len(os.fsencode(probe)) >= UNIX_PATH_MAX:
             raise DriverError(
@@ -215,6 +222,17 @@ class QemuDriver(Driver):
             if paths.stop_marker.exists():
                 return Observed(vm_id, PowerState.STOPPED, None, "stopped on request")
             return Observed(vm_id, PowerState.CRASHED, None, _crash_reason(paths))
+        cached = self._status.get(vm_id)
+        if (cached is not None and cached[0] == pid and not paths.stop_marker.exists()
+                and time.monotonic() - cached[2] < STATUS_REFRESH_S):
+            return cached[1]
+        observed = await self._query_status(paths, pid)
+        if observed.pid is not None:
+            self._status[vm_id] = (observed.pid, observed, time.monotonic())
+        return observed
+
+    async def _query_status(self, paths: VMPaths, pid: int) -> Observed:
+        vm_id = paths.vm_id
         try:
             status = await qmp_execute(paths.qmp_sock, "query-status", timeout=QMP_TIMEOUT_S)
         except DriverError as exc:
