@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import socket
 from collections.abc import Iterable
 
 from cumulo.domain.errors import InvalidInput
@@ -33,12 +34,30 @@ def gateway_of(net: IPv4Net) -> str:
     return str(next(net.hosts()))
 
 
-def first_free_host(net: IPv4Net, taken: Iterable[str]) -> str | None:
-    used = set(taken) | {gateway_of(net)}
-    for host in net.hosts():
-        if str(host) not in used:
-            return str(host)
+def _to_int(ip: str) -> int:
+    return int.from_bytes(socket.inet_aton(ip), "big")
+
+
+def _to_str(value: int) -> str:
+    return socket.inet_ntoa(value.to_bytes(4, "big"))
+
+
+def first_free_address(first: int, last: int, taken: Iterable[str],
+                       skip_byte_values: tuple[int, ...] = ()) -> str | None:
+    """The lowest address in [first, last] not in `taken` (integer arithmetic: this runs on
+    every create, over every address of a large network)."""
+    used = {_to_int(t) for t in taken}
+    for candidate in range(first, last + 1):
+        if candidate not in used and (candidate & 0xFF) not in skip_byte_values:
+            return _to_str(candidate)
     return None
+
+
+def first_free_host(net: IPv4Net, taken: Iterable[str]) -> str | None:
+    """The first free host address after the gateway (the network's first address)."""
+    first = int(net.network_address) + 2
+    last = int(net.broadcast_address) - 1
+    return first_free_address(first, last, taken)
 
 
 def first_free_subnet(pool: IPv4Net, prefix: int, existing: Iterable[IPv4Net]) -> IPv4Net | None:

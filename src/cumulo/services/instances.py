@@ -201,7 +201,7 @@ def create(svc: Services, who: Principal, project: str | None, req: CreateInstan
 
 def network_hosts(s: Session, network_ids: list[str]) -> set[str]:
     """Hosts running an instance of these networks (their DNS records change with them)."""
-    return {h for h in s.scalars(select(InstanceRow.host_id).join(
+    return {h for h in s.scalars(select(InstanceRow.host_id).distinct().join(
         AddressRow, AddressRow.instance_id == InstanceRow.id)
         .where(AddressRow.network_id.in_(network_ids))) if h}
 

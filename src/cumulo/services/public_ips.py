@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from cumulo.db.tables import InstanceRow, ProjectRow, PublicIpRow
 from cumulo.domain.errors import Conflict, InsufficientCapacity, NotFound
 from cumulo.domain.ids import new_id
+from cumulo.domain.netaddr import first_free_address
 from cumulo.services import networks
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
@@ -24,16 +25,16 @@ def _view(s: Session, row: PublicIpRow, project: str) -> PublicIpView:
 
 
 def _allocate(s: Session, svc: Services, prj: ProjectRow, auto: bool) -> PublicIpRow:
-    pool = ipaddress.ip_network(svc.settings.network.public_pool)
-    taken = set(s.scalars(select(PublicIpRow.ip)))
-    for host in pool.hosts():
-        # .0/.255-style addresses are avoided: some tools treat them as special
-        if str(host) not in taken and host.packed[-1] not in (0, 255):
-            row = PublicIpRow(id=new_id("pip"), ip=str(host), project_id=prj.id, auto=auto)
-            s.add(row)
-            s.flush()
-            return row
-    raise InsufficientCapacity(f"the public IP pool {pool} is exhausted")
+    pool = ipaddress.IPv4Network(svc.settings.network.public_pool)
+    # .0/.255-style addresses are avoided: some tools treat them as special
+    ip = first_free_address(int(pool.network_address) + 1, int(pool.broadcast_address) - 1,
+                            s.scalars(select(PublicIpRow.ip)), skip_byte_values=(0, 255))
+    if ip is None:
+        raise InsufficientCapacity(f"the public IP pool {pool} is exhausted")
+    row = PublicIpRow(id=new_id("pip"), ip=ip, project_id=prj.id, auto=auto)
+    s.add(row)
+    s.flush()
+    return row
 
 
 def assign_auto(s: Session, svc: Services, prj: ProjectRow, instance_id: str) -> PublicIpRow:
