@@ -163,3 +163,16 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def attached_volumes(self, vm_id: str) -> set[str]:
         """The ids of the volumes the running VM holds (empty when it does not run)."""
+
+
+def check_spec_files(spec: VMSpec) -> None:
+    """Every file the VM needs exists (the same check, and message, for every driver)."""
+    for label, path in (
+        ("boot disk", spec.boot_disk),
+        ("kernel", spec.kernel),
+        ("initrd", spec.initrd),
+        ("seed ISO", spec.seed_iso),
+        *((f"volume {v.volume_id}", v.path) for v in spec.volumes),
+    ):
+        if path is not None and not path.is_file():
+            raise DriverError(f"cannot start {spec.vm_id}: {label} {path} does not exist")

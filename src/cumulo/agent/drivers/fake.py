@@ -26,6 +26,7 @@ from cumulo.agent.drivers.base import (
     PowerState,
     VMSpec,
     VolumeAttachment,
+    check_spec_files,
 )
 
 _LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)
@@ -81,7 +82,7 @@ class FakeDriver(Driver):
         if vm is not None and vm.observed.power in _LIVE:
             return vm.observed
         if self.check_paths:
-            _check_files(spec)
+            check_spec_files(spec)
         observed = Observed(spec.vm_id, PowerState.RUNNING, next(self.host.pids))
         if len(spec.volumes) > MAX_VOLUMES:
             raise DriverError(
@@ -205,18 +206,6 @@ async def _qemu_img(*args: str) -> None:
     _, err = await proc.communicate()
     if proc.returncode != 0:
         raise DriverError(f"qemu-img {args[0]} failed: {err.decode(errors='replace').strip()}")
-
-
-def _check_files(spec: VMSpec) -> None:
-    for label, path in (
-        ("boot disk", spec.boot_disk),
-        ("kernel", spec.kernel),
-        ("initrd", spec.initrd),
-        ("seed ISO", spec.seed_iso),
-        *((f"volume {v.volume_id}", v.path) for v in spec.volumes),
-    ):
-        if path is not None and not path.is_file():
-            raise DriverError(f"cannot start {spec.vm_id}: {label} {path} does not exist")
 
 
 def _render(spec: VMSpec, event: str) -> str:

@@ -34,6 +34,7 @@ from cumulo.agent.drivers.base import (
     PowerState,
     VMSpec,
     VolumeAttachment,
+    check_spec_files,
 )
 from cumulo.agent.drivers.qemu_argv import UNIX_PATH_MAX, Accel, VMPaths, build_argv
 from cumulo.agent.drivers.qmp import qmp_execute
@@ -97,7 +98,7 @@ class QemuDriver(Driver):
             pid = _live_pid(paths)
             if pid is not None:
                 return await self._observe_one(paths)
-            _check_files(spec)
+            check_spec_files(spec)
             binary = shutil.which(spec.arch.qemu_binary)
             if binary is None:
                 raise DriverError(f"cannot start {spec.vm_id}: {spec.arch.qemu_binary} not found")
@@ -314,18 +315,6 @@ def _crash_reason(paths: VMPaths) -> str:
     except OSError:
         err = ""
     return f"qemu failed to start: {err[:300]}" if err else "qemu is not running"
-
-
-def _check_files(spec: VMSpec) -> None:
-    for label, path in (
-        ("boot disk", spec.boot_disk),
-        ("kernel", spec.kernel),
-        ("initrd", spec.initrd),
-        ("seed ISO", spec.seed_iso),
-        *((f"volume {v.volume_id}", v.path) for v in spec.volumes),
-    ):
-        if path is not None and not path.is_file():
-            raise DriverError(f"cannot start {spec.vm_id}: {label} {path} does not exist")
 
 
 def _check_netns(spec: VMSpec) -> None:
