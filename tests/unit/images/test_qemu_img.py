@@ -117,7 +117,7 @@ def test_external_data_file_is_refused(tmp_path: Path) -> None:
 def test_encrypted_qcow2_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "enc.qcow2"
     qimg("create", "-f", "qcow2", "--object", "secret,id=s0,data=not-a-secret",
-         "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", str(path), "1M")
+         "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=200", str(path), "1M")
     refused(path, "image_encrypted")
 
 
