@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Dialect,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -17,10 +18,24 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that always comes back timezone-aware (UTC). SQLite stores no timezone,
+    so without this the API would show naive times on SQLite and aware ones on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -31,7 +46,7 @@ class ProjectRow(Base):
     __tablename__ = "projects"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class TokenRow(Base):
@@ -44,7 +59,7 @@ class TokenRow(Base):
     )
     host_name: Mapped[str | None] = mapped_column(String(63), nullable=True)
     description: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class HostRow(Base):
@@ -59,8 +74,8 @@ class HostRow(Base):
     accel: Mapped[str] = mapped_column(String(8), default="")
     agent_url: Mapped[str] = mapped_column(String(300), default="")
     state: Mapped[str] = mapped_column(String(16), default="up")
-    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class ImageRow(Base):
@@ -83,7 +98,7 @@ class ImageRow(Base):
     kernel_cmdline: Mapped[str] = mapped_column(Text, default="")
     virtual_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     state: Mapped[str] = mapped_column(String(16), default="available")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class InstanceRow(Base):
@@ -115,9 +130,9 @@ class InstanceRow(Base):
     ssh_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
     key_names: Mapped[list[str]] = mapped_column(JSON, default=list)
     tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+        UtcDateTime(), default=utcnow, onupdate=utcnow
     )
 
 
@@ -133,7 +148,7 @@ class NetworkRow(Base):
     cidr: Mapped[str] = mapped_column(String(43), unique=True)
     gateway: Mapped[str] = mapped_column(String(39))
     is_default: Mapped[bool] = mapped_column(default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class AddressRow(Base):
@@ -157,7 +172,7 @@ class PublicIpRow(Base):
         ForeignKey("instances.id"), nullable=True, unique=True
     )
     auto: Mapped[bool] = mapped_column(default=False)  # given at create, released at delete
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class KeyPairRow(Base):
@@ -168,7 +183,7 @@ class KeyPairRow(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
     public_key: Mapped[str] = mapped_column(Text)
     fingerprint: Mapped[str] = mapped_column(String(80))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class SecurityGroupRow(Base):
@@ -178,7 +193,7 @@ class SecurityGroupRow(Base):
     name: Mapped[str] = mapped_column(String(63))
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
     description: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class SecurityRuleRow(Base):
@@ -190,7 +205,7 @@ class SecurityRuleRow(Base):
     proto: Mapped[str] = mapped_column(String(8))
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cidr: Mapped[str] = mapped_column(String(43))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class InstanceGroupRow(Base):
@@ -223,9 +238,9 @@ class VolumeRow(Base):
     delete_on_termination: Mapped[bool] = mapped_column(default=False)
     source_snapshot_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     generation: Mapped[int] = mapped_column(Integer, default=1)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+        UtcDateTime(), default=utcnow, onupdate=utcnow
     )
 
 
@@ -243,4 +258,4 @@ class SnapshotRow(Base):
     size_gib: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))  # creating | available | error | deleting
     state_reason: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

@@ -29,6 +29,8 @@ def test_create_returns_202_with_the_instance_placed(api: TestClient) -> None:
     assert body["host"] == "host-a"
     assert (body["vcpus"], body["ram_mib"], body["project"]) == (1, 128, "default")
     assert body["tags"] == {"env": "test"}
+    shown = api.get(f"/v1/instances/{body['id']}").json()
+    assert shown["created_at"].endswith(("+00:00", "Z"))  # aware on SQLite too
     assert api.get(f"/v1/instances/{body['id']}").json()["name"] == "web-1"
     assert api.get("/v1/instances/web-1").json()["id"] == body["id"]
 
