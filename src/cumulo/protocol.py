@@ -44,7 +44,14 @@ class NetworkRef(BaseModel):
     cidr: str  # e.g. "10.100.3.0/24"
     gateway: str  # the bridge's own address; also DHCP + DNS server for the network
     dns_domain: str  # "<project>.<zone>.<cloud domain>"
-    records: list[DnsRecord] = Field(default_factory=list)  # every instance on the network
+    # Every instance on the network; or, when records_since is set, only the records added or
+    # changed since the version records_since of the same epoch (records_removed: MACs gone).
+    # Hosts send back epoch:version (the `dns` query parameter) to receive such deltas.
+    records: list[DnsRecord] = Field(default_factory=list)
+    records_epoch: str = ""
+    records_version: int = 0
+    records_since: int | None = None
+    records_removed: list[str] = Field(default_factory=list)
 
 
 class NicRef(BaseModel):

@@ -36,9 +36,12 @@ class ApiClient:
         r.raise_for_status()
         return Registered.model_validate(r.json()).host_id
 
-    async def assignments(self, host: str, since: int, wait: float) -> Assignments:
+    async def assignments(self, host: str, since: int, wait: float,
+                          dns: list[str] | None = None) -> Assignments:
+        """`dns`: the DNS records held (DnsBook.claims), so that only changes come back."""
         r = await self._http.get(
-            f"/v1/agent/hosts/{host}/assignments", params={"since": since, "wait": wait}
+            f"/v1/agent/hosts/{host}/assignments",
+            params={"since": since, "wait": wait, "dns": dns or []},
         )
         r.raise_for_status()
         return Assignments.model_validate(r.json())

@@ -20,6 +20,7 @@ import uvicorn
 
 from cumulo.agent.api_client import ApiClient
 from cumulo.agent.console_server import make_app
+from cumulo.agent.dns_book import DnsBook
 from cumulo.agent.drivers.base import Driver, PowerState
 from cumulo.agent.reconciler import Reconciler
 from cumulo.agent.storage.volumes import VolumeStore
@@ -127,6 +128,7 @@ async def agent_loop(
     """
     registered = False
     version = -1
+    dns = DnsBook()
     batch: Assignments | None = None
     poll: asyncio.Task[Assignments] | None = None
     last_resync = time.monotonic()
@@ -142,12 +144,13 @@ async def agent_loop(
                 # idle host costs the API one request per LONG_POLL_S, not one per second.
                 if poll is None:
                     poll = asyncio.create_task(
-                        client.assignments(reg.name, since=version, wait=LONG_POLL_S))
+                        client.assignments(reg.name, since=version, wait=LONG_POLL_S,
+                                           dns=dns.claims()))
                 done, _ = await asyncio.wait(
                     {poll}, timeout=OBSERVE_S if batch is not None else None)
                 if poll in done:
                     answered, poll = poll, None
-                    batch = answered.result()
+                    batch = dns.apply(answered.result())
                     version = batch.version
                 if batch is None:
                     continue
@@ -160,6 +163,7 @@ async def agent_loop(
             except httpx.HTTPStatusError as e:
                 if e.response.status_code == 404:
                     registered = False  # the API forgot us (fresh DB): register again
+                    dns.forget()
                 log.warning("api_error", status=e.response.status_code,
                             body=e.response.text[:200])
                 await _sleep_or_stop(stop, 1.0)

@@ -11,7 +11,13 @@ from cumulo.services.auth import TokenCache, authenticate
 from cumulo.services.context import Principal, Services
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
+    # hop per request just to read app.state.
+    return _services(request)
+
+
+def _services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
@@ -22,7 +28,7 @@ async def principal(
     cache: TokenCache = request.app.state.token_cache
     who = cache.get(authorization)
     if who is None:
-        who = await run_in_threadpool(_authenticate, services(request), authorization)
+        who = await run_in_threadpool(_authenticate, _services(request), authorization)
         cache.put(authorization or "", who)
     return who
 

@@ -1,8 +1,17 @@
 """Engine and session factory. SQLite runs in WAL mode with a busy timeout so the API's
-threads and a CLI reading at the same time do not trip over each other."""
+threads and a CLI reading at the same time do not trip over each other.
+
+SQLite has one write lock per database, and a connection waiting for it polls with growing
+sleeps (the busy handler: 1, 2, 5 ... 100 ms). Under concurrent writes from the API's worker
+threads that polling, not the work, made the latency: a create waited seconds for a lock that
+was free most of the time. So within one process, writers queue on a Python lock first, taken
+before a transaction's first write statement and released when its connection goes back to the
+pool (after the commit or rollback); the busy timeout remains for other processes.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,10 +32,36 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
+        _queue_writers(engine)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+
+
+_READ_ONLY = ("SELECT", "PRAGMA", "WITH")  # WITH: only read-only CTEs are used here
+
+
+def _queue_writers(engine: Engine) -> None:
+    """Writers of this process take `lock` before SQLite's write lock (see the module doc)."""
+    lock = threading.Lock()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "cumulo_writer" not in conn.info and not statement.lstrip()[:6].upper().startswith(
+            _READ_ONLY
+        ):
+            lock.acquire()
+            conn.info["cumulo_writer"] = True
+
+    def _release(_dbapi_conn: Any, record: Any, *_args: Any) -> None:
+        if record.info.pop("cumulo_writer", None):
+            lock.release()
+
+    # Back in the pool means committed or rolled back; an invalidated connection (its
+    # transaction died with it) never gets there.
+    event.listen(engine, "checkin", _release)
+    event.listen(engine, "invalidate", _release)
 
 
 class Database:

@@ -40,7 +40,7 @@ from cumulo.protocol import (
 from cumulo.services import hosts, security_groups
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services
-from cumulo.services.instances import fqdn, network_hosts
+from cumulo.services.instances import fqdn
 from cumulo.services.notifier import Notifier
 
 DELETED = "deleted"
@@ -53,27 +53,38 @@ def _host(s: Session, name: str) -> HostRow:
     return row
 
 
-def host_id(svc: Services, who: Principal, name: str) -> str:
+def known_host_id(svc: Services, who: Principal, name: str) -> str | None:
+    """The host's id if this process has seen it: no database, no worker thread."""
     require_agent(who, name)
+    return svc.notifier.host_ids.get(name)
+
+
+def host_id(svc: Services, who: Principal, name: str) -> str:
+    known = known_host_id(svc, who, name)
+    if known is not None:
+        return known
     with svc.db.session() as s:
-        return _host(s, name).id
+        hid = _host(s, name).id
+    svc.notifier.host_ids[name] = hid
+    return hid
 
 
-# Per API process: network id -> (the notifier's network version it was read at, records).
-# Every agent on a network receives the same records; they are read once per change.
+# Per API process: network id -> (the journal version it was read at, records). Hosts that
+# need a network's full list (first time, or after an API restart) share one read per change.
 _records_cache: weakref.WeakKeyDictionary[Notifier, dict[str, tuple[int, list[DnsRecord]]]] = (
     weakref.WeakKeyDictionary())
 _records_lock = threading.Lock()
 
 
-def _records(s: Session, svc: Services, network_ids: set[str]) -> dict[str, list[DnsRecord]]:
-    """A DNS record for every instance on these networks, wherever it runs."""
+def _full_records(s: Session, svc: Services, versions: dict[str, int]
+                  ) -> dict[str, list[DnsRecord]]:
+    """A DNS record for every instance on these networks, wherever it runs. `versions` were
+    read from the journal before this call: the lists hold at least those changes."""
     with _records_lock:
         cache = _records_cache.setdefault(svc.notifier, {})
         out: dict[str, list[DnsRecord]] = {}
         missing: dict[str, int] = {}
-        for n in network_ids:
-            version = svc.notifier.network_version(n)  # read before the query: never stale
+        for n, version in versions.items():
             hit = cache.get(n)
             if hit is not None and hit[0] == version:
                 out[n] = hit[1]
@@ -99,20 +110,53 @@ def _records(s: Session, svc: Services, network_ids: set[str]) -> dict[str, list
     return out | fresh
 
 
-def _networks(s: Session, svc: Services, network_ids: set[str]) -> list[NetworkRef]:
-    """The networks with a DNS record for every instance on them, wherever it runs."""
-    if not network_ids:
-        return []
-    records = _records(s, svc, network_ids)
+# Claims past this many are ignored (those networks get full lists): they ride in the query
+# string of every long-poll, whose length servers limit.
+MAX_DNS_CLAIMS = 100
+
+
+def parse_dns_claims(claims: list[str]) -> dict[str, tuple[str, int]]:
+    """`NETWORK:EPOCH:VERSION` strings (what a host holds) -> {network: (epoch, version)}.
+    A malformed claim is ignored: that network's full list is sent."""
+    out: dict[str, tuple[str, int]] = {}
+    for c in claims[:MAX_DNS_CLAIMS]:
+        parts = c.split(":")
+        if len(parts) == 3 and parts[2].isdigit() and len(parts[2]) < 19:
+            out[parts[0]] = (parts[1], int(parts[2]))
+    return out
+
+
+def _networks(s: Session, svc: Services, host_id: str, network_ids: set[str],
+              claims: dict[str, tuple[str, int]]) -> list[NetworkRef]:
+    """The host's networks, each with its DNS records: only the changes since what the host
+    claims to hold when the journal can say, else every record (see dns_journal)."""
+    journal = svc.notifier.dns
+    journal.subscribe(host_id, network_ids)  # first: a change after this wakes the host
+    deltas = {}
+    full: dict[str, int] = {}
+    for n in network_ids:
+        claim = claims.get(n)
+        delta = journal.since(n, *claim) if claim else None
+        if delta is None:
+            full[n] = journal.version(n)  # read before the query: never stale
+        else:
+            deltas[n] = delta
+    records = _full_records(s, svc, full) if full else {}
     out = []
     for net, project in s.execute(select(NetworkRow, ProjectRow.name)
                                   .join(ProjectRow, ProjectRow.id == NetworkRow.project_id)
                                   .where(NetworkRow.id.in_(network_ids))
                                   .order_by(NetworkRow.id)):
+        d = deltas.get(net.id)
+        # Every field given: model_construct inspects a default factory's signature per call.
         out.append(NetworkRef.model_construct(
             id=net.id, project=project, cidr=net.cidr, gateway=net.gateway,
             dns_domain=f"{project}.{net.zone}.{svc.settings.cloud_domain}",
-            records=records.get(net.id, [])))
+            records_epoch=journal.epoch,
+            records=d.added if d else records.get(net.id, []),
+            records_removed=d.removed if d else [],
+            records_version=d.version if d else full[net.id],
+            records_since=claims[net.id][1] if d else None))
     return out
 
 
@@ -133,17 +177,18 @@ def _storage(s: Session, svc: Services, host_id: str
     return vols, snaps
 
 
-def assignments(svc: Services, who: Principal, name: str) -> Assignments:
-    """Everything the host must converge to (the long-poll answer, without its version)."""
-    require_agent(who, name)
+def assignments(svc: Services, who: Principal, name: str,
+                dns_claims: list[str] | None = None) -> Assignments:
+    """Everything the host must converge to (the long-poll answer, without its version).
+    `dns_claims` (NETWORK:EPOCH:VERSION) say which DNS records the host already holds."""
+    hid = host_id(svc, who, name)
     with svc.db.session() as s:
-        host = _host(s, name)
-        hosts.heartbeat(s, host)
+        hosts.heartbeat(s, svc, hid)
         rows = s.execute(
             select(InstanceRow, ImageRow, ProjectRow.name)
             .join(ImageRow, ImageRow.id == InstanceRow.image_id)
             .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
-            .where(InstanceRow.host_id == host.id)
+            .where(InstanceRow.host_id == hid)
         ).all()
         ids = [i.id for i, _, _ in rows]
         nics: dict[str, list[NicRef]] = defaultdict(list)
@@ -169,16 +214,18 @@ def assignments(svc: Services, who: Principal, name: str) -> Assignments:
             )
             for i, img, pname in rows
         ]
-        nets = _networks(s, svc, {n.network_id for a in out for n in a.nics})
-        vols, snaps = _storage(s, svc, host.id)
+        nets = _networks(s, svc, hid, {n.network_id for a in out for n in a.nics},
+                         parse_dns_claims(dns_claims or []))
+        vols, snaps = _storage(s, svc, hid)
         return Assignments(version=0, instances=out, networks=nets, volumes=vols,
                            snapshots=snaps)
 
 
-def _forget(s: Session, row: InstanceRow) -> tuple[set[str], set[str]]:
+def _forget(s: Session, row: InstanceRow) -> list[tuple[str, str]]:
     """Remove a deleted instance and release what it held.
-    Returns (its networks, the hosts to wake: their DNS records change)."""
-    nets = list(s.scalars(select(AddressRow.network_id).where(AddressRow.instance_id == row.id)))
+    Returns its (network id, MAC) pairs: those DNS records are gone."""
+    nics = [(n, m) for n, m in s.execute(select(AddressRow.network_id, AddressRow.mac)
+                                         .where(AddressRow.instance_id == row.id))]
     s.execute(delete(AddressRow).where(AddressRow.instance_id == row.id))
     s.execute(delete(PublicIpRow).where(PublicIpRow.instance_id == row.id, PublicIpRow.auto))
     for pip in s.scalars(select(PublicIpRow).where(PublicIpRow.instance_id == row.id)):
@@ -186,7 +233,7 @@ def _forget(s: Session, row: InstanceRow) -> tuple[set[str], set[str]]:
     s.execute(delete(InstanceGroupRow).where(InstanceGroupRow.instance_id == row.id))
     s.delete(row)
     s.flush()
-    return set(nets), network_hosts(s, nets)
+    return nics
 
 
 def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
@@ -223,41 +270,52 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
            volumes: list[VolumeObservation] | None = None,
            snapshots: list[SnapshotObservation] | None = None) -> None:
     """Apply what the agent saw. Stale reports (older generation) cannot undo a newer request."""
-    require_agent(who, name)
-    wake: set[str] = set()
-    nets: set[str] = set()
+    reporter = host_id(svc, who, name)
+    gone: list[tuple[str, str]] = []  # (network id, MAC) of deleted instances
+    refresh = bool(volumes or snapshots)  # does the reporter need the new view at once?
     with svc.db.session() as s:
-        host = _host(s, name)
-        hosts.heartbeat(s, host)
+        hosts.heartbeat(s, svc, reporter)
         ids = [o.id for o in observations]
         rows = {r.id: r for r in s.scalars(
-            select(InstanceRow).where(InstanceRow.id.in_(ids), InstanceRow.host_id == host.id))}
+            select(InstanceRow).where(InstanceRow.id.in_(ids), InstanceRow.host_id == reporter))}
         for obs in observations:
             row = rows.get(obs.id)
             if row is None or obs.generation < row.generation:
                 continue
             if obs.state == DELETED:
                 if row.desired_power == DesiredPower.DELETED.value:
-                    gone_from, hosts_to_wake = _forget(s, row)
-                    nets |= gone_from
-                    wake |= hosts_to_wake
+                    gone += _forget(s, row)
+                    refresh = True
                 continue
             state = InstanceState(obs.state)
-            if obs.reboot_done_seq is not None:
-                row.reboot_done_seq = max(row.reboot_done_seq, obs.reboot_done_seq)
+            if obs.reboot_done_seq is not None and obs.reboot_done_seq > row.reboot_done_seq:
+                row.reboot_done_seq = obs.reboot_done_seq
+                refresh = True
             if row.desired_power == DesiredPower.DELETED.value:
                 continue  # stays "deleting" until the agent reports it gone
             if state is InstanceState.RUNNING and row.reboot_done_seq < row.reboot_seq:
                 state = InstanceState.REBOOTING
             if obs.guest_initiated and state is InstanceState.STOPPED:
                 row.desired_power = DesiredPower.STOPPED.value
+                refresh = True
             if row.state != state.value or row.state_reason != obs.reason:
+                refresh |= _agent_decides_on(row.state) or _agent_decides_on(state.value)
                 row.state, row.state_reason = state.value, obs.reason
         if volumes or snapshots:
-            _report_storage(s, host.id, volumes or [], snapshots or [])
-        reporter = host.id
-    svc.notifier.network_changed(nets)
-    svc.notifier.notify_soon(wake)  # their DNS records changed
+            _report_storage(s, reporter, volumes or [], snapshots or [])
+    for net_id, mac in gone:
+        svc.notifier.dns_changed(net_id, removed=[mac])
     # The reporting agent decides from the API's view of each instance (e.g. a VM shown in
-    # error is not restarted): hand it the view its own report just changed.
-    svc.notifier.notify_soon({reporter})
+    # error is not restarted): when its report changed something its decisions read, hand it
+    # the new view. Other changes (pending -> running, the bulk of them) need no extra fetch.
+    # At once, not coalesced: within one observe period the agent would act on the old view
+    # again (e.g. reboot a second time).
+    if refresh:
+        svc.notifier.notify(reporter)
+
+
+def _agent_decides_on(state: str) -> bool:
+    """States the agent's decisions read (cumulo.agent.decide): a crashed VM is started again
+    only while the API shows it starting; error and rebooting are shown to be kept."""
+    return state in (InstanceState.STARTING.value, InstanceState.ERROR.value,
+                     InstanceState.REBOOTING.value)

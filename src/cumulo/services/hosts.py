@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select, update
@@ -48,7 +49,9 @@ def register(
         row.vcpus, row.ram_mib, row.driver, row.accel = vcpus, ram_mib, driver, accel
         row.agent_url, row.state, row.last_seen = agent_url, "up", datetime.now(UTC)
         s.flush()
-        return row.id
+        host_id: str = row.id
+    svc.notifier.host_ids[name] = host_id  # a fresh database gives a known name a new id
+    return host_id
 
 
 # A heartbeat younger than this is not written again: every poll of every agent would
@@ -56,17 +59,26 @@ def register(
 HEARTBEAT_WRITE_EVERY = timedelta(seconds=5)
 
 
-def heartbeat(s: Session, host: HostRow) -> None:
-    now = datetime.now(UTC)
-    seen = host.last_seen if host.last_seen.tzinfo else host.last_seen.replace(tzinfo=UTC)
-    if host.state != "up" or now - seen >= HEARTBEAT_WRITE_EVERY:
-        host.last_seen = now
-        host.state = "up"
+def heartbeat(s: Session, svc: Services, host_id: str) -> None:
+    """The host is alive. Written at most every HEARTBEAT_WRITE_EVERY, without loading the
+    host: this process remembers when it last wrote one (only `register` and heartbeats
+    write a host's state, and both write "up")."""
+    now = time.monotonic()
+    last = svc.notifier.heartbeats.get(host_id)
+    if last is not None and now - last < HEARTBEAT_WRITE_EVERY.total_seconds():
+        return
+    s.execute(update(HostRow).where(HostRow.id == host_id)
+              .values(last_seen=datetime.now(UTC), state="up"))
+    svc.notifier.heartbeats[host_id] = now
 
 
 def is_up(row: HostRow, now: datetime) -> bool:
-    seen = row.last_seen if row.last_seen.tzinfo else row.last_seen.replace(tzinfo=UTC)
-    return row.state == "up" and now - seen < HOST_DOWN_AFTER
+    return _up(row.state, row.last_seen, now)
+
+
+def _up(state: str, last_seen: datetime, now: datetime) -> bool:
+    seen = last_seen if last_seen.tzinfo else last_seen.replace(tzinfo=UTC)
+    return state == "up" and now - seen < HOST_DOWN_AFTER
 
 
 def lock_zone(s: Session, zone: str) -> None:
@@ -88,10 +100,12 @@ def lock_zone(s: Session, zone: str) -> None:
 
 def capacities(s: Session, zone: str | None = None) -> list[HostCapacity]:
     """Every host's capacity and what its instances (any state but deleted) hold."""
-    q = select(HostRow)
+    # Columns, not ORM objects: every create reads every host of its zone.
+    q = select(HostRow.id, HostRow.name, HostRow.zone, HostRow.architectures, HostRow.state,
+               HostRow.last_seen, HostRow.vcpus, HostRow.ram_mib)
     if zone is not None:
         q = q.where(HostRow.zone == zone)
-    hosts = list(s.scalars(q))
+    hosts = s.execute(q).all()
     used = {
         hid: (int(c or 0), int(r or 0))
         for hid, c, r in s.execute(
@@ -107,7 +121,7 @@ def capacities(s: Session, zone: str | None = None) -> list[HostCapacity]:
             name=h.name,
             zone=h.zone,
             architectures=frozenset(h.architectures),
-            up=is_up(h, now),
+            up=_up(h.state, h.last_seen, now),
             vcpus_total=h.vcpus,
             ram_mib_total=h.ram_mib,
             vcpus_used=used.get(h.id, (0, 0))[0],

@@ -12,9 +12,12 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable
 
+from cumulo.protocol import DnsRecord
+from cumulo.services.dns_journal import DnsJournal
+
 # DNS-only changes (another host's instance joined or left a network) wake a host at most
 # this often: a burst of creates then costs each host one fetch per period, not one per create.
-DNS_COALESCE_S = 0.5
+DNS_COALESCE_S = 3.0
 
 
 class Notifier:
@@ -23,7 +26,12 @@ class Notifier:
         self.coalesce_s = coalesce_s
         self._soon: set[str] = set()
         self._timer: threading.Timer | None = None
-        self._network_versions: dict[str, int] = defaultdict(int)
+        self.dns = DnsJournal()
+        # Per-process memory of the agent protocol, kept here because every part of the API
+        # shares this object: host name -> id (ids never change once made), and host id ->
+        # when this process last wrote its heartbeat (time.monotonic()).
+        self.host_ids: dict[str, str] = {}
+        self.heartbeats: dict[str, float] = {}
         self._versions: dict[str, int] = defaultdict(int)
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = (
             defaultdict(list)
@@ -58,15 +66,12 @@ class Notifier:
         for h in hosts:
             self.notify(h)
 
-    def network_version(self, network_id: str) -> int:
-        with self._lock:
-            return self._network_versions[network_id]
-
-    def network_changed(self, network_ids: Iterable[str]) -> None:
-        """An address of these networks was added or removed (call after the commit)."""
-        with self._lock:
-            for n in network_ids:
-                self._network_versions[n] += 1
+    def dns_changed(self, network_id: str, added: Iterable[DnsRecord] = (),
+                    removed: Iterable[str] = (), skip: str | None = None) -> None:
+        """Records of a network were added or removed (MACs; call after the commit): journal
+        them and wake, soon, every host serving that network but `skip`."""
+        self.dns.changed(network_id, added, removed)
+        self.notify_soon(h for h in self.dns.subscribers([network_id]) if h != skip)
 
     async def wait(self, host_id: str, since: int, timeout: float) -> int:
         """Return the host's version once it differs from `since`, or after `timeout`."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
 from cumulo.api.deps import Svc, Who
@@ -31,17 +33,25 @@ def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
     return Registered(host_id=host_id)
 
 
-@router.get("/{name}/assignments")
+@router.get("/{name}/assignments", response_model=Assignments)
 async def assignments(
-    svc: Svc, who: Who, name: str, since: int = -1, wait: float = 0.0
-) -> Assignments:
-    """Returns at once when anything changed since `since`, else after up to `wait` s."""
-    host_id = await run_in_threadpool(agents.host_id, svc, who, name)
+    svc: Svc, who: Who, name: str, since: int = -1, wait: float = 0.0,
+    dns: Annotated[list[str] | None, Query()] = None,
+) -> Response:
+    """Returns at once when anything changed since `since`, else after up to `wait` s.
+    `dns` (repeated, NETWORK:EPOCH:VERSION): the DNS records the host holds, so that only
+    the changes since are sent."""
+    host_id = agents.known_host_id(svc, who, name)
+    if host_id is None:
+        host_id = await run_in_threadpool(agents.host_id, svc, who, name)
     version = svc.notifier.version(host_id)
     if since == version and wait > 0:
         version = await svc.notifier.wait(host_id, since, min(wait, MAX_WAIT_S))
-    desired = await run_in_threadpool(agents.assignments, svc, who, name)
-    return desired.model_copy(update={"version": version})
+    desired = await run_in_threadpool(agents.assignments, svc, who, name, dns)
+    desired.version = version
+    # Serialized here: FastAPI would validate the model it was just built from once more
+    # (the busiest call of the API: every agent, at every change).
+    return Response(desired.model_dump_json(), media_type="application/json")
 
 
 @router.post("/{name}/report", status_code=204)

@@ -1,0 +1,78 @@
+"""The DNS records of the networks this host serves, kept current from the API's deltas.
+
+The API sends a network's full record list once, then only what changed since the version the
+host claims to hold (see cumulo.services.dns_journal). The book merges those deltas and hands
+the reconciler complete lists, so nothing downstream knows about deltas.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import structlog
+
+from cumulo.protocol import Assignments, DnsRecord, NetworkRef
+
+log = structlog.get_logger("cumulo.agent")
+
+MAX_CLAIMS = 100  # = cumulo.services.agents.MAX_DNS_CLAIMS (the agent does not import services)
+
+
+@dataclass
+class _Held:
+    epoch: str
+    version: int
+    records: dict[str, DnsRecord]  # by MAC
+
+
+class DnsBook:
+    def __init__(self) -> None:
+        self._nets: dict[str, _Held] = {}
+
+    def claims(self) -> list[str]:
+        """What this host holds, as the `dns` parameter of the next assignments call (the API
+        reads at most MAX_CLAIMS: the others' networks come as full lists)."""
+        held = sorted(self._nets.items())[:MAX_CLAIMS]
+        return [f"{n}:{h.epoch}:{h.version}" for n, h in held]
+
+    def forget(self) -> None:
+        self._nets.clear()
+
+    def apply(self, batch: Assignments) -> Assignments:
+        """The batch with every network's complete record list."""
+        nets = [self._merge(n) for n in batch.networks]
+        served = {n.id for n in nets}
+        for gone in set(self._nets) - served:
+            del self._nets[gone]
+        return batch.model_copy(update={"networks": nets})
+
+    def _merge(self, n: NetworkRef) -> NetworkRef:
+        held = self._nets.get(n.id)
+        if n.records_since is None:
+            held = _Held(n.records_epoch, n.records_version, {r.mac: r for r in n.records})
+        elif held is None or (held.epoch, held.version) != (n.records_epoch, n.records_since):
+            # A delta from another base than ours (cannot happen with one poll in flight):
+            # keep what we have, and claim nothing so that the next answer is a full list.
+            log.warning("dns_delta_mismatch", network=n.id)
+            self._nets.pop(n.id, None)
+            return n.model_copy(update={
+                "records": sorted(held.records.values(), key=_order) if held else n.records,
+                "records_since": None, "records_removed": []})
+        else:
+            for mac in n.records_removed:
+                held.records.pop(mac, None)
+            for r in n.records:
+                held.records[r.mac] = r
+            held.version = n.records_version
+        if n.records_epoch:  # an API that journals; otherwise nothing to claim
+            self._nets[n.id] = held
+        return n.model_copy(update={"records": sorted(held.records.values(), key=_order),
+                                    "records_since": None, "records_removed": []})
+
+
+def _order(r: DnsRecord) -> tuple[int, str]:
+    try:
+        return int(ipaddress.IPv4Address(r.ip)), r.mac
+    except ValueError:
+        return -1, r.mac
