@@ -29,6 +29,7 @@ from cumulo.domain.ids import is_id
 
 QMP_TIMEOUT_S = 5.0
 POLL_S = 0.1
+RELEASE_WAIT_S = 10.0  # how long an unplugged volume's block node may stay "in use"
 SNAPSHOT_TIMEOUT_S = 3600.0
 
 
@@ -122,10 +123,25 @@ async def _release_nodes(sock: Path, vol: str) -> None:
     nodes = await _node_names(sock)
     for node in (top_node(vol), fmt_node(vol)):
         if node in nodes:
-            await _qmp(sock, "blockdev-del", {"node-name": node})
+            await _blockdev_del(sock, node)
             nodes = await _node_names(sock)  # deleting the top node frees its children
     if throttle_group_id(vol) in await _objects(sock):
         await _qmp(sock, "object-del", {"id": throttle_group_id(vol)})
+
+
+async def _blockdev_del(sock: Path, node: str) -> None:
+    """QEMU drops an unplugged device from /machine/peripheral before the device lets go of
+    its block backend (finalized later, after an RCU grace period), so the node can still be
+    "in use" for a moment: retry that, briefly (seen under CI load)."""
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    while True:
+        try:
+            await _qmp(sock, "blockdev-del", {"node-name": node})
+            return
+        except DriverError as exc:
+            if "in use" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(POLL_S)
 
 
 async def resize(sock: Path, vm_id: str, vol: str, size_bytes: int) -> None:
