@@ -72,11 +72,7 @@ def heartbeat(s: Session, svc: Services, host_id: str) -> None:
     svc.notifier.heartbeats[host_id] = now
 
 
-def is_up(row: HostRow, now: datetime) -> bool:
-    return _up(row.state, row.last_seen, now)
-
-
-def _up(state: str, last_seen: datetime, now: datetime) -> bool:
+def is_up(state: str, last_seen: datetime, now: datetime) -> bool:
     seen = last_seen if last_seen.tzinfo else last_seen.replace(tzinfo=UTC)
     return state == "up" and now - seen < HOST_DOWN_AFTER
 
@@ -121,7 +117,7 @@ def capacities(s: Session, zone: str | None = None) -> list[HostCapacity]:
             name=h.name,
             zone=h.zone,
             architectures=frozenset(h.architectures),
-            up=_up(h.state, h.last_seen, now),
+            up=is_up(h.state, h.last_seen, now),
             vcpus_total=h.vcpus,
             ram_mib_total=h.ram_mib,
             vcpus_used=used.get(h.id, (0, 0))[0],
