@@ -24,6 +24,13 @@ class _Held:
     epoch: str
     version: int
     records: dict[str, DnsRecord]  # by MAC
+    _sorted: list[DnsRecord] | None = None  # records in address order, until they change
+
+    def in_order(self) -> list[DnsRecord]:
+        # Every answer of the long-poll passes here; most bring no change to a network.
+        if self._sorted is None:
+            self._sorted = sorted(self.records.values(), key=_order)
+        return self._sorted
 
 
 class DnsBook:
@@ -56,19 +63,23 @@ class DnsBook:
             # keep what we have, and claim nothing so that the next answer is a full list.
             log.warning("dns_delta_mismatch", network=n.id)
             self._nets.pop(n.id, None)
-            return n.model_copy(update={
-                "records": sorted(held.records.values(), key=_order) if held else n.records,
-                "records_since": None, "records_removed": []})
-        else:
+            return _complete(n, held.in_order() if held else n.records)
+        elif n.records or n.records_removed:
             for mac in n.records_removed:
                 held.records.pop(mac, None)
             for r in n.records:
                 held.records[r.mac] = r
+            held.version, held._sorted = n.records_version, None
+        else:
             held.version = n.records_version
         if n.records_epoch:  # an API that journals; otherwise nothing to claim
             self._nets[n.id] = held
-        return n.model_copy(update={"records": sorted(held.records.values(), key=_order),
-                                    "records_since": None, "records_removed": []})
+        return _complete(n, held.in_order())
+
+
+def _complete(n: NetworkRef, records: list[DnsRecord]) -> NetworkRef:
+    return n.model_copy(update={"records": records, "records_since": None,
+                                "records_removed": []})
 
 
 def _order(r: DnsRecord) -> tuple[int, str]:
