@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from cumulo import __version__
-from cumulo.api import errors
+from cumulo.api import errors, threads
 from cumulo.api.routers import agents, catalogue, images, instances, networking, projects, volumes
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
@@ -16,11 +16,14 @@ def create_app(svc: Services) -> FastAPI:
         title="cumulo",
         version=__version__,
         description="Compute instances on real QEMU virtual machines.",
+        lifespan=threads.lifespan,
     )
     app.state.services = svc
     app.state.token_cache = TokenCache()
     errors.install(app)
-    for module in (catalogue, images, projects, instances, networking, volumes, agents):
+    # Routes are matched in order, one by one: the busiest first (agents long-poll and
+    # report at every change; instances are what users create).
+    for module in (agents, instances, catalogue, images, projects, networking, volumes):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

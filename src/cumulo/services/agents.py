@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 import weakref
 from collections import defaultdict
+from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -143,21 +145,52 @@ def _networks(s: Session, svc: Services, host_id: str, network_ids: set[str],
             deltas[n] = delta
     records = _full_records(s, svc, full) if full else {}
     out = []
-    for net, project in s.execute(select(NetworkRow, ProjectRow.name)
-                                  .join(ProjectRow, ProjectRow.id == NetworkRow.project_id)
-                                  .where(NetworkRow.id.in_(network_ids))
-                                  .order_by(NetworkRow.id)):
+    for net in _network_facts(s, network_ids):
         d = deltas.get(net.id)
         # Every field given: model_construct inspects a default factory's signature per call.
         out.append(NetworkRef.model_construct(
-            id=net.id, project=project, cidr=net.cidr, gateway=net.gateway,
-            dns_domain=f"{project}.{net.zone}.{svc.settings.cloud_domain}",
+            id=net.id, project=net.project, cidr=net.cidr, gateway=net.gateway,
+            dns_domain=f"{net.project}.{net.zone}.{svc.settings.cloud_domain}",
             records_epoch=journal.epoch,
             records=d.added if d else records.get(net.id, []),
             records_removed=d.removed if d else [],
             records_version=d.version if d else full[net.id],
             records_since=claims[net.id][1] if d else None))
     return out
+
+
+@dataclass(frozen=True)
+class _NetworkFacts:
+    id: str
+    project: str
+    zone: str
+    cidr: str
+    gateway: str
+
+
+# Network id -> its facts: none of them ever changes (ids are never reused), so every API
+# process keeps those it has read. Bounded: emptied when it grows past MAX_NETWORK_FACTS.
+_facts: dict[str, _NetworkFacts] = {}
+_facts_lock = threading.Lock()
+MAX_NETWORK_FACTS = 100_000
+
+
+def _network_facts(s: Session, network_ids: set[str]) -> list[_NetworkFacts]:
+    """The facts of these networks (those that exist), ordered by id."""
+    with _facts_lock:
+        known = {n: _facts[n] for n in network_ids if n in _facts}
+    missing = network_ids - known.keys()
+    if missing:
+        for net, project in s.execute(select(NetworkRow, ProjectRow.name)
+                                      .join(ProjectRow, ProjectRow.id == NetworkRow.project_id)
+                                      .where(NetworkRow.id.in_(missing))):
+            known[net.id] = _NetworkFacts(id=net.id, project=project, zone=net.zone,
+                                          cidr=net.cidr, gateway=net.gateway)
+        with _facts_lock:
+            if len(_facts) > MAX_NETWORK_FACTS:
+                _facts.clear()
+            _facts.update(known)
+    return [known[n] for n in sorted(known)]
 
 
 def _storage(s: Session, svc: Services, host_id: str
@@ -177,48 +210,90 @@ def _storage(s: Session, svc: Services, host_id: str
     return vols, snaps
 
 
+# A host's cached assignments are rebuilt at least this often, whatever the content version
+# says: a write that forgot to announce itself (notify / touch) still reaches the host.
+VIEW_MAX_AGE_S = 10.0
+
+
+@dataclass(frozen=True)
+class _HostView:
+    """What a host is assigned, but its networks' DNS records (those are per claim)."""
+
+    content: int  # the host's content version (Notifier.content) read before the build
+    built_at: float  # time.monotonic()
+    instances: list[Assignment]
+    network_ids: frozenset[str]
+    volumes: list[VolumeAssignment]
+    snapshots: list[SnapshotAssignment]
+
+
+# Per API process, like the DNS records: host id -> its last built view. Most wake-ups of a
+# busy cloud are DNS-only (another host's instance joined a network): they reuse the view.
+_views: weakref.WeakKeyDictionary[Notifier, dict[str, _HostView]] = weakref.WeakKeyDictionary()
+_views_lock = threading.Lock()
+
+
+def _cached_view(svc: Services, host_id: str, content: int) -> _HostView | None:
+    with _views_lock:
+        view = _views.get(svc.notifier, {}).get(host_id)
+    if (view is None or view.content != content
+            or time.monotonic() - view.built_at > VIEW_MAX_AGE_S):
+        return None
+    return view
+
+
+def _build_view(s: Session, svc: Services, host_id: str, content: int) -> _HostView:
+    rows = s.execute(
+        select(InstanceRow, ImageRow, ProjectRow.name)
+        .join(ImageRow, ImageRow.id == InstanceRow.image_id)
+        .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
+        .where(InstanceRow.host_id == host_id)
+    ).all()
+    ids = [i.id for i, _, _ in rows]
+    nics: dict[str, list[NicRef]] = defaultdict(list)
+    for a in s.scalars(select(AddressRow).where(AddressRow.instance_id.in_(ids))
+                       .order_by(AddressRow.id)):
+        nics[a.instance_id].append(NicRef(network_id=a.network_id, mac=a.mac, ip=a.ip))
+    pub = dict(s.execute(select(PublicIpRow.instance_id, PublicIpRow.ip)
+                         .where(PublicIpRow.instance_id.in_(ids))).all())
+    ingress = security_groups.ingress_for(s, ids)
+    out = [
+        Assignment(
+            id=i.id, hostname=i.name, project=pname, arch=i.arch, vcpus=i.vcpus,
+            ram_mib=i.ram_mib, disk_gib=i.disk_gib, state=i.state,
+            desired_power=i.desired_power, generation=i.generation,
+            reboot_seq=i.reboot_seq, reboot_done_seq=i.reboot_done_seq,
+            image=ImageRef(id=img.id, boot=img.boot, disk_path=img.disk_path,
+                           kernel_path=img.kernel_path, initrd_path=img.initrd_path,
+                           kernel_cmdline=img.kernel_cmdline),
+            user_data_b64=base64.b64encode(i.user_data).decode() if i.user_data else None,
+            ssh_public_keys=list(i.ssh_keys or []), fqdn=fqdn(svc, i.name, pname, i.zone),
+            bandwidth_mbps=i.bandwidth_mbps, nics=nics[i.id], ingress=ingress[i.id],
+            public_ip=pub.get(i.id),
+        )
+        for i, img, pname in rows
+    ]
+    vols, snaps = _storage(s, svc, host_id)
+    view = _HostView(content=content, built_at=time.monotonic(), instances=out,
+                     network_ids=frozenset(n.network_id for a in out for n in a.nics),
+                     volumes=vols, snapshots=snaps)
+    with _views_lock:
+        _views.setdefault(svc.notifier, {})[host_id] = view
+    return view
+
+
 def assignments(svc: Services, who: Principal, name: str,
                 dns_claims: list[str] | None = None) -> Assignments:
     """Everything the host must converge to (the long-poll answer, without its version).
     `dns_claims` (NETWORK:EPOCH:VERSION) say which DNS records the host already holds."""
     hid = host_id(svc, who, name)
+    content = svc.notifier.content(hid)  # first: a change during the build outdates the view
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, hid)
-        rows = s.execute(
-            select(InstanceRow, ImageRow, ProjectRow.name)
-            .join(ImageRow, ImageRow.id == InstanceRow.image_id)
-            .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
-            .where(InstanceRow.host_id == hid)
-        ).all()
-        ids = [i.id for i, _, _ in rows]
-        nics: dict[str, list[NicRef]] = defaultdict(list)
-        for a in s.scalars(select(AddressRow).where(AddressRow.instance_id.in_(ids))
-                           .order_by(AddressRow.id)):
-            nics[a.instance_id].append(NicRef(network_id=a.network_id, mac=a.mac, ip=a.ip))
-        pub = dict(s.execute(select(PublicIpRow.instance_id, PublicIpRow.ip)
-                             .where(PublicIpRow.instance_id.in_(ids))).all())
-        ingress = security_groups.ingress_for(s, ids)
-        out = [
-            Assignment(
-                id=i.id, hostname=i.name, project=pname, arch=i.arch, vcpus=i.vcpus,
-                ram_mib=i.ram_mib, disk_gib=i.disk_gib, state=i.state,
-                desired_power=i.desired_power, generation=i.generation,
-                reboot_seq=i.reboot_seq, reboot_done_seq=i.reboot_done_seq,
-                image=ImageRef(id=img.id, boot=img.boot, disk_path=img.disk_path,
-                               kernel_path=img.kernel_path, initrd_path=img.initrd_path,
-                               kernel_cmdline=img.kernel_cmdline),
-                user_data_b64=base64.b64encode(i.user_data).decode() if i.user_data else None,
-                ssh_public_keys=list(i.ssh_keys or []), fqdn=fqdn(svc, i.name, pname, i.zone),
-                bandwidth_mbps=i.bandwidth_mbps, nics=nics[i.id], ingress=ingress[i.id],
-                public_ip=pub.get(i.id),
-            )
-            for i, img, pname in rows
-        ]
-        nets = _networks(s, svc, hid, {n.network_id for a in out for n in a.nics},
-                         parse_dns_claims(dns_claims or []))
-        vols, snaps = _storage(s, svc, hid)
-        return Assignments(version=0, instances=out, networks=nets, volumes=vols,
-                           snapshots=snaps)
+        view = _cached_view(svc, hid, content) or _build_view(s, svc, hid, content)
+        nets = _networks(s, svc, hid, set(view.network_ids), parse_dns_claims(dns_claims or []))
+        return Assignments(version=0, instances=list(view.instances), networks=nets,
+                           volumes=list(view.volumes), snapshots=list(view.snapshots))
 
 
 def _forget(s: Session, row: InstanceRow) -> list[tuple[str, str]]:
@@ -273,6 +348,7 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
     reporter = host_id(svc, who, name)
     gone: list[tuple[str, str]] = []  # (network id, MAC) of deleted instances
     refresh = bool(volumes or snapshots)  # does the reporter need the new view at once?
+    changed = False  # did anything of the reporter's assignments change?
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, reporter)
         ids = [o.id for o in observations]
@@ -301,6 +377,7 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
             if row.state != state.value or row.state_reason != obs.reason:
                 refresh |= _agent_decides_on(row.state) or _agent_decides_on(state.value)
                 row.state, row.state_reason = state.value, obs.reason
+                changed = True
         if volumes or snapshots:
             _report_storage(s, reporter, volumes or [], snapshots or [])
     for net_id, mac in gone:
@@ -312,6 +389,8 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
     # again (e.g. reboot a second time).
     if refresh:
         svc.notifier.notify(reporter)
+    elif changed:
+        svc.notifier.touch(reporter)  # its next answer shows the new states; no wake-up
 
 
 def _agent_decides_on(state: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import false, func, select, update
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import HostRow, InstanceRow
@@ -83,11 +83,13 @@ def lock_zone(s: Session, zone: str) -> None:
 
     PostgreSQL locks the zone's host rows. SQLite has no row locks and starts a write
     transaction lazily at the first write, so concurrent creates would read the same free
-    address or capacity and collide at commit: a no-op UPDATE takes SQLite's (single) write
-    lock now, waiting for other writers (busy timeout), and every read after it is current.
+    address or capacity and collide at commit: an UPDATE takes SQLite's (single, whole
+    database) write lock now, waiting for other writers, and every read after it is current.
+    It matches no row on purpose: the lock is taken all the same, and rewriting the zone's
+    host rows on every create cost more than the rest of the lock.
     """
     if s.get_bind().dialect.name == "sqlite":
-        s.execute(update(HostRow).where(HostRow.zone == zone).values(zone=HostRow.zone))
+        s.execute(update(HostRow).where(HostRow.zone == zone, false()).values(zone=zone))
     else:
         # In id order: two creates locking the same rows in different orders would deadlock.
         s.execute(select(HostRow.id).where(HostRow.zone == zone).order_by(HostRow.id)

@@ -3,6 +3,12 @@
 Services run in worker threads; waiters are asyncio tasks of the API's event loop. Versions
 are per host and only ever grow within one API process; an agent compares for inequality,
 so an API restart (versions back to 0) still wakes it correctly.
+
+Two counters per host: `version` moves whenever the host must fetch again (its long-poll
+answers), `content` only when what the API would assign it changed (its instances, volumes,
+snapshots, rules, addresses: every service that writes them calls `notify` or `touch`). A
+DNS-only wake-up moves the first, not the second: the API answers it from the host's cached
+assignments (see services.agents).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class Notifier:
         self.host_ids: dict[str, str] = {}
         self.heartbeats: dict[str, float] = {}
         self._versions: dict[str, int] = defaultdict(int)
+        self._content: dict[str, int] = defaultdict(int)
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = (
             defaultdict(list)
         )
@@ -41,17 +48,33 @@ class Notifier:
         with self._lock:
             return self._versions[host_id]
 
+    def content(self, host_id: str) -> int:
+        with self._lock:
+            return self._content[host_id]
+
+    def touch(self, host_id: str) -> None:
+        """What the host is assigned changed, but it need not fetch it now."""
+        with self._lock:
+            self._content[host_id] += 1
+
     def notify(self, host_id: str | None) -> None:
+        """What the host is assigned changed: wake it."""
+        self._wake(host_id, content=True)
+
+    def _wake(self, host_id: str | None, content: bool) -> None:
         if host_id is None:
             return
         with self._lock:
             self._versions[host_id] += 1
+            if content:
+                self._content[host_id] += 1
             waiters = self._waiters.pop(host_id, [])
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)
 
     def notify_soon(self, host_ids: Iterable[str | None]) -> None:
-        """Wake these hosts within `coalesce_s` (changes that are not about their own VMs)."""
+        """Wake these hosts within `coalesce_s` (DNS changes: not about their own assignments,
+        whose content version stays)."""
         with self._lock:
             self._soon.update(h for h in host_ids if h)
             if self._timer is not None or not self._soon:
@@ -64,7 +87,7 @@ class Notifier:
         with self._lock:
             hosts, self._soon, self._timer = self._soon, set(), None
         for h in hosts:
-            self.notify(h)
+            self._wake(h, content=False)
 
     def dns_changed(self, network_id: str, added: Iterable[DnsRecord] = (),
                     removed: Iterable[str] = (), skip: str | None = None) -> None:

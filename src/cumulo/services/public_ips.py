@@ -24,23 +24,23 @@ def _view(s: Session, row: PublicIpRow, project: str) -> PublicIpView:
                         auto=row.auto, created_at=row.created_at)
 
 
-def _allocate(s: Session, svc: Services, prj: ProjectRow, auto: bool) -> PublicIpRow:
+def _allocate(s: Session, svc: Services, prj: ProjectRow, auto: bool,
+              instance_id: str | None = None) -> PublicIpRow:
     pool = ipaddress.IPv4Network(svc.settings.network.public_pool)
     # .0/.255-style addresses are avoided: some tools treat them as special
     ip = first_free_address(int(pool.network_address) + 1, int(pool.broadcast_address) - 1,
                             s.scalars(select(PublicIpRow.ip)), skip_byte_values=(0, 255))
     if ip is None:
         raise InsufficientCapacity(f"the public IP pool {pool} is exhausted")
-    row = PublicIpRow(id=new_id("pip"), ip=ip, project_id=prj.id, auto=auto)
+    row = PublicIpRow(id=new_id("pip"), ip=ip, project_id=prj.id, auto=auto,
+                      instance_id=instance_id)
     s.add(row)
     s.flush()
     return row
 
 
 def assign_auto(s: Session, svc: Services, prj: ProjectRow, instance_id: str) -> PublicIpRow:
-    row = _allocate(s, svc, prj, auto=True)
-    row.instance_id = instance_id
-    return row
+    return _allocate(s, svc, prj, auto=True, instance_id=instance_id)
 
 
 def _find(s: Session, prj: ProjectRow, ip: str) -> PublicIpRow:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cumulo.db.tables import InstanceRow
 from cumulo.domain.errors import Forbidden
 from cumulo.domain.instance import Action
 from cumulo.protocol import Observation
@@ -84,3 +85,46 @@ def test_an_agent_acts_only_for_its_own_host(svc: Services) -> None:
         agents.assignments(svc, Principal(role=Role.AGENT, host_name="other"), AGENT_HOST)
     with pytest.raises(Forbidden):
         instances.list_all(svc, AGENT, None)
+
+
+def _states(svc: Services) -> dict[str, str]:
+    return {a.id: a.state for a in agents.assignments(svc, AGENT, AGENT_HOST).instances}
+
+
+def test_a_dns_only_wake_up_reuses_the_host_view_and_a_report_outdates_it(
+        svc: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    iid = _new(svc)
+    assert _states(svc) == {iid: "pending"}
+    builds: list[str] = []
+    build = agents._build_view
+
+    def counting(*args: object) -> object:
+        builds.append("built")
+        return build(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(agents, "_build_view", counting)
+    hid = agents.host_id(svc, AGENT, AGENT_HOST)
+    version = svc.notifier.version(hid)
+    svc.notifier._wake(hid, content=False)  # what a coalesced DNS change does
+    assert svc.notifier.version(hid) == version + 1
+    assert _states(svc) == {iid: "pending"} and builds == []
+    # pending -> running wakes nobody, but the next answer must show it
+    _report(svc, iid, "running", 1)
+    assert svc.notifier.version(hid) == version + 1
+    assert _states(svc) == {iid: "running"} and builds == ["built"]
+    # a create on this host (notify) outdates it too
+    other = _new(svc, "vm2")
+    assert _states(svc) == {iid: "running", other: "pending"} and len(builds) == 2
+
+
+def test_a_write_that_announced_nothing_reaches_the_host_within_the_max_age(
+        svc: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    iid = _new(svc)
+    assert _states(svc) == {iid: "pending"}
+    with svc.db.session() as s:  # behind the notifier's back
+        row = s.get(InstanceRow, iid)
+        assert row is not None
+        row.state = "running"
+    assert _states(svc) == {iid: "pending"}  # the cached view, as designed
+    monkeypatch.setattr(agents, "VIEW_MAX_AGE_S", 0.0)
+    assert _states(svc) == {iid: "running"}

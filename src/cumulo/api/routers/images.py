@@ -1,7 +1,8 @@
 """Images: list, show, import (upload or URL), create from an instance, delete.
 
 Imports are synchronous: the response (201) comes once the image is checked, converted and
-stored. A refused import changes nothing.
+stored. A refused import changes nothing. Their slow part runs in the API's long-job pool
+(cumulo.api.threads), not in the few worker threads every other request needs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from cumulo.api.deps import Svc, Who
+from cumulo.api.threads import long_job
 from cumulo.services import image_import, images
 from cumulo.services.views import ImageView
 
@@ -100,25 +102,27 @@ async def upload_image(
     except BaseException:
         staged.abort()
         raise
-    return await run_in_threadpool(image_import.import_staged, svc, target, staged_path)
+    return await long_job(image_import.import_staged, svc, target, staged_path)
 
 
 @router.post("/images", status_code=201)
-def import_from_url(svc: Svc, who: Who, body: ImportUrl, project: str | None = None) -> ImageView:
+async def import_from_url(svc: Svc, who: Who, body: ImportUrl,
+                          project: str | None = None) -> ImageView:
     """Import an image the API server downloads from an http(s) URL."""
     req = image_import.ImportRequest(
         name=body.name, arch=body.arch, boot=body.boot, default_user=body.default_user,
         os=body.os, public=body.public,
     )
-    return image_import.import_url(svc, who, project, req, body.url)
+    return await long_job(image_import.import_url, svc, who, project, req, body.url)
 
 
 @router.post("/images/from-instance", status_code=201)
-def create_from_instance(
+async def create_from_instance(
     svc: Svc, who: Who, body: FromInstance, project: str | None = None
 ) -> ImageView:
     """A new image of the project from a stopped instance's boot disk."""
-    return image_import.create_from_instance(svc, who, project, body.name, body.instance)
+    return await long_job(image_import.create_from_instance, svc, who, project, body.name,
+                          body.instance)
 
 
 @router.delete("/images/{name}", status_code=204)
