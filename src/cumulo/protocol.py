@@ -118,6 +118,14 @@ class SnapshotAssignment(BaseModel):
 class Assignments(BaseModel):
     version: int  # the notifier version; long-poll again with since=version
     instances: list[Assignment]
+    # The instance list as a delta (see cumulo.agent.instance_book): `view` names the list
+    # this answer stands for (EPOCH:SERIAL, "" from an API that does not journal); the host
+    # claims it back (`have`) in its next poll. With `instances_since` set, `instances` holds
+    # only the instances added or changed since the list the host claimed, and
+    # `instances_removed` the ids gone from it; with None, `instances` is the whole list.
+    view: str = ""
+    instances_since: str | None = None
+    instances_removed: list[str] = Field(default_factory=list)
     networks: list[NetworkRef] = Field(default_factory=list)  # those the instances use
     volumes: list[VolumeAssignment] = Field(default_factory=list)
     snapshots: list[SnapshotAssignment] = Field(default_factory=list)

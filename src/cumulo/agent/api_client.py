@@ -37,12 +37,15 @@ class ApiClient:
         return Registered.model_validate(r.json()).host_id
 
     async def assignments(self, host: str, since: int, wait: float,
-                          dns: list[str] | None = None) -> Assignments:
-        """`dns`: the DNS records held (DnsBook.claims), so that only changes come back."""
-        r = await self._http.get(
-            f"/v1/agent/hosts/{host}/assignments",
-            params={"since": since, "wait": wait, "dns": dns or []},
-        )
+                          dns: list[str] | None = None, have: str | None = None
+                          ) -> Assignments:
+        """`dns`: the DNS records held (DnsBook.claims), `have`: the instance list held
+        (InstanceBook.claim), so that only changes come back."""
+        params: dict[str, str | int | float | list[str]] = {
+            "since": since, "wait": wait, "dns": dns or []}
+        if have:
+            params["have"] = have
+        r = await self._http.get(f"/v1/agent/hosts/{host}/assignments", params=params)
         r.raise_for_status()
         return Assignments.model_validate(r.json())
 

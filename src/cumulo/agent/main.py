@@ -22,6 +22,7 @@ from cumulo.agent.api_client import ApiClient
 from cumulo.agent.console_server import make_app
 from cumulo.agent.dns_book import DnsBook
 from cumulo.agent.drivers.base import Driver, PowerState
+from cumulo.agent.instance_book import InstanceBook
 from cumulo.agent.reconciler import Reconciler
 from cumulo.agent.storage.volumes import VolumeStore
 from cumulo.agent.volume_reconciler import VolumeReconciler
@@ -131,6 +132,7 @@ async def agent_loop(
     registered = False
     version = -1
     dns = DnsBook()
+    held = InstanceBook()
     batch: Assignments | None = None
     poll: asyncio.Task[Assignments] | None = None
     last_resync = time.monotonic()
@@ -147,12 +149,16 @@ async def agent_loop(
                 if poll is None:
                     poll = asyncio.create_task(
                         client.assignments(reg.name, since=version, wait=LONG_POLL_S,
-                                           dns=dns.claims()))
+                                           dns=dns.claims(), have=held.claim()))
                 done, _ = await asyncio.wait(
                     {poll}, timeout=OBSERVE_S if batch is not None else None)
                 if poll in done:
                     answered, poll = poll, None
-                    batch = dns.apply(answered.result())
+                    whole = held.apply(answered.result())
+                    if whole is None:
+                        version = -1  # ask again at once, for the whole list
+                        continue
+                    batch = dns.apply(whole)
                     version = batch.version
                 if batch is None:
                     continue
@@ -166,6 +172,7 @@ async def agent_loop(
                 if e.response.status_code == 404:
                     registered = False  # the API forgot us (fresh DB): register again
                     dns.forget()
+                    held.forget()
                 log.warning("api_error", status=e.response.status_code,
                             body=e.response.text[:200])
                 await _sleep_or_stop(stop, 1.0)

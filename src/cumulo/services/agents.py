@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import secrets
 import threading
 import time
 import weakref
@@ -213,29 +214,53 @@ def _storage(s: Session, svc: Services, host_id: str
 # A host's cached assignments are rebuilt at least this often, whatever the content version
 # says: a write that forgot to announce itself (notify / touch) still reaches the host.
 VIEW_MAX_AGE_S = 10.0
+# Built views kept per host, to answer a host that holds one of them with a delta.
+RECENT_VIEWS = 3
 
 
 @dataclass(frozen=True)
 class _HostView:
     """What a host is assigned, but its networks' DNS records (those are per claim)."""
 
+    name: str  # EPOCH:SERIAL, unique per build: what the host claims back (`have`)
     content: int  # the host's content version (Notifier.content) read before the build
     built_at: float  # time.monotonic()
     instances: list[Assignment]
+    by_id: dict[str, Assignment]
     network_ids: frozenset[str]
     volumes: list[VolumeAssignment]
     snapshots: list[SnapshotAssignment]
 
 
-# Per API process, like the DNS records: host id -> its last built view. Most wake-ups of a
-# busy cloud are DNS-only (another host's instance joined a network): they reuse the view.
-_views: weakref.WeakKeyDictionary[Notifier, dict[str, _HostView]] = weakref.WeakKeyDictionary()
+class _Views:
+    """The views built by one API process (one per Notifier): host id -> recent views, the
+    newest last. Serials are comparable within the process only, hence the epoch."""
+
+    def __init__(self) -> None:
+        self.epoch = secrets.token_hex(4)
+        self.serial = 0
+        self.hosts: dict[str, list[_HostView]] = {}
+
+
+# Most wake-ups of a busy cloud are DNS-only (another host's instance joined a network): they
+# reuse the host's view, and a host that holds it gets no instance at all.
+_views: weakref.WeakKeyDictionary[Notifier, _Views] = weakref.WeakKeyDictionary()
 _views_lock = threading.Lock()
 
 
-def _cached_view(svc: Services, host_id: str, content: int) -> _HostView | None:
+def _process_views(svc: Services) -> _Views:
     with _views_lock:
-        view = _views.get(svc.notifier, {}).get(host_id)
+        views = _views.get(svc.notifier)
+        if views is None:
+            views = _views[svc.notifier] = _Views()
+        return views
+
+
+def _cached_view(svc: Services, host_id: str, content: int) -> _HostView | None:
+    views = _process_views(svc)
+    with _views_lock:
+        recent = views.hosts.get(host_id)
+        view = recent[-1] if recent else None
     if (view is None or view.content != content
             or time.monotonic() - view.built_at > VIEW_MAX_AGE_S):
         return None
@@ -248,6 +273,7 @@ def _build_view(s: Session, svc: Services, host_id: str, content: int) -> _HostV
         .join(ImageRow, ImageRow.id == InstanceRow.image_id)
         .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
         .where(InstanceRow.host_id == host_id)
+        .order_by(InstanceRow.created_at, InstanceRow.id)
     ).all()
     ids = [i.id for i, _, _ in rows]
     nics: dict[str, list[NicRef]] = defaultdict(list)
@@ -274,26 +300,56 @@ def _build_view(s: Session, svc: Services, host_id: str, content: int) -> _HostV
         for i, img, pname in rows
     ]
     vols, snaps = _storage(s, svc, host_id)
-    view = _HostView(content=content, built_at=time.monotonic(), instances=out,
-                     network_ids=frozenset(n.network_id for a in out for n in a.nics),
-                     volumes=vols, snapshots=snaps)
+    views = _process_views(svc)
     with _views_lock:
-        _views.setdefault(svc.notifier, {})[host_id] = view
+        views.serial += 1
+        view = _HostView(name=f"{views.epoch}:{views.serial}", content=content,
+                         built_at=time.monotonic(), instances=out,
+                         by_id={a.id: a for a in out},
+                         network_ids=frozenset(n.network_id for a in out for n in a.nics),
+                         volumes=vols, snapshots=snaps)
+        recent = views.hosts.setdefault(host_id, [])
+        recent.append(view)
+        del recent[:-RECENT_VIEWS]
     return view
 
 
+def _instances_since(svc: Services, host_id: str, view: _HostView, have: str | None
+                     ) -> tuple[list[Assignment], list[str]] | None:
+    """(added or changed, removed ids) from the view the host holds (`have`) to `view`, or
+    None when the host holds none this process remembers (it then gets the whole list)."""
+    if not have:
+        return None
+    if have == view.name:
+        return [], []
+    views = _process_views(svc)
+    with _views_lock:
+        held = next((v for v in views.hosts.get(host_id, []) if v.name == have), None)
+    if held is None:
+        return None
+    return ([a for a in view.instances if held.by_id.get(a.id) != a],
+            [i for i in held.by_id if i not in view.by_id])
+
+
 def assignments(svc: Services, who: Principal, name: str,
-                dns_claims: list[str] | None = None) -> Assignments:
+                dns_claims: list[str] | None = None, have: str | None = None) -> Assignments:
     """Everything the host must converge to (the long-poll answer, without its version).
-    `dns_claims` (NETWORK:EPOCH:VERSION) say which DNS records the host already holds."""
+    `dns_claims` (NETWORK:EPOCH:VERSION) say which DNS records the host already holds, and
+    `have` (a former answer's `view`) which instance list: only the changes come back."""
     hid = host_id(svc, who, name)
     content = svc.notifier.content(hid)  # first: a change during the build outdates the view
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, hid)
         view = _cached_view(svc, hid, content) or _build_view(s, svc, hid, content)
         nets = _networks(s, svc, hid, set(view.network_ids), parse_dns_claims(dns_claims or []))
+    delta = _instances_since(svc, hid, view, have)
+    if delta is None:
         return Assignments(version=0, instances=list(view.instances), networks=nets,
-                           volumes=list(view.volumes), snapshots=list(view.snapshots))
+                           volumes=list(view.volumes), snapshots=list(view.snapshots),
+                           view=view.name)
+    return Assignments(version=0, instances=delta[0], networks=nets,
+                       volumes=list(view.volumes), snapshots=list(view.snapshots),
+                       view=view.name, instances_since=have, instances_removed=delta[1])
 
 
 def _forget(s: Session, row: InstanceRow) -> list[tuple[str, str]]:

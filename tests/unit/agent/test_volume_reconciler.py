@@ -199,7 +199,8 @@ async def test_agent_loop_reports_volumes_and_cold_attaches(tmp_path: Path) -> N
             return "h"
 
         async def assignments(self, host: str, since: int, wait: float,
-                              dns: list[str] | None = None) -> Assignments:
+                              dns: list[str] | None = None,
+                              have: str | None = None) -> Assignments:
             return Assignments(version=1, instances=[], volumes=[vol(attach_to=A)])
 
         async def report(self, host: str, obs: list[object], vols: list[VolumeObservation],

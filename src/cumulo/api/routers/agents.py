@@ -37,17 +37,19 @@ def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
 async def assignments(
     svc: Svc, who: Who, name: str, since: int = -1, wait: float = 0.0,
     dns: Annotated[list[str] | None, Query()] = None,
+    have: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """Returns at once when anything changed since `since`, else after up to `wait` s.
-    `dns` (repeated, NETWORK:EPOCH:VERSION): the DNS records the host holds, so that only
-    the changes since are sent."""
+    `dns` (repeated, NETWORK:EPOCH:VERSION): the DNS records the host holds, and `have` (an
+    earlier answer's `view`): the instance list it holds, so that only the changes since
+    are sent."""
     host_id = agents.known_host_id(svc, who, name)
     if host_id is None:
         host_id = await run_in_threadpool(agents.host_id, svc, who, name)
     version = svc.notifier.version(host_id)
     if since == version and wait > 0:
         version = await svc.notifier.wait(host_id, since, min(wait, MAX_WAIT_S))
-    desired = await run_in_threadpool(agents.assignments, svc, who, name, dns)
+    desired = await run_in_threadpool(agents.assignments, svc, who, name, dns, have)
     desired.version = version
     # Serialized here: FastAPI would validate the model it was just built from once more
     # (the busiest call of the API: every agent, at every change).
