@@ -56,7 +56,7 @@ class NetworkRef(BaseModel):
 
 class NicRef(BaseModel):
     network_id: str
-    mac: str  # "52:54:00:xx:xx:xx"
+    mac: str  # "52:xx:xx:xx:xx:xx" (locally administered)
     ip: str
 
 

@@ -69,6 +69,9 @@ def first_free_subnet(pool: IPv4Net, prefix: int, existing: Iterable[IPv4Net]) -
 
 
 def random_mac() -> str:
-    """A locally administered MAC in QEMU's 52:54:00 prefix."""
-    tail = secrets.token_bytes(3)
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
+    """A random locally administered unicast MAC, 52:xx:xx:xx:xx:xx.
+
+    40 random bits: with QEMU's 52:54:00 prefix there were 24, and among 2,000 NICs two drew
+    the same MAC in about one run in eight (the control-plane benchmark hit it).
+    """
+    return "52:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))

@@ -111,9 +111,21 @@ def allocate_address(s: Session, network: NetworkRow, instance_id: str,
         raise InsufficientCapacity(f"network {network.name!r} ({network.cidr}) has no free "
                                    "address left")
     row = AddressRow(id=new_id("adr"), network_id=network.id, instance_id=instance_id, ip=ip,
-                     mac=_mac())
+                     mac=_free_mac(s))
     s.add(row)
     return row
+
+
+MAC_TRIES = 8
+
+
+def _free_mac(s: Session) -> str:
+    """A random MAC no NIC holds yet (the unique constraint would fail the create)."""
+    for _ in range(MAC_TRIES):
+        mac = _mac()
+        if s.scalar(select(AddressRow.id).where(AddressRow.mac == mac)) is None:
+            return mac
+    raise InsufficientCapacity("no free MAC address found")  # 8 draws of 40 random bits
 
 
 def list_all(svc: Services, who: Principal, project: str | None) -> list[NetworkView]:
