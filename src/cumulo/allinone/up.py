@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from cumulo.allinone.paths import StatePaths, pid_alive, write_private
+from cumulo.api import threads
 from cumulo.api.app import create_app
 from cumulo.config import Settings, load_settings
 from cumulo.db.engine import Database
@@ -182,15 +183,16 @@ def run(
     supervisor = AgentSupervisor(agent_cfg, paths.host_dir(settings.host.name) / "agent.log")
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        supervisor.start()
-        _say(f"API on {url}; client config in {paths.client_config}")
-        _say(f"ready: try `CUMULO_CONFIG={paths.client_config} cumulo zone list`")
-        try:
-            yield
-        finally:
-            await supervisor.stop()
-            _say("stopped (VMs keep running; `cumulo down` stops them)")
+    async def lifespan(served: FastAPI) -> AsyncIterator[None]:
+        async with threads.lifespan(served):  # the API's own (its worker threads)
+            supervisor.start()
+            _say(f"API on {url}; client config in {paths.client_config}")
+            _say(f"ready: try `CUMULO_CONFIG={paths.client_config} cumulo zone list`")
+            try:
+                yield
+            finally:
+                await supervisor.stop()
+                _say("stopped (VMs keep running; `cumulo down` stops them)")
 
     app = create_app(svc)
     app.router.lifespan_context = lifespan
