@@ -226,7 +226,6 @@ class _HostView:
     content: int  # the host's content version (Notifier.content) read before the build
     built_at: float  # time.monotonic()
     instances: list[Assignment]
-    by_id: dict[str, Assignment]
     network_ids: frozenset[str]
     volumes: list[VolumeAssignment]
     snapshots: list[SnapshotAssignment]
@@ -305,7 +304,6 @@ def _build_view(s: Session, svc: Services, host_id: str, content: int) -> _HostV
         views.serial += 1
         view = _HostView(name=f"{views.epoch}:{views.serial}", content=content,
                          built_at=time.monotonic(), instances=out,
-                         by_id={a.id: a for a in out},
                          network_ids=frozenset(n.network_id for a in out for n in a.nics),
                          volumes=vols, snapshots=snaps)
         recent = views.hosts.setdefault(host_id, [])
@@ -327,8 +325,10 @@ def _instances_since(svc: Services, host_id: str, view: _HostView, have: str | N
         held = next((v for v in views.hosts.get(host_id, []) if v.name == have), None)
     if held is None:
         return None
-    return ([a for a in view.instances if held.by_id.get(a.id) != a],
-            [i for i in held.by_id if i not in view.by_id])
+    before = {a.id: a for a in held.instances}
+    now = {a.id for a in view.instances}
+    return ([a for a in view.instances if before.get(a.id) != a],
+            [i for i in before if i not in now])
 
 
 def assignments(svc: Services, who: Principal, name: str,

@@ -89,7 +89,7 @@ def lock_zone(s: Session, zone: str) -> None:
     host rows on every create cost more than the rest of the lock.
     """
     if s.get_bind().dialect.name == "sqlite":
-        s.execute(update(HostRow).where(HostRow.zone == zone, false()).values(zone=zone))
+        s.execute(update(HostRow).where(false()).values(zone=HostRow.zone))
     else:
         # In id order: two creates locking the same rows in different orders would deadlock.
         s.execute(select(HostRow.id).where(HostRow.zone == zone).order_by(HostRow.id)
