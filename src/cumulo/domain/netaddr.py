@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from cumulo.domain.errors import InvalidInput
 
@@ -42,22 +42,27 @@ def _to_str(value: int) -> str:
     return socket.inet_ntoa(value.to_bytes(4, "big"))
 
 
-def first_free_address(first: int, last: int, taken: Iterable[str],
-                       skip_byte_values: tuple[int, ...] = ()) -> str | None:
-    """The lowest address in [first, last] not in `taken` (integer arithmetic: this runs on
-    every create, over every address of a large network)."""
-    used = {_to_int(t) for t in taken}
-    for candidate in range(first, last + 1):
-        if candidate not in used and (candidate & 0xFF) not in skip_byte_values:
-            return _to_str(candidate)
-    return None
+def host_range(net: IPv4Net) -> tuple[int, int]:
+    """The addresses an instance may get: after the gateway (the first), before broadcast."""
+    return int(net.network_address) + 2, int(net.broadcast_address) - 1
 
 
-def first_free_host(net: IPv4Net, taken: Iterable[str]) -> str | None:
-    """The first free host address after the gateway (the network's first address)."""
-    first = int(net.network_address) + 2
-    last = int(net.broadcast_address) - 1
-    return first_free_address(first, last, taken)
+def candidate_windows(first: int, last: int, start: int, size: int,
+                      skip_byte_values: tuple[int, ...] = ()) -> Iterator[list[str]]:
+    """Every address of [first, last] once, in windows of at most `size`: from `start` up to
+    `last`, then from `first` up to `start` (wrapping around). Addresses whose last byte is
+    in `skip_byte_values` are left out."""
+    start = min(max(start, first), last)
+    for lo, hi in ((start, last), (first, start - 1)):
+        for base in range(lo, hi + 1, size):
+            window = [_to_str(c) for c in range(base, min(base + size, hi + 1))
+                      if (c & 0xFF) not in skip_byte_values]
+            if window:
+                yield window
+
+
+def address_int(ip: str) -> int:
+    return _to_int(ip)
 
 
 def first_free_subnet(pool: IPv4Net, prefix: int, existing: Iterable[IPv4Net]) -> IPv4Net | None:

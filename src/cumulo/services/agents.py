@@ -211,7 +211,7 @@ def _storage(s: Session, svc: Services, host_id: str
     return vols, snaps
 
 
-# A host's cached assignments are rebuilt at least this often, whatever the content version
+# A host's cached assignments are rebuilt whole at least this often, whatever the notifier
 # says: a write that forgot to announce itself (notify / touch) still reaches the host.
 VIEW_MAX_AGE_S = 10.0
 # Built views kept per host, to answer a host that holds one of them with a delta.
@@ -224,7 +224,7 @@ class _HostView:
 
     name: str  # EPOCH:SERIAL, unique per build: what the host claims back (`have`)
     content: int  # the host's content version (Notifier.content) read before the build
-    built_at: float  # time.monotonic()
+    full_at: float  # time.monotonic() of the last whole rebuild this view derives from
     instances: list[Assignment]
     network_ids: frozenset[str]
     volumes: list[VolumeAssignment]
@@ -242,7 +242,8 @@ class _Views:
 
 
 # Most wake-ups of a busy cloud are DNS-only (another host's instance joined a network): they
-# reuse the host's view, and a host that holds it gets no instance at all.
+# reuse the host's view, and a host that holds it gets no instance at all. Most of the others
+# changed one instance (a create, a state report): only that one is read again.
 _views: weakref.WeakKeyDictionary[Notifier, _Views] = weakref.WeakKeyDictionary()
 _views_lock = threading.Lock()
 
@@ -255,26 +256,42 @@ def _process_views(svc: Services) -> _Views:
         return views
 
 
-def _cached_view(svc: Services, host_id: str, content: int) -> _HostView | None:
+@dataclass(frozen=True)
+class _Plan:
+    """How to answer a host: from `base` as it is (touched empty), from `base` with the
+    `touched` instances read again, or by a whole rebuild (base or touched None)."""
+
+    content: int
+    base: _HostView | None
+    touched: set[str] | None
+
+
+def _plan(svc: Services, host_id: str) -> _Plan:
+    """Read from the notifier before any database read: a change after it outdates the view."""
     views = _process_views(svc)
     with _views_lock:
         recent = views.hosts.get(host_id)
-        view = recent[-1] if recent else None
-    if (view is None or view.content != content
-            or time.monotonic() - view.built_at > VIEW_MAX_AGE_S):
-        return None
-    return view
+        base = recent[-1] if recent else None
+    if base is None or time.monotonic() - base.full_at > VIEW_MAX_AGE_S:
+        return _Plan(svc.notifier.content(host_id), None, None)
+    content, touched = svc.notifier.changes(host_id, base.content)
+    return _Plan(content, base, touched)
 
 
-def _build_view(s: Session, svc: Services, host_id: str, content: int) -> _HostView:
-    rows = s.execute(
-        select(InstanceRow, ImageRow, ProjectRow.name)
-        .join(ImageRow, ImageRow.id == InstanceRow.image_id)
-        .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
-        .where(InstanceRow.host_id == host_id)
-        .order_by(InstanceRow.created_at, InstanceRow.id)
-    ).all()
+def _assignments(s: Session, svc: Services, host_id: str, only: set[str] | None
+                 ) -> list[Assignment]:
+    """The host's instances (`only` these, when given), oldest first."""
+    q = (select(InstanceRow, ImageRow, ProjectRow.name)
+         .join(ImageRow, ImageRow.id == InstanceRow.image_id)
+         .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
+         .where(InstanceRow.host_id == host_id)
+         .order_by(InstanceRow.created_at, InstanceRow.id))
+    if only is not None:
+        q = q.where(InstanceRow.id.in_(only))
+    rows = s.execute(q).all()
     ids = [i.id for i, _, _ in rows]
+    if not ids:
+        return []
     nics: dict[str, list[NicRef]] = defaultdict(list)
     for a in s.scalars(select(AddressRow).where(AddressRow.instance_id.in_(ids))
                        .order_by(AddressRow.id)):
@@ -282,7 +299,7 @@ def _build_view(s: Session, svc: Services, host_id: str, content: int) -> _HostV
     pub = dict(s.execute(select(PublicIpRow.instance_id, PublicIpRow.ip)
                          .where(PublicIpRow.instance_id.in_(ids))).all())
     ingress = security_groups.ingress_for(s, ids)
-    out = [
+    return [
         Assignment(
             id=i.id, hostname=i.name, project=pname, arch=i.arch, vcpus=i.vcpus,
             ram_mib=i.ram_mib, disk_gib=i.disk_gib, state=i.state,
@@ -298,12 +315,27 @@ def _build_view(s: Session, svc: Services, host_id: str, content: int) -> _HostV
         )
         for i, img, pname in rows
     ]
-    vols, snaps = _storage(s, svc, host_id)
+
+
+def _build_view(s: Session, svc: Services, host_id: str, plan: _Plan) -> _HostView:
+    base, touched = plan.base, plan.touched
+    if base is None or touched is None:
+        out = _assignments(s, svc, host_id, None)
+        vols, snaps = _storage(s, svc, host_id)
+        full_at = time.monotonic()
+    else:
+        fresh = {a.id: a for a in _assignments(s, svc, host_id, touched)}
+        # Kept in place (a changed one too, unless it left the host); new ones last, as
+        # they are the newest.
+        out = [fresh.pop(a.id) if a.id in touched else a for a in base.instances
+               if a.id not in touched or a.id in fresh]
+        out += fresh.values()
+        vols, snaps, full_at = base.volumes, base.snapshots, base.full_at
     views = _process_views(svc)
     with _views_lock:
         views.serial += 1
-        view = _HostView(name=f"{views.epoch}:{views.serial}", content=content,
-                         built_at=time.monotonic(), instances=out,
+        view = _HostView(name=f"{views.epoch}:{views.serial}", content=plan.content,
+                         full_at=full_at, instances=out,
                          network_ids=frozenset(n.network_id for a in out for n in a.nics),
                          volumes=vols, snapshots=snaps)
         recent = views.hosts.setdefault(host_id, [])
@@ -337,10 +369,11 @@ def assignments(svc: Services, who: Principal, name: str,
     `dns_claims` (NETWORK:EPOCH:VERSION) say which DNS records the host already holds, and
     `have` (a former answer's `view`) which instance list: only the changes come back."""
     hid = host_id(svc, who, name)
-    content = svc.notifier.content(hid)  # first: a change during the build outdates the view
+    plan = _plan(svc, hid)
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, hid)
-        view = _cached_view(svc, hid, content) or _build_view(s, svc, hid, content)
+        reuse = plan.base is not None and plan.touched == set()
+        view = plan.base if plan.base is not None and reuse else _build_view(s, svc, hid, plan)
         nets = _networks(s, svc, hid, set(view.network_ids), parse_dns_claims(dns_claims or []))
     delta = _instances_since(svc, hid, view, have)
     if delta is None:
@@ -404,7 +437,7 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
     reporter = host_id(svc, who, name)
     gone: list[tuple[str, str]] = []  # (network id, MAC) of deleted instances
     refresh = bool(volumes or snapshots)  # does the reporter need the new view at once?
-    changed = False  # did anything of the reporter's assignments change?
+    changed: set[str] = set()  # instances whose assignment changed
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, reporter)
         ids = [o.id for o in observations]
@@ -417,11 +450,13 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
             if obs.state == DELETED:
                 if row.desired_power == DesiredPower.DELETED.value:
                     gone += _forget(s, row)
+                    changed.add(row.id)
                     refresh = True
                 continue
             state = InstanceState(obs.state)
             if obs.reboot_done_seq is not None and obs.reboot_done_seq > row.reboot_done_seq:
                 row.reboot_done_seq = obs.reboot_done_seq
+                changed.add(row.id)
                 refresh = True
             if row.desired_power == DesiredPower.DELETED.value:
                 continue  # stays "deleting" until the agent reports it gone
@@ -429,11 +464,12 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
                 state = InstanceState.REBOOTING
             if obs.guest_initiated and state is InstanceState.STOPPED:
                 row.desired_power = DesiredPower.STOPPED.value
+                changed.add(row.id)
                 refresh = True
             if row.state != state.value or row.state_reason != obs.reason:
                 refresh |= _agent_decides_on(row.state) or _agent_decides_on(state.value)
                 row.state, row.state_reason = state.value, obs.reason
-                changed = True
+                changed.add(row.id)
         if volumes or snapshots:
             _report_storage(s, reporter, volumes or [], snapshots or [])
     for net_id, mac in gone:
@@ -444,9 +480,10 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
     # At once, not coalesced: within one observe period the agent would act on the old view
     # again (e.g. reboot a second time).
     if refresh:
-        svc.notifier.notify(reporter)
+        # A storage report may remove volumes or snapshots: the whole view is read again.
+        svc.notifier.notify(reporter, None if volumes or snapshots else changed)
     elif changed:
-        svc.notifier.touch(reporter)  # its next answer shows the new states; no wake-up
+        svc.notifier.touch(reporter, changed)  # its next answer shows them; no wake-up
 
 
 def _agent_decides_on(state: str) -> bool:

@@ -203,7 +203,7 @@ def create(svc: Services, who: Principal, project: str | None, req: CreateInstan
         result = _view(svc, row, prj.name, host=placement.host.name, network=network.name,
                        private_ip=address.ip, public_ip=public_ip.ip,
                        groups=sorted({g.name for g in groups}))
-    svc.notifier.notify(placement.host.host_id)
+    svc.notifier.notify(placement.host.host_id, [row.id])
     record = DnsRecord(hostname=row.name, fqdn=result.fqdn, ip=address.ip, mac=address.mac)
     svc.notifier.dns_changed(network.id, added=[record], skip=placement.host.host_id)
     return result
@@ -249,11 +249,13 @@ def act(
         row.generation += 1
         if action is Action.REBOOT:
             row.reboot_seq += 1
-        wake = {row.host_id}
+        storage: set[str] = set()  # hosts whose volumes change
         if action is Action.DELETE:
-            wake |= volumes.release_for_instance(s, row.id)
+            storage = volumes.release_for_instance(s, row.id)
         result = view(s, svc, row, prj.name)
-    for host_id in wake:
+    if row.host_id not in storage:
+        svc.notifier.notify(row.host_id, [row.id])
+    for host_id in storage:
         svc.notifier.notify(host_id)
     return result
 

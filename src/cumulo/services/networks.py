@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -10,9 +11,10 @@ from sqlalchemy.orm import Session
 from cumulo.db.tables import AddressRow, InstanceRow, NetworkRow, ProjectRow
 from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
 from cumulo.domain.ids import new_id
-from cumulo.domain.netaddr import first_free_host, first_free_subnet, gateway_of, parse_cidr
+from cumulo.domain.netaddr import first_free_subnet, gateway_of, host_range, parse_cidr
 from cumulo.domain.netaddr import random_mac as _mac
 from cumulo.domain.validation import dns_label
+from cumulo.services import address_picker
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import NetworkView
@@ -91,9 +93,13 @@ def resolve(s: Session, svc: Services, project: ProjectRow, zone: str,
 
 def allocate_address(s: Session, network: NetworkRow, instance_id: str,
                      requested: str | None = None) -> AddressRow:
-    """Reserve `requested` or the first free address (the unique constraint guards races)."""
+    """Reserve `requested` or a free address (the unique constraint guards races)."""
     net = ipaddress.IPv4Network(network.cidr)
-    taken = set(s.scalars(select(AddressRow.ip).where(AddressRow.network_id == network.id)))
+
+    def taken_among(candidates: list[str]) -> Iterable[str]:
+        return s.scalars(select(AddressRow.ip).where(AddressRow.network_id == network.id,
+                                                     AddressRow.ip.in_(candidates)))
+
     if requested is not None:
         addr = ipaddress.IPv4Address(check_ip(requested))
         if addr not in net or addr in (net.network_address, net.broadcast_address):
@@ -101,12 +107,12 @@ def allocate_address(s: Session, network: NetworkRow, instance_id: str,
                                f"({network.cidr})", code="ip_outside_network")
         if str(addr) == network.gateway:
             raise InvalidInput(f"{addr} is the network's gateway", code="ip_reserved")
-        if str(addr) in taken:
+        if any(taken_among([str(addr)])):
             raise Conflict(f"{addr} is already used on network {network.name!r}",
                            code="ip_in_use")
         ip: str | None = str(addr)
     else:
-        ip = first_free_host(net, taken)
+        ip = address_picker.pick(s, network.id, *host_range(net), taken_among)
     if ip is None:
         raise InsufficientCapacity(f"network {network.name!r} ({network.cidr}) has no free "
                                    "address left")

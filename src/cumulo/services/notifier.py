@@ -8,14 +8,15 @@ Two counters per host: `version` moves whenever the host must fetch again (its l
 answers), `content` only when what the API would assign it changed (its instances, volumes,
 snapshots, rules, addresses: every service that writes them calls `notify` or `touch`). A
 DNS-only wake-up moves the first, not the second: the API answers it from the host's cached
-assignments (see services.agents).
+assignments (see services.agents). A writer that names the instances it changed lets the API
+rebuild only those in the cached assignments (`changes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
 
 from cumulo.protocol import DnsRecord
@@ -24,6 +25,12 @@ from cumulo.services.dns_journal import DnsJournal
 # DNS-only changes (another host's instance joined or left a network) wake a host at most
 # this often: a burst of creates then costs each host one fetch per period, not one per create.
 DNS_COALESCE_S = 3.0
+# Content changes remembered per host, with the instances each one touched. A cached view older
+# than that many changes is rebuilt whole.
+CHANGE_LOG = 64
+
+# One content change: its version, and the instances it touched (None: anything else too).
+_Change = tuple[int, frozenset[str] | None]
 
 
 class Notifier:
@@ -40,6 +47,7 @@ class Notifier:
         self.heartbeats: dict[str, float] = {}
         self._versions: dict[str, int] = defaultdict(int)
         self._content: dict[str, int] = defaultdict(int)
+        self._changes: dict[str, deque[_Change]] = defaultdict(lambda: deque(maxlen=CHANGE_LOG))
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = (
             defaultdict(list)
         )
@@ -52,22 +60,50 @@ class Notifier:
         with self._lock:
             return self._content[host_id]
 
-    def touch(self, host_id: str) -> None:
-        """What the host is assigned changed, but it need not fetch it now."""
+    def changes(self, host_id: str, since: int) -> tuple[int, set[str] | None]:
+        """(the host's content version, the instances changed after content version `since`).
+        None instead of instances when something else changed too, or the log no longer
+        reaches back that far."""
         with self._lock:
-            self._content[host_id] += 1
+            current = self._content[host_id]
+            log = self._changes.get(host_id)
+            if current == since:
+                return current, set()
+            if since > current or not log or log[0][0] > since + 1:
+                return current, None
+            touched: set[str] = set()
+            for version, instances in log:
+                if version <= since:
+                    continue
+                if instances is None:
+                    return current, None
+                touched |= instances
+            return current, touched
 
-    def notify(self, host_id: str | None) -> None:
-        """What the host is assigned changed: wake it."""
-        self._wake(host_id, content=True)
+    def touch(self, host_id: str, instances: Iterable[str] | None = None) -> None:
+        """What the host is assigned changed, but it need not fetch it now. `instances`: the
+        only ones whose assignment changed (None: anything may have)."""
+        with self._lock:
+            self._bump(host_id, instances)
 
-    def _wake(self, host_id: str | None, content: bool) -> None:
+    def notify(self, host_id: str | None, instances: Iterable[str] | None = None) -> None:
+        """What the host is assigned changed: wake it. `instances` as for `touch`."""
+        self._wake(host_id, content=True, instances=instances)
+
+    def _bump(self, host_id: str, instances: Iterable[str] | None) -> None:
+        """Under the lock: a content change."""
+        self._content[host_id] += 1
+        self._changes[host_id].append(
+            (self._content[host_id], None if instances is None else frozenset(instances)))
+
+    def _wake(self, host_id: str | None, content: bool,
+              instances: Iterable[str] | None = None) -> None:
         if host_id is None:
             return
         with self._lock:
             self._versions[host_id] += 1
             if content:
-                self._content[host_id] += 1
+                self._bump(host_id, instances)
             waiters = self._waiters.pop(host_id, [])
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)

@@ -4,6 +4,7 @@ and the host agent forwards them into the instance as its security groups allow.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -11,8 +12,7 @@ from sqlalchemy.orm import Session
 from cumulo.db.tables import InstanceRow, ProjectRow, PublicIpRow
 from cumulo.domain.errors import Conflict, InsufficientCapacity, NotFound
 from cumulo.domain.ids import new_id
-from cumulo.domain.netaddr import first_free_address
-from cumulo.services import networks
+from cumulo.services import address_picker, networks
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import PublicIpView
@@ -27,9 +27,14 @@ def _view(s: Session, row: PublicIpRow, project: str) -> PublicIpView:
 def _allocate(s: Session, svc: Services, prj: ProjectRow, auto: bool,
               instance_id: str | None = None) -> PublicIpRow:
     pool = ipaddress.IPv4Network(svc.settings.network.public_pool)
+
+    def taken_among(candidates: list[str]) -> Iterable[str]:
+        return s.scalars(select(PublicIpRow.ip).where(PublicIpRow.ip.in_(candidates)))
+
     # .0/.255-style addresses are avoided: some tools treat them as special
-    ip = first_free_address(int(pool.network_address) + 1, int(pool.broadcast_address) - 1,
-                            s.scalars(select(PublicIpRow.ip)), skip_byte_values=(0, 255))
+    ip = address_picker.pick(s, f"public:{pool}", int(pool.network_address) + 1,
+                             int(pool.broadcast_address) - 1, taken_among,
+                             skip_byte_values=(0, 255))
     if ip is None:
         raise InsufficientCapacity(f"the public IP pool {pool} is exhausted")
     row = PublicIpRow(id=new_id("pip"), ip=ip, project_id=prj.id, auto=auto,

@@ -10,6 +10,7 @@ from cumulo.domain.instance import Action
 from cumulo.protocol import Observation
 from cumulo.services import agents, instances
 from cumulo.services.context import Principal, Role, Services
+from cumulo.services.notifier import CHANGE_LOG, Notifier
 from tests.conftest import ADMIN, AGENT_HOST
 
 AGENT = Principal(role=Role.AGENT, host_name=AGENT_HOST)
@@ -128,3 +129,47 @@ def test_a_write_that_announced_nothing_reaches_the_host_within_the_max_age(
     assert _states(svc) == {iid: "pending"}  # the cached view, as designed
     monkeypatch.setattr(agents, "VIEW_MAX_AGE_S", 0.0)
     assert _states(svc) == {iid: "running"}
+
+
+def test_a_change_announced_for_some_instances_reads_only_those_again(
+        svc: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = _new(svc, "a"), _new(svc, "b"), _new(svc, "c")
+    assert list(_states(svc)) == [a, b, c]
+    reads: list[set[str] | None] = []
+    read = agents._assignments
+
+    def recording(s: object, svc_: Services, host: str, only: set[str] | None) -> object:
+        reads.append(None if only is None else set(only))
+        return read(s, svc_, host, only)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(agents, "_assignments", recording)
+    _report(svc, b, "running", 1)
+    assert _states(svc) == {a: "pending", b: "running", c: "pending"} and reads == [{b}]
+    d = _new(svc, "d")
+    instances.act(svc, ADMIN, None, a, Action.DELETE)
+    _report(svc, a, "deleted", 2)
+    got = agents.assignments(svc, AGENT, AGENT_HOST).instances
+    assert [i.id for i in got] == [b, c, d] and reads[1:] == [{d, a}]
+    # what the pieces add up to is what a whole read gives
+    hid = agents.host_id(svc, AGENT, AGENT_HOST)
+    with svc.db.session() as s:
+        assert got == read(s, svc, hid, None)
+    svc.notifier.notify(hid)  # a change that names no instance (a volume, a rule)
+    agents.assignments(svc, AGENT, AGENT_HOST)
+    assert reads[-1] is None
+
+
+def test_the_notifier_names_the_changed_instances_while_its_log_reaches_back() -> None:
+    n = Notifier()
+    assert n.changes("h", 0) == (0, set())
+    n.notify("h", ["i-1"])
+    n.touch("h", ["i-2"])
+    assert n.changes("h", 0) == (2, {"i-1", "i-2"}) and n.changes("h", 1) == (2, {"i-2"})
+    n.touch("h")
+    assert n.changes("h", 1) == (3, None)  # something else changed too
+    for i in range(CHANGE_LOG):
+        n.touch("h", [f"i-{i}"])
+    assert n.changes("h", 3) == (3 + CHANGE_LOG, {f"i-{i}" for i in range(CHANGE_LOG)})
+    n.touch("h", ["x"])
+    assert n.changes("h", 3) == (4 + CHANGE_LOG, None)  # the log no longer reaches back
+    assert n.changes("h", 99_999) == (4 + CHANGE_LOG, None)  # another process's version
