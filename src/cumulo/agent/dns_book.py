@@ -7,7 +7,7 @@ the reconciler complete lists, so nothing downstream knows about deltas.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from dataclasses import dataclass
 
 import structlog
@@ -82,8 +82,10 @@ def _complete(n: NetworkRef, records: list[DnsRecord]) -> NetworkRef:
                                 "records_removed": []})
 
 
-def _order(r: DnsRecord) -> tuple[int, str]:
+def _order(r: DnsRecord) -> tuple[bytes, str]:
+    # inet_aton, not ipaddress: a busy network's list is sorted again on every change, and
+    # parsing its addresses with ipaddress was nearly half of a simulated host's CPU.
     try:
-        return int(ipaddress.IPv4Address(r.ip)), r.mac
-    except ValueError:
-        return -1, r.mac
+        return socket.inet_aton(r.ip), r.mac
+    except OSError:
+        return b"", r.mac

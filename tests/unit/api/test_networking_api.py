@@ -40,13 +40,21 @@ def test_addresses_are_released_only_when_the_agent_confirms_deletion(
 ) -> None:
     a = make(api, "a")
     api.delete(f"/v1/instances/{a['id']}")
+
+    def public_ips() -> list[str]:
+        return [p["ip"] for p in api.get("/v1/public-ips").json()]
+
     # still reserved while the VM may still run
-    assert make(api, "b")["private_ip"] != a["private_ip"]
+    r = api.post("/v1/instances", json={"name": "b", "image": "tiny", "type": "t1.nano",
+                                        "private_ip": a["private_ip"]})
+    assert r.status_code == 409 and r.json()["code"] == "ip_in_use", r.text
+    assert a["public_ip"] in public_ips()
     agents.report(svc, AGENT, AGENT_HOST, [Observation(id=a["id"], state="deleted",
                                                        generation=2)])
-    c = make(api, "c")
-    assert c["private_ip"] == a["private_ip"]  # reused after release
-    assert c["public_ip"] == a["public_ip"]
+    assert a["public_ip"] not in public_ips()
+    # free again: it can be asked for (a new instance gets the next one: see test_addresses)
+    assert make(api, "c", private_ip=a["private_ip"])["private_ip"] == a["private_ip"]
+    make(api, "d")
     assert [n["instances"] for n in api.get("/v1/networks").json()] == [2]
 
 
