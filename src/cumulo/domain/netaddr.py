@@ -49,14 +49,19 @@ def host_range(net: IPv4Net) -> tuple[int, int]:
 
 def candidate_windows(first: int, last: int, start: int, size: int,
                       skip_byte_values: tuple[int, ...] = ()) -> Iterator[list[str]]:
-    """Every address of [first, last] once, in windows of at most `size`: from `start` up to
-    `last`, then from `first` up to `start` (wrapping around). Addresses whose last byte is
-    in `skip_byte_values` are left out."""
+    """Every address of [first, last] once, in windows: from `start` up to `last`, then from
+    `first` up to `start` (wrapping around). The first window holds 8 addresses, each next
+    one four times more, up to `size`: the first candidates are free most of the time.
+    Addresses whose last byte is in `skip_byte_values` are left out."""
     start = min(max(start, first), last)
+    step = min(8, size)
     for lo, hi in ((start, last), (first, start - 1)):
-        for base in range(lo, hi + 1, size):
-            window = [_to_str(c) for c in range(base, min(base + size, hi + 1))
+        base = lo
+        while base <= hi:
+            end = min(base + step, hi + 1)
+            window = [_to_str(c) for c in range(base, end)
                       if (c & 0xFF) not in skip_byte_values]
+            base, step = end, min(step * 4, size)
             if window:
                 yield window
 

@@ -119,6 +119,7 @@ def test_candidate_windows_cover_every_address_once_from_the_start_around() -> N
     flat = [address_int(ip) for w in windows for ip in w]
     assert flat == list(range(address_int("10.0.1.0"), last + 1)) + list(
         range(first, address_int("10.0.1.0")))
+    assert [len(w) for w in windows[:4]] == [8, 32, 100, 100]  # small first: usually free
     assert all(len(w) <= 100 for w in windows)
     # a start outside the range is brought into it
     assert next(candidate_windows(first, last, 0, 3)) == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
