@@ -77,23 +77,31 @@ def is_up(state: str, last_seen: datetime, now: datetime) -> bool:
     return state == "up" and now - seen < HOST_DOWN_AFTER
 
 
+# The first key of cumulo's PostgreSQL advisory locks on zones (the second is the zone's hash):
+# other users of advisory locks in the same database pick other first keys.
+ZONE_LOCK_CLASS = 0x63756D  # "cum"
+
+
 def lock_zone(s: Session, zone: str) -> None:
     """Serialize placements in `zone` until the transaction ends (two concurrent creates must
     not both take the last slot, nor the same address).
 
-    PostgreSQL locks the zone's host rows. SQLite has no row locks and starts a write
-    transaction lazily at the first write, so concurrent creates would read the same free
-    address or capacity and collide at commit: an UPDATE takes SQLite's (single, whole
-    database) write lock now, waiting for other writers, and every read after it is current.
-    It matches no row on purpose: the lock is taken all the same, and rewriting the zone's
-    host rows on every create cost more than the rest of the lock.
+    PostgreSQL takes a transaction-scoped advisory lock on the zone. Locking the zone's host
+    rows (SELECT ... FOR UPDATE) did the same, but wrote every one of those rows on every
+    create, and made every heartbeat to those hosts wait for the create to commit. Two zones
+    whose hashes collide merely share a lock.
+
+    SQLite has no row locks and starts a write transaction lazily at the first write, so
+    concurrent creates would read the same free address or capacity and collide at commit:
+    an UPDATE takes SQLite's (single, whole database) write lock now, waiting for other
+    writers, and every read after it is current. It matches no row on purpose: the lock is
+    taken all the same, and rewriting the zone's host rows on every create cost more than
+    the rest of the lock.
     """
     if s.get_bind().dialect.name == "sqlite":
         s.execute(update(HostRow).where(false()).values(zone=HostRow.zone))
     else:
-        # In id order: two creates locking the same rows in different orders would deadlock.
-        s.execute(select(HostRow.id).where(HostRow.zone == zone).order_by(HostRow.id)
-                  .with_for_update()).all()
+        s.execute(select(func.pg_advisory_xact_lock(ZONE_LOCK_CLASS, func.hashtext(zone))))
 
 
 def capacities(s: Session, zone: str | None = None) -> list[HostCapacity]:
