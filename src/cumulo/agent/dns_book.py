@@ -7,6 +7,7 @@ the reconciler complete lists, so nothing downstream knows about deltas.
 
 from __future__ import annotations
 
+import bisect
 import socket
 from dataclasses import dataclass
 
@@ -24,13 +25,33 @@ class _Held:
     epoch: str
     version: int
     records: dict[str, DnsRecord]  # by MAC
-    _sorted: list[DnsRecord] | None = None  # records in address order, until they change
+    _sorted: list[DnsRecord] | None = None  # records in address order
 
     def in_order(self) -> list[DnsRecord]:
         # Every answer of the long-poll passes here; most bring no change to a network.
         if self._sorted is None:
             self._sorted = sorted(self.records.values(), key=_order)
         return self._sorted
+
+    def change(self, added: list[DnsRecord], removed: list[str]) -> None:
+        """Apply a delta. The ordered list is patched, not sorted again: a busy network's
+        deltas are a few records among thousands. Patched in a copy: lists handed out
+        before stay as they were (the reconciler compares the old list with the new)."""
+        ordered = None if self._sorted is None else list(self._sorted)
+
+        def drop(mac: str) -> None:
+            old = self.records.pop(mac, None)
+            if old is not None and ordered is not None:
+                ordered.pop(bisect.bisect_left(ordered, _order(old), key=_order))
+
+        for mac in removed:
+            drop(mac)
+        for r in added:
+            drop(r.mac)  # an upsert by MAC (the address may have changed)
+            self.records[r.mac] = r
+            if ordered is not None:
+                bisect.insort(ordered, r, key=_order)
+        self._sorted = ordered
 
 
 class DnsBook:
@@ -65,11 +86,8 @@ class DnsBook:
             self._nets.pop(n.id, None)
             return _complete(n, held.in_order() if held else n.records)
         elif n.records or n.records_removed:
-            for mac in n.records_removed:
-                held.records.pop(mac, None)
-            for r in n.records:
-                held.records[r.mac] = r
-            held.version, held._sorted = n.records_version, None
+            held.change(n.records, n.records_removed)
+            held.version = n.records_version
         else:
             held.version = n.records_version
         if n.records_epoch:  # an API that journals; otherwise nothing to claim

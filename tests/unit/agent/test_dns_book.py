@@ -3,6 +3,11 @@ holds so that the next answer carries only the changes."""
 
 from __future__ import annotations
 
+import socket
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cumulo.agent.dns_book import MAX_CLAIMS, DnsBook
 from cumulo.protocol import Assignments, DnsRecord, NetworkRef
 from cumulo.services import agents
@@ -169,3 +174,29 @@ def test_claims_are_capped_so_the_long_poll_url_stays_short() -> None:
     book.apply(batch(*nets))
     assert len(book.claims()) == MAX_CLAIMS
     assert MAX_CLAIMS == agents.MAX_DNS_CLAIMS  # the API reads as many as the agent sends
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 40), st.integers(2, 30)),
+                                   max_size=6),
+                          st.lists(st.integers(0, 40), max_size=4)),
+                min_size=1, max_size=12))
+def test_deltas_patched_in_give_what_sorting_the_whole_list_gives(
+        deltas: list[tuple[list[tuple[int, int]], list[int]]]) -> None:
+    """The ordered list is patched delta by delta; lists handed out before never change."""
+    book = DnsBook()
+    truth = {r.mac: r for r in [rec(i, f"10.0.0.{i + 2}") for i in range(0, 40, 3)]}
+    got = only(book.apply(batch(net(records=list(truth.values()), version=1))))
+    handed_out = [(got.records, list(got.records))]
+    for version, (upserts, removed) in enumerate(deltas, start=2):
+        added = [rec(m, f"10.0.{ip % 3}.{ip}") for m, ip in upserts]
+        gone = [f"52:54:00:00:00:{m:02x}" for m in removed]
+        for mac in gone:
+            truth.pop(mac, None)
+        truth |= {r.mac: r for r in added}
+        got = only(book.apply(batch(net(records=added, removed=gone, version=version,
+                                        since=version - 1))))
+        assert got.records == sorted(truth.values(), key=lambda r: (
+            socket.inet_aton(r.ip), r.mac))
+        handed_out.append((got.records, list(got.records)))
+    assert all(held == copy for held, copy in handed_out)
