@@ -372,8 +372,10 @@ def assignments(svc: Services, who: Principal, name: str,
     plan = _plan(svc, hid)
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, hid)
-        reuse = plan.base is not None and plan.touched == set()
-        view = plan.base if plan.base is not None and reuse else _build_view(s, svc, hid, plan)
+        if plan.base is not None and plan.touched == set():
+            view = plan.base  # nothing it is assigned changed since
+        else:
+            view = _build_view(s, svc, hid, plan)
         nets = _networks(s, svc, hid, set(view.network_ids), parse_dns_claims(dns_claims or []))
     delta = _instances_since(svc, hid, view, have)
     if delta is None:
