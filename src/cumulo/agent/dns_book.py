@@ -37,6 +37,8 @@ class _Held:
         """Apply a delta. The ordered list is patched, not sorted again: a busy network's
         deltas are a few records among thousands. Patched in a copy: lists handed out
         before stay as they were (the reconciler compares the old list with the new)."""
+        if not added and not removed:
+            return
         ordered = None if self._sorted is None else list(self._sorted)
 
         def drop(mac: str) -> None:
@@ -85,10 +87,8 @@ class DnsBook:
             log.warning("dns_delta_mismatch", network=n.id)
             self._nets.pop(n.id, None)
             return _complete(n, held.in_order() if held else n.records)
-        elif n.records or n.records_removed:
-            held.change(n.records, n.records_removed)
-            held.version = n.records_version
         else:
+            held.change(n.records, n.records_removed)
             held.version = n.records_version
         if n.records_epoch:  # an API that journals; otherwise nothing to claim
             self._nets[n.id] = held

@@ -34,7 +34,7 @@ def gateway_of(net: IPv4Net) -> str:
     return str(next(net.hosts()))
 
 
-def _to_int(ip: str) -> int:
+def address_int(ip: str) -> int:
     return int.from_bytes(socket.inet_aton(ip), "big")
 
 
@@ -64,10 +64,6 @@ def candidate_windows(first: int, last: int, start: int, size: int,
             base, step = end, min(step * 4, size)
             if window:
                 yield window
-
-
-def address_int(ip: str) -> int:
-    return _to_int(ip)
 
 
 def first_free_subnet(pool: IPv4Net, prefix: int, existing: Iterable[IPv4Net]) -> IPv4Net | None:
