@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from fastapi.concurrency import run_in_threadpool
 
+from cumulo.api.threads import service
 from cumulo.services.auth import TokenCache, authenticate
 from cumulo.services.context import Principal, Services
 
@@ -28,7 +28,8 @@ async def principal(
     cache: TokenCache = request.app.state.token_cache
     who = cache.get(authorization)
     if who is None:
-        who = await run_in_threadpool(_authenticate, _services(request), authorization)
+        svc = _services(request)
+        who = await service(svc, _authenticate, svc, authorization)
         cache.put(authorization or "", who)
     return who
 

@@ -67,6 +67,9 @@ def _queue_writers(engine: Engine) -> None:
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
+        # SQLite is a library in this process: a statement is CPU work, never a wait on a
+        # server (see cumulo.api.threads for what the API does with that).
+        self.in_process = url.startswith("sqlite")
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 

@@ -1,4 +1,5 @@
-"""The API's worker threads: a few (GIL contention), and long jobs in a pool of their own."""
+"""The API's worker threads: a few (GIL contention), short service calls inline on SQLite,
+and long jobs in a pool of their own."""
 
 from __future__ import annotations
 
@@ -27,3 +28,18 @@ def test_a_long_job_runs_outside_the_worker_threads(svc: Services) -> None:
     with TestClient(create_app(svc)) as client:
         assert client.portal is not None
         assert client.portal.call(where).startswith("cumulo-job")
+
+
+def test_a_service_call_runs_inline_on_sqlite_and_in_a_worker_thread_on_postgresql(
+    svc: Services,
+) -> None:
+    async def where() -> tuple[int, int]:
+        loop_thread = threading.get_ident()
+        return loop_thread, await threads.service(svc, threading.get_ident)
+
+    with TestClient(create_app(svc)) as client:
+        assert client.portal is not None
+        loop_thread, call_thread = client.portal.call(where)
+    inline = svc.db.url.startswith("sqlite")
+    assert svc.db.in_process is inline
+    assert (call_thread == loop_thread) is inline

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from fastapi.concurrency import run_in_threadpool
 
 from cumulo.api.deps import Svc, Who
+from cumulo.api.threads import service
 from cumulo.protocol import Assignments, HostRegistration, Registered, Report
 from cumulo.services import agents, hosts
+from cumulo.services.context import Principal, Services
 
 router = APIRouter(prefix="/v1/agent/hosts", tags=["agent"])
 
@@ -17,8 +18,13 @@ MAX_WAIT_S = 30.0
 
 
 @router.post("/register")
-def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
-    host_id = hosts.register(
+async def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
+    host_id = await service(svc, _register, svc, who, body)
+    return Registered(host_id=host_id)
+
+
+def _register(svc: Services, who: Principal, body: HostRegistration) -> str:
+    return hosts.register(
         svc,
         who,
         name=body.name,
@@ -30,7 +36,6 @@ def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
         accel=body.accel,
         agent_url=body.agent_url,
     )
-    return Registered(host_id=host_id)
 
 
 @router.get("/{name}/assignments", response_model=Assignments)
@@ -45,11 +50,11 @@ async def assignments(
     are sent."""
     host_id = agents.known_host_id(svc, who, name)
     if host_id is None:
-        host_id = await run_in_threadpool(agents.host_id, svc, who, name)
+        host_id = await service(svc, agents.host_id, svc, who, name)
     version = svc.notifier.version(host_id)
     if since == version and wait > 0:
         version = await svc.notifier.wait(host_id, since, min(wait, MAX_WAIT_S))
-    desired = await run_in_threadpool(agents.assignments, svc, who, name, dns, have)
+    desired = await service(svc, agents.assignments, svc, who, name, dns, have)
     desired.version = version
     # Serialized here: FastAPI would validate the model it was just built from once more
     # (the busiest call of the API: every agent, at every change).
@@ -57,6 +62,7 @@ async def assignments(
 
 
 @router.post("/{name}/report", status_code=204)
-def report(svc: Svc, who: Who, name: str, body: Report) -> Response:
-    agents.report(svc, who, name, body.observations, body.volumes, body.snapshots)
+async def report(svc: Svc, who: Who, name: str, body: Report) -> Response:
+    await service(svc, agents.report, svc, who, name, body.observations, body.volumes,
+                  body.snapshots)
     return Response(status_code=204)

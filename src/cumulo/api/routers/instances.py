@@ -7,11 +7,11 @@ import binascii
 
 import httpx
 from fastapi import APIRouter, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from cumulo.api.deps import Svc, Who
+from cumulo.api.threads import service
 from cumulo.domain.errors import Conflict, InvalidInput
 from cumulo.domain.instance import Action
 from cumulo.services import instances
@@ -48,7 +48,8 @@ def _decode(user_data: str | None) -> bytes | None:
 
 
 @router.post("", status_code=202)
-def create(svc: Svc, who: Who, body: InstanceCreate, project: str | None = None) -> InstanceView:
+async def create(svc: Svc, who: Who, body: InstanceCreate, project: str | None = None
+                 ) -> InstanceView:
     req = instances.CreateInstance(
         name=body.name,
         image=body.image,
@@ -66,7 +67,7 @@ def create(svc: Svc, who: Who, body: InstanceCreate, project: str | None = None)
         network=body.network,
         private_ip=body.private_ip,
     )
-    return instances.create(svc, who, project, req)
+    return await service(svc, instances.create, svc, who, project, req)
 
 
 @router.get("")
@@ -75,13 +76,14 @@ def list_all(svc: Svc, who: Who, project: str | None = None) -> list[InstanceVie
 
 
 @router.get("/{ref}")
-def show(svc: Svc, who: Who, ref: str, project: str | None = None) -> InstanceView:
-    return instances.get(svc, who, project, ref)
+async def show(svc: Svc, who: Who, ref: str, project: str | None = None) -> InstanceView:
+    return await service(svc, instances.get, svc, who, project, ref)
 
 
 def _action(action: Action) -> object:
-    def handler(svc: Svc, who: Who, ref: str, project: str | None = None) -> InstanceView:
-        return instances.act(svc, who, project, ref, action)
+    async def handler(svc: Svc, who: Who, ref: str, project: str | None = None
+                      ) -> InstanceView:
+        return await service(svc, instances.act, svc, who, project, ref, action)
 
     handler.__name__ = f"{action.value}_instance"
     return handler
@@ -97,14 +99,14 @@ for _act in (Action.START, Action.STOP, Action.REBOOT):
 
 
 @router.delete("/{ref}", status_code=202)
-def delete(svc: Svc, who: Who, ref: str, project: str | None = None) -> InstanceView:
-    return instances.act(svc, who, project, ref, Action.DELETE)
+async def delete(svc: Svc, who: Who, ref: str, project: str | None = None) -> InstanceView:
+    return await service(svc, instances.act, svc, who, project, ref, Action.DELETE)
 
 
 @router.get("/{ref}/console", response_class=PlainTextResponse)
 async def console(svc: Svc, who: Who, ref: str, project: str | None = None) -> Response:
     """The serial console log, fetched from the instance's host agent."""
-    target = await run_in_threadpool(instances.console_target, svc, who, project, ref)
+    target = await service(svc, instances.console_target, svc, who, project, ref)
     url = target.agent_url
     transport = None
     if url.startswith("unix:"):
