@@ -73,7 +73,9 @@ def fqdn(svc: Services, name: str, project: str, zone: str) -> str:
 def views(s: Session, svc: Services, rows: list[InstanceRow], project: str) -> list[InstanceView]:
     """Views of `rows` (all of one project), with their network facts fetched in bulk."""
     ids = [r.id for r in rows]
-    hosts_by_id = dict(s.execute(select(HostRow.id, HostRow.name)).all())
+    host_ids = {r.host_id for r in rows if r.host_id}
+    hosts_by_id = dict(s.execute(select(HostRow.id, HostRow.name)
+                                 .where(HostRow.id.in_(host_ids))).all())
     addr = {a.instance_id: (a.ip, n) for a, n in s.execute(
         select(AddressRow, NetworkRow.name).join(NetworkRow, NetworkRow.id == AddressRow.network_id)
         .where(AddressRow.instance_id.in_(ids)))}
