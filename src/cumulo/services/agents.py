@@ -10,7 +10,7 @@ import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import (
@@ -278,26 +278,35 @@ def _plan(svc: Services, host_id: str) -> _Plan:
     return _Plan(content, base, touched)
 
 
+# The statements of every long-poll answer, built once (building one cost more than
+# running it on SQLite).
+_ASSIGNED = (select(InstanceRow, ImageRow, ProjectRow.name)
+             .join(ImageRow, ImageRow.id == InstanceRow.image_id)
+             .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
+             .where(InstanceRow.host_id == bindparam("host"))
+             .order_by(InstanceRow.created_at, InstanceRow.id))
+_ASSIGNED_AMONG = _ASSIGNED.where(InstanceRow.id.in_(bindparam("only", expanding=True)))
+_NICS = (select(AddressRow.instance_id, AddressRow.network_id, AddressRow.mac, AddressRow.ip)
+         .where(AddressRow.instance_id.in_(bindparam("ids", expanding=True)))
+         .order_by(AddressRow.id))
+_PUBLIC_IPS = (select(PublicIpRow.instance_id, PublicIpRow.ip)
+               .where(PublicIpRow.instance_id.in_(bindparam("ids", expanding=True))))
+
+
 def _assignments(s: Session, svc: Services, host_id: str, only: set[str] | None
                  ) -> list[Assignment]:
     """The host's instances (`only` these, when given), oldest first."""
-    q = (select(InstanceRow, ImageRow, ProjectRow.name)
-         .join(ImageRow, ImageRow.id == InstanceRow.image_id)
-         .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
-         .where(InstanceRow.host_id == host_id)
-         .order_by(InstanceRow.created_at, InstanceRow.id))
-    if only is not None:
-        q = q.where(InstanceRow.id.in_(only))
-    rows = s.execute(q).all()
+    if only is None:
+        rows = s.execute(_ASSIGNED, {"host": host_id}).all()
+    else:
+        rows = s.execute(_ASSIGNED_AMONG, {"host": host_id, "only": list(only)}).all()
     ids = [i.id for i, _, _ in rows]
     if not ids:
         return []
     nics: dict[str, list[NicRef]] = defaultdict(list)
-    for a in s.scalars(select(AddressRow).where(AddressRow.instance_id.in_(ids))
-                       .order_by(AddressRow.id)):
-        nics[a.instance_id].append(NicRef(network_id=a.network_id, mac=a.mac, ip=a.ip))
-    pub = dict(s.execute(select(PublicIpRow.instance_id, PublicIpRow.ip)
-                         .where(PublicIpRow.instance_id.in_(ids))).all())
+    for iid, network_id, mac, ip in s.execute(_NICS, {"ids": ids}):
+        nics[iid].append(NicRef(network_id=network_id, mac=mac, ip=ip))
+    pub = dict(s.execute(_PUBLIC_IPS, {"ids": ids}).all())
     ingress = security_groups.ingress_for(s, ids)
     return [
         Assignment(
@@ -432,6 +441,10 @@ def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
             srow.size_gib = sobs.size_gib or srow.size_gib
 
 
+_REPORTED = select(InstanceRow).where(InstanceRow.id.in_(bindparam("ids", expanding=True)),
+                                      InstanceRow.host_id == bindparam("host"))
+
+
 def report(svc: Services, who: Principal, name: str, observations: list[Observation],
            volumes: list[VolumeObservation] | None = None,
            snapshots: list[SnapshotObservation] | None = None) -> None:
@@ -442,9 +455,8 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
     changed: set[str] = set()  # instances whose assignment changed
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, reporter)
-        ids = [o.id for o in observations]
         rows = {r.id: r for r in s.scalars(
-            select(InstanceRow).where(InstanceRow.id.in_(ids), InstanceRow.host_id == reporter))}
+            _REPORTED, {"ids": [o.id for o in observations], "host": reporter})}
         for obs in observations:
             row = rows.get(obs.id)
             if row is None or obs.generation < row.generation:

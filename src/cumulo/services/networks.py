@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import AddressRow, InstanceRow, NetworkRow, ProjectRow
@@ -91,14 +91,19 @@ def resolve(s: Session, svc: Services, project: ProjectRow, zone: str,
     return row
 
 
+# Built once, as every create runs them (building a statement cost more than running it).
+_TAKEN = select(AddressRow.ip).where(AddressRow.network_id == bindparam("network"),
+                                     AddressRow.ip.in_(bindparam("ips", expanding=True)))
+_MAC_USED = select(AddressRow.id).where(AddressRow.mac == bindparam("mac"))
+
+
 def allocate_address(s: Session, network: NetworkRow, instance_id: str,
                      requested: str | None = None) -> AddressRow:
     """Reserve `requested` or a free address (the unique constraint guards races)."""
     net = ipaddress.IPv4Network(network.cidr)
 
     def taken_among(candidates: list[str]) -> Iterable[str]:
-        return s.scalars(select(AddressRow.ip).where(AddressRow.network_id == network.id,
-                                                     AddressRow.ip.in_(candidates)))
+        return s.scalars(_TAKEN, {"network": network.id, "ips": candidates})
 
     if requested is not None:
         addr = ipaddress.IPv4Address(check_ip(requested))
@@ -129,7 +134,7 @@ def _free_mac(s: Session) -> str:
     """A random MAC no NIC holds yet (the unique constraint would fail the create)."""
     for _ in range(MAC_TRIES):
         mac = _mac()
-        if s.scalar(select(AddressRow.id).where(AddressRow.mac == mac)) is None:
+        if s.scalar(_MAC_USED, {"mac": mac}) is None:
             return mac
     raise InsufficientCapacity("no free MAC address found")  # 8 draws of 40 random bits
 

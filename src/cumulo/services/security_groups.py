@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import InstanceGroupRow, InstanceRow, ProjectRow, SecurityGroupRow
@@ -161,15 +161,18 @@ def remove_rule(svc: Services, who: Principal, project: str | None, group: str,
     return result
 
 
+# Built once: every long-poll answer that reads an instance runs it.
+_INGRESS = (select(InstanceGroupRow.instance_id, Rule.proto, Rule.port, Rule.cidr)
+            .join(Rule, Rule.group_id == InstanceGroupRow.group_id)
+            .where(InstanceGroupRow.instance_id.in_(bindparam("ids", expanding=True)))
+            .order_by(Rule.created_at, Rule.id))
+
+
 def ingress_for(s: Session, instance_ids: list[str]) -> dict[str, list[FirewallRule]]:
     """Per instance: the union of its groups' rules (deduplicated, stable order)."""
     out: dict[str, list[FirewallRule]] = {i: [] for i in instance_ids}
     seen: dict[str, set[tuple[str, int | None, str]]] = {i: set() for i in instance_ids}
-    rows = s.execute(select(InstanceGroupRow.instance_id, Rule.proto, Rule.port, Rule.cidr)
-                     .join(Rule, Rule.group_id == InstanceGroupRow.group_id)
-                     .where(InstanceGroupRow.instance_id.in_(instance_ids))
-                     .order_by(Rule.created_at, Rule.id))
-    for iid, proto, port, cidr in rows:
+    for iid, proto, port, cidr in s.execute(_INGRESS, {"ids": instance_ids}):
         if (proto, port, cidr) not in seen[iid]:
             seen[iid].add((proto, port, cidr))
             out[iid].append(FirewallRule(proto=proto, port=port, cidr=cidr))
