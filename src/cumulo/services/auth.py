@@ -7,7 +7,7 @@ import secrets
 import threading
 import time
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import ProjectRow, TokenRow
@@ -93,13 +93,17 @@ def ensure_default_project(s: Session) -> ProjectRow:
     return row
 
 
+# Built once: every call of the user API by an admin runs it.
+_PROJECT_NAMED = select(ProjectRow).where(ProjectRow.name == bindparam("name"))
+
+
 def scope_project(s: Session, who: Principal, requested: str | None) -> ProjectRow:
     """The project a call acts in: members get their own; admins any (default: 'default')."""
     if who.role is Role.AGENT:
         raise Forbidden("agent tokens cannot use the user API")
     if who.is_admin:
         name = requested or DEFAULT_PROJECT
-        row = s.scalar(select(ProjectRow).where(ProjectRow.name == name))
+        row = s.scalar(_PROJECT_NAMED, {"name": name})
         if row is None:
             raise NotFound(f"project {name!r} does not exist", code="unknown_project")
         return row

@@ -84,6 +84,9 @@ def is_up(state: str, last_seen: datetime, now: datetime) -> bool:
 ZONE_LOCK_CLASS = 0x63756D  # "cum"
 
 
+_SQLITE_WRITE_LOCK = update(HostRow).where(false()).values(zone=HostRow.zone)  # see lock_zone
+
+
 def lock_zone(s: Session, zone: str) -> None:
     """Serialize placements in `zone` until the transaction ends (two concurrent creates must
     not both take the last slot, nor the same address).
@@ -101,7 +104,7 @@ def lock_zone(s: Session, zone: str) -> None:
     the rest of the lock.
     """
     if s.get_bind().dialect.name == "sqlite":
-        s.execute(update(HostRow).where(false()).values(zone=HostRow.zone))
+        s.execute(_SQLITE_WRITE_LOCK)
     else:
         s.execute(select(func.pg_advisory_xact_lock(ZONE_LOCK_CLASS, func.hashtext(zone))))
 

@@ -10,7 +10,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import ImageRow, InstanceRow, ProjectRow
@@ -51,13 +51,17 @@ def register_builtin(svc: Services, image_dir: Path) -> None:
         row.state = "available"
 
 
+# The images a project sees (public ones and its own), built once: every create resolves one.
+_VISIBLE = (select(ImageRow)
+            .where(or_(ImageRow.project_id.is_(None), ImageRow.project_id == bindparam("project")))
+            .order_by(ImageRow.name, ImageRow.arch))
+_VISIBLE_NAMED = _VISIBLE.where(ImageRow.name == bindparam("name"))
+
+
 def _visible(s: Session, project: ProjectRow, name: str | None = None) -> list[ImageRow]:
-    q = select(ImageRow).where(
-        or_(ImageRow.project_id.is_(None), ImageRow.project_id == project.id)
-    )
-    if name is not None:
-        q = q.where(ImageRow.name == name)
-    return list(s.scalars(q.order_by(ImageRow.name, ImageRow.arch)))
+    if name is None:
+        return list(s.scalars(_VISIBLE, {"project": project.id}))
+    return list(s.scalars(_VISIBLE_NAMED, {"project": project.id, "name": name}))
 
 
 def resolve_variant(s: Session, project: ProjectRow, name: str, arch: str) -> ImageRow:

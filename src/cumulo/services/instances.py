@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -141,6 +141,12 @@ def _sizes(svc: Services, req: CreateInstance, arch: Arch) -> tuple[int, int, in
     )
 
 
+# The statements every create, start, stop or delete runs, built once: building one cost
+# more than running it on SQLite.
+_NAME_TAKEN = select(InstanceRow.id).where(InstanceRow.project_id == bindparam("project"),
+                                           InstanceRow.name == bindparam("name"))
+
+
 def create(svc: Services, who: Principal, project: str | None, req: CreateInstance) -> InstanceView:
     dns_label(req.name, "instance name")
     user_data(req.user_data)
@@ -159,11 +165,7 @@ def create(svc: Services, who: Principal, project: str | None, req: CreateInstan
         prj = scope_project(s, who, project)
         image = images.resolve_variant(s, prj, req.image, arch.value)
         disk = max(disk, -(-image.virtual_size_bytes // 2**30), 1)
-        if s.scalar(
-            select(InstanceRow.id).where(
-                InstanceRow.project_id == prj.id, InstanceRow.name == req.name
-            )
-        ):
+        if s.scalar(_NAME_TAKEN, {"project": prj.id, "name": req.name}):
             raise Conflict(
                 f"an instance named {req.name!r} already exists in project {prj.name!r}",
                 code="name_taken",
@@ -211,10 +213,13 @@ def create(svc: Services, who: Principal, project: str | None, req: CreateInstan
     return result
 
 
+_IN_PROJECT = select(InstanceRow).where(InstanceRow.project_id == bindparam("project"))
+_BY_ID = _IN_PROJECT.where(InstanceRow.id == bindparam("ref"))
+_BY_NAME = _IN_PROJECT.where(InstanceRow.name == bindparam("ref"))
+
+
 def find_row(s: Session, prj: ProjectRow, ref: str) -> InstanceRow:
-    q = select(InstanceRow).where(InstanceRow.project_id == prj.id)
-    q = q.where(InstanceRow.id == ref) if is_id(ref) else q.where(InstanceRow.name == ref)
-    row = s.scalar(q)
+    row = s.scalar(_BY_ID if is_id(ref) else _BY_NAME, {"project": prj.id, "ref": ref})
     if row is None:
         raise NotFound(f"no instance {ref!r} in project {prj.name!r}", code="unknown_instance")
     return row

@@ -62,9 +62,16 @@ def create(svc: Services, who: Principal, project: str | None, name: str, cidr: 
         return _view(s, row, prj.name)
 
 
+# Built once: every create looks its network up.
+_DEFAULT = select(NetworkRow).where(NetworkRow.project_id == bindparam("project"),
+                                    NetworkRow.zone == bindparam("zone"), NetworkRow.is_default)
+_NAMED = select(NetworkRow).where(NetworkRow.project_id == bindparam("project"),
+                                  NetworkRow.zone == bindparam("zone"),
+                                  NetworkRow.name == bindparam("name"))
+
+
 def ensure_default(s: Session, svc: Services, project: ProjectRow, zone: str) -> NetworkRow:
-    row = s.scalar(select(NetworkRow).where(NetworkRow.project_id == project.id,
-                                            NetworkRow.zone == zone, NetworkRow.is_default))
+    row = s.scalar(_DEFAULT, {"project": project.id, "zone": zone})
     if row is not None:
         return row
     pool = ipaddress.ip_network(svc.settings.network.private_pool)
@@ -84,8 +91,7 @@ def resolve(s: Session, svc: Services, project: ProjectRow, zone: str,
             name: str | None) -> NetworkRow:
     if name is None or name == DEFAULT_NETWORK:
         return ensure_default(s, svc, project, zone)
-    row = s.scalar(select(NetworkRow).where(NetworkRow.project_id == project.id,
-                                            NetworkRow.zone == zone, NetworkRow.name == name))
+    row = s.scalar(_NAMED, {"project": project.id, "zone": zone, "name": name})
     if row is None:
         raise NotFound(f"no network {name!r} in zone {zone}", code="unknown_network")
     return row

@@ -38,9 +38,13 @@ def _view(s: Session, g: SecurityGroupRow, project: str) -> SecurityGroupView:
                for r in _rules(s, g.id)])
 
 
+# Built once: every create looks its groups up.
+_NAMED = select(SecurityGroupRow).where(SecurityGroupRow.project_id == bindparam("project"),
+                                        SecurityGroupRow.name == bindparam("name"))
+
+
 def ensure_default(s: Session, prj: ProjectRow) -> SecurityGroupRow:
-    g = s.scalar(select(SecurityGroupRow).where(SecurityGroupRow.project_id == prj.id,
-                                                SecurityGroupRow.name == DEFAULT_GROUP))
+    g = s.scalar(_NAMED, {"project": prj.id, "name": DEFAULT_GROUP})
     if g is None:
         g = SecurityGroupRow(id=new_id("sg"), name=DEFAULT_GROUP, project_id=prj.id,
                              description="SSH and ICMP in, everything out")
@@ -54,8 +58,7 @@ def ensure_default(s: Session, prj: ProjectRow) -> SecurityGroupRow:
 def _find(s: Session, prj: ProjectRow, name: str) -> SecurityGroupRow:
     if name == DEFAULT_GROUP:
         return ensure_default(s, prj)
-    g = s.scalar(select(SecurityGroupRow).where(SecurityGroupRow.project_id == prj.id,
-                                                SecurityGroupRow.name == name))
+    g = s.scalar(_NAMED, {"project": prj.id, "name": name})
     if g is None:
         raise NotFound(f"no security group {name!r}", code="unknown_security_group")
     return g
