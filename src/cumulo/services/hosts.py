@@ -121,6 +121,7 @@ def capacities(s: Session, zone: str | None = None) -> list[HostCapacity]:
                up, HostRow.vcpus, HostRow.ram_mib)
     if zone is not None:
         q = q.where(HostRow.zone == zone)
+    s.flush()  # instances this session added count too: the connection does not autoflush
     conn = s.connection()
     used = {
         hid: (int(c or 0), int(r or 0))
