@@ -7,7 +7,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import String, and_, cast, false, func, select, update
+from sqlalchemy import String, and_, bindparam, cast, false, func, select, update
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import HostRow, InstanceRow
@@ -109,30 +109,30 @@ def lock_zone(s: Session, zone: str) -> None:
         s.execute(select(func.pg_advisory_xact_lock(ZONE_LOCK_CLASS, func.hashtext(zone))))
 
 
+# The statements of `capacities`, built once (every create runs them).
+_HOSTS = select(HostRow.id, HostRow.name, HostRow.zone, cast(HostRow.architectures, String),
+                and_(HostRow.state == "up", HostRow.last_seen > bindparam("seen_after")),
+                HostRow.vcpus, HostRow.ram_mib)
+_ZONE_HOSTS = _HOSTS.where(HostRow.zone == bindparam("zone"))
+_USED = (select(InstanceRow.host_id, func.sum(InstanceRow.vcpus), func.sum(InstanceRow.ram_mib))
+         .where(InstanceRow.host_id.is_not(None))
+         .group_by(InstanceRow.host_id))
+
+
 def capacities(s: Session, zone: str | None = None) -> list[HostCapacity]:
     """Every host's capacity and what its instances (any state but deleted) hold.
 
     Every create reads every host of its zone: columns rather than ORM objects, liveness
     decided by the database (as `is_up` does), and each distinct architecture list parsed
     once per process. That halved this function's CPU with 100 hosts."""
-    now = datetime.now(UTC)
-    up = and_(HostRow.state == "up", HostRow.last_seen > now - HOST_DOWN_AFTER)
-    q = select(HostRow.id, HostRow.name, HostRow.zone, cast(HostRow.architectures, String),
-               up, HostRow.vcpus, HostRow.ram_mib)
-    if zone is not None:
-        q = q.where(HostRow.zone == zone)
     s.flush()  # instances this session added count too: the connection does not autoflush
     conn = s.connection()
-    used = {
-        hid: (int(c or 0), int(r or 0))
-        for hid, c, r in conn.execute(
-            select(InstanceRow.host_id, func.sum(InstanceRow.vcpus), func.sum(InstanceRow.ram_mib))
-            .where(InstanceRow.host_id.is_not(None))
-            .group_by(InstanceRow.host_id)
-        )
-    }
+    used = {hid: (int(c or 0), int(r or 0)) for hid, c, r in conn.execute(_USED)}
+    seen_after = datetime.now(UTC) - HOST_DOWN_AFTER
+    rows = (conn.execute(_HOSTS, {"seen_after": seen_after}) if zone is None
+            else conn.execute(_ZONE_HOSTS, {"seen_after": seen_after, "zone": zone}))
     out = []
-    for hid, name, host_zone, archs, host_up, vcpus, ram in conn.execute(q):
+    for hid, name, host_zone, archs, host_up, vcpus, ram in rows:
         vcpus_used, ram_used = used.get(hid, (0, 0))
         out.append(HostCapacity(
             host_id=hid, name=name, zone=host_zone, architectures=_architectures(archs),

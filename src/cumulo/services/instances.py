@@ -194,11 +194,14 @@ def create(svc: Services, who: Principal, project: str | None, req: CreateInstan
         )
         s.add(row)
         try:
-            s.flush()
-            address = networks.allocate_address(s, network, row.id, req.private_ip)
-            for g in groups:
-                s.add(InstanceGroupRow(instance_id=row.id, group_id=g.id))
-            public_ip = public_ips.assign_auto(s, svc, prj, row.id)
+            s.flush()  # the instance first: the rows below refer to it
+            # Their searches look at other instances' rows only: what this create adds is
+            # written in one flush at the end, not one per search.
+            with s.no_autoflush:
+                address = networks.allocate_address(s, network, row.id, req.private_ip)
+                for g in groups:
+                    s.add(InstanceGroupRow(instance_id=row.id, group_id=g.id))
+                public_ip = public_ips.assign_auto(s, svc, prj, row.id)
             s.flush()
         except IntegrityError:
             raise Conflict(f"an instance named {req.name!r} or its address is already taken",

@@ -44,7 +44,6 @@ def _allocate(s: Session, svc: Services, prj: ProjectRow, auto: bool,
     row = PublicIpRow(id=new_id("pip"), ip=ip, project_id=prj.id, auto=auto,
                       instance_id=instance_id)
     s.add(row)
-    s.flush()
     return row
 
 
@@ -64,7 +63,9 @@ def _find(s: Session, prj: ProjectRow, ip: str) -> PublicIpRow:
 def allocate(svc: Services, who: Principal, project: str | None) -> PublicIpView:
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        return _view(s, _allocate(s, svc, prj, auto=False), prj.name)
+        row = _allocate(s, svc, prj, auto=False)
+        s.flush()  # its creation time
+        return _view(s, row, prj.name)
 
 
 def list_all(svc: Services, who: Principal, project: str | None) -> list[PublicIpView]:
