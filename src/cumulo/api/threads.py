@@ -42,11 +42,12 @@ T = TypeVar("T")
 _long_jobs = ThreadPoolExecutor(max_workers=LONG_JOB_THREADS, thread_name_prefix="cumulo-job")
 
 
-async def service(svc: Services, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)`, a short service call: inline on SQLite, in a worker thread otherwise."""
+async def service(svc: Services, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)`, a short service call: inline on SQLite, in a worker thread
+    otherwise."""
     if svc.db.in_process:
-        return fn(*args)
-    return await to_thread.run_sync(functools.partial(fn, *args))
+        return fn(*args, **kwargs)
+    return await to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
 async def long_job(fn: Callable[..., T], *args: Any) -> T:

@@ -33,13 +33,17 @@ def test_a_long_job_runs_outside_the_worker_threads(svc: Services) -> None:
 def test_a_service_call_runs_inline_on_sqlite_and_in_a_worker_thread_on_postgresql(
     svc: Services,
 ) -> None:
-    async def where() -> tuple[int, int]:
+    def call(first: str, *, second: str) -> tuple[int, str]:
+        return threading.get_ident(), first + second
+
+    async def where() -> tuple[int, tuple[int, str]]:
         loop_thread = threading.get_ident()
-        return loop_thread, await threads.service(svc, threading.get_ident)
+        return loop_thread, await threads.service(svc, call, "a", second="b")
 
     with TestClient(create_app(svc)) as client:
         assert client.portal is not None
-        loop_thread, call_thread = client.portal.call(where)
+        loop_thread, (call_thread, args) = client.portal.call(where)
     inline = svc.db.url.startswith("sqlite")
     assert svc.db.in_process is inline
     assert (call_thread == loop_thread) is inline
+    assert args == "ab"  # positional and keyword arguments reach the call

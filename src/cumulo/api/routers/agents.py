@@ -10,7 +10,6 @@ from cumulo.api.deps import Svc, Who
 from cumulo.api.threads import service
 from cumulo.protocol import Assignments, HostRegistration, Registered, Report
 from cumulo.services import agents, hosts
-from cumulo.services.context import Principal, Services
 
 router = APIRouter(prefix="/v1/agent/hosts", tags=["agent"])
 
@@ -19,12 +18,9 @@ MAX_WAIT_S = 30.0
 
 @router.post("/register")
 async def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
-    host_id = await service(svc, _register, svc, who, body)
-    return Registered(host_id=host_id)
-
-
-def _register(svc: Services, who: Principal, body: HostRegistration) -> str:
-    return hosts.register(
+    host_id = await service(
+        svc,
+        hosts.register,
         svc,
         who,
         name=body.name,
@@ -36,6 +32,7 @@ def _register(svc: Services, who: Principal, body: HostRegistration) -> str:
         accel=body.accel,
         agent_url=body.agent_url,
     )
+    return Registered(host_id=host_id)
 
 
 @router.get("/{name}/assignments", response_model=Assignments)
