@@ -53,6 +53,7 @@ class FakeHostReconciler(Reconciler):
 def serve_api(db_url: str, port: int) -> None:
     import uvicorn
 
+    from cumulo.api import heap
     from cumulo.api.app import create_app
     from cumulo.config import Settings
     from cumulo.db.engine import Database
@@ -61,8 +62,10 @@ def serve_api(db_url: str, port: int) -> None:
 
     db = Database(db_url)
     svc = Services(db=db, settings=Settings(), notifier=Notifier())
+    app = create_app(svc)
+    heap.settle()  # as `cumulo up` does
     try:
-        uvicorn.run(create_app(svc), host="127.0.0.1", port=port, log_level="warning",
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning",
                     access_log=False)
     finally:
         db.dispose()

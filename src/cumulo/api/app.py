@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from cumulo import __version__
 from cumulo.api import errors, threads
+from cumulo.api.batches import CreateBatcher
 from cumulo.api.routers import agents, catalogue, images, instances, networking, projects, volumes
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
@@ -20,6 +21,7 @@ def create_app(svc: Services) -> FastAPI:
     )
     app.state.services = svc
     app.state.token_cache = TokenCache()
+    app.state.create_batcher = CreateBatcher(svc)
     errors.install(app)
     # Routes are matched in order, one by one: the busiest first (agents long-poll and
     # report at every change; instances are what users create).

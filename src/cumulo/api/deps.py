@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from cumulo.api.batches import CreateBatcher
 from cumulo.api.threads import service
 from cumulo.services.auth import TokenCache, authenticate
 from cumulo.services.context import Principal, Services
@@ -15,6 +16,11 @@ async def services(request: Request) -> Services:
     # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
     # hop per request just to read app.state.
     return _services(request)
+
+
+async def create_batcher(request: Request) -> CreateBatcher:
+    batcher: CreateBatcher = request.app.state.create_batcher
+    return batcher
 
 
 def _services(request: Request) -> Services:
@@ -41,3 +47,4 @@ def _authenticate(svc: Services, authorization: str | None) -> Principal:
 
 Svc = Annotated[Services, Depends(services)]
 Who = Annotated[Principal, Depends(principal)]
+Creates = Annotated[CreateBatcher, Depends(create_batcher)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import random
 import secrets
 import threading
 import time
@@ -214,6 +215,11 @@ def _storage(s: Session, svc: Services, host_id: str
 # A host's cached assignments are rebuilt whole at least this often, whatever the notifier
 # says: a write that forgot to announce itself (notify / touch) still reaches the host.
 VIEW_MAX_AGE_S = 10.0
+# ... and not sooner than this share of it. Each whole rebuild draws its next one at random in
+# between: hosts that registered together would otherwise all be rebuilt in the same instant,
+# every time (in the control-plane benchmark, 100 whole rebuilds in one burst, with every
+# create of that moment queued behind them).
+VIEW_MIN_AGE_SHARE = 0.5
 # Built views kept per host, to answer a host that holds one of them with a delta.
 RECENT_VIEWS = 3
 
@@ -224,7 +230,7 @@ class _HostView:
 
     name: str  # EPOCH:SERIAL, unique per build: what the host claims back (`have`)
     content: int  # the host's content version (Notifier.content) read before the build
-    full_at: float  # time.monotonic() of the last whole rebuild this view derives from
+    rebuild_at: float  # time.monotonic() after which the next answer rebuilds it whole
     instances: list[Assignment]
     network_ids: frozenset[str]
     volumes: list[VolumeAssignment]
@@ -272,7 +278,7 @@ def _plan(svc: Services, host_id: str) -> _Plan:
     with _views_lock:
         recent = views.hosts.get(host_id)
         base = recent[-1] if recent else None
-    if base is None or time.monotonic() - base.full_at > VIEW_MAX_AGE_S:
+    if base is None or time.monotonic() > base.rebuild_at:
         return _Plan(svc.notifier.content(host_id), None, None)
     content, touched = svc.notifier.changes(host_id, base.content)
     return _Plan(content, base, touched)
@@ -331,7 +337,7 @@ def _build_view(s: Session, svc: Services, host_id: str, plan: _Plan) -> _HostVi
     if base is None or touched is None:
         out = _assignments(s, svc, host_id, None)
         vols, snaps = _storage(s, svc, host_id)
-        full_at = time.monotonic()
+        rebuild_at = time.monotonic() + VIEW_MAX_AGE_S * random.uniform(VIEW_MIN_AGE_SHARE, 1.0)
     else:
         fresh = {a.id: a for a in _assignments(s, svc, host_id, touched)}
         # Kept in place (a changed one too, unless it left the host); new ones last, as
@@ -339,12 +345,12 @@ def _build_view(s: Session, svc: Services, host_id: str, plan: _Plan) -> _HostVi
         out = [fresh.pop(a.id) if a.id in touched else a for a in base.instances
                if a.id not in touched or a.id in fresh]
         out += fresh.values()
-        vols, snaps, full_at = base.volumes, base.snapshots, base.full_at
+        vols, snaps, rebuild_at = base.volumes, base.snapshots, base.rebuild_at
     views = _process_views(svc)
     with _views_lock:
         views.serial += 1
         view = _HostView(name=f"{views.epoch}:{views.serial}", content=plan.content,
-                         full_at=full_at, instances=out,
+                         rebuild_at=rebuild_at, instances=out,
                          network_ids=frozenset(n.network_id for a in out for n in a.nics),
                          volumes=vols, snapshots=snaps)
         recent = views.hosts.setdefault(host_id, [])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TypeVar, cast
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +21,13 @@ from cumulo.db.tables import (
     SecurityGroupRow,
 )
 from cumulo.domain.arch import Arch
-from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
+from cumulo.domain.errors import (
+    Conflict,
+    CumuloError,
+    InsufficientCapacity,
+    InvalidInput,
+    NotFound,
+)
 from cumulo.domain.ids import is_id, new_id
 from cumulo.domain.instance import (
     Action,
@@ -30,7 +38,7 @@ from cumulo.domain.instance import (
 )
 from cumulo.domain.validation import dns_label, positive, tags, user_data
 from cumulo.protocol import DnsRecord
-from cumulo.scheduler.placement import Request, largest_possible, place
+from cumulo.scheduler.placement import HostCapacity, Request, largest_possible, place
 from cumulo.services import (
     hosts,
     images,
@@ -147,7 +155,38 @@ _NAME_TAKEN = select(InstanceRow.id).where(InstanceRow.project_id == bindparam("
                                            InstanceRow.name == bindparam("name"))
 
 
-def create(svc: Services, who: Principal, project: str | None, req: CreateInstance) -> InstanceView:
+@dataclass(frozen=True)
+class CreateCall:
+    """One create of a batch: who asks, in which project, for what."""
+
+    who: Principal
+    project: str | None
+    req: CreateInstance
+
+
+@dataclass(frozen=True)
+class _Size:
+    """A create's request, checked without the database."""
+
+    arch: Arch
+    zone: str
+    vcpus: int
+    ram_mib: int
+    bandwidth_mbps: int
+    disk_gib: int
+
+
+@dataclass(frozen=True)
+class _Created:
+    """What a create wrote, for the notifications sent once its transaction committed."""
+
+    view: InstanceView
+    host_id: str
+    network_id: str
+    record: DnsRecord
+
+
+def _size(svc: Services, req: CreateInstance) -> _Size:
     dns_label(req.name, "instance name")
     user_data(req.user_data)
     tags(req.tags)
@@ -158,62 +197,153 @@ def create(svc: Services, who: Principal, project: str | None, req: CreateInstan
     vcpus, ram, bw, disk = _sizes(svc, req, arch)
     if req.disk_gib is not None:
         disk = positive(req.disk_gib, "disk size (GiB)", maximum=16384)
-    with svc.db.session() as s:
-        # First, so that the checks below (name, capacity, addresses, default network and
-        # security group) see every create that committed before this one.
-        hosts.lock_zone(s, zone)
-        prj = scope_project(s, who, project)
-        image = images.resolve_variant(s, prj, req.image, arch.value)
-        disk = max(disk, -(-image.virtual_size_bytes // 2**30), 1)
-        if s.scalar(_NAME_TAKEN, {"project": prj.id, "name": req.name}):
-            raise Conflict(
-                f"an instance named {req.name!r} already exists in project {prj.name!r}",
-                code="name_taken",
-            )
-        caps = hosts.capacities(s, zone)
-        max_cpu, max_ram = largest_possible(caps, arch.value, zone)
-        if max_cpu and (vcpus > max_cpu or ram > max_ram):
-            raise InvalidInput(
-                f"{vcpus} vCPUs / {ram} MiB is larger than any {arch.value} host in zone "
-                f"{zone} can hold (largest: {max_cpu} vCPUs / {max_ram} MiB)",
-                code="too_large",
-            )
-        placement = place(Request(zone=zone, arch=arch.value, vcpus=vcpus, ram_mib=ram), caps)
-        if placement.host is None:
-            raise InsufficientCapacity(f"no host can take this instance now: {placement.explain()}")
-        keys = keypairs.resolve(s, prj, req.keys)
-        groups = security_groups.resolve(s, prj, req.security_groups)
-        network = networks.resolve(s, svc, prj, zone, req.network)
-        row = InstanceRow(
-            id=new_id("i"), name=req.name, project_id=prj.id, zone=zone, arch=arch.value,
-            type_name=req.type, vcpus=vcpus, ram_mib=ram, bandwidth_mbps=bw, disk_gib=disk,
-            image_id=image.id, image_name=image.name, host_id=placement.host.host_id,
-            state=InstanceState.PENDING.value, desired_power=DesiredPower.RUNNING.value,
-            user_data=req.user_data, tags=dict(req.tags),
-            ssh_keys=[k.public_key for k in keys], key_names=[k.name for k in keys],
-        )
-        s.add(row)
+    return _Size(arch=arch, zone=zone, vcpus=vcpus, ram_mib=ram, bandwidth_mbps=bw,
+                 disk_gib=disk)
+
+
+T = TypeVar("T")
+
+
+class _Batch:
+    """What the creates of one transaction share: their projects, images, key pairs, security
+    groups, networks and each zone's host capacities, read once. Only the creates of the batch
+    write any of these meanwhile (they hold the zone lock), and they do it through this object
+    (a placement is added to the capacities read). A create that fails rolls back its
+    savepoint, and with `restore` what it added here."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+        self._memo: dict[tuple[object, ...], object] = {}
+
+    def get(self, key: tuple[object, ...], read: Callable[[], T]) -> T:
+        if key not in self._memo:
+            self._memo[key] = read()
+        return cast(T, self._memo[key])
+
+    def checkpoint(self) -> dict[tuple[object, ...], object]:
+        return dict(self._memo)
+
+    def restore(self, saved: dict[tuple[object, ...], object]) -> None:
+        self._memo = saved
+
+    def capacities(self, zone: str) -> list[HostCapacity]:
+        return self.get(("capacities", zone), lambda: hosts.capacities(self.s, zone))
+
+    def placed(self, zone: str, host: HostCapacity, vcpus: int, ram_mib: int) -> None:
+        self._memo[("capacities", zone)] = [
+            replace(h, vcpus_used=h.vcpus_used + vcpus, ram_mib_used=h.ram_mib_used + ram_mib)
+            if h.host_id == host.host_id else h
+            for h in self.capacities(zone)
+        ]
+
+
+def create(svc: Services, who: Principal, project: str | None, req: CreateInstance) -> InstanceView:
+    """One instance: `create_many` with a batch of one."""
+    out = create_many(svc, [CreateCall(who, project, req)])[0]
+    if isinstance(out, CumuloError):
+        raise out
+    return out
+
+
+def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView | CumuloError]:
+    """Create instances in one transaction, each in a savepoint of its own: a create that
+    fails (its error is returned in its place) rolls back only what it wrote. The API batches
+    the creates that arrive together (cumulo.api.batches): what every create reads (the zone
+    lock, host capacities, project, image, network, security groups) and the commit are then
+    paid once per batch. Any other error (the database's) fails the whole batch."""
+    out: dict[int, InstanceView | CumuloError] = {}
+    sized: list[tuple[int, CreateCall, _Size]] = []
+    for i, call in enumerate(calls):
         try:
-            s.flush()  # the instance first: the rows below refer to it
-            # Their searches look at other instances' rows only: what this create adds is
-            # written in one flush at the end, not one per search.
-            with s.no_autoflush:
-                address = networks.allocate_address(s, network, row.id, req.private_ip)
-                for g in groups:
-                    s.add(InstanceGroupRow(instance_id=row.id, group_id=g.id))
-                public_ip = public_ips.assign_auto(s, svc, prj, row.id)
-            s.flush()
-        except IntegrityError:
-            raise Conflict(f"an instance named {req.name!r} or its address is already taken",
-                           code="name_taken") from None
-        # Built from what this create just wrote: reading it back took 4 more queries.
-        result = _view(svc, row, prj.name, host=placement.host.name, network=network.name,
-                       private_ip=address.ip, public_ip=public_ip.ip,
-                       groups=sorted({g.name for g in groups}))
-    svc.notifier.notify(placement.host.host_id, [row.id])
-    record = DnsRecord(hostname=row.name, fqdn=result.fqdn, ip=address.ip, mac=address.mac)
-    svc.notifier.dns_changed(network.id, added=[record], skip=placement.host.host_id)
-    return result
+            sized.append((i, call, _size(svc, call.req)))
+        except CumuloError as e:
+            out[i] = e
+    created: list[_Created] = []
+    if sized:
+        with svc.db.session() as s:
+            # First, so that the checks below (name, capacity, addresses, default network and
+            # security group) see every create that committed before these. In one order, so
+            # that two batches cannot each hold a zone the other waits for.
+            for zone in sorted({size.zone for _, _, size in sized}):
+                hosts.lock_zone(s, zone)
+            batch = _Batch(s)
+            for i, call, size in sized:
+                saved = batch.checkpoint()
+                try:
+                    with s.begin_nested():
+                        done = _create_one(svc, batch, call, size)
+                except CumuloError as e:
+                    batch.restore(saved)
+                    out[i] = e
+                    continue
+                except IntegrityError:
+                    batch.restore(saved)
+                    out[i] = Conflict(f"an instance named {call.req.name!r} or its address is "
+                                      f"already taken", code="name_taken")
+                    continue
+                out[i] = done.view
+                created.append(done)
+    for done in created:
+        svc.notifier.notify(done.host_id, [done.view.id])
+        svc.notifier.dns_changed(done.network_id, added=[done.record], skip=done.host_id)
+    return [out[i] for i in range(len(calls))]
+
+
+def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> _Created:
+    s, req, zone, arch = batch.s, call.req, size.zone, size.arch
+    prj = batch.get(("project", call.who, call.project),
+                    lambda: scope_project(s, call.who, call.project))
+    image = batch.get(("image", prj.id, req.image, arch.value),
+                      lambda: images.resolve_variant(s, prj, req.image, arch.value))
+    disk = max(size.disk_gib, -(-image.virtual_size_bytes // 2**30), 1)
+    if s.scalar(_NAME_TAKEN, {"project": prj.id, "name": req.name}):
+        raise Conflict(
+            f"an instance named {req.name!r} already exists in project {prj.name!r}",
+            code="name_taken",
+        )
+    caps = batch.capacities(zone)
+    vcpus, ram = size.vcpus, size.ram_mib
+    max_cpu, max_ram = largest_possible(caps, arch.value, zone)
+    if max_cpu and (vcpus > max_cpu or ram > max_ram):
+        raise InvalidInput(
+            f"{vcpus} vCPUs / {ram} MiB is larger than any {arch.value} host in zone "
+            f"{zone} can hold (largest: {max_cpu} vCPUs / {max_ram} MiB)",
+            code="too_large",
+        )
+    placement = place(Request(zone=zone, arch=arch.value, vcpus=vcpus, ram_mib=ram), caps)
+    if placement.host is None:
+        raise InsufficientCapacity(f"no host can take this instance now: {placement.explain()}")
+    keys = batch.get(("keys", prj.id, *req.keys), lambda: keypairs.resolve(s, prj, req.keys))
+    groups = batch.get(("groups", prj.id, *req.security_groups),
+                       lambda: security_groups.resolve(s, prj, req.security_groups))
+    network = batch.get(("network", prj.id, zone, req.network),
+                        lambda: networks.resolve(s, svc, prj, zone, req.network))
+    row = InstanceRow(
+        id=new_id("i"), name=req.name, project_id=prj.id, zone=zone, arch=arch.value,
+        type_name=req.type, vcpus=vcpus, ram_mib=ram, bandwidth_mbps=size.bandwidth_mbps,
+        disk_gib=disk, image_id=image.id, image_name=image.name,
+        host_id=placement.host.host_id, state=InstanceState.PENDING.value,
+        desired_power=DesiredPower.RUNNING.value, user_data=req.user_data, tags=dict(req.tags),
+        ssh_keys=[k.public_key for k in keys], key_names=[k.name for k in keys],
+    )
+    s.add(row)
+    s.flush()  # the instance first: the rows below refer to it
+    # Their searches look at other instances' rows only: what this create adds is written in
+    # one flush at the end, not one per search.
+    with s.no_autoflush:
+        address = networks.allocate_address(s, network, row.id, req.private_ip)
+        for g in groups:
+            s.add(InstanceGroupRow(instance_id=row.id, group_id=g.id))
+        public_ip = public_ips.assign_auto(s, svc, prj, row.id)
+    s.flush()
+    batch.placed(zone, placement.host, vcpus, ram)
+    # Built from what this create just wrote: reading it back took 4 more queries.
+    view = _view(svc, row, prj.name, host=placement.host.name, network=network.name,
+                 private_ip=address.ip, public_ip=public_ip.ip,
+                 groups=sorted({g.name for g in groups}))
+    return _Created(view=view, host_id=placement.host.host_id, network_id=network.id,
+                    record=DnsRecord(hostname=row.name, fqdn=view.fqdn, ip=address.ip,
+                                     mac=address.mac))
 
 
 _IN_PROJECT = select(InstanceRow).where(InstanceRow.project_id == bindparam("project"))

@@ -15,7 +15,9 @@ rebuild only those in the cached assignments (`changes`).
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
 
@@ -25,6 +27,12 @@ from cumulo.services.dns_journal import DnsJournal
 # DNS-only changes (another host's instance joined or left a network) wake a host at most
 # this often: a burst of creates then costs each host one fetch per period, not one per create.
 DNS_COALESCE_S = 3.0
+# A host is woken at a random moment between this share of the period and its end, after the
+# first change it has not fetched. Hosts that share a network would otherwise be woken all at
+# once: in the control-plane benchmark, 100 long-poll answers in one burst every 3 s, with every
+# create of that moment queued behind them. Wake-ups due within DNS_WAKE_GRAIN_S go together.
+DNS_SPREAD_FROM = 0.5
+DNS_WAKE_GRAIN_S = 0.05
 # Content changes remembered per host, with the instances each one touched. A cached view older
 # than that many changes is rebuilt whole.
 CHANGE_LOG = 64
@@ -37,7 +45,7 @@ class Notifier:
     def __init__(self, coalesce_s: float = DNS_COALESCE_S) -> None:
         self._lock = threading.Lock()
         self.coalesce_s = coalesce_s
-        self._soon: set[str] = set()
+        self._soon: dict[str, float] = {}  # host id -> when to wake it (time.monotonic())
         self._timer: threading.Timer | None = None
         self.dns = DnsJournal()
         # Per-process memory of the agent protocol, kept here because every part of the API
@@ -111,18 +119,31 @@ class Notifier:
     def notify_soon(self, host_ids: Iterable[str | None]) -> None:
         """Wake these hosts within `coalesce_s` (DNS changes: not about their own assignments,
         whose content version stays)."""
+        now = time.monotonic()
         with self._lock:
-            self._soon.update(h for h in host_ids if h)
-            if self._timer is not None or not self._soon:
-                return
-            self._timer = threading.Timer(self.coalesce_s, self._flush)
-            self._timer.daemon = True
-            self._timer.start()
+            for h in host_ids:
+                if h and h not in self._soon:
+                    self._soon[h] = now + self.coalesce_s * random.uniform(DNS_SPREAD_FROM, 1.0)
+            self._arm(now)
+
+    def _arm(self, now: float) -> None:
+        """Under the lock: a timer for the earliest wake-up, unless one runs. A host added
+        later with an earlier time waits for that timer, at most `coalesce_s` all the same."""
+        if self._timer is not None or not self._soon:
+            return
+        self._timer = threading.Timer(max(0.0, min(self._soon.values()) - now), self._flush)
+        self._timer.daemon = True
+        self._timer.start()
 
     def _flush(self) -> None:
+        now = time.monotonic()
         with self._lock:
-            hosts, self._soon, self._timer = self._soon, set(), None
-        for h in hosts:
+            due = [h for h, at in self._soon.items() if at <= now + DNS_WAKE_GRAIN_S]
+            for h in due:
+                del self._soon[h]
+            self._timer = None
+            self._arm(now)
+        for h in due:
             self._wake(h, content=False)
 
     def dns_changed(self, network_id: str, added: Iterable[DnsRecord] = (),

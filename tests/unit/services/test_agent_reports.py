@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from cumulo.db.tables import InstanceRow
@@ -127,7 +129,10 @@ def test_a_write_that_announced_nothing_reaches_the_host_within_the_max_age(
         assert row is not None
         row.state = "running"
     assert _states(svc) == {iid: "pending"}  # the cached view, as designed
-    monkeypatch.setattr(agents, "VIEW_MAX_AGE_S", 0.0)
+    later = time.monotonic() + agents.VIEW_MAX_AGE_S * agents.VIEW_MIN_AGE_SHARE - 0.5
+    monkeypatch.setattr("cumulo.services.agents.time.monotonic", lambda: later)
+    assert _states(svc) == {iid: "pending"}  # not before its earliest rebuild
+    later += agents.VIEW_MAX_AGE_S
     assert _states(svc) == {iid: "running"}
 
 

@@ -211,6 +211,56 @@ def test_notifier_journals_and_wakes_the_other_hosts_of_the_network() -> None:
     assert n.version("elsewhere") == before["elsewhere"]
 
 
+class _Clock:
+    """time.monotonic and threading.Timer of the notifier, driven by the test."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.timers: list[tuple[float, object]] = []  # (when it fires, its function)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def timer(self, delay: float, fn: object) -> object:
+        clock = self
+
+        class _Timer:
+            daemon = False
+
+            def start(self) -> None:
+                clock.timers.append((clock.now + delay, fn))
+
+        return _Timer()
+
+    def run_next(self) -> None:
+        """Move to the earliest timer and fire it."""
+        self.timers.sort(key=lambda t: t[0])
+        at, fn = self.timers.pop(0)
+        self.now = max(self.now, at)
+        assert callable(fn)
+        fn()
+
+
+def test_dns_wake_ups_are_spread_over_the_period_and_each_host_gets_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr("cumulo.services.notifier.time.monotonic", clock.monotonic)
+    monkeypatch.setattr("cumulo.services.notifier.threading.Timer", clock.timer)
+    draws = iter([1.0, 0.5, 0.75, 0.51])  # each host's share of the period, in order
+    monkeypatch.setattr("cumulo.services.notifier.random.uniform", lambda _a, _b: next(draws))
+    n = Notifier(coalesce_s=2.0)
+    woken: list[tuple[str, float]] = []
+    monkeypatch.setattr(n, "_wake", lambda h, content: woken.append((h, clock.now - 100.0)))
+
+    n.notify_soon(["h1", "h2", "h3", "h4"])
+    n.notify_soon(["h1", "h2"])  # already due: no second wake-up, no later one
+    assert len(clock.timers) == 1  # one timer at a time
+    while clock.timers:
+        clock.run_next()
+    # h2 and h4 are due within DNS_WAKE_GRAIN_S of each other: one timer wakes both.
+    assert woken == [("h2", 1.0), ("h4", 1.0), ("h3", 1.5), ("h1", 2.0)]
+
+
 def test_parse_dns_claims_ignores_what_is_malformed() -> None:
     assert agents.parse_dns_claims([f"{NET}:ab12cd34:5", f"{OTHER_NET}:ab12cd34:0"]) == {
         NET: ("ab12cd34", 5), OTHER_NET: ("ab12cd34", 0)}

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from cumulo.api.deps import Svc, Who
+from cumulo.api.deps import Creates, Svc, Who
 from cumulo.api.threads import service
 from cumulo.domain.errors import Conflict, InvalidInput
 from cumulo.domain.instance import Action
@@ -48,8 +48,8 @@ def _decode(user_data: str | None) -> bytes | None:
 
 
 @router.post("", status_code=202)
-async def create(svc: Svc, who: Who, body: InstanceCreate, project: str | None = None
-                 ) -> InstanceView:
+async def create(creates: Creates, who: Who, body: InstanceCreate,
+                 project: str | None = None) -> InstanceView:
     req = instances.CreateInstance(
         name=body.name,
         image=body.image,
@@ -67,7 +67,7 @@ async def create(svc: Svc, who: Who, body: InstanceCreate, project: str | None =
         network=body.network,
         private_ip=body.private_ip,
     )
-    return await service(svc, instances.create, svc, who, project, req)
+    return await creates.create(instances.CreateCall(who, project, req))
 
 
 @router.get("")
