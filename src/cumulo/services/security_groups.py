@@ -175,7 +175,7 @@ def ingress_for(s: Session, instance_ids: list[str]) -> dict[str, list[FirewallR
     """Per instance: the union of its groups' rules (deduplicated, stable order)."""
     out: dict[str, list[FirewallRule]] = {i: [] for i in instance_ids}
     seen: dict[str, set[tuple[str, int | None, str]]] = {i: set() for i in instance_ids}
-    for iid, proto, port, cidr in s.execute(_INGRESS, {"ids": instance_ids}):
+    for iid, proto, port, cidr in s.connection().execute(_INGRESS, {"ids": instance_ids}):
         if (proto, port, cidr) not in seen[iid]:
             seen[iid].add((proto, port, cidr))
             out[iid].append(FirewallRule(proto=proto, port=port, cidr=cidr))
