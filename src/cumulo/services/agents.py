@@ -11,7 +11,7 @@ import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import (
@@ -412,18 +412,29 @@ def assignments(svc: Services, who: Principal, name: str,
                        view=view.name, instances_since=have, instances_removed=delta[1])
 
 
-def _forget(s: Session, row: InstanceRow) -> list[tuple[str, str]]:
+# What a report and a deletion run, built once. Columns and statements on the session's
+# connection rather than ORM objects and a flush: the report was the agent protocol's dearest
+# request after the long-poll answer.
+_NIC_KEYS = select(AddressRow.network_id, AddressRow.mac).where(
+    AddressRow.instance_id == bindparam("iid"))
+_FORGET = (
+    delete(AddressRow).where(AddressRow.instance_id == bindparam("iid")),
+    delete(PublicIpRow).where(PublicIpRow.instance_id == bindparam("iid"), PublicIpRow.auto),
+    # An allocated (not auto) public IP stays with the project.
+    update(PublicIpRow).where(PublicIpRow.instance_id == bindparam("iid"))
+    .values(instance_id=None),
+    delete(InstanceGroupRow).where(InstanceGroupRow.instance_id == bindparam("iid")),
+    delete(InstanceRow).where(InstanceRow.id == bindparam("iid")),
+)
+
+
+def _forget(s: Session, instance_id: str) -> list[tuple[str, str]]:
     """Remove a deleted instance and release what it held.
     Returns its (network id, MAC) pairs: those DNS records are gone."""
-    nics = [(n, m) for n, m in s.execute(select(AddressRow.network_id, AddressRow.mac)
-                                         .where(AddressRow.instance_id == row.id))]
-    s.execute(delete(AddressRow).where(AddressRow.instance_id == row.id))
-    s.execute(delete(PublicIpRow).where(PublicIpRow.instance_id == row.id, PublicIpRow.auto))
-    for pip in s.scalars(select(PublicIpRow).where(PublicIpRow.instance_id == row.id)):
-        pip.instance_id = None  # an allocated (not auto) public IP stays with the project
-    s.execute(delete(InstanceGroupRow).where(InstanceGroupRow.instance_id == row.id))
-    s.delete(row)
-    s.flush()
+    conn = s.connection()
+    nics = [(n, m) for n, m in conn.execute(_NIC_KEYS, {"iid": instance_id})]
+    for statement in _FORGET:
+        conn.execute(statement, {"iid": instance_id})
     return nics
 
 
@@ -457,8 +468,17 @@ def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
             srow.size_gib = sobs.size_gib or srow.size_gib
 
 
-_REPORTED = select(InstanceRow).where(InstanceRow.id.in_(bindparam("ids", expanding=True)),
-                                      InstanceRow.host_id == bindparam("host"))
+_REPORTED = (select(InstanceRow.id, InstanceRow.generation, InstanceRow.state,
+                    InstanceRow.state_reason, InstanceRow.desired_power,
+                    InstanceRow.reboot_seq, InstanceRow.reboot_done_seq)
+             .where(InstanceRow.id.in_(bindparam("ids", expanding=True)),
+                    InstanceRow.host_id == bindparam("host")))
+# Guarded by the generation the report was checked against: a user's request that committed
+# in between (it bumps the generation) is not undone.
+_APPLY = (update(InstanceRow)
+          .where(InstanceRow.id == bindparam("iid"), InstanceRow.generation == bindparam("gen"))
+          .values(state=bindparam("new_state"), state_reason=bindparam("reason"),
+                  desired_power=bindparam("desired"), reboot_done_seq=bindparam("done_seq")))
 
 
 def report(svc: Services, who: Principal, name: str, observations: list[Observation],
@@ -471,35 +491,43 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
     changed: set[str] = set()  # instances whose assignment changed
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, reporter)
-        rows = {r.id: r for r in s.scalars(
+        conn = s.connection()
+        rows = {r[0]: r for r in conn.execute(
             _REPORTED, {"ids": [o.id for o in observations], "host": reporter})}
+        writes: list[dict[str, object]] = []
         for obs in observations:
             row = rows.get(obs.id)
             if row is None or obs.generation < row.generation:
                 continue
+            iid, generation, old_state, old_reason, desired, reboot_seq, done_seq = row
             if obs.state == DELETED:
-                if row.desired_power == DesiredPower.DELETED.value:
-                    gone += _forget(s, row)
-                    changed.add(row.id)
+                if desired == DesiredPower.DELETED.value:
+                    gone += _forget(s, iid)
+                    changed.add(iid)
                     refresh = True
                 continue
             state = InstanceState(obs.state)
-            if obs.reboot_done_seq is not None and obs.reboot_done_seq > row.reboot_done_seq:
-                row.reboot_done_seq = obs.reboot_done_seq
-                changed.add(row.id)
+            if obs.reboot_done_seq is not None and obs.reboot_done_seq > done_seq:
+                done_seq = obs.reboot_done_seq
+                changed.add(iid)
                 refresh = True
-            if row.desired_power == DesiredPower.DELETED.value:
-                continue  # stays "deleting" until the agent reports it gone
-            if state is InstanceState.RUNNING and row.reboot_done_seq < row.reboot_seq:
-                state = InstanceState.REBOOTING
-            if obs.guest_initiated and state is InstanceState.STOPPED:
-                row.desired_power = DesiredPower.STOPPED.value
-                changed.add(row.id)
-                refresh = True
-            if row.state != state.value or row.state_reason != obs.reason:
-                refresh |= _agent_decides_on(row.state) or _agent_decides_on(state.value)
-                row.state, row.state_reason = state.value, obs.reason
-                changed.add(row.id)
+            new_state, reason = old_state, old_reason
+            if desired != DesiredPower.DELETED.value:  # else "deleting" until reported gone
+                if state is InstanceState.RUNNING and done_seq < reboot_seq:
+                    state = InstanceState.REBOOTING
+                if obs.guest_initiated and state is InstanceState.STOPPED:
+                    desired = DesiredPower.STOPPED.value
+                    changed.add(iid)
+                    refresh = True
+                if old_state != state.value or old_reason != obs.reason:
+                    refresh |= _agent_decides_on(old_state) or _agent_decides_on(state.value)
+                    new_state, reason = state.value, obs.reason
+                    changed.add(iid)
+            if iid in changed:
+                writes.append({"iid": iid, "gen": generation, "new_state": new_state,
+                               "reason": reason, "desired": desired, "done_seq": done_seq})
+        if writes:
+            conn.execute(_APPLY, writes)
         if volumes or snapshots:
             _report_storage(s, reporter, volumes or [], snapshots or [])
     for net_id, mac in gone:
