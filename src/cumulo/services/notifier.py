@@ -165,6 +165,8 @@ class Notifier:
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
+            pass
+        finally:  # timed out or cancelled (its client left): not woken, still listed
             with self._lock:
                 waiters = self._waiters.get(host_id, [])
                 if (loop, event) in waiters:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from cumulo.api.deps import Svc, Who
 from cumulo.api.threads import service
@@ -14,6 +16,8 @@ from cumulo.services import agents, hosts
 router = APIRouter(prefix="/v1/agent/hosts", tags=["agent"])
 
 MAX_WAIT_S = 30.0
+
+T = TypeVar("T")
 
 
 @router.post("/register")
@@ -37,7 +41,7 @@ async def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
 
 @router.get("/{name}/assignments", response_model=Assignments)
 async def assignments(
-    svc: Svc, who: Who, name: str, since: int = -1, wait: float = 0.0,
+    request: Request, svc: Svc, who: Who, name: str, since: int = -1, wait: float = 0.0,
     dns: Annotated[list[str] | None, Query()] = None,
     have: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
@@ -50,12 +54,36 @@ async def assignments(
         host_id = await service(svc, agents.host_id, svc, who, name)
     version = svc.notifier.version(host_id)
     if since == version and wait > 0:
-        version = await svc.notifier.wait(host_id, since, min(wait, MAX_WAIT_S))
+        woken = await unless_gone(request, svc.notifier.wait(host_id, since,
+                                                             min(wait, MAX_WAIT_S)))
+        if woken is None:
+            return Response(status_code=204)  # nobody is left to read it
+        version = woken
     desired = await service(svc, agents.assignments, svc, who, name, dns, have)
     desired.version = version
     # Serialized here: FastAPI would validate the model it was just built from once more
     # (the busiest call of the API: every agent, at every change).
     return Response(desired.model_dump_json(), media_type="application/json")
+
+
+async def unless_gone(request: Request, waiting: Coroutine[Any, Any, T]) -> T | None:
+    """`waiting`'s result, or None as soon as the client disconnects. A long-poll whose agent
+    went away would otherwise wait out its time, and the server's graceful shutdown waits for
+    every request in progress."""
+    wait = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({wait, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (wait, gone):
+            task.cancel()
+        await asyncio.wait({wait, gone})  # until cancelled: the notifier forgets the waiter
+    return wait.result() if wait.done() and not wait.cancelled() else None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass  # the (empty) body of the GET
 
 
 @router.post("/{name}/report", status_code=204)
