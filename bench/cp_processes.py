@@ -51,9 +51,7 @@ class FakeHostReconciler(Reconciler):
 
 
 def serve_api(db_url: str, port: int) -> None:
-    import uvicorn
-
-    from cumulo.api import heap
+    from cumulo.api import server
     from cumulo.api.app import create_app
     from cumulo.config import Settings
     from cumulo.db.engine import Database
@@ -62,11 +60,8 @@ def serve_api(db_url: str, port: int) -> None:
 
     db = Database(db_url)
     svc = Services(db=db, settings=Settings(), notifier=Notifier())
-    app = create_app(svc)
-    heap.settle()  # as `cumulo up` does
     try:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning",
-                    access_log=False)
+        server.serve(create_app(svc), svc.notifier, port, access_log=False)  # as `cumulo up`
     finally:
         db.dispose()
 

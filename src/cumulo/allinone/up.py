@@ -18,12 +18,11 @@ from pathlib import Path
 
 import structlog
 import tomli_w
-import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select
 
 from cumulo.allinone.paths import StatePaths, pid_alive, write_private
-from cumulo.api import heap, threads
+from cumulo.api import server, threads
 from cumulo.api.app import create_app
 from cumulo.config import Settings, load_settings
 from cumulo.db.engine import Database
@@ -196,9 +195,8 @@ def run(
 
     app = create_app(svc)
     app.router.lifespan_context = lifespan
-    heap.settle()
     try:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+        server.serve(app, svc.notifier, port)
     finally:
         with contextlib.suppress(OSError):
             if paths.pidfile.read_text() == str(os.getpid()):

@@ -59,6 +59,7 @@ class Notifier:
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = (
             defaultdict(list)
         )
+        self._closed = False
 
     def version(self, host_id: str) -> int:
         with self._lock:
@@ -153,13 +154,23 @@ class Notifier:
         self.dns.changed(network_id, added, removed)
         self.notify_soon(h for h in self.dns.subscribers([network_id]) if h != skip)
 
+    def close(self) -> None:
+        """The API is stopping: every waiting host is answered now, and no wait waits any
+        more (see cumulo.api.server)."""
+        with self._lock:
+            self._closed = True
+            waiters = [w for ws in self._waiters.values() for w in ws]
+            self._waiters.clear()
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
     async def wait(self, host_id: str, since: int, timeout: float) -> int:
         """Return the host's version once it differs from `since`, or after `timeout`."""
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
         with self._lock:
             current = self._versions[host_id]
-            if current != since:
+            if current != since or self._closed:
                 return current
             self._waiters[host_id].append((loop, event))
         try:
