@@ -11,7 +11,8 @@ stall of the event loop that found nothing to free: a good part of the create la
 - A first generation of 50,000 allocations instead of 700 makes every generation's turn
   come about 70 times less often; what a request allocates is mostly freed by reference
   counting before it counts. Measured: a first-generation pass of 10-30 ms every few
-  seconds, and no full collection during the 10 s of 2,000 creates.
+  seconds, and no full collection during the 10 s of 2,000 creates. The price: work that
+  leaves much garbage in reference cycles (2,000 deletes) gets single passes of 80-140 ms.
 """
 
 from __future__ import annotations
