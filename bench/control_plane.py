@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, func, select, text
 
+from bench.cloud import free_port
 from cumulo.config import Settings
 from cumulo.db.engine import Database
 from cumulo.db.migrate import upgrade
@@ -94,13 +94,6 @@ def pg_database(server_url: str) -> Iterator[str]:
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _fake_image(root: Path) -> Path:
@@ -271,7 +264,7 @@ def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
     """One full create/delete run against a fresh database at `url`."""
     work.mkdir(parents=True, exist_ok=True)
     admin, hosts = prepare(url, sc, work)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     api = _spawn(["api", "--db", url, "--port", str(port)], work / "api.log")
     agents: subprocess.Popen[bytes] | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,13 @@ def make_image_dir(root: Path, arch: str, name: str = "tiny") -> Path:
         "kernel_cmdline": "console=ttyS0", "os": "test", "virtual_size_bytes": 2**30,
     }))
     return d
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 ADMIN = Principal(role=Role.ADMIN)

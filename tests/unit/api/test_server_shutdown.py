@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 
 import httpx
@@ -15,7 +14,7 @@ from cumulo.api.server import Server
 from cumulo.services.auth import issue_token
 from cumulo.services.context import Role, Services
 from cumulo.services.notifier import Notifier
-from tests.conftest import AGENT_HOST
+from tests.conftest import AGENT_HOST, free_port
 
 
 async def test_a_closed_notifier_answers_its_waiters_and_waits_no_more() -> None:
@@ -28,17 +27,10 @@ async def test_a_closed_notifier_answers_its_waiters_and_waits_no_more() -> None
     assert await asyncio.wait_for(n.wait("h", since, 30), 5) == since
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_stopping_the_api_answers_a_waiting_long_poll(svc: Services) -> None:
     with svc.db.session() as s:
         token = issue_token(s, Role.AGENT, host_name=AGENT_HOST)
-    port = _free_port()
+    port = free_port()
     server = Server(uvicorn.Config(create_app(svc), host="127.0.0.1", port=port,
                                    log_level="warning"), svc.notifier)
     serving = threading.Thread(target=server.run, daemon=True)

@@ -67,9 +67,8 @@ async def assignments(
 
 
 async def unless_gone(request: Request, waiting: Coroutine[Any, Any, T]) -> T | None:
-    """`waiting`'s result, or None as soon as the client disconnects. A long-poll whose agent
-    went away would otherwise wait out its time, and the server's graceful shutdown waits for
-    every request in progress."""
+    """`waiting`'s result, or None as soon as the client disconnects: a long-poll whose agent
+    went away does not wait out its time. (Stopping the API answers the others: api/server.)"""
     wait = asyncio.ensure_future(waiting)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
