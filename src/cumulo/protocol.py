@@ -160,3 +160,17 @@ class Report(BaseModel):
     observations: list[Observation]
     volumes: list[VolumeObservation] = Field(default_factory=list)
     snapshots: list[SnapshotObservation] = Field(default_factory=list)
+
+
+class Poll(BaseModel):
+    """A long-poll for assignments (POST .../assignments): answered at once when anything
+    changed since `since`, else after up to `wait` s. `dns` (NETWORK:EPOCH:VERSION) and
+    `have` (an earlier answer's `view`) say what the host holds, so that only changes come
+    back. `report` is what the pass caused by the last answer observed: it rides on the next
+    poll, so a change costs the host one request instead of a report and a poll."""
+
+    since: int = -1
+    wait: float = Field(default=0.0, ge=0.0)
+    dns: list[str] = Field(default_factory=list)
+    have: str | None = Field(default=None, max_length=64)
+    report: Report | None = None

@@ -7,12 +7,12 @@ import httpx
 from cumulo.protocol import (
     Assignments,
     HostRegistration,
-    Observation,
+    Poll,
     Registered,
     Report,
-    SnapshotObservation,
-    VolumeObservation,
 )
+
+_JSON = {"Content-Type": "application/json"}
 
 
 class ApiClient:
@@ -37,26 +37,19 @@ class ApiClient:
         return Registered.model_validate(r.json()).host_id
 
     async def assignments(self, host: str, since: int, wait: float,
-                          dns: list[str] | None = None, have: str | None = None
-                          ) -> Assignments:
+                          dns: list[str] | None = None, have: str | None = None,
+                          report: Report | None = None) -> Assignments:
         """`dns`: the DNS records held (DnsBook.claims), `have`: the instance list held
-        (InstanceBook.claim), so that only changes come back."""
-        params: dict[str, str | int | float | list[str]] = {
-            "since": since, "wait": wait, "dns": dns or []}
-        if have:
-            params["have"] = have
-        r = await self._http.get(f"/v1/agent/hosts/{host}/assignments", params=params)
+        (InstanceBook.claim), so that only changes come back; `report`: the last pass's
+        observations, applied by the API before it answers (see protocol.Poll)."""
+        poll = Poll(since=since, wait=wait, dns=dns or [], have=have or None, report=report)
+        r = await self._http.post(f"/v1/agent/hosts/{host}/assignments",
+                                  content=poll.model_dump_json(), headers=_JSON)
         r.raise_for_status()
-        return Assignments.model_validate(r.json())
+        return Assignments.model_validate_json(r.content)
 
-    async def report(
-        self,
-        host: str,
-        observations: list[Observation],
-        volumes: list[VolumeObservation] | None = None,
-        snapshots: list[SnapshotObservation] | None = None,
-    ) -> None:
-        report = Report(observations=observations, volumes=volumes or [],
-                        snapshots=snapshots or [])  # fmt: skip
-        r = await self._http.post(f"/v1/agent/hosts/{host}/report", json=report.model_dump())
+    async def report(self, host: str, report: Report) -> None:
+        """A report on its own: while a long-poll is open (see agent.main)."""
+        r = await self._http.post(f"/v1/agent/hosts/{host}/report",
+                                  content=report.model_dump_json(), headers=_JSON)
         r.raise_for_status()

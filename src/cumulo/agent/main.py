@@ -30,6 +30,7 @@ from cumulo.domain.arch import Arch
 from cumulo.protocol import (
     Assignments,
     HostRegistration,
+    Report,
     SnapshotObservation,
     VolumeObservation,
 )
@@ -135,6 +136,7 @@ async def agent_loop(
     held = InstanceBook()
     batch: Assignments | None = None
     poll: asyncio.Task[Assignments] | None = None
+    riding: Report | None = None  # the report of the pass an answer caused: on the next poll
     last_resync = time.monotonic()
     try:
         while not stop.is_set():
@@ -149,7 +151,9 @@ async def agent_loop(
                 if poll is None:
                     poll = asyncio.create_task(
                         client.assignments(reg.name, since=version, wait=LONG_POLL_S,
-                                           dns=dns.claims(), have=held.claim()))
+                                           dns=dns.claims(), have=held.claim(),
+                                           report=riding))
+                    riding = None
                 done, _ = await asyncio.wait(
                     {poll}, timeout=OBSERVE_S if batch is not None else None)
                 if poll in done:
@@ -163,11 +167,20 @@ async def agent_loop(
                 if batch is None:
                     continue
                 if time.monotonic() - last_resync > RESYNC_S:
-                    rec.forget_reports()
-                    if vrec is not None:
-                        vrec.forget_reports()
+                    _forget_reports(rec, vrec)
                     last_resync = time.monotonic()
-                await _pass(client, rec, reg, batch, vrec)
+                report = await _pass(rec, batch, vrec)
+                if report is None:
+                    continue
+                if poll is None:
+                    riding = report  # an answer caused this pass: no poll is open
+                else:
+                    await client.report(reg.name, report)
+                # Acknowledged now even when it rides: a failed poll forgets every report
+                # (below), so that the next pass reports everything again.
+                rec.acknowledge(report.observations)
+                if vrec is not None:
+                    vrec.acknowledge(report.volumes, report.snapshots)
             except httpx.HTTPStatusError as e:
                 if e.response.status_code == 404:
                     registered = False  # the API forgot us (fresh DB): register again
@@ -175,9 +188,11 @@ async def agent_loop(
                     held.forget()
                 log.warning("api_error", status=e.response.status_code,
                             body=e.response.text[:200])
+                _forget_reports(rec, vrec)
                 await _sleep_or_stop(stop, 1.0)
             except httpx.TransportError as e:
                 log.warning("api_unreachable", error=str(e))  # VMs keep running meanwhile
+                _forget_reports(rec, vrec)
                 await _sleep_or_stop(stop, 1.0)
     finally:
         if poll is not None:
@@ -186,9 +201,9 @@ async def agent_loop(
                 await poll
 
 
-async def _pass(client: ApiClient, rec: Reconciler, reg: HostRegistration, batch: Assignments,
-                vrec: VolumeReconciler | None) -> None:
-    """Reconcile volumes, then instances, and report what changed."""
+async def _pass(rec: Reconciler, batch: Assignments, vrec: VolumeReconciler | None
+                ) -> Report | None:
+    """Reconcile volumes, then instances; what changed, to report (None: nothing)."""
     vols: list[VolumeObservation] = []
     snaps: list[SnapshotObservation] = []
     if vrec is not None and (batch.volumes or batch.snapshots or vrec.busy):
@@ -198,10 +213,16 @@ async def _pass(client: ApiClient, rec: Reconciler, reg: HostRegistration, batch
         vols, snaps = await vrec.run_pass(batch.volumes, batch.snapshots, running)
     changed = await rec.run_pass(batch.instances, batch.networks)
     if changed or vols or snaps:
-        await client.report(reg.name, changed, vols, snaps)
-        rec.acknowledge(changed)
-        if vrec is not None:
-            vrec.acknowledge(vols, snaps)
+        return Report(observations=changed, volumes=vols, snapshots=snaps)
+    return None
+
+
+def _forget_reports(rec: Reconciler, vrec: VolumeReconciler | None) -> None:
+    """The next pass reports everything again: a periodic resync, or after a request failed
+    (a report may have been lost with it)."""
+    rec.forget_reports()
+    if vrec is not None:
+        vrec.forget_reports()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -4,10 +4,12 @@ holds so that the next answer carries only the changes."""
 from __future__ import annotations
 
 import socket
+from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cumulo.agent import dns_book
 from cumulo.agent.dns_book import MAX_CLAIMS, DnsBook
 from cumulo.protocol import Assignments, DnsRecord, NetworkRef
 from cumulo.services import agents
@@ -180,10 +182,17 @@ def test_claims_are_capped_so_the_long_poll_url_stays_short() -> None:
 @given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 40), st.integers(2, 30)),
                                    max_size=6),
                           st.lists(st.integers(0, 40), max_size=4)),
-                min_size=1, max_size=12))
+                min_size=1, max_size=12),
+       st.sampled_from([0, dns_book.SORT_AGAIN_SHARE, 10**9]))
 def test_deltas_patched_in_give_what_sorting_the_whole_list_gives(
-        deltas: list[tuple[list[tuple[int, int]], list[int]]]) -> None:
-    """The ordered list is patched delta by delta; lists handed out before never change."""
+        deltas: list[tuple[list[tuple[int, int]], list[int]]], share: int) -> None:
+    """The ordered list is patched delta by delta, or sorted again for a large delta (share
+    0: always patched, 10**9: always sorted again); lists handed out before never change."""
+    with patch.object(dns_book, "SORT_AGAIN_SHARE", share):
+        _deltas_merged_in_order(deltas)
+
+
+def _deltas_merged_in_order(deltas: list[tuple[list[tuple[int, int]], list[int]]]) -> None:
     book = DnsBook()
     truth = {r.mac: r for r in [rec(i, f"10.0.0.{i + 2}") for i in range(0, 40, 3)]}
     got = only(book.apply(batch(net(records=list(truth.values()), version=1))))

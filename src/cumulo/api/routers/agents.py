@@ -10,8 +10,9 @@ from fastapi import APIRouter, Query, Request, Response
 
 from cumulo.api.deps import Svc, Who
 from cumulo.api.threads import service
-from cumulo.protocol import Assignments, HostRegistration, Registered, Report
+from cumulo.protocol import Assignments, HostRegistration, Poll, Registered, Report
 from cumulo.services import agents, hosts
+from cumulo.services.context import Principal, Services
 
 router = APIRouter(prefix="/v1/agent/hosts", tags=["agent"])
 
@@ -45,10 +46,24 @@ async def assignments(
     dns: Annotated[list[str] | None, Query()] = None,
     have: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    """Returns at once when anything changed since `since`, else after up to `wait` s.
-    `dns` (repeated, NETWORK:EPOCH:VERSION): the DNS records the host holds, and `have` (an
-    earlier answer's `view`): the instance list it holds, so that only the changes since
-    are sent."""
+    """The long-poll without a report (see `Poll` for the parameters); `dns` is repeated."""
+    return await _answer(request, svc, who, name, since, wait, dns, have)
+
+
+@router.post("/{name}/assignments", response_model=Assignments)
+async def poll(request: Request, svc: Svc, who: Who, name: str, body: Poll) -> Response:
+    """The long-poll as agents send it, with the report of their last pass (applied first:
+    a report that changes what the host must decide on wakes this very poll)."""
+    r = body.report
+    if r is not None and (r.observations or r.volumes or r.snapshots):
+        await service(svc, agents.report, svc, who, name, r.observations, r.volumes,
+                      r.snapshots)
+    return await _answer(request, svc, who, name, body.since, body.wait, body.dns, body.have)
+
+
+async def _answer(request: Request, svc: Services, who: Principal, name: str, since: int,
+                  wait: float, dns: list[str] | None, have: str | None) -> Response:
+    """At once when anything changed since `since`, else after up to `wait` s."""
     host_id = agents.known_host_id(svc, who, name)
     if host_id is None:
         host_id = await service(svc, agents.host_id, svc, who, name)
