@@ -137,11 +137,25 @@ class Settings(BaseModel):
     max_volume_gib: int = Field(default=1024, gt=0)
     # Largest image a user may import (file size and virtual size).
     max_image_gib: int = Field(default=64, gt=0)
+    # Networks an image URL may point into besides the public Internet, e.g. a local mirror's
+    # ["192.168.1.0/24"]. Loopback, private and link-local addresses are refused otherwise:
+    # an import must not be a way to reach the cloud's own services (see download_guard).
+    image_url_allowed_networks: list[str] = Field(default_factory=list)
     regions: list[Region] = Field(
         default_factory=lambda: [Region(name="local-1", zones=["local-1a", "local-1b"])]
     )
     instance_types: list[InstanceType] = Field(default_factory=_default_types)
     host: LocalHost = Field(default_factory=LocalHost)
+
+    @field_validator("image_url_allowed_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a network (e.g. 192.168.1.0/24)") from None
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

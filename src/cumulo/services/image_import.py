@@ -34,6 +34,7 @@ from cumulo.images import qemu_img
 from cumulo.services import images
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
+from cumulo.services.download_guard import GuardedTransport, allowed_networks
 from cumulo.services.views import ImageView
 
 IMPORT_BOOT_MODES = ("bios", "uefi")
@@ -283,8 +284,10 @@ def _download(svc: Services, url: httpx.URL, dest: Path) -> None:
     cap = max_bytes(svc)
     timeout = httpx.Timeout(30.0, read=120.0)
     try:
+        guard = GuardedTransport(allowed_networks(svc.settings.image_url_allowed_networks))
         with httpx.Client(
-            timeout=timeout, follow_redirects=True, max_redirects=5, trust_env=False
+            timeout=timeout, follow_redirects=True, max_redirects=5, trust_env=False,
+            transport=guard,
         ) as http, http.stream("GET", url) as r:
             if r.status_code != 200:
                 raise DownloadFailed(f"GET {url} answered HTTP {r.status_code}")
@@ -292,6 +295,9 @@ def _download(svc: Services, url: httpx.URL, dest: Path) -> None:
             if length and length.isdigit() and int(length) > cap:
                 raise too_large(svc)
             write_staged(svc, dest, r.iter_bytes(DOWNLOAD_CHUNK))
+    except CumuloError:
+        dest.unlink(missing_ok=True)
+        raise
     except httpx.HTTPError as e:
         dest.unlink(missing_ok=True)
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from cumulo.db.tables import ImageRow, InstanceRow
-from cumulo.services import image_import
+from cumulo.services import download_guard, image_import
 from cumulo.services.context import Services
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-utils")
@@ -133,15 +133,29 @@ def assert_problem(r: Any, status: int, code: str) -> None:
     assert "\n" not in r.json()["detail"]
 
 
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class Redirects(Quiet):
+    """GET /to/ADDRESS:PORT/PATH answers 302 to http://ADDRESS:PORT/PATH."""
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/to/"):
+            super().do_GET()
+            return
+        self.send_response(302)
+        self.send_header("Location", "http://" + self.path.removeprefix("/to/"))
+        self.end_headers()
+
+
 @pytest.fixture
-def http_dir(files: Path) -> Iterator[str]:
-    """A local web server on 127.0.0.1 serving `files`; yields its base URL."""
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    handler = functools.partial(Quiet, directory=str(files))
+def http_dir(files: Path, svc: Services) -> Iterator[str]:
+    """A local web server on 127.0.0.1 serving `files` (and redirects: see Redirects); yields
+    its base URL. 127.0.0.1 is allowed to imports, as an operator allows a local mirror."""
+    svc.settings.image_url_allowed_networks = ["127.0.0.1/32"]
+    handler = functools.partial(Redirects, directory=str(files))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -311,6 +325,55 @@ def test_bad_urls_are_refused_and_change_nothing(
     assert_problem(from_url(api, "web", url.format(base=http_dir)), status, code)
     assert names(api) == [("tiny", None)]
     assert store_files(store) == []
+
+
+@pytest.fixture(autouse=True)
+def mirror_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mirror.test` resolves to 127.0.0.1, for the download guard only (not for a client
+    that would resolve it again)."""
+    real = download_guard.resolve
+
+    def resolve(host: str, port: int) -> list[download_guard.IPAddress]:
+        return real("127.0.0.1" if host == "mirror.test" else host, port)
+
+    monkeypatch.setattr(download_guard, "resolve", resolve)
+
+
+def test_urls_into_networks_not_allowed_are_refused_and_change_nothing(
+    api: TestClient, svc: Services, store: Path, files: Path, http_dir: str
+) -> None:
+    """Only public addresses and the allowed networks: the API must not be a way to reach
+    its own host's services (SSRF). Checked on the address connected to, redirects too."""
+    raw_disk(files / "disk.raw")
+    port = http_dir.rsplit(":", 1)[1]
+    for url in (f"http://127.0.0.2:{port}/disk.raw",  # loopback, outside 127.0.0.1/32
+                f"http://[::1]:{port}/disk.raw",
+                "http://169.254.169.254/latest/meta-data/",  # link-local: a metadata address
+                "http://10.0.0.1/x.img",  # private
+                f"{http_dir}/to/127.0.0.2:{port}/disk.raw"):  # allowed, redirected out
+        assert_problem(from_url(api, "web", url), 403, "url_not_allowed")
+    svc.settings.image_url_allowed_networks = []  # the default: no local network at all
+    for url in (f"{http_dir}/disk.raw", f"http://localhost:{port}/disk.raw",  # by name
+                f"http://mirror.test:{port}/disk.raw"):
+        assert_problem(from_url(api, "web", url), 403, "url_not_allowed")
+    assert names(api) == [("tiny", None)]
+    assert store_files(store) == []
+
+
+def test_a_name_is_downloaded_from_the_address_that_was_checked(
+    api: TestClient, svc: Services, store: Path, files: Path, http_dir: str
+) -> None:
+    """By name (the transport resolves it once, then connects to that address) and through a
+    redirect that stays within the allowed networks."""
+    raw_disk(files / "disk.raw")
+    port = http_dir.rsplit(":", 1)[1]
+    svc.settings.image_url_allowed_networks = ["127.0.0.0/8"]
+    # Only the check can resolve this name: a connection that resolved it again would fail.
+    r = from_url(api, "byname", f"http://mirror.test:{port}/disk.raw")
+    assert r.status_code == 201, r.text
+    r = from_url(api, "redirected", f"{http_dir}/to/127.0.0.1:{port}/disk.raw")
+    assert r.status_code == 201, r.text
+    assert len(store_files(store)) == 2
 
 
 def test_url_over_the_size_cap(
@@ -525,3 +588,17 @@ def test_full_disk_fails_cleanly(api: TestClient, small_store: Path, files: Path
     assert names(api) == [("tiny", None)]
     # and a small image still goes in afterwards
     assert upload(api, "small", qcow2_disk(files / "small.qcow2")).status_code == 201
+
+
+def test_allowed_networks_are_read_from_the_config_and_checked(tmp_path: Path) -> None:
+    from cumulo.config import load_settings
+    from cumulo.domain.errors import InvalidInput
+
+    path = tmp_path / "cumulo.toml"
+    path.write_text('image_url_allowed_networks = ["192.168.1.0/24", "fd00::/8"]\n')
+    assert load_settings(path).image_url_allowed_networks == ["192.168.1.0/24", "fd00::/8"]
+    assert load_settings(None).image_url_allowed_networks == []
+    path.write_text('image_url_allowed_networks = ["192.168.1.0/33"]\n')
+    with pytest.raises(InvalidInput, match="not a network") as e:
+        load_settings(path)
+    assert e.value.code == "invalid_config" and "\n" not in str(e.value)
