@@ -42,7 +42,7 @@ class ApiClient:
         """`dns`: the DNS records held (DnsBook.claims), `have`: the instance list held
         (InstanceBook.claim), so that only changes come back; `report`: the last pass's
         observations, applied by the API before it answers (see protocol.Poll)."""
-        poll = Poll(since=since, wait=wait, dns=dns or [], have=have or None, report=report)
+        poll = Poll(since=since, wait=wait, dns=dns or [], have=have, report=report)
         r = await self._http.post(f"/v1/agent/hosts/{host}/assignments",
                                   content=poll.model_dump_json(), headers=_JSON)
         r.raise_for_status()

@@ -272,14 +272,11 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
                 try:
                     with s.begin_nested():
                         done = _create_one(svc, batch, call, size)
-                except CumuloError as e:
+                except (CumuloError, IntegrityError) as e:
                     batch.restore(saved)
-                    out[i] = e
-                    continue
-                except IntegrityError:
-                    batch.restore(saved)
-                    out[i] = Conflict(f"an instance named {call.req.name!r} or its address is "
-                                      f"already taken", code="name_taken")
+                    out[i] = e if isinstance(e, CumuloError) else Conflict(
+                        f"an instance named {call.req.name!r} or its address is already taken",
+                        code="name_taken")
                     continue
                 out[i] = done.view
                 created.append(done)

@@ -97,7 +97,7 @@ async def unless_gone(request: Request, waiting: Coroutine[Any, Any, T]) -> T | 
 
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
-        pass  # the (empty) body of the GET
+        pass  # what is left of the request's body (a POST's was read already)
 
 
 @router.post("/{name}/report", status_code=204)
