@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from cumulo import __version__
 from cumulo.api import errors, threads
 from cumulo.api.batches import CreateBatcher
+from cumulo.api.inputs import refuse_unstorable
 from cumulo.api.routers import agents, catalogue, images, instances, networking, projects, volumes
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
@@ -25,8 +26,12 @@ def create_app(svc: Services) -> FastAPI:
     errors.install(app)
     # Routes are matched in order, one by one: the busiest first (agents long-poll and
     # report at every change; instances are what users create).
+    # What users type is checked for text no field may hold (see cumulo.api.inputs); the
+    # agents' protocol is not (hosts send what cumulo's own agent built).
+    user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes):
-        app.include_router(module.router)
+        app.include_router(module.router,
+                           dependencies=[] if module is agents else user_facing)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import http
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from cumulo.domain.errors import CumuloError
+
+# A detail echoes what the user sent (a name, a JSON key): it stays one line and short enough
+# to read, however long or odd the input.
+MAX_DETAIL = 500
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
 
 
 def problem(status: int, code: str, detail: str) -> JSONResponse:
@@ -18,9 +32,18 @@ def problem(status: int, code: str, detail: str) -> JSONResponse:
             "title": code,
             "status": status,
             "code": code,
-            "detail": detail,
+            "detail": one_line(detail),
         },
     )
+
+
+def _http_code(status: int) -> str:
+    """The routing layer's errors (no such path: 404, wrong method: 405) by their HTTP name:
+    not_found, method_not_allowed, ..."""
+    try:
+        return http.HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "http_error"
 
 
 def install(app: FastAPI) -> None:
@@ -32,4 +55,14 @@ def install(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return problem(400, "invalid_input", f"{where}: {first.get('msg', 'invalid')}")
+        msg = first.get("msg", "invalid")
+        return problem(400, "invalid_input", f"{where}: {msg}" if where else f"body: {msg}")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        # Starlette's router answers an unknown path or method itself, as plain JSON.
+        detail = f"{request.method} {request.url.path}: {exc.detail}"
+        response = problem(exc.status_code, _http_code(exc.status_code), detail)
+        if exc.headers:
+            response.headers.update(exc.headers)  # e.g. 405's Allow
+        return response

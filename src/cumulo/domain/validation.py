@@ -24,10 +24,15 @@ def dns_label(value: str, what: str = "name") -> str:
     return value
 
 
-def positive(value: int, what: str, *, maximum: int | None = None) -> int:
+# The largest value an INTEGER column holds (32-bit on PostgreSQL): the default bound of every
+# size, so that no number a user types overflows the database (a 500) whatever its own limit.
+MAX_INTEGER = 2**31 - 1
+
+
+def positive(value: int, what: str, *, maximum: int = MAX_INTEGER) -> int:
     if value <= 0:
         raise InvalidInput(f"{what} must be greater than 0 (got {value})", code="invalid_size")
-    if maximum is not None and value > maximum:
+    if value > maximum:
         raise InvalidInput(f"{what} {value} exceeds the maximum of {maximum}", code="invalid_size")
     return value
 

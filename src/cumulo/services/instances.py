@@ -53,6 +53,7 @@ from cumulo.services.context import Principal, Services
 from cumulo.services.views import InstanceView
 
 DEFAULT_BANDWIDTH_MBPS = 100
+MAX_BANDWIDTH_MBPS = 100_000  # 100 Gbit/s: more than any NIC of a host here
 
 
 @dataclass
@@ -137,16 +138,22 @@ def _sizes(svc: Services, req: CreateInstance, arch: Arch) -> tuple[int, int, in
             raise InvalidInput(
                 f"type {itype.name!r} is not offered for {arch.value}", code="type_arch_mismatch"
             )
-        bw = positive(req.bandwidth_mbps, "bandwidth") if req.bandwidth_mbps else None
-        return itype.vcpus, itype.ram_mib, bw or itype.bandwidth_mbps, itype.disk_gib
+        return itype.vcpus, itype.ram_mib, _bandwidth(req, itype.bandwidth_mbps), itype.disk_gib
     if req.vcpus is None or req.ram_mib is None:
         raise InvalidInput("give --type, or both --vcpus and --ram", code="invalid_size")
     return (
         positive(req.vcpus, "vcpus"),
         positive(req.ram_mib, "ram (MiB)"),
-        positive(req.bandwidth_mbps or DEFAULT_BANDWIDTH_MBPS, "bandwidth"),
+        _bandwidth(req, DEFAULT_BANDWIDTH_MBPS),
         0,
     )
+
+
+def _bandwidth(req: CreateInstance, default: int) -> int:
+    """The cap asked for (0 is refused: it is not "no cap"), else the type's or the default."""
+    if req.bandwidth_mbps is None:
+        return default
+    return positive(req.bandwidth_mbps, "bandwidth (Mbit/s)", maximum=MAX_BANDWIDTH_MBPS)
 
 
 # The statements every create, start, stop or delete runs, built once: building one cost

@@ -23,6 +23,7 @@ from cumulo.services.views import SecurityGroupView, SecurityRuleView
 
 DEFAULT_GROUP = "default"
 PROTOS = ("tcp", "udp", "icmp")
+MAX_DESCRIPTION = 200  # the column's length
 
 
 def _rules(s: Session, group_id: str) -> list[Rule]:
@@ -94,6 +95,11 @@ def _member_hosts(s: Session, group_id: str) -> set[str]:
 def create(svc: Services, who: Principal, project: str | None, name: str,
            description: str = "") -> SecurityGroupView:
     dns_label(name, "security group name")
+    if len(description) > MAX_DESCRIPTION or any(ord(c) < 32 or c == "\x7f" for c in description):
+        # Shown as is by `cumulo security-group list`: no terminal control sequences.
+        raise InvalidInput(
+            f"description: at most {MAX_DESCRIPTION} printable characters", code="invalid_input"
+        )
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
         ensure_default(s, prj)
@@ -101,7 +107,7 @@ def create(svc: Services, who: Principal, project: str | None, name: str,
                                                       SecurityGroupRow.name == name)):
             raise Conflict(f"security group {name!r} already exists", code="name_taken")
         g = SecurityGroupRow(id=new_id("sg"), name=name, project_id=prj.id,
-                             description=description[:200])
+                             description=description)
         s.add(g)
         s.flush()
         return _view(s, g, prj.name)

@@ -63,6 +63,15 @@ def test_custom_size_and_arm64(api: TestClient) -> None:
          "user_data_too_large"),
         ({"user_data": "***not base64***"}, 400, "invalid_user_data"),
         ({"zone": "local-1b"}, 409, "insufficient_capacity"),  # no host in that zone
+        # Found by test_bad_input_fuzz: 500s, and a detail of two lines (the tags).
+        ({"bandwidth_mbps": 10**30}, 400, "invalid_size"),  # overflowed the INTEGER column
+        ({"type": None, "vcpus": 1, "ram_mib": 128, "bandwidth_mbps": 2**31}, 400,
+         "invalid_size"),
+        ({"bandwidth_mbps": 0}, 400, "invalid_size"),  # was taken as "the type's default"
+        ({"bandwidth_mbps": 100_001}, 400, "invalid_size"),  # above 100 Gbit/s
+        ({"image": "ti\x00ny"}, 400, "invalid_character"),  # PostgreSQL refuses NUL
+        ({"keys": ["\x00"]}, 400, "invalid_character"),
+        ({"tags": {"a\nb": 1}}, 400, "invalid_input"),  # the key echoed on one line
     ],
 )
 def test_bad_input_is_refused_with_a_stable_code_and_changes_nothing(

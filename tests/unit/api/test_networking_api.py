@@ -136,6 +136,11 @@ def test_security_groups_and_what_agents_receive(api: TestClient, svc: Services)
            ({"proto": "tcp", "port": 8080}, "duplicate_rule")]
     for body, code in bad:
         assert api.post("/v1/security-groups/web/rules", json=body).json()["code"] == code
+    # A description is shown as is by the CLI: no control characters, no silent truncation.
+    for description in ("\x1b[2Jgotcha", "x" * 201):
+        r = api.post("/v1/security-groups", json={"name": "odd", "description": description})
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_input"), r.text
+    assert "odd" not in [g["name"] for g in api.get("/v1/security-groups").json()]
     assert api.delete("/v1/security-groups/web").json()["code"] == "group_in_use"
     r = api.delete(f"/v1/security-groups/web/rules/{rule_id}")
     assert r.status_code == 200 and r.json()["rules"] == []

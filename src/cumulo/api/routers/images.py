@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from cumulo.api.deps import Svc, Who
+from cumulo.api.inputs import Input
 from cumulo.api.threads import long_job
 from cumulo.services import image_import, images
 from cumulo.services.views import ImageView
@@ -30,7 +31,7 @@ _UPLOAD_BODY: dict[str, Any] = {
 }
 
 
-class ImportUrl(BaseModel):
+class ImportUrl(Input):
     name: str
     url: str = Field(description="http:// or https:// URL the API server downloads")
     arch: str
@@ -41,7 +42,7 @@ class ImportUrl(BaseModel):
     public: bool = Field(default=False, description="a public image (admins only)")
 
 
-class FromInstance(BaseModel):
+class FromInstance(Input):
     name: str
     instance: str = Field(description="name or id of a stopped instance of the project")
 

@@ -8,9 +8,10 @@ import binascii
 import httpx
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from cumulo.api.deps import Creates, Svc, Who
+from cumulo.api.inputs import Input
 from cumulo.api.threads import service
 from cumulo.domain.errors import Conflict, InvalidInput
 from cumulo.domain.instance import Action
@@ -20,7 +21,7 @@ from cumulo.services.views import InstanceView
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
 
 
-class InstanceCreate(BaseModel):
+class InstanceCreate(Input):
     name: str = Field(description="a DNS label, unique in the project")
     image: str
     type: str | None = None

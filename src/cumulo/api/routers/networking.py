@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel
 
 from cumulo.api.deps import Svc, Who
+from cumulo.api.inputs import Input
 from cumulo.services import keypairs, networks, public_ips, security_groups
 from cumulo.services.views import KeyPairView, NetworkView, PublicIpView, SecurityGroupView
 
 router = APIRouter(prefix="/v1", tags=["networking"])
 
 
-class NetworkCreate(BaseModel):
+class NetworkCreate(Input):
     name: str
     cidr: str
     zone: str | None = None
@@ -36,7 +36,7 @@ def delete_network(svc: Svc, who: Who, name: str, zone: str | None = None,
     return Response(status_code=204)
 
 
-class KeyImport(BaseModel):
+class KeyImport(Input):
     name: str
     public_key: str | None = None  # absent: cumulo generates the pair
 
@@ -60,12 +60,12 @@ def delete_keypair(svc: Svc, who: Who, name: str, project: str | None = None) ->
     return Response(status_code=204)
 
 
-class GroupCreate(BaseModel):
+class GroupCreate(Input):
     name: str
     description: str = ""
 
 
-class RuleCreate(BaseModel):
+class RuleCreate(Input):
     proto: str
     port: int | None = None
     cidr: str = "0.0.0.0/0"
@@ -115,7 +115,7 @@ def list_ips(svc: Svc, who: Who, project: str | None = None) -> list[PublicIpVie
     return public_ips.list_all(svc, who, project)
 
 
-class Attach(BaseModel):
+class Attach(Input):
     instance: str
 
 

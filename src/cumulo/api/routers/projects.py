@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel
 
 from cumulo.api.deps import Svc, Who
+from cumulo.api.inputs import Input
 from cumulo.services import projects
 from cumulo.services.views import CreatedToken, ProjectView
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"])
 
 
-class ProjectCreate(BaseModel):
+class ProjectCreate(Input):
     name: str
 
 

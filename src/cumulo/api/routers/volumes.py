@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from cumulo.api.deps import Svc, Who
+from cumulo.api.inputs import Input
 from cumulo.services import volumes
 from cumulo.services.views import SnapshotView, VolumeView
 
 router = APIRouter(prefix="/v1", tags=["volumes"])
 
 
-class VolumeCreate(BaseModel):
+class VolumeCreate(Input):
     name: str
     size_gib: int
     zone: str | None = None
@@ -21,15 +22,15 @@ class VolumeCreate(BaseModel):
     delete_on_termination: bool = False
 
 
-class VolumeAttach(BaseModel):
+class VolumeAttach(Input):
     instance: str
 
 
-class VolumeResize(BaseModel):
+class VolumeResize(Input):
     size_gib: int = Field(description="the new, larger size")
 
 
-class SnapshotCreate(BaseModel):
+class SnapshotCreate(Input):
     name: str
 
 
