@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http
-import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,16 +10,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from cumulo.domain.errors import CumuloError
+from cumulo.domain.validation import one_line
 
 # A detail echoes what the user sent (a name, a JSON key): it stays one line and short enough
 # to read, however long or odd the input.
 MAX_DETAIL = 500
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
-
-
-def one_line(text: str) -> str:
-    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
 
 
 def problem(status: int, code: str, detail: str) -> JSONResponse:
@@ -32,7 +26,7 @@ def problem(status: int, code: str, detail: str) -> JSONResponse:
             "title": code,
             "status": status,
             "code": code,
-            "detail": one_line(detail),
+            "detail": one_line(detail, MAX_DETAIL),
         },
     )
 

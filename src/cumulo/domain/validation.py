@@ -11,6 +11,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAX_USER_DATA_BYTES = 64 * 1024
 MAX_TAGS = 50
 _TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/=+@-]{1,128}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
 
 
 def dns_label(value: str, what: str = "name") -> str:
@@ -22,6 +23,13 @@ def dns_label(value: str, what: str = "name") -> str:
             code="invalid_name",
         )
     return value
+
+
+def one_line(text: str, limit: int) -> str:
+    """`text` as one line of at most `limit` characters, for a terminal: control characters
+    (newlines, escapes, NUL) are spelled out ("\\n") rather than acted on."""
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # The largest value an INTEGER column holds (32-bit on PostgreSQL): the default bound of every

@@ -9,8 +9,10 @@ import threading
 import time
 import weakref
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 
+import structlog
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
@@ -27,7 +29,9 @@ from cumulo.db.tables import (
     VolumeRow,
 )
 from cumulo.domain.errors import NotFound
+from cumulo.domain.ids import is_id
 from cumulo.domain.instance import DesiredPower, InstanceState
+from cumulo.domain.validation import MAX_INTEGER, one_line
 from cumulo.protocol import (
     Assignment,
     Assignments,
@@ -48,6 +52,19 @@ from cumulo.services.instances import fqdn
 from cumulo.services.notifier import Notifier
 
 DELETED = "deleted"
+
+log = structlog.get_logger("cumulo.api")
+
+# What a host may report (cumulo.agent.reconciler and volume_reconciler). A report is checked
+# observation by observation: one this API cannot use (a state an agent of a newer version
+# knows, or a broken agent's) is logged and left out, and the others are applied. A request
+# that failed would be sent again at the next pass, and fail again, forever.
+_INSTANCE_STATES = frozenset(s.value for s in InstanceState) | {DELETED}
+_VOLUME_STATES = frozenset(
+    {"creating", "available", "attaching", "in-use", "detaching", "error", DELETED})
+_SNAPSHOT_STATES = frozenset({"creating", "available", "error", DELETED})
+# Reasons are shown to users as they are (`cumulo instance show`): one line, this long at most.
+MAX_REASON = 500
 
 
 def _host(s: Session, name: str) -> HostRow:
@@ -450,7 +467,8 @@ def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
             if row.desired == "deleted":
                 s.delete(row)
             continue
-        row.state, row.state_reason, row.attached_to = obs.state, obs.reason, obs.attached_to
+        row.state, row.attached_to = obs.state, obs.attached_to
+        row.state_reason = one_line(obs.reason, MAX_REASON)
         if row.desired == "deleted" and obs.state != "error":
             row.state = "deleting"
     srows = {r.id: r for r in s.scalars(select(SnapshotRow).where(
@@ -464,7 +482,7 @@ def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
                 s.delete(srow)
             continue
         if srow.state != "deleting":
-            srow.state, srow.state_reason = sobs.state, sobs.reason
+            srow.state, srow.state_reason = sobs.state, one_line(sobs.reason, MAX_REASON)
             srow.size_gib = sobs.size_gib or srow.size_gib
 
 
@@ -486,6 +504,12 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
            snapshots: list[SnapshotObservation] | None = None) -> None:
     """Apply what the agent saw. Stale reports (older generation) cannot undo a newer request."""
     reporter = host_id(svc, who, name)
+    observations = [o for o in observations
+                    if _usable(name, o.id, o.state, _INSTANCE_STATES)]
+    volumes = [v for v in volumes or []
+               if _usable(name, v.id, v.state, _VOLUME_STATES, v.size_gib, v.attached_to)]
+    snapshots = [x for x in snapshots or []
+                 if _usable(name, x.id, x.state, _SNAPSHOT_STATES, x.size_gib)]
     gone: list[tuple[str, str]] = []  # (network id, MAC) of deleted instances
     refresh = bool(volumes or snapshots)  # does the reporter need the new view at once?
     changed: set[str] = set()  # instances whose assignment changed
@@ -519,9 +543,10 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
                     desired = DesiredPower.STOPPED.value
                     changed.add(iid)
                     refresh = True
-                if old_state != state.value or old_reason != obs.reason:
+                said = one_line(obs.reason, MAX_REASON)
+                if old_state != state.value or old_reason != said:
                     refresh |= _agent_decides_on(old_state) or _agent_decides_on(state.value)
-                    new_state, reason = state.value, obs.reason
+                    new_state, reason = state.value, said
                     changed.add(iid)
             if iid in changed:
                 writes.append({"iid": iid, "gen": generation, "new_state": new_state,
@@ -529,7 +554,7 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
         if writes:
             conn.execute(_APPLY, writes)
         if volumes or snapshots:
-            _report_storage(s, reporter, volumes or [], snapshots or [])
+            _report_storage(s, reporter, volumes, snapshots)
     for net_id, mac in gone:
         svc.notifier.dns_changed(net_id, removed=[mac])
     # The reporting agent decides from the API's view of each instance (e.g. a VM shown in
@@ -542,6 +567,18 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
         svc.notifier.notify(reporter, None if volumes or snapshots else changed)
     elif changed:
         svc.notifier.touch(reporter, changed)  # its next answer shows them; no wake-up
+
+
+def _usable(host: str, ref: str, state: str, states: Collection[str], size: int = 0,
+            attached_to: str | None = None) -> bool:
+    """Whether an observation can be applied (see _INSTANCE_STATES); logged when not."""
+    if (is_id(ref) and state in states and 0 <= size <= MAX_INTEGER
+            and (attached_to is None or is_id(attached_to))):
+        return True
+    log.warning("observation_ignored", host=host, id=one_line(ref, 40),
+                state=one_line(state, 40), size=size,
+                attached_to=None if attached_to is None else one_line(attached_to, 40))
+    return False
 
 
 def _agent_decides_on(state: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -11,12 +12,19 @@ from sqlalchemy import String, and_, bindparam, cast, false, func, select, updat
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import HostRow, InstanceRow
+from cumulo.domain.arch import Arch
 from cumulo.domain.errors import InvalidInput
 from cumulo.domain.ids import new_id
 from cumulo.domain.validation import dns_label, positive
 from cumulo.scheduler.placement import HostCapacity
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services
+
+# What a registration may say besides its numbers, as the columns hold it: shown to users
+# (`cumulo zone list`) and, for agent_url, where the API fetches consoles from.
+_DRIVER = re.compile(r"^[a-z0-9_-]{1,16}$")
+_ACCEL = re.compile(r"^[a-z0-9_-]{0,8}$")
+_AGENT_URL = re.compile(r"^(unix:/|https?://)[\x21-\x7e]{1,290}$")
 
 # An agent heartbeats every few seconds; silence this long marks its host down.
 HOST_DOWN_AFTER = timedelta(seconds=30)
@@ -42,12 +50,21 @@ def register(
         raise InvalidInput(f"unknown zone {zone!r}", code="unknown_zone")
     positive(vcpus, "vcpus")
     positive(ram_mib, "ram_mib")
+    arches = sorted({Arch.parse(a).value for a in architectures})
+    if not arches:
+        raise InvalidInput("a host runs at least one architecture", code="invalid_input")
+    for what, value, pattern in (("driver", driver, _DRIVER), ("accel", accel, _ACCEL)):
+        if not pattern.match(value):
+            raise InvalidInput(f"invalid {what} {value!r}", code="invalid_input")
+    if agent_url and not _AGENT_URL.match(agent_url):
+        raise InvalidInput(f"invalid agent_url {agent_url!r}: unix:/PATH or http(s)://...",
+                           code="invalid_input")
     with svc.db.session() as s:
         row = s.scalar(select(HostRow).where(HostRow.name == name))
         if row is None:
             row = HostRow(id=new_id("h"), name=name)
             s.add(row)
-        row.zone, row.architectures = zone, sorted(architectures)
+        row.zone, row.architectures = zone, arches
         row.vcpus, row.ram_mib, row.driver, row.accel = vcpus, ram_mib, driver, accel
         row.agent_url, row.state, row.last_seen = agent_url, "up", datetime.now(UTC)
         s.flush()

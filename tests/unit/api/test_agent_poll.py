@@ -76,3 +76,58 @@ def test_a_bad_poll_changes_nothing(api: TestClient, svc: Services) -> None:
                  headers={"Authorization": f"Bearer {other}"})
     assert r.status_code == 403, r.text
     assert api.get(f"/v1/instances/{vm['id']}").json()["state"] == "pending"
+
+
+def test_a_report_is_applied_but_what_this_api_cannot_use(api: TestClient,
+                                                          svc: Services) -> None:
+    # A state an agent of a newer version knows (or a broken agent's text) failed the whole
+    # report with a 500, and the agent sends its whole report again after a failed request:
+    # the host could never report anything again.
+    agent = _agent(api, svc)
+    a = api.post("/v1/instances", json={"name": "a", "image": "tiny", "type": "t1.nano"}).json()
+    b = api.post("/v1/instances", json={"name": "b", "image": "tiny", "type": "t1.nano"}).json()
+    gen = {i["id"]: i["generation"] for i in _poll(api, agent)["instances"]}
+    long_and_odd = "qemu: \x1b[2J\nline two\x00" + "x" * 10_000
+    report = {
+        "observations": [
+            {"id": a["id"], "state": "migrating", "generation": gen[a["id"]]},
+            {"id": "i-\x00", "state": "running", "generation": 1},
+            {"id": b["id"], "state": "error", "reason": long_and_odd,
+             "generation": gen[b["id"]]},
+        ],
+        "volumes": [{"id": "vol-0123456789abcdef0", "state": "melted", "generation": 1},
+                    {"id": "vol-0123456789abcdef0", "state": "available", "generation": 1,
+                     "size_gib": 2**40},
+                    {"id": "vol-0123456789abcdef0", "state": "in-use", "generation": 1,
+                     "attached_to": "../x"}],
+        "snapshots": [{"id": "snap\x00", "state": "available"}],
+    }
+    answer = _poll(api, agent, report=report)
+    assert [i["state"] for i in answer["instances"] if i["id"] == a["id"]] == ["pending"]
+    shown = api.get(f"/v1/instances/{b['id']}").json()
+    assert shown["state"] == "error"
+    # Shown to users as it is: one line, no escape sequence acted on, not 10 kB.
+    reason = shown["state_reason"]
+    assert reason.startswith("qemu: \\x1b[2J\\nline two\\x00xxx") and len(reason) <= 500
+    assert api.get(f"/v1/instances/{a['id']}").json()["state"] == "pending"
+
+
+def test_a_registration_says_only_what_the_columns_hold(api: TestClient,
+                                                        svc: Services) -> None:
+    agent = _agent(api, svc)
+    good = {"name": AGENT_HOST, "zone": "local-1a", "architectures": ["amd64", "arm64"],
+            "vcpus": 4, "ram_mib": 4096, "driver": "qemu", "accel": "tcg",
+            "agent_url": "unix:/run/cumulo/agent.sock"}
+    for over in ({"architectures": ["sparc"]}, {"architectures": []},
+                 {"driver": "qemu\x1b[2J"}, {"driver": "q" * 17}, {"accel": "turbo-max"},
+                 {"agent_url": "file:///etc/passwd"}, {"agent_url": "http://a b"},
+                 {"agent_url": "http://" + "a" * 300}):
+        r = api.post("/v1/agent/hosts/register", json=good | over, headers=agent)
+        assert r.status_code == 400, (over, r.text)
+        assert r.json()["code"] in ("invalid_input", "unknown_arch"), r.text
+    zone = next(z for z in api.get("/v1/zones").json() if z["name"] == "local-1a")
+    assert zone["hosts"][0]["accel"] == "fake"  # as the fixture registered it: unchanged
+    r = api.post("/v1/agent/hosts/register", json=good, headers=agent)
+    assert r.status_code == 200, r.text
+    host = next(z for z in api.get("/v1/zones").json() if z["name"] == "local-1a")["hosts"][0]
+    assert (host["accel"], host["architectures"]) == ("tcg", ["arm64", "x86_64"])
