@@ -1,24 +1,27 @@
-"""Property-based fuzzing of the user-facing REST API (/v1/..., not the agents' /v1/agent/...).
+"""Property-based fuzzing of the REST API: the user-facing operations (/v1/...), and the
+hosts' own (/v1/agent/...: a broken agent, or one of another version).
 
 What it proves, for requests generated from the API's own OpenAPI document by schemathesis
 (negative mode: wrong types, missing and extra fields, odd query strings; positive mode: values
 of the right type), with string and number leaves now and then swapped for the inputs users get
 wrong or attackers try (empty, "../x", very long, unicode, control characters, shell syntax,
 huge and negative numbers, the names of existing resources so that a request gets past the
-lookup to the validation behind it):
+lookup to the validation behind it; for the agents, the ids of existing resources and mostly
+their own host's name):
 
 1. the API never answers 5xx (an unhandled exception is a defect);
 2. every 4xx is application/problem+json with a non-empty snake_case `code` and a one-line
    `detail`;
 3. a request answered 4xx changes nothing: every table of the database and the image store
-   are the same before and after it.
+   are the same before and after it. (An agent's report answered 200 may change state: it
+   applies what it can use.)
 
 Runs on SQLite and PostgreSQL (the `db` fixture). Deterministic (derandomize=True): a given
 tree always sends the same requests, so CI reproduces a failure. (Hypothesis also draws on
 literals it finds in cumulo's source, so a change anywhere can change the sequence.) Nothing is
 shrunk, as the requests share one database: a failure's message names the request instead.
-Every operation gets about MAX_EXAMPLES / 94 requests per backend; raise MAX_EXAMPLES locally
-to search longer.
+Every user-facing operation gets about MAX_EXAMPLES / 94 requests per backend, every agent one
+about MAX_EXAMPLES / 4 / 8; raise MAX_EXAMPLES locally to search longer.
 """
 
 from __future__ import annotations
@@ -39,10 +42,12 @@ from schemathesis import GenerationMode
 from schemathesis.core import NotSet
 from schemathesis.core.result import Ok
 from schemathesis.generation.case import Case
+from sqlalchemy import select
 
-from cumulo.db.tables import Base
+from cumulo.db.tables import Base, InstanceRow, SnapshotRow, VolumeRow
 from cumulo.protocol import VolumeObservation
 from cumulo.services import agents, download_guard
+from cumulo.services.auth import issue_token
 from cumulo.services.context import Principal, Role, Services
 from tests.conftest import AGENT_HOST
 
@@ -56,7 +61,8 @@ ODD_STRINGS = [
 ]
 URL_STRINGS = [s for s in ODD_STRINGS if s != "\ud800"]
 # Names the seeded state has: a request naming one gets past the lookup.
-EXISTING = ["default", "tiny", "vm", "data", "lab", "web", "key", "snap", "x86_64"]
+EXISTING = ["default", "tiny", "vm", "data", "lab", "web", "key", "snap", "x86_64", AGENT_HOST,
+            "running", "available", "deleted"]
 ODD_NUMBERS: list[Any] = [0, -1, 1, 2**31, 2**63, 2**64, 10**30, -(10**30), 1.5, True, None]
 CODE = re.compile(r"^[a-z][a-z0-9_]*$")
 MAX_EXAMPLES = 400  # about 15 s on SQLite on a slow machine
@@ -91,30 +97,36 @@ def fuzzed(api: TestClient, svc: Services, tmp_path: Path,
     return api
 
 
-def _cases(api: TestClient) -> list[st.SearchStrategy[AnyCase]]:
-    """One strategy per user-facing operation and mode. The test picks one of them first, so
-    that every operation gets its share of the examples (st.one_of favours the first ones)."""
+def _cases(api: TestClient, token: str, agents: bool = False) -> list[st.SearchStrategy[AnyCase]]:
+    """One strategy per operation and mode: the user-facing ones, or the agents' (`agents`).
+    The test picks one of them first, so that every operation gets its share of the examples
+    (st.one_of favours the first ones)."""
     schema = schemathesis.openapi.from_dict(api.app.openapi())  # type: ignore[attr-defined]
-    ops = schema.include(path_regex="^/v1/").exclude(path_regex="^/v1/agent/")
+    ops = (schema.include(path_regex="^/v1/agent/") if agents
+           else schema.include(path_regex="^/v1/").exclude(path_regex="^/v1/agent/"))
     # Fixed so that most requests get past authentication; unauthenticated ones are
     # generated all the same when the header is dropped (_send).
-    auth = {"authorization": api.headers["Authorization"]}
+    auth = {"authorization": token}
     results = list(ops.get_all_operations())
     unread = [r for r in results if not isinstance(r, Ok)]
     assert not unread, unread  # an operation schemathesis cannot read would go unfuzzed
+    assert results
     return [result.ok().as_strategy(generation_mode=mode, headers=auth)
             for result in results if isinstance(result, Ok)
             for mode in (GenerationMode.NEGATIVE, GenerationMode.POSITIVE)]
 
 
-def _spice(data: st.DataObject, value: Any, *, url: bool = False) -> Any:
+def _spice(data: st.DataObject, value: Any, *, url: bool = False,
+           names: tuple[str, ...] = ()) -> Any:
     """`value` with some of its string and number leaves replaced by odd ones (in a URL, none
     that UTF-8 cannot encode: only JSON can send those)."""
     if isinstance(value, dict):
-        return {k: _spice(data, v, url=url) for k, v in value.items()}
+        return {k: _spice(data, v, url=url, names=names) for k, v in value.items()}
     if isinstance(value, list):
-        return [_spice(data, v, url=url) for v in value]
+        return [_spice(data, v, url=url, names=names) for v in value]
     if isinstance(value, str) and data.draw(st.integers(0, 2)) == 0:
+        if names and data.draw(st.booleans()):
+            return data.draw(st.sampled_from(names))
         return data.draw(st.sampled_from((URL_STRINGS if url else ODD_STRINGS) + EXISTING))
     if isinstance(value, int | float) and data.draw(st.integers(0, 2)) == 0:
         return data.draw(st.sampled_from(ODD_NUMBERS))
@@ -131,22 +143,31 @@ def _query(query: dict[str, Any] | None) -> list[tuple[str, str]]:
     return out
 
 
-def _send(api: TestClient, case: AnyCase, data: st.DataObject) -> tuple[str, Any]:
+def _send(api: TestClient, case: AnyCase, data: st.DataObject, token: str,
+          names: tuple[str, ...], host: str | None) -> tuple[str, Any]:
     # Generated path parameters come percent-encoded; odd ones are encoded here.
     case.path_parameters = {
         k: quote(str(v), safe="") if v != old else v
         for (k, old), v in zip(case.path_parameters.items(),
-                               _spice(data, list(case.path_parameters.values()), url=True),
+                               _spice(data, list(case.path_parameters.values()), url=True,
+                                      names=names),
                                strict=True)
     }
-    case.query = _spice(data, case.query, url=True)
+    if host and "name" in case.path_parameters and data.draw(st.integers(0, 9)):
+        case.path_parameters["name"] = host  # past the 403 that another host's name gets
+    case.query = _spice(data, case.query, url=True, names=names)
+    if case.query and "wait" in case.query:
+        case.query["wait"] = 0  # a long-poll would wait for a change up to 30 s
     headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
     if data.draw(st.sampled_from([True] * 19 + [False])):  # a few go without a token
-        headers["Authorization"] = api.headers["Authorization"]
+        headers["Authorization"] = token
     kwargs: dict[str, Any] = {}
     body = case.body
     if case.media_type == "application/json" and not isinstance(body, bytes):
-        kwargs["content"] = json.dumps(_spice(data, body), allow_nan=True)
+        body = _spice(data, body, names=names)
+        if isinstance(body, dict) and "wait" in body:
+            body["wait"] = 0  # as for the query's
+        kwargs["content"] = json.dumps(body, allow_nan=True)
         headers["Content-Type"] = "application/json"
     elif case.media_type is not None and not isinstance(body, NotSet):
         raw = getattr(body, "data", body)
@@ -191,20 +212,38 @@ def _check(sent: str, r: Any, before: list[Any], svc: Services) -> list[Any]:
     return after
 
 
-def test_bad_input_is_refused_cleanly_and_changes_nothing(fuzzed: TestClient,
-                                                          svc: Services) -> None:
+def _fuzz(api: TestClient, svc: Services, token: str, agents: bool) -> None:
     state = [_state(svc)]
+    names: tuple[str, ...] = ()
+    if agents:  # the ids of what exists: an observation naming one gets past the lookup
+        with svc.db.session() as s:
+            names = tuple(i for t in (InstanceRow, VolumeRow, SnapshotRow)
+                          for i in s.scalars(select(t.id)))
 
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-              phases=[Phase.explicit, Phase.generate],
+    @settings(max_examples=MAX_EXAMPLES if not agents else MAX_EXAMPLES // 4, deadline=None,
+              derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(cases=st.sampled_from(_cases(fuzzed)), data=st.data())
+    @given(cases=st.sampled_from(_cases(api, token, agents)), data=st.data())
     def one_request(cases: st.SearchStrategy[AnyCase], data: st.DataObject) -> None:
         case = data.draw(cases)
-        sent, r = _send(fuzzed, case, data)
+        sent, r = _send(api, case, data, token, names, AGENT_HOST if agents else None)
         state[0] = _check(sent, r, state[0], svc)
 
     one_request()
+
+
+def test_bad_input_is_refused_cleanly_and_changes_nothing(fuzzed: TestClient,
+                                                          svc: Services) -> None:
+    _fuzz(fuzzed, svc, fuzzed.headers["Authorization"], agents=False)
+
+
+def test_the_agents_protocol_takes_odd_input_without_failing(fuzzed: TestClient,
+                                                             svc: Services) -> None:
+    """The same for the hosts' own API (a broken agent, or one of another version): its
+    reports may change state when they are answered 200, so only refusals are compared."""
+    with svc.db.session() as s:
+        token = f"Bearer {issue_token(s, Role.AGENT, host_name=AGENT_HOST)}"
+    _fuzz(fuzzed, svc, token, agents=True)
 
 
 # --- what the fuzzer found, one focused test each ----------------------------------------
