@@ -26,8 +26,9 @@ def create_app(svc: Services) -> FastAPI:
     errors.install(app)
     # Routes are matched in order, one by one: the busiest first (agents long-poll and
     # report at every change; instances are what users create).
-    # What users type is checked for text no field may hold (see cumulo.api.inputs); the
-    # agents' protocol is not (hosts send what cumulo's own agent built).
+    # What users type is checked for text no field may hold (see cumulo.api.inputs). The
+    # agents' protocol checks its own fields (services.agents, services.hosts.register): a
+    # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes):
         app.include_router(module.router,

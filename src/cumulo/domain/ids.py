@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import secrets
 
-_ID_RE = re.compile(r"^[a-z]{1,4}-[0-9a-f]{17}$")
+_ID_RE = re.compile(r"^[a-z]{1,4}-[0-9a-f]{17}\Z")
 
 
 def new_id(prefix: str) -> str:

@@ -7,10 +7,10 @@ import re
 
 from cumulo.domain.errors import InvalidInput
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 MAX_USER_DATA_BYTES = 64 * 1024
 MAX_TAGS = 50
-_TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/=+@-]{1,128}$")
+_TAG_KEY = re.compile(r"^[A-Za-z0-9_.:/=+@-]{1,128}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
 
 

@@ -22,9 +22,9 @@ from cumulo.services.context import Principal, Services
 
 # What a registration may say besides its numbers, as the columns hold it: shown to users
 # (`cumulo zone list`) and, for agent_url, where the API fetches consoles from.
-_DRIVER = re.compile(r"^[a-z0-9_-]{1,16}$")
-_ACCEL = re.compile(r"^[a-z0-9_-]{0,8}$")
-_AGENT_URL = re.compile(r"^(unix:/|https?://)[\x21-\x7e]{1,290}$")
+_DRIVER = re.compile(r"^[a-z0-9_-]{1,16}\Z")
+_ACCEL = re.compile(r"^[a-z0-9_-]{0,8}\Z")
+_AGENT_URL = re.compile(r"^(unix:/[^\x00-\x1f\x7f]{1,290}|https?://[\x21-\x7e]{1,290})\Z")
 
 # An agent heartbeats every few seconds; silence this long marks its host down.
 HOST_DOWN_AFTER = timedelta(seconds=30)

@@ -38,7 +38,7 @@ from cumulo.services.download_guard import GuardedTransport, allowed_networks
 from cumulo.services.views import ImageView
 
 IMPORT_BOOT_MODES = ("bios", "uefi")
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
 MAX_URL_LEN = 2048
 MAX_OS_LEN = 200
 STALE_TEMP_S = 6 * 3600

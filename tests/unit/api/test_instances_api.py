@@ -59,6 +59,7 @@ def test_custom_size_and_arm64(api: TestClient) -> None:
         ({"name": "-web"}, 400, "invalid_name"),
         ({"name": "a" * 64}, 400, "invalid_name"),
         ({"name": ""}, 400, "invalid_name"),
+        ({"name": "web\n"}, 400, "invalid_name"),  # `$` matched before a final newline
         ({"user_data": base64.b64encode(b"x" * (64 * 1024 + 1)).decode()}, 400,
          "user_data_too_large"),
         ({"user_data": "***not base64***"}, 400, "invalid_user_data"),

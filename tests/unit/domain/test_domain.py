@@ -14,7 +14,10 @@ def test_dns_labels_accepted(name: str) -> None:
     assert dns_label(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "-a", "a-", "A", "a_b", "a.b", "x" * 64, "é", "a b"])
+# "web\n": `$` also matches before a final newline: such a name was accepted, on its way to
+# the guest's hostname and dnsmasq's files.
+@pytest.mark.parametrize("name", ["", "-a", "a-", "A", "a_b", "a.b", "x" * 64, "é", "a b",
+                                  "web\n", "web\r\n"])
 def test_dns_labels_refused(name: str) -> None:
     with pytest.raises(InvalidInput) as e:
         dns_label(name)
@@ -29,7 +32,7 @@ def test_arch_aliases_and_errors() -> None:
 
 def test_ids_are_short_and_recognised() -> None:
     i = new_id("i")
-    assert is_id(i) and len(i) == 19 and not is_id("i-../../etc")
+    assert is_id(i) and len(i) == 19 and not is_id("i-../../etc") and not is_id(i + "\n")
 
 
 def test_transitions() -> None:

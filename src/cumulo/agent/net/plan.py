@@ -14,8 +14,8 @@ from cumulo.agent.net import names
 from cumulo.agent.net.cmd import NetError
 from cumulo.protocol import Assignment, FirewallRule, NetworkRef
 
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 PROTOS = ("tcp", "udp", "icmp")
 DEFAULT_SSH_PORT = 22
 
