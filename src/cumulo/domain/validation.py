@@ -25,6 +25,14 @@ def dns_label(value: str, what: str = "name") -> str:
     return value
 
 
+def short_text(value: str, what: str, maximum: int, code: str = "invalid_input") -> str:
+    """Free text shown as it is (a description, an OS name, a tag's value): at most `maximum`
+    characters, none of them a control character (a newline, a terminal escape)."""
+    if len(value) > maximum or _CONTROL.search(value):
+        raise InvalidInput(f"{what}: at most {maximum} printable characters", code=code)
+    return value
+
+
 def one_line(text: str, limit: int) -> str:
     """`text` as one line of at most `limit` characters, for a terminal: control characters
     (newlines, escapes, NUL) are spelled out ("\\n") rather than acted on."""
@@ -60,6 +68,5 @@ def tags(value: dict[str, str]) -> dict[str, str]:
     for key, val in value.items():
         if not _TAG_KEY.match(key):
             raise InvalidInput(f"invalid tag key {key!r}", code="invalid_tag")
-        if len(val) > 256 or any(ord(c) < 32 for c in val):
-            raise InvalidInput(f"invalid value for tag {key!r}", code="invalid_tag")
+        short_text(val, f"the value of tag {key!r}", 256, code="invalid_tag")
     return value

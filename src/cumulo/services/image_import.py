@@ -29,7 +29,7 @@ from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict, CumuloError, Forbidden, InvalidInput
 from cumulo.domain.ids import is_id, new_id
 from cumulo.domain.instance import DesiredPower, InstanceState
-from cumulo.domain.validation import dns_label
+from cumulo.domain.validation import dns_label, short_text
 from cumulo.images import qemu_img
 from cumulo.services import images
 from cumulo.services.auth import scope_project
@@ -135,8 +135,7 @@ def plan(svc: Services, who: Principal, project: str | None, req: ImportRequest)
             "(a-z, 0-9, '_' and '-', at most 32)",
             code="invalid_user",
         )
-    if len(req.os) > MAX_OS_LEN or any(ord(c) < 32 for c in req.os):
-        raise InvalidInput("os: at most 200 printable characters", code="invalid_input")
+    short_text(req.os, "os", MAX_OS_LEN)
     with svc.db.session() as s:
         t = Target(
             name=req.name, arch=arch.value, boot=boot, default_user=req.default_user,

@@ -15,7 +15,7 @@ from cumulo.db.tables import InstanceGroupRow, InstanceRow, ProjectRow, Security
 from cumulo.db.tables import SecurityRuleRow as Rule
 from cumulo.domain.errors import Conflict, InvalidInput, NotFound
 from cumulo.domain.ids import new_id
-from cumulo.domain.validation import dns_label
+from cumulo.domain.validation import dns_label, short_text
 from cumulo.protocol import FirewallRule
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
@@ -95,11 +95,7 @@ def _member_hosts(s: Session, group_id: str) -> set[str]:
 def create(svc: Services, who: Principal, project: str | None, name: str,
            description: str = "") -> SecurityGroupView:
     dns_label(name, "security group name")
-    if len(description) > MAX_DESCRIPTION or any(ord(c) < 32 or c == "\x7f" for c in description):
-        # Shown as is by `cumulo security-group list`: no terminal control sequences.
-        raise InvalidInput(
-            f"description: at most {MAX_DESCRIPTION} printable characters", code="invalid_input"
-        )
+    short_text(description, "description", MAX_DESCRIPTION)  # `security-group list` shows it
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
         ensure_default(s, prj)
