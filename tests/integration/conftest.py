@@ -70,6 +70,13 @@ class Cloud:
             self.proc.wait(timeout=30)
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL `cumulo up`, as the OOM killer would: no clean-up of any kind."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         r = subprocess.run([*CUMULO, *args], env=self.env, capture_output=True, text=True,
                            timeout=900)
@@ -117,6 +124,8 @@ def _make(driver: str) -> Iterator[Cloud]:
         yield cloud
     finally:
         cloud.stop()
+        for pid in agent_pids(state):  # only if a test failed while its agent was orphaned
+            os.kill(pid, signal.SIGTERM)
         subprocess.run([*CUMULO, "down", "--state-dir", str(state)], capture_output=True,
                        timeout=120)
         shutil.rmtree(state, ignore_errors=True)
@@ -148,3 +157,39 @@ def qemu_pids(state_dir: Path) -> dict[str, int]:
         if str(state_dir).encode() in cmd:
             out[pidfile.parent.name] = pid
     return out
+
+
+def agent_pids(state_dir: Path) -> set[int]:
+    """The pids of the live agent processes of this cloud (zombies left to a PID 1 that does
+    not reap them are not alive)."""
+    out = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"cumulo.agent" in cmd and str(state_dir).encode() in cmd and state != "Z":
+            out.add(int(proc.name))
+    return out
+
+
+def wait_agents_gone(pids: set[int], state_dir: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while agent_pids(state_dir) & pids:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"agents {pids} still run {timeout} s after `cumulo up` died")
+        time.sleep(0.1)
+
+
+def wait_one_agent(state_dir: Path, timeout: float) -> int:
+    """The pid of this cloud's one agent, once `cumulo up` has started it."""
+    deadline = time.monotonic() + timeout
+    while not (pids := agent_pids(state_dir)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no agent runs {timeout} s after `cumulo up` started")
+        time.sleep(0.1)
+    assert len(pids) == 1, f"several agents for one host: {pids}"
+    return pids.pop()

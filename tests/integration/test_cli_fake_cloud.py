@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from tests.integration.conftest import Cloud
+from tests.integration.conftest import Cloud, agent_pids, wait_agents_gone, wait_one_agent
 
 FIELDS = {"id", "name", "project", "state", "zone", "arch", "type", "vcpus", "ram_mib",
           "image", "host", "created_at"}
@@ -34,6 +34,26 @@ def test_lifecycle_through_the_cli(fake_cloud: Cloud) -> None:
     assert c.json("instance", "reboot", "web-1", "--wait")["state"] == "running"
     c.cli("instance", "delete", "web-1", "--wait")
     assert c.json("instance", "list") == []
+
+
+def test_a_killed_up_takes_its_agent_along_and_the_next_runs_one(fake_cloud: Cloud) -> None:
+    # Before: the agent outlived a SIGKILLed `cumulo up`, and the next `cumulo up` started a
+    # second agent for the same host, both acting on the same VMs.
+    c = fake_cloud
+    vm = c.json("instance", "create", "keep-1", "--image", "tiny", "--type", "t1.nano", "--wait")
+    old = wait_one_agent(c.state_dir, timeout=10)
+    assert (c.state_dir / "hosts/local/agent.lock").read_text().strip() == str(old)
+
+    c.kill()
+    wait_agents_gone({old}, c.state_dir, timeout=10)
+
+    c.start()
+    new = wait_one_agent(c.state_dir, timeout=10)
+    assert new != old
+    assert [i["id"] for i in c.json("instance", "list")] == [vm["id"]]
+    assert c.json("instance", "create", "keep-2", "--image", "tiny", "--type", "t1.nano",
+                  "--wait")["state"] == "running"
+    assert agent_pids(c.state_dir) == {new}
 
 
 def test_catalogue_commands(fake_cloud: Cloud) -> None:

@@ -9,7 +9,12 @@ import time
 
 import pytest
 
-from tests.integration.conftest import Cloud, qemu_pids
+from tests.integration.conftest import (
+    Cloud,
+    qemu_pids,
+    wait_agents_gone,
+    wait_one_agent,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -82,6 +87,18 @@ def test_control_plane_restart_keeps_vms_and_crash_is_noticed(qemu_cloud: Cloud)
     assert qemu_pids(c.state_dir) == {vm_id: pid}, "the VM was re-adopted, not restarted"
     assert READY.format(name="keeper") in c.cli("instance", "console-log", "keeper").stdout
     assert vm["id"] == vm_id
+
+    # The same after `cumulo up` is killed outright: its agent stops with it (else the next
+    # `cumulo up` would run a second one on this host), and the VM does not.
+    agent = wait_one_agent(c.state_dir, timeout=10)
+    c.kill()
+    wait_agents_gone({agent}, c.state_dir, timeout=10)
+    assert qemu_pids(c.state_dir) == {vm_id: pid}
+    c.start()
+    assert wait_one_agent(c.state_dir, timeout=10) != agent
+    assert c.wait_state("keeper", "running", timeout=30)["id"] == vm_id
+    time.sleep(3)  # a few of the new agent's passes (one each OBSERVE_S = 2 s)
+    assert qemu_pids(c.state_dir) == {vm_id: pid}, "the VM was re-adopted, not restarted"
 
     os.kill(pid, signal.SIGKILL)  # behind cumulo's back
     t0 = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from cumulo.agent.main import AgentConfig, main
@@ -32,4 +33,7 @@ def _load(path: Path) -> AgentConfig:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m cumulo.agent")
     parser.add_argument("--config", type=Path, required=True)
-    main(_load(parser.parse_args().config))
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="stop when this process (the supervisor) dies")
+    args = parser.parse_args()
+    sys.exit(main(_load(args.config), parent_pid=args.parent_pid))

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import platform
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from cumulo.agent.api_client import ApiClient
 from cumulo.agent.console_server import make_app
 from cumulo.agent.dns_book import DnsBook
 from cumulo.agent.drivers.base import Driver, PowerState
+from cumulo.agent.host_lock import LOCK_WAIT_S, HostBusy, HostLock, exit_with_parent
 from cumulo.agent.instance_book import InstanceBook
 from cumulo.agent.reconciler import Reconciler
 from cumulo.agent.storage.volumes import VolumeStore
@@ -76,6 +78,17 @@ def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
 
 async def run_agent(cfg: AgentConfig, stop: asyncio.Event) -> None:
     cfg.host_dir.mkdir(parents=True, exist_ok=True)
+    lock = HostLock(cfg.host_dir)
+    await lock.acquire(LOCK_WAIT_S, stop)
+    if not lock.held:
+        return  # told to stop while waiting
+    try:
+        await _run_locked(cfg, stop)
+    finally:
+        lock.release()
+
+
+async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
     driver, accel = make_driver(cfg)
     sock = cfg.host_dir / "agent.sock"
     sock.unlink(missing_ok=True)
@@ -230,7 +243,14 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-def main(cfg: AgentConfig) -> None:
+def main(cfg: AgentConfig, parent_pid: int | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT; the process's exit status.
+
+    `parent_pid`: the supervising process (`cumulo up`); the agent stops when it dies."""
+    if parent_pid is not None and not exit_with_parent(parent_pid):
+        log.warning("supervisor_gone", parent_pid=parent_pid, hint="not starting")
+        return 0
+
     async def _run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -238,4 +258,9 @@ def main(cfg: AgentConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_agent(cfg, stop)
 
-    asyncio.run(_run())
+    try:
+        asyncio.run(_run())
+    except HostBusy as e:
+        print(f"cumulo agent: {cfg.name}: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0

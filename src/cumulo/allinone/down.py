@@ -8,7 +8,9 @@ import signal
 import time
 from pathlib import Path
 
+from cumulo.agent.host_lock import LOCK_WAIT_S, HostBusy, HostLock
 from cumulo.allinone.paths import StatePaths, pid_alive
+from cumulo.domain.errors import Conflict
 
 
 def _stop_up(paths: StatePaths) -> None:
@@ -48,14 +50,26 @@ async def _teardown_network(host_dir: Path) -> None:
     await HostNetwork(host_dir).teardown()
 
 
+async def _down_host(host_dir: Path) -> int:
+    """Stop one host's VMs and data plane, holding its agent lock meanwhile: no agent may
+    start a VM while they are stopped. The agent of a `cumulo up` that had to be killed above
+    gets SIGTERM from the kernel and may still be finishing a pass."""
+    lock = HostLock(host_dir)
+    try:
+        await lock.acquire(LOCK_WAIT_S, asyncio.Event())
+    except HostBusy as e:
+        raise Conflict(f"cannot stop host {host_dir.name}: {e}", code="agent_running") from None
+    try:
+        stopped = await _stop_vms(host_dir / "run") if (host_dir / "run").is_dir() else 0
+        await _teardown_network(host_dir)
+        (host_dir / "agent.sock").unlink(missing_ok=True)
+    finally:
+        lock.release()
+    return stopped
+
+
 def run(state_dir: Path) -> int:
     """Returns how many VMs were stopped."""
     paths = StatePaths(state_dir)
     _stop_up(paths)
-    stopped = 0
-    for host_dir in paths.hosts():
-        if (host_dir / "run").is_dir():
-            stopped += asyncio.run(_stop_vms(host_dir / "run"))
-        asyncio.run(_teardown_network(host_dir))
-        (host_dir / "agent.sock").unlink(missing_ok=True)
-    return stopped
+    return sum(asyncio.run(_down_host(host_dir)) for host_dir in paths.hosts())

@@ -133,7 +133,11 @@ class AgentSupervisor:
     def _spawn(self) -> None:
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cumulo.agent", "--config", str(self.config)],
+                # --parent-pid: the agent stops if `cumulo up` is killed, so that the next
+                # `cumulo up` never runs a second agent beside it (agent/host_lock.py).
+                # Spawned from the event loop's thread, the main one: see exit_with_parent.
+                [sys.executable, "-m", "cumulo.agent", "--config", str(self.config),
+                 "--parent-pid", str(os.getpid())],
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

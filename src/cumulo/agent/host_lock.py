@@ -1,0 +1,109 @@
+"""One agent per host, and a supervised agent that dies with its supervisor.
+
+Two agents on one host would both act on the same VMs: each re-adopts the other's QEMU
+processes as its own, and both start, stop and destroy them, serve the console socket and
+report. That happened when `cumulo up` was killed (SIGKILL, the OOM killer): its agent
+outlived it, and the next `cumulo up` started a second one. So an agent holds an exclusive
+lock on `<host_dir>/agent.lock` for as long as it runs. The kernel releases the lock when
+the process dies, however it dies, so a lock file left behind never blocks a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import fcntl
+import os
+import signal
+import time
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("cumulo.agent")
+
+LOCK_NAME = "agent.lock"
+# How long a new agent (or `cumulo down`) waits for the host's agent to stop: `cumulo up`'s
+# own stop gives its agent 10 s, and an agent's shutdown waits up to 5 s for its console
+# server.
+LOCK_WAIT_S = 30.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class HostBusy(Exception):
+    """Another live agent holds this host's lock."""
+
+
+class HostLock:
+    """Holds `<host_dir>/agent.lock` until `release` (or until the process ends)."""
+
+    def __init__(self, host_dir: Path) -> None:
+        self.path = host_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        # The holder's pid, for the message another agent gives; informational only (the
+        # lock, not this number, decides who runs).
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    async def acquire(self, wait_s: float, stop: asyncio.Event) -> None:
+        """Take the lock, waiting up to `wait_s` for a previous agent to finish stopping.
+
+        Raises HostBusy if it is still held then; returns early (without the lock) if `stop`
+        is set meanwhile: the caller checks `held`."""
+        deadline = time.monotonic() + wait_s
+        logged = False
+        while not self.try_acquire():
+            if time.monotonic() >= deadline:
+                raise HostBusy(
+                    f"another agent runs for this host (pid {self.holder()}, lock {self.path})"
+                )
+            if not logged:
+                log.warning("host_lock_busy", pid=self.holder(), lock=str(self.path),
+                            hint=f"waiting up to {wait_s:.0f} s for it to stop")
+                logged = True
+            try:
+                await asyncio.wait_for(stop.wait(), 0.2)
+                return
+            except TimeoutError:
+                pass
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
+
+
+def exit_with_parent(parent_pid: int) -> bool:
+    """Have the kernel send this process SIGTERM when its parent dies; False if it already has.
+
+    For the agent `cumulo up` supervises: if `cumulo up` is killed, its agent stops too (the
+    VMs do not: QEMU runs in its own session), instead of living on beside the agent of the
+    next `cumulo up`. The signal comes when the parent *thread* that forked us ends, so the
+    supervisor spawns the agent from its main thread. Checked against `parent_pid` after
+    setting it, because the parent may have died before.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    return os.getppid() == parent_pid
