@@ -28,6 +28,7 @@ from cumulo.config import Settings, load_settings
 from cumulo.db.engine import Database
 from cumulo.db.migrate import upgrade
 from cumulo.db.tables import TokenRow
+from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict
 from cumulo.services import images
 from cumulo.services.auth import ensure_default_project, issue_token, token_digest
@@ -116,8 +117,10 @@ def register_images(svc: Services) -> None:
     from cumulo.images.tiny import ensure_tiny_image
 
     for arch in svc.settings.host.architectures:
-        _say(f"preparing built-in image tiny/{arch.value} (first time: a few minutes)")
-        images.register_builtin(svc, ensure_tiny_image(arch))
+        def building(arch: Arch = arch) -> None:
+            _say(f"building the built-in image tiny/{arch.value} (a few minutes, once)")
+
+        images.register_builtin(svc, ensure_tiny_image(arch, on_build=building))
 
 
 class AgentSupervisor:

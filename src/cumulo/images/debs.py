@@ -109,6 +109,27 @@ def show_many(specs: Sequence[tuple[str, str]]) -> list[DebPackage]:
     return [found[s] for s in specs]
 
 
+# What `apt-cache show`'s candidates are a function of: the package lists, the sources,
+# preferences and configuration, the foreign architectures, the installed versions.
+_APT_STATE = ("/var/lib/apt/lists", "/etc/apt", "/var/lib/dpkg/arch", "/var/lib/dpkg/status")
+
+
+def apt_state_key(roots: Sequence[str] = _APT_STATE) -> str:
+    """A digest of the names, sizes and mtimes of the files apt's answers depend on: equal
+    keys mean `apt-cache show` would answer the same (it costs over a second a call here)."""
+    entries: list[str] = []
+    for root in roots:
+        base = Path(root)
+        paths = [base] if base.is_file() else sorted(q for q in base.rglob("*") if q.is_file())
+        for q in paths:
+            try:
+                st = q.stat()
+            except OSError:
+                continue
+            entries.append(f"{q}\0{st.st_size}\0{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
 def show(name: str, arch: str) -> DebPackage:
     """The candidate version of `name` for Debian architecture `arch` (apt-cache show)."""
     return show_many([(name, arch)])[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import gzip
 import hashlib
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -108,20 +109,47 @@ _RESOLVE_TTL = 300.0
 _resolved: dict[Arch, tuple[float, list[DebPackage]]] = {}
 
 
-def _resolve_packages(arch: Arch) -> list[DebPackage]:
-    """The kernel package first, then USERLAND_PACKAGES (cached in-process for a while:
-    each `apt-cache` run costs over a second here)."""
+def _resolve_packages(arch: Arch, tiny: Path) -> list[DebPackage]:
+    """The kernel package first, then USERLAND_PACKAGES. Each `apt-cache` run costs over a
+    second here, and every `cumulo up` asks: so the answer is kept in-process for a while,
+    and on disk (`tiny/.resolved-<arch>.json`) for as long as apt's state is unchanged."""
     hit = _resolved.get(arch)
     if hit is not None and time.monotonic() - hit[0] < _RESOLVE_TTL:
         return hit[1]
-    a = arch.debian_name
-    meta, *userland = debs.show_many(
-        [(f"linux-image-cloud-{a}", a), *((p, a) for p in USERLAND_PACKAGES)]
-    )
-    kernel = debs.show(debs.kernel_of(meta), a)
-    pkgs = [kernel, *userland]
+    saved = tiny / f".resolved-{arch.value}.json"
+    apt_key = debs.apt_state_key()
+    pkgs = _load_resolved(saved, apt_key)
+    if pkgs is None:
+        a = arch.debian_name
+        meta, *userland = debs.show_many(
+            [(f"linux-image-cloud-{a}", a), *((p, a) for p in USERLAND_PACKAGES)]
+        )
+        kernel = debs.show(debs.kernel_of(meta), a)
+        pkgs = [kernel, *userland]
+        _save_resolved(saved, apt_key, pkgs)
     _resolved[arch] = (time.monotonic(), pkgs)
     return pkgs
+
+
+def _load_resolved(path: Path, apt_key: str) -> list[DebPackage] | None:
+    try:
+        doc = json.loads(path.read_text())
+        if doc["apt_state"] != apt_key:
+            return None
+        return [DebPackage(**p) for p in doc["packages"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent, from an older cumulo, or damaged: ask apt again
+
+
+def _save_resolved(path: Path, apt_key: str, pkgs: Sequence[DebPackage]) -> None:
+    doc = {"apt_state": apt_key, "packages": [dataclasses.asdict(p) for p in pkgs]}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only cache only means asking apt each time
 
 
 def inputs_digest(arch: Arch, packages: Sequence[DebPackage]) -> str:
@@ -162,13 +190,16 @@ def _current_digest(link: Path) -> str | None:
     return digest
 
 
-def ensure_tiny_image(arch: Arch, cache_dir: Path | None = None) -> Path:
+def ensure_tiny_image(
+    arch: Arch, cache_dir: Path | None = None, on_build: Callable[[], None] | None = None
+) -> Path:
     """Build (or reuse, if already built from the same inputs) the tiny image for `arch`.
 
     Returns `<cache>/tiny/<arch>/` (a symlink to the build directory `<arch>.<digest>`; a
     rebuild from new inputs goes to a new directory and the link is swapped atomically, so
     files of an older build stay valid for whoever uses them). Safe to call concurrently:
     builds are serialised with a lock file, made in a temp dir and renamed into place.
+    `on_build` is called before a build starts (it takes minutes; reuse takes milliseconds).
     Raises ToolMissing if a host tool is missing and ImageBuildError if the build fails.
     """
     for tool in ("apt-get", "apt-cache", "dpkg-deb", "dpkg", "mke2fs", "qemu-img"):
@@ -176,7 +207,7 @@ def ensure_tiny_image(arch: Arch, cache_dir: Path | None = None) -> Path:
     cache = (cache_dir or default_cache_dir()).absolute()
     tiny = cache / "tiny"
     link = tiny / arch.value
-    packages = _resolve_packages(arch)
+    packages = _resolve_packages(arch, tiny)
     digest = inputs_digest(arch, packages)
     if _current_digest(link) == digest:
         return link
@@ -185,6 +216,8 @@ def ensure_tiny_image(arch: Arch, cache_dir: Path | None = None) -> Path:
             return link
         final = tiny / f"{arch.value}.{digest[:16]}"
         if _current_digest(final) != digest:
+            if on_build is not None:
+                on_build()
             work = Path(tempfile.mkdtemp(prefix=f".build-{arch.value}-", dir=tiny))
             try:
                 out = work / "out"

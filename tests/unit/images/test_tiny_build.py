@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cumulo.domain.arch import Arch
-from cumulo.images import kmod, tiny
+from cumulo.images import debs, kmod, tiny
 from cumulo.images.cpio import CpioArchive
 from cumulo.images.debs import DebPackage, _fields, kernel_of
 
@@ -191,3 +192,79 @@ def test_initramfs_holds_init_and_modules_in_order(tmp_path: Path) -> None:
     assert b"init\0" in raw and b"TRAILER!!!" in raw
     assert b"lib/modules/y.ko\0" in raw
     assert b"y.ko\nx.ko\n" in raw  # etc/modules.order
+
+
+def test_apt_state_key_follows_apt_files(tmp_path: Path) -> None:
+    lists, status = tmp_path / "lists", tmp_path / "status"
+    lists.mkdir()
+    (lists / "deb.debian.org_Packages").write_text("Package: a\n")
+    status.write_text("Package: b\n")
+    roots = (str(lists), str(status), str(tmp_path / "absent"))
+    key = debs.apt_state_key(roots)
+    assert debs.apt_state_key(roots) == key
+    (lists / "deb.debian.org_Packages").write_text("Package: a2\n")  # apt-get update
+    assert debs.apt_state_key(roots) != key
+    key = debs.apt_state_key(roots)
+    (lists / "security_Packages").write_text("")  # a new source
+    assert debs.apt_state_key(roots) != key
+    key = debs.apt_state_key(roots)
+    status.write_text("Package: b2\n")  # an install
+    assert debs.apt_state_key(roots) != key
+
+
+def test_resolved_packages_are_reused_while_apt_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+    meta = DebPackage("linux-image-cloud-amd64", "amd64", "1", "m" * 64,
+                      "linux-image-6.1.0-9-cloud-amd64 (= 6.1.1)")
+    kernel = DebPackage("linux-image-6.1.0-9-cloud-amd64", "amd64", "6.1.1", "k" * 64, "")
+
+    def show_many(specs: list[tuple[str, str]]) -> list[DebPackage]:
+        asked.append("show_many")
+        return [meta, *(DebPackage(n, a, "2", "u" * 64, "") for n, a in specs[1:])]
+
+    def show(name: str, arch: str) -> DebPackage:
+        asked.append(name)
+        return kernel
+
+    apt_key = ["state-1"]
+    monkeypatch.setattr(debs, "show_many", show_many)
+    monkeypatch.setattr(debs, "show", show)
+    monkeypatch.setattr(debs, "apt_state_key", lambda: apt_key[0])
+    monkeypatch.setattr(tiny, "_resolved", {})
+
+    def resolve() -> list[DebPackage]:
+        tiny._resolved.clear()  # a new process: only the file on disk remains
+        return tiny._resolve_packages(Arch.X86_64, tmp_path)
+
+    first = resolve()
+    assert asked == ["show_many", kernel.name] and first[0] == kernel
+    assert resolve() == first and len(asked) == 2, "apt unchanged: not asked again"
+
+    apt_key[0] = "state-2"  # apt-get update, or a package installed
+    assert resolve() == first and len(asked) == 4
+
+    (tmp_path / ".resolved-x86_64.json").write_text("{damaged")
+    assert resolve() == first and len(asked) == 6
+
+
+def test_on_build_is_called_for_a_build_and_not_for_a_reuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkgs = [DebPackage("linux-image-x", "amd64", "1", "k" * 64, "")]
+    monkeypatch.setattr(tiny, "_resolve_packages", lambda arch, d: pkgs)
+    monkeypatch.setattr(debs, "require_tool", lambda name: name)
+
+    def fake_build(arch: Arch, packages: object, digest: str, deb_dir: Path, work: Path,
+                   out: Path) -> None:  # what a real build leaves, in milliseconds
+        for f in ("vmlinuz", "initrd.img", "rootfs.qcow2"):
+            (out / f).write_bytes(b"x")
+        (out / "image.json").write_text(json.dumps({"inputs_sha256": digest}))
+
+    monkeypatch.setattr(tiny, "_build", fake_build)
+    builds: list[str] = []
+    link = tiny.ensure_tiny_image(Arch.X86_64, tmp_path, on_build=lambda: builds.append("b"))
+    assert builds == ["b"] and (link / "image.json").is_file()
+    assert tiny.ensure_tiny_image(Arch.X86_64, tmp_path, on_build=lambda: builds.append("b"))
+    assert builds == ["b"], "the image built from the same inputs is reused"
