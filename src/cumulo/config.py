@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from pathlib import Path
@@ -18,7 +19,30 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import InvalidInput
-from cumulo.domain.validation import dns_label
+from cumulo.domain.validation import MAX_BANDWIDTH_MBPS, MAX_INTEGER, dns_label, short_text
+
+# What the file's names become: directory names (the host), labels of every instance's
+# FQDN (zones, the cloud domain), names users type (types). Checked here, before any of it
+# reaches a path, the database or a dnsmasq configuration.
+_CATALOGUE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?\Z")
+# An instance's FQDN is <name>.<project>.<zone>.<cloud_domain>: three labels of up to 63
+# characters and their dots leave 61 of DNS's 253.
+MAX_CLOUD_DOMAIN = 253 - 3 * 64
+
+
+def _label(value: str, what: str) -> str:
+    """dns_label, as the ValueError pydantic reports with the setting's place in the file."""
+    try:
+        return dns_label(value, what)
+    except InvalidInput as e:
+        raise ValueError(e.message) from None
+
+
+def _catalogue_name(value: str, what: str) -> str:
+    if not _CATALOGUE_NAME.match(value):
+        raise ValueError(f"invalid {what} {value!r}: use 1-63 characters a-z, 0-9, '.' and '-', "
+                         "starting and ending with a letter or digit")
+    return value
 
 
 class Region(BaseModel):
@@ -28,21 +52,26 @@ class Region(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return dns_label(v, "region name")
+        return _label(v, "region name")
 
     @field_validator("zones")
     @classmethod
     def _zones(cls, v: list[str]) -> list[str]:
-        return [dns_label(z, "zone name") for z in v]
+        return [_label(z, "zone name") for z in v]
 
 
 class InstanceType(BaseModel):
     name: str
-    vcpus: int = Field(gt=0)
-    ram_mib: int = Field(gt=0)
-    bandwidth_mbps: int = Field(gt=0)
-    disk_gib: int = Field(gt=0)
+    vcpus: int = Field(gt=0, le=MAX_INTEGER)
+    ram_mib: int = Field(gt=0, le=MAX_INTEGER)
+    bandwidth_mbps: int = Field(gt=0, le=MAX_BANDWIDTH_MBPS)
+    disk_gib: int = Field(gt=0, le=MAX_INTEGER)
     architectures: list[Arch] = Field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _catalogue_name(v, "instance type name")
 
 
 def _default_types() -> list[InstanceType]:
@@ -76,17 +105,32 @@ class LocalHost(BaseModel):
     name: str = Field(default_factory=lambda: _safe_hostname())
     zone: str = "local-1a"
     # Allocatable capacity. vCPUs are overcommitted (TCG guests mostly idle); RAM is not.
-    vcpus: int = Field(default_factory=lambda: (os.cpu_count() or 1) * 8, gt=0)
-    ram_mib: int = Field(default_factory=lambda: max(256, _host_ram_mib() - 2048), gt=0)
+    vcpus: int = Field(default_factory=lambda: (os.cpu_count() or 1) * 8, gt=0, le=MAX_INTEGER)
+    ram_mib: int = Field(default_factory=lambda: max(256, _host_ram_mib() - 2048), gt=0,
+                         le=MAX_INTEGER)
     driver: Literal["qemu", "fake"] = "qemu"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     architectures: list[Arch] = Field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
-    stop_timeout_s: float = Field(default=30.0, gt=0)
+    stop_timeout_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _label(v, "host name")  # the host's directory: never "../x"
+
+    @field_validator("zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        return _label(v, "zone name")
+
+
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 
 
 def _safe_hostname() -> str:
+    """This machine's name as a DNS label (the default host name must pass its own check)."""
     raw = socket.gethostname().split(".")[0].lower()
-    cleaned = "".join(c if c.isalnum() else "-" for c in raw).strip("-")[:63]
+    cleaned = "".join(c if c in _LABEL_CHARS else "-" for c in raw)[:63].strip("-")
     return cleaned or "local"
 
 
@@ -94,9 +138,22 @@ class VolumeType(BaseModel):
     """A block storage class: QEMU throttles each volume of this type to these limits."""
 
     name: str
-    iops: int = Field(gt=0)
-    mbps: int = Field(gt=0)
+    iops: int = Field(gt=0, le=MAX_INTEGER)
+    mbps: int = Field(gt=0, le=MAX_INTEGER)
     description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _catalogue_name(v, "volume type name")
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, v: str) -> str:
+        try:
+            return short_text(v, "volume type description", 200)
+        except InvalidInput as e:
+            raise ValueError(e.message) from None
 
 
 def _default_volume_types() -> list[VolumeType]:
@@ -134,9 +191,9 @@ class Settings(BaseModel):
     cloud_domain: str = "cumulo.internal"
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     volume_types: list[VolumeType] = Field(default_factory=_default_volume_types)
-    max_volume_gib: int = Field(default=1024, gt=0)
+    max_volume_gib: int = Field(default=1024, gt=0, le=MAX_INTEGER)
     # Largest image a user may import (file size and virtual size).
-    max_image_gib: int = Field(default=64, gt=0)
+    max_image_gib: int = Field(default=64, gt=0, le=MAX_INTEGER)
     # Networks an image URL may point into besides the public Internet, e.g. a local mirror's
     # ["192.168.1.0/24"]. Loopback, private and link-local addresses are refused otherwise:
     # an import must not be a way to reach the cloud's own services (see download_guard).
@@ -146,6 +203,15 @@ class Settings(BaseModel):
     )
     instance_types: list[InstanceType] = Field(default_factory=_default_types)
     host: LocalHost = Field(default_factory=LocalHost)
+
+    @field_validator("cloud_domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        if len(v) > MAX_CLOUD_DOMAIN:
+            raise ValueError(f"at most {MAX_CLOUD_DOMAIN} characters (instance FQDNs end with it)")
+        for label in v.split("."):
+            _label(label, "cloud_domain label")
+        return v
 
     @field_validator("image_url_allowed_networks")
     @classmethod
@@ -198,4 +264,5 @@ def load_settings(path: Path | None) -> Settings:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"{path}: {where}: {first['msg']}", code="invalid_config") from e
+        msg = first["msg"].removeprefix("Value error, ")  # pydantic's wrapping of our checks
+        raise InvalidInput(f"{path}: {where}: {msg}", code="invalid_config") from e

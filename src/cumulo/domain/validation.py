@@ -43,6 +43,7 @@ def one_line(text: str, limit: int) -> str:
 # The largest value an INTEGER column holds (32-bit on PostgreSQL): the default bound of every
 # size, so that no number a user types overflows the database (a 500) whatever its own limit.
 MAX_INTEGER = 2**31 - 1
+MAX_BANDWIDTH_MBPS = 100_000  # 100 Gbit/s: more than any NIC of a host here
 
 
 def positive(value: int, what: str, *, maximum: int = MAX_INTEGER) -> int:

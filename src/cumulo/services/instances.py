@@ -36,7 +36,7 @@ from cumulo.domain.instance import (
     check_transition,
     desired_after,
 )
-from cumulo.domain.validation import dns_label, positive, tags, user_data
+from cumulo.domain.validation import MAX_BANDWIDTH_MBPS, dns_label, positive, tags, user_data
 from cumulo.protocol import DnsRecord
 from cumulo.scheduler.placement import HostCapacity, Request, largest_possible, place
 from cumulo.services import (
@@ -53,7 +53,6 @@ from cumulo.services.context import Principal, Services
 from cumulo.services.views import InstanceView
 
 DEFAULT_BANDWIDTH_MBPS = 100
-MAX_BANDWIDTH_MBPS = 100_000  # 100 Gbit/s: more than any NIC of a host here
 
 
 @dataclass
