@@ -13,9 +13,16 @@ import re
 import socket
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import InvalidInput
@@ -45,33 +52,32 @@ def _catalogue_name(value: str, what: str) -> str:
     return value
 
 
+def _description(value: str) -> str:
+    try:
+        return short_text(value, "description", 200)
+    except InvalidInput as e:
+        raise ValueError(e.message) from None
+
+
+RegionName = Annotated[str, AfterValidator(lambda v: _label(v, "region name"))]
+ZoneName = Annotated[str, AfterValidator(lambda v: _label(v, "zone name"))]
+HostName = Annotated[str, AfterValidator(lambda v: _label(v, "host name"))]  # a directory
+TypeName = Annotated[str, AfterValidator(lambda v: _catalogue_name(v, "type name"))]
+Description = Annotated[str, AfterValidator(_description)]
+
+
 class Region(BaseModel):
-    name: str
-    zones: list[str] = Field(min_length=1)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _label(v, "region name")
-
-    @field_validator("zones")
-    @classmethod
-    def _zones(cls, v: list[str]) -> list[str]:
-        return [_label(z, "zone name") for z in v]
+    name: RegionName
+    zones: list[ZoneName] = Field(min_length=1)
 
 
 class InstanceType(BaseModel):
-    name: str
+    name: TypeName
     vcpus: int = Field(gt=0, le=MAX_INTEGER)
     ram_mib: int = Field(gt=0, le=MAX_INTEGER)
     bandwidth_mbps: int = Field(gt=0, le=MAX_BANDWIDTH_MBPS)
     disk_gib: int = Field(gt=0, le=MAX_INTEGER)
     architectures: list[Arch] = Field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _catalogue_name(v, "instance type name")
 
 
 def _default_types() -> list[InstanceType]:
@@ -102,8 +108,8 @@ def _host_ram_mib() -> int:
 class LocalHost(BaseModel):
     """The host agent that `cumulo up` starts."""
 
-    name: str = Field(default_factory=lambda: _safe_hostname())
-    zone: str = "local-1a"
+    name: HostName = Field(default_factory=lambda: _safe_hostname())
+    zone: ZoneName = "local-1a"
     # Allocatable capacity. vCPUs are overcommitted (TCG guests mostly idle); RAM is not.
     vcpus: int = Field(default_factory=lambda: (os.cpu_count() or 1) * 8, gt=0, le=MAX_INTEGER)
     ram_mib: int = Field(default_factory=lambda: max(256, _host_ram_mib() - 2048), gt=0,
@@ -112,16 +118,6 @@ class LocalHost(BaseModel):
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     architectures: list[Arch] = Field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _label(v, "host name")  # the host's directory: never "../x"
-
-    @field_validator("zone")
-    @classmethod
-    def _zone(cls, v: str) -> str:
-        return _label(v, "zone name")
 
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -137,23 +133,10 @@ def _safe_hostname() -> str:
 class VolumeType(BaseModel):
     """A block storage class: QEMU throttles each volume of this type to these limits."""
 
-    name: str
+    name: TypeName
     iops: int = Field(gt=0, le=MAX_INTEGER)
     mbps: int = Field(gt=0, le=MAX_INTEGER)
-    description: str = ""
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _catalogue_name(v, "volume type name")
-
-    @field_validator("description")
-    @classmethod
-    def _description(cls, v: str) -> str:
-        try:
-            return short_text(v, "volume type description", 200)
-        except InvalidInput as e:
-            raise ValueError(e.message) from None
+    description: Description = ""
 
 
 def _default_volume_types() -> list[VolumeType]:
