@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import fcntl
 import os
 import signal
 import time
 from pathlib import Path
 
 import structlog
+
+from cumulo.pidlock import PidLock
 
 log = structlog.get_logger("cumulo.agent")
 
@@ -34,32 +35,11 @@ class HostBusy(Exception):
     """Another live agent holds this host's lock."""
 
 
-class HostLock:
+class HostLock(PidLock):
     """Holds `<host_dir>/agent.lock` until `release` (or until the process ends)."""
 
     def __init__(self, host_dir: Path) -> None:
-        self.path = host_dir / LOCK_NAME
-        self._fd: int | None = None
-
-    def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        # The holder's pid, for the message another agent gives; informational only (the
-        # lock, not this number, decides who runs).
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return True
-
-    def holder(self) -> str:
-        try:
-            return self.path.read_text().strip() or "unknown"
-        except OSError:
-            return "unknown"
+        super().__init__(host_dir / LOCK_NAME)
 
     async def acquire(self, wait_s: float, stop: asyncio.Event) -> None:
         """Take the lock, waiting up to `wait_s` for a previous agent to finish stopping.
@@ -70,9 +50,8 @@ class HostLock:
         logged = False
         while not self.try_acquire():
             if time.monotonic() >= deadline:
-                raise HostBusy(
-                    f"another agent runs for this host (pid {self.holder()}, lock {self.path})"
-                )
+                raise HostBusy(f"another agent runs for this host (pid {self.holder() or '?'}, "
+                               f"lock {self.path})")
             if not logged:
                 log.warning("host_lock_busy", pid=self.holder(), lock=str(self.path),
                             hint=f"waiting up to {wait_s:.0f} s for it to stop")
@@ -82,15 +61,6 @@ class HostLock:
                 return
             except TimeoutError:
                 pass
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the last descriptor releases the flock
-            self._fd = None
 
 
 def exit_with_parent(parent_pid: int) -> bool:

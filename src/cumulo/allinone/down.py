@@ -11,21 +11,35 @@ from pathlib import Path
 from cumulo.agent.host_lock import LOCK_WAIT_S, HostBusy, HostLock
 from cumulo.allinone.paths import StatePaths, pid_alive
 from cumulo.domain.errors import Conflict
+from cumulo.pidlock import PidLock
 
 
 def _stop_up(paths: StatePaths) -> None:
-    try:
-        pid = int(paths.pidfile.read_text())
-    except (OSError, ValueError):
+    """SIGTERM the `cumulo up` that holds this state dir's lock (SIGKILL after 20 s); nothing
+    when none does. The lock, not the pid in the file, says whether one runs: the pid of a
+    killed `cumulo up` may since belong to another cloud's."""
+    lock = PidLock(paths.pidfile)
+    if lock.try_acquire():
+        lock.release(unlink=True)
         return
-    if not pid_alive(pid, "cumulo"):
-        return
+    pid = lock.holder()
+    if pid is None or not pid_alive(pid, "cumulo"):
+        raise Conflict(f"{paths.pidfile} is locked by a process that is not cumulo (pid "
+                       f"{pid}); stop it by hand", code="state_dir_busy")
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while pid_alive(pid, "cumulo") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pid_alive(pid, "cumulo"):
+    if not _wait_unlocked(lock, 20):
         os.kill(pid, signal.SIGKILL)
+        _wait_unlocked(lock, 5)
+
+
+def _wait_unlocked(lock: PidLock, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not lock.try_acquire():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    lock.release(unlink=True)
+    return True
 
 
 async def _stop_vms(run_dir: Path) -> int:

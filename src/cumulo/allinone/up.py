@@ -21,7 +21,7 @@ import tomli_w
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from cumulo.allinone.paths import StatePaths, pid_alive, write_private
+from cumulo.allinone.paths import StatePaths, write_private
 from cumulo.api import server, threads
 from cumulo.api.app import create_app
 from cumulo.config import Settings, load_settings
@@ -30,6 +30,7 @@ from cumulo.db.migrate import upgrade
 from cumulo.db.tables import TokenRow
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict
+from cumulo.pidlock import PidLock
 from cumulo.services import images
 from cumulo.services.auth import ensure_default_project, issue_token, token_digest
 from cumulo.services.context import Role, Services
@@ -42,17 +43,17 @@ def _say(msg: str) -> None:
     print(f"cumulo: {msg}", file=sys.stderr, flush=True)
 
 
-def _check_not_running(paths: StatePaths) -> None:
-    try:
-        pid = int(paths.pidfile.read_text())
-    except (OSError, ValueError):
-        return
-    if pid != os.getpid() and pid_alive(pid, "cumulo"):
+def _hold_state_dir(paths: StatePaths) -> PidLock:
+    """`up.pid`, locked for as long as this `cumulo up` runs: one cloud per state dir, even
+    for two started at the same instant (`cumulo down` reads the lock too)."""
+    lock = PidLock(paths.pidfile)
+    if not lock.try_acquire():
         raise Conflict(
-            f"a cloud already runs from {paths.root} (pid {pid}); "
+            f"a cloud already runs from {paths.root} (pid {lock.holder() or '?'}); "
             "stop it first or use another --state-dir",
             code="already_running",
         )
+    return lock
 
 
 def _token_valid(db: Database, token: str) -> bool:
@@ -177,15 +178,23 @@ def run(
 ) -> None:
     paths = StatePaths(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    _check_not_running(paths)
+    lock = _hold_state_dir(paths)
+    try:
+        _run_locked(paths, port, config, database_url)
+    finally:
+        lock.release(unlink=True)
+
+
+def _run_locked(
+    paths: StatePaths, port: int, config: Path | None, database_url: str | None
+) -> None:
     settings = load_settings(config or paths.config)
     db = Database(database_url or f"sqlite:///{paths.database}")
     url, agent_cfg = prepare(paths, settings, db, port)
     svc = Services(
-        db=db, settings=settings, notifier=Notifier(), image_store=state_dir / "images"
+        db=db, settings=settings, notifier=Notifier(), image_store=paths.root / "images"
     )
     register_images(svc)
-    paths.pidfile.write_text(str(os.getpid()))
     supervisor = AgentSupervisor(agent_cfg, paths.host_dir(settings.host.name) / "agent.log")
 
     @contextlib.asynccontextmanager
@@ -205,7 +214,4 @@ def run(
     try:
         server.serve(app, svc.notifier, port)
     finally:
-        with contextlib.suppress(OSError):
-            if paths.pidfile.read_text() == str(os.getpid()):
-                paths.pidfile.unlink()
         db.dispose()

@@ -135,26 +135,3 @@ def test_exit_with_parent_says_when_the_parent_is_already_gone() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["True", "False"]
-
-
-def test_down_stops_a_host_only_once_its_agent_is_gone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from cumulo.allinone import down
-    from cumulo.domain.errors import Conflict
-
-    monkeypatch.setattr(down, "LOCK_WAIT_S", 0.3)
-    host = tmp_path / "hosts" / "local"
-    host.mkdir(parents=True)
-    (host / "agent.sock").touch()
-    agent = HostLock(host)
-    assert agent.try_acquire()
-    with pytest.raises(Conflict, match="cannot stop host local: another agent runs") as e:
-        down.run(tmp_path)
-    assert e.value.code == "agent_running"
-    assert (host / "agent.sock").exists(), "nothing was torn down"
-
-    agent.release()
-    assert down.run(tmp_path) == 0
-    assert not (host / "agent.sock").exists()
-    assert HostLock(host).try_acquire(), "down let go of the host"
