@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -125,7 +126,8 @@ def _make(driver: str) -> Iterator[Cloud]:
     finally:
         cloud.stop()
         for pid in agent_pids(state):  # only if a test failed while its agent was orphaned
-            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         subprocess.run([*CUMULO, "down", "--state-dir", str(state)], capture_output=True,
                        timeout=120)
         shutil.rmtree(state, ignore_errors=True)
