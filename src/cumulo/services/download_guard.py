@@ -27,6 +27,33 @@ class UrlNotAllowed(Forbidden):
     code = "url_not_allowed"
 
 
+# IPv6 ranges Python 3.11's `is_global` calls global but that are no public destination:
+# deprecated site-local (fec0::/10), deprecated IPv4-compatible (::a.b.c.d), the local-use
+# NAT64 prefix.
+_NOT_PUBLIC = tuple(ipaddress.IPv6Network(n) for n in ("fec0::/10", "::/96", "64:ff9b:1::/48"))
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the IPv4 address is the last 32 bits
+
+
+def is_public(a: IPAddress) -> bool:
+    """A unicast address of the public Internet.
+
+    Stricter than `is_global`, which Python 3.11 gets wrong for some ranges (CVE-2024-4032
+    and kin): multicast is refused, and an IPv6 address that carries an IPv4 one (6to4,
+    NAT64, Teredo, IPv4-mapped) is public only if that IPv4 address is. 2002:7f00:1:: is
+    127.0.0.1 through a 6to4 relay, and 64:ff9b::a00:1 is 10.0.0.1 through a NAT64 gateway.
+    """
+    if not a.is_global or a.is_multicast:
+        return False
+    if isinstance(a, ipaddress.IPv4Address):
+        return True
+    if any(a in n for n in _NOT_PUBLIC):
+        return False
+    embedded = a.ipv4_mapped or a.sixtofour or (a.teredo[1] if a.teredo else None)
+    if embedded is None and a in _NAT64:
+        embedded = ipaddress.IPv4Address(int(a) & 0xFFFFFFFF)
+    return embedded is None or is_public(embedded)
+
+
 def allowed_networks(cidrs: Iterable[str]) -> list[IPNetwork]:
     return [ipaddress.ip_network(c, strict=False) for c in cidrs]
 
@@ -45,7 +72,7 @@ def checked_address(host: str, port: int, allowed: list[IPNetwork]) -> str:
     """An address of `host` to connect to, once every address it resolves to is allowed."""
     addresses = resolve(host, port)
     for a in addresses:
-        if not a.is_global and not any(a in net for net in allowed):
+        if not is_public(a) and not any(a in net for net in allowed):
             raise UrlNotAllowed(
                 f"{host} is {a}, not a public address: images are downloaded from the "
                 "Internet or from the networks in image_url_allowed_networks")

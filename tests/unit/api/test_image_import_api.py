@@ -350,6 +350,8 @@ def test_urls_into_networks_not_allowed_are_refused_and_change_nothing(
                 f"http://[::1]:{port}/disk.raw",
                 "http://169.254.169.254/latest/meta-data/",  # link-local: a metadata address
                 "http://10.0.0.1/x.img",  # private
+                f"http://[2002:7f00:2::1]:{port}/disk.raw",  # 127.0.0.2 through 6to4
+                "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # the same through NAT64
                 f"{http_dir}/to/127.0.0.2:{port}/disk.raw"):  # allowed, redirected out
         assert_problem(from_url(api, "web", url), 403, "url_not_allowed")
     svc.settings.image_url_allowed_networks = []  # the default: no local network at all
