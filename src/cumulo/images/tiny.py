@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -105,17 +104,11 @@ def _guest_file(name: str) -> bytes:
     return resources.files("cumulo.images").joinpath("tiny", name).read_bytes()
 
 
-_RESOLVE_TTL = 300.0
-_resolved: dict[Arch, tuple[float, list[DebPackage]]] = {}
-
-
 def _resolve_packages(arch: Arch, tiny: Path) -> list[DebPackage]:
     """The kernel package first, then USERLAND_PACKAGES. Each `apt-cache` run costs over a
-    second here, and every `cumulo up` asks: so the answer is kept in-process for a while,
-    and on disk (`tiny/.resolved-<arch>.json`) for as long as apt's state is unchanged."""
-    hit = _resolved.get(arch)
-    if hit is not None and time.monotonic() - hit[0] < _RESOLVE_TTL:
-        return hit[1]
+    second here, and every `cumulo up` asks: so the answer is kept on disk
+    (`tiny/.resolved-<arch>.json`) for as long as apt's state is unchanged (checking that
+    takes milliseconds)."""
     saved = tiny / f".resolved-{arch.value}.json"
     apt_key = debs.apt_state_key()
     pkgs = _load_resolved(saved, apt_key)
@@ -127,7 +120,6 @@ def _resolve_packages(arch: Arch, tiny: Path) -> list[DebPackage]:
         kernel = debs.show(debs.kernel_of(meta), a)
         pkgs = [kernel, *userland]
         _save_resolved(saved, apt_key, pkgs)
-    _resolved[arch] = (time.monotonic(), pkgs)
     return pkgs
 
 

@@ -232,10 +232,8 @@ def test_resolved_packages_are_reused_while_apt_is_unchanged(
     monkeypatch.setattr(debs, "show_many", show_many)
     monkeypatch.setattr(debs, "show", show)
     monkeypatch.setattr(debs, "apt_state_key", lambda: apt_key[0])
-    monkeypatch.setattr(tiny, "_resolved", {})
 
     def resolve() -> list[DebPackage]:
-        tiny._resolved.clear()  # a new process: only the file on disk remains
         return tiny._resolve_packages(Arch.X86_64, tmp_path)
 
     first = resolve()
