@@ -85,6 +85,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def running(pid: int) -> bool:
+    """`pid` exists and is not a zombie (orphans may stay zombies under a PID 1 that does not
+    reap them)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 ADMIN = Principal(role=Role.ADMIN)
 AGENT_HOST = "host-a"
 

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -37,12 +38,21 @@ _CATALOGUE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?\Z")
 MAX_CLOUD_DOMAIN = 253 - 3 * 64
 
 
-def _label(value: str, what: str) -> str:
-    """dns_label, as the ValueError pydantic reports with the setting's place in the file."""
-    try:
-        return dns_label(value, what)
-    except InvalidInput as e:
-        raise ValueError(e.message) from None
+def _reported(check: Callable[[str], str]) -> Callable[[str], str]:
+    """`check` (a domain validator, which raises InvalidInput) as pydantic reports it: a
+    ValueError, which load_settings shows with the setting's place in the file."""
+
+    def run(value: str) -> str:
+        try:
+            return check(value)
+        except InvalidInput as e:
+            raise ValueError(e.message) from None
+
+    return run
+
+
+def _label(what: str) -> Callable[[str], str]:
+    return _reported(lambda v: dns_label(v, what))
 
 
 def _catalogue_name(value: str, what: str) -> str:
@@ -52,18 +62,11 @@ def _catalogue_name(value: str, what: str) -> str:
     return value
 
 
-def _description(value: str) -> str:
-    try:
-        return short_text(value, "description", 200)
-    except InvalidInput as e:
-        raise ValueError(e.message) from None
-
-
-RegionName = Annotated[str, AfterValidator(lambda v: _label(v, "region name"))]
-ZoneName = Annotated[str, AfterValidator(lambda v: _label(v, "zone name"))]
-HostName = Annotated[str, AfterValidator(lambda v: _label(v, "host name"))]  # a directory
+RegionName = Annotated[str, AfterValidator(_label("region name"))]
+ZoneName = Annotated[str, AfterValidator(_label("zone name"))]
+HostName = Annotated[str, AfterValidator(_label("host name"))]  # a directory
 TypeName = Annotated[str, AfterValidator(lambda v: _catalogue_name(v, "type name"))]
-Description = Annotated[str, AfterValidator(_description)]
+Description = Annotated[str, AfterValidator(_reported(lambda v: short_text(v, "description", 200)))]
 
 
 class Region(BaseModel):
@@ -193,7 +196,7 @@ class Settings(BaseModel):
         if len(v) > MAX_CLOUD_DOMAIN:
             raise ValueError(f"at most {MAX_CLOUD_DOMAIN} characters (instance FQDNs end with it)")
         for label in v.split("."):
-            _label(label, "cloud_domain label")
+            _label("cloud_domain label")(label)
         return v
 
     @field_validator("image_url_allowed_networks")

@@ -7,8 +7,10 @@ that was reused by an unrelated process is never mistaken for the holder.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
+import time
 from pathlib import Path
 
 
@@ -30,6 +32,16 @@ class PidLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        return True
+
+    async def wait_acquire(self, wait_s: float, stop: asyncio.Event | None = None) -> bool:
+        """Take the lock, waiting up to `wait_s` for its holder to let go; False if it still
+        holds it then, or if `stop` was set meanwhile."""
+        deadline = time.monotonic() + wait_s
+        while not self.try_acquire():
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                return False
+            await asyncio.sleep(0.1)
         return True
 
     def holder(self) -> int | None:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, running
 
 CUMULO = [sys.executable, "-m", "cumulo.cli.main"]
 
@@ -162,18 +162,16 @@ def qemu_pids(state_dir: Path) -> dict[str, int]:
 
 
 def agent_pids(state_dir: Path) -> set[int]:
-    """The pids of the live agent processes of this cloud (zombies left to a PID 1 that does
-    not reap them are not alive)."""
+    """The pids of the running agent processes of this cloud."""
     out = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmd = (proc / "cmdline").read_bytes()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"cumulo.agent" in cmd and str(state_dir).encode() in cmd and state != "Z":
+        if b"cumulo.agent" in cmd and str(state_dir).encode() in cmd and running(int(proc.name)):
             out.add(int(proc.name))
     return out
 

@@ -14,7 +14,6 @@ import asyncio
 import ctypes
 import os
 import signal
-import time
 from pathlib import Path
 
 import structlog
@@ -46,21 +45,13 @@ class HostLock(PidLock):
 
         Raises HostBusy if it is still held then; returns early (without the lock) if `stop`
         is set meanwhile: the caller checks `held`."""
-        deadline = time.monotonic() + wait_s
-        logged = False
-        while not self.try_acquire():
-            if time.monotonic() >= deadline:
-                raise HostBusy(f"another agent runs for this host (pid {self.holder() or '?'}, "
-                               f"lock {self.path})")
-            if not logged:
-                log.warning("host_lock_busy", pid=self.holder(), lock=str(self.path),
-                            hint=f"waiting up to {wait_s:.0f} s for it to stop")
-                logged = True
-            try:
-                await asyncio.wait_for(stop.wait(), 0.2)
-                return
-            except TimeoutError:
-                pass
+        if self.try_acquire():
+            return
+        log.warning("host_lock_busy", pid=self.holder(), lock=str(self.path),
+                    hint=f"waiting up to {wait_s:.0f} s for it to stop")
+        if not await self.wait_acquire(wait_s, stop) and not stop.is_set():
+            raise HostBusy(f"another agent runs for this host (pid {self.holder() or '?'}, "
+                           f"lock {self.path})")
 
 
 def exit_with_parent(parent_pid: int) -> bool:

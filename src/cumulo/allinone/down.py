@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 from cumulo.agent.host_lock import LOCK_WAIT_S, HostBusy, HostLock
@@ -14,32 +13,22 @@ from cumulo.domain.errors import Conflict
 from cumulo.pidlock import PidLock
 
 
-def _stop_up(paths: StatePaths) -> None:
+async def _stop_up(paths: StatePaths) -> None:
     """SIGTERM the `cumulo up` that holds this state dir's lock (SIGKILL after 20 s); nothing
     when none does. The lock, not the pid in the file, says whether one runs: the pid of a
     killed `cumulo up` may since belong to another cloud's."""
     lock = PidLock(paths.pidfile)
-    if lock.try_acquire():
-        lock.release(unlink=True)
-        return
-    pid = lock.holder()
-    if pid is None or not pid_alive(pid, "cumulo"):
-        raise Conflict(f"{paths.pidfile} is locked by a process that is not cumulo (pid "
-                       f"{pid}); stop it by hand", code="state_dir_busy")
-    os.kill(pid, signal.SIGTERM)
-    if not _wait_unlocked(lock, 20):
-        os.kill(pid, signal.SIGKILL)
-        _wait_unlocked(lock, 5)
-
-
-def _wait_unlocked(lock: PidLock, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not lock.try_acquire():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
+    if not lock.try_acquire():
+        pid = lock.holder()
+        if pid is None or not pid_alive(pid, "cumulo"):
+            raise Conflict(f"{paths.pidfile} is locked by a process that is not cumulo (pid "
+                           f"{pid}); stop it by hand", code="state_dir_busy")
+        os.kill(pid, signal.SIGTERM)
+        if not await lock.wait_acquire(20):
+            os.kill(pid, signal.SIGKILL)
+            if not await lock.wait_acquire(5):
+                return  # not even SIGKILL freed it yet: the hosts' locks are waited for next
     lock.release(unlink=True)
-    return True
 
 
 async def _stop_vms(run_dir: Path) -> int:
@@ -84,6 +73,9 @@ async def _down_host(host_dir: Path) -> int:
 
 def run(state_dir: Path) -> int:
     """Returns how many VMs were stopped."""
-    paths = StatePaths(state_dir)
-    _stop_up(paths)
-    return sum(asyncio.run(_down_host(host_dir)) for host_dir in paths.hosts())
+    return asyncio.run(_down(StatePaths(state_dir)))
+
+
+async def _down(paths: StatePaths) -> int:
+    await _stop_up(paths)
+    return sum([await _down_host(host_dir) for host_dir in paths.hosts()])

@@ -13,6 +13,7 @@ import pytest
 
 from cumulo.agent.host_lock import HostBusy, HostLock
 from cumulo.agent.main import AgentConfig, run_agent
+from tests.conftest import running
 
 _HOLD = """
 import sys, time
@@ -25,17 +26,11 @@ time.sleep(60)
 
 
 def _wait_gone(pid: int, timeout: float = 10) -> None:
-    """Until `pid` is gone or a zombie (the machine's PID 1 may not reap orphans)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return
-        if state == "Z":
-            return
+    while running(pid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} still alive")
         time.sleep(0.05)
-    raise AssertionError(f"process {pid} still alive")
 
 
 async def test_a_second_agent_waits_then_refuses_naming_the_first(tmp_path: Path) -> None:
