@@ -45,6 +45,10 @@ pytestmark = pytest.mark.qemu
 PROBE = r"""#!/bin/sh
 cat > /sbin/volprobe <<'EOS'
 #!/bin/sh
+readable() {
+    dd if="$1" of=/tmp/volprobe.bin bs=65536 count=80 2>/dev/null &&
+        [ "$(wc -c < /tmp/volprobe.bin)" -eq 5242880 ]
+}
 seen=""
 while :; do
     now=""
@@ -53,16 +57,22 @@ while :; do
         case "$ser" in vol*) ;; *) continue ;; esac
         dev=/dev/${s##*/}
         key="$ser:$(cat "$s/size")"
-        now="$now $key"
-        case " $seen " in *" $key "*) continue ;; esac
-        if [ "$(dd if="$dev" bs=15 count=1 2>/dev/null)" != "CUMULO-PROBED-1" ]; then
+        case " $seen " in *" $key "*) now="$now $key"; continue ;; esac
+        # A hot-plugged disk can show in /sys a moment before it reads: a read that fails or
+        # comes short is tried again at the next round, and is never taken for an unmarked
+        # disk to write over, nor printed as the disk's sum. Its first 5 MiB, in /tmp:
+        readable "$dev" || continue
+        if [ "$(head -c 15 /tmp/volprobe.bin)" != "CUMULO-PROBED-1" ]; then
             dd if=/dev/urandom of="$dev" bs=65536 seek=16 count=64 conv=fsync 2>/dev/null
             printf 'CUMULO-PROBED-1' | dd of="$dev" bs=15 count=1 conv=fsync 2>/dev/null
             sync
             echo "VOLPROBE wrote $ser"
+            readable "$dev" || continue
         fi
-        sum=$(dd if="$dev" bs=65536 skip=16 count=64 2>/dev/null | md5sum | cut -d' ' -f1)
+        sum=$(dd if=/tmp/volprobe.bin bs=65536 skip=16 2>/dev/null | md5sum)  # the 4 MiB
+        sum=${sum%% *}
         echo "VOLPROBE $ser size=${key#*:} sum=$sum"
+        now="$now $key"
     done
     seen=$now
     sleep 0.3
