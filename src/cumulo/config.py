@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     Field,
     ValidationError,
     field_validator,
@@ -173,6 +174,31 @@ class NetworkSettings(BaseModel):
         return v
 
 
+def _limit(value: object) -> object:
+    """A quota as the file says it: a number, or "unlimited" (None)."""
+    return None if value == "unlimited" else value
+
+
+# A project's limit: at least 0; None (written "unlimited") for none.
+Limit = Annotated[Annotated[int, Field(ge=0, le=MAX_INTEGER)] | None, BeforeValidator(_limit)]
+
+
+class QuotaSettings(BaseModel):
+    """What every project may hold unless an admin set its own limits (`cumulo project quota
+    set`). Instances, vCPUs and RAM count every instance but those being deleted; volume GiB
+    every volume's size; public IPs those allocated with `cumulo ip allocate` (each instance's
+    automatic one is bounded by the instances' limit); networks those made with `cumulo
+    network create` (not the default network of each zone)."""
+
+    instances: Limit = 100
+    vcpus: Limit = 200
+    ram_mib: Limit = 262144
+    volume_gib: Limit = 2048
+    snapshots: Limit = 100
+    public_ips: Limit = 20
+    networks: Limit = 20
+
+
 class Settings(BaseModel):
     cloud_domain: str = "cumulo.internal"
     network: NetworkSettings = Field(default_factory=NetworkSettings)
@@ -189,6 +215,10 @@ class Settings(BaseModel):
     )
     instance_types: list[InstanceType] = Field(default_factory=_default_types)
     host: LocalHost = Field(default_factory=LocalHost)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
+    # Prometheus may read /metrics with this token as well as with an admin token ("": only
+    # admin tokens). Kept here, not in the database: it is the operator's, like the file.
+    metrics_token: str = ""
 
     @field_validator("cloud_domain")
     @classmethod

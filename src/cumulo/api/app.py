@@ -2,15 +2,57 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
 from fastapi import Depends, FastAPI
 
 from cumulo import __version__
-from cumulo.api import errors, threads
+from cumulo.api import errors, metrics, threads
 from cumulo.api.batches import CreateBatcher
 from cumulo.api.inputs import refuse_unstorable
-from cumulo.api.routers import agents, catalogue, images, instances, networking, projects, volumes
+from cumulo.api.routers import (
+    agents,
+    catalogue,
+    events,
+    images,
+    instances,
+    networking,
+    projects,
+    volumes,
+)
+from cumulo.services import hosts
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
+
+log = structlog.get_logger("cumulo.api")
+
+SWEEP_EVERY_S = 5.0  # how often silent hosts are looked for (hosts.sweep_down)
+
+
+async def _sweep(svc: Services) -> None:
+    """Mark down the hosts whose agent went silent, for as long as the API runs."""
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        try:
+            for name in await threads.service(svc, hosts.sweep_down, svc):
+                log.warning("host_down", host=name)
+        except Exception as e:  # the database is away: try again at the next sweep
+            log.warning("host_sweep_failed", error=str(e))
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async with threads.lifespan(app):
+        sweeper = asyncio.create_task(_sweep(app.state.services))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
 
 
 def create_app(svc: Services) -> FastAPI:
@@ -18,7 +60,7 @@ def create_app(svc: Services) -> FastAPI:
         title="cumulo",
         version=__version__,
         description="Compute instances on real QEMU virtual machines.",
-        lifespan=threads.lifespan,
+        lifespan=_lifespan,
     )
     app.state.services = svc
     app.state.token_cache = TokenCache()
@@ -30,9 +72,12 @@ def create_app(svc: Services) -> FastAPI:
     # agents' protocol checks its own fields (services.agents, services.hosts.register): a
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
-    for module in (agents, instances, catalogue, images, projects, networking, volumes):
+    for module in (agents, instances, catalogue, images, projects, networking, volumes,
+                   events):
         app.include_router(module.router,
                            dependencies=[] if module is agents else user_facing)
+
+    metrics.install(app, svc)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

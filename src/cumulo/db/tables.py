@@ -46,6 +46,9 @@ class ProjectRow(Base):
     __tablename__ = "projects"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
+    # Limits set for this project (key -> number, or None: unlimited); a key not here takes
+    # the configuration's default (cumulo.services.quotas). Read with the row: no query more.
+    quotas: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
@@ -259,3 +262,22 @@ class SnapshotRow(Base):
     state: Mapped[str] = mapped_column(String(16))  # creating | available | error | deleting
     state_reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class EventRow(Base):
+    """Something that happened to a resource (cumulo.services.events): written where the
+    state transition is recorded, read per project, resource or time."""
+
+    __tablename__ = "events"
+    # SQLite makes only an INTEGER PRIMARY KEY its rowid (autoincrementing).
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)
+    # NULL: the operator's (a host's events); no foreign key: events outlive what they tell of
+    project_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    resource_type: Mapped[str] = mapped_column(String(16))
+    resource_id: Mapped[str] = mapped_column(String(32), index=True)
+    resource_name: Mapped[str] = mapped_column(String(63), default="")
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(16), default="user")  # user|guest|agent|system|admin
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -50,3 +50,18 @@ class Conflict(CumuloError):
 class InsufficientCapacity(CumuloError):
     code = "insufficient_capacity"
     status = 409
+
+
+class QuotaExceeded(CumuloError):
+    """A create (or a resize) would take the project past one of its limits. 403: the request
+    is refused by policy, not by the cloud's state; the detail says which limit and by how
+    much. `project_id` and `resource` say what was refused (the refusal becomes an event)."""
+
+    code = "quota_exceeded"
+    status = 403
+
+    def __init__(self, message: str, *, project_id: str, resource: tuple[str, str, str]
+                 ) -> None:
+        super().__init__(message)
+        self.project_id = project_id
+        self.resource = resource  # (type, id, name) of what was refused

@@ -45,7 +45,7 @@ from cumulo.protocol import (
     VolumeAssignment,
     VolumeObservation,
 )
-from cumulo.services import hosts, security_groups
+from cumulo.services import events, hosts, security_groups
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services
 from cumulo.services.instances import fqdn
@@ -456,7 +456,14 @@ def _forget(s: Session, instance_id: str) -> list[tuple[str, str]]:
 
 
 def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
-                    snapshots: list[SnapshotObservation]) -> None:
+                    snapshots: list[SnapshotObservation]) -> list[events.Event]:
+    """Apply the storage observations; the events they make."""
+    out: list[events.Event] = []
+
+    def event(row: VolumeRow | SnapshotRow, kind: str, detail: str = "") -> None:
+        rtype = "volume" if isinstance(row, VolumeRow) else "snapshot"
+        out.append(events.Event(row.project_id, rtype, row.id, row.name, kind, "agent", detail))
+
     vrows = {r.id: r for r in s.scalars(select(VolumeRow).where(
         VolumeRow.id.in_([v.id for v in volumes]), VolumeRow.host_id == host_id))}
     for obs in volumes:
@@ -465,10 +472,19 @@ def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
             continue
         if obs.state == DELETED:
             if row.desired == "deleted":
+                event(row, "deleted")
                 s.delete(row)
             continue
+        reason = one_line(obs.reason, MAX_REASON)
+        if obs.attached_to != row.attached_to:
+            if row.attached_to:
+                event(row, "detached", f"from instance {row.attached_to}")
+            if obs.attached_to:
+                event(row, "attached", f"to instance {obs.attached_to} as {row.device}")
+        if obs.state == "error" and (row.state != "error" or row.state_reason != reason):
+            event(row, "error", reason)
         row.state, row.attached_to = obs.state, obs.attached_to
-        row.state_reason = one_line(obs.reason, MAX_REASON)
+        row.state_reason = reason
         if row.desired == "deleted" and obs.state != "error":
             row.state = "deleting"
     srows = {r.id: r for r in s.scalars(select(SnapshotRow).where(
@@ -479,16 +495,21 @@ def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
             continue
         if sobs.state == DELETED:
             if srow.state == "deleting":
+                event(srow, "deleted")
                 s.delete(srow)
             continue
         if srow.state != "deleting":
+            if sobs.state != srow.state and sobs.state in ("available", "error"):
+                event(srow, sobs.state, one_line(sobs.reason, MAX_REASON))
             srow.state, srow.state_reason = sobs.state, one_line(sobs.reason, MAX_REASON)
             srow.size_gib = sobs.size_gib or srow.size_gib
+    return out
 
 
 _REPORTED = (select(InstanceRow.id, InstanceRow.generation, InstanceRow.state,
                     InstanceRow.state_reason, InstanceRow.desired_power,
-                    InstanceRow.reboot_seq, InstanceRow.reboot_done_seq)
+                    InstanceRow.reboot_seq, InstanceRow.reboot_done_seq,
+                    InstanceRow.project_id, InstanceRow.name)
              .where(InstanceRow.id.in_(bindparam("ids", expanding=True)),
                     InstanceRow.host_id == bindparam("host")))
 # Guarded by the generation the report was checked against: a user's request that committed
@@ -519,16 +540,20 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
         rows = {r[0]: r for r in conn.execute(
             _REPORTED, {"ids": [o.id for o in observations], "host": reporter})}
         writes: list[dict[str, object]] = []
+        happened: list[events.Event] = []  # written with the changes: one statement
         for obs in observations:
             row = rows.get(obs.id)
             if row is None or obs.generation < row.generation:
                 continue
-            iid, generation, old_state, old_reason, desired, reboot_seq, done_seq = row
+            (iid, generation, old_state, old_reason, desired, reboot_seq, done_seq,
+             project_id, vm_name) = row
             if obs.state == DELETED:
                 if desired == DesiredPower.DELETED.value:
                     gone += _forget(s, iid)
                     changed.add(iid)
                     refresh = True
+                    happened.append(events.Event(project_id, "instance", iid, vm_name,
+                                                 "deleted", "agent"))
                 continue
             state = InstanceState(obs.state)
             if obs.reboot_done_seq is not None and obs.reboot_done_seq > done_seq:
@@ -548,13 +573,19 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
                     refresh |= _agent_decides_on(old_state) or _agent_decides_on(state.value)
                     new_state, reason = state.value, said
                     changed.add(iid)
+                    what = events.instance_transition(old_state, new_state, said,
+                                                      obs.guest_initiated)
+                    if what is not None:
+                        happened.append(events.Event(project_id, "instance", iid, vm_name,
+                                                     *what))
             if iid in changed:
                 writes.append({"iid": iid, "gen": generation, "new_state": new_state,
                                "reason": reason, "desired": desired, "done_seq": done_seq})
         if writes:
             conn.execute(_APPLY, writes)
         if volumes or snapshots:
-            _report_storage(s, reporter, volumes, snapshots)
+            happened += _report_storage(s, reporter, volumes, snapshots)
+        events.add(s, happened)
     for net_id, mac in gone:
         svc.notifier.dns_changed(net_id, removed=[mac])
     # The reporting agent decides from the API's view of each instance (e.g. a VM shown in

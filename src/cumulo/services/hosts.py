@@ -17,6 +17,7 @@ from cumulo.domain.errors import InvalidInput
 from cumulo.domain.ids import new_id
 from cumulo.domain.validation import dns_label, positive
 from cumulo.scheduler.placement import HostCapacity
+from cumulo.services import events
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services
 
@@ -64,6 +65,8 @@ def register(
         if row is None:
             row = HostRow(id=new_id("h"), name=name)
             s.add(row)
+        elif row.state == "down":
+            _came_back(s, row.id, row.name)
         row.zone, row.architectures = zone, arches
         row.vcpus, row.ram_mib, row.driver, row.accel = vcpus, ram_mib, driver, accel
         row.agent_url, row.state, row.last_seen = agent_url, "up", datetime.now(UTC)
@@ -86,9 +89,56 @@ def heartbeat(s: Session, svc: Services, host_id: str) -> None:
     last = svc.notifier.heartbeats.get(host_id)
     if last is not None and now - last < HEARTBEAT_WRITE_EVERY.total_seconds():
         return
-    s.execute(update(HostRow).where(HostRow.id == host_id)
-              .values(last_seen=datetime.now(UTC), state="up"))
+    beat = s.connection().execute(_BEAT, {"host": host_id, "now": datetime.now(UTC)})
+    if beat.rowcount == 0:
+        # Marked down by the sweep (or unknown): up again, and said so.
+        name = s.scalar(select(HostRow.name).where(HostRow.id == host_id))
+        if name is not None:
+            s.execute(update(HostRow).where(HostRow.id == host_id)
+                      .values(last_seen=datetime.now(UTC), state="up"))
+            _came_back(s, host_id, name)
     svc.notifier.heartbeats[host_id] = now
+
+
+# A host that is up stays up: the common heartbeat is one statement, and one that matches no
+# row tells of a host the sweep marked down.
+_BEAT = (update(HostRow).where(HostRow.id == bindparam("host"), HostRow.state == "up")
+         .values(last_seen=bindparam("now")))
+
+
+def _came_back(s: Session, host_id: str, name: str) -> None:
+    events.add(s, [events.Event(None, "host", host_id, name, "up", "system",
+                                "its agent is heard from again")])
+
+
+def sweep_down(svc: Services) -> list[str]:
+    """Mark down the hosts whose agent was silent for HOST_DOWN_AFTER; each such host, and
+    each instance on it (in its project's log), gets an event. The names marked down.
+
+    Run every few seconds by each API process: the conditional update lets one of them only
+    mark (and tell of) a host."""
+    cutoff = datetime.now(UTC) - HOST_DOWN_AFTER
+    marked: list[str] = []
+    with svc.db.session() as s:
+        silent = list(s.execute(select(HostRow.id, HostRow.name).where(
+            HostRow.state == "up", HostRow.last_seen < cutoff)))
+        for host_id, name in silent:
+            mark = (update(HostRow).values(state="down")
+                    .where(HostRow.id == host_id, HostRow.state == "up",
+                           HostRow.last_seen < cutoff))
+            if s.connection().execute(mark).rowcount == 0:
+                continue  # it beat meanwhile, or another process marked it
+            svc.notifier.heartbeats.pop(host_id, None)  # its next beat is written
+            said = f"no word from host {name}'s agent for {HOST_DOWN_AFTER.total_seconds():g} s"
+            happened = [events.Event(None, "host", host_id, name, "down", "system", said)]
+            happened += [events.Event(project_id, "instance", iid, vm, "host_down", "system",
+                                      said)
+                         for iid, vm, project_id in s.execute(
+                             select(InstanceRow.id, InstanceRow.name, InstanceRow.project_id)
+                             .where(InstanceRow.host_id == host_id))]
+            events.add(s, happened)
+            marked.append(name)
+    return marked
 
 
 # The first key of cumulo's PostgreSQL advisory locks on zones (the second is the zone's hash):

@@ -34,6 +34,7 @@ from cumulo.images import qemu_img
 from cumulo.services import images
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
+from cumulo.services.counters import IMAGE_BYTES_IN
 from cumulo.services.download_guard import GuardedTransport, allowed_networks
 from cumulo.services.views import ImageView
 
@@ -180,6 +181,7 @@ class StagedFile:
             if self.size > self.cap:
                 raise too_large(self.svc)
             self._f.write(chunk)
+            IMAGE_BYTES_IN.inc(len(chunk))
         except BaseException as e:
             self.abort()
             if isinstance(e, OSError) and qemu_img.is_no_space(e):

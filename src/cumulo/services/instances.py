@@ -27,6 +27,7 @@ from cumulo.domain.errors import (
     InsufficientCapacity,
     InvalidInput,
     NotFound,
+    QuotaExceeded,
 )
 from cumulo.domain.ids import is_id, new_id
 from cumulo.domain.instance import (
@@ -40,11 +41,13 @@ from cumulo.domain.validation import MAX_BANDWIDTH_MBPS, dns_label, positive, ta
 from cumulo.protocol import DnsRecord
 from cumulo.scheduler.placement import HostCapacity, Request, largest_possible, place
 from cumulo.services import (
+    events,
     hosts,
     images,
     keypairs,
     networks,
     public_ips,
+    quotas,
     security_groups,
     volumes,
 )
@@ -157,6 +160,7 @@ def _bandwidth(req: CreateInstance, default: int) -> int:
 
 # The statements every create, start, stop or delete runs, built once: building one cost
 # more than running it on SQLite.
+_QUOTA_KEYS = ("instances", "vcpus", "ram_mib")
 _NAME_TAKEN = select(InstanceRow.id).where(InstanceRow.project_id == bindparam("project"),
                                            InstanceRow.name == bindparam("name"))
 
@@ -190,6 +194,7 @@ class _Created:
     host_id: str
     network_id: str
     record: DnsRecord
+    event: events.Event
 
 
 def _size(svc: Services, req: CreateInstance) -> _Size:
@@ -220,6 +225,7 @@ class _Batch:
     def __init__(self, s: Session) -> None:
         self.s = s
         self._memo: dict[tuple[object, ...], object] = {}
+        self.own_limits: dict[str, dict[str, object]] = {}  # read under the projects' lock
 
     def get(self, key: tuple[object, ...], read: Callable[[], T]) -> T:
         if key not in self._memo:
@@ -231,6 +237,21 @@ class _Batch:
 
     def restore(self, saved: dict[tuple[object, ...], object]) -> None:
         self._memo = saved
+
+    def project(self, call: CreateCall) -> ProjectRow:
+        return self.get(("project", call.who, call.project),
+                        lambda: scope_project(self.s, call.who, call.project))
+
+    def lock_projects(self, ids: set[str]) -> None:
+        """After the zones' locks (in one order for every batch): see quotas.lock."""
+        self.own_limits = quotas.lock(self.s, ids, write_lock_held=True)
+
+    def budget(self, svc: Services, prj: ProjectRow) -> quotas.Budget:
+        return self.get(("budget", prj.id), lambda: quotas.budget(
+            self.s, svc, prj, _QUOTA_KEYS, own=self.own_limits.get(prj.id, {})))
+
+    def charged(self, budget: quotas.Budget) -> None:
+        self._memo[("budget", budget.project_id)] = budget
 
     def capacities(self, zone: str) -> list[HostCapacity]:
         return self.get(("capacities", zone), lambda: hosts.capacities(self.s, zone))
@@ -273,7 +294,16 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
             for zone in sorted({size.zone for _, _, size in sized}):
                 hosts.lock_zone(s, zone)
             batch = _Batch(s)
+            ready = []
             for i, call, size in sized:
+                try:
+                    ready.append((i, call, size, batch.project(call).id))
+                except CumuloError as e:
+                    out[i] = e
+            if ready:
+                batch.lock_projects({project_id for *_, project_id in ready})
+            refused: list[events.Event] = []
+            for i, call, size, _ in ready:
                 saved = batch.checkpoint()
                 try:
                     with s.begin_nested():
@@ -283,9 +313,12 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
                     out[i] = e if isinstance(e, CumuloError) else Conflict(
                         f"an instance named {call.req.name!r} or its address is already taken",
                         code="name_taken")
+                    if isinstance(e, QuotaExceeded):
+                        refused.append(quotas.refusal(e))
                     continue
                 out[i] = done.view
                 created.append(done)
+            events.add(s, [done.event for done in created] + refused)
     for done in created:
         svc.notifier.notify(done.host_id, [done.view.id])
         svc.notifier.dns_changed(done.network_id, added=[done.record], skip=done.host_id)
@@ -294,8 +327,7 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
 
 def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> _Created:
     s, req, zone, arch = batch.s, call.req, size.zone, size.arch
-    prj = batch.get(("project", call.who, call.project),
-                    lambda: scope_project(s, call.who, call.project))
+    prj = batch.project(call)
     image = batch.get(("image", prj.id, req.image, arch.value),
                       lambda: images.resolve_variant(s, prj, req.image, arch.value))
     disk = max(size.disk_gib, -(-image.virtual_size_bytes // 2**30), 1)
@@ -304,8 +336,8 @@ def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> 
             f"an instance named {req.name!r} already exists in project {prj.name!r}",
             code="name_taken",
         )
-    caps = batch.capacities(zone)
     vcpus, ram = size.vcpus, size.ram_mib
+    caps = batch.capacities(zone)
     max_cpu, max_ram = largest_possible(caps, arch.value, zone)
     if max_cpu and (vcpus > max_cpu or ram > max_ram):
         raise InvalidInput(
@@ -313,6 +345,8 @@ def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> 
             f"{zone} can hold (largest: {max_cpu} vCPUs / {max_ram} MiB)",
             code="too_large",
         )
+    budget = batch.budget(svc, prj).charge({"instances": 1, "vcpus": vcpus, "ram_mib": ram},
+                                           ("instance", "", req.name))
     placement = place(Request(zone=zone, arch=arch.value, vcpus=vcpus, ram_mib=ram), caps)
     if placement.host is None:
         raise InsufficientCapacity(f"no host can take this instance now: {placement.explain()}")
@@ -340,13 +374,17 @@ def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> 
         public_ip = public_ips.assign_auto(s, svc, prj, row.id)
     s.flush()
     batch.placed(zone, placement.host, vcpus, ram)
+    batch.charged(budget)
     # Built from what this create just wrote: reading it back took 4 more queries.
     view = _view(svc, row, prj.name, host=placement.host.name, network=network.name,
                  private_ip=address.ip, public_ip=public_ip.ip,
                  groups=sorted({g.name for g in groups}))
     return _Created(view=view, host_id=placement.host.host_id, network_id=network.id,
                     record=DnsRecord(hostname=row.name, fqdn=view.fqdn, ip=address.ip,
-                                     mac=address.mac))
+                                     mac=address.mac),
+                    event=events.Event(prj.id, "instance", row.id, row.name, "created",
+                                       detail=f"{vcpus} vCPUs, {ram} MiB, image {image.name}, "
+                                              f"host {placement.host.name}"))
 
 
 _IN_PROJECT = select(InstanceRow).where(InstanceRow.project_id == bindparam("project"))
@@ -395,6 +433,8 @@ def act(
         storage: set[str] = set()  # hosts whose volumes change
         if action is Action.DELETE:
             storage = volumes.release_for_instance(s, row.id)
+        events.add(s, [events.Event(prj.id, "instance", row.id, row.name,
+                                    f"{action.value}_requested")])
         result = view(s, svc, row, prj.name)
     if row.host_id not in storage:
         svc.notifier.notify(row.host_id, [row.id])

@@ -14,7 +14,7 @@ from cumulo.domain.ids import new_id
 from cumulo.domain.netaddr import first_free_subnet, gateway_of, host_range, parse_cidr
 from cumulo.domain.netaddr import random_mac as _mac
 from cumulo.domain.validation import dns_label
-from cumulo.services import address_picker
+from cumulo.services import address_picker, events, quotas
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import NetworkView
@@ -44,6 +44,7 @@ def _zone(svc: Services, zone: str | None) -> str:
     return z
 
 
+@quotas.records_refusals
 def create(svc: Services, who: Principal, project: str | None, name: str, cidr: str,
            zone: str | None) -> NetworkView:
     dns_label(name, "network name")
@@ -54,11 +55,14 @@ def create(svc: Services, who: Principal, project: str | None, name: str, cidr: 
         if s.scalar(select(NetworkRow.id).where(NetworkRow.project_id == prj.id,
                                                 NetworkRow.zone == z, NetworkRow.name == name)):
             raise Conflict(f"network {name!r} already exists in zone {z}", code="name_taken")
+        quotas.check(s, svc, prj, {"networks": 1}, ("network", "", name))
         _check_free(s, net)
         row = NetworkRow(id=new_id("net"), name=name, project_id=prj.id, zone=z, cidr=str(net),
                          gateway=gateway_of(net), is_default=False)
         s.add(row)
         s.flush()
+        events.add(s, [events.Event(prj.id, "network", row.id, row.name, "created",
+                                    detail=f"{row.cidr} in zone {z}")])
         return _view(s, row, prj.name)
 
 
@@ -166,6 +170,7 @@ def delete(svc: Services, who: Principal, project: str | None, name: str,
         if used:
             raise Conflict(f"network {name!r} still has {used} instance(s)",
                            code="network_in_use")
+        events.add(s, [events.Event(prj.id, "network", row.id, row.name, "deleted")])
         s.delete(row)
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from cumulo.db.tables import InstanceRow, ProjectRow, PublicIpRow
 from cumulo.domain.errors import Conflict, InsufficientCapacity, NotFound
 from cumulo.domain.ids import new_id
-from cumulo.services import address_picker, networks
+from cumulo.services import address_picker, events, networks, quotas
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import PublicIpView
@@ -60,11 +60,18 @@ def _find(s: Session, prj: ProjectRow, ip: str) -> PublicIpRow:
     return row
 
 
+def _event(prj: ProjectRow, row: PublicIpRow, kind: str, detail: str = "") -> list[events.Event]:
+    return [events.Event(prj.id, "public_ip", row.id, row.ip, kind, detail=detail)]
+
+
+@quotas.records_refusals
 def allocate(svc: Services, who: Principal, project: str | None) -> PublicIpView:
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
+        quotas.check(s, svc, prj, {"public_ips": 1}, ("public_ip", "", ""))
         row = _allocate(s, svc, prj, auto=False)
         s.flush()  # its creation time
+        events.add(s, _event(prj, row, "allocated"))
         return _view(s, row, prj.name)
 
 
@@ -102,6 +109,7 @@ def attach(svc: Services, who: Principal, project: str | None, ip: str,
         row.instance_id = inst.id
         row.auto = False
         s.flush()
+        events.add(s, _event(prj, row, "attached", f"to instance {inst.name}"))
         result = _view(s, row, prj.name)
     for h in notify:
         svc.notifier.notify(h)
@@ -117,6 +125,7 @@ def detach(svc: Services, who: Principal, project: str | None, ip: str) -> Publi
         inst = s.get(InstanceRow, row.instance_id)
         row.instance_id = None
         row.auto = False
+        events.add(s, _event(prj, row, "detached", f"from instance {inst.name}" if inst else ""))
         result = _view(s, row, prj.name)
     svc.notifier.notify(inst.host_id if inst else None)
     return result
@@ -128,4 +137,5 @@ def release(svc: Services, who: Principal, project: str | None, ip: str) -> None
         row = _find(s, prj, ip)
         if row.instance_id is not None:
             raise Conflict(f"public IP {ip} is attached; detach it first", code="attached")
+        events.add(s, _event(prj, row, "released"))
         s.delete(row)

@@ -166,3 +166,27 @@ class SnapshotView(BaseModel):
     state: str
     state_reason: str
     created_at: datetime
+
+
+class QuotaLine(BaseModel):
+    resource: str  # the key `cumulo project quota set` takes
+    used: int
+    limit: int | None  # None: unlimited
+    default: bool  # the configuration's default (no limit of the project's own)
+
+
+class QuotaView(BaseModel):
+    project: str
+    quotas: list[QuotaLine]
+
+
+class EventView(BaseModel):
+    id: int
+    at: datetime
+    project: str | None  # None: the operator's (a host's)
+    resource_type: str
+    resource_id: str
+    resource_name: str
+    kind: str
+    actor: str
+    detail: str

@@ -14,7 +14,7 @@ from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, N
 from cumulo.domain.ids import is_id, new_id
 from cumulo.domain.instance import DesiredPower
 from cumulo.domain.validation import dns_label, positive
-from cumulo.services import hosts
+from cumulo.services import events, hosts, quotas
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import SnapshotView, VolumeView
@@ -75,6 +75,13 @@ def _check_size(svc: Services, size_gib: int) -> int:
     return positive(size_gib, "volume size (GiB)", maximum=svc.settings.max_volume_gib)
 
 
+def _event(prj: ProjectRow, row: VolumeRow | SnapshotRow, kind: str, detail: str = ""
+           ) -> list[events.Event]:
+    rtype = "volume" if isinstance(row, VolumeRow) else "snapshot"
+    return [events.Event(prj.id, rtype, row.id, row.name, kind, detail=detail)]
+
+
+@quotas.records_refusals
 def create(svc: Services, who: Principal, project: str | None, name: str, size_gib: int,
            zone: str | None = None, type_name: str = "standard",
            from_snapshot: str | None = None, delete_on_termination: bool = False) -> VolumeView:
@@ -92,6 +99,7 @@ def create(svc: Services, who: Principal, project: str | None, name: str, size_g
         if s.scalar(select(VolumeRow.id).where(VolumeRow.project_id == prj.id,
                                                VolumeRow.name == name)):
             raise Conflict(f"volume {name!r} already exists", code="name_taken")
+        quotas.check(s, svc, prj, {"volume_gib": size_gib}, ("volume", "", name))
         host_id: str | None
         source = None
         if from_snapshot is not None:
@@ -117,6 +125,7 @@ def create(svc: Services, who: Principal, project: str | None, name: str, size_g
                         source_snapshot_id=source.id if source else None)
         s.add(row)
         s.flush()
+        events.add(s, _event(prj, row, "created", f"{size_gib} GiB, type {type_name}"))
         result = _view(s, svc, row, prj.name)
     svc.notifier.notify(host_id)
     return result
@@ -173,6 +182,7 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
                            code="too_many_volumes")
         row.want_instance_id, row.device, row.state = inst.id, free[0], "attaching"
         _touch(row)
+        events.add(s, _event(prj, row, "attach_requested", f"to instance {inst.name}"))
         result = _view(s, svc, row, prj.name)
         host_id = row.host_id
     svc.notifier.notify(host_id)
@@ -187,12 +197,14 @@ def detach(svc: Services, who: Principal, project: str | None, ref: str) -> Volu
             raise Conflict(f"volume {row.name!r} is not attached", code="not_attached")
         row.want_instance_id, row.state = None, "detaching"
         _touch(row)
+        events.add(s, _event(prj, row, "detach_requested"))
         result = _view(s, svc, row, prj.name)
         host_id = row.host_id
     svc.notifier.notify(host_id)
     return result
 
 
+@quotas.records_refusals
 def resize(svc: Services, who: Principal, project: str | None, ref: str,
            size_gib: int) -> VolumeView:
     _check_size(svc, size_gib)
@@ -204,6 +216,10 @@ def resize(svc: Services, who: Principal, project: str | None, ref: str,
                                f"asked {size_gib} GiB", code="invalid_size")
         if row.state not in ("available", "in-use"):
             raise Conflict(f"volume {row.name!r} is {row.state}", code="invalid_state")
+        quotas.check(s, svc, prj, {"volume_gib": size_gib - row.size_gib},
+                     ("volume", row.id, row.name))
+        events.add(s, _event(prj, row, "resize_requested",
+                             f"from {row.size_gib} to {size_gib} GiB"))
         row.size_gib = size_gib
         _touch(row)
         result = _view(s, svc, row, prj.name)
@@ -224,6 +240,7 @@ def delete(svc: Services, who: Principal, project: str | None, ref: str) -> Volu
                            code="invalid_state")
         row.desired, row.state = DELETED, "deleting"
         _touch(row)
+        events.add(s, _event(prj, row, "delete_requested"))
         result = _view(s, svc, row, prj.name)
         host_id = row.host_id
     svc.notifier.notify(host_id)
@@ -253,6 +270,7 @@ def _snap_view(s: Session, row: SnapshotRow, project: str) -> SnapshotView:
                         created_at=row.created_at)
 
 
+@quotas.records_refusals
 def snapshot(svc: Services, who: Principal, project: str | None, ref: str,
              name: str) -> SnapshotView:
     dns_label(name, "snapshot name")
@@ -264,11 +282,13 @@ def snapshot(svc: Services, who: Principal, project: str | None, ref: str,
         if s.scalar(select(SnapshotRow.id).where(SnapshotRow.project_id == prj.id,
                                                  SnapshotRow.name == name)):
             raise Conflict(f"snapshot {name!r} already exists", code="name_taken")
+        quotas.check(s, svc, prj, {"snapshots": 1}, ("snapshot", "", name))
         row = SnapshotRow(id=new_id("snap"), name=name, project_id=prj.id, volume_id=vol.id,
                           host_id=vol.host_id, zone=vol.zone, size_gib=vol.size_gib,
                           state="creating")
         s.add(row)
         s.flush()
+        events.add(s, _event(prj, row, "created", f"of volume {vol.name}"))
         result = _snap_view(s, row, prj.name)
         host_id = vol.host_id
     svc.notifier.notify(host_id)
@@ -295,6 +315,7 @@ def delete_snapshot(svc: Services, who: Principal, project: str | None, ref: str
             raise Conflict(f"volume {users!r} is being made from snapshot {row.name!r}",
                            code="snapshot_in_use")
         row.state = "deleting"
+        events.add(s, _event(prj, row, "delete_requested"))
         host_id = row.host_id
     svc.notifier.notify(host_id)
 

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Response
 
 from cumulo.api.deps import Svc, Who
 from cumulo.api.inputs import Input
-from cumulo.services import projects
-from cumulo.services.views import CreatedToken, ProjectView
+from cumulo.services import projects, quotas
+from cumulo.services.views import CreatedToken, ProjectView, QuotaView
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"])
 
@@ -35,3 +35,19 @@ def delete(svc: Svc, who: Who, name: str) -> Response:
 @router.post("/{name}/tokens", status_code=201)
 def create_token(svc: Svc, who: Who, name: str) -> CreatedToken:
     return projects.create_member_token(svc, who, name)
+
+
+class QuotaChanges(Input):
+    """KEY: a number, "unlimited" or "default" (the configuration's value)."""
+
+    limits: dict[str, int | str]
+
+
+@router.get("/{name}/quotas")
+def show_quotas(svc: Svc, who: Who, name: str) -> QuotaView:
+    return quotas.show(svc, who, name)
+
+
+@router.patch("/{name}/quotas")
+def set_quotas(svc: Svc, who: Who, name: str, body: QuotaChanges) -> QuotaView:
+    return quotas.set_limits(svc, who, name, {k: str(v) for k, v in body.limits.items()})
