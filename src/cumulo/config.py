@@ -122,6 +122,8 @@ class LocalHost(BaseModel):
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     architectures: list[Arch] = Field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+    # The agent's Prometheus endpoint, http://127.0.0.1:PORT/metrics (0: none).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -218,7 +220,7 @@ class Settings(BaseModel):
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     # Prometheus may read /metrics with this token as well as with an admin token ("": only
     # admin tokens). Kept here, not in the database: it is the operator's, like the file.
-    metrics_token: str = ""
+    metrics_token: str = Field(default="", pattern=r"^([\x21-\x7e]{16,200})?$")
 
     @field_validator("cloud_domain")
     @classmethod

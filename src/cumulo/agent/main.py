@@ -21,6 +21,7 @@ import uvicorn
 
 from cumulo.agent.api_client import ApiClient
 from cumulo.agent.console_server import make_app
+from cumulo.agent.counters import RECONCILE_SECONDS
 from cumulo.agent.dns_book import DnsBook
 from cumulo.agent.drivers.base import Driver, PowerState
 from cumulo.agent.host_lock import LOCK_WAIT_S, HostBusy, HostLock, exit_with_parent
@@ -60,6 +61,8 @@ class AgentConfig:
     accel: str = "auto"
     architectures: list[Arch] = field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = 30.0
+    metrics_listen: str = ""  # HOST:PORT of the /metrics endpoint ("": none)
+    metrics_token: str = ""  # a scrape must carry it ("": any local scrape)
 
 
 def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
@@ -96,6 +99,8 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
         uvicorn.Config(make_app(driver), uds=str(sock), log_level="warning", lifespan="off")
     )
     server_task = asyncio.create_task(server.serve())
+    metrics_server = _metrics_server(cfg, driver)
+    metrics_task = asyncio.create_task(metrics_server.serve()) if metrics_server else None
     client = ApiClient(cfg.api_url, cfg.token)
     network = None
     if cfg.driver == "qemu":
@@ -126,8 +131,23 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server_task, 5)
+        if metrics_server is not None and metrics_task is not None:
+            metrics_server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(metrics_task, 5)
         await client.close()
         sock.unlink(missing_ok=True)
+
+
+def _metrics_server(cfg: AgentConfig, driver: Driver) -> uvicorn.Server | None:
+    if not cfg.metrics_listen:
+        return None
+    from cumulo.agent import metrics
+
+    host, _, port = cfg.metrics_listen.rpartition(":")
+    app = metrics.make_app(driver, cfg.name, cfg.metrics_token)
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning",
+                                         lifespan="off"))
 
 
 async def agent_loop(
@@ -182,7 +202,9 @@ async def agent_loop(
                 if time.monotonic() - last_resync > RESYNC_S:
                     _forget_reports(rec, vrec)
                     last_resync = time.monotonic()
+                started = time.perf_counter()
                 report = await _pass(rec, batch, vrec)
+                RECONCILE_SECONDS.observe(time.perf_counter() - started)
                 if report is None:
                     continue
                 if poll is None:

@@ -93,7 +93,8 @@ def prepare(paths: StatePaths, settings: Settings, db: Database, port: int) -> t
         write_private(token_file, agent_token + "\n")
     write_private(paths.client_config, tomli_w.dumps({"url": url, "token": admin}))
     agent_cfg = host_dir / "agent.json"
-    agent_cfg.write_text(
+    write_private(  # it may hold the metrics token
+        agent_cfg,
         json.dumps(
             {
                 "api_url": url,
@@ -107,6 +108,8 @@ def prepare(paths: StatePaths, settings: Settings, db: Database, port: int) -> t
                 "accel": host.accel,
                 "architectures": [a.value for a in host.architectures],
                 "stop_timeout_s": host.stop_timeout_s,
+                "metrics_listen": f"127.0.0.1:{host.metrics_port}" if host.metrics_port else "",
+                "metrics_token": settings.metrics_token,
             },
             indent=2,
         )

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cumulo.allinone.paths import DEFAULT_PORT, default_state_dir
-from cumulo.cli import bench, catalogue, images, instances, networking, volumes
+from cumulo.cli import bench, catalogue, images, instances, networking, observe, volumes
 from cumulo.cli.client import CliError
 from cumulo.cli.output import CliState, err
 from cumulo.domain.errors import CumuloError
@@ -31,6 +31,8 @@ app.add_typer(networking.network_app, name="network")
 app.add_typer(networking.ip_app, name="ip")
 app.add_typer(volumes.volume_app, name="volume")
 app.add_typer(volumes.snapshot_app, name="snapshot")
+catalogue.projects_app.add_typer(observe.quota_app, name="quota")
+app.command("events")(observe.events)
 app.command("bench")(bench.bench)
 app.command("ssh", context_settings={"allow_interspersed_args": False})(networking.ssh)
 

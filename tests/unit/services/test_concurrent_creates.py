@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy import select
 
 from cumulo.db.tables import AddressRow, PublicIpRow
-from cumulo.domain.errors import InsufficientCapacity
-from cumulo.services import hosts, instances
+from cumulo.domain.errors import InsufficientCapacity, QuotaExceeded
+from cumulo.services import hosts, instances, quotas
 from cumulo.services.context import Services
 from tests.conftest import ADMIN
 
@@ -40,3 +40,26 @@ def test_racing_creates_take_exactly_the_capacity_with_distinct_addresses(
         public = list(s.scalars(select(PublicIpRow.ip)))
     assert len(private) == FITS == len({ip for ip, _ in private}) == len({m for _, m in private})
     assert len(public) == FITS == len(set(public))
+
+
+def test_racing_creates_in_two_zones_stop_at_the_project_quota(svc: Services) -> None:
+    """Creates of one project that hold different zones' locks, each in a transaction of its
+    own (several API processes): the project's lock keeps them within its quota."""
+    for name, zone in (("big-a", "local-1a"), ("big-b", "local-1b")):
+        hosts.register(svc, ADMIN, name=name, zone=zone, architectures=["x86_64"], vcpus=64,
+                       ram_mib=65536, driver="fake", accel="fake", agent_url="")
+    quotas.set_limits(svc, ADMIN, "default", {"vcpus": "6"})
+
+    def create(i: int) -> str:
+        try:
+            instances.create(svc, ADMIN, None, instances.CreateInstance(
+                name=f"vm{i}", image="tiny", type="t1.nano",
+                zone="local-1a" if i % 2 else "local-1b"))
+        except QuotaExceeded as e:
+            return e.code
+        return "created"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(create, range(20)))
+    assert sorted(outcomes) == ["created"] * 6 + ["quota_exceeded"] * 14, outcomes
+    assert len(instances.list_all(svc, ADMIN, None)) == 6

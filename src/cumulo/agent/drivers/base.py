@@ -83,6 +83,17 @@ class Observed:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class VMStats:
+    """Resource use of one running VM, as the host sees it (for the agent's /metrics)."""
+
+    vm_id: str
+    cpu_seconds: float  # user + system time of its hypervisor process
+    rss_bytes: int
+    disks: dict[str, tuple[int, int]] = field(default_factory=dict)  # device -> (read, written)
+    nics: dict[str, tuple[int, int]] = field(default_factory=dict)  # tap -> (from guest, to guest)
+
+
 class DriverError(Exception):
     """The hypervisor refused or failed an operation; the message is shown to the operator."""
 
@@ -159,6 +170,10 @@ class Driver(abc.ABC):
 
         `target` must not exist; on failure nothing is left at `target`.
         """
+
+    async def vm_stats(self) -> list[VMStats]:
+        """Resource use of the running VMs (a driver without processes has none)."""
+        return []
 
     @abc.abstractmethod
     async def attached_volumes(self, vm_id: str) -> set[str]:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cumulo.agent.drivers import qemu_volumes
+from cumulo.agent.drivers import qemu_stats, qemu_volumes
 from cumulo.agent.drivers.accel import resolve_accel
 from cumulo.agent.drivers.base import (
     Driver,
@@ -33,10 +33,12 @@ from cumulo.agent.drivers.base import (
     Observed,
     PowerState,
     VMSpec,
+    VMStats,
     VolumeAttachment,
     check_spec_files,
 )
 from cumulo.agent.drivers.qemu_argv import UNIX_PATH_MAX, Accel, VMPaths, build_argv
+from cumulo.agent.drivers.qemu_stats import process_use
 from cumulo.agent.drivers.qmp import qmp_execute
 from cumulo.domain.arch import Arch
 
@@ -188,6 +190,29 @@ class QemuDriver(Driver):
             return set()
         async with self._lock(vm_id):
             return await qemu_volumes.attached(paths.qmp_sock)
+
+    async def vm_stats(self) -> list[VMStats]:
+        try:
+            entries = [e.name for e in os.scandir(self.runtime_dir) if _is_vm_dir(e)]
+        except FileNotFoundError:
+            return []
+        out = []
+        for vm_id in entries:
+            paths = self._paths(vm_id)
+            pid = _live_pid(paths)
+            use = process_use(pid) if pid is not None else None
+            if pid is None or use is None:
+                continue
+            # Never waits for the VM's monitor: a stop or a detach in progress holds it, and
+            # this scrape then goes without the VM's disk counters.
+            lock = self._lock(vm_id)
+            disks = {}
+            if not lock.locked():
+                async with lock:
+                    disks = await qemu_stats.block_bytes(paths.qmp_sock, QMP_TIMEOUT_S)
+            out.append(VMStats(vm_id=vm_id, cpu_seconds=use[0], rss_bytes=use[1], disks=disks,
+                               nics=qemu_stats.tap_bytes(pid, vm_id)))
+        return out
 
     # -- extras -----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from qemu.qmp import QMPClient, QMPError
 
+from cumulo.agent.counters import QMP_ERRORS
 from cumulo.agent.drivers.base import DriverError
 
 # qemu.qmp logs every disconnect/EOF at WARNING/ERROR; our callers report failures themselves.
@@ -38,12 +39,14 @@ async def qmp_execute(
         try:
             await asyncio.wait_for(client.connect(str(sock)), timeout)
         except (QMPError, OSError, TimeoutError) as exc:
+            QMP_ERRORS.labels(command=command).inc()
             raise DriverError(f"cannot connect to QMP socket {sock}: {_describe(exc)}") from exc
         try:
             return await asyncio.wait_for(client.execute(command, arguments), timeout)
         except (QMPError, OSError, TimeoutError, EOFError) as exc:
             if command == "quit" and not isinstance(exc, TimeoutError):
                 return {}
+            QMP_ERRORS.labels(command=command).inc()
             raise DriverError(f"QMP {command} on {sock} failed: {_describe(exc)}") from exc
     finally:
         await _disconnect(client)
