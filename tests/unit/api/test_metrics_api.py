@@ -3,6 +3,9 @@ at scrape time, image bytes received."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from cumulo.agent import counters
+from cumulo.agent import metrics as agent_metrics
+from cumulo.agent.drivers.base import VMStats
+from cumulo.agent.drivers.fake import FakeDriver
 from cumulo.api.app import create_app
 from cumulo.services.context import Services
 
@@ -82,3 +89,28 @@ def test_image_bytes_received_are_counted(api: TestClient, svc: Services,
     r = api.put("/v1/images/deb/upload", params={"arch": "x86_64"}, content=disk.read_bytes())
     assert r.status_code == 201, r.text
     assert value(api.get("/metrics").text, name, direction="in") == before + (1 << 20)
+
+
+class _OneVM(FakeDriver):
+    async def vm_stats(self) -> list[VMStats]:
+        return [VMStats(vm_id="i-0", cpu_seconds=1.5, rss_bytes=2**27,
+                        disks={"vda": (10, 20)}, nics={"ct00000000000": (30, 40)})]
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_that_are_served(
+        api: TestClient) -> None:
+    """docs/grafana-dashboard.json against what the API and an agent serve."""
+    api.post("/v1/instances", json={"name": "a", "image": "tiny", "type": "t1.nano"})
+    counters.RECONCILE_SECONDS.observe(0.1)
+    counters.QMP_ERRORS.labels(command="query-status")
+    served = {name for name, _ in samples(api.get("/metrics").text)}
+    agent = asyncio.run(agent_metrics.render(_OneVM(), "hv-1")).decode()
+    served |= {name for name, _ in samples(agent)}
+    assert value(agent, "cumulo_vm_net_sent_bytes_total", host="hv-1", vm="i-0",
+                 tap="ct00000000000") == 30
+    dashboard = json.loads((Path(__file__).parents[3] / "docs/grafana-dashboard.json")
+                           .read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    asked = {m for e in exprs for m in re.findall(r"\bcumulo_[a-z_]+", e)}
+    assert len(asked) >= 15
+    assert asked <= served, asked - served
