@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TypeVar, cast
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
@@ -39,7 +38,7 @@ from cumulo.domain.instance import (
 )
 from cumulo.domain.validation import MAX_BANDWIDTH_MBPS, dns_label, positive, tags, user_data
 from cumulo.protocol import DnsRecord
-from cumulo.scheduler.placement import HostCapacity, Request, largest_possible, place
+from cumulo.scheduler.placement import Request, largest_possible, place
 from cumulo.services import (
     events,
     hosts,
@@ -53,6 +52,7 @@ from cumulo.services import (
 )
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
+from cumulo.services.create_batch import CreateBatch
 from cumulo.services.views import InstanceView
 
 DEFAULT_BANDWIDTH_MBPS = 100
@@ -160,7 +160,6 @@ def _bandwidth(req: CreateInstance, default: int) -> int:
 
 # The statements every create, start, stop or delete runs, built once: building one cost
 # more than running it on SQLite.
-_QUOTA_KEYS = ("instances", "vcpus", "ram_mib")
 _NAME_TAKEN = select(InstanceRow.id).where(InstanceRow.project_id == bindparam("project"),
                                            InstanceRow.name == bindparam("name"))
 
@@ -212,58 +211,6 @@ def _size(svc: Services, req: CreateInstance) -> _Size:
                  disk_gib=disk)
 
 
-T = TypeVar("T")
-
-
-class _Batch:
-    """What the creates of one transaction share: their projects, images, key pairs, security
-    groups, networks and each zone's host capacities, read once. Only the creates of the batch
-    write any of these meanwhile (they hold the zone lock), and they do it through this object
-    (a placement is added to the capacities read). A create that fails rolls back its
-    savepoint, and with `restore` what it added here."""
-
-    def __init__(self, s: Session) -> None:
-        self.s = s
-        self._memo: dict[tuple[object, ...], object] = {}
-        self.own_limits: dict[str, dict[str, object]] = {}  # read under the projects' lock
-
-    def get(self, key: tuple[object, ...], read: Callable[[], T]) -> T:
-        if key not in self._memo:
-            self._memo[key] = read()
-        return cast(T, self._memo[key])
-
-    def checkpoint(self) -> dict[tuple[object, ...], object]:
-        return dict(self._memo)
-
-    def restore(self, saved: dict[tuple[object, ...], object]) -> None:
-        self._memo = saved
-
-    def project(self, call: CreateCall) -> ProjectRow:
-        return self.get(("project", call.who, call.project),
-                        lambda: scope_project(self.s, call.who, call.project))
-
-    def lock_projects(self, ids: set[str]) -> None:
-        """After the zones' locks (in one order for every batch): see quotas.lock."""
-        self.own_limits = quotas.lock(self.s, ids, write_lock_held=True)
-
-    def budget(self, svc: Services, prj: ProjectRow) -> quotas.Budget:
-        return self.get(("budget", prj.id), lambda: quotas.budget(
-            self.s, svc, prj, _QUOTA_KEYS, own=self.own_limits.get(prj.id, {})))
-
-    def charged(self, budget: quotas.Budget) -> None:
-        self._memo[("budget", budget.project_id)] = budget
-
-    def capacities(self, zone: str) -> list[HostCapacity]:
-        return self.get(("capacities", zone), lambda: hosts.capacities(self.s, zone))
-
-    def placed(self, zone: str, host: HostCapacity, vcpus: int, ram_mib: int) -> None:
-        self._memo[("capacities", zone)] = [
-            replace(h, vcpus_used=h.vcpus_used + vcpus, ram_mib_used=h.ram_mib_used + ram_mib)
-            if h.host_id == host.host_id else h
-            for h in self.capacities(zone)
-        ]
-
-
 def create(svc: Services, who: Principal, project: str | None, req: CreateInstance) -> InstanceView:
     """One instance: `create_many` with a batch of one."""
     out = create_many(svc, [CreateCall(who, project, req)])[0]
@@ -293,11 +240,11 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
             # that two batches cannot each hold a zone the other waits for.
             for zone in sorted({size.zone for _, _, size in sized}):
                 hosts.lock_zone(s, zone)
-            batch = _Batch(s)
+            batch = CreateBatch(s)
             ready = []
             for i, call, size in sized:
                 try:
-                    ready.append((i, call, size, batch.project(call).id))
+                    ready.append((i, call, size, batch.project(call.who, call.project).id))
                 except CumuloError as e:
                     out[i] = e
             if ready:
@@ -325,9 +272,9 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
     return [out[i] for i in range(len(calls))]
 
 
-def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> _Created:
+def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size) -> _Created:
     s, req, zone, arch = batch.s, call.req, size.zone, size.arch
-    prj = batch.project(call)
+    prj = batch.project(call.who, call.project)
     image = batch.get(("image", prj.id, req.image, arch.value),
                       lambda: images.resolve_variant(s, prj, req.image, arch.value))
     disk = max(size.disk_gib, -(-image.virtual_size_bytes // 2**30), 1)

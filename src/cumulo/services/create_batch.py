@@ -1,0 +1,67 @@
+"""What the instance creates of one transaction share (cumulo.services.instances.create_many)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TypeVar, cast
+
+from sqlalchemy.orm import Session
+
+from cumulo.db.tables import ProjectRow
+from cumulo.scheduler.placement import HostCapacity
+from cumulo.services import hosts, quotas
+from cumulo.services.auth import scope_project
+from cumulo.services.context import Principal, Services
+
+T = TypeVar("T")
+# The limits an instance counts against.
+_QUOTA_KEYS = ("instances", "vcpus", "ram_mib")
+
+
+class CreateBatch:
+    """What the creates of one transaction share: their projects, images, key pairs, security
+    groups, networks and each zone's host capacities, read once. Only the creates of the batch
+    write any of these meanwhile (they hold the zone lock), and they do it through this object
+    (a placement is added to the capacities read). A create that fails rolls back its
+    savepoint, and with `restore` what it added here."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+        self._memo: dict[tuple[object, ...], object] = {}
+        self.own_limits: dict[str, dict[str, object]] = {}  # read under the projects' lock
+
+    def get(self, key: tuple[object, ...], read: Callable[[], T]) -> T:
+        if key not in self._memo:
+            self._memo[key] = read()
+        return cast(T, self._memo[key])
+
+    def checkpoint(self) -> dict[tuple[object, ...], object]:
+        return dict(self._memo)
+
+    def restore(self, saved: dict[tuple[object, ...], object]) -> None:
+        self._memo = saved
+
+    def project(self, who: Principal, project: str | None) -> ProjectRow:
+        return self.get(("project", who, project), lambda: scope_project(self.s, who, project))
+
+    def lock_projects(self, ids: set[str]) -> None:
+        """After the zones' locks (in one order for every batch): see quotas.lock."""
+        self.own_limits = quotas.lock(self.s, ids, write_lock_held=True)
+
+    def budget(self, svc: Services, prj: ProjectRow) -> quotas.Budget:
+        return self.get(("budget", prj.id), lambda: quotas.budget(
+            self.s, svc, prj, _QUOTA_KEYS, own=self.own_limits.get(prj.id, {})))
+
+    def charged(self, budget: quotas.Budget) -> None:
+        self._memo[("budget", budget.project_id)] = budget
+
+    def capacities(self, zone: str) -> list[HostCapacity]:
+        return self.get(("capacities", zone), lambda: hosts.capacities(self.s, zone))
+
+    def placed(self, zone: str, host: HostCapacity, vcpus: int, ram_mib: int) -> None:
+        self._memo[("capacities", zone)] = [
+            replace(h, vcpus_used=h.vcpus_used + vcpus, ram_mib_used=h.ram_mib_used + ram_mib)
+            if h.host_id == host.host_id else h
+            for h in self.capacities(zone)
+        ]
