@@ -107,8 +107,17 @@ _BEAT = (update(HostRow).where(HostRow.id == bindparam("host"), HostRow.state ==
 
 
 def _came_back(s: Session, host_id: str, name: str) -> None:
-    events.add(s, [events.Event(None, "host", host_id, name, "up", "system",
-                                "its agent is heard from again")])
+    said = f"host {name}'s agent is heard from again"
+    events.add(s, [events.Event(None, "host", host_id, name, "up", "system", said),
+                   *_on_instances(s, host_id, "host_up", said)])
+
+
+def _on_instances(s: Session, host_id: str, kind: str, said: str) -> list[events.Event]:
+    """An event for each instance of the host, in its project's log."""
+    return [events.Event(project_id, "instance", iid, vm, kind, "system", said)
+            for iid, vm, project_id in s.execute(
+                select(InstanceRow.id, InstanceRow.name, InstanceRow.project_id)
+                .where(InstanceRow.host_id == host_id))]
 
 
 def sweep_down(svc: Services) -> list[str]:
@@ -130,13 +139,8 @@ def sweep_down(svc: Services) -> list[str]:
                 continue  # it beat meanwhile, or another process marked it
             svc.notifier.heartbeats.pop(host_id, None)  # its next beat is written
             said = f"no word from host {name}'s agent for {HOST_DOWN_AFTER.total_seconds():g} s"
-            happened = [events.Event(None, "host", host_id, name, "down", "system", said)]
-            happened += [events.Event(project_id, "instance", iid, vm, "host_down", "system",
-                                      said)
-                         for iid, vm, project_id in s.execute(
-                             select(InstanceRow.id, InstanceRow.name, InstanceRow.project_id)
-                             .where(InstanceRow.host_id == host_id))]
-            events.add(s, happened)
+            events.add(s, [events.Event(None, "host", host_id, name, "down", "system", said),
+                           *_on_instances(s, host_id, "host_down", said)])
             marked.append(name)
     return marked
 

@@ -6,6 +6,7 @@ from sqlalchemy import delete as sa_delete
 from sqlalchemy import func, select
 
 from cumulo.db.tables import (
+    EventRow,
     InstanceRow,
     KeyPairRow,
     NetworkRow,
@@ -59,7 +60,7 @@ def delete(svc: Services, who: Principal, name: str) -> None:
                 code="project_not_empty",
             )
         # Everything else the project owns goes with it (no instance uses any of it any more).
-        for table in (TokenRow, NetworkRow, KeyPairRow, PublicIpRow, SecurityGroupRow):
+        for table in (TokenRow, NetworkRow, KeyPairRow, PublicIpRow, SecurityGroupRow, EventRow):
             s.execute(sa_delete(table).where(table.project_id == row.id))
         s.delete(row)
 

@@ -112,13 +112,16 @@ def test_volume_attach_and_detach_are_told_by_the_host(api: TestClient) -> None:
 
 def test_a_silent_host_is_marked_down_in_its_instances_events(
         svc: Services, admin_token: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hosts, "HOST_DOWN_AFTER", timedelta(seconds=0.5))
     monkeypatch.setattr(app_module, "SWEEP_EVERY_S", 0.1)
     with TestClient(create_app(svc)) as api:
         api.headers["Authorization"] = f"Bearer {admin_token}"
         member = _member(api, "p")
-        vm = api.post("/v1/instances", headers=member,
-                      json={"name": "web", "image": "tiny", "type": "t1.nano"}).json()
+        r = api.post("/v1/instances", headers=member,
+                     json={"name": "web", "image": "tiny", "type": "t1.nano"})
+        assert r.status_code == 202, r.text
+        vm = r.json()
+        # Placed while its host was up; now the host's silence counts after half a second.
+        monkeypatch.setattr(hosts, "HOST_DOWN_AFTER", timedelta(seconds=0.5))
         deadline = time.monotonic() + 20
         while not _kinds(api, member)[1:] and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -134,4 +137,13 @@ def test_a_silent_host_is_marked_down_in_its_instances_events(
         kinds = [e["kind"] for e in api.get("/v1/events").json()
                  if e["resource_type"] == "host"]
         assert kinds[:2] == ["down", "up"]  # (down again later: no more beats come)
-        assert vm["id"] in {e["resource_id"] for e in api.get("/v1/events").json()}
+        assert [k[0] for k in _kinds(api, member, resource=vm["id"])][:3] == [
+            "created", "host_down", "host_up"]
+
+
+def test_a_deleted_project_takes_its_events_along(api: TestClient) -> None:
+    member = _member(api, "gone")
+    api.post("/v1/networks", headers=member, json={"name": "n", "cidr": "10.200.0.0/24"})
+    assert [k[0] for k in _kinds(api, {}, project="gone")] == ["created"]
+    assert api.delete("/v1/projects/gone").status_code == 204
+    assert all(e["resource_name"] != "n" for e in api.get("/v1/events").json())
