@@ -18,7 +18,7 @@ from cumulo.db.tables import (
     SecurityGroupRow,
 )
 from cumulo.domain.errors import Conflict, CumuloError, InsufficientCapacity, InvalidInput, NotFound
-from cumulo.services import hosts, instances, projects
+from cumulo.services import events, hosts, instances, projects, quotas
 from cumulo.services.context import Services
 from cumulo.services.views import InstanceView
 from tests.conftest import ADMIN
@@ -108,3 +108,24 @@ def test_a_batch_of_one_is_a_create(svc: Services) -> None:
         instances.create(svc, ADMIN, None, instances.CreateInstance(
             name="solo", image="tiny", type="t1.nano"))
     assert taken.value.code == "name_taken"
+
+
+def test_a_batch_counts_its_own_creates_against_each_project_quota(svc: Services) -> None:
+    projects.create(svc, ADMIN, "other")
+    quotas.set_limits(svc, ADMIN, "default", {"instances": "2"})
+    quotas.set_limits(svc, ADMIN, "other", {"vcpus": "1"})
+    out = instances.create_many(svc, [
+        _call("a"), _call("x", "other"), _call("b"), _call("y", "other"), _call("c"),
+        _call("d", zone="local-1b"),
+    ])
+    assert [o.name if isinstance(o, InstanceView) else o.message for o in out] == [
+        "a", "x", "b", "project 'other' would use 2 of 1 vCPUs",
+        "project 'default' would use 3 of 2 instances",
+        "project 'default' would use 3 of 2 instances",
+    ]
+    assert _count(svc, InstanceRow) == 3
+    # The batch's refusals are in its events, its creates too (one statement for all).
+    told = [(e.resource_name, e.kind) for e in events.list_events(svc, ADMIN)]
+    assert told[-6:] == [("a", "created"), ("x", "created"), ("b", "created"),
+                         ("y", "quota_refused"), ("c", "quota_refused"),
+                         ("d", "quota_refused")]
