@@ -45,9 +45,10 @@ class CreateBatch:
     def project(self, who: Principal, project: str | None) -> ProjectRow:
         return self.get(("project", who, project), lambda: scope_project(self.s, who, project))
 
-    def lock_projects(self, ids: set[str]) -> None:
-        """After the zones' locks (in one order for every batch): see quotas.lock."""
-        self.own_limits = quotas.lock(self.s, ids, write_lock_held=True)
+    def lock_projects(self, projects: list[ProjectRow]) -> None:
+        """After the zones' locks (in one order for every batch), which on SQLite are the
+        write lock, taken before the projects were read: see quotas.lock."""
+        self.own_limits = quotas.lock(self.s, projects, read_under_write_lock=True)
 
     def budget(self, svc: Services, prj: ProjectRow) -> quotas.Budget:
         return self.get(("budget", prj.id), lambda: quotas.budget(

@@ -244,11 +244,11 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
             ready = []
             for i, call, size in sized:
                 try:
-                    ready.append((i, call, size, batch.project(call.who, call.project).id))
+                    ready.append((i, call, size, batch.project(call.who, call.project)))
                 except CumuloError as e:
                     out[i] = e
             if ready:
-                batch.lock_projects({project_id for *_, project_id in ready})
+                batch.lock_projects([prj for *_, prj in ready])
             refused: list[events.Event] = []
             for i, call, size, _ in ready:
                 saved = batch.checkpoint()

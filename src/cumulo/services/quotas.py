@@ -84,19 +84,21 @@ def limits(svc: Services, own: Mapping[str, Any]) -> dict[str, int | None]:
     return {k: own[k] if k in own else getattr(defaults, k) for k in UNITS}
 
 
-def lock(s: Session, project_ids: Iterable[str], *, write_lock_held: bool = False
+def lock(s: Session, projects: Iterable[ProjectRow], *, read_under_write_lock: bool = False
          ) -> dict[str, dict[str, Any]]:
     """Lock these projects until the transaction ends; their own limits, read under the lock.
     In one order (by id), so that two transactions cannot each hold a project the other
-    waits for."""
-    ids = sorted(set(project_ids))
-    query = select(ProjectRow.id, ProjectRow.quotas).where(ProjectRow.id.in_(ids)) \
-        .order_by(ProjectRow.id)
+    waits for. `read_under_write_lock`: on SQLite, the rows were read after the transaction
+    took the write lock, so they are current and locked already (nothing to do)."""
+    rows = {p.id: p for p in projects}
     if s.get_bind().dialect.name == "sqlite":
-        if not write_lock_held:
-            s.execute(_SQLITE_WRITE_LOCK)
+        if read_under_write_lock:
+            return {pid: dict(p.quotas or {}) for pid, p in rows.items()}
+        s.execute(_SQLITE_WRITE_LOCK)
+        query = select(ProjectRow.id, ProjectRow.quotas)
     else:
-        query = query.with_for_update()
+        query = select(ProjectRow.id, ProjectRow.quotas).with_for_update()
+    query = query.where(ProjectRow.id.in_(sorted(rows))).order_by(ProjectRow.id)
     return {pid: dict(own or {}) for pid, own in s.execute(query)}
 
 
@@ -127,7 +129,7 @@ def budget(s: Session, svc: Services, prj: ProjectRow, keys: Collection[str], *,
     """The project's budget for these keys; locks the project unless `own` (its limits read
     under the lock) is given."""
     if own is None:
-        own = lock(s, [prj.id]).get(prj.id, {})
+        own = lock(s, [prj]).get(prj.id, {})
     return Budget(prj.id, prj.name, limits(svc, own), usage(s, prj.id, keys))
 
 
@@ -215,7 +217,7 @@ def set_limits(svc: Services, who: Principal, name: str, pairs: Mapping[str, str
         prj = s.scalar(select(ProjectRow).where(ProjectRow.name == name))
         if prj is None:
             raise NotFound(f"project {name!r} does not exist", code="unknown_project")
-        own = lock(s, [prj.id]).get(prj.id, {})
+        own = lock(s, [prj]).get(prj.id, {})
         for key, value in changes.items():
             if value == DEFAULT:
                 own.pop(key, None)
