@@ -67,11 +67,17 @@ def up(
             help="SQLAlchemy URL; default: SQLite in the state dir.",
         ),
     ] = None,
+    hosts: Annotated[
+        int | None,
+        typer.Option("--hosts", help="Simulated hypervisor hosts, each its own namespace, "
+                     "agent and underlay address, spread over the zones (default: as many as "
+                     "the state dir has, else 1)."),
+    ] = None,
 ) -> None:
-    """Run the whole cloud (API, scheduler, local agent) in the foreground."""
+    """Run the whole cloud (API, scheduler, local agents) in the foreground."""
     from cumulo.allinone import up as up_mod
 
-    up_mod.run((state_dir or default_state_dir()).absolute(), port, config, database_url)
+    up_mod.run((state_dir or default_state_dir()).absolute(), port, config, database_url, hosts)
 
 
 @app.command()
