@@ -5,11 +5,13 @@ its own namespace, state dir, lock and underlay address; placement over zones an
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cumulo.agent.net.names import netns_name
 from cumulo.allinone.fabric import UNDERLAY_IF, fabric_netns
-from tests.integration.conftest import Cloud, agent_pids
+from tests.integration.conftest import CUMULO, Cloud, agent_pids
 
 
 def _netns(name: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -89,3 +91,65 @@ def test_down_leaves_nothing_and_up_brings_each_instance_back_where_it_ran(
         assert vm["host"] == host
     r = c.cli("up", "--state-dir", str(c.state_dir), "--hosts", "2", check=False)
     assert r.returncode != 0
+
+
+def _hosts_up(c: Cloud) -> dict[str, str]:
+    return {h["name"]: z["name"] for z in c.json("zone", "list") for h in z["hosts"]
+            if h["state"] == "up"}
+
+
+def test_a_host_joins_over_the_network_with_a_one_time_token(fake_cloud: Cloud,
+                                                             tmp_path: Path) -> None:
+    c = fake_cloud
+    made = c.json("host", "join-token", "create", "--zone", "local-1b", "--ttl", "10m")
+    host_dir = tmp_path / "hv-far"
+    argv = [*CUMULO, "agent", "--api", f"http://127.0.0.1:{c.port}", "--zone", "local-1b",
+            "--name", "hv-far", "--state-dir", str(host_dir), "--driver", "fake"]
+
+    def start(*extra: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*argv, *extra], env=c.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    agent = start("--join-token", made["token"])
+    try:
+        _wait(lambda: _hosts_up(c).get("hv-far") == "local-1b", agent)
+        assert (host_dir / "agent.token").stat().st_mode & 0o777 == 0o600
+        vm = c.json("instance", "create", "far-1", "--image", "tiny", "--type", "t1.nano",
+                    "--zone", "local-1b", "--wait")
+        assert (vm["state"], vm["host"]) == ("running", "hv-far")
+
+        # The token is spent: another machine cannot join with it.
+        thief = subprocess.run([*CUMULO, "agent", "--api", f"http://127.0.0.1:{c.port}",
+                                "--zone", "local-1b", "--name", "hv-thief", "--state-dir",
+                                str(tmp_path / "thief"), "--driver", "fake", "--join-token",
+                                made["token"]], env=c.env, capture_output=True, text=True,
+                               timeout=60)
+        assert thief.returncode != 0
+        assert thief.stderr.strip().splitlines() == [
+            "error[join_token_used]: this join token was already used (by host hv-far)"]
+
+        # Restarted, the agent uses its own token: no join token needed any more.
+        agent.terminate()
+        agent.wait(timeout=30)
+        agent = start()
+        deadline = time.monotonic() + 60
+        while c.json("instance", "show", "far-1")["state"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        _wait(lambda: _hosts_up(c).get("hv-far") == "local-1b", agent)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+    # A new machine without a join token is told what it lacks.
+    bare = subprocess.run([*argv[:-4], "--state-dir", str(tmp_path / "bare"), "--driver",
+                           "fake"], env=c.env, capture_output=True, text=True, timeout=60)
+    assert bare.returncode != 0 and bare.stderr.startswith("error[no_token]: "), bare.stderr
+
+
+def _wait(ok: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        if proc.poll() is not None:
+            raise AssertionError(f"agent exited: {proc.stderr.read() if proc.stderr else ''!r}")
+        assert time.monotonic() < deadline, "the agent did not join in time"
+        time.sleep(0.2)

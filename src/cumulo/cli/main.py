@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 
 from cumulo.allinone.paths import DEFAULT_PORT, default_state_dir
-from cumulo.cli import bench, catalogue, images, instances, networking, volumes
+from cumulo.cli import (
+    agent_cmd,
+    bench,
+    catalogue,
+    images,
+    instances,
+    join_tokens,
+    networking,
+    volumes,
+)
 from cumulo.cli.client import CliError
 from cumulo.cli.output import CliState, err
 from cumulo.domain.errors import CumuloError
@@ -32,6 +41,11 @@ app.add_typer(networking.ip_app, name="ip")
 app.add_typer(volumes.volume_app, name="volume")
 app.add_typer(volumes.snapshot_app, name="snapshot")
 app.command("bench")(bench.bench)
+app.command("agent")(agent_cmd.agent)
+# `cumulo host ...` gets its other commands with the host lifecycle (#18).
+host_app = typer.Typer(help="Hypervisor hosts (admin).", no_args_is_help=True)
+host_app.add_typer(join_tokens.join_token_app, name="join-token")
+app.add_typer(host_app, name="host")
 app.command("ssh", context_settings={"allow_interspersed_args": False})(networking.ssh)
 
 
