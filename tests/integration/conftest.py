@@ -162,6 +162,14 @@ def fake_cloud_3() -> Iterator[Cloud]:
 
 
 @pytest.fixture
+def qemu_cloud_3() -> Iterator[Cloud]:
+    """Three simulated hosts running real VMs: two in local-1a, one in local-1b."""
+    for cloud in _make("qemu", ["--hosts", "3"]):
+        cloud.start()
+        yield cloud
+
+
+@pytest.fixture
 def qemu_cloud() -> Iterator[Cloud]:
     for cloud in _make("qemu"):
         cloud.start()
