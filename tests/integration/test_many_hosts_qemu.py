@@ -5,6 +5,7 @@ namespace, link or process of any host."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,7 @@ def test_an_instance_on_each_host_reached_by_ssh_and_down_leaves_nothing(
         # Each VM runs in its own host's namespace, from its own host's files.
         (pid,) = [pid for vm_id, pid in qemu_pids(c.state_dir).items()
                   if vm_id == c.json("instance", "show", name)["id"]]
-        cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         assert str(c.state_dir / "hosts" / host).encode() in cmd
     namespaces = {fabric_netns(c.state_dir)} | {netns_name(c.state_dir / "hosts" / h)
                                                 for h in HOSTS}

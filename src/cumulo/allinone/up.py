@@ -132,6 +132,13 @@ def prepare(paths: StatePaths, settings: Settings, db: Database, port: int,
     agents' configs)."""
     upgrade(db)
     url = f"http://127.0.0.1:{port}"
+    write_client_config(paths, db, url)
+    return url, [_prepare_host(paths, settings, db, url, h) for h in hosts]
+
+
+def write_client_config(paths: StatePaths, db: Database, url: str) -> None:
+    """The default project, and `client.toml` (URL + an admin token, 0600) for the CLI: the
+    token it holds is kept while valid."""
     admin = _read_token(paths.client_config)
     with db.session() as s:
         ensure_default_project(s)
@@ -139,7 +146,6 @@ def prepare(paths: StatePaths, settings: Settings, db: Database, port: int,
         with db.session() as s:
             admin = issue_token(s, Role.ADMIN, description="created by cumulo up")
     write_private(paths.client_config, tomli_w.dumps({"url": url, "token": admin}))
-    return url, [_prepare_host(paths, settings, db, url, h) for h in hosts]
 
 
 def _prepare_host(paths: StatePaths, settings: Settings, db: Database, url: str,

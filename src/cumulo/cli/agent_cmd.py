@@ -26,11 +26,18 @@ def _defaults() -> LocalHost:
 
 
 def _join(api: str, join_token: str, name: str, zone: str) -> str:
-    try:
-        r = httpx.post(f"{api.rstrip('/')}/v1/agent/join", timeout=30.0,
-                       json={"join_token": join_token, "name": name, "zone": zone})
-    except httpx.HTTPError as e:
-        raise CliError("unreachable", f"cannot reach the cumulo API at {api}: {e}") from e
+    """The host token, from the first API (of a comma-separated list) that answers."""
+    r: httpx.Response | None = None
+    error: Exception | str = "no URL given"
+    for url in (u.strip() for u in api.split(",") if u.strip()):
+        try:
+            r = httpx.post(f"{url.rstrip('/')}/v1/agent/join", timeout=30.0,
+                           json={"join_token": join_token, "name": name, "zone": zone})
+            break
+        except httpx.TransportError as e:
+            error = e
+    if r is None:
+        raise CliError("unreachable", f"cannot reach the cumulo API at {api}: {error}")
     if r.status_code != 201:
         try:
             body = r.json()
@@ -43,7 +50,8 @@ def _join(api: str, join_token: str, name: str, zone: str) -> str:
 
 
 def agent(
-    api: Annotated[str, typer.Option("--api", help="The cloud's API URL.")],
+    api: Annotated[str, typer.Option("--api", help="The cloud's API URL (several, comma-"
+                                     "separated: they are tried in turn).")],
     zone: Annotated[str, typer.Option("--zone", help="The zone this host is in.")],
     join_token: Annotated[
         str | None,

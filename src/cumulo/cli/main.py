@@ -95,6 +95,25 @@ def up(
 
 
 @app.command()
+def api(
+    database_url: Annotated[
+        str,
+        typer.Option("--database-url", envvar="CUMULO_DATABASE_URL",
+                     help="SQLAlchemy URL (PostgreSQL for several API processes)."),
+    ],
+    listen: Annotated[str, typer.Option("--listen", help="ADDRESS:PORT to serve on.")] =
+        f"127.0.0.1:{DEFAULT_PORT}",
+    state_dir: StateDir = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Server TOML config.")] = None,
+) -> None:
+    """Run an API process alone (hosts run `cumulo agent`); several may share PostgreSQL."""
+    from cumulo.allinone import api_process
+
+    api_process.run(database_url, listen, (state_dir or default_state_dir()).absolute(),
+                    config)
+
+
+@app.command()
 def down(state_dir: StateDir = None) -> None:
     """Stop the cloud and its VMs; disks and the database are kept."""
     from cumulo.allinone import down as down_mod
