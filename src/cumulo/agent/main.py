@@ -63,6 +63,7 @@ class AgentConfig:
     stop_timeout_s: float = 30.0
     metrics_listen: str = ""  # HOST:PORT of the /metrics endpoint ("": none)
     metrics_token: str = ""  # a scrape must carry it ("": any local scrape)
+    underlay_ip: str | None = None  # this host's address on the underlay (VXLAN, NBD, ...)
 
 
 def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
