@@ -178,6 +178,9 @@ class Settings(BaseModel):
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     volume_types: list[VolumeType] = Field(default_factory=_default_volume_types)
     max_volume_gib: int = Field(default=1024, gt=0, le=MAX_INTEGER)
+    # Thin instance disks overcommit a host's disk by this ratio: an instance claims its
+    # image's size plus disk_gib / ratio of the host's disk (1: no overcommit).
+    disk_allocation_ratio: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False)
     # Largest image a user may import (file size and virtual size).
     max_image_gib: int = Field(default=64, gt=0, le=MAX_INTEGER)
     # Networks an image URL may point into besides the public Internet, e.g. a local mirror's

@@ -5,6 +5,13 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 
+class HostDisk(BaseModel):
+    """The filesystem of a host's state dir (instance disks, volumes): placement's input."""
+
+    total_mib: int
+    free_mib: int
+
+
 class HostRegistration(BaseModel):
     name: str
     zone: str
@@ -14,6 +21,7 @@ class HostRegistration(BaseModel):
     driver: str
     accel: str
     agent_url: str = ""
+    disk: HostDisk | None = None  # None: an agent that does not report it (not checked)
 
 
 class Registered(BaseModel):
@@ -160,6 +168,7 @@ class Report(BaseModel):
     observations: list[Observation]
     volumes: list[VolumeObservation] = Field(default_factory=list)
     snapshots: list[SnapshotObservation] = Field(default_factory=list)
+    disk: HostDisk | None = None  # sent when it changed notably since the last report
 
 
 class Poll(BaseModel):

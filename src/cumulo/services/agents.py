@@ -36,6 +36,7 @@ from cumulo.protocol import (
     Assignment,
     Assignments,
     DnsRecord,
+    HostDisk,
     ImageRef,
     NetworkRef,
     NicRef,
@@ -501,7 +502,8 @@ _APPLY = (update(InstanceRow)
 
 def report(svc: Services, who: Principal, name: str, observations: list[Observation],
            volumes: list[VolumeObservation] | None = None,
-           snapshots: list[SnapshotObservation] | None = None) -> None:
+           snapshots: list[SnapshotObservation] | None = None,
+           disk: HostDisk | None = None) -> None:
     """Apply what the agent saw. Stale reports (older generation) cannot undo a newer request."""
     reporter = host_id(svc, who, name)
     observations = [o for o in observations
@@ -515,6 +517,8 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
     changed: set[str] = set()  # instances whose assignment changed
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, reporter)
+        if disk is not None:
+            hosts.record_disk(s, reporter, disk)
         conn = s.connection()
         rows = {r[0]: r for r in conn.execute(
             _REPORTED, {"ids": [o.id for o in observations], "host": reporter})}

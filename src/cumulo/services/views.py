@@ -78,6 +78,11 @@ class HostView(BaseModel):
     ram_mib: int
     vcpus_used: int
     ram_mib_used: int
+    # The state dir's filesystem as last reported, and what placement may still claim of it
+    # (None: the host does not report disk space).
+    disk_total_mib: int | None = None
+    disk_free_mib: int | None = None
+    disk_room_mib: int | None = None
     instances: int
     last_seen: datetime
 
