@@ -61,6 +61,7 @@ class AgentConfig:
     accel: str = "auto"
     architectures: list[Arch] = field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = 30.0
+    resume_free_mib: int = 64
 
 
 def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
@@ -108,6 +109,7 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
         driver,
         cfg.host_dir / "instances",
         stop_timeout_s=cfg.stop_timeout_s,
+        resume_free_bytes=cfg.resume_free_mib * 1024 * 1024,
         network=network,
         volumes=vrec.attachments_for,
     )

@@ -107,6 +107,7 @@ def prepare(paths: StatePaths, settings: Settings, db: Database, port: int) -> t
                 "accel": host.accel,
                 "architectures": [a.value for a in host.architectures],
                 "stop_timeout_s": host.stop_timeout_s,
+                "resume_free_mib": host.resume_free_mib,
             },
             indent=2,
         )

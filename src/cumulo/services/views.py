@@ -152,6 +152,7 @@ class VolumeView(BaseModel):
     type: str
     iops: int
     mbps: int
+    write_error: str  # stop (a write the host cannot do pauses the VM) | report (EIO)
     state: str
     state_reason: str
     attached_to: str | None  # instance name
