@@ -31,10 +31,14 @@ def small_fs(where: Path, size: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def cloud_with_small_fs(driver: str, subdir: str, size: str) -> Iterator[tuple[Cloud, Path]]:
-    """A cloud whose `subdir` of the state dir (e.g. "hosts/local") is a small filesystem.
-    Its processes and VMs are stopped before the filesystem goes."""
+def cloud_with_small_fs(driver: str, subdir: str, size: str, config: str = ""
+                        ) -> Iterator[tuple[Cloud, Path]]:
+    """A cloud whose `subdir` of the state dir (e.g. "hosts/local") is a small filesystem;
+    `config` is added to its cumulo.toml (whose last table is [host]). Its processes and VMs
+    are stopped before the filesystem goes."""
     for cloud in _make(driver):
+        toml = cloud.state_dir / "cumulo.toml"
+        toml.write_text(toml.read_text() + config)
         with small_fs(cloud.state_dir / subdir, size) as mount:
             try:
                 cloud.start()
