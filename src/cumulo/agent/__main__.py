@@ -29,6 +29,7 @@ def _load(path: Path) -> AgentConfig:
         stop_timeout_s=float(raw.get("stop_timeout_s", 30.0)),
         metrics_listen=str(raw.get("metrics_listen", "")),
         metrics_token=str(raw.get("metrics_token", "")),
+        resume_free_mib=int(raw.get("resume_free_mib", 64)),
         underlay_ip=raw.get("underlay_ip"),
     )
 

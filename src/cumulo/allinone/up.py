@@ -179,6 +179,7 @@ def _prepare_host(paths: StatePaths, settings: Settings, db: Database, url: str,
                 "underlay_ip": str(host.underlay.ip) if host.underlay else None,
                 "metrics_listen": f"127.0.0.1:{host.metrics_port}" if host.metrics_port else "",
                 "metrics_token": settings.metrics_token,
+                "resume_free_mib": settings.host.resume_free_mib,
             },
             indent=2,
         )

@@ -83,6 +83,12 @@ class CloudCollector(Collector):
                                 labels=labels)
         ram_used = GaugeMetricFamily("cumulo_host_ram_mib_used", "MiB its instances hold",
                                      labels=labels)
+        disk = GaugeMetricFamily("cumulo_host_disk_mib", "MiB of the host's state dir's "
+                                 "filesystem (as its agent reported)", labels=labels)
+        disk_free = GaugeMetricFamily("cumulo_host_disk_free_mib", "MiB free there",
+                                      labels=labels)
+        disk_claimed = GaugeMetricFamily("cumulo_host_disk_claimed_mib",
+                                         "MiB its instances' disks claim", labels=labels)
         with self.svc.db.session() as s:
             for state, zone, n in s.execute(
                     select(InstanceRow.state, InstanceRow.zone, func.count())
@@ -95,7 +101,12 @@ class CloudCollector(Collector):
                 vcpus_used.add_metric(at, cap.vcpus_used)
                 ram.add_metric(at, cap.ram_mib_total)
                 ram_used.add_metric(at, cap.ram_mib_used)
-        yield from (instances, up, vcpus, vcpus_used, ram, ram_used)
+                disk_claimed.add_metric(at, cap.disk_claimed_mib)
+                if cap.disk_total_mib is not None and cap.disk_free_mib is not None:
+                    disk.add_metric(at, cap.disk_total_mib)
+                    disk_free.add_metric(at, cap.disk_free_mib)
+        yield from (instances, up, vcpus, vcpus_used, ram, ram_used, disk, disk_free,
+                    disk_claimed)
 
 
 def token_matches(authorization: str | None, token: str) -> bool:

@@ -60,9 +60,12 @@ class CreateBatch:
     def capacities(self, zone: str) -> list[HostCapacity]:
         return self.get(("capacities", zone), lambda: hosts.capacities(self.s, zone))
 
-    def placed(self, zone: str, host: HostCapacity, vcpus: int, ram_mib: int) -> None:
+    def placed(self, zone: str, host: HostCapacity, vcpus: int, ram_mib: int,
+               disk_mib: int) -> None:
         self._memo[("capacities", zone)] = [
-            replace(h, vcpus_used=h.vcpus_used + vcpus, ram_mib_used=h.ram_mib_used + ram_mib)
+            replace(h, vcpus_used=h.vcpus_used + vcpus, ram_mib_used=h.ram_mib_used + ram_mib,
+                    disk_claimed_mib=h.disk_claimed_mib + disk_mib,
+                    disk_pending_mib=h.disk_pending_mib + disk_mib)
             if h.host_id == host.host_id else h
             for h in self.capacities(zone)
         ]

@@ -73,6 +73,8 @@ def test_latency_per_route_template_and_gauges_of_the_cloud(api: TestClient) -> 
     assert value(text, "cumulo_host_ram_mib", **at) == 4096
     assert value(text, "cumulo_host_ram_mib_used", **at) == 3 * 128
     assert value(text, "cumulo_host_up", **at) == 1
+    claimed = value(text, "cumulo_host_disk_claimed_mib", **at)
+    assert claimed is not None and claimed > 0
 
 
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-utils")
