@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.main
 
 from cumulo.allinone.paths import DEFAULT_PORT, default_state_dir
 from cumulo.cli import bench, catalogue, images, instances, networking, volumes
@@ -84,6 +86,13 @@ def down(state_dir: StateDir = None) -> None:
     err.print(f"cumulo: stopped {stopped} VM(s); disks and database kept")
 
 
+@functools.cache
+def command() -> Any:
+    """The Click command Typer builds from `app` (once: building it reads every command's
+    signature, a third of a second)."""
+    return typer.main.get_command(app)
+
+
 def usage_line(e: typer.TyperException) -> str:
     """The parser's error as the one line every failure gets: `no such option: -x (see
     cumulo instance create --help)` (no usage box: a script reads the code, a person the
@@ -105,7 +114,7 @@ def main() -> None:
     # Not standalone: Typer would print its own usage box for a parser error and exit; here
     # every command's parser errors end, like every other failure, as one line.
     try:
-        status = app(prog_name="cumulo", standalone_mode=False)
+        status = command()(prog_name="cumulo", standalone_mode=False)
     except typer.TyperException as e:
         # Typer exports only the base of its (vendored) Click exceptions: a usage error is
         # the one that exits 2. `cumulo instance` alone printed its help (no_args_is_help):

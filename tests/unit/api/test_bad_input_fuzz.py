@@ -44,12 +44,12 @@ from schemathesis.core.result import Ok
 from schemathesis.generation.case import Case
 from sqlalchemy import select
 
-from cumulo.db.tables import Base, InstanceRow, SnapshotRow, VolumeRow
+from cumulo.db.tables import InstanceRow, SnapshotRow, VolumeRow
 from cumulo.protocol import VolumeObservation
 from cumulo.services import agents, download_guard
 from cumulo.services.auth import issue_token
 from cumulo.services.context import Principal, Role, Services
-from tests.conftest import AGENT_HOST
+from tests.conftest import AGENT_HOST, stored_state
 
 # The values a user gets wrong or an attacker tries.
 ODD_STRINGS = [
@@ -187,18 +187,8 @@ def _send(api: TestClient, case: AnyCase, data: st.DataObject, token: str,
     return sent, r
 
 
-def _state(svc: Services) -> list[Any]:
-    """Everything a request could change: every row of every table, and the image store."""
-    with svc.db.session() as s:
-        tables = [sorted(map(repr, s.execute(t.select()).all()))
-                  for t in Base.metadata.sorted_tables]
-    store = svc.image_store
-    files = sorted(p.name for p in store.iterdir()) if store and store.exists() else []
-    return [tables, files]
-
-
 def _check(sent: str, r: Any, before: list[Any], svc: Services) -> list[Any]:
-    after = _state(svc)
+    after = stored_state(svc)
     assert r.status_code < 500, f"{sent} -> {r.status_code} {r.text[:500]}"
     if r.status_code >= 400:
         assert r.headers["content-type"] == "application/problem+json", \
@@ -213,7 +203,7 @@ def _check(sent: str, r: Any, before: list[Any], svc: Services) -> list[Any]:
 
 
 def _fuzz(api: TestClient, svc: Services, token: str, agents: bool) -> None:
-    state = [_state(svc)]
+    state = [stored_state(svc)]
     names: tuple[str, ...] = ()
     if agents:  # the ids of what exists: an observation naming one gets past the lookup
         with svc.db.session() as s:
@@ -270,7 +260,7 @@ def test_nul_and_unpaired_surrogates_are_refused_before_any_service(
     api: TestClient, svc: Services
 ) -> None:
     # On PostgreSQL a NUL failed the query (500); on both, a surrogate failed UTF-8 (500).
-    before = _state(svc)
+    before = stored_state(svc)
     assert _problem(api.get("/v1/instances/a%00b"), 400, "invalid_character")["detail"] \
         .startswith("ref:")
     _problem(api.get("/v1/volumes", params={"project": "x\x00"}), 400, "invalid_character")
@@ -280,7 +270,7 @@ def test_nul_and_unpaired_surrogates_are_refused_before_any_service(
         r = api.post("/v1/security-groups", content=body,
                      headers={"Content-Type": "application/json"})
         _problem(r, 400, "invalid_character")
-    assert _state(svc) == before
+    assert stored_state(svc) == before
 
 
 def test_details_stay_one_short_line_whatever_they_echo(api: TestClient) -> None:
