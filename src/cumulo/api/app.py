@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 from cumulo import __version__
-from cumulo.api import errors, threads
+from cumulo.api import errors, openapi, threads
 from cumulo.api.batches import CreateBatcher
 from cumulo.api.inputs import refuse_unstorable
 from cumulo.api.routers import agents, catalogue, images, instances, networking, projects, volumes
@@ -38,6 +38,8 @@ def create_app(svc: Services) -> FastAPI:
     for module in (agents, instances, catalogue, images, projects, networking, volumes):
         app.include_router(module.router,
                            dependencies=[] if module is agents else user_facing)
+
+    openapi.install(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
