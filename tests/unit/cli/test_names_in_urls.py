@@ -13,7 +13,6 @@ nothing in the database or the image store.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,14 +21,13 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
-import typer.main
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from cumulo.api.app import create_app
 from cumulo.api.server import Server
-from cumulo.cli import main as cli_main
 from cumulo.services.context import Services
+from tests.cli_commands import commands, run
 from tests.conftest import free_port, stored_state
 
 PLAIN = "plain-1"
@@ -108,31 +106,6 @@ def served(svc: Services, admin_token: str, tmp_path: Path,
         serving.join(10)
 
 
-def _commands() -> Iterator[tuple[list[str], Any]]:
-    def walk(command: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
-        subcommands = getattr(command, "commands", None)
-        if subcommands is None:
-            yield path, command
-            return
-        for name, sub in subcommands.items():
-            yield from walk(sub, [*path, name])
-
-    yield from walk(typer.main.get_command(cli_main.app), [])
-
-
-def _cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
-    saved = sys.argv
-    sys.argv = ["cumulo", *argv]
-    try:
-        with pytest.raises(SystemExit) as exited:
-            cli_main.main()
-    finally:
-        sys.argv = saved
-    out, err = capsys.readouterr()
-    code = exited.value.code
-    return code if isinstance(code, int) else 1, out, err
-
-
 def _argv(path: list[str], command: Any, name_param: str, name: str,
           served: Served) -> list[str]:
     options = served.options()
@@ -162,19 +135,19 @@ def test_every_name_is_one_path_segment_in_every_command(
     served: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tried: set[str] = set()
-    for path, command in _commands():
+    for path, command in commands():
         for p in command.params:
             if p.param_type_name != "argument" or p.name in NOT_NAMES:
                 continue
             tried.add(" ".join(path))
             served.calls.clear()
-            _cli(capsys, _argv(path, command, p.name, PLAIN, served))
+            run(capsys, *_argv(path, command, p.name, PLAIN, served))
             plain = list(served.calls)
             before = stored_state(served.svc)
             for name in HOSTILE:
                 served.calls.clear()
                 argv = _argv(path, command, p.name, name, served)
-                status, out, err = _cli(capsys, argv)
+                status, out, err = run(capsys, *argv)
                 what = f"cumulo {' '.join(argv)!r}: {err!r} {out[:200]!r}"
                 assert status != 0, what  # no such name can exist
                 assert err.count("\n") == 1 and err.startswith("error["), what
@@ -194,11 +167,11 @@ def test_every_name_is_one_path_segment_in_every_command(
 def test_the_volume_trav_outlives_instance_delete_dotdot(
     served: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, _, err = _cli(capsys, ["instance", "delete", "../volumes/trav"])
+    status, _, err = run(capsys, "instance", "delete", "../volumes/trav")
     assert status == 1 and err.startswith("error[invalid_name]: "), err
-    status, out, _ = _cli(capsys, ["-o", "json", "volume", "show", "trav"])
+    status, out, _ = run(capsys, "-o", "json", "volume", "show", "trav")
     assert status == 0 and '"state": "creating"' in out
-    status, out, err = _cli(capsys, ["instance", "show", "../zones"])
+    status, out, err = run(capsys, "instance", "show", "../zones")
     assert status == 1 and "local-1a" not in out, (out, err)
 
 
@@ -208,5 +181,5 @@ def test_image_import_of_a_path_like_name_says_invalid_name(
 ) -> None:
     image = served.tmp / "disk.img"
     image.write_bytes(b"\0" * 4096)
-    status, _, err = _cli(capsys, ["image", "import", name, str(image), "--arch", "x86_64"])
+    status, _, err = run(capsys, "image", "import", name, str(image), "--arch", "x86_64")
     assert status == 1 and err.startswith("error[invalid_name]: "), err

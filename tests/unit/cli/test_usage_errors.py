@@ -9,31 +9,17 @@ import subprocess
 import sys
 import types
 import typing
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import typer.main
 
-from cumulo.cli import main as cli_main
+from tests.cli_commands import commands, run
 
 CUMULO = [sys.executable, "-m", "cumulo.cli.main"]
 LINE = re.compile(r"^error\[usage\]: (?P<message>[^\n]+) \(see (?P<path>cumulo[a-z -]*) --help\)$")
 
 
-def _commands() -> Iterator[tuple[list[str], Any]]:
-    def walk(command: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
-        subcommands = getattr(command, "commands", None)
-        if subcommands is None:
-            yield path, command
-            return
-        for name, sub in subcommands.items():
-            yield from walk(sub, [*path, name])
-
-    yield from walk(typer.main.get_command(cli_main.app), [])
-
-
-COMMANDS = list(_commands())
+COMMANDS = list(commands())
 
 
 def _numeric(command: Any, name: str) -> bool:
@@ -56,20 +42,6 @@ def _filled(command: Any, but: str | None = None) -> list[str]:
     return args
 
 
-def _run(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """`cumulo ARGV` through the entry point the `cumulo` script calls."""
-    saved = sys.argv
-    sys.argv = ["cumulo", *argv]
-    try:
-        with pytest.raises(SystemExit) as exited:
-            cli_main.main()
-    finally:
-        sys.argv = saved
-    out, err = capfd.readouterr()
-    assert isinstance(exited.value.code, int)
-    return exited.value.code, out, err
-
-
 def _one_usage_line(status: int, out: str, err: str, path: list[str]) -> str:
     assert status == 2, err
     assert out == ""
@@ -89,16 +61,16 @@ def test_the_commands_are_found() -> None:
 def test_every_command_says_its_usage_errors_in_one_line(
     capfd: pytest.CaptureFixture[str], path: list[str], command: Any
 ) -> None:
-    message = _one_usage_line(*_run(capfd, *path, "-x"), path)
+    message = _one_usage_line(*run(capfd, *path, "-x"), path)
     assert message == "no such option: -x"
     for p in command.params:
         if p.required and p.param_type_name == "argument":
-            message = _one_usage_line(*_run(capfd, *path, *_filled(command, but=p.name)), path)
+            message = _one_usage_line(*run(capfd, *path, *_filled(command, but=p.name)), path)
             # (positional: the ones after it move up, so the last one is the one missing)
             assert message.startswith("missing argument '"), message
         elif p.param_type_name == "option" and _numeric(command, p.name):
             argv = [*path, *_filled(command, but=p.name), p.opts[0], "abc"]
-            message = _one_usage_line(*_run(capfd, *argv), path)
+            message = _one_usage_line(*run(capfd, *argv), path)
             assert message.startswith(f"invalid value for '{p.opts[0]}'"), message
 
 
