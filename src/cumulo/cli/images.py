@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from cumulo.cli.client import CliError
+from cumulo.cli.client import CliError, segment
 from cumulo.cli.output import emit, out, state
 from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB
 
@@ -72,6 +72,7 @@ def image_import(
 ) -> None:
     """Import an image from a local FILE (uploaded) or an http(s) URL (fetched by the API)."""
     st = state(ctx)
+    segment(name)  # '', '.' or '..': refused before a byte is read or sent
     if source.startswith(("http://", "https://")):
         body = {"name": name, "url": source, "arch": arch, "boot": boot,
                 "default_user": default_user, "os": os_name, "public": public,
