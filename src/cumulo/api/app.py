@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from cumulo import __version__
+from cumulo import __version__, web
 from cumulo.api import errors, threads
 from cumulo.api.batches import CreateBatcher
 from cumulo.api.inputs import refuse_unstorable
-from cumulo.api.routers import agents, catalogue, images, instances, networking, projects, volumes
+from cumulo.api.routers import (
+    agents,
+    catalogue,
+    images,
+    instances,
+    networking,
+    projects,
+    serial,
+    volumes,
+)
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
 
@@ -33,6 +42,9 @@ def create_app(svc: Services) -> FastAPI:
     for module in (agents, instances, catalogue, images, projects, networking, volumes):
         app.include_router(module.router,
                            dependencies=[] if module is agents else user_facing)
+    app.include_router(projects.whoami_router, dependencies=user_facing)
+    app.include_router(serial.router)  # a WebSocket: checks its own parameters
+    web.install(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

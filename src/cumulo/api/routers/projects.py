@@ -1,4 +1,4 @@
-"""Projects (admin only)."""
+"""Projects (admin only), and who a token is."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ from fastapi import APIRouter, Response
 from cumulo.api.deps import Svc, Who
 from cumulo.api.inputs import Input
 from cumulo.services import projects
-from cumulo.services.views import CreatedToken, ProjectView
+from cumulo.services.views import Caller, CreatedToken, ProjectView
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"])
+whoami_router = APIRouter(prefix="/v1", tags=["projects"])
+
+
+@whoami_router.get("/whoami")
+def whoami(svc: Svc, who: Who) -> Caller:
+    """The caller's role and project: what the web console signs in with."""
+    return projects.whoami(svc, who)
 
 
 class ProjectCreate(Input):

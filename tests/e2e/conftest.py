@@ -1,0 +1,85 @@
+"""The web console in a real browser: Playwright driving Debian's chromium (never a
+downloaded one) against a real `cumulo up` (the fake driver, or QEMU for the `qemu` tests).
+
+Every page records the browser's console errors and uncaught exceptions; a test fails if
+there was any (`console_errors` is checked at the end of each test).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+
+from tests.integration.conftest import Cloud, fake_cloud, qemu_cloud
+
+__all__ = ["fake_cloud", "qemu_cloud"]
+
+CHROMIUM = Path("/usr/bin/chromium")
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (./bootstrap test installs it)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+class Tab:
+    """A browser tab on the console, with what went wrong in it."""
+
+    def __init__(self, page: Page, base: str) -> None:
+        self.page = page
+        self.base = base
+        self.errors: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def _console(self, msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            self.errors.append(f"console: {msg.text}")
+
+    def sign_in(self, token: str) -> None:
+        self.page.goto(self.base + "/")
+        self.page.fill("#token", token)
+        self.page.click("button[type=submit]")
+        self.page.wait_for_selector("#nav a")
+
+
+@pytest.fixture
+def open_tab(browser: Browser) -> Iterator[object]:
+    """open_tab(cloud, viewport=DESKTOP) -> Tab; every tab's errors are checked at the end."""
+    tabs: list[Tab] = []
+    contexts = []
+
+    def _open(cloud: Cloud, viewport: dict[str, int] | None = None) -> Tab:
+        ctx = browser.new_context(viewport=viewport or DESKTOP, accept_downloads=True)
+        contexts.append(ctx)
+        tab = Tab(ctx.new_page(), f"http://127.0.0.1:{cloud.port}")
+        tabs.append(tab)
+        return tab
+
+    yield _open
+    for ctx in contexts:
+        ctx.close()
+    errors = [e for t in tabs for e in t.errors]
+    assert not errors, f"browser console errors: {errors}"
+
+
+def admin_token(cloud: Cloud) -> str:
+    token: str = tomllib.loads((cloud.state_dir / "client.toml").read_text())["token"]
+    return token
+
+
+def project_token(cloud: Cloud, project: str) -> str:
+    cloud.cli("project", "create", project)
+    token: str = cloud.json("project", "token", project)["token"]
+    return token
