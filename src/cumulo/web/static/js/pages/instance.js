@@ -32,6 +32,10 @@ export function render(root, [ref]) {
   }, "danger");
   replace(actions, lifecycle("start", "Starting"), lifecycle("stop", "Stopping"),
     lifecycle("reboot", "Rebooting"), remove);
+  // Usable once the instance is known (a click before would act on nothing).
+  const ready = (on) => { for (const b of actions.querySelectorAll("button")) b.disabled = !on; };
+  ready(false);
+  serialBtn.disabled = true;
 
   const loadLog = async () => {
     try {
@@ -62,11 +66,12 @@ export function render(root, [ref]) {
       if (e.status === 404) {
         gone = true;
         replace(facts, h("dd", { text: "This instance no longer exists." }));
-        for (const b of actions.querySelectorAll("button")) b.disabled = true;
+        ready(false);
         return;
       }
       throw e;
     }
+    if (!title.querySelector(".state")) { ready(true); serialBtn.disabled = false; }
     replace(title, inst.name, state(inst.state));
     const rows = [
       ["ID", inst.id], ["State", `${inst.state} (wanted: ${inst.desired_state})${inst.state_reason ? " – " + inst.state_reason : ""}`],

@@ -18,7 +18,7 @@ export function createForm({ id, inputs, label, submit, errorField = () => null 
     button.disabled = true;
     try {
       await submit(values);
-      for (const i of inputs) if (i.el.type !== "checkbox" && i.el.tagName !== "SELECT") i.el.value = "";
+      for (const i of inputs) if (i.el.type !== "checkbox" && i.el.tagName !== "SELECT") i.el.value = i.el.defaultValue;
     } catch (e) {
       if (!(e instanceof ApiError)) throw e;
       const where = errorField(e) || inputs.find((i) => (e.detail || "").startsWith(i.name))?.name;
