@@ -7,7 +7,8 @@ const enc = encodeURIComponent;
 
 export const volumes = {
   async render(root) {
-    const [zones, instances] = await Promise.all([get("/v1/zones"), get("/v1/instances")]);
+    const [zones, instances, snaps] = await Promise.all([get("/v1/zones"), get("/v1/instances"),
+      get("/v1/snapshots")]);
     let names = instances.map((i) => i.name);
     const zone = h("select", { id: "volume-zone" }, zones.map((z) => h("option", { value: z.name, text: z.name })));
     const list = h("div", { id: "volume-list" });
@@ -60,10 +61,14 @@ export const volumes = {
         { name: "name", label: "Name", el: h("input", { id: "volume-name", placeholder: "data" }) },
         { name: "size_gib", label: "Size (GiB)", el: h("input", { id: "volume-size", type: "number", min: "1", value: "1" }) },
         { name: "zone", label: "Zone", el: zone },
+        { name: "from_snapshot", label: "From snapshot", el: h("select", { id: "volume-snapshot" },
+          h("option", { value: "", text: "empty volume" }),
+          snaps.filter((x) => x.state === "available").map((x) => h("option", { value: x.name, text: `${x.name} (${x.size_gib} GiB)` }))) },
       ],
-      errorField: (e) => (e.code === "invalid_name" || e.code === "name_taken" ? "name" : e.code === "invalid_size" ? "size_gib" : e.code === "unknown_zone" ? "zone" : null),
+      errorField: (e) => (e.code === "invalid_name" || e.code === "name_taken" ? "name" : e.code === "invalid_size" ? "size_gib" : e.code === "unknown_zone" ? "zone" : /snapshot/.test(e.code) ? "from_snapshot" : null),
       submit: async (v) => {
-        await post("/v1/volumes", { name: v.name, size_gib: Number(v.size_gib), zone: v.zone });
+        await post("/v1/volumes", { name: v.name, size_gib: Number(v.size_gib), zone: v.zone,
+          ...(v.from_snapshot ? { from_snapshot: v.from_snapshot } : {}) });
         notify(`${v.name}: creating`); live.refresh();
       },
     });
@@ -90,7 +95,7 @@ export const snapshots = {
       ],
     });
     replace(root, h("h1", { text: "Snapshots" }),
-      h("p", { class: "muted", text: "New volumes are made from a snapshot with the CLI or API (from_snapshot)." }), list);
+      h("p", { class: "muted", text: "Take one from a volume; make a volume from one on the Volumes page." }), list);
     return live.stop;
   },
 };
