@@ -13,6 +13,7 @@ from cumulo.api.routers import (
     catalogue,
     images,
     instances,
+    join,
     networking,
     projects,
     serial,
@@ -39,7 +40,7 @@ def create_app(svc: Services) -> FastAPI:
     # agents' protocol checks its own fields (services.agents, services.hosts.register): a
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
-    for module in (agents, instances, catalogue, images, projects, networking, volumes):
+    for module in (agents, instances, catalogue, images, projects, networking, volumes, join):
         app.include_router(module.router,
                            dependencies=[] if module is agents else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)
