@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from tests.integration.conftest import Cloud, fake_cloud, qemu_cloud
 
@@ -27,7 +27,9 @@ _API_REFUSAL = re.compile(r"^Failed to load resource: the server responded with 
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API runs an event loop in this thread while
+# it is open, and pytest-asyncio cannot run the async tests of later modules meanwhile.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (./bootstrap test installs it)")
@@ -93,3 +95,16 @@ def project_token(cloud: Cloud, project: str) -> str:
     cloud.cli("project", "create", project)
     token: str = cloud.json("project", "token", project)["token"]
     return token
+
+
+def create_and_attach_volume(page: Page, name: str, instance: str, timeout_ms: float) -> None:
+    """On the Volumes page: create volume `name` (1 GiB), attach it to `instance`."""
+    page.click("a[href='#/volumes']")
+    page.fill("#volume-name", name)
+    page.fill("#volume-size", "1")
+    page.click("#volume-create button[type=submit]")
+    row = page.locator("#volume-list tr", has_text=name)
+    expect(row).to_contain_text("available", timeout=timeout_ms)
+    row.get_by_role("button", name="Attach").click()
+    expect(row).to_contain_text("in-use", timeout=timeout_ms)
+    expect(row).to_contain_text(instance)

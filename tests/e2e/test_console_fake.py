@@ -8,7 +8,7 @@ import re
 
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import PHONE, Tab, admin_token, project_token
+from tests.e2e.conftest import PHONE, Tab, admin_token, create_and_attach_volume, project_token
 from tests.integration.conftest import Cloud
 
 WAIT_MS = 30_000
@@ -90,13 +90,7 @@ def test_console_journey_on_the_fake_cloud(fake_cloud: Cloud, open_tab) -> None:
     page.click("#volume-create button[type=submit]")
     size_error = page.locator("#volume-create [data-error-for=size_gib]")
     expect(size_error).to_contain_text("greater than 0")
-    page.fill("#volume-size", "1")
-    page.click("#volume-create button[type=submit]")
-    row = page.locator("#volume-list tr", has_text="data")
-    expect(row).to_contain_text("available", timeout=WAIT_MS)
-    row.get_by_role("button", name="Attach").click()
-    expect(row).to_contain_text("in-use", timeout=WAIT_MS)
-    expect(row).to_contain_text("web-1")
+    create_and_attach_volume(page, "data", "web-1", WAIT_MS)
     page.click("a[href='#/instances']")
     page.click("#instance-list a:text('web-1')")
     expect(page.locator("#instance-volumes")).to_contain_text("data", timeout=WAIT_MS)

@@ -13,7 +13,7 @@ import time
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import Tab, project_token
+from tests.e2e.conftest import Tab, create_and_attach_volume, project_token
 from tests.integration.conftest import Cloud
 
 pytestmark = pytest.mark.qemu
@@ -88,13 +88,7 @@ def test_console_journey_on_real_vms(qemu_cloud: Cloud, open_tab) -> None:  # ty
     _answers_directly(str(sock_path))
 
     # A volume, created and attached to the running VM.
-    page.click("a[href='#/volumes']")
-    page.fill("#volume-name", "data")
-    page.click("#volume-create button[type=submit]")
-    row = page.locator("#volume-list tr", has_text="data")
-    expect(row).to_contain_text("available", timeout=BOOT_MS)
-    row.get_by_role("button", name="Attach").click()
-    expect(row).to_contain_text("in-use", timeout=BOOT_MS)
+    create_and_attach_volume(page, "data", "web-1", BOOT_MS)
 
     # Stop, then delete.
     page.goto(tab.base + "/#/instances/web-1")

@@ -9,15 +9,13 @@ the reason; else a text message "ready" comes first. The VM stopping closes it w
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
-from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, HTTPException, WebSocket
 from fastapi.responses import PlainTextResponse
 
 from cumulo.agent.drivers.base import Driver, DriverError
 from cumulo.agent.serial_hub import SerialHub, Viewer
 from cumulo.domain.ids import is_id
+from cumulo.ws_relay import received_bytes, until_either
 
 CLOSE_UNAVAILABLE = 4409
 
@@ -70,19 +68,7 @@ async def _relay(ws: WebSocket, viewer: Viewer) -> None:
         await ws.close(1000, "the serial port closed (the instance stopped)")
 
     async def up() -> None:
-        with contextlib.suppress(WebSocketDisconnect):
-            while True:
-                msg = await ws.receive()
-                if msg["type"] == "websocket.disconnect":
-                    return
-                data = msg.get("bytes") or (msg.get("text") or "").encode()
-                if data:
-                    await viewer.type(data)
+        async for data in received_bytes(ws):
+            await viewer.type(data)
 
-    tasks = {asyncio.create_task(down()), asyncio.create_task(up())}
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await until_either(down(), up())

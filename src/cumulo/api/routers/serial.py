@@ -27,6 +27,7 @@ from cumulo.api.threads import service
 from cumulo.domain.errors import Conflict, CumuloError, InvalidInput, Unauthorized
 from cumulo.services import instances
 from cumulo.services.context import Principal, Services
+from cumulo.ws_relay import received_bytes, until_either
 
 router = APIRouter(tags=["instances"])
 
@@ -122,21 +123,7 @@ async def _relay(ws: WebSocket, agent: ClientConnection) -> None:
             await ws.close(1000)
 
     async def up() -> None:
-        with contextlib.suppress(WebSocketDisconnect):
-            while True:
-                msg = await ws.receive()
-                if msg["type"] == "websocket.disconnect":
-                    return
-                data = msg.get("bytes")
-                if data is None:
-                    data = (msg.get("text") or "").encode()
-                if data:
-                    await agent.send(data)
+        async for data in received_bytes(ws):
+            await agent.send(data)
 
-    tasks = {asyncio.create_task(down()), asyncio.create_task(up())}
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await until_either(down(), up())
