@@ -73,10 +73,11 @@ def _check(cloud: Cloud) -> None:
     assert msg["type"] == "error" and msg["code"] == "unknown_instance" and code == 4404
     msg, code = _refused(_open(cloud, "web-1", "cmo_not-a-token"))
     assert msg["code"] == "unauthorized" and code == 4401
-    ws = _open(cloud, "web-1", None)
-    ws.send("not json")
-    msg, code = _refused(ws)
-    assert msg["code"] == "invalid_input" and code == 4400
+    for first in ("not json", b"\xff\xfe", '{"token": 42}'):
+        ws = _open(cloud, "web-1", None)
+        ws.send(first)
+        msg, code = _refused(ws)
+        assert msg["code"] == "invalid_input" and code == 4400, first
 
     # The instance stopping ends every viewer's stream, and says so.
     b.close()

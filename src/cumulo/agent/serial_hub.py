@@ -76,20 +76,19 @@ class SerialHub:
     def __init__(self, driver: Driver) -> None:
         self._driver = driver
         self._sessions: dict[str, _Session] = {}
-        self._opening: dict[str, asyncio.Lock] = {}
+        # One open at a time (a unix socket connect: quick), so that two first viewers of a
+        # VM cannot both open its port.
+        self._opening = asyncio.Lock()
 
     async def join(self, vm_id: str) -> Viewer:
         """A new viewer of `vm_id`'s serial port (DriverError: the VM does not run)."""
-        lock = self._opening.setdefault(vm_id, asyncio.Lock())
-        async with lock:
+        async with self._opening:
             session = self._sessions.get(vm_id)
             if session is None:
                 port = await self._driver.open_serial(vm_id)
                 session = self._sessions[vm_id] = _Session(self, vm_id, port)
             viewer = Viewer(session)
             session.viewers.add(viewer)
-        if not lock.locked():
-            self._opening.pop(vm_id, None)
         return viewer
 
     def forget(self, session: _Session) -> None:

@@ -80,3 +80,14 @@ async def test_a_viewer_that_does_not_read_is_dropped_not_the_guest_slowed() -> 
     assert hub.open_ports() == {VM}  # the other viewer goes on
     await fast.leave()
     assert hub.open_ports() == set()
+
+
+async def test_first_viewers_joining_together_open_the_port_once() -> None:
+    driver = FakeDriver(check_paths=False)
+    await driver.start(spec())
+    hub = SerialHub(driver)
+    viewers = await asyncio.gather(*(hub.join(VM) for _ in range(5)))
+    assert len(driver.host.vms[VM].ports) == 1
+    for v in viewers:
+        await v.leave()
+    assert hub.open_ports() == set()

@@ -62,11 +62,13 @@ async def _who(ws: WebSocket) -> Principal:
     authorization = ws.headers.get("authorization")
     if authorization is None:
         try:
-            first = await asyncio.wait_for(ws.receive_text(), AUTH_TIMEOUT_S)
+            first = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT_S)
         except TimeoutError:
             raise Unauthorized("no token: send {\"token\": \"...\"} first") from None
+        if first["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(first.get("code", 1000))
         try:
-            token = json.loads(first).get("token")
+            token = json.loads(first.get("text") or first.get("bytes") or b"").get("token")
         except (ValueError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
