@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from cumulo import __version__
+from cumulo import __version__, web
 from cumulo.api import errors, openapi, threads
 from cumulo.api.batches import CreateBatcher
 from cumulo.api.inputs import refuse_unstorable
@@ -16,6 +16,7 @@ from cumulo.api.routers import (
     join,
     networking,
     projects,
+    serial,
     volumes,
 )
 from cumulo.api.segments import OneSegmentPerName
@@ -47,6 +48,9 @@ def create_app(svc: Services) -> FastAPI:
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join):
         app.include_router(module.router,
                            dependencies=[] if module is agents else user_facing)
+    app.include_router(projects.whoami_router, dependencies=user_facing)
+    app.include_router(serial.router)  # a WebSocket: checks its own parameters
+    web.install(app)
 
     openapi.install(app)
 
