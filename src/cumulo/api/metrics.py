@@ -25,7 +25,9 @@ from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cumulo.api.deps import principal
+from cumulo.api.openapi import raises
 from cumulo.db.tables import InstanceRow
+from cumulo.domain.errors import Forbidden
 from cumulo.services import counters, hosts
 from cumulo.services.auth import require_admin
 from cumulo.services.context import Services
@@ -133,6 +135,6 @@ def install(app: FastAPI, svc: Services) -> None:
     app.add_middleware(RequestTimer, histogram=latency)
 
     @app.get("/metrics", tags=["health"], dependencies=[Depends(_metrics_reader)],
-             response_class=Response)
+             response_class=Response, responses=raises(Forbidden))
     def metrics() -> Any:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

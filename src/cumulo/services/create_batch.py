@@ -50,6 +50,11 @@ class CreateBatch:
         write lock, taken before the projects were read: see quotas.lock."""
         self.own_limits = quotas.lock(self.s, projects, read_under_write_lock=True)
 
+    def read_limits(self, projects: list[ProjectRow]) -> None:
+        """The projects' limits as their rows say, without a lock (a check that writes
+        nothing: cumulo.services.instance_check)."""
+        self.own_limits = {p.id: dict(p.quotas or {}) for p in projects}
+
     def budget(self, svc: Services, prj: ProjectRow) -> quotas.Budget:
         return self.get(("budget", prj.id), lambda: quotas.budget(
             self.s, svc, prj, _QUOTA_KEYS, own=self.own_limits.get(prj.id, {})))

@@ -164,3 +164,13 @@ def test_twenty_concurrent_creates_never_overshoot(api: TestClient, svc: Service
     assert sorted(volumes) == [202] * 5 + [403] * 15
     assert len(api.get("/v1/instances", params={"project": "e"}).json()) == 7
     assert len(api.get("/v1/volumes", params={"project": "e"}).json()) == 5
+
+
+def test_a_checked_create_names_the_quota_it_would_pass(api: TestClient) -> None:
+    """POST /v1/instances/validate (the console's form) reads the project's own limits."""
+    _project(api, "f")
+    _set(api, "f", vcpus=0)
+    r = api.post("/v1/instances/validate", params={"project": "f"},
+                 json={"name": "web", "image": "tiny", "type": "t1.nano"})
+    assert (r.status_code, r.json()["detail"]) == (403, "project 'f' would use 1 of 0 vCPUs")
+    assert api.get("/v1/events", params={"project": "f"}).json()[-1]["kind"] == "quota_changed"
