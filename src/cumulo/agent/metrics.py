@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from cumulo.agent import counters
 from cumulo.agent.drivers.base import Driver, VMStats
-from cumulo.api.metrics import token_matches
+from cumulo.bearer import token_matches
 
 
 class VMCollector(Collector):

@@ -12,7 +12,6 @@ The agents serve their own (cumulo.agent.metrics).
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -26,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cumulo.api.deps import principal
 from cumulo.api.openapi import raises
+from cumulo.bearer import token_matches
 from cumulo.db.tables import InstanceRow
 from cumulo.domain.errors import Forbidden
 from cumulo.services import counters, hosts
@@ -109,12 +109,6 @@ class CloudCollector(Collector):
                     disk_free.add_metric(at, cap.disk_free_mib)
         yield from (instances, up, vcpus, vcpus_used, ram, ram_used, disk, disk_free,
                     disk_claimed)
-
-
-def token_matches(authorization: str | None, token: str) -> bool:
-    """`Authorization: Bearer <token>` names `token` (compared in constant time)."""
-    return bool(token) and hmac.compare_digest((authorization or "").encode(),
-                                               f"Bearer {token}".encode())
 
 
 async def _metrics_reader(request: Request,
