@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cumulo.cli.client import CliError
+from cumulo.cli.client import CliError, segment
 from cumulo.cli.output import emit, state
 
 quota_app = typer.Typer(help="Limits of a project and its usage.", no_args_is_help=True)
@@ -29,9 +29,10 @@ def quota_show(ctx: typer.Context, name: Annotated[str | None, typer.Argument(
         help="The project (default: --project, or your token's)")] = None) -> None:
     """Each limit beside what the project uses."""
     st = state(ctx)
-    project = name or st.project
-    params = {"project": project} if project else {}
-    _show(st, st.client().get("/v1/quotas", params=params, scoped=False))
+    if name is None:  # the project in scope: --project, or the token's (admins: default)
+        _show(st, st.client().get("/v1/quotas"))
+    else:
+        _show(st, st.client().get(f"/v1/projects/{segment(name)}/quotas", scoped=False))
 
 
 @quota_app.command("set")
@@ -48,7 +49,7 @@ def quota_set(ctx: typer.Context, name: str,
         if not sep or not key or not value:
             raise CliError("invalid_quota", f"{pair!r}: write KEY=VALUE, e.g. vcpus=8")
         changes[key] = value
-    _show(st, st.client().request("PATCH", f"/v1/projects/{name}/quotas",
+    _show(st, st.client().request("PATCH", f"/v1/projects/{segment(name)}/quotas",
                                   json={"limits": changes}, scoped=False))
 
 

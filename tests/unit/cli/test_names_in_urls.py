@@ -35,8 +35,8 @@ HOSTILE = ["..", ".", "", "/", "%2f", "?", "#", "../volumes/trav", "../zones", "
            "x#y", "%2e%2e"]
 REFUSED_BEFORE_ANY_REQUEST = {"", ".", ".."}
 # Arguments that are not names of resources: FILE_OR_URL of `image import`, the remote
-# command of `cumulo ssh` (optional).
-NOT_NAMES = {"source", "command"}
+# command of `cumulo ssh` (optional), the KEY=VALUE pairs of `project quota set`.
+NOT_NAMES = {"source", "command", "limits"}
 # Values for the required options (a new required option must be added here).
 PUBLIC_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
               " test\n")
@@ -111,8 +111,8 @@ def _argv(path: list[str], command: Any, name_param: str, name: str,
     options = served.options()
     argv = list(path)
     for p in command.params:
-        if p.param_type_name == "argument" and p.required:
-            if p.name == name_param:
+        if p.param_type_name == "argument" and (p.required or p.name == name_param):
+            if p.name == name_param:  # an optional name too: it is the one tried
                 argv.append(name)
             elif p.name == "source":
                 empty = served.tmp / "empty.img"
