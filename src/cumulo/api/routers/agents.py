@@ -37,6 +37,7 @@ async def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
         accel=body.accel,
         agent_url=body.agent_url,
         disk=body.disk,
+        underlay_ip=body.underlay_ip,
     )
     return Registered(host_id=host_id)
 
