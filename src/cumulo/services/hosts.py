@@ -75,16 +75,16 @@ def register(
     if underlay_ip is not None:
         underlay_ip = _underlay(underlay_ip)
     with svc.db.session() as s:
-        row = s.scalar(select(HostRow).where(HostRow.name == name))
-        if row is None:
-            row = HostRow(id=new_id("h"), name=name)
-            s.add(row)
         if underlay_ip is not None and s.scalar(select(HostRow.name).where(
                 HostRow.underlay_ip == underlay_ip, HostRow.name != name,
                 HostRow.state == "up", HostRow.last_seen > datetime.now(UTC) - HOST_DOWN_AFTER)):
             raise Conflict(f"underlay address {underlay_ip} is used by another host that is up",
                            code="underlay_ip_taken")
-        moved = row.underlay_ip != underlay_ip and row.created_at is not None
+        row = s.scalar(select(HostRow).where(HostRow.name == name))
+        moved = row is not None and row.underlay_ip != underlay_ip
+        if row is None:
+            row = HostRow(id=new_id("h"), name=name)
+            s.add(row)
         row.underlay_ip = underlay_ip
         row.zone, row.architectures = zone, arches
         row.vcpus, row.ram_mib, row.driver, row.accel = vcpus, ram_mib, driver, accel
