@@ -94,7 +94,10 @@ def test_a_network_spans_hosts_and_projects_stay_apart(qemu_cloud_3: Cloud) -> N
 
     # 50 MiB of TCP from a to b (the tiny guests' busybox nc), checked on arrival.
     c.cli("security-group", "rule-add", "default", "--proto", "tcp", "--port", "5001")
-    ssh(c, "b", "sh", "-c", "'(nc -l -p 5001 | md5sum > /tmp/rx) >/dev/null 2>&1 &'")
+    # The listener's stdin never ends: busybox nc half-closes the connection at the end of
+    # its stdin, and the sender stops at the end of the connection's other half.
+    ssh(c, "b", "sh", "-c",
+        "'(sleep 600 | nc -l -p 5001 | md5sum > /tmp/rx) >/dev/null 2>&1 &'")
     time.sleep(1)
     sent = ssh(c, "a", "sh", "-c", f"'dd if=/dev/zero bs=1048576 count={SIZE_MIB} 2>/dev/null"
                                    f" | nc {b['private_ip']} 5001; echo sent'", check=False)
