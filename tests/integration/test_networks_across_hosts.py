@@ -1,7 +1,8 @@
 """Issue 19, item 1, with `cumulo up --hosts 3` and real VMs (TCG): one project's network
 spans two hosts over a VXLAN segment (ping by IP and by FQDN, a 50 MiB TCP transfer with the
-MTU DHCP gave, the anycast gateway), another project's instance reaches neither of them, in
-either direction, even on-link; `cumulo down` leaves no VXLAN device."""
+MTU DHCP gave, the anycast gateway, security groups and caps on each host), another
+project's instance reaches neither of them, in either direction, even on-link; `cumulo down`
+leaves no VXLAN device."""
 
 from __future__ import annotations
 
@@ -92,13 +93,25 @@ def test_a_network_spans_hosts_and_projects_stay_apart(qemu_cloud_3: Cloud) -> N
         arp = ssh(c, name, "cat", "/proc/net/arp").stdout
         assert f"{net['gateway']} " in arp and names.gateway_mac(net["id"]) in arp, arp
 
-    # 50 MiB of TCP from a to b (the tiny guests' busybox nc), checked on arrival.
-    c.cli("security-group", "rule-add", "default", "--proto", "tcp", "--port", "5001")
-    # The listener's stdin never ends: busybox nc half-closes the connection at the end of
-    # its stdin, and the sender stops at the end of the connection's other half.
+    # Each host caps its own instances (t1.nano: 100 Mbit/s), both directions.
+    for vm in (a, b):
+        ns = names.netns_name(c.state_dir / "hosts" / vm["host"])
+        tap = names.tap_name(vm["id"], 0)
+        shown = "".join(subprocess.run(["tc", "-n", ns, "qdisc", "show", "dev", dev],
+                                       capture_output=True, text=True).stdout
+                        for dev in (tap, names.ifb_name(tap)))
+        assert shown.count("100Mbit") >= 2, shown
+
+    # 50 MiB of TCP from a to b (the tiny guests' busybox nc), checked on arrival. The
+    # listener's stdin never ends: busybox nc half-closes the connection at the end of its
+    # stdin, and the sender stops at the end of the connection's other half.
     ssh(c, "b", "sh", "-c",
         "'(sleep 600 | nc -l -p 5001 | md5sum > /tmp/rx) >/dev/null 2>&1 &'")
-    time.sleep(1)
+    # b's security groups hold on b's host: the port is closed until a rule opens it.
+    r = ssh(c, "a", "sh", "-c", f"'echo x | nc -w 3 {b['private_ip']} 5001'", check=False)
+    assert r.returncode != 0, r.stdout + r.stderr
+    c.cli("security-group", "rule-add", "default", "--proto", "tcp", "--port", "5001")
+    time.sleep(2)
     sent = ssh(c, "a", "sh", "-c", f"'dd if=/dev/zero bs=1048576 count={SIZE_MIB} 2>/dev/null"
                                    f" | nc {b['private_ip']} 5001; echo sent'", check=False)
     assert "sent" in sent.stdout, sent.stdout + sent.stderr
