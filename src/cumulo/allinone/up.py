@@ -32,6 +32,7 @@ from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict
 from cumulo.pidlock import PidLock
 from cumulo.services import images
+from cumulo.services.access_keys import load_server_key
 from cumulo.services.auth import ensure_default_project, issue_token, token_digest
 from cumulo.services.context import Role, Services
 from cumulo.services.notifier import Notifier
@@ -191,8 +192,10 @@ def _run_locked(
     settings = load_settings(config or paths.config)
     db = Database(database_url or f"sqlite:///{paths.database}")
     url, agent_cfg = prepare(paths, settings, db, port)
+    key_file = settings.ec2.server_key_file
     svc = Services(
-        db=db, settings=settings, notifier=Notifier(), image_store=paths.root / "images"
+        db=db, settings=settings, notifier=Notifier(), image_store=paths.root / "images",
+        server_key=load_server_key(Path(key_file) if key_file else paths.server_key),
     )
     register_images(svc)
     supervisor = AgentSupervisor(agent_cfg, paths.host_dir(settings.host.name) / "agent.log")

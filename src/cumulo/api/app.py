@@ -7,8 +7,18 @@ from fastapi import Depends, FastAPI
 from cumulo import __version__
 from cumulo.api import errors, threads
 from cumulo.api.batches import CreateBatcher
+from cumulo.api.ec2.endpoint import Ec2Mount
 from cumulo.api.inputs import refuse_unstorable
-from cumulo.api.routers import agents, catalogue, images, instances, networking, projects, volumes
+from cumulo.api.routers import (
+    access_keys,
+    agents,
+    catalogue,
+    images,
+    instances,
+    networking,
+    projects,
+    volumes,
+)
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
 
@@ -30,9 +40,13 @@ def create_app(svc: Services) -> FastAPI:
     # agents' protocol checks its own fields (services.agents, services.hosts.register): a
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
-    for module in (agents, instances, catalogue, images, projects, networking, volumes):
+    for module in (agents, instances, catalogue, images, projects, networking, volumes,
+                   access_keys):
         app.include_router(module.router,
                            dependencies=[] if module is agents else user_facing)
+
+    # EC2's Query API at the API's own URL (POST /), in front of the routes.
+    app.add_middleware(Ec2Mount, svc=svc)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -29,6 +29,7 @@ class InstanceView(BaseModel):
     bandwidth_mbps: int
     disk_gib: int
     image: str
+    image_id: str  # of the variant (architecture) it was created from
     host: str | None
     network: str | None
     private_ip: str | None

@@ -5,15 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 
-import httpx
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
+from cumulo.api import console as console_log
 from cumulo.api.deps import Creates, Svc, Who
 from cumulo.api.inputs import Input
 from cumulo.api.threads import service
-from cumulo.domain.errors import Conflict, InvalidInput
+from cumulo.domain.errors import InvalidInput
 from cumulo.domain.instance import Action
 from cumulo.services import instances
 from cumulo.services.views import InstanceView
@@ -108,21 +108,4 @@ async def delete(svc: Svc, who: Who, ref: str, project: str | None = None) -> In
 async def console(svc: Svc, who: Who, ref: str, project: str | None = None) -> Response:
     """The serial console log, fetched from the instance's host agent."""
     target = await service(svc, instances.console_target, svc, who, project, ref)
-    url = target.agent_url
-    transport = None
-    if url.startswith("unix:"):
-        transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix:"))
-        url = "http://agent"
-    try:
-        async with httpx.AsyncClient(transport=transport, timeout=5.0) as client:
-            resp = await client.get(f"{url}/console/{target.vm_id}")
-    except httpx.HTTPError as e:
-        raise Conflict(
-            f"the instance's host agent is unreachable: {e}", code="host_unreachable"
-        ) from e
-    if resp.status_code != 200:
-        raise Conflict(
-            f"the host agent could not read the console ({resp.status_code})",
-            code="host_unreachable",
-        )
-    return PlainTextResponse(resp.text)
+    return PlainTextResponse(await console_log.fetch(target))
