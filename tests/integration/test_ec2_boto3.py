@@ -273,3 +273,83 @@ def test_user_data_is_base64_through_boto3(ec2: Any) -> None:
     iid = run_one(ec2, UserData=script)["InstanceId"]
     assert base64.b64encode(script.encode())  # (boto3 sent this)
     ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig=FAST)
+
+
+def test_volumes_snapshots_and_their_waiters(ec2: Any) -> None:
+    iid = run_one(ec2)["InstanceId"]
+    ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig=FAST)
+    vol = ec2.create_volume(Size=1, AvailabilityZone="local-1a", ClientToken="v-1",
+                            TagSpecifications=[{"ResourceType": "volume",
+                                                "Tags": [{"Key": "use", "Value": "data"}]}])
+    again = ec2.create_volume(Size=1, AvailabilityZone="local-1a", ClientToken="v-1",
+                              TagSpecifications=[{"ResourceType": "volume",
+                                                  "Tags": [{"Key": "use", "Value": "data"}]}])
+    assert again["VolumeId"] == vol["VolumeId"]
+    with pytest.raises(ClientError) as exc:
+        ec2.create_volume(Size=2, AvailabilityZone="local-1a", ClientToken="v-1")
+    assert error_code(exc) == "IdempotentParameterMismatch"
+    vid = vol["VolumeId"]
+    ec2.get_waiter("volume_available").wait(VolumeIds=[vid], WaiterConfig=FAST)
+    ec2.attach_volume(VolumeId=vid, InstanceId=iid, Device="/dev/sdf")
+    ec2.get_waiter("volume_in_use").wait(VolumeIds=[vid], WaiterConfig=FAST)
+    described = ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
+    assert described["Attachments"][0]["InstanceId"] == iid
+    assert {"Key": "use", "Value": "data"} in described["Tags"]
+    with pytest.raises(ClientError) as exc:
+        ec2.delete_volume(VolumeId=vid)
+    assert error_code(exc) == "VolumeInUse"
+    snap = ec2.create_snapshot(VolumeId=vid, Description="backup")
+    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snap["SnapshotId"]],
+                                              WaiterConfig=FAST)
+    assert ec2.describe_snapshots(SnapshotIds=[snap["SnapshotId"]])["Snapshots"][0][
+        "VolumeId"] == vid
+    ec2.detach_volume(VolumeId=vid)
+    ec2.get_waiter("volume_available").wait(VolumeIds=[vid], WaiterConfig=FAST)
+    ec2.modify_volume(VolumeId=vid, Size=2)
+    assert ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]["Size"] == 2
+    by_filter = ec2.describe_volumes(Filters=[{"Name": "tag:use", "Values": ["data"]}])
+    assert [v["VolumeId"] for v in by_filter["Volumes"]] == [vid]
+    ec2.delete_snapshot(SnapshotId=snap["SnapshotId"])
+    ec2.delete_volume(VolumeId=vid)
+    ec2.get_waiter("volume_deleted").wait(VolumeIds=[vid], WaiterConfig=FAST)
+    with pytest.raises(ClientError) as exc:
+        ec2.describe_volumes(VolumeIds=["vol-00000000000000000"])
+    assert error_code(exc) == "InvalidVolume.NotFound"
+
+
+def test_addresses(ec2: Any) -> None:
+    iid = run_one(ec2)["InstanceId"]
+    alloc = ec2.allocate_address(Domain="vpc")
+    assert alloc["AllocationId"].startswith("eipalloc-")
+    assoc = ec2.associate_address(AllocationId=alloc["AllocationId"], InstanceId=iid)
+    addr = ec2.describe_addresses(AllocationIds=[alloc["AllocationId"]])["Addresses"][0]
+    assert addr["InstanceId"] == iid and addr["PublicIp"] == alloc["PublicIp"]
+    inst = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert inst["PublicIpAddress"] == alloc["PublicIp"]
+    with pytest.raises(ClientError) as exc:
+        ec2.release_address(AllocationId=alloc["AllocationId"])
+    assert error_code(exc) == "InvalidIPAddress.InUse"
+    ec2.disassociate_address(AssociationId=assoc["AssociationId"])
+    ec2.release_address(AllocationId=alloc["AllocationId"])
+    assert ec2.describe_addresses()["Addresses"] == []
+
+
+def test_tags_vpcs_and_subnets(ec2: Any) -> None:
+    iid = run_one(ec2)["InstanceId"]
+    ec2.create_tags(Resources=[iid], Tags=[{"Key": "env", "Value": "prod"},
+                                           {"Key": "team", "Value": "a"}])
+    tags = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [iid]}])["Tags"]
+    assert {(t["Key"], t["Value"]) for t in tags} == {("env", "prod"), ("team", "a")}
+    ec2.delete_tags(Resources=[iid], Tags=[{"Key": "team"}])
+    inst = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert inst["Tags"] == [{"Key": "env", "Value": "prod"}]
+    with pytest.raises(ClientError) as exc:
+        ec2.create_tags(Resources=["i-00000000000000000"], Tags=[{"Key": "a", "Value": "b"}])
+    assert error_code(exc) == "InvalidInstanceID.NotFound"
+    vpcs = ec2.describe_vpcs()["Vpcs"]
+    assert len(vpcs) == 1 and vpcs[0]["IsDefault"]
+    subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id",
+                                             "Values": [vpcs[0]["VpcId"]]}])["Subnets"]
+    assert [s["SubnetId"] for s in subnets] == [inst["SubnetId"]]
+    second = run_one(ec2, SubnetId=subnets[0]["SubnetId"])
+    assert second["SubnetId"] == subnets[0]["SubnetId"]

@@ -452,3 +452,18 @@ def resize(svc: Services, who: Principal, project: str | None, ref: str,
         row.bandwidth_mbps = itype.bandwidth_mbps
         row.generation += 1
         return view(s, svc, row, prj.name)
+
+
+def retag(svc: Services, who: Principal, project: str | None, ref: str,
+          add: dict[str, str], remove: dict[str, str | None]) -> InstanceView:
+    """Set the tags of `add`, then drop those of `remove` (a key with a value: only while
+    the tag has that value)."""
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = find_row(s, prj, ref)
+        new = dict(row.tags or {}) | add
+        for key, value in remove.items():
+            if key in new and (value is None or new[key] == value):
+                del new[key]
+        row.tags = tags(new)
+        return view(s, svc, row, prj.name)

@@ -132,6 +132,7 @@ class SecurityGroupView(BaseModel):
 
 
 class PublicIpView(BaseModel):
+    id: str
     ip: str
     project: str
     instance: str | None  # instance name

@@ -27,7 +27,8 @@ from cumulo.services.context import Services
 
 # Importing the families registers their actions.
 from cumulo.api.ec2 import (  # noqa: F401  isort: skip
-    addresses, catalogue, instances, keypairs, run, security_groups, tags, volumes, vpcs,
+    addresses, catalogue, instances, keypairs, run, security_groups, snapshots, tags, volumes,
+    vpcs,
 )
 
 log = structlog.get_logger("cumulo.ec2")

@@ -40,7 +40,7 @@ _BY_CODE: dict[str, tuple[str, int]] = {
     "invalid_state": ("IncorrectInstanceState", 400),
     "instance_not_stopped": ("IncorrectInstanceState", 400),
     "volume_in_use": ("VolumeInUse", 400),
-    "attached": ("VolumeInUse", 400),
+    "attached": ("InvalidIPAddress.InUse", 400),  # a public IP (volumes: volume_in_use)
     "not_attached": ("IncorrectState", 400),
     "group_in_use": ("DependencyViolation", 400),
     "snapshot_in_use": ("InvalidSnapshot.InUse", 400),
