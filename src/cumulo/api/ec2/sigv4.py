@@ -21,7 +21,6 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 SERVICE = "ec2"
 MAX_SKEW = timedelta(minutes=5)
 MAX_EXPIRES_S = 7 * 24 * 3600
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 _AUTH_PARTS = re.compile(r"(Credential|SignedHeaders|Signature)=([^,\s]+)")
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _QUERY_AUTH = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-SignedHeaders",
@@ -126,7 +125,8 @@ def parse(req: Request, now: datetime, regions: set[str]) -> Signed:
         if when - now > MAX_SKEW or now > when + timedelta(seconds=expires):
             raise Ec2Error("RequestExpired", f"the presigned request (signed {amz_date}, "
                            f"valid {expires} s) has expired or is not valid yet", 400)
-        payload = UNSIGNED_PAYLOAD
+        # The body's hash, as botocore's SigV4QueryAuth signs (S3 alone uses UNSIGNED-PAYLOAD).
+        payload = req.headers.get("x-amz-content-sha256") or hashlib.sha256(req.body).hexdigest()
         pairs = [(k, v) for k, v in req.query if k != "X-Amz-Signature"]
     else:
         raise _auth_failure("the request is not signed (AWS Signature Version 4)")
