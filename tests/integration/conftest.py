@@ -45,12 +45,17 @@ class Cloud:
         env.pop("CUMULO_TOKEN", None)
         return env
 
-    def start(self, timeout: float = 600) -> None:
+    def spawn(self) -> None:
+        """Start `cumulo up` without waiting for anything."""
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
                 [*CUMULO, "up", "--state-dir", str(self.state_dir), "--port", str(self.port)],
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
+
+    def start(self, timeout: float = 600) -> None:
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -27,7 +28,7 @@ from cumulo.api.app import create_app
 from cumulo.config import Settings, load_settings
 from cumulo.db.engine import Database
 from cumulo.db.migrate import upgrade
-from cumulo.db.tables import TokenRow
+from cumulo.db.tables import HostRow, TokenRow
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict
 from cumulo.pidlock import PidLock
@@ -174,6 +175,34 @@ class AgentSupervisor:
                 self.proc.kill()
 
 
+# How often `cumulo up` says what it still waits for before it is ready.
+READY_NAG_S = 30.0
+
+
+def _host_registered(svc: Services, name: str, since: datetime) -> bool:
+    """The host registered (or heartbeat) since `since`, as it does when its agent starts: a
+    row left "up" by the previous run does not count."""
+    with svc.db.session() as s:
+        seen = s.scalar(select(HostRow.last_seen).where(HostRow.name == name,
+                                                        HostRow.state == "up"))
+    return seen is not None and seen >= since
+
+
+async def _announce_ready(svc: Services, since: datetime, client_config: Path) -> None:
+    """Say `ready` once the local host can take instances, not when the API answers: a create
+    sent before the agent registered would fail with insufficient_capacity."""
+    host = svc.settings.host
+    waited = 0.0
+    while not await asyncio.to_thread(_host_registered, svc, host.name, since):
+        await asyncio.sleep(0.2)
+        waited += 0.2
+        if waited >= READY_NAG_S:
+            _say(f"still waiting for host {host.name} to register (see its agent.log)")
+            waited = 0.0
+    _say(f"ready: host {host.name} is up in zone {host.zone}; try "
+         f"`CUMULO_CONFIG={client_config} cumulo zone list`")
+
+
 def run(
     state_dir: Path, port: int, config: Path | None = None, database_url: str | None = None
 ) -> None:
@@ -203,12 +232,14 @@ def _run_locked(
     @contextlib.asynccontextmanager
     async def lifespan(served: FastAPI) -> AsyncIterator[None]:
         async with threads.lifespan(served):  # the API's own (its worker threads)
+            started = datetime.now(UTC)
             supervisor.start()
             _say(f"API on {url}; client config in {paths.client_config}")
-            _say(f"ready: try `CUMULO_CONFIG={paths.client_config} cumulo zone list`")
+            ready = asyncio.create_task(_announce_ready(svc, started, paths.client_config))
             try:
                 yield
             finally:
+                ready.cancel()
                 await supervisor.stop()
                 _say("stopped (VMs keep running; `cumulo down` stops them)")
 

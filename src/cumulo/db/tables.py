@@ -20,6 +20,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -97,6 +99,9 @@ class ImageRow(Base):
     initrd_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     kernel_cmdline: Mapped[str] = mapped_column(Text, default="")
     virtual_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The least RAM an instance of this image may have (the API refuses less).
+    min_ram_mib: Mapped[int] = mapped_column(Integer, default=DEFAULT_MIN_RAM_MIB,
+                                             server_default=str(DEFAULT_MIN_RAM_MIB))
     state: Mapped[str] = mapped_column(String(16), default="available")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
@@ -173,6 +178,15 @@ class PublicIpRow(Base):
     )
     auto: Mapped[bool] = mapped_column(default=False)  # given at create, released at delete
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class AddressCursorRow(Base):
+    """Per address range, the address after the last one handed out: kept in the database so
+    that a freed address comes back only after the rest of its range, across restarts too."""
+
+    __tablename__ = "address_cursors"
+    range_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    next_address: Mapped[int] = mapped_column(BigInteger)
 
 
 class KeyPairRow(Base):

@@ -56,6 +56,7 @@ class ImageVariantView(BaseModel):
     arch: str
     boot: str
     virtual_size_bytes: int
+    min_ram_mib: int
     state: str
 
 
