@@ -41,6 +41,14 @@ def not_found(kind: str, ec2_id: str) -> Ec2Error:
     return Ec2Error(f"{_KINDS[kind][1]}.NotFound", f"The ID {ec2_id!r} does not exist")
 
 
+def require_known(wanted: list[str], known: set[str], kind: str) -> None:
+    """Each of `wanted` (ids of `kind` a request names) is well-formed and one of `known`."""
+    for w in wanted:
+        from_ec2(w, kind)
+        if w not in known:
+            raise not_found(kind, w)
+
+
 def reservation(instance_id: str) -> str:
     """One reservation per instance (cumulo keeps no launch groups)."""
     return "r-" + instance_id.partition("-")[2]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import secrets
 
@@ -13,6 +11,7 @@ from cumulo.api.ec2.instance_view import context, everything, item
 from cumulo.api.ec2.registry import Body, Call, action
 from cumulo.domain.errors import CumuloError
 from cumulo.domain.instance import Action
+from cumulo.domain.validation import base64_user_data
 from cumulo.services import client_tokens, images, instances, networks, security_groups
 from cumulo.services.views import ImageVariantView, ImageView
 
@@ -34,15 +33,6 @@ def digest(call: Call) -> str:
     """What two requests with one client token must share: every other parameter."""
     flat = {k: v for k, v in call.params.flat().items() if not k.startswith(_NOT_MEANING)}
     return hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()
-
-
-def _user_data(raw: str | None) -> bytes | None:
-    if raw is None:
-        return None
-    try:
-        return base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid("Invalid BASE64 encoding of user data") from None
 
 
 def _tags(call: Call) -> dict[str, str]:
@@ -103,7 +93,7 @@ def requests(call: Call, count: int) -> list[instances.CreateInstance]:
     key = p.text("KeyName")
     return [instances.CreateInstance(
         name=f"ec2-{secrets.token_hex(6)}", image=img.name, arch=variant.arch,
-        type=type_name, zone=zone, user_data=_user_data(p.text("UserData")), tags=_tags(call),
+        type=type_name, zone=zone, user_data=base64_user_data(p.text("UserData")), tags=_tags(call),
         keys=[key] if key else [], security_groups=_groups(call), network=network,
         private_ip=p.text("PrivateIpAddress"), disk_gib=_root_size(call),
     ) for _ in range(count)]

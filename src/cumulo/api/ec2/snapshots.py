@@ -44,11 +44,7 @@ def describe_snapshots(call: Call) -> Body:
     volume_ids = {v.name: v.id for v in volumes.list_all(call.svc, call.who, None)}
     tags = resource_tags.of(call.svc, call.who, None)
     wanted = call.params.items("SnapshotId")
-    known = {s.id for s in snaps}
-    for w in wanted:
-        ids.from_ec2(w, "snap")
-        if w not in known:
-            raise ids.not_found("snap", w)
+    ids.require_known(wanted, {s.id for s in snaps}, "snap")
     wanted_filters = filters.parse(call.params, FILTERS)
     chosen = []
     for s in snaps:

@@ -70,11 +70,7 @@ def find(call: Call, volume_id: str) -> VolumeView:
 def describe_volumes(call: Call) -> Body:
     wanted = call.params.items("VolumeId")
     every = _items(call)
-    known = {v.id for v, _, _ in every}
-    for w in wanted:
-        ids.from_ec2(w, "vol")
-        if w not in known:
-            raise ids.not_found("vol", w)
+    ids.require_known(wanted, {v.id for v, _, _ in every}, "vol")
     wanted_filters = filters.parse(call.params, FILTERS)
     chosen = []
     for v, body, tags in every:

@@ -41,11 +41,7 @@ def describe_subnets(call: Call) -> Body:
     vpc = vpc_id(call)
     nets = networks.list_all(call.svc, call.who, None)
     wanted = call.params.items("SubnetId")
-    known = {ids.to_ec2(n.id) for n in nets}
-    for w in wanted:
-        ids.from_ec2(w, "subnet")
-        if w not in known:
-            raise ids.not_found("subnet", w)
+    ids.require_known(wanted, {ids.to_ec2(n.id) for n in nets}, "subnet")
     wanted_filters = filters.parse(call.params, SUBNET_FILTERS)
     out = []
     for n in nets:

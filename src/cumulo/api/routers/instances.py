@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
@@ -13,8 +10,8 @@ from cumulo.api import console as console_log
 from cumulo.api.deps import Creates, Svc, Who
 from cumulo.api.inputs import Input
 from cumulo.api.threads import service
-from cumulo.domain.errors import InvalidInput
 from cumulo.domain.instance import Action
+from cumulo.domain.validation import base64_user_data
 from cumulo.services import instances
 from cumulo.services.views import InstanceView
 
@@ -39,15 +36,6 @@ class InstanceCreate(Input):
     private_ip: str | None = None
 
 
-def _decode(user_data: str | None) -> bytes | None:
-    if user_data is None:
-        return None
-    try:
-        return base64.b64decode(user_data, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput("user_data must be base64", code="invalid_user_data") from None
-
-
 @router.post("", status_code=202)
 async def create(creates: Creates, who: Who, body: InstanceCreate,
                  project: str | None = None) -> InstanceView:
@@ -61,7 +49,7 @@ async def create(creates: Creates, who: Who, body: InstanceCreate,
         disk_gib=body.disk_gib,
         arch=body.arch,
         zone=body.zone,
-        user_data=_decode(body.user_data),
+        user_data=base64_user_data(body.user_data),
         tags=body.tags,
         keys=body.keys,
         security_groups=body.security_groups,
