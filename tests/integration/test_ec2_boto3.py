@@ -81,6 +81,12 @@ def test_stop_modify_type_start(ec2: Any) -> None:
     with pytest.raises(ClientError) as exc:
         ec2.modify_instance_attribute(InstanceId=iid, InstanceType={"Value": "t1.micro"})
     assert error_code(exc) == "IncorrectInstanceState"
+    with pytest.raises(ClientError) as exc:
+        ec2.create_image(InstanceId=iid, Name="img-of-running")
+    assert error_code(exc) == "IncorrectInstanceState"
+    with pytest.raises(ClientError) as exc:
+        ec2.deregister_image(ImageId=tiny_ami(ec2))
+    assert error_code(exc) == "InvalidParameterValue"
     stopping = ec2.stop_instances(InstanceIds=[iid])["StoppingInstances"][0]
     assert stopping["PreviousState"]["Name"] == "running"
     ec2.get_waiter("instance_stopped").wait(InstanceIds=[iid], WaiterConfig=FAST)

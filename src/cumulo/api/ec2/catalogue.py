@@ -1,5 +1,5 @@
 """DescribeRegions, DescribeAvailabilityZones, DescribeInstanceTypes, DescribeImages,
-DeregisterImage, DescribeAccountAttributes."""
+CreateImage, DeregisterImage, DescribeAccountAttributes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 
 from cumulo.api.ec2 import filters, ids
 from cumulo.api.ec2.errors import invalid
-from cumulo.api.ec2.registry import Body, Call, action
-from cumulo.services import images
+from cumulo.api.ec2.registry import Body, Call, action, async_action
+from cumulo.api.threads import long_job
+from cumulo.services import image_import, images
 
 IMAGE_FILTERS = frozenset({"image-id", "name", "architecture", "state", "owner-id",
                            "is-public"})
@@ -122,6 +123,17 @@ def describe_images(call: Call) -> Body:
         if filters.matches(wanted_filters, fact, {}):
             chosen.append(body)
     return {"imagesSet": chosen}
+
+
+@async_action("CreateImage")
+async def create_image(call: Call) -> Body:
+    """An image of a stopped instance's boot disk (cumulo copies a stopped disk only: EC2's
+    reboot-and-copy of a running instance is refused with IncorrectInstanceState)."""
+    instance_id, name = call.params.req("InstanceId"), call.params.req("Name")
+    ids.from_ec2(instance_id, "i")
+    made = await long_job(image_import.create_from_instance, call.svc, call.who, None, name,
+                          instance_id)
+    return {"imageId": ids.to_ec2(made.variants[0].id)}
 
 
 @action("DeregisterImage")
