@@ -324,3 +324,15 @@ class ResourceTagRow(Base):
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
     )
     value: Mapped[str] = mapped_column(String(256))
+
+
+class VolumeDeviceNameRow(Base):
+    """The device name an EC2 client attached a volume as (`/dev/sdf`): EC2 shows it back, while
+    the guest sees the next virtio disk (VolumeRow.device)."""
+
+    __tablename__ = "volume_device_names"
+    volume_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    device: Mapped[str] = mapped_column(String(32))

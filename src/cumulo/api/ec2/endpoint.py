@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cumulo.api.ec2 import sigv4, xml
+from cumulo.api.ec2 import sigv4, sts, xml
 from cumulo.api.ec2.errors import Ec2Error, from_cumulo
 from cumulo.api.ec2.params import Params
 from cumulo.api.ec2.registry import ACTIONS, Call, new_request_id
@@ -76,6 +76,9 @@ async def _answer(svc: Services, request: Request, request_id: str) -> Response:
     sigv4.verify(signed_req, signed, owner.secret)
     flat = dict(query) | dict(form)
     name = flat.get("Action")
+    if signed.service == sts.SERVICE:
+        return _xml(200, sts.get_caller_identity(name, owner.project, signed.access_key_id,
+                                                 request_id))
     if not name:
         raise Ec2Error("MissingAction", "the request has no Action parameter")
     found = ACTIONS.get(name)
@@ -95,14 +98,23 @@ async def handle(svc: Services, request: Request) -> Response:
     request_id = new_request_id()
     try:
         return await _answer(svc, request, request_id)
-    except Ec2Error as e:
-        return _xml(e.status, xml.error(e.code, e.message, request_id))
-    except CumuloError as e:
-        mapped = from_cumulo(e)
-        return _xml(mapped.status, xml.error(mapped.code, mapped.message, request_id))
-    except Exception:
-        log.exception("ec2 request failed", request_id=request_id)
-        return _xml(500, xml.error("InternalError", "an internal error occurred", request_id))
+    except Exception as exc:
+        if isinstance(exc, Ec2Error):
+            e = exc
+        elif isinstance(exc, CumuloError):
+            e = from_cumulo(exc)
+        else:
+            log.exception("ec2 request failed", request_id=request_id)
+            e = Ec2Error("InternalError", "an internal error occurred", 500)
+        render = sts.error if _is_sts(request) else xml.error
+        return _xml(e.status, render(e.code, e.message, request_id))
+
+
+def _is_sts(request: Request) -> bool:
+    """Whether the request was signed for STS (its errors then take STS's shape)."""
+    signature = request.headers.get("authorization", "") or request.query_params.get(
+        "X-Amz-Credential", "")
+    return "/sts/aws4_request" in signature
 
 
 def is_ec2(scope: Scope) -> bool:

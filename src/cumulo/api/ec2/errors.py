@@ -47,6 +47,7 @@ _BY_CODE: dict[str, tuple[str, int]] = {
     "image_in_use": ("InvalidAMIID.InUse", 400),
     "ip_in_use": ("InvalidIPAddress.InUse", 400),
     "user_data_too_large": ("InvalidParameterValue", 400),
+    "invalid_device": ("InvalidParameterValue", 400),
     "idempotent_parameter_mismatch": ("IdempotentParameterMismatch", 400),
     "invalid_client_token": ("InvalidParameterValue", 400),
     "insufficient_capacity": ("InsufficientInstanceCapacity", 500),  # a 5xx: SDKs retry it

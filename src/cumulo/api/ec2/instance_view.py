@@ -9,7 +9,14 @@ from typing import Any
 from cumulo.api.ec2 import ids
 from cumulo.api.ec2.filters import tag_set
 from cumulo.api.ec2.registry import Call
-from cumulo.services import instances, networks, security_groups, terminated
+from cumulo.services import (
+    device_names,
+    instances,
+    networks,
+    security_groups,
+    terminated,
+    volumes,
+)
 from cumulo.services.views import InstanceView, NetworkView
 
 # cumulo's states as EC2's (code, name). A rebooting instance is running for EC2; an instance
@@ -52,14 +59,24 @@ class Context:
     group_ids: dict[str, str]  # name -> id
     subnets: dict[tuple[str, str], NetworkView]  # (zone, name) -> network
     vpc_id: str
+    disks: dict[str, list[dict[str, Any]]]  # instance name -> its volumes' mappings
 
 
 def context(call: Call) -> Context:
     groups = security_groups.list_all(call.svc, call.who, None)
     nets = networks.list_all(call.svc, call.who, None)
+    names = device_names.of(call.svc, call.who, None)
+    disks: dict[str, list[dict[str, Any]]] = {}
+    for v in volumes.list_all(call.svc, call.who, None):
+        if v.attached_to and v.state in ("attaching", "in-use", "detaching"):
+            disks.setdefault(v.attached_to, []).append({
+                "deviceName": names.get(v.id) or f"/dev/{v.device}",
+                "ebs": {"volumeId": v.id, "status": "attached" if v.state == "in-use"
+                        else v.state, "attachTime": v.created_at,
+                        "deleteOnTermination": v.delete_on_termination}})
     return Context(group_ids={g.name: g.id for g in groups},
                    subnets={(n.zone, n.name): n for n in nets},
-                   vpc_id=vpc_id(call))
+                   vpc_id=vpc_id(call), disks=disks)
 
 
 def vpc_id(call: Call) -> str:
@@ -120,7 +137,7 @@ def item(seen: Seen, ctx: Context) -> dict[str, Any]:
         "architecture": v.arch,
         "rootDeviceType": "ebs",
         "rootDeviceName": "/dev/vda",
-        "blockDeviceMapping": [],
+        "blockDeviceMapping": ctx.disks.get(v.name, []) if live else [],
         "virtualizationType": "hvm",
         "clientToken": "",
         "tagSet": tag_set(v.tags),

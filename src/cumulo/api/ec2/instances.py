@@ -1,5 +1,5 @@
 """DescribeInstances, DescribeInstanceStatus, Start/Stop/Reboot/TerminateInstances,
-GetConsoleOutput, ModifyInstanceAttribute (RunInstances: run.py)."""
+GetConsoleOutput, Describe/ModifyInstanceAttribute (RunInstances: run.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ def select_ids(call: Call, seen: list[Seen]) -> list[Seen]:
         raise Ec2Error("InvalidInstanceID.NotFound",
                        f"The instance IDs '{', '.join(missing)}' do not exist")
     return [by_id[w] for w in dict.fromkeys(wanted)]
+
+
+def one(call: Call, instance_id: str) -> Seen:
+    """The project's live instance `instance_id` (a scalar InstanceId parameter)."""
+    ids.from_ec2(instance_id, "i")
+    for s in everything(call):
+        if s.view.id == instance_id and not s.gone_at:
+            return s
+    raise ids.not_found("i", instance_id)
 
 
 @action("DescribeInstances")
@@ -150,3 +159,24 @@ def modify_instance_attribute(call: Call) -> Body:
         raise invalid("cumulo changes only the instanceType attribute (of a stopped instance)")
     instances.resize(call.svc, call.who, None, instance_id, new_type)
     return {"return": True}
+
+
+@action("DescribeInstanceAttribute")
+def describe_instance_attribute(call: Call) -> Body:
+    instance_id, attribute = call.params.req("InstanceId"), call.params.req("Attribute")
+    rendered = item(one(call, instance_id), context(call))
+    values: dict[str, object] = {
+        "instanceType": {"value": rendered["instanceType"]},
+        "groupSet": rendered["groupSet"],
+        "disableApiTermination": {"value": False},
+        "ebsOptimized": {"value": False},
+        "enaSupport": {"value": False},
+        "sourceDestCheck": {"value": True},
+        "instanceInitiatedShutdownBehavior": {"value": "stop"},
+        "rootDeviceName": {"value": rendered["rootDeviceName"]},
+        "blockDeviceMapping": rendered["blockDeviceMapping"],
+    }
+    if attribute not in values:
+        raise invalid(f"cumulo does not show the attribute {attribute!r} (it shows "
+                      f"{', '.join(values)})")
+    return {"instanceId": instance_id, attribute: values[attribute]}

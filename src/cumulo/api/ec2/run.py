@@ -8,6 +8,7 @@ import secrets
 from cumulo.api.ec2 import ids
 from cumulo.api.ec2.errors import Ec2Error, from_cumulo, invalid
 from cumulo.api.ec2.instance_view import context, everything, item
+from cumulo.api.ec2.params import Params
 from cumulo.api.ec2.registry import Body, Call, action
 from cumulo.domain.errors import CumuloError
 from cumulo.domain.instance import Action
@@ -47,9 +48,29 @@ def _tags(call: Call) -> dict[str, str]:
     return tags
 
 
-def _groups(call: Call) -> list[str]:
+def _interface(call: Call) -> Params | None:
+    """The one network interface a NetworkInterface.1 asks for (how Ansible launches)."""
+    nics = call.params.structs("NetworkInterface")
+    if not nics:
+        return None
+    nic = nics[0]
+    if len(nics) > 1 or nic.integer("DeviceIndex", default=0) != 0:
+        raise invalid("cumulo instances have one network interface (DeviceIndex 0)")
+    if nic.text("NetworkInterfaceId") is not None:
+        raise invalid("cumulo makes an instance's network interface itself")
+    for name in ("SubnetId", "PrivateIpAddress"):
+        if nic.text(name) is not None and call.params.text(name) is not None:
+            raise invalid(f"give {name} once: on the instance or on its network interface")
+    if nic.items("SecurityGroupId") and (call.params.items("SecurityGroupId")
+                                        or call.params.items("SecurityGroup")):
+        raise invalid("give the security groups once: on the instance or its interface")
+    return nic
+
+
+def _groups(call: Call, nic: Params | None) -> list[str]:
     names = call.params.items("SecurityGroup")
-    wanted = call.params.items("SecurityGroupId")
+    wanted = call.params.items("SecurityGroupId") or (nic.items("SecurityGroupId") if nic
+                                                      else [])
     if wanted:
         by_id = {ids.to_ec2(g.id): g.name for g in security_groups.list_all(call.svc, call.who,
                                                                            None)}
@@ -62,9 +83,10 @@ def _groups(call: Call) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _network(call: Call, zone: str | None) -> tuple[str | None, str | None]:
+def _network(call: Call, zone: str | None, nic: Params | None
+             ) -> tuple[str | None, str | None]:
     """(network name, zone) of SubnetId, if given."""
-    subnet = call.params.text("SubnetId")
+    subnet = call.params.text("SubnetId") or (nic.text("SubnetId") if nic else None)
     if subnet is None:
         return None, zone
     wanted = ids.from_ec2(subnet, "subnet")
@@ -89,13 +111,17 @@ def requests(call: Call, count: int) -> list[instances.CreateInstance]:
     p = call.params
     img, variant = image_variant(call, p.req("ImageId"))
     type_name = p.text("InstanceType") or call.svc.settings.instance_types[0].name
-    network, zone = _network(call, p.text("Placement.AvailabilityZone"))
+    nic = _interface(call)
+    network, zone = _network(call, p.text("Placement.AvailabilityZone"), nic)
     key = p.text("KeyName")
+    private_ip = p.text("PrivateIpAddress") or (nic.text("PrivateIpAddress") if nic else None)
+    if private_ip and count > 1:
+        raise invalid("a PrivateIpAddress takes one instance (MaxCount=1)")
     return [instances.CreateInstance(
         name=f"ec2-{secrets.token_hex(6)}", image=img.name, arch=variant.arch,
         type=type_name, zone=zone, user_data=base64_user_data(p.text("UserData")), tags=_tags(call),
-        keys=[key] if key else [], security_groups=_groups(call), network=network,
-        private_ip=p.text("PrivateIpAddress"), disk_gib=_root_size(call),
+        keys=[key] if key else [], security_groups=_groups(call, nic), network=network,
+        private_ip=private_ip, disk_gib=_root_size(call),
     ) for _ in range(count)]
 
 
@@ -121,8 +147,6 @@ def run_instances(call: Call) -> Body:
         raise Ec2Error("MissingParameter", "The request must contain MinCount and MaxCount")
     if low > high:
         raise invalid(f"MinCount ({low}) is greater than MaxCount ({high})")
-    if p.text("PrivateIpAddress") and high > 1:
-        raise invalid("PrivateIpAddress takes one instance (MaxCount=1)")
     token = p.text("ClientToken")
     made: list[str] | None = None
     if token:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from cumulo.api.ec2.errors import Ec2Error
 
 ALGORITHM = "AWS4-HMAC-SHA256"
-SERVICE = "ec2"
+SERVICES = ("ec2", "sts")  # sts: GetCallerIdentity only (see api.ec2.sts)
 MAX_SKEW = timedelta(minutes=5)
 MAX_EXPIRES_S = 7 * 24 * 3600
 _AUTH_PARTS = re.compile(r"(Credential|SignedHeaders|Signature)=([^,\s]+)")
@@ -42,6 +42,7 @@ class Signed:
 
     access_key_id: str
     region: str
+    service: str
     amz_date: str
     scope: str
     signed_headers: tuple[str, ...]
@@ -74,7 +75,7 @@ def _parse_date(amz_date: str) -> datetime:
 def _scope(credential: str, amz_date: str, regions: set[str]) -> tuple[str, str, str]:
     """(access key id, region, scope) of a `KEY/DATE/REGION/ec2/aws4_request` credential."""
     parts = credential.split("/")
-    if len(parts) != 5 or parts[3] != SERVICE or parts[4] != "aws4_request":
+    if len(parts) != 5 or parts[3] not in SERVICES or parts[4] != "aws4_request":
         raise _auth_failure(f"credential {credential!r} must be "
                             "ACCESS_KEY/YYYYMMDD/REGION/ec2/aws4_request")
     key_id, day, region = parts[0], parts[1], parts[2]
@@ -131,13 +132,15 @@ def parse(req: Request, now: datetime, regions: set[str]) -> Signed:
     else:
         raise _auth_failure("the request is not signed (AWS Signature Version 4)")
     key_id, region, scope = _scope(credential, amz_date, regions)
+    service = scope.split("/")[2]
     headers = tuple(signed.split(";"))
     if "host" not in headers or any(h not in req.headers for h in headers):
         raise Ec2Error("SignatureDoesNotMatch",
                        "SignedHeaders must include host and name only headers sent", 403)
     if not _HEX64.match(signature):
         raise Ec2Error("SignatureDoesNotMatch", "the signature is not 64 hex digits", 403)
-    return Signed(access_key_id=key_id, region=region, amz_date=amz_date, scope=scope,
+    return Signed(access_key_id=key_id, region=region, service=service, amz_date=amz_date,
+                  scope=scope,
                   signed_headers=headers, signature=signature,
                   canonical_query=canonical_query(pairs), payload_hash=payload)
 

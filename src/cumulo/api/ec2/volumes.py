@@ -10,7 +10,7 @@ from cumulo.api.ec2 import filters, ids
 from cumulo.api.ec2.errors import Ec2Error, invalid
 from cumulo.api.ec2.registry import Body, Call, action
 from cumulo.api.ec2.run import digest
-from cumulo.services import client_tokens, instances, resource_tags, volumes
+from cumulo.services import client_tokens, device_names, instances, resource_tags, volumes
 from cumulo.services.views import VolumeView
 
 FILTERS = frozenset({"volume-id", "status", "availability-zone", "size", "volume-type",
@@ -33,13 +33,18 @@ def snapshot_ids(call: Call) -> dict[str, str]:
     return {s.name: s.id for s in volumes.list_snapshots(call.svc, call.who, None)}
 
 
+def device(v: VolumeView, names: dict[str, str]) -> str:
+    """The name the volume was attached as by EC2, else the guest's (`/dev/vdc`)."""
+    return names.get(v.id) or (f"/dev/{v.device}" if v.device else "")
+
+
 def _item(v: VolumeView, instance_ids: dict[str, str], snaps: dict[str, str],
-          tags: dict[str, str]) -> dict[str, Any]:
+          tags: dict[str, str], devices: dict[str, str]) -> dict[str, Any]:
     state, attach = _STATES.get(v.state, (v.state, None))
     attachments = []
     if v.attached_to and attach:
         attachments = [{"volumeId": v.id, "instanceId": instance_ids.get(v.attached_to, ""),
-                        "device": f"/dev/{v.device}" if v.device else "", "status": attach,
+                        "device": device(v, devices), "status": attach,
                         "attachTime": v.created_at,
                         "deleteOnTermination": v.delete_on_termination}]
     return {"volumeId": v.id, "size": v.size_gib, "availabilityZone": v.zone, "status": state,
@@ -54,7 +59,8 @@ def _items(call: Call) -> list[tuple[VolumeView, dict[str, Any], dict[str, str]]
     names = {i.name: i.id for i in instances.list_all(call.svc, call.who, None)}
     snaps = snapshot_ids(call)
     tags = resource_tags.of(call.svc, call.who, None)
-    return [(v, _item(v, names, snaps, tags.get(v.id, {})), tags.get(v.id, {}))
+    devices = device_names.of(call.svc, call.who, None)
+    return [(v, _item(v, names, snaps, tags.get(v.id, {}), devices), tags.get(v.id, {}))
             for v in volumes.list_all(call.svc, call.who, None)]
 
 
@@ -141,7 +147,7 @@ def create_volume(call: Call) -> Body:
 
 def _attachment(call: Call, v: VolumeView, status: str, instance_id: str) -> Body:
     return {"volumeId": v.id, "instanceId": instance_id,
-            "device": f"/dev/{v.device}" if v.device else "", "status": status,
+            "device": device(v, device_names.of(call.svc, call.who, None)), "status": status,
             "attachTime": v.created_at}
 
 
@@ -150,9 +156,11 @@ def attach_volume(call: Call) -> Body:
     volume_id, instance_id = call.params.req("VolumeId"), call.params.req("InstanceId")
     find(call, volume_id)
     ids.from_ec2(instance_id, "i")
-    # The device is the guest's (virtio: the next free /dev/vdX); the one asked is not used.
-    call.params.req("Device")
+    # The API shows the device name asked for, as EC2 does; the guest sees the next virtio
+    # disk (/dev/vdX), whose serial is the volume id without its dash.
+    name = device_names.check(call.params.req("Device"))
     v = volumes.attach(call.svc, call.who, None, volume_id, instance_id)
+    device_names.remember(call.svc, call.who, None, volume_id, name)
     return _attachment(call, v, "attaching", instance_id)
 
 

@@ -11,7 +11,8 @@ from cumulo.api.ec2.instance_view import vpc_id
 from cumulo.api.ec2.registry import Body, Call, action
 from cumulo.services import networks
 
-VPC_FILTERS = frozenset({"vpc-id", "is-default", "state", "cidr", "owner-id"})
+# isDefault: EC2 takes that spelling too (Ansible's amazon.aws uses it).
+VPC_FILTERS = frozenset({"vpc-id", "is-default", "isDefault", "state", "cidr", "owner-id"})
 SUBNET_FILTERS = frozenset({"subnet-id", "vpc-id", "availability-zone", "cidr-block",
                             "default-for-az", "state"})
 
@@ -25,7 +26,8 @@ def describe_vpcs(call: Call) -> Body:
         ids.from_ec2(w, "vpc")
         if w != vpc:
             raise Ec2Error("InvalidVpcID.NotFound", f"The vpc ID '{w}' does not exist")
-    fact = {"vpc-id": vpc, "is-default": True, "state": "available", "cidr": pool,
+    fact = {"vpc-id": vpc, "is-default": True, "isDefault": True, "state": "available",
+            "cidr": pool,
             "owner-id": call.owner_id}
     chosen = filters.matches(filters.parse(call.params, VPC_FILTERS), fact, {})
     return {"vpcSet": [{"vpcId": vpc, "state": "available", "cidrBlock": pool,
@@ -39,6 +41,8 @@ def describe_vpcs(call: Call) -> Body:
 @action("DescribeSubnets")
 def describe_subnets(call: Call) -> Body:
     vpc = vpc_id(call)
+    region = next(r for r in call.svc.settings.regions if r.name == call.region)
+    networks.ensure_defaults(call.svc, call.who, None, list(region.zones))
     nets = networks.list_all(call.svc, call.who, None)
     wanted = call.params.items("SubnetId")
     ids.require_known(wanted, {ids.to_ec2(n.id) for n in nets}, "subnet")

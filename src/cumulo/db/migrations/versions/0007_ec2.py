@@ -1,4 +1,5 @@
-"""EC2 access keys, client tokens, terminated instances, tags of other resources
+"""EC2 access keys, client tokens, terminated instances, tags of other resources, the
+device names volumes were attached as
 
 Revision ID: 0007
 Revises: 0006
@@ -51,8 +52,15 @@ def upgrade() -> None:
         sa.Column("value", sa.String(length=256), nullable=False),
         sa.PrimaryKeyConstraint("resource_id", "key"),
     )
+    op.create_table(
+        "volume_device_names",
+        sa.Column("volume_id", sa.String(length=32), primary_key=True),
+        _project(),
+        sa.Column("device", sa.String(length=32), nullable=False),
+    )
 
 
 def downgrade() -> None:
-    for table in ("resource_tags", "terminated_instances", "client_tokens", "access_keys"):
+    for table in ("volume_device_names", "resource_tags", "terminated_instances",
+                  "client_tokens", "access_keys"):
         op.drop_table(table)
