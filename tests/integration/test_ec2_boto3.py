@@ -359,3 +359,28 @@ def test_tags_vpcs_and_subnets(ec2: Any) -> None:
     assert [s["SubnetId"] for s in subnets] == [inst["SubnetId"]]
     second = run_one(ec2, SubnetId=subnets[0]["SubnetId"])
     assert second["SubnetId"] == subnets[0]["SubnetId"]
+
+
+def test_other_projects_volumes_groups_and_addresses_are_not_found(cloud: Cloud,
+                                                                   ec2: Any) -> None:
+    vid = ec2.create_volume(Size=1, AvailabilityZone="local-1a")["VolumeId"]
+    gid = ec2.create_security_group(GroupName="mine", Description="x")["GroupId"]
+    alloc = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    other = client(cloud, new_project(cloud, "o" + secrets.token_hex(4)))
+    cases = [
+        (lambda: other.describe_volumes(VolumeIds=[vid]), "InvalidVolume.NotFound"),
+        (lambda: other.delete_volume(VolumeId=vid), "InvalidVolume.NotFound"),
+        (lambda: other.create_snapshot(VolumeId=vid), "InvalidVolume.NotFound"),
+        (lambda: other.describe_security_groups(GroupIds=[gid]), "InvalidGroup.NotFound"),
+        (lambda: other.delete_security_group(GroupId=gid), "InvalidGroup.NotFound"),
+        (lambda: other.release_address(AllocationId=alloc), "InvalidAllocationID.NotFound"),
+        (lambda: other.create_tags(Resources=[vid], Tags=[{"Key": "a", "Value": "b"}]),
+         "InvalidVolume.NotFound"),
+    ]
+    for call, code in cases:
+        with pytest.raises(ClientError) as exc:
+            call()
+        assert error_code(exc) == code
+    assert ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0].get("Tags", []) == []
+    assert ec2.describe_security_groups(GroupIds=[gid])["SecurityGroups"]
+    assert ec2.describe_addresses(AllocationIds=[alloc])["Addresses"]
