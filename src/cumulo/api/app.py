@@ -15,6 +15,7 @@ from cumulo.api.routers import (
     catalogue,
     images,
     instances,
+    join,
     networking,
     projects,
     volumes,
@@ -40,7 +41,7 @@ def create_app(svc: Services) -> FastAPI:
     # agents' protocol checks its own fields (services.agents, services.hosts.register): a
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
-    for module in (agents, instances, catalogue, images, projects, networking, volumes,
+    for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
                    access_keys):
         app.include_router(module.router,
                            dependencies=[] if module is agents else user_facing)

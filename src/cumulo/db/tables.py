@@ -64,6 +64,20 @@ class TokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
+class JoinTokenRow(Base):
+    """A one-time token with which a new hypervisor host joins the cloud (its agent trades it
+    for a host token of its own). Only its SHA-256 is stored."""
+
+    __tablename__ = "join_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    zone: Mapped[str | None] = mapped_column(String(63), nullable=True)  # NULL: any zone
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(63), nullable=True)  # the host's name
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
 class HostRow(Base):
     __tablename__ = "hosts"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
