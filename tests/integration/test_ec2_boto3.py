@@ -356,6 +356,11 @@ def test_tags_vpcs_and_subnets(ec2: Any) -> None:
     assert len(vpcs) == 1 and vpcs[0]["IsDefault"]
     subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id",
                                              "Values": [vpcs[0]["VpcId"]]}])["Subnets"]
+    # A default subnet in every zone of the region, as EC2 clients expect.
+    assert sorted((s["AvailabilityZone"], s["DefaultForAz"]) for s in subnets) == \
+        [("local-1a", True), ("local-1b", True)]
+    subnets = ec2.describe_subnets(Filters=[{"Name": "availability-zone",
+                                             "Values": ["local-1a"]}])["Subnets"]
     assert [s["SubnetId"] for s in subnets] == [inst["SubnetId"]]
     second = run_one(ec2, SubnetId=subnets[0]["SubnetId"])
     assert second["SubnetId"] == subnets[0]["SubnetId"]
