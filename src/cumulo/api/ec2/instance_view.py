@@ -19,13 +19,15 @@ from cumulo.services import (
 )
 from cumulo.services.views import InstanceView, NetworkView
 
-# cumulo's states as EC2's (code, name). A rebooting instance is running for EC2; an instance
-# in error is stopped (its stateReason says why).
+# cumulo's states as EC2's (code, name). A rebooting instance is running for EC2, as is a
+# paused one (its status checks say impaired); an instance in error is stopped (its
+# stateReason says why).
 _STATES: dict[str, tuple[int, str]] = {
     "pending": (0, "pending"),
     "starting": (0, "pending"),
     "running": (16, "running"),
     "rebooting": (16, "running"),
+    "paused": (16, "running"),
     "deleting": (32, "shutting-down"),
     "stopping": (64, "stopping"),
     "stopped": (80, "stopped"),

@@ -58,9 +58,11 @@ def describe_instances(call: Call) -> Body:
 
 
 def _status(seen: Seen) -> dict[str, Any]:
-    ok = seen.state[1] == "running"
-    word = "ok" if ok else "not-applicable"
-    details = [{"name": "reachability", "status": "passed" if ok else "not-applicable"}]
+    running = seen.state[1] == "running"
+    impaired = running and seen.view.state == "paused"  # frozen by the hypervisor
+    word = "impaired" if impaired else "ok" if running else "not-applicable"
+    check = "failed" if impaired else "passed" if running else "not-applicable"
+    details = [{"name": "reachability", "status": check}]
     return {"instanceId": seen.view.id, "availabilityZone": seen.view.zone,
             "instanceState": state_of(seen.state), "eventsSet": [],
             "systemStatus": {"status": word, "details": details},
