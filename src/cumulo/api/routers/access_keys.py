@@ -5,13 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from cumulo.api.deps import Svc, Who
+from cumulo.api.openapi import raises
+from cumulo.domain.errors import Conflict
 from cumulo.services import access_keys
 from cumulo.services.access_keys import AccessKeyView
 
 router = APIRouter(prefix="/v1/access-keys", tags=["access keys"])
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=raises(Conflict))  # no_server_key
 def create(svc: Svc, who: Who, project: str | None = None) -> AccessKeyView:
     """A new key; its `secret_access_key` is in this answer only."""
     return access_keys.create(svc, who, project)
