@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from cumulo import __version__
+from cumulo import __version__, web
 from cumulo.api import errors, openapi, threads
 from cumulo.api.batches import CreateBatcher
 from cumulo.api.ec2.endpoint import Ec2Mount
@@ -18,6 +18,7 @@ from cumulo.api.routers import (
     join,
     networking,
     projects,
+    serial,
     volumes,
 )
 from cumulo.api.segments import OneSegmentPerName
@@ -50,6 +51,9 @@ def create_app(svc: Services) -> FastAPI:
                    access_keys):
         app.include_router(module.router,
                            dependencies=[] if module is agents else user_facing)
+    app.include_router(projects.whoami_router, dependencies=user_facing)
+    app.include_router(serial.router)  # a WebSocket: checks its own parameters
+    web.install(app)
 
     # EC2's Query API at the API's own URL (POST /), in front of the routes.
     app.add_middleware(Ec2Mount, svc=svc)

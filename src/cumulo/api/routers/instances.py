@@ -14,7 +14,7 @@ from cumulo.api.threads import service
 from cumulo.domain.errors import Conflict, InsufficientCapacity, NotFound
 from cumulo.domain.instance import Action
 from cumulo.domain.validation import base64_user_data
-from cumulo.services import instances
+from cumulo.services import instance_check, instances
 from cumulo.services.views import InstanceView
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
@@ -38,10 +38,8 @@ class InstanceCreate(Input):
     private_ip: str | None = None
 
 
-@router.post("", status_code=202, responses=raises(NotFound, Conflict, InsufficientCapacity))
-async def create(creates: Creates, who: Who, body: InstanceCreate,
-                 project: str | None = None) -> InstanceView:
-    req = instances.CreateInstance(
+def _request(body: InstanceCreate) -> instances.CreateInstance:
+    return instances.CreateInstance(
         name=body.name,
         image=body.image,
         type=body.type,
@@ -58,7 +56,23 @@ async def create(creates: Creates, who: Who, body: InstanceCreate,
         network=body.network,
         private_ip=body.private_ip,
     )
-    return await creates.create(instances.CreateCall(who, project, req))
+
+
+_CREATE_ERRORS = raises(NotFound, Conflict, InsufficientCapacity)
+
+
+@router.post("", status_code=202, responses=_CREATE_ERRORS)
+async def create(creates: Creates, who: Who, body: InstanceCreate,
+                 project: str | None = None) -> InstanceView:
+    return await creates.create(instances.CreateCall(who, project, _request(body)))
+
+
+@router.post("/validate", status_code=204, responses=_CREATE_ERRORS)
+async def validate(svc: Svc, who: Who, body: InstanceCreate,
+                   project: str | None = None) -> Response:
+    """Check a create without creating anything: 204, or the error the create would give."""
+    await service(svc, instance_check.check_create, svc, who, project, _request(body))
+    return Response(status_code=204)
 
 
 @router.get("")
