@@ -45,14 +45,31 @@ ROOTFS_SIZE = 1 << 30  # 1 GiB virtual
 USERLAND_PACKAGES = (
     "busybox-static",
     "dropbear-bin",
+    "sudo",
+    "iputils-ping",
+    "bash",
     "libc6",
     "libcrypt1",
     "libtomcrypt1",
     "libtommath1",
     "zlib1g",
     "libgmp10",
+    "libpam0g",
+    "libpam-modules",
+    "libaudit1",
+    "libcap-ng0",
+    "libselinux1",
+    "libpcre2-8-0",
+    "libcap2",
+    "libidn2-0",
+    "libunistring2",
+    "libtinfo6",
 )
-LIB_PACKAGES = ("libc6", "libcrypt1", "libtomcrypt1", "libtommath1", "zlib1g", "libgmp10")
+LIB_PACKAGES = (
+    "libc6", "libcrypt1", "libtomcrypt1", "libtommath1", "zlib1g", "libgmp10", "libpam0g",
+    "libaudit1", "libcap-ng0", "libselinux1", "libpcre2-8-0", "libcap2", "libidn2-0",
+    "libunistring2", "libtinfo6",
+)  # fmt: skip
 
 # Kernel modules the initramfs loads (with their dependencies, in dependency order).
 REQUIRED_MODULES = ("virtio_pci", "virtio_blk", "ext4", "isofs", "virtio_net")
@@ -66,8 +83,26 @@ GUEST_FILES = (
     "cumulo-powerbtn",
     "cumulo-hotplug",
     "cumulo-netup",
+    "cumulo-userdata",
+    "cumulo-cloudconfig",
     "udhcpc.script",
 )
+
+# sudo for the default user (its rule is written at boot from the seed), with the sudoers
+# policy plugin it loads and the two PAM modules /etc/pam.d/sudo names.
+SUDO_FILES = ("usr/bin/sudo", "usr/libexec/sudo/sudoers.so")
+PAM_MODULES = ("pam_permit.so", "pam_deny.so")
+SUDOERS = b"""# cumulo tiny: rules for the default user come from the seed (rcS writes sudoers.d)
+Defaults env_reset
+Defaults secure_path="/usr/sbin:/usr/bin:/sbin:/bin"
+root ALL=(ALL:ALL) ALL
+@includedir /etc/sudoers.d
+"""
+# No password is ever asked (the default user has none): NOPASSWD rules skip `auth`.
+PAM_SUDO = b"auth required pam_deny.so\naccount required pam_permit.so\n" \
+    b"session required pam_permit.so\n"
+PAM_OTHER = b"auth required pam_deny.so\naccount required pam_deny.so\n" \
+    b"password required pam_deny.so\nsession required pam_deny.so\n"
 
 DROPBEAR_FILES = (
     "usr/sbin/dropbear",
@@ -110,7 +145,9 @@ def _resolve_packages(arch: Arch, tiny: Path) -> list[DebPackage]:
     (`tiny/.resolved-<arch>.json`) for as long as apt's state is unchanged (checking that
     takes milliseconds)."""
     saved = tiny / f".resolved-{arch.value}.json"
-    apt_key = debs.apt_state_key()
+    # keyed by the package list too: a cumulo that needs more packages must not reuse the
+    # answer of an older one
+    apt_key = debs.apt_state_key() + " " + ",".join(USERLAND_PACKAGES)
     pkgs = _load_resolved(saved, apt_key)
     if pkgs is None:
         a = arch.debian_name
@@ -330,7 +367,8 @@ def _initramfs(moddir: Path, order: Sequence[str], busybox: bytes, applets: list
 
 
 def _copy_elf_with_libs(src_root: Path, rel: str, lib_trees: Sequence[Path], dest: Path) -> None:
-    """Copy `rel` from `src_root` into `dest`, plus its loader and shared libraries."""
+    """Copy `rel` from `src_root` into `dest`, plus its loader and shared libraries (looked
+    up in its own RUNPATH inside `src_root` first, then in the library packages)."""
     todo = [(_resolve_in(src_root / rel, src_root), rel)]
     seen: set[str] = set()
     while todo:
@@ -349,11 +387,21 @@ def _copy_elf_with_libs(src_root: Path, rel: str, lib_trees: Sequence[Path], des
             if found is None:
                 raise ImageBuildError(f"loader {interp} (for {relpath}) not found in lib debs")
             todo.append((found[0], interp.lstrip("/")))
+        runpath = [d.lstrip("/") for d in elf.runpath() if not d.startswith("$")]
         for soname in elf.needed():
-            hit = _find_lib(soname, lib_trees)
+            own = _find_in_trees_at(soname, src_root, runpath)
+            hit = own if own is not None else _find_lib(soname, lib_trees)
             if hit is None:
                 raise ImageBuildError(f"shared library {soname} (for {relpath}) not found")
             todo.append(hit)
+
+
+def _find_in_trees_at(soname: str, root: Path, dirs: Sequence[str]) -> tuple[Path, str] | None:
+    for d in dirs:
+        cand = root / d / soname
+        if cand.is_symlink() or cand.exists():
+            return (_resolve_in(cand, root), f"{d}/{soname}")
+    return None
 
 
 def _resolve_in(path: Path, root: Path) -> Path:
@@ -417,6 +465,16 @@ def _rootfs_tree(
     lib_trees = [trees[p] for p in LIB_PACKAGES]
     for rel in DROPBEAR_FILES:
         _copy_elf_with_libs(trees["dropbear-bin"], rel, lib_trees, root)
+    _add_sudo(root, trees, lib_trees)
+    # iputils' ping, not busybox's: it uses ICMP datagram sockets, which every user may open
+    # (rcS sets net.ipv4.ping_group_range); busybox 1.35's needs a raw socket, so root
+    for name in ("ping", "ping6"):
+        (root / "bin" / name).unlink(missing_ok=True)  # busybox applet links
+    _copy_elf_with_libs(trees["iputils-ping"], "bin/ping", lib_trees, root)
+    (root / "bin/ping6").symlink_to("ping")
+    # The default user's login shell, as on Debian's cloud images: busybox's shell runs its
+    # own applets before anything in PATH (so `ping` would be busybox's there).
+    _copy_elf_with_libs(trees["bash"], "bin/bash", lib_trees, root)
 
     def put(rel: str, data: bytes, mode: int = 0o644) -> None:
         p = root / rel
@@ -429,12 +487,15 @@ def _rootfs_tree(
     put("etc/init.d/rcS", _guest_file("rcS"), 0o755)
     put("etc/init.d/rcK", _guest_file("rcK"), 0o755)
     put("etc/udhcpc/default.script", _guest_file("udhcpc.script"), 0o755)
-    for name in ("cumulo-powerbtn", "cumulo-hotplug", "cumulo-netup"):
+    for name in (
+        "cumulo-powerbtn", "cumulo-hotplug", "cumulo-netup", "cumulo-userdata",
+        "cumulo-cloudconfig",
+    ):  # fmt: skip
         put(f"sbin/{name}", _guest_file(name), 0o755)
     put("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     put("etc/shadow", b"root:*:19000:0:99999:7:::\n", 0o600)
     put("etc/group", b"root:x:0:\ntty:x:5:\n")
-    put("etc/shells", b"/bin/sh\n/bin/ash\n")
+    put("etc/shells", b"/bin/sh\n/bin/ash\n/bin/bash\n")
     put("etc/nsswitch.conf", b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n")
     put("etc/hostname", b"tiny\n")
     put("etc/hosts", b"127.0.0.1\tlocalhost\n")
@@ -444,6 +505,29 @@ def _rootfs_tree(
         "etc/os-release",
         b'NAME="cumulo tiny"\nID=cumulo-tiny\nPRETTY_NAME="cumulo tiny (busybox+dropbear)"\n',
     )
+
+
+def _add_sudo(root: Path, trees: dict[str, Path], lib_trees: Sequence[Path]) -> None:
+    for rel in SUDO_FILES:
+        _copy_elf_with_libs(trees["sudo"], rel, lib_trees, root)
+    (root / "usr/bin/sudo").chmod(0o4755)  # setuid root (mke2fs -d keeps mode and owner)
+    pam = trees["libpam-modules"]
+    for name in PAM_MODULES:
+        found = sorted(pam.glob(f"*lib/*/security/{name}"))
+        if not found:
+            raise ImageBuildError(f"{name} not found in libpam-modules")
+        rel = found[0].relative_to(pam).as_posix()
+        _copy_elf_with_libs(pam, rel, lib_trees, root)
+    for d, mode in (("etc/sudoers.d", 0o750), ("etc/pam.d", 0o755)):
+        (root / d).mkdir(parents=True, exist_ok=True)
+        (root / d).chmod(mode)
+    for rel, data, mode in (
+        ("etc/sudoers", SUDOERS, 0o440),
+        ("etc/pam.d/sudo", PAM_SUDO, 0o644),
+        ("etc/pam.d/other", PAM_OTHER, 0o644),
+    ):
+        (root / rel).write_bytes(data)
+        (root / rel).chmod(mode)
 
 
 def _make_qcow2(staging: Path, raw: Path, qcow2: Path, digest: str) -> None:
