@@ -40,7 +40,7 @@ def test_fqdn_ping_and_sudo_for_the_default_user(qemu_cloud: Cloud) -> None:
 
     # ping as the default user (no root): the gateway and the other instance
     assert ssh(c, "a", "id", "-u").stdout.strip() == "1000"
-    for target in (gateway, b["private_ip"]):
+    for target in (gateway, b["private_ip"], b["fqdn"]):
         r = ssh(c, "a", "ping", "-c", "1", "-W", "5", target, check=False)
         assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
 
