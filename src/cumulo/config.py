@@ -155,6 +155,9 @@ class NetworkSettings(BaseModel):
     default_prefix: int = Field(default=20, ge=16, le=28)
     # All-in-one public IPs: a slice of loopback, forwarded into instances (no route to VMs).
     public_pool: str = "127.100.0.0/16"
+    # `cumulo up --hosts N`: the simulated hosts' addresses on their underlay (inside cumulo's
+    # namespaces only, never routed from the root namespace). Host i gets the i-th address.
+    underlay_cidr: str = "10.250.0.0/24"
 
     @field_validator("private_pool")
     @classmethod
@@ -163,6 +166,21 @@ class NetworkSettings(BaseModel):
         if not (net.version == 4 and net.is_private) or net.is_loopback:
             raise ValueError("private_pool must be a private IPv4 range")
         return v
+
+    @field_validator("underlay_cidr")
+    @classmethod
+    def _underlay(cls, v: str) -> str:
+        net = ipaddress.IPv4Network(v, strict=True)
+        if not net.is_private or net.is_loopback or net.prefixlen > 29:
+            raise ValueError("underlay_cidr must be a private IPv4 range of at least a /29")
+        return v
+
+    @model_validator(mode="after")
+    def _apart(self) -> NetworkSettings:
+        if ipaddress.IPv4Network(self.underlay_cidr).overlaps(
+                ipaddress.IPv4Network(self.private_pool)):
+            raise ValueError("underlay_cidr overlaps private_pool")
+        return self
 
     @field_validator("public_pool")
     @classmethod

@@ -60,6 +60,7 @@ class AgentConfig:
     accel: str = "auto"
     architectures: list[Arch] = field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = 30.0
+    underlay_ip: str | None = None  # this host's address on the underlay (VXLAN, NBD, ...)
 
 
 def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:

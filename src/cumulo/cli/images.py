@@ -16,6 +16,7 @@ import typer
 
 from cumulo.cli.client import CliError, load_client_config
 from cumulo.cli.output import CliState, emit, out, state
+from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB
 
 images_app = typer.Typer(help="Operating system images.", no_args_is_help=True)
 
@@ -96,12 +97,16 @@ def image_import(
     public: Annotated[
         bool, typer.Option("--public", help="Make it a public image (admins only).")
     ] = False,
+    min_ram: Annotated[
+        int, typer.Option("--min-ram", help="The least RAM (MiB) an instance of it may have.")
+    ] = DEFAULT_MIN_RAM_MIB,
 ) -> None:
     """Import an image from a local FILE (uploaded) or an http(s) URL (fetched by the API)."""
     st = state(ctx)
     if source.startswith(("http://", "https://")):
         body = {"name": name, "url": source, "arch": arch, "boot": boot,
-                "default_user": default_user, "os": os_name, "public": public}
+                "default_user": default_user, "os": os_name, "public": public,
+                "min_ram_mib": min_ram}
         view = _long_request(st, "POST", "/v1/images", json=body)
     elif "://" in source:
         raise CliError("invalid_url", f"{source}: only http:// and https:// URLs can be imported")
@@ -117,7 +122,7 @@ def image_import(
             "PUT",
             f"/v1/images/{quote(name, safe='')}/upload",
             params={"arch": arch, "boot": boot, "default_user": default_user,
-                    "os": os_name, "public": public or None},
+                    "os": os_name, "public": public or None, "min_ram_mib": min_ram},
             content=_file_chunks(path),
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
         )

@@ -171,10 +171,16 @@ def ip_allocate(ctx: typer.Context) -> None:
 
 
 @ip_app.command("attach")
-def ip_attach(ctx: typer.Context, ip: str, instance: str) -> None:
-    """Attach (or move) a public IP to an instance."""
+def ip_attach(
+    ctx: typer.Context, ip: str, instance: str,
+    reassociate: Annotated[bool, typer.Option(
+        "--reassociate", help="move it even if attached to another instance, and replace "
+                              "the instance's current public IP")] = False,
+) -> None:
+    """Attach a public IP to an instance."""
     st = state(ctx)
-    emit(st, st.client().post(f"/v1/public-ips/{ip}/attach", json={"instance": instance}),
+    emit(st, st.client().post(f"/v1/public-ips/{ip}/attach",
+                              json={"instance": instance, "reassociate": reassociate}),
          IP_COLUMNS)
 
 

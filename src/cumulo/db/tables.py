@@ -20,6 +20,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -62,6 +64,20 @@ class TokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
+class JoinTokenRow(Base):
+    """A one-time token with which a new hypervisor host joins the cloud (its agent trades it
+    for a host token of its own). Only its SHA-256 is stored."""
+
+    __tablename__ = "join_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    zone: Mapped[str | None] = mapped_column(String(63), nullable=True)  # NULL: any zone
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(63), nullable=True)  # the host's name
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
 class HostRow(Base):
     __tablename__ = "hosts"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -97,6 +113,9 @@ class ImageRow(Base):
     initrd_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     kernel_cmdline: Mapped[str] = mapped_column(Text, default="")
     virtual_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The least RAM an instance of this image may have (the API refuses less).
+    min_ram_mib: Mapped[int] = mapped_column(Integer, default=DEFAULT_MIN_RAM_MIB,
+                                             server_default=str(DEFAULT_MIN_RAM_MIB))
     state: Mapped[str] = mapped_column(String(16), default="available")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
@@ -173,6 +192,15 @@ class PublicIpRow(Base):
     )
     auto: Mapped[bool] = mapped_column(default=False)  # given at create, released at delete
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class AddressCursorRow(Base):
+    """Per address range, the address after the last one handed out: kept in the database so
+    that a freed address comes back only after the rest of its range, across restarts too."""
+
+    __tablename__ = "address_cursors"
+    range_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    next_address: Mapped[int] = mapped_column(BigInteger)
 
 
 class KeyPairRow(Base):

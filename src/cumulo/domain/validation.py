@@ -71,3 +71,27 @@ def tags(value: dict[str, str]) -> dict[str, str]:
             raise InvalidInput(f"invalid tag key {key!r}", code="invalid_tag")
         short_text(val, f"the value of tag {key!r}", 256, code="invalid_tag")
     return value
+
+
+# No operating system this cloud runs boots in less than 64 MiB; an imported image that says
+# nothing is taken to need 128 MiB (a small cloud image; `--min-ram` says more or less).
+MIN_RAM_FLOOR_MIB = 64
+DEFAULT_MIN_RAM_MIB = 128
+MAX_RAM_MIB = 16 * 2**20  # 16 TiB
+
+
+def min_ram_mib(value: int) -> int:
+    """The least RAM an image says it needs."""
+    if not MIN_RAM_FLOOR_MIB <= value <= MAX_RAM_MIB:
+        raise InvalidInput(f"minimum RAM must be between {MIN_RAM_FLOOR_MIB} and {MAX_RAM_MIB} "
+                           f"MiB (got {value})", code="invalid_size")
+    return value
+
+
+def enough_ram(ram_mib: int, image_min_mib: int, image: str, arch: str) -> int:
+    """An instance's RAM, refused below what its image boots in (it would end in `error`
+    while holding its addresses: "initrd is too large")."""
+    if ram_mib < image_min_mib:
+        raise InvalidInput(f"{ram_mib} MiB of RAM is too little for image {image!r} ({arch}): "
+                           f"it needs at least {image_min_mib} MiB", code="invalid_size")
+    return ram_mib

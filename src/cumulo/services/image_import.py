@@ -29,7 +29,7 @@ from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict, CumuloError, Forbidden, InvalidInput
 from cumulo.domain.ids import is_id, new_id
 from cumulo.domain.instance import DesiredPower, InstanceState
-from cumulo.domain.validation import dns_label, short_text
+from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB, dns_label, min_ram_mib, short_text
 from cumulo.images import qemu_img
 from cumulo.services import images
 from cumulo.services.auth import scope_project
@@ -66,6 +66,7 @@ class ImportRequest:
     default_user: str = "root"
     os: str = ""
     public: bool = False
+    min_ram_mib: int = DEFAULT_MIN_RAM_MIB
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Target:
     default_user: str
     os: str
     project_id: str | None
+    min_ram_mib: int
     kernel_path: str | None = None
     initrd_path: str | None = None
     kernel_cmdline: str = ""
@@ -136,10 +138,11 @@ def plan(svc: Services, who: Principal, project: str | None, req: ImportRequest)
             code="invalid_user",
         )
     short_text(req.os, "os", MAX_OS_LEN)
+    min_ram = min_ram_mib(req.min_ram_mib)
     with svc.db.session() as s:
         t = Target(
             name=req.name, arch=arch.value, boot=boot, default_user=req.default_user,
-            os=req.os, project_id=_owner(s, who, project, req.public),
+            os=req.os, project_id=_owner(s, who, project, req.public), min_ram_mib=min_ram,
         )
         _refuse_taken(s, t)
     return t
@@ -245,6 +248,7 @@ def _install(svc: Services, t: Target, src: Path, fmt: str) -> ImageView:
                 default_user=t.default_user, os=t.os, disk_path=str(final),
                 kernel_path=t.kernel_path, initrd_path=t.initrd_path,
                 kernel_cmdline=t.kernel_cmdline, virtual_size_bytes=vsize, state="available",
+                min_ram_mib=t.min_ram_mib,
             ))
         recorded = True  # committed: from here on the file belongs to the row
         with svc.db.session() as s:
@@ -345,7 +349,8 @@ def create_from_instance(
             raise Conflict(f"instance {row.name!r} has no disk yet", code="instance_disk_missing")
         t = Target(
             name=name, arch=base.arch, boot=base.boot, default_user=base.default_user,
-            os=base.os, project_id=prj.id, kernel_path=base.kernel_path,
+            os=base.os, project_id=prj.id, min_ram_mib=base.min_ram_mib,
+            kernel_path=base.kernel_path,
             initrd_path=base.initrd_path, kernel_cmdline=base.kernel_cmdline,
         )
         _refuse_taken(s, t)

@@ -17,8 +17,10 @@ from cumulo.db.tables import ImageRow, InstanceRow, ProjectRow
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from cumulo.domain.ids import new_id
+from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
+from cumulo.services.hosts import lock_zone
 from cumulo.services.views import ImageVariantView, ImageView
 
 
@@ -32,6 +34,9 @@ def register_builtin(svc: Services, image_dir: Path) -> None:
     meta = json.loads((image_dir / "image.json").read_text())
     arch = Arch.parse(meta["arch"]).value
     with svc.db.session() as s:
+        # Two API processes starting together must not both insert it (a NULL project makes
+        # the unique constraint blind on PostgreSQL). '#' is in no zone name.
+        lock_zone(s, "#builtin-images")
         row = s.scalar(
             select(ImageRow).where(
                 ImageRow.name == meta["name"], ImageRow.project_id.is_(None), ImageRow.arch == arch
@@ -48,6 +53,7 @@ def register_builtin(svc: Services, image_dir: Path) -> None:
         row.initrd_path = str(image_dir / "initrd.img") if row.boot == "kernel" else None
         row.kernel_cmdline = meta.get("kernel_cmdline", "")
         row.virtual_size_bytes = int(meta.get("virtual_size_bytes", 0))
+        row.min_ram_mib = int(meta.get("min_ram_mib", DEFAULT_MIN_RAM_MIB))
         row.state = "available"
 
 
@@ -101,6 +107,7 @@ def _views(s: Session, rows: list[ImageRow]) -> list[ImageView]:
                         arch=v.arch,
                         boot=v.boot,
                         virtual_size_bytes=v.virtual_size_bytes,
+                        min_ram_mib=v.min_ram_mib,
                         state=v.state,
                     )
                     for v in variants

@@ -36,7 +36,14 @@ from cumulo.domain.instance import (
     check_transition,
     desired_after,
 )
-from cumulo.domain.validation import MAX_BANDWIDTH_MBPS, dns_label, positive, tags, user_data
+from cumulo.domain.validation import (
+    MAX_BANDWIDTH_MBPS,
+    dns_label,
+    enough_ram,
+    positive,
+    tags,
+    user_data,
+)
 from cumulo.protocol import DnsRecord
 from cumulo.scheduler.placement import HostCapacity, Request, largest_possible, place
 from cumulo.services import (
@@ -298,6 +305,7 @@ def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> 
                     lambda: scope_project(s, call.who, call.project))
     image = batch.get(("image", prj.id, req.image, arch.value),
                       lambda: images.resolve_variant(s, prj, req.image, arch.value))
+    enough_ram(size.ram_mib, image.min_ram_mib, image.name, arch.value)
     disk = max(size.disk_gib, -(-image.virtual_size_bytes // 2**30), 1)
     if s.scalar(_NAME_TAKEN, {"project": prj.id, "name": req.name}):
         raise Conflict(

@@ -6,9 +6,10 @@ import ipaddress
 from collections.abc import Iterable
 
 from sqlalchemy import bindparam, func, select
+from sqlalchemy import delete as sql_delete
 from sqlalchemy.orm import Session
 
-from cumulo.db.tables import AddressRow, InstanceRow, NetworkRow, ProjectRow
+from cumulo.db.tables import AddressCursorRow, AddressRow, InstanceRow, NetworkRow, ProjectRow
 from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
 from cumulo.domain.ids import new_id
 from cumulo.domain.netaddr import first_free_subnet, gateway_of, host_range, parse_cidr
@@ -29,12 +30,19 @@ def _view(s: Session, row: NetworkRow, project: str) -> NetworkView:
                        created_at=row.created_at)
 
 
-def _check_free(s: Session, net: ipaddress.IPv4Network) -> None:
-    """Networks never overlap (one namespace per host holds every bridge), nor the pools."""
+def _check_free(s: Session, net: ipaddress.IPv4Network, project_id: str) -> None:
+    """Networks never overlap, across projects too: one namespace per host holds every
+    network's bridge and routes, and the public IP forwarder reaches instances by their
+    private address from there. A refusal names only the caller's own networks: another
+    project's names and ranges are not the caller's to learn."""
     for row in s.scalars(select(NetworkRow)):
-        if net.overlaps(ipaddress.ip_network(row.cidr)):
-            raise Conflict(f"{net} overlaps network {row.name!r} ({row.cidr})",
-                           code="cidr_overlap")
+        if not net.overlaps(ipaddress.ip_network(row.cidr)):
+            continue
+        if row.project_id == project_id:
+            raise Conflict(f"{net} overlaps your network {row.name!r} ({row.cidr}) in zone "
+                           f"{row.zone}", code="cidr_overlap")
+        raise Conflict(f"{net} is not available: it overlaps an address range in use in this "
+                       "cloud; choose another range", code="cidr_overlap")
 
 
 def _zone(svc: Services, zone: str | None) -> str:
@@ -54,7 +62,7 @@ def create(svc: Services, who: Principal, project: str | None, name: str, cidr: 
         if s.scalar(select(NetworkRow.id).where(NetworkRow.project_id == prj.id,
                                                 NetworkRow.zone == z, NetworkRow.name == name)):
             raise Conflict(f"network {name!r} already exists in zone {z}", code="name_taken")
-        _check_free(s, net)
+        _check_free(s, net, prj.id)
         row = NetworkRow(id=new_id("net"), name=name, project_id=prj.id, zone=z, cidr=str(net),
                          gateway=gateway_of(net), is_default=False)
         s.add(row)
@@ -167,6 +175,7 @@ def delete(svc: Services, who: Principal, project: str | None, name: str,
             raise Conflict(f"network {name!r} still has {used} instance(s)",
                            code="network_in_use")
         s.delete(row)
+        s.execute(sql_delete(AddressCursorRow).where(AddressCursorRow.range_key == row.id))
 
 
 def instances_on(s: Session, network_ids: list[str]) -> list[InstanceRow]:

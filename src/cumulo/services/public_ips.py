@@ -77,9 +77,12 @@ def list_all(svc: Services, who: Principal, project: str | None) -> list[PublicI
 
 
 def attach(svc: Services, who: Principal, project: str | None, ip: str,
-           instance_ref: str) -> PublicIpView:
-    """Attach to an instance (moving it if attached elsewhere; the instance's previous
-    public IP is released if it was auto-assigned, kept allocated otherwise)."""
+           instance_ref: str, reassociate: bool = False) -> PublicIpView:
+    """Attach to an instance, replacing the public IP it was given at create (released, as
+    EC2 does with an auto-assigned address). An address attached to another instance, or an
+    instance holding an allocated address, is refused unless `reassociate` (EC2's
+    AllowReassociation): then the address moves, and the instance's allocated address is
+    detached and stays allocated. No instance loses an address without being asked for."""
     from cumulo.services.instances import find_row
 
     with svc.db.session() as s:
@@ -89,10 +92,12 @@ def attach(svc: Services, who: Principal, project: str | None, ip: str,
         notify = {inst.host_id}
         if row.instance_id == inst.id:
             return _view(s, row, prj.name)
+        current = s.scalar(select(PublicIpRow).where(PublicIpRow.instance_id == inst.id))
+        if not reassociate:
+            _refuse_taking(s, row, inst, current)
         if row.instance_id is not None:
             old = s.get(InstanceRow, row.instance_id)
             notify.add(old.host_id if old else None)
-        current = s.scalar(select(PublicIpRow).where(PublicIpRow.instance_id == inst.id))
         if current is not None:
             if current.auto:
                 s.delete(current)
@@ -106,6 +111,21 @@ def attach(svc: Services, who: Principal, project: str | None, ip: str,
     for h in notify:
         svc.notifier.notify(h)
     return result
+
+
+def _refuse_taking(s: Session, row: PublicIpRow, inst: InstanceRow,
+                   current: PublicIpRow | None) -> None:
+    """Conflict if attaching `row` to `inst` would take an address from anyone. Both are the
+    caller's project's (`_find` and `find_row` look in it only), so naming them leaks
+    nothing."""
+    if row.instance_id is not None:
+        holder = s.get(InstanceRow, row.instance_id)
+        raise Conflict(f"public IP {row.ip} is attached to instance "
+                       f"{holder.name if holder else row.instance_id!r}; detach it first or "
+                       "pass --reassociate to move it", code="ip_in_use")
+    if current is not None and not current.auto:
+        raise Conflict(f"instance {inst.name!r} already has public IP {current.ip}; detach it "
+                       "first or pass --reassociate to replace it", code="ip_in_use")
 
 
 def detach(svc: Services, who: Principal, project: str | None, ip: str) -> PublicIpView:

@@ -55,6 +55,7 @@ class ImageVariantView(BaseModel):
     arch: str
     boot: str
     virtual_size_bytes: int
+    min_ram_mib: int
     state: str
 
 

@@ -158,7 +158,21 @@ def test_public_ips(api: TestClient) -> None:
     assert api.get("/v1/instances/a").json()["public_ip"] == ip
     ips = {p["ip"]: p for p in api.get("/v1/public-ips").json()}
     assert a["public_ip"] not in ips  # a's auto IP was given back
-    api.post(f"/v1/public-ips/{ip}/attach", json={"instance": "b"})  # move
+    # Taking it from a, or replacing an allocated address, needs --reassociate; refused
+    # attaches change nothing.
+    r = api.post(f"/v1/public-ips/{ip}/attach", json={"instance": "b"})
+    assert (r.status_code, r.json()["code"]) == (409, "ip_in_use"), r.text
+    assert "attached to instance 'a'" in r.json()["detail"]
+    other = api.post("/v1/public-ips").json()["ip"]
+    r = api.post(f"/v1/public-ips/{other}/attach", json={"instance": "a"})
+    assert (r.status_code, r.json()["code"]) == (409, "ip_in_use"), r.text
+    assert f"already has public IP {ip}" in r.json()["detail"]
+    assert api.get("/v1/instances/a").json()["public_ip"] == ip
+    assert api.get("/v1/instances/b").json()["public_ip"] == b["public_ip"]
+    assert {p["ip"]: p["instance"] for p in api.get("/v1/public-ips").json()}[other] is None
+    api.delete(f"/v1/public-ips/{other}")
+    r = api.post(f"/v1/public-ips/{ip}/attach", json={"instance": "b", "reassociate": True})
+    assert r.status_code == 200 and r.json()["instance"] == "b"  # moved
     assert api.get("/v1/instances/a").json()["public_ip"] is None
     assert api.get("/v1/instances/b").json()["public_ip"] == ip
     assert b["public_ip"] not in {p["ip"] for p in api.get("/v1/public-ips").json()}

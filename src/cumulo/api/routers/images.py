@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from cumulo.api.deps import Svc, Who
 from cumulo.api.inputs import Input
 from cumulo.api.threads import long_job
+from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB
 from cumulo.services import image_import, images
 from cumulo.services.views import ImageView
 
@@ -40,6 +41,8 @@ class ImportUrl(Input):
     default_user: str = "root"
     os: str = ""
     public: bool = Field(default=False, description="a public image (admins only)")
+    min_ram_mib: int = Field(default=DEFAULT_MIN_RAM_MIB,
+                             description="the least RAM (MiB) an instance of it may have")
 
 
 class FromInstance(Input):
@@ -78,11 +81,13 @@ async def upload_image(
     default_user: str = "root",
     os: str = "",
     public: bool = False,
+    min_ram_mib: int = DEFAULT_MIN_RAM_MIB,
     project: str | None = None,
 ) -> ImageView:
     """Import an image from the request body (what `cumulo image import NAME FILE` sends)."""
     req = image_import.ImportRequest(
-        name=name, arch=arch, boot=boot, default_user=default_user, os=os, public=public
+        name=name, arch=arch, boot=boot, default_user=default_user, os=os, public=public,
+        min_ram_mib=min_ram_mib,
     )
     target = await run_in_threadpool(image_import.plan, svc, who, project, req)
     length = request.headers.get("content-length")
@@ -112,7 +117,7 @@ async def import_from_url(svc: Svc, who: Who, body: ImportUrl,
     """Import an image the API server downloads from an http(s) URL."""
     req = image_import.ImportRequest(
         name=body.name, arch=body.arch, boot=body.boot, default_user=body.default_user,
-        os=body.os, public=body.public,
+        os=body.os, public=body.public, min_ram_mib=body.min_ram_mib,
     )
     return await long_job(image_import.import_url, svc, who, project, req, body.url)
 

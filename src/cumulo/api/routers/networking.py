@@ -117,12 +117,15 @@ def list_ips(svc: Svc, who: Who, project: str | None = None) -> list[PublicIpVie
 
 class Attach(Input):
     instance: str
+    # EC2's AllowReassociation: take the address from the instance holding it, and replace
+    # the target's own public IP. Without it either is refused (ip_in_use).
+    reassociate: bool = False
 
 
 @router.post("/public-ips/{ip}/attach")
 def attach_ip(svc: Svc, who: Who, ip: str, body: Attach,
               project: str | None = None) -> PublicIpView:
-    return public_ips.attach(svc, who, project, ip, body.instance)
+    return public_ips.attach(svc, who, project, ip, body.instance, body.reassociate)
 
 
 @router.post("/public-ips/{ip}/detach")
