@@ -15,9 +15,10 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 
 from cumulo.agent.net import namespace
 from cumulo.agent.net.forwarder import Forwarder
@@ -70,9 +71,17 @@ async def _wait_syns(ns: str, n: int, timeout: float) -> int:
     return count
 
 
-def _forward(port: int) -> Forward:
+@pytest_asyncio.fixture
+async def endpoint(netns: str) -> AsyncIterator[Forward]:
+    """A forwarder listening on a loopback address, forwarding to TARGET in the namespace."""
     public = f"127.77.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
-    return Forward(public_ip=public, port=port, private_ip=TARGET, cidrs=("127.0.0.0/8",))
+    f = Forward(public_ip=public, port=free_port(), private_ip=TARGET, cidrs=("127.0.0.0/8",))
+    fwd = Forwarder(netns)
+    assert await fwd.update((f,)) == []
+    try:
+        yield f
+    finally:
+        await fwd.close()
 
 
 def _echo_server(ns: str, port: int, ready: threading.Event) -> None:
@@ -90,56 +99,39 @@ def _echo_server(ns: str, port: int, ready: threading.Event) -> None:
             conn.sendall(conn.recv(100).upper())
 
 
-async def test_inner_connect_is_retried_finely_until_the_instance_answers(netns: str) -> None:
-    port = free_port()
-    fwd = Forwarder(netns)
-    f = _forward(port)
-    assert await fwd.update((f,)) == []
-    try:
-        reader, writer = await asyncio.open_connection(f.public_ip, port)
-        writer.write(b"hello")  # sent before the instance answers: must not be lost
-        await writer.drain()
-        # One connect alone: the kernel resends its SYN after 1 s, then 2 s more (3 packets
-        # were seen in 2.5 s); a fresh SYN every 0.1 s makes many more.
-        assert await _wait_syns(netns, 8, timeout=2.5) >= 8
-        ready = threading.Event()
-        server = threading.Thread(target=_echo_server, args=(netns, port, ready), daemon=True)
-        server.start()
-        assert await asyncio.to_thread(ready.wait, 10)
-        _ip("-n", netns, "addr", "add", f"{TARGET}/32", "dev", "lo")  # the instance is up
-        assert await asyncio.wait_for(reader.read(100), 10) == b"HELLO"
-        writer.close()
-        await asyncio.to_thread(server.join, 10)
-    finally:
-        await fwd.close()
+async def test_inner_connect_is_retried_finely_until_the_instance_answers(
+    netns: str, endpoint: Forward
+) -> None:
+    reader, writer = await asyncio.open_connection(endpoint.public_ip, endpoint.port)
+    writer.write(b"hello")  # sent before the instance answers: must not be lost
+    await writer.drain()
+    # One connect alone: the kernel resends its SYN after 1 s, then 2 s more (3 packets
+    # were seen in 2.5 s); a fresh SYN every 0.1 s makes many more.
+    assert await _wait_syns(netns, 8, timeout=2.5) >= 8
+    ready = threading.Event()
+    server = threading.Thread(
+        target=_echo_server, args=(netns, endpoint.port, ready), daemon=True
+    )
+    server.start()
+    assert await asyncio.to_thread(ready.wait, 10)
+    _ip("-n", netns, "addr", "add", f"{TARGET}/32", "dev", "lo")  # the instance is up
+    assert await asyncio.wait_for(reader.read(100), 10) == b"HELLO"
+    writer.close()
+    await asyncio.to_thread(server.join, 10)
 
 
-async def test_no_more_attempts_once_the_client_left(netns: str) -> None:
-    port = free_port()
-    fwd = Forwarder(netns)
-    f = _forward(port)
-    assert await fwd.update((f,)) == []
-    try:
-        _, writer = await asyncio.open_connection(f.public_ip, port)
-        assert await _wait_syns(netns, 1, timeout=5) >= 1
-        writer.close()
-        await asyncio.sleep(0.5)  # the forwarder notices at its next tick (0.1 s)
-        before = _syns(netns)
-        await asyncio.sleep(1.5)  # a SYN left pending would be resent by now (at 1 s)
-        assert _syns(netns) == before
-    finally:
-        await fwd.close()
+async def test_no_more_attempts_once_the_client_left(netns: str, endpoint: Forward) -> None:
+    _, writer = await asyncio.open_connection(endpoint.public_ip, endpoint.port)
+    assert await _wait_syns(netns, 1, timeout=5) >= 1
+    writer.close()
+    await asyncio.sleep(0.5)  # the forwarder notices at its next tick (0.1 s)
+    before = _syns(netns)
+    await asyncio.sleep(1.5)  # a SYN left pending would be resent by now (at 1 s)
+    assert _syns(netns) == before
 
 
-async def test_a_refusal_closes_the_client_at_once(netns: str) -> None:
-    port = free_port()
+async def test_a_refusal_closes_the_client_at_once(netns: str, endpoint: Forward) -> None:
     _ip("-n", netns, "addr", "add", f"{TARGET}/32", "dev", "lo")  # up, nothing listening
-    fwd = Forwarder(netns)
-    f = _forward(port)
-    assert await fwd.update((f,)) == []
-    try:
-        reader, writer = await asyncio.open_connection(f.public_ip, port)
-        assert await asyncio.wait_for(reader.read(100), 10) == b""
-        writer.close()
-    finally:
-        await fwd.close()
+    reader, writer = await asyncio.open_connection(endpoint.public_ip, endpoint.port)
+    assert await asyncio.wait_for(reader.read(100), 10) == b""
+    writer.close()
