@@ -174,6 +174,7 @@ def _prepare_host(paths: StatePaths, settings: Settings, db: Database, url: str,
                 "architectures": [a.value for a in settings.host.architectures],
                 "stop_timeout_s": settings.host.stop_timeout_s,
                 "underlay_ip": str(host.underlay.ip) if host.underlay else None,
+                "resume_free_mib": settings.host.resume_free_mib,
             },
             indent=2,
         )

@@ -45,13 +45,15 @@ def zone_list(ctx: typer.Context) -> None:
                     "accel": h["accel"] if h else None,
                     "vcpus_free": (h["vcpus"] - h["vcpus_used"]) if h else 0,
                     "ram_mib_free": (h["ram_mib"] - h["ram_mib_used"]) if h else 0,
+                    "disk_mib_free": h.get("disk_room_mib") if h else None,
                     "instances": h["instances"] if h else 0,
                 }
             )
     emit(
         st,
         rows,
-        ["zone", "region", "host", "state", "accel", "vcpus_free", "ram_mib_free", "instances"],
+        ["zone", "region", "host", "state", "accel", "vcpus_free", "ram_mib_free", "disk_mib_free",
+         "instances"],
     )
 
 
@@ -77,7 +79,7 @@ def project_list(ctx: typer.Context) -> None:
 def project_delete(ctx: typer.Context, name: str) -> None:
     """Delete an empty project."""
     st = state(ctx)
-    st.client().delete(f"/v1/projects/{name}", scoped=False)
+    st.client().delete("/v1/projects/{}", name, scoped=False)
     if st.json:
         emit(st, {"name": name, "deleted": True}, ["name"])
     else:
@@ -88,4 +90,4 @@ def project_delete(ctx: typer.Context, name: str) -> None:
 def project_token(ctx: typer.Context, name: str) -> None:
     """Issue a token that acts only inside project NAME (shown once)."""
     st = state(ctx)
-    emit(st, st.client().post(f"/v1/projects/{name}/tokens", scoped=False), ["token"])
+    emit(st, st.client().post("/v1/projects/{}/tokens", name, scoped=False), ["token"])

@@ -28,12 +28,15 @@ from cumulo.agent.drivers.base import (
     VolumeAttachment,
     check_spec_files,
 )
+from cumulo.agent.drivers.fake_serial import FakeSerialPort
+from cumulo.agent.drivers.serial import SerialPort
+from cumulo.domain.disk_errors import DiskIoError
 
 _LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)
 
 
 class _FakeVM:
-    __slots__ = ("events", "observed", "shutdown_pending", "spec", "volumes")
+    __slots__ = ("events", "observed", "ports", "shutdown_pending", "spec", "volumes")
 
     def __init__(self, spec: VMSpec, observed: Observed) -> None:
         self.spec = spec
@@ -41,11 +44,18 @@ class _FakeVM:
         self.shutdown_pending = False
         self.events: list[str] = []  # "boot", "reset", "poweroff", "kill": console is rendered
         self.volumes: dict[str, VolumeAttachment] = {}  # held by the running process
+        self.ports: list[FakeSerialPort] = []  # open serial connections (end with the process)
 
     def power_off(self, power: PowerState, reason: str) -> None:
         self.shutdown_pending = False
         self.volumes.clear()  # the process is gone, and its disks with it
+        self.close_ports()
         self.observed = Observed(self.observed.vm_id, power, None, reason)
+
+    def close_ports(self) -> None:
+        for port in self.ports:
+            port.vanish()
+        self.ports.clear()
 
 
 @dataclass
@@ -56,6 +66,8 @@ class FakeHost:
     pids: itertools.count[int] = field(default_factory=lambda: itertools.count(10_000))
     # Volume ids whose guest never releases the disk on hot-unplug (tests of the timeout).
     stuck_volumes: set[str] = field(default_factory=set)
+    # Host files that cannot be written now (a full disk: see simulate_io_error).
+    full_files: set[str] = field(default_factory=set)
 
 
 class FakeDriver(Driver):
@@ -100,6 +112,7 @@ class FakeDriver(Driver):
     async def request_shutdown(self, vm_id: str) -> None:
         vm = self.host.vms.get(vm_id)
         if vm is not None and vm.observed.power in _LIVE:
+            self._retry_writes(vm)  # a paused guest would never see the request
             vm.shutdown_pending = True
 
     async def force_stop(self, vm_id: str) -> None:
@@ -115,12 +128,31 @@ class FakeDriver(Driver):
         if vm is None or vm.observed.power not in _LIVE:
             raise DriverError(f"cannot reboot {vm_id}: it is not running")
         vm.shutdown_pending = False
-        vm.events.append("reset")
+        vm.events.append("reset")  # the writes that failed are dropped, and it runs
         if vm.observed.power is not PowerState.RUNNING:
             vm.observed = Observed(vm_id, PowerState.RUNNING, vm.observed.pid)
 
+    async def resume(self, vm_id: str) -> None:
+        vm = self.host.vms.get(vm_id)
+        if vm is None or vm.observed.power not in _LIVE:
+            raise DriverError(f"cannot resume {vm_id}: it is not running")
+        self._retry_writes(vm)
+
+    def _retry_writes(self, vm: _FakeVM) -> None:
+        """QEMU's `cont` on a VM paused by failed writes: they are tried again, and pause it
+        again if their files still cannot be written."""
+        if vm.observed.power is not PowerState.PAUSED:
+            return
+        still = tuple(e for e in vm.observed.io_errors if e.path in self.host.full_files)
+        vm.observed = (Observed(vm.observed.vm_id, PowerState.PAUSED, vm.observed.pid,
+                                "qemu status io-error", still)
+                       if still else
+                       Observed(vm.observed.vm_id, PowerState.RUNNING, vm.observed.pid))
+
     async def destroy(self, vm_id: str) -> None:
-        self.host.vms.pop(vm_id, None)
+        vm = self.host.vms.pop(vm_id, None)
+        if vm is not None:
+            vm.close_ports()
 
     async def console_log(self, vm_id: str, max_bytes: int = 64 * 1024) -> str:
         vm = self.host.vms.get(vm_id)
@@ -130,12 +162,32 @@ class FakeDriver(Driver):
         data = text.encode()
         return data[-max_bytes:].decode(errors="replace") if len(data) > max_bytes else text
 
+    async def open_serial(self, vm_id: str) -> SerialPort:
+        vm = self.host.vms.get(vm_id)
+        if vm is None or vm.observed.power not in _LIVE:
+            raise DriverError(f"cannot open the serial port of {vm_id}: it is not running")
+        vm.ports = [p for p in vm.ports if not p.closed]
+        port = FakeSerialPort(vm.spec.hostname)
+        vm.ports.append(port)
+        return port
+
     def simulate_crash(self, vm_id: str, reason: str = "") -> None:
         """The VM's process dies without anyone asking (tests). KeyError if unknown."""
         vm = self.host.vms[vm_id]
         pid = vm.observed.pid
         vm.events.append("kill")
         vm.power_off(PowerState.CRASHED, reason or f"qemu process exited unexpectedly (pid {pid})")
+
+    def simulate_io_error(self, vm_id: str, disk: str, path: str, nospace: bool = True) -> None:
+        """A write of the running VM to `disk` (its file `path`) fails on the host: the VM
+        pauses, as a disk with the `stop` write-error policy does (tests). With `nospace`, the
+        file counts as unwritable (host.full_files) until a test removes it."""
+        vm = self.host.vms[vm_id]
+        if nospace:
+            self.host.full_files.add(path)
+        errors = (*vm.observed.io_errors, DiskIoError(disk, nospace, path))
+        vm.observed = Observed(vm_id, PowerState.PAUSED, vm.observed.pid, "qemu status io-error",
+                               errors)
 
     # -- block volumes ----------------------------------------------------------------------
 

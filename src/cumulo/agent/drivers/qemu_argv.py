@@ -41,6 +41,11 @@ class VMPaths:
         return self.dir / "qmp.sock"
 
     @property
+    def serial_sock(self) -> Path:
+        """The serial port, served by QEMU to one client at a time (the agent's SerialHub)."""
+        return self.dir / "ser.sock"  # as long as qmp.sock: the same path length limit
+
+    @property
     def pidfile(self) -> Path:
         return self.dir / "qemu.pid"
 
@@ -91,8 +96,12 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
         str(spec.vcpus),
         "-m",
         str(spec.ram_mib),
+        # The serial port is a socket for the interactive console; QEMU logs what the guest
+        # writes to console.log whether a client is connected or not (output is dropped, not
+        # held, while none is), so the console log stays complete.
         "-chardev",
-        f"file,id=console,path={_opt(paths.console_log)},append=on",
+        f"socket,id=console,path={_opt(paths.serial_sock)},server=on,wait=off,"
+        f"logfile={_opt(paths.console_log)},logappend=on",
         "-serial",
         "chardev:console",
     ]
@@ -106,7 +115,8 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
         argv += ["-bios", str(AARCH64_UEFI)]
     argv += [
         "-drive",
-        f"if=none,id=root,file={_opt(spec.boot_disk)},format=qcow2,cache=writeback,discard=unmap",
+        f"if=none,id=root,file={_opt(spec.boot_disk)},format=qcow2,cache=writeback,discard=unmap"
+        f",werror={_write_error(spec.boot_write_error)}",
         "-device",
         "virtio-blk-pci,drive=root,id=root-dev",
     ]
@@ -197,6 +207,7 @@ def volume_device(att: VolumeAttachment, port: int) -> dict[str, Any]:
         "drive": top_node(att.volume_id),
         "serial": att.serial,
         "bus": hotplug_port(port),
+        "werror": _write_error(att.write_error),
     }
 
 
@@ -229,6 +240,14 @@ def _machine(arch: Arch, accel: Accel) -> list[str]:
     if accel == "kvm":
         return ["-machine", "virt,gic-version=host", "-cpu", "host"]
     return ["-machine", "virt", "-cpu", "cortex-a57"]
+
+
+def _write_error(policy: str) -> str:
+    """QEMU's werror= for a disk: `stop` pauses the VM on a failed write (it is retried when
+    the VM runs again), `report` fails it in the guest. Read errors are always reported."""
+    if policy not in ("stop", "report"):
+        raise DriverError(f"invalid disk write-error policy {policy!r} (stop or report)")
+    return policy
 
 
 def _opt(path: Path | str) -> str:
