@@ -20,21 +20,15 @@ import pytest_asyncio
 from cumulo.agent.net import names, vxlan
 from cumulo.agent.net.host_network import HostNetwork
 from cumulo.allinone import fabric
-from cumulo.protocol import Assignment, DnsRecord, ImageRef, NetworkRef, NicRef
+from cumulo.protocol import Assignment, DnsRecord, NetworkRef
+from tests.unit.agent.net.test_vxlan_plan import vm_on
 
 NET_ID = "net-00000000000000f19"
 MACS = {"a": "52:19:00:00:00:0a", "b": "52:19:00:00:00:0b", "c": "52:19:00:00:00:0c"}
 
 
 def _vm(name: str) -> Assignment:
-    return Assignment(
-        id=f"i-00000000000000{ord(name):03x}", hostname=name, project="p", arch="x86_64",
-        vcpus=1, ram_mib=128, disk_gib=1, state="running", desired_power="running",
-        generation=1, reboot_seq=0, reboot_done_seq=0,
-        image=ImageRef(id="i", boot="kernel", disk_path="/d", kernel_path=None,
-                       initrd_path=None, kernel_cmdline=""),
-        nics=[NicRef(network_id=NET_ID, mac=MACS[name], ip=f"10.219.0.{ord(name)}")],
-    )  # fmt: skip
+    return vm_on(NET_ID, name, MACS[name], f"10.219.0.{ord(name)}")
 
 
 def _net(where: dict[str, str]) -> NetworkRef:

@@ -28,15 +28,20 @@ def net(vni: int = 4242, where: dict[str, str] = WHERE) -> NetworkRef:
     )  # fmt: skip
 
 
-def vm(name: str) -> Assignment:
+def vm_on(network_id: str, name: str, mac: str, ip: str) -> Assignment:
+    """An instance named `name` (a letter) with one NIC on the network."""
     return Assignment(
         id=f"i-00000000000000{ord(name):03x}", hostname=name, project="p1", arch="x86_64",
         vcpus=1, ram_mib=128, disk_gib=1, state="running", desired_power="running",
         generation=1, reboot_seq=0, reboot_done_seq=0,
         image=ImageRef(id="i", boot="kernel", disk_path="/d", kernel_path=None,
                        initrd_path=None, kernel_cmdline=""),
-        nics=[NicRef(network_id=NET_ID, mac=MAC[name], ip="10.9.1.10")],
+        nics=[NicRef(network_id=network_id, mac=mac, ip=ip)],
     )  # fmt: skip
+
+
+def vm(name: str) -> Assignment:
+    return vm_on(NET_ID, name, MAC[name], "10.9.1.10")
 
 
 def host_plan(local_ip: str | None, *names_: str, network: NetworkRef | None = None
