@@ -225,6 +225,14 @@ class QuotaSettings(BaseModel):
     snapshots: Limit = 100
     public_ips: Limit = 20
     networks: Limit = 20
+class Ec2Settings(BaseModel):
+    """The EC2 Query API (cumulo.api.ec2)."""
+
+    # How long Describe* still shows a terminated instance (EC2: about an hour).
+    terminated_visible_s: int = Field(default=3600, ge=0, le=MAX_INTEGER)
+    # The key that encrypts the access keys' secrets: every API process of one cloud needs
+    # the same. Default: <state-dir>/server.key, made by `cumulo up` (mode 0600).
+    server_key_file: str | None = None
 
 
 class Settings(BaseModel):
@@ -252,6 +260,7 @@ class Settings(BaseModel):
     # Prometheus may read /metrics with this token as well as with an admin token ("": only
     # admin tokens). Kept here, not in the database: it is the operator's, like the file.
     metrics_token: str = Field(default="", pattern=r"^([\x21-\x7e]{16,200})?$")
+    ec2: Ec2Settings = Field(default_factory=Ec2Settings)
 
     @field_validator("cloud_domain")
     @classmethod

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar, cast
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cumulo.db.tables import ProjectRow
+from cumulo.db.tables import HostRow, ProjectRow
 from cumulo.scheduler.placement import HostCapacity
 from cumulo.services import hosts, quotas
 from cumulo.services.auth import scope_project
@@ -61,6 +62,10 @@ class CreateBatch:
 
     def charged(self, budget: quotas.Budget) -> None:
         self._memo[("budget", budget.project_id)] = budget
+
+    def underlay(self, host_id: str) -> str | None:
+        return self.get(("underlay", host_id), lambda: self.s.scalar(
+            select(HostRow.underlay_ip).where(HostRow.id == host_id)))
 
     def capacities(self, zone: str) -> list[HostCapacity]:
         return self.get(("capacities", zone), lambda: hosts.capacities(self.s, zone))

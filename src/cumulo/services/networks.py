@@ -15,7 +15,7 @@ from cumulo.domain.ids import new_id
 from cumulo.domain.netaddr import first_free_subnet, gateway_of, host_range, parse_cidr
 from cumulo.domain.netaddr import random_mac as _mac
 from cumulo.domain.validation import dns_label
-from cumulo.services import address_picker, events, quotas
+from cumulo.services import address_picker, events, quotas, segments
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import NetworkView
@@ -66,7 +66,7 @@ def create(svc: Services, who: Principal, project: str | None, name: str, cidr: 
         quotas.check(s, svc, prj, {"networks": 1}, ("network", "", name))
         _check_free(s, net, prj.id)
         row = NetworkRow(id=new_id("net"), name=name, project_id=prj.id, zone=z, cidr=str(net),
-                         gateway=gateway_of(net), is_default=False)
+                         gateway=gateway_of(net), is_default=False, vni=segments.free_vni(s))
         s.add(row)
         s.flush()
         events.add(s, [events.Event(prj.id, "network", row.id, row.name, "created",
@@ -93,10 +93,25 @@ def ensure_default(s: Session, svc: Services, project: ProjectRow, zone: str) ->
     if subnet is None:
         raise InsufficientCapacity(f"the private address pool {pool} is exhausted")
     row = NetworkRow(id=new_id("net"), name=DEFAULT_NETWORK, project_id=project.id, zone=zone,
-                     cidr=str(subnet), gateway=gateway_of(subnet), is_default=True)
+                     cidr=str(subnet), gateway=gateway_of(subnet), is_default=True,
+                     vni=segments.free_vni(s))
     s.add(row)
     s.flush()
     return row
+
+
+def ensure_defaults(svc: Services, who: Principal, project: str | None,
+                    zones: list[str]) -> None:
+    """The project's default network in each of `zones` (EC2 clients expect a default subnet
+    per zone before anything runs there)."""
+    from cumulo.services import hosts
+
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        for zone in sorted(zones):  # in one order, as creates take them
+            hosts.lock_zone(s, zone)
+        for zone in zones:
+            ensure_default(s, svc, prj, zone)
 
 
 def resolve(s: Session, svc: Services, project: ProjectRow, zone: str,
