@@ -8,7 +8,16 @@ from cumulo import __version__
 from cumulo.api import errors, threads
 from cumulo.api.batches import CreateBatcher
 from cumulo.api.inputs import refuse_unstorable
-from cumulo.api.routers import agents, catalogue, images, instances, networking, projects, volumes
+from cumulo.api.routers import (
+    agent_images,
+    agents,
+    catalogue,
+    images,
+    instances,
+    networking,
+    projects,
+    volumes,
+)
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
 
@@ -30,9 +39,10 @@ def create_app(svc: Services) -> FastAPI:
     # agents' protocol checks its own fields (services.agents, services.hosts.register): a
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
-    for module in (agents, instances, catalogue, images, projects, networking, volumes):
+    for module in (agents, instances, catalogue, images, projects, networking, volumes,
+                   agent_images):
         app.include_router(module.router,
-                           dependencies=[] if module is agents else user_facing)
+                           dependencies=[] if module in (agents, agent_images) else user_facing)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

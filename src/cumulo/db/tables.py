@@ -98,6 +98,14 @@ class ImageRow(Base):
     kernel_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     initrd_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     kernel_cmdline: Mapped[str] = mapped_column(Text, default="")
+    # Size and sha256 of each file (the paths above are the API machine's own and never leave
+    # it): hosts fetch the files by image id over HTTP and check them against these.
+    disk_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    disk_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    kernel_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    kernel_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    initrd_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    initrd_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     virtual_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     # The least RAM an instance of this image may have (the API refuses less).
     min_ram_mib: Mapped[int] = mapped_column(Integer, default=DEFAULT_MIN_RAM_MIB,
@@ -272,4 +280,23 @@ class SnapshotRow(Base):
     size_gib: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))  # creating | available | error | deleting
     state_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ImageExportRow(Base):
+    """`image create-from-instance`: a job for the instance's host agent, which exports the
+    stopped instance's disk and uploads it to the image store (the API never opens a host's
+    files). state: pending | done | failed."""
+
+    __tablename__ = "image_exports"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))  # the new image's
+    state: Mapped[str] = mapped_column(String(16))
+    code: Mapped[str] = mapped_column(String(64), default="", server_default="")  # failed: why
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    image_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
