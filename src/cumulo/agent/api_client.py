@@ -22,8 +22,9 @@ _UPLOAD_CHUNK = 1 << 20
 
 
 class ApiClient:
-    def __init__(self, url: str, token: str) -> None:
-        transport = None
+    def __init__(self, url: str, token: str,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """`transport`: how to reach the API other than by `url` (tests: in-process)."""
         if url.startswith("unix:"):
             transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix:"))
             url = "http://api"
