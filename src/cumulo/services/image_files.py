@@ -51,6 +51,9 @@ def file_for(svc: Services, who: Principal, host: str, image_id: str, role: str)
                            getattr(row, f"{role}_sha256"))
     if not path or not sha:
         raise NotFound(f"image {image_id} has no {role} file", code="unknown_image")
+    if not Path(path).is_file():  # the operator removed it: say so rather than fail
+        raise NotFound(f"the {role} of image {image_id} is missing from the image store",
+                       code="image_file_missing")
     return ServedFile(Path(path), int(size), sha)
 
 
