@@ -62,6 +62,7 @@ class ImageCache:
         self._fetches: dict[tuple[str, ...], asyncio.Task[None]] = {}  # one per image content
         self._failures: dict[tuple[str, ...], str] = {}
         self._unused: frozenset[str] = frozenset()  # image ids held, named by no assignment
+        self._stale: frozenset[str] = frozenset()  # ... named, with files of older content
         self._next_check = 0.0
 
     # -- resolving an assignment's image ---------------------------------------------------
@@ -110,9 +111,6 @@ class ImageCache:
             if not paths[role].is_file():
                 await fetch_file(self.source, ref.id, role, f, paths[role])
 
-    def busy(self) -> bool:
-        return bool(self._fetches)
-
     async def close(self) -> None:
         for task in list(self._fetches.values()):
             task.cancel()
@@ -159,9 +157,12 @@ class ImageCache:
         held = self.held()  # a few entries: cheaper inline than through a thread
         unused = frozenset(held) - named.keys()
         now = time.monotonic()
-        stale = {i for i, ref in named.items() if i in held and self._stale(held[i], ref)}
-        if not stale and (not unused or (unused <= self._unused and now < self._next_check)):
-            self._unused = unused
+        stale = frozenset(i for i, ref in named.items()
+                          if i in held and self._has_stale(held[i], ref))
+        if (not unused and not stale) or (
+                unused <= self._unused and stale <= self._stale and now < self._next_check):
+            # Nothing new to drop: no request, no scan of the instance dirs (every pass).
+            self._unused, self._stale = unused, stale
             return
         gone: set[str] = set()
         if unused:
@@ -171,11 +172,11 @@ class ImageCache:
                 log.warning("image_catalogue_unreachable", error=str(e))
                 self._next_check = now + self.check_s
                 return
-        self._unused, self._next_check = unused, now + self.check_s
+        self._unused, self._stale, self._next_check = unused, stale, now + self.check_s
         busy = {key[0] for key in self._fetches}
         await asyncio.to_thread(self._remove, held, named, gone - busy, self._pinned())
 
-    def _stale(self, files: list[Path], ref: ImageRef) -> bool:
+    def _has_stale(self, files: list[Path], ref: ImageRef) -> bool:
         wanted = {p.name for p in self._paths(ref).values()}
         return any(p.name not in wanted and not p.name.endswith(".part") for p in files)
 

@@ -210,3 +210,33 @@ async def test_pinned_files_stay_while_their_instance_exists(tmp_path: Path) -> 
     shutil.rmtree(inst / "i-0123456789abcdef0")
     await cache.collect([])
     assert not f.exists() and not f.parent.exists()
+
+
+async def test_older_content_of_an_image_goes_once_unpinned(tmp_path: Path) -> None:
+    """A built-in image rebuilt under the same id: the host fetches the new content; the old
+    file stays while an instance made from it exists, and goes after."""
+    from cumulo.protocol import ImageFile, ImageRef
+
+    async def nothing_gone(held: list[str]) -> list[str]:
+        return []
+
+    root, inst = tmp_path / "images", tmp_path / "instances"
+    cache = ImageCache(root, None, nothing_gone, inst, check_s=0.0)  # type: ignore[arg-type]
+    old = ImageRef(id="img-0123456789abcdef0", boot="bios",
+                   disk=ImageFile(sha256="a" * 64, size=1))
+    new = ImageRef(id=old.id, boot="bios", disk=ImageFile(sha256="b" * 64, size=1))
+    for ref in (old, new):
+        f = cache.path(ref.id, "disk", ref.disk.sha256)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    (inst / "i-0123456789abcdef0").mkdir(parents=True)
+    cache.pin(inst / "i-0123456789abcdef0", old)
+    assignment = Assignment(
+        id="i-0123456789abcdef1", hostname="vm", project="p", arch="x86_64", vcpus=1,
+        ram_mib=128, disk_gib=1, state="running", desired_power="running", generation=1,
+        reboot_seq=0, reboot_done_seq=0, image=new)
+    await cache.collect([assignment])
+    assert sorted(p.name[:6] for p in (root / old.id).iterdir()) == ["disk.a", "disk.b"]
+    shutil.rmtree(inst / "i-0123456789abcdef0")
+    await cache.collect([assignment])
+    assert [p.name[:6] for p in (root / old.id).iterdir()] == ["disk.b"]
