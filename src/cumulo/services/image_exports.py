@@ -6,8 +6,8 @@ then carries the export's id. The agent flattens the stopped VM's disk into a st
 inside its own host dir and uploads it (PUT /v1/agent/hosts/HOST/exports/ID with its host
 token); the upload is checked like any import (qemu-img) and recorded, with the export marked
 done, in one transaction. Or the agent reports why it could not (failed, with a stable code).
-`create_from_instance` (the user's request) waits for either, so the command behaves as it
-did when the API read the disk itself.
+The user's request (POST /v1/images/from-instance) waits for either (`outcome`), so the
+command behaves as it did when the API read the disk itself.
 """
 
 from __future__ import annotations
@@ -89,37 +89,40 @@ def request(svc: Services, who: Principal, project: str | None, name: str,
     return export_id
 
 
-def wait(svc: Services, export_id: str, timeout_s: float = EXPORT_TIMEOUT_S,
-         pickup_s: float = PICKUP_TIMEOUT_S) -> ImageView:
-    """The new image once the export is done; raises what it failed with."""
+def outcome(svc: Services, export_id: str, waited_s: float,
+            timeout_s: float = EXPORT_TIMEOUT_S,
+            pickup_s: float = PICKUP_TIMEOUT_S) -> ImageView | None:
+    """The new image once the export is done, None while it runs; raises what it failed
+    with. `waited_s`: since the request (an export no host took, or too long, fails)."""
+    with svc.db.session() as s:
+        row = s.get(ImageExportRow, export_id)
+        if row is None:
+            raise NotFound("the instance was deleted while its disk was being exported",
+                           code="unknown_instance")
+        if row.state == DONE:
+            return images.view_of(s, row.project_id, row.name)
+        if row.state == FAILED:
+            raise ExportFailed(row.reason, code=row.code)
+        state, host_id, instance_id = row.state, row.host_id, row.instance_id
+    if (state == PENDING and waited_s > pickup_s) or waited_s > timeout_s:
+        host = _host_name(svc, host_id)
+        why = (f"host {host} did not take the export within {pickup_s:g} s (is it up?)"
+               if state == PENDING else f"the export took longer than {timeout_s:g} s")
+        code = "host_unreachable" if state == PENDING else "export_failed"
+        if _finish(svc, export_id, FAILED, code, why):
+            svc.notifier.notify(host_id, [instance_id])
+        return outcome(svc, export_id, 0.0)  # what it ended as (the agent may have won)
+    return None
+
+
+def wait(svc: Services, export_id: str, **limits: float) -> ImageView:
+    """`outcome` once there is one, waited for in this thread (tests, scripts). The API
+    waits on its event loop instead (api/routers/images.py): a thread of its long-job pool
+    held here could be the one the upload that ends the job needs."""
     started = time.monotonic()
-    while True:
-        with svc.db.session() as s:
-            row = s.get(ImageExportRow, export_id)
-            if row is None:
-                raise NotFound("the instance was deleted while its disk was being exported",
-                               code="unknown_instance")
-            if row.state == DONE:
-                return images.view_of(s, row.project_id, row.name)
-            if row.state == FAILED:
-                raise ExportFailed(row.reason, code=row.code)
-            state, host_id, instance_id = row.state, row.host_id, row.instance_id
-        waited = time.monotonic() - started
-        if (state == PENDING and waited > pickup_s) or waited > timeout_s:
-            host = _host_name(svc, host_id)
-            why = (f"host {host} did not take the export within {pickup_s:g} s (is it up?)"
-                   if state == PENDING else f"the export took longer than {timeout_s:g} s")
-            code = "host_unreachable" if state == PENDING else "export_failed"
-            if _finish(svc, export_id, FAILED, code, why):
-                svc.notifier.notify(host_id, [instance_id])
-            continue  # reads what it ended as (the agent may have finished meanwhile)
+    while (view := outcome(svc, export_id, time.monotonic() - started, **limits)) is None:
         time.sleep(POLL_S)
-
-
-def create_from_instance(svc: Services, who: Principal, project: str | None, name: str,
-                         instance: str) -> ImageView:
-    """A new image of the project from a stopped instance's boot disk (flattened)."""
-    return wait(svc, request(svc, who, project, name, instance))
+    return view
 
 
 def _host_name(svc: Services, host_id: str) -> str:

@@ -16,6 +16,7 @@ import struct
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from cumulo.agent import main
+from cumulo.api import threads
 from cumulo.db.tables import ImageRow, InstanceRow
 from cumulo.domain.errors import CumuloError
 from cumulo.images.digest import file_digest
@@ -548,6 +550,30 @@ async def test_create_from_instance_is_exported_and_uploaded_by_the_host(
     assert a.export_id is None  # done: the host may start the instance again
     assert_problem(api.post("/v1/images/from-instance", json={"name": "snap", "instance": "vm"}),
                    409, "image_exists")
+
+
+async def test_the_users_request_answers_once_the_agent_uploaded(
+    api: TestClient, svc: Services, store: Path, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One long-job thread: the user's request must not hold it while it waits, or the
+    # upload that ends the job (checked and recorded in that pool) would wait for ever.
+    monkeypatch.setattr(threads, "_long_jobs", ThreadPoolExecutor(max_workers=1))
+    vm = make_instance(api)
+    fake_overlay(store, files, vm)
+    mark_stopped(svc, vm)
+    post = asyncio.create_task(asyncio.to_thread(
+        api.post, "/v1/images/from-instance", json={"name": "snap", "instance": "vm"}))
+    export_id = None
+    for _ in range(200):
+        (a,) = agents.assignments(svc, AGENT, "host-a").instances
+        if (export_id := a.export_id) is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert export_id is not None
+    await asyncio.wait_for(export_by_agent(svc, store, export_id, vm), 60)
+    r = await asyncio.wait_for(post, 30)
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "snap"
 
 
 def test_create_from_instance_refused_unless_stopped(

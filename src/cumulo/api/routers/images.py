@@ -7,6 +7,8 @@ stored. A refused import changes nothing. Their slow part runs in the API's long
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -137,8 +139,15 @@ async def create_from_instance(
     """A new image of the project from a stopped instance's boot disk: its host agent
     exports the disk and uploads it; the answer comes once the image is recorded (or says
     why it was not: instance_not_stopped, instance_disk_missing, host_unreachable, ...)."""
-    return await long_job(image_exports.create_from_instance, svc, who, project, body.name,
-                          body.instance)
+    export_id = await run_in_threadpool(image_exports.request, svc, who, project, body.name,
+                                        body.instance)
+    started = time.monotonic()
+    while True:  # on the event loop: see image_exports.wait
+        view = await run_in_threadpool(image_exports.outcome, svc, export_id,
+                                       time.monotonic() - started)
+        if view is not None:
+            return view
+        await asyncio.sleep(image_exports.POLL_S)
 
 
 @router.delete("/images/{name}", status_code=204)
