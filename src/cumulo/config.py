@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from cumulo.domain.arch import Arch
+from cumulo.domain.disk_errors import WriteErrorPolicy
 from cumulo.domain.errors import InvalidInput
 from cumulo.domain.validation import MAX_BANDWIDTH_MBPS, MAX_INTEGER, dns_label, short_text
 
@@ -121,6 +122,8 @@ class LocalHost(BaseModel):
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     architectures: list[Arch] = Field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+    # A VM paused on a full disk is resumed once that disk's filesystem has this much free.
+    resume_free_mib: int = Field(default=64, gt=0, le=MAX_INTEGER)
 
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -140,6 +143,10 @@ class VolumeType(BaseModel):
     iops: int = Field(gt=0, le=MAX_INTEGER)
     mbps: int = Field(gt=0, le=MAX_INTEGER)
     description: Description = ""
+    # A write the host cannot do (its disk is full): "stop" pauses the VM, losing nothing,
+    # until the agent sees room again and resumes it; "report" fails the write in the guest
+    # (EIO), which keeps running and handles the error itself.
+    write_error: WriteErrorPolicy = "stop"
 
 
 def _default_volume_types() -> list[VolumeType]:
@@ -155,6 +162,9 @@ class NetworkSettings(BaseModel):
     default_prefix: int = Field(default=20, ge=16, le=28)
     # All-in-one public IPs: a slice of loopback, forwarded into instances (no route to VMs).
     public_pool: str = "127.100.0.0/16"
+    # `cumulo up --hosts N`: the simulated hosts' addresses on their underlay (inside cumulo's
+    # namespaces only, never routed from the root namespace). Host i gets the i-th address.
+    underlay_cidr: str = "10.250.0.0/24"
 
     @field_validator("private_pool")
     @classmethod
@@ -163,6 +173,21 @@ class NetworkSettings(BaseModel):
         if not (net.version == 4 and net.is_private) or net.is_loopback:
             raise ValueError("private_pool must be a private IPv4 range")
         return v
+
+    @field_validator("underlay_cidr")
+    @classmethod
+    def _underlay(cls, v: str) -> str:
+        net = ipaddress.IPv4Network(v, strict=True)
+        if not net.is_private or net.is_loopback or net.prefixlen > 29:
+            raise ValueError("underlay_cidr must be a private IPv4 range of at least a /29")
+        return v
+
+    @model_validator(mode="after")
+    def _apart(self) -> NetworkSettings:
+        if ipaddress.IPv4Network(self.underlay_cidr).overlaps(
+                ipaddress.IPv4Network(self.private_pool)):
+            raise ValueError("underlay_cidr overlaps private_pool")
+        return self
 
     @field_validator("public_pool")
     @classmethod
@@ -178,6 +203,11 @@ class Settings(BaseModel):
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     volume_types: list[VolumeType] = Field(default_factory=_default_volume_types)
     max_volume_gib: int = Field(default=1024, gt=0, le=MAX_INTEGER)
+    # Thin instance disks overcommit a host's disk by this ratio: an instance claims its
+    # image's size plus disk_gib / ratio of the host's disk (1: no overcommit).
+    disk_allocation_ratio: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False)
+    # What instances' boot disks do on a write error (see VolumeType.write_error).
+    boot_disk_write_error: WriteErrorPolicy = "stop"
     # Largest image a user may import (file size and virtual size).
     max_image_gib: int = Field(default=64, gt=0, le=MAX_INTEGER)
     # Networks an image URL may point into besides the public Internet, e.g. a local mirror's

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from cumulo.domain.disk_errors import WriteErrorPolicy
+
+
+class HostDisk(BaseModel):
+    """The filesystem of a host's state dir (instance disks, volumes): placement's input."""
+
+    total_mib: int
+    free_mib: int
+
 
 class HostRegistration(BaseModel):
     name: str
@@ -14,6 +23,7 @@ class HostRegistration(BaseModel):
     driver: str
     accel: str
     agent_url: str = ""
+    disk: HostDisk | None = None  # None: an agent that does not report it (not checked)
 
 
 class Registered(BaseModel):
@@ -112,6 +122,7 @@ class Assignment(BaseModel):
     # `image create-from-instance`: export the stopped VM's disk and upload it
     # (PUT /v1/agent/hosts/HOST/exports/ID); the VM is not started while this is set.
     export_id: str | None = None
+    boot_write_error: WriteErrorPolicy = "stop"  # see VolumeAssignment.write_error
 
 
 class VolumeAssignment(BaseModel):
@@ -121,6 +132,9 @@ class VolumeAssignment(BaseModel):
     size_gib: int  # desired size: grown (never shrunk) when larger than the file
     iops: int  # QEMU throttling of the attachment
     mbps: int
+    # A write the host cannot do (full disk): "stop" pauses the VM until it can, "report"
+    # fails the write in the guest (EIO). From the volume's type.
+    write_error: WriteErrorPolicy = "stop"
     desired: str  # "present" | "deleted"
     attach_to: str | None = None  # instance id on this host, None: detached
     device: str | None = None  # expected guest device name (e.g. "vdc"), informational
@@ -181,6 +195,7 @@ class Report(BaseModel):
     observations: list[Observation]
     volumes: list[VolumeObservation] = Field(default_factory=list)
     snapshots: list[SnapshotObservation] = Field(default_factory=list)
+    disk: HostDisk | None = None  # sent when it changed notably since the last report
 
 
 class Poll(BaseModel):

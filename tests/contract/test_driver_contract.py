@@ -292,7 +292,19 @@ async def test_unknown_vm(harness: Harness) -> None:
     assert await d.console_log("i-00000000000000bad") == ""
     with pytest.raises(DriverError):
         await d.reboot("i-00000000000000bad")
+    with pytest.raises(DriverError):
+        await d.resume("i-00000000000000bad")
     assert await d.observe() == {}
+
+
+async def test_resume_of_a_running_vm_changes_nothing(harness: Harness) -> None:
+    d = harness.driver
+    spec = harness.spec()
+    pid = (await d.start(spec)).pid
+    await harness.wait_console(spec.vm_id)
+    await d.resume(spec.vm_id)
+    obs = await observed(d, spec.vm_id)
+    assert (obs.power, obs.pid, obs.io_errors) == (PowerState.RUNNING, pid, ())
 
 
 async def test_start_with_a_missing_disk_fails_clearly(harness: Harness) -> None:

@@ -31,6 +31,7 @@ class Cloud:
     port: int
     config: str
     proc: subprocess.Popen[bytes] | None = None
+    up_args: list[str] = field(default_factory=list)  # more options of `cumulo up`
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -45,11 +46,17 @@ class Cloud:
         env.pop("CUMULO_TOKEN", None)
         return env
 
+    @property
+    def hosts(self) -> int:
+        return int(self.up_args[self.up_args.index("--hosts") + 1]) if "--hosts" in self.up_args \
+            else 1
+
     def spawn(self) -> None:
         """Start `cumulo up` without waiting for anything."""
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
-                [*CUMULO, "up", "--state-dir", str(self.state_dir), "--port", str(self.port)],
+                [*CUMULO, "up", "--state-dir", str(self.state_dir), "--port", str(self.port),
+                 *self.up_args],
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
 
@@ -62,7 +69,7 @@ class Cloud:
                 raise AssertionError(f"cumulo up exited: {self.log.read_text()[-3000:]}")
             try:
                 zones = self.json("zone", "list")
-                if any(h["state"] == "up" for z in zones for h in z["hosts"]):
+                if sum(h["state"] == "up" for z in zones for h in z["hosts"]) >= self.hosts:
                     return
             except (AssertionError, httpx.HTTPError):
                 pass
@@ -122,10 +129,11 @@ def _config(driver: str) -> str:
     )
 
 
-def _make(driver: str) -> Iterator[Cloud]:
+def _make(driver: str, up_args: list[str] | None = None) -> Iterator[Cloud]:
     # Short path on purpose: QMP unix sockets live under it (108-byte limit).
     state = Path(tempfile.mkdtemp(prefix="cmo-", dir="/tmp"))
-    cloud = Cloud(state_dir=state, port=free_port(), config=_config(driver))
+    cloud = Cloud(state_dir=state, port=free_port(), config=_config(driver),
+                  up_args=up_args or [])
     try:
         yield cloud
     finally:
@@ -141,6 +149,22 @@ def _make(driver: str) -> Iterator[Cloud]:
 @pytest.fixture
 def fake_cloud() -> Iterator[Cloud]:
     for cloud in _make("fake"):
+        cloud.start()
+        yield cloud
+
+
+@pytest.fixture
+def fake_cloud_3() -> Iterator[Cloud]:
+    """Three simulated hosts: two in local-1a, one in local-1b."""
+    for cloud in _make("fake", ["--hosts", "3"]):
+        cloud.start()
+        yield cloud
+
+
+@pytest.fixture
+def qemu_cloud_3() -> Iterator[Cloud]:
+    """Three simulated hosts running real VMs: two in local-1a, one in local-1b."""
+    for cloud in _make("qemu", ["--hosts", "3"]):
         cloud.start()
         yield cloud
 

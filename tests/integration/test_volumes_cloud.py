@@ -34,7 +34,7 @@ def device_of(c: Cloud, vm: str, volume_id: str, timeout: float = 60) -> str:
     """The guest's /dev name of a volume, found by its disk serial (the id without '-')."""
     serial = volume_id.replace("-", "")
     script = (f"'for d in /sys/block/vd*; do [ \"$(cat $d/serial 2>/dev/null)\" = {serial} ] "
-              "&& basename $d; done'")
+              "&& basename $d; done; true'")  # (the loop's status is its last test's)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = rssh(c, vm, "sh", "-c", script).strip()

@@ -27,6 +27,8 @@ def _load(path: Path) -> AgentConfig:
         accel=raw.get("accel", "auto"),
         architectures=[Arch.parse(a) for a in raw.get("architectures", ["x86_64", "arm64"])],
         stop_timeout_s=float(raw.get("stop_timeout_s", 30.0)),
+        resume_free_mib=int(raw.get("resume_free_mib", 64)),
+        underlay_ip=raw.get("underlay_ip"),
     )
 
 

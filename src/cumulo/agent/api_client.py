@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -21,25 +22,51 @@ _TRANSFER = httpx.Timeout(30.0, read=60.0)  # an image file: a stalled transfer 
 _UPLOAD_CHUNK = 1 << 20
 
 
+def _client(url: str, token: str,
+            transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    if url.startswith("unix:"):
+        transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix:"))
+        url = "http://api"
+    return httpx.AsyncClient(
+        base_url=url,
+        transport=transport,
+        timeout=httpx.Timeout(10.0, read=45.0),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
 class ApiClient:
+    """`url`: one API URL, or several separated by commas (API processes sharing a database):
+    a request that cannot reach one moves the client on to the next, and the agent's loop
+    tries again (every request of the agent protocol may be sent twice)."""
+
     def __init__(self, url: str, token: str,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        """`transport`: how to reach the API other than by `url` (tests: in-process)."""
-        if url.startswith("unix:"):
-            transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix:"))
-            url = "http://api"
-        self._http = httpx.AsyncClient(
-            base_url=url,
-            transport=transport,
-            timeout=httpx.Timeout(10.0, read=45.0),
-            headers={"Authorization": f"Bearer {token}"},
-        )
+        """`transport`: how to reach the API other than by `url` (tests: in process)."""
+        self._clients = [_client(u.strip(), token, transport)
+                         for u in url.split(",") if u.strip()]
+        self._current = 0
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        return self._clients[self._current]
+
+    def _failed(self) -> None:
+        self._current = (self._current + 1) % len(self._clients)
 
     async def close(self) -> None:
-        await self._http.aclose()
+        for c in self._clients:
+            await c.aclose()
+
+    async def _post(self, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return await self._http.post(path, **kw)
+        except httpx.TransportError:
+            self._failed()
+            raise
 
     async def register(self, reg: HostRegistration) -> str:
-        r = await self._http.post("/v1/agent/hosts/register", json=reg.model_dump())
+        r = await self._post("/v1/agent/hosts/register", json=reg.model_dump())
         r.raise_for_status()
         return Registered.model_validate(r.json()).host_id
 
@@ -50,14 +77,14 @@ class ApiClient:
         (InstanceBook.claim), so that only changes come back; `report`: the last pass's
         observations, applied by the API before it answers (see protocol.Poll)."""
         poll = Poll(since=since, wait=wait, dns=dns or [], have=have, report=report)
-        r = await self._http.post(f"/v1/agent/hosts/{host}/assignments",
+        r = await self._post(f"/v1/agent/hosts/{host}/assignments",
                                   content=poll.model_dump_json(), headers=_JSON)
         r.raise_for_status()
         return Assignments.model_validate_json(r.content)
 
     async def report(self, host: str, report: Report) -> None:
         """A report on its own: while a long-poll is open (see agent.main)."""
-        r = await self._http.post(f"/v1/agent/hosts/{host}/report",
+        r = await self._post(f"/v1/agent/hosts/{host}/report",
                                   content=report.model_dump_json(), headers=_JSON)
         r.raise_for_status()
 
@@ -69,23 +96,27 @@ class ApiClient:
         """The response to GET .../images/ID/ROLE, from byte `offset` (a range, valid only
         while the file is still the one with `sha256`: else the whole file comes)."""
         headers = {"Range": f"bytes={offset}-", "If-Range": f'"{sha256}"'} if offset else {}
-        async with self._http.stream(
-            "GET", f"/v1/agent/hosts/{host}/images/{image_id}/{role}", headers=headers,
-            timeout=_TRANSFER,
-        ) as r:
-            yield r
+        try:
+            async with self._http.stream(
+                "GET", f"/v1/agent/hosts/{host}/images/{image_id}/{role}", headers=headers,
+                timeout=_TRANSFER,
+            ) as r:
+                yield r
+        except httpx.TransportError:
+            self._failed()  # the next attempt resumes from another API process
+            raise
 
     async def images_gone(self, host: str, held: list[str]) -> list[str]:
         """Of the image ids this host caches, those the catalogue no longer has."""
-        r = await self._http.post(f"/v1/agent/hosts/{host}/images/gone", json={"held": held})
+        r = await self._post(f"/v1/agent/hosts/{host}/images/gone", json={"held": held})
         r.raise_for_status()
         gone = r.json().get("gone", [])
         return [str(i) for i in gone]
 
     async def export_status(self, host: str, export_id: str, state: str, code: str = "",
                             reason: str = "") -> None:
-        r = await self._http.post(f"/v1/agent/hosts/{host}/exports/{export_id}/status",
-                                  json={"state": state, "code": code, "reason": reason})
+        r = await self._post(f"/v1/agent/hosts/{host}/exports/{export_id}/status",
+                             json={"state": state, "code": code, "reason": reason})
         r.raise_for_status()
 
     async def export_upload(self, host: str, export_id: str, path: Path) -> httpx.Response:
@@ -95,9 +126,13 @@ class ApiClient:
                 while chunk := f.read(_UPLOAD_CHUNK):
                     yield chunk
 
-        return await self._http.put(
-            f"/v1/agent/hosts/{host}/exports/{export_id}", content=body(),
-            headers={"Content-Type": "application/octet-stream",
-                     "Content-Length": str(path.stat().st_size)},
-            timeout=httpx.Timeout(30.0, read=3600.0, write=300.0),
-        )
+        try:
+            return await self._http.put(
+                f"/v1/agent/hosts/{host}/exports/{export_id}", content=body(),
+                headers={"Content-Type": "application/octet-stream",
+                         "Content-Length": str(path.stat().st_size)},
+                timeout=httpx.Timeout(30.0, read=3600.0, write=300.0),
+            )
+        except httpx.TransportError:
+            self._failed()
+            raise

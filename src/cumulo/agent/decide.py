@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cumulo.agent.drivers.base import Observed, PowerState
+from cumulo.domain.disk_errors import pause_reason
 from cumulo.domain.instance import DesiredPower, InstanceState
 from cumulo.protocol import Assignment
 
@@ -21,6 +22,7 @@ class Step(StrEnum):
     REQUEST_SHUTDOWN = "request_shutdown"
     FORCE_STOP = "force_stop"
     REBOOT = "reboot"
+    RESUME = "resume"
     DESTROY = "destroy"
 
 
@@ -39,7 +41,10 @@ def decide(
     shutdown_requested: bool,
     shutdown_overdue: bool,
     stop_timeout_s: float,
+    resumable: bool = False,
 ) -> Decision:
+    """`resumable`: the VM is paused on full disks that have room again (see
+    cumulo.domain.disk_errors.may_resume)."""
     desired = DesiredPower(a.desired_power)
     power = obs.power if obs is not None else None
     S = InstanceState
@@ -51,6 +56,14 @@ def decide(
         if power in (PowerState.RUNNING, PowerState.PAUSED):
             if not shutdown_requested:
                 return Decision(Step.REQUEST_SHUTDOWN, S.STOPPING)
+            if power is PowerState.PAUSED:  # paused again since: it cannot power off
+                assert obs is not None
+                return Decision(
+                    Step.FORCE_STOP,
+                    S.STOPPED,
+                    f"it was paused ({_paused(obs)}) and could not power off;"
+                    " it was powered off by force",
+                )
             if shutdown_overdue:
                 return Decision(
                     Step.FORCE_STOP,
@@ -78,5 +91,12 @@ def decide(
     if a.reboot_seq > a.reboot_done_seq:
         return Decision(Step.REBOOT, S.RUNNING)
     if power is PowerState.PAUSED:
-        return Decision(Step.NONE, S.RUNNING, "paused by the hypervisor")
+        assert obs is not None
+        if resumable:
+            return Decision(Step.RESUME, S.RUNNING)
+        return Decision(Step.NONE, S.PAUSED, _paused(obs))
     return Decision(Step.NONE, S.RUNNING)
+
+
+def _paused(obs: Observed) -> str:
+    return pause_reason(obs.io_errors, obs.reason)

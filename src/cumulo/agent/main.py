@@ -22,6 +22,7 @@ import uvicorn
 
 from cumulo.agent.api_client import ApiClient
 from cumulo.agent.console_server import make_app
+from cumulo.agent.disk_space import DiskGauge
 from cumulo.agent.dns_book import DnsBook
 from cumulo.agent.drivers.base import Driver, PowerState
 from cumulo.agent.host_lock import LOCK_WAIT_S, HostBusy, HostLock, exit_with_parent
@@ -63,6 +64,8 @@ class AgentConfig:
     accel: str = "auto"
     architectures: list[Arch] = field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = 30.0
+    resume_free_mib: int = 64
+    underlay_ip: str | None = None  # this host's address on the underlay (VXLAN, NBD, ...)
 
 
 def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
@@ -110,6 +113,7 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
         driver,
         cfg.host_dir / "instances",
         stop_timeout_s=cfg.stop_timeout_s,
+        resume_free_bytes=cfg.resume_free_mib * 1024 * 1024,
         network=network,
         volumes=vrec.attachments_for,
         images=image_cache(client, cfg.name, cfg.host_dir),
@@ -126,7 +130,7 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
         agent_url=f"unix:{sock}",
     )
     try:
-        await agent_loop(client, rec, reg, stop, vrec)
+        await agent_loop(client, rec, reg, stop, vrec, DiskGauge(cfg.host_dir))
     finally:
         for job in (rec.images, rec.exporter):
             if job is not None:
@@ -156,12 +160,14 @@ async def agent_loop(
     reg: HostRegistration,
     stop: asyncio.Event,
     vrec: VolumeReconciler | None = None,
+    disk: DiskGauge | None = None,
 ) -> None:
     """Register, then long-poll assignments, reconcile and report until `stop` is set.
 
     The whole protocol of an agent with the API; `run_agent` wraps it with a driver and the
     console server, and the control-plane benchmark runs 100 of these in one process.
     Volumes are reconciled first, so a VM started in the same pass boots with its volumes.
+    `disk` measures the host's disk space, for placement (registration and reports).
     """
     registered = False
     version = -1
@@ -175,6 +181,8 @@ async def agent_loop(
         while not stop.is_set():
             try:
                 if not registered:
+                    if disk is not None:
+                        reg.disk = disk.measure()
                     await client.register(reg)
                     registered = True
                     log.info("agent_registered", host=reg.name, zone=reg.zone, accel=reg.accel)
@@ -200,9 +208,13 @@ async def agent_loop(
                 if batch is None:
                     continue
                 if time.monotonic() - last_resync > RESYNC_S:
-                    _forget_reports(rec, vrec)
+                    _forget_reports(rec, vrec, disk)
                     last_resync = time.monotonic()
                 report = await _pass(rec, batch, vrec)
+                space = disk.to_report() if disk is not None else None
+                if space is not None:
+                    report = report or Report(observations=[])
+                    report.disk = space
                 if report is None:
                     continue
                 if poll is None:
@@ -214,6 +226,8 @@ async def agent_loop(
                 rec.acknowledge(report.observations)
                 if vrec is not None:
                     vrec.acknowledge(report.volumes, report.snapshots)
+                if disk is not None:
+                    disk.acknowledge(report.disk)
             except httpx.HTTPStatusError as e:
                 if e.response.status_code == 404:
                     registered = False  # the API forgot us (fresh DB): register again
@@ -221,11 +235,11 @@ async def agent_loop(
                     held.forget()
                 log.warning("api_error", status=e.response.status_code,
                             body=e.response.text[:200])
-                _forget_reports(rec, vrec)
+                _forget_reports(rec, vrec, disk)
                 await _sleep_or_stop(stop, 1.0)
             except httpx.TransportError as e:
                 log.warning("api_unreachable", error=str(e))  # VMs keep running meanwhile
-                _forget_reports(rec, vrec)
+                _forget_reports(rec, vrec, disk)
                 await _sleep_or_stop(stop, 1.0)
     finally:
         if poll is not None:
@@ -250,12 +264,15 @@ async def _pass(rec: Reconciler, batch: Assignments, vrec: VolumeReconciler | No
     return None
 
 
-def _forget_reports(rec: Reconciler, vrec: VolumeReconciler | None) -> None:
+def _forget_reports(rec: Reconciler, vrec: VolumeReconciler | None,
+                    disk: DiskGauge | None) -> None:
     """The next pass reports everything again: a periodic resync, or after a request failed
     (a report may have been lost with it)."""
     rec.forget_reports()
     if vrec is not None:
         vrec.forget_reports()
+    if disk is not None:
+        disk.forget()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -30,6 +30,7 @@ from cumulo.agent.drivers.base import (
 from cumulo.agent.image_cache import ImageFetching
 from cumulo.agent.storage.disks import StorageError, ensure_overlay
 from cumulo.domain.arch import Arch
+from cumulo.domain.disk_errors import may_resume
 from cumulo.domain.ids import is_id
 from cumulo.domain.instance import InstanceState
 from cumulo.protocol import Assignment, NetworkRef, Observation
@@ -57,6 +58,9 @@ class Reconciler:
     # no instance, as in tests of volumes alone).
     images: ImageCache | None = None
     exporter: Exporter | None = None  # `image create-from-instance` jobs
+    # A VM paused on a full disk is resumed once that disk's filesystem has this much free.
+    resume_free_bytes: int = 64 * 1024 * 1024
+    free_bytes: Callable[[str], int | None] = field(default=lambda p: _free_bytes(p))
     # vm_id -> (generation, monotonic deadline) of an ACPI shutdown we asked for
     _shutdowns: dict[str, tuple[int, float]] = field(default_factory=dict)
     _last_report: dict[str, Observation] = field(default_factory=dict)
@@ -123,6 +127,8 @@ class Reconciler:
             shutdown_requested=requested,
             shutdown_overdue=overdue,
             stop_timeout_s=self.stop_timeout_s,
+            resumable=obs is not None and obs.power is PowerState.PAUSED
+            and may_resume(obs.io_errors, self.free_bytes, self.resume_free_bytes),
         )
         if d.step is Step.START and self.exporter is not None and self.exporter.busy(a.id):
             return Observation(id=a.id, state=InstanceState.STOPPED.value,
@@ -165,6 +171,9 @@ class Reconciler:
             case Step.REBOOT:
                 await self.driver.reboot(a.id)
                 return a.reboot_seq
+            case Step.RESUME:
+                log.info("vm_resumed", vm_id=a.id, hint="its full disk has room again")
+                await self.driver.resume(a.id)
             case Step.DESTROY:
                 await self.driver.destroy(a.id)
                 self._remove_storage(a.id)
@@ -216,4 +225,13 @@ class Reconciler:
             netns=self.network.netns if self.network else None,
             nics=self.network.nic_specs(a) if self.network else (),
             volumes=self.volumes(a.id) if self.volumes else (),
+            boot_write_error=a.boot_write_error,
         )
+
+
+def _free_bytes(path: str) -> int | None:
+    """Free bytes of the filesystem holding `path` (None: it cannot be read)."""
+    try:
+        return shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return None

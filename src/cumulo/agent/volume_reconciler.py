@@ -256,7 +256,8 @@ class VolumeReconciler:
             return 0
 
     def _attachment(self, v: VolumeAssignment) -> VolumeAttachment:
-        return VolumeAttachment(v.id, self.store.volume_path(v.id), v.iops, v.mbps)
+        return VolumeAttachment(v.id, self.store.volume_path(v.id), v.iops, v.mbps,
+                                v.write_error)
 
     # -- snapshots --------------------------------------------------------------------------
 

@@ -77,5 +77,9 @@ def run(state_dir: Path) -> int:
 
 
 async def _down(paths: StatePaths) -> int:
+    from cumulo.allinone import fabric
+
     await _stop_up(paths)
-    return sum([await _down_host(host_dir) for host_dir in paths.hosts()])
+    stopped = sum([await _down_host(host_dir) for host_dir in paths.hosts()])
+    await fabric.teardown(paths.root)
+    return stopped

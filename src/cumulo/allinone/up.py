@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import tomli_w
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from cumulo.allinone import fabric
 from cumulo.allinone.paths import StatePaths, write_private
 from cumulo.api import server, threads
 from cumulo.api.app import create_app
@@ -30,7 +33,7 @@ from cumulo.db.engine import Database
 from cumulo.db.migrate import upgrade
 from cumulo.db.tables import HostRow, TokenRow
 from cumulo.domain.arch import Arch
-from cumulo.domain.errors import Conflict
+from cumulo.domain.errors import Conflict, InvalidInput
 from cumulo.pidlock import PidLock
 from cumulo.services import images
 from cumulo.services.auth import ensure_default_project, issue_token, token_digest
@@ -74,25 +77,87 @@ def _read_token(path: Path, key: str = "token") -> str | None:
     return value if isinstance(value, str) else None
 
 
-def prepare(paths: StatePaths, settings: Settings, db: Database, port: int) -> tuple[str, Path]:
-    """Schema, default project, tokens, client.toml, agent config. Returns (url, agent config)."""
+@dataclass(frozen=True)
+class LocalHostPlan:
+    """One host `cumulo up` runs: its name, zone and share of the machine."""
+
+    name: str
+    zone: str
+    vcpus: int
+    ram_mib: int
+    underlay: ipaddress.IPv4Interface | None  # None: a single host needs no underlay
+
+
+def plan_hosts(settings: Settings, count: int) -> list[LocalHostPlan]:
+    """`count` hosts of this machine: the first is [host] as configured, the others are named
+    after it (`NAME-2`, ...) and spread over the zones in turn from [host]'s zone on, so two
+    hosts and two zones put one in each. Each simulated machine gets an equal share of the
+    configured vCPUs and RAM, and its own underlay address."""
+    host = settings.host
+    zones = settings.zone_names()
+    first = zones.index(host.zone)
+    underlay = fabric.addresses(settings.network.underlay_cidr, count) if count > 1 else None
+    return [
+        LocalHostPlan(
+            name=host.name if i == 0 else f"{host.name[:60]}-{i + 1}",
+            zone=zones[(first + i) % len(zones)],
+            vcpus=max(1, host.vcpus // count),
+            ram_mib=max(256, host.ram_mib // count),
+            underlay=underlay[i] if underlay else None,
+        )
+        for i in range(count)
+    ]
+
+
+def hosts_to_run(paths: StatePaths, asked: int | None) -> int:
+    """How many hosts: as asked, else as many as this state dir has. Fewer than it has would
+    abandon instances on the hosts left out, so it is refused."""
+    have = len(paths.hosts())
+    if asked is None:
+        return max(1, have)
+    if not 1 <= asked <= MAX_LOCAL_HOSTS:
+        raise InvalidInput(f"--hosts must be 1 to {MAX_LOCAL_HOSTS}", code="invalid_input")
+    if asked < have:
+        raise InvalidInput(f"this cloud has {have} hosts in {paths.root / 'hosts'}; "
+                           f"--hosts {asked} would leave instances behind", code="invalid_input")
+    return asked
+
+
+MAX_LOCAL_HOSTS = 16
+
+
+def prepare(paths: StatePaths, settings: Settings, db: Database, port: int,
+            hosts: list[LocalHostPlan]) -> tuple[str, list[Path]]:
+    """Schema, default project, tokens, client.toml, each agent's config. Returns (url, the
+    agents' configs)."""
     upgrade(db)
     url = f"http://127.0.0.1:{port}"
+    write_client_config(paths, db, url)
+    return url, [_prepare_host(paths, settings, db, url, h) for h in hosts]
+
+
+def write_client_config(paths: StatePaths, db: Database, url: str) -> None:
+    """The default project, and `client.toml` (URL + an admin token, 0600) for the CLI: the
+    token it holds is kept while valid."""
     admin = _read_token(paths.client_config)
-    host = settings.host
-    host_dir = paths.host_dir(host.name)
-    token_file = host_dir / "agent.token"
-    agent_token = token_file.read_text().strip() if token_file.exists() else None
     with db.session() as s:
         ensure_default_project(s)
     if admin is None or not _token_valid(db, admin):
         with db.session() as s:
             admin = issue_token(s, Role.ADMIN, description="created by cumulo up")
+    write_private(paths.client_config, tomli_w.dumps({"url": url, "token": admin}))
+
+
+def _prepare_host(paths: StatePaths, settings: Settings, db: Database, url: str,
+                  host: LocalHostPlan) -> Path:
+    host_dir = paths.host_dir(host.name)
+    token_file = host_dir / "agent.token"
+    agent_token = token_file.read_text().strip() if token_file.exists() else None
     if agent_token is None or not _token_valid(db, agent_token):
         with db.session() as s:
-            agent_token = issue_token(s, Role.AGENT, host_name=host.name, description="local agent")
+            agent_token = issue_token(s, Role.AGENT, host_name=host.name,
+                                      description="local agent")
         write_private(token_file, agent_token + "\n")
-    write_private(paths.client_config, tomli_w.dumps({"url": url, "token": admin}))
     agent_cfg = host_dir / "agent.json"
     agent_cfg.write_text(
         json.dumps(
@@ -104,15 +169,17 @@ def prepare(paths: StatePaths, settings: Settings, db: Database, port: int) -> t
                 "zone": host.zone,
                 "vcpus": host.vcpus,
                 "ram_mib": host.ram_mib,
-                "driver": host.driver,
-                "accel": host.accel,
-                "architectures": [a.value for a in host.architectures],
-                "stop_timeout_s": host.stop_timeout_s,
+                "driver": settings.host.driver,
+                "accel": settings.host.accel,
+                "architectures": [a.value for a in settings.host.architectures],
+                "stop_timeout_s": settings.host.stop_timeout_s,
+                "underlay_ip": str(host.underlay.ip) if host.underlay else None,
+                "resume_free_mib": settings.host.resume_free_mib,
             },
             indent=2,
         )
     )
-    return url, agent_cfg
+    return agent_cfg
 
 
 def register_images(svc: Services) -> None:
@@ -178,66 +245,75 @@ class AgentSupervisor:
 READY_NAG_S = 30.0
 
 
-def _host_registered(svc: Services, name: str, since: datetime) -> bool:
-    """The host registered (or heartbeat) since `since`, as it does when its agent starts: a
+def _hosts_registered(svc: Services, names: list[str], since: datetime) -> bool:
+    """Every host registered (or heartbeat) since `since`, as it does when its agent starts: a
     row left "up" by the previous run does not count."""
     with svc.db.session() as s:
-        seen = s.scalar(select(HostRow.last_seen).where(HostRow.name == name,
-                                                        HostRow.state == "up"))
-    return seen is not None and seen >= since
+        seen = dict(s.execute(select(HostRow.name, HostRow.last_seen)
+                              .where(HostRow.name.in_(names), HostRow.state == "up")).all())
+    return all(n in seen and seen[n] >= since for n in names)
 
 
-async def _announce_ready(svc: Services, since: datetime, client_config: Path) -> None:
-    """Say `ready` once the local host can take instances, not when the API answers: a create
-    sent before the agent registered would fail with insufficient_capacity."""
-    host = svc.settings.host
+async def _announce_ready(svc: Services, hosts: list[LocalHostPlan], since: datetime,
+                          client_config: Path) -> None:
+    """Say `ready` once the local hosts can take instances, not when the API answers: a create
+    sent before an agent registered would fail with insufficient_capacity."""
+    names = [h.name for h in hosts]
     waited = 0.0
-    while not await asyncio.to_thread(_host_registered, svc, host.name, since):
+    while not await asyncio.to_thread(_hosts_registered, svc, names, since):
         await asyncio.sleep(0.2)
         waited += 0.2
         if waited >= READY_NAG_S:
-            _say(f"still waiting for host {host.name} to register (see its agent.log)")
+            _say(f"still waiting for hosts {', '.join(names)} to register (see their agent.log)")
             waited = 0.0
-    _say(f"ready: host {host.name} is up in zone {host.zone}; try "
-         f"`CUMULO_CONFIG={client_config} cumulo zone list`")
+    up = ", ".join(f"{h.name} is up in zone {h.zone}" for h in hosts)
+    _say(f"ready: host {up}; try `CUMULO_CONFIG={client_config} cumulo zone list`")
 
 
 def run(
-    state_dir: Path, port: int, config: Path | None = None, database_url: str | None = None
+    state_dir: Path, port: int, config: Path | None = None, database_url: str | None = None,
+    hosts: int | None = None,
 ) -> None:
     paths = StatePaths(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     lock = _hold_state_dir(paths)
     try:
-        _run_locked(paths, port, config, database_url)
+        _run_locked(paths, port, config, database_url, hosts)
     finally:
         lock.release(unlink=True)
 
 
 def _run_locked(
-    paths: StatePaths, port: int, config: Path | None, database_url: str | None
+    paths: StatePaths, port: int, config: Path | None, database_url: str | None,
+    count: int | None,
 ) -> None:
     settings = load_settings(config or paths.config)
+    hosts = plan_hosts(settings, hosts_to_run(paths, count))
     db = Database(database_url or f"sqlite:///{paths.database}")
-    url, agent_cfg = prepare(paths, settings, db, port)
+    url, agent_cfgs = prepare(paths, settings, db, port, hosts)
+    if len(hosts) > 1:
+        asyncio.run(fabric.ensure(paths.root, [
+            fabric.Port(paths.host_dir(h.name), h.underlay) for h in hosts if h.underlay]))
     svc = Services(
         db=db, settings=settings, notifier=Notifier(), image_store=paths.root / "images"
     )
     register_images(svc)
-    supervisor = AgentSupervisor(agent_cfg, paths.host_dir(settings.host.name) / "agent.log")
+    supervisors = [AgentSupervisor(cfg, cfg.parent / "agent.log") for cfg in agent_cfgs]
 
     @contextlib.asynccontextmanager
     async def lifespan(served: FastAPI) -> AsyncIterator[None]:
         async with threads.lifespan(served):  # the API's own (its worker threads)
             started = datetime.now(UTC)
-            supervisor.start()
+            for supervisor in supervisors:
+                supervisor.start()
             _say(f"API on {url}; client config in {paths.client_config}")
-            ready = asyncio.create_task(_announce_ready(svc, started, paths.client_config))
+            ready = asyncio.create_task(
+                _announce_ready(svc, hosts, started, paths.client_config))
             try:
                 yield
             finally:
                 ready.cancel()
-                await supervisor.stop()
+                await asyncio.gather(*(s.stop() for s in supervisors))
                 _say("stopped (VMs keep running; `cumulo down` stops them)")
 
     app = create_app(svc)

@@ -14,6 +14,7 @@ from cumulo.api.routers import (
     catalogue,
     images,
     instances,
+    join,
     networking,
     projects,
     volumes,
@@ -39,7 +40,7 @@ def create_app(svc: Services) -> FastAPI:
     # agents' protocol checks its own fields (services.agents, services.hosts.register): a
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
-    for module in (agents, instances, catalogue, images, projects, networking, volumes,
+    for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
                    agent_images):
         app.include_router(module.router,
                            dependencies=[] if module in (agents, agent_images) else user_facing)

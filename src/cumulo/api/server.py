@@ -28,9 +28,10 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(app: FastAPI, notifier: Notifier, port: int, *, access_log: bool = True) -> None:
-    """Serve `app` on 127.0.0.1:`port` until SIGINT or SIGTERM."""
+def serve(app: FastAPI, notifier: Notifier, port: int, *, access_log: bool = True,
+          host: str = "127.0.0.1") -> None:
+    """Serve `app` on `host`:`port` until SIGINT or SIGTERM."""
     heap.settle()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             access_log=access_log)
     Server(config, notifier).run()

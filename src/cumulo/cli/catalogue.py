@@ -45,13 +45,15 @@ def zone_list(ctx: typer.Context) -> None:
                     "accel": h["accel"] if h else None,
                     "vcpus_free": (h["vcpus"] - h["vcpus_used"]) if h else 0,
                     "ram_mib_free": (h["ram_mib"] - h["ram_mib_used"]) if h else 0,
+                    "disk_mib_free": h.get("disk_room_mib") if h else None,
                     "instances": h["instances"] if h else 0,
                 }
             )
     emit(
         st,
         rows,
-        ["zone", "region", "host", "state", "accel", "vcpus_free", "ram_mib_free", "instances"],
+        ["zone", "region", "host", "state", "accel", "vcpus_free", "ram_mib_free", "disk_mib_free",
+         "instances"],
     )
 
 

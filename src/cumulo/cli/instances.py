@@ -27,7 +27,8 @@ Timeout = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits 
 
 
 def wait_for(st: CliState, ref: str, target: str | None, timeout: float) -> dict[str, Any] | None:
-    """Poll until the instance reaches `target` (None: until it is gone). Error state fails."""
+    """Poll until the instance reaches `target` (None: until it is gone). The error and
+    paused states fail."""
     client = st.client()
     deadline = time.monotonic() + timeout
     last: dict[str, Any] | None = None
@@ -46,6 +47,10 @@ def wait_for(st: CliState, ref: str, target: str | None, timeout: float) -> dict
             if last["state"] == "error":
                 raise CliError(
                     "instance_error", f"instance {ref} is in error: {last['state_reason']}"
+                )
+            if last["state"] == "paused":  # settled until its cause is gone: say which
+                raise CliError(
+                    "instance_paused", f"instance {ref} is paused: {last['state_reason']}"
                 )
             time.sleep(0.2)
     raise CliError(

@@ -9,7 +9,16 @@ from typing import Annotated
 import typer
 
 from cumulo.allinone.paths import DEFAULT_PORT, default_state_dir
-from cumulo.cli import bench, catalogue, images, instances, networking, volumes
+from cumulo.cli import (
+    agent_cmd,
+    bench,
+    catalogue,
+    images,
+    instances,
+    join_tokens,
+    networking,
+    volumes,
+)
 from cumulo.cli.client import CliError
 from cumulo.cli.output import CliState, err
 from cumulo.domain.errors import CumuloError
@@ -32,6 +41,11 @@ app.add_typer(networking.ip_app, name="ip")
 app.add_typer(volumes.volume_app, name="volume")
 app.add_typer(volumes.snapshot_app, name="snapshot")
 app.command("bench")(bench.bench)
+app.command("agent")(agent_cmd.agent)
+# `cumulo host ...` gets its other commands with the host lifecycle (#18).
+host_app = typer.Typer(help="Hypervisor hosts (admin).", no_args_is_help=True)
+host_app.add_typer(join_tokens.join_token_app, name="join-token")
+app.add_typer(host_app, name="host")
 app.command("ssh", context_settings={"allow_interspersed_args": False})(networking.ssh)
 
 
@@ -67,11 +81,36 @@ def up(
             help="SQLAlchemy URL; default: SQLite in the state dir.",
         ),
     ] = None,
+    hosts: Annotated[
+        int | None,
+        typer.Option("--hosts", help="Simulated hypervisor hosts, each its own namespace, "
+                     "agent and underlay address, spread over the zones (default: as many as "
+                     "the state dir has, else 1)."),
+    ] = None,
 ) -> None:
-    """Run the whole cloud (API, scheduler, local agent) in the foreground."""
+    """Run the whole cloud (API, scheduler, local agents) in the foreground."""
     from cumulo.allinone import up as up_mod
 
-    up_mod.run((state_dir or default_state_dir()).absolute(), port, config, database_url)
+    up_mod.run((state_dir or default_state_dir()).absolute(), port, config, database_url, hosts)
+
+
+@app.command()
+def api(
+    database_url: Annotated[
+        str,
+        typer.Option("--database-url", envvar="CUMULO_DATABASE_URL",
+                     help="SQLAlchemy URL (PostgreSQL for several API processes)."),
+    ],
+    listen: Annotated[str, typer.Option("--listen", help="ADDRESS:PORT to serve on.")] =
+        f"127.0.0.1:{DEFAULT_PORT}",
+    state_dir: StateDir = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Server TOML config.")] = None,
+) -> None:
+    """Run an API process alone (hosts run `cumulo agent`); several may share PostgreSQL."""
+    from cumulo.allinone import api_process
+
+    api_process.run(database_url, listen, (state_dir or default_state_dir()).absolute(),
+                    config)
 
 
 @app.command()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 
 from cumulo.db.engine import Database
 
@@ -19,5 +20,21 @@ def alembic_config(db: Database) -> Config:
     return cfg
 
 
+# PostgreSQL advisory lock keys: several API processes may start at once on one database.
+_MIGRATION_LOCK = (0x63756D, 1)
+
+
 def upgrade(db: Database) -> None:
-    command.upgrade(alembic_config(db), "head")
+    """Migrate to the newest schema; on PostgreSQL one process at a time."""
+    if db.in_process:
+        command.upgrade(alembic_config(db), "head")
+        return
+    with db.engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:a, :b)"),
+                     {"a": _MIGRATION_LOCK[0], "b": _MIGRATION_LOCK[1]})
+        try:
+            command.upgrade(alembic_config(db), "head")
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:a, :b)"),
+                         {"a": _MIGRATION_LOCK[0], "b": _MIGRATION_LOCK[1]})
+            conn.commit()

@@ -64,6 +64,20 @@ class TokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
+class JoinTokenRow(Base):
+    """A one-time token with which a new hypervisor host joins the cloud (its agent trades it
+    for a host token of its own). Only its SHA-256 is stored."""
+
+    __tablename__ = "join_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    zone: Mapped[str | None] = mapped_column(String(63), nullable=True)  # NULL: any zone
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(63), nullable=True)  # the host's name
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
 class HostRow(Base):
     __tablename__ = "hosts"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -76,6 +90,10 @@ class HostRow(Base):
     accel: Mapped[str] = mapped_column(String(8), default="")
     agent_url: Mapped[str] = mapped_column(String(300), default="")
     state: Mapped[str] = mapped_column(String(16), default="up")
+    # The filesystem of the host's state dir (overlays, volumes), as its agent last reported
+    # it; None: not reported (placement then does not check disk space on this host).
+    disk_total_mib: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    disk_free_mib: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
@@ -127,6 +145,9 @@ class InstanceRow(Base):
     ram_mib: Mapped[int] = mapped_column(Integer)
     bandwidth_mbps: Mapped[int] = mapped_column(Integer)
     disk_gib: Mapped[int] = mapped_column(Integer)
+    # What placement counted on its host's disk: the image plus the disk's share under the
+    # disk_allocation_ratio (see cumulo.scheduler.placement.disk_claim_mib).
+    disk_mib: Mapped[int] = mapped_column(BigInteger, default=0)
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id"))
     image_name: Mapped[str] = mapped_column(String(63))
     host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True, index=True)

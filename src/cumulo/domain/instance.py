@@ -17,6 +17,9 @@ class InstanceState(StrEnum):
     PENDING = "pending"  # recorded and placed; the host has not started it yet
     STARTING = "starting"
     RUNNING = "running"
+    # The hypervisor froze it (a disk write failed on the host, e.g. a full disk): nothing is
+    # lost, and it runs on where it stopped once the cause is gone. Reboot and stop work.
+    PAUSED = "paused"
     STOPPING = "stopping"
     STOPPED = "stopped"
     REBOOTING = "rebooting"
@@ -41,8 +44,8 @@ S = InstanceState
 # Which observed states accept which request. Anything else is a 409 with the reason below.
 _ALLOWED: dict[Action, frozenset[InstanceState]] = {
     Action.START: frozenset({S.STOPPED, S.ERROR, S.STOPPING}),
-    Action.STOP: frozenset({S.PENDING, S.STARTING, S.RUNNING, S.REBOOTING, S.ERROR}),
-    Action.REBOOT: frozenset({S.RUNNING}),
+    Action.STOP: frozenset({S.PENDING, S.STARTING, S.RUNNING, S.PAUSED, S.REBOOTING, S.ERROR}),
+    Action.REBOOT: frozenset({S.RUNNING, S.PAUSED}),
     Action.DELETE: frozenset(set(S) - {S.DELETING}),
 }
 # The state shown right after the request is accepted (the agent then converges).
@@ -64,9 +67,11 @@ def check_transition(name: str, state: InstanceState, action: Action) -> Instanc
     """Return the state to show after `action`, or raise Conflict saying why it is refused."""
     if state not in _ALLOWED[action]:
         hint = {
-            Action.START: "it is already running or on its way",
+            Action.START: ("it is paused by the hypervisor and resumes by itself once the"
+                           " cause is gone (see its reason); reboot or stop it"
+                           if state is S.PAUSED else "it is already running or on its way"),
             Action.STOP: "it is not running",
-            Action.REBOOT: "only a running instance can be rebooted",
+            Action.REBOOT: "only a running or paused instance can be rebooted",
             Action.DELETE: "it is already being deleted",
         }[action]
         raise Conflict(

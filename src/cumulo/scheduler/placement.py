@@ -6,8 +6,11 @@ When no host fits, the answer says why, host by host, so the user (or operator) 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,23 @@ class HostCapacity:
     ram_mib_total: int
     vcpus_used: int
     ram_mib_used: int
+    # The filesystem of the host's state dir as its agent last reported it (None: not
+    # reported, and not checked), and the disk claims of the instances placed there: all of
+    # them, and those the host has not started yet (their files are not written, so the
+    # reported free space does not show them).
+    disk_total_mib: int | None = None
+    disk_free_mib: int | None = None
+    disk_claimed_mib: int = 0
+    disk_pending_mib: int = 0
+
+    @property
+    def disk_room_mib(self) -> int | None:
+        """Disk a new instance may claim: what is free now, less the claims not yet written,
+        and no more than the total, less every claim (thin disks grow into their claims)."""
+        if self.disk_total_mib is None or self.disk_free_mib is None:
+            return None
+        return max(0, min(self.disk_free_mib - self.disk_pending_mib,
+                          self.disk_total_mib - self.disk_claimed_mib))
 
     @property
     def vcpus_free(self) -> int:
@@ -37,6 +57,14 @@ class Request:
     arch: str
     vcpus: int
     ram_mib: int
+    disk_mib: int = 0  # see disk_claim_mib
+
+
+def disk_claim_mib(image_bytes: int, disk_gib: int, allocation_ratio: float) -> int:
+    """What an instance claims of its host's disk: room for its image (a host may have to hold
+    a copy), and its thin disk's share under the overcommit ratio (1: the whole disk; 2: half,
+    betting that disks do not fill up all at once)."""
+    return math.ceil(image_bytes / MIB) + math.ceil(disk_gib * 1024 / allocation_ratio)
 
 
 @dataclass(frozen=True)
@@ -75,7 +103,14 @@ def _vcpus(r: Request, h: HostCapacity) -> str | None:
     return f"{h.name}: {h.vcpus_free} vCPUs free, {r.vcpus} needed"
 
 
-FILTERS: tuple[Filter, ...] = (_zone, _up, _arch, _ram, _vcpus)
+def _disk(r: Request, h: HostCapacity) -> str | None:
+    room = h.disk_room_mib
+    if room is None or room >= r.disk_mib:
+        return None
+    return f"{h.name}: {room} MiB disk free, {r.disk_mib} MiB needed"
+
+
+FILTERS: tuple[Filter, ...] = (_zone, _up, _arch, _ram, _vcpus, _disk)
 
 
 def _spread(h: HostCapacity) -> float:

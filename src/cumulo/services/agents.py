@@ -36,6 +36,7 @@ from cumulo.protocol import (
     Assignment,
     Assignments,
     DnsRecord,
+    HostDisk,
     ImageFile,
     ImageRef,
     NetworkRef,
@@ -221,7 +222,8 @@ def _storage(s: Session, svc: Services, host_id: str
         vt = svc.settings.volume_type(v.type_name)
         vols.append(VolumeAssignment(
             id=v.id, size_gib=v.size_gib, iops=vt.iops if vt else 0, mbps=vt.mbps if vt else 0,
-            desired=v.desired, attach_to=v.want_instance_id, device=v.device,
+            write_error=vt.write_error if vt else "stop", desired=v.desired,
+            attach_to=v.want_instance_id, device=v.device,
             source_snapshot=v.source_snapshot_id, generation=v.generation))
     snaps = [SnapshotAssignment(id=sn.id, volume_id=sn.volume_id,
                                 desired="deleted" if sn.state == "deleting" else "present")
@@ -356,7 +358,8 @@ def _assignments(s: Session, svc: Services, host_id: str, only: set[str] | None
             user_data_b64=base64.b64encode(user_data).decode() if user_data else None,
             ssh_public_keys=list(ssh_keys or []), fqdn=fqdn(svc, name, project, zone),
             bandwidth_mbps=bandwidth_mbps, nics=nics[iid], ingress=ingress[iid],
-            public_ip=pub.get(iid), export_id=exports.get(iid),
+            public_ip=pub.get(iid), boot_write_error=svc.settings.boot_disk_write_error,
+            export_id=exports.get(iid),
         )
         for (iid, name, project, arch, vcpus, ram_mib, disk_gib, state, desired_power,
              generation, reboot_seq, reboot_done_seq, user_data, ssh_keys, zone,
@@ -507,7 +510,8 @@ _APPLY = (update(InstanceRow)
 
 def report(svc: Services, who: Principal, name: str, observations: list[Observation],
            volumes: list[VolumeObservation] | None = None,
-           snapshots: list[SnapshotObservation] | None = None) -> None:
+           snapshots: list[SnapshotObservation] | None = None,
+           disk: HostDisk | None = None) -> None:
     """Apply what the agent saw. Stale reports (older generation) cannot undo a newer request."""
     reporter = host_id(svc, who, name)
     observations = [o for o in observations
@@ -521,6 +525,8 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
     changed: set[str] = set()  # instances whose assignment changed
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, reporter)
+        if disk is not None:
+            hosts.record_disk(s, reporter, disk)
         conn = s.connection()
         rows = {r[0]: r for r in conn.execute(
             _REPORTED, {"ids": [o.id for o in observations], "host": reporter})}

@@ -51,6 +51,9 @@ def list_zones(svc: Services, who: Principal) -> list[ZoneView]:
                 ram_mib=cap.ram_mib_total,
                 vcpus_used=cap.vcpus_used,
                 ram_mib_used=cap.ram_mib_used,
+                disk_total_mib=cap.disk_total_mib,
+                disk_free_mib=cap.disk_free_mib,
+                disk_room_mib=cap.disk_room_mib,
                 instances=int(counts.get(hid, 0)),
                 last_seen=row.last_seen,
             )

@@ -55,6 +55,14 @@ class DnsJournal:
         self._subscribers: dict[str, set[str]] = defaultdict(set)  # network -> hosts
         self._subscribed: dict[str, set[str]] = {}  # host -> networks
 
+    def forget_history(self) -> None:
+        """Changes may have been missed (another API process's, see pg_bus): a new epoch, so
+        that every host fetches full lists again. Who serves what is kept."""
+        with self._lock:
+            self.epoch = secrets.token_hex(4)
+            self._version.clear()
+            self._logs.clear()
+
     def version(self, network_id: str) -> int:
         with self._lock:
             return self._version[network_id]

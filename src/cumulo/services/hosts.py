@@ -8,14 +8,17 @@ import re
 import time
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import String, and_, bindparam, cast, false, func, select, update
+import structlog
+from sqlalchemy import String, and_, bindparam, case, cast, false, func, select, update
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import HostRow, InstanceRow
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import InvalidInput
 from cumulo.domain.ids import new_id
-from cumulo.domain.validation import dns_label, positive
+from cumulo.domain.instance import InstanceState
+from cumulo.domain.validation import MAX_INTEGER, dns_label, positive
+from cumulo.protocol import HostDisk
 from cumulo.scheduler.placement import HostCapacity
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services
@@ -25,6 +28,8 @@ from cumulo.services.context import Principal, Services
 _DRIVER = re.compile(r"^[a-z0-9_-]{1,16}\Z")
 _ACCEL = re.compile(r"^[a-z0-9_-]{0,8}\Z")
 _AGENT_URL = re.compile(r"^(unix:/[^\x00-\x1f\x7f]{1,290}|https?://[\x21-\x7e]{1,290})\Z")
+
+log = structlog.get_logger("cumulo.api")
 
 # An agent heartbeats every few seconds; silence this long marks its host down.
 HOST_DOWN_AFTER = timedelta(seconds=30)
@@ -42,6 +47,7 @@ def register(
     driver: str,
     accel: str,
     agent_url: str,
+    disk: HostDisk | None = None,
 ) -> str:
     """Create or update the host record; returns its id. Called by the agent at start-up."""
     require_agent(who, name)
@@ -56,6 +62,8 @@ def register(
     for what, value, pattern in (("driver", driver, _DRIVER), ("accel", accel, _ACCEL)):
         if not pattern.match(value):
             raise InvalidInput(f"invalid {what} {value!r}", code="invalid_input")
+    if disk is not None:
+        check_disk(disk)
     if agent_url and not _AGENT_URL.match(agent_url):
         raise InvalidInput(f"invalid agent_url {agent_url!r}: unix:/PATH or http(s)://...",
                            code="invalid_input")
@@ -67,10 +75,31 @@ def register(
         row.zone, row.architectures = zone, arches
         row.vcpus, row.ram_mib, row.driver, row.accel = vcpus, ram_mib, driver, accel
         row.agent_url, row.state, row.last_seen = agent_url, "up", datetime.now(UTC)
+        row.disk_total_mib = None if disk is None else disk.total_mib
+        row.disk_free_mib = None if disk is None else disk.free_mib
         s.flush()
         host_id: str = row.id
     svc.notifier.host_ids[name] = host_id  # a fresh database gives a known name a new id
     return host_id
+
+
+def check_disk(disk: HostDisk) -> None:
+    """A host's disk report holds together (else it is refused: placement relies on it)."""
+    if not 0 <= disk.free_mib <= disk.total_mib <= MAX_INTEGER:
+        raise InvalidInput(f"invalid disk space: {disk.free_mib} MiB free of {disk.total_mib}",
+                           code="invalid_input")
+
+
+def record_disk(s: Session, host_id: str, disk: HostDisk) -> None:
+    """What the host's agent reports of its state dir's filesystem now (one that does not
+    hold together is logged and left out, like any observation the API cannot use)."""
+    try:
+        check_disk(disk)
+    except InvalidInput as e:
+        log.warning("disk_report_ignored", host_id=host_id, error=e.message)
+        return
+    s.execute(update(HostRow).where(HostRow.id == host_id)
+              .values(disk_total_mib=disk.total_mib, disk_free_mib=disk.free_mib))
 
 
 # A heartbeat younger than this is not written again: every poll of every agent would
@@ -125,9 +154,12 @@ def lock_zone(s: Session, zone: str) -> None:
 # agent registered or heartbeat (state "up") less than HOST_DOWN_AFTER ago (`seen_after`).
 _HOSTS = select(HostRow.id, HostRow.name, HostRow.zone, cast(HostRow.architectures, String),
                 and_(HostRow.state == "up", HostRow.last_seen > bindparam("seen_after")),
-                HostRow.vcpus, HostRow.ram_mib)
+                HostRow.vcpus, HostRow.ram_mib, HostRow.disk_total_mib, HostRow.disk_free_mib)
 _ZONE_HOSTS = _HOSTS.where(HostRow.zone == bindparam("zone"))
-_USED = (select(InstanceRow.host_id, func.sum(InstanceRow.vcpus), func.sum(InstanceRow.ram_mib))
+_USED = (select(InstanceRow.host_id, func.sum(InstanceRow.vcpus), func.sum(InstanceRow.ram_mib),
+                func.sum(InstanceRow.disk_mib),
+                func.sum(case((InstanceRow.state == InstanceState.PENDING.value,
+                               InstanceRow.disk_mib), else_=0)))
          .where(InstanceRow.host_id.is_not(None))
          .group_by(InstanceRow.host_id))
 
@@ -140,17 +172,19 @@ def capacities(s: Session, zone: str | None = None) -> list[HostCapacity]:
     That cut this function's CPU from 1.6 to 0.6 ms with 100 hosts."""
     s.flush()  # instances this session added count too: the connection does not autoflush
     conn = s.connection()
-    used = {hid: (int(c or 0), int(r or 0)) for hid, c, r in conn.execute(_USED)}
+    used = {hid: (int(c or 0), int(r or 0), int(d or 0), int(p or 0))
+            for hid, c, r, d, p in conn.execute(_USED)}
     seen_after = datetime.now(UTC) - HOST_DOWN_AFTER
     rows = (conn.execute(_HOSTS, {"seen_after": seen_after}) if zone is None
             else conn.execute(_ZONE_HOSTS, {"seen_after": seen_after, "zone": zone}))
     out = []
-    for hid, name, host_zone, archs, host_up, vcpus, ram in rows:
-        vcpus_used, ram_used = used.get(hid, (0, 0))
+    for hid, name, host_zone, archs, host_up, vcpus, ram, disk_total, disk_free in rows:
+        vcpus_used, ram_used, disk_claimed, disk_pending = used.get(hid, (0, 0, 0, 0))
         out.append(HostCapacity(
             host_id=hid, name=name, zone=host_zone, architectures=_architectures(archs),
             up=bool(host_up), vcpus_total=vcpus, ram_mib_total=ram, vcpus_used=vcpus_used,
-            ram_mib_used=ram_used))
+            ram_mib_used=ram_used, disk_total_mib=disk_total, disk_free_mib=disk_free,
+            disk_claimed_mib=disk_claimed, disk_pending_mib=disk_pending))
     return out
 
 

@@ -21,6 +21,7 @@ from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB
 from cumulo.images.digest import file_digest
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
+from cumulo.services.hosts import lock_zone
 from cumulo.services.views import ImageVariantView, ImageView
 
 
@@ -34,6 +35,9 @@ def register_builtin(svc: Services, image_dir: Path) -> None:
     meta = json.loads((image_dir / "image.json").read_text())
     arch = Arch.parse(meta["arch"]).value
     with svc.db.session() as s:
+        # Two API processes starting together must not both insert it (a NULL project makes
+        # the unique constraint blind on PostgreSQL). '#' is in no zone name.
+        lock_zone(s, "#builtin-images")
         row = s.scalar(
             select(ImageRow).where(
                 ImageRow.name == meta["name"], ImageRow.project_id.is_(None), ImageRow.arch == arch

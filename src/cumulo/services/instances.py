@@ -45,7 +45,13 @@ from cumulo.domain.validation import (
     user_data,
 )
 from cumulo.protocol import DnsRecord
-from cumulo.scheduler.placement import HostCapacity, Request, largest_possible, place
+from cumulo.scheduler.placement import (
+    HostCapacity,
+    Request,
+    disk_claim_mib,
+    largest_possible,
+    place,
+)
 from cumulo.services import (
     hosts,
     images,
@@ -242,9 +248,12 @@ class _Batch:
     def capacities(self, zone: str) -> list[HostCapacity]:
         return self.get(("capacities", zone), lambda: hosts.capacities(self.s, zone))
 
-    def placed(self, zone: str, host: HostCapacity, vcpus: int, ram_mib: int) -> None:
+    def placed(self, zone: str, host: HostCapacity, vcpus: int, ram_mib: int,
+               disk_mib: int) -> None:
         self._memo[("capacities", zone)] = [
-            replace(h, vcpus_used=h.vcpus_used + vcpus, ram_mib_used=h.ram_mib_used + ram_mib)
+            replace(h, vcpus_used=h.vcpus_used + vcpus, ram_mib_used=h.ram_mib_used + ram_mib,
+                    disk_claimed_mib=h.disk_claimed_mib + disk_mib,
+                    disk_pending_mib=h.disk_pending_mib + disk_mib)
             if h.host_id == host.host_id else h
             for h in self.capacities(zone)
         ]
@@ -321,7 +330,9 @@ def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> 
             f"{zone} can hold (largest: {max_cpu} vCPUs / {max_ram} MiB)",
             code="too_large",
         )
-    placement = place(Request(zone=zone, arch=arch.value, vcpus=vcpus, ram_mib=ram), caps)
+    claim = disk_claim_mib(image.virtual_size_bytes, disk, svc.settings.disk_allocation_ratio)
+    placement = place(Request(zone=zone, arch=arch.value, vcpus=vcpus, ram_mib=ram,
+                              disk_mib=claim), caps)
     if placement.host is None:
         raise InsufficientCapacity(f"no host can take this instance now: {placement.explain()}")
     keys = batch.get(("keys", prj.id, *req.keys), lambda: keypairs.resolve(s, prj, req.keys))
@@ -332,7 +343,7 @@ def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> 
     row = InstanceRow(
         id=new_id("i"), name=req.name, project_id=prj.id, zone=zone, arch=arch.value,
         type_name=req.type, vcpus=vcpus, ram_mib=ram, bandwidth_mbps=size.bandwidth_mbps,
-        disk_gib=disk, image_id=image.id, image_name=image.name,
+        disk_gib=disk, disk_mib=claim, image_id=image.id, image_name=image.name,
         host_id=placement.host.host_id, state=InstanceState.PENDING.value,
         desired_power=DesiredPower.RUNNING.value, user_data=req.user_data, tags=dict(req.tags),
         ssh_keys=[k.public_key for k in keys], key_names=[k.name for k in keys],
@@ -347,7 +358,7 @@ def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> 
             s.add(InstanceGroupRow(instance_id=row.id, group_id=g.id))
         public_ip = public_ips.assign_auto(s, svc, prj, row.id)
     s.flush()
-    batch.placed(zone, placement.host, vcpus, ram)
+    batch.placed(zone, placement.host, vcpus, ram, claim)
     # Built from what this create just wrote: reading it back took 4 more queries.
     view = _view(svc, row, prj.name, host=placement.host.name, network=network.name,
                  private_ip=address.ip, public_ip=public_ip.ip,

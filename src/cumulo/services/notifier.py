@@ -19,7 +19,8 @@ import random
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from cumulo.protocol import DnsRecord
 from cumulo.services.dns_journal import DnsJournal
@@ -60,6 +61,7 @@ class Notifier:
             defaultdict(list)
         )
         self._closed = False
+        self._publish: Callable[[dict[str, Any]], None] | None = None
 
     def version(self, host_id: str) -> int:
         with self._lock:
@@ -92,12 +94,49 @@ class Notifier:
     def touch(self, host_id: str, instances: Iterable[str] | None = None) -> None:
         """What the host is assigned changed, but it need not fetch it now. `instances`: the
         only ones whose assignment changed (None: anything may have)."""
+        instances = None if instances is None else list(instances)
         with self._lock:
             self._bump(host_id, instances)
+        self._share({"k": "t", "h": host_id, "i": instances})
 
     def notify(self, host_id: str | None, instances: Iterable[str] | None = None) -> None:
         """What the host is assigned changed: wake it. `instances` as for `touch`."""
+        instances = None if instances is None else list(instances)
         self._wake(host_id, content=True, instances=instances)
+        if host_id is not None:
+            self._share({"k": "n", "h": host_id, "i": instances})
+
+    # --- several API processes (see pg_bus) ---------------------------------------------
+
+    def share_with(self, publish: Callable[[dict[str, Any]], None]) -> None:
+        """Publish from now on what this notifier is told, for the other API processes."""
+        self._publish = publish
+
+    def _share(self, message: dict[str, Any]) -> None:
+        if self._publish is not None:
+            self._publish(message)
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        """What another API process's notifier was told, applied here without publishing."""
+        kind = message.get("k")
+        instances = message.get("i")
+        if kind == "n":
+            self._wake(str(message["h"]), content=True, instances=instances)
+        elif kind == "t":
+            with self._lock:
+                self._bump(str(message["h"]), instances)
+        elif kind == "s":
+            self._notify_soon(message["h"])
+        elif kind == "d":
+            self._dns_changed(str(message["n"]),
+                              [DnsRecord.model_validate(r) for r in message["a"]],
+                              [str(m) for m in message["r"]], message.get("skip"))
+        elif kind == "all":  # messages may have been lost: everything is fetched again
+            self.dns.forget_history()
+            with self._lock:
+                hosts = set(self._versions) | set(self._waiters)
+            for h in hosts:
+                self._wake(h, content=True)
 
     def _bump(self, host_id: str, instances: Iterable[str] | None) -> None:
         """Under the lock: a content change."""
@@ -120,6 +159,11 @@ class Notifier:
     def notify_soon(self, host_ids: Iterable[str | None]) -> None:
         """Wake these hosts within `coalesce_s` (DNS changes: not about their own assignments,
         whose content version stays)."""
+        hosts = [h for h in host_ids if h]
+        self._notify_soon(hosts)
+        self._share({"k": "s", "h": hosts})
+
+    def _notify_soon(self, host_ids: Iterable[str | None]) -> None:
         now = time.monotonic()
         with self._lock:
             for h in host_ids:
@@ -151,8 +195,15 @@ class Notifier:
                     removed: Iterable[str] = (), skip: str | None = None) -> None:
         """Records of a network were added or removed (MACs; call after the commit): journal
         them and wake, soon, every host serving that network but `skip`."""
+        added, removed = list(added), list(removed)
+        self._dns_changed(network_id, added, removed, skip)
+        self._share({"k": "d", "n": network_id, "a": [r.model_dump() for r in added],
+                     "r": removed, "skip": skip})
+
+    def _dns_changed(self, network_id: str, added: list[DnsRecord], removed: list[str],
+                     skip: str | None) -> None:
         self.dns.changed(network_id, added, removed)
-        self.notify_soon(h for h in self.dns.subscribers([network_id]) if h != skip)
+        self._notify_soon(h for h in self.dns.subscribers([network_id]) if h != skip)
 
     def close(self) -> None:
         """The API is stopping: every waiting host is answered now, and no wait waits any

@@ -79,6 +79,11 @@ class HostView(BaseModel):
     ram_mib: int
     vcpus_used: int
     ram_mib_used: int
+    # The state dir's filesystem as last reported, and what placement may still claim of it
+    # (None: the host does not report disk space).
+    disk_total_mib: int | None = None
+    disk_free_mib: int | None = None
+    disk_room_mib: int | None = None
     instances: int
     last_seen: datetime
 
@@ -148,6 +153,7 @@ class VolumeView(BaseModel):
     type: str
     iops: int
     mbps: int
+    write_error: str  # stop (a write the host cannot do pauses the VM) | report (EIO)
     state: str
     state_reason: str
     attached_to: str | None  # instance name

@@ -24,9 +24,10 @@ PRESENT, DELETED = "present", "deleted"
 _DEVICES = [f"vd{c}" for c in "cdefghijklmnopqrstuvwxyz"]
 
 
-def _limits(svc: Services, type_name: str) -> tuple[int, int]:
+def _limits(svc: Services, type_name: str) -> tuple[int, int, str]:
+    """The type's (iops, mbps, write_error)."""
     vt = svc.settings.volume_type(type_name)
-    return (vt.iops, vt.mbps) if vt else (0, 0)
+    return (vt.iops, vt.mbps, vt.write_error) if vt else (0, 0, "stop")
 
 
 def views(s: Session, svc: Services, rows: list[VolumeRow], project: str) -> list[VolumeView]:
@@ -37,11 +38,12 @@ def views(s: Session, svc: Services, rows: list[VolumeRow], project: str) -> lis
         SnapshotRow.id.in_([r.source_snapshot_id for r in rows if r.source_snapshot_id]))).all())
     out = []
     for r in rows:
-        iops, mbps = _limits(svc, r.type_name)
+        iops, mbps, write_error = _limits(svc, r.type_name)
         attached = r.attached_to or r.want_instance_id
         out.append(VolumeView(
             id=r.id, name=r.name, project=project, zone=r.zone, size_gib=r.size_gib,
-            type=r.type_name, iops=iops, mbps=mbps, state=r.state, state_reason=r.state_reason,
+            type=r.type_name, iops=iops, mbps=mbps, write_error=write_error, state=r.state,
+            state_reason=r.state_reason,
             attached_to=inst_names.get(attached) if attached else None,
             device=r.device if attached else None,
             delete_on_termination=r.delete_on_termination,

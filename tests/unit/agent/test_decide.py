@@ -6,6 +6,7 @@ import pytest
 
 from cumulo.agent.decide import DELETED, Step, decide
 from cumulo.agent.drivers.base import Observed, PowerState
+from cumulo.domain.disk_errors import DiskIoError
 from cumulo.protocol import Assignment, ImageFile, ImageRef
 
 
@@ -20,8 +21,10 @@ def a(desired: str = "running", state: str = "running", reboot: tuple[int, int] 
     )
 
 
-def obs(power: PowerState, reason: str = "") -> Observed:
-    return Observed(vm_id="i-0123456789abcdef0", power=power, pid=1, reason=reason)
+def obs(power: PowerState, reason: str = "", errors: tuple[DiskIoError, ...] = ()
+        ) -> Observed:
+    return Observed(vm_id="i-0123456789abcdef0", power=power, pid=1, reason=reason,
+                    io_errors=errors)
 
 
 def d(assign: Assignment, o: Observed | None, requested: bool = False, overdue: bool = False
@@ -68,3 +71,34 @@ def test_crash_reason_is_passed_on() -> None:
     r = decide(a(), obs(PowerState.CRASHED, "qemu exited (pid 9)"), shutdown_requested=False,
                shutdown_overdue=False, stop_timeout_s=30)
     assert r.reason == "qemu exited (pid 9)"
+
+
+FULL = (DiskIoError("vol-0123456789abcdef0", nospace=True, path="/v/vol.qcow2"),)
+
+
+def test_a_paused_vm_is_shown_paused_with_its_cause_and_resumed_once_it_may() -> None:
+    paused = obs(PowerState.PAUSED, "qemu status io-error", FULL)
+    r = decide(a(), paused, shutdown_requested=False, shutdown_overdue=False, stop_timeout_s=30)
+    assert (r.step, r.report) == (Step.NONE, "paused")
+    assert r.reason.startswith("host disk full (I/O error on vol-0123456789abcdef0)")
+    r = decide(a(), paused, shutdown_requested=False, shutdown_overdue=False, stop_timeout_s=30,
+               resumable=True)
+    assert (r.step, r.report) == (Step.RESUME, "running")
+    # Paused for another cause: shown, with QEMU's status.
+    r = decide(a(), obs(PowerState.PAUSED, "qemu status paused"), shutdown_requested=False,
+               shutdown_overdue=False, stop_timeout_s=30)
+    assert (r.step, r.report, r.reason) == (
+        Step.NONE, "paused", "paused by the hypervisor (qemu status paused)")
+
+
+def test_reboot_and_stop_work_on_a_paused_vm() -> None:
+    paused = obs(PowerState.PAUSED, "qemu status io-error", FULL)
+    assert d(a(reboot=(1, 0)), paused) == (Step.REBOOT, "running")
+    # Stop: the power-off request (which lets the guest run to see it), then, if the VM is
+    # paused again (its disk is still full), a forced stop at once: it cannot power off.
+    assert d(a("stopped"), paused) == (Step.REQUEST_SHUTDOWN, "stopping")
+    r = decide(a("stopped"), paused, shutdown_requested=True, shutdown_overdue=False,
+               stop_timeout_s=30)
+    assert (r.step, r.report) == (Step.FORCE_STOP, "stopped")
+    assert r.reason.startswith("it was paused (host disk full (I/O error on vol-")
+    assert r.reason.endswith("and could not power off; it was powered off by force")

@@ -1,6 +1,14 @@
 from __future__ import annotations
 
-from cumulo.scheduler.placement import HostCapacity, Request, largest_possible, place
+from dataclasses import replace
+
+from cumulo.scheduler.placement import (
+    HostCapacity,
+    Request,
+    disk_claim_mib,
+    largest_possible,
+    place,
+)
 
 
 def host(name: str, zone: str = "z1", ram_used: int = 0, up: bool = True,
@@ -37,3 +45,38 @@ def test_vcpus_filter_and_empty_zone() -> None:
 def test_largest_possible() -> None:
     assert largest_possible([host("a"), host("b", zone="z2")], "x86_64", "z1") == (8, 1000)
     assert largest_possible([host("a")], "arm64", "z1") == (0, 0)
+
+
+def disk_host(name: str, *, total: int | None = 10_000, free: int | None = 5_000,
+              claimed: int = 0, pending: int = 0) -> HostCapacity:
+    return replace(host(name), disk_total_mib=total, disk_free_mib=free,
+                   disk_claimed_mib=claimed, disk_pending_mib=pending)
+
+
+def disk_req(mib: int) -> Request:
+    return Request(zone="z1", arch="x86_64", vcpus=1, ram_mib=100, disk_mib=mib)
+
+
+def test_disk_claim_is_the_image_plus_the_thin_disks_share() -> None:
+    assert disk_claim_mib(2**30, 1, 1.0) == 2048  # the tiny image (1 GiB) and a 1 GiB disk
+    assert disk_claim_mib(2**30, 10, 4.0) == 1024 + 2560
+    assert disk_claim_mib(1, 1, 3.0) == 1 + 342  # rounded up, never down
+
+
+def test_disk_room_is_free_space_less_unwritten_claims_within_the_total() -> None:
+    assert disk_host("a").disk_room_mib == 5_000
+    assert disk_host("a", pending=1_500).disk_room_mib == 3_500  # placed, not yet written
+    assert disk_host("a", claimed=8_000).disk_room_mib == 2_000  # thin disks grow into claims
+    assert disk_host("a", free=0, pending=10).disk_room_mib == 0
+    assert disk_host("a", total=None).disk_room_mib is None  # not reported
+
+
+def test_a_host_without_disk_room_is_refused_and_the_reason_says_so() -> None:
+    full, roomy = disk_host("full", free=0), disk_host("roomy", free=3_000)
+    assert place(disk_req(2048), [full, roomy]).host == roomy
+    p = place(disk_req(2048), [full, disk_host("busy", free=3_000, pending=2_000)])
+    assert p.host is None
+    assert p.explain() == ("full: 0 MiB disk free, 2048 MiB needed; "
+                           "busy: 1000 MiB disk free, 2048 MiB needed")
+    # A host that does not report its disk is not refused for it.
+    assert place(disk_req(2048), [disk_host("old", total=None, free=None)]).host is not None

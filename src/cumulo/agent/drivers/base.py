@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from cumulo.domain.arch import Arch
+from cumulo.domain.disk_errors import DiskIoError, WriteErrorPolicy
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,14 @@ class VolumeAttachment:
     The guest sees it as /dev/vdX with the disk serial `serial` (the volume id without its
     dash: "vol0123456789abcdef0", the 20 bytes virtio-blk carries; EBS on NVMe does the same).
     `iops` and `mbps` (MiB/s) cap its I/O through QEMU throttling; 0 means no cap.
+    `write_error`: a write the host cannot do pauses the VM ("stop") or fails in the guest.
     """
 
     volume_id: str  # "vol-<17 hex>" (validated by the caller)
     path: Path
     iops: int = 0
     mbps: int = 0
+    write_error: WriteErrorPolicy = "stop"
 
     @property
     def serial(self) -> str:
@@ -63,6 +66,7 @@ class VMSpec:
     nics: tuple[NicSpec, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
     volumes: tuple[VolumeAttachment, ...] = ()  # cold-attached at boot (hot-unpluggable)
+    boot_write_error: WriteErrorPolicy = "stop"  # see VolumeAttachment.write_error
 
 
 class PowerState(StrEnum):
@@ -75,12 +79,14 @@ class PowerState(StrEnum):
 
 @dataclass(frozen=True)
 class Observed:
-    """What the driver sees for one VM. `reason` explains STOPPED/CRASHED in one line."""
+    """What the driver sees for one VM. `reason` explains STOPPED/CRASHED/PAUSED in one line;
+    `io_errors`: the disks whose failed writes paused it."""
 
     vm_id: str
     power: PowerState
     pid: int | None = None
     reason: str = ""
+    io_errors: tuple[DiskIoError, ...] = ()
 
 
 class DriverError(Exception):
@@ -110,7 +116,8 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def request_shutdown(self, vm_id: str) -> None:
-        """Ask the guest to power off (ACPI). Returns at once; the reconciler checks later."""
+        """Ask the guest to power off (ACPI), resuming it if it is paused (a paused guest
+        cannot see the request). Returns at once; the reconciler checks later."""
 
     @abc.abstractmethod
     async def force_stop(self, vm_id: str) -> None:
@@ -118,7 +125,13 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def reboot(self, vm_id: str) -> None:
-        """Reset the running VM. Raises DriverError when it does not run."""
+        """Reset the VM, and let it run if it was paused. Raises DriverError when it does not
+        run."""
+
+    @abc.abstractmethod
+    async def resume(self, vm_id: str) -> None:
+        """Let a paused VM run again (its failed writes are retried: if they fail again, it
+        pauses again). Raises DriverError when it does not run."""
 
     @abc.abstractmethod
     async def destroy(self, vm_id: str) -> None:

@@ -28,6 +28,7 @@ from cumulo.agent.drivers.base import (
     VolumeAttachment,
     check_spec_files,
 )
+from cumulo.domain.disk_errors import DiskIoError
 
 _LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)
 
@@ -56,6 +57,8 @@ class FakeHost:
     pids: itertools.count[int] = field(default_factory=lambda: itertools.count(10_000))
     # Volume ids whose guest never releases the disk on hot-unplug (tests of the timeout).
     stuck_volumes: set[str] = field(default_factory=set)
+    # Host files that cannot be written now (a full disk: see simulate_io_error).
+    full_files: set[str] = field(default_factory=set)
 
 
 class FakeDriver(Driver):
@@ -100,6 +103,7 @@ class FakeDriver(Driver):
     async def request_shutdown(self, vm_id: str) -> None:
         vm = self.host.vms.get(vm_id)
         if vm is not None and vm.observed.power in _LIVE:
+            self._retry_writes(vm)  # a paused guest would never see the request
             vm.shutdown_pending = True
 
     async def force_stop(self, vm_id: str) -> None:
@@ -115,9 +119,26 @@ class FakeDriver(Driver):
         if vm is None or vm.observed.power not in _LIVE:
             raise DriverError(f"cannot reboot {vm_id}: it is not running")
         vm.shutdown_pending = False
-        vm.events.append("reset")
+        vm.events.append("reset")  # the writes that failed are dropped, and it runs
         if vm.observed.power is not PowerState.RUNNING:
             vm.observed = Observed(vm_id, PowerState.RUNNING, vm.observed.pid)
+
+    async def resume(self, vm_id: str) -> None:
+        vm = self.host.vms.get(vm_id)
+        if vm is None or vm.observed.power not in _LIVE:
+            raise DriverError(f"cannot resume {vm_id}: it is not running")
+        self._retry_writes(vm)
+
+    def _retry_writes(self, vm: _FakeVM) -> None:
+        """QEMU's `cont` on a VM paused by failed writes: they are tried again, and pause it
+        again if their files still cannot be written."""
+        if vm.observed.power is not PowerState.PAUSED:
+            return
+        still = tuple(e for e in vm.observed.io_errors if e.path in self.host.full_files)
+        vm.observed = (Observed(vm.observed.vm_id, PowerState.PAUSED, vm.observed.pid,
+                                "qemu status io-error", still)
+                       if still else
+                       Observed(vm.observed.vm_id, PowerState.RUNNING, vm.observed.pid))
 
     async def destroy(self, vm_id: str) -> None:
         self.host.vms.pop(vm_id, None)
@@ -136,6 +157,17 @@ class FakeDriver(Driver):
         pid = vm.observed.pid
         vm.events.append("kill")
         vm.power_off(PowerState.CRASHED, reason or f"qemu process exited unexpectedly (pid {pid})")
+
+    def simulate_io_error(self, vm_id: str, disk: str, path: str, nospace: bool = True) -> None:
+        """A write of the running VM to `disk` (its file `path`) fails on the host: the VM
+        pauses, as a disk with the `stop` write-error policy does (tests). With `nospace`, the
+        file counts as unwritable (host.full_files) until a test removes it."""
+        vm = self.host.vms[vm_id]
+        if nospace:
+            self.host.full_files.add(path)
+        errors = (*vm.observed.io_errors, DiskIoError(disk, nospace, path))
+        vm.observed = Observed(vm_id, PowerState.PAUSED, vm.observed.pid, "qemu status io-error",
+                               errors)
 
     # -- block volumes ----------------------------------------------------------------------
 

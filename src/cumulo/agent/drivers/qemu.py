@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cumulo.agent.drivers import qemu_volumes
+from cumulo.agent.drivers import qemu_io_errors, qemu_volumes
 from cumulo.agent.drivers.accel import resolve_accel
 from cumulo.agent.drivers.base import (
     Driver,
@@ -39,6 +39,7 @@ from cumulo.agent.drivers.base import (
 from cumulo.agent.drivers.qemu_argv import UNIX_PATH_MAX, Accel, VMPaths, build_argv
 from cumulo.agent.drivers.qmp import qmp_execute
 from cumulo.domain.arch import Arch
+from cumulo.domain.disk_errors import DiskIoError
 
 QMP_TIMEOUT_S = 1.0
 LAUNCH_TIMEOUT_S = 30.0
@@ -121,6 +122,7 @@ class QemuDriver(Driver):
                 return
             paths.stop_marker.touch()
             await qmp_execute(paths.qmp_sock, "system_powerdown", timeout=QMP_TIMEOUT_S)
+            await self._run_if_paused(paths)  # a paused guest would never see the request
 
     async def force_stop(self, vm_id: str) -> None:
         paths = self._paths(vm_id)
@@ -133,6 +135,16 @@ class QemuDriver(Driver):
             if _live_pid(paths) is None:
                 raise DriverError(f"cannot reboot {vm_id}: it is not running")
             await qmp_execute(paths.qmp_sock, "system_reset", timeout=QMP_TIMEOUT_S)
+            # A reset leaves a paused VM paused (QEMU's "prelaunch"), its failed writes gone.
+            await self._run_if_paused(paths)
+
+    async def resume(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            if _live_pid(paths) is None:
+                raise DriverError(f"cannot resume {vm_id}: it is not running")
+            await qmp_execute(paths.qmp_sock, "cont", timeout=QMP_TIMEOUT_S)
+            self._status.pop(vm_id, None)
 
     async def destroy(self, vm_id: str) -> None:
         paths = self._paths(vm_id)
@@ -213,6 +225,13 @@ class QemuDriver(Driver):
             raise DriverError(f"QMP socket path {paths.qmp_sock} exceeds the unix socket limit")
         return paths
 
+    async def _run_if_paused(self, paths: VMPaths) -> None:
+        """`cont` unless the VM runs (or is powered off); the status is asked afresh next."""
+        self._status.pop(paths.vm_id, None)
+        status = await qmp_execute(paths.qmp_sock, "query-status", timeout=QMP_TIMEOUT_S)
+        if isinstance(status, dict) and status.get("status") in _PAUSED:
+            await qmp_execute(paths.qmp_sock, "cont", timeout=QMP_TIMEOUT_S)
+
     def _lock(self, vm_id: str) -> asyncio.Lock:
         return self._locks.setdefault(vm_id, asyncio.Lock())
 
@@ -248,7 +267,11 @@ class QemuDriver(Driver):
         if state in _BROKEN:
             return Observed(vm_id, PowerState.CRASHED, pid, _BROKEN[state])
         if state in _PAUSED:
-            return Observed(vm_id, PowerState.PAUSED, pid, f"qemu status {state}")
+            errors: tuple[DiskIoError, ...] = ()
+            if state == "io-error":
+                with contextlib.suppress(DriverError):  # the status alone still holds
+                    errors = await qemu_io_errors.io_errors(paths.qmp_sock, QMP_TIMEOUT_S)
+            return Observed(vm_id, PowerState.PAUSED, pid, f"qemu status {state}", errors)
         return Observed(vm_id, PowerState.RUNNING, pid, f"unknown qemu status {state!r}")
 
     async def _force_stop(self, paths: VMPaths) -> None:

@@ -106,7 +106,8 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
         argv += ["-bios", str(AARCH64_UEFI)]
     argv += [
         "-drive",
-        f"if=none,id=root,file={_opt(spec.boot_disk)},format=qcow2,cache=writeback,discard=unmap",
+        f"if=none,id=root,file={_opt(spec.boot_disk)},format=qcow2,cache=writeback,discard=unmap"
+        f",werror={_write_error(spec.boot_write_error)}",
         "-device",
         "virtio-blk-pci,drive=root,id=root-dev",
     ]
@@ -197,6 +198,7 @@ def volume_device(att: VolumeAttachment, port: int) -> dict[str, Any]:
         "drive": top_node(att.volume_id),
         "serial": att.serial,
         "bus": hotplug_port(port),
+        "werror": _write_error(att.write_error),
     }
 
 
@@ -229,6 +231,14 @@ def _machine(arch: Arch, accel: Accel) -> list[str]:
     if accel == "kvm":
         return ["-machine", "virt,gic-version=host", "-cpu", "host"]
     return ["-machine", "virt", "-cpu", "cortex-a57"]
+
+
+def _write_error(policy: str) -> str:
+    """QEMU's werror= for a disk: `stop` pauses the VM on a failed write (it is retried when
+    the VM runs again), `report` fails it in the guest. Read errors are always reported."""
+    if policy not in ("stop", "report"):
+        raise DriverError(f"invalid disk write-error policy {policy!r} (stop or report)")
+    return policy
 
 
 def _opt(path: Path | str) -> str:

@@ -36,6 +36,7 @@ async def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
         driver=body.driver,
         accel=body.accel,
         agent_url=body.agent_url,
+        disk=body.disk,
     )
     return Registered(host_id=host_id)
 
@@ -55,9 +56,9 @@ async def poll(request: Request, svc: Svc, who: Who, name: str, body: Poll) -> R
     """The long-poll as agents send it, with the report of their last pass (applied first:
     a report that changes what the host must decide on wakes this very poll)."""
     r = body.report
-    if r is not None and (r.observations or r.volumes or r.snapshots):
+    if r is not None and (r.observations or r.volumes or r.snapshots or r.disk):
         await service(svc, agents.report, svc, who, name, r.observations, r.volumes,
-                      r.snapshots)
+                      r.snapshots, r.disk)
     return await _answer(request, svc, who, name, body.since, body.wait, body.dns, body.have)
 
 
@@ -103,5 +104,5 @@ async def _disconnected(request: Request) -> None:
 @router.post("/{name}/report", status_code=204)
 async def report(svc: Svc, who: Who, name: str, body: Report) -> Response:
     await service(svc, agents.report, svc, who, name, body.observations, body.volumes,
-                  body.snapshots)
+                  body.snapshots, body.disk)
     return Response(status_code=204)

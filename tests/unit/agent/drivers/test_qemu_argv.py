@@ -35,7 +35,7 @@ def spec(arch: Arch, **kw: object) -> VMSpec:
 
 TAIL = [
     "-drive", "if=none,id=root,file=/var/lib/cumulo/disks/vol-1.qcow2,format=qcow2,"
-    "cache=writeback,discard=unmap",
+    "cache=writeback,discard=unmap,werror=stop",
     "-device", "virtio-blk-pci,drive=root,id=root-dev",
     "-drive", "if=none,id=seed,file=/var/lib/cumulo/seeds/i-0123456789abcdef0.iso,"
     "format=raw,readonly=on",
@@ -156,7 +156,7 @@ def test_paths() -> None:
 
 VOL_A = VolumeAttachment("vol-0123456789abcdef0", Path("/var/lib/cumulo/volumes/a,b.qcow2"),
                          iops=500, mbps=40)  # fmt: skip
-VOL_B = VolumeAttachment("vol-00000000000000001", Path("/v/b.qcow2"))
+VOL_B = VolumeAttachment("vol-00000000000000001", Path("/v/b.qcow2"), write_error="report")
 
 
 def test_cold_attached_volumes_are_throttled_in_hotplug_slots() -> None:
@@ -171,7 +171,7 @@ def test_cold_attached_volumes_are_throttled_in_hotplug_slots() -> None:
         '"cache":{"direct":false,"no-flush":false},'
         '"file":{"driver":"file","filename":"/var/lib/cumulo/volumes/a,b.qcow2"}}}',
         "-device", "virtio-blk-pci,id=vol-0123456789abcdef0,drive=vol-0123456789abcdef0-thr,"
-        "serial=vol0123456789abcdef0,bus=hp0",
+        "serial=vol0123456789abcdef0,bus=hp0,werror=stop",
         "-object", '{"qom-type":"throttle-group","id":"vol-00000000000000001-tg","limits":{}}',
         "-blockdev", '{"driver":"throttle","node-name":"vol-00000000000000001-thr",'
         '"throttle-group":"vol-00000000000000001-tg","file":{"driver":"qcow2",'
@@ -179,7 +179,7 @@ def test_cold_attached_volumes_are_throttled_in_hotplug_slots() -> None:
         '"cache":{"direct":false,"no-flush":false},'
         '"file":{"driver":"file","filename":"/v/b.qcow2"}}}',
         "-device", "virtio-blk-pci,id=vol-00000000000000001,drive=vol-00000000000000001-thr,"
-        "serial=vol00000000000000001,bus=hp1",
+        "serial=vol00000000000000001,bus=hp1,werror=report",
     ]  # fmt: skip
     assert argv[qmp - 13] == "pcie-root-port,id=hp7,chassis=8,io-reserve=0"
     assert len(VOL_A.serial) == 20  # all virtio-blk carries: the guest sees it whole
@@ -189,3 +189,10 @@ def test_too_many_volumes_is_a_clear_error() -> None:
     vols = tuple(VolumeAttachment(f"vol-{i:017x}", Path(f"/v/{i}")) for i in range(MAX_VOLUMES + 1))
     with pytest.raises(DriverError, match=f"at most {MAX_VOLUMES}"):
         build_argv(spec(Arch.X86_64, volumes=vols), PATHS, "tcg")
+
+
+def test_the_boot_disks_write_error_policy_and_a_bad_one() -> None:
+    argv = build_argv(spec(Arch.X86_64, boot_write_error="report"), PATHS, "tcg")
+    assert any(a.startswith("if=none,id=root,") and a.endswith(",werror=report") for a in argv)
+    with pytest.raises(DriverError, match="invalid disk write-error policy 'ignore'"):
+        build_argv(spec(Arch.X86_64, boot_write_error="ignore"), PATHS, "tcg")

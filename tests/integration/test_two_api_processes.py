@@ -1,0 +1,127 @@
+"""Two `cumulo api` processes on one PostgreSQL database: a write through one wakes the host
+polling the other at once (LISTEN/NOTIFY), and an agent given both URLs fails over when the
+one it polls is killed, with nothing lost or duplicated."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import _pg_database, free_port
+from tests.integration.conftest import CUMULO
+
+pytestmark = pytest.mark.postgres
+
+# The long-poll an agent holds lasts 25 s (agent.main.LONG_POLL_S): a change seen well
+# before that was a wake-up, not the poll's end.
+WOKEN_WITHIN_S = 10.0
+
+
+def _start_api(url: str, port: int, state: Path) -> subprocess.Popen[bytes]:
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "cumulo.toml").write_text('[host]\nname = "unused"\n')
+    log = open(state / "api.log", "ab")  # noqa: SIM115 (closed with the process)
+    proc = subprocess.Popen([*CUMULO, "api", "--database-url", url, "--listen",
+                             f"127.0.0.1:{port}", "--state-dir", str(state)],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, (state / "api.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "API did not start"
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def two_apis() -> Iterator[tuple[list[int], dict[str, str], list[subprocess.Popen[bytes]]]]:
+    gen = _pg_database()
+    url = next(gen)
+    root = Path(tempfile.mkdtemp(prefix="cmo-api-", dir="/tmp"))
+    ports = [free_port(), free_port()]
+    procs = [_start_api(url, ports[0], root / "a")]
+    procs.append(_start_api(url, ports[1], root / "b"))  # after: A made the schema
+    token = (root / "a" / "client.toml").read_text().split('token = "')[1].split('"')[0]
+    try:
+        yield ports, {"Authorization": f"Bearer {token}"}, procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(timeout=30)
+        next(gen, None)
+
+
+def _agent(ports: list[int], headers: dict[str, str], state: Path) -> subprocess.Popen[bytes]:
+    made = httpx.post(f"http://127.0.0.1:{ports[0]}/v1/hosts/join-tokens", headers=headers,
+                      json={"zone": "local-1a"}).json()
+    apis = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+    return subprocess.Popen([*CUMULO, "agent", "--api", apis, "--zone", "local-1a", "--name",
+                             "hv-1", "--state-dir", str(state), "--driver", "fake",
+                             "--join-token", made["token"]], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=open(state.parent / "agent.err",
+                                                                   "ab"))
+
+
+def _instance(port: int, headers: dict[str, str], name: str) -> dict[str, Any]:
+    r = httpx.get(f"http://127.0.0.1:{port}/v1/instances/{name}", headers=headers)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _until_running(port: int, headers: dict[str, str], name: str, within: float) -> float:
+    t0 = time.monotonic()
+    while _instance(port, headers, name)["state"] != "running":
+        assert time.monotonic() - t0 < within, f"{name} not running {within} s later"
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def test_a_write_through_one_api_wakes_the_host_polling_the_other(
+        two_apis: tuple[list[int], dict[str, str], list[subprocess.Popen[bytes]]]) -> None:
+    ports, headers, procs = two_apis
+    state = Path(tempfile.mkdtemp(prefix="cmo-agent-", dir="/tmp")) / "hv-1"
+    agent = _agent(ports, headers, state)  # it polls the first URL: API a
+    try:
+        deadline = time.monotonic() + 120
+        while not any(h["name"] == "hv-1" and h["state"] == "up" for z in httpx.get(
+                f"http://127.0.0.1:{ports[1]}/v1/zones", headers=headers).json()
+                for h in z["hosts"]):
+            assert agent.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(1)  # its long-poll on API a is open now
+        # Created through API b: the agent polling API a learns of it at once.
+        body = {"name": "via-b", "image": "tiny", "type": "t1.nano"}
+        r = httpx.post(f"http://127.0.0.1:{ports[1]}/v1/instances", headers=headers, json=body)
+        assert r.status_code == 202, r.text
+        _until_running(ports[1], headers, "via-b", WOKEN_WITHIN_S)
+
+        # API a dies outright: the agent moves to API b, and creates go on through b.
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(timeout=10)
+        for i in range(3):
+            r = httpx.post(f"http://127.0.0.1:{ports[1]}/v1/instances", headers=headers,
+                           json={"name": f"after-{i}", "image": "tiny", "type": "t1.nano"})
+            assert r.status_code == 202, r.text
+        for i in range(3):
+            _until_running(ports[1], headers, f"after-{i}", 60)
+        names = [i["name"] for i in httpx.get(f"http://127.0.0.1:{ports[1]}/v1/instances",
+                                              headers=headers).json()]
+        assert sorted(names) == ["after-0", "after-1", "after-2", "via-b"]
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+    assert os.path.exists(state / "agent.token")

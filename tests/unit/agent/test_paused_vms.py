@@ -1,0 +1,100 @@
+"""A VM the hypervisor paused on a failed disk write (issue 17, item 8), through the
+reconciler and the fake driver: reported paused with its cause, resumed once its disk has
+room again, and rebooted or stopped on request while paused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cumulo.agent.drivers.base import PowerState, VMSpec
+from cumulo.agent.drivers.fake import FakeDriver
+from cumulo.agent.reconciler import Reconciler
+from cumulo.domain.arch import Arch
+from cumulo.protocol import Assignment, ImageFile, ImageRef
+
+VM = "i-0123456789abcdef0"
+VOL = "vol-0123456789abcdef0"
+MIB = 1024 * 1024
+
+
+def _assignment(desired: str = "running", reboot_seq: int = 0, generation: int = 1
+                ) -> Assignment:
+    return Assignment(
+        id=VM, hostname="vm", project="default", arch="x86_64", vcpus=1, ram_mib=128,
+        disk_gib=1, state="running", desired_power=desired, generation=generation,
+        reboot_seq=reboot_seq, reboot_done_seq=0,
+        image=ImageRef(id="img-0123456789abcdef0", boot="bios",
+                       disk=ImageFile(sha256="0" * 64, size=0)))
+
+
+async def _setup(tmp_path: Path) -> tuple[FakeDriver, Reconciler, dict[str, int]]:
+    driver = FakeDriver(check_paths=False)
+    free: dict[str, int] = {}
+    rec = Reconciler(driver, tmp_path / "instances", free_bytes=free.get,
+                     resume_free_bytes=64 * MIB)
+    await driver.start(VMSpec(VM, "vm", Arch.X86_64, 1, 128, tmp_path / "disk.qcow2"))
+    (obs,) = await rec.run_pass([_assignment()])
+    assert obs.state == "running"
+    rec.acknowledge([obs])
+    return driver, rec, free
+
+
+async def test_paused_on_a_full_disk_then_resumed_when_space_is_back(tmp_path: Path) -> None:
+    driver, rec, free = await _setup(tmp_path)
+    path = str(tmp_path / "volumes" / f"{VOL}.qcow2")
+    driver.simulate_io_error(VM, VOL, path)
+    free[path] = 0
+    (obs,) = await rec.run_pass([_assignment()])
+    assert obs.state == "paused"
+    assert obs.reason.startswith(f"host disk full (I/O error on {VOL})")
+    rec.acknowledge([obs])
+
+    free[path] = 10 * MIB  # some room, not enough to be worth running again
+    assert await rec.run_pass([_assignment()]) == []  # nothing changed: still paused
+    assert (await driver.observe())[VM].power is PowerState.PAUSED
+
+    driver.host.full_files.discard(path)
+    free[path] = 100 * MIB
+    (obs,) = await rec.run_pass([_assignment()])
+    assert (obs.state, obs.reason) == ("running", "")
+    assert (await driver.observe())[VM].power is PowerState.RUNNING
+
+
+async def test_a_resume_that_fails_again_shows_paused_again(tmp_path: Path) -> None:
+    driver, rec, free = await _setup(tmp_path)
+    path = str(tmp_path / "v.qcow2")
+    driver.simulate_io_error(VM, VOL, path)
+    free[path] = 0
+    (obs,) = await rec.run_pass([_assignment()])
+    rec.acknowledge([obs])
+    free[path] = 100 * MIB  # the agent sees room, but the file still cannot be written
+    (obs,) = await rec.run_pass([_assignment()])
+    assert obs.state == "running"  # resumed ...
+    rec.acknowledge([obs])
+    free[path] = 0
+    (obs,) = await rec.run_pass([_assignment()])
+    assert obs.state == "paused"  # ... and paused again by the retried write
+
+
+async def test_reboot_of_a_paused_vm_resets_it_and_lets_it_run(tmp_path: Path) -> None:
+    driver, rec, _ = await _setup(tmp_path)
+    driver.simulate_io_error(VM, VOL, "/full/v.qcow2")
+    (obs,) = await rec.run_pass([_assignment()])
+    assert obs.state == "paused"
+    (obs,) = await rec.run_pass([_assignment(reboot_seq=1, generation=2)])
+    assert (obs.state, obs.reboot_done_seq) == ("running", 1)
+    assert (await driver.observe())[VM].power is PowerState.RUNNING
+    assert driver.host.vms[VM].events[-1] == "reset"
+
+
+async def test_stop_of_a_vm_that_stays_paused_is_forced_at_once(tmp_path: Path) -> None:
+    driver, rec, _ = await _setup(tmp_path)
+    driver.simulate_io_error(VM, VOL, "/full/v.qcow2")
+    await rec.run_pass([_assignment()])
+    (obs,) = await rec.run_pass([_assignment("stopped", generation=2)])
+    assert obs.state == "stopping"  # asked to power off (and let run to see it) ...
+    (obs,) = await rec.run_pass([_assignment("stopped", generation=2)])
+    # ... paused again at once (the disk is still full): no 30 s wait for a frozen guest.
+    assert obs.state == "stopped"
+    assert "could not power off; it was powered off by force" in obs.reason
+    assert (await driver.observe())[VM].power is PowerState.STOPPED
