@@ -72,12 +72,17 @@ def assigned(svc: Services) -> list[Assignment]:
     return agents.assignments(svc, AGENT, AGENT_HOST).instances
 
 
+def one_vm(svc: Services, net: FaultyNet, host_dir: Path) -> tuple[Assignment, ImageCache]:
+    """An instance of the image on the host, and the host's cache (nothing fetched yet)."""
+    create(svc, "vm")
+    (a,) = assigned(svc)
+    return a, image_cache(agent_client(svc, net, AGENT_HOST), AGENT_HOST, host_dir)
+
+
 async def test_a_corrupt_transfer_is_refused_and_fetched_again(
         svc: Services, host: tuple[FaultyNet, Path, Path]) -> None:
     net, host_dir, src = host
-    create(svc, "vm")
-    (a,) = assigned(svc)
-    cache = image_cache(agent_client(svc, net, AGENT_HOST), AGENT_HOST, host_dir)
+    a, cache = one_vm(svc, net, host_dir)
     disk = cache.path(a.image.id, "disk", a.image.disk.sha256)
     seen: list[bool] = []
     net.before = lambda r: seen.append(disk.exists()) if r.url.path.endswith("/disk") else None
@@ -96,9 +101,7 @@ async def test_a_corrupt_transfer_is_refused_and_fetched_again(
 async def test_a_transfer_corrupt_every_time_fails_and_leaves_nothing(
         svc: Services, host: tuple[FaultyNet, Path, Path]) -> None:
     net, host_dir, _ = host
-    create(svc, "vm")
-    (a,) = assigned(svc)
-    cache = image_cache(agent_client(svc, net, AGENT_HOST), AGENT_HOST, host_dir)
+    a, cache = one_vm(svc, net, host_dir)
     net.corrupt["/initrd"] = 100
     with pytest.raises(StorageError, match="sha256"):
         await cache.resolve(a.image, wait_s=30)
@@ -112,9 +115,7 @@ async def test_a_transfer_corrupt_every_time_fails_and_leaves_nothing(
 async def test_an_interrupted_transfer_resumes_with_a_range(
         svc: Services, host: tuple[FaultyNet, Path, Path]) -> None:
     net, host_dir, src = host
-    create(svc, "vm")
-    (a,) = assigned(svc)
-    cache = image_cache(agent_client(svc, net, AGENT_HOST), AGENT_HOST, host_dir)
+    a, cache = one_vm(svc, net, host_dir)
     net.cut["/kernel"] = MIB + 12345
     files = await cache.resolve(a.image, wait_s=30)
     first, second = net.gets("/kernel")
