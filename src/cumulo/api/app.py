@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 from cumulo import __version__
-from cumulo.api import errors, threads
+from cumulo.api import errors, openapi, threads
 from cumulo.api.batches import CreateBatcher
 from cumulo.api.inputs import refuse_unstorable
 from cumulo.api.routers import (
@@ -19,6 +19,7 @@ from cumulo.api.routers import (
     projects,
     volumes,
 )
+from cumulo.api.segments import OneSegmentPerName
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
 
@@ -29,11 +30,15 @@ def create_app(svc: Services) -> FastAPI:
         version=__version__,
         description="Compute instances on real QEMU virtual machines.",
         lifespan=threads.lifespan,
+        # `/v1/instances/` (an empty name) is no route: not a redirect to the collection's,
+        # where a DELETE or POST would mean something else.
+        redirect_slashes=False,
     )
     app.state.services = svc
     app.state.token_cache = TokenCache()
     app.state.create_batcher = CreateBatcher(svc)
     errors.install(app)
+    app.add_middleware(OneSegmentPerName)
     # Routes are matched in order, one by one: the busiest first (agents long-poll and
     # report at every change; instances are what users create).
     # What users type is checked for text no field may hold (see cumulo.api.inputs). The
@@ -44,6 +49,8 @@ def create_app(svc: Services) -> FastAPI:
                    agent_images):
         app.include_router(module.router,
                            dependencies=[] if module in (agents, agent_images) else user_facing)
+
+    openapi.install(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

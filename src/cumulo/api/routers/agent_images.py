@@ -11,12 +11,16 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from cumulo.api.deps import Svc, Who
+from cumulo.api.openapi import raises
 from cumulo.api.routers.images import receive_image
 from cumulo.api.threads import long_job, service
+from cumulo.domain.errors import Conflict, Forbidden
+from cumulo.images.qemu_img import ImageTooLarge, ImageToolError, InsufficientStorage
 from cumulo.services import image_exports, image_files
+from cumulo.services.image_import import StoreUnavailable
 from cumulo.services.views import ImageView
 
-router = APIRouter(prefix="/v1/agent/hosts", tags=["agent"])
+router = APIRouter(prefix="/v1/agent/hosts", tags=["agent"], responses=raises(Forbidden))
 
 
 class _ImageFileResponse(FileResponse):
@@ -53,7 +57,8 @@ class ExportStatus(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
 
-@router.post("/{name}/exports/{export_id}/status", status_code=204)
+@router.post("/{name}/exports/{export_id}/status", status_code=204,
+             responses=raises(Conflict))
 async def export_status(svc: Svc, who: Who, name: str, export_id: str,
                         body: ExportStatus) -> Response:
     """The agent took the export (running), or says why it could not (failed)."""
@@ -62,7 +67,9 @@ async def export_status(svc: Svc, who: Who, name: str, export_id: str,
     return Response(status_code=204)
 
 
-@router.put("/{name}/exports/{export_id}", status_code=201)
+@router.put("/{name}/exports/{export_id}", status_code=201,
+            responses=raises(Conflict, ImageTooLarge, InsufficientStorage, StoreUnavailable,
+                             ImageToolError))
 async def export_upload(request: Request, svc: Svc, who: Who, name: str,
                         export_id: str) -> ImageView:
     """The exported disk (a standalone qcow2) as the body: checked like an import and
