@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import time
@@ -90,7 +91,7 @@ class ImageCache:
         if task is None:
             task = asyncio.create_task(self._fetch(ref, paths))
             self._fetches[key] = task
-            task.add_done_callback(lambda t, key=key: self._done(key, t))  # type: ignore[misc]
+            task.add_done_callback(functools.partial(self._done, key))
         done, _ = await asyncio.wait({asyncio.shield(task)}, timeout=wait_s)
         if not done:
             raise ImageFetching(f"downloading image {ref.id}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class Exporter:
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # export id -> job
     _vms: dict[str, str] = field(default_factory=dict)  # export id -> vm id
     _finished: set[str] = field(default_factory=set)
+    _again: set[str] = field(default_factory=set)  # interrupted: the API never heard the end
 
     def busy(self, vm_id: str) -> bool:
         """True while the VM's disk is being exported: it must not start."""
@@ -64,12 +66,15 @@ class Exporter:
         self._vms[export_id] = vm_id
         task = asyncio.create_task(self._run(export_id, vm_id, running))
         self._tasks[export_id] = task
-        task.add_done_callback(lambda _t, e=export_id: self._done(e))  # type: ignore[misc]
+        task.add_done_callback(functools.partial(self._done, export_id))
 
-    def _done(self, export_id: str) -> None:
+    def _done(self, export_id: str, task: asyncio.Task[None]) -> None:
         self._tasks.pop(export_id, None)
         self._vms.pop(export_id, None)
-        self._finished.add(export_id)
+        if export_id in self._again:
+            self._again.discard(export_id)  # the next pass that still names it tries again
+        else:
+            self._finished.add(export_id)
 
     def forget(self, open_exports: set[str]) -> None:
         """Exports the API no longer names need no memory."""
@@ -105,10 +110,13 @@ class Exporter:
             log.warning("export_failed", export_id=export_id, vm_id=vm_id, error=str(e))
             with contextlib.suppress(httpx.HTTPError):
                 await self.api.status(export_id, "failed", e.code, str(e))
-        except httpx.HTTPError as e:
-            # The API is away or refused the job (finished, cancelled): it decides the
-            # outcome; a pending export is offered again by the next assignment.
+        except httpx.TransportError as e:
+            # The API is away: done again while the assignment still names the export.
             log.warning("export_interrupted", export_id=export_id, error=str(e))
+            self._again.add(export_id)
+        except httpx.HTTPStatusError as e:
+            # Refused (finished, cancelled, gone): the API has decided the outcome.
+            log.warning("export_refused", export_id=export_id, error=str(e))
         finally:
             out.unlink(missing_ok=True)
 

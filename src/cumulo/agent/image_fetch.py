@@ -97,7 +97,7 @@ async def _transfer(source: FileSource, image_id: str, role: str, want: ImageFil
 
 
 async def _write(part: Path, offset: int, chunks: AsyncIterator[bytes]) -> None:
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o600)
+    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
     with os.fdopen(fd, "r+b") as f:
         f.truncate(offset)
         f.seek(offset)
