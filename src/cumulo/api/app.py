@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from cumulo import __version__
+from cumulo import __version__, web
 from cumulo.api import errors, openapi, threads
 from cumulo.api.batches import CreateBatcher
 from cumulo.api.inputs import refuse_unstorable
@@ -17,6 +17,7 @@ from cumulo.api.routers import (
     join,
     networking,
     projects,
+    serial,
     volumes,
 )
 from cumulo.api.segments import OneSegmentPerName
@@ -49,6 +50,9 @@ def create_app(svc: Services) -> FastAPI:
                    agent_images):
         app.include_router(module.router,
                            dependencies=[] if module in (agents, agent_images) else user_facing)
+    app.include_router(projects.whoami_router, dependencies=user_facing)
+    app.include_router(serial.router)  # a WebSocket: checks its own parameters
+    web.install(app)
 
     openapi.install(app)
 

@@ -13,6 +13,13 @@ class ProjectView(BaseModel):
     created_at: datetime
 
 
+class Caller(BaseModel):
+    """Who a token is: an admin (every project, the hosts) or a member of one project."""
+
+    role: str
+    project: str | None
+
+
 class InstanceView(BaseModel):
     id: str
     name: str

@@ -16,7 +16,7 @@ from cumulo.api.openapi import raises
 from cumulo.api.threads import service
 from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
 from cumulo.domain.instance import Action
-from cumulo.services import instances
+from cumulo.services import instance_check, instances
 from cumulo.services.views import InstanceView
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
@@ -49,10 +49,8 @@ def _decode(user_data: str | None) -> bytes | None:
         raise InvalidInput("user_data must be base64", code="invalid_user_data") from None
 
 
-@router.post("", status_code=202, responses=raises(NotFound, Conflict, InsufficientCapacity))
-async def create(creates: Creates, who: Who, body: InstanceCreate,
-                 project: str | None = None) -> InstanceView:
-    req = instances.CreateInstance(
+def _request(body: InstanceCreate) -> instances.CreateInstance:
+    return instances.CreateInstance(
         name=body.name,
         image=body.image,
         type=body.type,
@@ -69,7 +67,23 @@ async def create(creates: Creates, who: Who, body: InstanceCreate,
         network=body.network,
         private_ip=body.private_ip,
     )
-    return await creates.create(instances.CreateCall(who, project, req))
+
+
+_CREATE_ERRORS = raises(NotFound, Conflict, InsufficientCapacity)
+
+
+@router.post("", status_code=202, responses=_CREATE_ERRORS)
+async def create(creates: Creates, who: Who, body: InstanceCreate,
+                 project: str | None = None) -> InstanceView:
+    return await creates.create(instances.CreateCall(who, project, _request(body)))
+
+
+@router.post("/validate", status_code=204, responses=_CREATE_ERRORS)
+async def validate(svc: Svc, who: Who, body: InstanceCreate,
+                   project: str | None = None) -> Response:
+    """Check a create without creating anything: 204, or the error the create would give."""
+    await service(svc, instance_check.check_create, svc, who, project, _request(body))
+    return Response(status_code=204)
 
 
 @router.get("")
