@@ -7,8 +7,10 @@ from fastapi import Depends, FastAPI
 from cumulo import __version__, web
 from cumulo.api import errors, openapi, threads
 from cumulo.api.batches import CreateBatcher
+from cumulo.api.ec2.endpoint import Ec2Mount
 from cumulo.api.inputs import refuse_unstorable
 from cumulo.api.routers import (
+    access_keys,
     agent_images,
     agents,
     catalogue,
@@ -47,13 +49,15 @@ def create_app(svc: Services) -> FastAPI:
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
-                   agent_images):
+                   access_keys, agent_images):
         app.include_router(module.router,
                            dependencies=[] if module in (agents, agent_images) else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)
     app.include_router(serial.router)  # a WebSocket: checks its own parameters
     web.install(app)
 
+    # EC2's Query API at the API's own URL (POST /), in front of the routes.
+    app.add_middleware(Ec2Mount, svc=svc)
     openapi.install(app)
 
     @app.get("/healthz", tags=["health"])

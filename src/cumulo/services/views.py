@@ -36,6 +36,7 @@ class InstanceView(BaseModel):
     bandwidth_mbps: int
     disk_gib: int
     image: str
+    image_id: str  # of the variant (architecture) it was created from
     host: str | None
     network: str | None
     private_ip: str | None
@@ -144,6 +145,7 @@ class SecurityGroupView(BaseModel):
 
 
 class PublicIpView(BaseModel):
+    id: str
     ip: str
     project: str
     instance: str | None  # instance name

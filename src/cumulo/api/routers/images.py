@@ -7,8 +7,6 @@ stored. A refused import changes nothing. Their slow part runs in the API's long
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +14,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
+from cumulo.api import image_exports
 from cumulo.api.deps import Svc, Who
 from cumulo.api.inputs import Input
 from cumulo.api.openapi import raises
@@ -23,7 +22,7 @@ from cumulo.api.threads import long_job
 from cumulo.domain.errors import Conflict, Forbidden
 from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB
 from cumulo.images.qemu_img import ImageTooLarge, ImageToolError, InsufficientStorage
-from cumulo.services import image_exports, image_import, images
+from cumulo.services import image_import, images
 from cumulo.services.context import Services
 from cumulo.services.image_import import DownloadFailed, StoreUnavailable
 from cumulo.services.views import ImageView
@@ -143,15 +142,8 @@ async def create_from_instance(
     """A new image of the project from a stopped instance's boot disk: its host agent
     exports the disk and uploads it; the answer comes once the image is recorded (or says
     why it was not: instance_not_stopped, instance_disk_missing, host_unreachable, ...)."""
-    export_id = await run_in_threadpool(image_exports.request, svc, who, project, body.name,
-                                        body.instance)
-    started = time.monotonic()
-    while True:  # on the event loop: see image_exports.wait
-        view = await run_in_threadpool(image_exports.outcome, svc, export_id,
-                                       time.monotonic() - started)
-        if view is not None:
-            return view
-        await asyncio.sleep(image_exports.POLL_S)
+    return await image_exports.create_from_instance(svc, who, project, body.name,
+                                                    body.instance)
 
 
 @router.delete("/images/{name}", status_code=204, responses=raises(Conflict))
