@@ -32,8 +32,9 @@ from cumulo.protocol import Assignment, HostRegistration
 
 
 class FakeHostReconciler(Reconciler):
-    """The real reconciler, minus the per-VM storage work (qcow2 overlay via qemu-img, seed
-    ISO) that a fake VM does not use: the benchmark measures the control plane, not qemu-img.
+    """The real reconciler, minus the per-VM storage work (image download into the host's
+    cache, qcow2 overlay via qemu-img, seed ISO) that a fake VM does not use: the benchmark
+    measures the control plane, not image transfers or qemu-img.
     TODO(reconciler): once the reconciler lets a driver skip storage, drop this subclass."""
 
     async def _spec(self, a: Assignment) -> VMSpec:
@@ -43,9 +44,9 @@ class FakeHostReconciler(Reconciler):
             arch=Arch.parse(a.arch),
             vcpus=a.vcpus,
             ram_mib=a.ram_mib,
-            boot_disk=Path(a.image.disk_path),
-            kernel=Path(a.image.kernel_path) if a.image.kernel_path else None,
-            initrd=Path(a.image.initrd_path) if a.image.initrd_path else None,
+            boot_disk=Path(a.image.disk.sha256),  # never opened: check_paths=False
+            kernel=Path(a.image.kernel.sha256) if a.image.kernel else None,
+            initrd=Path(a.image.initrd.sha256) if a.image.initrd else None,
             kernel_cmdline=a.image.kernel_cmdline,
         )
 

@@ -33,13 +33,31 @@ class Registered(BaseModel):
     host_id: str
 
 
+IMAGE_FILES = ("disk", "kernel", "initrd")  # the files of an image variant, by role
+
+
+class ImageFile(BaseModel):
+    """One file of an image: a host fetches it by image id and role
+    (GET /v1/agent/hosts/HOST/images/ID/ROLE) and keeps it only if it is this."""
+
+    sha256: str  # 64 lower-case hex digits
+    size: int
+
+
 class ImageRef(BaseModel):
+    """An image variant, by id and content: no path of the API's machine crosses the wire."""
+
     id: str
     boot: str
-    disk_path: str
-    kernel_path: str | None
-    initrd_path: str | None
-    kernel_cmdline: str
+    disk: ImageFile
+    kernel: ImageFile | None = None  # boot "kernel": direct kernel boot
+    initrd: ImageFile | None = None
+    kernel_cmdline: str = ""
+
+    def files(self) -> dict[str, ImageFile]:
+        """role -> file, for the files this variant has."""
+        found = {"disk": self.disk, "kernel": self.kernel, "initrd": self.initrd}
+        return {role: f for role, f in found.items() if f is not None}
 
 
 class DnsRecord(BaseModel):
@@ -114,6 +132,9 @@ class Assignment(BaseModel):
     nics: list[NicRef] = Field(default_factory=list)
     ingress: list[FirewallRule] = Field(default_factory=list)
     public_ip: str | None = None  # all-in-one: a loopback address forwarding into the VM
+    # `image create-from-instance`: export the stopped VM's disk and upload it
+    # (PUT /v1/agent/hosts/HOST/exports/ID); the VM is not started while this is set.
+    export_id: str | None = None
     boot_write_error: WriteErrorPolicy = "stop"  # see VolumeAssignment.write_error
 
 

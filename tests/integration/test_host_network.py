@@ -34,6 +34,7 @@ from cumulo.protocol import (
     Assignment,
     DnsRecord,
     FirewallRule,
+    ImageFile,
     ImageRef,
     NetworkRef,
     NicRef,
@@ -102,15 +103,15 @@ def _network(n: int, project: str) -> NetworkRef:
     )  # fmt: skip
 
 
-def _assignment(image: Path, vm_id: str, name: str, net: NetworkRef, ip: str, mac: str,
+def _assignment(vm_id: str, name: str, net: NetworkRef, ip: str, mac: str,
                 **kw: object) -> Assignment:  # fmt: skip
     return Assignment(
         id=vm_id, hostname=name, project=net.project, arch="x86_64", vcpus=1, ram_mib=128,
         disk_gib=1, state="running", desired_power="running", generation=1, reboot_seq=0,
         reboot_done_seq=0,
-        image=ImageRef(id="tiny", boot="kernel", disk_path=str(image / "rootfs.qcow2"),
-                       kernel_path=str(image / "vmlinuz"),
-                       initrd_path=str(image / "initrd.img"), kernel_cmdline=""),
+        # Not used to find files: this test boots the built-in image's own (no agent cache).
+        image=ImageRef(id="img-0000000000000000a", boot="kernel",
+                       disk=ImageFile(sha256="0" * 64, size=0)),
         fqdn=f"{name}.{net.dns_domain}", nics=[NicRef(network_id=net.id, mac=mac, ip=ip)],
         ingress=list(BASE), **kw,  # type: ignore[arg-type]
     )  # fmt: skip
@@ -155,11 +156,11 @@ async def env() -> AsyncIterator[Env]:
     net_a, net_b = _network(1, "p1"), _network(2, "p2")
     public_ip = _free_public_ip()
     vms = {
-        "a1": _assignment(image, "i-00000000000000a01", "a1", net_a, "10.231.1.11",
+        "a1": _assignment("i-00000000000000a01", "a1", net_a, "10.231.1.11",
                           "52:54:00:31:01:11", public_ip=public_ip, bandwidth_mbps=CAP_MBPS),
-        "a2": _assignment(image, "i-00000000000000a02", "a2", net_a, "10.231.1.12",
+        "a2": _assignment("i-00000000000000a02", "a2", net_a, "10.231.1.12",
                           "52:54:00:31:01:12"),
-        "b1": _assignment(image, "i-00000000000000b01", "b1", net_b, "10.231.2.11",
+        "b1": _assignment("i-00000000000000b01", "b1", net_b, "10.231.2.11",
                           "52:54:00:31:02:11"),
     }  # fmt: skip
     for net in (net_a, net_b):
@@ -179,16 +180,16 @@ async def env() -> AsyncIterator[Env]:
             vdir.mkdir()
             disk = vdir / "disk.qcow2"
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                            a.image.disk_path, str(disk)], check=True)  # fmt: skip
+                            str(image / "rootfs.qcow2"), str(disk)], check=True)  # fmt: skip
             seed = vdir / "seed.iso"
             build_seed_iso(seed, instance_id=a.id, hostname=name, user_data=None,
                            ssh_public_keys=[pub])  # fmt: skip
-            meta = (Path(a.image.disk_path).parent / "image.json").read_text()
+            meta = (image / "image.json").read_text()
             cmdline = json.loads(meta)["kernel_cmdline"]
             await driver.start(VMSpec(
                 vm_id=a.id, hostname=name, arch=Arch.X86_64, vcpus=1, ram_mib=128,
-                boot_disk=disk, kernel=Path(a.image.kernel_path or ""),
-                initrd=Path(a.image.initrd_path or ""), kernel_cmdline=cmdline, seed_iso=seed,
+                boot_disk=disk, kernel=image / "vmlinuz",
+                initrd=image / "initrd.img", kernel_cmdline=cmdline, seed_iso=seed,
                 netns=hn.netns, nics=hn.nic_specs(a),
             ))  # fmt: skip
         await e.converge()  # the taps exist now: attach, shape, firewall, forwarders

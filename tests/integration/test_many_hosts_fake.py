@@ -50,6 +50,12 @@ def test_three_hosts_two_zones_their_own_underlay(fake_cloud_3: Cloud) -> None:
                         "tiny", "--type", "t1.nano", "--arch", arch, "--zone", zone, "--wait")
             assert (vm["state"], vm["zone"]) == ("running", zone)
             assert vm["host"] in zones[zone]
+    # Each host fetched what it boots into its own cache over HTTP (no file shared).
+    tiny = {v["arch"]: v["id"] for v in c.json("image", "show", "tiny")["variants"]}
+    for vm in c.json("instance", "list"):
+        cache = c.state_dir / "hosts" / vm["host"] / "images" / tiny[vm["arch"]]
+        assert [f.name.split(".")[0] for f in sorted(cache.iterdir())] == [
+            "disk", "initrd", "kernel"], vm
 
     # Real packets on the underlay, between the hosts' namespaces only.
     ips = {h: _underlay_ip(c.state_dir / "hosts" / h) for h in ("local", "local-2", "local-3")}

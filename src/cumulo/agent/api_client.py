@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,10 +18,12 @@ from cumulo.protocol import (
 )
 
 _JSON = {"Content-Type": "application/json"}
+_TRANSFER = httpx.Timeout(30.0, read=60.0)  # an image file: a stalled transfer is resumed
+_UPLOAD_CHUNK = 1 << 20
 
 
-def _client(url: str, token: str) -> httpx.AsyncClient:
-    transport = None
+def _client(url: str, token: str,
+            transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     if url.startswith("unix:"):
         transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix:"))
         url = "http://api"
@@ -35,8 +40,11 @@ class ApiClient:
     a request that cannot reach one moves the client on to the next, and the agent's loop
     tries again (every request of the agent protocol may be sent twice)."""
 
-    def __init__(self, url: str, token: str) -> None:
-        self._clients = [_client(u.strip(), token) for u in url.split(",") if u.strip()]
+    def __init__(self, url: str, token: str,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """`transport`: how to reach the API other than by `url` (tests: in process)."""
+        self._clients = [_client(u.strip(), token, transport)
+                         for u in url.split(",") if u.strip()]
         self._current = 0
 
     @property
@@ -79,3 +87,52 @@ class ApiClient:
         r = await self._post(f"/v1/agent/hosts/{host}/report",
                                   content=report.model_dump_json(), headers=_JSON)
         r.raise_for_status()
+
+    # -- images (not on the hot path: once per image a host lacks, or per export) ----------
+
+    @asynccontextmanager
+    async def image_file(self, host: str, image_id: str, role: str, offset: int,
+                         sha256: str) -> AsyncIterator[httpx.Response]:
+        """The response to GET .../images/ID/ROLE, from byte `offset` (a range, valid only
+        while the file is still the one with `sha256`: else the whole file comes)."""
+        headers = {"Range": f"bytes={offset}-", "If-Range": f'"{sha256}"'} if offset else {}
+        try:
+            async with self._http.stream(
+                "GET", f"/v1/agent/hosts/{host}/images/{image_id}/{role}", headers=headers,
+                timeout=_TRANSFER,
+            ) as r:
+                yield r
+        except httpx.TransportError:
+            self._failed()  # the next attempt resumes from another API process
+            raise
+
+    async def images_gone(self, host: str, held: list[str]) -> list[str]:
+        """Of the image ids this host caches, those the catalogue no longer has."""
+        r = await self._post(f"/v1/agent/hosts/{host}/images/gone", json={"held": held})
+        r.raise_for_status()
+        gone = r.json().get("gone", [])
+        return [str(i) for i in gone]
+
+    async def export_status(self, host: str, export_id: str, state: str, code: str = "",
+                            reason: str = "") -> None:
+        r = await self._post(f"/v1/agent/hosts/{host}/exports/{export_id}/status",
+                             json={"state": state, "code": code, "reason": reason})
+        r.raise_for_status()
+
+    async def export_upload(self, host: str, export_id: str, path: Path) -> httpx.Response:
+        """PUT the exported disk (streamed from `path`); the API's answer, whatever it is."""
+        async def body() -> AsyncIterator[bytes]:
+            with path.open("rb") as f:
+                while chunk := f.read(_UPLOAD_CHUNK):
+                    yield chunk
+
+        try:
+            return await self._http.put(
+                f"/v1/agent/hosts/{host}/exports/{export_id}", content=body(),
+                headers={"Content-Type": "application/octet-stream",
+                         "Content-Length": str(path.stat().st_size)},
+                timeout=httpx.Timeout(30.0, read=3600.0, write=300.0),
+            )
+        except httpx.TransportError:
+            self._failed()
+            raise

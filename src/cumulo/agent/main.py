@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import platform
 import signal
 import sys
@@ -26,6 +27,8 @@ from cumulo.agent.disk_space import DiskGauge
 from cumulo.agent.dns_book import DnsBook
 from cumulo.agent.drivers.base import Driver, PowerState
 from cumulo.agent.host_lock import LOCK_WAIT_S, HostBusy, HostLock, exit_with_parent
+from cumulo.agent.image_cache import ImageCache
+from cumulo.agent.image_export import ExportApi, Exporter
 from cumulo.agent.instance_book import InstanceBook
 from cumulo.agent.reconciler import Reconciler
 from cumulo.agent.storage.volumes import VolumeStore
@@ -118,6 +121,8 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
         resume_free_bytes=cfg.resume_free_mib * 1024 * 1024,
         network=network,
         volumes=vrec.attachments_for,
+        images=image_cache(client, cfg.name, cfg.host_dir),
+        exporter=exporter(client, cfg.name, cfg.host_dir),
     )
     reg = HostRegistration(
         name=cfg.name,
@@ -133,6 +138,9 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
     try:
         await agent_loop(client, rec, reg, stop, vrec, DiskGauge(cfg.host_dir))
     finally:
+        for job in (rec.images, rec.exporter):
+            if job is not None:
+                await job.close()
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server_task, 5)
@@ -153,6 +161,18 @@ def _metrics_server(cfg: AgentConfig, driver: Driver) -> uvicorn.Server | None:
     app = metrics.make_app(driver, cfg.name, cfg.metrics_token)
     return uvicorn.Server(uvicorn.Config(app, host=host, port=int(port), log_level="warning",
                                          lifespan="off"))
+
+
+def image_cache(client: ApiClient, host: str, host_dir: Path) -> ImageCache:
+    """The host's image cache (`<host dir>/images`), filled from the API over HTTP."""
+    return ImageCache(host_dir / "images", functools.partial(client.image_file, host),
+                      functools.partial(client.images_gone, host), host_dir / "instances")
+
+
+def exporter(client: ApiClient, host: str, host_dir: Path) -> Exporter:
+    api = ExportApi(functools.partial(client.export_status, host),
+                    functools.partial(client.export_upload, host))
+    return Exporter(api, host_dir / "instances", host_dir / "exports")
 
 
 async def agent_loop(

@@ -27,6 +27,7 @@ from cumulo.agent.drivers.base import (
     VMSpec,
     VolumeAttachment,
 )
+from cumulo.agent.image_cache import ImageFetching
 from cumulo.agent.storage.disks import StorageError, ensure_overlay
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import may_resume
@@ -35,6 +36,8 @@ from cumulo.domain.instance import InstanceState
 from cumulo.protocol import Assignment, NetworkRef, Observation
 
 if TYPE_CHECKING:
+    from cumulo.agent.image_cache import ImageCache
+    from cumulo.agent.image_export import Exporter
     from cumulo.agent.net.host_network import HostNetwork
 
 log = structlog.get_logger("cumulo.agent")
@@ -51,6 +54,10 @@ class Reconciler:
     # vm_id -> the volumes to cold-attach at start (VolumeReconciler.attachments_for).
     # Volume files live outside instances_dir: destroying an instance never deletes them.
     volumes: Callable[[str], tuple[VolumeAttachment, ...]] | None = None
+    # Image files, fetched from the API into the host's cache (None: a host that is given
+    # no instance, as in tests of volumes alone).
+    images: ImageCache | None = None
+    exporter: Exporter | None = None  # `image create-from-instance` jobs
     # A VM paused on a full disk is resumed once that disk's filesystem has this much free.
     resume_free_bytes: int = 64 * 1024 * 1024
     free_bytes: Callable[[str], int | None] = field(default=lambda p: _free_bytes(p))
@@ -68,6 +75,11 @@ class Reconciler:
             log.warning("vm_not_in_api", vm_id=vm_id, hint="left running; not destroyed")
             self._orphans_logged.add(vm_id)
         live = {i for i, o in observed.items() if o.power in _LIVE}
+        if self.exporter is not None:  # before the VMs: an exported one must not start
+            for a in assignments:
+                if a.export_id:
+                    self.exporter.ensure(a.export_id, a.id, running=a.id in live)
+            self.exporter.forget({a.export_id for a in assignments if a.export_id})
         # The namespace and bridges must exist before QEMU starts inside them.
         await self._converge_network(assignments, networks or [], live)
         results = await asyncio.gather(
@@ -77,6 +89,8 @@ class Reconciler:
         if started - live or live - started:
             # New taps to attach (and shape, and firewall); gone ones to forget.
             await self._converge_network(assignments, networks or [], started)
+        if self.images is not None:
+            await self.images.collect(assignments)
         changed = []
         for obs in results:
             if self._last_report.get(obs.id) != obs:
@@ -116,8 +130,15 @@ class Reconciler:
             resumable=obs is not None and obs.power is PowerState.PAUSED
             and may_resume(obs.io_errors, self.free_bytes, self.resume_free_bytes),
         )
+        if d.step is Step.START and self.exporter is not None and self.exporter.busy(a.id):
+            return Observation(id=a.id, state=InstanceState.STOPPED.value,
+                               reason="its disk is being exported to an image",
+                               generation=a.generation)
         try:
             reboot_done = await self._apply(a, d)
+        except ImageFetching as e:  # started at a later pass, once the image is here
+            return Observation(id=a.id, state=InstanceState.STARTING.value, reason=str(e),
+                               generation=a.generation)
         except (DriverError, StorageError, OSError) as e:
             log.error("step_failed", vm_id=a.id, step=d.step.value, error=str(e))
             return Observation(
@@ -171,10 +192,15 @@ class Reconciler:
     async def _spec(self, a: Assignment) -> VMSpec:
         from cumulo.agent.storage.seed import build_seed_iso
 
+        if self.images is None:
+            raise StorageError("this host has no image cache")
+        files = await self.images.resolve(a.image)
         d = self._instance_dir(a.id)
         d.mkdir(parents=True, exist_ok=True)
         disk = d / "disk.qcow2"
-        await ensure_overlay(disk, Path(a.image.disk_path), a.disk_gib)
+        if not disk.exists():
+            self.images.pin(d, a.image)  # before the overlay: its backing file is kept
+        await ensure_overlay(disk, files["disk"], a.disk_gib)
         seed = d / "seed.iso"
         user_data = base64.b64decode(a.user_data_b64) if a.user_data_b64 else None
         await asyncio.to_thread(
@@ -193,8 +219,8 @@ class Reconciler:
             vcpus=a.vcpus,
             ram_mib=a.ram_mib,
             boot_disk=disk,
-            kernel=Path(a.image.kernel_path) if a.image.kernel_path else None,
-            initrd=Path(a.image.initrd_path) if a.image.initrd_path else None,
+            kernel=files.get("kernel"),
+            initrd=files.get("initrd"),
             kernel_cmdline=a.image.kernel_cmdline,
             seed_iso=seed,
             netns=self.network.netns if self.network else None,

@@ -16,6 +16,7 @@ from cumulo.api.ec2.endpoint import Ec2Mount
 from cumulo.api.inputs import refuse_unstorable
 from cumulo.api.routers import (
     access_keys,
+    agent_images,
     agents,
     catalogue,
     events,
@@ -82,9 +83,9 @@ def create_app(svc: Services) -> FastAPI:
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
-                   access_keys, events):
+                   access_keys, events, agent_images):
         app.include_router(module.router,
-                           dependencies=[] if module is agents else user_facing)
+                           dependencies=[] if module in (agents, agent_images) else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)
     app.include_router(serial.router)  # a WebSocket: checks its own parameters
     web.install(app)

@@ -122,6 +122,14 @@ class ImageRow(Base):
     kernel_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     initrd_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     kernel_cmdline: Mapped[str] = mapped_column(Text, default="")
+    # Size and sha256 of each file (the paths above are the API machine's own and never leave
+    # it): hosts fetch the files by image id over HTTP and check them against these.
+    disk_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    disk_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    kernel_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    kernel_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    initrd_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    initrd_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     virtual_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     # The least RAM an instance of this image may have (the API refuses less).
     min_ram_mib: Mapped[int] = mapped_column(Integer, default=DEFAULT_MIN_RAM_MIB,
@@ -322,6 +330,25 @@ class EventRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     actor: Mapped[str] = mapped_column(String(16), default="user")  # user|guest|agent|system|admin
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class ImageExportRow(Base):
+    """`image create-from-instance`: a job for the instance's host agent, which exports the
+    stopped instance's disk and uploads it to the image store (the API never opens a host's
+    files). state: pending | done | failed."""
+
+    __tablename__ = "image_exports"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))  # the new image's
+    state: Mapped[str] = mapped_column(String(16))
+    code: Mapped[str] = mapped_column(String(64), default="", server_default="")  # failed: why
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    image_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 class AccessKeyRow(Base):
     """An EC2 access key of one project. The secret is kept encrypted with the server's key
     (SigV4 needs the secret itself to check a signature, so a hash would not do)."""

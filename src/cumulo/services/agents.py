@@ -37,6 +37,7 @@ from cumulo.protocol import (
     Assignments,
     DnsRecord,
     HostDisk,
+    ImageFile,
     ImageRef,
     NetworkRef,
     NicRef,
@@ -46,7 +47,7 @@ from cumulo.protocol import (
     VolumeAssignment,
     VolumeObservation,
 )
-from cumulo.services import events, hosts, security_groups, segments
+from cumulo.services import events, hosts, image_exports, security_groups, segments
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services, fqdn
 from cumulo.services.notifier import Notifier
@@ -301,8 +302,9 @@ _ASSIGNED = (select(InstanceRow.id, InstanceRow.name, ProjectRow.name, InstanceR
                     InstanceRow.state, InstanceRow.desired_power, InstanceRow.generation,
                     InstanceRow.reboot_seq, InstanceRow.reboot_done_seq, InstanceRow.user_data,
                     InstanceRow.ssh_keys, InstanceRow.zone, InstanceRow.bandwidth_mbps,
-                    ImageRow.id, ImageRow.boot, ImageRow.disk_path, ImageRow.kernel_path,
-                    ImageRow.initrd_path, ImageRow.kernel_cmdline)
+                    ImageRow.id, ImageRow.boot, ImageRow.kernel_cmdline,
+                    ImageRow.disk_sha256, ImageRow.disk_size, ImageRow.kernel_sha256,
+                    ImageRow.kernel_size, ImageRow.initrd_sha256, ImageRow.initrd_size)
              .join(ImageRow, ImageRow.id == InstanceRow.image_id)
              .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
              .where(InstanceRow.host_id == bindparam("host"))
@@ -331,23 +333,28 @@ def _assignments(s: Session, svc: Services, host_id: str, only: set[str] | None
         nics[iid].append(NicRef(network_id=network_id, mac=mac, ip=ip))
     pub = dict(conn.execute(_PUBLIC_IPS, {"ids": ids}).all())
     ingress = security_groups.ingress_for(s, ids)
+    exports = image_exports.open_exports(s, ids)
     return [
         Assignment(
             id=iid, hostname=name, project=project, arch=arch, vcpus=vcpus, ram_mib=ram_mib,
             disk_gib=disk_gib, state=state, desired_power=desired_power, generation=generation,
             reboot_seq=reboot_seq, reboot_done_seq=reboot_done_seq,
-            image=ImageRef(id=image_id, boot=boot, disk_path=disk_path,
-                           kernel_path=kernel_path, initrd_path=initrd_path,
-                           kernel_cmdline=kernel_cmdline),
+            image=ImageRef(id=image_id, boot=boot, kernel_cmdline=kernel_cmdline,
+                           disk=ImageFile(sha256=disk_sha, size=disk_size),
+                           kernel=ImageFile(sha256=kernel_sha, size=kernel_size)
+                           if kernel_sha else None,
+                           initrd=ImageFile(sha256=initrd_sha, size=initrd_size)
+                           if initrd_sha else None),
             user_data_b64=base64.b64encode(user_data).decode() if user_data else None,
             ssh_public_keys=list(ssh_keys or []), fqdn=fqdn(svc, name, project, zone),
             bandwidth_mbps=bandwidth_mbps, nics=nics[iid], ingress=ingress[iid],
             public_ip=pub.get(iid), boot_write_error=svc.settings.boot_disk_write_error,
+            export_id=exports.get(iid),
         )
         for (iid, name, project, arch, vcpus, ram_mib, disk_gib, state, desired_power,
              generation, reboot_seq, reboot_done_seq, user_data, ssh_keys, zone,
-             bandwidth_mbps, image_id, boot, disk_path, kernel_path, initrd_path,
-             kernel_cmdline) in rows
+             bandwidth_mbps, image_id, boot, kernel_cmdline, disk_sha, disk_size, kernel_sha,
+             kernel_size, initrd_sha, initrd_size) in rows
     ]
 
 

@@ -1,10 +1,11 @@
 """Image imports: a file the CLI uploads, an http(s) URL the API downloads, or a stopped
-instance's boot disk.
+instance's boot disk that its host agent uploads (see image_exports.py).
 
 The API never opens a path a user names. Every import lands in the image store as
 `<store>/.tmp-*` (the user's bytes), is inspected with qemu-img (see cumulo.images.qemu_img),
 converted into a fresh qcow2 under another temp name, made read-only (0444) and renamed to
-`<store>/<image-id>.qcow2`; only then is the row written. Any failure removes the temp files
+`<store>/<image-id>.qcow2`; only then is the row written, with the file's size and sha256
+(what hosts check the copies they fetch against). Any failure removes the temp files
 and writes no row, so a refused or interrupted import leaves nothing behind.
 """
 
@@ -16,21 +17,20 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from sqlalchemy.orm import Session
 
-from cumulo.allinone.paths import StatePaths
-from cumulo.db.tables import HostRow, ImageRow
+from cumulo.db.tables import ImageRow
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict, CumuloError, Forbidden, InvalidInput
-from cumulo.domain.ids import is_id, new_id
-from cumulo.domain.instance import DesiredPower, InstanceState
+from cumulo.domain.ids import new_id
 from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB, dns_label, min_ram_mib, short_text
 from cumulo.images import qemu_img
+from cumulo.images.digest import file_digest
 from cumulo.services import images
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
@@ -81,8 +81,13 @@ class Target:
     os: str
     project_id: str | None
     min_ram_mib: int
+    # Kernel-boot images made from an instance share their base image's kernel and initrd.
     kernel_path: str | None = None
+    kernel_size: int = 0
+    kernel_sha256: str = ""
     initrd_path: str | None = None
+    initrd_size: int = 0
+    initrd_sha256: str = ""
     kernel_cmdline: str = ""
 
 
@@ -106,7 +111,7 @@ def _owner(s: Session, who: Principal, project: str | None, public: bool) -> str
     return prj.id
 
 
-def _refuse_taken(s: Session, t: Target) -> None:
+def refuse_taken(s: Session, t: Target) -> None:
     if images.variant_exists(s, t.project_id, t.name, t.arch):
         where = "public" if t.project_id is None else "this project's"
         raise Conflict(
@@ -145,7 +150,7 @@ def plan(svc: Services, who: Principal, project: str | None, req: ImportRequest)
             name=req.name, arch=arch.value, boot=boot, default_user=req.default_user,
             os=req.os, project_id=_owner(s, who, project, req.public), min_ram_mib=min_ram,
         )
-        _refuse_taken(s, t)
+        refuse_taken(s, t)
     return t
 
 
@@ -230,8 +235,10 @@ def too_large(svc: Services) -> qemu_img.ImageTooLarge:
     )
 
 
-def _install(svc: Services, t: Target, src: Path, fmt: str) -> ImageView:
-    """Convert `src` into the store and write the row. Removes what it made on failure."""
+def _install(svc: Services, t: Target, src: Path, fmt: str,
+             then: Callable[[Session, str], None] | None = None) -> ImageView:
+    """Convert `src` into the store and write the row (and `then(session, image_id)` in the
+    same transaction). Removes what it made on failure."""
     root = store(svc)
     tmp = root / f".tmp-{secrets.token_hex(8)}.qcow2"
     image_id = new_id("img")
@@ -242,16 +249,22 @@ def _install(svc: Services, t: Target, src: Path, fmt: str) -> ImageView:
         made = qemu_img.info(tmp, "qcow2")
         vsize = int(made.get("virtual-size", 0))
         os.chmod(tmp, 0o444)
+        disk_size, disk_sha256 = file_digest(tmp)
         os.replace(tmp, final)
         with _ROW_LOCK, svc.db.session() as s:
-            _refuse_taken(s, t)
+            refuse_taken(s, t)
             s.add(ImageRow(
                 id=image_id, name=t.name, project_id=t.project_id, arch=t.arch, boot=t.boot,
                 default_user=t.default_user, os=t.os, disk_path=str(final),
-                kernel_path=t.kernel_path, initrd_path=t.initrd_path,
+                disk_size=disk_size, disk_sha256=disk_sha256,
+                kernel_path=t.kernel_path, kernel_size=t.kernel_size,
+                kernel_sha256=t.kernel_sha256, initrd_path=t.initrd_path,
+                initrd_size=t.initrd_size, initrd_sha256=t.initrd_sha256,
                 kernel_cmdline=t.kernel_cmdline, virtual_size_bytes=vsize, state="available",
                 min_ram_mib=t.min_ram_mib,
             ))
+            if then is not None:
+                then(s, image_id)
         recorded = True  # committed: from here on the file belongs to the row
         with svc.db.session() as s:
             return images.view_of(s, t.project_id, t.name)
@@ -262,12 +275,13 @@ def _install(svc: Services, t: Target, src: Path, fmt: str) -> ImageView:
         raise
 
 
-def import_staged(svc: Services, t: Target, staged: Path) -> ImageView:
-    """Inspect the user's bytes at `staged`, convert them into the store, record the image.
-    `staged` is always removed."""
+def import_staged(svc: Services, t: Target, staged: Path,
+                  then: Callable[[Session, str], None] | None = None) -> ImageView:
+    """Inspect the user's bytes at `staged`, convert them into the store, record the image
+    (and `then`, as for _install). `staged` is always removed."""
     try:
         info = qemu_img.inspect(staged, max_virtual_size=max_bytes(svc))
-        return _install(svc, t, staged, info.format)
+        return _install(svc, t, staged, info.format, then)
     finally:
         staged.unlink(missing_ok=True)
 
@@ -317,60 +331,3 @@ def import_url(
     staged = staging_path(svc)
     _download(svc, parsed, staged)
     return import_staged(svc, t, staged)
-
-
-def instance_disk(svc: Services, host_name: str, instance_id: str) -> Path:
-    """An instance's boot disk in the all-in-one layout (image store = `<state>/images`,
-    disks under `<state>/hosts/<host>/instances/<id>/disk.qcow2`)."""
-    root = store(svc)
-    dns_label(host_name, "host name")
-    if not is_id(instance_id):
-        raise InvalidInput(f"malformed instance id {instance_id!r}")
-    return StatePaths(root.parent).host_dir(host_name) / "instances" / instance_id / "disk.qcow2"
-
-
-def create_from_instance(
-    svc: Services, who: Principal, project: str | None, name: str, instance: str
-) -> ImageView:
-    """A new image of the project from a stopped instance's boot disk (flattened)."""
-    from cumulo.services.instances import find_row
-
-    store(svc)
-    dns_label(name, "image name")
-    with svc.db.session() as s:
-        prj = scope_project(s, who, project)
-        row = find_row(s, prj, instance)
-        if (row.state != InstanceState.STOPPED.value
-                or row.desired_power != DesiredPower.STOPPED.value):
-            raise Conflict(
-                f"instance {row.name!r} is {row.state}: stop it first", code="instance_not_stopped"
-            )
-        base = s.get(ImageRow, row.image_id)
-        host = s.get(HostRow, row.host_id) if row.host_id else None
-        if base is None or host is None:
-            raise Conflict(f"instance {row.name!r} has no disk yet", code="instance_disk_missing")
-        t = Target(
-            name=name, arch=base.arch, boot=base.boot, default_user=base.default_user,
-            os=base.os, project_id=prj.id, min_ram_mib=base.min_ram_mib,
-            kernel_path=base.kernel_path,
-            initrd_path=base.initrd_path, kernel_cmdline=base.kernel_cmdline,
-        )
-        _refuse_taken(s, t)
-        host_name, instance_id = host.name, row.id
-    disk = instance_disk(svc, host_name, instance_id)
-    if not disk.is_file():
-        raise Conflict(
-            f"the boot disk of instance {instance!r} is not on this server "
-            "(never started, or on a remote host)",
-            code="instance_disk_missing",
-        )
-    try:
-        # The overlay is ours (made by the agent), backing file included: flatten it.
-        return _install(svc, t, disk, "qcow2")
-    except InvalidInput as e:
-        if "lock" in e.message:
-            raise Conflict(
-                f"the disk of instance {instance!r} is in use (is it starting?)",
-                code="instance_not_stopped",
-            ) from None
-        raise

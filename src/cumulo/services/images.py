@@ -18,6 +18,7 @@ from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from cumulo.domain.ids import new_id
 from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB
+from cumulo.images.digest import file_digest
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.hosts import lock_zone
@@ -48,13 +49,30 @@ def register_builtin(svc: Services, image_dir: Path) -> None:
         row.boot = meta.get("boot", "kernel")
         row.default_user = meta.get("default_user", "cumulo")
         row.os = meta.get("os", "")
-        row.disk_path = str(image_dir / "rootfs.qcow2")
-        row.kernel_path = str(image_dir / "vmlinuz") if row.boot == "kernel" else None
-        row.initrd_path = str(image_dir / "initrd.img") if row.boot == "kernel" else None
+        kernel_boot = row.boot == "kernel"
+        record_files(row, image_dir / "rootfs.qcow2",
+                     image_dir / "vmlinuz" if kernel_boot else None,
+                     image_dir / "initrd.img" if kernel_boot else None)
         row.kernel_cmdline = meta.get("kernel_cmdline", "")
         row.virtual_size_bytes = int(meta.get("virtual_size_bytes", 0))
         row.min_ram_mib = int(meta.get("min_ram_mib", DEFAULT_MIN_RAM_MIB))
         row.state = "available"
+
+
+def record_files(row: ImageRow, disk: Path, kernel: Path | None, initrd: Path | None) -> None:
+    """Point the row at its files (on this machine) and record their size and sha256, which
+    hosts check what they fetch against. A built-in image's directory never changes once
+    built (a rebuild makes a new one), so unchanged paths keep their digests: `cumulo up`
+    hashes only what is new."""
+    for role, path in (("disk", disk), ("kernel", kernel), ("initrd", initrd)):
+        text = str(path) if path is not None else None
+        known = getattr(row, f"{role}_path") == text and getattr(row, f"{role}_sha256")
+        setattr(row, f"{role}_path", text)
+        if known:
+            continue
+        size, sha = file_digest(path) if path is not None else (0, "")
+        setattr(row, f"{role}_size", size)
+        setattr(row, f"{role}_sha256", sha)
 
 
 # The images a project sees (public ones and its own), built once: every create resolves one.

@@ -7,7 +7,7 @@ import pytest
 from cumulo.agent.decide import DELETED, Step, decide
 from cumulo.agent.drivers.base import Observed, PowerState
 from cumulo.domain.disk_errors import DiskIoError
-from cumulo.protocol import Assignment, ImageRef
+from cumulo.protocol import Assignment, ImageFile, ImageRef
 
 
 def a(desired: str = "running", state: str = "running", reboot: tuple[int, int] = (0, 0),
@@ -16,8 +16,8 @@ def a(desired: str = "running", state: str = "running", reboot: tuple[int, int] 
         id="i-0123456789abcdef0", hostname="vm", project="default", arch="x86_64", vcpus=1,
         ram_mib=128, disk_gib=1, state=state, desired_power=desired, generation=3,
         reboot_seq=reboot[0], reboot_done_seq=reboot[1],
-        image=ImageRef(id="img", boot="kernel", disk_path="/d", kernel_path=None,
-                       initrd_path=None, kernel_cmdline=""),
+        image=ImageRef(id="img-0123456789abcdef0", boot="bios",
+                       disk=ImageFile(sha256="0" * 64, size=0)),
     )
 
 

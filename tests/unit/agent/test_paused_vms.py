@@ -10,7 +10,7 @@ from cumulo.agent.drivers.base import PowerState, VMSpec
 from cumulo.agent.drivers.fake import FakeDriver
 from cumulo.agent.reconciler import Reconciler
 from cumulo.domain.arch import Arch
-from cumulo.protocol import Assignment, ImageRef
+from cumulo.protocol import Assignment, ImageFile, ImageRef
 
 VM = "i-0123456789abcdef0"
 VOL = "vol-0123456789abcdef0"
@@ -23,8 +23,8 @@ def _assignment(desired: str = "running", reboot_seq: int = 0, generation: int =
         id=VM, hostname="vm", project="default", arch="x86_64", vcpus=1, ram_mib=128,
         disk_gib=1, state="running", desired_power=desired, generation=generation,
         reboot_seq=reboot_seq, reboot_done_seq=0,
-        image=ImageRef(id="img", boot="kernel", disk_path="/d", kernel_path=None,
-                       initrd_path=None, kernel_cmdline=""))
+        image=ImageRef(id="img-0123456789abcdef0", boot="bios",
+                       disk=ImageFile(sha256="0" * 64, size=0)))
 
 
 async def _setup(tmp_path: Path) -> tuple[FakeDriver, Reconciler, dict[str, int]]:

@@ -6,6 +6,7 @@ list and the image store exactly as they were.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gzip
 import http.server
@@ -15,6 +16,7 @@ import struct
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from cumulo.agent import main
+from cumulo.api import threads
 from cumulo.db.tables import ImageRow, InstanceRow
-from cumulo.services import download_guard, image_import
-from cumulo.services.context import Services
+from cumulo.domain.errors import CumuloError
+from cumulo.images.digest import file_digest
+from cumulo.services import agents, download_guard, image_exports, image_import
+from cumulo.services.context import Principal, Role, Services
+from tests.conftest import ADMIN
+from tests.inprocess_api import FaultyNet, agent_client
+
+AGENT = Principal(role=Role.AGENT, host_name="host-a")
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-utils")
 
@@ -495,15 +505,32 @@ def fake_overlay(store: Path, files: Path, instance_id: str) -> Path:
     return disk
 
 
-def test_create_from_instance_flattens_its_disk(
+async def export_by_agent(svc: Services, store: Path, export_id: str, vm: str,
+                          running: bool = False) -> FaultyNet:
+    """The instance's host agent does the export job: its real Exporter, over HTTP to the
+    API application in this process, with its host token."""
+    net = FaultyNet(svc)
+    client = agent_client(svc, net, "host-a")
+    exporter = main.exporter(client, "host-a", store.parent / "hosts" / "host-a")
+    exporter.ensure(export_id, vm, running=running)
+    await asyncio.gather(*exporter._tasks.values())
+    assert not (store.parent / "hosts" / "host-a" / "exports" / f"{export_id}.qcow2").exists()
+    return net
+
+
+async def test_create_from_instance_is_exported_and_uploaded_by_the_host(
     api: TestClient, svc: Services, store: Path, files: Path
 ) -> None:
     vm = make_instance(api)
     fake_overlay(store, files, vm)
     mark_stopped(svc, vm)
-    r = api.post("/v1/images/from-instance", json={"name": "snap", "instance": "vm"})
-    assert r.status_code == 201, r.text
-    body = r.json()
+    export_id = image_exports.request(svc, ADMIN, None, "snap", "vm")
+    # The instance's assignment carries the job (the API itself never opens the disk).
+    (a,) = agents.assignments(svc, AGENT, "host-a").instances
+    assert a.export_id == export_id
+    net = await export_by_agent(svc, store, export_id, vm)
+    assert [r.method for r in net.requests] == ["POST", "PUT"]  # running, then the upload
+    body = image_exports.wait(svc, export_id).model_dump()
     assert (body["project"], body["default_user"], body["os"]) == ("default", "cumulo", "test")
     (variant,) = body["variants"]
     assert (variant["boot"], variant["virtual_size_bytes"]) == ("kernel", 8 * MIB)
@@ -516,10 +543,37 @@ def test_create_from_instance_flattens_its_disk(
         tiny = s.scalar(select(ImageRow).where(ImageRow.name == "tiny",
                                                ImageRow.arch == "x86_64"))
         assert row is not None and tiny is not None
-        assert (row.kernel_path, row.initrd_path, row.kernel_cmdline) == (
-            tiny.kernel_path, tiny.initrd_path, tiny.kernel_cmdline)
+        assert (row.kernel_sha256, row.initrd_sha256, row.kernel_cmdline) == (
+            tiny.kernel_sha256, tiny.initrd_sha256, tiny.kernel_cmdline)
+        assert (row.disk_size, row.disk_sha256) == file_digest(stored)
+    (a,) = agents.assignments(svc, AGENT, "host-a").instances
+    assert a.export_id is None  # done: the host may start the instance again
     assert_problem(api.post("/v1/images/from-instance", json={"name": "snap", "instance": "vm"}),
                    409, "image_exists")
+
+
+async def test_the_users_request_answers_once_the_agent_uploaded(
+    api: TestClient, svc: Services, store: Path, files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One long-job thread: the user's request must not hold it while it waits, or the
+    # upload that ends the job (checked and recorded in that pool) would wait for ever.
+    monkeypatch.setattr(threads, "_long_jobs", ThreadPoolExecutor(max_workers=1))
+    vm = make_instance(api)
+    fake_overlay(store, files, vm)
+    mark_stopped(svc, vm)
+    post = asyncio.create_task(asyncio.to_thread(
+        api.post, "/v1/images/from-instance", json={"name": "snap", "instance": "vm"}))
+    export_id = None
+    for _ in range(200):
+        (a,) = agents.assignments(svc, AGENT, "host-a").instances
+        if (export_id := a.export_id) is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert export_id is not None
+    await asyncio.wait_for(export_by_agent(svc, store, export_id, vm), 60)
+    r = await asyncio.wait_for(post, 30)
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "snap"
 
 
 def test_create_from_instance_refused_unless_stopped(
@@ -541,14 +595,42 @@ def test_create_from_instance_refused_unless_stopped(
     assert store_files(store) == []
 
 
-def test_create_from_instance_without_a_disk(
+async def test_create_from_instance_without_a_disk_or_running_says_why(
+    api: TestClient, svc: Services, store: Path, files: Path
+) -> None:
+    vm = make_instance(api)
+    mark_stopped(svc, vm)
+    export_id = image_exports.request(svc, ADMIN, None, "snap", "vm")
+    with pytest.raises(CumuloError, match="already being made") as e:
+        image_exports.request(svc, ADMIN, None, "snap2", "vm")
+    assert e.value.code == "export_in_progress"
+    await export_by_agent(svc, store, export_id, vm)
+    with pytest.raises(CumuloError, match="no disk yet") as e:
+        image_exports.wait(svc, export_id)
+    assert (e.value.code, e.value.status) == ("instance_disk_missing", 409)
+    fake_overlay(store, files, vm)
+    export_id = image_exports.request(svc, ADMIN, None, "snap", "vm")
+    await export_by_agent(svc, store, export_id, vm, running=True)  # the VM runs after all
+    with pytest.raises(CumuloError, match="running") as e:
+        image_exports.wait(svc, export_id)
+    assert e.value.code == "instance_not_stopped"
+    assert names(api) == [("tiny", None)]
+    assert store_files(store) == []
+
+
+def test_an_export_no_host_takes_fails_with_a_reason(
     api: TestClient, svc: Services, store: Path
 ) -> None:
     vm = make_instance(api)
     mark_stopped(svc, vm)
-    r = api.post("/v1/images/from-instance", json={"name": "snap", "instance": "vm"})
-    assert_problem(r, 409, "instance_disk_missing")
-    assert store_files(store) == []
+    export_id = image_exports.request(svc, ADMIN, None, "snap", "vm")
+    with pytest.raises(CumuloError, match="did not take the export") as e:
+        image_exports.wait(svc, export_id, pickup_s=0.3)
+    assert e.value.code == "host_unreachable"
+    # A late agent's upload is refused: the export is over.
+    with pytest.raises(CumuloError) as e:
+        image_exports.target_of_upload(svc, AGENT, "host-a", export_id)
+    assert e.value.code == "export_finished"
 
 
 # --- a full disk ---------------------------------------------------------------------------

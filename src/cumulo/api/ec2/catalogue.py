@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from cumulo.api import image_exports
 from cumulo.api.ec2 import filters, ids
 from cumulo.api.ec2.errors import invalid
 from cumulo.api.ec2.registry import Body, Call, action, async_action
-from cumulo.api.threads import long_job
-from cumulo.services import image_import, images
+from cumulo.services import images
 
 IMAGE_FILTERS = frozenset({"image-id", "name", "architecture", "state", "owner-id",
                            "is-public"})
@@ -131,8 +131,8 @@ async def create_image(call: Call) -> Body:
     reboot-and-copy of a running instance is refused with IncorrectInstanceState)."""
     instance_id, name = call.params.req("InstanceId"), call.params.req("Name")
     ids.from_ec2(instance_id, "i")
-    made = await long_job(image_import.create_from_instance, call.svc, call.who, None, name,
-                          instance_id)
+    made = await image_exports.create_from_instance(call.svc, call.who, None, name,
+                                                    instance_id)
     return {"imageId": ids.to_ec2(made.variants[0].id)}
 
 

@@ -7,12 +7,14 @@ stored. A refused import changes nothing. Their slow part runs in the API's long
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
+from cumulo.api import image_exports
 from cumulo.api.deps import Svc, Who
 from cumulo.api.inputs import Input
 from cumulo.api.openapi import raises
@@ -21,6 +23,7 @@ from cumulo.domain.errors import Conflict, Forbidden
 from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB
 from cumulo.images.qemu_img import ImageTooLarge, ImageToolError, InsufficientStorage
 from cumulo.services import image_import, images
+from cumulo.services.context import Services
 from cumulo.services.image_import import DownloadFailed, StoreUnavailable
 from cumulo.services.views import ImageView
 
@@ -94,6 +97,12 @@ async def upload_image(
         min_ram_mib=min_ram_mib,
     )
     target = await run_in_threadpool(image_import.plan, svc, who, project, req)
+    staged_path = await receive_image(request, svc)
+    return await long_job(image_import.import_staged, svc, target, staged_path)
+
+
+async def receive_image(request: Request, svc: Services) -> Path:
+    """The request body, staged in the image store (size capped); to import_staged next."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > image_import.max_bytes(svc):
         raise image_import.too_large(svc)
@@ -112,7 +121,7 @@ async def upload_image(
     except BaseException:
         staged.abort()
         raise
-    return await long_job(image_import.import_staged, svc, target, staged_path)
+    return staged_path
 
 
 @router.post("/images", status_code=201, responses=raises(*_STORING, DownloadFailed))
@@ -130,9 +139,11 @@ async def import_from_url(svc: Svc, who: Who, body: ImportUrl,
 async def create_from_instance(
     svc: Svc, who: Who, body: FromInstance, project: str | None = None
 ) -> ImageView:
-    """A new image of the project from a stopped instance's boot disk."""
-    return await long_job(image_import.create_from_instance, svc, who, project, body.name,
-                          body.instance)
+    """A new image of the project from a stopped instance's boot disk: its host agent
+    exports the disk and uploads it; the answer comes once the image is recorded (or says
+    why it was not: instance_not_stopped, instance_disk_missing, host_unreachable, ...)."""
+    return await image_exports.create_from_instance(svc, who, project, body.name,
+                                                    body.instance)
 
 
 @router.delete("/images/{name}", status_code=204, responses=raises(Conflict))

@@ -8,7 +8,15 @@ import pytest
 
 from cumulo.agent.net import names, plan
 from cumulo.agent.net.cmd import NetError
-from cumulo.protocol import Assignment, DnsRecord, FirewallRule, ImageRef, NetworkRef, NicRef
+from cumulo.protocol import (
+    Assignment,
+    DnsRecord,
+    FirewallRule,
+    ImageFile,
+    ImageRef,
+    NetworkRef,
+    NicRef,
+)
 
 NET = NetworkRef(
     id="net-0000000000000000a", project="p1", cidr="10.9.1.0/24", gateway="10.9.1.1",
@@ -23,8 +31,8 @@ def vm(vm_id: str = "i-0000000000000000a", **kw: object) -> Assignment:
         id=vm_id, hostname="web", project="p1", arch="x86_64", vcpus=1, ram_mib=128,
         disk_gib=1, state="running", desired_power="running", generation=1, reboot_seq=0,
         reboot_done_seq=0,
-        image=ImageRef(id="i", boot="kernel", disk_path="/d", kernel_path=None,
-                       initrd_path=None, kernel_cmdline=""),
+        image=ImageRef(id="img-0123456789abcdef0", boot="bios",
+                       disk=ImageFile(sha256="0" * 64, size=0)),
         nics=[NicRef(network_id=NET.id, mac="52:54:00:00:00:0a", ip="10.9.1.10")],
         ingress=[FirewallRule(proto="tcp", port=22)],
     )  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 
 from cumulo.agent.net import firewall, names, plan, vxlan
 from cumulo.agent.net.cmd import NetError
-from cumulo.protocol import Assignment, DnsRecord, ImageRef, NetworkRef, NicRef
+from cumulo.protocol import Assignment, DnsRecord, ImageFile, ImageRef, NetworkRef, NicRef
 
 H1, H2, H3 = "10.250.0.1", "10.250.0.2", "10.250.0.3"
 NET_ID = "net-0000000000000000a"
@@ -34,8 +34,8 @@ def vm_on(network_id: str, name: str, mac: str, ip: str) -> Assignment:
         id=f"i-00000000000000{ord(name):03x}", hostname=name, project="p1", arch="x86_64",
         vcpus=1, ram_mib=128, disk_gib=1, state="running", desired_power="running",
         generation=1, reboot_seq=0, reboot_done_seq=0,
-        image=ImageRef(id="i", boot="kernel", disk_path="/d", kernel_path=None,
-                       initrd_path=None, kernel_cmdline=""),
+        image=ImageRef(id="img-0123456789abcdef0", boot="bios",
+                       disk=ImageFile(sha256="0" * 64, size=0)),
         nics=[NicRef(network_id=network_id, mac=mac, ip=ip)],
     )  # fmt: skip
 
