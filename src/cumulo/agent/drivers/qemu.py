@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import json
 import os
 import shutil
@@ -25,11 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cumulo.agent.drivers import qemu_io_errors, qemu_volumes
+from cumulo.agent.drivers import qemu_io_errors, qemu_migration, qemu_process, qemu_volumes
 from cumulo.agent.drivers.accel import resolve_accel
 from cumulo.agent.drivers.base import (
-    Driver,
     DriverError,
+    IncomingMigration,
+    MigratingDriver,
+    MigrationProgress,
+    MigrationState,
+    MigrationStatus,
     Observed,
     PowerState,
     VMSpec,
@@ -37,12 +43,12 @@ from cumulo.agent.drivers.base import (
     check_spec_files,
 )
 from cumulo.agent.drivers.qemu_argv import UNIX_PATH_MAX, Accel, VMPaths, build_argv
-from cumulo.agent.drivers.qmp import qmp_execute
+from cumulo.agent.drivers.qemu_migration import Outgoing, Record
+from cumulo.agent.drivers.qmp import QMPSession, close_session, qmp_execute, session_for
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import DiskIoError
 
 QMP_TIMEOUT_S = 1.0
-LAUNCH_TIMEOUT_S = 30.0
 QUIT_GRACE_S = 2.0
 OBSERVE_CONCURRENCY = 32
 # A live process is checked through /proc at every observe (a crash is seen at once); its
@@ -59,7 +65,7 @@ _PAUSED = {
 _BROKEN = {"guest-panicked": "the guest kernel panicked", "internal-error": "qemu internal error"}
 
 
-class QemuDriver(Driver):
+class QemuDriver(MigratingDriver):
     name = "qemu"
 
     def __init__(self, runtime_dir: Path, accel: str = "auto") -> None:
@@ -69,6 +75,7 @@ class QemuDriver(Driver):
         self._locks: dict[str, asyncio.Lock] = {}
         # vm_id -> (pid, observed, monotonic time) of the last QMP status
         self._status: dict[str, tuple[int, Observed, float]] = {}
+        self._outgoing: dict[str, Outgoing] = {}  # vm_id -> the migration this driver follows
         probe = VMPaths.for_vm(self.runtime_dir, _LONGEST_VM_ID).qmp_sock
         if len(os.fsencode(probe)) >= UNIX_PATH_MAX:
             raise DriverError(
@@ -96,7 +103,7 @@ class QemuDriver(Driver):
     async def start(self, spec: VMSpec) -> Observed:
         paths = self._paths(spec.vm_id)
         async with self._lock(spec.vm_id):
-            pid = _live_pid(paths)
+            pid = qemu_process.live_pid(paths)
             if pid is not None:
                 return await self._observe_one(paths)
             check_spec_files(spec)
@@ -111,14 +118,13 @@ class QemuDriver(Driver):
                 stale.unlink(missing_ok=True)
             argv = build_argv(spec, paths, accel)
             paths.spec_json.write_text(json.dumps(_spec_record(spec, accel, argv), indent=1))
-            pid = await _launch(argv, paths)
-            paths.last_pid.write_text(f"{pid}\n")
+            pid = await self._launch(argv, paths)
             return Observed(spec.vm_id, PowerState.RUNNING, pid)
 
     async def request_shutdown(self, vm_id: str) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 return
             paths.stop_marker.touch()
             await qmp_execute(paths.qmp_sock, "system_powerdown", timeout=QMP_TIMEOUT_S)
@@ -132,7 +138,7 @@ class QemuDriver(Driver):
     async def reboot(self, vm_id: str) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot reboot {vm_id}: it is not running")
             await qmp_execute(paths.qmp_sock, "system_reset", timeout=QMP_TIMEOUT_S)
             # A reset leaves a paused VM paused (QEMU's "prelaunch"), its failed writes gone.
@@ -141,7 +147,7 @@ class QemuDriver(Driver):
     async def resume(self, vm_id: str) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot resume {vm_id}: it is not running")
             await qmp_execute(paths.qmp_sock, "cont", timeout=QMP_TIMEOUT_S)
             self._status.pop(vm_id, None)
@@ -151,7 +157,9 @@ class QemuDriver(Driver):
         async with self._lock(vm_id):
             await self._force_stop(paths)
             await asyncio.to_thread(shutil.rmtree, paths.dir, True)
+            await close_session(paths.qmp_sock)
         self._locks.pop(vm_id, None)
+        self._outgoing.pop(vm_id, None)
 
     async def console_log(self, vm_id: str, max_bytes: int = 64 * 1024) -> str:
         path = self._paths(vm_id).console_log
@@ -169,37 +177,187 @@ class QemuDriver(Driver):
     async def attach_volume(self, vm_id: str, att: VolumeAttachment) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot attach {att.volume_id} to {vm_id}: it is not running")
             await qemu_volumes.attach(paths.qmp_sock, vm_id, att)
 
     async def detach_volume(self, vm_id: str, volume_id: str, timeout_s: float) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 return
             await qemu_volumes.detach(paths.qmp_sock, vm_id, volume_id, timeout_s)
 
     async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot resize {volume_id}: {vm_id} is not running")
             await qemu_volumes.resize(paths.qmp_sock, vm_id, volume_id, size_bytes)
 
     async def snapshot_volume(self, vm_id: str, volume_id: str, target: Path) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot snapshot {volume_id}: {vm_id} is not running")
             await qemu_volumes.snapshot(paths.qmp_sock, vm_id, volume_id, target)
 
     async def attached_volumes(self, vm_id: str) -> set[str]:
         paths = self._paths(vm_id)
-        if _live_pid(paths) is None:
+        if qemu_process.live_pid(paths) is None:
             return set()
         async with self._lock(vm_id):
             return await qemu_volumes.attached(paths.qmp_sock)
+
+    # -- live migration (see qemu_migration) -------------------------------------------------
+
+    async def prepare_incoming(
+        self, spec: VMSpec, address: str, disk_bytes: int
+    ) -> IncomingMigration:
+        _check_address(address)
+        paths = self._paths(spec.vm_id)
+        async with self._lock(spec.vm_id):
+            record = Record.load(paths.migration_json)
+            if qemu_process.live_pid(paths) is not None:
+                if record is not None and record.role == "destination":
+                    return IncomingMigration(**record.incoming)
+                raise DriverError(f"cannot receive {spec.vm_id}: it already runs on this host")
+            if spec.volumes:
+                raise DriverError(f"cannot receive {spec.vm_id}: volumes do not migrate yet")
+            if spec.boot_disk.exists() and (record is None or record.role != "destination"):
+                raise DriverError(
+                    f"cannot receive {spec.vm_id}: its boot disk {spec.boot_disk} already exists"
+                )
+            if disk_bytes <= 0:
+                raise DriverError(f"cannot receive {spec.vm_id}: disk size {disk_bytes} <= 0")
+            await _qemu_img("create", "-q", "-f", "qcow2", str(spec.boot_disk), str(disk_bytes))
+            record = Record("destination", {}, str(MigrationState.INCOMING),
+                            disk_created=str(spec.boot_disk))
+            try:
+                check_spec_files(spec)
+                binary = shutil.which(spec.arch.qemu_binary)
+                if binary is None:
+                    raise DriverError(f"cannot receive {spec.vm_id}: {spec.arch.qemu_binary}"
+                                      " not found")
+                if spec.netns is not None:
+                    _check_netns(spec)
+                accel = await self.accel_for(spec.arch)
+                paths.dir.mkdir(parents=True, exist_ok=True)
+                record.save(paths.migration_json)
+                for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock):
+                    stale.unlink(missing_ok=True)
+                # -S: the guest never runs here before finish_migration says so (no split brain)
+                argv = build_argv(spec, paths, accel)
+                argv[-1:-1] = ["-S", "-incoming", "defer"]
+                paths.spec_json.write_text(json.dumps(_spec_record(spec, accel, argv), indent=1))
+                await self._launch(argv, paths)
+                incoming = await qemu_migration.serve_incoming(
+                    session_for(paths.qmp_sock), spec.vm_id, address
+                )
+            except BaseException:
+                await self._remove_incoming(paths, record)
+                raise
+            record.incoming = dataclasses.asdict(incoming)
+            record.save(paths.migration_json)
+            return incoming
+
+    async def migrate_out(self, vm_id: str, incoming: IncomingMigration) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            if qemu_process.live_pid(paths) is None:
+                raise DriverError(f"cannot migrate {vm_id}: it is not running")
+            record = Record.load(paths.migration_json)
+            if record is not None and record.role == "destination":
+                raise DriverError(f"cannot migrate {vm_id}: it is still arriving on this host")
+            if record is not None and MigrationState(record.state) not in _ENDED:
+                return  # already under way
+            record = Record("source", dataclasses.asdict(incoming),
+                            str(MigrationState.COPYING_DISKS))
+            record.save(paths.migration_json)
+            out = self._outgoing[vm_id] = Outgoing(
+                session_for(paths.qmp_sock), paths.migration_json, record, vm_id
+            )
+            out.start()
+
+    async def migration_status(self, vm_id: str) -> MigrationStatus | None:
+        paths = self._paths(vm_id)
+        record = Record.load(paths.migration_json)
+        if record is None:
+            return None
+        state = MigrationState(record.state)
+        alive = qemu_process.live_pid(paths) is not None
+        qmp = session_for(paths.qmp_sock)
+        if record.role == "destination":
+            if state is MigrationState.INCOMING:
+                if not alive:
+                    record.state = str(MigrationState.FAILED)
+                    record.reason = "the incoming QEMU is gone: " + qemu_process.crash_reason(
+                        paths)
+                elif await _incoming_state(qmp) == "completed":
+                    record.state = str(MigrationState.COMPLETED)
+            return record.status(vm_id, MigrationProgress())
+        if state in _ENDED or not alive:
+            if not alive and state not in _ENDED:
+                record.state, record.reason = str(MigrationState.FAILED), "the source QEMU is gone"
+            return record.status(vm_id, MigrationProgress())
+        return record.status(vm_id, await qemu_migration.source_progress(qmp))
+
+    async def cancel_migration(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            record = Record.load(paths.migration_json)
+            if record is None:
+                return
+            if record.role == "destination":
+                if (qemu_process.live_pid(paths) is not None
+                        and await _incoming_state(session_for(paths.qmp_sock)) == "completed"):
+                    raise DriverError(f"cannot cancel the arrival of {vm_id}: it has completed")
+                await self._remove_incoming(paths, record)
+                return
+            out = self._outgoing.get(vm_id) or Outgoing(
+                session_for(paths.qmp_sock), paths.migration_json, record, vm_id
+            )
+            if qemu_process.live_pid(paths) is None:
+                return
+            await out.cancel()
+
+    async def finish_migration(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            record = Record.load(paths.migration_json)
+            if record is None:
+                return  # finished already
+            if record.role == "destination":
+                qmp = session_for(paths.qmp_sock)
+                if (qemu_process.live_pid(paths) is None
+                        or await _incoming_state(qmp) != "completed"):
+                    raise DriverError(f"cannot finish the arrival of {vm_id}: it has not arrived")
+                await qemu_migration.resume_incoming(qmp)
+                paths.migration_json.unlink(missing_ok=True)
+                self._status.pop(vm_id, None)
+                return
+            if MigrationState(record.state) is not MigrationState.COMPLETED:
+                raise DriverError(f"cannot finish the migration of {vm_id}: it is {record.state}")
+            boot_disk = _boot_disk_of(paths)
+            await self._force_stop(paths)
+            await asyncio.to_thread(shutil.rmtree, paths.dir, True)
+            await close_session(paths.qmp_sock)
+            if boot_disk is not None:
+                boot_disk.unlink(missing_ok=True)
+        self._outgoing.pop(vm_id, None)
+
+    async def _remove_incoming(self, paths: VMPaths, record: Record) -> None:
+        await self._force_stop(paths)
+        await asyncio.to_thread(shutil.rmtree, paths.dir, True)
+        await close_session(paths.qmp_sock)
+        if record.disk_created:
+            Path(record.disk_created).unlink(missing_ok=True)
+
+    async def _launch(self, argv: list[str], paths: VMPaths) -> int:
+        pid = await qemu_process.launch(argv, paths)
+        paths.last_pid.write_text(f"{pid}\n")
+        await session_for(paths.qmp_sock).reset()  # a new QEMU: a new monitor connection
+        return pid
 
     # -- extras -----------------------------------------------------------------------------
 
@@ -237,11 +395,11 @@ class QemuDriver(Driver):
 
     async def _observe_one(self, paths: VMPaths) -> Observed:
         vm_id = paths.vm_id
-        pid = _live_pid(paths)
+        pid = qemu_process.live_pid(paths)
         if pid is None:
             if paths.stop_marker.exists():
                 return Observed(vm_id, PowerState.STOPPED, None, "stopped on request")
-            return Observed(vm_id, PowerState.CRASHED, None, _crash_reason(paths))
+            return Observed(vm_id, PowerState.CRASHED, None, qemu_process.crash_reason(paths))
         cached = self._status.get(vm_id)
         if (cached is not None and cached[0] == pid and not paths.stop_marker.exists()
                 and time.monotonic() - cached[2] < STATUS_REFRESH_S):
@@ -256,7 +414,7 @@ class QemuDriver(Driver):
         try:
             status = await qmp_execute(paths.qmp_sock, "query-status", timeout=QMP_TIMEOUT_S)
         except DriverError as exc:
-            if _live_pid(paths) is None:  # it died while we asked
+            if qemu_process.live_pid(paths) is None:  # it died while we asked
                 return await self._observe_one(paths)
             return Observed(vm_id, PowerState.RUNNING, pid, f"QMP unresponsive: {exc}")
         state = str(status.get("status", "")) if isinstance(status, dict) else ""
@@ -278,16 +436,16 @@ class QemuDriver(Driver):
         if not paths.dir.is_dir():
             return
         paths.stop_marker.touch()
-        pid = _live_pid(paths)
+        pid = qemu_process.live_pid(paths)
         if pid is None:
             return
         with contextlib.suppress(DriverError):
             await qmp_execute(paths.qmp_sock, "quit", timeout=QMP_TIMEOUT_S)
-        if await _wait_gone(paths, pid, QUIT_GRACE_S):
+        if await qemu_process.wait_gone(paths, pid, QUIT_GRACE_S):
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        if not await _wait_gone(paths, pid, 10.0):
+        if not await qemu_process.wait_gone(paths, pid, 10.0):
             raise DriverError(f"qemu (pid {pid}) of {paths.vm_id} survived SIGKILL")
 
 
@@ -295,49 +453,37 @@ def _is_vm_dir(entry: os.DirEntry[str]) -> bool:
     return not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)
 
 
-def _read_pid(path: Path) -> int | None:
+_ENDED = (MigrationState.COMPLETED, MigrationState.FAILED, MigrationState.CANCELLED)
+
+
+def _check_address(address: str) -> None:
     try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise DriverError(f"invalid migration address {address!r}: not an IP address") from None
+
+
+async def _incoming_state(qmp: QMPSession) -> str:
+    try:
+        return await qemu_migration.incoming_state(qmp)
+    except DriverError:
+        return "unknown"
+
+
+def _boot_disk_of(paths: VMPaths) -> Path | None:
+    try:
+        return Path(json.loads(paths.spec_json.read_text())["boot_disk"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _live_pid(paths: VMPaths) -> int | None:
-    """The pid of this VM's QEMU if it is alive (not a zombie, not a reused pid)."""
-    pid = _read_pid(paths.pidfile)
-    if pid is None or pid <= 0:
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    # A zombie has an empty cmdline; a reused pid has someone else's.
-    return pid if os.fsencode(paths.pidfile) in cmdline.split(b"\0") else None
-
-
-async def _wait_gone(paths: VMPaths, pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return True
-        if os.fsencode(paths.pidfile) not in cmdline.split(b"\0"):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.02)
-
-
-def _crash_reason(paths: VMPaths) -> str:
-    pid = _read_pid(paths.pidfile) or _read_pid(paths.last_pid)
-    if pid is not None:
-        return f"qemu process exited unexpectedly (pid {pid})"
-    try:
-        err = " ".join(paths.launch_log.read_text(errors="replace").split())
-    except OSError:
-        err = ""
-    return f"qemu failed to start: {err[:300]}" if err else "qemu is not running"
+async def _qemu_img(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise DriverError(f"qemu-img {args[0]} failed: {err.decode(errors='replace').strip()}")
 
 
 def _check_netns(spec: VMSpec) -> None:
@@ -371,31 +517,3 @@ def _spec_record(spec: VMSpec, accel: Accel, argv: list[str]) -> dict[str, Any]:
         "accel": accel,
         "argv": argv,
     }
-
-
-async def _launch(argv: list[str], paths: VMPaths) -> int:
-    """Run QEMU until it has daemonized; its pid. Launch errors become DriverError."""
-    with paths.launch_log.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-        )
-    try:
-        code = await asyncio.wait_for(proc.wait(), LAUNCH_TIMEOUT_S)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise DriverError(
-            f"qemu for {paths.vm_id} did not finish starting within {LAUNCH_TIMEOUT_S:.0f}s"
-        ) from None
-    message = paths.launch_log.read_text(errors="replace").strip()
-    if code != 0:
-        raise DriverError(f"qemu for {paths.vm_id} failed to start (exit {code}): {message}")
-    pid = _read_pid(paths.pidfile)
-    if pid is None:
-        raise DriverError(f"qemu for {paths.vm_id} started but wrote no pidfile {paths.pidfile}")
-    return pid
