@@ -89,7 +89,8 @@ async def serve_incoming(qmp: QMPSession, vm_id: str, address: str) -> IncomingM
         {"capability": "events", "state": True}]}, timeout=CMD_TIMEOUT_S)  # fmt: skip
     nbd_port = await _start_nbd_server(qmp, address)
     await qmp.execute("block-export-add", {
-        "type": "nbd", "id": EXPORT, "node-name": BOOT_DEVICE, "name": EXPORT, "writable": True,
+        "type": "nbd", "id": EXPORT, "node-name": await _boot_node(qmp), "name": EXPORT,
+        "writable": True,
     }, timeout=CMD_TIMEOUT_S)  # fmt: skip
     host = f"[{address}]" if ":" in address else address
     await qmp.execute("migrate-incoming", {"uri": f"tcp:{host}:0"}, timeout=CMD_TIMEOUT_S)
@@ -98,6 +99,14 @@ async def serve_incoming(qmp: QMPSession, vm_id: str, address: str) -> IncomingM
     if not ports:
         raise DriverError(f"incoming migration of {vm_id}: QEMU did not say its port ({info})")
     return IncomingMigration(vm_id, address, nbd_port, EXPORT, ports[0])
+
+
+async def _boot_node(qmp: QMPSession) -> str:
+    """The node name QEMU gave the boot disk's top node (-drive names only the device)."""
+    for block in await qmp.execute("query-block", timeout=CMD_TIMEOUT_S):
+        if block.get("device") == BOOT_DEVICE and "inserted" in block:
+            return str(block["inserted"]["node-name"])
+    raise DriverError("the boot disk is not in QEMU's block devices")
 
 
 async def _start_nbd_server(qmp: QMPSession, address: str) -> int:
