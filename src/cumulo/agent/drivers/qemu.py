@@ -300,7 +300,7 @@ class QemuDriver(MigratingDriver):
             if not alive and state not in _ENDED:
                 record.state, record.reason = str(MigrationState.FAILED), "the source QEMU is gone"
             return record.status(vm_id, MigrationProgress())
-        return record.status(vm_id, await qemu_migration.source_progress(qmp))
+        return record.status(vm_id, await qemu_migration.source_progress(qmp, record))
 
     async def cancel_migration(self, vm_id: str) -> None:
         paths = self._paths(vm_id)

@@ -61,6 +61,7 @@ class Record:
     downtime_ms: int | None = None
     total_s: float | None = None
     disk_created: str | None = None  # destination: the boot disk it made (removed on cancel)
+    disk_bytes: int = 0  # source: the boot disk's size, known once the mirror is ready
     started: float = field(default_factory=time.time)
 
     @classmethod
@@ -200,6 +201,7 @@ class Outgoing:
         }, timeout=CMD_TIMEOUT_S)  # fmt: skip
         ready = await q.wait_event(_job_event(JOB), after=seq, timeout=DISK_COPY_TIMEOUT_S)
         _check_job(ready, "BLOCK_JOB_READY")
+        self.record.disk_bytes = int(ready["data"].get("len", 0))
 
         self.set_state(MigrationState.COPYING_MEMORY)
         seq = q.last_seq
@@ -281,9 +283,9 @@ async def rollback_source(q: QMPSession) -> None:
         await q.execute("cont", timeout=CMD_TIMEOUT_S)
 
 
-async def source_progress(q: QMPSession) -> MigrationProgress:
+async def source_progress(q: QMPSession, record: Record) -> MigrationProgress:
     """Numbers asked of QEMU when someone looks (the states themselves come from events)."""
-    disk_copied = disk_total = 0
+    disk_copied = disk_total = record.disk_bytes  # past the disk copy: all of it
     with contextlib.suppress(DriverError):
         for job in await q.execute("query-block-jobs", timeout=CMD_TIMEOUT_S):
             if job.get("device") == JOB:
