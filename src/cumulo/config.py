@@ -198,6 +198,16 @@ class NetworkSettings(BaseModel):
         return v
 
 
+class Ec2Settings(BaseModel):
+    """The EC2 Query API (cumulo.api.ec2)."""
+
+    # How long Describe* still shows a terminated instance (EC2: about an hour).
+    terminated_visible_s: int = Field(default=3600, ge=0, le=MAX_INTEGER)
+    # The key that encrypts the access keys' secrets: every API process of one cloud needs
+    # the same. Default: <state-dir>/server.key, made by `cumulo up` (mode 0600).
+    server_key_file: str | None = None
+
+
 class Settings(BaseModel):
     cloud_domain: str = "cumulo.internal"
     network: NetworkSettings = Field(default_factory=NetworkSettings)
@@ -219,6 +229,7 @@ class Settings(BaseModel):
     )
     instance_types: list[InstanceType] = Field(default_factory=_default_types)
     host: LocalHost = Field(default_factory=LocalHost)
+    ec2: Ec2Settings = Field(default_factory=Ec2Settings)
 
     @field_validator("cloud_domain")
     @classmethod

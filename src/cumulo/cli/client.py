@@ -86,10 +86,31 @@ class Client:
 
     def __init__(self, cfg: ClientConfig, project: str | None) -> None:
         self.project = project
-        self._http = httpx.Client(
-            base_url=cfg.url, timeout=30.0, headers={"Authorization": f"Bearer {cfg.token}"},
-            verify=_tls_context(),
-        )
+        # Several API processes (sharing PostgreSQL): "http://a:8750,http://b:8750".
+        self._apis = [
+            httpx.Client(base_url=url.strip(), timeout=30.0, verify=_tls_context(),
+                         headers={"Authorization": f"Bearer {cfg.token}"})
+            for url in cfg.url.split(",") if url.strip()
+        ]
+        if not self._apis:
+            raise CliError("bad_config", "the client config names no API URL")
+        self._http = self._apis[0]
+
+    def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        """Send to the API in use; on to the next when one cannot be reached. A request that
+        may have arrived (the connection broke after it was sent) is sent again only if it
+        changes nothing (GET): a create must not be made twice."""
+        for attempt, api in enumerate(self._apis):
+            self._http = api
+            try:
+                return api.request(method, url, **kw)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                error: httpx.TransportError = e
+            except httpx.TransportError as e:
+                if method != "GET" or attempt == len(self._apis) - 1:
+                    raise
+                error = e
+        raise error
 
     def request(
         self,
@@ -108,9 +129,8 @@ class Client:
         if scoped and self.project:
             params["project"] = self.project
         try:
-            r = self._http.request(method, url, json=json, params=params, content=content,
-                                   headers=headers,
-                                   timeout=timeout or self._http.timeout)
+            r = self._send(method, url, json=json, params=params, content=content,
+                           headers=headers, timeout=timeout or self._http.timeout)
         except httpx.TransportError as e:
             raise CliError(
                 "unreachable", f"cannot reach the cumulo API at {self._http.base_url}: {e}"
