@@ -17,25 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import ipaddress
-import json
 import os
 import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
-from cumulo.agent.drivers import qemu_io_errors, qemu_migration, qemu_process, qemu_volumes
+from cumulo.agent.drivers import qemu_io_errors, qemu_process, qemu_volumes
 from cumulo.agent.drivers.accel import resolve_accel
 from cumulo.agent.drivers.base import (
     DriverError,
-    IncomingMigration,
     MigratingDriver,
-    MigrationProgress,
-    MigrationState,
-    MigrationStatus,
     Observed,
     PowerState,
     VMSpec,
@@ -43,8 +35,9 @@ from cumulo.agent.drivers.base import (
     check_spec_files,
 )
 from cumulo.agent.drivers.qemu_argv import UNIX_PATH_MAX, Accel, VMPaths, build_argv
-from cumulo.agent.drivers.qemu_migration import Outgoing, Record
-from cumulo.agent.drivers.qmp import QMPSession, close_session, qmp_execute, session_for
+from cumulo.agent.drivers.qemu_migration import Outgoing
+from cumulo.agent.drivers.qemu_migration_calls import QemuMigration
+from cumulo.agent.drivers.qmp import close_session, qmp_execute, session_for
 from cumulo.agent.drivers.serial import SerialPort, StreamSerialPort
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import DiskIoError
@@ -66,7 +59,7 @@ _PAUSED = {
 _BROKEN = {"guest-panicked": "the guest kernel panicked", "internal-error": "qemu internal error"}
 
 
-class QemuDriver(MigratingDriver):
+class QemuDriver(QemuMigration, MigratingDriver):
     name = "qemu"
 
     def __init__(self, runtime_dir: Path, accel: str = "auto") -> None:
@@ -112,13 +105,13 @@ class QemuDriver(MigratingDriver):
             if binary is None:
                 raise DriverError(f"cannot start {spec.vm_id}: {spec.arch.qemu_binary} not found")
             if spec.netns is not None:
-                _check_netns(spec)
+                qemu_process.check_netns(spec)
             accel = await self.accel_for(spec.arch)
             paths.dir.mkdir(parents=True, exist_ok=True)
             for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock, paths.serial_sock):
                 stale.unlink(missing_ok=True)
             argv = build_argv(spec, paths, accel)
-            paths.spec_json.write_text(json.dumps(_spec_record(spec, accel, argv), indent=1))
+            qemu_process.write_spec_record(paths, spec, accel, argv)
             pid = await self._launch(argv, paths)
             return Observed(spec.vm_id, PowerState.RUNNING, pid)
 
@@ -224,150 +217,6 @@ class QemuDriver(MigratingDriver):
         async with self._lock(vm_id):
             return await qemu_volumes.attached(paths.qmp_sock)
 
-    # -- live migration (see qemu_migration) -------------------------------------------------
-
-    async def prepare_incoming(
-        self, spec: VMSpec, address: str, disk_bytes: int
-    ) -> IncomingMigration:
-        _check_address(address)
-        paths = self._paths(spec.vm_id)
-        async with self._lock(spec.vm_id):
-            record = Record.load(paths.migration_json)
-            if qemu_process.live_pid(paths) is not None:
-                if record is not None and record.role == "destination":
-                    return IncomingMigration(**record.incoming)
-                raise DriverError(f"cannot receive {spec.vm_id}: it already runs on this host")
-            if spec.volumes:
-                raise DriverError(f"cannot receive {spec.vm_id}: volumes do not migrate yet")
-            if spec.boot_disk.exists() and (record is None or record.role != "destination"):
-                raise DriverError(
-                    f"cannot receive {spec.vm_id}: its boot disk {spec.boot_disk} already exists"
-                )
-            if disk_bytes <= 0:
-                raise DriverError(f"cannot receive {spec.vm_id}: disk size {disk_bytes} <= 0")
-            await _qemu_img("create", "-q", "-f", "qcow2", str(spec.boot_disk), str(disk_bytes))
-            record = Record("destination", {}, str(MigrationState.INCOMING),
-                            disk_created=str(spec.boot_disk))
-            try:
-                check_spec_files(spec)
-                binary = shutil.which(spec.arch.qemu_binary)
-                if binary is None:
-                    raise DriverError(f"cannot receive {spec.vm_id}: {spec.arch.qemu_binary}"
-                                      " not found")
-                if spec.netns is not None:
-                    _check_netns(spec)
-                accel = await self.accel_for(spec.arch)
-                paths.dir.mkdir(parents=True, exist_ok=True)
-                record.save(paths.migration_json)
-                for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock):
-                    stale.unlink(missing_ok=True)
-                # -S: the guest never runs here before finish_migration says so (no split brain)
-                argv = build_argv(spec, paths, accel)
-                argv[-1:-1] = ["-S", "-incoming", "defer"]
-                paths.spec_json.write_text(json.dumps(_spec_record(spec, accel, argv), indent=1))
-                await self._launch(argv, paths)
-                incoming = await qemu_migration.serve_incoming(
-                    session_for(paths.qmp_sock), spec.vm_id, address
-                )
-            except BaseException:
-                await self._remove_incoming(paths, record)
-                raise
-            record.incoming = dataclasses.asdict(incoming)
-            record.save(paths.migration_json)
-            return incoming
-
-    async def migrate_out(self, vm_id: str, incoming: IncomingMigration) -> None:
-        paths = self._paths(vm_id)
-        async with self._lock(vm_id):
-            if qemu_process.live_pid(paths) is None:
-                raise DriverError(f"cannot migrate {vm_id}: it is not running")
-            record = Record.load(paths.migration_json)
-            if record is not None and record.role == "destination":
-                raise DriverError(f"cannot migrate {vm_id}: it is still arriving on this host")
-            if record is not None and MigrationState(record.state) not in _ENDED:
-                return  # already under way
-            record = Record("source", dataclasses.asdict(incoming),
-                            str(MigrationState.COPYING_DISKS))
-            record.save(paths.migration_json)
-            out = self._outgoing[vm_id] = Outgoing(
-                session_for(paths.qmp_sock), paths.migration_json, record, vm_id
-            )
-            out.start()
-
-    async def migration_status(self, vm_id: str) -> MigrationStatus | None:
-        paths = self._paths(vm_id)
-        record = Record.load(paths.migration_json)
-        if record is None:
-            return None
-        state = MigrationState(record.state)
-        alive = qemu_process.live_pid(paths) is not None
-        qmp = session_for(paths.qmp_sock)
-        if record.role == "destination":
-            if state is MigrationState.INCOMING:
-                if not alive:
-                    record.state = str(MigrationState.FAILED)
-                    record.reason = "the incoming QEMU is gone: " + qemu_process.crash_reason(
-                        paths)
-                elif await _incoming_state(qmp) == "completed":
-                    record.state = str(MigrationState.COMPLETED)
-            return record.status(vm_id, MigrationProgress())
-        if state in _ENDED or not alive:
-            if not alive and state not in _ENDED:
-                record.state, record.reason = str(MigrationState.FAILED), "the source QEMU is gone"
-            return record.status(vm_id, MigrationProgress())
-        return record.status(vm_id, await qemu_migration.source_progress(qmp, record))
-
-    async def cancel_migration(self, vm_id: str) -> None:
-        paths = self._paths(vm_id)
-        async with self._lock(vm_id):
-            record = Record.load(paths.migration_json)
-            if record is None:
-                return
-            if record.role == "destination":
-                if (qemu_process.live_pid(paths) is not None
-                        and await _incoming_state(session_for(paths.qmp_sock)) == "completed"):
-                    raise DriverError(f"cannot cancel the arrival of {vm_id}: it has completed")
-                await self._remove_incoming(paths, record)
-                return
-            out = self._outgoing.get(vm_id) or Outgoing(
-                session_for(paths.qmp_sock), paths.migration_json, record, vm_id
-            )
-            if qemu_process.live_pid(paths) is None:
-                return
-            await out.cancel()
-
-    async def finish_migration(self, vm_id: str) -> None:
-        paths = self._paths(vm_id)
-        async with self._lock(vm_id):
-            record = Record.load(paths.migration_json)
-            if record is None:
-                return  # finished already
-            if record.role == "destination":
-                qmp = session_for(paths.qmp_sock)
-                if (qemu_process.live_pid(paths) is None
-                        or await _incoming_state(qmp) != "completed"):
-                    raise DriverError(f"cannot finish the arrival of {vm_id}: it has not arrived")
-                await qemu_migration.resume_incoming(qmp)
-                paths.migration_json.unlink(missing_ok=True)
-                self._status.pop(vm_id, None)
-                return
-            if MigrationState(record.state) is not MigrationState.COMPLETED:
-                raise DriverError(f"cannot finish the migration of {vm_id}: it is {record.state}")
-            boot_disk = _boot_disk_of(paths)
-            await self._force_stop(paths)
-            await asyncio.to_thread(shutil.rmtree, paths.dir, True)
-            await close_session(paths.qmp_sock)
-            if boot_disk is not None:
-                boot_disk.unlink(missing_ok=True)
-        self._outgoing.pop(vm_id, None)
-
-    async def _remove_incoming(self, paths: VMPaths, record: Record) -> None:
-        await self._force_stop(paths)
-        await asyncio.to_thread(shutil.rmtree, paths.dir, True)
-        await close_session(paths.qmp_sock)
-        if record.disk_created:
-            Path(record.disk_created).unlink(missing_ok=True)
-
     async def _launch(self, argv: list[str], paths: VMPaths) -> int:
         pid = await qemu_process.launch(argv, paths)
         paths.last_pid.write_text(f"{pid}\n")
@@ -404,6 +253,9 @@ class QemuDriver(MigratingDriver):
         status = await qmp_execute(paths.qmp_sock, "query-status", timeout=QMP_TIMEOUT_S)
         if isinstance(status, dict) and status.get("status") in _PAUSED:
             await qmp_execute(paths.qmp_sock, "cont", timeout=QMP_TIMEOUT_S)
+
+    def _forget_status(self, vm_id: str) -> None:
+        self._status.pop(vm_id, None)
 
     def _lock(self, vm_id: str) -> asyncio.Lock:
         return self._locks.setdefault(vm_id, asyncio.Lock())
@@ -466,69 +318,3 @@ class QemuDriver(MigratingDriver):
 
 def _is_vm_dir(entry: os.DirEntry[str]) -> bool:
     return not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)
-
-
-_ENDED = (MigrationState.COMPLETED, MigrationState.FAILED, MigrationState.CANCELLED)
-
-
-def _check_address(address: str) -> None:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        raise DriverError(f"invalid migration address {address!r}: not an IP address") from None
-
-
-async def _incoming_state(qmp: QMPSession) -> str:
-    try:
-        return await qemu_migration.incoming_state(qmp)
-    except DriverError:
-        return "unknown"
-
-
-def _boot_disk_of(paths: VMPaths) -> Path | None:
-    try:
-        return Path(json.loads(paths.spec_json.read_text())["boot_disk"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-async def _qemu_img(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-img", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise DriverError(f"qemu-img {args[0]} failed: {err.decode(errors='replace').strip()}")
-
-
-def _check_netns(spec: VMSpec) -> None:
-    if shutil.which("ip") is None:
-        raise DriverError(f"cannot start {spec.vm_id}: `ip` (iproute2) not found")
-    if not spec.netns or "/" in spec.netns or not Path("/run/netns", spec.netns).exists():
-        raise DriverError(
-            f"cannot start {spec.vm_id}: network namespace {spec.netns!r} does not exist"
-        )
-
-
-def _spec_record(spec: VMSpec, accel: Accel, argv: list[str]) -> dict[str, Any]:
-    return {
-        "vm_id": spec.vm_id,
-        "hostname": spec.hostname,
-        "arch": str(spec.arch),
-        "vcpus": spec.vcpus,
-        "ram_mib": spec.ram_mib,
-        "boot_disk": str(spec.boot_disk),
-        "kernel": None if spec.kernel is None else str(spec.kernel),
-        "initrd": None if spec.initrd is None else str(spec.initrd),
-        "kernel_cmdline": spec.kernel_cmdline,
-        "seed_iso": None if spec.seed_iso is None else str(spec.seed_iso),
-        "netns": spec.netns,
-        "nics": [{"tap": n.tap, "mac": n.mac} for n in spec.nics],
-        "extra": dict(spec.extra),
-        "volumes": [
-            {"id": v.volume_id, "path": str(v.path), "iops": v.iops, "mbps": v.mbps}
-            for v in spec.volumes
-        ],
-        "accel": accel,
-        "argv": argv,
-    }

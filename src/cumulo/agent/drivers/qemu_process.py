@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
-from cumulo.agent.drivers.base import DriverError
-from cumulo.agent.drivers.qemu_argv import VMPaths
+from cumulo.agent.drivers.base import DriverError, VMSpec
+from cumulo.agent.drivers.qemu_argv import Accel, VMPaths
 
 LAUNCH_TIMEOUT_S = 30.0
 
@@ -86,3 +89,41 @@ async def launch(argv: list[str], paths: VMPaths) -> int:
     if pid is None:
         raise DriverError(f"qemu for {paths.vm_id} started but wrote no pidfile {paths.pidfile}")
     return pid
+
+
+def check_netns(spec: VMSpec) -> None:
+    if shutil.which("ip") is None:
+        raise DriverError(f"cannot start {spec.vm_id}: `ip` (iproute2) not found")
+    if not spec.netns or "/" in spec.netns or not Path("/run/netns", spec.netns).exists():
+        raise DriverError(
+            f"cannot start {spec.vm_id}: network namespace {spec.netns!r} does not exist"
+        )
+
+
+def spec_record(spec: VMSpec, accel: Accel, argv: list[str]) -> dict[str, Any]:
+    return {
+        "vm_id": spec.vm_id,
+        "hostname": spec.hostname,
+        "arch": str(spec.arch),
+        "vcpus": spec.vcpus,
+        "ram_mib": spec.ram_mib,
+        "boot_disk": str(spec.boot_disk),
+        "kernel": None if spec.kernel is None else str(spec.kernel),
+        "initrd": None if spec.initrd is None else str(spec.initrd),
+        "kernel_cmdline": spec.kernel_cmdline,
+        "seed_iso": None if spec.seed_iso is None else str(spec.seed_iso),
+        "netns": spec.netns,
+        "nics": [{"tap": n.tap, "mac": n.mac} for n in spec.nics],
+        "extra": dict(spec.extra),
+        "volumes": [
+            {"id": v.volume_id, "path": str(v.path), "iops": v.iops, "mbps": v.mbps}
+            for v in spec.volumes
+        ],
+        "accel": accel,
+        "argv": argv,
+    }
+
+
+def write_spec_record(paths: VMPaths, spec: VMSpec, accel: Accel, argv: list[str]) -> None:
+    """`spec.json`: what the VM was started with (read back by humans and by the driver)."""
+    paths.spec_json.write_text(json.dumps(spec_record(spec, accel, argv), indent=1))
