@@ -34,6 +34,7 @@ from cumulo.agent.drivers.base import (
 )
 from cumulo.agent.drivers.fake_migration import FakeFabric, FakeMigration, copy_disk
 from cumulo.agent.drivers.fake_serial import FakeSerialPort
+from cumulo.agent.drivers.qemu_process import qemu_img
 from cumulo.agent.drivers.serial import SerialPort
 from cumulo.domain.disk_errors import DiskIoError
 
@@ -371,7 +372,7 @@ class FakeDriver(MigratingDriver):
     async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
         att = self._holder(vm_id, volume_id, "resize")
         if att.path.is_file():  # the file grows, as QEMU's block_resize does
-            await _qemu_img("resize", "-q", "-f", "qcow2", str(att.path), str(size_bytes))
+            await qemu_img("resize", "-q", "-f", "qcow2", str(att.path), str(size_bytes))
 
     async def snapshot_volume(self, vm_id: str, volume_id: str, target: Path) -> None:
         att = self._holder(vm_id, volume_id, "snapshot")
@@ -388,14 +389,6 @@ class FakeDriver(MigratingDriver):
         vm = self.host.vms.get(vm_id)
         return set(vm.volumes) if vm is not None else set()
 
-
-async def _qemu_img(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-img", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise DriverError(f"qemu-img {args[0]} failed: {err.decode(errors='replace').strip()}")
 
 
 def _render(spec: VMSpec, event: str) -> str:

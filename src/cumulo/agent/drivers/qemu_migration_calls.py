@@ -73,7 +73,9 @@ class QemuMigration:
                 )
             if disk_bytes <= 0:
                 raise DriverError(f"cannot receive {spec.vm_id}: disk size {disk_bytes} <= 0")
-            await _qemu_img("create", "-q", "-f", "qcow2", str(spec.boot_disk), str(disk_bytes))
+            await qemu_process.qemu_img(
+                "create", "-q", "-f", "qcow2", str(spec.boot_disk), str(disk_bytes)
+            )
             record = Record("destination", {}, str(MigrationState.INCOMING),
                             disk_created=str(spec.boot_disk))
             try:
@@ -219,12 +221,3 @@ def _boot_disk_of(paths: VMPaths) -> Path | None:
         return Path(json.loads(paths.spec_json.read_text())["boot_disk"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-async def _qemu_img(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-img", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise DriverError(f"qemu-img {args[0]} failed: {err.decode(errors='replace').strip()}")

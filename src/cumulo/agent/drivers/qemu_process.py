@@ -127,3 +127,12 @@ def spec_record(spec: VMSpec, accel: Accel, argv: list[str]) -> dict[str, Any]:
 def write_spec_record(paths: VMPaths, spec: VMSpec, accel: Accel, argv: list[str]) -> None:
     """`spec.json`: what the VM was started with (read back by humans and by the driver)."""
     paths.spec_json.write_text(json.dumps(spec_record(spec, accel, argv), indent=1))
+
+
+async def qemu_img(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise DriverError(f"qemu-img {args[0]} failed: {err.decode(errors='replace').strip()}")
