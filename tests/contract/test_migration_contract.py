@@ -42,6 +42,7 @@ from cumulo.agent.drivers.fake_migration import FakeFabric
 from cumulo.agent.drivers.qemu import QemuDriver
 from cumulo.agent.storage.seed import build_seed_iso
 from cumulo.domain.arch import Arch
+from tests.contract.qemu_pids import kill_all, wait_pid_gone
 
 USER_DATA = b"""#!/bin/sh
 echo before-migration > /root/marker
@@ -192,7 +193,7 @@ def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
                 yield Pair("qemu", qhosts[0], qhosts[1], image)
             finally:
                 for d in dirs:
-                    _kill_all(d / "run")
+                    kill_all(d / "run")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -201,31 +202,9 @@ def _crasher(runtime: Path) -> Callable[[str], None]:
     def crash(vm_id: str) -> None:
         pid = int((runtime / vm_id / "qemu.pid").read_text())
         os.kill(pid, signal.SIGKILL)
-        _wait_pid_gone(pid)
+        wait_pid_gone(pid)
 
     return crash
-
-
-def _kill_all(runtime: Path) -> None:
-    """Kill (by pid) every QEMU this test started; only pids whose cmdline names our dir."""
-    for pidfile in runtime.glob("*/qemu.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pidfile.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if os.fsencode(pidfile) in cmdline.split(b"\0"):
-                os.kill(pid, signal.SIGKILL)
-                _wait_pid_gone(pid)
-
-
-def _wait_pid_gone(pid: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if not Path(f"/proc/{pid}/cmdline").read_bytes():
-                return
-        except OSError:
-            return
-        time.sleep(0.02)
 
 
 async def follow(driver: MigratingDriver, vm_id: str, timeout: float) -> list[MigrationStatus]:
