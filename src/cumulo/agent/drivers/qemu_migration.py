@@ -167,9 +167,10 @@ class Outgoing:
             await self._copy()
         except asyncio.CancelledError:
             raise
-        except DriverError as exc:
-            reason = str(exc)
-            await self.rollback()
+        except Exception as exc:  # any failure ends it, with its reason; the source runs on
+            reason = str(exc) if isinstance(exc, DriverError) else f"internal error: {exc!r}"
+            with contextlib.suppress(DriverError):
+                await self.rollback()
             self.set_state(MigrationState.FAILED, reason)
 
     async def cancel(self) -> None:
