@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient, QMPError, Runstate
+from qemu.qmp import ExecuteError, QMPClient, QMPError, Runstate
 
 from cumulo.agent.drivers.base import DriverError
 
@@ -60,16 +60,24 @@ class QMPSession:
         so a lost connection after sending it counts as success.
         """
         async with self._lock:
-            client = await self._connected(timeout)
-            try:
-                return await asyncio.wait_for(client.execute(command, arguments), timeout)
-            except (QMPError, OSError, TimeoutError, EOFError) as exc:
-                if command == "quit" and not isinstance(exc, TimeoutError):
-                    await self._drop()
-                    return {}
-                if not isinstance(exc, QMPError) or client.runstate is not Runstate.RUNNING:
-                    await self._drop()  # the connection is gone: the next command reconnects
-                raise DriverError(f"QMP {command} on {self.sock} failed: {_describe(exc)}") from exc
+            for attempt in (1, 2):
+                fresh = self._client is None or self._client.runstate is not Runstate.RUNNING
+                client = await self._connected(timeout)
+                try:
+                    return await asyncio.wait_for(client.execute(command, arguments), timeout)
+                except ExecuteError as exc:  # QEMU answered with an error
+                    raise DriverError(
+                        f"QMP {command} on {self.sock} failed: {_describe(exc)}") from exc
+                except (QMPError, OSError, TimeoutError, EOFError) as exc:
+                    lost = not isinstance(exc, TimeoutError)
+                    await self._drop()  # the next command reconnects
+                    if lost and not fresh and attempt == 1:
+                        continue  # a connection that went stale: the command never left
+                    if command == "quit" and lost:
+                        return {}  # QEMU closes the monitor as it quits
+                    raise DriverError(
+                        f"QMP {command} on {self.sock} failed: {_describe(exc)}") from exc
+            raise AssertionError("unreachable")
 
     async def wait_event(
         self, match: Callable[[Event], bool], *, after: int, timeout: float
