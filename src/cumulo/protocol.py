@@ -24,6 +24,9 @@ class HostRegistration(BaseModel):
     accel: str
     agent_url: str = ""
     disk: HostDisk | None = None  # None: an agent that does not report it (not checked)
+    # This host's address on the underlay: where other hosts send its networks' VXLAN
+    # packets. None: a host without one (a single all-in-one host), which serves no segment.
+    underlay_ip: str | None = None
 
 
 class Registered(BaseModel):
@@ -40,22 +43,32 @@ class ImageRef(BaseModel):
 
 
 class DnsRecord(BaseModel):
+    """One NIC of an instance on a network: its name, address and where it runs."""
+
     hostname: str  # the instance name (a DNS label)
     fqdn: str  # <name>.<project>.<zone>.<cloud domain>
     ip: str
     mac: str
+    # The underlay address of the host running the instance (its VXLAN endpoint): a host
+    # sends this MAC's frames there, and floods to every such address but its own. "": the
+    # host has none (nothing is sent over VXLAN for it).
+    underlay_ip: str = ""
 
 
 class NetworkRef(BaseModel):
-    """A private network (one Linux bridge inside the host's namespace, one dnsmasq)."""
+    """A private network (one Linux bridge inside the host's namespace, one dnsmasq, and a
+    VXLAN segment to the other hosts serving it)."""
 
     id: str  # "net-<17 hex>"
+    vni: int = 0  # the network's VXLAN segment (unique in the cloud); 0: none
     project: str
     cidr: str  # e.g. "10.100.3.0/24"
     gateway: str  # the bridge's own address; also DHCP + DNS server for the network
     dns_domain: str  # "<project>.<zone>.<cloud domain>"
-    # Every instance on the network; or, when records_since is set, only the records added or
-    # changed since the version records_since of the same epoch (records_removed: MACs gone).
+    # Every instance on the network, wherever it runs (a change of host is a change of its
+    # record: the hosts' VXLAN forwarding entries follow the records); or, when
+    # records_since is set, only the records added or changed since the version
+    # records_since of the same epoch (records_removed: MACs gone).
     # Hosts send back epoch:version (the `dns` query parameter) to receive such deltas.
     records: list[DnsRecord] = Field(default_factory=list)
     records_epoch: str = ""

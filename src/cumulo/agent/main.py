@@ -104,7 +104,7 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
     if cfg.driver == "qemu":
         from cumulo.agent.net.host_network import HostNetwork
 
-        network = HostNetwork(cfg.host_dir)
+        network = HostNetwork(cfg.host_dir, cfg.underlay_ip)
     vrec = VolumeReconciler(driver, VolumeStore(cfg.host_dir))
     rec = Reconciler(
         driver,
@@ -123,6 +123,7 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
         driver=cfg.driver,
         accel=accel,
         agent_url=f"unix:{sock}",
+        underlay_ip=cfg.underlay_ip,
     )
     try:
         await agent_loop(client, rec, reg, stop, vrec, DiskGauge(cfg.host_dir))

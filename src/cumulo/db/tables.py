@@ -94,6 +94,9 @@ class HostRow(Base):
     # it; None: not reported (placement then does not check disk space on this host).
     disk_total_mib: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     disk_free_mib: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The host's address on the underlay (its VXLAN endpoint), as its agent registered it;
+    # None: a host without one (a single all-in-one host), which serves no segment.
+    underlay_ip: Mapped[str | None] = mapped_column(String(39), nullable=True)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
@@ -166,7 +169,8 @@ class NetworkRow(Base):
     """A private network of one project in one zone (a bridge + dnsmasq on each host)."""
 
     __tablename__ = "networks"
-    __table_args__ = (UniqueConstraint("project_id", "zone", "name", name="uq_network_name"),)
+    __table_args__ = (UniqueConstraint("project_id", "zone", "name", name="uq_network_name"),
+                      UniqueConstraint("vni", name="uq_network_vni"))
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(63))
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
@@ -174,6 +178,8 @@ class NetworkRow(Base):
     cidr: Mapped[str] = mapped_column(String(43), unique=True)
     gateway: Mapped[str] = mapped_column(String(39))
     is_default: Mapped[bool] = mapped_column(default=False)
+    # The VXLAN segment that carries the network between hosts (its VNI, unique in the cloud).
+    vni: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 

@@ -46,10 +46,9 @@ from cumulo.protocol import (
     VolumeAssignment,
     VolumeObservation,
 )
-from cumulo.services import hosts, security_groups
+from cumulo.services import hosts, security_groups, segments
 from cumulo.services.auth import require_agent
-from cumulo.services.context import Principal, Services
-from cumulo.services.instances import fqdn
+from cumulo.services.context import Principal, Services, fqdn
 from cumulo.services.notifier import Notifier
 
 DELETED = "deleted"
@@ -114,18 +113,8 @@ def _full_records(s: Session, svc: Services, versions: dict[str, int]
                 missing[n] = version
     if not missing:
         return out
-    fresh: dict[str, list[DnsRecord]] = {n: [] for n in missing}
-    rows = s.execute(
-        select(AddressRow.network_id, AddressRow.ip, AddressRow.mac, InstanceRow.name,
-               InstanceRow.zone, ProjectRow.name)
-        .join(InstanceRow, InstanceRow.id == AddressRow.instance_id)
-        .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
-        .where(AddressRow.network_id.in_(missing))
-        .order_by(AddressRow.ip)
-    )
-    for net_id, ip, mac, name, zone, project in rows:
-        fresh[net_id].append(DnsRecord.model_construct(
-            hostname=name, fqdn=fqdn(svc, name, project, zone), ip=ip, mac=mac))
+    found = segments.records(s, svc, missing)
+    fresh: dict[str, list[DnsRecord]] = {n: found.get(n, []) for n in missing}
     with _records_lock:
         for n, version in missing.items():
             cache[n] = (version, fresh[n])
@@ -169,7 +158,7 @@ def _networks(s: Session, svc: Services, host_id: str, network_ids: set[str],
         d = deltas.get(net.id)
         # Every field given: model_construct inspects a default factory's signature per call.
         out.append(NetworkRef.model_construct(
-            id=net.id, project=net.project, cidr=net.cidr, gateway=net.gateway,
+            id=net.id, vni=net.vni, project=net.project, cidr=net.cidr, gateway=net.gateway,
             dns_domain=f"{net.project}.{net.zone}.{svc.settings.cloud_domain}",
             records_epoch=journal.epoch,
             records=d.added if d else records.get(net.id, []),
@@ -186,6 +175,7 @@ class _NetworkFacts:
     zone: str
     cidr: str
     gateway: str
+    vni: int
 
 
 # Network id -> its facts: none of them ever changes (ids are never reused), so every API
@@ -205,7 +195,7 @@ def _network_facts(s: Session, network_ids: set[str]) -> list[_NetworkFacts]:
                                       .join(ProjectRow, ProjectRow.id == NetworkRow.project_id)
                                       .where(NetworkRow.id.in_(missing))):
             known[net.id] = _NetworkFacts(id=net.id, project=project, zone=net.zone,
-                                          cidr=net.cidr, gateway=net.gateway)
+                                          cidr=net.cidr, gateway=net.gateway, vni=net.vni)
         with _facts_lock:
             if len(_facts) > MAX_NETWORK_FACTS:
                 _facts.clear()

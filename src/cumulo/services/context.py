@@ -38,3 +38,8 @@ class Services:
     # 32 bytes that encrypt the EC2 access keys' secrets (see services.access_keys); None: no
     # access keys can be made or used.
     server_key: bytes | None = None
+
+
+def fqdn(svc: Services, name: str, project: str, zone: str) -> str:
+    """An instance's name in DNS: <name>.<project>.<zone>.<cloud domain>."""
+    return f"{name}.{project}.{zone}.{svc.settings.cloud_domain}"

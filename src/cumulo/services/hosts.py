@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import re
 import time
@@ -14,12 +15,13 @@ from sqlalchemy.orm import Session
 
 from cumulo.db.tables import HostRow, InstanceRow
 from cumulo.domain.arch import Arch
-from cumulo.domain.errors import InvalidInput
+from cumulo.domain.errors import Conflict, InvalidInput
 from cumulo.domain.ids import new_id
 from cumulo.domain.instance import InstanceState
 from cumulo.domain.validation import MAX_INTEGER, dns_label, positive
 from cumulo.protocol import HostDisk
 from cumulo.scheduler.placement import HostCapacity
+from cumulo.services import segments
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services
 
@@ -48,8 +50,11 @@ def register(
     accel: str,
     agent_url: str,
     disk: HostDisk | None = None,
+    underlay_ip: str | None = None,
 ) -> str:
-    """Create or update the host record; returns its id. Called by the agent at start-up."""
+    """Create or update the host record; returns its id. Called by the agent at start-up.
+    A host whose underlay address changed has its instances' records sent again to every
+    host serving their networks (their VXLAN entries point at the old address)."""
     require_agent(who, name)
     dns_label(name, "host name")
     if zone not in svc.settings.zone_names():
@@ -67,11 +72,20 @@ def register(
     if agent_url and not _AGENT_URL.match(agent_url):
         raise InvalidInput(f"invalid agent_url {agent_url!r}: unix:/PATH or http(s)://...",
                            code="invalid_input")
+    if underlay_ip is not None:
+        underlay_ip = _underlay(underlay_ip)
     with svc.db.session() as s:
+        if underlay_ip is not None and s.scalar(select(HostRow.name).where(
+                HostRow.underlay_ip == underlay_ip, HostRow.name != name,
+                HostRow.state == "up", HostRow.last_seen > datetime.now(UTC) - HOST_DOWN_AFTER)):
+            raise Conflict(f"underlay address {underlay_ip} is used by another host that is up",
+                           code="underlay_ip_taken")
         row = s.scalar(select(HostRow).where(HostRow.name == name))
+        moved = row is not None and row.underlay_ip != underlay_ip
         if row is None:
             row = HostRow(id=new_id("h"), name=name)
             s.add(row)
+        row.underlay_ip = underlay_ip
         row.zone, row.architectures = zone, arches
         row.vcpus, row.ram_mib, row.driver, row.accel = vcpus, ram_mib, driver, accel
         row.agent_url, row.state, row.last_seen = agent_url, "up", datetime.now(UTC)
@@ -80,7 +94,20 @@ def register(
         s.flush()
         host_id: str = row.id
     svc.notifier.host_ids[name] = host_id  # a fresh database gives a known name a new id
+    if moved:
+        segments.announce_host(svc, host_id)
     return host_id
+
+
+def _underlay(value: str) -> str:
+    try:
+        ip = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise InvalidInput(f"invalid underlay address {value!r}", code="invalid_input") from None
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local:
+        raise InvalidInput(f"invalid underlay address {value!r}: a unicast host address",
+                           code="invalid_input")
+    return str(ip)
 
 
 def check_disk(disk: HostDisk) -> None:

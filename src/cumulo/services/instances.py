@@ -63,7 +63,7 @@ from cumulo.services import (
     volumes,
 )
 from cumulo.services.auth import scope_project
-from cumulo.services.context import Principal, Services
+from cumulo.services.context import Principal, Services, fqdn
 from cumulo.services.views import InstanceView
 
 DEFAULT_BANDWIDTH_MBPS = 100
@@ -86,10 +86,6 @@ class CreateInstance:
     security_groups: list[str] = field(default_factory=list)
     network: str | None = None
     private_ip: str | None = None
-
-
-def fqdn(svc: Services, name: str, project: str, zone: str) -> str:
-    return f"{name}.{project}.{zone}.{svc.settings.cloud_domain}"
 
 
 def views(s: Session, svc: Services, rows: list[InstanceRow], project: str) -> list[InstanceView]:
@@ -247,6 +243,10 @@ class _Batch:
     def restore(self, saved: dict[tuple[object, ...], object]) -> None:
         self._memo = saved
 
+    def underlay(self, host_id: str) -> str | None:
+        return self.get(("underlay", host_id), lambda: self.s.scalar(
+            select(HostRow.underlay_ip).where(HostRow.id == host_id)))
+
     def capacities(self, zone: str) -> list[HostCapacity]:
         return self.get(("capacities", zone), lambda: hosts.capacities(self.s, zone))
 
@@ -306,7 +306,11 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
                 created.append(done)
     for done in created:
         svc.notifier.notify(done.host_id, [done.view.id])
-        svc.notifier.dns_changed(done.network_id, added=[done.record], skip=done.host_id)
+        # A host new to the network is a new VXLAN flood destination for the others: they
+        # learn it at once rather than within the DNS coalescing period.
+        new_host = done.host_id not in svc.notifier.dns.subscribers([done.network_id])
+        svc.notifier.dns_changed(done.network_id, added=[done.record], skip=done.host_id,
+                                 prompt=new_host)
     return [out[i] for i in range(len(calls))]
 
 
@@ -367,7 +371,8 @@ def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> 
                  groups=sorted({g.name for g in groups}))
     return _Created(view=view, host_id=placement.host.host_id, network_id=network.id,
                     record=DnsRecord(hostname=row.name, fqdn=view.fqdn, ip=address.ip,
-                                     mac=address.mac))
+                                     mac=address.mac, underlay_ip=batch.underlay(
+                                         placement.host.host_id) or ""))
 
 
 _IN_PROJECT = select(InstanceRow).where(InstanceRow.project_id == bindparam("project"))

@@ -15,7 +15,7 @@ from cumulo.domain.ids import new_id
 from cumulo.domain.netaddr import first_free_subnet, gateway_of, host_range, parse_cidr
 from cumulo.domain.netaddr import random_mac as _mac
 from cumulo.domain.validation import dns_label
-from cumulo.services import address_picker
+from cumulo.services import address_picker, segments
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import NetworkView
@@ -64,7 +64,7 @@ def create(svc: Services, who: Principal, project: str | None, name: str, cidr: 
             raise Conflict(f"network {name!r} already exists in zone {z}", code="name_taken")
         _check_free(s, net, prj.id)
         row = NetworkRow(id=new_id("net"), name=name, project_id=prj.id, zone=z, cidr=str(net),
-                         gateway=gateway_of(net), is_default=False)
+                         gateway=gateway_of(net), is_default=False, vni=segments.free_vni(s))
         s.add(row)
         s.flush()
         return _view(s, row, prj.name)
@@ -89,7 +89,8 @@ def ensure_default(s: Session, svc: Services, project: ProjectRow, zone: str) ->
     if subnet is None:
         raise InsufficientCapacity(f"the private address pool {pool} is exhausted")
     row = NetworkRow(id=new_id("net"), name=DEFAULT_NETWORK, project_id=project.id, zone=zone,
-                     cidr=str(subnet), gateway=gateway_of(subnet), is_default=True)
+                     cidr=str(subnet), gateway=gateway_of(subnet), is_default=True,
+                     vni=segments.free_vni(s))
     s.add(row)
     s.flush()
     return row

@@ -130,7 +130,8 @@ class Notifier:
         elif kind == "d":
             self._dns_changed(str(message["n"]),
                               [DnsRecord.model_validate(r) for r in message["a"]],
-                              [str(m) for m in message["r"]], message.get("skip"))
+                              [str(m) for m in message["r"]], message.get("skip"),
+                              bool(message.get("p")))
         elif kind == "all":  # messages may have been lost: everything is fetched again
             self.dns.forget_history()
             with self._lock:
@@ -192,18 +193,25 @@ class Notifier:
             self._wake(h, content=False)
 
     def dns_changed(self, network_id: str, added: Iterable[DnsRecord] = (),
-                    removed: Iterable[str] = (), skip: str | None = None) -> None:
+                    removed: Iterable[str] = (), skip: str | None = None,
+                    prompt: bool = False) -> None:
         """Records of a network were added or removed (MACs; call after the commit): journal
-        them and wake, soon, every host serving that network but `skip`."""
+        them and wake, soon, every host serving that network but `skip`; with `prompt`, now
+        (a change of where a NIC runs: the hosts' VXLAN entries must follow within 1 s)."""
         added, removed = list(added), list(removed)
-        self._dns_changed(network_id, added, removed, skip)
+        self._dns_changed(network_id, added, removed, skip, prompt)
         self._share({"k": "d", "n": network_id, "a": [r.model_dump() for r in added],
-                     "r": removed, "skip": skip})
+                     "r": removed, "skip": skip, "p": prompt})
 
     def _dns_changed(self, network_id: str, added: list[DnsRecord], removed: list[str],
-                     skip: str | None) -> None:
+                     skip: str | None, prompt: bool = False) -> None:
         self.dns.changed(network_id, added, removed)
-        self._notify_soon(h for h in self.dns.subscribers([network_id]) if h != skip)
+        hosts = [h for h in self.dns.subscribers([network_id]) if h != skip]
+        if not prompt:
+            self._notify_soon(hosts)
+            return
+        for h in hosts:
+            self._wake(h, content=False)
 
     def close(self) -> None:
         """The API is stopping: every waiting host is answered now, and no wait waits any

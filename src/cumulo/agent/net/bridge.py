@@ -1,4 +1,5 @@
-"""Bridges (one per network, holding the gateway address), tap attachment, static neighbours."""
+"""Bridges (one per network, holding the gateway address and MAC), tap attachment, static
+neighbours."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def bridge_lines(net: Net, present: bool) -> list[str]:
     lines = [] if present else [f"link add {net.bridge} type bridge forward_delay 0 stp_state 0"]
     return [
         *lines,
+        f"link set {net.bridge} address {net.gateway_mac}",
         f"addr replace {net.gateway}/{net.prefixlen} dev {net.bridge}",
         f"link set {net.bridge} up",
     ]

@@ -1,5 +1,6 @@
-"""One dnsmasq per network, inside the host namespace: DHCP (static leases only) and DNS for
-the network's domain (every instance record's fqdn and hostname; nothing is forwarded).
+"""One dnsmasq per network, inside the host namespace: DHCP (static leases of this host's
+instances only) and DNS for the network's domain (every instance record's fqdn and hostname,
+wherever it runs: the same answers from every host; nothing is forwarded).
 
 Files live in `<dir>/<network id>/`. Leases and names change through `hosts` (dhcp-hostsfile)
 and `addn-hosts`, picked up on SIGHUP; a change of dnsmasq.conf (bridge, gateway, CIDR, domain)
@@ -77,16 +78,23 @@ def render_conf(net: Net, paths: DnsmasqPaths) -> str:
             f"dhcp-option=option:router,{net.gateway}",
             f"dhcp-option=option:dns-server,{net.gateway}",
             f"dhcp-option=option:domain-search,{net.domain}",
+            # Static leases only, and silence for any other MAC: on a network spanning
+            # hosts, the others' instances are answered by their own host (a NAK from here
+            # would take their address away).
+            "dhcp-ignore=tag:!known",
             "dhcp-authoritative",
             "dhcp-rapid-commit",
+            # Forced: busybox's udhcpc does not ask for the MTU, and a guest sending 1500-byte
+            # frames into a VXLAN segment would see its bulk TCP stall.
+            *([f"dhcp-option-force=option:mtu,{net.mtu}"] if net.mtu else []),
             "",
         ]
     )
 
 
 def render_hosts(net: Net) -> str:
-    """dhcp-hostsfile: mac,ip,hostname (static leases)."""
-    return "".join(f"{h.mac},{h.ip},{h.hostname}\n" for h in net.hosts)
+    """dhcp-hostsfile: mac,ip,hostname (static leases) of this host's instances."""
+    return "".join(f"{h.mac},{h.ip},{h.hostname}\n" for h in net.dhcp_hosts)
 
 
 def render_addn_hosts(net: Net) -> str:

@@ -9,7 +9,10 @@ Two tables, replaced together in ONE `nft -f` transaction inside the host namesp
   output (the namespace itself: dnsmasq, the public forwarder) is trusted; the forwarder
   checks client addresses against the rules' CIDRs itself.
 - `bridge cumulo` (stateless, before everything): anti-spoofing per tap (MAC and IPv4 source
-  must be the instance's own; no IPv6).
+  must be the instance's own; no IPv6); and at each network's VXLAN port, the anycast
+  gateway kept on its host: every host's bridge holds the same gateway address and MAC, so
+  nothing from or to the gateway (its MAC, its address, ARP about it) and no DHCP crosses
+  between hosts, in either direction (each host's gateway answers its own instances only).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def render(nets: tuple[Net, ...], nics: tuple[Nic, ...]) -> str:
         ]
         out += [f'\t\tiifname "{nic.tap}" jump from_{nic.tap}' for nic in nics]
         out += ["\t}", ""]
+    out += _segment_chains(nets)
     for nic in nics:
         out += [
             f"\tchain from_{nic.tap} {{",
@@ -94,6 +98,31 @@ def render(nets: tuple[Net, ...], nics: tuple[Nic, ...]) -> str:
         out.pop()
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _segment_chains(nets: tuple[Net, ...]) -> list[str]:
+    segs = [(n.segment.device, n) for n in nets if n.segment is not None]
+    if not segs:
+        return []
+    out = []
+    for chain, hook, side in (("segments_in", "prerouting", "iifname"),
+                              ("segments_out", "postrouting", "oifname")):
+        out += [f"\tchain {chain} {{",
+                f"\t\ttype filter hook {hook} priority -200; policy accept;"]
+        for dev, n in segs:
+            m = f'{side} "{dev}"'
+            out += [
+                f"\t\t{m} ether saddr {n.gateway_mac} drop",
+                f"\t\t{m} ether daddr {n.gateway_mac} drop",
+                f"\t\t{m} arp saddr ip {n.gateway} drop",
+                f"\t\t{m} arp daddr ip {n.gateway} drop",
+                f"\t\t{m} ip saddr {n.gateway} drop",
+                f"\t\t{m} ip daddr {n.gateway} drop",
+                f"\t\t{m} udp dport {{ 67, 68 }} drop",
+                f"\t\t{m} ether type ip6 drop",
+            ]
+        out += ["\t}", ""]
+    return out
 
 
 def render_empty() -> str:

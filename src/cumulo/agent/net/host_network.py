@@ -2,6 +2,7 @@
 
 Layout, all inside the host namespace `names.netns_name(host_dir)`:
   bridge per network (gateway address) + dnsmasq per network (DHCP/DNS)
+  VXLAN device per network on its bridge, to the other hosts serving it (with an underlay)
   tap per instance NIC (created by QEMU, which runs in the namespace), attached to its bridge,
   tc caps on the tap (+ its IFB), one nft transaction for every firewall rule of the host.
 Public endpoints (loopback listeners in the root namespace) are served by this process.
@@ -21,7 +22,7 @@ from pathlib import Path
 import structlog
 
 from cumulo.agent.drivers.base import NicSpec
-from cumulo.agent.net import bridge, dnsmasq, firewall, names, namespace, plan, shaping
+from cumulo.agent.net import bridge, dnsmasq, firewall, names, namespace, plan, shaping, vxlan
 from cumulo.agent.net.cmd import NetError
 from cumulo.agent.net.forwarder import Forwarder
 from cumulo.protocol import Assignment, NetworkRef
@@ -41,8 +42,9 @@ def _ifindexes(taps: list[str]) -> dict[str, int]:
 
 
 class HostNetwork:
-    def __init__(self, host_dir: Path) -> None:
+    def __init__(self, host_dir: Path, underlay_ip: str | None = None) -> None:
         self.host_dir = Path(host_dir).absolute()
+        self.underlay_ip = underlay_ip  # None: networks stay on this host (no VXLAN)
         self._netns = names.netns_name(self.host_dir)
         self.state_dir = self.host_dir / "net"
         self._forwarder = Forwarder(self._netns)
@@ -73,7 +75,7 @@ class HostNetwork:
         self, networks: list[NetworkRef], instances: list[Assignment], running: set[str]
     ) -> None:
         """Make the data plane match; idempotent, and a no-op when nothing changed."""
-        p = plan.build(networks, instances, running)
+        p = plan.build(networks, instances, running, self.underlay_ip)
         async with self._lock:
             if not namespace.exists(self._netns):
                 self._applied = None
@@ -99,6 +101,7 @@ class HostNetwork:
         await namespace.ensure(ns)
         present = {n.tap for n in p.nics if taps.get(n.tap)}
         await bridge.converge(ns, p.nets, p.nics)
+        await vxlan.converge(ns, tuple(n.segment for n in p.nets if n.segment is not None))
         for net in p.nets:
             await dnsmasq.ensure(ns, net, self._dnsmasq_paths(net.id))
         await self._stop_stale_dnsmasq({n.id for n in p.nets})

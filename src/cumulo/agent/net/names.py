@@ -4,6 +4,7 @@
 - bridge    `cb<12 hex>`:  a hash of the network id (one bridge per network)
 - tap       `ct<10 hex><i>`: a hash of the vm id + the NIC index (QEMU creates it)
 - ifb       `cf<10 hex><i>`: the IFB device that shapes traffic FROM that tap's VM
+- vxlan     `cv<12 hex>`:  the network's VXLAN segment to other hosts (a port of its bridge)
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ def bridge_name(network_id: str) -> str:
     return "cb" + _h(network_id, 12)
 
 
+def vxlan_name(network_id: str) -> str:
+    return "cv" + _h(network_id, 12)
+
+
+def gateway_mac(network_id: str) -> str:
+    """The bridge's MAC: the same on every host serving the network (the gateway is anycast:
+    an instance that changes host keeps a valid ARP entry for it). Locally administered
+    unicast, 02:..., never one of the instances' 52:... MACs."""
+    h = _h("gateway:" + network_id, 10)
+    return "02:" + ":".join(h[i:i + 2] for i in range(0, 10, 2))
+
+
 def tap_name(vm_id: str, index: int) -> str:
     if not 0 <= index < MAX_NICS:
         raise ValueError(f"NIC index {index} out of range 0..{MAX_NICS - 1}")
@@ -42,6 +55,10 @@ def ifb_name(tap: str) -> str:
 
 def is_cumulo_bridge(name: str) -> bool:
     return name.startswith("cb") and len(name) == 14
+
+
+def is_cumulo_vxlan(name: str) -> bool:
+    return name.startswith("cv") and len(name) == 14
 
 
 def is_cumulo_ifb(name: str) -> bool:

@@ -10,7 +10,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from cumulo.agent.net import names
+from cumulo.agent.net import names, vxlan
 from cumulo.agent.net.cmd import NetError
 from cumulo.protocol import Assignment, FirewallRule, NetworkRef
 
@@ -45,7 +45,13 @@ class Net:
     netmask: str
     network_addr: str
     domain: str
-    hosts: tuple[Host, ...]
+    hosts: tuple[Host, ...]  # every instance on the network, wherever it runs (DNS)
+    # Those this host answers DHCP for: its own. With one segment spanning hosts, each
+    # host's dnsmasq answers only its instances (and ignores other MACs).
+    dhcp_hosts: tuple[Host, ...] = ()
+    gateway_mac: str = ""  # the bridge's MAC, the same on every host (names.gateway_mac)
+    segment: vxlan.Segment | None = None  # None: the network stays on this host
+    mtu: int | None = None  # given to guests by DHCP (option 26); None: the default (1500)
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,10 @@ def rule(r: FirewallRule) -> Rule:
     return Rule(r.proto, port, str(_cidr(r.cidr, "rule CIDR")))
 
 
-def network(n: NetworkRef) -> Net:
+def network(n: NetworkRef, local_macs: frozenset[str] = frozenset(),
+            underlay_ip: str | None = None) -> Net:
+    """A network as this host serves it: `local_macs` are the NICs of its own instances,
+    `underlay_ip` its underlay address (None: no VXLAN segment, every record is local)."""
     cidr = _cidr(n.cidr, "network CIDR")
     gw = _ip(n.gateway, "gateway")
     if ipaddress.IPv4Address(gw) not in cidr:
@@ -128,9 +137,13 @@ def network(n: NetworkRef) -> Net:
             key=lambda h: (ipaddress.IPv4Address(h.ip), h.fqdn),
         )
     )  # fmt: skip
+    bridge = names.bridge_name(n.id)
+    where = {_mac(r.mac): r.underlay_ip for r in n.records}
+    seg = vxlan.segment(n.id, bridge, n.vni, underlay_ip,
+                        ((m, ip) for m, ip in where.items() if m not in local_macs))
     return Net(
         id=n.id,
-        bridge=names.bridge_name(n.id),
+        bridge=bridge,
         cidr=str(cidr),
         gateway=gw,
         prefixlen=cidr.prefixlen,
@@ -138,6 +151,10 @@ def network(n: NetworkRef) -> Net:
         network_addr=str(cidr.network_address),
         domain=_name(n.dns_domain, "dns domain"),
         hosts=hosts,
+        dhcp_hosts=hosts if seg is None else tuple(h for h in hosts if h.mac in local_macs),
+        gateway_mac=names.gateway_mac(n.id),
+        segment=seg,
+        mtu=None if seg is None else vxlan.MTU,
     )
 
 
@@ -160,8 +177,11 @@ def forwards_of(a: Assignment) -> tuple[Forward, ...]:
     return tuple(Forward(public, p, private, tuple(sorted(c))) for p, c in sorted(ports.items()))
 
 
-def build(networks: list[NetworkRef], instances: list[Assignment], running: set[str]) -> NetPlan:
-    nets = tuple(sorted((network(n) for n in networks), key=lambda n: n.bridge))
+def build(networks: list[NetworkRef], instances: list[Assignment], running: set[str],
+          underlay_ip: str | None = None) -> NetPlan:
+    local = frozenset(_mac(nic.mac) for a in instances for nic in a.nics)
+    nets = tuple(sorted((network(n, local, underlay_ip) for n in networks),
+                        key=lambda n: n.bridge))
     by_id = {n.id: n for n in nets}
     nics: list[Nic] = []
     forwards: list[Forward] = []

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from cumulo.api.deps import Svc, Who
 from cumulo.api.openapi import raises
 from cumulo.api.threads import service
-from cumulo.domain.errors import Forbidden
+from cumulo.domain.errors import Conflict, Forbidden
 from cumulo.protocol import Assignments, HostRegistration, Poll, Registered, Report
 from cumulo.services import agents, hosts
 from cumulo.services.context import Principal, Services
@@ -24,7 +24,7 @@ MAX_WAIT_S = 30.0
 T = TypeVar("T")
 
 
-@router.post("/register")
+@router.post("/register", responses=raises(Conflict))  # underlay_ip_taken
 async def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
     host_id = await service(
         svc,
@@ -40,6 +40,7 @@ async def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
         accel=body.accel,
         agent_url=body.agent_url,
         disk=body.disk,
+        underlay_ip=body.underlay_ip,
     )
     return Registered(host_id=host_id)
 

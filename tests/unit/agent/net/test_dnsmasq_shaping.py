@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from cumulo.agent.net import dnsmasq, shaping
 from cumulo.agent.net.plan import Host, Net
 
+HOSTS = (
+    Host("web", "web.p1.z.test", "10.9.1.10", "52:54:00:00:00:0a"),
+    Host("db", "db.p1.z.test", "10.9.1.11", "52:54:00:00:00:0b"),
+)
 NET = Net("net-a", "cbaaaaaaaaaaaa", "10.9.1.0/24", "10.9.1.1", 24, "255.255.255.0",
-          "10.9.1.0", "p1.z.test", (
-              Host("web", "web.p1.z.test", "10.9.1.10", "52:54:00:00:00:0a"),
-              Host("db", "db.p1.z.test", "10.9.1.11", "52:54:00:00:00:0b"),
-          ))  # fmt: skip
+          "10.9.1.0", "p1.z.test", HOSTS, dhcp_hosts=HOSTS)  # fmt: skip
 PATHS = dnsmasq.DnsmasqPaths(Path("/h/net/dnsmasq/net-a"))
 
 
@@ -39,9 +41,23 @@ def test_dnsmasq_conf() -> None:
         "dhcp-option=option:router,10.9.1.1",
         "dhcp-option=option:dns-server,10.9.1.1",
         "dhcp-option=option:domain-search,p1.z.test",
+        "dhcp-ignore=tag:!known",
         "dhcp-authoritative",
         "dhcp-rapid-commit",
     ]
+
+
+def test_a_network_spanning_hosts_leases_only_local_instances_with_the_vxlan_mtu() -> None:
+    # db runs on another host: its DHCP is that host's; its name is answered here too.
+    net = replace(NET, dhcp_hosts=HOSTS[:1], mtu=1450)
+    conf = dnsmasq.render_conf(net, PATHS).splitlines()
+    assert conf[-3:] == ["dhcp-authoritative", "dhcp-rapid-commit",
+                         "dhcp-option-force=option:mtu,1450"]
+    assert "dhcp-ignore=tag:!known" in conf
+    assert dnsmasq.render_hosts(net) == "52:54:00:00:00:0a,10.9.1.10,web\n"
+    assert dnsmasq.render_addn_hosts(net) == (
+        "10.9.1.10 web.p1.z.test web\n10.9.1.11 db.p1.z.test db\n"
+    )
 
 
 def test_dnsmasq_hosts_files() -> None:
