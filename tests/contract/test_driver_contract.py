@@ -33,6 +33,7 @@ from cumulo.agent.drivers.base import (
 from cumulo.agent.drivers.fake import FakeDriver, FakeHost
 from cumulo.agent.drivers.qemu import QemuDriver
 from cumulo.domain.arch import Arch
+from tests.contract.qemu_pids import kill_all, wait_pid_gone
 
 READY = "cumulo-tiny: ready"
 
@@ -134,38 +135,16 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
         def crash_qemu(vm_id: str) -> None:
             pid = int((runtime / vm_id / "qemu.pid").read_text())
             os.kill(pid, signal.SIGKILL)
-            _wait_pid_gone(pid)
+            wait_pid_gone(pid)
 
         h = Harness("qemu", qemu, workdir, lambda: QemuDriver(runtime, accel="tcg"), crash_qemu)
         h.guest = guest
         try:
             yield h
         finally:
-            _kill_all(runtime)
+            kill_all(runtime)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _kill_all(runtime: Path) -> None:
-    """Kill (by pid) every QEMU this test started; only pids whose cmdline names our dir."""
-    for pidfile in runtime.glob("*/qemu.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pidfile.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if os.fsencode(pidfile) in cmdline.split(b"\0"):
-                os.kill(pid, signal.SIGKILL)
-                _wait_pid_gone(pid)
-
-
-def _wait_pid_gone(pid: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if not Path(f"/proc/{pid}/cmdline").read_bytes():  # zombie: gone for us
-                return
-        except OSError:
-            return
-        time.sleep(0.02)
 
 
 # -- the contract ---------------------------------------------------------------------------

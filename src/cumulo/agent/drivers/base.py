@@ -109,6 +109,62 @@ class DetachTimeout(DriverError):
     """The guest did not release a hot-unplugged disk in time; the volume is still attached."""
 
 
+class Capability(StrEnum):
+    """What a driver can do beyond the base contract (the control plane asks before using it)."""
+
+    LIVE_MIGRATION = "live-migration"  # prepare_incoming / migrate_out / ... below
+
+
+class MigrationState(StrEnum):
+    """Where a migration stands, as one side sees it."""
+
+    INCOMING = "incoming"  # destination: waiting for (or receiving) the VM
+    COPYING_DISKS = "copying-disks"  # source: the boot disk mirrors into the destination
+    COPYING_MEMORY = "copying-memory"  # source: RAM pre-copy passes
+    SWITCHING_OVER = "switching-over"  # source paused: last dirty pages, mirror completed
+    COMPLETED = "completed"  # the destination holds the whole VM (finish both sides next)
+    FAILED = "failed"  # the source runs on (reason says why)
+    CANCELLED = "cancelled"  # the source runs on
+
+
+@dataclass(frozen=True)
+class IncomingMigration:
+    """What the destination tells the source: where to send the disk and the memory.
+
+    Only addresses and export names: no path of one host is ever given to another.
+    """
+
+    vm_id: str
+    host: str  # the destination's underlay address (an IP literal)
+    nbd_port: int
+    export: str  # NBD export name of the boot disk
+    migration_port: int
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    disk_bytes_copied: int = 0
+    disk_bytes_total: int = 0
+    ram_bytes_copied: int = 0
+    ram_bytes_total: int = 0
+    dirty_pages_rate: int = 0  # pages per second
+    expected_downtime_ms: int = 0
+    passes: int = 0  # RAM pre-copy passes (QEMU's dirty-sync-count)
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    """One side's view of a migration. `downtime_ms`/`total_s` once COMPLETED (source)."""
+
+    vm_id: str
+    role: str  # "source" or "destination"
+    state: MigrationState
+    progress: MigrationProgress = MigrationProgress()
+    downtime_ms: int | None = None
+    total_s: float | None = None
+    reason: str = ""
+
+
 # Hot-plug slots per VM (PCIe root ports): at most this many volumes are attached at once.
 MAX_VOLUMES = 8
 
@@ -117,6 +173,7 @@ class Driver(abc.ABC):
     """One hypervisor host's VMs. Implementations keep per-VM runtime files under their own dir."""
 
     name: str
+    capabilities: frozenset[Capability] = frozenset()
 
     @abc.abstractmethod
     async def observe(self) -> dict[str, Observed]:
@@ -198,6 +255,53 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def attached_volumes(self, vm_id: str) -> set[str]:
         """The ids of the volumes the running VM holds (empty when it does not run)."""
+
+
+class MigratingDriver(Driver):
+    """A driver with Capability.LIVE_MIGRATION: it moves a running VM to another host of the
+    same driver while the guest runs (pre-copy; the boot disk is mirrored, never shared).
+
+    The flow (each call idempotent, each side asked about its own part only):
+    1. destination `prepare_incoming(spec, address, disk_bytes)`: an empty boot disk of the
+       same size, a paused QEMU waiting for the memory, the disk exported to the source.
+    2. source `migrate_out(vm_id, incoming)`: starts the copy and returns; the copy goes on
+       by itself: disk first, then memory, then the switch-over.
+    3. `migration_status(vm_id)` on either side, any time; `cancel_migration(vm_id)` on either
+       side before the switch-over: the source runs on intact, the destination is removed
+       (no process, no disk, no export).
+    4. once the source says COMPLETED: `finish_migration` on the destination (the guest runs
+       there), then on the source (its process and boot disk are removed).
+    A VM whose migration failed runs on at the source; the destination is cleaned by cancel.
+    """
+
+    capabilities = frozenset({Capability.LIVE_MIGRATION})
+
+    @abc.abstractmethod
+    async def prepare_incoming(
+        self, spec: VMSpec, address: str, disk_bytes: int
+    ) -> IncomingMigration:
+        """Make this host ready to receive `spec`: its boot disk path is this host's and must
+        not exist yet (the driver creates it, empty, `disk_bytes` long: the source disk's
+        virtual size); it listens on `address` (an IP of this host) only."""
+
+    @abc.abstractmethod
+    async def migrate_out(self, vm_id: str, incoming: IncomingMigration) -> None:
+        """Start moving the running VM to the destination described by `incoming`."""
+
+    @abc.abstractmethod
+    async def migration_status(self, vm_id: str) -> MigrationStatus | None:
+        """This side's view of the VM's migration; None when it has none."""
+
+    @abc.abstractmethod
+    async def cancel_migration(self, vm_id: str) -> None:
+        """Abort before the switch-over: on the source the VM runs on (a no-op once the
+        migration has failed or been cancelled; DriverError once it has COMPLETED); on the
+        destination everything prepare_incoming made is removed."""
+
+    @abc.abstractmethod
+    async def finish_migration(self, vm_id: str) -> None:
+        """After COMPLETED: the destination lets the guest run; the source removes its stopped
+        copy (process and boot disk). DriverError before the source has completed."""
 
 
 def check_spec_files(spec: VMSpec) -> None:

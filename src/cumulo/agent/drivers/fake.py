@@ -12,6 +12,7 @@ view of it): a new FakeDriver on the same FakeHost re-adopts its VMs, like a res
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import shutil
 from dataclasses import dataclass, field
@@ -20,19 +21,25 @@ from pathlib import Path
 from cumulo.agent.drivers.base import (
     MAX_VOLUMES,
     DetachTimeout,
-    Driver,
     DriverError,
+    IncomingMigration,
+    MigratingDriver,
+    MigrationState,
+    MigrationStatus,
     Observed,
     PowerState,
     VMSpec,
     VolumeAttachment,
     check_spec_files,
 )
+from cumulo.agent.drivers.fake_migration import FakeFabric, FakeMigration, copy_disk
 from cumulo.agent.drivers.fake_serial import FakeSerialPort
+from cumulo.agent.drivers.qemu_process import qemu_img
 from cumulo.agent.drivers.serial import SerialPort
 from cumulo.domain.disk_errors import DiskIoError
 
 _LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)
+_ENDED_MIGRATION = (MigrationState.COMPLETED, MigrationState.FAILED, MigrationState.CANCELLED)
 
 
 class _FakeVM:
@@ -68,9 +75,12 @@ class FakeHost:
     stuck_volumes: set[str] = field(default_factory=set)
     # Host files that cannot be written now (a full disk: see simulate_io_error).
     full_files: set[str] = field(default_factory=set)
+    # The network to other fake hosts (shared by hosts that migrate VMs between them).
+    fabric: FakeFabric = field(default_factory=FakeFabric)
+    migrations: dict[str, FakeMigration] = field(default_factory=dict)
 
 
-class FakeDriver(Driver):
+class FakeDriver(MigratingDriver):
     name = "fake"
 
     def __init__(self, host: FakeHost | None = None, *, check_paths: bool = True) -> None:
@@ -153,6 +163,7 @@ class FakeDriver(Driver):
         vm = self.host.vms.pop(vm_id, None)
         if vm is not None:
             vm.close_ports()
+        self._forget_migration(vm_id)
 
     async def console_log(self, vm_id: str, max_bytes: int = 64 * 1024) -> str:
         vm = self.host.vms.get(vm_id)
@@ -188,6 +199,134 @@ class FakeDriver(Driver):
         errors = (*vm.observed.io_errors, DiskIoError(disk, nospace, path))
         vm.observed = Observed(vm_id, PowerState.PAUSED, vm.observed.pid, "qemu status io-error",
                                errors)
+
+    # -- live migration (see fake_migration) -------------------------------------------------
+
+    async def prepare_incoming(
+        self, spec: VMSpec, address: str, disk_bytes: int
+    ) -> IncomingMigration:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise DriverError(f"invalid migration address {address!r}: not an IP address") from None
+        mig = self.host.migrations.get(spec.vm_id)
+        vm = self.host.vms.get(spec.vm_id)
+        if vm is not None and vm.observed.power in _LIVE:
+            if mig is not None and mig.role == "destination":
+                return mig.incoming
+            raise DriverError(f"cannot receive {spec.vm_id}: it already runs on this host")
+        if spec.volumes:
+            raise DriverError(f"cannot receive {spec.vm_id}: volumes do not migrate yet")
+        if self.check_paths and spec.boot_disk.exists():
+            raise DriverError(
+                f"cannot receive {spec.vm_id}: its boot disk {spec.boot_disk} already exists"
+            )
+        if disk_bytes <= 0:
+            raise DriverError(f"cannot receive {spec.vm_id}: disk size {disk_bytes} <= 0")
+        if self.check_paths:
+            spec.boot_disk.write_bytes(b"")
+        port = next(self.host.fabric.ports)
+        incoming = IncomingMigration(spec.vm_id, address, port, "root", port)
+        self.host.fabric.listeners[(address, port)] = self.host
+        self.host.migrations[spec.vm_id] = FakeMigration(
+            "destination", incoming, MigrationState.INCOMING, disk_bytes,
+            disk_created=spec.boot_disk if self.check_paths else None,
+        )  # fmt: skip
+        self.host.vms[spec.vm_id] = _FakeVM(spec, Observed(
+            spec.vm_id, PowerState.PAUSED, next(self.host.pids), "qemu status inmigrate"))
+        return incoming
+
+    async def migrate_out(self, vm_id: str, incoming: IncomingMigration) -> None:
+        self._running(vm_id, f"migrate {vm_id}")  # and it runs on while the copy goes
+        mig = self.host.migrations.get(vm_id)
+        if mig is not None and mig.role == "destination":
+            raise DriverError(f"cannot migrate {vm_id}: it is still arriving on this host")
+        if mig is not None and mig.state not in _ENDED_MIGRATION:
+            return  # already under way
+        dest = self._destination(incoming)
+        arriving = dest.migrations.get(vm_id) if dest is not None else None
+        disk = arriving.disk_bytes if arriving is not None else 0
+        self.host.migrations[vm_id] = FakeMigration(
+            "source", incoming, MigrationState.COPYING_DISKS, disk)
+
+    async def migration_status(self, vm_id: str) -> MigrationStatus | None:
+        mig = self.host.migrations.get(vm_id)
+        if mig is None:
+            return None
+        if mig.role == "destination":
+            vm = self.host.vms.get(vm_id)
+            if mig.state is MigrationState.INCOMING and (vm is None or vm.observed.power
+                                                         not in _LIVE):
+                mig.state, mig.reason = MigrationState.FAILED, "the incoming QEMU is gone"
+            return mig.status(vm_id)
+        if mig.state not in _ENDED_MIGRATION:
+            dest = self._destination(mig.incoming)
+            dest_vm = dest.vms.get(vm_id) if dest is not None else None
+            if dest_vm is None or dest_vm.observed.power not in _LIVE:
+                mig.state = MigrationState.FAILED
+                mig.reason = "the disk copy failed: the destination closed the connection"
+            else:
+                mig.advance()
+                if mig.state is MigrationState.COMPLETED and dest is not None:
+                    self._hand_over(vm_id, dest, dest_vm)
+        return mig.status(vm_id)
+
+    async def cancel_migration(self, vm_id: str) -> None:
+        mig = self.host.migrations.get(vm_id)
+        if mig is None:
+            return
+        if mig.role == "destination":
+            if mig.state is MigrationState.COMPLETED:
+                raise DriverError(f"cannot cancel the arrival of {vm_id}: it has completed")
+            self.host.vms.pop(vm_id, None)
+            self._forget_migration(vm_id)
+            return
+        if mig.state is MigrationState.COMPLETED:
+            raise DriverError(f"cannot cancel the migration of {vm_id}: it has completed")
+        if mig.state not in _ENDED_MIGRATION:
+            mig.state, mig.reason = MigrationState.CANCELLED, "cancelled on request"
+
+    async def finish_migration(self, vm_id: str) -> None:
+        mig = self.host.migrations.get(vm_id)
+        if mig is None:
+            return
+        vm = self.host.vms.get(vm_id)
+        if mig.role == "destination":
+            if mig.state is not MigrationState.COMPLETED or vm is None:
+                raise DriverError(f"cannot finish the arrival of {vm_id}: it has not arrived")
+            vm.observed = Observed(vm_id, PowerState.RUNNING, vm.observed.pid)
+            self._forget_migration(vm_id)
+            return
+        if mig.state is not MigrationState.COMPLETED:
+            raise DriverError(f"cannot finish the migration of {vm_id}: it is {mig.state}")
+        self.host.vms.pop(vm_id, None)
+        self._forget_migration(vm_id)
+        if vm is not None and self.check_paths:
+            vm.spec.boot_disk.unlink(missing_ok=True)
+
+    def _destination(self, incoming: IncomingMigration) -> FakeHost | None:
+        dest = self.host.fabric.listeners.get((incoming.host, incoming.migration_port))
+        return dest if isinstance(dest, FakeHost) else None
+
+    def _hand_over(self, vm_id: str, dest: FakeHost, dest_vm: _FakeVM) -> None:
+        """The switch-over: the destination holds the disk, the console history and the
+        volumes; the source is left paused (QEMU's postmigrate) until finish."""
+        src_vm = self.host.vms[vm_id]
+        copy_disk(src_vm.spec.boot_disk, dest_vm.spec.boot_disk, self.check_paths)
+        dest_vm.events = list(src_vm.events)
+        dest.migrations[vm_id].state = MigrationState.COMPLETED
+        dest.fabric.listeners.pop((dest.migrations[vm_id].incoming.host,
+                                   dest.migrations[vm_id].incoming.migration_port), None)
+        src_vm.observed = Observed(vm_id, PowerState.PAUSED, src_vm.observed.pid,
+                                   "qemu status postmigrate")
+
+    def _forget_migration(self, vm_id: str) -> None:
+        mig = self.host.migrations.pop(vm_id, None)
+        if mig is None or mig.role != "destination":
+            return
+        self.host.fabric.listeners.pop((mig.incoming.host, mig.incoming.migration_port), None)
+        if mig.state is not MigrationState.COMPLETED and mig.disk_created is not None:
+            mig.disk_created.unlink(missing_ok=True)
 
     # -- block volumes ----------------------------------------------------------------------
 
@@ -233,7 +372,7 @@ class FakeDriver(Driver):
     async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
         att = self._holder(vm_id, volume_id, "resize")
         if att.path.is_file():  # the file grows, as QEMU's block_resize does
-            await _qemu_img("resize", "-q", "-f", "qcow2", str(att.path), str(size_bytes))
+            await qemu_img("resize", "-q", "-f", "qcow2", str(att.path), str(size_bytes))
 
     async def snapshot_volume(self, vm_id: str, volume_id: str, target: Path) -> None:
         att = self._holder(vm_id, volume_id, "snapshot")
@@ -250,14 +389,6 @@ class FakeDriver(Driver):
         vm = self.host.vms.get(vm_id)
         return set(vm.volumes) if vm is not None else set()
 
-
-async def _qemu_img(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-img", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise DriverError(f"qemu-img {args[0]} failed: {err.decode(errors='replace').strip()}")
 
 
 def _render(spec: VMSpec, event: str) -> str:

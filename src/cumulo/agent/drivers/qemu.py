@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
-from cumulo.agent.drivers import qemu_io_errors, qemu_stats, qemu_volumes
+from cumulo.agent.drivers import qemu_io_errors, qemu_process, qemu_stats, qemu_volumes
 from cumulo.agent.drivers.accel import resolve_accel
 from cumulo.agent.drivers.base import (
-    Driver,
     DriverError,
+    MigratingDriver,
     Observed,
     PowerState,
     VMSpec,
@@ -38,14 +36,15 @@ from cumulo.agent.drivers.base import (
     check_spec_files,
 )
 from cumulo.agent.drivers.qemu_argv import UNIX_PATH_MAX, Accel, VMPaths, build_argv
+from cumulo.agent.drivers.qemu_migration import Outgoing
+from cumulo.agent.drivers.qemu_migration_calls import QemuMigration
 from cumulo.agent.drivers.qemu_stats import process_use
-from cumulo.agent.drivers.qmp import qmp_execute
+from cumulo.agent.drivers.qmp import close_session, qmp_execute, session_for
 from cumulo.agent.drivers.serial import SerialPort, StreamSerialPort
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import DiskIoError
 
 QMP_TIMEOUT_S = 1.0
-LAUNCH_TIMEOUT_S = 30.0
 QUIT_GRACE_S = 2.0
 OBSERVE_CONCURRENCY = 32
 # A live process is checked through /proc at every observe (a crash is seen at once); its
@@ -62,7 +61,7 @@ _PAUSED = {
 _BROKEN = {"guest-panicked": "the guest kernel panicked", "internal-error": "qemu internal error"}
 
 
-class QemuDriver(Driver):
+class QemuDriver(QemuMigration, MigratingDriver):
     name = "qemu"
 
     def __init__(self, runtime_dir: Path, accel: str = "auto") -> None:
@@ -72,6 +71,7 @@ class QemuDriver(Driver):
         self._locks: dict[str, asyncio.Lock] = {}
         # vm_id -> (pid, observed, monotonic time) of the last QMP status
         self._status: dict[str, tuple[int, Observed, float]] = {}
+        self._outgoing: dict[str, Outgoing] = {}  # vm_id -> the migration this driver follows
         probe = VMPaths.for_vm(self.runtime_dir, _LONGEST_VM_ID).qmp_sock
         if len(os.fsencode(probe)) >= UNIX_PATH_MAX:
             raise DriverError(
@@ -99,7 +99,7 @@ class QemuDriver(Driver):
     async def start(self, spec: VMSpec) -> Observed:
         paths = self._paths(spec.vm_id)
         async with self._lock(spec.vm_id):
-            pid = _live_pid(paths)
+            pid = qemu_process.live_pid(paths)
             if pid is not None:
                 return await self._observe_one(paths)
             check_spec_files(spec)
@@ -107,21 +107,20 @@ class QemuDriver(Driver):
             if binary is None:
                 raise DriverError(f"cannot start {spec.vm_id}: {spec.arch.qemu_binary} not found")
             if spec.netns is not None:
-                _check_netns(spec)
+                qemu_process.check_netns(spec)
             accel = await self.accel_for(spec.arch)
             paths.dir.mkdir(parents=True, exist_ok=True)
             for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock, paths.serial_sock):
                 stale.unlink(missing_ok=True)
             argv = build_argv(spec, paths, accel)
-            paths.spec_json.write_text(json.dumps(_spec_record(spec, accel, argv), indent=1))
-            pid = await _launch(argv, paths)
-            paths.last_pid.write_text(f"{pid}\n")
+            qemu_process.write_spec_record(paths, spec, accel, argv)
+            pid = await self._launch(argv, paths)
             return Observed(spec.vm_id, PowerState.RUNNING, pid)
 
     async def request_shutdown(self, vm_id: str) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 return
             paths.stop_marker.touch()
             await qmp_execute(paths.qmp_sock, "system_powerdown", timeout=QMP_TIMEOUT_S)
@@ -135,7 +134,7 @@ class QemuDriver(Driver):
     async def reboot(self, vm_id: str) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot reboot {vm_id}: it is not running")
             await qmp_execute(paths.qmp_sock, "system_reset", timeout=QMP_TIMEOUT_S)
             # A reset leaves a paused VM paused (QEMU's "prelaunch"), its failed writes gone.
@@ -144,7 +143,7 @@ class QemuDriver(Driver):
     async def resume(self, vm_id: str) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot resume {vm_id}: it is not running")
             await qmp_execute(paths.qmp_sock, "cont", timeout=QMP_TIMEOUT_S)
             self._status.pop(vm_id, None)
@@ -154,7 +153,9 @@ class QemuDriver(Driver):
         async with self._lock(vm_id):
             await self._force_stop(paths)
             await asyncio.to_thread(shutil.rmtree, paths.dir, True)
+            await close_session(paths.qmp_sock)
         self._locks.pop(vm_id, None)
+        self._outgoing.pop(vm_id, None)
 
     async def console_log(self, vm_id: str, max_bytes: int = 64 * 1024) -> str:
         path = self._paths(vm_id).console_log
@@ -169,7 +170,7 @@ class QemuDriver(Driver):
 
     async def open_serial(self, vm_id: str) -> SerialPort:
         paths = self._paths(vm_id)
-        if _live_pid(paths) is None:
+        if qemu_process.live_pid(paths) is None:
             raise DriverError(f"cannot open the serial port of {vm_id}: it is not running")
         try:
             reader, writer = await asyncio.open_unix_connection(paths.serial_sock)
@@ -186,34 +187,34 @@ class QemuDriver(Driver):
     async def attach_volume(self, vm_id: str, att: VolumeAttachment) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot attach {att.volume_id} to {vm_id}: it is not running")
             await qemu_volumes.attach(paths.qmp_sock, vm_id, att)
 
     async def detach_volume(self, vm_id: str, volume_id: str, timeout_s: float) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 return
             await qemu_volumes.detach(paths.qmp_sock, vm_id, volume_id, timeout_s)
 
     async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot resize {volume_id}: {vm_id} is not running")
             await qemu_volumes.resize(paths.qmp_sock, vm_id, volume_id, size_bytes)
 
     async def snapshot_volume(self, vm_id: str, volume_id: str, target: Path) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
-            if _live_pid(paths) is None:
+            if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot snapshot {volume_id}: {vm_id} is not running")
             await qemu_volumes.snapshot(paths.qmp_sock, vm_id, volume_id, target)
 
     async def attached_volumes(self, vm_id: str) -> set[str]:
         paths = self._paths(vm_id)
-        if _live_pid(paths) is None:
+        if qemu_process.live_pid(paths) is None:
             return set()
         async with self._lock(vm_id):
             return await qemu_volumes.attached(paths.qmp_sock)
@@ -226,7 +227,7 @@ class QemuDriver(Driver):
         out = []
         for vm_id in entries:
             paths = self._paths(vm_id)
-            pid = _live_pid(paths)
+            pid = qemu_process.live_pid(paths)
             use = process_use(pid) if pid is not None else None
             if pid is None or use is None:
                 continue
@@ -240,6 +241,12 @@ class QemuDriver(Driver):
             out.append(VMStats(vm_id=vm_id, cpu_seconds=use[0], rss_bytes=use[1], disks=disks,
                                nics=qemu_stats.tap_bytes(pid, vm_id)))
         return out
+
+    async def _launch(self, argv: list[str], paths: VMPaths) -> int:
+        pid = await qemu_process.launch(argv, paths)
+        paths.last_pid.write_text(f"{pid}\n")
+        await session_for(paths.qmp_sock).reset()  # a new QEMU: a new monitor connection
+        return pid
 
     # -- extras -----------------------------------------------------------------------------
 
@@ -272,16 +279,19 @@ class QemuDriver(Driver):
         if isinstance(status, dict) and status.get("status") in _PAUSED:
             await qmp_execute(paths.qmp_sock, "cont", timeout=QMP_TIMEOUT_S)
 
+    def _forget_status(self, vm_id: str) -> None:
+        self._status.pop(vm_id, None)
+
     def _lock(self, vm_id: str) -> asyncio.Lock:
         return self._locks.setdefault(vm_id, asyncio.Lock())
 
     async def _observe_one(self, paths: VMPaths) -> Observed:
         vm_id = paths.vm_id
-        pid = _live_pid(paths)
+        pid = qemu_process.live_pid(paths)
         if pid is None:
             if paths.stop_marker.exists():
                 return Observed(vm_id, PowerState.STOPPED, None, "stopped on request")
-            return Observed(vm_id, PowerState.CRASHED, None, _crash_reason(paths))
+            return Observed(vm_id, PowerState.CRASHED, None, qemu_process.crash_reason(paths))
         cached = self._status.get(vm_id)
         if (cached is not None and cached[0] == pid and not paths.stop_marker.exists()
                 and time.monotonic() - cached[2] < STATUS_REFRESH_S):
@@ -296,7 +306,7 @@ class QemuDriver(Driver):
         try:
             status = await qmp_execute(paths.qmp_sock, "query-status", timeout=QMP_TIMEOUT_S)
         except DriverError as exc:
-            if _live_pid(paths) is None:  # it died while we asked
+            if qemu_process.live_pid(paths) is None:  # it died while we asked
                 return await self._observe_one(paths)
             return Observed(vm_id, PowerState.RUNNING, pid, f"QMP unresponsive: {exc}")
         state = str(status.get("status", "")) if isinstance(status, dict) else ""
@@ -318,124 +328,18 @@ class QemuDriver(Driver):
         if not paths.dir.is_dir():
             return
         paths.stop_marker.touch()
-        pid = _live_pid(paths)
+        pid = qemu_process.live_pid(paths)
         if pid is None:
             return
         with contextlib.suppress(DriverError):
             await qmp_execute(paths.qmp_sock, "quit", timeout=QMP_TIMEOUT_S)
-        if await _wait_gone(paths, pid, QUIT_GRACE_S):
+        if await qemu_process.wait_gone(paths, pid, QUIT_GRACE_S):
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        if not await _wait_gone(paths, pid, 10.0):
+        if not await qemu_process.wait_gone(paths, pid, 10.0):
             raise DriverError(f"qemu (pid {pid}) of {paths.vm_id} survived SIGKILL")
 
 
 def _is_vm_dir(entry: os.DirEntry[str]) -> bool:
     return not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _live_pid(paths: VMPaths) -> int | None:
-    """The pid of this VM's QEMU if it is alive (not a zombie, not a reused pid)."""
-    pid = _read_pid(paths.pidfile)
-    if pid is None or pid <= 0:
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    # A zombie has an empty cmdline; a reused pid has someone else's.
-    return pid if os.fsencode(paths.pidfile) in cmdline.split(b"\0") else None
-
-
-async def _wait_gone(paths: VMPaths, pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return True
-        if os.fsencode(paths.pidfile) not in cmdline.split(b"\0"):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.02)
-
-
-def _crash_reason(paths: VMPaths) -> str:
-    pid = _read_pid(paths.pidfile) or _read_pid(paths.last_pid)
-    if pid is not None:
-        return f"qemu process exited unexpectedly (pid {pid})"
-    try:
-        err = " ".join(paths.launch_log.read_text(errors="replace").split())
-    except OSError:
-        err = ""
-    return f"qemu failed to start: {err[:300]}" if err else "qemu is not running"
-
-
-def _check_netns(spec: VMSpec) -> None:
-    if shutil.which("ip") is None:
-        raise DriverError(f"cannot start {spec.vm_id}: `ip` (iproute2) not found")
-    if not spec.netns or "/" in spec.netns or not Path("/run/netns", spec.netns).exists():
-        raise DriverError(
-            f"cannot start {spec.vm_id}: network namespace {spec.netns!r} does not exist"
-        )
-
-
-def _spec_record(spec: VMSpec, accel: Accel, argv: list[str]) -> dict[str, Any]:
-    return {
-        "vm_id": spec.vm_id,
-        "hostname": spec.hostname,
-        "arch": str(spec.arch),
-        "vcpus": spec.vcpus,
-        "ram_mib": spec.ram_mib,
-        "boot_disk": str(spec.boot_disk),
-        "kernel": None if spec.kernel is None else str(spec.kernel),
-        "initrd": None if spec.initrd is None else str(spec.initrd),
-        "kernel_cmdline": spec.kernel_cmdline,
-        "seed_iso": None if spec.seed_iso is None else str(spec.seed_iso),
-        "netns": spec.netns,
-        "nics": [{"tap": n.tap, "mac": n.mac} for n in spec.nics],
-        "extra": dict(spec.extra),
-        "volumes": [
-            {"id": v.volume_id, "path": str(v.path), "iops": v.iops, "mbps": v.mbps}
-            for v in spec.volumes
-        ],
-        "accel": accel,
-        "argv": argv,
-    }
-
-
-async def _launch(argv: list[str], paths: VMPaths) -> int:
-    """Run QEMU until it has daemonized; its pid. Launch errors become DriverError."""
-    with paths.launch_log.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-        )
-    try:
-        code = await asyncio.wait_for(proc.wait(), LAUNCH_TIMEOUT_S)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise DriverError(
-            f"qemu for {paths.vm_id} did not finish starting within {LAUNCH_TIMEOUT_S:.0f}s"
-        ) from None
-    message = paths.launch_log.read_text(errors="replace").strip()
-    if code != 0:
-        raise DriverError(f"qemu for {paths.vm_id} failed to start (exit {code}): {message}")
-    pid = _read_pid(paths.pidfile)
-    if pid is None:
-        raise DriverError(f"qemu for {paths.vm_id} started but wrote no pidfile {paths.pidfile}")
-    return pid

@@ -63,6 +63,11 @@ class VMPaths:
         return self.dir / "spec.json"
 
     @property
+    def migration_json(self) -> Path:
+        """This host's side of a migration of the VM (qemu_migration.Record)."""
+        return self.dir / "migration.json"
+
+    @property
     def launch_log(self) -> Path:
         """QEMU's stderr until it has daemonized (launch errors end up here)."""
         return self.dir / "qemu.stderr"

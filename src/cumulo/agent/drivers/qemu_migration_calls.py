@@ -1,0 +1,223 @@
+"""The QemuDriver's live-migration calls (the QEMU side of it is in qemu_migration).
+
+A mixin of QemuDriver: it uses the driver's per-VM paths, locks, launch and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import json
+import shutil
+from pathlib import Path
+
+from cumulo.agent.drivers import qemu_migration, qemu_process
+from cumulo.agent.drivers.base import (
+    DriverError,
+    IncomingMigration,
+    MigrationProgress,
+    MigrationState,
+    MigrationStatus,
+    VMSpec,
+    check_spec_files,
+)
+from cumulo.agent.drivers.qemu_argv import Accel, VMPaths, build_argv
+from cumulo.agent.drivers.qemu_migration import Outgoing, Record
+from cumulo.agent.drivers.qmp import QMPSession, close_session, session_for
+from cumulo.domain.arch import Arch
+
+
+class QemuMigration:
+    """prepare_incoming, migrate_out, migration_status, cancel_migration, finish_migration."""
+
+    _outgoing: dict[str, Outgoing]
+
+    # provided by QemuDriver
+    def _paths(self, vm_id: str) -> VMPaths:
+        raise NotImplementedError
+
+    def _lock(self, vm_id: str) -> asyncio.Lock:
+        raise NotImplementedError
+
+    def _forget_status(self, vm_id: str) -> None:
+        raise NotImplementedError
+
+    async def _force_stop(self, paths: VMPaths) -> None:
+        raise NotImplementedError
+
+    async def _launch(self, argv: list[str], paths: VMPaths) -> int:
+        raise NotImplementedError
+
+    async def accel_for(self, arch: Arch) -> Accel:
+        raise NotImplementedError
+
+    # -- live migration (see qemu_migration) -------------------------------------------------
+
+    async def prepare_incoming(
+        self, spec: VMSpec, address: str, disk_bytes: int
+    ) -> IncomingMigration:
+        _check_address(address)
+        paths = self._paths(spec.vm_id)
+        async with self._lock(spec.vm_id):
+            record = Record.load(paths.migration_json)
+            if qemu_process.live_pid(paths) is not None:
+                if record is not None and record.role == "destination":
+                    return IncomingMigration(**record.incoming)
+                raise DriverError(f"cannot receive {spec.vm_id}: it already runs on this host")
+            if spec.volumes:
+                raise DriverError(f"cannot receive {spec.vm_id}: volumes do not migrate yet")
+            if spec.boot_disk.exists() and (record is None or record.role != "destination"):
+                raise DriverError(
+                    f"cannot receive {spec.vm_id}: its boot disk {spec.boot_disk} already exists"
+                )
+            if disk_bytes <= 0:
+                raise DriverError(f"cannot receive {spec.vm_id}: disk size {disk_bytes} <= 0")
+            await qemu_process.qemu_img(
+                "create", "-q", "-f", "qcow2", str(spec.boot_disk), str(disk_bytes)
+            )
+            record = Record("destination", {}, str(MigrationState.INCOMING),
+                            disk_created=str(spec.boot_disk))
+            try:
+                check_spec_files(spec)
+                binary = shutil.which(spec.arch.qemu_binary)
+                if binary is None:
+                    raise DriverError(f"cannot receive {spec.vm_id}: {spec.arch.qemu_binary}"
+                                      " not found")
+                if spec.netns is not None:
+                    qemu_process.check_netns(spec)
+                accel = await self.accel_for(spec.arch)
+                paths.dir.mkdir(parents=True, exist_ok=True)
+                record.save(paths.migration_json)
+                for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock):
+                    stale.unlink(missing_ok=True)
+                # -S: the guest never runs here before finish_migration says so (no split brain)
+                argv = build_argv(spec, paths, accel)
+                argv[-1:-1] = ["-S", "-incoming", "defer"]
+                qemu_process.write_spec_record(paths, spec, accel, argv)
+                await self._launch(argv, paths)
+                incoming = await qemu_migration.serve_incoming(
+                    session_for(paths.qmp_sock), spec.vm_id, address
+                )
+            except BaseException:
+                await self._remove_incoming(paths, record)
+                raise
+            record.incoming = dataclasses.asdict(incoming)
+            record.save(paths.migration_json)
+            return incoming
+
+    async def migrate_out(self, vm_id: str, incoming: IncomingMigration) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            if qemu_process.live_pid(paths) is None:
+                raise DriverError(f"cannot migrate {vm_id}: it is not running")
+            record = Record.load(paths.migration_json)
+            if record is not None and record.role == "destination":
+                raise DriverError(f"cannot migrate {vm_id}: it is still arriving on this host")
+            if record is not None and MigrationState(record.state) not in _ENDED:
+                return  # already under way
+            record = Record("source", dataclasses.asdict(incoming),
+                            str(MigrationState.COPYING_DISKS))
+            record.save(paths.migration_json)
+            out = self._outgoing[vm_id] = Outgoing(
+                session_for(paths.qmp_sock), paths.migration_json, record, vm_id
+            )
+            out.start()
+
+    async def migration_status(self, vm_id: str) -> MigrationStatus | None:
+        paths = self._paths(vm_id)
+        record = Record.load(paths.migration_json)
+        if record is None:
+            return None
+        state = MigrationState(record.state)
+        alive = qemu_process.live_pid(paths) is not None
+        qmp = session_for(paths.qmp_sock)
+        if record.role == "destination":
+            if state is MigrationState.INCOMING:
+                if not alive:
+                    record.state = str(MigrationState.FAILED)
+                    record.reason = "the incoming QEMU is gone: " + qemu_process.crash_reason(
+                        paths)
+                elif await _incoming_state(qmp) == "completed":
+                    record.state = str(MigrationState.COMPLETED)
+            return record.status(vm_id, MigrationProgress())
+        if state in _ENDED or not alive:
+            if not alive and state not in _ENDED:
+                record.state, record.reason = str(MigrationState.FAILED), "the source QEMU is gone"
+            return record.status(vm_id, MigrationProgress())
+        return record.status(vm_id, await qemu_migration.source_progress(qmp, record))
+
+    async def cancel_migration(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            record = Record.load(paths.migration_json)
+            if record is None:
+                return
+            if record.role == "destination":
+                if (qemu_process.live_pid(paths) is not None
+                        and await _incoming_state(session_for(paths.qmp_sock)) == "completed"):
+                    raise DriverError(f"cannot cancel the arrival of {vm_id}: it has completed")
+                await self._remove_incoming(paths, record)
+                return
+            out = self._outgoing.get(vm_id) or Outgoing(
+                session_for(paths.qmp_sock), paths.migration_json, record, vm_id
+            )
+            if qemu_process.live_pid(paths) is None:
+                return
+            await out.cancel()
+
+    async def finish_migration(self, vm_id: str) -> None:
+        paths = self._paths(vm_id)
+        async with self._lock(vm_id):
+            record = Record.load(paths.migration_json)
+            if record is None:
+                return  # finished already
+            if record.role == "destination":
+                qmp = session_for(paths.qmp_sock)
+                if (qemu_process.live_pid(paths) is None
+                        or await _incoming_state(qmp) != "completed"):
+                    raise DriverError(f"cannot finish the arrival of {vm_id}: it has not arrived")
+                await qemu_migration.resume_incoming(qmp)
+                paths.migration_json.unlink(missing_ok=True)
+                self._forget_status(vm_id)
+                return
+            if MigrationState(record.state) is not MigrationState.COMPLETED:
+                raise DriverError(f"cannot finish the migration of {vm_id}: it is {record.state}")
+            boot_disk = _boot_disk_of(paths)
+            await self._force_stop(paths)
+            await asyncio.to_thread(shutil.rmtree, paths.dir, True)
+            await close_session(paths.qmp_sock)
+            if boot_disk is not None:
+                boot_disk.unlink(missing_ok=True)
+        self._outgoing.pop(vm_id, None)
+
+    async def _remove_incoming(self, paths: VMPaths, record: Record) -> None:
+        await self._force_stop(paths)
+        await asyncio.to_thread(shutil.rmtree, paths.dir, True)
+        await close_session(paths.qmp_sock)
+        if record.disk_created:
+            Path(record.disk_created).unlink(missing_ok=True)
+
+
+_ENDED = (MigrationState.COMPLETED, MigrationState.FAILED, MigrationState.CANCELLED)
+
+
+def _check_address(address: str) -> None:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise DriverError(f"invalid migration address {address!r}: not an IP address") from None
+
+
+async def _incoming_state(qmp: QMPSession) -> str:
+    try:
+        return await qemu_migration.incoming_state(qmp)
+    except DriverError:
+        return "unknown"
+
+
+def _boot_disk_of(paths: VMPaths) -> Path | None:
+    try:
+        return Path(json.loads(paths.spec_json.read_text())["boot_disk"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
