@@ -218,6 +218,9 @@ class Settings(BaseModel):
         default_factory=lambda: [Region(name="local-1", zones=["local-1a", "local-1b"])]
     )
     instance_types: list[InstanceType] = Field(default_factory=_default_types)
+    # The zone of a create that names none (default: the first zone of the first region).
+    default_zone: ZoneName | None = None
+    # Only `cumulo up` reads this (for the agent it starts); the API never does.
     host: LocalHost = Field(default_factory=LocalHost)
 
     @field_validator("cloud_domain")
@@ -246,10 +249,18 @@ class Settings(BaseModel):
             raise ValueError("a zone name appears in two regions")
         if self.host.zone not in zones:
             raise ValueError(f"host zone {self.host.zone!r} is not in any region")
+        if self.default_zone is None:
+            self.default_zone = zones[0]
+        elif self.default_zone not in zones:
+            raise ValueError(f"default_zone {self.default_zone!r} is not in any region")
         names = [t.name for t in self.instance_types]
         if len(names) != len(set(names)):
             raise ValueError("two instance types share a name")
         return self
+
+    def zone_or_default(self, zone: str | None) -> str:
+        """`zone`, or the default zone when a request names none."""
+        return zone or self.default_zone or self.zone_names()[0]
 
     def zone_names(self) -> list[str]:
         return [z for r in self.regions for z in r.zones]

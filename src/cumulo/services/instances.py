@@ -210,7 +210,7 @@ def _size(svc: Services, req: CreateInstance) -> _Size:
     user_data(req.user_data)
     tags(req.tags)
     arch = Arch.parse(req.arch)
-    zone = req.zone or svc.settings.host.zone
+    zone = svc.settings.zone_or_default(req.zone)
     if zone not in svc.settings.zone_names():
         raise NotFound(f"unknown zone {zone!r} (see `cumulo zone list`)", code="unknown_zone")
     vcpus, ram, bw, disk = _sizes(svc, req, arch)

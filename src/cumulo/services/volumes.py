@@ -86,7 +86,7 @@ def create(svc: Services, who: Principal, project: str | None, name: str, size_g
         known = ", ".join(t.name for t in svc.settings.volume_types)
         raise NotFound(f"unknown volume type {type_name!r} (known: {known})",
                        code="unknown_volume_type")
-    z = zone or svc.settings.host.zone
+    z = svc.settings.zone_or_default(zone)
     if z not in svc.settings.zone_names():
         raise NotFound(f"unknown zone {z!r}", code="unknown_zone")
     with svc.db.session() as s:
