@@ -23,6 +23,8 @@ class HostRegistration(BaseModel):
     driver: str
     accel: str
     agent_url: str = ""
+    agent_version: str = ""  # cumulo's version on the host (an older agent sends none)
+    underlay_ip: str | None = None  # its address on the underlay (None: a single-host cloud)
     disk: HostDisk | None = None  # None: an agent that does not report it (not checked)
 
 

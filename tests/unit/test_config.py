@@ -90,3 +90,18 @@ def test_the_default_zone_is_the_api_s_own_not_the_local_host_s(tmp_path: Path) 
         "local-1a", "local-1a", "local-1b")
     s = _load(tmp_path, 'default_zone = "local-1b"\n')
     assert s.zone_or_default(None) == "local-1b" and s.host.zone == "local-1a"
+
+
+def test_placement_settings(tmp_path: Path) -> None:
+    s = load_settings(None)
+    assert (s.cpu_allocation_ratio, s.ram_allocation_ratio, s.placement_policy) == (
+        4.0, 1.0, "spread")
+    s = _load(tmp_path, 'cpu_allocation_ratio = 16.0\nram_allocation_ratio = 1.5\n'
+                        'placement_policy = "pack"\n')
+    assert (s.cpu_allocation_ratio, s.ram_allocation_ratio, s.placement_policy) == (
+        16.0, 1.5, "pack")
+    for bad in ("cpu_allocation_ratio = 0", "ram_allocation_ratio = nan",
+                'placement_policy = "random"'):
+        with pytest.raises(InvalidInput) as e:
+            _load(tmp_path, bad)
+        assert bad.split()[0] in e.value.message

@@ -11,10 +11,12 @@ from cumulo.api.inputs import refuse_unstorable
 from cumulo.api.routers import (
     agents,
     catalogue,
+    hosts,
     images,
     instances,
     join,
     networking,
+    placement_groups,
     projects,
     volumes,
 )
@@ -39,7 +41,8 @@ def create_app(svc: Services) -> FastAPI:
     # agents' protocol checks its own fields (services.agents, services.hosts.register): a
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
-    for module in (agents, instances, catalogue, images, projects, networking, volumes, join):
+    for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
+                   hosts, placement_groups):
         app.include_router(module.router,
                            dependencies=[] if module is agents else user_facing)
 

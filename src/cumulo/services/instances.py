@@ -10,15 +10,13 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cumulo.config import Settings
 from cumulo.db.tables import (
-    AddressRow,
     HostRow,
     InstanceGroupRow,
     InstanceRow,
-    NetworkRow,
+    PlacementGroupRow,
     ProjectRow,
-    PublicIpRow,
-    SecurityGroupRow,
 )
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import (
@@ -46,6 +44,7 @@ from cumulo.domain.validation import (
 )
 from cumulo.protocol import DnsRecord
 from cumulo.scheduler.placement import (
+    GroupRule,
     HostCapacity,
     Request,
     disk_claim_mib,
@@ -57,12 +56,14 @@ from cumulo.services import (
     images,
     keypairs,
     networks,
+    placement_groups,
     public_ips,
     security_groups,
     volumes,
 )
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
+from cumulo.services.instance_views import view, view_of, views
 from cumulo.services.views import InstanceView
 
 DEFAULT_BANDWIDTH_MBPS = 100
@@ -85,57 +86,7 @@ class CreateInstance:
     security_groups: list[str] = field(default_factory=list)
     network: str | None = None
     private_ip: str | None = None
-
-
-def fqdn(svc: Services, name: str, project: str, zone: str) -> str:
-    return f"{name}.{project}.{zone}.{svc.settings.cloud_domain}"
-
-
-def views(s: Session, svc: Services, rows: list[InstanceRow], project: str) -> list[InstanceView]:
-    """Views of `rows` (all of one project), with their network facts fetched in bulk."""
-    ids = [r.id for r in rows]
-    host_ids = {r.host_id for r in rows if r.host_id}
-    hosts_by_id = dict(s.execute(select(HostRow.id, HostRow.name)
-                                 .where(HostRow.id.in_(host_ids))).all())
-    addr = {a.instance_id: (a.ip, n) for a, n in s.execute(
-        select(AddressRow, NetworkRow.name).join(NetworkRow, NetworkRow.id == AddressRow.network_id)
-        .where(AddressRow.instance_id.in_(ids)))}
-    pub = dict(s.execute(select(PublicIpRow.instance_id, PublicIpRow.ip)
-                         .where(PublicIpRow.instance_id.in_(ids))).all())
-    groups: dict[str, list[str]] = {i: [] for i in ids}
-    for iid, gname in s.execute(select(InstanceGroupRow.instance_id, SecurityGroupRow.name)
-                                .join(SecurityGroupRow,
-                                      SecurityGroupRow.id == InstanceGroupRow.group_id)
-                                .where(InstanceGroupRow.instance_id.in_(ids))
-                                .order_by(SecurityGroupRow.name)):
-        groups[iid].append(gname)
-    return [
-        _view(svc, row, project, host=hosts_by_id.get(row.host_id or ""),
-              network=addr[row.id][1] if row.id in addr else None,
-              private_ip=addr[row.id][0] if row.id in addr else None,
-              public_ip=pub.get(row.id), groups=groups[row.id])
-        for row in rows
-    ]
-
-
-def _view(svc: Services, row: InstanceRow, project: str, *, host: str | None,
-          network: str | None, private_ip: str | None, public_ip: str | None,
-          groups: list[str]) -> InstanceView:
-    return InstanceView(
-        id=row.id, name=row.name, project=project, state=row.state,
-        state_reason=row.state_reason, desired_state=row.desired_power,
-        region=svc.settings.region_of(row.zone), zone=row.zone, arch=row.arch,
-        type=row.type_name, vcpus=row.vcpus, ram_mib=row.ram_mib,
-        bandwidth_mbps=row.bandwidth_mbps, disk_gib=row.disk_gib, image=row.image_name,
-        host=host, network=network, private_ip=private_ip, public_ip=public_ip,
-        fqdn=fqdn(svc, row.name, project, row.zone), key_names=list(row.key_names or []),
-        security_groups=groups, tags=dict(row.tags or {}), created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
-def view(s: Session, svc: Services, row: InstanceRow, project: str) -> InstanceView:
-    return views(s, svc, [row], project)[0]
+    placement_group: str | None = None
 
 
 def _sizes(svc: Services, req: CreateInstance, arch: Arch) -> tuple[int, int, int, int]:
@@ -230,8 +181,9 @@ class _Batch:
     (a placement is added to the capacities read). A create that fails rolls back its
     savepoint, and with `restore` what it added here."""
 
-    def __init__(self, s: Session) -> None:
+    def __init__(self, s: Session, settings: Settings) -> None:
         self.s = s
+        self.settings = settings
         self._memo: dict[tuple[object, ...], object] = {}
 
     def get(self, key: tuple[object, ...], read: Callable[[], T]) -> T:
@@ -246,17 +198,24 @@ class _Batch:
         self._memo = saved
 
     def capacities(self, zone: str) -> list[HostCapacity]:
-        return self.get(("capacities", zone), lambda: hosts.capacities(self.s, zone))
+        return self.get(("capacities", zone),
+                        lambda: hosts.capacities(self.s, self.settings, zone))
 
-    def placed(self, zone: str, host: HostCapacity, vcpus: int, ram_mib: int,
-               disk_mib: int) -> None:
+    def group_rule(self, group: PlacementGroupRow) -> GroupRule:
+        return self.get(("group", group.id), lambda: placement_groups.rule(self.s, group))
+
+    def placed(self, zone: str, host: HostCapacity, vcpus: int, ram_mib: int, disk_mib: int,
+               group: PlacementGroupRow | None) -> None:
         self._memo[("capacities", zone)] = [
             replace(h, vcpus_used=h.vcpus_used + vcpus, ram_mib_used=h.ram_mib_used + ram_mib,
-                    disk_claimed_mib=h.disk_claimed_mib + disk_mib,
+                    instances=h.instances + 1, disk_claimed_mib=h.disk_claimed_mib + disk_mib,
                     disk_pending_mib=h.disk_pending_mib + disk_mib)
             if h.host_id == host.host_id else h
             for h in self.capacities(zone)
         ]
+        if group is not None:
+            rule = self.group_rule(group)
+            self._memo[("group", group.id)] = replace(rule, hosts=rule.hosts | {host.host_id})
 
 
 def create(svc: Services, who: Principal, project: str | None, req: CreateInstance) -> InstanceView:
@@ -288,8 +247,12 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
             # that two batches cannot each hold a zone the other waits for.
             for zone in sorted({size.zone for _, _, size in sized}):
                 hosts.lock_zone(s, zone)
-            batch = _Batch(s)
+            batch = _Batch(s, svc.settings)
             for i, call, size in sized:
+                # Read before the checkpoint: a create that fails must not take the zone's
+                # capacities with it (the next create would read them again, and at 1,000
+                # hosts a full zone made every refused create pay that read).
+                batch.capacities(size.zone)
                 saved = batch.checkpoint()
                 try:
                     with s.begin_nested():
@@ -330,11 +293,16 @@ def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> 
             f"{zone} can hold (largest: {max_cpu} vCPUs / {max_ram} MiB)",
             code="too_large",
         )
+    group = None if req.placement_group is None else batch.get(
+        ("group_row", prj.id, req.placement_group),
+        lambda: placement_groups.find(s, prj, cast(str, req.placement_group)))
     claim = disk_claim_mib(image.virtual_size_bytes, disk, svc.settings.disk_allocation_ratio)
     placement = place(Request(zone=zone, arch=arch.value, vcpus=vcpus, ram_mib=ram,
-                              disk_mib=claim), caps)
+                              disk_mib=claim,
+                              group=None if group is None else batch.group_rule(group)),
+                      caps, svc.settings.placement_policy)
     if placement.host is None:
-        raise InsufficientCapacity(f"no host can take this instance now: {placement.explain()}")
+        raise InsufficientCapacity(placement.explain(), code="no_host_fits")
     keys = batch.get(("keys", prj.id, *req.keys), lambda: keypairs.resolve(s, prj, req.keys))
     groups = batch.get(("groups", prj.id, *req.security_groups),
                        lambda: security_groups.resolve(s, prj, req.security_groups))
@@ -345,6 +313,7 @@ def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> 
         type_name=req.type, vcpus=vcpus, ram_mib=ram, bandwidth_mbps=size.bandwidth_mbps,
         disk_gib=disk, disk_mib=claim, image_id=image.id, image_name=image.name,
         host_id=placement.host.host_id, state=InstanceState.PENDING.value,
+        placement_group_id=None if group is None else group.id,
         desired_power=DesiredPower.RUNNING.value, user_data=req.user_data, tags=dict(req.tags),
         ssh_keys=[k.public_key for k in keys], key_names=[k.name for k in keys],
     )
@@ -358,11 +327,12 @@ def _create_one(svc: Services, batch: _Batch, call: CreateCall, size: _Size) -> 
             s.add(InstanceGroupRow(instance_id=row.id, group_id=g.id))
         public_ip = public_ips.assign_auto(s, svc, prj, row.id)
     s.flush()
-    batch.placed(zone, placement.host, vcpus, ram, claim)
+    batch.placed(zone, placement.host, vcpus, ram, claim, group)
     # Built from what this create just wrote: reading it back took 4 more queries.
-    view = _view(svc, row, prj.name, host=placement.host.name, network=network.name,
-                 private_ip=address.ip, public_ip=public_ip.ip,
-                 groups=sorted({g.name for g in groups}))
+    view = view_of(svc, row, prj.name, call.who, host=placement.host.name, host_up=True,
+                 network=network.name, private_ip=address.ip, public_ip=public_ip.ip,
+                 groups=sorted({g.name for g in groups}),
+                 placement_group=None if group is None else group.name)
     return _Created(view=view, host_id=placement.host.host_id, network_id=network.id,
                     record=DnsRecord(hostname=row.name, fqdn=view.fqdn, ip=address.ip,
                                      mac=address.mac))
@@ -383,7 +353,7 @@ def find_row(s: Session, prj: ProjectRow, ref: str) -> InstanceRow:
 def get(svc: Services, who: Principal, project: str | None, ref: str) -> InstanceView:
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        return view(s, svc, find_row(s, prj, ref), prj.name)
+        return view(s, svc, find_row(s, prj, ref), prj.name, who)
 
 
 def list_all(svc: Services, who: Principal, project: str | None) -> list[InstanceView]:
@@ -394,7 +364,7 @@ def list_all(svc: Services, who: Principal, project: str | None) -> list[Instanc
             .where(InstanceRow.project_id == prj.id)
             .order_by(InstanceRow.created_at, InstanceRow.name)
         )
-        return views(s, svc, list(rows), prj.name)
+        return views(s, svc, list(rows), prj.name, who)
 
 
 def act(
@@ -414,7 +384,7 @@ def act(
         storage: set[str] = set()  # hosts whose volumes change
         if action is Action.DELETE:
             storage = volumes.release_for_instance(s, row.id)
-        result = view(s, svc, row, prj.name)
+        result = view(s, svc, row, prj.name, who)
     if row.host_id not in storage:
         svc.notifier.notify(row.host_id, [row.id])
     for host_id in storage:

@@ -29,7 +29,8 @@ class InstanceView(BaseModel):
     bandwidth_mbps: int
     disk_gib: int
     image: str
-    host: str | None
+    host: str | None  # admins only (None for members): users see the zone
+    placement_group: str | None
     network: str | None
     private_ip: str | None
     public_ip: str | None
@@ -69,14 +70,20 @@ class ImageView(BaseModel):
 
 
 class HostView(BaseModel):
+    """A hypervisor host as its agent registered it, and what placement made of it."""
+
     name: str
     zone: str
-    state: str
+    state: str  # up | down | disabled (an operator's; it may be down too: see `alive`)
+    alive: bool  # its agent spoke within hosts.HOST_DOWN_AFTER
+    disabled_reason: str
     driver: str
     accel: str
     architectures: list[str]
-    vcpus: int
-    ram_mib: int
+    vcpus_total: int  # as registered
+    ram_mib_total: int
+    vcpus_allocatable: int  # under the allocation ratios
+    ram_mib_allocatable: int
     vcpus_used: int
     ram_mib_used: int
     # The state dir's filesystem as last reported, and what placement may still claim of it
@@ -85,7 +92,9 @@ class HostView(BaseModel):
     disk_free_mib: int | None = None
     disk_room_mib: int | None = None
     instances: int
-    last_seen: datetime
+    underlay_ip: str | None
+    agent_version: str
+    last_heartbeat_at: datetime
 
 
 class ZoneView(BaseModel):
@@ -94,6 +103,15 @@ class ZoneView(BaseModel):
     hosts: list[HostView]
     vcpus_free: int
     ram_mib_free: int
+
+
+class PlacementGroupView(BaseModel):
+    id: str
+    name: str
+    project: str
+    strategy: str  # spread | cluster
+    instances: list[str]  # instance names
+    created_at: datetime
 
 
 class CreatedToken(BaseModel):

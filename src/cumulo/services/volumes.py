@@ -109,9 +109,9 @@ def create(svc: Services, who: Principal, project: str | None, name: str, size_g
                                    f"({source.size_gib} GiB)", code="invalid_size")
             host_id = source.host_id
         else:
-            up = [c for c in hosts.capacities(s, z) if c.up]
+            up = [c for c in hosts.capacities(s, svc.settings, z) if c.up and c.enabled]
             if not up:
-                raise InsufficientCapacity(f"no host is up in zone {z}")
+                raise InsufficientCapacity(f"no host is up and enabled in zone {z}")
             host_id = min(up, key=lambda c: c.name).host_id
         row = VolumeRow(id=new_id("vol"), name=name, project_id=prj.id, zone=z, host_id=host_id,
                         size_gib=size_gib, type_name=type_name, state="creating",

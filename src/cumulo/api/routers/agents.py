@@ -16,7 +16,9 @@ from cumulo.services.context import Principal, Services
 
 router = APIRouter(prefix="/v1/agent/hosts", tags=["agent"])
 
-MAX_WAIT_S = 30.0
+# Each answer is a heartbeat: an agent that asks to wait longer is answered sooner, so that a
+# silent host is one whose agent stopped (see hosts.HOST_DOWN_AFTER).
+MAX_WAIT_S = hosts.LONG_POLL_MAX.total_seconds()
 
 T = TypeVar("T")
 
@@ -36,6 +38,8 @@ async def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
         driver=body.driver,
         accel=body.accel,
         agent_url=body.agent_url,
+        agent_version=body.agent_version,
+        underlay_ip=body.underlay_ip,
         disk=body.disk,
     )
     return Registered(host_id=host_id)

@@ -37,6 +37,7 @@ class InstanceCreate(Input):
     security_groups: list[str] = Field(default_factory=list, description="default: ['default']")
     network: str | None = Field(default=None, description="default: the zone's default network")
     private_ip: str | None = None
+    placement_group: str | None = Field(default=None, description="a placement group's name")
 
 
 def _decode(user_data: str | None) -> bytes | None:
@@ -67,6 +68,7 @@ async def create(creates: Creates, who: Who, body: InstanceCreate,
         security_groups=body.security_groups,
         network=body.network,
         private_ip=body.private_ip,
+        placement_group=body.placement_group,
     )
     return await creates.create(instances.CreateCall(who, project, req))
 
