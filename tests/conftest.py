@@ -9,6 +9,7 @@ import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,6 +19,7 @@ from cumulo.api.app import create_app
 from cumulo.config import Settings
 from cumulo.db.engine import Database
 from cumulo.db.migrate import upgrade
+from cumulo.db.tables import Base
 from cumulo.services import hosts, images
 from cumulo.services.auth import ensure_default_project, issue_token
 from cumulo.services.context import Principal, Role, Services
@@ -93,6 +95,16 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def stored_state(svc: Services) -> list[Any]:
+    """Everything a request could change: every row of every table, and the image store."""
+    with svc.db.session() as s:
+        tables = [sorted(map(repr, s.execute(t.select()).all()))
+                  for t in Base.metadata.sorted_tables]
+    store = svc.image_store
+    files = sorted(p.name for p in store.iterdir()) if store and store.exists() else []
+    return [tables, files]
 
 
 ADMIN = Principal(role=Role.ADMIN)

@@ -118,9 +118,17 @@ def test_a_write_through_one_api_wakes_the_host_polling_the_other(
             assert r.status_code == 202, r.text
         for i in range(3):
             _until_running(ports[1], headers, f"after-{i}", 60)
+        # The CLI given both URLs moves on to b too.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULO_")}
+        env["CUMULO_URL"] = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+        env["CUMULO_TOKEN"] = headers["Authorization"].removeprefix("Bearer ")
+        made = subprocess.run([*CUMULO, "-o", "json", "instance", "create", "by-cli", "--image",
+                               "tiny", "--type", "t1.nano", "--wait"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr
         names = [i["name"] for i in httpx.get(f"http://127.0.0.1:{ports[1]}/v1/instances",
                                               headers=headers).json()]
-        assert sorted(names) == ["after-0", "after-1", "after-2", "via-b"]
+        assert sorted(names) == ["after-0", "after-1", "after-2", "by-cli", "via-b"]
     finally:
         agent.terminate()
         agent.wait(timeout=30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 from cumulo import __version__
-from cumulo.api import errors, threads
+from cumulo.api import errors, openapi, threads
 from cumulo.api.batches import CreateBatcher
 from cumulo.api.inputs import refuse_unstorable
 from cumulo.api.routers import (
@@ -20,6 +20,7 @@ from cumulo.api.routers import (
     projects,
     volumes,
 )
+from cumulo.api.segments import OneSegmentPerName
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
 
@@ -30,11 +31,15 @@ def create_app(svc: Services) -> FastAPI:
         version=__version__,
         description="Compute instances on real QEMU virtual machines.",
         lifespan=threads.lifespan,
+        # `/v1/instances/` (an empty name) is no route: not a redirect to the collection's,
+        # where a DELETE or POST would mean something else.
+        redirect_slashes=False,
     )
     app.state.services = svc
     app.state.token_cache = TokenCache()
     app.state.create_batcher = CreateBatcher(svc)
     errors.install(app)
+    app.add_middleware(OneSegmentPerName)
     # Routes are matched in order, one by one: the busiest first (agents long-poll and
     # report at every change; instances are what users create).
     # What users type is checked for text no field may hold (see cumulo.api.inputs). The
@@ -45,6 +50,8 @@ def create_app(svc: Services) -> FastAPI:
                    hosts, placement_groups):
         app.include_router(module.router,
                            dependencies=[] if module is agents else user_facing)
+
+    openapi.install(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

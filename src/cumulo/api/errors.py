@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +42,21 @@ def _http_code(status: int) -> str:
         return "http_error"
 
 
+def _where(error: Any) -> str:
+    return ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+
+
+def validation_detail(errors: Sequence[Any]) -> str:
+    """One line for pydantic's errors: every unknown field by name (a client that misspells
+    two learns both at once), else the first error with where it is."""
+    unknown = [_where(e) for e in errors if e.get("type") == "extra_forbidden"]
+    if unknown:
+        return f"unknown field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}"
+    first = errors[0]
+    where, msg = _where(first), first.get("msg", "invalid")
+    return f"{where}: {msg}" if where else f"body: {msg}"
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(CumuloError)
     async def _cumulo(_: Request, exc: CumuloError) -> JSONResponse:
@@ -47,10 +64,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        msg = first.get("msg", "invalid")
-        return problem(400, "invalid_input", f"{where}: {msg}" if where else f"body: {msg}")
+        return problem(400, "invalid_input", validation_detail(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:

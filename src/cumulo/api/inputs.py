@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from fastapi import Request
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from cumulo.domain.errors import InvalidInput
 
@@ -56,7 +56,11 @@ async def refuse_unstorable(request: Request) -> None:
 
 
 class Input(BaseModel):
-    """Base of the API's JSON request bodies."""
+    """Base of the API's JSON request bodies: types as the OpenAPI document states them (no
+    "1" for an integer, no true for 1, no "yes" for a boolean) and no field the document does
+    not list (a misspelt optional field would otherwise be dropped without a word)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     @model_validator(mode="before")
     @classmethod

@@ -79,7 +79,7 @@ def project_list(ctx: typer.Context) -> None:
 def project_delete(ctx: typer.Context, name: str) -> None:
     """Delete an empty project."""
     st = state(ctx)
-    st.client().delete(f"/v1/projects/{name}", scoped=False)
+    st.client().delete("/v1/projects/{}", name, scoped=False)
     if st.json:
         emit(st, {"name": name, "deleted": True}, ["name"])
     else:
@@ -90,4 +90,4 @@ def project_delete(ctx: typer.Context, name: str) -> None:
 def project_token(ctx: typer.Context, name: str) -> None:
     """Issue a token that acts only inside project NAME (shown once)."""
     st = state(ctx)
-    emit(st, st.client().post(f"/v1/projects/{name}/tokens", scoped=False), ["token"])
+    emit(st, st.client().post("/v1/projects/{}/tokens", name, scoped=False), ["token"])

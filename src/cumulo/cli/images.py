@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import httpx
 import typer
 
-from cumulo.cli.client import CliError, load_client_config
-from cumulo.cli.output import CliState, emit, out, state
+from cumulo.cli.client import CliError, segment
+from cumulo.cli.output import emit, out, state
 from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB
 
 images_app = typer.Typer(help="Operating system images.", no_args_is_help=True)
@@ -24,36 +23,6 @@ COLUMNS = ["name", "project", "os", "default_user", "architectures", "variants"]
 # Imports are checked and converted before the API answers: allow them time.
 LONG_TIMEOUT = httpx.Timeout(30.0, read=3600.0, write=3600.0)
 CHUNK = 1 << 20
-
-
-def _long_request(
-    st: CliState,
-    method: str,
-    path: str,
-    *,
-    params: dict[str, Any] | None = None,
-    json: Any = None,
-    content: Iterator[bytes] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Any:
-    cfg = load_client_config()
-    params = {k: v for k, v in (params or {}).items() if v is not None}
-    if st.project:
-        params["project"] = st.project
-    hdrs = {"Authorization": f"Bearer {cfg.token}", **(headers or {})}
-    try:
-        with httpx.Client(base_url=cfg.url, timeout=LONG_TIMEOUT) as http:
-            r = http.request(method, path, params=params, json=json, content=content,
-                             headers=hdrs)
-    except httpx.TransportError as e:
-        raise CliError("unreachable", f"cannot reach the cumulo API at {cfg.url}: {e}") from e
-    if r.status_code >= 400:
-        try:
-            body = r.json()
-        except ValueError:
-            raise CliError(str(r.status_code), r.text.strip() or r.reason_phrase) from None
-        raise CliError(str(body.get("code", r.status_code)), str(body.get("detail", r.text)))
-    return r.json()
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -77,7 +46,7 @@ def image_list(ctx: typer.Context) -> None:
 def image_show(ctx: typer.Context, name: str) -> None:
     """Show one image (the project's own wins over a public one of the same name)."""
     st = state(ctx)
-    emit(st, st.client().get(f"/v1/images/{quote(name, safe='')}"), COLUMNS)
+    emit(st, st.client().get("/v1/images/{}", name), COLUMNS)
 
 
 @images_app.command("import")
@@ -103,11 +72,12 @@ def image_import(
 ) -> None:
     """Import an image from a local FILE (uploaded) or an http(s) URL (fetched by the API)."""
     st = state(ctx)
+    segment(name)  # '', '.' or '..': refused before a byte is read or sent
     if source.startswith(("http://", "https://")):
         body = {"name": name, "url": source, "arch": arch, "boot": boot,
                 "default_user": default_user, "os": os_name, "public": public,
                 "min_ram_mib": min_ram}
-        view = _long_request(st, "POST", "/v1/images", json=body)
+        view = st.client().post("/v1/images", json=body, timeout=LONG_TIMEOUT)
     elif "://" in source:
         raise CliError("invalid_url", f"{source}: only http:// and https:// URLs can be imported")
     else:
@@ -117,10 +87,9 @@ def image_import(
         size = path.stat().st_size
         if not st.json:
             out.print(f"uploading {path} ({size} bytes)...")
-        view = _long_request(
-            st,
-            "PUT",
-            f"/v1/images/{quote(name, safe='')}/upload",
+        view = st.client().put(
+            "/v1/images/{}/upload", name,
+            timeout=LONG_TIMEOUT,
             params={"arch": arch, "boot": boot, "default_user": default_user,
                     "os": os_name, "public": public or None, "min_ram_mib": min_ram},
             content=_file_chunks(path),
@@ -133,9 +102,8 @@ def image_import(
 def image_from_instance(ctx: typer.Context, name: str, instance: str) -> None:
     """Make image NAME from the boot disk of a stopped INSTANCE."""
     st = state(ctx)
-    view = _long_request(
-        st, "POST", "/v1/images/from-instance", json={"name": name, "instance": instance}
-    )
+    view = st.client().post("/v1/images/from-instance", json={"name": name, "instance": instance},
+                            timeout=LONG_TIMEOUT)
     emit(st, view, COLUMNS)
 
 
@@ -157,7 +125,7 @@ def image_delete(
         params["arch"] = arch
     if public:
         params["public"] = "true"
-    st.client().delete(f"/v1/images/{quote(name, safe='')}", params=params)
+    st.client().delete("/v1/images/{}", name, params=params)
     if st.json:
         emit(st, {"name": name, "deleted": True}, ["name"])
     else:

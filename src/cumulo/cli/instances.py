@@ -35,7 +35,7 @@ def wait_for(st: CliState, ref: str, target: str | None, timeout: float) -> dict
     with err.status(f"waiting for {ref}...") as status:
         while time.monotonic() < deadline:
             try:
-                last = client.get(f"/v1/instances/{ref}")
+                last = client.get("/v1/instances/{}", ref)
             except CliError as e:
                 if target is None and e.code == "unknown_instance":
                     return None
@@ -143,7 +143,7 @@ def list_(ctx: typer.Context) -> None:
 def show(ctx: typer.Context, name: str) -> None:
     """Show one instance."""
     st = state(ctx)
-    _show(st, st.client().get(f"/v1/instances/{name}"))
+    _show(st, st.client().get("/v1/instances/{}", name))
 
 
 def _action(
@@ -152,9 +152,9 @@ def _action(
     st = state(ctx)
     client = st.client()
     if action == "delete":
-        result = client.delete(f"/v1/instances/{name}")
+        result = client.delete("/v1/instances/{}", name)
     else:
-        result = client.post(f"/v1/instances/{name}/{action}")
+        result = client.post("/v1/instances/{}/{}", name, action)
     if wait:
         result = wait_for(st, result["id"], target, timeout)
         if result is None:
@@ -194,7 +194,7 @@ def delete(ctx: typer.Context, name: str, wait: Wait = False, timeout: Timeout =
 def console_log(ctx: typer.Context, name: str) -> None:
     """Print the instance's serial console output."""
     st = state(ctx)
-    text = st.client().get(f"/v1/instances/{name}/console")
+    text = st.client().get("/v1/instances/{}/console", name)
     if st.json:
         emit(st, {"name": name, "console": text}, ["name", "console"])
     else:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.main
 
 from cumulo.allinone.paths import DEFAULT_PORT, default_state_dir
 from cumulo.cli import (
@@ -23,6 +25,7 @@ from cumulo.cli import (
 from cumulo.cli.client import CliError
 from cumulo.cli.output import CliState, err
 from cumulo.domain.errors import CumuloError
+from cumulo.domain.validation import one_line
 
 app = typer.Typer(
     help="cumulo: a self-hostable compute cloud.",
@@ -122,17 +125,50 @@ def down(state_dir: StateDir = None) -> None:
     err.print(f"cumulo: stopped {stopped} VM(s); disks and database kept")
 
 
+@functools.cache
+def command() -> Any:
+    """The Click command Typer builds from `app` (once: building it reads every command's
+    signature, a third of a second)."""
+    return typer.main.get_command(app)
+
+
+def usage_line(e: typer.TyperException) -> str:
+    """The parser's error as the one line every failure gets: `no such option: -x (see
+    cumulo instance create --help)` (no usage box: a script reads the code, a person the
+    hint)."""
+    message = e.format_message().strip().rstrip(".")
+    message = message[:1].lower() + message[1:]
+    command_path = getattr(getattr(e, "ctx", None), "command_path", None)
+    if isinstance(command_path, str):
+        message += f" (see {command_path} --help)"
+    return one_line(message, 500)
+
+
+def _fail(code: str, message: str, status: int = 1) -> NoReturn:
+    print(f"error[{code}]: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
 def main() -> None:
+    # Not standalone: Typer would print its own usage box for a parser error and exit; here
+    # every command's parser errors end, like every other failure, as one line.
     try:
-        app()
-    except CliError as e:
-        print(f"error[{e.code}]: {e.message}", file=sys.stderr)
-        sys.exit(1)
-    except CumuloError as e:
-        print(f"error[{e.code}]: {e.message}", file=sys.stderr)
-        sys.exit(1)
+        status = command()(prog_name="cumulo", standalone_mode=False)
+    except typer.TyperException as e:
+        # Typer exports only the base of its (vendored) Click exceptions: a usage error is
+        # the one that exits 2. `cumulo instance` alone printed its help (no_args_is_help):
+        # nothing to add; typer's own formatter skips that error by its name too.
+        if type(e).__name__ == "NoArgsIsHelpError":
+            sys.exit(e.exit_code)
+        _fail("usage" if e.exit_code == 2 else "invalid_input", usage_line(e), e.exit_code)
+    except typer.Abort:
+        _fail("aborted", "aborted")
+    except (CliError, CumuloError) as e:
+        _fail(e.code, e.message)
     except KeyboardInterrupt:
         sys.exit(130)
+    # A command's own exit status (`cumulo ssh` returns the remote one), else success.
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":

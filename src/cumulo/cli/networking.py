@@ -81,7 +81,7 @@ def keypair_list(ctx: typer.Context) -> None:
 def keypair_delete(ctx: typer.Context, name: str) -> None:
     """Delete a key pair (instances keep the keys they booted with)."""
     st = state(ctx)
-    st.client().delete(f"/v1/keypairs/{name}")
+    st.client().delete("/v1/keypairs/{}", name)
     _done(st, f"key pair {name} deleted", {"name": name, "deleted": True})
 
 
@@ -111,7 +111,7 @@ def group_list(ctx: typer.Context) -> None:
 def group_delete(ctx: typer.Context, name: str) -> None:
     """Delete an unused security group."""
     st = state(ctx)
-    st.client().delete(f"/v1/security-groups/{name}")
+    st.client().delete("/v1/security-groups/{}", name)
     _done(st, f"security group {name} deleted", {"name": name, "deleted": True})
 
 
@@ -124,7 +124,7 @@ def rule_add(
 ) -> None:
     """Allow traffic in; running instances get it within seconds."""
     st = state(ctx)
-    g = st.client().post(f"/v1/security-groups/{group}/rules",
+    g = st.client().post("/v1/security-groups/{}/rules", group,
                          json={"proto": proto, "port": port, "cidr": cidr})
     emit(st, g if st.json else _group_rows([g])[0], GROUP_COLUMNS)
 
@@ -133,7 +133,7 @@ def rule_add(
 def rule_remove(ctx: typer.Context, group: str, rule: str) -> None:
     """Remove a rule (by id, see `security-group list`)."""
     st = state(ctx)
-    g = st.client().delete(f"/v1/security-groups/{group}/rules/{rule}")
+    g = st.client().delete("/v1/security-groups/{}/rules/{}", group, rule)
     emit(st, g if st.json else _group_rows([g])[0], GROUP_COLUMNS)
 
 
@@ -159,7 +159,7 @@ def network_delete(ctx: typer.Context, name: str,
                    zone: Annotated[str | None, typer.Option("--zone")] = None) -> None:
     """Delete an unused network."""
     st = state(ctx)
-    st.client().delete(f"/v1/networks/{name}", params={"zone": zone} if zone else None)
+    st.client().delete("/v1/networks/{}", name, params={"zone": zone} if zone else None)
     _done(st, f"network {name} deleted", {"name": name, "deleted": True})
 
 
@@ -179,7 +179,7 @@ def ip_attach(
 ) -> None:
     """Attach a public IP to an instance."""
     st = state(ctx)
-    emit(st, st.client().post(f"/v1/public-ips/{ip}/attach",
+    emit(st, st.client().post("/v1/public-ips/{}/attach", ip,
                               json={"instance": instance, "reassociate": reassociate}),
          IP_COLUMNS)
 
@@ -188,14 +188,14 @@ def ip_attach(
 def ip_detach(ctx: typer.Context, ip: str) -> None:
     """Detach a public IP (it stays allocated)."""
     st = state(ctx)
-    emit(st, st.client().post(f"/v1/public-ips/{ip}/detach"), IP_COLUMNS)
+    emit(st, st.client().post("/v1/public-ips/{}/detach", ip), IP_COLUMNS)
 
 
 @ip_app.command("release")
 def ip_release(ctx: typer.Context, ip: str) -> None:
     """Give a detached public IP back."""
     st = state(ctx)
-    st.client().delete(f"/v1/public-ips/{ip}")
+    st.client().delete("/v1/public-ips/{}", ip)
     _done(st, f"public IP {ip} released", {"ip": ip, "released": True})
 
 
@@ -217,12 +217,12 @@ def ssh(
     """Log in to an instance over SSH (at its public IP); returns the remote exit status."""
     st = state(ctx)
     client = st.client()
-    inst = client.get(f"/v1/instances/{name}")
+    inst = client.get("/v1/instances/{}", name)
     if inst["state"] != "running":
         raise CliError("invalid_state", f"instance {name} is {inst['state']}, not running")
     if not inst.get("public_ip"):
         raise CliError("no_public_ip", f"instance {name} has no public IP")
-    login = user or client.get(f"/v1/images/{inst['image']}")["default_user"]
+    login = user or client.get("/v1/images/{}", inst['image'])["default_user"]
     argv = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
     identities = [identity] if identity else [keys_dir() / k for k in inst["key_names"]]

@@ -30,7 +30,7 @@ def _wait(st: CliState, ref: str, done: Any, timeout: float) -> dict[str, Any] |
     with err.status(f"waiting for volume {ref}...") as status:
         while time.monotonic() < deadline:
             try:
-                last = st.client().get(f"/v1/volumes/{ref}")
+                last = st.client().get("/v1/volumes/{}", ref)
             except CliError as e:
                 if done is None and e.code == "unknown_volume":
                     return None
@@ -83,7 +83,7 @@ def list_(ctx: typer.Context) -> None:
 def show(ctx: typer.Context, volume: str) -> None:
     """Show one volume."""
     st = state(ctx)
-    _show(st, st.client().get(f"/v1/volumes/{volume}"))
+    _show(st, st.client().get("/v1/volumes/{}", volume))
 
 
 @volume_app.command("attach")
@@ -91,7 +91,7 @@ def attach(ctx: typer.Context, volume: str, instance: str, wait: Wait = False,
            timeout: Timeout = 300.0) -> None:
     """Attach to an instance (hot-plugged when it runs)."""
     st = state(ctx)
-    v = st.client().post(f"/v1/volumes/{volume}/attach", json={"instance": instance})
+    v = st.client().post("/v1/volumes/{}/attach", volume, json={"instance": instance})
     _show(st, _wait(st, v["id"], lambda x: x["state"] == "in-use", timeout) if wait else v)
 
 
@@ -100,7 +100,7 @@ def detach(ctx: typer.Context, volume: str, wait: Wait = False,
            timeout: Timeout = 300.0) -> None:
     """Detach (hot-unplug; the guest must release the disk)."""
     st = state(ctx)
-    v = st.client().post(f"/v1/volumes/{volume}/detach")
+    v = st.client().post("/v1/volumes/{}/detach", volume)
     _show(st, _wait(st, v["id"], lambda x: x["state"] == "available", timeout) if wait else v)
 
 
@@ -110,7 +110,7 @@ def resize(ctx: typer.Context, volume: str,
            wait: Wait = False, timeout: Timeout = 300.0) -> None:
     """Grow a volume, also while attached (the guest sees the new size)."""
     st = state(ctx)
-    v = st.client().post(f"/v1/volumes/{volume}/resize", json={"size_gib": size})
+    v = st.client().post("/v1/volumes/{}/resize", volume, json={"size_gib": size})
     _show(st, _wait(st, v["id"], lambda x: x["state"] in ("available", "in-use"), timeout)
           if wait else v)
 
@@ -120,7 +120,7 @@ def snapshot(ctx: typer.Context, volume: str, snapname: str, wait: Wait = False,
              timeout: Timeout = 300.0) -> None:
     """Take a snapshot (crash-consistent while attached)."""
     st = state(ctx)
-    snap = st.client().post(f"/v1/volumes/{volume}/snapshots", json={"name": snapname})
+    snap = st.client().post("/v1/volumes/{}/snapshots", volume, json={"name": snapname})
     deadline = time.monotonic() + timeout
     while wait and snap["state"] == "creating" and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -137,7 +137,7 @@ def delete(ctx: typer.Context, volume: str, wait: Wait = False,
            timeout: Timeout = 300.0) -> None:
     """Delete a detached volume."""
     st = state(ctx)
-    v = st.client().delete(f"/v1/volumes/{volume}")
+    v = st.client().delete("/v1/volumes/{}", volume)
     if wait:
         _wait(st, v["id"], None, timeout)
         if st.json:
@@ -159,7 +159,7 @@ def snapshot_list(ctx: typer.Context) -> None:
 def snapshot_delete(ctx: typer.Context, name: str) -> None:
     """Delete a snapshot."""
     st = state(ctx)
-    st.client().delete(f"/v1/snapshots/{name}")
+    st.client().delete("/v1/snapshots/{}", name)
     if st.json:
         emit(st, {"name": name, "deleted": True}, [])
     else:

@@ -9,12 +9,15 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Query, Request, Response
 
 from cumulo.api.deps import Svc, Who
+from cumulo.api.openapi import raises
 from cumulo.api.threads import service
+from cumulo.domain.errors import Forbidden
 from cumulo.protocol import Assignments, HostRegistration, Poll, Registered, Report
 from cumulo.services import agents, hosts
 from cumulo.services.context import Principal, Services
 
-router = APIRouter(prefix="/v1/agent/hosts", tags=["agent"])
+# Every call is for one host, whose agent alone may make it (auth.require_agent).
+router = APIRouter(prefix="/v1/agent/hosts", tags=["agent"], responses=raises(Forbidden))
 
 # Each answer is a heartbeat: an agent that asks to wait longer is answered sooner, so that a
 # silent host is one whose agent stopped (see hosts.HOST_DOWN_AFTER).

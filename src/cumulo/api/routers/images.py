@@ -15,12 +15,21 @@ from starlette.concurrency import run_in_threadpool
 
 from cumulo.api.deps import Svc, Who
 from cumulo.api.inputs import Input
+from cumulo.api.openapi import raises
 from cumulo.api.threads import long_job
+from cumulo.domain.errors import Conflict, Forbidden
 from cumulo.domain.validation import DEFAULT_MIN_RAM_MIB
+from cumulo.images.qemu_img import ImageTooLarge, ImageToolError, InsufficientStorage
 from cumulo.services import image_import, images
+from cumulo.services.image_import import DownloadFailed, StoreUnavailable
 from cumulo.services.views import ImageView
 
 router = APIRouter(prefix="/v1", tags=["images"])
+# What an import can answer besides the checks of every request: a public image by a member
+# (403), the name taken (409), too large (413), no room (507), no image store (503), and
+# qemu-img failing on its own (500).
+_STORING = (Forbidden, Conflict, ImageTooLarge, InsufficientStorage, StoreUnavailable,
+            ImageToolError)
 _BATCH = 1 << 20
 
 _UPLOAD_BODY: dict[str, Any] = {
@@ -64,12 +73,7 @@ def show_image(svc: Svc, who: Who, name: str, project: str | None = None) -> Ima
     "/images/{name}/upload",
     status_code=201,
     openapi_extra=_UPLOAD_BODY,
-    responses={
-        400: {"description": "refused image (code says why)"},
-        409: {"description": "image_exists"},
-        413: {"description": "image_too_large"},
-        507: {"description": "no_space"},
-    },
+    responses=raises(*_STORING),
 )
 async def upload_image(
     request: Request,
@@ -111,7 +115,7 @@ async def upload_image(
     return await long_job(image_import.import_staged, svc, target, staged_path)
 
 
-@router.post("/images", status_code=201)
+@router.post("/images", status_code=201, responses=raises(*_STORING, DownloadFailed))
 async def import_from_url(svc: Svc, who: Who, body: ImportUrl,
                           project: str | None = None) -> ImageView:
     """Import an image the API server downloads from an http(s) URL."""
@@ -122,7 +126,7 @@ async def import_from_url(svc: Svc, who: Who, body: ImportUrl,
     return await long_job(image_import.import_url, svc, who, project, req, body.url)
 
 
-@router.post("/images/from-instance", status_code=201)
+@router.post("/images/from-instance", status_code=201, responses=raises(*_STORING))
 async def create_from_instance(
     svc: Svc, who: Who, body: FromInstance, project: str | None = None
 ) -> ImageView:
@@ -131,7 +135,7 @@ async def create_from_instance(
                           body.instance)
 
 
-@router.delete("/images/{name}", status_code=204)
+@router.delete("/images/{name}", status_code=204, responses=raises(Conflict))
 def delete_image(
     svc: Svc,
     who: Who,

@@ -12,8 +12,9 @@ from pydantic import Field
 
 from cumulo.api.deps import Creates, Svc, Who
 from cumulo.api.inputs import Input
+from cumulo.api.openapi import raises
 from cumulo.api.threads import service
-from cumulo.domain.errors import Conflict, InvalidInput
+from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
 from cumulo.domain.instance import Action
 from cumulo.services import instances
 from cumulo.services.views import InstanceView
@@ -49,7 +50,7 @@ def _decode(user_data: str | None) -> bytes | None:
         raise InvalidInput("user_data must be base64", code="invalid_user_data") from None
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, responses=raises(NotFound, Conflict, InsufficientCapacity))
 async def create(creates: Creates, who: Who, body: InstanceCreate,
                  project: str | None = None) -> InstanceView:
     req = instances.CreateInstance(
@@ -98,15 +99,16 @@ for _act in (Action.START, Action.STOP, Action.REBOOT):
         _action(_act),  # type: ignore[arg-type]
         methods=["POST"],
         status_code=202,
+        responses=raises(Conflict),
     )
 
 
-@router.delete("/{ref}", status_code=202)
+@router.delete("/{ref}", status_code=202, responses=raises(Conflict))
 async def delete(svc: Svc, who: Who, ref: str, project: str | None = None) -> InstanceView:
     return await service(svc, instances.act, svc, who, project, ref, Action.DELETE)
 
 
-@router.get("/{ref}/console", response_class=PlainTextResponse)
+@router.get("/{ref}/console", response_class=PlainTextResponse, responses=raises(Conflict))
 async def console(svc: Svc, who: Who, ref: str, project: str | None = None) -> Response:
     """The serial console log, fetched from the instance's host agent."""
     target = await service(svc, instances.console_target, svc, who, project, ref)

@@ -10,7 +10,9 @@ from pydantic import BaseModel, Field
 
 from cumulo.api.deps import Svc, Who
 from cumulo.api.inputs import Input
+from cumulo.api.openapi import raises
 from cumulo.api.threads import service
+from cumulo.domain.errors import Conflict, Forbidden, NotFound, Unauthorized
 from cumulo.services import join_tokens
 
 router = APIRouter(tags=["hosts"])
@@ -28,7 +30,7 @@ class CreatedJoinToken(BaseModel):
     expires_at: datetime
 
 
-@router.post("/v1/hosts/join-tokens", status_code=201)
+@router.post("/v1/hosts/join-tokens", status_code=201, responses=raises(Forbidden, NotFound))
 async def create_join_token(svc: Svc, who: Who, body: JoinTokenCreate) -> CreatedJoinToken:
     ttl = join_tokens.parse_ttl(body.ttl)
     made = await service(svc, join_tokens.create, svc, who, body.zone, ttl)
@@ -46,7 +48,8 @@ class Joined(BaseModel):
     host_token: str = Field(description="the host's own token, for every later request")
 
 
-@router.post("/v1/agent/join", status_code=201)
+@router.post("/v1/agent/join", status_code=201,
+             responses=raises(Unauthorized, NotFound, Conflict))
 async def join(svc: Svc, body: Join) -> Joined:
     token = await service(svc, join_tokens.join, svc, body.join_token, body.name, body.zone)
     return Joined(host_token=token)

@@ -6,17 +6,20 @@ from fastapi import APIRouter, Response
 
 from cumulo.api.deps import Svc, Who
 from cumulo.api.inputs import Input
+from cumulo.api.openapi import raises
+from cumulo.domain.errors import Conflict, Forbidden
 from cumulo.services import projects
 from cumulo.services.views import CreatedToken, ProjectView
 
-router = APIRouter(prefix="/v1/projects", tags=["projects"])
+router = APIRouter(prefix="/v1/projects", tags=["projects"],
+                   responses=raises(Forbidden))  # admins only
 
 
 class ProjectCreate(Input):
     name: str
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=raises(Conflict))
 def create(svc: Svc, who: Who, body: ProjectCreate) -> ProjectView:
     return projects.create(svc, who, body.name)
 
@@ -26,7 +29,7 @@ def list_all(svc: Svc, who: Who) -> list[ProjectView]:
     return projects.list_all(svc, who)
 
 
-@router.delete("/{name}", status_code=204)
+@router.delete("/{name}", status_code=204, responses=raises(Conflict))
 def delete(svc: Svc, who: Who, name: str) -> Response:
     projects.delete(svc, who, name)
     return Response(status_code=204)

@@ -7,6 +7,8 @@ from pydantic import Field
 
 from cumulo.api.deps import Svc, Who
 from cumulo.api.inputs import Input
+from cumulo.api.openapi import raises
+from cumulo.domain.errors import Conflict, InsufficientCapacity, NotFound
 from cumulo.services import volumes
 from cumulo.services.views import SnapshotView, VolumeView
 
@@ -34,7 +36,8 @@ class SnapshotCreate(Input):
     name: str
 
 
-@router.post("/volumes", status_code=202)
+@router.post("/volumes", status_code=202,
+             responses=raises(NotFound, Conflict, InsufficientCapacity))
 def create(svc: Svc, who: Who, body: VolumeCreate, project: str | None = None) -> VolumeView:
     return volumes.create(svc, who, project, body.name, body.size_gib, body.zone, body.type,
                           body.from_snapshot, body.delete_on_termination)
@@ -50,29 +53,29 @@ def show(svc: Svc, who: Who, ref: str, project: str | None = None) -> VolumeView
     return volumes.show(svc, who, project, ref)
 
 
-@router.post("/volumes/{ref}/attach", status_code=202)
+@router.post("/volumes/{ref}/attach", status_code=202, responses=raises(Conflict))
 def attach(svc: Svc, who: Who, ref: str, body: VolumeAttach,
            project: str | None = None) -> VolumeView:
     return volumes.attach(svc, who, project, ref, body.instance)
 
 
-@router.post("/volumes/{ref}/detach", status_code=202)
+@router.post("/volumes/{ref}/detach", status_code=202, responses=raises(Conflict))
 def detach(svc: Svc, who: Who, ref: str, project: str | None = None) -> VolumeView:
     return volumes.detach(svc, who, project, ref)
 
 
-@router.post("/volumes/{ref}/resize", status_code=202)
+@router.post("/volumes/{ref}/resize", status_code=202, responses=raises(Conflict))
 def resize(svc: Svc, who: Who, ref: str, body: VolumeResize,
            project: str | None = None) -> VolumeView:
     return volumes.resize(svc, who, project, ref, body.size_gib)
 
 
-@router.delete("/volumes/{ref}", status_code=202)
+@router.delete("/volumes/{ref}", status_code=202, responses=raises(Conflict))
 def delete(svc: Svc, who: Who, ref: str, project: str | None = None) -> VolumeView:
     return volumes.delete(svc, who, project, ref)
 
 
-@router.post("/volumes/{ref}/snapshots", status_code=202)
+@router.post("/volumes/{ref}/snapshots", status_code=202, responses=raises(Conflict))
 def snapshot(svc: Svc, who: Who, ref: str, body: SnapshotCreate,
              project: str | None = None) -> SnapshotView:
     return volumes.snapshot(svc, who, project, ref, body.name)
@@ -83,7 +86,7 @@ def list_snapshots(svc: Svc, who: Who, project: str | None = None) -> list[Snaps
     return volumes.list_snapshots(svc, who, project)
 
 
-@router.delete("/snapshots/{ref}", status_code=204)
+@router.delete("/snapshots/{ref}", status_code=204, responses=raises(Conflict))
 def delete_snapshot(svc: Svc, who: Who, ref: str, project: str | None = None) -> Response:
     volumes.delete_snapshot(svc, who, project, ref)
     return Response(status_code=204)
