@@ -33,7 +33,7 @@ def host_list(ctx: typer.Context) -> None:
 def host_show(ctx: typer.Context, name: str) -> None:
     """Show one host."""
     st = state(ctx)
-    emit(st, st.client().get(f"/v1/hosts/{name}", scoped=False), HOST_SHOW)
+    emit(st, st.client().get("/v1/hosts/{}", name, scoped=False), HOST_SHOW)
 
 
 @hosts_app.command("disable")
@@ -44,7 +44,7 @@ def host_disable(
 ) -> None:
     """Place no new instance on HOST; the ones it has keep running."""
     st = state(ctx)
-    emit(st, st.client().post(f"/v1/hosts/{name}/disable", json={"reason": reason},
+    emit(st, st.client().post("/v1/hosts/{}/disable", name, json={"reason": reason},
                               scoped=False), HOST_SHOW)
 
 
@@ -52,7 +52,7 @@ def host_disable(
 def host_enable(ctx: typer.Context, name: str) -> None:
     """Make HOST a candidate for new instances again."""
     st = state(ctx)
-    emit(st, st.client().post(f"/v1/hosts/{name}/enable", scoped=False), HOST_SHOW)
+    emit(st, st.client().post("/v1/hosts/{}/enable", name, scoped=False), HOST_SHOW)
 
 
 @groups_app.command("create")
@@ -79,7 +79,7 @@ def group_list(ctx: typer.Context) -> None:
 def group_delete(ctx: typer.Context, name: str) -> None:
     """Delete an empty placement group."""
     st = state(ctx)
-    st.client().delete(f"/v1/placement-groups/{name}")
+    st.client().delete("/v1/placement-groups/{}", name)
     if st.json:
         emit(st, {"name": name, "deleted": True}, ["name"])
     else:

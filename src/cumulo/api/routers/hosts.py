@@ -7,10 +7,13 @@ from pydantic import Field
 
 from cumulo.api.deps import Svc, Who
 from cumulo.api.inputs import Input
+from cumulo.api.openapi import raises
+from cumulo.domain.errors import Forbidden
 from cumulo.services import host_admin
 from cumulo.services.views import HostView
 
-router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
+router = APIRouter(prefix="/v1/hosts", tags=["hosts"],
+                   responses=raises(Forbidden))  # admins only
 
 
 class HostDisable(Input):
