@@ -11,7 +11,8 @@ namespace. Both clocks stop at the first successful `ssh ... true`.
 
 Besides p50/p95 it records where the time goes (seconds from the create call): `qemu_start`
 (the QEMU process exists: API + agent pass + overlay + seed + network), `initramfs`,
-`rootfs`, `guest_ready` (console lines of the guest; ready = after its DHCP lease), `ssh`.
+`rootfs`, `guest_ready` (console lines of the guest; ready = after its DHCP lease), `ssh`;
+and the median per-run gap from `guest_ready` to `ssh` (cumulo's and the floor's).
 """
 
 from __future__ import annotations
@@ -91,7 +92,17 @@ def summarize(cumulo: list[dict[str, float]], floor: list[dict[str, float]]) -> 
     }
     res["breakdown_median_s"] = _medians(cumulo)
     res["floor_breakdown_median_s"] = _medians(floor)
+    # From the guest's "ready" line (after its DHCP lease) to the first SSH login, per run:
+    # what the path to the guest adds (the forwarder, for cumulo), and less sensitive to
+    # the machine's load than the boots themselves.
+    res["ready_to_ssh_median_s"] = _ready_to_ssh(cumulo)
+    res["floor_ready_to_ssh_median_s"] = _ready_to_ssh(floor)
     return res
+
+
+def _ready_to_ssh(rows: list[dict[str, float]]) -> float | None:
+    gaps = [r["ssh_s"] - r["guest_ready_s"] for r in rows if "guest_ready_s" in r]
+    return round(median(gaps), 2) if gaps else None
 
 
 def _medians(rows: list[dict[str, float]]) -> dict[str, float]:

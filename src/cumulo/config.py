@@ -202,6 +202,16 @@ class NetworkSettings(BaseModel):
         return v
 
 
+class Ec2Settings(BaseModel):
+    """The EC2 Query API (cumulo.api.ec2)."""
+
+    # How long Describe* still shows a terminated instance (EC2: about an hour).
+    terminated_visible_s: int = Field(default=3600, ge=0, le=MAX_INTEGER)
+    # The key that encrypts the access keys' secrets: every API process of one cloud needs
+    # the same. Default: <state-dir>/server.key, made by `cumulo up` (mode 0600).
+    server_key_file: str | None = None
+
+
 class Settings(BaseModel):
     cloud_domain: str = "cumulo.internal"
     network: NetworkSettings = Field(default_factory=NetworkSettings)
@@ -232,6 +242,7 @@ class Settings(BaseModel):
     placement_policy: Literal["spread", "pack"] = "spread"
     # Only `cumulo up` reads this (for the agent it starts); the API never does.
     host: LocalHost = Field(default_factory=LocalHost)
+    ec2: Ec2Settings = Field(default_factory=Ec2Settings)
 
     @field_validator("cloud_domain")
     @classmethod

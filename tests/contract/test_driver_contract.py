@@ -395,3 +395,29 @@ async def test_volume_calls_on_unknown_or_stopped_vms(harness: Harness) -> None:
     assert await d.attached_volumes(spec.vm_id) == set()
     with pytest.raises(DriverError, match="volume vol-000000000000000ff"):
         await d.start(dataclasses.replace(harness.spec(), volumes=(missing,)))
+
+
+async def test_serial_port_is_interactive_and_ends_with_the_vm(harness: Harness) -> None:
+    d = harness.driver
+    spec = harness.spec()
+    with pytest.raises(DriverError, match="not running"):
+        await d.open_serial(spec.vm_id)
+    await d.start(spec)
+    await harness.wait_console(spec.vm_id)
+    port = await d.open_serial(spec.vm_id)
+    try:
+        # Typing reaches the guest (the tiny image's getty, the fake's shell), which answers.
+        seen = b""
+        async with asyncio.timeout(harness.boot_timeout):
+            while b"login:" not in seen and b"fake# " not in seen:
+                await port.write(b"\r")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2):
+                        while b"login:" not in seen and b"fake# " not in seen:
+                            seen += await port.read()
+        await d.force_stop(spec.vm_id)
+        async with asyncio.timeout(10):
+            while await port.read():
+                pass  # the port ends with the VM
+    finally:
+        await port.close()

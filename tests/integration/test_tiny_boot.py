@@ -75,11 +75,20 @@ async def test_tiny_boots_reads_seed_and_powers_off(arch: Arch, workdir: Path) -
         check=True,
     )  # fmt: skip
     seed = workdir / "seed.iso"
-    script = b'#!/bin/sh\necho "user-data-marker uid=$(id -u) host=$(hostname)"\n'
+    # the user's script still runs next to cumulo's #cloud-config (FQDN); the default user
+    # pings (ICMP datagram socket) and sudoes without a password
+    script = (
+        b'#!/bin/sh\necho "user-data-marker uid=$(id -u) host=$(hostname) fqdn=$(hostname -f)"\n'
+        b"su cumulo -c 'echo \"as-cumulo uid=$(id -u) sudo=$(sudo -n id -u)"
+        b' ping=$(ping -c 1 -W 5 127.0.0.1 > /dev/null && echo ok)"\'\n'
+    )
+    hostname = f"tiny-{arch.value.replace('_', '-')}"
+    fqdn = f"{hostname}.default.local-1a.cumulo.internal"
     build_seed_iso(
         seed,
         instance_id="i-tinytest",
-        hostname=f"tiny-{arch.value.replace('_', '-')}",
+        hostname=hostname,
+        fqdn=fqdn,
         user_data=script,
         ssh_public_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC0ffee test@cumulo"],
     )
@@ -106,12 +115,16 @@ async def test_tiny_boots_reads_seed_and_powers_off(arch: Arch, workdir: Path) -
         )
     qmp = QMPClient(f"tiny-{arch.value}")
     try:
-        hostname = f"tiny-{arch.value.replace('_', '-')}"
         await _wait_for(
             serial, [f"cumulo-tiny: ready hostname={hostname} instance-id=i-tinytest"], proc, 60
         )
         boot_s = time.monotonic() - started
-        text = await _wait_for(serial, [f"user-data-marker uid=0 host={hostname}"], proc, 30)
+        text = await _wait_for(
+            serial,
+            [f"user-data-marker uid=0 host={hostname} fqdn={fqdn}",
+             "as-cumulo uid=1000 sudo=0 ping=ok"],
+            proc, 30,
+        )  # fmt: skip
         print(f"{arch.value}: ready line after {boot_s:.2f}s")
         assert "BEGIN SSH HOST KEY KEYS" in text
         assert "installed 1 ssh key(s)" in text

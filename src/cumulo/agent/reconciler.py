@@ -182,6 +182,7 @@ class Reconciler:
             seed,
             instance_id=a.id,
             hostname=a.hostname,
+            fqdn=a.fqdn or None,  # "" from an API older than the FQDN in the assignment
             user_data=user_data,
             ssh_public_keys=a.ssh_public_keys,
         )

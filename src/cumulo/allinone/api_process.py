@@ -11,7 +11,7 @@ import ipaddress
 from pathlib import Path
 
 from cumulo.allinone.paths import StatePaths
-from cumulo.allinone.up import register_images, write_client_config
+from cumulo.allinone.up import register_images, server_key, write_client_config
 from cumulo.api import server
 from cumulo.api.app import create_app
 from cumulo.config import load_settings
@@ -48,7 +48,8 @@ def run(database_url: str, listen: str, state_dir: Path, config: Path | None) ->
     shown = f"[{host}]" if ":" in host else host
     write_client_config(paths, db, f"http://{shown}:{port}")
     notifier = Notifier()
-    svc = Services(db=db, settings=settings, notifier=notifier, image_store=paths.root / "images")
+    svc = Services(db=db, settings=settings, notifier=notifier, image_store=paths.root / "images",
+                   server_key=server_key(settings, paths))
     register_images(svc)
     bus = None
     if not db.in_process:

@@ -39,6 +39,11 @@ class StatePaths:
         return self.root / "up.pid"
 
     @property
+    def server_key(self) -> Path:
+        """Encrypts the EC2 access keys' secrets (services.access_keys)."""
+        return self.root / "server.key"
+
+    @property
     def log(self) -> Path:
         return self.root / "cumulo.log"
 

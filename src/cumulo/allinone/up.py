@@ -36,6 +36,7 @@ from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict, InvalidInput
 from cumulo.pidlock import PidLock
 from cumulo.services import images
+from cumulo.services.access_keys import load_server_key
 from cumulo.services.auth import ensure_default_project, issue_token, token_digest
 from cumulo.services.context import Role, Services
 from cumulo.services.notifier import Notifier
@@ -182,6 +183,13 @@ def _prepare_host(paths: StatePaths, settings: Settings, db: Database, url: str,
     return agent_cfg
 
 
+def server_key(settings: Settings, paths: StatePaths) -> bytes:
+    """The key of the EC2 access keys' secrets: `[ec2] server_key_file`, else DIR/server.key
+    (made at the first start). API processes of one cloud must share it."""
+    key_file = settings.ec2.server_key_file
+    return load_server_key(Path(key_file) if key_file else paths.server_key)
+
+
 def register_images(svc: Services) -> None:
     from cumulo.images.tiny import ensure_tiny_image
 
@@ -295,7 +303,8 @@ def _run_locked(
         asyncio.run(fabric.ensure(paths.root, [
             fabric.Port(paths.host_dir(h.name), h.underlay) for h in hosts if h.underlay]))
     svc = Services(
-        db=db, settings=settings, notifier=Notifier(), image_store=paths.root / "images"
+        db=db, settings=settings, notifier=Notifier(), image_store=paths.root / "images",
+        server_key=server_key(settings, paths),
     )
     register_images(svc)
     supervisors = [AgentSupervisor(cfg, cfg.parent / "agent.log") for cfg in agent_cfgs]

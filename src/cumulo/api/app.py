@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI
 
-from cumulo import __version__
+from cumulo import __version__, web
 from cumulo.api import errors, openapi, threads
 from cumulo.api.batches import CreateBatcher
+from cumulo.api.ec2.endpoint import Ec2Mount
 from cumulo.api.inputs import refuse_unstorable
 from cumulo.api.routers import (
+    access_keys,
     agents,
     catalogue,
     hosts,
@@ -18,6 +20,7 @@ from cumulo.api.routers import (
     networking,
     placement_groups,
     projects,
+    serial,
     volumes,
 )
 from cumulo.api.segments import OneSegmentPerName
@@ -47,10 +50,15 @@ def create_app(svc: Services) -> FastAPI:
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
-                   hosts, placement_groups):
+                   hosts, placement_groups, access_keys):
         app.include_router(module.router,
                            dependencies=[] if module is agents else user_facing)
+    app.include_router(projects.whoami_router, dependencies=user_facing)
+    app.include_router(serial.router)  # a WebSocket: checks its own parameters
+    web.install(app)
 
+    # EC2's Query API at the API's own URL (POST /), in front of the routes.
+    app.add_middleware(Ec2Mount, svc=svc)
     openapi.install(app)
 
     @app.get("/healthz", tags=["health"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, FastAPI, Header, Request
 
 from cumulo.api.batches import CreateBatcher
 from cumulo.api.threads import service
@@ -31,10 +31,16 @@ def _services(request: Request) -> Services:
 async def principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
-    cache: TokenCache = request.app.state.token_cache
+    return await principal_of(request.app, authorization)
+
+
+async def principal_of(app: FastAPI, authorization: str | None) -> Principal:
+    """Who `authorization` (an Authorization header's value) is: for routes that are not
+    plain requests too (the serial console's WebSocket)."""
+    cache: TokenCache = app.state.token_cache
     who = cache.get(authorization)
     if who is None:
-        svc = _services(request)
+        svc: Services = app.state.services
         who = await service(svc, _authenticate, svc, authorization)
         cache.put(authorization or "", who)
     return who

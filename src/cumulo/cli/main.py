@@ -12,6 +12,7 @@ import typer.main
 
 from cumulo.allinone.paths import DEFAULT_PORT, default_state_dir
 from cumulo.cli import (
+    access_keys,
     agent_cmd,
     bench,
     catalogue,
@@ -38,6 +39,7 @@ app.add_typer(catalogue.types_app, name="type")
 app.add_typer(images.images_app, name="image")
 app.add_typer(catalogue.zones_app, name="zone")
 app.add_typer(catalogue.projects_app, name="project")
+catalogue.projects_app.add_typer(access_keys.app, name="access-key")
 app.add_typer(networking.keypair_app, name="keypair")
 app.add_typer(networking.group_app, name="security-group")
 app.add_typer(networking.network_app, name="network")

@@ -315,3 +315,66 @@ class SnapshotRow(Base):
     state: Mapped[str] = mapped_column(String(16))  # creating | available | error | deleting
     state_reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class AccessKeyRow(Base):
+    """An EC2 access key of one project. The secret is kept encrypted with the server's key
+    (SigV4 needs the secret itself to check a signature, so a hash would not do)."""
+
+    __tablename__ = "access_keys"
+    id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    secret: Mapped[bytes] = mapped_column(LargeBinary)  # nonce + AES-GCM ciphertext
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class ClientTokenRow(Base):
+    """An EC2 ClientToken seen: the same token again gets the same answer."""
+
+    __tablename__ = "client_tokens"
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    action: Mapped[str] = mapped_column(String(32), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))  # of the request's other parameters
+    result: Mapped[list[str]] = mapped_column(JSON)  # ids created; [] while in progress
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class TerminatedInstanceRow(Base):
+    """What a deleted instance looked like, kept for a while (EC2 shows terminated ones)."""
+
+    __tablename__ = "terminated_instances"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    view: Mapped[dict[str, Any]] = mapped_column(JSON)
+    terminated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)
+
+
+class ResourceTagRow(Base):
+    """Tags of the resources whose row has none (volumes, snapshots, images, ...)."""
+
+    __tablename__ = "resource_tags"
+    resource_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class VolumeDeviceNameRow(Base):
+    """The device name an EC2 client attached a volume as (`/dev/sdf`): EC2 shows it back, while
+    the guest sees the next virtio disk (VolumeRow.device)."""
+
+    __tablename__ = "volume_device_names"
+    volume_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    device: Mapped[str] = mapped_column(String(32))

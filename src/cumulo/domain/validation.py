@@ -3,6 +3,8 @@ before passing through one of these functions."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 
 from cumulo.domain.errors import InvalidInput
@@ -95,3 +97,13 @@ def enough_ram(ram_mib: int, image_min_mib: int, image: str, arch: str) -> int:
         raise InvalidInput(f"{ram_mib} MiB of RAM is too little for image {image!r} ({arch}): "
                            f"it needs at least {image_min_mib} MiB", code="invalid_size")
     return ram_mib
+
+
+def base64_user_data(text: str | None) -> bytes | None:
+    """User-data as the APIs carry it (base64), decoded."""
+    if text is None:
+        return None
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("user_data must be base64", code="invalid_user_data") from None

@@ -97,8 +97,8 @@ class ElfFile:
                 return _cstr(self.data[offset : offset + filesz], 0)
         return None
 
-    def needed(self) -> list[str]:
-        """The DT_NEEDED shared libraries, in order."""
+    def _dynamic_strings(self, want: int) -> list[str]:
+        """The string values of the dynamic section's entries tagged `want`, in order."""
         dyn = next((s for s in self.sections if s.type == 6), None)  # SHT_DYNAMIC
         if dyn is None:
             return []
@@ -110,9 +110,18 @@ class ElfFile:
             tag, val = struct.unpack_from(fmt, self.data, off)
             if tag == 0:
                 break
-            if tag == 1:  # DT_NEEDED
+            if tag == want:
                 out.append(_cstr(strs, val))
         return out
+
+    def needed(self) -> list[str]:
+        """The DT_NEEDED shared libraries, in order."""
+        return self._dynamic_strings(1)
+
+    def runpath(self) -> list[str]:
+        """The directories of DT_RUNPATH (or the older DT_RPATH), in order."""
+        dirs = self._dynamic_strings(29) or self._dynamic_strings(15)
+        return [d for entry in dirs for d in entry.split(":") if d]
 
 
 def _cstr(buf: bytes, start: int) -> str:

@@ -21,13 +21,13 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from cumulo.domain.arch import Arch
-from cumulo.images import debs, kmod
+from cumulo.images import debs, kmod, rootfs
 from cumulo.images.cpio import CpioArchive
 from cumulo.images.debs import DebPackage, ImageBuildError, ToolMissing
+from cumulo.images.rootfs import guest_file
 
 __all__ = [
     "ImageBuildError",
@@ -45,15 +45,26 @@ ROOTFS_SIZE = 1 << 30  # 1 GiB virtual
 USERLAND_PACKAGES = (
     "busybox-static",
     "dropbear-bin",
+    "sudo",
+    "iputils-ping",
+    "bash",
     "libc6",
     "libcrypt1",
     "libtomcrypt1",
     "libtommath1",
     "zlib1g",
     "libgmp10",
+    "libpam0g",
+    "libpam-modules",
+    "libaudit1",
+    "libcap-ng0",
+    "libselinux1",
+    "libpcre2-8-0",
+    "libcap2",
+    "libidn2-0",
+    "libunistring2",
+    "libtinfo6",
 )
-LIB_PACKAGES = ("libc6", "libcrypt1", "libtomcrypt1", "libtommath1", "zlib1g", "libgmp10")
-
 # Kernel modules the initramfs loads (with their dependencies, in dependency order).
 REQUIRED_MODULES = ("virtio_pci", "virtio_blk", "ext4", "isofs", "virtio_net")
 OPTIONAL_MODULES = ("virtio_rng", "evdev", "button")
@@ -66,16 +77,10 @@ GUEST_FILES = (
     "cumulo-powerbtn",
     "cumulo-hotplug",
     "cumulo-netup",
+    "cumulo-userdata",
+    "cumulo-cloudconfig",
     "udhcpc.script",
 )
-
-DROPBEAR_FILES = (
-    "usr/sbin/dropbear",
-    "usr/bin/dropbearkey",
-    "usr/bin/dbclient",
-    "usr/bin/dropbearconvert",
-)
-
 
 @dataclass(frozen=True)
 class _ArchSpec:
@@ -103,17 +108,15 @@ def kernel_cmdline(arch: Arch) -> str:
     return _SPECS[arch].cmdline()
 
 
-def _guest_file(name: str) -> bytes:
-    return resources.files("cumulo.images").joinpath("tiny", name).read_bytes()
-
-
 def _resolve_packages(arch: Arch, tiny: Path) -> list[DebPackage]:
     """The kernel package first, then USERLAND_PACKAGES. Each `apt-cache` run costs over a
     second here, and every `cumulo up` asks: so the answer is kept on disk
     (`tiny/.resolved-<arch>.json`) for as long as apt's state is unchanged (checking that
     takes milliseconds)."""
     saved = tiny / f".resolved-{arch.value}.json"
-    apt_key = debs.apt_state_key()
+    # keyed by the package list too: a cumulo that needs more packages must not reuse the
+    # answer of an older one
+    apt_key = debs.apt_state_key() + " " + ",".join(USERLAND_PACKAGES)
     pkgs = _load_resolved(saved, apt_key)
     if pkgs is None:
         a = arch.debian_name
@@ -157,7 +160,7 @@ def inputs_digest(arch: Arch, packages: Sequence[DebPackage]) -> str:
         "min_ram_mib": _SPECS[arch].min_ram_mib,
         "modules": [REQUIRED_MODULES, OPTIONAL_MODULES],
         "packages": sorted([p.name, p.arch, p.version, p.sha256] for p in packages),
-        "guest_files": {n: hashlib.sha256(_guest_file(n)).hexdigest() for n in GUEST_FILES},
+        "guest_files": {n: hashlib.sha256(guest_file(n)).hexdigest() for n in GUEST_FILES},
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -273,7 +276,7 @@ def _build(
     (out / "initrd.img").write_bytes(_initramfs(moddir, order, busybox, applets))
 
     staging = work / "rootfs"
-    _rootfs_tree(arch, staging, busybox, applets, trees)
+    rootfs.rootfs_tree(_SPECS[arch].console, staging, busybox, applets, trees)
     _make_qcow2(staging, work / "rootfs.raw", out / "rootfs.qcow2", digest)
 
     image = {
@@ -324,7 +327,7 @@ def _initramfs(moddir: Path, order: Sequence[str], busybox: bytes, applets: list
     for name in _INITRD_APPLETS:
         if name in applets:
             a.add_symlink(f"bin/{name}", "busybox")
-    a.add_file("init", _guest_file("init"), 0o755)
+    a.add_file("init", guest_file("init"), 0o755)
     names = []
     for rel in order:
         base = rel.rsplit("/", 1)[-1]
@@ -332,123 +335,6 @@ def _initramfs(moddir: Path, order: Sequence[str], busybox: bytes, applets: list
         a.add_file(f"lib/modules/{base}", (moddir / rel).read_bytes())
     a.add_file("etc/modules.order", ("\n".join(names) + "\n").encode())
     return gzip.compress(a.to_bytes(), compresslevel=9, mtime=0)
-
-
-def _copy_elf_with_libs(src_root: Path, rel: str, lib_trees: Sequence[Path], dest: Path) -> None:
-    """Copy `rel` from `src_root` into `dest`, plus its loader and shared libraries."""
-    todo = [(_resolve_in(src_root / rel, src_root), rel)]
-    seen: set[str] = set()
-    while todo:
-        src, relpath = todo.pop()
-        if relpath in seen:
-            continue
-        seen.add(relpath)
-        target = dest / relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
-        target.chmod(0o755)
-        elf = kmod.ElfFile.open(target)
-        interp = elf.interpreter()
-        if interp:
-            found = _find_in_trees(interp.lstrip("/"), lib_trees)
-            if found is None:
-                raise ImageBuildError(f"loader {interp} (for {relpath}) not found in lib debs")
-            todo.append((found[0], interp.lstrip("/")))
-        for soname in elf.needed():
-            hit = _find_lib(soname, lib_trees)
-            if hit is None:
-                raise ImageBuildError(f"shared library {soname} (for {relpath}) not found")
-            todo.append(hit)
-
-
-def _resolve_in(path: Path, root: Path) -> Path:
-    """Follow symlinks inside an extracted tree (absolute targets are relative to `root`)."""
-    for _ in range(20):
-        if not path.is_symlink():
-            return path
-        t = os.readlink(path)
-        path = root / t.lstrip("/") if t.startswith("/") else path.parent / t
-    raise ImageBuildError(f"symlink loop at {path}")
-
-
-def _find_in_trees(rel: str, trees: Sequence[Path]) -> tuple[Path, Path] | None:
-    for t in trees:
-        p = t / rel
-        if p.is_symlink() or p.exists():
-            return (_resolve_in(p, t), t)
-    return None
-
-
-def _find_lib(soname: str, trees: Sequence[Path]) -> tuple[Path, str] | None:
-    for t in trees:
-        for d in ("lib", "usr/lib"):
-            base = t / d
-            if not base.is_dir():
-                continue
-            for sub in sorted(base.iterdir()):
-                cand = sub / soname if sub.is_dir() else None
-                if cand is not None and (cand.is_symlink() or cand.exists()):
-                    return (_resolve_in(cand, t), cand.relative_to(t).as_posix())
-            cand = base / soname
-            if cand.is_symlink() or cand.exists():
-                return (_resolve_in(cand, t), cand.relative_to(t).as_posix())
-    return None
-
-
-def _rootfs_tree(
-    arch: Arch,
-    root: Path,
-    busybox: bytes,
-    applets: list[str],
-    trees: dict[str, Path],
-) -> None:
-    for d in (
-        "bin", "sbin", "usr/bin", "usr/sbin", "etc/init.d", "etc/dropbear", "etc/udhcpc",
-        "dev", "proc", "sys", "run", "tmp", "root", "home", "mnt", "var/lib/cloud", "var/log",
-        "var/run",
-    ):  # fmt: skip
-        (root / d).mkdir(parents=True, exist_ok=True)
-    (root / "tmp").chmod(0o1777)
-    (root / "root").chmod(0o700)
-    bb = root / "bin/busybox"
-    bb.write_bytes(busybox)
-    bb.chmod(0o755)
-    for name in applets:
-        if name != "busybox":
-            (root / "bin" / name).symlink_to("busybox")
-    (root / "sbin/init").symlink_to("../bin/busybox")
-    (root / "usr/bin/env").symlink_to("../../bin/busybox")
-
-    lib_trees = [trees[p] for p in LIB_PACKAGES]
-    for rel in DROPBEAR_FILES:
-        _copy_elf_with_libs(trees["dropbear-bin"], rel, lib_trees, root)
-
-    def put(rel: str, data: bytes, mode: int = 0o644) -> None:
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-        p.chmod(mode)
-
-    console = _SPECS[arch].console
-    put("etc/inittab", _guest_file("inittab").replace(b"@CONSOLE@", console.encode()))
-    put("etc/init.d/rcS", _guest_file("rcS"), 0o755)
-    put("etc/init.d/rcK", _guest_file("rcK"), 0o755)
-    put("etc/udhcpc/default.script", _guest_file("udhcpc.script"), 0o755)
-    for name in ("cumulo-powerbtn", "cumulo-hotplug", "cumulo-netup"):
-        put(f"sbin/{name}", _guest_file(name), 0o755)
-    put("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
-    put("etc/shadow", b"root:*:19000:0:99999:7:::\n", 0o600)
-    put("etc/group", b"root:x:0:\ntty:x:5:\n")
-    put("etc/shells", b"/bin/sh\n/bin/ash\n")
-    put("etc/nsswitch.conf", b"passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n")
-    put("etc/hostname", b"tiny\n")
-    put("etc/hosts", b"127.0.0.1\tlocalhost\n")
-    put("etc/resolv.conf", b"")
-    put("etc/profile", b'export PATH=/bin:/sbin:/usr/bin:/usr/sbin\nexport PS1="\\u@\\h:\\w\\$ "\n')
-    put(
-        "etc/os-release",
-        b'NAME="cumulo tiny"\nID=cumulo-tiny\nPRETTY_NAME="cumulo tiny (busybox+dropbear)"\n',
-    )
 
 
 def _make_qcow2(staging: Path, raw: Path, qcow2: Path, digest: str) -> None:

@@ -35,3 +35,6 @@ class Services:
     notifier: Notifier
     # Where imported images are stored (`<state-dir>/images` for `cumulo up`); None: no imports.
     image_store: Path | None = None
+    # 32 bytes that encrypt the EC2 access keys' secrets (see services.access_keys); None: no
+    # access keys can be made or used.
+    server_key: bytes | None = None

@@ -69,6 +69,7 @@ def view_of(svc: Services, row: InstanceRow, project: str, who: Principal, *, ho
         region=svc.settings.region_of(row.zone), zone=row.zone, arch=row.arch,
         type=row.type_name, vcpus=row.vcpus, ram_mib=row.ram_mib,
         bandwidth_mbps=row.bandwidth_mbps, disk_gib=row.disk_gib, image=row.image_name,
+        image_id=row.image_id,
         # Which machine runs an instance is the operator's business: members see its zone.
         host=host if who.is_admin else None, placement_group=placement_group,
         network=network, private_ip=private_ip, public_ip=public_ip,

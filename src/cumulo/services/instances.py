@@ -59,6 +59,7 @@ from cumulo.services import (
     placement_groups,
     public_ips,
     security_groups,
+    terminated,
     volumes,
 )
 from cumulo.services.auth import scope_project
@@ -385,6 +386,8 @@ def act(
         if action is Action.DELETE:
             storage = volumes.release_for_instance(s, row.id)
         result = view(s, svc, row, prj.name, who)
+        if action is Action.DELETE:
+            terminated.record(s, svc, prj.id, result)
     if row.host_id not in storage:
         svc.notifier.notify(row.host_id, [row.id])
     for host_id in storage:
@@ -406,3 +409,50 @@ def console_target(svc: Services, who: Principal, project: str | None, ref: str)
         if host is None or not host.agent_url:
             raise Conflict(f"instance {row.name!r} has no host yet", code="invalid_state")
         return ConsoleTarget(vm_id=row.id, agent_url=host.agent_url)
+
+
+def resize(svc: Services, who: Principal, project: str | None, ref: str,
+           type_name: str) -> InstanceView:
+    """Give a stopped instance another type's vCPUs, RAM and bandwidth (its disk stays: a
+    type's disk size is the smallest a new instance gets). It must fit on its host."""
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = find_row(s, prj, ref)
+        if (row.state != InstanceState.STOPPED.value
+                or row.desired_power != DesiredPower.STOPPED.value):
+            raise Conflict(f"instance {row.name!r} is {row.state}: stop it first",
+                           code="instance_not_stopped")
+        itype = svc.settings.instance_type(type_name)
+        if itype is None:
+            raise NotFound(f"unknown instance type {type_name!r}", code="unknown_type")
+        if Arch(row.arch) not in itype.architectures:
+            raise InvalidInput(f"type {itype.name!r} is not offered for {row.arch}",
+                               code="type_arch_mismatch")
+        hosts.lock_zone(s, row.zone)
+        host = next((h for h in hosts.capacities(s, svc.settings, row.zone)
+                     if h.host_id == row.host_id), None)
+        if host is not None and (itype.vcpus - row.vcpus > host.vcpus_free
+                                 or itype.ram_mib - row.ram_mib > host.ram_mib_free):
+            raise InsufficientCapacity(
+                f"its host cannot hold {itype.vcpus} vCPUs / {itype.ram_mib} MiB for "
+                f"instance {row.name!r} (free: {host.vcpus_free} vCPUs / "
+                f"{host.ram_mib_free} MiB besides what it holds)")
+        row.type_name, row.vcpus, row.ram_mib = itype.name, itype.vcpus, itype.ram_mib
+        row.bandwidth_mbps = itype.bandwidth_mbps
+        row.generation += 1
+        return view(s, svc, row, prj.name, who)
+
+
+def retag(svc: Services, who: Principal, project: str | None, ref: str,
+          add: dict[str, str], remove: dict[str, str | None]) -> InstanceView:
+    """Set the tags of `add`, then drop those of `remove` (a key with a value: only while
+    the tag has that value)."""
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = find_row(s, prj, ref)
+        new = dict(row.tags or {}) | add
+        for key, value in remove.items():
+            if key in new and (value is None or new[key] == value):
+                del new[key]
+        row.tags = tags(new)
+        return view(s, svc, row, prj.name, who)

@@ -95,6 +95,20 @@ def ensure_default(s: Session, svc: Services, project: ProjectRow, zone: str) ->
     return row
 
 
+def ensure_defaults(svc: Services, who: Principal, project: str | None,
+                    zones: list[str]) -> None:
+    """The project's default network in each of `zones` (EC2 clients expect a default subnet
+    per zone before anything runs there)."""
+    from cumulo.services import hosts
+
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        for zone in sorted(zones):  # in one order, as creates take them
+            hosts.lock_zone(s, zone)
+        for zone in zones:
+            ensure_default(s, svc, prj, zone)
+
+
 def resolve(s: Session, svc: Services, project: ProjectRow, zone: str,
             name: str | None) -> NetworkRow:
     if name is None or name == DEFAULT_NETWORK:

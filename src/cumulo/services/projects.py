@@ -14,16 +14,29 @@ from cumulo.db.tables import (
     SecurityGroupRow,
     TokenRow,
 )
-from cumulo.domain.errors import Conflict, NotFound
+from cumulo.domain.errors import Conflict, Forbidden, NotFound, Unauthorized
 from cumulo.domain.ids import new_id
 from cumulo.domain.validation import dns_label
 from cumulo.services.auth import DEFAULT_PROJECT, issue_token, require_admin
 from cumulo.services.context import Principal, Role, Services
-from cumulo.services.views import CreatedToken, ProjectView
+from cumulo.services.views import Caller, CreatedToken, ProjectView
 
 
 def _view(row: ProjectRow) -> ProjectView:
     return ProjectView(id=row.id, name=row.name, created_at=row.created_at)
+
+
+def whoami(svc: Services, who: Principal) -> Caller:
+    """The caller's role and project (None for an admin: any project)."""
+    if who.role is Role.AGENT:
+        raise Forbidden("agent tokens cannot use the user API")
+    if who.is_admin:
+        return Caller(role=who.role.value, project=None)
+    with svc.db.session() as s:
+        row = s.get(ProjectRow, who.project_id)
+        if row is None:
+            raise Unauthorized("the token's project no longer exists")
+        return Caller(role=who.role.value, project=row.name)
 
 
 def create(svc: Services, who: Principal, name: str) -> ProjectView:

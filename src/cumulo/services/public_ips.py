@@ -20,7 +20,7 @@ from cumulo.services.views import PublicIpView
 
 def _view(s: Session, row: PublicIpRow, project: str) -> PublicIpView:
     inst = s.get(InstanceRow, row.instance_id) if row.instance_id else None
-    return PublicIpView(ip=row.ip, project=project, instance=inst.name if inst else None,
+    return PublicIpView(id=row.id, ip=row.ip, project=project, instance=inst.name if inst else None,
                         auto=row.auto, created_at=row.created_at)
 
 

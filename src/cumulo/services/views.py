@@ -13,6 +13,13 @@ class ProjectView(BaseModel):
     created_at: datetime
 
 
+class Caller(BaseModel):
+    """Who a token is: an admin (every project, the hosts) or a member of one project."""
+
+    role: str
+    project: str | None
+
+
 class InstanceView(BaseModel):
     id: str
     name: str
@@ -29,6 +36,7 @@ class InstanceView(BaseModel):
     bandwidth_mbps: int
     disk_gib: int
     image: str
+    image_id: str  # of the variant (architecture) it was created from
     host: str | None  # admins only (None for members): users see the zone
     placement_group: str | None
     network: str | None
@@ -155,6 +163,7 @@ class SecurityGroupView(BaseModel):
 
 
 class PublicIpView(BaseModel):
+    id: str
     ip: str
     project: str
     instance: str | None  # instance name

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from cumulo.agent.drivers.serial import SerialPort
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import DiskIoError, WriteErrorPolicy
 
@@ -140,6 +141,12 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def console_log(self, vm_id: str, max_bytes: int = 64 * 1024) -> str:
         """The tail of the VM's serial console output (survives restarts of the VM)."""
+
+    @abc.abstractmethod
+    async def open_serial(self, vm_id: str) -> SerialPort:
+        """A connection to the running VM's serial port (one at a time: see SerialHub).
+
+        Raises DriverError when the VM does not run or its port cannot be opened."""
 
     # -- block volumes ----------------------------------------------------------------------
     # A volume is attached to a running VM only: a stopped VM gets its volumes at the next

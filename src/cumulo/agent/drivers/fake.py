@@ -28,13 +28,15 @@ from cumulo.agent.drivers.base import (
     VolumeAttachment,
     check_spec_files,
 )
+from cumulo.agent.drivers.fake_serial import FakeSerialPort
+from cumulo.agent.drivers.serial import SerialPort
 from cumulo.domain.disk_errors import DiskIoError
 
 _LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)
 
 
 class _FakeVM:
-    __slots__ = ("events", "observed", "shutdown_pending", "spec", "volumes")
+    __slots__ = ("events", "observed", "ports", "shutdown_pending", "spec", "volumes")
 
     def __init__(self, spec: VMSpec, observed: Observed) -> None:
         self.spec = spec
@@ -42,11 +44,18 @@ class _FakeVM:
         self.shutdown_pending = False
         self.events: list[str] = []  # "boot", "reset", "poweroff", "kill": console is rendered
         self.volumes: dict[str, VolumeAttachment] = {}  # held by the running process
+        self.ports: list[FakeSerialPort] = []  # open serial connections (end with the process)
 
     def power_off(self, power: PowerState, reason: str) -> None:
         self.shutdown_pending = False
         self.volumes.clear()  # the process is gone, and its disks with it
+        self.close_ports()
         self.observed = Observed(self.observed.vm_id, power, None, reason)
+
+    def close_ports(self) -> None:
+        for port in self.ports:
+            port.vanish()
+        self.ports.clear()
 
 
 @dataclass
@@ -141,7 +150,9 @@ class FakeDriver(Driver):
                        Observed(vm.observed.vm_id, PowerState.RUNNING, vm.observed.pid))
 
     async def destroy(self, vm_id: str) -> None:
-        self.host.vms.pop(vm_id, None)
+        vm = self.host.vms.pop(vm_id, None)
+        if vm is not None:
+            vm.close_ports()
 
     async def console_log(self, vm_id: str, max_bytes: int = 64 * 1024) -> str:
         vm = self.host.vms.get(vm_id)
@@ -150,6 +161,15 @@ class FakeDriver(Driver):
         text = "".join(_render(vm.spec, event) for event in vm.events)
         data = text.encode()
         return data[-max_bytes:].decode(errors="replace") if len(data) > max_bytes else text
+
+    async def open_serial(self, vm_id: str) -> SerialPort:
+        vm = self.host.vms.get(vm_id)
+        if vm is None or vm.observed.power not in _LIVE:
+            raise DriverError(f"cannot open the serial port of {vm_id}: it is not running")
+        vm.ports = [p for p in vm.ports if not p.closed]
+        port = FakeSerialPort(vm.spec.hostname)
+        vm.ports.append(port)
+        return port
 
     def simulate_crash(self, vm_id: str, reason: str = "") -> None:
         """The VM's process dies without anyone asking (tests). KeyError if unknown."""

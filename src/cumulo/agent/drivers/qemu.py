@@ -38,6 +38,7 @@ from cumulo.agent.drivers.base import (
 )
 from cumulo.agent.drivers.qemu_argv import UNIX_PATH_MAX, Accel, VMPaths, build_argv
 from cumulo.agent.drivers.qmp import qmp_execute
+from cumulo.agent.drivers.serial import SerialPort, StreamSerialPort
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import DiskIoError
 
@@ -107,7 +108,7 @@ class QemuDriver(Driver):
                 _check_netns(spec)
             accel = await self.accel_for(spec.arch)
             paths.dir.mkdir(parents=True, exist_ok=True)
-            for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock):
+            for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock, paths.serial_sock):
                 stale.unlink(missing_ok=True)
             argv = build_argv(spec, paths, accel)
             paths.spec_json.write_text(json.dumps(_spec_record(spec, accel, argv), indent=1))
@@ -163,6 +164,20 @@ class QemuDriver(Driver):
         except (FileNotFoundError, NotADirectoryError):
             return ""
         return data.decode("utf-8", errors="replace")
+
+    async def open_serial(self, vm_id: str) -> SerialPort:
+        paths = self._paths(vm_id)
+        if _live_pid(paths) is None:
+            raise DriverError(f"cannot open the serial port of {vm_id}: it is not running")
+        try:
+            reader, writer = await asyncio.open_unix_connection(paths.serial_sock)
+        except FileNotFoundError:
+            raise DriverError(
+                f"{vm_id} has no interactive serial port (started by an older cumulo):"
+                " stop and start it to get one") from None
+        except OSError as e:
+            raise DriverError(f"cannot open the serial port of {vm_id}: {e}") from e
+        return StreamSerialPort(reader, writer)
 
     # -- block volumes (see qemu_volumes) ---------------------------------------------------
 

@@ -41,6 +41,11 @@ class VMPaths:
         return self.dir / "qmp.sock"
 
     @property
+    def serial_sock(self) -> Path:
+        """The serial port, served by QEMU to one client at a time (the agent's SerialHub)."""
+        return self.dir / "ser.sock"  # as long as qmp.sock: the same path length limit
+
+    @property
     def pidfile(self) -> Path:
         return self.dir / "qemu.pid"
 
@@ -91,8 +96,12 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
         str(spec.vcpus),
         "-m",
         str(spec.ram_mib),
+        # The serial port is a socket for the interactive console; QEMU logs what the guest
+        # writes to console.log whether a client is connected or not (output is dropped, not
+        # held, while none is), so the console log stays complete.
         "-chardev",
-        f"file,id=console,path={_opt(paths.console_log)},append=on",
+        f"socket,id=console,path={_opt(paths.serial_sock)},server=on,wait=off,"
+        f"logfile={_opt(paths.console_log)},logappend=on",
         "-serial",
         "chardev:console",
     ]

@@ -12,7 +12,21 @@ from pathlib import Path
 
 import pycdlib
 
+from cumulo.agent.storage.user_data import compose_user_data
+from cumulo.domain.errors import InvalidInput
+from cumulo.domain.validation import dns_label
+
 SEED_LABEL = "cidata"
+
+
+def _is_fqdn_of(fqdn: str, hostname: str) -> bool:
+    labels = fqdn.split(".")
+    try:
+        for label in labels:
+            dns_label(label)
+    except InvalidInput:
+        return False
+    return len(labels) > 1 and labels[0] == hostname and len(fqdn) <= 253
 
 
 def _yaml_str(value: str) -> str:
@@ -23,6 +37,8 @@ def _yaml_str(value: str) -> str:
 def render_meta_data(
     *, instance_id: str, hostname: str, ssh_public_keys: Sequence[str] = ()
 ) -> str:
+    """`hostname` is the instance's FQDN when it has one: like EC2's local-hostname, cloud-init
+    then takes its first label as the hostname and the whole as the FQDN."""
     lines = [
         f"instance-id: {_yaml_str(instance_id)}",
         f"local-hostname: {_yaml_str(hostname)}",
@@ -39,22 +55,31 @@ def build_seed_iso(
     *,
     instance_id: str,
     hostname: str,
+    fqdn: str | None = None,
     user_data: bytes | None = None,
     ssh_public_keys: Sequence[str] = (),
     network_config: str | None = None,
 ) -> None:
     """Write a NoCloud seed ISO (ISO9660 + Joliet + Rock Ridge, label `cidata`) to `path`.
 
+    With `fqdn` (<name>.<project>.<zone>.<domain>), the meta-data's local-hostname is the FQDN
+    and the user-data carries cumulo's #cloud-config (hostname, fqdn, /etc/hosts) next to the
+    user's own user-data (see `user_data.compose_user_data`).
     The file appears atomically (written to a temp file in the same directory, then renamed).
     """
     for name, value in (("instance_id", instance_id), ("hostname", hostname)):
         if not value or any(c in value for c in "\n\r\0"):
             raise ValueError(f"{name} must be a non-empty single line, got {value!r}")
+    if fqdn is not None and not _is_fqdn_of(fqdn, hostname):
+        raise ValueError(f"fqdn must be a DNS name whose first label is {hostname}, got {fqdn!r}")
+    if fqdn is not None:
+        user_data = compose_user_data(hostname=hostname, fqdn=fqdn, user_data=user_data)
     files: list[tuple[str, bytes]] = [
         (
             "meta-data",
             render_meta_data(
-                instance_id=instance_id, hostname=hostname, ssh_public_keys=ssh_public_keys
+                instance_id=instance_id, hostname=fqdn or hostname,
+                ssh_public_keys=ssh_public_keys,
             ).encode(),
         ),
         ("user-data", user_data if user_data is not None else b"#cloud-config\n"),

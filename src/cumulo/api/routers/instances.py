@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-
-import httpx
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
+from cumulo.api import console as console_log
 from cumulo.api.deps import Creates, Svc, Who
 from cumulo.api.inputs import Input
 from cumulo.api.openapi import raises
 from cumulo.api.threads import service
-from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
+from cumulo.domain.errors import Conflict, InsufficientCapacity, NotFound
 from cumulo.domain.instance import Action
-from cumulo.services import instances
+from cumulo.domain.validation import base64_user_data
+from cumulo.services import instance_check, instances
 from cumulo.services.views import InstanceView
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
@@ -41,19 +39,8 @@ class InstanceCreate(Input):
     placement_group: str | None = Field(default=None, description="a placement group's name")
 
 
-def _decode(user_data: str | None) -> bytes | None:
-    if user_data is None:
-        return None
-    try:
-        return base64.b64decode(user_data, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidInput("user_data must be base64", code="invalid_user_data") from None
-
-
-@router.post("", status_code=202, responses=raises(NotFound, Conflict, InsufficientCapacity))
-async def create(creates: Creates, who: Who, body: InstanceCreate,
-                 project: str | None = None) -> InstanceView:
-    req = instances.CreateInstance(
+def _request(body: InstanceCreate) -> instances.CreateInstance:
+    return instances.CreateInstance(
         name=body.name,
         image=body.image,
         type=body.type,
@@ -63,7 +50,7 @@ async def create(creates: Creates, who: Who, body: InstanceCreate,
         disk_gib=body.disk_gib,
         arch=body.arch,
         zone=body.zone,
-        user_data=_decode(body.user_data),
+        user_data=base64_user_data(body.user_data),
         tags=body.tags,
         keys=body.keys,
         security_groups=body.security_groups,
@@ -71,7 +58,23 @@ async def create(creates: Creates, who: Who, body: InstanceCreate,
         private_ip=body.private_ip,
         placement_group=body.placement_group,
     )
-    return await creates.create(instances.CreateCall(who, project, req))
+
+
+_CREATE_ERRORS = raises(NotFound, Conflict, InsufficientCapacity)
+
+
+@router.post("", status_code=202, responses=_CREATE_ERRORS)
+async def create(creates: Creates, who: Who, body: InstanceCreate,
+                 project: str | None = None) -> InstanceView:
+    return await creates.create(instances.CreateCall(who, project, _request(body)))
+
+
+@router.post("/validate", status_code=204, responses=_CREATE_ERRORS)
+async def validate(svc: Svc, who: Who, body: InstanceCreate,
+                   project: str | None = None) -> Response:
+    """Check a create without creating anything: 204, or the error the create would give."""
+    await service(svc, instance_check.check_create, svc, who, project, _request(body))
+    return Response(status_code=204)
 
 
 @router.get("")
@@ -112,21 +115,4 @@ async def delete(svc: Svc, who: Who, ref: str, project: str | None = None) -> In
 async def console(svc: Svc, who: Who, ref: str, project: str | None = None) -> Response:
     """The serial console log, fetched from the instance's host agent."""
     target = await service(svc, instances.console_target, svc, who, project, ref)
-    url = target.agent_url
-    transport = None
-    if url.startswith("unix:"):
-        transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix:"))
-        url = "http://agent"
-    try:
-        async with httpx.AsyncClient(transport=transport, timeout=5.0) as client:
-            resp = await client.get(f"{url}/console/{target.vm_id}")
-    except httpx.HTTPError as e:
-        raise Conflict(
-            f"the instance's host agent is unreachable: {e}", code="host_unreachable"
-        ) from e
-    if resp.status_code != 200:
-        raise Conflict(
-            f"the host agent could not read the console ({resp.status_code})",
-            code="host_unreachable",
-        )
-    return PlainTextResponse(resp.text)
+    return PlainTextResponse(await console_log.fetch(target))

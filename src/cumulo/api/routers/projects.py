@@ -1,4 +1,4 @@
-"""Projects (admin only)."""
+"""Projects (admin only), and who a token is."""
 
 from __future__ import annotations
 
@@ -9,10 +9,17 @@ from cumulo.api.inputs import Input
 from cumulo.api.openapi import raises
 from cumulo.domain.errors import Conflict, Forbidden
 from cumulo.services import projects
-from cumulo.services.views import CreatedToken, ProjectView
+from cumulo.services.views import Caller, CreatedToken, ProjectView
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"],
                    responses=raises(Forbidden))  # admins only
+whoami_router = APIRouter(prefix="/v1", tags=["projects"])
+
+
+@whoami_router.get("/whoami", responses=raises(Forbidden))
+def whoami(svc: Svc, who: Who) -> Caller:
+    """The caller's role and project: what the web console signs in with."""
+    return projects.whoami(svc, who)
 
 
 class ProjectCreate(Input):

@@ -61,7 +61,8 @@ def head(binary: str, machine: list[str], accel: str) -> list[str]:
     return [
         binary, "-name", f"guest={VM}", "-nodefaults", "-no-user-config", "-display", "none",
         *machine, "-accel", accel, "-smp", "2", "-m", "512",
-        "-chardev", f"file,id=console,path={D}/console.log,append=on",
+        "-chardev", f"socket,id=console,path={D}/ser.sock,server=on,wait=off,"
+                    f"logfile={D}/console.log,logappend=on",
         "-serial", "chardev:console",
     ]  # fmt: skip
 
@@ -152,6 +153,7 @@ def test_paths() -> None:
     assert PATHS.vm_id == VM
     assert str(PATHS.stop_marker) == f"{D}/stop-requested"
     assert str(PATHS.console_log) == f"{D}/console.log"
+    assert str(PATHS.serial_sock) == f"{D}/ser.sock"
 
 
 VOL_A = VolumeAttachment("vol-0123456789abcdef0", Path("/var/lib/cumulo/volumes/a,b.qcow2"),

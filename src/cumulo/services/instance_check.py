@@ -1,0 +1,32 @@
+"""A create checked without creating anything: what the web console asks while a user fills
+in its form, so that a bad choice is explained next to its field before it is submitted
+(a script may ask the same: POST /v1/instances/validate)."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import IntegrityError
+
+from cumulo.domain.errors import Conflict
+from cumulo.services import instances
+from cumulo.services.context import Principal, Services
+
+
+class _DryRun(Exception):
+    """Raised at the end of a successful check: the transaction rolls back."""
+
+
+def check_create(svc: Services, who: Principal, project: str | None,
+                 req: instances.CreateInstance) -> None:
+    """Every check a create makes (name, size, zone capacity, image, keys, groups, network,
+    address) and the error it would raise; nothing is written."""
+    size = instances._size(svc, req)
+    try:
+        with svc.db.session() as s:
+            instances._create_one(svc, instances._Batch(s, svc.settings),
+                                  instances.CreateCall(who, project, req), size)
+            raise _DryRun
+    except _DryRun:
+        return
+    except IntegrityError:
+        raise Conflict(f"an instance named {req.name!r} or its address is already taken",
+                       code="name_taken") from None
