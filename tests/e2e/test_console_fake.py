@@ -158,4 +158,5 @@ def test_every_page_on_a_phone_and_for_an_admin(fake_cloud: Cloud, open_tab) -> 
         assert width <= PHONE["width"], f"#/{path} is {width}px wide on a 390px screen"
         if path == "zones":  # the admin's page: the host and its capacity
             expect(page.locator("#zone-list")).to_contain_text("local")
-            expect(page.locator("#zone-list")).to_contain_text("/ 16")
+            # [host] vcpus = 16 under the default cpu_allocation_ratio (4.0)
+            expect(page.locator("#zone-list")).to_contain_text("/ 64")
