@@ -51,7 +51,7 @@ def test_console_journey_on_the_fake_cloud(fake_cloud: Cloud, open_tab) -> None:
 
     # A bad choice is explained by its field, with the API's message, before submitting...
     page.check("input[name=size-mode][value=custom]")
-    page.fill("#vcpus", "64")
+    page.fill("#vcpus", "65")  # the host allocates 16 x 4.0 (cpu_allocation_ratio)
     size_error = page.locator("[data-error-for=size-custom]")
     expect(size_error).to_contain_text("larger than any x86_64 host", timeout=WAIT_MS)
     expect(page.locator("#vcpus")).to_have_attribute("aria-invalid", "true")
