@@ -41,7 +41,7 @@ def list_keys(ctx: typer.Context, project: ProjectOpt = None) -> None:
 def delete(ctx: typer.Context, key_id: str, project: ProjectOpt = None) -> None:
     """Delete a key: requests signed with it fail from now on."""
     st = state(ctx)
-    st.client().delete(f"/v1/access-keys/{key_id}", params=_params(st, project), scoped=False)
+    st.client().delete("/v1/access-keys/{}", key_id, params=_params(st, project), scoped=False)
     if st.json:
         emit(st, {"access_key_id": key_id, "deleted": True}, ["access_key_id"])
     else:
