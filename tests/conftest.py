@@ -114,8 +114,8 @@ AGENT_HOST = "host-a"
 @pytest.fixture
 def svc(db: Database, tmp_path: Path) -> Services:
     """Services with the default project, a `tiny` image (both arches) and one host of
-    4 vCPUs / 4096 MiB in zone local-1a."""
-    services = Services(db=db, settings=Settings(), notifier=Notifier())
+    4 vCPUs / 4096 MiB in zone local-1a (vCPUs not overcommitted: 4 is what it holds)."""
+    services = Services(db=db, settings=Settings(cpu_allocation_ratio=1.0), notifier=Notifier())
     with db.session() as s:
         ensure_default_project(s)
     for arch in ("x86_64", "arm64"):

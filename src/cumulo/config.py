@@ -1,4 +1,6 @@
-"""Server configuration: the catalogue (regions, zones, instance types) and the local host.
+"""Server configuration: the catalogue (regions, zones, instance types), placement's policy,
+and the local host that `cumulo up` runs (the API itself knows hosts only from their
+registrations).
 
 Read from a TOML file (`<state-dir>/cumulo.toml` when present, or `--config`); every key has a
 default so `cumulo up` runs with no file at all. Validated once at start-up: a bad file stops
@@ -115,8 +117,10 @@ class LocalHost(BaseModel):
 
     name: HostName = Field(default_factory=lambda: _safe_hostname())
     zone: ZoneName = "local-1a"
-    # Allocatable capacity. vCPUs are overcommitted (TCG guests mostly idle); RAM is not.
-    vcpus: int = Field(default_factory=lambda: (os.cpu_count() or 1) * 8, gt=0, le=MAX_INTEGER)
+    # What the host has, as its agent registers it: its cores, and its RAM less what the host
+    # keeps for itself. Placement allocates these times the API's cpu_allocation_ratio and
+    # ram_allocation_ratio (vCPUs are overcommitted by default; RAM is not).
+    vcpus: int = Field(default_factory=lambda: os.cpu_count() or 1, gt=0, le=MAX_INTEGER)
     ram_mib: int = Field(default_factory=lambda: max(256, _host_ram_mib() - 2048), gt=0,
                          le=MAX_INTEGER)
     driver: Literal["qemu", "fake"] = "qemu"
@@ -255,6 +259,15 @@ class Settings(BaseModel):
         default_factory=lambda: [Region(name="local-1", zones=["local-1a", "local-1b"])]
     )
     instance_types: list[InstanceType] = Field(default_factory=_default_types)
+    # The zone of a create that names none (default: the first zone of the first region).
+    default_zone: ZoneName | None = None
+    # Placement: how many vCPUs (RAM MiB) may be allocated per vCPU (MiB) a host registers,
+    # and which hosts the weighers prefer among those that fit: "spread" (the emptiest, so
+    # load and the impact of a host failure spread out) or "pack" (the fullest).
+    cpu_allocation_ratio: float = Field(default=4.0, gt=0, le=1000, allow_inf_nan=False)
+    ram_allocation_ratio: float = Field(default=1.0, gt=0, le=1000, allow_inf_nan=False)
+    placement_policy: Literal["spread", "pack"] = "spread"
+    # Only `cumulo up` reads this (for the agent it starts); the API never does.
     host: LocalHost = Field(default_factory=LocalHost)
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     # Prometheus may read /metrics with this token as well as with an admin token ("": only
@@ -288,10 +301,18 @@ class Settings(BaseModel):
             raise ValueError("a zone name appears in two regions")
         if self.host.zone not in zones:
             raise ValueError(f"host zone {self.host.zone!r} is not in any region")
+        if self.default_zone is None:
+            self.default_zone = zones[0]
+        elif self.default_zone not in zones:
+            raise ValueError(f"default_zone {self.default_zone!r} is not in any region")
         names = [t.name for t in self.instance_types]
         if len(names) != len(set(names)):
             raise ValueError("two instance types share a name")
         return self
+
+    def zone_or_default(self, zone: str | None) -> str:
+        """`zone`, or the default zone when a request names none."""
+        return zone or self.default_zone or self.zone_names()[0]
 
     def zone_names(self) -> list[str]:
         return [z for r in self.regions for z in r.zones]

@@ -23,6 +23,7 @@ class HostRegistration(BaseModel):
     driver: str
     accel: str
     agent_url: str = ""
+    agent_version: str = ""  # cumulo's version on the host (an older agent sends none)
     disk: HostDisk | None = None  # None: an agent that does not report it (not checked)
     # This host's address on the underlay: where other hosts send its networks' VXLAN
     # packets. None: a host without one (a single all-in-one host), which serves no segment.

@@ -51,7 +51,7 @@ def test_console_journey_on_the_fake_cloud(fake_cloud: Cloud, open_tab) -> None:
 
     # A bad choice is explained by its field, with the API's message, before submitting...
     page.check("input[name=size-mode][value=custom]")
-    page.fill("#vcpus", "64")
+    page.fill("#vcpus", "65")  # the host allocates 16 x 4.0 (cpu_allocation_ratio)
     size_error = page.locator("[data-error-for=size-custom]")
     expect(size_error).to_contain_text("larger than any x86_64 host", timeout=WAIT_MS)
     expect(page.locator("#vcpus")).to_have_attribute("aria-invalid", "true")
@@ -158,4 +158,5 @@ def test_every_page_on_a_phone_and_for_an_admin(fake_cloud: Cloud, open_tab) -> 
         assert width <= PHONE["width"], f"#/{path} is {width}px wide on a 390px screen"
         if path == "zones":  # the admin's page: the host and its capacity
             expect(page.locator("#zone-list")).to_contain_text("local")
-            expect(page.locator("#zone-list")).to_contain_text("/ 16")
+            # [host] vcpus = 16 under the default cpu_allocation_ratio (4.0)
+            expect(page.locator("#zone-list")).to_contain_text("/ 64")

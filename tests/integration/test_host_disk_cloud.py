@@ -63,8 +63,9 @@ def test_placement_refuses_a_host_whose_disk_is_full_and_says_so() -> None:
                   check=False)
         assert r.returncode != 0
         (line,) = r.stderr.strip().splitlines()
-        assert line.startswith("error[insufficient_capacity]: no host can take this instance")
-        assert f"local: {room} MiB disk free, " in line and " MiB needed" in line
+        assert line.startswith("error[no_host_fits]: no host fits: zone local-1a has 1 host: "
+                               "1 lacks ")
+        assert line.endswith(f" MiB disk (largest free: {room})")
         assert c.json("instance", "list") == []
 
         # The filesystem grows: the agent reports it within a pass or two; placement follows.

@@ -45,6 +45,7 @@ def _load(tmp_path: Path, text: str) -> Settings:
         ('[[volume_types]]\nname = "f"\niops = 1\nmbps = 1\ndescription = "a\\u001b[2J"',
          "volume_types.0.description"),
         ("max_volume_gib = 9999999999999", "max_volume_gib"),
+        ('default_zone = "local-9z"', "not in any region"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_its_place(tmp_path: Path, text: str,
@@ -80,3 +81,27 @@ def test_the_default_host_name_is_a_label(monkeypatch: pytest.MonkeyPatch, hostn
                                           expected: str) -> None:
     monkeypatch.setattr("socket.gethostname", lambda: hostname)
     assert load_settings(None).host.name == expected
+
+
+def test_the_default_zone_is_the_api_s_own_not_the_local_host_s(tmp_path: Path) -> None:
+    assert load_settings(None).default_zone == "local-1a"  # the first zone of the first region
+    s = _load(tmp_path, '[host]\nzone = "local-1b"\n')
+    assert (s.default_zone, s.zone_or_default(None), s.zone_or_default("local-1b")) == (
+        "local-1a", "local-1a", "local-1b")
+    s = _load(tmp_path, 'default_zone = "local-1b"\n')
+    assert s.zone_or_default(None) == "local-1b" and s.host.zone == "local-1a"
+
+
+def test_placement_settings(tmp_path: Path) -> None:
+    s = load_settings(None)
+    assert (s.cpu_allocation_ratio, s.ram_allocation_ratio, s.placement_policy) == (
+        4.0, 1.0, "spread")
+    s = _load(tmp_path, 'cpu_allocation_ratio = 16.0\nram_allocation_ratio = 1.5\n'
+                        'placement_policy = "pack"\n')
+    assert (s.cpu_allocation_ratio, s.ram_allocation_ratio, s.placement_policy) == (
+        16.0, 1.5, "pack")
+    for bad in ("cpu_allocation_ratio = 0", "ram_allocation_ratio = nan",
+                'placement_policy = "random"'):
+        with pytest.raises(InvalidInput) as e:
+            _load(tmp_path, bad)
+        assert bad.split()[0] in e.value.message

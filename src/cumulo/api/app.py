@@ -20,22 +20,24 @@ from cumulo.api.routers import (
     agents,
     catalogue,
     events,
+    hosts,
     images,
     instances,
     join,
     networking,
+    placement_groups,
     projects,
     serial,
     volumes,
 )
 from cumulo.api.segments import OneSegmentPerName
-from cumulo.services import hosts
+from cumulo.services import hosts as host_service
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
 
 log = structlog.get_logger("cumulo.api")
 
-SWEEP_EVERY_S = 5.0  # how often silent hosts are looked for (hosts.sweep_down)
+SWEEP_EVERY_S = 5.0  # how often silent hosts are looked for (host_service.sweep_down)
 
 
 async def _sweep(svc: Services) -> None:
@@ -43,7 +45,7 @@ async def _sweep(svc: Services) -> None:
     while True:
         await asyncio.sleep(SWEEP_EVERY_S)
         try:
-            for name in await threads.service(svc, hosts.sweep_down, svc):
+            for name in await threads.service(svc, host_service.sweep_down, svc):
                 log.warning("host_down", host=name)
         except Exception as e:  # the database is away: try again at the next sweep
             log.warning("host_sweep_failed", error=str(e))
@@ -83,7 +85,7 @@ def create_app(svc: Services) -> FastAPI:
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
-                   access_keys, events, agent_images):
+                   hosts, placement_groups, access_keys, events, agent_images):
         app.include_router(module.router,
                            dependencies=[] if module in (agents, agent_images) else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)

@@ -96,7 +96,7 @@ class CloudCollector(Collector):
                     select(InstanceRow.state, InstanceRow.zone, func.count())
                     .group_by(InstanceRow.state, InstanceRow.zone)):
                 instances.add_metric([state, zone], n)
-            for cap in hosts.capacities(s):
+            for cap in hosts.capacities(s, self.svc.settings):
                 at = [cap.name, cap.zone]
                 up.add_metric(at, 1 if cap.up else 0)
                 vcpus.add_metric(at, cap.vcpus_total)

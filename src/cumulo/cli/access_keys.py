@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from cumulo.cli.client import segment
 from cumulo.cli.output import CliState, emit, out, state
 
 app = typer.Typer(help="EC2 API access keys of a project.", no_args_is_help=True)
@@ -42,8 +41,7 @@ def list_keys(ctx: typer.Context, project: ProjectOpt = None) -> None:
 def delete(ctx: typer.Context, key_id: str, project: ProjectOpt = None) -> None:
     """Delete a key: requests signed with it fail from now on."""
     st = state(ctx)
-    st.client().delete(f"/v1/access-keys/{segment(key_id)}", params=_params(st, project),
-                       scoped=False)
+    st.client().delete("/v1/access-keys/{}", key_id, params=_params(st, project), scoped=False)
     if st.json:
         emit(st, {"access_key_id": key_id, "deleted": True}, ["access_key_id"])
     else:

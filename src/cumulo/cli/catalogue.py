@@ -43,8 +43,8 @@ def zone_list(ctx: typer.Context) -> None:
                     "host": h["name"] if h else None,
                     "state": h["state"] if h else None,
                     "accel": h["accel"] if h else None,
-                    "vcpus_free": (h["vcpus"] - h["vcpus_used"]) if h else 0,
-                    "ram_mib_free": (h["ram_mib"] - h["ram_mib_used"]) if h else 0,
+                    "vcpus_free": (h["vcpus_allocatable"] - h["vcpus_used"]) if h else 0,
+                    "ram_mib_free": (h["ram_mib_allocatable"] - h["ram_mib_used"]) if h else 0,
                     "disk_mib_free": h.get("disk_room_mib") if h else None,
                     "instances": h["instances"] if h else 0,
                 }

@@ -19,8 +19,8 @@ COLUMNS = ["name", "state", "zone", "arch", "type", "vcpus", "ram_mib", "image",
            "public_ip", "id"]
 SHOW = ["id", "name", "project", "state", "state_reason", "desired_state", "region", "zone",
         "arch", "type", "vcpus", "ram_mib", "bandwidth_mbps", "disk_gib", "image", "host",
-        "network", "private_ip", "public_ip", "fqdn", "key_names", "security_groups", "tags",
-        "created_at", "updated_at"]
+        "placement_group", "network", "private_ip", "public_ip", "fqdn", "key_names",
+        "security_groups", "tags", "created_at", "updated_at"]
 
 Wait = Annotated[bool, typer.Option("--wait", help="Follow the state until it settles.")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
@@ -88,6 +88,8 @@ def create(
     network: Annotated[str | None, typer.Option("--network", help="default: the zone's "
                                                 "default network")] = None,
     private_ip: Annotated[str | None, typer.Option("--private-ip")] = None,
+    placement_group: Annotated[str | None, typer.Option(
+        "--placement-group", help="Place it by this group's rule (spread or cluster).")] = None,
     wait: Wait = False,
     timeout: Timeout = 600.0,
 ) -> None:
@@ -109,6 +111,8 @@ def create(
         "network": network,
         "private_ip": private_ip,
     }
+    if placement_group is not None:
+        body["placement_group"] = placement_group
     if user_data is not None:
         try:
             raw = user_data.read_bytes()

@@ -16,6 +16,7 @@ from cumulo.cli import (
     agent_cmd,
     bench,
     catalogue,
+    hosts,
     images,
     instances,
     join_tokens,
@@ -48,12 +49,11 @@ app.add_typer(volumes.volume_app, name="volume")
 app.add_typer(volumes.snapshot_app, name="snapshot")
 catalogue.projects_app.add_typer(observe.quota_app, name="quota")
 app.command("events")(observe.events)
+hosts.hosts_app.add_typer(join_tokens.join_token_app, name="join-token")
+app.add_typer(hosts.hosts_app, name="host")
+app.add_typer(hosts.groups_app, name="placement-group")
 app.command("bench")(bench.bench)
 app.command("agent")(agent_cmd.agent)
-# `cumulo host ...` gets its other commands with the host lifecycle (#18).
-host_app = typer.Typer(help="Hypervisor hosts (admin).", no_args_is_help=True)
-host_app.add_typer(join_tokens.join_token_app, name="join-token")
-app.add_typer(host_app, name="host")
 app.command("ssh", context_settings={"allow_interspersed_args": False})(networking.ssh)
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -102,6 +103,22 @@ class HostRow(Base):
     underlay_ip: Mapped[str | None] = mapped_column(String(39), nullable=True)
     last_seen: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # An operator's: a disabled host gets no new instance and keeps the ones it has.
+    disabled: Mapped[bool] = mapped_column(default=False, server_default=false())
+    disabled_reason: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    agent_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
+
+
+class PlacementGroupRow(Base):
+    """Instances of one project placed together (cluster) or apart (spread)."""
+
+    __tablename__ = "placement_groups"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_placement_group_name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    strategy: Mapped[str] = mapped_column(String(16))  # spread | cluster
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class ImageRow(Base):
@@ -157,6 +174,8 @@ class InstanceRow(Base):
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id"))
     image_name: Mapped[str] = mapped_column(String(63))
     host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True, index=True)
+    placement_group_id: Mapped[str | None] = mapped_column(
+        ForeignKey("placement_groups.id"), nullable=True, index=True)
     state: Mapped[str] = mapped_column(String(16))
     state_reason: Mapped[str] = mapped_column(Text, default="")
     desired_power: Mapped[str] = mapped_column(String(16))

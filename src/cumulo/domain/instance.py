@@ -25,6 +25,8 @@ class InstanceState(StrEnum):
     REBOOTING = "rebooting"
     DELETING = "deleting"
     ERROR = "error"
+    # Shown, never stored: the instance's host is down, so nobody knows (see shown_state).
+    UNKNOWN = "unknown"
 
 
 class DesiredPower(StrEnum):
@@ -84,3 +86,15 @@ def check_transition(name: str, state: InstanceState, action: Action) -> Instanc
 def desired_after(action: Action, current: DesiredPower) -> DesiredPower:
     new = _DESIRED[action]
     return current if new is None else new
+
+
+def shown_state(state: str, reason: str, host_up: bool | None) -> tuple[str, str]:
+    """The state and reason a user sees. While the instance's host is down (`host_up`
+    False; None: no host) its last report may no longer be true: it shows as unknown, with the
+    state last reported, never as silently running. The stored state is kept, so that the
+    instance shows its real state again as soon as its host is back (its agent then reports
+    any change, e.g. a VM that died meanwhile)."""
+    if host_up is False:
+        return (InstanceState.UNKNOWN.value,
+                f"its host is down (no word from its agent); last reported {state}")
+    return (state, reason)

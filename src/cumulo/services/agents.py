@@ -60,7 +60,8 @@ log = structlog.get_logger("cumulo.api")
 # observation by observation: one this API cannot use (a state an agent of a newer version
 # knows, or a broken agent's) is logged and left out, and the others are applied. A request
 # that failed would be sent again at the next pass, and fail again, forever.
-_INSTANCE_STATES = frozenset(s.value for s in InstanceState) | {DELETED}
+_INSTANCE_STATES = (frozenset(s.value for s in InstanceState) - {InstanceState.UNKNOWN.value}
+                    | {DELETED})
 _VOLUME_STATES = frozenset(
     {"creating", "available", "attaching", "in-use", "detaching", "error", DELETED})
 _SNAPSHOT_STATES = frozenset({"creating", "available", "error", DELETED})

@@ -9,9 +9,10 @@ from typing import TypeVar, cast
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cumulo.db.tables import HostRow, ProjectRow
-from cumulo.scheduler.placement import HostCapacity
-from cumulo.services import hosts, quotas
+from cumulo.config import Settings
+from cumulo.db.tables import HostRow, PlacementGroupRow, ProjectRow
+from cumulo.scheduler.placement import GroupRule, HostCapacity
+from cumulo.services import hosts, placement_groups, quotas
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 
@@ -27,8 +28,9 @@ class CreateBatch:
     (a placement is added to the capacities read). A create that fails rolls back its
     savepoint, and with `restore` what it added here."""
 
-    def __init__(self, s: Session) -> None:
+    def __init__(self, s: Session, settings: Settings) -> None:
         self.s = s
+        self.settings = settings
         self._memo: dict[tuple[object, ...], object] = {}
         self.own_limits: dict[str, dict[str, object]] = {}  # read under the projects' lock
 
@@ -68,14 +70,21 @@ class CreateBatch:
             select(HostRow.underlay_ip).where(HostRow.id == host_id)))
 
     def capacities(self, zone: str) -> list[HostCapacity]:
-        return self.get(("capacities", zone), lambda: hosts.capacities(self.s, zone))
+        return self.get(("capacities", zone),
+                        lambda: hosts.capacities(self.s, self.settings, zone))
 
-    def placed(self, zone: str, host: HostCapacity, vcpus: int, ram_mib: int,
-               disk_mib: int) -> None:
+    def group_rule(self, group: PlacementGroupRow) -> GroupRule:
+        return self.get(("group", group.id), lambda: placement_groups.rule(self.s, group))
+
+    def placed(self, zone: str, host: HostCapacity, vcpus: int, ram_mib: int, disk_mib: int,
+               group: PlacementGroupRow | None) -> None:
         self._memo[("capacities", zone)] = [
             replace(h, vcpus_used=h.vcpus_used + vcpus, ram_mib_used=h.ram_mib_used + ram_mib,
-                    disk_claimed_mib=h.disk_claimed_mib + disk_mib,
+                    instances=h.instances + 1, disk_claimed_mib=h.disk_claimed_mib + disk_mib,
                     disk_pending_mib=h.disk_pending_mib + disk_mib)
             if h.host_id == host.host_id else h
             for h in self.capacities(zone)
         ]
+        if group is not None:
+            rule = self.group_rule(group)
+            self._memo[("group", group.id)] = replace(rule, hosts=rule.hosts | {host.host_id})

@@ -23,7 +23,7 @@ def check_create(svc: Services, who: Principal, project: str | None,
     size = instances._size(svc, req)
     try:
         with svc.db.session() as s:
-            batch = CreateBatch(s)
+            batch = CreateBatch(s, svc.settings)
             batch.read_limits([batch.project(who, project)])  # quotas: as a create would
             instances._create_one(svc, batch, instances.CreateCall(who, project, req), size)
             raise _DryRun

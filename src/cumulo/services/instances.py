@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import (
-    AddressRow,
     HostRow,
     InstanceGroupRow,
     InstanceRow,
-    NetworkRow,
     ProjectRow,
-    PublicIpRow,
-    SecurityGroupRow,
 )
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import (
@@ -57,6 +54,7 @@ from cumulo.services import (
     images,
     keypairs,
     networks,
+    placement_groups,
     public_ips,
     quotas,
     security_groups,
@@ -64,8 +62,9 @@ from cumulo.services import (
     volumes,
 )
 from cumulo.services.auth import scope_project
-from cumulo.services.context import Principal, Services, fqdn
+from cumulo.services.context import Principal, Services
 from cumulo.services.create_batch import CreateBatch
+from cumulo.services.instance_views import view, view_of, views
 from cumulo.services.views import InstanceView
 
 DEFAULT_BANDWIDTH_MBPS = 100
@@ -88,54 +87,7 @@ class CreateInstance:
     security_groups: list[str] = field(default_factory=list)
     network: str | None = None
     private_ip: str | None = None
-
-
-def views(s: Session, svc: Services, rows: list[InstanceRow], project: str) -> list[InstanceView]:
-    """Views of `rows` (all of one project), with their network facts fetched in bulk."""
-    ids = [r.id for r in rows]
-    host_ids = {r.host_id for r in rows if r.host_id}
-    hosts_by_id = dict(s.execute(select(HostRow.id, HostRow.name)
-                                 .where(HostRow.id.in_(host_ids))).all())
-    addr = {a.instance_id: (a.ip, n) for a, n in s.execute(
-        select(AddressRow, NetworkRow.name).join(NetworkRow, NetworkRow.id == AddressRow.network_id)
-        .where(AddressRow.instance_id.in_(ids)))}
-    pub = dict(s.execute(select(PublicIpRow.instance_id, PublicIpRow.ip)
-                         .where(PublicIpRow.instance_id.in_(ids))).all())
-    groups: dict[str, list[str]] = {i: [] for i in ids}
-    for iid, gname in s.execute(select(InstanceGroupRow.instance_id, SecurityGroupRow.name)
-                                .join(SecurityGroupRow,
-                                      SecurityGroupRow.id == InstanceGroupRow.group_id)
-                                .where(InstanceGroupRow.instance_id.in_(ids))
-                                .order_by(SecurityGroupRow.name)):
-        groups[iid].append(gname)
-    return [
-        _view(svc, row, project, host=hosts_by_id.get(row.host_id or ""),
-              network=addr[row.id][1] if row.id in addr else None,
-              private_ip=addr[row.id][0] if row.id in addr else None,
-              public_ip=pub.get(row.id), groups=groups[row.id])
-        for row in rows
-    ]
-
-
-def _view(svc: Services, row: InstanceRow, project: str, *, host: str | None,
-          network: str | None, private_ip: str | None, public_ip: str | None,
-          groups: list[str]) -> InstanceView:
-    return InstanceView(
-        id=row.id, name=row.name, project=project, state=row.state,
-        state_reason=row.state_reason, desired_state=row.desired_power,
-        region=svc.settings.region_of(row.zone), zone=row.zone, arch=row.arch,
-        type=row.type_name, vcpus=row.vcpus, ram_mib=row.ram_mib,
-        bandwidth_mbps=row.bandwidth_mbps, disk_gib=row.disk_gib, image=row.image_name,
-        image_id=row.image_id, host=host, network=network, private_ip=private_ip,
-        public_ip=public_ip,
-        fqdn=fqdn(svc, row.name, project, row.zone), key_names=list(row.key_names or []),
-        security_groups=groups, tags=dict(row.tags or {}), created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
-
-
-def view(s: Session, svc: Services, row: InstanceRow, project: str) -> InstanceView:
-    return views(s, svc, [row], project)[0]
+    placement_group: str | None = None
 
 
 def _sizes(svc: Services, req: CreateInstance, arch: Arch) -> tuple[int, int, int, int]:
@@ -211,7 +163,7 @@ def _size(svc: Services, req: CreateInstance) -> _Size:
     user_data(req.user_data)
     tags(req.tags)
     arch = Arch.parse(req.arch)
-    zone = req.zone or svc.settings.host.zone
+    zone = svc.settings.zone_or_default(req.zone)
     if zone not in svc.settings.zone_names():
         raise NotFound(f"unknown zone {zone!r} (see `cumulo zone list`)", code="unknown_zone")
     vcpus, ram, bw, disk = _sizes(svc, req, arch)
@@ -250,7 +202,7 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
             # that two batches cannot each hold a zone the other waits for.
             for zone in sorted({size.zone for _, _, size in sized}):
                 hosts.lock_zone(s, zone)
-            batch = CreateBatch(s)
+            batch = CreateBatch(s, svc.settings)
             ready = []
             for i, call, size in sized:
                 try:
@@ -261,6 +213,10 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
                 batch.lock_projects([prj for *_, prj in ready])
             refused: list[events.Event] = []
             for i, call, size, _ in ready:
+                # Read before the checkpoint: a create that fails must not take the zone's
+                # capacities with it (the next create would read them again, and at 1,000
+                # hosts a full zone made every refused create pay that read).
+                batch.capacities(size.zone)
                 saved = batch.checkpoint()
                 try:
                     with s.begin_nested():
@@ -309,11 +265,16 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
         )
     budget = batch.budget(svc, prj).charge({"instances": 1, "vcpus": vcpus, "ram_mib": ram},
                                            ("instance", "", req.name))
+    group = None if req.placement_group is None else batch.get(
+        ("group_row", prj.id, req.placement_group),
+        lambda: placement_groups.find(s, prj, cast(str, req.placement_group)))
     claim = disk_claim_mib(image.virtual_size_bytes, disk, svc.settings.disk_allocation_ratio)
     placement = place(Request(zone=zone, arch=arch.value, vcpus=vcpus, ram_mib=ram,
-                              disk_mib=claim), caps)
+                              disk_mib=claim,
+                              group=None if group is None else batch.group_rule(group)),
+                      caps, svc.settings.placement_policy)
     if placement.host is None:
-        raise InsufficientCapacity(f"no host can take this instance now: {placement.explain()}")
+        raise InsufficientCapacity(placement.explain(), code="no_host_fits")
     keys = batch.get(("keys", prj.id, *req.keys), lambda: keypairs.resolve(s, prj, req.keys))
     groups = batch.get(("groups", prj.id, *req.security_groups),
                        lambda: security_groups.resolve(s, prj, req.security_groups))
@@ -324,6 +285,7 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
         type_name=req.type, vcpus=vcpus, ram_mib=ram, bandwidth_mbps=size.bandwidth_mbps,
         disk_gib=disk, disk_mib=claim, image_id=image.id, image_name=image.name,
         host_id=placement.host.host_id, state=InstanceState.PENDING.value,
+        placement_group_id=None if group is None else group.id,
         desired_power=DesiredPower.RUNNING.value, user_data=req.user_data, tags=dict(req.tags),
         ssh_keys=[k.public_key for k in keys], key_names=[k.name for k in keys],
     )
@@ -337,12 +299,13 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
             s.add(InstanceGroupRow(instance_id=row.id, group_id=g.id))
         public_ip = public_ips.assign_auto(s, svc, prj, row.id)
     s.flush()
-    batch.placed(zone, placement.host, vcpus, ram, claim)
+    batch.placed(zone, placement.host, vcpus, ram, claim, group)
     batch.charged(budget)
     # Built from what this create just wrote: reading it back took 4 more queries.
-    view = _view(svc, row, prj.name, host=placement.host.name, network=network.name,
-                 private_ip=address.ip, public_ip=public_ip.ip,
-                 groups=sorted({g.name for g in groups}))
+    view = view_of(svc, row, prj.name, call.who, host=placement.host.name, host_up=True,
+                 network=network.name, private_ip=address.ip, public_ip=public_ip.ip,
+                 groups=sorted({g.name for g in groups}),
+                 placement_group=None if group is None else group.name)
     return _Created(view=view, host_id=placement.host.host_id, network_id=network.id,
                     record=DnsRecord(hostname=row.name, fqdn=view.fqdn, ip=address.ip,
                                      mac=address.mac, underlay_ip=batch.underlay(
@@ -367,7 +330,7 @@ def find_row(s: Session, prj: ProjectRow, ref: str) -> InstanceRow:
 def get(svc: Services, who: Principal, project: str | None, ref: str) -> InstanceView:
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        return view(s, svc, find_row(s, prj, ref), prj.name)
+        return view(s, svc, find_row(s, prj, ref), prj.name, who)
 
 
 def list_all(svc: Services, who: Principal, project: str | None) -> list[InstanceView]:
@@ -378,7 +341,7 @@ def list_all(svc: Services, who: Principal, project: str | None) -> list[Instanc
             .where(InstanceRow.project_id == prj.id)
             .order_by(InstanceRow.created_at, InstanceRow.name)
         )
-        return views(s, svc, list(rows), prj.name)
+        return views(s, svc, list(rows), prj.name, who)
 
 
 def act(
@@ -400,7 +363,7 @@ def act(
             storage = volumes.release_for_instance(s, row.id)
         events.add(s, [events.Event(prj.id, "instance", row.id, row.name,
                                     f"{action.value}_requested")])
-        result = view(s, svc, row, prj.name)
+        result = view(s, svc, row, prj.name, who)
         if action is Action.DELETE:
             terminated.record(s, svc, prj.id, result)
     if row.host_id not in storage:
@@ -444,17 +407,18 @@ def resize(svc: Services, who: Principal, project: str | None, ref: str,
             raise InvalidInput(f"type {itype.name!r} is not offered for {row.arch}",
                                code="type_arch_mismatch")
         hosts.lock_zone(s, row.zone)
-        host = next((h for h in hosts.capacities(s, row.zone) if h.host_id == row.host_id), None)
+        host = next((h for h in hosts.capacities(s, svc.settings, row.zone)
+                     if h.host_id == row.host_id), None)
         if host is not None and (itype.vcpus - row.vcpus > host.vcpus_free
                                  or itype.ram_mib - row.ram_mib > host.ram_mib_free):
             raise InsufficientCapacity(
-                f"host {host.name} cannot hold {itype.vcpus} vCPUs / {itype.ram_mib} MiB for "
+                f"its host cannot hold {itype.vcpus} vCPUs / {itype.ram_mib} MiB for "
                 f"instance {row.name!r} (free: {host.vcpus_free} vCPUs / "
                 f"{host.ram_mib_free} MiB besides what it holds)")
         row.type_name, row.vcpus, row.ram_mib = itype.name, itype.vcpus, itype.ram_mib
         row.bandwidth_mbps = itype.bandwidth_mbps
         row.generation += 1
-        return view(s, svc, row, prj.name)
+        return view(s, svc, row, prj.name, who)
 
 
 def retag(svc: Services, who: Principal, project: str | None, ref: str,
@@ -469,4 +433,4 @@ def retag(svc: Services, who: Principal, project: str | None, ref: str,
             if key in new and (value is None or new[key] == value):
                 del new[key]
         row.tags = tags(new)
-        return view(s, svc, row, prj.name)
+        return view(s, svc, row, prj.name, who)

@@ -46,7 +46,7 @@ def _check_free(s: Session, net: ipaddress.IPv4Network, project_id: str) -> None
 
 
 def _zone(svc: Services, zone: str | None) -> str:
-    z = zone or svc.settings.host.zone
+    z = svc.settings.zone_or_default(zone)
     if z not in svc.settings.zone_names():
         raise NotFound(f"unknown zone {z!r}", code="unknown_zone")
     return z

@@ -37,7 +37,8 @@ class InstanceView(BaseModel):
     disk_gib: int
     image: str
     image_id: str  # of the variant (architecture) it was created from
-    host: str | None
+    host: str | None  # admins only (None for members): users see the zone
+    placement_group: str | None
     network: str | None
     private_ip: str | None
     public_ip: str | None
@@ -77,14 +78,20 @@ class ImageView(BaseModel):
 
 
 class HostView(BaseModel):
+    """A hypervisor host as its agent registered it, and what placement made of it."""
+
     name: str
     zone: str
-    state: str
+    state: str  # up | down | disabled (an operator's; it may be down too: see `alive`)
+    alive: bool  # its agent spoke within hosts.HOST_DOWN_AFTER
+    disabled_reason: str
     driver: str
     accel: str
     architectures: list[str]
-    vcpus: int
-    ram_mib: int
+    vcpus_total: int  # as registered
+    ram_mib_total: int
+    vcpus_allocatable: int  # under the allocation ratios
+    ram_mib_allocatable: int
     vcpus_used: int
     ram_mib_used: int
     # The state dir's filesystem as last reported, and what placement may still claim of it
@@ -93,7 +100,9 @@ class HostView(BaseModel):
     disk_free_mib: int | None = None
     disk_room_mib: int | None = None
     instances: int
-    last_seen: datetime
+    underlay_ip: str | None
+    agent_version: str
+    last_heartbeat_at: datetime
 
 
 class ZoneView(BaseModel):
@@ -102,6 +111,15 @@ class ZoneView(BaseModel):
     hosts: list[HostView]
     vcpus_free: int
     ram_mib_free: int
+
+
+class PlacementGroupView(BaseModel):
+    id: str
+    name: str
+    project: str
+    strategy: str  # spread | cluster
+    instances: list[str]  # instance names
+    created_at: datetime
 
 
 class CreatedToken(BaseModel):

@@ -93,7 +93,7 @@ def create(svc: Services, who: Principal, project: str | None, name: str, size_g
         known = ", ".join(t.name for t in svc.settings.volume_types)
         raise NotFound(f"unknown volume type {type_name!r} (known: {known})",
                        code="unknown_volume_type")
-    z = zone or svc.settings.host.zone
+    z = svc.settings.zone_or_default(zone)
     if z not in svc.settings.zone_names():
         raise NotFound(f"unknown zone {z!r}", code="unknown_zone")
     with svc.db.session() as s:
@@ -117,9 +117,9 @@ def create(svc: Services, who: Principal, project: str | None, name: str, size_g
                                    f"({source.size_gib} GiB)", code="invalid_size")
             host_id = source.host_id
         else:
-            up = [c for c in hosts.capacities(s, z) if c.up]
+            up = [c for c in hosts.capacities(s, svc.settings, z) if c.up and c.enabled]
             if not up:
-                raise InsufficientCapacity(f"no host is up in zone {z}")
+                raise InsufficientCapacity(f"no host is up and enabled in zone {z}")
             host_id = min(up, key=lambda c: c.name).host_id
         row = VolumeRow(id=new_id("vol"), name=name, project_id=prj.id, zone=z, host_id=host_id,
                         size_gib=size_gib, type_name=type_name, state="creating",

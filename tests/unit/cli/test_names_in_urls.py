@@ -53,7 +53,7 @@ class Served:
         key = self.tmp / "key.pub"
         key.write_text(PUBLIC_KEY)
         return {"--image": "tiny", "--size": "1", "--cidr": "10.99.0.0/24", "--proto": "tcp",
-                "--arch": "x86_64", "--public-key": str(key)}
+                "--arch": "x86_64", "--public-key": str(key), "--strategy": "spread"}
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def test_a_batch_places_with_what_it_placed_itself(svc: Services) -> None:
     assert Counter(o.host for o in out if isinstance(o, InstanceView)) == {
         "host-a": 4, "host-b": 4}
     with svc.db.session() as s:
-        used = {c.name: c.vcpus_used for c in hosts.capacities(s, "local-1a")}
+        used = {c.name: c.vcpus_used for c in hosts.capacities(s, svc.settings, "local-1a")}
     assert used == {"host-a": 4, "host-b": 4}
 
 

@@ -13,7 +13,7 @@ from cumulo.services.context import Principal, Role, Services
 
 def _register(svc: Services, name: str, archs: list[str]) -> str:
     return hosts.register(svc, Principal(role=Role.AGENT, host_name=name), name=name,
-                          zone=svc.settings.host.zone, architectures=archs, vcpus=8,
+                          zone="local-1a", architectures=archs, vcpus=8,
                           ram_mib=4096, driver="fake", accel="fake", agent_url="")
 
 
@@ -26,7 +26,7 @@ def test_capacities_tell_live_hosts_from_silent_and_down_ones(svc: Services) -> 
         s.execute(update(HostRow).where(HostRow.id == silent).values(last_seen=long_ago))
         s.execute(update(HostRow).where(HostRow.id == down).values(state="down"))
     with svc.db.session() as s:
-        caps = {c.host_id: c for c in hosts.capacities(s, svc.settings.host.zone)}
+        caps = {c.host_id: c for c in hosts.capacities(s, svc.settings, "local-1a")}
     assert {h: caps[h].up for h in (live, silent, down)} == {
         live: True, silent: False, down: False}
     assert caps[live].architectures == frozenset({"x86_64", "arm64"})
@@ -34,4 +34,4 @@ def test_capacities_tell_live_hosts_from_silent_and_down_ones(svc: Services) -> 
     assert (caps[live].vcpus_total, caps[live].ram_mib_total) == (8, 4096)
     assert (caps[live].vcpus_used, caps[live].ram_mib_used) == (0, 0)
     with svc.db.session() as s:
-        assert hosts.capacities(s, "no-such-zone") == []
+        assert hosts.capacities(s, svc.settings, "no-such-zone") == []

@@ -51,6 +51,7 @@ _BY_CODE: dict[str, tuple[str, int]] = {
     "idempotent_parameter_mismatch": ("IdempotentParameterMismatch", 400),
     "invalid_client_token": ("InvalidParameterValue", 400),
     "insufficient_capacity": ("InsufficientInstanceCapacity", 500),  # a 5xx: SDKs retry it
+    "no_host_fits": ("InsufficientInstanceCapacity", 500),  # placement's, with its reasons
     "unauthorized": ("AuthFailure", 401),
     "forbidden": ("UnauthorizedOperation", 403),
 }

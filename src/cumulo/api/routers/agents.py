@@ -19,7 +19,9 @@ from cumulo.services.context import Principal, Services
 # Every call is for one host, whose agent alone may make it (auth.require_agent).
 router = APIRouter(prefix="/v1/agent/hosts", tags=["agent"], responses=raises(Forbidden))
 
-MAX_WAIT_S = 30.0
+# Each answer is a heartbeat: an agent that asks to wait longer is answered sooner, so that a
+# silent host is one whose agent stopped (see hosts.HOST_DOWN_AFTER).
+MAX_WAIT_S = hosts.LONG_POLL_MAX.total_seconds()
 
 T = TypeVar("T")
 
@@ -39,8 +41,9 @@ async def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
         driver=body.driver,
         accel=body.accel,
         agent_url=body.agent_url,
-        disk=body.disk,
+        agent_version=body.agent_version,
         underlay_ip=body.underlay_ip,
+        disk=body.disk,
     )
     return Registered(host_id=host_id)
 

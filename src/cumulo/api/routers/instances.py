@@ -41,6 +41,7 @@ class InstanceCreate(Input):
     security_groups: list[str] = Field(default_factory=list, description="default: ['default']")
     network: str | None = Field(default=None, description="default: the zone's default network")
     private_ip: str | None = None
+    placement_group: str | None = Field(default=None, description="a placement group's name")
 
 
 def _request(body: InstanceCreate) -> instances.CreateInstance:
@@ -60,6 +61,7 @@ def _request(body: InstanceCreate) -> instances.CreateInstance:
         security_groups=body.security_groups,
         network=body.network,
         private_ip=body.private_ip,
+        placement_group=body.placement_group,
     )
 
 

@@ -16,8 +16,7 @@ FIRST_VNI = 4096  # = cumulo.services.segments.FIRST_VNI when this revision was 
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("hosts", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("underlay_ip", sa.String(length=39), nullable=True))
+    # (hosts.underlay_ip, the VXLAN endpoints, came with revision 0009.)
     with op.batch_alter_table("networks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("vni", sa.Integer(), nullable=True))
     # Networks made before this revision get VNIs in the order they were made.
@@ -35,5 +34,3 @@ def downgrade() -> None:
     with op.batch_alter_table("networks", schema=None) as batch_op:
         batch_op.drop_constraint("uq_network_vni", type_="unique")
         batch_op.drop_column("vni")
-    with op.batch_alter_table("hosts", schema=None) as batch_op:
-        batch_op.drop_column("underlay_ip")

@@ -6,7 +6,7 @@ import { clearErrors, download, field, h, mib, notify, replace, setError } from 
 // Which field an API error is about: by its code, or by the start of its message.
 export function fieldOf(err) {
   const byCode = {
-    invalid_name: "name", name_taken: "name", unknown_zone: "zone", insufficient_capacity: "zone",
+    invalid_name: "name", name_taken: "name", unknown_zone: "zone", insufficient_capacity: "zone", no_host_fits: "zone",
     unknown_arch: "arch", type_arch_mismatch: "size", unknown_type: "size", too_large: "size",
     unknown_image: "image", image_arch_mismatch: "image", unknown_keypair: "key",
     unknown_security_group: "groups", user_data_too_large: "user_data", invalid_user_data: "user_data",
@@ -88,8 +88,8 @@ export async function render(root) {
   function drawArchDependent() {
     const a = arch();
     const z = zone();
-    const largest = Math.max(0, ...(z ? z.hosts.filter((x) => x.architectures.includes(a)).map((x) => x.vcpus - x.vcpus_used) : []));
-    const largestRam = Math.max(0, ...(z ? z.hosts.filter((x) => x.architectures.includes(a)).map((x) => x.ram_mib - x.ram_mib_used) : []));
+    const largest = Math.max(0, ...(z ? z.hosts.filter((x) => x.architectures.includes(a)).map((x) => x.vcpus_allocatable - x.vcpus_used) : []));
+    const largestRam = Math.max(0, ...(z ? z.hosts.filter((x) => x.architectures.includes(a)).map((x) => x.ram_mib_allocatable - x.ram_mib_used) : []));
     const wasType = type.value;
     replace(type, types.filter((t) => t.architectures.includes(a)).map((t) => h("option", { value: t.name,
       selected: t.name === wasType, text: `${t.name} · ${t.vcpus} vCPU · ${mib(t.ram_mib)} · ${t.disk_gib} GiB · ${t.bandwidth_mbps} Mbit/s` })));
