@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from cumulo.config import QuotaSettings
 from cumulo.db.tables import HostRow
 from cumulo.domain.errors import InsufficientCapacity
 from cumulo.services import hosts, instances, projects
@@ -114,6 +115,9 @@ def test_ten_thousand_creates_on_a_thousand_hosts_each_placed_or_explained(
     if svc.db.engine.dialect.name != "sqlite":
         pytest.skip("the same code on PostgreSQL: once is enough for a test this long")
     svc.settings.cpu_allocation_ratio = 4.0  # the fixture's host-a: disabled below
+    # Placement is what is checked here: no project quota may refuse first.
+    svc.settings.quotas = QuotaSettings.model_validate(
+        {"instances": "unlimited", "vcpus": "unlimited", "ram_mib": "unlimited"})
     with svc.db.session() as s:
         s.execute(update(HostRow).where(HostRow.name == "host-a").values(disabled=True))
     model = _register(svc)
