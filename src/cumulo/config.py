@@ -15,6 +15,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -71,6 +72,9 @@ ZoneName = Annotated[str, AfterValidator(_label("zone name"))]
 HostName = Annotated[str, AfterValidator(_label("host name"))]  # a directory
 TypeName = Annotated[str, AfterValidator(lambda v: _catalogue_name(v, "type name"))]
 Description = Annotated[str, AfterValidator(_reported(lambda v: short_text(v, "description", 200)))]
+# A price in the configured currency: exact decimals (a TOML float such as 0.08 is read as the
+# decimal it shows), at most 9 places, never negative.
+Price = Annotated[Decimal, Field(ge=0, le=10**6, allow_inf_nan=False, decimal_places=9)]
 
 
 class Region(BaseModel):
@@ -85,23 +89,43 @@ class InstanceType(BaseModel):
     bandwidth_mbps: int = Field(gt=0, le=MAX_BANDWIDTH_MBPS)
     disk_gib: int = Field(gt=0, le=MAX_INTEGER)
     architectures: list[Arch] = Field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
+    # What a running instance of this type costs per hour; None: prices.vcpu_hour per vCPU
+    # plus prices.ram_gib_hour per GiB of RAM (as a custom size is priced).
+    price_per_hour: Price | None = None
 
 
 def _default_types() -> list[InstanceType]:
     both = [Arch.X86_64, Arch.ARM64]
     rows = [
-        # name        vcpus  ram  Mbit/s disk   small sizes exist so tests boot many VMs
-        ("t1.nano", 1, 128, 100, 1),
-        ("t1.micro", 1, 256, 200, 2),
-        ("t1.small", 1, 512, 500, 5),
-        ("s1.medium", 2, 2048, 1000, 10),
-        ("s1.large", 2, 4096, 2000, 20),
-        ("m1.xlarge", 4, 8192, 5000, 40),
+        # name        vcpus  ram  Mbit/s disk  per hour   small sizes exist so tests boot many VMs
+        ("t1.nano", 1, 128, 100, 1, "0.005"),
+        ("t1.micro", 1, 256, 200, 2, "0.01"),
+        ("t1.small", 1, 512, 500, 5, "0.02"),
+        ("s1.medium", 2, 2048, 1000, 10, "0.06"),
+        ("s1.large", 2, 4096, 2000, 20, "0.09"),
+        ("m1.xlarge", 4, 8192, 5000, 40, "0.18"),
     ]
     return [
-        InstanceType(name=n, vcpus=c, ram_mib=r, bandwidth_mbps=b, disk_gib=d, architectures=both)
-        for n, c, r, b, d in rows
+        InstanceType(name=n, vcpus=c, ram_mib=r, bandwidth_mbps=b, disk_gib=d, architectures=both,
+                     price_per_hour=Decimal(p))
+        for n, c, r, b, d, p in rows
     ]
+
+
+class PriceSettings(BaseModel):
+    """What resources cost (cumulo.services.prices), in `currency`. Instance types carry their
+    own hourly price (InstanceType.price_per_hour); these price the rest."""
+
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")  # ISO 4217
+    # A type without a price, and a custom size: per vCPU and per GiB of RAM, per hour.
+    vcpu_hour: Price = Decimal("0.02")
+    ram_gib_hour: Price = Decimal("0.005")
+    # Per GiB and month (730 hours, as clouds count it) of a volume, an instance's boot disk
+    # and a snapshot; per hour of a public IPv4 address; per hour of a whole dedicated host.
+    volume_gib_month: Price = Decimal("0.08")
+    snapshot_gib_month: Price = Decimal("0.05")
+    public_ip_hour: Price = Decimal("0.005")
+    dedicated_host_hour: Price = Decimal("2.00")
 
 
 def _host_ram_mib() -> int:
@@ -274,6 +298,7 @@ class Settings(BaseModel):
     # admin tokens). Kept here, not in the database: it is the operator's, like the file.
     metrics_token: str = Field(default="", pattern=r"^([\x21-\x7e]{16,200})?$")
     ec2: Ec2Settings = Field(default_factory=Ec2Settings)
+    prices: PriceSettings = Field(default_factory=PriceSettings)
 
     @field_validator("cloud_domain")
     @classmethod

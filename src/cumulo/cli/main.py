@@ -15,6 +15,7 @@ from cumulo.cli import (
     access_keys,
     agent_cmd,
     bench,
+    billing,
     catalogue,
     hosts,
     images,
@@ -49,6 +50,8 @@ app.add_typer(volumes.volume_app, name="volume")
 app.add_typer(volumes.snapshot_app, name="snapshot")
 catalogue.projects_app.add_typer(observe.quota_app, name="quota")
 app.command("events")(observe.events)
+app.add_typer(billing.price_app, name="price")
+app.command("usage")(billing.usage)
 hosts.hosts_app.add_typer(join_tokens.join_token_app, name="join-token")
 app.add_typer(hosts.hosts_app, name="host")
 app.add_typer(hosts.groups_app, name="placement-group")

@@ -429,3 +429,26 @@ class VolumeDeviceNameRow(Base):
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
     )
     device: Mapped[str] = mapped_column(String(32))
+
+
+class UsageIntervalRow(Base):
+    """A stretch of time during which a resource paid one price (cumulo.services.metering):
+    opened and closed in the transaction that records the resource's state change, so usage
+    is computed from these rows (across restarts), never from a counter. No foreign keys:
+    usage outlives what it tells of."""
+
+    __tablename__ = "usage_intervals"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(32), index=True)
+    resource_id: Mapped[str] = mapped_column(String(32), index=True)
+    resource_name: Mapped[str] = mapped_column(String(63))
+    kind: Mapped[str] = mapped_column(String(32))  # instance | boot_disk | volume | ...
+    basis: Mapped[str] = mapped_column(String(80))  # the price's name: "type s1.medium", ...
+    quantity: Mapped[int] = mapped_column(Integer)  # 1, or GiB
+    # The price per unit and period when the interval opened, as exact decimal text (a later
+    # change of the configured prices does not reprice the past).
+    unit_price: Mapped[str] = mapped_column(String(32))
+    period_hours: Mapped[int] = mapped_column(Integer)  # 1 (per hour) or 730 (per month)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)

@@ -9,8 +9,10 @@ import threading
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import structlog
 from sqlalchemy import bindparam, delete, select, update
@@ -47,7 +49,15 @@ from cumulo.protocol import (
     VolumeAssignment,
     VolumeObservation,
 )
-from cumulo.services import events, hosts, image_exports, security_groups, segments
+from cumulo.services import (
+    events,
+    hosts,
+    image_exports,
+    metering,
+    prices,
+    security_groups,
+    segments,
+)
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services, fqdn
 from cumulo.services.notifier import Notifier
@@ -434,6 +444,8 @@ def assignments(svc: Services, who: Principal, name: str,
 # request after the long-poll answer.
 _NIC_KEYS = select(AddressRow.network_id, AddressRow.mac).where(
     AddressRow.instance_id == bindparam("iid"))
+_AUTO_IPS = select(PublicIpRow.id).where(PublicIpRow.instance_id == bindparam("iid"),
+                                         PublicIpRow.auto)
 _FORGET = (
     delete(AddressRow).where(AddressRow.instance_id == bindparam("iid")),
     delete(PublicIpRow).where(PublicIpRow.instance_id == bindparam("iid"), PublicIpRow.auto),
@@ -445,19 +457,22 @@ _FORGET = (
 )
 
 
-def _forget(s: Session, instance_id: str) -> list[tuple[str, str]]:
-    """Remove a deleted instance and release what it held.
-    Returns its (network id, MAC) pairs: those DNS records are gone."""
+def _forget(s: Session, at: datetime, instance_id: str) -> list[tuple[str, str]]:
+    """Remove a deleted instance and release what it held; its metering (and its automatic
+    public IP's) ends at `at`. Returns its (network id, MAC) pairs: those DNS records are
+    gone."""
     conn = s.connection()
     nics = [(n, m) for n, m in conn.execute(_NIC_KEYS, {"iid": instance_id})]
+    metering.end(s, at, [instance_id, *conn.scalars(_AUTO_IPS, {"iid": instance_id})])
     for statement in _FORGET:
         conn.execute(statement, {"iid": instance_id})
     return nics
 
 
-def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
-                    snapshots: list[SnapshotObservation]) -> list[events.Event]:
-    """Apply the storage observations; the events they make."""
+def _report_storage(s: Session, svc: Services, at: datetime, host_id: str,
+                    volumes: list[VolumeObservation], snapshots: list[SnapshotObservation]
+                    ) -> list[events.Event]:
+    """Apply the storage observations; the events they make (and the metering)."""
     out: list[events.Event] = []
 
     def event(row: VolumeRow | SnapshotRow, kind: str, detail: str = "") -> None:
@@ -473,6 +488,7 @@ def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
         if obs.state == DELETED:
             if row.desired == "deleted":
                 event(row, "deleted")
+                metering.end(s, at, [row.id])
                 s.delete(row)
             continue
         reason = one_line(obs.reason, MAX_REASON)
@@ -496,20 +512,25 @@ def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
         if sobs.state == DELETED:
             if srow.state == "deleting":
                 event(srow, "deleted")
+                metering.end(s, at, [srow.id])
                 s.delete(srow)
             continue
         if srow.state != "deleting":
             if sobs.state != srow.state and sobs.state in ("available", "error"):
                 event(srow, sobs.state, one_line(sobs.reason, MAX_REASON))
             srow.state, srow.state_reason = sobs.state, one_line(sobs.reason, MAX_REASON)
-            srow.size_gib = sobs.size_gib or srow.size_gib
+            if sobs.size_gib and sobs.size_gib != srow.size_gib:
+                srow.size_gib = sobs.size_gib
+                metering.sync(s, at, srow.project_id, srow.id, srow.name,
+                              [prices.snapshot_rate(svc.settings, srow.size_gib)])
     return out
 
 
 _REPORTED = (select(InstanceRow.id, InstanceRow.generation, InstanceRow.state,
                     InstanceRow.state_reason, InstanceRow.desired_power,
                     InstanceRow.reboot_seq, InstanceRow.reboot_done_seq,
-                    InstanceRow.project_id, InstanceRow.name)
+                    InstanceRow.project_id, InstanceRow.name, InstanceRow.type_name,
+                    InstanceRow.vcpus, InstanceRow.ram_mib, InstanceRow.disk_gib)
              .where(InstanceRow.id.in_(bindparam("ids", expanding=True)),
                     InstanceRow.host_id == bindparam("host")))
 # Guarded by the generation the report was checked against: a user's request that committed
@@ -535,6 +556,7 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
     gone: list[tuple[str, str]] = []  # (network id, MAC) of deleted instances
     refresh = bool(volumes or snapshots)  # does the reporter need the new view at once?
     changed: set[str] = set()  # instances whose assignment changed
+    at = metering.now(svc)
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, reporter)
         if disk is not None:
@@ -543,16 +565,17 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
         rows = {r[0]: r for r in conn.execute(
             _REPORTED, {"ids": [o.id for o in observations], "host": reporter})}
         writes: list[dict[str, object]] = []
+        metered: set[str] = set()  # writes that start or stop an instance's billing
         happened: list[events.Event] = []  # written with the changes: one statement
         for obs in observations:
             row = rows.get(obs.id)
             if row is None or obs.generation < row.generation:
                 continue
             (iid, generation, old_state, old_reason, desired, reboot_seq, done_seq,
-             project_id, vm_name) = row
+             project_id, vm_name) = row[:9]
             if obs.state == DELETED:
                 if desired == DesiredPower.DELETED.value:
-                    gone += _forget(s, iid)
+                    gone += _forget(s, at, iid)
                     changed.add(iid)
                     refresh = True
                     happened.append(events.Event(project_id, "instance", iid, vm_name,
@@ -584,10 +607,11 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
             if iid in changed:
                 writes.append({"iid": iid, "gen": generation, "new_state": new_state,
                                "reason": reason, "desired": desired, "done_seq": done_seq})
-        if writes:
-            conn.execute(_APPLY, writes)
+                if (old_state in metering.BILLED_STATES) != (new_state in metering.BILLED_STATES):
+                    metered.add(iid)
+        _apply(s, svc, at, writes, metered, rows)
         if volumes or snapshots:
-            happened += _report_storage(s, reporter, volumes, snapshots)
+            happened += _report_storage(s, svc, at, reporter, volumes, snapshots)
         events.add(s, happened)
     for net_id, mac in gone:
         svc.notifier.dns_changed(net_id, removed=[mac])
@@ -601,6 +625,21 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
         svc.notifier.notify(reporter, None if volumes or snapshots else changed)
     elif changed:
         svc.notifier.touch(reporter, changed)  # its next answer shows them; no wake-up
+
+
+def _apply(s: Session, svc: Services, at: datetime, writes: list[dict[str, object]],
+           metered: set[str], rows: Mapping[str, Any]) -> None:
+    """Write the instances' new states; those that start or stop billing one by one, so that
+    an instance's metering changes only when its write did (the generation guard held)."""
+    conn = s.connection()
+    plain = [w for w in writes if w["iid"] not in metered]
+    if plain:
+        conn.execute(_APPLY, plain)
+    for w in writes:
+        if w["iid"] in metered and conn.execute(_APPLY, w).rowcount == 1:
+            r = rows[str(w["iid"])]
+            metering.instance(s, svc.settings, at, r.project_id, r.id, r.name,
+                              str(w["new_state"]), r.type_name, r.vcpus, r.ram_mib, r.disk_gib)
 
 
 def _usable(host: str, ref: str, state: str, states: Collection[str], size: int = 0,

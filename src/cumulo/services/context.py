@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -38,6 +40,9 @@ class Services:
     # 32 bytes that encrypt the EC2 access keys' secrets (see services.access_keys); None: no
     # access keys can be made or used.
     server_key: bytes | None = None
+    # The time metering records transitions at (cumulo.services.metering): tests replace it
+    # to script a scenario to the second without sleeping.
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
 
 def fqdn(svc: Services, name: str, project: str, zone: str) -> str:

@@ -53,6 +53,7 @@ from cumulo.services import (
     hosts,
     images,
     keypairs,
+    metering,
     networks,
     placement_groups,
     public_ips,
@@ -298,6 +299,8 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
         for g in groups:
             s.add(InstanceGroupRow(instance_id=row.id, group_id=g.id))
         public_ip = public_ips.assign_auto(s, svc, prj, row.id)
+        metering.start(s, metering.now(svc), prj.id, row.id, row.name, metering.instance_rates(
+            svc.settings, row.state, row.type_name, vcpus, ram, disk))
     s.flush()
     batch.placed(zone, placement.host, vcpus, ram, claim, group)
     batch.charged(budget)
@@ -358,6 +361,7 @@ def act(
         row.generation += 1
         if action is Action.REBOOT:
             row.reboot_seq += 1
+        _meter(s, svc, row)
         storage: set[str] = set()  # hosts whose volumes change
         if action is Action.DELETE:
             storage = volumes.release_for_instance(s, row.id)
@@ -371,6 +375,11 @@ def act(
     for host_id in storage:
         svc.notifier.notify(host_id)
     return result
+
+
+def _meter(s: Session, svc: Services, row: InstanceRow) -> None:
+    metering.instance(s, svc.settings, metering.now(svc), row.project_id, row.id, row.name,
+                      row.state, row.type_name, row.vcpus, row.ram_mib, row.disk_gib)
 
 
 @dataclass(frozen=True)
@@ -418,6 +427,7 @@ def resize(svc: Services, who: Principal, project: str | None, ref: str,
         row.type_name, row.vcpus, row.ram_mib = itype.name, itype.vcpus, itype.ram_mib
         row.bandwidth_mbps = itype.bandwidth_mbps
         row.generation += 1
+        _meter(s, svc, row)
         return view(s, svc, row, prj.name, who)
 
 

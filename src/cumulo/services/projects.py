@@ -18,6 +18,7 @@ from cumulo.db.tables import (
 from cumulo.domain.errors import Conflict, Forbidden, NotFound, Unauthorized
 from cumulo.domain.ids import new_id
 from cumulo.domain.validation import dns_label
+from cumulo.services import metering
 from cumulo.services.auth import DEFAULT_PROJECT, issue_token, require_admin
 from cumulo.services.context import Principal, Role, Services
 from cumulo.services.views import Caller, CreatedToken, ProjectView
@@ -73,6 +74,7 @@ def delete(svc: Services, who: Principal, name: str) -> None:
                 code="project_not_empty",
             )
         # Everything else the project owns goes with it (no instance uses any of it any more).
+        metering.end_project(s, metering.now(svc), row.id)
         for table in (TokenRow, NetworkRow, KeyPairRow, PublicIpRow, SecurityGroupRow, EventRow):
             s.execute(sa_delete(table).where(table.project_id == row.id))
         s.delete(row)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from cumulo.db.tables import InstanceRow, ProjectRow, PublicIpRow
 from cumulo.domain.errors import Conflict, InsufficientCapacity, NotFound
 from cumulo.domain.ids import new_id
-from cumulo.services import address_picker, events, networks, quotas
+from cumulo.services import address_picker, events, metering, networks, prices, quotas
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import PublicIpView
@@ -44,6 +44,7 @@ def _allocate(s: Session, svc: Services, prj: ProjectRow, auto: bool,
     row = PublicIpRow(id=new_id("pip"), ip=ip, project_id=prj.id, auto=auto,
                       instance_id=instance_id)
     s.add(row)
+    metering.start(s, metering.now(svc), prj.id, row.id, ip, [prices.public_ip_rate(svc.settings)])
     return row
 
 
@@ -107,6 +108,7 @@ def attach(svc: Services, who: Principal, project: str | None, ip: str,
             notify.add(old.host_id if old else None)
         if current is not None:
             if current.auto:
+                metering.end(s, metering.now(svc), [current.id])
                 s.delete(current)
             else:
                 current.instance_id = None
@@ -158,4 +160,5 @@ def release(svc: Services, who: Principal, project: str | None, ip: str) -> None
         if row.instance_id is not None:
             raise Conflict(f"public IP {ip} is attached; detach it first", code="attached")
         events.add(s, _event(prj, row, "released"))
+        metering.end(s, metering.now(svc), [row.id])
         s.delete(row)

@@ -14,7 +14,7 @@ from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, N
 from cumulo.domain.ids import is_id, new_id
 from cumulo.domain.instance import DesiredPower
 from cumulo.domain.validation import dns_label, positive
-from cumulo.services import events, hosts, quotas
+from cumulo.services import events, hosts, metering, prices, quotas
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import SnapshotView, VolumeView
@@ -127,6 +127,8 @@ def create(svc: Services, who: Principal, project: str | None, name: str, size_g
                         source_snapshot_id=source.id if source else None)
         s.add(row)
         s.flush()
+        metering.start(s, metering.now(svc), prj.id, row.id, name,
+                       [prices.volume_rate(svc.settings, size_gib)])
         events.add(s, _event(prj, row, "created", f"{size_gib} GiB, type {type_name}"))
         result = _view(s, svc, row, prj.name)
     svc.notifier.notify(host_id)
@@ -223,6 +225,8 @@ def resize(svc: Services, who: Principal, project: str | None, ref: str,
         events.add(s, _event(prj, row, "resize_requested",
                              f"from {row.size_gib} to {size_gib} GiB"))
         row.size_gib = size_gib
+        metering.sync(s, metering.now(svc), prj.id, row.id, row.name,
+                      [prices.volume_rate(svc.settings, size_gib)])
         _touch(row)
         result = _view(s, svc, row, prj.name)
         host_id = row.host_id
@@ -290,6 +294,8 @@ def snapshot(svc: Services, who: Principal, project: str | None, ref: str,
                           state="creating")
         s.add(row)
         s.flush()
+        metering.start(s, metering.now(svc), prj.id, row.id, name,
+                       [prices.snapshot_rate(svc.settings, row.size_gib)])
         events.add(s, _event(prj, row, "created", f"of volume {vol.name}"))
         result = _snap_view(s, row, prj.name)
         host_id = vol.host_id
