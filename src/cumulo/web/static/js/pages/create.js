@@ -34,9 +34,9 @@ function utf8Base64(text) {
 }
 
 export async function render(root) {
-  const [zones, types, images, keys, groups] = await Promise.all([
+  const [zones, types, images, keys, groups, prices] = await Promise.all([
     get("/v1/zones"), get("/v1/instance-types"), get("/v1/images"), get("/v1/keypairs"),
-    get("/v1/security-groups")]);
+    get("/v1/security-groups"), get("/v1/prices")]);
   const regions = [...new Set(zones.map((z) => z.region))];
   const form = h("form", { id: "create-form", novalidate: true });
   const sec = (n, title, ...body) => h("fieldset", { id: `step-${n}` },
@@ -52,6 +52,7 @@ export async function render(root) {
   const vcpus = h("input", { type: "number", id: "vcpus", min: "1", value: "1", inputmode: "numeric" });
   const ram = h("input", { type: "number", id: "ram", min: "64", step: "64", value: "256", inputmode: "numeric" });
   const custom = h("div", { class: "row", hidden: true }, field("vCores", vcpus), field("RAM (MiB)", ram));
+  const price = h("output", { id: "price", for: "type vcpus ram", "aria-live": "polite" });
   const bandwidth = h("input", { type: "number", id: "bandwidth", min: "1", inputmode: "numeric", placeholder: "default" });
   const image = h("select", { id: "image", name: "image" });
   const key = h("select", { id: "key", name: "key" });
@@ -125,9 +126,30 @@ export async function render(root) {
     if (!setError(form, where, e.detail)) setError(form, "form", e.detail);
     return where;
   }
+  // The hourly price of the choice, from the API's price list (exact decimal text; a custom
+  // size's sum is rounded for display only: usage is computed by the API).
+  function drawPrice() {
+    const find = (pred) => prices.find((p) => p.kind === "instance" && pred(p));
+    let perHour = null;
+    let disk = "";
+    if (mode() === "type") {
+      const t = types.find((x) => x.name === type.value);
+      const p = find((x) => x.name === type.value);
+      const d = prices.find((x) => x.kind === "boot_disk");
+      if (p) perHour = p.price;
+      if (t && d) disk = ` · boot disk ${t.disk_gib} GiB at ${d.price} ${d.currency} per GiB-month`;
+    } else {
+      const cpu = find((x) => x.unit === "vCPU-hour");
+      const mem = find((x) => x.unit === "GiB-hour");
+      if (cpu && mem) perHour = String(Number((Number(vcpus.value) * Number(cpu.price) + Number(ram.value) / 1024 * Number(mem.price)).toFixed(6)));
+    }
+    const currency = prices.length ? prices[0].currency : "";
+    price.textContent = perHour === null ? "" : `${perHour} ${currency} per hour while running${disk}`;
+  }
   let checking = 0;
   let timer = null;
   function check() {
+    drawPrice();
     clearTimeout(timer);
     timer = setTimeout(async () => {
       const mine = ++checking;
@@ -193,7 +215,8 @@ export async function render(root) {
   replace(form,
     sec(1, "Datacenter", h("div", { class: "row" }, field("Region", region)), zoneField),
     sec(2, "Architecture", archBox, h("div", { class: "error", "data-error-for": "arch" })),
-    sec(3, "Size", sizeMode, h("div", { class: "row" }, field("Instance type", type, { name: "size" })), custom),
+    sec(3, "Size", sizeMode, h("div", { class: "row" }, field("Instance type", type, { name: "size" })), custom,
+      h("div", { class: "hint" }, "Price: ", price)),
     sec(4, "Bandwidth", field("Bandwidth cap (Mbit/s)", bandwidth, { name: "bandwidth", hint: "Empty: the type's cap (custom sizes: the default)." })),
     sec(5, "Operating system", field("Image", image, { name: "image", hint: "Images of the chosen architecture." })),
     sec(6, "SSH key", field("Key pair", key, { name: "key" }),
