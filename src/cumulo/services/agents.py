@@ -635,11 +635,14 @@ def _apply(s: Session, svc: Services, at: datetime, writes: list[dict[str, objec
     plain = [w for w in writes if w["iid"] not in metered]
     if plain:
         conn.execute(_APPLY, plain)
+    changes = []
     for w in writes:
         if w["iid"] in metered and conn.execute(_APPLY, w).rowcount == 1:
             r = rows[str(w["iid"])]
-            metering.instance(s, svc.settings, at, r.project_id, r.id, r.name,
-                              str(w["new_state"]), r.type_name, r.vcpus, r.ram_mib, r.disk_gib)
+            changes.append(metering.instance_change(
+                svc.settings, r.project_id, r.id, r.name, str(w["new_state"]), r.type_name,
+                r.vcpus, r.ram_mib, r.disk_gib))
+    metering.sync_many(s, at, changes)
 
 
 def _usable(host: str, ref: str, state: str, states: Collection[str], size: int = 0,

@@ -24,6 +24,7 @@ its state changes (see `dedicated_host`).
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -63,25 +64,44 @@ def start(s: Session, at: datetime, project_id: str, resource_id: str, resource_
         period_hours=r.period_hours, started_at=at, ended_at=None) for r in rates)
 
 
+@dataclass(frozen=True)
+class Change:
+    """A resource's rates from now on (see `sync`)."""
+
+    project_id: str
+    resource_id: str
+    resource_name: str
+    rates: Sequence[Rate]
+
+
 def sync(s: Session, at: datetime, project_id: str, resource_id: str, resource_name: str,
          rates: Sequence[Rate]) -> None:
     """Make the resource's open intervals those of `rates` from `at` on: an open interval
     whose rate is not among them ends at `at`; a rate without one opens one. A rate already
     open continues (no cut where nothing changed)."""
-    wanted = list(rates)
+    sync_many(s, at, [Change(project_id, resource_id, resource_name, rates)])
+
+
+def sync_many(s: Session, at: datetime, changes: Sequence[Change]) -> None:
+    """`sync` of several resources in one query (an agent's report of many instances)."""
+    if not changes:
+        return
+    wanted = {c.resource_id: list(c.rates) for c in changes}
     for row in s.scalars(select(UsageIntervalRow).where(
-            UsageIntervalRow.resource_id == resource_id, UsageIntervalRow.ended_at.is_(None))):
-        match = next((r for r in wanted if _key(r.kind, r.basis[:80], r.quantity,
-                                                _price_text(r), r.period_hours)
+            UsageIntervalRow.resource_id.in_(list(wanted)), UsageIntervalRow.ended_at.is_(None))):
+        rates = wanted[row.resource_id]
+        match = next((r for r in rates if _key(r.kind, r.basis[:80], r.quantity,
+                                               _price_text(r), r.period_hours)
                       == _key(row.kind, row.basis, row.quantity, row.unit_price,
                               row.period_hours)), None)
         if match is not None:
-            wanted.remove(match)
+            rates.remove(match)
         elif row.started_at >= at:
             s.delete(row)  # opened and closed within one second: nothing to bill
         else:
             row.ended_at = at
-    start(s, at, project_id, resource_id, resource_name, wanted)
+    for c in changes:
+        start(s, at, c.project_id, c.resource_id, c.resource_name, wanted[c.resource_id])
 
 
 def end(s: Session, at: datetime, resource_ids: Collection[str]) -> None:
@@ -114,9 +134,16 @@ def instance(s: Session, settings: Settings, at: datetime, project_id: str, inst
              disk_gib: int) -> None:
     """An instance's state (or size) changed: its rates from `at` on. The hook for every
     place an instance's state is written (a bare-metal server's too: its `bm1.*` type is
-    priced like any type)."""
-    sync(s, at, project_id, instance_id, name,
-         instance_rates(settings, state, type_name, vcpus, ram_mib, disk_gib))
+    priced like any type). Many at once: sync_many with instance_change."""
+    sync_many(s, at, [instance_change(settings, project_id, instance_id, name, state, type_name,
+                                      vcpus, ram_mib, disk_gib)])
+
+
+def instance_change(settings: Settings, project_id: str, instance_id: str, name: str,
+                    state: str, type_name: str | None, vcpus: int, ram_mib: int,
+                    disk_gib: int) -> Change:
+    return Change(project_id, instance_id, name,
+                  instance_rates(settings, state, type_name, vcpus, ram_mib, disk_gib))
 
 
 def dedicated_host(s: Session, settings: Settings, at: datetime, project_id: str,

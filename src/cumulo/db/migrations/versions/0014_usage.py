@@ -34,8 +34,8 @@ def upgrade() -> None:
                     unique=False)
     op.create_index(op.f("ix_usage_intervals_resource_id"), "usage_intervals", ["resource_id"],
                     unique=False)
-    # Resources that existed before metering began are not back-billed: their meters open at
-    # their next transition.
+    # Resources that existed before are not back-billed (prices live in the configuration,
+    # which a migration does not read): an instance's meters open at its next state change.
 
 
 def downgrade() -> None:
