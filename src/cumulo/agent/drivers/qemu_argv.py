@@ -18,6 +18,13 @@ Accel = Literal["kvm", "tcg"]
 # Linux limits sun_path to 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 108
 
+# QEMU 7.2's seccomp filter: everything it offers to deny (see `-sandbox` in qemu(1)).
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+QMP_FD = 3
+SERIAL_FD = 4
+TAP_FD0 = 5
+LAUNCHER = Path(__file__).with_name("qemu_exec.py")
+
 # UEFI firmware for arm64 guests that boot from their disk (Debian: qemu-efi-aarch64).
 AARCH64_UEFI = Path("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd")
 
@@ -79,14 +86,14 @@ class VMPaths:
 
 
 def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
-    """The full QEMU argv (argv[0] is the binary name, resolved through PATH).
+    """QEMU's own argv (argv[0] is the binary name); `confine` wraps it in its launcher.
 
-    With `spec.netns`, QEMU is started by `ip netns exec <netns>` (which execs QEMU, so the
-    daemonized process is QEMU itself, inside the namespace, where it creates the taps).
+    QEMU runs in the foreground under its seccomp sandbox (no fork, no exec, no setuid, no
+    scheduler or resource changes, no obsolete syscalls) and opens no socket path and no tap
+    by name: the launcher hands it the listening QMP and serial sockets and the taps on fixed
+    fd numbers (QMP_FD, SERIAL_FD, TAP_FD0 + NIC index).
     """
-    prefix = ["ip", "netns", "exec", spec.netns] if spec.netns else []
     argv: list[str] = [
-        *prefix,
         spec.arch.qemu_binary,
         "-name",
         f"guest={spec.vm_id}",
@@ -94,6 +101,8 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
         "-no-user-config",
         "-display",
         "none",
+        "-sandbox",
+        SANDBOX,
         *_machine(spec.arch, accel),
         "-accel",
         accel,
@@ -105,7 +114,7 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
         # writes to console.log whether a client is connected or not (output is dropped, not
         # held, while none is), so the console log stays complete.
         "-chardev",
-        f"socket,id=console,path={_opt(paths.serial_sock)},server=on,wait=off,"
+        f"socket,id=console,fd={SERIAL_FD},server=on,wait=off,"
         f"logfile={_opt(paths.console_log)},logappend=on",
         "-serial",
         "chardev:console",
@@ -135,24 +144,50 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
     for i, nic in enumerate(spec.nics):
         argv += [
             "-netdev",
-            f"tap,id=net{i},ifname={_opt(nic.tap)},script=no,downscript=no",
+            f"tap,id=net{i},fd={TAP_FD0 + i}",
             "-device",
             f"virtio-net-pci,netdev=net{i},mac={_opt(nic.mac)},romfile=",
         ]
     argv += ["-device", "virtio-rng-pci"]
     argv += volume_argv(spec)
     argv += [
-        "-qmp",
-        f"unix:{_opt(paths.qmp_sock)},server=on,wait=off",
+        "-chardev",
+        f"socket,id=qmp,fd={QMP_FD},server=on,wait=off",
+        "-mon",
+        "chardev=qmp,mode=control",
         # A guest poweroff pauses QEMU (status "shutdown") instead of exiting, so the driver
         # can tell a guest poweroff (SHUTDOWN) from a dead process (CRASHED).
         "-action",
         "shutdown=pause",
         "-pidfile",
         str(paths.pidfile),
-        "-daemonize",
     ]
     return argv
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """Who the VM's QEMU runs as and where (see qemu_confine, qemu_cgroup, qemu_exec)."""
+
+    uid: int
+    cgroup: Path | None
+    python: str  # the interpreter that runs the launcher
+    binary: str  # QEMU's absolute path
+
+
+def confine(spec: VMSpec, paths: VMPaths, argv: list[str], c: Confinement) -> list[str]:
+    """`argv` (from build_argv) started by the launcher: inside `spec.netns` when set (by
+    `ip netns exec`, which execs the launcher there), as `c.uid`, in `c.cgroup`."""
+    prefix = ["ip", "netns", "exec", spec.netns] if spec.netns else []
+    launcher = [*prefix, c.python, "-I", "-S", str(LAUNCHER), "--uid", str(c.uid),
+                "--gid", str(c.uid)]
+    if c.cgroup is not None:
+        launcher += ["--cgroup", str(c.cgroup)]
+    launcher += ["--listen", f"{QMP_FD}={paths.qmp_sock}",
+                 "--listen", f"{SERIAL_FD}={paths.serial_sock}"]
+    for i, nic in enumerate(spec.nics):
+        launcher += ["--tap", f"{TAP_FD0 + i}={nic.tap}"]
+    return [*launcher, "--", c.binary, *argv[1:]]
 
 
 # -- block volumes ---------------------------------------------------------------------------

@@ -80,7 +80,7 @@ async def test_qemu_outlives_the_process_that_started_it(workdir: Path) -> None:
         """
     )
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
-    pid = int(out.stdout.decode().strip())
+    pid = int(out.stdout.decode().split()[-1])  # after any warning the driver logs
     driver = QemuDriver(workdir / "run", accel="tcg")  # the "restarted agent"
     obs = (await driver.observe())[VM]
     assert (obs.power, obs.pid) == (PowerState.RUNNING, pid)
