@@ -132,6 +132,10 @@ class LocalHost(BaseModel):
     metrics_port: int = Field(default=0, ge=0, le=65535 - 16)
     # A VM paused on a full disk is resumed once that disk's filesystem has this much free.
     resume_free_mib: int = Field(default=64, gt=0, le=MAX_INTEGER)
+    # Each VM's QEMU runs as its own uid, the first free one of this range (no /etc/passwd
+    # entries needed; systemd leaves 1879048192..2147483647 unused).
+    qemu_uid_base: int = Field(default=1_900_000_000, ge=1000, le=2**31 - 2)
+    qemu_uid_count: int = Field(default=65536, gt=0, le=2**24)
 
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")

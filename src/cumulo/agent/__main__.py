@@ -30,6 +30,8 @@ def _load(path: Path) -> AgentConfig:
         metrics_listen=str(raw.get("metrics_listen", "")),
         metrics_token=str(raw.get("metrics_token", "")),
         resume_free_mib=int(raw.get("resume_free_mib", 64)),
+        qemu_uid_base=int(raw.get("qemu_uid_base", 1_900_000_000)),
+        qemu_uid_count=int(raw.get("qemu_uid_count", 65536)),
         underlay_ip=raw.get("underlay_ip"),
     )
 

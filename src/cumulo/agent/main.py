@@ -71,6 +71,8 @@ class AgentConfig:
     metrics_listen: str = ""  # HOST:PORT of the /metrics endpoint ("": none)
     metrics_token: str = ""  # a scrape must carry it ("": any local scrape)
     resume_free_mib: int = 64
+    qemu_uid_base: int = 1_900_000_000  # the range of the VMs' uids (see qemu_confine)
+    qemu_uid_count: int = 65536
     underlay_ip: str | None = None  # this host's address on the underlay (VXLAN, NBD, ...)
 
 
@@ -85,7 +87,10 @@ def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
 
     native = Arch.X86_64 if platform.machine() == "x86_64" else Arch.ARM64
     accel = resolve_accel(cfg.accel, native, cfg.host_dir)
-    return QemuDriver(cfg.host_dir / "run", accel=accel), accel
+    from cumulo.agent.drivers.qemu_confine import UidPool
+
+    uids = UidPool(base=cfg.qemu_uid_base, count=cfg.qemu_uid_count)
+    return QemuDriver(cfg.host_dir / "run", accel=accel, uids=uids), accel
 
 
 async def run_agent(cfg: AgentConfig, stop: asyncio.Event) -> None:

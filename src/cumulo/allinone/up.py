@@ -181,6 +181,8 @@ def _prepare_host(paths: StatePaths, settings: Settings, db: Database, url: str,
                 "metrics_listen": f"127.0.0.1:{host.metrics_port}" if host.metrics_port else "",
                 "metrics_token": settings.metrics_token,
                 "resume_free_mib": settings.host.resume_free_mib,
+                "qemu_uid_base": settings.host.qemu_uid_base,
+                "qemu_uid_count": settings.host.qemu_uid_count,
             },
             indent=2,
         )
