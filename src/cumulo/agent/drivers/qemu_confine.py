@@ -127,15 +127,16 @@ def revoke(vm_dir: Path, key: str) -> None:
     """Give the file recorded under `key` back to root (0600); absent is fine."""
     path = granted(vm_dir).get(key)
     if path is not None:
-        _give_back(path)
+        _give_back(path, read_uid(vm_dir))
         _record(vm_dir, key, None)
 
 
 def revoke_all(vm_dir: Path, keep: dict[str, Path] | None = None) -> None:
     """Give back every file handed to the VM but those in `keep` (key -> the same path)."""
+    uid = read_uid(vm_dir)
     for key, path in granted(vm_dir).items():
         if keep is None or keep.get(key) != path:
-            _give_back(path)
+            _give_back(path, uid)
             _record(vm_dir, key, None)
 
 
@@ -147,9 +148,11 @@ def granted(vm_dir: Path) -> dict[str, Path]:
         return {}
 
 
-def _give_back(path: Path) -> None:
+def _give_back(path: Path, uid: int | None) -> None:
+    """Root's again, unless another VM has it by now (a volume attached elsewhere since)."""
     with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISREG(os.lstat(path).st_mode):
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
             os.chown(path, 0, 0, follow_symlinks=False)
             os.chmod(path, 0o600)
 

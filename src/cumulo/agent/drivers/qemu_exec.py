@@ -119,6 +119,7 @@ def main(argv: list[str]) -> int:
             os.dup2(null, 1)  # stdout is the pipe the agent reads our pid from: not QEMU's
             os.close(null)
             os.umask(0o077)
+            os.chdir("/")  # hold no directory of the agent's busy
             os.setgroups([])
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)

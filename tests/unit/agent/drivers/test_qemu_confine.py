@@ -58,6 +58,7 @@ def test_a_bad_range_is_refused() -> None:
 
 def test_files_are_handed_over_and_given_back(tmp_path: Path) -> None:
     d = vm_dir(tmp_path, "a")
+    (d / "uid").write_text("5000\n")
     disk, seed, vol = (tmp_path / n for n in ("disk", "seed", "vol"))
     for f in (disk, seed, vol):
         f.write_bytes(b"x")
@@ -70,6 +71,12 @@ def test_files_are_handed_over_and_given_back(tmp_path: Path) -> None:
     assert os.stat(vol).st_uid == 0 and set(granted(d)) == {"boot", "seed"}
     revoke_all(d, keep={"boot": disk})
     assert os.stat(seed).st_uid == 0 and os.stat(disk).st_uid == 5000
+    other = vm_dir(tmp_path, "b")
+    (other / "uid").write_text("5001\n")
+    grant(d, 5000, vol, "vol-1")
+    grant(other, 5001, vol, "vol-1")  # attached to b since (a was stopped, say)
+    revoke_all(d)
+    assert os.stat(vol).st_uid == 5001  # a's leftovers do not take b's volume away
     link = tmp_path / "link"
     link.symlink_to("/etc/shadow")
     with pytest.raises(DriverError, match="not a regular file"):
