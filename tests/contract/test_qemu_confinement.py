@@ -188,17 +188,21 @@ async def test_the_sandbox_kills_a_qemu_that_tries_to_run_a_program(host: Host) 
 
 
 def test_each_vm_sits_in_its_own_cgroup(host: Host) -> None:
-    if host.driver().cgroups.mount is None:
+    groups = host.driver().cgroups
+    if groups.mount is None:
         pytest.skip("no cgroup v2 hierarchy on this machine")
     for vm in (A, B):
-        assert pid_cgroup(host.pid(vm)) == f"/cumulo/{vm}"
+        path = groups.path(vm)
+        assert path is not None and path.parent == groups.mount / "cumulo"
+        assert pid_cgroup(host.pid(vm)) == "/" + str(path.relative_to(groups.mount))
+        assert str(host.pid(vm)) in (path / "cgroup.procs").read_text().split()
 
 
 def test_each_vms_cgroup_has_its_limits(host: Host) -> None:
-    mount = host.driver().cgroups.mount
-    if mount is None:
+    groups = host.driver().cgroups
+    mount, group = groups.mount, groups.path(A)
+    if mount is None or group is None:
         pytest.skip("no cgroup v2 hierarchy on this machine")
-    group = mount / "cumulo" / A
     present = {name: value for name, value in limits(1, 128).items() if (group / name).exists()}
     if not present:
         controllers = (mount / "cgroup.controllers").read_text().split()

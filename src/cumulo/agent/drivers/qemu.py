@@ -84,7 +84,7 @@ class QemuDriver(QemuMigration, MigratingDriver):
                  cgroups: VmCgroups | None = None) -> None:
         self.runtime_dir = Path(runtime_dir).absolute()
         self.uids = uids or UidPool()
-        self.cgroups = cgroups or VmCgroups()
+        self.cgroups = cgroups or VmCgroups.for_runtime(self.runtime_dir)
         self.requested_accel = accel
         self._accel: dict[Arch, Accel] = {}
         self._locks: dict[str, asyncio.Lock] = {}

@@ -1,4 +1,4 @@
-"""One cgroup v2 per VM: `<cgroup2 mount>/cumulo/<vm id>`, its QEMU placed in it before exec.
+"""One cgroup v2 per VM: `<cgroup2 mount>/cumulo/<vm id>.<host scope>`, QEMU in it from exec.
 
 Limits: `cpu.max` = the VM's vCPUs in whole CPUs, `memory.max` = its RAM plus headroom for
 QEMU itself (device models, the TCG translation cache: about 120 MiB for a 128 MiB guest here)
@@ -15,6 +15,8 @@ once, as a warning, instead of refusing to run VMs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 from pathlib import Path
 
 import structlog
@@ -57,13 +59,20 @@ def cgroup2_mount(mountinfo: Path = Path("/proc/self/mountinfo")) -> Path | None
 class VmCgroups:
     """Creates, limits and removes the per-VM cgroups of one driver."""
 
-    def __init__(self, root: Path | None = None, parent: str = "cumulo") -> None:
+    def __init__(self, root: Path | None = None, parent: str = "cumulo", scope: str = "") -> None:
         self.mount = root if root is not None else cgroup2_mount()
         self.parent = parent
+        self.scope = scope  # tells apart the hosts of one machine (VM ids are unique anyway)
         self._warned: set[str] = set()
 
+    @classmethod
+    def for_runtime(cls, runtime_dir: Path) -> VmCgroups:
+        """The cgroups of the VMs of one host (its runtime dir): `cumulo/<vm id>.<10 hex>`."""
+        return cls(scope=hashlib.sha256(os.fsencode(runtime_dir)).hexdigest()[:10])
+
     def path(self, vm_id: str) -> Path | None:
-        return None if self.mount is None else self.mount / self.parent / vm_id
+        name = f"{vm_id}.{self.scope}" if self.scope else vm_id
+        return None if self.mount is None else self.mount / self.parent / name
 
     def prepare(self, vm_id: str, vcpus: int, ram_mib: int) -> Path | None:
         """The VM's cgroup, made and limited as far as this machine allows (None: no cgroup)."""
