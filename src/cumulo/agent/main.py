@@ -1,7 +1,7 @@
 """The host agent process: register, then watch assignments and reconcile until told to stop.
 
-Stopping the agent never stops a VM: QEMU processes are daemonized and re-adopted by the next
-agent through their pidfiles and QMP sockets.
+Stopping the agent never stops a VM: QEMU processes run in sessions of their own and are
+re-adopted by the next agent through their pidfiles and QMP sockets.
 """
 
 from __future__ import annotations

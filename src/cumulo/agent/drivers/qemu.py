@@ -1,7 +1,8 @@
-"""The QEMU driver: one daemonized QEMU process per VM, controlled through its QMP socket.
+"""The QEMU driver: one confined QEMU process per VM, controlled through its QMP socket.
 
-Runtime files of a VM live in `<runtime_dir>/<vm_id>/` (see VMPaths). QEMU is launched with
-`-daemonize` in a new session so it outlives the agent; a new QemuDriver on the same
+Runtime files of a VM live in `<runtime_dir>/<vm_id>/` (see VMPaths). QEMU is started by its
+launcher (qemu_exec: the VM's own uid, its seccomp sandbox, its cgroup; see qemu_confine and
+qemu_cgroup) in a new session so it outlives the agent; a new QemuDriver on the same
 runtime_dir re-adopts running VMs through their pidfiles and QMP sockets.
 
 How observe() decides:
