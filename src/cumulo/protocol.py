@@ -137,6 +137,9 @@ class Assignment(BaseModel):
     # (PUT /v1/agent/hosts/HOST/exports/ID); the VM is not started while this is set.
     export_id: str | None = None
     boot_write_error: WriteErrorPolicy = "stop"  # see VolumeAssignment.write_error
+    # On a dedicated host: the host CPUs of this instance alone, one per vCPU (vCPU i is
+    # pinned to cpu_set[i]); empty: not pinned.
+    cpu_set: list[int] = Field(default_factory=list)
 
 
 class VolumeAssignment(BaseModel):

@@ -14,7 +14,7 @@ from sqlalchemy import String, and_, bindparam, case, cast, false, func, select,
 from sqlalchemy.orm import Session
 
 from cumulo.config import Settings
-from cumulo.db.tables import HostRow, InstanceRow
+from cumulo.db.tables import DedicatedHostRow, HostRow, InstanceRow
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict, InvalidInput
 from cumulo.domain.ids import new_id
@@ -253,6 +253,9 @@ _USED = (select(InstanceRow.host_id, func.sum(InstanceRow.vcpus), func.sum(Insta
          .group_by(InstanceRow.host_id))
 # An instance is in its host's zone: a zone's hosts need only the zone's instances summed.
 _ZONE_USED = _USED.where(InstanceRow.zone == bindparam("zone"))
+_DEDICATED = select(DedicatedHostRow.allocated_host_id, DedicatedHostRow.project_id,
+                    DedicatedHostRow.id).where(DedicatedHostRow.allocated_host_id.is_not(None))
+_ZONE_DEDICATED = _DEDICATED.where(DedicatedHostRow.zone == bindparam("zone"))
 
 
 def seen_after() -> datetime:
@@ -272,6 +275,9 @@ def capacities(s: Session, settings: Settings, zone: str | None = None) -> list[
     used = {hid: (int(c or 0), int(r or 0), int(n), int(d or 0), int(p or 0))
             for hid, c, r, n, d, p in (conn.execute(_USED) if zone is None
                                        else conn.execute(_ZONE_USED, {"zone": zone}))}
+    dedicated = {hid: (pid, did) for hid, pid, did in (
+        conn.execute(_DEDICATED) if zone is None
+        else conn.execute(_ZONE_DEDICATED, {"zone": zone}))}
     after = seen_after()
     rows = (conn.execute(_HOSTS, {"seen_after": after}) if zone is None
             else conn.execute(_ZONE_HOSTS, {"seen_after": after, "zone": zone}))
@@ -279,13 +285,16 @@ def capacities(s: Session, settings: Settings, zone: str | None = None) -> list[
     out = []
     for hid, name, host_zone, archs, host_up, disabled, vcpus, ram, disk_total, disk_free in rows:
         vcpus_used, ram_used, count, disk_claimed, disk_pending = used.get(hid, (0, 0, 0, 0, 0))
+        # A dedicated host pins each vCPU to a CPU of its own and does not overcommit RAM.
+        to, did = dedicated.get(hid, (None, None))
         out.append(HostCapacity(
             host_id=hid, name=name, zone=host_zone, architectures=_architectures(archs),
             up=bool(host_up), enabled=not disabled, vcpus_total=vcpus, ram_mib_total=ram,
-            vcpus_used=vcpus_used, ram_mib_used=ram_used, cpu_ratio=cpu_ratio,
-            ram_ratio=ram_ratio, instances=count, disk_total_mib=disk_total,
-            disk_free_mib=disk_free, disk_claimed_mib=disk_claimed,
-            disk_pending_mib=disk_pending))
+            vcpus_used=vcpus_used, ram_mib_used=ram_used,
+            cpu_ratio=cpu_ratio if to is None else 1.0,
+            ram_ratio=ram_ratio if to is None else 1.0, instances=count,
+            disk_total_mib=disk_total, disk_free_mib=disk_free, disk_claimed_mib=disk_claimed,
+            disk_pending_mib=disk_pending, dedicated_to=to, dedicated_id=did))
     return out
 
 
