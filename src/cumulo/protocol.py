@@ -28,6 +28,9 @@ class HostRegistration(BaseModel):
     # This host's address on the underlay: where other hosts send its networks' VXLAN
     # packets. None: a host without one (a single all-in-one host), which serves no segment.
     underlay_ip: str | None = None
+    # The machine's CPUs (ids) the agent may pin a dedicated host's vCPUs to: all of the
+    # machine's, which simulated hosts of one machine share. None: an agent that does not say.
+    cpus: list[int] | None = None
 
 
 class Registered(BaseModel):

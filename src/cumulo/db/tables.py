@@ -107,6 +107,9 @@ class HostRow(Base):
     disabled: Mapped[bool] = mapped_column(default=False, server_default=false())
     disabled_reason: Mapped[str] = mapped_column(String(200), default="", server_default="")
     agent_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    # The machine's CPU ids its agent may pin vCPUs to (see protocol.HostRegistration.cpus):
+    # a dedicated host pins each vCPU to one of these. None: not reported.
+    cpus: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
 
 
 class DedicatedHostRow(Base):

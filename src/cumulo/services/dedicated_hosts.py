@@ -177,15 +177,15 @@ def tenancy_of(s: Session, prj: ProjectRow, tenancy: str | None,
 
 def cpu_set_for(s: Session, host: HostCapacity, vcpus: int) -> list[int] | None:
     """Host CPUs of its own for an instance of `vcpus` placed on `host` (None: a shared host,
-    nothing pinned): the lowest that no other instance of the host is pinned to. A host's
-    CPUs are numbered 0..vcpus-1 as its agent registered them (by default the machine's CPU
-    count: simulated hosts on one machine share its CPUs)."""
+    nothing pinned): the lowest that no other instance of the host is pinned to, of the CPU
+    ids its agent registered (the machine's: simulated hosts of one machine share them)."""
     if host.dedicated_id is None:
         return None
     taken = {c for cpus in s.scalars(select(InstanceRow.cpu_set)
                                      .where(InstanceRow.host_id == host.host_id))
              for c in cpus or ()}
-    free = [c for c in range(host.vcpus_total) if c not in taken]
+    listed = s.scalar(select(HostRow.cpus).where(HostRow.id == host.host_id))
+    free = [c for c in (listed or range(host.vcpus_total)) if c not in taken]
     if len(free) < vcpus:  # only if instances are pinned beyond what placement counted
         raise InsufficientCapacity(f"dedicated host {host.dedicated_id} has {len(free)} host "
                                    f"CPUs free, {vcpus} needed", code="no_host_fits")

@@ -173,3 +173,26 @@ def test_members_allocate_within_their_quota_and_never_name_the_host(
     # A released host no longer counts.
     team.post(f"/v1/dedicated-hosts/{team.get('/v1/dedicated-hosts').json()[0]['id']}/release")
     assert team.post("/v1/dedicated-hosts", json={"zone": "local-1a"}).status_code == 201
+
+
+def test_pinned_cpus_are_the_ones_the_hosts_agent_registered(
+        api: TestClient, svc: Services) -> None:
+    # A machine whose agent may use CPUs 3 and 7: its vCPUs as a shared host are what it
+    # registered (16), as a dedicated host the CPUs it can pin to.
+    register(svc, "hv-3", "local-1b", vcpus=16, cpus=[7, 3])
+    shared = api.get("/v1/hosts/hv-3").json()
+    assert shared["vcpus_allocatable"] >= 16
+    dh = allocate(api, "default", zone="local-1b").json()
+    assert dh["host"] == "hv-3" and dh["capacity"]["vcpus_total"] == 2
+    for name in ("p1", "p2"):
+        assert create(api, name, zone="local-1b", dedicated_host=dh["id"]).status_code == 202
+    agent = Principal(role=Role.AGENT, host_name="hv-3")
+    assert [a.cpu_set for a in agents.assignments(svc, agent, "hv-3").instances] == [[3], [7]]
+    r = create(api, "p3", zone="local-1b", dedicated_host=dh["id"])
+    assert r.json()["detail"] == ("no host fits: zone local-1b has 1 host: 1 lacks 1 vCPUs "
+                                  "(largest free: 0)")
+    for bad in ([], [-1], [8192]):
+        r = api.post("/v1/agent/hosts/register", json={
+            "name": "hv-4", "zone": "local-1a", "architectures": ["x86_64"], "vcpus": 2,
+            "ram_mib": 1024, "driver": "fake", "accel": "tcg", "cpus": bad})
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_input"), r.text

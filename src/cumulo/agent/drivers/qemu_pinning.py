@@ -44,6 +44,11 @@ async def pin_vcpus(qmp_sock: Path, cpu_set: tuple[int, ...], vcpus: int,
     threads = vcpu_threads(await qmp_execute(qmp_sock, "query-cpus-fast", timeout=timeout))
     if len(threads) != vcpus:
         raise DriverError(f"QEMU runs {len(threads)} vCPU threads, {vcpus} expected")
+    pin_threads(threads, cpu_set)
+
+
+def pin_threads(threads: list[int], cpu_set: tuple[int, ...]) -> None:
+    """Thread threads[i] runs on CPU cpu_set[i] only."""
     for tid, cpu in zip(threads, cpu_set, strict=True):
         try:
             os.sched_setaffinity(tid, {cpu})

@@ -38,9 +38,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("tenancy", sa.String(length=16), nullable=False,
                                       server_default="shared"))
         batch_op.add_column(sa.Column("cpu_set", sa.JSON(), nullable=True))
+    with op.batch_alter_table("hosts", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("cpus", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("hosts", schema=None) as batch_op:
+        batch_op.drop_column("cpus")
     with op.batch_alter_table("instances", schema=None) as batch_op:
         batch_op.drop_column("cpu_set")
         batch_op.drop_column("tenancy")
