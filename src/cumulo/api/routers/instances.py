@@ -46,6 +46,9 @@ class InstanceCreate(Input):
                                 "a host dedicated to the project")
     dedicated_host: str | None = Field(default=None, description="the id of one of the "
                                        "project's dedicated hosts (implies dedicated tenancy)")
+    client_token: str | None = Field(
+        default=None, description="sent again with the same parameters (the answer was lost),"
+        " the create answers the instance it made, once (1 to 64 printable ASCII characters)")
 
 
 def _request(body: InstanceCreate) -> instances.CreateInstance:
@@ -68,6 +71,7 @@ def _request(body: InstanceCreate) -> instances.CreateInstance:
         placement_group=body.placement_group,
         tenancy=body.tenancy,
         dedicated_host=body.dedicated_host,
+        client_token=body.client_token,
     )
 
 
