@@ -125,10 +125,11 @@ def release(svc: Services, who: Principal, project: str | None,
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
         row = find(s, prj, ref)
+        hosts.lock_zone(s, row.zone)  # no create lands on it while it is released
+        s.refresh(row)  # as a concurrent release left it
         if row.state != AVAILABLE:
             raise Conflict(f"dedicated host {row.id} is released already",
                            code="dedicated_host_released")
-        hosts.lock_zone(s, row.zone)  # no create lands on it while it is released
         names = list(s.scalars(select(InstanceRow.name).where(InstanceRow.host_id == row.host_id)
                                .order_by(InstanceRow.name)))
         if names:
