@@ -34,7 +34,7 @@ OPENED = re.compile(r'\bopen(?:at2?)?\((?:[A-Z_]+, )?"([^"]*)"')
 
 def agent_of(c: Cloud, host: str) -> int:
     """The pid of host HOST's agent (its command line names its own config)."""
-    marker = str(c.state_dir / "hosts" / host / "").encode()
+    marker = f"{c.state_dir / 'hosts' / host}/".encode()
     (pid,) = [pid for pid in agent_pids(c.state_dir)
               if marker in Path(f"/proc/{pid}/cmdline").read_bytes()]
     return pid
