@@ -28,6 +28,7 @@ from pathlib import Path
 from cumulo.agent.drivers import (
     qemu_confine,
     qemu_io_errors,
+    qemu_pinning,
     qemu_process,
     qemu_stats,
     qemu_volumes,
@@ -127,6 +128,13 @@ class QemuDriver(QemuMigration, MigratingDriver):
                 qemu_process.check_netns(spec)
             accel = await self.accel_for(spec.arch)
             pid = await self._start_qemu(spec, paths, accel)
+            if spec.cpu_set:  # the agent pins (root); QEMU's sandbox forbids it to itself
+                try:
+                    await qemu_pinning.pin_vcpus(paths.qmp_sock, spec.cpu_set, spec.vcpus,
+                                                 QMP_TIMEOUT_S * 5)
+                except DriverError:
+                    await self._force_stop(paths)  # unpinned on a dedicated host: not run
+                    raise
             return Observed(spec.vm_id, PowerState.RUNNING, pid)
 
     async def request_shutdown(self, vm_id: str) -> None:

@@ -61,7 +61,8 @@ SANDBOX = ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resou
 
 def head(binary: str, machine: list[str], accel: str) -> list[str]:
     return [
-        binary, "-name", f"guest={VM}", "-nodefaults", "-no-user-config", "-display", "none",
+        binary, "-name", f"guest={VM},debug-threads=on", "-nodefaults", "-no-user-config",
+        "-display", "none",
         *SANDBOX, *machine, "-accel", accel, "-smp", "2", "-m", "512",
         "-chardev", "socket,id=console,fd=4,server=on,wait=off,"
                     f"logfile={D}/console.log,logappend=on",
