@@ -210,8 +210,8 @@ class QemuDriver(QemuMigration, MigratingDriver):
         async with self._lock(vm_id):
             if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot attach {att.volume_id} to {vm_id}: it is not running")
-            uid = self._uid_of(paths)
-            if att.path.is_file():
+            uid = qemu_confine.read_uid(paths.dir)  # None: started (as root) by an older cumulo
+            if uid is not None and att.path.is_file():
                 qemu_confine.grant(paths.dir, uid, att.path, att.volume_id)
             try:
                 await qemu_volumes.attach(paths.qmp_sock, vm_id, att)
@@ -245,11 +245,11 @@ class QemuDriver(QemuMigration, MigratingDriver):
             if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot snapshot {volume_id}: {vm_id} is not running")
             key = f"snapshot:{volume_id}"
-            uid = self._uid_of(paths)
+            uid = qemu_confine.read_uid(paths.dir)  # None: started (as root) by an older cumulo
             try:
                 await qemu_volumes.snapshot(
                     paths.qmp_sock, vm_id, volume_id, target,
-                    lambda t: qemu_confine.grant(paths.dir, uid, t, key))
+                    None if uid is None else lambda t: qemu_confine.grant(paths.dir, uid, t, key))
             finally:
                 qemu_confine.revoke(paths.dir, key)  # the copy is the host's again
 
@@ -311,13 +311,6 @@ class QemuDriver(QemuMigration, MigratingDriver):
         qemu_confine.revoke_all(paths.dir)
         self.uids.release(paths.dir)
         self.cgroups.remove(paths.vm_id)
-
-    def _uid_of(self, paths: VMPaths) -> int:
-        uid = qemu_confine.read_uid(paths.dir)
-        if uid is None:
-            raise DriverError(f"{paths.vm_id} has no uid: it was started by an older cumulo"
-                              " (stop and start it)")
-        return uid
 
     # -- extras -----------------------------------------------------------------------------
 
