@@ -398,11 +398,13 @@ class QemuDriver(QemuMigration, MigratingDriver):
         with contextlib.suppress(DriverError):
             await qmp_execute(paths.qmp_sock, "quit", timeout=QMP_TIMEOUT_S)
         if await qemu_process.wait_gone(paths, pid, QUIT_GRACE_S):
+            self.cgroups.remove(paths.vm_id)  # made again at the next start
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         if not await qemu_process.wait_gone(paths, pid, 10.0):
             raise DriverError(f"qemu (pid {pid}) of {paths.vm_id} survived SIGKILL")
+        self.cgroups.remove(paths.vm_id)  # made again at the next start
 
 
 def _hand_over(spec: VMSpec, paths: VMPaths, uid: int) -> None:

@@ -22,6 +22,7 @@ import pytest
 from cumulo.agent.drivers.base import DriverError, PowerState, VMSpec
 from cumulo.agent.drivers.qemu import QemuDriver
 from cumulo.domain.arch import Arch
+from tests.contract.qemu_pids import kill_all
 
 pytestmark = pytest.mark.qemu
 
@@ -41,6 +42,7 @@ def workdir() -> Iterator[Path]:
                 pid = int(pidfile.read_text())
                 if os.fsencode(pidfile) in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
                     os.kill(pid, signal.SIGKILL)
+        kill_all(path / "run")  # and their cgroups
         shutil.rmtree(path, ignore_errors=True)
 
 
