@@ -18,6 +18,7 @@ from cumulo.api.routers import (
     access_keys,
     agent_images,
     agents,
+    baremetal,
     catalogue,
     events,
     hosts,
@@ -31,6 +32,7 @@ from cumulo.api.routers import (
     volumes,
 )
 from cumulo.api.segments import OneSegmentPerName
+from cumulo.services import baremetal_conductor
 from cumulo.services import hosts as host_service
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
@@ -38,6 +40,7 @@ from cumulo.services.context import Services
 log = structlog.get_logger("cumulo.api")
 
 SWEEP_EVERY_S = 5.0  # how often silent hosts are looked for (host_service.sweep_down)
+CONDUCT_EVERY_S = 2.0  # how often the bare-metal conductor looks for nodes with work
 
 
 async def _sweep(svc: Services) -> None:
@@ -51,16 +54,30 @@ async def _sweep(svc: Services) -> None:
             log.warning("host_sweep_failed", error=str(e))
 
 
+async def _conduct(svc: Services) -> None:
+    """The bare-metal conductor's passes (services.baremetal_conductor), in the long-job
+    threads: a pass waits on BMCs for seconds."""
+    while True:
+        await asyncio.sleep(CONDUCT_EVERY_S)
+        try:
+            await threads.long_job(baremetal_conductor.run_pass, svc)
+        except Exception as e:  # the database is away: try again at the next pass
+            log.warning("baremetal_pass_failed", error=str(e))
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with threads.lifespan(app):
-        sweeper = asyncio.create_task(_sweep(app.state.services))
+        tasks = [asyncio.create_task(_sweep(app.state.services)),
+                 asyncio.create_task(_conduct(app.state.services))]
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 def create_app(svc: Services) -> FastAPI:
@@ -85,7 +102,7 @@ def create_app(svc: Services) -> FastAPI:
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
-                   hosts, placement_groups, access_keys, events, agent_images):
+                   hosts, placement_groups, access_keys, events, agent_images, baremetal):
         app.include_router(module.router,
                            dependencies=[] if module in (agents, agent_images) else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)

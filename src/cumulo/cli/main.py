@@ -14,6 +14,7 @@ from cumulo.allinone.paths import DEFAULT_PORT, default_state_dir
 from cumulo.cli import (
     access_keys,
     agent_cmd,
+    baremetal,
     bench,
     catalogue,
     hosts,
@@ -52,6 +53,7 @@ app.command("events")(observe.events)
 hosts.hosts_app.add_typer(join_tokens.join_token_app, name="join-token")
 app.add_typer(hosts.hosts_app, name="host")
 app.add_typer(hosts.groups_app, name="placement-group")
+app.add_typer(baremetal.baremetal_app, name="baremetal")
 app.command("bench")(bench.bench)
 app.command("agent")(agent_cmd.agent)
 app.command("ssh", context_settings={"allow_interspersed_args": False})(networking.ssh)
