@@ -30,15 +30,18 @@ class Bmc:
 @contextmanager
 def bmc_in_thread(state_dir: Path, *specs: MachineSpec) -> Iterator[Bmc]:
     emu = Emulator([EmulatedMachine(s, state_dir) for s in specs], USER, PASSWORD)
-    server = serve(emu, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    served = serve(emu, "127.0.0.1", 0)
+    thread = threading.Thread(target=served.run, daemon=True)
     thread.start()
     try:
-        yield Bmc(f"http://127.0.0.1:{server.server_address[1]}", emu.machines)
+        deadline = time.monotonic() + 30
+        while not served.server.started:
+            assert thread.is_alive() and time.monotonic() < deadline
+            time.sleep(0.02)
+        yield Bmc(f"http://127.0.0.1:{served.port}", emu.machines)
     finally:
-        server.shutdown()
-        server.server_close()
+        served.stop()
+        thread.join(30)
         emu.stop_all()
 
 

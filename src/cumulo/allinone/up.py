@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from cumulo.allinone import fabric
 from cumulo.allinone.paths import StatePaths, write_private
+from cumulo.api import app as app_mod
 from cumulo.api import server, threads
 from cumulo.api.app import create_app
 from cumulo.config import Settings, load_settings
@@ -316,7 +317,8 @@ def _run_locked(
 
     @contextlib.asynccontextmanager
     async def lifespan(served: FastAPI) -> AsyncIterator[None]:
-        async with threads.lifespan(served):  # the API's own (its worker threads)
+        # The API's own worker threads, and its bare-metal conductor.
+        async with threads.lifespan(served), app_mod.running(app_mod.conduct(svc)):
             started = datetime.now(UTC)
             for supervisor in supervisors:
                 supervisor.start()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import structlog
 from fastapi import Depends, FastAPI
@@ -54,9 +55,9 @@ async def _sweep(svc: Services) -> None:
             log.warning("host_sweep_failed", error=str(e))
 
 
-async def _conduct(svc: Services) -> None:
+async def conduct(svc: Services) -> None:
     """The bare-metal conductor's passes (services.baremetal_conductor), in the long-job
-    threads: a pass waits on BMCs for seconds."""
+    threads (a pass waits on BMCs for seconds). Every API process runs it, `cumulo up`'s too."""
     while True:
         await asyncio.sleep(CONDUCT_EVERY_S)
         try:
@@ -66,18 +67,24 @@ async def _conduct(svc: Services) -> None:
 
 
 @contextlib.asynccontextmanager
+async def running(*loops: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """`loops` run as tasks for as long as the context lasts."""
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with threads.lifespan(app):
-        tasks = [asyncio.create_task(_sweep(app.state.services)),
-                 asyncio.create_task(_conduct(app.state.services))]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    svc = app.state.services
+    async with threads.lifespan(app), running(_sweep(svc), conduct(svc)):
+        yield
 
 
 def create_app(svc: Services) -> FastAPI:

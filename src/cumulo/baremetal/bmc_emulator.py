@@ -21,13 +21,18 @@ import hmac
 import ipaddress
 import json
 import re
-import signal
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from cumulo.baremetal import redfish_resources as rf
 from cumulo.baremetal.emulated_machine import EmulatedMachine, MachineError, MachineSpec
@@ -98,61 +103,46 @@ def _download(url: str) -> bytes:
         raise MachineError(f"fetching the media failed: {e}") from e
 
 
-class Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
+def app(emu: Emulator) -> Starlette:
+    """The emulator's HTTP side: every request goes to `route` (in a worker thread: a power
+    action or a media download blocks)."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # quiet: tests read the machines, not an access log
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PATCH(self) -> None:
-        self._serve("PATCH")
-
-    def _serve(self, method: str) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
-        body = self._body()
+    async def endpoint(request: Request) -> Response:
+        path = request.url.path.rstrip("/")
+        body = _body(await request.body())
         if body is None:
-            return self._send(400, rf.error("the body is not a JSON object",
-                                            "Base.1.0.MalformedJSON"))
-        if path != rf.V1 and not self.server.emulator.authorized(
-                self.headers.get("Authorization")):
-            return self._send(401, rf.error("authentication required",
-                                            "Base.1.0.InsufficientPrivilege"),
-                              {"WWW-Authenticate": 'Basic realm="cumulo-bmc"'})
+            return _json(400, rf.error("the body is not a JSON object", "Base.1.0.MalformedJSON"))
+        if path != rf.V1 and not emu.authorized(request.headers.get("authorization")):
+            return _json(401, rf.error("authentication required",
+                                       "Base.1.0.InsufficientPrivilege"),
+                         {"WWW-Authenticate": 'Basic realm="cumulo-bmc"'})
         try:
-            status, doc = route(self.server.emulator, method, path, body)
+            status, doc = await run_in_threadpool(route, emu, request.method, path, body)
         except MachineError as e:
             status, doc = 400, rf.error(str(e), "Base.1.0.ActionNotSupported")
-        self._send(status, doc)
+        return _json(status, doc)
 
-    def _body(self) -> dict[str, Any] | None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if not length:
-            return {}
-        try:
-            doc = json.loads(self.rfile.read(min(length, 65536)))
-        except ValueError:
-            return None
-        return doc if isinstance(doc, dict) else None
+    return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST", "PATCH"])])
 
-    def _send(self, status: int, doc: dict[str, Any] | None,
-              headers: dict[str, str] | None = None) -> None:
-        data = b"" if doc is None else json.dumps(doc).encode()
-        self.send_response(status)
-        if doc is not None:
-            self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("OData-Version", "4.0")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+
+def _body(raw: bytes) -> dict[str, Any] | None:
+    if not raw:
+        return {}
+    if len(raw) > 65536:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _json(status: int, doc: dict[str, Any] | None,
+          headers: dict[str, str] | None = None) -> Response:
+    if doc is None:
+        return Response(status_code=status, headers={"OData-Version": "4.0"})
+    return JSONResponse(doc, status_code=status,
+                        headers={"OData-Version": "4.0", **(headers or {})})
 
 
 def route(emu: Emulator, method: str, path: str,
@@ -225,18 +215,30 @@ def _missing(path: str) -> tuple[int, dict[str, Any]]:
                          "Base.1.0.ResourceMissingAtURI")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    emulator: Emulator
+class Served:
+    """An emulator's HTTP server on a loopback port, run by `run` (blocks) until `stop`."""
+
+    def __init__(self, emu: Emulator, host: str, port: int) -> None:
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"the BMC emulator listens on loopback only, not {host}")
+        self.emulator = emu
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.port: int = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app(emu), log_level="warning",
+                                                    access_log=False, lifespan="off"))
+
+    def run(self) -> None:
+        self.server.run(sockets=[self.sock])
+
+    def stop(self) -> None:
+        self.server.should_exit = True
 
 
-def serve(emu: Emulator, host: str, port: int) -> _Server:
+def serve(emu: Emulator, host: str, port: int) -> Served:
     """An HTTP server for `emu` on `host` (loopback only) and `port` (0: any free one)."""
-    if not ipaddress.ip_address(host).is_loopback:
-        raise ValueError(f"the BMC emulator listens on loopback only, not {host}")
-    server = _Server((host, port), Handler)
-    server.emulator = emu
-    return server
+    return Served(emu, host, port)
 
 
 def parse_node(text: str) -> MachineSpec:
@@ -259,21 +261,14 @@ def main(argv: list[str] | None = None) -> None:
     password = a.password_file.read_text().strip() if a.password_file else ""
     emu = Emulator([EmulatedMachine(spec, a.state_dir) for spec in a.node], a.username,
                    password)
-    server = serve(emu, host, int(port))
+    served = serve(emu, host, int(port))
     if a.port_file:
         tmp = a.port_file.with_suffix(".tmp")
-        tmp.write_text(str(server.server_address[1]))
+        tmp.write_text(str(served.port))
         tmp.replace(a.port_file)
-
-    def _stop(_sig: int, _frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     try:
-        server.serve_forever(poll_interval=0.2)
+        served.run()  # until SIGTERM or SIGINT (uvicorn's handlers)
     finally:
-        server.server_close()
         emu.stop_all()  # the machines go with their emulator (no QEMU is left behind)
 
 
