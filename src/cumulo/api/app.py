@@ -21,6 +21,7 @@ from cumulo.api.routers import (
     agents,
     baremetal,
     catalogue,
+    dedicated_hosts,
     events,
     hosts,
     images,
@@ -109,7 +110,8 @@ def create_app(svc: Services) -> FastAPI:
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
-                   hosts, placement_groups, access_keys, events, agent_images, baremetal):
+                   hosts, placement_groups, dedicated_hosts, access_keys, events, agent_images,
+                   baremetal):
         app.include_router(module.router,
                            dependencies=[] if module in (agents, agent_images) else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)

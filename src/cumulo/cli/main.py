@@ -17,6 +17,7 @@ from cumulo.cli import (
     baremetal,
     bench,
     catalogue,
+    dedicated_hosts,
     hosts,
     images,
     instances,
@@ -53,6 +54,7 @@ app.command("events")(observe.events)
 hosts.hosts_app.add_typer(join_tokens.join_token_app, name="join-token")
 app.add_typer(hosts.hosts_app, name="host")
 app.add_typer(hosts.groups_app, name="placement-group")
+app.add_typer(dedicated_hosts.app, name="dedicated-host")
 app.add_typer(baremetal.baremetal_app, name="baremetal")
 app.command("bench")(bench.bench)
 app.command("agent")(agent_cmd.agent)
