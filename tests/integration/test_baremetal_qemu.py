@@ -22,7 +22,7 @@ from cumulo.baremetal.emulated_machine import MachineSpec
 from cumulo.baremetal.redfish import Bmc, BmcAddress, PowerAction
 from tests.baremetal_support import PASSWORD, USER, bmc_process
 from tests.conftest import free_port, running
-from tests.integration.conftest import Cloud
+from tests.integration.conftest import Cloud, _make
 
 pytestmark = pytest.mark.qemu
 
@@ -114,3 +114,40 @@ def test_enroll_inspect_power_and_delete_a_node(fake_cloud: Cloud, tmp_path: Pat
                                  "connection refused"
     listed = c.cli("baremetal", "node", "list").stdout
     assert "bm-2" in listed and "error" in listed
+
+
+@pytest.fixture
+def lab_cloud() -> Iterator[Cloud]:
+    for cloud in _make("fake", ["--baremetal-nodes", "1"]):
+        cloud.start()
+        yield cloud
+
+
+def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None:
+    c = lab_cloud
+    node = _wait_node(c, "bm-1", "available")
+    assert node["facts"] == {"arch": "x86_64", "vcpus": 1, "ram_mib": 256, "disk_gib": 2}
+    lab = c.state_dir / "baremetal"
+    password = (lab / "bmc-password").read_text().strip()
+    b = Bmc(BmcAddress(node["redfish_url"], node["redfish_system"], "admin", password))
+    assert b.power(PowerAction.ON) == "on"
+    pid = int((lab / "node-1" / "qemu.pid").read_text())
+    assert running(pid)
+
+    # A restart keeps the node (no second enrollment) and its BMC's address.
+    c.stop()  # the emulator goes with `cumulo up`, and powers its machine off
+    assert not running(pid)
+    c.start()
+    assert [n["name"] for n in c.json("baremetal", "node", "list")] == ["bm-1"]
+    assert b.power_state() == "off"
+
+    # `cumulo down` after a `cumulo up` killed hard: the emulator goes too (the kernel
+    # signals it), and no machine is left running.
+    assert b.power(PowerAction.ON) == "on"
+    pid = int((lab / "node-1" / "qemu.pid").read_text())
+    c.kill()
+    c.cli("down", "--state-dir", str(c.state_dir))
+    deadline = time.monotonic() + 30
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(pid)

@@ -11,6 +11,7 @@ is a management network, and this one is never reachable from outside the machin
 
 Run: python -m cumulo.baremetal.bmc_emulator --state-dir D --node ID:VCPUS:RAM_MIB:DISK_GIB
      [--node ...] [--listen 127.0.0.1:0] [--username U --password-file F] [--port-file F]
+     [--parent-pid PID]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from cumulo.agent.host_lock import exit_with_parent
 from cumulo.baremetal import redfish_resources as rf
 from cumulo.baremetal.emulated_machine import EmulatedMachine, MachineError, MachineSpec
 
@@ -256,7 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--username", default="")
     p.add_argument("--password-file", type=Path)
     p.add_argument("--port-file", type=Path, help="where to write the port once listening")
+    p.add_argument("--parent-pid", type=int, help="stop when this process (cumulo up) dies")
     a = p.parse_args(argv)
+    if a.parent_pid is not None and not exit_with_parent(a.parent_pid):
+        return
     host, _, port = a.listen.rpartition(":")
     password = a.password_file.read_text().strip() if a.password_file else ""
     emu = Emulator([EmulatedMachine(spec, a.state_dir) for spec in a.node], a.username,

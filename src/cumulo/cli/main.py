@@ -99,11 +99,18 @@ def up(
                      "agent and underlay address, spread over the zones (default: as many as "
                      "the state dir has, else 1)."),
     ] = None,
+    baremetal_nodes: Annotated[
+        int,
+        typer.Option("--baremetal-nodes", min=0, max=16,
+                     help="Emulated bare-metal servers (QEMU behind a Redfish BMC emulator on "
+                     "loopback), enrolled as bm-1..bm-N."),
+    ] = 0,
 ) -> None:
     """Run the whole cloud (API, scheduler, local agents) in the foreground."""
     from cumulo.allinone import up as up_mod
 
-    up_mod.run((state_dir or default_state_dir()).absolute(), port, config, database_url, hosts)
+    up_mod.run((state_dir or default_state_dir()).absolute(), port, config, database_url, hosts,
+               baremetal_nodes)
 
 
 @app.command()
