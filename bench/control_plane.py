@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, func, select, text
 
+from bench import open_loop
 from bench.cloud import free_port
 from cumulo.config import Settings
 from cumulo.db.engine import Database
@@ -53,10 +54,11 @@ class Scale:
     host_vcpus: int = 64  # t1.nano: 1 vCPU, 128 MiB
     host_ram_mib: int = 16384
     timeout_s: float = 600.0
+    open_loop_s: float = 0.0  # seconds of sending per open-loop phase (0: none)
 
 
 def scale(quick: bool) -> Scale:
-    return Scale(instances=500 if quick else 2000)
+    return Scale(instances=500 if quick else 2000, open_loop_s=8.0 if quick else 30.0)
 
 
 def postgres_url() -> str | None:
@@ -193,6 +195,11 @@ class Probe:
                                .where(InstanceRow.state == "running")) or 0
             return int(total), int(running)
 
+    def running_names(self) -> set[str]:
+        with self.db.session() as s:
+            return set(s.scalars(select(InstanceRow.name)
+                                 .where(InstanceRow.state == "running")))
+
     def close(self) -> None:
         self.db.dispose()
 
@@ -233,8 +240,7 @@ async def _fire(base: str, token: str, sc: Scale, jobs: list[tuple[str, str]]
                 return
             t = time.perf_counter()
             if method == "POST":
-                r = await client.post("/v1/instances", json={
-                    "name": path_or_name, "image": "tiny", "type": TYPE, "zone": ZONE})
+                r = await client.post("/v1/instances", json=_create_body(path_or_name))
             else:
                 r = await client.delete(f"/v1/instances/{path_or_name}")
             lat.append(time.perf_counter() - t)
@@ -253,6 +259,10 @@ async def _fire(base: str, token: str, sc: Scale, jobs: list[tuple[str, str]]
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
     return lat, errors, start
+
+
+def _create_body(name: str) -> dict[str, object]:
+    return {"name": name, "image": "tiny", "type": TYPE, "zone": ZONE}
 
 
 def _stats(prefix: str, lat: list[float]) -> dict[str, float]:
@@ -303,8 +313,19 @@ def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
         t_gone = _wait(lambda: probe.counts()[0] == 0, sc.timeout_s, "all to be deleted")
         cpu2 = _cpu_s(api_pid)
         delete_wall = t_gone - d0
+
+        def delete_all(names: list[str]) -> None:
+            _, errs, _ = asyncio.run(_fire(base, admin, sc, [("DELETE", n) for n in names]))
+            if errs:
+                raise RuntimeError(f"open-loop cleanup failed: {errs[:3]}")
+            _wait(lambda: probe.counts()[0] == 0, sc.timeout_s, "all to be deleted")
+
+        saturation = round(created / create_wall, 1)
+        opened = open_loop.run_phases(
+            base, admin, saturation, sc.open_loop_s, _create_body,
+            probe.running_names, delete_all, sc.timeout_s) if sc.open_loop_s > 0 else []
         return {
-            "create_per_s": round(created / create_wall, 1),
+            "create_per_s": saturation,
             **_stats("", lat),
             "instances": sc.instances,
             "hosts": sc.hosts,
@@ -325,6 +346,7 @@ def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
             "delete_calls_s": round(t_dsent - d0, 2),
             "delete_to_all_gone_s": round(delete_wall, 2),
             "api_cpu_s_delete": round(cpu2 - cpu1, 2),
+            "open_loop": opened,
         }
     except BaseException:
         for log in ("api.log", "agents.log"):

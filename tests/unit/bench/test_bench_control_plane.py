@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[3]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import control_plane  # noqa: E402
+from bench import control_plane, open_loop  # noqa: E402
 from tests.conftest import _pg_database  # noqa: E402
 
 
@@ -25,7 +25,7 @@ def test_percentile_is_nearest_rank() -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_tiny_run_creates_runs_and_deletes_everything(backend: str, tmp_path: Path) -> None:
-    sc = control_plane.Scale(instances=20, hosts=3, clients=4, timeout_s=120)
+    sc = control_plane.Scale(instances=20, hosts=3, clients=4, timeout_s=120, open_loop_s=0.5)
     if backend == "sqlite":
         result = control_plane.measure(f"sqlite:///{tmp_path / 'b.db'}", sc, tmp_path / "w")
     else:
@@ -42,3 +42,13 @@ def test_tiny_run_creates_runs_and_deletes_everything(backend: str, tmp_path: Pa
         assert isinstance(result[key], float) and result[key] > 0, key
     assert result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     assert result["api_cpu_s_create"] > 0
+    # the open-loop phases: 25, 50, 80 % of the saturation just measured, every create ran
+    phases = result["open_loop"]
+    assert isinstance(phases, list) and len(phases) == 3
+    sat = result["create_per_s"]
+    assert isinstance(sat, float)
+    assert [ph["offered_per_s"] for ph in phases] == open_loop.offered_rates(sat)
+    for ph in phases:
+        assert ph["errors"] == 0, ph["first_errors"]
+        assert ph["requests"] == max(1, round(ph["offered_per_s"] * 0.5))
+        assert 0 < ph["p50_ms"] <= ph["p99_ms"] <= ph["p999_ms"] <= ph["running_p99_ms"]
