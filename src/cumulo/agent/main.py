@@ -35,6 +35,7 @@ from cumulo.agent.reconciler import Reconciler
 from cumulo.agent.storage.volumes import VolumeStore
 from cumulo.agent.volume_reconciler import VolumeReconciler
 from cumulo.domain.arch import Arch
+from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB
 from cumulo.protocol import (
     Assignments,
     HostRegistration,
@@ -66,6 +67,7 @@ class AgentConfig:
     ram_mib: int
     driver: str = "qemu"
     accel: str = "auto"
+    tcg_tb_size_mib: int = DEFAULT_TB_SIZE_MIB  # TCG's translation cache per VM (0: QEMU's)
     architectures: list[Arch] = field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = 30.0
     metrics_listen: str = ""  # HOST:PORT of the /metrics endpoint ("": none)
@@ -85,7 +87,8 @@ def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
 
     native = Arch.X86_64 if platform.machine() == "x86_64" else Arch.ARM64
     accel = resolve_accel(cfg.accel, native, cfg.host_dir)
-    return QemuDriver(cfg.host_dir / "run", accel=accel), accel
+    driver = QemuDriver(cfg.host_dir / "run", accel=accel, tb_size_mib=cfg.tcg_tb_size_mib)
+    return driver, accel
 
 
 async def run_agent(cfg: AgentConfig, stop: asyncio.Event) -> None:

@@ -43,6 +43,7 @@ from cumulo.agent.drivers.qmp import close_session, qmp_execute, session_for
 from cumulo.agent.drivers.serial import SerialPort, StreamSerialPort
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import DiskIoError
+from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB, check_tb_size
 
 QMP_TIMEOUT_S = 1.0
 QUIT_GRACE_S = 2.0
@@ -64,9 +65,14 @@ _BROKEN = {"guest-panicked": "the guest kernel panicked", "internal-error": "qem
 class QemuDriver(QemuMigration, MigratingDriver):
     name = "qemu"
 
-    def __init__(self, runtime_dir: Path, accel: str = "auto") -> None:
+    def __init__(self, runtime_dir: Path, accel: str = "auto",
+                 tb_size_mib: int = DEFAULT_TB_SIZE_MIB) -> None:
         self.runtime_dir = Path(runtime_dir).absolute()
         self.requested_accel = accel
+        try:
+            self.tb_size_mib = check_tb_size(tb_size_mib)  # TCG's translation cache
+        except ValueError as e:
+            raise DriverError(str(e)) from None
         self._accel: dict[Arch, Accel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # vm_id -> (pid, observed, monotonic time) of the last QMP status
@@ -112,7 +118,7 @@ class QemuDriver(QemuMigration, MigratingDriver):
             paths.dir.mkdir(parents=True, exist_ok=True)
             for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock, paths.serial_sock):
                 stale.unlink(missing_ok=True)
-            argv = build_argv(spec, paths, accel)
+            argv = build_argv(spec, paths, accel, self.tb_size_mib)
             qemu_process.write_spec_record(paths, spec, accel, argv)
             pid = await self._launch(argv, paths)
             return Observed(spec.vm_id, PowerState.RUNNING, pid)

@@ -32,6 +32,7 @@ class QemuMigration:
     """prepare_incoming, migrate_out, migration_status, cancel_migration, finish_migration."""
 
     _outgoing: dict[str, Outgoing]
+    tb_size_mib: int
 
     # provided by QemuDriver
     def _paths(self, vm_id: str) -> VMPaths:
@@ -92,7 +93,7 @@ class QemuMigration:
                 for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock):
                     stale.unlink(missing_ok=True)
                 # -S: the guest never runs here before finish_migration says so (no split brain)
-                argv = build_argv(spec, paths, accel)
+                argv = build_argv(spec, paths, accel, self.tb_size_mib)
                 argv[-1:-1] = ["-S", "-incoming", "defer"]
                 qemu_process.write_spec_record(paths, spec, accel, argv)
                 await self._launch(argv, paths)
