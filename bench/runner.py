@@ -24,7 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "latest.json"
 DEFAULT_DOC = REPO / "docs" / "benchmarks.md"
-SECTIONS = ("boot_to_ssh", "control_plane", "footprint", "idle")
+SECTIONS = ("boot_to_ssh", "control_plane", "footprint", "idle", "tcg_memory")
 BEGIN = "<!-- bench:results:begin (written by `cumulo bench`; edit outside these markers) -->"
 END = "<!-- bench:results:end -->"
 
@@ -167,7 +167,7 @@ ROWS: list[tuple[str, str, str, str, tuple[str, float] | None]] = [
      None),
     ("control_plane", "postgresql.delete_per_s", "deletes to gone, PostgreSQL", "instances/s",
      None),
-    ("footprint", "qemu_overhead_mib", "QEMU overhead per VM", "MiB", None),
+    ("footprint", "qemu_overhead_mib", "QEMU overhead per VM", "MiB", ("<=", 48)),
     ("footprint", "agent_mib_per_vm", "agent memory per VM", "MiB", None),
     ("footprint", "max_tiny_instances", "tiny instances that fit", "", None),
     ("idle", "cpu_percent", "idle CPU (API + agent)", "%", ("<", 2)),
@@ -281,9 +281,11 @@ def _vm_notes(result: dict[str, Any]) -> list[str]:
                f"{fp.get('max_tiny_estimated')}" if fp.get("max_tiny_is_estimate") else
                f"measured by a ramp that stopped at {fp.get('instances_booted')} VMs: "
                f"{fp.get('stopped_because')}")
-        out += ["", f"Footprint: {fp.get('arch')} tiny, {fp.get('ram_mib')} MiB; QEMU RSS "
+        out += ["", f"Footprint: {fp.get('arch')} tiny, {fp.get('ram_mib')} MiB, "
+                    f"`-accel {fp.get('accel', 'tcg')}`; QEMU RSS "
                     f"{fp.get('rss_mib')} MiB of which guest-resident "
                     f"{fp.get('guest_resident_mib')} MiB; tiny instances that fit {how}."]
+    out += _tcg_notes(result)
     idle = result.get("idle")
     if isinstance(idle, dict):
         out += ["", f"Idle: {idle.get('vms')} running {idle.get('arch')} VMs, "
@@ -292,6 +294,21 @@ def _vm_notes(result: dict[str, Any]) -> list[str]:
                     f"{idle.get('dnsmasq_cpu_percent')} %; the guests themselves (QEMU) "
                     f"{idle.get('qemu_cpu_percent_total')} % in total."]
     return out
+
+
+def _tcg_notes(result: dict[str, Any]) -> list[str]:
+    """The translation-cache sizes side by side (bench/tcg_memory.py)."""
+    tm = result.get("tcg_memory")
+    if not isinstance(tm, dict) or not isinstance(tm.get("sizes"), dict):
+        return []
+    rows = [f"| {v.get('accel')} | {v.get('boot_p50_s')} s | {v.get('boot_vs_default')} x | "
+            f"{v.get('overhead_mib')} MiB | {v.get('rss_mib')} MiB |"
+            for v in tm["sizes"].values()]
+    return ["", f"TCG translation cache ({tm.get('arch')} tiny, {tm.get('ram_mib')} MiB, bare "
+                f"floor, {tm.get('rounds')} boots each, interleaved): recommended tb-size "
+                f"{tm.get('recommended_tb_size_mib')} MiB; cumulo uses `{tm.get('accel')}`.",
+            "", "| -accel | boot to SSH p50 | vs default | QEMU overhead | RSS |",
+            "|---|---|---|---|---|", *rows]
 
 
 def rewrite_doc(doc: Path, result: dict[str, Any]) -> None:
