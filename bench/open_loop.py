@@ -80,20 +80,23 @@ class Sent:
     error: str = ""
 
 
-async def fire_on_schedule(base: str, token: str, start_at: float, offsets: Sequence[float],
-                           bodies: Sequence[dict[str, Any]], warm: int = 32) -> list[Sent]:
-    """POST /v1/instances with `bodies[i]` at `start_at + offsets[i]` (perf_counter)."""
+async def fire_on_schedule(bases: Sequence[str], token: str, start_at: float,
+                           offsets: Sequence[float], bodies: Sequence[dict[str, Any]],
+                           warm: int = 32) -> list[Sent]:
+    """POST /v1/instances with `bodies[i]` at `start_at + offsets[i]` (perf_counter), to API
+    `i mod len(bases)`."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     results: list[Sent | None] = [None] * len(offsets)
-    async with httpx.AsyncClient(base_url=base, timeout=120.0, limits=limits,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
+    clients = [httpx.AsyncClient(base_url=b, timeout=120.0, limits=limits,
+                                 headers={"Authorization": f"Bearer {token}"}) for b in bases]
+    try:
         # Open some connections before the clock, as a busy client would have them.
-        await asyncio.gather(*(client.get("/healthz") for _ in range(warm)))
+        await asyncio.gather(*(c.get("/healthz") for c in clients for _ in range(warm)))
 
         async def one(i: int, due: float) -> None:
             sent = time.perf_counter()
             try:
-                r = await client.post("/v1/instances", json=bodies[i])
+                r = await clients[i % len(clients)].post("/v1/instances", json=bodies[i])
                 status, err = r.status_code, "" if r.status_code == 202 else r.text[:200]
             except httpx.HTTPError as e:
                 status, err = 0, f"{type(e).__name__}: {e}"
@@ -107,6 +110,8 @@ async def fire_on_schedule(base: str, token: str, start_at: float, offsets: Sequ
                 await asyncio.sleep(wait)
             tasks.append(asyncio.create_task(one(i, due)))
         await asyncio.gather(*tasks)
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
     return [r for r in results if r is not None]
 
 
@@ -143,7 +148,7 @@ class RunningProbe:
             time.sleep(PROBE_STEP_S)
 
 
-def phase(base: str, token: str, rate: float, duration_s: float, prefix: str,
+def phase(bases: Sequence[str], token: str, rate: float, duration_s: float, prefix: str,
           body: Callable[[str], dict[str, Any]], running_names: Callable[[], set[str]],
           timeout_s: float) -> tuple[dict[str, Any], list[str]]:
     """One offered rate: send on schedule, wait until every created instance runs.
@@ -152,7 +157,7 @@ def phase(base: str, token: str, rate: float, duration_s: float, prefix: str,
     names = [f"{prefix}-{i:05d}" for i in range(len(offsets))]
     with RunningProbe(running_names) as probe:
         start = time.perf_counter() + 0.2
-        sent = asyncio.run(fire_on_schedule(base, token, start, offsets,
+        sent = asyncio.run(fire_on_schedule(bases, token, start, offsets,
                                             [body(n) for n in names]))
         ok = [n for n, s in zip(names, sent, strict=True) if s.status == 202]
         probe.wait_for(ok, timeout_s)
@@ -175,14 +180,14 @@ def phase(base: str, token: str, rate: float, duration_s: float, prefix: str,
     return out, ok
 
 
-def run_phases(base: str, token: str, saturation_per_s: float, duration_s: float,
+def run_phases(bases: Sequence[str], token: str, saturation_per_s: float, duration_s: float,
                body: Callable[[str], dict[str, Any]], running_names: Callable[[], set[str]],
                delete_all: Callable[[list[str]], None], timeout_s: float) -> list[dict[str, Any]]:
     """25 / 50 / 80 % of the saturation rate, one after the other; each phase's instances are
     deleted before the next starts, so every phase meets the same, empty cloud."""
     out = []
     for i, rate in enumerate(offered_rates(saturation_per_s)):
-        figures, names = phase(base, token, rate, duration_s, f"ol{i}", body, running_names,
+        figures, names = phase(bases, token, rate, duration_s, f"ol{i}", body, running_names,
                                timeout_s)
         figures["fraction_of_saturation"] = FRACTIONS[i]
         out.append(figures)

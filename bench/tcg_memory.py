@@ -70,13 +70,16 @@ def summarize(boots: dict[int, list[dict[str, float]]]) -> dict[str, Any]:
     return {"sizes": per, "recommended_tb_size_mib": best}
 
 
-def run(quick: bool) -> dict[str, Any]:
-    values = sizes(quick)
+def run(quick: bool, values: tuple[int, ...] = (), n_rounds: int = 0) -> dict[str, Any]:
+    values = values or sizes(quick)
+    if 0 not in values:  # QEMU's default is the baseline of the comparison
+        values = (0, *values)
+    n_rounds = n_rounds or rounds(quick)
     boots: dict[int, list[dict[str, float]]] = {v: [] for v in values}
     t = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cmbt-", dir="/tmp") as tmp, \
             floor_network(Path(tmp)) as fl:
-        for r in range(rounds(quick)):
+        for r in range(n_rounds):
             for size in order(values, r):
                 mem: dict[str, float] = {}
 
@@ -88,7 +91,7 @@ def run(quick: bool) -> dict[str, Any]:
                 boots[size].append({**row, **mem})
     out = summarize(boots)
     out.update({
-        "arch": ARCH, "ram_mib": RAM_MIB, "rounds": rounds(quick),
+        "arch": ARCH, "ram_mib": RAM_MIB, "rounds": n_rounds,
         "accelerator": "tcg",  # arm64 guests on this x86_64 host
         "configured_tb_size_mib": DEFAULT_TB_SIZE_MIB,
         "accel": accel_option("tcg", DEFAULT_TB_SIZE_MIB),
@@ -98,7 +101,12 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    import argparse
     import json
-    import sys
 
-    print(json.dumps(run("--quick" in sys.argv), indent=2))
+    p = argparse.ArgumentParser(prog="python -m bench.tcg_memory")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--sizes", type=lambda t: tuple(int(x) for x in t.split(",")), default=())
+    p.add_argument("--rounds", type=int, default=0)
+    a = p.parse_args()
+    print(json.dumps(run(a.quick, a.sizes, a.rounds), indent=2))

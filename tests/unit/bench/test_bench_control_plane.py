@@ -52,3 +52,18 @@ def test_tiny_run_creates_runs_and_deletes_everything(backend: str, tmp_path: Pa
         assert ph["errors"] == 0, ph["first_errors"]
         assert ph["requests"] == max(1, round(ph["offered_per_s"] * 0.5))
         assert 0 < ph["p50_ms"] <= ph["p99_ms"] <= ph["p999_ms"] <= ph["running_p99_ms"]
+
+
+def test_two_api_processes_share_the_work_over_postgresql(tmp_path: Path) -> None:
+    """Hosts poll API 0 or 1, clients create through both: every create still runs (the
+    wake-ups cross processes by LISTEN/NOTIFY)."""
+    sc = control_plane.Scale(instances=12, hosts=2, clients=4, timeout_s=120, apis=2)
+    gen = _pg_database()
+    url = next(gen)
+    try:
+        result = control_plane.measure(url, sc, tmp_path / "w")
+    finally:
+        next(gen, None)
+    assert result["create_errors"] == 0 and result["delete_errors"] == 0, result["first_errors"]
+    assert result["api_processes"] == 2 and result["api_shows_running"] == 12
+    assert (tmp_path / "w" / "api1.log").exists()

@@ -83,7 +83,7 @@ def test_the_schedule_never_waits_for_an_answer() -> None:
             start = time.perf_counter() + 0.05
             offs = open_loop.arrival_offsets(50.0, 0.2)  # 10 requests over 180 ms
             return await open_loop.fire_on_schedule(
-                f"http://127.0.0.1:{port}", "t", start, offs, [{"i": i} for i in range(10)],
+                [f"http://127.0.0.1:{port}"], "t", start, offs, [{"i": i} for i in range(10)],
                 warm=2)
 
     sent = asyncio.run(go())
