@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import secrets
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -128,7 +129,10 @@ def create(
         if not sep:
             raise CliError("invalid_tag", f"tag {item!r} is not KEY=VALUE")
         body["tags"][tag_key] = value
-    created = st.client().post("/v1/instances", json=body)
+    # One token per command: if the answer is lost (an API process dies mid-request), the
+    # client sends the create again, to the next API, and gets the instance made, once.
+    body["client_token"] = secrets.token_hex(16)
+    created = st.client().post("/v1/instances", json=body, idempotent=True)
     _show(st, wait_for(st, created["id"], "running", timeout) if wait else created)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import cast
 
 from sqlalchemy import bindparam, select
@@ -49,6 +49,7 @@ from cumulo.scheduler.placement import (
     place,
 )
 from cumulo.services import (
+    client_tokens,
     events,
     hosts,
     images,
@@ -88,6 +89,15 @@ class CreateInstance:
     network: str | None = None
     private_ip: str | None = None
     placement_group: str | None = None
+    # Sent again with the same token (an answer lost), a create answers what it made then.
+    client_token: str | None = None
+
+
+CREATE_ACTION = "CreateInstance"  # the client tokens' action of a REST create
+
+
+def token_digest(req: CreateInstance) -> str:
+    return client_tokens.digest_of({k: v for k, v in asdict(req).items() if k != "client_token"})
 
 
 def _sizes(svc: Services, req: CreateInstance, arch: Arch) -> tuple[int, int, int, int]:
@@ -212,15 +222,21 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
             if ready:
                 batch.lock_projects([prj for *_, prj in ready])
             refused: list[events.Event] = []
-            for i, call, size, _ in ready:
+            for i, call, size, prj in ready:
                 # Read before the checkpoint: a create that fails must not take the zone's
                 # capacities with it (the next create would read them again, and at 1,000
                 # hosts a full zone made every refused create pay that read).
                 batch.capacities(size.zone)
                 saved = batch.checkpoint()
                 try:
+                    if (answered := _answered(s, svc, call, prj)) is not None:
+                        out[i] = answered
+                        continue
                     with s.begin_nested():
                         done = _create_one(svc, batch, call, size)
+                        if call.req.client_token is not None:
+                            client_tokens.record(s, prj.id, CREATE_ACTION, call.req.client_token,
+                                                 token_digest(call.req), [done.view.id])
                 except (CumuloError, IntegrityError) as e:
                     batch.restore(saved)
                     out[i] = e if isinstance(e, CumuloError) else Conflict(
@@ -240,6 +256,22 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
         svc.notifier.dns_changed(done.network_id, added=[done.record], skip=done.host_id,
                                  prompt=new_host)
     return [out[i] for i in range(len(calls))]
+
+
+def _answered(s: Session, svc: Services, call: CreateCall, prj: ProjectRow
+              ) -> InstanceView | None:
+    """The instance a committed create with this call's client token made (None: new)."""
+    if call.req.client_token is None:
+        return None
+    made = client_tokens.earlier(s, prj.id, CREATE_ACTION, call.req.client_token,
+                                 token_digest(call.req))
+    if made is None:
+        return None
+    row = s.get(InstanceRow, made[0])
+    if row is None:
+        raise Conflict(f"client token {call.req.client_token!r} made instance {made[0]}, since"
+                       " deleted", code="idempotent_instance_deleted")
+    return view(s, svc, row, prj.name, call.who)
 
 
 def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size) -> _Created:

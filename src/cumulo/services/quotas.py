@@ -27,6 +27,7 @@ from cumulo.db.tables import (
 )
 from cumulo.domain.errors import InvalidInput, NotFound, QuotaExceeded
 from cumulo.domain.validation import MAX_INTEGER, one_line
+from cumulo.domain.volume import SnapshotState
 from cumulo.services import events
 from cumulo.services.auth import require_admin, scope_project
 from cumulo.services.context import Principal, Services
@@ -54,7 +55,7 @@ _USAGE: dict[str, Any] = {
     "volume_gib": select(func.coalesce(func.sum(VolumeRow.size_gib), 0)).where(
         VolumeRow.project_id == _P, VolumeRow.desired != "deleted"),
     "snapshots": select(func.count()).where(SnapshotRow.project_id == _P,
-                                            SnapshotRow.state != "deleting"),
+                                            SnapshotRow.state != SnapshotState.DELETING),
     "public_ips": select(func.count()).where(PublicIpRow.project_id == _P,
                                              PublicIpRow.auto.is_(False)),
     "networks": select(func.count()).where(NetworkRow.project_id == _P,

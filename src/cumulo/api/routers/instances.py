@@ -42,6 +42,9 @@ class InstanceCreate(Input):
     network: str | None = Field(default=None, description="default: the zone's default network")
     private_ip: str | None = None
     placement_group: str | None = Field(default=None, description="a placement group's name")
+    client_token: str | None = Field(
+        default=None, description="sent again with the same parameters (the answer was lost),"
+        " the create answers the instance it made, once (1 to 64 printable ASCII characters)")
 
 
 def _request(body: InstanceCreate) -> instances.CreateInstance:
@@ -62,6 +65,7 @@ def _request(body: InstanceCreate) -> instances.CreateInstance:
         network=body.network,
         private_ip=body.private_ip,
         placement_group=body.placement_group,
+        client_token=body.client_token,
     )
 
 
