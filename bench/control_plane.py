@@ -58,7 +58,7 @@ class Scale:
 
 
 def scale(quick: bool) -> Scale:
-    return Scale(instances=500 if quick else 2000, open_loop_s=8.0 if quick else 30.0)
+    return Scale(instances=300 if quick else 2000, open_loop_s=4.0 if quick else 30.0)
 
 
 def postgres_url() -> str | None:

@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,10 +119,8 @@ class Floor:
         subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
         self.netns = ""
 
-    def boot(self, arch: str, accel: str, ram_mib: int, timeout: float = 180,
-             at_ssh: Callable[[int], None] | None = None) -> dict[str, float]:
-        """One boot to SSH; returns the seconds from QEMU's launch to each milestone.
-        `at_ssh(pid)` is called with QEMU's pid once SSH answered, before QEMU is stopped."""
+    def boot(self, arch: str, accel: str, ram_mib: int, timeout: float = 180) -> dict[str, float]:
+        """One boot to SSH; returns the seconds from QEMU's launch to each milestone."""
         img = image_dir(arch).resolve()
         run = Path(tempfile.mkdtemp(prefix=f"floor-{arch}-", dir=self.work))
         disk, seed, console = run / "disk.qcow2", run / "seed.iso", run / "console.log"
@@ -143,8 +141,6 @@ class Floor:
                 t_ssh = wait_ssh(self.key, f"cumulo@{GUEST_IP}", timeout, prefix=self.ns_prefix)
             if qemu.poll() is not None:
                 raise RuntimeError(f"floor QEMU exited: {(run / 'qemu.stderr').read_text()}")
-            if at_ssh is not None:
-                at_ssh(qemu.pid)  # `ip netns exec` execs QEMU: the same pid
         finally:
             qemu.terminate()
             try:

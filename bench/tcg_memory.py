@@ -3,12 +3,13 @@
 QEMU 7.2 gives a TCG guest a 1 GiB translation cache (`-accel tcg`, mapped lazily); a booted
 64 MiB arm64 tiny guest keeps ~70 MiB of it resident, more than the guest itself. A smaller
 `-accel tcg,tb-size=N` caps that, at the price of flushing and retranslating guest code more
-often. This section boots the footprint's guest (arm64 `tiny`, 1 vCPU, 64 MiB) on the bare
-floor (bench/floor.py: the same kernel, disk, seed and DHCP path, QEMU started by hand) once
-per size per round, the sizes in a rotated order each round so that all of them see the same
-machine load, side by side. Per boot: seconds from QEMU's launch to the first SSH login, and,
-2 s after that login, QEMU's RSS and the resident part of its guest-RAM mapping
-(`overhead_mib` = RSS - guest-resident: what QEMU costs beyond the guest's RAM).
+often. This section runs one `cumulo up` per size at once (each with its own
+`[host] tcg_tb_size_mib`, state dir, port and public loopback pool) and boots the footprint's
+guest (arm64 `tiny`, 1 vCPU, 64 MiB) once per size per round, the sizes in a rotated order
+each round so that all of them see the same machine load, side by side. Per boot: seconds from
+the create call to the first SSH login, and, 2 s after that login, QEMU's RSS and the resident
+part of its guest-RAM mapping (`overhead_mib` = RSS - guest-resident: what QEMU costs beyond
+the guest's RAM); then the instance is deleted.
 
 `recommended_tb_size_mib`: the size with the smallest overhead whose boot p50 is within 5 %
 of QEMU's default (tb-size 0) in the same run; `configured_tb_size_mib` is what cumulo uses
@@ -17,14 +18,12 @@ of QEMU's default (tb-size 0) in the same run; `configured_tb_size_mib` is what 
 
 from __future__ import annotations
 
-import tempfile
+import contextlib
 import time
-from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from bench.cloud import percentile
-from bench.floor import floor_network
+from bench.cloud import BenchCloud, percentile, running_cloud, wait_ssh
 from bench.footprint import qemu_memory
 from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB, accel_option
 
@@ -35,7 +34,8 @@ SLOWER_AT_MOST = 1.05  # boot p50 against QEMU's default cache, same run
 
 
 def sizes(quick: bool) -> tuple[int, ...]:
-    return (0, 32, 16) if quick else (0, 64, 32, 16, 8)
+    """QEMU's default (0) and cumulo's (--quick); the full sweep otherwise."""
+    return (0, DEFAULT_TB_SIZE_MIB or 32) if quick else (0, 64, 32, 16, 8)
 
 
 def rounds(quick: bool) -> int:
@@ -70,6 +70,24 @@ def summarize(boots: dict[int, list[dict[str, float]]]) -> dict[str, Any]:
     return {"sizes": per, "recommended_tb_size_mib": best}
 
 
+def boot_once(cloud: BenchCloud, name: str, timeout: float = 300) -> dict[str, float]:
+    """Create -> first SSH login (seconds from the create call), then QEMU's memory."""
+    assert cloud.key_file is not None
+    t0 = time.monotonic()
+    inst = cloud.create(name, ARCH, ram_mib=RAM_MIB)
+    try:
+        ip = inst.get("public_ip") or cloud.show(name).get("public_ip")
+        t_ssh = wait_ssh(cloud.key_file, f"cumulo@{ip}", timeout)
+        pid = cloud.qemu_pid(inst["id"])
+        if pid is None:
+            raise RuntimeError(f"no QEMU process for {name}")
+        time.sleep(SETTLE_S)
+        return {"ssh_s": t_ssh - t0, **qemu_memory(pid, RAM_MIB)}
+    finally:
+        cloud.delete(name)
+        cloud.wait_gone([name])
+
+
 def run(quick: bool, values: tuple[int, ...] = (), n_rounds: int = 0) -> dict[str, Any]:
     values = values or sizes(quick)
     if 0 not in values:  # QEMU's default is the baseline of the comparison
@@ -77,18 +95,11 @@ def run(quick: bool, values: tuple[int, ...] = (), n_rounds: int = 0) -> dict[st
     n_rounds = n_rounds or rounds(quick)
     boots: dict[int, list[dict[str, float]]] = {v: [] for v in values}
     t = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="cmbt-", dir="/tmp") as tmp, \
-            floor_network(Path(tmp)) as fl:
+    with contextlib.ExitStack() as stack:
+        clouds = {v: stack.enter_context(running_cloud(tb_size_mib=v)) for v in values}
         for r in range(n_rounds):
             for size in order(values, r):
-                mem: dict[str, float] = {}
-
-                def measure(pid: int, into: dict[str, float] = mem) -> None:
-                    time.sleep(SETTLE_S)
-                    into.update(qemu_memory(pid, RAM_MIB))
-
-                row = fl.boot(ARCH, accel_option("tcg", size), RAM_MIB, at_ssh=measure)
-                boots[size].append({**row, **mem})
+                boots[size].append(boot_once(clouds[size], f"tb{size}-{r}"))
     out = summarize(boots)
     out.update({
         "arch": ARCH, "ram_mib": RAM_MIB, "rounds": n_rounds,
