@@ -306,9 +306,10 @@ def _tcg_notes(result: dict[str, Any]) -> list[str]:
     rows = [f"| {v.get('accel')} | {v.get('boot_p50_s')} s | {v.get('boot_vs_default')} x | "
             f"{v.get('overhead_mib')} MiB | {v.get('rss_mib')} MiB |"
             for v in tm["sizes"].values()]
-    return ["", f"TCG translation cache ({tm.get('arch')} tiny, {tm.get('ram_mib')} MiB, bare "
-                f"floor, {tm.get('rounds')} boots each, interleaved): recommended tb-size "
-                f"{tm.get('recommended_tb_size_mib')} MiB; cumulo uses `{tm.get('accel')}`.",
+    return ["", f"TCG translation cache ({tm.get('arch')} tiny, {tm.get('ram_mib')} MiB, one "
+                f"cloud per size, {tm.get('rounds')} boots each, interleaved): recommended "
+                f"tb-size {tm.get('recommended_tb_size_mib')} MiB; cumulo uses "
+                f"`{tm.get('accel')}`.",
             "", "| -accel | boot to SSH p50 | vs default | QEMU overhead | RSS |",
             "|---|---|---|---|---|", *rows]
 
