@@ -20,8 +20,8 @@ COLUMNS = ["name", "state", "zone", "arch", "type", "vcpus", "ram_mib", "image",
            "public_ip", "id"]
 SHOW = ["id", "name", "project", "state", "state_reason", "desired_state", "region", "zone",
         "arch", "type", "vcpus", "ram_mib", "bandwidth_mbps", "disk_gib", "image", "host",
-        "placement_group", "network", "private_ip", "public_ip", "fqdn", "key_names",
-        "security_groups", "tags", "created_at", "updated_at"]
+        "placement_group", "tenancy", "dedicated_host", "network", "private_ip", "public_ip",
+        "fqdn", "key_names", "security_groups", "tags", "created_at", "updated_at"]
 
 Wait = Annotated[bool, typer.Option("--wait", help="Follow the state until it settles.")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
@@ -91,6 +91,11 @@ def create(
     private_ip: Annotated[str | None, typer.Option("--private-ip")] = None,
     placement_group: Annotated[str | None, typer.Option(
         "--placement-group", help="Place it by this group's rule (spread or cluster).")] = None,
+    tenancy: Annotated[str | None, typer.Option(
+        "--tenancy", help="shared (default), or dedicated: on a host dedicated to the "
+        "project.")] = None,
+    dedicated_host: Annotated[str | None, typer.Option(
+        "--dedicated-host", help="On this dedicated host of the project (its id).")] = None,
     wait: Wait = False,
     timeout: Timeout = 600.0,
 ) -> None:
@@ -114,6 +119,10 @@ def create(
     }
     if placement_group is not None:
         body["placement_group"] = placement_group
+    if tenancy is not None:
+        body["tenancy"] = tenancy
+    if dedicated_host is not None:
+        body["dedicated_host"] = dedicated_host
     if user_data is not None:
         try:
             raw = user_data.read_bytes()

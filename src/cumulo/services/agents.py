@@ -313,7 +313,8 @@ _ASSIGNED = (select(InstanceRow.id, InstanceRow.name, ProjectRow.name, InstanceR
                     InstanceRow.ssh_keys, InstanceRow.zone, InstanceRow.bandwidth_mbps,
                     ImageRow.id, ImageRow.boot, ImageRow.kernel_cmdline,
                     ImageRow.disk_sha256, ImageRow.disk_size, ImageRow.kernel_sha256,
-                    ImageRow.kernel_size, ImageRow.initrd_sha256, ImageRow.initrd_size)
+                    ImageRow.kernel_size, ImageRow.initrd_sha256, ImageRow.initrd_size,
+                    InstanceRow.cpu_set)
              .join(ImageRow, ImageRow.id == InstanceRow.image_id)
              .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
              .where(InstanceRow.host_id == bindparam("host"))
@@ -358,12 +359,12 @@ def _assignments(s: Session, svc: Services, host_id: str, only: set[str] | None
             ssh_public_keys=list(ssh_keys or []), fqdn=fqdn(svc, name, project, zone),
             bandwidth_mbps=bandwidth_mbps, nics=nics[iid], ingress=ingress[iid],
             public_ip=pub.get(iid), boot_write_error=svc.settings.boot_disk_write_error,
-            export_id=exports.get(iid),
+            export_id=exports.get(iid), cpu_set=list(cpu_set or []),
         )
         for (iid, name, project, arch, vcpus, ram_mib, disk_gib, state, desired_power,
              generation, reboot_seq, reboot_done_seq, user_data, ssh_keys, zone,
              bandwidth_mbps, image_id, boot, kernel_cmdline, disk_sha, disk_size, kernel_sha,
-             kernel_size, initrd_sha, initrd_size) in rows
+             kernel_size, initrd_sha, initrd_size, cpu_set) in rows
     ]
 
 

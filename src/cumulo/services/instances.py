@@ -50,6 +50,7 @@ from cumulo.scheduler.placement import (
 )
 from cumulo.services import (
     client_tokens,
+    dedicated_hosts,
     events,
     hosts,
     images,
@@ -89,6 +90,8 @@ class CreateInstance:
     network: str | None = None
     private_ip: str | None = None
     placement_group: str | None = None
+    tenancy: str | None = None  # shared (default) or dedicated
+    dedicated_host: str | None = None  # a dedicated host's id (implies dedicated tenancy)
     # Sent again with the same token (an answer lost), a create answers what it made then.
     client_token: str | None = None
 
@@ -300,13 +303,18 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
     group = None if req.placement_group is None else batch.get(
         ("group_row", prj.id, req.placement_group),
         lambda: placement_groups.find(s, prj, cast(str, req.placement_group)))
+    tenancy, dedicated = batch.get(("tenancy", prj.id, req.tenancy, req.dedicated_host),
+                                   lambda: dedicated_hosts.tenancy_of(s, prj, req.tenancy,
+                                                                      req.dedicated_host))
     claim = disk_claim_mib(image.virtual_size_bytes, disk, svc.settings.disk_allocation_ratio)
     placement = place(Request(zone=zone, arch=arch.value, vcpus=vcpus, ram_mib=ram,
                               disk_mib=claim,
-                              group=None if group is None else batch.group_rule(group)),
+                              group=None if group is None else batch.group_rule(group),
+                              project=prj.id, tenancy=tenancy, dedicated_host=dedicated),
                       caps, svc.settings.placement_policy)
     if placement.host is None:
         raise InsufficientCapacity(placement.explain(), code="no_host_fits")
+    cpu_set = dedicated_hosts.cpu_set_for(s, placement.host, vcpus)
     keys = batch.get(("keys", prj.id, *req.keys), lambda: keypairs.resolve(s, prj, req.keys))
     groups = batch.get(("groups", prj.id, *req.security_groups),
                        lambda: security_groups.resolve(s, prj, req.security_groups))
@@ -317,8 +325,9 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
         type_name=req.type, vcpus=vcpus, ram_mib=ram, bandwidth_mbps=size.bandwidth_mbps,
         disk_gib=disk, disk_mib=claim, image_id=image.id, image_name=image.name,
         host_id=placement.host.host_id, state=InstanceState.PENDING.value,
-        placement_group_id=None if group is None else group.id,
-        desired_power=DesiredPower.RUNNING.value, user_data=req.user_data, tags=dict(req.tags),
+        placement_group_id=None if group is None else group.id, tenancy=tenancy,
+        cpu_set=cpu_set, desired_power=DesiredPower.RUNNING.value, user_data=req.user_data,
+        tags=dict(req.tags),
         ssh_keys=[k.public_key for k in keys], key_names=[k.name for k in keys],
     )
     s.add(row)
@@ -337,7 +346,8 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
     view = view_of(svc, row, prj.name, call.who, host=placement.host.name, host_up=True,
                  network=network.name, private_ip=address.ip, public_ip=public_ip.ip,
                  groups=sorted({g.name for g in groups}),
-                 placement_group=None if group is None else group.name)
+                 placement_group=None if group is None else group.name,
+                 dedicated_host=placement.host.dedicated_id)
     return _Created(view=view, host_id=placement.host.host_id, network_id=network.id,
                     record=DnsRecord(hostname=row.name, fqdn=view.fqdn, ip=address.ip,
                                      mac=address.mac, underlay_ip=batch.underlay(

@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import (
+    DedicatedHostRow,
     InstanceRow,
     NetworkRow,
     ProjectRow,
@@ -42,6 +43,7 @@ UNITS: dict[str, str] = {
     "snapshots": "snapshots",
     "public_ips": "public IPs",
     "networks": "networks",
+    "dedicated_hosts": "dedicated hosts",
 }
 UNLIMITED = "unlimited"
 DEFAULT = "default"  # `quota set NAME KEY=default`: back to the configuration's value
@@ -60,6 +62,8 @@ _USAGE: dict[str, Any] = {
                                              PublicIpRow.auto.is_(False)),
     "networks": select(func.count()).where(NetworkRow.project_id == _P,
                                            NetworkRow.is_default.is_(False)),
+    "dedicated_hosts": select(func.count()).where(DedicatedHostRow.project_id == _P,
+                                                  DedicatedHostRow.allocated_host_id.is_not(None)),
 }
 _INSTANCE_KEYS = ("instances", "vcpus", "ram_mib")
 # SQLite: an UPDATE that matches no row takes the database's write lock (see hosts.lock_zone).
