@@ -3,8 +3,10 @@
 QEMU 7.2 gives each TCG guest a 1 GiB translation cache by default (mapped lazily; a booted
 tiny guest has ~70 MiB of it resident and it keeps growing with the code the guest runs): on a
 64 MiB guest that is more memory than the guest. A smaller cache is flushed and retranslated
-more often, so its size is a trade of memory against speed, measured by the `tcg_memory`
-benchmark (docs/benchmarks.md) which picked the default below.
+more often, so its size is a trade of memory against speed, measured side by side by the
+`tcg_memory` benchmark (docs/benchmarks.md, Findings 2026-12-06): 32 MiB saved ~47 MiB per VM
+but no smaller cache booted within 5 % of QEMU's own, and on a 2-core machine CPU, not memory,
+bounds how many VMs run, so the default stays QEMU's.
 """
 
 from __future__ import annotations
