@@ -245,7 +245,9 @@ def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
             "api_url": bases[0], "zone": ZONE, "vcpus": sc.host_vcpus,
             "ram_mib": sc.host_ram_mib, "work_dir": str(work / "hosts"), "hosts": hosts}))
         agents = _spawn(["agents", "--config", str(cfg)], work / "agents.log")
-        _wait(lambda: probe.hosts() == sc.hosts, 120, f"{sc.hosts} hosts to register", 0.1)
+        # 1,000 simulated hosts take minutes to register on a loaded 2-core machine
+        _wait(lambda: probe.hosts() == sc.hosts, max(120, sc.hosts / 2), f"{sc.hosts} hosts "
+              "to register", 0.5)
         time.sleep(1.5)  # every agent is in its long-poll now
         api_pid = _api_pid(apis[0])
         api_pids = [api_pid, *(a.pid for a in apis[1:])]
