@@ -31,6 +31,7 @@ from pydantic import (
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import WriteErrorPolicy
 from cumulo.domain.errors import InvalidInput
+from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB, MAX_TB_SIZE_MIB
 from cumulo.domain.validation import MAX_BANDWIDTH_MBPS, MAX_INTEGER, dns_label, short_text
 
 # What the file's names become: directory names (the host), labels of every instance's
@@ -125,6 +126,9 @@ class LocalHost(BaseModel):
                          le=MAX_INTEGER)
     driver: Literal["qemu", "fake"] = "qemu"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
+    # MiB of TCG translation cache per emulated VM (`-accel tcg,tb-size=N`; 0: QEMU's own
+    # default, 1 GiB). Chosen by the tcg_memory benchmark; see cumulo.domain.tcg.
+    tcg_tb_size_mib: int = Field(default=DEFAULT_TB_SIZE_MIB, ge=0, le=MAX_TB_SIZE_MIB)
     architectures: list[Arch] = Field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
     # The agent's Prometheus endpoint, http://127.0.0.1:PORT/metrics (0: none); with `cumulo

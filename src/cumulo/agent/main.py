@@ -36,6 +36,7 @@ from cumulo.agent.reconciler import Reconciler
 from cumulo.agent.storage.volumes import VolumeStore
 from cumulo.agent.volume_reconciler import VolumeReconciler
 from cumulo.domain.arch import Arch
+from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB
 from cumulo.protocol import (
     Assignments,
     HostRegistration,
@@ -67,6 +68,7 @@ class AgentConfig:
     ram_mib: int
     driver: str = "qemu"
     accel: str = "auto"
+    tcg_tb_size_mib: int = DEFAULT_TB_SIZE_MIB  # TCG's translation cache per VM (0: QEMU's)
     architectures: list[Arch] = field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = 30.0
     metrics_listen: str = ""  # HOST:PORT of the /metrics endpoint ("": none)
@@ -91,7 +93,9 @@ def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
     from cumulo.agent.drivers.qemu_confine import UidPool
 
     uids = UidPool(base=cfg.qemu_uid_base, count=cfg.qemu_uid_count)
-    return QemuDriver(cfg.host_dir / "run", accel=accel, uids=uids), accel
+    driver = QemuDriver(cfg.host_dir / "run", accel=accel, uids=uids,
+                        tb_size_mib=cfg.tcg_tb_size_mib)
+    return driver, accel
 
 
 async def run_agent(cfg: AgentConfig, stop: asyncio.Event) -> None:

@@ -61,6 +61,7 @@ from cumulo.agent.drivers.qmp import close_session, qmp_execute, session_for
 from cumulo.agent.drivers.serial import SerialPort, StreamSerialPort
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import DiskIoError
+from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB, check_tb_size
 
 QMP_TIMEOUT_S = 1.0
 QUIT_GRACE_S = 2.0
@@ -83,11 +84,16 @@ class QemuDriver(QemuMigration, MigratingDriver):
     name = "qemu"
 
     def __init__(self, runtime_dir: Path, accel: str = "auto", uids: UidPool | None = None,
-                 cgroups: VmCgroups | None = None) -> None:
+                 cgroups: VmCgroups | None = None,
+                 tb_size_mib: int = DEFAULT_TB_SIZE_MIB) -> None:
         self.runtime_dir = Path(runtime_dir).absolute()
         self.uids = uids or UidPool()
         self.cgroups = cgroups or VmCgroups.for_runtime(self.runtime_dir)
         self.requested_accel = accel
+        try:
+            self.tb_size_mib = check_tb_size(tb_size_mib)  # TCG's translation cache
+        except ValueError as e:
+            raise DriverError(str(e)) from None
         self._accel: dict[Arch, Accel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # vm_id -> (pid, observed, monotonic time) of the last QMP status
@@ -298,7 +304,7 @@ class QemuDriver(QemuMigration, MigratingDriver):
         await asyncio.to_thread(_hand_over, spec, paths, uid)
         cgroup = await asyncio.to_thread(self.cgroups.prepare, spec.vm_id, spec.vcpus,
                                          spec.ram_mib)
-        argv = [*build_argv(spec, paths, accel), *extra]
+        argv = [*build_argv(spec, paths, accel, self.tb_size_mib), *extra]
         argv = confine(spec, paths, argv, Confinement(uid, cgroup, sys.executable, binary))
         qemu_process.write_spec_record(paths, spec, accel, argv)
         pid = await qemu_process.launch(argv, paths)

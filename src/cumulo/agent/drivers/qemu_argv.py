@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from cumulo.agent.drivers.base import MAX_VOLUMES, DriverError, VMSpec, VolumeAttachment
 from cumulo.domain.arch import Arch
+from cumulo.domain.tcg import accel_option
 
 Accel = Literal["kvm", "tcg"]
 
@@ -85,8 +86,10 @@ class VMPaths:
         return self.dir / "last.pid"
 
 
-def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
+def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel, tb_size_mib: int = 0) -> list[str]:
     """QEMU's own argv (argv[0] is the binary name); `confine` wraps it in its launcher.
+
+    `tb_size_mib`: TCG's translation cache (`-accel tcg,tb-size=N`; 0: QEMU's default).
 
     QEMU runs in the foreground under its seccomp sandbox (no fork, no exec, no setuid, no
     scheduler or resource changes, no obsolete syscalls) and opens no socket path and no tap
@@ -107,7 +110,7 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
         SANDBOX,
         *_machine(spec.arch, accel),
         "-accel",
-        accel,
+        _accel(accel, tb_size_mib),
         "-smp",
         str(spec.vcpus),
         "-m",
@@ -282,6 +285,13 @@ def _machine(arch: Arch, accel: Accel) -> list[str]:
     if accel == "kvm":
         return ["-machine", "virt,gic-version=host", "-cpu", "host"]
     return ["-machine", "virt", "-cpu", "cortex-a57"]
+
+
+def _accel(accel: Accel, tb_size_mib: int) -> str:
+    try:
+        return accel_option(accel, tb_size_mib)
+    except ValueError as e:
+        raise DriverError(str(e)) from None
 
 
 def _write_error(policy: str) -> str:

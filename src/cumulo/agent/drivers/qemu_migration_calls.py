@@ -32,6 +32,7 @@ class QemuMigration:
     """prepare_incoming, migrate_out, migration_status, cancel_migration, finish_migration."""
 
     _outgoing: dict[str, Outgoing]
+    tb_size_mib: int
 
     # provided by QemuDriver
     def _paths(self, vm_id: str) -> VMPaths:

@@ -100,6 +100,17 @@ def test_arm64_tcg() -> None:
     ]
 
 
+def test_tcg_translation_cache_size() -> None:
+    argv = build_argv(spec(Arch.ARM64), PATHS, "tcg", 32)
+    assert argv[argv.index("-accel") + 1] == "tcg,tb-size=32"
+    # 0 is QEMU's own default: the argv stays as before; KVM has no translation cache
+    assert "tcg" in build_argv(spec(Arch.ARM64), PATHS, "tcg", 0)
+    kvm = build_argv(spec(Arch.X86_64), PATHS, "kvm", 32)
+    assert kvm[kvm.index("-accel") + 1] == "kvm"
+    with pytest.raises(DriverError, match="tb-size"):
+        build_argv(spec(Arch.ARM64), PATHS, "tcg", 99999)
+
+
 def test_arm64_kvm() -> None:
     argv = build_argv(spec(Arch.ARM64), PATHS, "kvm")
     assert argv[9:15] == ["-machine", "virt,gic-version=host", "-cpu", "host", "-accel", "kvm"]

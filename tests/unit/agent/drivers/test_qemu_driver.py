@@ -101,3 +101,21 @@ async def test_a_reused_pid_is_not_mistaken_for_the_vm(workdir: Path) -> None:
     assert obs.power is PowerState.CRASHED and str(os.getpid()) in obs.reason
     await driver.force_stop(VM)  # must not kill this test process
     assert (await driver.observe())[VM].power is PowerState.STOPPED
+
+
+async def test_the_tcg_translation_cache_size_reaches_qemu(workdir: Path) -> None:
+    driver = QemuDriver(workdir / "run", accel="tcg", tb_size_mib=16)
+    obs = await driver.start(blank_spec(workdir))
+    try:
+        assert obs.pid is not None
+        argv = Path(f"/proc/{obs.pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"-accel") + 1] == b"tcg,tb-size=16"  # QEMU accepted it: runs
+        assert (await driver.observe())[VM].power is PowerState.RUNNING
+    finally:
+        await driver.force_stop(VM)
+
+
+@pytest.mark.parametrize("size", [-1, 4097])
+def test_a_bad_translation_cache_size_is_refused(size: int) -> None:
+    with pytest.raises(DriverError, match="tb-size"):
+        QemuDriver(Path("/tmp/cd-tb"), accel="tcg", tb_size_mib=size)
