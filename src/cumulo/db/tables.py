@@ -107,6 +107,28 @@ class HostRow(Base):
     disabled: Mapped[bool] = mapped_column(default=False, server_default=false())
     disabled_reason: Mapped[str] = mapped_column(String(200), default="", server_default="")
     agent_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    # The machine's CPU ids its agent may pin vCPUs to (see protocol.HostRegistration.cpus):
+    # a dedicated host pins each vCPU to one of these. None: not reported.
+    cpus: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+
+
+class DedicatedHostRow(Base):
+    """A hypervisor host reserved for one project (EC2's Dedicated Host): while "available",
+    placement puts nothing of another project, and no shared-tenancy instance, on it. A
+    released one is kept for the record."""
+
+    __tablename__ = "dedicated_hosts"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"), index=True)
+    zone: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16))  # "available" | "released"
+    # host_id while available, None once released: unique, so that a host is dedicated to
+    # one project at most (NULLs do not collide, in SQLite and PostgreSQL alike).
+    allocated_host_id: Mapped[str | None] = mapped_column(String(32), nullable=True,
+                                                          unique=True)
+    allocated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class PlacementGroupRow(Base):
@@ -176,6 +198,10 @@ class InstanceRow(Base):
     host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True, index=True)
     placement_group_id: Mapped[str | None] = mapped_column(
         ForeignKey("placement_groups.id"), nullable=True, index=True)
+    # "shared", or "dedicated": only on hosts dedicated to its project (DedicatedHostRow).
+    tenancy: Mapped[str] = mapped_column(String(16), default="shared", server_default="shared")
+    # The host CPUs its vCPUs are pinned to, one each (on a dedicated host; None elsewhere).
+    cpu_set: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
     state: Mapped[str] = mapped_column(String(16))
     state_reason: Mapped[str] = mapped_column(Text, default="")
     desired_power: Mapped[str] = mapped_column(String(16))
@@ -429,6 +455,36 @@ class VolumeDeviceNameRow(Base):
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
     )
     device: Mapped[str] = mapped_column(String(32))
+
+
+class BaremetalNodeRow(Base):
+    """A physical server with a BMC, enrolled by an operator (see domain.baremetal)."""
+
+    __tablename__ = "baremetal_nodes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    zone: Mapped[str] = mapped_column(String(63), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    arch: Mapped[str] = mapped_column(String(16))
+    vcpus: Mapped[int] = mapped_column(Integer)
+    ram_mib: Mapped[int] = mapped_column(Integer)
+    disk_gib: Mapped[int] = mapped_column(Integer)
+    redfish_url: Mapped[str] = mapped_column(String(255))
+    redfish_system: Mapped[str] = mapped_column(String(160))
+    bmc_username: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # AES-GCM with the server key, the node id as associated data (services.sealed).
+    bmc_password: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    power_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # What the last inspection read over Redfish (arch, vcpus, ram_mib, disk_gib).
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    instance_id: Mapped[str | None] = mapped_column(
+        ForeignKey("instances.id", ondelete="SET NULL"), nullable=True)
+    # Bumped by every change: a conductor step writes its result only if the node is still
+    # as it read it (a delete, or another API process's conductor, may have moved it meanwhile).
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class UsageIntervalRow(Base):

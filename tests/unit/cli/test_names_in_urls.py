@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -26,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from cumulo.api.app import create_app
 from cumulo.api.server import Server
+from cumulo.services import hosts
 from cumulo.services.context import Services
 from tests.cli_commands import commands, run
 from tests.conftest import free_port, stored_state
@@ -53,7 +55,11 @@ class Served:
         key = self.tmp / "key.pub"
         key.write_text(PUBLIC_KEY)
         return {"--image": "tiny", "--size": "1", "--cidr": "10.99.0.0/24", "--proto": "tcp",
-                "--arch": "x86_64", "--public-key": str(key), "--strategy": "spread"}
+                "--arch": "x86_64", "--public-key": str(key), "--strategy": "spread",
+                # baremetal node enroll: an unknown zone, so that no node is enrolled (the
+                # conductor would move it while this test compares the stored state).
+                "--zone": "nowhere-1", "--redfish": "http://127.0.0.1:9", "--system": "n1",
+                "--vcpus": "1", "--ram": "1024", "--disk": "1"}
 
 
 @pytest.fixture
@@ -62,6 +68,9 @@ def served(svc: Services, admin_token: str, tmp_path: Path,
     """The API on a loopback port, with a volume `trav`, an instance, a network, a key pair,
     a security group and a public IP; and the CLI pointed at it."""
     svc.image_store = tmp_path / "images"
+    # No agent heartbeats here: the API's sweep would mark the host down (a change of the
+    # stored state) once the walk over every command outlasts HOST_DOWN_AFTER.
+    monkeypatch.setattr(hosts, "HOST_DOWN_AFTER", timedelta(days=1))
     app = create_app(svc)
     calls: list[Request] = []
 

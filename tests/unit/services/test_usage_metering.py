@@ -17,8 +17,8 @@ from cumulo.db.engine import Database
 from cumulo.db.tables import UsageIntervalRow, VolumeRow
 from cumulo.domain.instance import Action
 from cumulo.protocol import Observation, SnapshotObservation, VolumeObservation
-from cumulo.services import agents, instances, metering, public_ips, volumes
-from cumulo.services.auth import issue_token, scope_project
+from cumulo.services import agents, instances, public_ips, volumes
+from cumulo.services.auth import issue_token
 from cumulo.services.context import Principal, Role, Services
 from cumulo.services.notifier import Notifier
 from tests.conftest import ADMIN, AGENT_HOST
@@ -191,18 +191,19 @@ def test_paused_and_error_are_not_billed_and_a_resize_changes_the_price(svc: Ser
     assert got == {("type t1.nano", 20), ("type t1.micro", 10)}
 
 
-def test_a_dedicated_host_pays_while_allocated(svc: Services) -> None:
-    """The hook the dedicated hosts call: allocated -> billed, released -> no longer."""
-    from cumulo.services import usage
-    with svc.db.session() as s:
-        project_id = scope_project(s, ADMIN, None).id
-        metering.dedicated_host(s, svc.settings, T0, project_id, "dh-1", "dh-1", True)
-    with svc.db.session() as s:
-        metering.dedicated_host(s, svc.settings, T0 + timedelta(seconds=3600), project_id,
-                                "dh-1", "dh-1", False)
-    svc.clock = Clock(T0 + timedelta(days=1))
-    (line,) = usage.usage(svc, ADMIN, None, "2026-03-01", "2026-03-02").lines
-    assert (line.kind, line.seconds, line.amount) == ("dedicated_host", 3600, "2")
+def test_a_dedicated_host_pays_while_allocated(api: TestClient, svc: Services) -> None:
+    """Allocated -> billed per hour, whatever runs on it; released -> no longer."""
+    clock = Clock(T0)
+    svc.clock = clock
+    r = api.post("/v1/dedicated-hosts", json={"zone": "local-1a"})
+    assert r.status_code in (200, 201), r.text
+    dh = r.json()
+    clock.to(3600)
+    assert api.post(f"/v1/dedicated-hosts/{dh['id']}/release").status_code == 200
+    clock.to(7200)
+    (line,) = api.get("/v1/usage", params={"from": "2026-03-01"}).json()["lines"]
+    assert (line["kind"], line["resource_id"], line["seconds"], line["amount"]) == (
+        "dedicated_host", dh["id"], 3600, "2")
 
 
 @pytest.mark.parametrize(("params", "code"), [
