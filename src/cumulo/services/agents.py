@@ -39,6 +39,7 @@ from cumulo.protocol import (
     HostDisk,
     ImageFile,
     ImageRef,
+    MigrationObservation,
     NetworkRef,
     NicRef,
     Observation,
@@ -47,7 +48,14 @@ from cumulo.protocol import (
     VolumeAssignment,
     VolumeObservation,
 )
-from cumulo.services import events, hosts, image_exports, security_groups, segments
+from cumulo.services import (
+    events,
+    hosts,
+    image_exports,
+    migration_agents,
+    security_groups,
+    segments,
+)
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services, fqdn
 from cumulo.services.notifier import Notifier
@@ -318,6 +326,11 @@ _PUBLIC_IPS = (select(PublicIpRow.instance_id, PublicIpRow.ip)
                .where(PublicIpRow.instance_id.in_(bindparam("ids", expanding=True))))
 
 
+def assigned(s: Session, svc: Services, host_id: str, only: set[str]) -> list[Assignment]:
+    """These instances of the host, as it is assigned them."""
+    return _assignments(s, svc, host_id, only)
+
+
 def _assignments(s: Session, svc: Services, host_id: str, only: set[str] | None
                  ) -> list[Assignment]:
     """The host's instances (`only` these, when given), oldest first."""
@@ -418,15 +431,20 @@ def assignments(svc: Services, who: Principal, name: str,
             view = plan.base  # nothing it is assigned changed since
         else:
             view = _build_view(s, svc, hid, plan)
-        nets = _networks(s, svc, hid, set(view.network_ids), parse_dns_claims(dns_claims or []))
+        moving = migration_agents.for_host(s, svc, hid)
+        network_ids = set(view.network_ids)
+        if any(m.role == "destination" for m in moving):
+            network_ids |= migration_agents.network_ids(s, hid)
+        nets = _networks(s, svc, hid, network_ids, parse_dns_claims(dns_claims or []))
     delta = _instances_since(svc, hid, view, have)
     if delta is None:
         return Assignments(version=0, instances=list(view.instances), networks=nets,
                            volumes=list(view.volumes), snapshots=list(view.snapshots),
-                           view=view.name)
+                           view=view.name, migrations=moving)
     return Assignments(version=0, instances=delta[0], networks=nets,
                        volumes=list(view.volumes), snapshots=list(view.snapshots),
-                       view=view.name, instances_since=have, instances_removed=delta[1])
+                       view=view.name, instances_since=have, instances_removed=delta[1],
+                       migrations=moving)
 
 
 # What a report and a deletion run, built once. Columns and statements on the session's
@@ -523,7 +541,8 @@ _APPLY = (update(InstanceRow)
 def report(svc: Services, who: Principal, name: str, observations: list[Observation],
            volumes: list[VolumeObservation] | None = None,
            snapshots: list[SnapshotObservation] | None = None,
-           disk: HostDisk | None = None) -> None:
+           disk: HostDisk | None = None,
+           migrations: list[MigrationObservation] | None = None) -> None:
     """Apply what the agent saw. Stale reports (older generation) cannot undo a newer request."""
     reporter = host_id(svc, who, name)
     observations = [o for o in observations
@@ -589,6 +608,9 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
         if volumes or snapshots:
             happened += _report_storage(s, reporter, volumes, snapshots)
         events.add(s, happened)
+        wake, moved = (migration_agents.apply(s, svc, reporter, migrations) if migrations
+                       else (set(), set()))
+    migration_agents.after_commit(svc, wake, moved)  # the reporter too: its part changed
     for net_id, mac in gone:
         svc.notifier.dns_changed(net_id, removed=[mac])
     # The reporting agent decides from the API's view of each instance (e.g. a VM shown in
@@ -598,7 +620,7 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
     # again (e.g. reboot a second time).
     if refresh:
         # A storage report may remove volumes or snapshots: the whole view is read again.
-        svc.notifier.notify(reporter, None if volumes or snapshots else changed)
+        svc.notifier.notify(reporter, None if volumes or snapshots or moved else changed)
     elif changed:
         svc.notifier.touch(reporter, changed)  # its next answer shows them; no wake-up
 
