@@ -24,6 +24,7 @@ from cumulo.api.routers import (
     images,
     instances,
     join,
+    migrations,
     networking,
     placement_groups,
     projects,
@@ -85,7 +86,7 @@ def create_app(svc: Services) -> FastAPI:
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
-                   hosts, placement_groups, access_keys, events, agent_images):
+                   hosts, placement_groups, access_keys, events, agent_images, migrations):
         app.include_router(module.router,
                            dependencies=[] if module in (agents, agent_images) else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)

@@ -20,6 +20,7 @@ from cumulo.cli import (
     images,
     instances,
     join_tokens,
+    migrations,
     networking,
     observe,
     volumes,
@@ -52,6 +53,7 @@ app.command("events")(observe.events)
 hosts.hosts_app.add_typer(join_tokens.join_token_app, name="join-token")
 app.add_typer(hosts.hosts_app, name="host")
 app.add_typer(hosts.groups_app, name="placement-group")
+app.add_typer(migrations.migration_app, name="migration")
 app.command("bench")(bench.bench)
 app.command("agent")(agent_cmd.agent)
 app.command("ssh", context_settings={"allow_interspersed_args": False})(networking.ssh)

@@ -1,0 +1,31 @@
+"""Live migrations (admins only): list, show, cancel. Started by POST /v1/instances/REF/migrate."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from cumulo.api.deps import Svc, Who
+from cumulo.api.openapi import raises
+from cumulo.api.threads import service
+from cumulo.domain.errors import Conflict, Forbidden, NotFound
+from cumulo.services import migrations
+from cumulo.services.migrations import MigrationView
+
+router = APIRouter(prefix="/v1/migrations", tags=["migrations"],
+                   responses=raises(Forbidden))  # admins only
+
+
+@router.get("")
+async def list_migrations(svc: Svc, who: Who) -> list[MigrationView]:
+    return await service(svc, migrations.list_all, svc, who)
+
+
+@router.get("/{ref}", responses=raises(NotFound))
+async def show(svc: Svc, who: Who, ref: str) -> MigrationView:
+    return await service(svc, migrations.show, svc, who, ref)
+
+
+@router.post("/{ref}/cancel", responses=raises(NotFound, Conflict))
+async def cancel(svc: Svc, who: Who, ref: str) -> MigrationView:
+    """Cancel before the switch-over: the instance runs on where it was."""
+    return await service(svc, migrations.cancel, svc, who, ref)
