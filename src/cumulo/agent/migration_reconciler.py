@@ -2,10 +2,11 @@
 finish, abort) through the driver's migration calls, and report what the driver says.
 
 Every step is idempotent, and the driver records each VM's role in its own files, so an
-agent that restarts mid-migration carries on: the one thing kept here is which migrations
-this host has started (`started_dir`, one empty file per migration id), so that a source
-never starts a second copy of a migration whose first one ended, nor a destination prepares
-again a VM that went away (it reports that instead).
+destination whose agent restarts mid-migration carries on. The one thing kept here is which
+migrations this host has started (`started_dir`, one empty file per migration id), so that a
+source never starts a second copy of a migration whose first one ended, nor a destination
+prepares again a VM that went away (it reports that instead). A source whose agent restarted
+during the copy rolls it back (the copy is followed by the agent that started it).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from cumulo.protocol import Assignment, MigrationAssignment, MigrationObservatio
 
 log = structlog.get_logger("cumulo.agent")
 
+_COPYING = (MigrationState.COPYING_DISKS, MigrationState.COPYING_MEMORY,
+            MigrationState.SWITCHING_OVER)
+
 
 @dataclass
 class MigrationReconciler:
@@ -47,6 +51,7 @@ class MigrationReconciler:
     # as assigned (their taps on the bridges), so that the fabric learns where they are.
     to_announce: set[str] = field(default_factory=set)
     _last: dict[str, MigrationObservation] = field(default_factory=dict)
+    _following: set[str] = field(default_factory=set)  # sources started by this agent
 
     def moving(self, migrations: list[MigrationAssignment]) -> set[str]:
         """VMs whose power the instance reconciler must leave alone: a source's VM is paused
@@ -129,10 +134,18 @@ class MigrationReconciler:
                     incoming = IncomingMigration(**m.incoming)  # type: ignore[arg-type]
                     self.started_dir.mkdir(parents=True, exist_ok=True)
                     self._marker(m).touch()
+                    self._following.add(m.id)
                     await d.migrate_out(vm, incoming)
                 status = await d.migration_status(vm)
                 if status is None:
                     return self._obs(m, "failed", "the source VM has no migration")
+                if m.id not in self._following and status.state in _COPYING:
+                    # Started by an agent before this one: nobody follows QEMU's events to
+                    # the switch-over any more (the guest would wait paused there). Roll
+                    # back: the guest runs on here, and the operator may start it again.
+                    await d.cancel_migration(vm)
+                    return self._obs(m, "failed", "the source host's agent restarted during "
+                                     "the copy: cancelled, the instance runs on where it was")
                 return self._obs(m, status.state.value, status=status)
             case Step.FINISH:
                 await d.finish_migration(vm)

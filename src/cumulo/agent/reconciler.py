@@ -214,9 +214,11 @@ class Reconciler:
         d = self._instance_dir(a.id)
         d.mkdir(parents=True, exist_ok=True)
         disk = d / "disk.qcow2"
+        if not disk.exists():
+            # Before the overlay: its backing file is kept (an arriving VM's disk has none,
+            # but its kernel is read again at each reboot).
+            self.images.pin(d, a.image)
         if make_disk:
-            if not disk.exists():
-                self.images.pin(d, a.image)  # before the overlay: its backing file is kept
             await ensure_overlay(disk, files["disk"], a.disk_gib)
         seed = d / "seed.iso"
         user_data = base64.b64decode(a.user_data_b64) if a.user_data_b64 else None

@@ -197,13 +197,12 @@ async def test_a_dead_destination_fails_it_with_its_reason_and_the_source_runs_o
     assert "migration_failed" in kinds and "migrated" not in kinds
 
 
-async def test_agents_that_restart_mid_migration_carry_on(
+async def test_a_destination_agent_that_restarts_mid_migration_carries_on(
         svc: Services, cloud: tuple[Side, Side, str]) -> None:
     a, b, iid = cloud
     await _start_vm(a, iid)
     mig = migrations.start(svc, ADMIN, None, "vm", to=B)
     await _to_copying(a, b)
-    a.restart()
     b.restart()
     for _ in range(20):
         await a.step()
@@ -214,6 +213,24 @@ async def test_agents_that_restart_mid_migration_carry_on(
     assert migrations.show(svc, ADMIN, mig.id).state == "completed"
     assert _host_of(svc, iid) == B and iid not in a.host.vms
     assert b.host.vms[iid].observed.power is PowerState.RUNNING
+
+
+async def test_a_source_agent_that_restarts_mid_copy_rolls_it_back(
+        svc: Services, cloud: tuple[Side, Side, str]) -> None:
+    a, b, iid = cloud
+    await _start_vm(a, iid)
+    before = _used(svc)
+    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
+    await _to_copying(a, b)
+    a.restart()  # nobody follows the copy's events now
+    await a.step()
+    shown = migrations.show(svc, ADMIN, mig.id)
+    assert shown.state == "failed" and "agent restarted during the copy" in shown.reason
+    assert a.host.vms[iid].observed.power is PowerState.RUNNING
+    await a.step()
+    await b.step()
+    assert iid not in b.host.vms and _used(svc) == before
+    assert _host_of(svc, iid) == AGENT_HOST
 
 
 async def test_a_source_failure_that_leaves_no_destination_fails_it(
