@@ -81,7 +81,9 @@ def test_a_running_instance_moves_live_and_a_cancel_leaves_it_where_it_was(
         "2>/dev/null; sync'")
     ssh(c, "vm", "sh", "-c", f"'(i=0; while :; do echo $i; i=$((i+1)); usleep 100000; done"
         f" | nc -l -p {PORT} >/dev/null 2>&1 &)'")
-    ssh(c, "client", "sh", "-c", f"'(nc {vm['private_ip']} {PORT} > /tmp/stream 2>&1 &)'")
+    # (busybox nc ends its connection at the end of its stdin: a stdin that never ends)
+    ssh(c, "client", "sh", "-c",
+        f"'(sleep 100000 | nc {vm['private_ip']} {PORT} > /tmp/stream 2>&1 &)'")
     _wait("no stream", lambda: len(_stream(c)) >= 10, timeout=60)
     before = _guest(c)
 
