@@ -90,6 +90,7 @@ def create_app(svc: Services) -> FastAPI:
         app.include_router(module.router,
                            dependencies=[] if module in (agents, agent_images) else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)
+    app.include_router(migrations.host_router, dependencies=user_facing)
     app.include_router(serial.router)  # a WebSocket: checks its own parameters
     web.install(app)
 

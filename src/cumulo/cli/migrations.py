@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
-from cumulo.cli import instances
+from cumulo.cli import hosts, instances
 from cumulo.cli.client import CliError
 from cumulo.cli.output import CliState, emit, err, state
 
@@ -97,3 +97,36 @@ def migration_cancel(ctx: typer.Context, migration_id: str) -> None:
     """Cancel before the switch-over: the instance runs on where it was."""
     st = state(ctx)
     emit(st, st.client().post("/v1/migrations/{}/cancel", migration_id, scoped=False), SHOW)
+
+
+@hosts.hosts_app.command("drain")
+def host_drain(
+    ctx: typer.Context,
+    name: str,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Follow the migrations until every one ended.")] = False,
+    timeout: instances.Timeout = 3600.0,
+) -> None:
+    """Disable HOST and live-migrate its running instances off it, a few at a time; say what
+    it cannot move and why (admin)."""
+    st = state(ctx)
+    client = st.client()
+    drained: dict[str, Any] = client.post("/v1/hosts/{}/drain", name, scoped=False)
+    moves = drained["migrations"]
+    if wait:
+        deadline = time.monotonic() + timeout
+        with err.status(f"draining {name}...") as status:
+            while any(m["state"] not in ENDED for m in moves):
+                if time.monotonic() > deadline:
+                    raise CliError("timeout", f"host {name} not drained within {timeout:g} s")
+                time.sleep(1)
+                moves = [client.get("/v1/migrations/{}", m["id"], scoped=False) for m in moves]
+                done = sum(m["state"] in ENDED for m in moves)
+                status.update(f"draining {name}: {done}/{len(moves)} migrations ended")
+        drained["migrations"] = moves
+    if st.json:
+        emit(st, drained, ["host"])
+        return
+    emit(st, moves, COLUMNS, title=f"host {name}: migrations")
+    for u in drained["unmoved"]:
+        err.print(f"not moved: {u['instance']}: {u['reason']}")

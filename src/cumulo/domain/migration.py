@@ -128,6 +128,8 @@ def fail(r: Record, reason: str) -> None:
 
 
 def _end(r: Record, state: MigrationPhase, reason: str) -> None:
+    if r.state is MigrationPhase.QUEUED:  # no destination was told anything yet
+        r.destination_done, r.active = True, False
     r.state, r.reason = state, reason
     if r.incoming is None:  # the source never started: nothing to roll back there
         r.source_done = True

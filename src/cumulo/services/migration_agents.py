@@ -17,7 +17,7 @@ from cumulo.domain.ids import is_id
 from cumulo.domain.migration import SIDE_STATES, SideReport, Step
 from cumulo.domain.validation import MAX_INTEGER, one_line
 from cumulo.protocol import MigrationAssignment, MigrationObservation
-from cumulo.services import agents, migrations, segments
+from cumulo.services import agents, host_drain, migrations, segments
 from cumulo.services.context import Services
 
 MAX_REASON = 500
@@ -101,7 +101,8 @@ def apply(s: Session, svc: Services, host_id: str, observed: list[MigrationObser
             s.execute(update(InstanceRow).where(InstanceRow.id == row.instance_id)
                       .values(host_id=row.destination_host_id))
             moved.add(row.instance_id)
-        migrations.store(s, row, rec)
+        if migrations.store(s, row, rec) and rec.ended:
+            wake |= host_drain.advance(s, svc, row.source_host_id)  # the next one's turn
         after = (rec.state, rec.switched, rec.source_done, rec.destination_done, rec.incoming)
         if after != before:
             wake |= {row.source_host_id, row.destination_host_id}

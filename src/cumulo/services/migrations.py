@@ -75,7 +75,7 @@ def start(svc: Services, who: Principal, project: str | None, ref: str,
         prj = scope_project(s, who, project)
         row = find_row(s, prj, ref)
         hosts.lock_zone(s, row.zone)  # claims like a create's: one at a time per zone
-        _check_movable(s, row)
+        check_movable(s, row)
         caps = {c.host_id: c for c in hosts.capacities(s, svc.settings, row.zone)}
         source = caps.get(row.host_id or "")
         if source is None:
@@ -83,9 +83,9 @@ def start(svc: Services, who: Principal, project: str | None, ref: str,
         if not source.up:
             raise Conflict(f"instance {row.name!r}: its host {source.name} is down; a live "
                            "migration needs both hosts up", code="host_down")
-        request = _request(s, row)
+        request = request_for(s, row)
         dest = (_chosen(s, svc, request, caps, source, to) if to is not None
-                else _picked(svc, request, caps, source))
+                else pick(svc, request, caps, source))
         underlay = s.scalar(select(HostRow.underlay_ip).where(HostRow.id == dest.host_id))
         if not underlay:
             raise Conflict(f"host {dest.name} has no underlay address: it cannot receive a "
@@ -98,12 +98,12 @@ def start(svc: Services, who: Principal, project: str | None, ref: str,
         events.add(s, [events.Event(prj.id, "instance", row.id, row.name, "migration_started",
                                     "admin", mig.id)])
         s.flush()
-        view = _view(s, mig)
+        shown = view(s, mig)
     svc.notifier.notify(dest.host_id, [])  # wake it: it prepares
-    return view
+    return shown
 
 
-def _check_movable(s: Session, row: InstanceRow) -> None:
+def check_movable(s: Session, row: InstanceRow) -> None:
     if row.state != InstanceState.RUNNING.value or \
             row.desired_power != DesiredPower.RUNNING.value:
         raise Conflict(f"instance {row.name!r} is {row.state}: only a running instance moves "
@@ -121,7 +121,7 @@ def _check_movable(s: Session, row: InstanceRow) -> None:
                        "with volumes do not migrate yet", code="has_volumes")
 
 
-def _request(s: Session, row: InstanceRow) -> Request:
+def request_for(s: Session, row: InstanceRow) -> Request:
     group = None
     if row.placement_group_id is not None:
         group_row = s.get(PlacementGroupRow, row.placement_group_id)
@@ -154,7 +154,7 @@ def _chosen(s: Session, svc: Services, request: Request, caps: dict[str, HostCap
     raise InsufficientCapacity(f"host {to} cannot take it: {explained}", code="no_host_fits")
 
 
-def _picked(svc: Services, request: Request, caps: dict[str, HostCapacity],
+def pick(svc: Services, request: Request, caps: dict[str, HostCapacity],
             source: HostCapacity) -> HostCapacity:
     others = [c for c in caps.values() if c.host_id != source.host_id]
     placement = place(request, others, svc.settings.placement_policy)
@@ -169,17 +169,19 @@ def list_all(svc: Services, who: Principal) -> list[MigrationView]:
     with svc.db.session() as s:
         rows = list(s.scalars(select(MigrationRow).order_by(MigrationRow.created_at,
                                                             MigrationRow.id)))
-        return [_view(s, r) for r in rows]
+        return [view(s, r) for r in rows]
 
 
 def show(svc: Services, who: Principal, ref: str) -> MigrationView:
     require_admin(who)
     with svc.db.session() as s:
-        return _view(s, _find(s, ref))
+        return view(s, _find(s, ref))
 
 
 def cancel(svc: Services, who: Principal, ref: str) -> MigrationView:
     """Cancel before the switch-over: the source runs on, the destination is cleaned."""
+    from cumulo.services import host_drain  # (it builds on this module)
+
     require_admin(who)
     with svc.db.session() as s:
         row = _find(s, ref)
@@ -189,11 +191,12 @@ def cancel(svc: Services, who: Principal, ref: str) -> MigrationView:
             raise Conflict(f"migration {row.id} cannot be cancelled: {why}",
                            code="invalid_state")
         store(s, row, rec)
-        view = _view(s, row)
-        wake = (row.source_host_id, row.destination_host_id)
+        wake = {row.source_host_id, row.destination_host_id} - {""}
+        wake |= host_drain.advance(s, svc, row.source_host_id)
+        shown = view(s, row)
     for host_id in wake:
         svc.notifier.notify(host_id, [])
-    return view
+    return shown
 
 
 def _find(s: Session, ref: str) -> MigrationRow:
@@ -233,7 +236,7 @@ def store(s: Session, row: MigrationRow, rec: rules.Record) -> bool:
     return changed
 
 
-def _view(s: Session, row: MigrationRow) -> MigrationView:
+def view(s: Session, row: MigrationRow) -> MigrationView:
     names = dict(s.execute(select(HostRow.id, HostRow.name).where(
         HostRow.id.in_([row.source_host_id, row.destination_host_id]))).all())
     project = s.scalar(select(ProjectRow.name).where(ProjectRow.id == row.project_id)) or ""

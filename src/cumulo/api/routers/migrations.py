@@ -8,11 +8,21 @@ from cumulo.api.deps import Svc, Who
 from cumulo.api.openapi import raises
 from cumulo.api.threads import service
 from cumulo.domain.errors import Conflict, Forbidden, NotFound
-from cumulo.services import migrations
+from cumulo.services import host_drain, migrations
+from cumulo.services.host_drain import DrainView
 from cumulo.services.migrations import MigrationView
 
 router = APIRouter(prefix="/v1/migrations", tags=["migrations"],
                    responses=raises(Forbidden))  # admins only
+
+
+host_router = APIRouter(prefix="/v1/hosts", tags=["hosts"], responses=raises(Forbidden))
+
+
+@host_router.post("/{name}/drain", responses=raises(NotFound))
+async def drain(svc: Svc, who: Who, name: str) -> DrainView:
+    """Disable the host and live-migrate its running instances off it, a few at a time."""
+    return await service(svc, host_drain.drain, svc, who, name)
 
 
 @router.get("")
