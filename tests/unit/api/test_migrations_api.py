@@ -4,10 +4,12 @@ host name."""
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
+from cumulo.domain.errors import Forbidden
 from cumulo.protocol import Observation
-from cumulo.services import agents, hosts
+from cumulo.services import agents, hosts, image_files
 from cumulo.services.context import Principal, Role, Services
 from tests.conftest import ADMIN, AGENT_HOST
 
@@ -27,9 +29,14 @@ def test_migrate_show_cancel_and_the_instance_event_log(api: TestClient, svc: Se
     assert (r.status_code, r.json()["code"]) == (409, "invalid_state")  # not running yet
     agents.report(svc, Principal(role=Role.AGENT, host_name=host), host,
                   [Observation(id=vm_id, state="running", generation=1)])
+    arriving = Principal(role=Role.AGENT, host_name=other)
+    with pytest.raises(Forbidden):  # a host reads only the images of its instances ...
+        image_files.file_for(svc, arriving, other, vm.json()["image_id"], "kernel")
     r = api.post("/v1/instances/vm/migrate", json={"to": other})
     assert r.status_code == 202, r.text
     mig = r.json()
+    # ... and of those arriving there: it boots the arriving VM's QEMU with its kernel.
+    assert image_files.file_for(svc, arriving, other, vm.json()["image_id"], "kernel")
     assert {"id", "instance", "source", "destination", "state", "progress", "downtime_ms",
             "total_s", "reason"} <= mig.keys() and set(mig["progress"]) == PROGRESS
     assert (mig["instance"], mig["source"], mig["destination"], mig["state"]) == (
