@@ -8,8 +8,11 @@ destination (no QEMU, no disk)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,6 +56,20 @@ def _vm_files(c: Cloud, host: str, vm_id: str) -> list[str]:
     if (hdir / "instances" / vm_id / "disk.qcow2").exists():
         found.append("disk")
     return found
+
+
+def _agent_pid(c: Cloud, host: str) -> int:
+    """The pid of the agent of `host` (its command line names its config file)."""
+    config = str(c.state_dir / "hosts" / host / "agent.json").encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"cumulo.agent" in cmd and config in cmd:
+                return int(proc.name)
+    raise AssertionError(f"no agent for host {host}")
 
 
 def _wait(what: str, check: Any, timeout: float = 120) -> None:
@@ -112,10 +129,20 @@ def test_a_running_instance_moves_live_and_a_cancel_leaves_it_where_it_was(
     events = c.json("instance", "events", "vm")
     assert any(e["kind"] == "migrated" and mig["id"] in e["detail"] for e in events)
 
-    # Back towards the first host, cancelled once the destination waits for the VM.
-    back = c.json("instance", "migrate", "vm", "--to", source)
-    _wait("the destination never prepared", lambda: "qemu" in _vm_files(c, source, vm["id"]))
-    cancelled = c.json("migration", "cancel", back["id"])
+    # Back towards the first host, cancelled once the destination waits for the VM. The
+    # copy of an idle tiny guest takes about a second: the source's agent is held (SIGSTOP)
+    # meanwhile, so that the cancel surely comes before the switch-over (a cancel that comes
+    # after it is refused, or the migration completes: never both hosts running the guest).
+    agent = _agent_pid(c, dest)
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        back = c.json("instance", "migrate", "vm", "--to", source)
+        _wait("the destination never prepared", lambda: "qemu" in _vm_files(
+            c, source, vm["id"]) and c.json("migration", "show", back["id"])["state"]
+            == "copying-disks", timeout=60)
+        cancelled = c.json("migration", "cancel", back["id"])
+    finally:
+        os.kill(agent, signal.SIGCONT)
     assert cancelled["state"] == "cancelled", cancelled
     _wait("the destination kept the VM", lambda: _vm_files(c, source, vm["id"]) == [])
     assert _vm_files(c, dest, vm["id"]) == ["qemu", "disk"]
