@@ -229,6 +229,9 @@ class QuotaSettings(BaseModel):
     snapshots: Limit = 100
     public_ips: Limit = 20
     networks: Limit = 20
+    # Whole hosts reserved with `cumulo dedicated-host allocate` by the project's members
+    # (an admin's allocations are not bounded by it): none unless an admin grants some.
+    dedicated_hosts: Limit = 0
 class Ec2Settings(BaseModel):
     """The EC2 Query API (cumulo.api.ec2)."""
 

@@ -28,6 +28,9 @@ class HostRegistration(BaseModel):
     # This host's address on the underlay: where other hosts send its networks' VXLAN
     # packets. None: a host without one (a single all-in-one host), which serves no segment.
     underlay_ip: str | None = None
+    # The machine's CPUs (ids) the agent may pin a dedicated host's vCPUs to: all of the
+    # machine's, which simulated hosts of one machine share. None: an agent that does not say.
+    cpus: list[int] | None = None
 
 
 class Registered(BaseModel):
@@ -137,6 +140,9 @@ class Assignment(BaseModel):
     # (PUT /v1/agent/hosts/HOST/exports/ID); the VM is not started while this is set.
     export_id: str | None = None
     boot_write_error: WriteErrorPolicy = "stop"  # see VolumeAssignment.write_error
+    # On a dedicated host: the host CPUs of this instance alone, one per vCPU (vCPU i is
+    # pinned to cpu_set[i]); empty: not pinned.
+    cpu_set: list[int] = Field(default_factory=list)
 
 
 class VolumeAssignment(BaseModel):

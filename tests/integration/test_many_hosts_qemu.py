@@ -1,10 +1,18 @@
 """`cumulo up --hosts 3` with real VMs (TCG): an instance on each simulated host, in both
-zones and both architectures, each reached by SSH at its public IP; `cumulo down` leaves no
-namespace, link or process of any host."""
+zones and both architectures, each reached by SSH at its public IP; a host opens no file of
+another host, of the API or of the machine's image cache (it fetches over HTTP); a frozen
+agent's host goes `down`, its instance `unknown`, and both come back with the VM re-adopted
+(same QEMU pid), as after a killed agent; `cumulo down` leaves no namespace, link or process of
+any host."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +25,36 @@ from tests.integration.test_network_cloud import ssh, wait_ssh
 pytestmark = pytest.mark.qemu
 
 HOSTS = ("local", "local-2", "local-3")
+REPO = Path(__file__).resolve().parents[2]
+# What a host may open besides its own dir: the system's files and cumulo's own code.
+SYSTEM = ("/usr/", "/lib/", "/lib64/", "/bin/", "/sbin/", "/etc/", "/proc/", "/sys/", "/dev/",
+          "/run/netns/", "/var/run/netns/")
+OPENED = re.compile(r'\bopen(?:at2?)?\((?:[A-Z_]+, )?"([^"]*)"')
+
+
+def agent_of(c: Cloud, host: str) -> int:
+    """The pid of host HOST's agent (its command line names its own config)."""
+    marker = f"{c.state_dir / 'hosts' / host}/".encode()
+    (pid,) = [pid for pid in agent_pids(c.state_dir)
+              if marker in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return pid
+
+
+def wait_host(c: Cloud, host: str, state: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (shown := c.json("host", "show", host)["state"]) != state:
+        assert time.monotonic() < deadline, f"host {host} still {shown} after {timeout} s"
+        time.sleep(0.5)
+
+
+def foreign_files(trace: Path, host_dir: Path) -> set[str]:
+    """The absolute paths a traced host opened that are neither its own nor the system's."""
+    allowed = (f"{host_dir}/", f"{sys.prefix}/", f"{sys.base_prefix}/", f"{REPO}/src/", *SYSTEM)
+    seen = set()
+    for line in trace.read_text(errors="replace").splitlines():
+        if (m := OPENED.search(line)) and m.group(1).startswith("/"):
+            seen.add(os.path.normpath(m.group(1)))
+    return {p for p in seen if not (p + "/").startswith(allowed)}
 
 
 def test_an_instance_on_each_host_reached_by_ssh_and_down_leaves_nothing(
@@ -24,12 +62,27 @@ def test_an_instance_on_each_host_reached_by_ssh_and_down_leaves_nothing(
     c = qemu_cloud_3
     c.json("keypair", "create", "k")
     placed = {}
+    # The host alone in local-1b is traced from before its first instance: every file its
+    # agent, and the QEMU, qemu-img, dnsmasq... it starts, opens while it fetches the image
+    # and boots the VM.
+    (lone,) = [h["name"] for h in c.json("host", "list") if h["zone"] == "local-1b"]
+    trace = c.state_dir / f"{lone}.strace"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=open,openat,openat2",
+                               "-o", str(trace), "-p", str(agent_of(c, lone))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for name, zone, arch in (("a-x86", "local-1a", "x86_64"), ("a-arm", "local-1a", "arm64"),
                              ("b-x86", "local-1b", "x86_64")):
         vm = c.json("instance", "create", name, "--image", "tiny", "--type", "t1.nano",
                     "--arch", arch, "--zone", zone, "--key", "k", "--wait")
         assert (vm["state"], vm["zone"]) == ("running", zone)
         placed[name] = vm["host"]
+    wait_ssh(c, "b-x86", timeout=300)
+    tracer.send_signal(signal.SIGINT)  # strace detaches; the agent runs on
+    tracer.wait(timeout=30)
+    assert trace.stat().st_size > 0
+    assert placed["b-x86"] == lone
+    foreign = foreign_files(trace, c.state_dir / "hosts" / lone)
+    assert not foreign, "\n".join(sorted(foreign))
     assert sorted(placed.values()) == sorted(HOSTS), placed  # one on each host
     for name, host in placed.items():
         wait_ssh(c, name, timeout=300)
@@ -39,6 +92,39 @@ def test_an_instance_on_each_host_reached_by_ssh_and_down_leaves_nothing(
                   if vm_id == c.json("instance", "show", name)["id"]]
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         assert str(c.state_dir / "hosts" / host).encode() in cmd
+
+    # A frozen agent: its host is down within 15 s (the margin is the CLI's own start-up on
+    # a loaded machine), its instance `unknown`, the others untouched; back on SIGCONT, with
+    # the same QEMU (re-adopted, not rebooted).
+    vms = qemu_pids(c.state_dir)
+    b_id = c.json("instance", "show", "b-x86")["id"]
+    agent = agent_of(c, lone)
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        wait_host(c, lone, "down", timeout=15 + 5)
+        vm = c.json("instance", "show", "b-x86")
+        assert vm["state"] == "unknown" and "host is down" in vm["state_reason"], vm
+        assert c.json("instance", "show", "a-x86")["state"] == "running"
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    wait_host(c, lone, "up", timeout=30)
+    c.wait_state("b-x86", "running", 30)
+    assert qemu_pids(c.state_dir)[b_id] == vms[b_id]
+    assert ssh(c, "b-x86", "hostname").stdout.strip() == "b-x86"
+
+    # A killed agent: `cumulo up` starts another, which re-adopts its host's VMs.
+    a_id = c.json("instance", "show", "a-x86")["id"]
+    killed = agent_of(c, placed["a-x86"])
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while (agents := [p for p in agent_pids(c.state_dir) if p != killed]) and len(agents) < 3:
+        assert time.monotonic() < deadline, "the killed agent was not restarted"
+        time.sleep(0.5)
+    wait_host(c, placed["a-x86"], "up", timeout=30)
+    assert c.json("instance", "show", "a-x86")["state"] == "running"
+    assert qemu_pids(c.state_dir)[a_id] == vms[a_id]
+    assert ssh(c, "a-x86", "hostname").stdout.strip() == "a-x86"
+
     namespaces = {fabric_netns(c.state_dir)} | {netns_name(c.state_dir / "hosts" / h)
                                                 for h in HOSTS}
 

@@ -1,9 +1,10 @@
 """Two `cumulo api` processes on one PostgreSQL database: a write through one wakes the host
-polling the other at once (LISTEN/NOTIFY), and an agent given both URLs fails over when the
-one it polls is killed, with nothing lost or duplicated."""
+polling the other at once (LISTEN/NOTIFY), and an agent and the CLI given both URLs fail over
+when one is killed, even in the middle of creates, with nothing lost or duplicated."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.postgres
 # The long-poll an agent holds lasts 25 s (agent.main.LONG_POLL_S): a change seen well
 # before that was a wake-up, not the poll's end.
 WOKEN_WITHIN_S = 10.0
+STORM = 12  # CLI creates under way when API a is killed
 
 
 def _start_api(url: str, port: int, state: Path) -> subprocess.Popen[bytes]:
@@ -69,7 +71,7 @@ def _agent(ports: list[int], headers: dict[str, str], state: Path) -> subprocess
                       json={"zone": "local-1a"}).json()
     apis = ",".join(f"http://127.0.0.1:{p}" for p in ports)
     return subprocess.Popen([*CUMULO, "agent", "--api", apis, "--zone", "local-1a", "--name",
-                             "hv-1", "--state-dir", str(state), "--driver", "fake",
+                             "hv-1", "--state-dir", str(state), "--driver", "fake", "--vcpus", "16",
                              "--join-token", made["token"]], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=open(state.parent / "agent.err",
                                                                    "ab"))
@@ -109,26 +111,43 @@ def test_a_write_through_one_api_wakes_the_host_polling_the_other(
         assert r.status_code == 202, r.text
         _until_running(ports[1], headers, "via-b", WOKEN_WITHIN_S)
 
-        # API a dies outright: the agent moves to API b, and creates go on through b.
-        procs[0].send_signal(signal.SIGKILL)
+        # API a dies outright in the middle of CLI creates given both URLs (a first): each
+        # create is answered (by a, or by b when a was gone or died with the request: the
+        # create is sent again with its client token), and each instance is made once.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULO_")}
+        env["CUMULO_URL"] = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+        env["CUMULO_TOKEN"] = headers["Authorization"].removeprefix("Bearer ")
+        storm = []
+        for i in range(STORM):
+            storm.append(subprocess.Popen(
+                [*CUMULO, "-o", "json", "instance", "create", f"storm-{i}", "--image", "tiny",
+                 "--type", "t1.nano"], env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True))
+            if i == STORM // 2:
+                procs[0].send_signal(signal.SIGKILL)
+            time.sleep(0.15)
         procs[0].wait(timeout=10)
+        for i, cli in enumerate(storm):
+            out, err = cli.communicate(timeout=120)
+            assert cli.returncode == 0, (i, err)
+            assert json.loads(out)["name"] == f"storm-{i}"
         for i in range(3):
             r = httpx.post(f"http://127.0.0.1:{ports[1]}/v1/instances", headers=headers,
                            json={"name": f"after-{i}", "image": "tiny", "type": "t1.nano"})
             assert r.status_code == 202, r.text
         for i in range(3):
             _until_running(ports[1], headers, f"after-{i}", 60)
-        # The CLI given both URLs moves on to b too.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CUMULO_")}
-        env["CUMULO_URL"] = ",".join(f"http://127.0.0.1:{p}" for p in ports)
-        env["CUMULO_TOKEN"] = headers["Authorization"].removeprefix("Bearer ")
+        # The CLI given both URLs moves on to b, a being gone.
         made = subprocess.run([*CUMULO, "-o", "json", "instance", "create", "by-cli", "--image",
                                "tiny", "--type", "t1.nano", "--wait"], env=env,
                               capture_output=True, text=True, timeout=120)
         assert made.returncode == 0, made.stderr
         names = [i["name"] for i in httpx.get(f"http://127.0.0.1:{ports[1]}/v1/instances",
                                               headers=headers).json()]
-        assert sorted(names) == ["after-0", "after-1", "after-2", "by-cli", "via-b"]
+        assert sorted(names) == sorted(["after-0", "after-1", "after-2", "by-cli", "via-b",
+                                        *(f"storm-{i}" for i in range(STORM))])
+        for i in range(STORM):
+            _until_running(ports[1], headers, f"storm-{i}", 60)
     finally:
         agent.terminate()
         agent.wait(timeout=30)

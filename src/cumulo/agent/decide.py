@@ -54,9 +54,13 @@ def decide(
 
     if desired is DesiredPower.STOPPED:
         if power in (PowerState.RUNNING, PowerState.PAUSED):
-            if not shutdown_requested:
+            # Paused on a disk that still cannot be written: resumed to see a power-off
+            # request, its guest would either pause again on the same write or, racing it,
+            # power off with that write lost all the same. Forced at once, and said so.
+            stuck = power is PowerState.PAUSED and bool(obs and obs.io_errors) and not resumable
+            if not shutdown_requested and not stuck:
                 return Decision(Step.REQUEST_SHUTDOWN, S.STOPPING)
-            if power is PowerState.PAUSED:  # paused again since: it cannot power off
+            if power is PowerState.PAUSED:  # cannot power off (still, or again, paused)
                 assert obs is not None
                 return Decision(
                     Step.FORCE_STOP,

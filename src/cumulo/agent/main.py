@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import platform
 import signal
 import sys
@@ -141,6 +142,7 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
         agent_url=f"unix:{sock}",
         agent_version=cumulo.__version__,
         underlay_ip=cfg.underlay_ip,
+        cpus=sorted(os.sched_getaffinity(0)),
     )
     mrec = None
     if isinstance(driver, MigratingDriver):

@@ -246,6 +246,7 @@ class Reconciler:
             nics=self.network.nic_specs(a) if self.network else (),
             volumes=self.volumes(a.id) if self.volumes else (),
             boot_write_error=a.boot_write_error,
+            cpu_set=tuple(a.cpu_set),
         )
 
 

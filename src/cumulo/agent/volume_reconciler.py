@@ -32,6 +32,7 @@ import structlog
 from cumulo.agent.drivers.base import DetachTimeout, Driver, DriverError, VolumeAttachment
 from cumulo.agent.storage.disks import StorageError
 from cumulo.agent.storage.volumes import GIB, VolumeStore
+from cumulo.domain.volume import SnapshotState, VolumeState
 from cumulo.protocol import SnapshotAssignment, SnapshotObservation, VolumeAssignment
 from cumulo.protocol import VolumeObservation as VolObs
 
@@ -177,7 +178,8 @@ class VolumeReconciler:
                 raise _StepFailed("volume", e) from e
         except _StepFailed as e:
             log.error("volume_step_failed", volume_id=v.id, error=str(e))
-            obs = VolObs(id=v.id, state="error", attached_to=_one(held), size_gib=self._size(v.id),
+            obs = VolObs(id=v.id, state=VolumeState.ERROR, attached_to=_one(held),
+                         size_gib=self._size(v.id),
                          reason=str(e), generation=v.generation)  # fmt: skip
             self._failed[v.id] = (v.generation, time.monotonic() + self.retry_s, obs)
             return obs, held
@@ -196,7 +198,8 @@ class VolumeReconciler:
         if not self.store.has_volume(v.id):
             src = v.source_snapshot
             if src is not None and not self.store.has_snapshot(src):
-                return VolObs(id=v.id, state="creating", reason=f"waiting for snapshot {src}",
+                return VolObs(id=v.id, state=VolumeState.CREATING,
+                              reason=f"waiting for snapshot {src}",
                               generation=v.generation)  # fmt: skip
             await _step("create", self.store.create_volume(v.id, v.size_gib, src))
         if held - {target}:  # a detach is still pending: the other VM has the file open
@@ -210,8 +213,8 @@ class VolumeReconciler:
             await _step("attach", self.driver.attach_volume(target, self._attachment(v)))
             held.add(target)
         if target is None:
-            return self._obs(v, "available", None)
-        return self._obs(v, "in-use", target)
+            return self._obs(v, VolumeState.AVAILABLE, None)
+        return self._obs(v, VolumeState.IN_USE, target)
 
     async def _detach(self, v: VolumeAssignment, vm_id: str) -> bool:
         """Ask `vm_id` to release the disk; True once it has."""
@@ -242,8 +245,8 @@ class VolumeReconciler:
     def _still_held(self, v: VolumeAssignment, held: set[str]) -> VolObs:
         d = self._detaching.get(v.id)
         if d is not None and d.timed_out:
-            return self._obs(v, "in-use", d.vm_id, d.timed_out)
-        return self._obs(v, "detaching", _one(held))
+            return self._obs(v, VolumeState.IN_USE, d.vm_id, d.timed_out)
+        return self._obs(v, VolumeState.DETACHING, _one(held))
 
     def _obs(self, v: VolumeAssignment, state: str, vm: str | None, reason: str = "") -> VolObs:
         return VolObs(id=v.id, state=state, attached_to=vm, size_gib=self._size(v.id),
@@ -266,7 +269,7 @@ class VolumeReconciler:
     ) -> SnapshotObservation:
         if self.store.has_snapshot(s.id):
             self._snap_failed.pop(s.id, None)
-            return self._snap_obs(s.id, "available")
+            return self._snap_obs(s.id, SnapshotState.AVAILABLE)
         failed = self._snap_failed.get(s.id)
         if failed is not None and time.monotonic() < failed[0]:
             return failed[1]
@@ -274,7 +277,8 @@ class VolumeReconciler:
         try:
             if vol is None or not self.store.has_volume(vol):
                 if vol is not None and vol in self._desired:
-                    return self._snap_obs(s.id, "creating", f"waiting for volume {vol}")
+                    return self._snap_obs(s.id, SnapshotState.CREATING,
+                                          f"waiting for volume {vol}")
                 raise StorageError(f"source volume {vol or '(deleted)'} is not on this host")
             vms = holders.get(vol)
             if vms:
@@ -286,23 +290,26 @@ class VolumeReconciler:
                 await self.store.snapshot_volume(vol, s.id)
         except _FAILURES as e:
             log.error("snapshot_failed", snapshot_id=s.id, error=str(e))
-            obs = SnapshotObservation(id=s.id, state="error", reason=f"snapshot failed: {e}")
+            obs = SnapshotObservation(id=s.id, state=SnapshotState.ERROR,
+                                      reason=f"snapshot failed: {e}")
             self._snap_failed[s.id] = (time.monotonic() + self.retry_s, obs)
             return obs
         self._snap_failed.pop(s.id, None)
-        return self._snap_obs(s.id, "available")
+        return self._snap_obs(s.id, SnapshotState.AVAILABLE)
 
     def _delete_snapshot(self, s: SnapshotAssignment) -> SnapshotObservation:
         self._snap_failed.pop(s.id, None)
         try:
             self.store.delete_snapshot(s.id)
         except _FAILURES as e:
-            return SnapshotObservation(id=s.id, state="error", reason=f"delete failed: {e}")
+            return SnapshotObservation(id=s.id, state=SnapshotState.ERROR,
+                                       reason=f"delete failed: {e}")
         return SnapshotObservation(id=s.id, state=DELETED)
 
     def _snap_obs(self, snap_id: str, state: str, reason: str = "") -> SnapshotObservation:
         try:
-            size = self.store.snapshot_size(snap_id) // GIB if state == "available" else 0
+            available = state == SnapshotState.AVAILABLE
+            size = self.store.snapshot_size(snap_id) // GIB if available else 0
         except StorageError:
             size = 0
         return SnapshotObservation(id=snap_id, state=state, size_gib=size, reason=reason)

@@ -19,6 +19,7 @@ from cumulo.api.routers import (
     agent_images,
     agents,
     catalogue,
+    dedicated_hosts,
     events,
     hosts,
     images,
@@ -86,7 +87,8 @@ def create_app(svc: Services) -> FastAPI:
     # report is applied but what it cannot use, rather than refused whole.
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
-                   hosts, placement_groups, access_keys, events, agent_images, migrations):
+                   hosts, placement_groups, dedicated_hosts, access_keys, events, agent_images,
+                   migrations):
         app.include_router(module.router,
                            dependencies=[] if module in (agents, agent_images) else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)

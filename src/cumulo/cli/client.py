@@ -96,10 +96,10 @@ class Client:
             raise CliError("bad_config", "the client config names no API URL")
         self._http = self._apis[0]
 
-    def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
+    def _send(self, method: str, url: str, idempotent: bool, **kw: Any) -> httpx.Response:
         """Send to the API in use; on to the next when one cannot be reached. A request that
-        may have arrived (the connection broke after it was sent) is sent again only if it
-        changes nothing (GET): a create must not be made twice."""
+        may have arrived (the connection broke after it was sent) is sent again only if doing
+        it twice does it once: a GET, or a request with a client token (`idempotent`)."""
         for attempt, api in enumerate(self._apis):
             self._http = api
             try:
@@ -107,7 +107,7 @@ class Client:
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 error: httpx.TransportError = e
             except httpx.TransportError as e:
-                if method != "GET" or attempt == len(self._apis) - 1:
+                if not (method == "GET" or idempotent) or attempt == len(self._apis) - 1:
                     raise
                 error = e
         raise error
@@ -123,13 +123,14 @@ class Client:
         content: Iterator[bytes] | None = None,
         headers: dict[str, str] | None = None,
         timeout: httpx.Timeout | None = None,
+        idempotent: bool = False,
     ) -> Any:
         url = path.format(*(segment(n) for n in names))
         params = {k: v for k, v in (params or {}).items() if v is not None}
         if scoped and self.project:
             params["project"] = self.project
         try:
-            r = self._send(method, url, json=json, params=params, content=content,
+            r = self._send(method, url, idempotent, json=json, params=params, content=content,
                            headers=headers, timeout=timeout or self._http.timeout)
         except httpx.TransportError as e:
             raise CliError(

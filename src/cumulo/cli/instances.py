@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import secrets
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,8 +20,8 @@ COLUMNS = ["name", "state", "zone", "arch", "type", "vcpus", "ram_mib", "image",
            "public_ip", "id"]
 SHOW = ["id", "name", "project", "state", "state_reason", "desired_state", "region", "zone",
         "arch", "type", "vcpus", "ram_mib", "bandwidth_mbps", "disk_gib", "image", "host",
-        "placement_group", "network", "private_ip", "public_ip", "fqdn", "key_names",
-        "security_groups", "tags", "created_at", "updated_at"]
+        "placement_group", "tenancy", "dedicated_host", "network", "private_ip", "public_ip",
+        "fqdn", "key_names", "security_groups", "tags", "created_at", "updated_at"]
 
 Wait = Annotated[bool, typer.Option("--wait", help="Follow the state until it settles.")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
@@ -90,6 +91,11 @@ def create(
     private_ip: Annotated[str | None, typer.Option("--private-ip")] = None,
     placement_group: Annotated[str | None, typer.Option(
         "--placement-group", help="Place it by this group's rule (spread or cluster).")] = None,
+    tenancy: Annotated[str | None, typer.Option(
+        "--tenancy", help="shared (default), or dedicated: on a host dedicated to the "
+        "project.")] = None,
+    dedicated_host: Annotated[str | None, typer.Option(
+        "--dedicated-host", help="On this dedicated host of the project (its id).")] = None,
     wait: Wait = False,
     timeout: Timeout = 600.0,
 ) -> None:
@@ -113,6 +119,10 @@ def create(
     }
     if placement_group is not None:
         body["placement_group"] = placement_group
+    if tenancy is not None:
+        body["tenancy"] = tenancy
+    if dedicated_host is not None:
+        body["dedicated_host"] = dedicated_host
     if user_data is not None:
         try:
             raw = user_data.read_bytes()
@@ -128,7 +138,10 @@ def create(
         if not sep:
             raise CliError("invalid_tag", f"tag {item!r} is not KEY=VALUE")
         body["tags"][tag_key] = value
-    created = st.client().post("/v1/instances", json=body)
+    # One token per command: if the answer is lost (an API process dies mid-request), the
+    # client sends the create again, to the next API, and gets the instance made, once.
+    body["client_token"] = secrets.token_hex(16)
+    created = st.client().post("/v1/instances", json=body, idempotent=True)
     _show(st, wait_for(st, created["id"], "running", timeout) if wait else created)
 
 

@@ -16,6 +16,7 @@ from cumulo.cli import (
     agent_cmd,
     bench,
     catalogue,
+    dedicated_hosts,
     hosts,
     images,
     instances,
@@ -54,6 +55,7 @@ hosts.hosts_app.add_typer(join_tokens.join_token_app, name="join-token")
 app.add_typer(hosts.hosts_app, name="host")
 app.add_typer(hosts.groups_app, name="placement-group")
 app.add_typer(migrations.migration_app, name="migration")
+app.add_typer(dedicated_hosts.app, name="dedicated-host")
 app.command("bench")(bench.bench)
 app.command("agent")(agent_cmd.agent)
 app.command("ssh", context_settings={"allow_interspersed_args": False})(networking.ssh)

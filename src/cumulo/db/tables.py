@@ -107,6 +107,28 @@ class HostRow(Base):
     disabled: Mapped[bool] = mapped_column(default=False, server_default=false())
     disabled_reason: Mapped[str] = mapped_column(String(200), default="", server_default="")
     agent_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    # The machine's CPU ids its agent may pin vCPUs to (see protocol.HostRegistration.cpus):
+    # a dedicated host pins each vCPU to one of these. None: not reported.
+    cpus: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+
+
+class DedicatedHostRow(Base):
+    """A hypervisor host reserved for one project (EC2's Dedicated Host): while "available",
+    placement puts nothing of another project, and no shared-tenancy instance, on it. A
+    released one is kept for the record."""
+
+    __tablename__ = "dedicated_hosts"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"), index=True)
+    zone: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16))  # "available" | "released"
+    # host_id while available, None once released: unique, so that a host is dedicated to
+    # one project at most (NULLs do not collide, in SQLite and PostgreSQL alike).
+    allocated_host_id: Mapped[str | None] = mapped_column(String(32), nullable=True,
+                                                          unique=True)
+    allocated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class PlacementGroupRow(Base):
@@ -176,6 +198,10 @@ class InstanceRow(Base):
     host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True, index=True)
     placement_group_id: Mapped[str | None] = mapped_column(
         ForeignKey("placement_groups.id"), nullable=True, index=True)
+    # "shared", or "dedicated": only on hosts dedicated to its project (DedicatedHostRow).
+    tenancy: Mapped[str] = mapped_column(String(16), default="shared", server_default="shared")
+    # The host CPUs its vCPUs are pinned to, one each (on a dedicated host; None elsewhere).
+    cpu_set: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
     state: Mapped[str] = mapped_column(String(16))
     state_reason: Mapped[str] = mapped_column(Text, default="")
     desired_power: Mapped[str] = mapped_column(String(16))

@@ -44,6 +44,10 @@ class HostCapacity:
     disk_free_mib: int | None = None
     disk_claimed_mib: int = 0
     disk_pending_mib: int = 0
+    # A dedicated host: the project it is dedicated to and its dedicated-host id (None: a
+    # shared host). Its capacity is not overcommitted (the ratios are 1.0).
+    dedicated_to: str | None = None
+    dedicated_id: str | None = None
 
     @property
     def disk_room_mib(self) -> int | None:
@@ -101,6 +105,12 @@ class Request:
     ram_mib: int
     group: GroupRule | None = None
     disk_mib: int = 0  # see disk_claim_mib
+    # Tenancy: "shared" never lands on a dedicated host; "dedicated" only on a host dedicated
+    # to `project` (the project's id), and on `dedicated_host` (its id) when given. A
+    # migration builds its request from the instance's row the same way a create does.
+    project: str = ""
+    tenancy: str = "shared"
+    dedicated_host: str | None = None
 
 
 def disk_claim_mib(image_bytes: int, disk_gib: int, allocation_ratio: float) -> int:
@@ -113,6 +123,10 @@ def disk_claim_mib(image_bytes: int, disk_gib: int, allocation_ratio: float) -> 
 class Why(Enum):
     """Why a host cannot take a request; the order is the filters' (first failed counts)."""
 
+    DEDICATED_OTHER = "dedicated to another project"
+    DEDICATED = "dedicated (not for shared tenancy)"
+    NOT_DEDICATED = "not dedicated to the project"
+    OTHER_DEDICATED = "another dedicated host"
     DISABLED = "disabled"
     DOWN = "down"
     ARCH = "arch"
@@ -130,6 +144,21 @@ class Rejection:
 
 
 Filter = Callable[[Request, HostCapacity], Rejection | None]  # None: the host passes
+
+
+def _tenancy(r: Request, h: HostCapacity) -> Rejection | None:
+    """Nothing of another project on a dedicated host, no shared tenancy on one either (EC2:
+    a shared-tenancy instance never lands on a Dedicated Host), and dedicated tenancy only
+    there (on the one asked for, if any)."""
+    if h.dedicated_to is None:
+        return None if r.tenancy != "dedicated" else Rejection(Why.NOT_DEDICATED)
+    if h.dedicated_to != r.project:
+        return Rejection(Why.DEDICATED_OTHER)
+    if r.tenancy != "dedicated":
+        return Rejection(Why.DEDICATED)
+    if r.dedicated_host is not None and h.dedicated_id != r.dedicated_host:
+        return Rejection(Why.OTHER_DEDICATED)
+    return None
 
 
 def _enabled(r: Request, h: HostCapacity) -> Rejection | None:
@@ -168,7 +197,7 @@ def _disk(r: Request, h: HostCapacity) -> Rejection | None:
     return None if room is None or room >= r.disk_mib else Rejection(Why.DISK, room)
 
 
-FILTERS: tuple[Filter, ...] = (_enabled, _up, _arch, _group, _vcpus, _ram, _disk)
+FILTERS: tuple[Filter, ...] = (_tenancy, _enabled, _up, _arch, _group, _vcpus, _ram, _disk)
 
 
 def rejection(request: Request, host: HostCapacity) -> Rejection | None:
@@ -243,7 +272,9 @@ def _phrase(r: Request, why: Why, n: int, free: int) -> str:
                 f"group {group}")
     if why is Why.CLUSTER:
         return f"{n} {'is' if one else 'are'} not the host of cluster placement group {group}"
-    return f"{n} {why.value}"  # disabled, down
+    if why is Why.OTHER_DEDICATED:
+        return f"{n} {'is' if one else 'are'} not dedicated host {r.dedicated_host}"
+    return f"{n} {why.value}"  # dedication, disabled, down
 
 
 def place(request: Request, hosts: Sequence[HostCapacity], policy: str = "spread") -> Placement:

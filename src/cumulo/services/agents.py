@@ -32,6 +32,14 @@ from cumulo.domain.errors import NotFound
 from cumulo.domain.ids import is_id
 from cumulo.domain.instance import DesiredPower, InstanceState
 from cumulo.domain.validation import MAX_INTEGER, one_line
+from cumulo.domain.volume import (
+    REPORTABLE_SNAPSHOT,
+    REPORTABLE_VOLUME,
+    SnapshotState,
+    VolumeState,
+    snapshot_after_report,
+    volume_after_report,
+)
 from cumulo.protocol import (
     Assignment,
     Assignments,
@@ -70,9 +78,8 @@ log = structlog.get_logger("cumulo.api")
 # that failed would be sent again at the next pass, and fail again, forever.
 _INSTANCE_STATES = (frozenset(s.value for s in InstanceState) - {InstanceState.UNKNOWN.value}
                     | {DELETED})
-_VOLUME_STATES = frozenset(
-    {"creating", "available", "attaching", "in-use", "detaching", "error", DELETED})
-_SNAPSHOT_STATES = frozenset({"creating", "available", "error", DELETED})
+_VOLUME_STATES = frozenset({*REPORTABLE_VOLUME, DELETED})
+_SNAPSHOT_STATES = frozenset({*REPORTABLE_SNAPSHOT, DELETED})
 # Reasons are shown to users as they are (`cumulo instance show`): one line, this long at most.
 MAX_REASON = 500
 
@@ -225,7 +232,8 @@ def _storage(s: Session, svc: Services, host_id: str
             attach_to=v.want_instance_id, device=v.device,
             source_snapshot=v.source_snapshot_id, generation=v.generation))
     snaps = [SnapshotAssignment(id=sn.id, volume_id=sn.volume_id,
-                                desired="deleted" if sn.state == "deleting" else "present")
+                                desired="deleted" if sn.state == SnapshotState.DELETING
+                                else "present")
              for sn in s.scalars(select(SnapshotRow).where(SnapshotRow.host_id == host_id)
                                  .order_by(SnapshotRow.created_at, SnapshotRow.id))]
     return vols, snaps
@@ -313,7 +321,8 @@ _ASSIGNED = (select(InstanceRow.id, InstanceRow.name, ProjectRow.name, InstanceR
                     InstanceRow.ssh_keys, InstanceRow.zone, InstanceRow.bandwidth_mbps,
                     ImageRow.id, ImageRow.boot, ImageRow.kernel_cmdline,
                     ImageRow.disk_sha256, ImageRow.disk_size, ImageRow.kernel_sha256,
-                    ImageRow.kernel_size, ImageRow.initrd_sha256, ImageRow.initrd_size)
+                    ImageRow.kernel_size, ImageRow.initrd_sha256, ImageRow.initrd_size,
+                    InstanceRow.cpu_set)
              .join(ImageRow, ImageRow.id == InstanceRow.image_id)
              .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
              .where(InstanceRow.host_id == bindparam("host"))
@@ -363,12 +372,12 @@ def _assignments(s: Session, svc: Services, host_id: str, only: set[str] | None
             ssh_public_keys=list(ssh_keys or []), fqdn=fqdn(svc, name, project, zone),
             bandwidth_mbps=bandwidth_mbps, nics=nics[iid], ingress=ingress[iid],
             public_ip=pub.get(iid), boot_write_error=svc.settings.boot_disk_write_error,
-            export_id=exports.get(iid),
+            export_id=exports.get(iid), cpu_set=list(cpu_set or []),
         )
         for (iid, name, project, arch, vcpus, ram_mib, disk_gib, state, desired_power,
              generation, reboot_seq, reboot_done_seq, user_data, ssh_keys, zone,
              bandwidth_mbps, image_id, boot, kernel_cmdline, disk_sha, disk_size, kernel_sha,
-             kernel_size, initrd_sha, initrd_size) in rows
+             kernel_size, initrd_sha, initrd_size, cpu_set) in rows
     ]
 
 
@@ -489,22 +498,18 @@ def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
         if row is None or obs.generation < row.generation:
             continue
         if obs.state == DELETED:
-            if row.desired == "deleted":
+            if row.desired == DELETED:
                 event(row, "deleted")
                 s.delete(row)
             continue
         reason = one_line(obs.reason, MAX_REASON)
-        if obs.attached_to != row.attached_to:
-            if row.attached_to:
-                event(row, "detached", f"from instance {row.attached_to}")
-            if obs.attached_to:
-                event(row, "attached", f"to instance {obs.attached_to} as {row.device}")
-        if obs.state == "error" and (row.state != "error" or row.state_reason != reason):
-            event(row, "error", reason)
-        row.state, row.attached_to = obs.state, obs.attached_to
-        row.state_reason = reason
-        if row.desired == "deleted" and obs.state != "error":
-            row.state = "deleting"
+        after = volume_after_report(
+            reported=VolumeState(obs.state), reason=reason, being_deleted=row.desired == DELETED,
+            stored=row.state, stored_reason=row.state_reason, attached_before=row.attached_to,
+            attached_now=obs.attached_to, device=row.device)
+        for kind, detail in after.events:
+            event(row, kind, detail)
+        row.state, row.attached_to, row.state_reason = after.state, obs.attached_to, reason
     srows = {r.id: r for r in s.scalars(select(SnapshotRow).where(
         SnapshotRow.id.in_([x.id for x in snapshots]), SnapshotRow.host_id == host_id))}
     for sobs in snapshots:
@@ -512,13 +517,14 @@ def _report_storage(s: Session, host_id: str, volumes: list[VolumeObservation],
         if srow is None:
             continue
         if sobs.state == DELETED:
-            if srow.state == "deleting":
+            if srow.state == SnapshotState.DELETING:
                 event(srow, "deleted")
                 s.delete(srow)
             continue
-        if srow.state != "deleting":
-            if sobs.state != srow.state and sobs.state in ("available", "error"):
-                event(srow, sobs.state, one_line(sobs.reason, MAX_REASON))
+        store, told = snapshot_after_report(srow.state, SnapshotState(sobs.state))
+        if told is not None:
+            event(srow, told, one_line(sobs.reason, MAX_REASON))
+        if store:
             srow.state, srow.state_reason = sobs.state, one_line(sobs.reason, MAX_REASON)
             srow.size_gib = sobs.size_gib or srow.size_gib
     return out

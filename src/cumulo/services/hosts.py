@@ -14,7 +14,7 @@ from sqlalchemy import String, and_, bindparam, case, cast, false, func, select,
 from sqlalchemy.orm import Session
 
 from cumulo.config import Settings
-from cumulo.db.tables import HostRow, InstanceRow, MigrationRow
+from cumulo.db.tables import DedicatedHostRow, HostRow, InstanceRow, MigrationRow
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict, InvalidInput
 from cumulo.domain.ids import new_id
@@ -58,6 +58,7 @@ def register(
     agent_version: str = "",
     underlay_ip: str | None = None,
     disk: HostDisk | None = None,
+    cpus: list[int] | None = None,
 ) -> str:
     """Create or update the host record; returns its id. Called by the agent at start-up.
     A host whose underlay address changed has its instances' records sent again to every
@@ -82,6 +83,8 @@ def register(
                            code="invalid_input")
     if underlay_ip is not None:
         underlay_ip = _underlay(underlay_ip)
+    if cpus is not None:
+        cpus = _cpus(cpus)
     with svc.db.session() as s:
         if underlay_ip is not None and s.scalar(select(HostRow.name).where(
                 HostRow.underlay_ip == underlay_ip, HostRow.name != name,
@@ -98,7 +101,7 @@ def register(
         row.zone, row.architectures = zone, arches
         row.vcpus, row.ram_mib, row.driver, row.accel = vcpus, ram_mib, driver, accel
         row.agent_url, row.state, row.last_seen = agent_url, "up", datetime.now(UTC)
-        row.agent_version, row.underlay_ip = agent_version, underlay_ip
+        row.agent_version, row.underlay_ip, row.cpus = agent_version, underlay_ip, cpus
         row.disk_total_mib = None if disk is None else disk.total_mib
         row.disk_free_mib = None if disk is None else disk.free_mib
         s.flush()
@@ -118,6 +121,16 @@ def _underlay(value: str) -> str:
         raise InvalidInput(f"invalid underlay address {value!r}: a unicast host address",
                            code="invalid_input")
     return str(ip)
+
+
+MAX_CPUS = 8192  # Linux's largest NR_CPUS
+
+
+def _cpus(cpus: list[int]) -> list[int]:
+    if not cpus or len(cpus) > MAX_CPUS or not all(0 <= c < MAX_CPUS for c in cpus):
+        raise InvalidInput(f"invalid cpus: 1 to {MAX_CPUS} CPU ids from 0 to {MAX_CPUS - 1}",
+                           code="invalid_input")
+    return sorted(set(cpus))
 
 
 def check_disk(disk: HostDisk) -> None:
@@ -243,7 +256,7 @@ def lock_zone(s: Session, zone: str) -> None:
 IS_UP = and_(HostRow.state == "up", HostRow.last_seen > bindparam("seen_after"))
 _HOSTS = select(HostRow.id, HostRow.name, HostRow.zone, cast(HostRow.architectures, String),
                 IS_UP, HostRow.disabled, HostRow.vcpus, HostRow.ram_mib, HostRow.disk_total_mib,
-                HostRow.disk_free_mib)
+                HostRow.disk_free_mib, cast(HostRow.cpus, String))
 _ZONE_HOSTS = _HOSTS.where(HostRow.zone == bindparam("zone"))
 _USED = (select(InstanceRow.host_id, func.sum(InstanceRow.vcpus), func.sum(InstanceRow.ram_mib),
                 func.count(), func.sum(InstanceRow.disk_mib),
@@ -260,6 +273,9 @@ _CLAIMED = (select(MigrationRow.destination_host_id, func.sum(InstanceRow.vcpus)
             .join(InstanceRow, InstanceRow.id == MigrationRow.instance_id)
             .where(MigrationRow.active)
             .group_by(MigrationRow.destination_host_id))
+_DEDICATED = select(DedicatedHostRow.allocated_host_id, DedicatedHostRow.project_id,
+                    DedicatedHostRow.id).where(DedicatedHostRow.allocated_host_id.is_not(None))
+_ZONE_DEDICATED = _DEDICATED.where(DedicatedHostRow.zone == bindparam("zone"))
 
 
 def seen_after() -> datetime:
@@ -284,21 +300,38 @@ def capacities(s: Session, settings: Settings, zone: str | None = None) -> list[
         # Its disk is written as it arrives: pending, like a new instance's.
         used[hid] = (uc + int(c or 0), ur + int(r or 0), un + int(n), ud + int(d or 0),
                      up + int(d or 0))
+    dedicated = {hid: (pid, did) for hid, pid, did in (
+        conn.execute(_DEDICATED) if zone is None
+        else conn.execute(_ZONE_DEDICATED, {"zone": zone}))}
     after = seen_after()
     rows = (conn.execute(_HOSTS, {"seen_after": after}) if zone is None
             else conn.execute(_ZONE_HOSTS, {"seen_after": after, "zone": zone}))
     cpu_ratio, ram_ratio = settings.cpu_allocation_ratio, settings.ram_allocation_ratio
     out = []
-    for hid, name, host_zone, archs, host_up, disabled, vcpus, ram, disk_total, disk_free in rows:
+    for (hid, name, host_zone, archs, host_up, disabled, vcpus, ram, disk_total, disk_free,
+         cpus) in rows:
         vcpus_used, ram_used, count, disk_claimed, disk_pending = used.get(hid, (0, 0, 0, 0, 0))
+        # A dedicated host pins each vCPU to a CPU of its own and does not overcommit RAM.
+        # Its vCPUs are the machine's CPUs its agent may pin to, when it said which.
+        to, did = dedicated.get(hid, (None, None))
+        if to is not None:
+            vcpus = len(pinnable(cpus, vcpus))
         out.append(HostCapacity(
             host_id=hid, name=name, zone=host_zone, architectures=_architectures(archs),
             up=bool(host_up), enabled=not disabled, vcpus_total=vcpus, ram_mib_total=ram,
-            vcpus_used=vcpus_used, ram_mib_used=ram_used, cpu_ratio=cpu_ratio,
-            ram_ratio=ram_ratio, instances=count, disk_total_mib=disk_total,
-            disk_free_mib=disk_free, disk_claimed_mib=disk_claimed,
-            disk_pending_mib=disk_pending))
+            vcpus_used=vcpus_used, ram_mib_used=ram_used,
+            cpu_ratio=cpu_ratio if to is None else 1.0,
+            ram_ratio=ram_ratio if to is None else 1.0, instances=count,
+            disk_total_mib=disk_total, disk_free_mib=disk_free, disk_claimed_mib=disk_claimed,
+            disk_pending_mib=disk_pending, dedicated_to=to, dedicated_id=did))
     return out
+
+
+def pinnable(cpus_json: str | None, vcpus: int) -> list[int]:
+    """The CPU ids a dedicated host pins vCPUs to: those its agent registered (the hosts
+    column's JSON text), else 0..vcpus-1."""
+    listed = json.loads(cpus_json) if cpus_json else None
+    return list(listed) if listed else list(range(vcpus))
 
 
 @functools.lru_cache(maxsize=256)

@@ -16,7 +16,7 @@ from cumulo.db.tables import (
     SecurityGroupRow,
 )
 from cumulo.domain.instance import shown_state
-from cumulo.services import hosts, placement_groups
+from cumulo.services import dedicated_hosts, hosts, placement_groups
 from cumulo.services.context import Principal, Services, fqdn
 from cumulo.services.views import InstanceView
 
@@ -41,6 +41,8 @@ def views(s: Session, svc: Services, rows: list[InstanceRow], project: str,
                                 .where(InstanceGroupRow.instance_id.in_(ids))
                                 .order_by(SecurityGroupRow.name)):
         groups[iid].append(gname)
+    dedicated = dedicated_hosts.ids_of_hosts(
+        s, {r.host_id for r in rows if r.host_id and r.tenancy == "dedicated"})
     pgroups = placement_groups.names(s, {r.placement_group_id for r in rows
                                          if r.placement_group_id})
     out = []
@@ -50,14 +52,15 @@ def views(s: Session, svc: Services, rows: list[InstanceRow], project: str,
                          network=addr[row.id][1] if row.id in addr else None,
                          private_ip=addr[row.id][0] if row.id in addr else None,
                          public_ip=pub.get(row.id), groups=groups[row.id],
-                         placement_group=pgroups.get(row.placement_group_id or "")))
+                         placement_group=pgroups.get(row.placement_group_id or ""),
+                         dedicated_host=dedicated.get(row.host_id or "")))
     return out
 
 
 def view_of(svc: Services, row: InstanceRow, project: str, who: Principal, *, host: str | None,
           host_up: bool | None, network: str | None, private_ip: str | None,
-          public_ip: str | None, groups: list[str], placement_group: str | None
-          ) -> InstanceView:
+          public_ip: str | None, groups: list[str], placement_group: str | None,
+          dedicated_host: str | None = None) -> InstanceView:
     state, reason = shown_state(row.state, row.state_reason, host_up)
     return InstanceView(
         id=row.id, name=row.name, project=project, state=state,
@@ -68,6 +71,7 @@ def view_of(svc: Services, row: InstanceRow, project: str, who: Principal, *, ho
         image_id=row.image_id,
         # Which machine runs an instance is the operator's business: members see its zone.
         host=host if who.is_admin else None, placement_group=placement_group,
+        tenancy=row.tenancy, dedicated_host=dedicated_host,
         network=network, private_ip=private_ip, public_ip=public_ip,
         fqdn=fqdn(svc, row.name, project, row.zone), key_names=list(row.key_names or []),
         security_groups=groups, tags=dict(row.tags or {}), created_at=row.created_at,

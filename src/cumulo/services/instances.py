@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import cast
 
 from sqlalchemy import bindparam, select
@@ -50,6 +50,8 @@ from cumulo.scheduler.placement import (
     place,
 )
 from cumulo.services import (
+    client_tokens,
+    dedicated_hosts,
     events,
     hosts,
     images,
@@ -89,6 +91,17 @@ class CreateInstance:
     network: str | None = None
     private_ip: str | None = None
     placement_group: str | None = None
+    tenancy: str | None = None  # shared (default) or dedicated
+    dedicated_host: str | None = None  # a dedicated host's id (implies dedicated tenancy)
+    # Sent again with the same token (an answer lost), a create answers what it made then.
+    client_token: str | None = None
+
+
+CREATE_ACTION = "CreateInstance"  # the client tokens' action of a REST create
+
+
+def token_digest(req: CreateInstance) -> str:
+    return client_tokens.digest_of({k: v for k, v in asdict(req).items() if k != "client_token"})
 
 
 def _sizes(svc: Services, req: CreateInstance, arch: Arch) -> tuple[int, int, int, int]:
@@ -213,15 +226,21 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
             if ready:
                 batch.lock_projects([prj for *_, prj in ready])
             refused: list[events.Event] = []
-            for i, call, size, _ in ready:
+            for i, call, size, prj in ready:
                 # Read before the checkpoint: a create that fails must not take the zone's
                 # capacities with it (the next create would read them again, and at 1,000
                 # hosts a full zone made every refused create pay that read).
                 batch.capacities(size.zone)
                 saved = batch.checkpoint()
                 try:
+                    if (answered := _answered(s, svc, call, prj)) is not None:
+                        out[i] = answered
+                        continue
                     with s.begin_nested():
                         done = _create_one(svc, batch, call, size)
+                        if call.req.client_token is not None:
+                            client_tokens.record(s, prj.id, CREATE_ACTION, call.req.client_token,
+                                                 token_digest(call.req), [done.view.id])
                 except (CumuloError, IntegrityError) as e:
                     batch.restore(saved)
                     out[i] = e if isinstance(e, CumuloError) else Conflict(
@@ -241,6 +260,22 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
         svc.notifier.dns_changed(done.network_id, added=[done.record], skip=done.host_id,
                                  prompt=new_host)
     return [out[i] for i in range(len(calls))]
+
+
+def _answered(s: Session, svc: Services, call: CreateCall, prj: ProjectRow
+              ) -> InstanceView | None:
+    """The instance a committed create with this call's client token made (None: new)."""
+    if call.req.client_token is None:
+        return None
+    made = client_tokens.earlier(s, prj.id, CREATE_ACTION, call.req.client_token,
+                                 token_digest(call.req))
+    if made is None:
+        return None
+    row = s.get(InstanceRow, made[0])
+    if row is None:
+        raise Conflict(f"client token {call.req.client_token!r} made instance {made[0]}, since"
+                       " deleted", code="idempotent_instance_deleted")
+    return view(s, svc, row, prj.name, call.who)
 
 
 def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size) -> _Created:
@@ -269,13 +304,18 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
     group = None if req.placement_group is None else batch.get(
         ("group_row", prj.id, req.placement_group),
         lambda: placement_groups.find(s, prj, cast(str, req.placement_group)))
+    tenancy, dedicated = batch.get(("tenancy", prj.id, req.tenancy, req.dedicated_host),
+                                   lambda: dedicated_hosts.tenancy_of(s, prj, req.tenancy,
+                                                                      req.dedicated_host))
     claim = disk_claim_mib(image.virtual_size_bytes, disk, svc.settings.disk_allocation_ratio)
     placement = place(Request(zone=zone, arch=arch.value, vcpus=vcpus, ram_mib=ram,
                               disk_mib=claim,
-                              group=None if group is None else batch.group_rule(group)),
+                              group=None if group is None else batch.group_rule(group),
+                              project=prj.id, tenancy=tenancy, dedicated_host=dedicated),
                       caps, svc.settings.placement_policy)
     if placement.host is None:
         raise InsufficientCapacity(placement.explain(), code="no_host_fits")
+    cpu_set = dedicated_hosts.cpu_set_for(s, placement.host, vcpus)
     keys = batch.get(("keys", prj.id, *req.keys), lambda: keypairs.resolve(s, prj, req.keys))
     groups = batch.get(("groups", prj.id, *req.security_groups),
                        lambda: security_groups.resolve(s, prj, req.security_groups))
@@ -286,8 +326,9 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
         type_name=req.type, vcpus=vcpus, ram_mib=ram, bandwidth_mbps=size.bandwidth_mbps,
         disk_gib=disk, disk_mib=claim, image_id=image.id, image_name=image.name,
         host_id=placement.host.host_id, state=InstanceState.PENDING.value,
-        placement_group_id=None if group is None else group.id,
-        desired_power=DesiredPower.RUNNING.value, user_data=req.user_data, tags=dict(req.tags),
+        placement_group_id=None if group is None else group.id, tenancy=tenancy,
+        cpu_set=cpu_set, desired_power=DesiredPower.RUNNING.value, user_data=req.user_data,
+        tags=dict(req.tags),
         ssh_keys=[k.public_key for k in keys], key_names=[k.name for k in keys],
     )
     s.add(row)
@@ -306,7 +347,8 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
     view = view_of(svc, row, prj.name, call.who, host=placement.host.name, host_up=True,
                  network=network.name, private_ip=address.ip, public_ip=public_ip.ip,
                  groups=sorted({g.name for g in groups}),
-                 placement_group=None if group is None else group.name)
+                 placement_group=None if group is None else group.name,
+                 dedicated_host=placement.host.dedicated_id)
     return _Created(view=view, host_id=placement.host.host_id, network_id=network.id,
                     record=DnsRecord(hostname=row.name, fqdn=view.fqdn, ip=address.ip,
                                      mac=address.mac, underlay_ip=batch.underlay(

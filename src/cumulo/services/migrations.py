@@ -127,8 +127,11 @@ def request_for(s: Session, row: InstanceRow) -> Request:
         group_row = s.get(PlacementGroupRow, row.placement_group_id)
         if group_row is not None:
             group = placement_groups.rule(s, group_row)
+    # Tenancy as at its create: a dedicated instance moves to a host dedicated to its project
+    # only, a shared one never onto a dedicated host.
     return Request(zone=row.zone, arch=row.arch, vcpus=row.vcpus, ram_mib=row.ram_mib,
-                   disk_mib=row.disk_mib, group=group)
+                   disk_mib=row.disk_mib, group=group, project=row.project_id,
+                   tenancy=row.tenancy)
 
 
 _REFUSED = {Why.DISABLED: "host_disabled", Why.DOWN: "host_down"}

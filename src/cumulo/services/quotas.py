@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import (
+    DedicatedHostRow,
     InstanceRow,
     NetworkRow,
     ProjectRow,
@@ -27,6 +28,7 @@ from cumulo.db.tables import (
 )
 from cumulo.domain.errors import InvalidInput, NotFound, QuotaExceeded
 from cumulo.domain.validation import MAX_INTEGER, one_line
+from cumulo.domain.volume import SnapshotState
 from cumulo.services import events
 from cumulo.services.auth import require_admin, scope_project
 from cumulo.services.context import Principal, Services
@@ -41,6 +43,7 @@ UNITS: dict[str, str] = {
     "snapshots": "snapshots",
     "public_ips": "public IPs",
     "networks": "networks",
+    "dedicated_hosts": "dedicated hosts",
 }
 UNLIMITED = "unlimited"
 DEFAULT = "default"  # `quota set NAME KEY=default`: back to the configuration's value
@@ -54,11 +57,13 @@ _USAGE: dict[str, Any] = {
     "volume_gib": select(func.coalesce(func.sum(VolumeRow.size_gib), 0)).where(
         VolumeRow.project_id == _P, VolumeRow.desired != "deleted"),
     "snapshots": select(func.count()).where(SnapshotRow.project_id == _P,
-                                            SnapshotRow.state != "deleting"),
+                                            SnapshotRow.state != SnapshotState.DELETING),
     "public_ips": select(func.count()).where(PublicIpRow.project_id == _P,
                                              PublicIpRow.auto.is_(False)),
     "networks": select(func.count()).where(NetworkRow.project_id == _P,
                                            NetworkRow.is_default.is_(False)),
+    "dedicated_hosts": select(func.count()).where(DedicatedHostRow.project_id == _P,
+                                                  DedicatedHostRow.allocated_host_id.is_not(None)),
 }
 _INSTANCE_KEYS = ("instances", "vcpus", "ram_mib")
 # SQLite: an UPDATE that matches no row takes the database's write lock (see hosts.lock_zone).

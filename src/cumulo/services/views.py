@@ -39,6 +39,8 @@ class InstanceView(BaseModel):
     image_id: str  # of the variant (architecture) it was created from
     host: str | None  # admins only (None for members): users see the zone
     placement_group: str | None
+    tenancy: str = "shared"  # or "dedicated": on a host dedicated to its project
+    dedicated_host: str | None = None  # the id of the dedicated host it runs on
     network: str | None
     private_ip: str | None
     public_ip: str | None
@@ -75,6 +77,29 @@ class ImageView(BaseModel):
     default_user: str
     architectures: list[str]
     variants: list[ImageVariantView]
+
+
+class DedicatedHostCapacity(BaseModel):
+    """What a dedicated host holds (no overcommit: one host CPU per vCPU)."""
+
+    vcpus_total: int
+    vcpus_used: int
+    ram_mib_total: int
+    ram_mib_used: int
+
+
+class DedicatedHostView(BaseModel):
+    """A host reserved for one project (EC2's Dedicated Host)."""
+
+    id: str
+    zone: str
+    host: str | None  # the hypervisor host's name: admins only (members see the id)
+    project: str
+    state: str  # available | released
+    instances: list[str]  # names of the instances on it
+    capacity: DedicatedHostCapacity | None  # None once released
+    allocated_at: datetime
+    released_at: datetime | None
 
 
 class HostView(BaseModel):

@@ -14,6 +14,14 @@ from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, N
 from cumulo.domain.ids import is_id, new_id
 from cumulo.domain.instance import DesiredPower
 from cumulo.domain.validation import dns_label, positive
+from cumulo.domain.volume import (
+    SnapshotState,
+    VolumeAction,
+    VolumeState,
+    check_snapshot_delete,
+    check_snapshot_source,
+    check_volume,
+)
 from cumulo.services import events, hosts, quotas
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
@@ -106,9 +114,7 @@ def create(svc: Services, who: Principal, project: str | None, name: str, size_g
         source = None
         if from_snapshot is not None:
             source = _find_snapshot(s, prj, from_snapshot)
-            if source.state != "available":
-                raise Conflict(f"snapshot {source.name!r} is {source.state}",
-                               code="invalid_state")
+            check_snapshot_source(source.name, source.state)
             if source.zone != z:
                 raise InvalidInput(f"snapshot {source.name!r} is in zone {source.zone}, not "
                                    f"{z}", code="zone_mismatch")
@@ -122,7 +128,7 @@ def create(svc: Services, who: Principal, project: str | None, name: str, size_g
                 raise InsufficientCapacity(f"no host is up and enabled in zone {z}")
             host_id = min(up, key=lambda c: c.name).host_id
         row = VolumeRow(id=new_id("vol"), name=name, project_id=prj.id, zone=z, host_id=host_id,
-                        size_gib=size_gib, type_name=type_name, state="creating",
+                        size_gib=size_gib, type_name=type_name, state=VolumeState.CREATING,
                         desired=PRESENT, delete_on_termination=delete_on_termination,
                         source_snapshot_id=source.id if source else None)
         s.add(row)
@@ -160,13 +166,10 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
         prj = scope_project(s, who, project)
         row = find(s, prj, ref)
         inst = find_row(s, prj, instance_ref)
-        if row.desired == DELETED:
-            raise Conflict(f"volume {row.name!r} is being deleted", code="invalid_state")
-        if row.want_instance_id or row.attached_to:
+        if row.desired != DELETED and (row.want_instance_id or row.attached_to):
             raise Conflict(f"volume {row.name!r} is attached already; detach it first",
                            code="volume_in_use")
-        if row.state not in ("available", "error"):
-            raise Conflict(f"volume {row.name!r} is {row.state}", code="invalid_state")
+        check_volume(row.name, row.state, VolumeAction.ATTACH, row.desired == DELETED)
         if inst.desired_power == DesiredPower.DELETED.value:
             raise Conflict(f"instance {inst.name!r} is being deleted", code="invalid_state")
         if inst.zone != row.zone:
@@ -182,7 +185,7 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
         if not free:
             raise Conflict(f"instance {inst.name!r} has no free device slot",
                            code="too_many_volumes")
-        row.want_instance_id, row.device, row.state = inst.id, free[0], "attaching"
+        row.want_instance_id, row.device, row.state = inst.id, free[0], VolumeState.ATTACHING
         _touch(row)
         events.add(s, _event(prj, row, "attach_requested", f"to instance {inst.name}"))
         result = _view(s, svc, row, prj.name)
@@ -197,7 +200,7 @@ def detach(svc: Services, who: Principal, project: str | None, ref: str) -> Volu
         row = find(s, prj, ref)
         if not (row.want_instance_id or row.attached_to):
             raise Conflict(f"volume {row.name!r} is not attached", code="not_attached")
-        row.want_instance_id, row.state = None, "detaching"
+        row.want_instance_id, row.state = None, VolumeState.DETACHING
         _touch(row)
         events.add(s, _event(prj, row, "detach_requested"))
         result = _view(s, svc, row, prj.name)
@@ -216,8 +219,7 @@ def resize(svc: Services, who: Principal, project: str | None, ref: str,
         if size_gib <= row.size_gib:
             raise InvalidInput(f"volumes only grow: {row.name!r} is {row.size_gib} GiB, "
                                f"asked {size_gib} GiB", code="invalid_size")
-        if row.state not in ("available", "in-use"):
-            raise Conflict(f"volume {row.name!r} is {row.state}", code="invalid_state")
+        check_volume(row.name, row.state, VolumeAction.RESIZE, row.desired == DELETED)
         quotas.check(s, svc, prj, {"volume_gib": size_gib - row.size_gib},
                      ("volume", row.id, row.name))
         events.add(s, _event(prj, row, "resize_requested",
@@ -240,7 +242,7 @@ def delete(svc: Services, who: Principal, project: str | None, ref: str) -> Volu
         if row.desired == DELETED:
             raise Conflict(f"volume {row.name!r} is already being deleted",
                            code="invalid_state")
-        row.desired, row.state = DELETED, "deleting"
+        row.desired, row.state = DELETED, VolumeState.DELETING
         _touch(row)
         events.add(s, _event(prj, row, "delete_requested"))
         result = _view(s, svc, row, prj.name)
@@ -255,9 +257,9 @@ def release_for_instance(s: Session, instance_id: str) -> set[str]:
     wake: set[str] = set()
     for row in s.scalars(select(VolumeRow).where(VolumeRow.want_instance_id == instance_id)):
         row.want_instance_id = None
-        row.state = "detaching"
+        row.state = VolumeState.DETACHING
         if row.delete_on_termination:
-            row.desired, row.state = DELETED, "deleting"
+            row.desired, row.state = DELETED, VolumeState.DELETING
         _touch(row)
         if row.host_id:
             wake.add(row.host_id)
@@ -279,15 +281,14 @@ def snapshot(svc: Services, who: Principal, project: str | None, ref: str,
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
         vol = find(s, prj, ref)
-        if vol.state not in ("available", "in-use") or vol.desired == DELETED:
-            raise Conflict(f"volume {vol.name!r} is {vol.state}", code="invalid_state")
+        check_volume(vol.name, vol.state, VolumeAction.SNAPSHOT, vol.desired == DELETED)
         if s.scalar(select(SnapshotRow.id).where(SnapshotRow.project_id == prj.id,
                                                  SnapshotRow.name == name)):
             raise Conflict(f"snapshot {name!r} already exists", code="name_taken")
         quotas.check(s, svc, prj, {"snapshots": 1}, ("snapshot", "", name))
         row = SnapshotRow(id=new_id("snap"), name=name, project_id=prj.id, volume_id=vol.id,
                           host_id=vol.host_id, zone=vol.zone, size_gib=vol.size_gib,
-                          state="creating")
+                          state=SnapshotState.CREATING)
         s.add(row)
         s.flush()
         events.add(s, _event(prj, row, "created", f"of volume {vol.name}"))
@@ -309,14 +310,13 @@ def delete_snapshot(svc: Services, who: Principal, project: str | None, ref: str
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
         row = _find_snapshot(s, prj, ref)
-        if row.state == "creating":
-            raise Conflict(f"snapshot {row.name!r} is still being taken", code="invalid_state")
+        check_snapshot_delete(row.name, row.state)
         users = s.scalar(select(VolumeRow.name).where(VolumeRow.source_snapshot_id == row.id,
-                                                      VolumeRow.state == "creating"))
+                                                      VolumeRow.state == VolumeState.CREATING))
         if users:
             raise Conflict(f"volume {users!r} is being made from snapshot {row.name!r}",
                            code="snapshot_in_use")
-        row.state = "deleting"
+        row.state = SnapshotState.DELETING
         events.add(s, _event(prj, row, "delete_requested"))
         host_id = row.host_id
     svc.notifier.notify(host_id)

@@ -94,11 +94,20 @@ def test_a_paused_vm_is_shown_paused_with_its_cause_and_resumed_once_it_may() ->
 def test_reboot_and_stop_work_on_a_paused_vm() -> None:
     paused = obs(PowerState.PAUSED, "qemu status io-error", FULL)
     assert d(a(reboot=(1, 0)), paused) == (Step.REBOOT, "running")
-    # Stop: the power-off request (which lets the guest run to see it), then, if the VM is
-    # paused again (its disk is still full), a forced stop at once: it cannot power off.
-    assert d(a("stopped"), paused) == (Step.REQUEST_SHUTDOWN, "stopping")
-    r = decide(a("stopped"), paused, shutdown_requested=True, shutdown_overdue=False,
+    # Stop while its disk is still full: a forced stop at once (it cannot power off cleanly).
+    for requested in (False, True):
+        r = decide(a("stopped"), paused, shutdown_requested=requested, shutdown_overdue=False,
+                   stop_timeout_s=30)
+        assert (r.step, r.report) == (Step.FORCE_STOP, "stopped")
+        assert r.reason.startswith("it was paused (host disk full (I/O error on vol-")
+        assert r.reason.endswith("and could not power off; it was powered off by force")
+    # Space is back: the power-off request (which lets the guest run to see it) comes first.
+    r = decide(a("stopped"), paused, shutdown_requested=False, shutdown_overdue=False,
+               stop_timeout_s=30, resumable=True)
+    assert (r.step, r.report) == (Step.REQUEST_SHUTDOWN, "stopping")
+    # Paused for no disk error (paused by hand): asked first, forced if still paused.
+    manual = obs(PowerState.PAUSED, "qemu status paused")
+    assert d(a("stopped"), manual) == (Step.REQUEST_SHUTDOWN, "stopping")
+    r = decide(a("stopped"), manual, shutdown_requested=True, shutdown_overdue=False,
                stop_timeout_s=30)
     assert (r.step, r.report) == (Step.FORCE_STOP, "stopped")
-    assert r.reason.startswith("it was paused (host disk full (I/O error on vol-")
-    assert r.reason.endswith("and could not power off; it was powered off by force")

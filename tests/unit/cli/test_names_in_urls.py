@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -26,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from cumulo.api.app import create_app
 from cumulo.api.server import Server
+from cumulo.services import hosts
 from cumulo.services.context import Services
 from tests.cli_commands import commands, run
 from tests.conftest import free_port, stored_state
@@ -62,6 +64,9 @@ def served(svc: Services, admin_token: str, tmp_path: Path,
     """The API on a loopback port, with a volume `trav`, an instance, a network, a key pair,
     a security group and a public IP; and the CLI pointed at it."""
     svc.image_store = tmp_path / "images"
+    # No agent heartbeats here: the API's sweep would mark the host down (a change of the
+    # stored state) once the walk over every command outlasts HOST_DOWN_AFTER.
+    monkeypatch.setattr(hosts, "HOST_DOWN_AFTER", timedelta(days=1))
     app = create_app(svc)
     calls: list[Request] = []
 

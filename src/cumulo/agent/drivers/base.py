@@ -68,6 +68,8 @@ class VMSpec:
     extra: dict[str, str] = field(default_factory=dict)
     volumes: tuple[VolumeAttachment, ...] = ()  # cold-attached at boot (hot-unpluggable)
     boot_write_error: WriteErrorPolicy = "stop"  # see VolumeAttachment.write_error
+    # Host CPUs of this VM alone, vCPU i pinned to cpu_set[i] (a dedicated host); (): none.
+    cpu_set: tuple[int, ...] = ()
 
 
 class PowerState(StrEnum):

@@ -23,7 +23,13 @@ import signal
 import time
 from pathlib import Path
 
-from cumulo.agent.drivers import qemu_io_errors, qemu_process, qemu_stats, qemu_volumes
+from cumulo.agent.drivers import (
+    qemu_io_errors,
+    qemu_pinning,
+    qemu_process,
+    qemu_stats,
+    qemu_volumes,
+)
 from cumulo.agent.drivers.accel import resolve_accel
 from cumulo.agent.drivers.base import (
     DriverError,
@@ -115,6 +121,13 @@ class QemuDriver(QemuMigration, MigratingDriver):
             argv = build_argv(spec, paths, accel)
             qemu_process.write_spec_record(paths, spec, accel, argv)
             pid = await self._launch(argv, paths)
+            if spec.cpu_set:
+                try:
+                    await qemu_pinning.pin_vcpus(paths.qmp_sock, spec.cpu_set, spec.vcpus,
+                                                 QMP_TIMEOUT_S * 5)
+                except DriverError:
+                    await self._force_stop(paths)  # unpinned on a dedicated host: not run
+                    raise
             return Observed(spec.vm_id, PowerState.RUNNING, pid)
 
     async def request_shutdown(self, vm_id: str) -> None:

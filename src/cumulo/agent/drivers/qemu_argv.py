@@ -89,7 +89,9 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
         *prefix,
         spec.arch.qemu_binary,
         "-name",
-        f"guest={spec.vm_id}",
+        # debug-threads: each vCPU thread is named ("CPU 0/TCG"), in ps and /proc, so that
+        # its pinning (a dedicated host's) can be seen.
+        f"guest={spec.vm_id},debug-threads=on",
         "-nodefaults",
         "-no-user-config",
         "-display",

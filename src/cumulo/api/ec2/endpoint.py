@@ -27,8 +27,8 @@ from cumulo.services.context import Services
 
 # Importing the families registers their actions.
 from cumulo.api.ec2 import (  # noqa: F401  isort: skip
-    addresses, catalogue, instances, keypairs, run, security_groups, snapshots, tags, volumes,
-    vpcs,
+    addresses, catalogue, hosts, instances, keypairs, run, security_groups, snapshots, tags,
+    volumes, vpcs,
 )
 
 log = structlog.get_logger("cumulo.ec2")

@@ -19,6 +19,7 @@ _KINDS = {
     "vpc": ("prj", "InvalidVpcID"),
     "eipalloc": ("pip", "InvalidAllocationID"),
     "key": ("key", "InvalidKeyPair"),
+    "h": ("h", "InvalidHostID"),
 }
 _TO_EC2 = {cumulo: ec2 for ec2, (cumulo, _) in _KINDS.items()}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from cumulo.api.ec2 import ids
+from cumulo.api.ec2 import hosts, ids
 from cumulo.api.ec2.errors import Ec2Error, from_cumulo, invalid
 from cumulo.api.ec2.instance_view import context, everything, item
 from cumulo.api.ec2.params import Params
@@ -117,11 +117,13 @@ def requests(call: Call, count: int) -> list[instances.CreateInstance]:
     private_ip = p.text("PrivateIpAddress") or (nic.text("PrivateIpAddress") if nic else None)
     if private_ip and count > 1:
         raise invalid("a PrivateIpAddress takes one instance (MaxCount=1)")
+    tenancy, dedicated_host = hosts.tenancy(call)
     return [instances.CreateInstance(
         name=f"ec2-{secrets.token_hex(6)}", image=img.name, arch=variant.arch,
         type=type_name, zone=zone, user_data=base64_user_data(p.text("UserData")), tags=_tags(call),
         keys=[key] if key else [], security_groups=_groups(call, nic), network=network,
-        private_ip=private_ip, disk_gib=_root_size(call),
+        private_ip=private_ip, disk_gib=_root_size(call), tenancy=tenancy,
+        dedicated_host=dedicated_host,
     ) for _ in range(count)]
 
 

@@ -44,6 +44,7 @@ async def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
         agent_version=body.agent_version,
         underlay_ip=body.underlay_ip,
         disk=body.disk,
+        cpus=body.cpus,
     )
     return Registered(host_id=host_id)
 

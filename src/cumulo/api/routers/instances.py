@@ -45,6 +45,13 @@ class InstanceCreate(Input):
     network: str | None = Field(default=None, description="default: the zone's default network")
     private_ip: str | None = None
     placement_group: str | None = Field(default=None, description="a placement group's name")
+    tenancy: str | None = Field(default=None, description="shared (default) or dedicated: on "
+                                "a host dedicated to the project")
+    dedicated_host: str | None = Field(default=None, description="the id of one of the "
+                                       "project's dedicated hosts (implies dedicated tenancy)")
+    client_token: str | None = Field(
+        default=None, description="sent again with the same parameters (the answer was lost),"
+        " the create answers the instance it made, once (1 to 64 printable ASCII characters)")
 
 
 def _request(body: InstanceCreate) -> instances.CreateInstance:
@@ -65,6 +72,9 @@ def _request(body: InstanceCreate) -> instances.CreateInstance:
         network=body.network,
         private_ip=body.private_ip,
         placement_group=body.placement_group,
+        tenancy=body.tenancy,
+        dedicated_host=body.dedicated_host,
+        client_token=body.client_token,
     )
 
 

@@ -59,7 +59,8 @@ TAIL = [
 
 def head(binary: str, machine: list[str], accel: str) -> list[str]:
     return [
-        binary, "-name", f"guest={VM}", "-nodefaults", "-no-user-config", "-display", "none",
+        binary, "-name", f"guest={VM},debug-threads=on", "-nodefaults", "-no-user-config",
+        "-display", "none",
         *machine, "-accel", accel, "-smp", "2", "-m", "512",
         "-chardev", f"socket,id=console,path={D}/ser.sock,server=on,wait=off,"
                     f"logfile={D}/console.log,logappend=on",
