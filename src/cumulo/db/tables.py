@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -480,7 +481,7 @@ class MigrationRow(Base):
     # What the destination told: its address, NBD port and export, migration port.
     incoming: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     downtime_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    total_s: Mapped[float | None] = mapped_column(nullable=True)
+    total_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     active: Mapped[bool] = mapped_column(default=True, index=True)
     switched: Mapped[bool] = mapped_column(default=False)
     source_done: Mapped[bool] = mapped_column(default=False)
