@@ -144,18 +144,22 @@ async def test_a_migration_completes_and_the_host_changes_only_after_the_arrival
     assert [m.id for m in migrations.list_all(svc, ADMIN)] == [mig.id]
 
 
-async def _to_copying(a: Side, b: Side) -> None:
+async def _copying(svc: Services, a: Side, b: Side, iid: str
+                   ) -> tuple[migrations.MigrationView, dict[str, tuple[int, int]]]:
+    """The VM running on a, a migration to b under way (the disk copy started); and what
+    the hosts held before it."""
+    await _start_vm(a, iid)
+    before = _used(svc)
+    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
     await b.step()
     await a.step()
+    return mig, before
 
 
 async def test_a_cancel_rolls_back_the_source_first_then_cleans_the_destination(
         svc: Services, cloud: tuple[Side, Side, str]) -> None:
     a, b, iid = cloud
-    await _start_vm(a, iid)
-    before = _used(svc)
-    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
-    await _to_copying(a, b)
+    mig, before = await _copying(svc, a, b, iid)
     with pytest.raises(CumuloError) as e:  # the instance's own actions wait meanwhile
         instances.act(svc, ADMIN, None, "vm", Action.STOP)
     assert e.value.code == "migration_in_progress"
@@ -177,10 +181,7 @@ async def test_a_cancel_rolls_back_the_source_first_then_cleans_the_destination(
 async def test_a_dead_destination_fails_it_with_its_reason_and_the_source_runs_on(
         svc: Services, cloud: tuple[Side, Side, str]) -> None:
     a, b, iid = cloud
-    await _start_vm(a, iid)
-    before = _used(svc)
-    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
-    await _to_copying(a, b)
+    mig, before = await _copying(svc, a, b, iid)
     b.driver.simulate_crash(iid, "killed")  # the destination QEMU dies during the copy
     await a.step()
     failed = migrations.show(svc, ADMIN, mig.id)
@@ -200,9 +201,7 @@ async def test_a_dead_destination_fails_it_with_its_reason_and_the_source_runs_o
 async def test_a_destination_agent_that_restarts_mid_migration_carries_on(
         svc: Services, cloud: tuple[Side, Side, str]) -> None:
     a, b, iid = cloud
-    await _start_vm(a, iid)
-    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
-    await _to_copying(a, b)
+    mig, _ = await _copying(svc, a, b, iid)
     b.restart()
     for _ in range(20):
         await a.step()
@@ -218,10 +217,7 @@ async def test_a_destination_agent_that_restarts_mid_migration_carries_on(
 async def test_a_source_agent_that_restarts_mid_copy_rolls_it_back(
         svc: Services, cloud: tuple[Side, Side, str]) -> None:
     a, b, iid = cloud
-    await _start_vm(a, iid)
-    before = _used(svc)
-    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
-    await _to_copying(a, b)
+    mig, before = await _copying(svc, a, b, iid)
     a.restart()  # nobody follows the copy's events now
     await a.step()
     shown = migrations.show(svc, ADMIN, mig.id)
@@ -237,7 +233,8 @@ async def test_a_source_failure_that_leaves_no_destination_fails_it(
         svc: Services, cloud: tuple[Side, Side, str]) -> None:
     a, b, iid = cloud  # the VM does not run on a: migrate_out fails
     mig = migrations.start(svc, ADMIN, None, "vm", to=B)
-    await _to_copying(a, b)
+    await b.step()
+    await a.step()
     shown = migrations.show(svc, ADMIN, mig.id)
     assert shown.state == "failed" and "is not running" in shown.reason
     await b.step()
