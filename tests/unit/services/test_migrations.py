@@ -12,7 +12,9 @@ from sqlalchemy import func, select, update
 
 from cumulo.agent.drivers.base import MigrationState, PowerState, VMSpec
 from cumulo.agent.drivers.fake import FakeDriver, FakeFabric, FakeHost
+from cumulo.agent.main import _pass as agent_pass
 from cumulo.agent.migration_reconciler import MigrationReconciler
+from cumulo.agent.reconciler import Reconciler
 from cumulo.db.tables import HostRow, InstanceRow, MigrationRow
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import CumuloError
@@ -96,7 +98,7 @@ def _used(svc: Services) -> dict[str, tuple[int, int]]:
 
 
 async def test_a_migration_completes_and_the_host_changes_only_after_the_arrival(
-        svc: Services, cloud: tuple[Side, Side, str]) -> None:
+        svc: Services, cloud: tuple[Side, Side, str], tmp_path: Path) -> None:
     a, b, iid = cloud
     await _start_vm(a, iid)
     before = _used(svc)
@@ -124,8 +126,18 @@ async def test_a_migration_completes_and_the_host_changes_only_after_the_arrival
     assert _host_of(svc, iid) == AGENT_HOST
     assert shown.progress.disk_bytes_total == 1 << 30 and shown.progress.passes >= 1
     await a.step()  # nothing for the source to do until the arrival
-    assert iid in a.host.vms
+    assert a.host.vms[iid].observed.power is PowerState.PAUSED  # QEMU's postmigrate
+    # The source's agent pass leaves its paused copy alone, and says nothing of it: the
+    # user's view stays running.
+    report = await agent_pass(Reconciler(a.driver, tmp_path / "a-vms"),
+                              agents.assignments(svc, a.who, a.name), None, a.mrec)
+    assert report is None or all(o.id != iid for o in report.observations)
+    assert a.host.vms[iid].observed.power is PowerState.PAUSED
     await b.step()  # finish: the guest runs on b
+    # b's next pass runs it as assigned (its NICs on the bridges), then announces it.
+    await agent_pass(Reconciler(b.driver, tmp_path / "b-vms"),
+                     agents.assignments(svc, b.who, b.name), None, b.mrec)
+    assert b.host.vms[iid].events[-1] == "announce" and not b.mrec.to_announce
     done = migrations.show(svc, ADMIN, mig.id)
     assert (done.state, done.downtime_ms, done.reason) == ("completed", 20, "")
     assert _host_of(svc, iid) == B
