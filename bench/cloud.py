@@ -202,17 +202,22 @@ def listening_loopback_octets(proc_net_tcp: str) -> set[int]:
     return octets
 
 
+_POOLS_GIVEN: set[int] = set()
+
+
 def free_public_pool() -> str:
     """A loopback /16 no other cloud on this machine listens in (every all-in-one cloud
     defaults to 127.100.0.0/16: two of them would fight over the same public IPs)."""
-    used = listening_loopback_octets(Path("/proc/net/tcp").read_text())
+    used = listening_loopback_octets(Path("/proc/net/tcp").read_text()) | _POOLS_GIVEN
     for octet in range(180, 250):
         if octet not in used:
+            _POOLS_GIVEN.add(octet)  # several clouds of one bench run: none listens yet
             return f"127.{octet}.0.0/16"
     raise RuntimeError("no free 127.x.0.0/16 slice for the bench cloud's public IPs")
 
 
-def _config(accel: str, vcpus: int, ram_mib: int, public_pool: str) -> str:
+def _config(accel: str, vcpus: int, ram_mib: int, public_pool: str,
+            tb_size_mib: int | None = None) -> str:
     return (
         "[network]\n"
         f'public_pool = "{public_pool}"\n'
@@ -223,6 +228,7 @@ def _config(accel: str, vcpus: int, ram_mib: int, public_pool: str) -> str:
         f"vcpus = {vcpus}\n"
         f"ram_mib = {ram_mib}\n"
         "stop_timeout_s = 5\n"
+        + (f"tcg_tb_size_mib = {tb_size_mib}\n" if tb_size_mib is not None else "")
     )
 
 
@@ -232,6 +238,7 @@ class BenchCloud:
 
     vcpus: int = 64
     ram_mib: int = 16384
+    tb_size_mib: int | None = None  # [host] tcg_tb_size_mib (None: cumulo's default)
     state_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cmb-",
                                                                            dir="/tmp")))
     port: int = field(default_factory=free_port)
@@ -261,7 +268,8 @@ class BenchCloud:
 
     def start(self, timeout: float = 300) -> None:
         (self.state_dir / "cumulo.toml").write_text(
-            _config(requested_accel(), self.vcpus, self.ram_mib, free_public_pool()))
+            _config(requested_accel(), self.vcpus, self.ram_mib, free_public_pool(),
+                    self.tb_size_mib))
         with open(self.state_dir / "up.log", "ab") as logf:
             self.proc = subprocess.Popen(
                 [*CUMULO, "up", "--state-dir", str(self.state_dir), "--port", str(self.port)],
@@ -378,10 +386,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def running_cloud(vcpus: int = 64, ram_mib: int = 16384) -> Iterator[BenchCloud]:
+def running_cloud(vcpus: int = 64, ram_mib: int = 16384,
+                  tb_size_mib: int | None = None) -> Iterator[BenchCloud]:
     """A started cloud with a key pair `bench`; always stopped (`cumulo down`) afterwards,
     also on SIGTERM (background jobs ignore SIGINT)."""
-    cloud = BenchCloud(vcpus=vcpus, ram_mib=ram_mib)
+    cloud = BenchCloud(vcpus=vcpus, ram_mib=ram_mib, tb_size_mib=tb_size_mib)
     old = signal.signal(signal.SIGTERM, _interrupt)
     try:
         cloud.start()

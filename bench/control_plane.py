@@ -24,13 +24,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import httpx
 from sqlalchemy import create_engine, func, select, text
 
+from bench import cp_http, open_loop
 from bench.cloud import free_port
+from bench.cp_http import TYPE, ZONE, percentile
 from cumulo.config import Settings
 from cumulo.db.engine import Database
 from cumulo.db.migrate import upgrade
@@ -41,8 +42,7 @@ from cumulo.services.context import Principal, Role, Services
 from cumulo.services.notifier import Notifier
 
 REPO = Path(__file__).resolve().parent.parent
-ZONE = "local-1a"
-TYPE = "t1.nano"
+__all__ = ["TYPE", "ZONE", "Scale", "measure", "percentile", "run"]
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,12 @@ class Scale:
     host_vcpus: int = 64  # t1.nano: 1 vCPU, 128 MiB
     host_ram_mib: int = 16384
     timeout_s: float = 600.0
+    open_loop_s: float = 0.0  # seconds of sending per open-loop phase (0: none)
+    apis: int = 1  # API processes (more than one: PostgreSQL only, with its LISTEN/NOTIFY bus)
 
 
 def scale(quick: bool) -> Scale:
-    return Scale(instances=500 if quick else 2000)
+    return Scale(instances=300 if quick else 2000, open_loop_s=4.0 if quick else 30.0)
 
 
 def postgres_url() -> str | None:
@@ -77,6 +79,11 @@ def run(quick: bool) -> dict[str, object]:
         return out
     with pg_database(pg) as url, tempfile.TemporaryDirectory(prefix="cumulo-bench-") as tmp:
         out["postgresql"] = measure(url, sc, Path(tmp))
+    if quick:
+        out["postgresql_2_apis_skipped"] = "full run only (the --quick budget)"
+        return out
+    with pg_database(pg) as url, tempfile.TemporaryDirectory(prefix="cumulo-bench-") as tmp:
+        out["postgresql_2_apis"] = measure(url, replace(sc, apis=2), Path(tmp))
     return out
 
 
@@ -193,6 +200,11 @@ class Probe:
                                .where(InstanceRow.state == "running")) or 0
             return int(total), int(running)
 
+    def running_names(self) -> set[str]:
+        with self.db.session() as s:
+            return set(s.scalars(select(InstanceRow.name)
+                                 .where(InstanceRow.state == "running")))
+
     def close(self) -> None:
         self.db.dispose()
 
@@ -208,107 +220,80 @@ def _wait(cond: object, timeout: float, what: str, step: float = 0.02) -> float:
     return time.perf_counter()
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    s = sorted(values)
-    rank = max(1, -(-len(s) * q // 100))
-    return s[int(rank) - 1]
-
-
-async def _fire(base: str, token: str, sc: Scale, jobs: list[tuple[str, str]]
-                ) -> tuple[list[float], list[str], float]:
-    """Run (method, path) jobs over `sc.clients` concurrent connections.
-    Returns (latencies in s, error descriptions, perf_counter at the first request)."""
-    queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-    for j in jobs:
-        queue.put_nowait(j)
-    lat: list[float] = []
-    errors: list[str] = []
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        while True:
-            try:
-                method, path_or_name = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            t = time.perf_counter()
-            if method == "POST":
-                r = await client.post("/v1/instances", json={
-                    "name": path_or_name, "image": "tiny", "type": TYPE, "zone": ZONE})
-            else:
-                r = await client.delete(f"/v1/instances/{path_or_name}")
-            lat.append(time.perf_counter() - t)
-            if r.status_code != 202:
-                errors.append(f"{method} {path_or_name}: {r.status_code} {r.text[:200]}")
-
-    # Before the clock: making a client costs the bench ~20 ms of CPU (its TLS context), and
-    # the clients' connections are open, as a user's SDK keeps its own.
-    clients = [httpx.AsyncClient(base_url=base, timeout=60.0,
-                                 headers={"Authorization": f"Bearer {token}"})
-               for _ in range(sc.clients)]
-    try:
-        await asyncio.gather(*(c.get("/healthz") for c in clients))
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(c) for c in clients))
-    finally:
-        await asyncio.gather(*(c.aclose() for c in clients))
-    return lat, errors, start
-
-
-def _stats(prefix: str, lat: list[float]) -> dict[str, float]:
-    return {
-        f"{prefix}p50_ms": round(percentile(lat, 50) * 1000, 2),
-        f"{prefix}p99_ms": round(percentile(lat, 99) * 1000, 2),
-        f"{prefix}max_ms": round(max(lat) * 1000, 2),
-    }
-
-
 def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
-    """One full create/delete run against a fresh database at `url`."""
+    """One full create/delete run (then the open-loop phases) against a fresh database."""
     work.mkdir(parents=True, exist_ok=True)
     admin, hosts = prepare(url, sc, work)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    api = _spawn(["api", "--db", url, "--port", str(port)], work / "api.log")
+    bases = [f"http://127.0.0.1:{free_port()}" for _ in range(sc.apis)]
+    bus = ["--bus"] if sc.apis > 1 else []  # PostgreSQL LISTEN/NOTIFY between them
+    logs = [work / f"api{i or ''}.log" for i in range(sc.apis)]  # api.log, api1.log, ...
+    apis = [_spawn(["api", "--db", url, "--port", b.rsplit(":", 1)[1], *bus], log)
+            for b, log in zip(bases, logs, strict=True)]
     agents: subprocess.Popen[bytes] | None = None
     probe = Probe(url)
-    api_pid = api.pid
+    api_pid = apis[0].pid
     try:
-        _wait(lambda: _healthy(base) or api.poll() is not None, 60, "the API to start", 0.1)
-        if api.poll() is not None:
-            raise RuntimeError(f"the API exited: {(work / 'api.log').read_text()[-2000:]}")
+        for api, base, log in zip(apis, bases, logs, strict=True):
+            _wait(lambda a=api, b=base: cp_http.healthy(b) or a.poll() is not None, 60,
+                  "the API to start", 0.1)
+            if api.poll() is not None:
+                raise RuntimeError(f"the API exited: {log.read_text()[-2000:]}")
+        for i, h in enumerate(hosts):
+            h["api_url"] = bases[i % len(bases)]
         cfg = work / "agents.json"
         cfg.write_text(json.dumps({
-            "api_url": base, "zone": ZONE, "vcpus": sc.host_vcpus, "ram_mib": sc.host_ram_mib,
-            "work_dir": str(work / "hosts"), "hosts": hosts}))
+            "api_url": bases[0], "zone": ZONE, "vcpus": sc.host_vcpus,
+            "ram_mib": sc.host_ram_mib, "work_dir": str(work / "hosts"), "hosts": hosts}))
         agents = _spawn(["agents", "--config", str(cfg)], work / "agents.log")
-        _wait(lambda: probe.hosts() == sc.hosts, 120, f"{sc.hosts} hosts to register", 0.1)
+        # 1,000 simulated hosts take minutes to register on a loaded 2-core machine
+        _wait(lambda: probe.hosts() == sc.hosts, max(120, sc.hosts / 2), f"{sc.hosts} hosts "
+              "to register", 0.5)
         time.sleep(1.5)  # every agent is in its long-poll now
-        api_pid = _api_pid(api)
-        names = [f"bench-{i:05d}" for i in range(sc.instances)]
+        api_pid = _api_pid(apis[0])
+        api_pids = [api_pid, *(a.pid for a in apis[1:])]
 
-        cpu0, agents_cpu0 = _cpu_s(api_pid), _cpu_s(agents.pid)
+        def api_cpu() -> float:
+            return sum(_cpu_s(pid) for pid in api_pids)
+
+        def fire(method: str, names: list[str]) -> tuple[list[float], list[str], float]:
+            return asyncio.run(cp_http.fire(bases, admin, sc.clients,
+                                            [(method, n) for n in names]))
+
+        names = [f"bench-{i:05d}" for i in range(sc.instances)]
+        cpu0, agents_cpu0 = api_cpu(), _cpu_s(agents.pid)
         clients_cpu0 = _cpu_s(os.getpid())  # this process: the clients and the probe
-        lat, errors, t0 = asyncio.run(_fire(base, admin, sc, [("POST", n) for n in names]))
+        lat, errors, t0 = fire("POST", names)
         t_sent = time.perf_counter()
         created = sc.instances - len(errors)
         t_run = _wait(lambda: probe.counts()[1] >= created, sc.timeout_s, "all to run")
-        cpu1, agents_cpu1 = _cpu_s(api_pid), _cpu_s(agents.pid)
+        cpu1, agents_cpu1 = api_cpu(), _cpu_s(agents.pid)
         clients_cpu1 = _cpu_s(os.getpid())
-        shown = _shown_running(base, admin)
+        shown = cp_http.shown_running(bases[-1], admin)
         create_wall = t_run - t0
 
-        dlat, derrors, d0 = asyncio.run(_fire(base, admin, sc, [("DELETE", n) for n in names]))
+        dlat, derrors, d0 = fire("DELETE", names)
         t_dsent = time.perf_counter()
         t_gone = _wait(lambda: probe.counts()[0] == 0, sc.timeout_s, "all to be deleted")
-        cpu2 = _cpu_s(api_pid)
+        cpu2 = api_cpu()
         delete_wall = t_gone - d0
+
+        def delete_all(names: list[str]) -> None:
+            errs = fire("DELETE", names)[1]
+            if errs:
+                raise RuntimeError(f"open-loop cleanup failed: {errs[:3]}")
+            _wait(lambda: probe.counts()[0] == 0, sc.timeout_s, "all to be deleted")
+
+        saturation = round(created / create_wall, 1)
+        opened = open_loop.run_phases(
+            bases, admin, saturation, sc.open_loop_s, cp_http.create_body,
+            probe.running_names, delete_all, sc.timeout_s) if sc.open_loop_s > 0 else []
         return {
-            "create_per_s": round(created / create_wall, 1),
-            **_stats("", lat),
+            "create_per_s": saturation,
+            **cp_http.stats("", lat),
             "instances": sc.instances,
             "hosts": sc.hosts,
             "clients": sc.clients,
+            "api_processes": sc.apis,
             "projects": 1,
             "create_errors": len(errors),
             "first_errors": errors[:3] + derrors[:3],
@@ -320,14 +305,15 @@ def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
             "agents_cpu_s_create": round(agents_cpu1 - agents_cpu0, 2),
             "clients_cpu_s_create": round(clients_cpu1 - clients_cpu0, 2),
             "delete_per_s": round((sc.instances - len(derrors)) / delete_wall, 1),
-            **_stats("delete_", dlat),
+            **cp_http.stats("delete_", dlat),
             "delete_errors": len(derrors),
             "delete_calls_s": round(t_dsent - d0, 2),
             "delete_to_all_gone_s": round(delete_wall, 2),
             "api_cpu_s_delete": round(cpu2 - cpu1, 2),
+            "open_loop": opened,
         }
     except BaseException:
-        for log in ("api.log", "agents.log"):
+        for log in (*(p.name for p in work.glob("api*.log")), "agents.log"):
             with suppress(OSError):
                 tail = (work / log).read_text()[-3000:]
                 print(f"--- {log} (last lines) ---\n{tail}", file=sys.stderr)
@@ -336,25 +322,13 @@ def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
         probe.close()
         if agents is not None:
             _stop(agents)
-        if api.poll() is None and api_pid != api.pid:  # py-spy writes once its child exits
+        first = apis[0]
+        if first.poll() is None and api_pid != first.pid:  # py-spy writes once its child exits
             os.kill(api_pid, signal.SIGTERM)
             with suppress(subprocess.TimeoutExpired):
-                api.wait(60)
-        _stop(api)
-
-
-def _healthy(base: str) -> bool:
-    with suppress(httpx.HTTPError):
-        return httpx.get(f"{base}/healthz", timeout=1.0).status_code == 200
-    return False
-
-
-def _shown_running(base: str, token: str) -> int:
-    """How many instances the API itself lists as running (after the clock stopped)."""
-    r = httpx.get(f"{base}/v1/instances", headers={"Authorization": f"Bearer {token}"},
-                  timeout=120.0)
-    r.raise_for_status()
-    return sum(1 for i in r.json() if i["state"] == "running")
+                first.wait(60)
+        for api in apis:
+            _stop(api)
 
 
 if __name__ == "__main__":
@@ -365,8 +339,12 @@ if __name__ == "__main__":
     p.add_argument("--hosts", type=int, default=100)
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql"])
+    p.add_argument("--apis", type=int, default=1, help="API processes (PostgreSQL)")
+    p.add_argument("--open-loop-s", type=float, default=0.0,
+                   help="seconds per open-loop phase (0: none)")
     a = p.parse_args()
-    s = Scale(instances=a.instances, hosts=a.hosts, clients=a.clients)
+    s = Scale(instances=a.instances, hosts=a.hosts, clients=a.clients, apis=a.apis,
+              open_loop_s=a.open_loop_s)
     with tempfile.TemporaryDirectory(prefix="cumulo-bench-") as tmp:
         if a.db == "sqlite":
             res = measure(f"sqlite:///{Path(tmp) / 'cumulo.db'}", s, Path(tmp))

@@ -1,7 +1,8 @@
 """The two child processes of the control-plane benchmark.
 
-`python -m bench.cp_processes api --db URL --port PORT`
-    the real API application (create_app + uvicorn on 127.0.0.1), as `cumulo up` serves it.
+`python -m bench.cp_processes api --db URL --port PORT [--bus]`
+    the real API application (create_app + uvicorn on 127.0.0.1), as `cumulo up` serves it;
+    with --bus, wake-ups cross API processes by PostgreSQL LISTEN/NOTIFY, as `cumulo api`.
 `python -m bench.cp_processes agents --config FILE`
     N simulated hypervisor hosts in one asyncio process: each is the real agent protocol
     (`cumulo.agent.main.agent_loop`: register, long-poll, reconcile, report over HTTP with
@@ -51,7 +52,7 @@ class FakeHostReconciler(Reconciler):
         )
 
 
-def serve_api(db_url: str, port: int) -> None:
+def serve_api(db_url: str, port: int, bus: bool = False) -> None:
     from cumulo.api import server
     from cumulo.api.app import create_app
     from cumulo.config import Settings
@@ -61,9 +62,18 @@ def serve_api(db_url: str, port: int) -> None:
 
     db = Database(db_url)
     svc = Services(db=db, settings=Settings(), notifier=Notifier())
+    pg_bus = None
+    if bus:  # as `cumulo api` does when several processes share a PostgreSQL database
+        from cumulo.services.pg_bus import PgBus
+
+        pg_bus = PgBus(db_url, svc.notifier.deliver)
+        svc.notifier.share_with(pg_bus.publish)
+        pg_bus.start()
     try:
         server.serve(create_app(svc), svc.notifier, port, access_log=False)  # as `cumulo up`
     finally:
+        if pg_bus is not None:
+            pg_bus.stop()
         db.dispose()
 
 
@@ -78,7 +88,7 @@ async def _agents(cfg: dict[str, object]) -> None:
     clients: list[ApiClient] = []
     tasks = []
     for h in hosts:
-        client = ApiClient(str(cfg["api_url"]), h["token"])
+        client = ApiClient(str(h.get("api_url") or cfg["api_url"]), h["token"])
         clients.append(client)
         rec = FakeHostReconciler(FakeDriver(check_paths=False), work / h["name"] / "instances")
         reg = HostRegistration(
@@ -101,13 +111,14 @@ def main(argv: list[str]) -> None:
     api = sub.add_parser("api")
     api.add_argument("--db", required=True)
     api.add_argument("--port", type=int, required=True)
+    api.add_argument("--bus", action="store_true", help="PostgreSQL LISTEN/NOTIFY wake-ups")
     agents = sub.add_parser("agents")
     agents.add_argument("--config", type=Path, required=True)
     args = parser.parse_args(argv)
     # Agent warnings (e.g. a 409) would flood the bench's stderr; errors still show.
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     if args.what == "api":
-        serve_api(args.db, args.port)
+        serve_api(args.db, args.port, args.bus)
     else:
         asyncio.run(_agents(json.loads(args.config.read_text())))
 

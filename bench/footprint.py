@@ -38,6 +38,7 @@ from bench.cloud import (
     wait_running,
     wait_ssh,
 )
+from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB, accel_option
 
 ARCH = "arm64"
 RAM_MIB = 64
@@ -78,6 +79,7 @@ def run(quick: bool) -> dict[str, Any]:
     total_ram_mib = int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20)
     with running_cloud(vcpus=4096, ram_mib=total_ram_mib) as cloud:
         out["accelerator"] = "tcg"  # arm64 guests on this x86_64 host: always TCG
+        out["accel"] = accel_option("tcg", DEFAULT_TB_SIZE_MIB)  # the cloud's default
         time.sleep(3)
         agent = cloud.agent_pid()
         assert agent is not None, "no agent process"

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,35 @@ from cumulo.services.notifier import Notifier
 
 PG_URL = os.environ.get("CUMULO_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite", "postgresql"]
+
+
+_mkdtemp = tempfile.mkdtemp
+
+
+def _searchable_mkdtemp(*args: Any, **kwargs: Any) -> Any:
+    made = _mkdtemp(*args, **kwargs)
+    os.chmod(made, 0o711)
+    return made
+
+
+# Each VM's QEMU runs as its own unprivileged uid and must reach its disks under the tests'
+# tmp dirs, which tempfile and pytest make 0700: they are made searchable (o+x, not listable).
+setattr(tempfile, "mkdtemp", _searchable_mkdtemp)  # noqa: B010
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _searchable_tmp_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tmp_path_factory.getbasetemp()
+    for d in (base.parent, base):
+        os.chmod(d, 0o711)
+    mktemp = tmp_path_factory.mktemp
+
+    def searchable(basename: str, numbered: bool = True) -> Path:
+        made = mktemp(basename, numbered)
+        os.chmod(made, 0o711)
+        return made
+
+    tmp_path_factory.mktemp = searchable  # type: ignore[method-assign]
 
 
 def _pg_database() -> Iterator[str]:

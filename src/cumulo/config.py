@@ -31,6 +31,7 @@ from pydantic import (
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import WriteErrorPolicy
 from cumulo.domain.errors import InvalidInput
+from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB, MAX_TB_SIZE_MIB
 from cumulo.domain.validation import MAX_BANDWIDTH_MBPS, MAX_INTEGER, dns_label, short_text
 
 # What the file's names become: directory names (the host), labels of every instance's
@@ -125,6 +126,9 @@ class LocalHost(BaseModel):
                          le=MAX_INTEGER)
     driver: Literal["qemu", "fake"] = "qemu"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
+    # MiB of TCG translation cache per emulated VM (`-accel tcg,tb-size=N`; 0: QEMU's own
+    # default, 1 GiB). Chosen by the tcg_memory benchmark; see cumulo.domain.tcg.
+    tcg_tb_size_mib: int = Field(default=DEFAULT_TB_SIZE_MIB, ge=0, le=MAX_TB_SIZE_MIB)
     architectures: list[Arch] = Field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
     # The agent's Prometheus endpoint, http://127.0.0.1:PORT/metrics (0: none); with `cumulo
@@ -132,6 +136,10 @@ class LocalHost(BaseModel):
     metrics_port: int = Field(default=0, ge=0, le=65535 - 16)
     # A VM paused on a full disk is resumed once that disk's filesystem has this much free.
     resume_free_mib: int = Field(default=64, gt=0, le=MAX_INTEGER)
+    # Each VM's QEMU runs as its own uid, the first free one of this range (no /etc/passwd
+    # entries needed; systemd leaves 1879048192..2147483647 unused).
+    qemu_uid_base: int = Field(default=1_900_000_000, ge=1000, le=2**31 - 2)
+    qemu_uid_count: int = Field(default=65536, gt=0, le=2**24)
 
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")

@@ -8,6 +8,8 @@ import signal
 import time
 from pathlib import Path
 
+from cumulo.agent.drivers.qemu_cgroup import VmCgroups
+
 
 def kill_all(runtime: Path) -> None:
     """Kill (by pid) every QEMU this test started; only pids whose cmdline names our dir."""
@@ -18,6 +20,9 @@ def kill_all(runtime: Path) -> None:
             if os.fsencode(pidfile) in cmdline.split(b"\0"):
                 os.kill(pid, signal.SIGKILL)
                 wait_pid_gone(pid)
+    groups = VmCgroups.for_runtime(runtime.absolute())
+    for vm_dir in runtime.glob("*/"):
+        groups.remove(vm_dir.name)  # the VM's cgroup, once empty
 
 
 def wait_pid_gone(pid: int, timeout: float = 5.0) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cumulo.agent.main import AgentConfig, main
 from cumulo.domain.arch import Arch
+from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB
 
 
 def _load(path: Path) -> AgentConfig:
@@ -25,11 +26,14 @@ def _load(path: Path) -> AgentConfig:
         ram_mib=int(raw["ram_mib"]),
         driver=raw.get("driver", "qemu"),
         accel=raw.get("accel", "auto"),
+        tcg_tb_size_mib=int(raw.get("tcg_tb_size_mib", DEFAULT_TB_SIZE_MIB)),
         architectures=[Arch.parse(a) for a in raw.get("architectures", ["x86_64", "arm64"])],
         stop_timeout_s=float(raw.get("stop_timeout_s", 30.0)),
         metrics_listen=str(raw.get("metrics_listen", "")),
         metrics_token=str(raw.get("metrics_token", "")),
         resume_free_mib=int(raw.get("resume_free_mib", 64)),
+        qemu_uid_base=int(raw.get("qemu_uid_base", 1_900_000_000)),
+        qemu_uid_count=int(raw.get("qemu_uid_count", 65536)),
         underlay_ip=raw.get("underlay_ip"),
     )
 

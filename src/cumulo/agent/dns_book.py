@@ -17,7 +17,8 @@ from cumulo.protocol import Assignments, DnsRecord, NetworkRef
 
 log = structlog.get_logger("cumulo.agent")
 
-MAX_CLAIMS = 100  # = cumulo.services.agents.MAX_DNS_CLAIMS (the agent does not import services)
+# = cumulo.services.agent_networks.MAX_DNS_CLAIMS (the agent does not import services)
+MAX_CLAIMS = 100
 # A delta of more than 1/SORT_AGAIN_SHARE of a network's records is merged by sorting them
 # all again. Patching costs ~log2(n) key computations and an O(n) insert per record: with 100
 # hosts that each take the DNS changes of ~3 s of creates at once, patching was a tenth of a

@@ -1,7 +1,7 @@
 """The host agent process: register, then watch assignments and reconcile until told to stop.
 
-Stopping the agent never stops a VM: QEMU processes are daemonized and re-adopted by the next
-agent through their pidfiles and QMP sockets.
+Stopping the agent never stops a VM: QEMU processes run in sessions of their own and are
+re-adopted by the next agent through their pidfiles and QMP sockets.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from cumulo.agent.reconciler import Reconciler
 from cumulo.agent.storage.volumes import VolumeStore
 from cumulo.agent.volume_reconciler import VolumeReconciler
 from cumulo.domain.arch import Arch
+from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB
 from cumulo.protocol import (
     Assignment,
     Assignments,
@@ -70,11 +71,14 @@ class AgentConfig:
     ram_mib: int
     driver: str = "qemu"
     accel: str = "auto"
+    tcg_tb_size_mib: int = DEFAULT_TB_SIZE_MIB  # TCG's translation cache per VM (0: QEMU's)
     architectures: list[Arch] = field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = 30.0
     metrics_listen: str = ""  # HOST:PORT of the /metrics endpoint ("": none)
     metrics_token: str = ""  # a scrape must carry it ("": any local scrape)
     resume_free_mib: int = 64
+    qemu_uid_base: int = 1_900_000_000  # the range of the VMs' uids (see qemu_confine)
+    qemu_uid_count: int = 65536
     underlay_ip: str | None = None  # this host's address on the underlay (VXLAN, NBD, ...)
 
 
@@ -89,7 +93,12 @@ def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
 
     native = Arch.X86_64 if platform.machine() == "x86_64" else Arch.ARM64
     accel = resolve_accel(cfg.accel, native, cfg.host_dir)
-    return QemuDriver(cfg.host_dir / "run", accel=accel), accel
+    from cumulo.agent.drivers.qemu_confine import UidPool
+
+    uids = UidPool(base=cfg.qemu_uid_base, count=cfg.qemu_uid_count)
+    driver = QemuDriver(cfg.host_dir / "run", accel=accel, uids=uids,
+                        tb_size_mib=cfg.tcg_tb_size_mib)
+    return driver, accel
 
 
 async def run_agent(cfg: AgentConfig, stop: asyncio.Event) -> None:

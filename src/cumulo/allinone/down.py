@@ -77,9 +77,10 @@ def run(state_dir: Path) -> int:
 
 
 async def _down(paths: StatePaths) -> int:
-    from cumulo.allinone import fabric
+    from cumulo.allinone import baremetal_lab, fabric
 
     await _stop_up(paths)
     stopped = sum([await _down_host(host_dir) for host_dir in paths.hosts()])
+    baremetal_lab.stop_leftovers(paths.root)
     await fabric.teardown(paths.root)
     return stopped

@@ -25,7 +25,9 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from cumulo.allinone import fabric
+from cumulo.allinone.baremetal_lab import Lab
 from cumulo.allinone.paths import StatePaths, write_private
+from cumulo.api import app as app_mod
 from cumulo.api import server, threads
 from cumulo.api.app import create_app
 from cumulo.config import Settings, load_settings
@@ -175,12 +177,15 @@ def _prepare_host(paths: StatePaths, settings: Settings, db: Database, url: str,
                 "ram_mib": host.ram_mib,
                 "driver": settings.host.driver,
                 "accel": settings.host.accel,
+                "tcg_tb_size_mib": settings.host.tcg_tb_size_mib,
                 "architectures": [a.value for a in settings.host.architectures],
                 "stop_timeout_s": settings.host.stop_timeout_s,
                 "underlay_ip": str(host.underlay.ip) if host.underlay else None,
                 "metrics_listen": f"127.0.0.1:{host.metrics_port}" if host.metrics_port else "",
                 "metrics_token": settings.metrics_token,
                 "resume_free_mib": settings.host.resume_free_mib,
+                "qemu_uid_base": settings.host.qemu_uid_base,
+                "qemu_uid_count": settings.host.qemu_uid_count,
             },
             indent=2,
         )
@@ -285,20 +290,20 @@ async def _announce_ready(svc: Services, hosts: list[LocalHostPlan], since: date
 
 def run(
     state_dir: Path, port: int, config: Path | None = None, database_url: str | None = None,
-    hosts: int | None = None,
+    hosts: int | None = None, baremetal_nodes: int = 0,
 ) -> None:
     paths = StatePaths(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     lock = _hold_state_dir(paths)
     try:
-        _run_locked(paths, port, config, database_url, hosts)
+        _run_locked(paths, port, config, database_url, hosts, baremetal_nodes)
     finally:
         lock.release(unlink=True)
 
 
 def _run_locked(
     paths: StatePaths, port: int, config: Path | None, database_url: str | None,
-    count: int | None,
+    count: int | None, baremetal_nodes: int = 0,
 ) -> None:
     settings = load_settings(config or paths.config)
     hosts = plan_hosts(settings, hosts_to_run(paths, count))
@@ -313,13 +318,21 @@ def _run_locked(
     )
     register_images(svc)
     supervisors = [AgentSupervisor(cfg, cfg.parent / "agent.log") for cfg in agent_cfgs]
+    lab = Lab(paths.root, baremetal_nodes) if baremetal_nodes else None
 
     @contextlib.asynccontextmanager
     async def lifespan(served: FastAPI) -> AsyncIterator[None]:
-        async with threads.lifespan(served):  # the API's own (its worker threads)
+        # The API's own worker threads, and its bare-metal conductor.
+        async with threads.lifespan(served), app_mod.running(app_mod.conduct(svc)):
             started = datetime.now(UTC)
             for supervisor in supervisors:
                 supervisor.start()
+            if lab is not None:
+                # Enrolled once its emulator listens: the conductor would find it silent.
+                lab.start()
+                await asyncio.to_thread(lab.wait_listening)
+                for name in await asyncio.to_thread(lab.enroll_missing, svc):
+                    _say(f"bare-metal node {name} enrolled (its BMC: {lab.url()})")
             _say(f"API on {url}; client config in {paths.client_config}")
             ready = asyncio.create_task(
                 _announce_ready(svc, hosts, started, paths.client_config))
@@ -328,6 +341,8 @@ def _run_locked(
             finally:
                 ready.cancel()
                 await asyncio.gather(*(s.stop() for s in supervisors))
+                if lab is not None:
+                    await asyncio.to_thread(lab.stop)
                 _say("stopped (VMs keep running; `cumulo down` stops them)")
 
     app = create_app(svc)

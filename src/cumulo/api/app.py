@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 import structlog
 from fastapi import Depends, FastAPI
@@ -18,6 +19,7 @@ from cumulo.api.routers import (
     access_keys,
     agent_images,
     agents,
+    baremetal,
     catalogue,
     dedicated_hosts,
     events,
@@ -33,6 +35,7 @@ from cumulo.api.routers import (
     volumes,
 )
 from cumulo.api.segments import OneSegmentPerName
+from cumulo.services import baremetal_conductor
 from cumulo.services import hosts as host_service
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
@@ -40,6 +43,7 @@ from cumulo.services.context import Services
 log = structlog.get_logger("cumulo.api")
 
 SWEEP_EVERY_S = 5.0  # how often silent hosts are looked for (host_service.sweep_down)
+CONDUCT_EVERY_S = 2.0  # how often the bare-metal conductor looks for nodes with work
 
 
 async def _sweep(svc: Services) -> None:
@@ -53,16 +57,36 @@ async def _sweep(svc: Services) -> None:
             log.warning("host_sweep_failed", error=str(e))
 
 
+async def conduct(svc: Services) -> None:
+    """The bare-metal conductor's passes (services.baremetal_conductor), in the long-job
+    threads (a pass waits on BMCs for seconds). Every API process runs it, `cumulo up`'s too."""
+    while True:
+        await asyncio.sleep(CONDUCT_EVERY_S)
+        try:
+            await threads.long_job(baremetal_conductor.run_pass, svc)
+        except Exception as e:  # the database is away: try again at the next pass
+            log.warning("baremetal_pass_failed", error=str(e))
+
+
+@contextlib.asynccontextmanager
+async def running(*loops: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """`loops` run as tasks for as long as the context lasts."""
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with threads.lifespan(app):
-        sweeper = asyncio.create_task(_sweep(app.state.services))
-        try:
-            yield
-        finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+    svc = app.state.services
+    async with threads.lifespan(app), running(_sweep(svc), conduct(svc)):
+        yield
 
 
 def create_app(svc: Services) -> FastAPI:
@@ -88,7 +112,7 @@ def create_app(svc: Services) -> FastAPI:
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
                    hosts, placement_groups, dedicated_hosts, access_keys, events, agent_images,
-                   migrations):
+                   baremetal, migrations):
         app.include_router(module.router,
                            dependencies=[] if module in (agents, agent_images) else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)

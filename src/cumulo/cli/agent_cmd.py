@@ -117,6 +117,7 @@ def agent(
         vcpus=vcpus or defaults.vcpus, ram_mib=ram_mib or defaults.ram_mib, driver=driver,
         accel=accel, architectures=[Arch.X86_64, Arch.ARM64], underlay_ip=underlay_ip,
         metrics_listen=metrics_listen or "", metrics_token=metrics_token,
+        qemu_uid_base=defaults.qemu_uid_base, qemu_uid_count=defaults.qemu_uid_count,
     )
     raise typer.Exit(main(cfg))
 

@@ -34,7 +34,7 @@ def bench(
     only: Annotated[
         list[str] | None,
         typer.Option("--only", help="Run only this section (repeatable): boot_to_ssh, "
-                     "control_plane, footprint, idle."),
+                     "control_plane, footprint, idle, tcg_memory, many_hosts (only when asked)."),
     ] = None,
     no_doc: Annotated[
         bool, typer.Option("--no-doc", help="Do not rewrite the table in docs/benchmarks.md.")

@@ -14,6 +14,7 @@ from cumulo.allinone.paths import DEFAULT_PORT, default_state_dir
 from cumulo.cli import (
     access_keys,
     agent_cmd,
+    baremetal,
     bench,
     catalogue,
     dedicated_hosts,
@@ -56,6 +57,7 @@ app.add_typer(hosts.hosts_app, name="host")
 app.add_typer(hosts.groups_app, name="placement-group")
 app.add_typer(migrations.migration_app, name="migration")
 app.add_typer(dedicated_hosts.app, name="dedicated-host")
+app.add_typer(baremetal.baremetal_app, name="baremetal")
 app.command("bench")(bench.bench)
 app.command("agent")(agent_cmd.agent)
 app.command("ssh", context_settings={"allow_interspersed_args": False})(networking.ssh)
@@ -99,11 +101,18 @@ def up(
                      "agent and underlay address, spread over the zones (default: as many as "
                      "the state dir has, else 1)."),
     ] = None,
+    baremetal_nodes: Annotated[
+        int,
+        typer.Option("--baremetal-nodes", min=0, max=16,
+                     help="Emulated bare-metal servers (QEMU behind a Redfish BMC emulator on "
+                     "loopback), enrolled as bm-1..bm-N."),
+    ] = 0,
 ) -> None:
     """Run the whole cloud (API, scheduler, local agents) in the foreground."""
     from cumulo.allinone import up as up_mod
 
-    up_mod.run((state_dir or default_state_dir()).absolute(), port, config, database_url, hosts)
+    up_mod.run((state_dir or default_state_dir()).absolute(), port, config, database_url, hosts,
+               baremetal_nodes)
 
 
 @app.command()

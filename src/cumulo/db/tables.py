@@ -489,3 +489,33 @@ class MigrationRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class BaremetalNodeRow(Base):
+    """A physical server with a BMC, enrolled by an operator (see domain.baremetal)."""
+
+    __tablename__ = "baremetal_nodes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    zone: Mapped[str] = mapped_column(String(63), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    arch: Mapped[str] = mapped_column(String(16))
+    vcpus: Mapped[int] = mapped_column(Integer)
+    ram_mib: Mapped[int] = mapped_column(Integer)
+    disk_gib: Mapped[int] = mapped_column(Integer)
+    redfish_url: Mapped[str] = mapped_column(String(255))
+    redfish_system: Mapped[str] = mapped_column(String(160))
+    bmc_username: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # AES-GCM with the server key, the node id as associated data (services.sealed).
+    bmc_password: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    power_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # What the last inspection read over Redfish (arch, vcpus, ram_mib, disk_gib).
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    instance_id: Mapped[str | None] = mapped_column(
+        ForeignKey("instances.id", ondelete="SET NULL"), nullable=True)
+    # Bumped by every change: a conductor step writes its result only if the node is still
+    # as it read it (a delete, or another API process's conductor, may have moved it meanwhile).
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

@@ -1,16 +1,9 @@
-"""The agent side of the API: what a host must run, and what it reports it runs."""
+"""The agent side of the API: what a host must run (its long-poll answer, built by
+agent_views and agent_networks), and what it reports it runs."""
 
 from __future__ import annotations
 
-import base64
-import random
-import secrets
-import threading
-import time
-import weakref
-from collections import defaultdict
 from collections.abc import Collection
-from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import bindparam, delete, select, update
@@ -19,11 +12,8 @@ from sqlalchemy.orm import Session
 from cumulo.db.tables import (
     AddressRow,
     HostRow,
-    ImageRow,
     InstanceGroupRow,
     InstanceRow,
-    NetworkRow,
-    ProjectRow,
     PublicIpRow,
     SnapshotRow,
     VolumeRow,
@@ -41,32 +31,16 @@ from cumulo.domain.volume import (
     volume_after_report,
 )
 from cumulo.protocol import (
-    Assignment,
     Assignments,
-    DnsRecord,
     HostDisk,
-    ImageFile,
-    ImageRef,
     MigrationObservation,
-    NetworkRef,
-    NicRef,
     Observation,
-    SnapshotAssignment,
     SnapshotObservation,
-    VolumeAssignment,
     VolumeObservation,
 )
-from cumulo.services import (
-    events,
-    hosts,
-    image_exports,
-    migration_agents,
-    security_groups,
-    segments,
-)
+from cumulo.services import agent_networks, agent_views, events, hosts, migration_agents
 from cumulo.services.auth import require_agent
-from cumulo.services.context import Principal, Services, fqdn
-from cumulo.services.notifier import Notifier
+from cumulo.services.context import Principal, Services
 
 DELETED = "deleted"
 
@@ -107,345 +81,26 @@ def host_id(svc: Services, who: Principal, name: str) -> str:
     return hid
 
 
-# Per API process: network id -> (the journal version it was read at, records). Hosts that
-# need a network's full list (first time, or after an API restart) share one read per change.
-_records_cache: weakref.WeakKeyDictionary[Notifier, dict[str, tuple[int, list[DnsRecord]]]] = (
-    weakref.WeakKeyDictionary())
-_records_lock = threading.Lock()
-
-
-def _full_records(s: Session, svc: Services, versions: dict[str, int]
-                  ) -> dict[str, list[DnsRecord]]:
-    """A DNS record for every instance on these networks, wherever it runs. `versions` were
-    read from the journal before this call: the lists hold at least those changes."""
-    with _records_lock:
-        cache = _records_cache.setdefault(svc.notifier, {})
-        out: dict[str, list[DnsRecord]] = {}
-        missing: dict[str, int] = {}
-        for n, version in versions.items():
-            hit = cache.get(n)
-            if hit is not None and hit[0] == version:
-                out[n] = hit[1]
-            else:
-                missing[n] = version
-    if not missing:
-        return out
-    found = segments.records(s, svc, missing)
-    fresh: dict[str, list[DnsRecord]] = {n: found.get(n, []) for n in missing}
-    with _records_lock:
-        for n, version in missing.items():
-            cache[n] = (version, fresh[n])
-    return out | fresh
-
-
-# Claims past this many are ignored (those networks get full lists): they ride in the query
-# string of every long-poll, whose length servers limit.
-MAX_DNS_CLAIMS = 100
-
-
-def parse_dns_claims(claims: list[str]) -> dict[str, tuple[str, int]]:
-    """`NETWORK:EPOCH:VERSION` strings (what a host holds) -> {network: (epoch, version)}.
-    A malformed claim is ignored: that network's full list is sent."""
-    out: dict[str, tuple[str, int]] = {}
-    for c in claims[:MAX_DNS_CLAIMS]:
-        parts = c.split(":")
-        if len(parts) == 3 and parts[2].isdigit() and len(parts[2]) < 19:
-            out[parts[0]] = (parts[1], int(parts[2]))
-    return out
-
-
-def _networks(s: Session, svc: Services, host_id: str, network_ids: set[str],
-              claims: dict[str, tuple[str, int]]) -> list[NetworkRef]:
-    """The host's networks, each with its DNS records: only the changes since what the host
-    claims to hold when the journal can say, else every record (see dns_journal)."""
-    journal = svc.notifier.dns
-    journal.subscribe(host_id, network_ids)  # first: a change after this wakes the host
-    deltas = {}
-    full: dict[str, int] = {}
-    for n in network_ids:
-        claim = claims.get(n)
-        delta = journal.since(n, *claim) if claim else None
-        if delta is None:
-            full[n] = journal.version(n)  # read before the query: never stale
-        else:
-            deltas[n] = delta
-    records = _full_records(s, svc, full) if full else {}
-    out = []
-    for net in _network_facts(s, network_ids):
-        d = deltas.get(net.id)
-        # Every field given: model_construct inspects a default factory's signature per call.
-        out.append(NetworkRef.model_construct(
-            id=net.id, vni=net.vni, project=net.project, cidr=net.cidr, gateway=net.gateway,
-            dns_domain=f"{net.project}.{net.zone}.{svc.settings.cloud_domain}",
-            records_epoch=journal.epoch,
-            records=d.added if d else records.get(net.id, []),
-            records_removed=d.removed if d else [],
-            records_version=d.version if d else full[net.id],
-            records_since=claims[net.id][1] if d else None))
-    return out
-
-
-@dataclass(frozen=True)
-class _NetworkFacts:
-    id: str
-    project: str
-    zone: str
-    cidr: str
-    gateway: str
-    vni: int
-
-
-# Network id -> its facts: none of them ever changes (ids are never reused), so every API
-# process keeps those it has read. Bounded: emptied when it grows past MAX_NETWORK_FACTS.
-_facts: dict[str, _NetworkFacts] = {}
-_facts_lock = threading.Lock()
-MAX_NETWORK_FACTS = 100_000
-
-
-def _network_facts(s: Session, network_ids: set[str]) -> list[_NetworkFacts]:
-    """The facts of these networks (those that exist), ordered by id."""
-    with _facts_lock:
-        known = {n: _facts[n] for n in network_ids if n in _facts}
-    missing = network_ids - known.keys()
-    if missing:
-        for net, project in s.execute(select(NetworkRow, ProjectRow.name)
-                                      .join(ProjectRow, ProjectRow.id == NetworkRow.project_id)
-                                      .where(NetworkRow.id.in_(missing))):
-            known[net.id] = _NetworkFacts(id=net.id, project=project, zone=net.zone,
-                                          cidr=net.cidr, gateway=net.gateway, vni=net.vni)
-        with _facts_lock:
-            if len(_facts) > MAX_NETWORK_FACTS:
-                _facts.clear()
-            _facts.update(known)
-    return [known[n] for n in sorted(known)]
-
-
-def _storage(s: Session, svc: Services, host_id: str
-             ) -> tuple[list[VolumeAssignment], list[SnapshotAssignment]]:
-    vols = []
-    for v in s.scalars(select(VolumeRow).where(VolumeRow.host_id == host_id)
-                       .order_by(VolumeRow.created_at, VolumeRow.id)):
-        vt = svc.settings.volume_type(v.type_name)
-        vols.append(VolumeAssignment(
-            id=v.id, size_gib=v.size_gib, iops=vt.iops if vt else 0, mbps=vt.mbps if vt else 0,
-            write_error=vt.write_error if vt else "stop", desired=v.desired,
-            attach_to=v.want_instance_id, device=v.device,
-            source_snapshot=v.source_snapshot_id, generation=v.generation))
-    snaps = [SnapshotAssignment(id=sn.id, volume_id=sn.volume_id,
-                                desired="deleted" if sn.state == SnapshotState.DELETING
-                                else "present")
-             for sn in s.scalars(select(SnapshotRow).where(SnapshotRow.host_id == host_id)
-                                 .order_by(SnapshotRow.created_at, SnapshotRow.id))]
-    return vols, snaps
-
-
-# A host's cached assignments are rebuilt whole at least this often, whatever the notifier
-# says: a write that forgot to announce itself (notify / touch) still reaches the host.
-VIEW_MAX_AGE_S = 10.0
-# ... and not sooner than this share of it. Each whole rebuild draws its next one at random in
-# between: hosts that registered together would otherwise all be rebuilt in the same instant,
-# every time (in the control-plane benchmark, 100 whole rebuilds in one burst, with every
-# create of that moment queued behind them).
-VIEW_MIN_AGE_SHARE = 0.5
-# Built views kept per host, to answer a host that holds one of them with a delta.
-RECENT_VIEWS = 3
-
-
-@dataclass(frozen=True)
-class _HostView:
-    """What a host is assigned, but its networks' DNS records (those are per claim)."""
-
-    name: str  # EPOCH:SERIAL, unique per build: what the host claims back (`have`)
-    content: int  # the host's content version (Notifier.content) read before the build
-    rebuild_at: float  # time.monotonic() after which the next answer rebuilds it whole
-    instances: list[Assignment]
-    network_ids: frozenset[str]
-    volumes: list[VolumeAssignment]
-    snapshots: list[SnapshotAssignment]
-
-
-class _Views:
-    """The views built by one API process (one per Notifier): host id -> recent views, the
-    newest last. Serials are comparable within the process only, hence the epoch."""
-
-    def __init__(self) -> None:
-        self.epoch = secrets.token_hex(4)
-        self.serial = 0
-        self.hosts: dict[str, list[_HostView]] = {}
-
-
-# Most wake-ups of a busy cloud are DNS-only (another host's instance joined a network): they
-# reuse the host's view, and a host that holds it gets no instance at all. Most of the others
-# changed one instance (a create, a state report): only that one is read again.
-_views: weakref.WeakKeyDictionary[Notifier, _Views] = weakref.WeakKeyDictionary()
-_views_lock = threading.Lock()
-
-
-def _process_views(svc: Services) -> _Views:
-    with _views_lock:
-        views = _views.get(svc.notifier)
-        if views is None:
-            views = _views[svc.notifier] = _Views()
-        return views
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """How to answer a host: from `base` as it is (touched empty), from `base` with the
-    `touched` instances read again, or by a whole rebuild (base or touched None)."""
-
-    content: int
-    base: _HostView | None
-    touched: set[str] | None
-
-
-def _plan(svc: Services, host_id: str) -> _Plan:
-    """Read from the notifier before any database read: a change after it outdates the view."""
-    views = _process_views(svc)
-    with _views_lock:
-        recent = views.hosts.get(host_id)
-        base = recent[-1] if recent else None
-    if base is None or time.monotonic() > base.rebuild_at:
-        return _Plan(svc.notifier.content(host_id), None, None)
-    content, touched = svc.notifier.changes(host_id, base.content)
-    return _Plan(content, base, touched)
-
-
-# The statements of every long-poll answer, built once (building one cost more than
-# running it on SQLite). Columns, not ORM objects, read on the session's connection: loading
-# instance and image objects was half of an answer's CPU.
-_ASSIGNED = (select(InstanceRow.id, InstanceRow.name, ProjectRow.name, InstanceRow.arch,
-                    InstanceRow.vcpus, InstanceRow.ram_mib, InstanceRow.disk_gib,
-                    InstanceRow.state, InstanceRow.desired_power, InstanceRow.generation,
-                    InstanceRow.reboot_seq, InstanceRow.reboot_done_seq, InstanceRow.user_data,
-                    InstanceRow.ssh_keys, InstanceRow.zone, InstanceRow.bandwidth_mbps,
-                    ImageRow.id, ImageRow.boot, ImageRow.kernel_cmdline,
-                    ImageRow.disk_sha256, ImageRow.disk_size, ImageRow.kernel_sha256,
-                    ImageRow.kernel_size, ImageRow.initrd_sha256, ImageRow.initrd_size,
-                    InstanceRow.cpu_set)
-             .join(ImageRow, ImageRow.id == InstanceRow.image_id)
-             .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
-             .where(InstanceRow.host_id == bindparam("host"))
-             .order_by(InstanceRow.created_at, InstanceRow.id))
-_ASSIGNED_AMONG = _ASSIGNED.where(InstanceRow.id.in_(bindparam("only", expanding=True)))
-_NICS = (select(AddressRow.instance_id, AddressRow.network_id, AddressRow.mac, AddressRow.ip)
-         .where(AddressRow.instance_id.in_(bindparam("ids", expanding=True)))
-         .order_by(AddressRow.id))
-_PUBLIC_IPS = (select(PublicIpRow.instance_id, PublicIpRow.ip)
-               .where(PublicIpRow.instance_id.in_(bindparam("ids", expanding=True))))
-
-
-def assigned(s: Session, svc: Services, host_id: str, only: set[str]) -> list[Assignment]:
-    """These instances of the host, as it is assigned them."""
-    return _assignments(s, svc, host_id, only)
-
-
-def _assignments(s: Session, svc: Services, host_id: str, only: set[str] | None
-                 ) -> list[Assignment]:
-    """The host's instances (`only` these, when given), oldest first."""
-    conn = s.connection()
-    if only is None:
-        rows = conn.execute(_ASSIGNED, {"host": host_id}).all()
-    else:
-        rows = conn.execute(_ASSIGNED_AMONG, {"host": host_id, "only": list(only)}).all()
-    ids = [r[0] for r in rows]
-    if not ids:
-        return []
-    nics: dict[str, list[NicRef]] = defaultdict(list)
-    for iid, network_id, mac, ip in conn.execute(_NICS, {"ids": ids}):
-        nics[iid].append(NicRef(network_id=network_id, mac=mac, ip=ip))
-    pub = dict(conn.execute(_PUBLIC_IPS, {"ids": ids}).all())
-    ingress = security_groups.ingress_for(s, ids)
-    exports = image_exports.open_exports(s, ids)
-    return [
-        Assignment(
-            id=iid, hostname=name, project=project, arch=arch, vcpus=vcpus, ram_mib=ram_mib,
-            disk_gib=disk_gib, state=state, desired_power=desired_power, generation=generation,
-            reboot_seq=reboot_seq, reboot_done_seq=reboot_done_seq,
-            image=ImageRef(id=image_id, boot=boot, kernel_cmdline=kernel_cmdline,
-                           disk=ImageFile(sha256=disk_sha, size=disk_size),
-                           kernel=ImageFile(sha256=kernel_sha, size=kernel_size)
-                           if kernel_sha else None,
-                           initrd=ImageFile(sha256=initrd_sha, size=initrd_size)
-                           if initrd_sha else None),
-            user_data_b64=base64.b64encode(user_data).decode() if user_data else None,
-            ssh_public_keys=list(ssh_keys or []), fqdn=fqdn(svc, name, project, zone),
-            bandwidth_mbps=bandwidth_mbps, nics=nics[iid], ingress=ingress[iid],
-            public_ip=pub.get(iid), boot_write_error=svc.settings.boot_disk_write_error,
-            export_id=exports.get(iid), cpu_set=list(cpu_set or []),
-        )
-        for (iid, name, project, arch, vcpus, ram_mib, disk_gib, state, desired_power,
-             generation, reboot_seq, reboot_done_seq, user_data, ssh_keys, zone,
-             bandwidth_mbps, image_id, boot, kernel_cmdline, disk_sha, disk_size, kernel_sha,
-             kernel_size, initrd_sha, initrd_size, cpu_set) in rows
-    ]
-
-
-def _build_view(s: Session, svc: Services, host_id: str, plan: _Plan) -> _HostView:
-    base, touched = plan.base, plan.touched
-    if base is None or touched is None:
-        out = _assignments(s, svc, host_id, None)
-        vols, snaps = _storage(s, svc, host_id)
-        rebuild_at = time.monotonic() + VIEW_MAX_AGE_S * random.uniform(VIEW_MIN_AGE_SHARE, 1.0)
-    else:
-        fresh = {a.id: a for a in _assignments(s, svc, host_id, touched)}
-        # Kept in place (a changed one too, unless it left the host); new ones last, as
-        # they are the newest.
-        out = [fresh.pop(a.id) if a.id in touched else a for a in base.instances
-               if a.id not in touched or a.id in fresh]
-        out += fresh.values()
-        vols, snaps, rebuild_at = base.volumes, base.snapshots, base.rebuild_at
-    views = _process_views(svc)
-    with _views_lock:
-        views.serial += 1
-        view = _HostView(name=f"{views.epoch}:{views.serial}", content=plan.content,
-                         rebuild_at=rebuild_at, instances=out,
-                         network_ids=frozenset(n.network_id for a in out for n in a.nics),
-                         volumes=vols, snapshots=snaps)
-        recent = views.hosts.setdefault(host_id, [])
-        recent.append(view)
-        del recent[:-RECENT_VIEWS]
-    return view
-
-
-def _instances_since(svc: Services, host_id: str, view: _HostView, have: str | None
-                     ) -> tuple[list[Assignment], list[str]] | None:
-    """(added or changed, removed ids) from the view the host holds (`have`) to `view`, or
-    None when the host holds none this process remembers (it then gets the whole list)."""
-    if not have:
-        return None
-    if have == view.name:
-        return [], []
-    views = _process_views(svc)
-    with _views_lock:
-        held = next((v for v in views.hosts.get(host_id, []) if v.name == have), None)
-    if held is None:
-        return None
-    before = {a.id: a for a in held.instances}
-    now = {a.id for a in view.instances}
-    return ([a for a in view.instances if before.get(a.id) != a],
-            [i for i in before if i not in now])
-
-
 def assignments(svc: Services, who: Principal, name: str,
                 dns_claims: list[str] | None = None, have: str | None = None) -> Assignments:
     """Everything the host must converge to (the long-poll answer, without its version).
     `dns_claims` (NETWORK:EPOCH:VERSION) say which DNS records the host already holds, and
     `have` (a former answer's `view`) which instance list: only the changes come back."""
     hid = host_id(svc, who, name)
-    plan = _plan(svc, hid)
+    plan = agent_views.answer_plan(svc, hid)
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, hid)
         if plan.base is not None and plan.touched == set():
             view = plan.base  # nothing it is assigned changed since
         else:
-            view = _build_view(s, svc, hid, plan)
+            view = agent_views.build_view(s, svc, hid, plan)
         moving = migration_agents.for_host(s, svc, hid)
         network_ids = set(view.network_ids)
-        if any(m.role == "destination" for m in moving):
+        if any(m.role == "destination" for m in moving):  # it serves arriving VMs' networks
             network_ids |= migration_agents.network_ids(s, hid)
-        nets = _networks(s, svc, hid, network_ids, parse_dns_claims(dns_claims or []))
-    delta = _instances_since(svc, hid, view, have)
+        nets = agent_networks.networks(s, svc, hid, network_ids,
+                                       agent_networks.parse_dns_claims(dns_claims or []))
+    delta = agent_views.instances_since(svc, hid, view, have)
     if delta is None:
         return Assignments(version=0, instances=list(view.instances), networks=nets,
                            volumes=list(view.volumes), snapshots=list(view.snapshots),

@@ -23,7 +23,7 @@ from cumulo.domain.errors import Conflict, CumuloError, NotFound
 from cumulo.domain.ids import new_id
 from cumulo.domain.instance import DesiredPower, InstanceState
 from cumulo.domain.validation import dns_label, one_line
-from cumulo.services import image_import, images
+from cumulo.services import image_import, images, lookups
 from cumulo.services.auth import require_agent, scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import ImageView
@@ -61,13 +61,11 @@ def _target(s: Session, inst: InstanceRow, name: str) -> image_import.Target:
 def request(svc: Services, who: Principal, project: str | None, name: str,
             instance: str) -> str:
     """Record an export of a stopped instance's disk into image `name`; its id."""
-    from cumulo.services.instances import find_row
-
     image_import.store(svc)
     dns_label(name, "image name")
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        row = find_row(s, prj, instance)
+        row = lookups.instance_row(s, prj, instance)
         if (row.state != InstanceState.STOPPED.value
                 or row.desired_power != DesiredPower.STOPPED.value):
             raise Conflict(

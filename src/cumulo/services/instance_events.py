@@ -12,7 +12,7 @@ from cumulo.db.tables import HostRow, MigrationRow
 from cumulo.services import events
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
-from cumulo.services.instances import find_row
+from cumulo.services.lookups import instance_row as find_row
 from cumulo.services.views import EventView
 
 _MIGRATION = re.compile(r"^(mig-[0-9a-f]{17})(: .*)?\Z")

@@ -26,7 +26,7 @@ from cumulo.domain.errors import (
     NotFound,
     QuotaExceeded,
 )
-from cumulo.domain.ids import is_id, new_id
+from cumulo.domain.ids import new_id
 from cumulo.domain.instance import (
     Action,
     DesiredPower,
@@ -56,6 +56,7 @@ from cumulo.services import (
     hosts,
     images,
     keypairs,
+    lookups,
     networks,
     placement_groups,
     public_ips,
@@ -358,16 +359,7 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
                                               f"host {placement.host.name}"))
 
 
-_IN_PROJECT = select(InstanceRow).where(InstanceRow.project_id == bindparam("project"))
-_BY_ID = _IN_PROJECT.where(InstanceRow.id == bindparam("ref"))
-_BY_NAME = _IN_PROJECT.where(InstanceRow.name == bindparam("ref"))
-
-
-def find_row(s: Session, prj: ProjectRow, ref: str) -> InstanceRow:
-    row = s.scalar(_BY_ID if is_id(ref) else _BY_NAME, {"project": prj.id, "ref": ref})
-    if row is None:
-        raise NotFound(f"no instance {ref!r} in project {prj.name!r}", code="unknown_instance")
-    return row
+find_row = lookups.instance_row  # the name the use cases here (and their callers) know
 
 
 def get(svc: Services, who: Principal, project: str | None, ref: str) -> InstanceView:

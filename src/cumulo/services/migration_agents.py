@@ -17,7 +17,7 @@ from cumulo.domain.ids import is_id
 from cumulo.domain.migration import SIDE_STATES, SideReport, Step
 from cumulo.domain.validation import MAX_INTEGER, one_line
 from cumulo.protocol import MigrationAssignment, MigrationObservation
-from cumulo.services import agents, host_drain, migrations, segments
+from cumulo.services import agent_views, host_drain, migrations, segments
 from cumulo.services.context import Services
 
 MAX_REASON = 500
@@ -46,7 +46,7 @@ def for_host(s: Session, svc: Services, host_id: str) -> list[MigrationAssignmen
             inst = s.get(InstanceRow, row.instance_id)
             if inst is None or inst.host_id is None:
                 continue
-            found = agents.assigned(s, svc, inst.host_id, {inst.id})
+            found = agent_views.assigned(s, svc, inst.host_id, {inst.id})
             if not found:
                 continue
             instance, disk_bytes = found[0], inst.disk_gib << 30

@@ -32,7 +32,7 @@ from cumulo.scheduler.placement import HostCapacity, Placement, Request, Why, pl
 from cumulo.services import events, hosts, placement_groups
 from cumulo.services.auth import require_admin, scope_project
 from cumulo.services.context import Principal, Services
-from cumulo.services.instances import find_row
+from cumulo.services.lookups import instance_row as find_row
 
 PROGRESS_KEYS = ("disk_bytes_copied", "disk_bytes_total", "ram_bytes_copied", "ram_bytes_total",
                  "dirty_pages_rate", "expected_downtime_ms", "passes")

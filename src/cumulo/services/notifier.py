@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cumulo.protocol import DnsRecord
+from cumulo.services.agent_memory import AgentMemory
 from cumulo.services.dns_journal import DnsJournal
 
 # DNS-only changes (another host's instance joined or left a network) wake a host at most
@@ -54,6 +55,7 @@ class Notifier:
         # when this process last wrote its heartbeat (time.monotonic()).
         self.host_ids: dict[str, str] = {}
         self.heartbeats: dict[str, float] = {}
+        self.agents = AgentMemory()  # the hosts' recent views, DNS records, network facts
         self._versions: dict[str, int] = defaultdict(int)
         self._content: dict[str, int] = defaultdict(int)
         self._changes: dict[str, deque[_Change]] = defaultdict(lambda: deque(maxlen=CHANGE_LOG))

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from cumulo.db.tables import InstanceRow, ProjectRow, PublicIpRow
 from cumulo.domain.errors import Conflict, InsufficientCapacity, NotFound
 from cumulo.domain.ids import new_id
-from cumulo.services import address_picker, events, networks, quotas
+from cumulo.services import address_picker, events, lookups, networks, quotas
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import PublicIpView
@@ -90,12 +90,10 @@ def attach(svc: Services, who: Principal, project: str | None, ip: str,
     instance holding an allocated address, is refused unless `reassociate` (EC2's
     AllowReassociation): then the address moves, and the instance's allocated address is
     detached and stays allocated. No instance loses an address without being asked for."""
-    from cumulo.services.instances import find_row
-
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
         row = _find(s, prj, ip)
-        inst = find_row(s, prj, instance_ref)
+        inst = lookups.instance_row(s, prj, instance_ref)
         notify = {inst.host_id}
         if row.instance_id == inst.id:
             return _view(s, row, prj.name)

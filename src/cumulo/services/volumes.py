@@ -22,7 +22,7 @@ from cumulo.domain.volume import (
     check_snapshot_source,
     check_volume,
 )
-from cumulo.services import events, hosts, quotas
+from cumulo.services import events, hosts, lookups, quotas
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import SnapshotView, VolumeView
@@ -160,12 +160,10 @@ def _touch(row: VolumeRow) -> None:
 
 def attach(svc: Services, who: Principal, project: str | None, ref: str,
            instance_ref: str) -> VolumeView:
-    from cumulo.services.instances import find_row
-
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
         row = find(s, prj, ref)
-        inst = find_row(s, prj, instance_ref)
+        inst = lookups.instance_row(s, prj, instance_ref)
         if row.desired != DELETED and (row.want_instance_id or row.attached_to):
             raise Conflict(f"volume {row.name!r} is attached already; detach it first",
                            code="volume_in_use")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from cumulo.agent import dns_book
 from cumulo.agent.dns_book import MAX_CLAIMS, DnsBook
 from cumulo.protocol import Assignments, DnsRecord, NetworkRef
-from cumulo.services import agents
+from cumulo.services import agent_networks
 
 N1 = "net-00000000000000001"
 N2 = "net-00000000000000002"
@@ -175,7 +175,7 @@ def test_claims_are_capped_so_the_long_poll_url_stays_short() -> None:
     nets = [net(f"net-{i:017d}", version=1) for i in range(MAX_CLAIMS + 50)]
     book.apply(batch(*nets))
     assert len(book.claims()) == MAX_CLAIMS
-    assert MAX_CLAIMS == agents.MAX_DNS_CLAIMS  # the API reads as many as the agent sends
+    assert MAX_CLAIMS == agent_networks.MAX_DNS_CLAIMS  # the API reads as many as the agent sends
 
 
 @settings(max_examples=60, deadline=None)

@@ -55,7 +55,11 @@ class Served:
         key = self.tmp / "key.pub"
         key.write_text(PUBLIC_KEY)
         return {"--image": "tiny", "--size": "1", "--cidr": "10.99.0.0/24", "--proto": "tcp",
-                "--arch": "x86_64", "--public-key": str(key), "--strategy": "spread"}
+                "--arch": "x86_64", "--public-key": str(key), "--strategy": "spread",
+                # baremetal node enroll: an unknown zone, so that no node is enrolled (the
+                # conductor would move it while this test compares the stored state).
+                "--zone": "nowhere-1", "--redfish": "http://127.0.0.1:9", "--system": "n1",
+                "--vcpus": "1", "--ram": "1024", "--disk": "1"}
 
 
 @pytest.fixture

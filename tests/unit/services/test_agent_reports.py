@@ -10,7 +10,7 @@ from cumulo.db.tables import InstanceRow
 from cumulo.domain.errors import Forbidden
 from cumulo.domain.instance import Action
 from cumulo.protocol import Observation
-from cumulo.services import agents, instances
+from cumulo.services import agent_views, agents, instances
 from cumulo.services.context import Principal, Role, Services
 from cumulo.services.notifier import CHANGE_LOG, Notifier
 from tests.conftest import ADMIN, AGENT_HOST
@@ -104,13 +104,13 @@ def test_a_dns_only_wake_up_reuses_the_host_view_and_a_report_outdates_it(
     iid = _new(svc)
     assert _states(svc) == {iid: "pending"}
     builds: list[str] = []
-    build = agents._build_view
+    build = agent_views.build_view
 
     def counting(*args: object) -> object:
         builds.append("built")
         return build(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(agents, "_build_view", counting)
+    monkeypatch.setattr(agent_views, "build_view", counting)
     hid = agents.host_id(svc, AGENT, AGENT_HOST)
     version = svc.notifier.version(hid)
     svc.notifier._wake(hid, content=False)  # what a coalesced DNS change does
@@ -134,10 +134,10 @@ def test_a_write_that_announced_nothing_reaches_the_host_within_the_max_age(
         assert row is not None
         row.state = "running"
     assert _states(svc) == {iid: "pending"}  # the cached view, as designed
-    later = time.monotonic() + agents.VIEW_MAX_AGE_S * agents.VIEW_MIN_AGE_SHARE - 0.5
-    monkeypatch.setattr("cumulo.services.agents.time.monotonic", lambda: later)
+    later = time.monotonic() + agent_views.VIEW_MAX_AGE_S * agent_views.VIEW_MIN_AGE_SHARE - 0.5
+    monkeypatch.setattr("cumulo.services.agent_views.time.monotonic", lambda: later)
     assert _states(svc) == {iid: "pending"}  # not before its earliest rebuild
-    later += agents.VIEW_MAX_AGE_S
+    later += agent_views.VIEW_MAX_AGE_S
     assert _states(svc) == {iid: "running"}
 
 
@@ -146,13 +146,13 @@ def test_a_change_announced_for_some_instances_reads_only_those_again(
     a, b, c = _new(svc, "a"), _new(svc, "b"), _new(svc, "c")
     assert list(_states(svc)) == [a, b, c]
     reads: list[set[str] | None] = []
-    read = agents._assignments
+    read = agent_views.assigned
 
     def recording(s: object, svc_: Services, host: str, only: set[str] | None) -> object:
         reads.append(None if only is None else set(only))
         return read(s, svc_, host, only)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(agents, "_assignments", recording)
+    monkeypatch.setattr(agent_views, "assigned", recording)
     _report(svc, b, "running", 1)
     assert _states(svc) == {a: "pending", b: "running", c: "pending"} and reads == [{b}]
     d = _new(svc, "d")

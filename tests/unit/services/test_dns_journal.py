@@ -10,7 +10,7 @@ import pytest
 from cumulo.agent.dns_book import DnsBook
 from cumulo.domain.instance import Action
 from cumulo.protocol import Assignments, DnsRecord, NetworkRef, Observation
-from cumulo.services import agents, instances, networks
+from cumulo.services import agent_networks, agents, instances, networks
 from cumulo.services.context import Principal, Role, Services
 from cumulo.services.dns_journal import Delta, DnsJournal
 from cumulo.services.notifier import Notifier
@@ -262,11 +262,11 @@ def test_dns_wake_ups_are_spread_over_the_period_and_each_host_gets_one(
 
 
 def test_parse_dns_claims_ignores_what_is_malformed() -> None:
-    assert agents.parse_dns_claims([f"{NET}:ab12cd34:5", f"{OTHER_NET}:ab12cd34:0"]) == {
+    assert agent_networks.parse_dns_claims([f"{NET}:ab12cd34:5", f"{OTHER_NET}:ab12cd34:0"]) == {
         NET: ("ab12cd34", 5), OTHER_NET: ("ab12cd34", 0)}
     for bad in ("x:y:z", "x:y", "x", "", "a:b:c:4", f"{NET}:e:-1", f"{NET}:e:1.5",
                 f"{NET}:e:" + "9" * 19, f"{NET}:e:"):
-        assert agents.parse_dns_claims([bad]) == {}, bad
+        assert agent_networks.parse_dns_claims([bad]) == {}, bad
 
 
 # --- through the services ------------------------------------------------------------------
@@ -421,5 +421,5 @@ def test_a_host_hears_of_the_networks_it_was_last_sent(svc: Services) -> None:
 
 
 def test_claims_past_the_cap_are_ignored() -> None:
-    claims = [f"net-{i:017d}:e:1" for i in range(agents.MAX_DNS_CLAIMS + 10)]
-    assert len(agents.parse_dns_claims(claims)) == agents.MAX_DNS_CLAIMS
+    claims = [f"net-{i:017d}:e:1" for i in range(agent_networks.MAX_DNS_CLAIMS + 10)]
+    assert len(agent_networks.parse_dns_claims(claims)) == agent_networks.MAX_DNS_CLAIMS

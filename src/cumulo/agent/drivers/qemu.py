@@ -1,7 +1,8 @@
-"""The QEMU driver: one daemonized QEMU process per VM, controlled through its QMP socket.
+"""The QEMU driver: one confined QEMU process per VM, controlled through its QMP socket.
 
-Runtime files of a VM live in `<runtime_dir>/<vm_id>/` (see VMPaths). QEMU is launched with
-`-daemonize` in a new session so it outlives the agent; a new QemuDriver on the same
+Runtime files of a VM live in `<runtime_dir>/<vm_id>/` (see VMPaths). QEMU is started by its
+launcher (qemu_exec: the VM's own uid, its seccomp sandbox, its cgroup; see qemu_confine and
+qemu_cgroup) in a new session so it outlives the agent; a new QemuDriver on the same
 runtime_dir re-adopts running VMs through their pidfiles and QMP sockets.
 
 How observe() decides:
@@ -20,10 +21,12 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
 from cumulo.agent.drivers import (
+    qemu_confine,
     qemu_io_errors,
     qemu_pinning,
     qemu_process,
@@ -41,7 +44,16 @@ from cumulo.agent.drivers.base import (
     VolumeAttachment,
     check_spec_files,
 )
-from cumulo.agent.drivers.qemu_argv import UNIX_PATH_MAX, Accel, VMPaths, build_argv
+from cumulo.agent.drivers.qemu_argv import (
+    UNIX_PATH_MAX,
+    Accel,
+    Confinement,
+    VMPaths,
+    build_argv,
+    confine,
+)
+from cumulo.agent.drivers.qemu_cgroup import VmCgroups
+from cumulo.agent.drivers.qemu_confine import UidPool
 from cumulo.agent.drivers.qemu_migration import Outgoing
 from cumulo.agent.drivers.qemu_migration_calls import QemuMigration
 from cumulo.agent.drivers.qemu_stats import process_use
@@ -49,6 +61,7 @@ from cumulo.agent.drivers.qmp import close_session, qmp_execute, session_for
 from cumulo.agent.drivers.serial import SerialPort, StreamSerialPort
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import DiskIoError
+from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB, check_tb_size
 
 QMP_TIMEOUT_S = 1.0
 QUIT_GRACE_S = 2.0
@@ -70,9 +83,17 @@ _BROKEN = {"guest-panicked": "the guest kernel panicked", "internal-error": "qem
 class QemuDriver(QemuMigration, MigratingDriver):
     name = "qemu"
 
-    def __init__(self, runtime_dir: Path, accel: str = "auto") -> None:
+    def __init__(self, runtime_dir: Path, accel: str = "auto", uids: UidPool | None = None,
+                 cgroups: VmCgroups | None = None,
+                 tb_size_mib: int = DEFAULT_TB_SIZE_MIB) -> None:
         self.runtime_dir = Path(runtime_dir).absolute()
+        self.uids = uids or UidPool()
+        self.cgroups = cgroups or VmCgroups.for_runtime(self.runtime_dir)
         self.requested_accel = accel
+        try:
+            self.tb_size_mib = check_tb_size(tb_size_mib)  # TCG's translation cache
+        except ValueError as e:
+            raise DriverError(str(e)) from None
         self._accel: dict[Arch, Accel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         # vm_id -> (pid, observed, monotonic time) of the last QMP status
@@ -109,19 +130,11 @@ class QemuDriver(QemuMigration, MigratingDriver):
             if pid is not None:
                 return await self._observe_one(paths)
             check_spec_files(spec)
-            binary = shutil.which(spec.arch.qemu_binary)
-            if binary is None:
-                raise DriverError(f"cannot start {spec.vm_id}: {spec.arch.qemu_binary} not found")
             if spec.netns is not None:
                 qemu_process.check_netns(spec)
             accel = await self.accel_for(spec.arch)
-            paths.dir.mkdir(parents=True, exist_ok=True)
-            for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock, paths.serial_sock):
-                stale.unlink(missing_ok=True)
-            argv = build_argv(spec, paths, accel)
-            qemu_process.write_spec_record(paths, spec, accel, argv)
-            pid = await self._launch(argv, paths)
-            if spec.cpu_set:
+            pid = await self._start_qemu(spec, paths, accel)
+            if spec.cpu_set:  # the agent pins (root); QEMU's sandbox forbids it to itself
                 try:
                     await qemu_pinning.pin_vcpus(paths.qmp_sock, spec.cpu_set, spec.vcpus,
                                                  QMP_TIMEOUT_S * 5)
@@ -165,6 +178,7 @@ class QemuDriver(QemuMigration, MigratingDriver):
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
             await self._force_stop(paths)
+            self._forget_vm(paths)
             await asyncio.to_thread(shutil.rmtree, paths.dir, True)
             await close_session(paths.qmp_sock)
         self._locks.pop(vm_id, None)
@@ -202,14 +216,27 @@ class QemuDriver(QemuMigration, MigratingDriver):
         async with self._lock(vm_id):
             if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot attach {att.volume_id} to {vm_id}: it is not running")
-            await qemu_volumes.attach(paths.qmp_sock, vm_id, att)
+            uid = qemu_confine.read_uid(paths.dir)  # None: started (as root) by an older cumulo
+            if uid is not None and att.path.is_file():
+                qemu_confine.grant(paths.dir, uid, att.path, att.volume_id)
+            try:
+                await qemu_volumes.attach(paths.qmp_sock, vm_id, att)
+            except BaseException:
+                held = True  # when unsure, the VM may still hold it: keep it the VM's
+                with contextlib.suppress(DriverError):
+                    held = att.volume_id in await qemu_volumes.attached(paths.qmp_sock)
+                if not held:
+                    qemu_confine.revoke(paths.dir, att.volume_id)
+                raise
 
     async def detach_volume(self, vm_id: str, volume_id: str, timeout_s: float) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
             if qemu_process.live_pid(paths) is None:
+                qemu_confine.revoke(paths.dir, volume_id)
                 return
             await qemu_volumes.detach(paths.qmp_sock, vm_id, volume_id, timeout_s)
+            qemu_confine.revoke(paths.dir, volume_id)
 
     async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
         paths = self._paths(vm_id)
@@ -223,7 +250,14 @@ class QemuDriver(QemuMigration, MigratingDriver):
         async with self._lock(vm_id):
             if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot snapshot {volume_id}: {vm_id} is not running")
-            await qemu_volumes.snapshot(paths.qmp_sock, vm_id, volume_id, target)
+            key = f"snapshot:{volume_id}"
+            uid = qemu_confine.read_uid(paths.dir)  # None: started (as root) by an older cumulo
+            try:
+                await qemu_volumes.snapshot(
+                    paths.qmp_sock, vm_id, volume_id, target,
+                    None if uid is None else lambda t: qemu_confine.grant(paths.dir, uid, t, key))
+            finally:
+                qemu_confine.revoke(paths.dir, key)  # the copy is the host's again
 
     async def attached_volumes(self, vm_id: str) -> set[str]:
         paths = self._paths(vm_id)
@@ -255,11 +289,34 @@ class QemuDriver(QemuMigration, MigratingDriver):
                                nics=qemu_stats.tap_bytes(pid, vm_id)))
         return out
 
-    async def _launch(self, argv: list[str], paths: VMPaths) -> int:
+    async def _start_qemu(self, spec: VMSpec, paths: VMPaths, accel: Accel,
+                          extra: tuple[str, ...] = ()) -> int:
+        """Launch the VM's QEMU confined (its uid, files, cgroup); its pid."""
+        binary = shutil.which(spec.arch.qemu_binary)
+        if binary is None:
+            raise DriverError(f"cannot start {spec.vm_id}: {spec.arch.qemu_binary} not found")
+        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        paths.dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        for stale in (paths.stop_marker, paths.pidfile, paths.last_pid, paths.qmp_sock,
+                      paths.serial_sock):
+            stale.unlink(missing_ok=True)
+        uid = await asyncio.to_thread(self.uids.claim, paths.dir)
+        await asyncio.to_thread(_hand_over, spec, paths, uid)
+        cgroup = await asyncio.to_thread(self.cgroups.prepare, spec.vm_id, spec.vcpus,
+                                         spec.ram_mib)
+        argv = [*build_argv(spec, paths, accel, self.tb_size_mib), *extra]
+        argv = confine(spec, paths, argv, Confinement(uid, cgroup, sys.executable, binary))
+        qemu_process.write_spec_record(paths, spec, accel, argv)
         pid = await qemu_process.launch(argv, paths)
         paths.last_pid.write_text(f"{pid}\n")
         await session_for(paths.qmp_sock).reset()  # a new QEMU: a new monitor connection
         return pid
+
+    def _forget_vm(self, paths: VMPaths) -> None:
+        """The VM leaves this host: its files go back to root, its uid and cgroup are freed."""
+        qemu_confine.revoke_all(paths.dir)
+        self.uids.release(paths.dir)
+        self.cgroups.remove(paths.vm_id)
 
     # -- extras -----------------------------------------------------------------------------
 
@@ -347,11 +404,30 @@ class QemuDriver(QemuMigration, MigratingDriver):
         with contextlib.suppress(DriverError):
             await qmp_execute(paths.qmp_sock, "quit", timeout=QMP_TIMEOUT_S)
         if await qemu_process.wait_gone(paths, pid, QUIT_GRACE_S):
+            self.cgroups.remove(paths.vm_id)  # made again at the next start
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         if not await qemu_process.wait_gone(paths, pid, 10.0):
             raise DriverError(f"qemu (pid {pid}) of {paths.vm_id} survived SIGKILL")
+        self.cgroups.remove(paths.vm_id)  # made again at the next start
+
+
+def _hand_over(spec: VMSpec, paths: VMPaths, uid: int) -> None:
+    """Give the VM's QEMU (uid) its files and nothing else: its boot disk, volumes, console
+    log and pidfile read-write, its seed read-only; files it held before and no longer has
+    (a volume detached while it was stopped) go back to root."""
+    mine = {"boot": spec.boot_disk, **{v.volume_id: v.path for v in spec.volumes}}
+    if spec.seed_iso is not None:
+        mine["seed"] = spec.seed_iso
+    for path in (paths.pidfile, paths.console_log):
+        path.touch(exist_ok=True)
+        mine[path.name] = path
+    qemu_confine.revoke_all(paths.dir, keep=mine)
+    reads = [p for p in (spec.kernel, spec.initrd) if p is not None]
+    qemu_confine.check_reachable(spec.vm_id, uid, [*mine.values(), *reads])
+    for key, path in mine.items():
+        qemu_confine.grant(paths.dir, uid, path, key, writable=key != "seed")
 
 
 def _is_vm_dir(entry: os.DirEntry[str]) -> bool:

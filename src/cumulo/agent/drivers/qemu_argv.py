@@ -12,11 +12,19 @@ from typing import Any, Literal
 
 from cumulo.agent.drivers.base import MAX_VOLUMES, DriverError, VMSpec, VolumeAttachment
 from cumulo.domain.arch import Arch
+from cumulo.domain.tcg import accel_option
 
 Accel = Literal["kvm", "tcg"]
 
 # Linux limits sun_path to 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 108
+
+# QEMU 7.2's seccomp filter: everything it offers to deny (see `-sandbox` in qemu(1)).
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+QMP_FD = 3
+SERIAL_FD = 4
+TAP_FD0 = 5
+LAUNCHER = Path(__file__).with_name("qemu_exec.py")
 
 # UEFI firmware for arm64 guests that boot from their disk (Debian: qemu-efi-aarch64).
 AARCH64_UEFI = Path("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd")
@@ -78,15 +86,17 @@ class VMPaths:
         return self.dir / "last.pid"
 
 
-def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
-    """The full QEMU argv (argv[0] is the binary name, resolved through PATH).
+def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel, tb_size_mib: int = 0) -> list[str]:
+    """QEMU's own argv (argv[0] is the binary name); `confine` wraps it in its launcher.
 
-    With `spec.netns`, QEMU is started by `ip netns exec <netns>` (which execs QEMU, so the
-    daemonized process is QEMU itself, inside the namespace, where it creates the taps).
+    `tb_size_mib`: TCG's translation cache (`-accel tcg,tb-size=N`; 0: QEMU's default).
+
+    QEMU runs in the foreground under its seccomp sandbox (no fork, no exec, no setuid, no
+    scheduler or resource changes, no obsolete syscalls) and opens no socket path and no tap
+    by name: the launcher hands it the listening QMP and serial sockets and the taps on fixed
+    fd numbers (QMP_FD, SERIAL_FD, TAP_FD0 + NIC index).
     """
-    prefix = ["ip", "netns", "exec", spec.netns] if spec.netns else []
     argv: list[str] = [
-        *prefix,
         spec.arch.qemu_binary,
         "-name",
         # debug-threads: each vCPU thread is named ("CPU 0/TCG"), in ps and /proc, so that
@@ -96,9 +106,11 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
         "-no-user-config",
         "-display",
         "none",
+        "-sandbox",
+        SANDBOX,
         *_machine(spec.arch, accel),
         "-accel",
-        accel,
+        _accel(accel, tb_size_mib),
         "-smp",
         str(spec.vcpus),
         "-m",
@@ -107,7 +119,7 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
         # writes to console.log whether a client is connected or not (output is dropped, not
         # held, while none is), so the console log stays complete.
         "-chardev",
-        f"socket,id=console,path={_opt(paths.serial_sock)},server=on,wait=off,"
+        f"socket,id=console,fd={SERIAL_FD},server=on,wait=off,"
         f"logfile={_opt(paths.console_log)},logappend=on",
         "-serial",
         "chardev:console",
@@ -137,24 +149,50 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel) -> list[str]:
     for i, nic in enumerate(spec.nics):
         argv += [
             "-netdev",
-            f"tap,id=net{i},ifname={_opt(nic.tap)},script=no,downscript=no",
+            f"tap,id=net{i},fd={TAP_FD0 + i}",
             "-device",
             f"virtio-net-pci,netdev=net{i},mac={_opt(nic.mac)},romfile=",
         ]
     argv += ["-device", "virtio-rng-pci"]
     argv += volume_argv(spec)
     argv += [
-        "-qmp",
-        f"unix:{_opt(paths.qmp_sock)},server=on,wait=off",
+        "-chardev",
+        f"socket,id=qmp,fd={QMP_FD},server=on,wait=off",
+        "-mon",
+        "chardev=qmp,mode=control",
         # A guest poweroff pauses QEMU (status "shutdown") instead of exiting, so the driver
         # can tell a guest poweroff (SHUTDOWN) from a dead process (CRASHED).
         "-action",
         "shutdown=pause",
         "-pidfile",
         str(paths.pidfile),
-        "-daemonize",
     ]
     return argv
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """Who the VM's QEMU runs as and where (see qemu_confine, qemu_cgroup, qemu_exec)."""
+
+    uid: int
+    cgroup: Path | None
+    python: str  # the interpreter that runs the launcher
+    binary: str  # QEMU's absolute path
+
+
+def confine(spec: VMSpec, paths: VMPaths, argv: list[str], c: Confinement) -> list[str]:
+    """`argv` (from build_argv) started by the launcher: inside `spec.netns` when set (by
+    `ip netns exec`, which execs the launcher there), as `c.uid`, in `c.cgroup`."""
+    prefix = ["ip", "netns", "exec", spec.netns] if spec.netns else []
+    launcher = [*prefix, c.python, "-I", "-S", str(LAUNCHER), "--uid", str(c.uid),
+                "--gid", str(c.uid)]
+    if c.cgroup is not None:
+        launcher += ["--cgroup", str(c.cgroup)]
+    launcher += ["--listen", f"{QMP_FD}={paths.qmp_sock}",
+                 "--listen", f"{SERIAL_FD}={paths.serial_sock}"]
+    for i, nic in enumerate(spec.nics):
+        launcher += ["--tap", f"{TAP_FD0 + i}={nic.tap}"]
+    return [*launcher, "--", c.binary, *argv[1:]]
 
 
 # -- block volumes ---------------------------------------------------------------------------
@@ -247,6 +285,13 @@ def _machine(arch: Arch, accel: Accel) -> list[str]:
     if accel == "kvm":
         return ["-machine", "virt,gic-version=host", "-cpu", "host"]
     return ["-machine", "virt", "-cpu", "cortex-a57"]
+
+
+def _accel(accel: Accel, tb_size_mib: int) -> str:
+    try:
+        return accel_option(accel, tb_size_mib)
+    except ValueError as e:
+        raise DriverError(str(e)) from None
 
 
 def _write_error(policy: str) -> str:

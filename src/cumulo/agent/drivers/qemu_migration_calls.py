@@ -22,7 +22,7 @@ from cumulo.agent.drivers.base import (
     VMSpec,
     check_spec_files,
 )
-from cumulo.agent.drivers.qemu_argv import Accel, VMPaths, build_argv
+from cumulo.agent.drivers.qemu_argv import Accel, VMPaths
 from cumulo.agent.drivers.qemu_migration import Outgoing, Record
 from cumulo.agent.drivers.qmp import QMPSession, close_session, session_for
 from cumulo.domain.arch import Arch
@@ -32,6 +32,7 @@ class QemuMigration:
     """prepare_incoming, migrate_out, migration_status, cancel_migration, finish_migration."""
 
     _outgoing: dict[str, Outgoing]
+    tb_size_mib: int
 
     # provided by QemuDriver
     def _paths(self, vm_id: str) -> VMPaths:
@@ -46,7 +47,11 @@ class QemuMigration:
     async def _force_stop(self, paths: VMPaths) -> None:
         raise NotImplementedError
 
-    async def _launch(self, argv: list[str], paths: VMPaths) -> int:
+    async def _start_qemu(self, spec: VMSpec, paths: VMPaths, accel: Accel,
+                          extra: tuple[str, ...] = ()) -> int:
+        raise NotImplementedError
+
+    def _forget_vm(self, paths: VMPaths) -> None:
         raise NotImplementedError
 
     async def accel_for(self, arch: Arch) -> Accel:
@@ -80,22 +85,13 @@ class QemuMigration:
                             disk_created=str(spec.boot_disk))
             try:
                 check_spec_files(spec)
-                binary = shutil.which(spec.arch.qemu_binary)
-                if binary is None:
-                    raise DriverError(f"cannot receive {spec.vm_id}: {spec.arch.qemu_binary}"
-                                      " not found")
                 if spec.netns is not None:
                     qemu_process.check_netns(spec)
                 accel = await self.accel_for(spec.arch)
                 paths.dir.mkdir(parents=True, exist_ok=True)
                 record.save(paths.migration_json)
-                for stale in (paths.stop_marker, paths.pidfile, paths.qmp_sock):
-                    stale.unlink(missing_ok=True)
                 # -S: the guest never runs here before finish_migration says so (no split brain)
-                argv = build_argv(spec, paths, accel)
-                argv[-1:-1] = ["-S", "-incoming", "defer"]
-                qemu_process.write_spec_record(paths, spec, accel, argv)
-                await self._launch(argv, paths)
+                await self._start_qemu(spec, paths, accel, ("-S", "-incoming", "defer"))
                 incoming = await qemu_migration.serve_incoming(
                     session_for(paths.qmp_sock), spec.vm_id, address
                 )
@@ -185,6 +181,7 @@ class QemuMigration:
                 raise DriverError(f"cannot finish the migration of {vm_id}: it is {record.state}")
             boot_disk = _boot_disk_of(paths)
             await self._force_stop(paths)
+            self._forget_vm(paths)
             await asyncio.to_thread(shutil.rmtree, paths.dir, True)
             await close_session(paths.qmp_sock)
             if boot_disk is not None:
@@ -204,6 +201,7 @@ class QemuMigration:
 
     async def _remove_incoming(self, paths: VMPaths, record: Record) -> None:
         await self._force_stop(paths)
+        self._forget_vm(paths)
         await asyncio.to_thread(shutil.rmtree, paths.dir, True)
         await close_session(paths.qmp_sock)
         if record.disk_created:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -64,17 +65,22 @@ def crash_reason(paths: VMPaths) -> str:
 
 
 async def launch(argv: list[str], paths: VMPaths) -> int:
-    """Run QEMU until it has daemonized; its pid. Launch errors become DriverError."""
+    """Run the launcher (qemu_exec), then wait until QEMU's monitor greets: its pid.
+
+    QEMU runs in the foreground of its own session (its seccomp sandbox forbids the fork of
+    -daemonize), so "started" is its monitor answering; a QEMU that exits first (a bad option,
+    a disk it may not open) becomes a DriverError with its stderr.
+    """
     with paths.launch_log.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
             stderr=err,
             start_new_session=True,
         )
     try:
-        code = await asyncio.wait_for(proc.wait(), LAUNCH_TIMEOUT_S)
+        out, _ = await asyncio.wait_for(proc.communicate(), LAUNCH_TIMEOUT_S)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
@@ -82,13 +88,53 @@ async def launch(argv: list[str], paths: VMPaths) -> int:
         raise DriverError(
             f"qemu for {paths.vm_id} did not finish starting within {LAUNCH_TIMEOUT_S:.0f}s"
         ) from None
-    message = paths.launch_log.read_text(errors="replace").strip()
-    if code != 0:
-        raise DriverError(f"qemu for {paths.vm_id} failed to start (exit {code}): {message}")
-    pid = read_pid(paths.pidfile)
-    if pid is None:
-        raise DriverError(f"qemu for {paths.vm_id} started but wrote no pidfile {paths.pidfile}")
+    if proc.returncode != 0:
+        raise DriverError(f"qemu for {paths.vm_id} failed to start (exit {proc.returncode}):"
+                          f" {_launch_error(paths)}")
+    try:
+        pid = int(out.decode().split()[-1])
+    except (ValueError, IndexError):
+        raise DriverError(f"qemu for {paths.vm_id}: its launcher named no pid") from None
+    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+    while not await _greets(paths.qmp_sock):
+        if not _alive(pid):
+            raise DriverError(f"qemu for {paths.vm_id} failed to start: {_launch_error(paths)}")
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            raise DriverError(
+                f"qemu for {paths.vm_id} did not finish starting within {LAUNCH_TIMEOUT_S:.0f}s")
+        await asyncio.sleep(0.02)
     return pid
+
+
+def _launch_error(paths: VMPaths) -> str:
+    paths.pidfile.unlink(missing_ok=True)  # crash_reason then tells the launch error
+    return paths.launch_log.read_text(errors="replace").strip()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())  # a zombie's is empty
+    except OSError:
+        return False
+
+
+async def _greets(sock: Path) -> bool:
+    """Whether QEMU's monitor sends its greeting on `sock` (it does once QEMU's init is done)."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(sock)
+    except OSError:
+        return False
+    try:
+        line = await asyncio.wait_for(reader.readline(), 0.5)
+    except (TimeoutError, OSError):
+        line = b""
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return line.startswith(b'{"QMP"')
 
 
 def check_netns(spec: VMSpec) -> None:

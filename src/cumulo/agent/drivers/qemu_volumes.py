@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,10 @@ async def resize(sock: Path, vm_id: str, vol: str, size_bytes: int) -> None:
     await _qmp(sock, "block_resize", {"node-name": top_node(vol), "size": size_bytes})
 
 
-async def snapshot(sock: Path, vm_id: str, vol: str, target: Path) -> None:
-    """blockdev-backup sync=full into a fresh qcow2: a point-in-time copy, taken online."""
+async def snapshot(sock: Path, vm_id: str, vol: str, target: Path,
+                   prepare: Callable[[Path], None] | None = None) -> None:
+    """blockdev-backup sync=full into a fresh qcow2: a point-in-time copy, taken online.
+    `prepare` is called with the new target file before QEMU opens it (to hand it over)."""
     nodes = await _qmp(sock, "query-named-block-nodes", {"flat": True})
     source = next((n for n in nodes if n.get("node-name") == fmt_node(vol)), None)
     if source is None:
@@ -163,6 +166,8 @@ async def snapshot(sock: Path, vm_id: str, vol: str, target: Path) -> None:
     await _cancel_job(sock, job, dst)
     try:
         await _run("qemu-img", "create", "-q", "-f", "qcow2", str(target), str(size))
+        if prepare is not None:
+            prepare(target)
         await _qmp(sock, "blockdev-add", {
             "driver": "qcow2", "node-name": dst,
             "file": {"driver": "file", "filename": str(target)},

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cumulo.agent.drivers.base import MAX_VOLUMES, DriverError, NicSpec, VMSpec, VolumeAttachment
-from cumulo.agent.drivers.qemu_argv import VMPaths, build_argv
+from cumulo.agent.drivers.qemu_argv import LAUNCHER, Confinement, VMPaths, build_argv, confine
 from cumulo.domain.arch import Arch
 
 RUN = Path("/run/cumulo/vms")
@@ -50,19 +50,21 @@ TAIL = [
     "-device", "pcie-root-port,id=hp5,chassis=6,io-reserve=0",
     "-device", "pcie-root-port,id=hp6,chassis=7,io-reserve=0",
     "-device", "pcie-root-port,id=hp7,chassis=8,io-reserve=0",
-    "-qmp", f"unix:{D}/qmp.sock,server=on,wait=off",
+    # the monitor: a listening socket the launcher hands over on fd 3
+    "-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
+    "-mon", "chardev=qmp,mode=control",
     "-action", "shutdown=pause",
     "-pidfile", f"{D}/qemu.pid",
-    "-daemonize",
 ]  # fmt: skip
+SANDBOX = ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
 
 
 def head(binary: str, machine: list[str], accel: str) -> list[str]:
     return [
         binary, "-name", f"guest={VM},debug-threads=on", "-nodefaults", "-no-user-config",
         "-display", "none",
-        *machine, "-accel", accel, "-smp", "2", "-m", "512",
-        "-chardev", f"socket,id=console,path={D}/ser.sock,server=on,wait=off,"
+        *SANDBOX, *machine, "-accel", accel, "-smp", "2", "-m", "512",
+        "-chardev", "socket,id=console,fd=4,server=on,wait=off,"
                     f"logfile={D}/console.log,logappend=on",
         "-serial", "chardev:console",
     ]  # fmt: skip
@@ -98,9 +100,20 @@ def test_arm64_tcg() -> None:
     ]
 
 
+def test_tcg_translation_cache_size() -> None:
+    argv = build_argv(spec(Arch.ARM64), PATHS, "tcg", 32)
+    assert argv[argv.index("-accel") + 1] == "tcg,tb-size=32"
+    # 0 is QEMU's own default: the argv stays as before; KVM has no translation cache
+    assert "tcg" in build_argv(spec(Arch.ARM64), PATHS, "tcg", 0)
+    kvm = build_argv(spec(Arch.X86_64), PATHS, "kvm", 32)
+    assert kvm[kvm.index("-accel") + 1] == "kvm"
+    with pytest.raises(DriverError, match="tb-size"):
+        build_argv(spec(Arch.ARM64), PATHS, "tcg", 99999)
+
+
 def test_arm64_kvm() -> None:
     argv = build_argv(spec(Arch.ARM64), PATHS, "kvm")
-    assert argv[7:13] == ["-machine", "virt,gic-version=host", "-cpu", "host", "-accel", "kvm"]
+    assert argv[9:15] == ["-machine", "virt,gic-version=host", "-cpu", "host", "-accel", "kvm"]
 
 
 def test_disk_boot_without_kernel_or_seed() -> None:
@@ -119,22 +132,24 @@ def test_commas_in_paths_are_escaped() -> None:
 def test_runtime_dir_appears_in_the_command_line() -> None:
     argv = build_argv(spec(Arch.X86_64), PATHS, "tcg")
     assert f"{D}/qemu.pid" in argv  # how observe() tells our QEMU from a reused pid
-    assert argv[-1] == "-daemonize" and "-nic" not in argv and "-netdev" not in argv
+    assert "-daemonize" not in argv  # the sandbox forbids its fork: the launcher starts it
+    assert "-nic" not in argv and "-netdev" not in argv
 
 
-def test_nics_in_a_network_namespace() -> None:
-    nics = (NicSpec("ct0123456789a0", "52:54:00:12:34:56"),
-            NicSpec("ct0123456789a1", "52:54:00:ab:cd:ef"))  # fmt: skip
-    argv = build_argv(spec(Arch.X86_64, netns="cn-0123456789", nics=nics), PATHS, "tcg")
+NICS = (NicSpec("ct0123456789a0", "52:54:00:12:34:56"),
+        NicSpec("ct0123456789a1", "52:54:00:ab:cd:ef"))  # fmt: skip
+
+
+def test_nics_are_taps_the_launcher_opened() -> None:
+    argv = build_argv(spec(Arch.X86_64, netns="cn-0123456789", nics=NICS), PATHS, "tcg")
     net = [
-        "-netdev", "tap,id=net0,ifname=ct0123456789a0,script=no,downscript=no",
+        "-netdev", "tap,id=net0,fd=5",
         "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,romfile=",
-        "-netdev", "tap,id=net1,ifname=ct0123456789a1,script=no,downscript=no",
+        "-netdev", "tap,id=net1,fd=6",
         "-device", "virtio-net-pci,netdev=net1,mac=52:54:00:ab:cd:ef,romfile=",
     ]  # fmt: skip
     rng = TAIL.index("virtio-rng-pci") - 1
     assert argv == [
-        "ip", "netns", "exec", "cn-0123456789",
         *head("qemu-system-x86_64", ["-machine", "q35", "-cpu", "max"], "tcg"),
         *KERNEL,
         *TAIL[:rng],
@@ -143,11 +158,28 @@ def test_nics_in_a_network_namespace() -> None:
     ]  # fmt: skip
 
 
-def test_nics_without_a_namespace() -> None:
-    argv = build_argv(spec(Arch.X86_64, nics=(NicSpec("ctx0", "52:54:00:00:00:01"),)), PATHS,
-                      "tcg")  # fmt: skip
-    assert argv[0] == "qemu-system-x86_64"
-    assert "tap,id=net0,ifname=ctx0,script=no,downscript=no" in argv
+def test_confined_in_a_network_namespace() -> None:
+    s = spec(Arch.X86_64, netns="cn-0123456789", nics=NICS)
+    qemu = build_argv(s, PATHS, "tcg")
+    c = Confinement(1900000007, Path("/sys/fs/cgroup/cumulo/i-1"), "/venv/bin/python",
+                    "/usr/bin/qemu-system-x86_64")
+    assert confine(s, PATHS, qemu, c) == [
+        "ip", "netns", "exec", "cn-0123456789",
+        "/venv/bin/python", "-I", "-S", str(LAUNCHER),
+        "--uid", "1900000007", "--gid", "1900000007",
+        "--cgroup", "/sys/fs/cgroup/cumulo/i-1",
+        "--listen", f"3={D}/qmp.sock", "--listen", f"4={D}/ser.sock",
+        "--tap", "5=ct0123456789a0", "--tap", "6=ct0123456789a1",
+        "--", "/usr/bin/qemu-system-x86_64", *qemu[1:],
+    ]  # fmt: skip
+
+
+def test_confined_without_namespace_nor_cgroup() -> None:
+    s = spec(Arch.X86_64)
+    qemu = build_argv(s, PATHS, "tcg")
+    argv = confine(s, PATHS, qemu, Confinement(1900000001, None, "/p", "/q"))
+    assert argv[:4] == ["/p", "-I", "-S", str(LAUNCHER)] and "--cgroup" not in argv
+    assert argv[argv.index("--") + 1:] == ["/q", *qemu[1:]]
 
 
 def test_paths() -> None:
@@ -164,7 +196,7 @@ VOL_B = VolumeAttachment("vol-00000000000000001", Path("/v/b.qcow2"), write_erro
 
 def test_cold_attached_volumes_are_throttled_in_hotplug_slots() -> None:
     argv = build_argv(spec(Arch.X86_64, volumes=(VOL_A, VOL_B)), PATHS, "tcg")
-    qmp = argv.index("-qmp")
+    qmp = argv.index("socket,id=qmp,fd=3,server=on,wait=off") - 1
     assert argv[qmp - 12 : qmp] == [
         "-object", '{"qom-type":"throttle-group","id":"vol-0123456789abcdef0-tg",'
         '"limits":{"iops-total":500,"bps-total":41943040}}',

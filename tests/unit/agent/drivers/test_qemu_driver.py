@@ -22,6 +22,7 @@ import pytest
 from cumulo.agent.drivers.base import DriverError, PowerState, VMSpec
 from cumulo.agent.drivers.qemu import QemuDriver
 from cumulo.domain.arch import Arch
+from tests.contract.qemu_pids import kill_all
 
 pytestmark = pytest.mark.qemu
 
@@ -41,6 +42,7 @@ def workdir() -> Iterator[Path]:
                 pid = int(pidfile.read_text())
                 if os.fsencode(pidfile) in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
                     os.kill(pid, signal.SIGKILL)
+        kill_all(path / "run")  # and their cgroups
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -80,7 +82,7 @@ async def test_qemu_outlives_the_process_that_started_it(workdir: Path) -> None:
         """
     )
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
-    pid = int(out.stdout.decode().strip())
+    pid = int(out.stdout.decode().split()[-1])  # after any warning the driver logs
     driver = QemuDriver(workdir / "run", accel="tcg")  # the "restarted agent"
     obs = (await driver.observe())[VM]
     assert (obs.power, obs.pid) == (PowerState.RUNNING, pid)
@@ -99,3 +101,21 @@ async def test_a_reused_pid_is_not_mistaken_for_the_vm(workdir: Path) -> None:
     assert obs.power is PowerState.CRASHED and str(os.getpid()) in obs.reason
     await driver.force_stop(VM)  # must not kill this test process
     assert (await driver.observe())[VM].power is PowerState.STOPPED
+
+
+async def test_the_tcg_translation_cache_size_reaches_qemu(workdir: Path) -> None:
+    driver = QemuDriver(workdir / "run", accel="tcg", tb_size_mib=16)
+    obs = await driver.start(blank_spec(workdir))
+    try:
+        assert obs.pid is not None
+        argv = Path(f"/proc/{obs.pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"-accel") + 1] == b"tcg,tb-size=16"  # QEMU accepted it: runs
+        assert (await driver.observe())[VM].power is PowerState.RUNNING
+    finally:
+        await driver.force_stop(VM)
+
+
+@pytest.mark.parametrize("size", [-1, 4097])
+def test_a_bad_translation_cache_size_is_refused(size: int) -> None:
+    with pytest.raises(DriverError, match="tb-size"):
+        QemuDriver(Path("/tmp/cd-tb"), accel="tcg", tb_size_mib=size)

@@ -1,0 +1,83 @@
+"""Many simulated hosts, idle: what 100 and 1,000 hosts cost the API when nothing happens.
+
+For each host count: a fresh SQLite database, the real API in its process and N simulated
+hosts in one asyncio process (bench/cp_processes.py: the real agent loop, reconciler and fake
+driver per host, each with its own token and long-poll), as in the control-plane section.
+Once every host is registered and 5 s have passed, the CPU (utime + stime) and RSS of the API
+and of the hosts' process are read over a window (30 s; 15 s with --quick) with no request
+but the hosts' own (long-polls, heartbeats, reports). Not in the default sections (it is
+not part of the --quick budget): `cumulo bench --only many_hosts`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import cp_http
+from bench.cloud import free_port, rss_kib
+from bench.control_plane import ZONE, Probe, Scale, _cpu_s, _spawn, _stop, _wait, prepare
+
+COUNTS = (100, 1000)
+
+
+def idle(n: int, window_s: float, work: Path) -> dict[str, Any]:
+    sc = Scale(instances=0, hosts=n)
+    url = f"sqlite:///{work / 'cumulo.db'}"
+    _, hosts = prepare(url, sc, work)
+    base = f"http://127.0.0.1:{free_port()}"
+    api = _spawn(["api", "--db", url, "--port", base.rsplit(":", 1)[1]], work / "api.log")
+    probe = Probe(url)
+    agents = None
+    try:
+        _wait(lambda: cp_http.healthy(base) or api.poll() is not None, 60, "the API", 0.1)
+        cfg = work / "agents.json"
+        cfg.write_text(json.dumps({
+            "api_url": base, "zone": ZONE, "vcpus": sc.host_vcpus, "ram_mib": sc.host_ram_mib,
+            "work_dir": str(work / "hosts"), "hosts": hosts}))
+        t = time.monotonic()
+        agents = _spawn(["agents", "--config", str(cfg)], work / "agents.log")
+        _wait(lambda: probe.hosts() == n, 600, f"{n} hosts to register", 0.5)
+        registered_s = time.monotonic() - t
+        time.sleep(5)
+        a0, g0, t0 = _cpu_s(api.pid), _cpu_s(agents.pid), time.monotonic()
+        time.sleep(window_s)
+        a1, g1, wall = _cpu_s(api.pid), _cpu_s(agents.pid), time.monotonic() - t0
+        api_mib = rss_kib(api.pid) / 1024
+        return {
+            "hosts": n,
+            "register_all_s": round(registered_s, 1),
+            "window_s": round(wall, 1),
+            "api_cpu_percent": round(100 * (a1 - a0) / wall, 2),
+            "api_cpu_percent_per_host": round(100 * (a1 - a0) / wall / n, 4),
+            "hosts_process_cpu_percent": round(100 * (g1 - g0) / wall, 2),
+            "api_rss_mib": round(api_mib, 1),
+            "hosts_process_rss_mib": round(rss_kib(agents.pid) / 1024, 1),
+        }
+    finally:
+        probe.close()
+        if agents is not None:
+            _stop(agents)
+        _stop(api)
+
+
+def run(quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for n in COUNTS:
+        with tempfile.TemporaryDirectory(prefix="cumulo-bench-") as tmp:
+            out[str(n)] = idle(n, 15.0 if quick else 30.0, Path(tmp))
+    small, big = out[str(COUNTS[0])], out[str(COUNTS[-1])]
+    if small["api_rss_mib"] and big["hosts"] > small["hosts"]:
+        out["api_rss_kib_per_host"] = round(
+            (big["api_rss_mib"] - small["api_rss_mib"]) * 1024 / (big["hosts"] - small["hosts"]),
+            1)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps(run("--quick" in sys.argv), indent=2))

@@ -1,0 +1,142 @@
+"""Start one VM's QEMU confined: run as root (inside the host's network namespace, by
+`ip netns exec`), do the few things that need root, then exec QEMU as the VM's own uid.
+
+Run as a script (`python3 -I -S qemu_exec.py ...`): standard library only, no cumulo import,
+so it costs a few milliseconds per start. In order:
+- join the VM's cgroup (`--cgroup DIR`: this process's pid into DIR/cgroup.procs; QEMU
+  inherits it, so all its memory is charged there from its first page);
+- open each tap (`--tap FD=NAME`: /dev/net/tun, TUNSETIFF) and bind each unix socket
+  (`--listen FD=PATH`, mode 0600, owned by root) and put them on fixed fd numbers, which
+  QEMU's command line names (`-netdev tap,fd=FD`, `-chardev socket,fd=FD`): QEMU never needs
+  CAP_NET_ADMIN nor a writable directory, and a tap vanishes with its QEMU, as before;
+- fork: the child starts a new session, drops every group and switches to `--uid/--gid`,
+  then execs QEMU in the foreground (QEMU's own -daemonize forks, which its seccomp sandbox
+  with spawn=deny kills); the parent prints the child's pid once the exec has happened (or
+  the exec error, exit 127) and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import struct
+import sys
+
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+
+
+def _place(fd: int, slot: int) -> None:
+    """Put `fd` on fd number `slot`, inheritable by QEMU."""
+    if fd != slot:
+        os.dup2(fd, slot)
+        os.close(fd)
+    os.set_inheritable(slot, True)
+
+
+def _open_tap(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    ifreq = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+    fcntl.ioctl(fd, TUNSETIFF, ifreq)
+    return fd
+
+
+def _listen(path: str) -> int:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(16)
+    return sock.detach()
+
+
+def _pairs(values: list[str]) -> list[tuple[int, str]]:
+    out = []
+    for v in values:
+        slot, _, what = v.partition("=")
+        out.append((int(slot), what))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if "--" not in argv:
+        print("usage: qemu_exec.py --uid N --gid N [--cgroup DIR] [--tap FD=NAME]..."
+              " [--listen FD=PATH]... -- QEMU ARGS", file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    opts, command = argv[:split], argv[split + 1:]
+    uid = gid = -1
+    cgroup = ""
+    taps: list[str] = []
+    listens: list[str] = []
+    for key, value in zip(opts[::2], opts[1::2], strict=True):
+        if key == "--uid":
+            uid = int(value)
+        elif key == "--gid":
+            gid = int(value)
+        elif key == "--cgroup":
+            cgroup = value
+        elif key == "--tap":
+            taps.append(value)
+        elif key == "--listen":
+            listens.append(value)
+        else:
+            print(f"qemu_exec: unknown option {key}", file=sys.stderr)
+            return 2
+    if uid <= 0 or gid <= 0 or not command or not os.path.isabs(command[0]):
+        print("qemu_exec: --uid and --gid (not root) and a command by its absolute path are"
+              " required", file=sys.stderr)
+        return 2
+    if cgroup:
+        try:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        except OSError as e:
+            print(f"warning: qemu_exec: cannot join cgroup {cgroup}: {e}", file=sys.stderr)
+    try:
+        for slot, name in _pairs(taps):
+            _place(_open_tap(name), slot)
+        for slot, path in _pairs(listens):
+            _place(_listen(path), slot)
+    except OSError as e:
+        print(f"qemu_exec: {e}", file=sys.stderr)
+        return 1
+    rd, wr = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: becomes QEMU
+        os.close(rd)
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)  # stdout is the pipe the agent reads our pid from: not QEMU's
+            os.close(null)
+            os.umask(0o077)
+            os.chdir("/")  # hold no directory of the agent's busy
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            os.execv(command[0], command)
+        except BaseException as e:  # whatever it is, the parent must hear it
+            os.write(wr, f"cannot exec {command[0]} as uid {uid}: {e}".encode())
+        os._exit(127)
+    os.close(wr)
+    with os.fdopen(rd, "rb") as pipe:
+        error = pipe.read().decode(errors="replace")  # EOF at the exec: it closed the pipe
+    if error:
+        os.waitpid(pid, 0)
+        print(f"qemu_exec: {error}", file=sys.stderr)
+        return 127
+    print(pid, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

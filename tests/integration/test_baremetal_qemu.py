@@ -1,0 +1,153 @@
+"""A bare-metal node end to end as far as it is built: `cumulo up` (its API process runs the
+conductor), the CLI, and a "physical" server that is a real QEMU machine behind the Redfish
+BMC emulator in its own process. Enrolled with a password file, inspected over Redfish, made
+available; powered on, off and rebooted over Redfish (the QEMU process appears and goes);
+deleted (powered off first); and a BMC that does not answer leaves `error` with the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cumulo.baremetal.emulated_machine import MachineSpec
+from cumulo.baremetal.redfish import Bmc, BmcAddress, PowerAction
+from tests.baremetal_support import PASSWORD, USER, bmc_process
+from tests.conftest import free_port, running
+from tests.integration.conftest import Cloud, _make
+
+pytestmark = pytest.mark.qemu
+
+SPEC = MachineSpec("srv-1", vcpus=1, ram_mib=128, disk_gib=1)
+
+
+def _wait_node(c: Cloud, name: str, state: str, timeout: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    node: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        node = c.json("baremetal", "node", "show", name)
+        if node["state"] == state:
+            return node
+        time.sleep(0.5)
+    raise AssertionError(f"node {name} not {state} after {timeout}s: {node}\n"
+                         f"{c.log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def media_url(tmp_path: Path) -> Iterator[str]:
+    """An "ISO" served over HTTP on loopback, for the BMC to fetch as virtual media."""
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "deploy.iso").write_bytes(b"CD001" + bytes(64 * 1024))
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/deploy.iso"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_enroll_inspect_power_and_delete_a_node(fake_cloud: Cloud, tmp_path: Path,
+                                                media_url: str) -> None:
+    c = fake_cloud
+    with bmc_process(tmp_path / "bmc", SPEC) as bmc:
+        machine = bmc.machines[SPEC.system_id]
+        pw = tmp_path / "pw"
+        pw.write_text(PASSWORD + "\n")
+        enrolled = c.cli("-o", "json", "baremetal", "node", "enroll", "bm-1", "--zone",
+                         "local-1a", "--redfish", bmc.url, "--system", SPEC.system_id,
+                         "--username", USER, "--password-file", str(pw), "--arch", "x86_64",
+                         "--vcpus", "1", "--ram", "128", "--disk", "1")
+        assert PASSWORD not in enrolled.stdout + enrolled.stderr
+        assert json.loads(enrolled.stdout)["state"] == "enroll"
+
+        node = _wait_node(c, "bm-1", "available")
+        assert node["facts"] == {"arch": "x86_64", "vcpus": 1, "ram_mib": 128, "disk_gib": 1}
+        assert (node["power_state"], node["last_error"], node["instance"]) == ("off", None, None)
+        assert machine.pid() is None  # inspection reads; it does not power anything on
+
+        # Power actions over Redfish, as the conductor will drive them: the QEMU is real.
+        b = Bmc(BmcAddress(bmc.url, f"/redfish/v1/Systems/{SPEC.system_id}", USER, PASSWORD))
+        b.insert_media(media_url)
+        b.set_boot("cd", once=True)
+        assert b.power(PowerAction.ON) == "on"
+        pid = machine.pid()
+        assert pid is not None and running(pid)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"qemu-system-x86_64" in argv[0] and b"128" in argv and b"order=d" in argv
+        assert any(b"media=cdrom" in a and b"media.iso" in a for a in argv)
+        assert machine.media.read_bytes()[:5] == b"CD001"  # fetched by the BMC
+        assert b.power(PowerAction.ON) == "on" and machine.pid() == pid  # idempotent
+
+        assert b.power(PowerAction.OFF) == "off"
+        assert not running(pid) and machine.pid() is None
+        b.eject_media()
+        assert b.power(PowerAction.REBOOT) == "on"  # from off: powers on, from the disk now
+        rebooted = machine.pid()
+        assert rebooted is not None and rebooted != pid
+        argv = Path(f"/proc/{rebooted}/cmdline").read_bytes().split(b"\0")
+        assert b"order=c" in argv and not any(b"media=cdrom" in a for a in argv)
+
+        # Delete: the conductor powers the machine off before it forgets the node.
+        c.cli("baremetal", "node", "delete", "bm-1")
+        deadline = time.monotonic() + 90
+        while c.json("baremetal", "node", "list") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert c.json("baremetal", "node", "list") == []
+        assert not running(rebooted) and machine.pid() is None
+
+    # A BMC that does not answer: error, with the reason, for the operator to see.
+    silent = f"http://127.0.0.1:{free_port()}"
+    c.cli("baremetal", "node", "enroll", "bm-2", "--zone", "local-1a", "--redfish", silent,
+          "--system", "1", "--arch", "x86_64", "--vcpus", "1", "--ram", "128", "--disk", "1")
+    node = _wait_node(c, "bm-2", "error")
+    assert node["last_error"] == f"the BMC at {silent} did not answer (read the power state): " \
+                                 "connection refused"
+    listed = c.cli("baremetal", "node", "list").stdout
+    assert "bm-2" in listed and "error" in listed
+
+
+@pytest.fixture
+def lab_cloud() -> Iterator[Cloud]:
+    for cloud in _make("fake", ["--baremetal-nodes", "1"]):
+        cloud.start()
+        yield cloud
+
+
+def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None:
+    c = lab_cloud
+    node = _wait_node(c, "bm-1", "available")
+    assert node["facts"] == {"arch": "x86_64", "vcpus": 1, "ram_mib": 256, "disk_gib": 2}
+    lab = c.state_dir / "baremetal"
+    password = (lab / "bmc-password").read_text().strip()
+    b = Bmc(BmcAddress(node["redfish_url"], node["redfish_system"], "admin", password))
+    assert b.power(PowerAction.ON) == "on"
+    pid = int((lab / "node-1" / "qemu.pid").read_text())
+    assert running(pid)
+
+    # A restart keeps the node (no second enrollment) and its BMC's address.
+    c.stop()  # the emulator goes with `cumulo up`, and powers its machine off
+    assert not running(pid)
+    c.start()
+    assert [n["name"] for n in c.json("baremetal", "node", "list")] == ["bm-1"]
+    assert b.power_state() == "off"
+
+    # `cumulo down` after a `cumulo up` killed hard: the emulator goes too (the kernel
+    # signals it), and no machine is left running.
+    assert b.power(PowerAction.ON) == "on"
+    pid = int((lab / "node-1" / "qemu.pid").read_text())
+    c.kill()
+    c.cli("down", "--state-dir", str(c.state_dir))
+    deadline = time.monotonic() + 30
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running(pid)
