@@ -302,6 +302,9 @@ class Settings(BaseModel):
     cpu_allocation_ratio: float = Field(default=4.0, gt=0, le=1000, allow_inf_nan=False)
     ram_allocation_ratio: float = Field(default=1.0, gt=0, le=1000, allow_inf_nan=False)
     placement_policy: Literal["spread", "pack"] = "spread"
+    # `cumulo host drain`: how many live migrations off one host run at once (the others wait,
+    # queued, for their turn).
+    drain_concurrency: int = Field(default=2, ge=1, le=64)
     # Only `cumulo up` reads this (for the agent it starts); the API never does.
     host: LocalHost = Field(default_factory=LocalHost)
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)

@@ -170,6 +170,20 @@ class SnapshotAssignment(BaseModel):
     desired: str  # "present" | "deleted"
 
 
+class MigrationAssignment(BaseModel):
+    """This host's part in a live migration (cumulo.domain.migration.Step): the destination
+    prepares, then finishes; the source migrates, then finishes; either aborts."""
+
+    id: str  # "mig-<17 hex>"
+    role: str  # "destination" | "source"
+    step: str  # prepare | migrate | finish | abort
+    instance_id: str
+    instance: Assignment | None = None  # prepare: the instance as its source is assigned it
+    # prepare: the source disk's virtual size; migrate: what the destination said.
+    disk_bytes: int = 0
+    incoming: dict[str, str | int] | None = None
+
+
 class Assignments(BaseModel):
     version: int  # the notifier version; long-poll again with since=version
     instances: list[Assignment]
@@ -184,6 +198,7 @@ class Assignments(BaseModel):
     networks: list[NetworkRef] = Field(default_factory=list)  # those the instances use
     volumes: list[VolumeAssignment] = Field(default_factory=list)
     snapshots: list[SnapshotAssignment] = Field(default_factory=list)
+    migrations: list[MigrationAssignment] = Field(default_factory=list)
 
 
 class Observation(BaseModel):
@@ -211,8 +226,23 @@ class SnapshotObservation(BaseModel):
     reason: str = ""
 
 
+class MigrationObservation(BaseModel):
+    """What a host saw of its part in a migration: the step it answers, its driver's state
+    (cumulo.domain.migration.SIDE_STATES; "done": the finish or abort step is carried out)."""
+
+    id: str
+    step: str
+    state: str
+    reason: str = ""
+    incoming: dict[str, str | int] | None = None  # the destination's, once prepared
+    progress: dict[str, int] = Field(default_factory=dict)
+    downtime_ms: int | None = None
+    total_s: float | None = None
+
+
 class Report(BaseModel):
     observations: list[Observation]
+    migrations: list[MigrationObservation] = Field(default_factory=list)
     volumes: list[VolumeObservation] = Field(default_factory=list)
     snapshots: list[SnapshotObservation] = Field(default_factory=list)
     disk: HostDisk | None = None  # sent when it changed notably since the last report

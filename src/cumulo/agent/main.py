@@ -27,19 +27,22 @@ from cumulo.agent.console_server import make_app
 from cumulo.agent.counters import RECONCILE_SECONDS
 from cumulo.agent.disk_space import DiskGauge
 from cumulo.agent.dns_book import DnsBook
-from cumulo.agent.drivers.base import Driver, PowerState
+from cumulo.agent.drivers.base import Driver, MigratingDriver, PowerState
 from cumulo.agent.host_lock import LOCK_WAIT_S, HostBusy, HostLock, exit_with_parent
 from cumulo.agent.image_cache import ImageCache
 from cumulo.agent.image_export import ExportApi, Exporter
 from cumulo.agent.instance_book import InstanceBook
+from cumulo.agent.migration_reconciler import MigrationReconciler
 from cumulo.agent.reconciler import Reconciler
 from cumulo.agent.storage.volumes import VolumeStore
 from cumulo.agent.volume_reconciler import VolumeReconciler
 from cumulo.domain.arch import Arch
 from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB
 from cumulo.protocol import (
+    Assignment,
     Assignments,
     HostRegistration,
+    MigrationObservation,
     Report,
     SnapshotObservation,
     VolumeObservation,
@@ -150,8 +153,12 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
         underlay_ip=cfg.underlay_ip,
         cpus=sorted(os.sched_getaffinity(0)),
     )
+    mrec = None
+    if isinstance(driver, MigratingDriver):
+        mrec = MigrationReconciler(driver, cfg.host_dir / "migrations", rec.incoming_spec,
+                                   rec.remove_storage, cfg.underlay_ip)
     try:
-        await agent_loop(client, rec, reg, stop, vrec, DiskGauge(cfg.host_dir))
+        await agent_loop(client, rec, reg, stop, vrec, DiskGauge(cfg.host_dir), mrec)
     finally:
         for job in (rec.images, rec.exporter):
             if job is not None:
@@ -197,6 +204,7 @@ async def agent_loop(
     stop: asyncio.Event,
     vrec: VolumeReconciler | None = None,
     disk: DiskGauge | None = None,
+    mrec: MigrationReconciler | None = None,
 ) -> None:
     """Register, then long-poll assignments, reconcile and report until `stop` is set.
 
@@ -244,10 +252,10 @@ async def agent_loop(
                 if batch is None:
                     continue
                 if time.monotonic() - last_resync > RESYNC_S:
-                    _forget_reports(rec, vrec, disk)
+                    _forget_reports(rec, vrec, disk, mrec)
                     last_resync = time.monotonic()
                 started = time.perf_counter()
-                report = await _pass(rec, batch, vrec)
+                report = await _pass(rec, batch, vrec, mrec)
                 RECONCILE_SECONDS.observe(time.perf_counter() - started)
                 space = disk.to_report() if disk is not None else None
                 if space is not None:
@@ -264,6 +272,8 @@ async def agent_loop(
                 rec.acknowledge(report.observations)
                 if vrec is not None:
                     vrec.acknowledge(report.volumes, report.snapshots)
+                if mrec is not None:
+                    mrec.acknowledge(report.migrations)
                 if disk is not None:
                     disk.acknowledge(report.disk)
             except httpx.HTTPStatusError as e:
@@ -273,11 +283,11 @@ async def agent_loop(
                     held.forget()
                 log.warning("api_error", status=e.response.status_code,
                             body=e.response.text[:200])
-                _forget_reports(rec, vrec, disk)
+                _forget_reports(rec, vrec, disk, mrec)
                 await _sleep_or_stop(stop, 1.0)
             except httpx.TransportError as e:
                 log.warning("api_unreachable", error=str(e))  # VMs keep running meanwhile
-                _forget_reports(rec, vrec, disk)
+                _forget_reports(rec, vrec, disk, mrec)
                 await _sleep_or_stop(stop, 1.0)
     finally:
         if poll is not None:
@@ -286,9 +296,20 @@ async def agent_loop(
                 await poll
 
 
-async def _pass(rec: Reconciler, batch: Assignments, vrec: VolumeReconciler | None
-                ) -> Report | None:
-    """Reconcile volumes, then instances; what changed, to report (None: nothing)."""
+async def _pass(rec: Reconciler, batch: Assignments, vrec: VolumeReconciler | None,
+                mrec: MigrationReconciler | None = None) -> Report | None:
+    """Reconcile migrations, volumes, then instances; what changed, to report (None:
+    nothing)."""
+    migs: list[MigrationObservation] = []
+    moving: set[str] = set()
+    arriving: list[Assignment] = []
+    if mrec is not None and (batch.migrations or mrec.to_announce):
+        migs = await mrec.run_pass(batch.migrations)
+        moving = mrec.moving(batch.migrations)
+        # Not its public address: that stays with the host the instance is assigned to.
+        arriving = [m.instance.model_copy(update={"public_ip": None})
+                    for m in batch.migrations
+                    if m.role == "destination" and m.instance is not None]
     vols: list[VolumeObservation] = []
     snaps: list[SnapshotObservation] = []
     if vrec is not None and (batch.volumes or batch.snapshots or vrec.busy):
@@ -296,17 +317,22 @@ async def _pass(rec: Reconciler, batch: Assignments, vrec: VolumeReconciler | No
             vm_id for vm_id, o in (await rec.driver.observe()).items() if o.power in _LIVE
         }
         vols, snaps = await vrec.run_pass(batch.volumes, batch.snapshots, running)
-    changed = await rec.run_pass(batch.instances, batch.networks)
-    if changed or vols or snaps:
-        return Report(observations=changed, volumes=vols, snapshots=snaps)
+    changed = await rec.run_pass(batch.instances, batch.networks, moving, arriving)
+    if mrec is not None and mrec.to_announce:
+        await mrec.announce({o.id for o in changed if o.state == "running"}
+                            | {a.id for a in batch.instances if a.state == "running"})
+    if changed or vols or snaps or migs:
+        return Report(observations=changed, volumes=vols, snapshots=snaps, migrations=migs)
     return None
 
 
 def _forget_reports(rec: Reconciler, vrec: VolumeReconciler | None,
-                    disk: DiskGauge | None) -> None:
+                    disk: DiskGauge | None, mrec: MigrationReconciler | None = None) -> None:
     """The next pass reports everything again: a periodic resync, or after a request failed
     (a report may have been lost with it)."""
     rec.forget_reports()
+    if mrec is not None:
+        mrec.forget_reports()
     if vrec is not None:
         vrec.forget_reports()
     if disk is not None:

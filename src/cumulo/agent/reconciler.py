@@ -11,7 +11,7 @@ import asyncio
 import base64
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,8 +67,14 @@ class Reconciler:
     _orphans_logged: set[str] = field(default_factory=set)
 
     async def run_pass(self, assignments: list[Assignment],
-                       networks: list[NetworkRef] | None = None) -> list[Observation]:
-        """Converge every assigned VM; return the observations that changed since last time."""
+                       networks: list[NetworkRef] | None = None,
+                       moving: Collection[str] = (),
+                       arriving: Collection[Assignment] = ()) -> list[Observation]:
+        """Converge every assigned VM; return the observations that changed since last time.
+
+        `moving`: VMs leaving this host (live migration): their power is the migration's, not
+        decided here, and nothing is reported of them. `arriving`: VMs coming to this host,
+        whose NICs are plumbed (not started) so that they run on a ready network."""
         observed = await self.driver.observe()
         wanted = {a.id for a in assignments}
         for vm_id in observed.keys() - wanted - self._orphans_logged:
@@ -81,14 +87,16 @@ class Reconciler:
                     self.exporter.ensure(a.export_id, a.id, running=a.id in live)
             self.exporter.forget({a.export_id for a in assignments if a.export_id})
         # The namespace and bridges must exist before QEMU starts inside them.
-        await self._converge_network(assignments, networks or [], live)
+        plumbed = [*assignments, *arriving]
+        await self._converge_network(plumbed, networks or [], live)
         results = await asyncio.gather(
-            *(self._converge(a, observed.get(a.id)) for a in assignments)
+            *(self._converge(a, observed.get(a.id)) for a in assignments if a.id not in moving)
         )
         started = {o.id for o in results if o.state == InstanceState.RUNNING.value}
+        started |= live & ({*moving} | {a.id for a in arriving})
         if started - live or live - started:
             # New taps to attach (and shape, and firewall); gone ones to forget.
-            await self._converge_network(assignments, networks or [], started)
+            await self._converge_network(plumbed, networks or [], started)
         if self.images is not None:
             await self.images.collect(assignments)
         changed = []
@@ -189,7 +197,15 @@ class Reconciler:
     def _remove_storage(self, vm_id: str) -> None:
         shutil.rmtree(self._instance_dir(vm_id), ignore_errors=True)
 
-    async def _spec(self, a: Assignment) -> VMSpec:
+    async def incoming_spec(self, a: Assignment) -> VMSpec:
+        """The spec of a VM arriving by live migration: its boot disk is not made here (the
+        driver makes it empty; the source fills it)."""
+        return await self._spec(a, make_disk=False)
+
+    def remove_storage(self, vm_id: str) -> None:
+        self._remove_storage(vm_id)
+
+    async def _spec(self, a: Assignment, make_disk: bool = True) -> VMSpec:
         from cumulo.agent.storage.seed import build_seed_iso
 
         if self.images is None:
@@ -199,8 +215,11 @@ class Reconciler:
         d.mkdir(parents=True, exist_ok=True)
         disk = d / "disk.qcow2"
         if not disk.exists():
-            self.images.pin(d, a.image)  # before the overlay: its backing file is kept
-        await ensure_overlay(disk, files["disk"], a.disk_gib)
+            # Before the overlay: its backing file is kept (an arriving VM's disk has none,
+            # but its kernel is read again at each reboot).
+            self.images.pin(d, a.image)
+        if make_disk:
+            await ensure_overlay(disk, files["disk"], a.disk_gib)
         seed = d / "seed.iso"
         user_data = base64.b64decode(a.user_data_b64) if a.user_data_b64 else None
         await asyncio.to_thread(

@@ -27,6 +27,7 @@ from cumulo.api.routers import (
     images,
     instances,
     join,
+    migrations,
     networking,
     placement_groups,
     projects,
@@ -112,10 +113,11 @@ def create_app(svc: Services) -> FastAPI:
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
                    hosts, placement_groups, dedicated_hosts, access_keys, events, usage,
-                   agent_images, baremetal):
+                   agent_images, baremetal, migrations):
         app.include_router(module.router,
                            dependencies=[] if module in (agents, agent_images) else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)
+    app.include_router(migrations.host_router, dependencies=user_facing)
     app.include_router(serial.router)  # a WebSocket: checks its own parameters
     web.install(app)
 

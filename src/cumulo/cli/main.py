@@ -23,6 +23,7 @@ from cumulo.cli import (
     images,
     instances,
     join_tokens,
+    migrations,
     networking,
     observe,
     volumes,
@@ -57,6 +58,7 @@ app.command("usage")(billing.usage)
 hosts.hosts_app.add_typer(join_tokens.join_token_app, name="join-token")
 app.add_typer(hosts.hosts_app, name="host")
 app.add_typer(hosts.groups_app, name="placement-group")
+app.add_typer(migrations.migration_app, name="migration")
 app.add_typer(dedicated_hosts.app, name="dedicated-host")
 app.add_typer(baremetal.baremetal_app, name="baremetal")
 app.command("bench")(bench.bench)

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -455,6 +456,39 @@ class VolumeDeviceNameRow(Base):
         ForeignKey("projects.id", ondelete="CASCADE"), index=True
     )
     device: Mapped[str] = mapped_column(String(32))
+
+
+class MigrationRow(Base):
+    """A live migration of an instance from its host to another (cumulo.services.migrations).
+
+    No foreign keys: the record outlives its instance (history). `active`: the destination
+    holds capacity for the instance (placement counts it) until the migration completed or the
+    destination confirmed its clean-up. `switched`: the source reported the switch-over done;
+    from then on the migration can only complete. `source_done` / `destination_done`: that
+    side has finished (or rolled back) its part; until then its agent is told its role.
+    """
+
+    __tablename__ = "migrations"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(32), index=True)
+    instance_name: Mapped[str] = mapped_column(String(63))
+    project_id: Mapped[str] = mapped_column(String(32))
+    source_host_id: Mapped[str] = mapped_column(String(32), index=True)
+    destination_host_id: Mapped[str] = mapped_column(String(32), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # What the destination told: its address, NBD port and export, migration port.
+    incoming: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    downtime_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    total_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    active: Mapped[bool] = mapped_column(default=True, index=True)
+    switched: Mapped[bool] = mapped_column(default=False)
+    source_done: Mapped[bool] = mapped_column(default=False)
+    destination_done: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class BaremetalNodeRow(Base):

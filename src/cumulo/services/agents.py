@@ -35,11 +35,20 @@ from cumulo.domain.volume import (
 from cumulo.protocol import (
     Assignments,
     HostDisk,
+    MigrationObservation,
     Observation,
     SnapshotObservation,
     VolumeObservation,
 )
-from cumulo.services import agent_networks, agent_views, events, hosts, metering, prices
+from cumulo.services import (
+    agent_networks,
+    agent_views,
+    events,
+    hosts,
+    metering,
+    migration_agents,
+    prices,
+)
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services
 
@@ -95,16 +104,21 @@ def assignments(svc: Services, who: Principal, name: str,
             view = plan.base  # nothing it is assigned changed since
         else:
             view = agent_views.build_view(s, svc, hid, plan)
-        nets = agent_networks.networks(s, svc, hid, set(view.network_ids),
+        moving = migration_agents.for_host(s, svc, hid)
+        network_ids = set(view.network_ids)
+        if any(m.role == "destination" for m in moving):  # it serves arriving VMs' networks
+            network_ids |= migration_agents.network_ids(s, hid)
+        nets = agent_networks.networks(s, svc, hid, network_ids,
                                        agent_networks.parse_dns_claims(dns_claims or []))
     delta = agent_views.instances_since(svc, hid, view, have)
     if delta is None:
         return Assignments(version=0, instances=list(view.instances), networks=nets,
                            volumes=list(view.volumes), snapshots=list(view.snapshots),
-                           view=view.name)
+                           view=view.name, migrations=moving)
     return Assignments(version=0, instances=delta[0], networks=nets,
                        volumes=list(view.volumes), snapshots=list(view.snapshots),
-                       view=view.name, instances_since=have, instances_removed=delta[1])
+                       view=view.name, instances_since=have, instances_removed=delta[1],
+                       migrations=moving)
 
 
 # What a report and a deletion run, built once. Columns and statements on the session's
@@ -209,7 +223,8 @@ _APPLY = (update(InstanceRow)
 def report(svc: Services, who: Principal, name: str, observations: list[Observation],
            volumes: list[VolumeObservation] | None = None,
            snapshots: list[SnapshotObservation] | None = None,
-           disk: HostDisk | None = None) -> None:
+           disk: HostDisk | None = None,
+           migrations: list[MigrationObservation] | None = None) -> None:
     """Apply what the agent saw. Stale reports (older generation) cannot undo a newer request."""
     reporter = host_id(svc, who, name)
     observations = [o for o in observations
@@ -278,6 +293,9 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
         if volumes or snapshots:
             happened += _report_storage(s, svc, at, reporter, volumes, snapshots)
         events.add(s, happened)
+        wake, moved = (migration_agents.apply(s, svc, reporter, migrations) if migrations
+                       else (set(), set()))
+    migration_agents.after_commit(svc, wake, moved)  # the reporter too: its part changed
     for net_id, mac in gone:
         svc.notifier.dns_changed(net_id, removed=[mac])
     # The reporting agent decides from the API's view of each instance (e.g. a VM shown in
@@ -287,7 +305,7 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
     # again (e.g. reboot a second time).
     if refresh:
         # A storage report may remove volumes or snapshots: the whole view is read again.
-        svc.notifier.notify(reporter, None if volumes or snapshots else changed)
+        svc.notifier.notify(reporter, None if volumes or snapshots or moved else changed)
     elif changed:
         svc.notifier.touch(reporter, changed)  # its next answer shows them; no wake-up
 

@@ -14,7 +14,7 @@ from sqlalchemy import String, and_, bindparam, case, cast, false, func, select,
 from sqlalchemy.orm import Session
 
 from cumulo.config import Settings
-from cumulo.db.tables import DedicatedHostRow, HostRow, InstanceRow
+from cumulo.db.tables import DedicatedHostRow, HostRow, InstanceRow, MigrationRow
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict, InvalidInput
 from cumulo.domain.ids import new_id
@@ -266,6 +266,13 @@ _USED = (select(InstanceRow.host_id, func.sum(InstanceRow.vcpus), func.sum(Insta
          .group_by(InstanceRow.host_id))
 # An instance is in its host's zone: a zone's hosts need only the zone's instances summed.
 _ZONE_USED = _USED.where(InstanceRow.zone == bindparam("zone"))
+# What live migrations under way hold on their destinations (the source holds the instance
+# itself): capacity is held on both hosts until the migration ends.
+_CLAIMED = (select(MigrationRow.destination_host_id, func.sum(InstanceRow.vcpus),
+                   func.sum(InstanceRow.ram_mib), func.count(), func.sum(InstanceRow.disk_mib))
+            .join(InstanceRow, InstanceRow.id == MigrationRow.instance_id)
+            .where(MigrationRow.active)
+            .group_by(MigrationRow.destination_host_id))
 _DEDICATED = select(DedicatedHostRow.allocated_host_id, DedicatedHostRow.project_id,
                     DedicatedHostRow.id).where(DedicatedHostRow.allocated_host_id.is_not(None))
 _ZONE_DEDICATED = _DEDICATED.where(DedicatedHostRow.zone == bindparam("zone"))
@@ -288,6 +295,11 @@ def capacities(s: Session, settings: Settings, zone: str | None = None) -> list[
     used = {hid: (int(c or 0), int(r or 0), int(n), int(d or 0), int(p or 0))
             for hid, c, r, n, d, p in (conn.execute(_USED) if zone is None
                                        else conn.execute(_ZONE_USED, {"zone": zone}))}
+    for hid, c, r, n, d in conn.execute(_CLAIMED):
+        uc, ur, un, ud, up = used.get(hid, (0, 0, 0, 0, 0))
+        # Its disk is written as it arrives: pending, like a new instance's.
+        used[hid] = (uc + int(c or 0), ur + int(r or 0), un + int(n), ud + int(d or 0),
+                     up + int(d or 0))
     dedicated = {hid: (pid, did) for hid, pid, did in (
         conn.execute(_DEDICATED) if zone is None
         else conn.execute(_ZONE_DEDICATED, {"zone": zone}))}

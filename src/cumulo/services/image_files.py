@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from cumulo.db.tables import HostRow, ImageRow, InstanceRow
+from cumulo.db.tables import HostRow, ImageRow, InstanceRow, MigrationRow
 from cumulo.domain.errors import Forbidden, InvalidInput, NotFound
 from cumulo.domain.ids import is_id
 from cumulo.protocol import IMAGE_FILES
@@ -44,6 +44,12 @@ def file_for(svc: Services, who: Principal, host: str, image_id: str, role: str)
                         .join(HostRow, HostRow.id == InstanceRow.host_id)
                         .where(HostRow.name == host, InstanceRow.image_id == image_id)
                         .limit(1))
+        if used is None:  # or one arriving there (live migration): its kernel is needed
+            used = s.scalar(select(MigrationRow.id)
+                            .join(InstanceRow, InstanceRow.id == MigrationRow.instance_id)
+                            .join(HostRow, HostRow.id == MigrationRow.destination_host_id)
+                            .where(HostRow.name == host, MigrationRow.active,
+                                   InstanceRow.image_id == image_id).limit(1))
         if used is None and not who.is_admin:
             raise Forbidden(f"host {host!r} runs no instance of image {image_id}",
                             code="image_not_assigned")

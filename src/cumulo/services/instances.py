@@ -14,6 +14,7 @@ from cumulo.db.tables import (
     HostRow,
     InstanceGroupRow,
     InstanceRow,
+    MigrationRow,
     ProjectRow,
 )
 from cumulo.domain.arch import Arch
@@ -388,6 +389,12 @@ def act(
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
         row = find_row(s, prj, ref)
+        moving = s.scalar(select(MigrationRow.id).where(MigrationRow.instance_id == row.id,
+                                                        MigrationRow.active))
+        if moving is not None:
+            raise Conflict(f"instance {row.name!r} is being moved to another host by its "
+                           f"provider ({moving}); try again when it is done",
+                           code="migration_in_progress")
         new_state = check_transition(row.name, InstanceState(row.state), action)
         row.state = new_state.value
         row.state_reason = ""

@@ -305,6 +305,11 @@ class MigratingDriver(Driver):
         """After COMPLETED: the destination lets the guest run; the source removes its stopped
         copy (process and boot disk). DriverError before the source has completed."""
 
+    async def announce_self(self, vm_id: str) -> None:
+        """Have the VM's NICs announce themselves (gratuitous RARP), once it runs on this
+        host's network after an arrival: switches and bridges learn where it is now. A no-op
+        for a driver without a network."""
+
 
 def check_spec_files(spec: VMSpec) -> None:
     """Every file the VM needs exists (the same check, and message, for every driver)."""

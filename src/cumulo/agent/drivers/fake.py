@@ -304,6 +304,10 @@ class FakeDriver(MigratingDriver):
         if vm is not None and self.check_paths:
             vm.spec.boot_disk.unlink(missing_ok=True)
 
+    async def announce_self(self, vm_id: str) -> None:
+        vm = self._running(vm_id, f"announce {vm_id}")
+        vm.events.append("announce")
+
     def _destination(self, incoming: IncomingMigration) -> FakeHost | None:
         dest = self.host.fabric.listeners.get((incoming.host, incoming.migration_port))
         return dest if isinstance(dest, FakeHost) else None

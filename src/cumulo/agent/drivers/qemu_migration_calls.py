@@ -188,6 +188,17 @@ class QemuMigration:
                 boot_disk.unlink(missing_ok=True)
         self._outgoing.pop(vm_id, None)
 
+    async def announce_self(self, vm_id: str) -> None:
+        """QEMU's announce-self: gratuitous RARPs from every NIC, ANNOUNCE_ROUNDS of them
+        over about a second (QEMU sends a few by itself at the switch-over, but then this
+        host's bridge may not hold the VM's taps yet)."""
+        paths = self._paths(vm_id)
+        if qemu_process.live_pid(paths) is None:
+            raise DriverError(f"cannot announce {vm_id}: it is not running")
+        await session_for(paths.qmp_sock).execute("announce-self", {
+            "initial": 50, "max": 550, "rounds": ANNOUNCE_ROUNDS, "step": 100,
+        }, timeout=qemu_migration.CMD_TIMEOUT_S)  # fmt: skip
+
     async def _remove_incoming(self, paths: VMPaths, record: Record) -> None:
         await self._force_stop(paths)
         self._forget_vm(paths)
@@ -197,6 +208,7 @@ class QemuMigration:
             Path(record.disk_created).unlink(missing_ok=True)
 
 
+ANNOUNCE_ROUNDS = 5
 _ENDED = (MigrationState.COMPLETED, MigrationState.FAILED, MigrationState.CANCELLED)
 
 

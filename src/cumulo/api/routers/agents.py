@@ -64,9 +64,10 @@ async def poll(request: Request, svc: Svc, who: Who, name: str, body: Poll) -> R
     """The long-poll as agents send it, with the report of their last pass (applied first:
     a report that changes what the host must decide on wakes this very poll)."""
     r = body.report
-    if r is not None and (r.observations or r.volumes or r.snapshots or r.disk):
+    if r is not None and (r.observations or r.volumes or r.snapshots or r.disk
+                          or r.migrations):
         await service(svc, agents.report, svc, who, name, r.observations, r.volumes,
-                      r.snapshots, r.disk)
+                      r.snapshots, r.disk, r.migrations)
     return await _answer(request, svc, who, name, body.since, body.wait, body.dns, body.have)
 
 
@@ -112,5 +113,5 @@ async def _disconnected(request: Request) -> None:
 @router.post("/{name}/report", status_code=204)
 async def report(svc: Svc, who: Who, name: str, body: Report) -> Response:
     await service(svc, agents.report, svc, who, name, body.observations, body.volumes,
-                  body.snapshots, body.disk)
+                  body.snapshots, body.disk, body.migrations)
     return Response(status_code=204)

@@ -13,14 +13,17 @@ from cumulo.api.openapi import raises
 from cumulo.api.threads import service
 from cumulo.domain.errors import (
     Conflict,
+    Forbidden,
     InsufficientCapacity,
     NotFound,
     QuotaExceeded,
 )
 from cumulo.domain.instance import Action
 from cumulo.domain.validation import base64_user_data
-from cumulo.services import instance_check, instances
-from cumulo.services.views import InstanceView
+from cumulo.services import instance_check, instances, migrations
+from cumulo.services import instance_events as instance_event_log
+from cumulo.services.migrations import MigrationView
+from cumulo.services.views import EventView, InstanceView
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
 
@@ -124,6 +127,26 @@ for _act in (Action.START, Action.STOP, Action.REBOOT):
 @router.delete("/{ref}", status_code=202, responses=raises(Conflict))
 async def delete(svc: Svc, who: Who, ref: str, project: str | None = None) -> InstanceView:
     return await service(svc, instances.act, svc, who, project, ref, Action.DELETE)
+
+
+class InstanceMigrate(Input):
+    to: str | None = Field(default=None, description="a host of the instance's zone (default: "
+                           "the scheduler picks, with the filters of a create)")
+
+
+@router.post("/{ref}/migrate", status_code=202,
+             responses=raises(Forbidden, NotFound, Conflict, InsufficientCapacity))
+async def migrate(svc: Svc, who: Who, ref: str, body: InstanceMigrate,
+                  project: str | None = None) -> MigrationView:
+    """Move the running instance to another host while it runs (admins)."""
+    return await service(svc, migrations.start, svc, who, project, ref, body.to)
+
+
+@router.get("/{ref}/events", responses=raises(NotFound))
+async def instance_events(svc: Svc, who: Who, ref: str, project: str | None = None
+                          ) -> list[EventView]:
+    """The instance's event log, oldest first (users see no host names)."""
+    return await service(svc, instance_event_log.list_for, svc, who, project, ref)
 
 
 @router.get("/{ref}/console", response_class=PlainTextResponse, responses=raises(Conflict))

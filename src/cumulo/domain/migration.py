@@ -1,0 +1,192 @@
+"""A live migration's states, each host's part in it, and the pure rules that turn the two
+hosts' reports into the record's next state (no I/O: unit-tested like agent.decide).
+
+The order of things, and why:
+- the destination prepares first (an empty disk, a paused QEMU, an NBD export) and says
+  where to send the VM (`incoming`); only then is the source told to send it;
+- the source reports the copy (disks, memory, switch-over) until QEMU says completed
+  (`switched`): from then on the migration can only go forward;
+- the destination lets the guest run (finish), and only once it said so does the instance's
+  host change (never two hosts running the guest: no split brain); the source then removes
+  its stopped copy;
+- a failure or a cancel before the switch-over rolls the SOURCE back first (the guest runs
+  on there), and only once the source confirmed it is the destination removed: removing the
+  destination while the source might still be completing would lose the guest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class MigrationPhase(StrEnum):
+    """What `cumulo migration show` says (public: never rename one)."""
+
+    QUEUED = "queued"  # waiting for its turn (a drain moves a few at a time)
+    PREPARING = "preparing"  # the destination makes room and listens
+    COPYING_DISKS = "copying-disks"
+    COPYING_MEMORY = "copying-memory"
+    SWITCHING_OVER = "switching-over"  # also: switched, the destination takes over
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ENDED = frozenset({MigrationPhase.COMPLETED, MigrationPhase.FAILED, MigrationPhase.CANCELLED})
+# What a side reports of its driver (cumulo.agent.drivers.base.MigrationState), and DONE: the
+# step it was given (finish or abort) is carried out.
+DONE = "done"
+SIDE_STATES = frozenset({"incoming", "copying-disks", "copying-memory", "switching-over",
+                         "completed", "failed", "cancelled", DONE})
+
+
+class Step(StrEnum):
+    """What a host must do for a migration (its assignment)."""
+
+    PREPARE = "prepare"  # destination: prepare_incoming, then report its status
+    MIGRATE = "migrate"  # source: migrate_out, then report the copy's status
+    FINISH = "finish"  # either side: finish_migration
+    ABORT = "abort"  # either side: cancel_migration (the source first)
+
+
+@dataclass
+class Record:
+    """What the rules read and write of a migration record."""
+
+    state: MigrationPhase
+    incoming: dict[str, Any] | None = None
+    switched: bool = False
+    source_done: bool = False
+    destination_done: bool = False
+    active: bool = True
+    reason: str = ""
+    progress: dict[str, int] = field(default_factory=dict)
+    downtime_ms: int | None = None
+    total_s: float | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+
+@dataclass(frozen=True)
+class SideReport:
+    """One side's observation of the migration (cumulo.protocol.MigrationObservation)."""
+
+    step: Step  # the step it answers
+    state: str  # one of SIDE_STATES
+    reason: str = ""
+    incoming: dict[str, Any] | None = None
+    progress: dict[str, int] = field(default_factory=dict)
+    downtime_ms: int | None = None
+    total_s: float | None = None
+
+
+def source_step(r: Record) -> Step | None:
+    """The source's part now (None: nothing, or done)."""
+    if r.source_done:
+        return None
+    if r.state is MigrationPhase.COMPLETED:
+        return Step.FINISH
+    if r.state in (MigrationPhase.FAILED, MigrationPhase.CANCELLED):
+        return Step.ABORT
+    if r.incoming is not None and r.state in (MigrationPhase.COPYING_DISKS,
+                                              MigrationPhase.COPYING_MEMORY,
+                                              MigrationPhase.SWITCHING_OVER):
+        return Step.MIGRATE
+    return None
+
+
+def destination_step(r: Record) -> Step | None:
+    """The destination's part now (None: nothing, or done)."""
+    if r.destination_done or r.state is MigrationPhase.QUEUED:
+        return None
+    if r.state in (MigrationPhase.FAILED, MigrationPhase.CANCELLED):
+        return Step.ABORT if r.source_done else None  # the source rolls back first
+    if r.switched:
+        return Step.FINISH
+    return Step.PREPARE
+
+
+def cancel(r: Record, reason: str) -> str | None:
+    """Cancel on request: None when done, else why it cannot be."""
+    if r.ended:
+        return f"it has already {r.state.value}" if r.state is not MigrationPhase.CANCELLED \
+            else None
+    if r.switched:
+        return "it is switching over: it can only complete now"
+    _end(r, MigrationPhase.CANCELLED, reason)
+    return None
+
+
+def fail(r: Record, reason: str) -> None:
+    """End it as failed (before the switch-over only: after it, it can only complete)."""
+    if not r.ended and not r.switched:
+        _end(r, MigrationPhase.FAILED, reason)
+
+
+def _end(r: Record, state: MigrationPhase, reason: str) -> None:
+    if r.state is MigrationPhase.QUEUED:  # no destination was told anything yet
+        r.destination_done, r.active = True, False
+    r.state, r.reason = state, reason
+    if r.incoming is None:  # the source never started: nothing to roll back there
+        r.source_done = True
+
+
+_COPYING = {"copying-disks": MigrationPhase.COPYING_DISKS,
+            "copying-memory": MigrationPhase.COPYING_MEMORY,
+            "switching-over": MigrationPhase.SWITCHING_OVER}
+
+
+def on_source(r: Record, rep: SideReport) -> None:
+    """Apply the source's report."""
+    if rep.step is not source_step(r):
+        return  # an answer to a step it no longer has (late, or from before a restart)
+    if rep.step is Step.MIGRATE:
+        if rep.progress:
+            r.progress = dict(rep.progress)
+        if rep.state in _COPYING and not r.switched:
+            r.state = _COPYING[rep.state]
+        elif rep.state == "completed":
+            r.switched, r.state = True, MigrationPhase.SWITCHING_OVER
+            r.downtime_ms, r.total_s = rep.downtime_ms, rep.total_s
+        elif rep.state in ("failed", "cancelled"):
+            fail(r, rep.reason or f"the source reported the migration {rep.state}")
+            r.source_done = True  # its driver rolled back: the guest runs on there
+    elif rep.step is Step.ABORT:
+        if rep.state == "completed":
+            # The cancel came too late: QEMU had switched over. Go forward, never back.
+            r.state, r.switched = MigrationPhase.SWITCHING_OVER, True
+            r.downtime_ms, r.total_s = rep.downtime_ms, rep.total_s
+            r.reason = f"{r.reason}; too late: the switch-over had completed" if r.reason \
+                else "the switch-over had completed"
+        elif rep.state == DONE:
+            r.source_done = True
+    elif rep.step is Step.FINISH and rep.state == DONE:
+        r.source_done = True
+
+
+def on_destination(r: Record, rep: SideReport) -> bool:
+    """Apply the destination's report. True when the guest now runs there (the caller moves
+    the instance to the destination host)."""
+    if rep.step is not destination_step(r):
+        return False
+    if rep.step is Step.PREPARE:
+        if rep.state == "failed":
+            fail(r, rep.reason or "the destination failed")
+        elif rep.state in ("incoming", "completed") and r.incoming is None and rep.incoming:
+            r.incoming = dict(rep.incoming)
+            if r.state is MigrationPhase.PREPARING:
+                r.state = MigrationPhase.COPYING_DISKS
+        return False
+    if rep.state != DONE:
+        if rep.step is Step.FINISH and rep.reason:
+            r.reason = rep.reason  # shown while it retries
+        return False
+    r.destination_done, r.active = True, False
+    if rep.step is Step.FINISH:
+        r.state, r.reason = MigrationPhase.COMPLETED, ""
+        return True
+    return False

@@ -1,0 +1,117 @@
+"""Live migration, the hosts' side: each host's part in the migrations it takes part in (its
+assignments), and its reports, which drive the record (cumulo.domain.migration's rules).
+
+The instance changes host in the very transaction that records the destination's "done" to
+its finish step: the guest runs there, and the source (paused since the switch-over) is told
+to remove its copy. Every change wakes the hosts whose part it changes.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from cumulo.db.tables import AddressRow, InstanceRow, MigrationRow
+from cumulo.domain import migration as rules
+from cumulo.domain.ids import is_id
+from cumulo.domain.migration import SIDE_STATES, SideReport, Step
+from cumulo.domain.validation import MAX_INTEGER, one_line
+from cumulo.protocol import MigrationAssignment, MigrationObservation
+from cumulo.services import agent_views, host_drain, migrations, segments
+from cumulo.services.context import Services
+
+MAX_REASON = 500
+_STEPS = frozenset(s.value for s in Step)
+
+
+def _mine(host_id: str) -> ColumnElement[bool]:
+    return or_(and_(MigrationRow.destination_host_id == host_id,
+                    MigrationRow.destination_done.is_(False)),
+               and_(MigrationRow.source_host_id == host_id, MigrationRow.source_done.is_(False)))
+
+
+def for_host(s: Session, svc: Services, host_id: str) -> list[MigrationAssignment]:
+    """The host's part in each migration that still needs it."""
+    out = []
+    for row in s.scalars(select(MigrationRow).where(_mine(host_id))
+                         .order_by(MigrationRow.created_at, MigrationRow.id)):
+        rec = migrations.load(row)
+        source = row.source_host_id == host_id
+        step = rules.source_step(rec) if source else rules.destination_step(rec)
+        if step is None:
+            continue
+        instance = None
+        disk_bytes = 0
+        if not source and step in (Step.PREPARE, Step.FINISH):  # its NICs are plumbed
+            inst = s.get(InstanceRow, row.instance_id)
+            if inst is None or inst.host_id is None:
+                continue
+            found = agent_views.assigned(s, svc, inst.host_id, {inst.id})
+            if not found:
+                continue
+            instance, disk_bytes = found[0], inst.disk_gib << 30
+        out.append(MigrationAssignment(
+            id=row.id, role="source" if source else "destination", step=step.value,
+            instance_id=row.instance_id, instance=instance, disk_bytes=disk_bytes,
+            incoming=row.incoming))
+    return out
+
+
+def network_ids(s: Session, host_id: str) -> set[str]:
+    """The networks of the instances arriving on this host: it serves them before the guest
+    runs there (its NICs are on their bridges when the guest resumes)."""
+    return set(s.scalars(select(AddressRow.network_id).join(
+        MigrationRow, MigrationRow.instance_id == AddressRow.instance_id).where(
+        MigrationRow.destination_host_id == host_id, MigrationRow.active)))
+
+
+def _usable(o: MigrationObservation) -> bool:
+    return (is_id(o.id) and o.step in _STEPS and o.state in SIDE_STATES
+            and all(0 <= v <= MAX_INTEGER for v in o.progress.values())
+            and (o.downtime_ms is None or 0 <= o.downtime_ms <= MAX_INTEGER))
+
+
+def apply(s: Session, svc: Services, host_id: str, observed: list[MigrationObservation]
+          ) -> tuple[set[str], set[str]]:
+    """Apply a host's reports in the caller's transaction. Returns (hosts to wake, instances
+    that changed host: their hosts' views and network records are sent again)."""
+    wake: set[str] = set()
+    moved: set[str] = set()
+    for o in observed:
+        if not _usable(o):
+            continue
+        row = s.get(MigrationRow, o.id)
+        if row is None or host_id not in (row.source_host_id, row.destination_host_id):
+            continue
+        rec = migrations.load(row)
+        before = (rec.state, rec.switched, rec.source_done, rec.destination_done, rec.incoming)
+        rep = SideReport(step=Step(o.step), state=o.state, reason=one_line(o.reason, MAX_REASON),
+                         incoming=dict(o.incoming) if o.incoming else None,
+                         progress={k: int(v) for k, v in o.progress.items()
+                                   if k in migrations.PROGRESS_KEYS},
+                         downtime_ms=o.downtime_ms, total_s=o.total_s)
+        arrived = False
+        if host_id == row.source_host_id:
+            rules.on_source(rec, rep)
+        else:
+            arrived = rules.on_destination(rec, rep)
+        if arrived:
+            # The guest runs on the destination now (and nowhere else: the source is paused
+            # since the switch-over): the instance is there.
+            s.execute(update(InstanceRow).where(InstanceRow.id == row.instance_id)
+                      .values(host_id=row.destination_host_id))
+            moved.add(row.instance_id)
+        if migrations.store(s, row, rec) and rec.ended:
+            wake |= host_drain.advance(s, svc, row.source_host_id)  # the next one's turn
+        after = (rec.state, rec.switched, rec.source_done, rec.destination_done, rec.incoming)
+        if after != before:
+            wake |= {row.source_host_id, row.destination_host_id}
+    return wake, moved
+
+
+def after_commit(svc: Services, wake: set[str], moved: set[str]) -> None:
+    """Wake the hosts whose part changed; an instance that moved: both hosts' views are
+    rebuilt, and every host serving its networks sends its frames to the new host."""
+    for host_id in wake:
+        svc.notifier.notify(host_id, None if moved else [])
+    segments.announce(svc, moved)

@@ -1,0 +1,253 @@
+"""Live migration, the operator's side: start (check -> claim), list, show, cancel (admins).
+
+A migration is a record of its own (cumulo.domain.migration has its states and rules); the
+instance stays `running` in its user's view throughout. Starting one claims the destination's
+capacity (placement counts active migrations: see hosts.capacities) and tells the destination
+to prepare; the hosts' reports drive it from there (cumulo.services.migration_agents).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from cumulo.db.tables import (
+    HostRow,
+    InstanceRow,
+    MigrationRow,
+    PlacementGroupRow,
+    ProjectRow,
+    VolumeRow,
+)
+from cumulo.domain import migration as rules
+from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
+from cumulo.domain.ids import is_id, new_id
+from cumulo.domain.instance import DesiredPower, InstanceState
+from cumulo.domain.migration import MigrationPhase
+from cumulo.domain.validation import dns_label
+from cumulo.scheduler.placement import HostCapacity, Placement, Request, Why, place, rejection
+from cumulo.services import events, hosts, placement_groups
+from cumulo.services.auth import require_admin, scope_project
+from cumulo.services.context import Principal, Services
+from cumulo.services.lookups import instance_row as find_row
+
+PROGRESS_KEYS = ("disk_bytes_copied", "disk_bytes_total", "ram_bytes_copied", "ram_bytes_total",
+                 "dirty_pages_rate", "expected_downtime_ms", "passes")
+
+
+class MigrationProgressView(BaseModel):
+    disk_bytes_copied: int = 0
+    disk_bytes_total: int = 0
+    ram_bytes_copied: int = 0
+    ram_bytes_total: int = 0
+    dirty_pages_rate: int = 0
+    expected_downtime_ms: int = 0
+    passes: int = 0
+
+
+class MigrationView(BaseModel):
+    id: str
+    instance: str  # the instance's name
+    instance_id: str
+    project: str
+    source: str  # host names (admins only see migrations)
+    destination: str
+    state: str
+    progress: MigrationProgressView
+    downtime_ms: int | None
+    total_s: float | None
+    reason: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+def start(svc: Services, who: Principal, project: str | None, ref: str,
+          to: str | None = None) -> MigrationView:
+    """Move the running instance `ref` to host `to` (None: the scheduler picks)."""
+    require_admin(who)
+    if to is not None:
+        dns_label(to, "host name")
+    with svc.db.session() as s:
+        prj = scope_project(s, who, project)
+        row = find_row(s, prj, ref)
+        hosts.lock_zone(s, row.zone)  # claims like a create's: one at a time per zone
+        check_movable(s, row)
+        caps = {c.host_id: c for c in hosts.capacities(s, svc.settings, row.zone)}
+        source = caps.get(row.host_id or "")
+        if source is None:
+            raise Conflict(f"instance {row.name!r} has no host", code="invalid_state")
+        if not source.up:
+            raise Conflict(f"instance {row.name!r}: its host {source.name} is down; a live "
+                           "migration needs both hosts up", code="host_down")
+        request = request_for(s, row)
+        dest = (_chosen(s, svc, request, caps, source, to) if to is not None
+                else pick(svc, request, caps, source))
+        underlay = s.scalar(select(HostRow.underlay_ip).where(HostRow.id == dest.host_id))
+        if not underlay:
+            raise Conflict(f"host {dest.name} has no underlay address: it cannot receive a "
+                           "live migration", code="no_underlay")
+        mig = MigrationRow(
+            id=new_id("mig"), instance_id=row.id, instance_name=row.name, project_id=prj.id,
+            source_host_id=source.host_id, destination_host_id=dest.host_id,
+            state=MigrationPhase.PREPARING.value, progress={})
+        s.add(mig)
+        events.add(s, [events.Event(prj.id, "instance", row.id, row.name, "migration_started",
+                                    "admin", mig.id)])
+        s.flush()
+        shown = view(s, mig)
+    svc.notifier.notify(dest.host_id, [])  # wake it: it prepares
+    return shown
+
+
+def check_movable(s: Session, row: InstanceRow) -> None:
+    if row.state != InstanceState.RUNNING.value or \
+            row.desired_power != DesiredPower.RUNNING.value:
+        raise Conflict(f"instance {row.name!r} is {row.state}: only a running instance moves "
+                       "live (cold moves of stopped instances are not built yet)",
+                       code="invalid_state")
+    busy = s.scalar(select(MigrationRow.id).where(MigrationRow.instance_id == row.id,
+                                                  MigrationRow.active))
+    if busy is not None:
+        raise Conflict(f"instance {row.name!r} is already migrating ({busy})",
+                       code="migration_in_progress")
+    attached = s.scalar(select(VolumeRow.id).where(or_(VolumeRow.attached_to == row.id,
+                                                       VolumeRow.want_instance_id == row.id)))
+    if attached is not None:
+        raise Conflict(f"instance {row.name!r} has volume {attached} attached: instances "
+                       "with volumes do not migrate yet", code="has_volumes")
+
+
+def request_for(s: Session, row: InstanceRow) -> Request:
+    group = None
+    if row.placement_group_id is not None:
+        group_row = s.get(PlacementGroupRow, row.placement_group_id)
+        if group_row is not None:
+            group = placement_groups.rule(s, group_row)
+    # Tenancy as at its create: a dedicated instance moves to a host dedicated to its project
+    # only, a shared one never onto a dedicated host.
+    return Request(zone=row.zone, arch=row.arch, vcpus=row.vcpus, ram_mib=row.ram_mib,
+                   disk_mib=row.disk_mib, group=group, project=row.project_id,
+                   tenancy=row.tenancy)
+
+
+_REFUSED = {Why.DISABLED: "host_disabled", Why.DOWN: "host_down"}
+
+
+def _chosen(s: Session, svc: Services, request: Request, caps: dict[str, HostCapacity],
+            source: HostCapacity, to: str) -> HostCapacity:
+    row = s.scalar(select(HostRow).where(HostRow.name == to))
+    if row is None:
+        raise NotFound(f"no host {to!r} (see `cumulo host list`)", code="unknown_host")
+    if row.id == source.host_id:
+        raise InvalidInput(f"the instance already runs on host {to}", code="same_host")
+    if row.zone != request.zone:
+        raise InvalidInput(f"host {to} is in zone {row.zone}, the instance in {request.zone}: "
+                           "a migration stays in its zone", code="other_zone")
+    cap = caps[row.id]
+    why = rejection(request, cap)
+    if why is None:
+        return cap
+    if why.why in _REFUSED:
+        raise Conflict(f"host {to} is {why.why.value}", code=_REFUSED[why.why])
+    explained = Placement(None, request, 1, {why.why: (1, why.free)}).explain()
+    raise InsufficientCapacity(f"host {to} cannot take it: {explained}", code="no_host_fits")
+
+
+def pick(svc: Services, request: Request, caps: dict[str, HostCapacity],
+            source: HostCapacity) -> HostCapacity:
+    others = [c for c in caps.values() if c.host_id != source.host_id]
+    placement = place(request, others, svc.settings.placement_policy)
+    if placement.host is None:
+        raise InsufficientCapacity(f"{placement.explain()} (besides {source.name}, where it "
+                                   "runs)", code="no_host_fits")
+    return placement.host
+
+
+def list_all(svc: Services, who: Principal) -> list[MigrationView]:
+    require_admin(who)
+    with svc.db.session() as s:
+        rows = list(s.scalars(select(MigrationRow).order_by(MigrationRow.created_at,
+                                                            MigrationRow.id)))
+        return [view(s, r) for r in rows]
+
+
+def show(svc: Services, who: Principal, ref: str) -> MigrationView:
+    require_admin(who)
+    with svc.db.session() as s:
+        return view(s, _find(s, ref))
+
+
+def cancel(svc: Services, who: Principal, ref: str) -> MigrationView:
+    """Cancel before the switch-over: the source runs on, the destination is cleaned."""
+    from cumulo.services import host_drain  # (it builds on this module)
+
+    require_admin(who)
+    with svc.db.session() as s:
+        row = _find(s, ref)
+        rec = load(row)
+        why = rules.cancel(rec, "cancelled by an administrator")
+        if why is not None:
+            raise Conflict(f"migration {row.id} cannot be cancelled: {why}",
+                           code="invalid_state")
+        store(s, row, rec)
+        wake = {row.source_host_id, row.destination_host_id} - {""}
+        wake |= host_drain.advance(s, svc, row.source_host_id)
+        shown = view(s, row)
+    for host_id in wake:
+        svc.notifier.notify(host_id, [])
+    return shown
+
+
+def _find(s: Session, ref: str) -> MigrationRow:
+    row = s.get(MigrationRow, ref) if is_id(ref) else None
+    if row is None:
+        raise NotFound(f"no migration {ref[:40]!r} (see `cumulo migration list`)",
+                       code="unknown_migration")
+    return row
+
+
+def load(row: MigrationRow) -> rules.Record:
+    return rules.Record(
+        state=MigrationPhase(row.state), incoming=row.incoming, switched=row.switched,
+        source_done=row.source_done, destination_done=row.destination_done, active=row.active,
+        reason=row.reason, progress=dict(row.progress or {}), downtime_ms=row.downtime_ms,
+        total_s=row.total_s)
+
+
+def store(s: Session, row: MigrationRow, rec: rules.Record) -> bool:
+    """Write `rec` back; True when the phase changed (an event may be due)."""
+    changed = row.state != rec.state.value
+    row.state, row.incoming, row.switched = rec.state.value, rec.incoming, rec.switched
+    row.source_done, row.destination_done = rec.source_done, rec.destination_done
+    row.active, row.reason, row.progress = rec.active, rec.reason[:500], rec.progress
+    row.downtime_ms, row.total_s = rec.downtime_ms, rec.total_s
+    row.updated_at = datetime.now(UTC)
+    if changed and rec.ended:
+        row.finished_at = row.updated_at
+        kind = {"completed": "migrated", "failed": "migration_failed",
+                "cancelled": "migration_cancelled"}[rec.state.value]
+        detail = (f"{row.id}: downtime {rec.downtime_ms} ms, total {rec.total_s} s"
+                  if rec.state is MigrationPhase.COMPLETED
+                  else f"{row.id}: it runs on where it was")
+        events.add(s, [events.Event(row.project_id, "instance", row.instance_id,
+                                    row.instance_name, kind, "system", detail)])
+    s.flush()
+    return changed
+
+
+def view(s: Session, row: MigrationRow) -> MigrationView:
+    names = dict(s.execute(select(HostRow.id, HostRow.name).where(
+        HostRow.id.in_([row.source_host_id, row.destination_host_id]))).all())
+    project = s.scalar(select(ProjectRow.name).where(ProjectRow.id == row.project_id)) or ""
+    progress = {k: int((row.progress or {}).get(k, 0)) for k in PROGRESS_KEYS}
+    return MigrationView(
+        id=row.id, instance=row.instance_name, instance_id=row.instance_id, project=project,
+        source=names.get(row.source_host_id, row.source_host_id),
+        destination=names.get(row.destination_host_id, row.destination_host_id),
+        state=row.state, progress=MigrationProgressView(**progress),
+        downtime_ms=row.downtime_ms, total_s=row.total_s, reason=row.reason,
+        created_at=row.created_at, updated_at=row.updated_at, finished_at=row.finished_at)
