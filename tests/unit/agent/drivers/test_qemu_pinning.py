@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -47,5 +48,7 @@ def test_a_thread_is_bound_to_its_cpu() -> None:
     finally:
         done.set()
         t.join()
+    # A thread that is gone: an id past pid_max (a joined thread's id may be reused at once).
+    gone = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
     with pytest.raises(DriverError, match="cannot pin"):
-        pin_threads([tids[0]], (cpu,))  # the thread is gone
+        pin_threads([gone], (cpu,))
