@@ -61,30 +61,28 @@ class Api:
             except httpx.TransportError as e:
                 raise Lost(str(e)) from e
 
-    def read(self, path: str) -> dict[str, Any] | None:
-        """A resource as it is (None: there is none), retried until an API answers."""
+    def _get(self, path: str) -> httpx.Response:
+        """A GET, sent again until an API process answers it (it changes nothing)."""
         while True:
             try:
-                r = self.call("GET", path)
+                return self.call("GET", path)
             except Lost:
                 time.sleep(0.3)
-                continue
-            if r.status_code == 404:
-                return None
-            assert r.status_code == 200, r.text
-            body: dict[str, Any] = r.json()
-            return body
+
+    def read(self, path: str) -> dict[str, Any] | None:
+        """A resource as it is (None: there is none)."""
+        r = self._get(path)
+        if r.status_code == 404:
+            return None
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
 
     def list(self, path: str) -> list[dict[str, Any]]:
-        while True:
-            try:
-                r = self.call("GET", path)
-            except Lost:
-                time.sleep(0.3)
-                continue
-            assert r.status_code == 200, r.text
-            body: list[dict[str, Any]] = r.json()
-            return body
+        r = self._get(path)
+        assert r.status_code == 200, r.text
+        body: list[dict[str, Any]] = r.json()
+        return body
 
 
 class Client:
