@@ -32,6 +32,7 @@ from pydantic import (
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import WriteErrorPolicy
 from cumulo.domain.errors import InvalidInput
+from cumulo.domain.migration import Limits
 from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB, MAX_TB_SIZE_MIB
 from cumulo.domain.validation import MAX_BANDWIDTH_MBPS, MAX_INTEGER, dns_label, short_text
 
@@ -274,6 +275,26 @@ class Ec2Settings(BaseModel):
     server_key_file: str | None = None
 
 
+class MigrationSettings(BaseModel):
+    """Live migration's time limits (cumulo.domain.migration.overdue): past them the API fails
+    the migration; the instance runs on where it was."""
+
+    # From its start to the switch-over: a guest that dirties memory faster than the link
+    # carries it, even slowed by auto-converge, does not migrate.
+    max_seconds: int = Field(default=600, ge=10, le=86400)
+    # From its start to the destination's answer (it made room and listens).
+    prepare_seconds: int = Field(default=120, ge=5, le=86400)
+
+    @model_validator(mode="after")
+    def _prepare_within_max(self) -> MigrationSettings:
+        if self.prepare_seconds > self.max_seconds:
+            raise ValueError("prepare_seconds is part of max_seconds: it cannot be longer")
+        return self
+
+    def limits(self) -> Limits:
+        return Limits(max_s=self.max_seconds, prepare_s=self.prepare_seconds)
+
+
 class Settings(BaseModel):
     cloud_domain: str = "cumulo.internal"
     network: NetworkSettings = Field(default_factory=NetworkSettings)
@@ -305,6 +326,7 @@ class Settings(BaseModel):
     # `cumulo host drain`: how many live migrations off one host run at once (the others wait,
     # queued, for their turn).
     drain_concurrency: int = Field(default=2, ge=1, le=64)
+    migration: MigrationSettings = Field(default_factory=MigrationSettings)
     # Only `cumulo up` reads this (for the agent it starts); the API never does.
     host: LocalHost = Field(default_factory=LocalHost)
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)

@@ -108,3 +108,16 @@ def test_placement_settings(tmp_path: Path) -> None:
         with pytest.raises(InvalidInput) as e:
             _load(tmp_path, bad)
         assert bad.split()[0] in e.value.message
+
+
+def test_migration_time_limits(tmp_path: Path) -> None:
+    s = load_settings(None)
+    assert (s.migration.max_seconds, s.migration.prepare_seconds) == (600, 120)
+    s = _load(tmp_path, "[migration]\nmax_seconds = 900\nprepare_seconds = 60\n")
+    assert (s.migration.limits().max_s, s.migration.limits().prepare_s) == (900, 60)
+    for bad in ("max_seconds = 0", "max_seconds = 5", "prepare_seconds = -1",
+                'max_seconds = "10m"', "prepare_seconds = 700",  # longer than max_seconds
+                "max_seconds = 1e9"):
+        with pytest.raises(InvalidInput) as e:
+            _load(tmp_path, f"[migration]\n{bad}\n")
+        assert "migration" in e.value.message and "\n" not in e.value.message, bad

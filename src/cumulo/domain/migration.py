@@ -11,12 +11,17 @@ The order of things, and why:
   its stopped copy;
 - a failure or a cancel before the switch-over rolls the SOURCE back first (the guest runs
   on there), and only once the source confirmed it is the destination removed: removing the
-  destination while the source might still be completing would lose the guest.
+  destination while the source might still be completing would lose the guest;
+- time limits (`overdue`, the API's sweep applies them): a destination that does not get ready
+  within `prepare_s`, or a copy that has not switched over within `max_s` of the start (a
+  guest dirtying memory faster than the link carries it, even throttled by auto-converge),
+  fail it the same way, with the limit and the last progress in the reason.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -65,6 +70,7 @@ class Record:
     progress: dict[str, int] = field(default_factory=dict)
     downtime_ms: int | None = None
     total_s: float | None = None
+    started: datetime | None = None  # when it left the queue (its time limits count from it)
 
     @property
     def ended(self) -> bool:
@@ -125,6 +131,49 @@ def fail(r: Record, reason: str) -> None:
     """End it as failed (before the switch-over only: after it, it can only complete)."""
     if not r.ended and not r.switched:
         _end(r, MigrationPhase.FAILED, reason)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a migration may take (config: [migration] max_seconds, prepare_seconds)."""
+
+    max_s: float  # from its start to the switch-over
+    prepare_s: float  # from its start to the destination's answer (`incoming`)
+
+
+def overdue(r: Record, now: datetime, limits: Limits) -> str | None:
+    """Why `r` is past its time limit at `now` (None: it is not). A queued one waits for its
+    turn (not for a host), a switched one can only go forward: neither is ever overdue."""
+    if r.ended or r.switched or r.state is MigrationPhase.QUEUED or r.started is None:
+        return None
+    age = (now - r.started).total_seconds()
+    if r.state is MigrationPhase.PREPARING and age > limits.prepare_s:
+        return (f"the destination did not get ready within [migration] prepare_seconds = "
+                f"{limits.prepare_s:g} s (no answer from its agent)")
+    if age > limits.max_s:
+        return (f"it did not switch over within [migration] max_seconds = {limits.max_s:g} s "
+                f"({r.state.value}; last progress: {_progress_said(r.progress)})")
+    return None
+
+
+def expire(r: Record, now: datetime, limits: Limits) -> bool:
+    """Fail `r` if it is overdue at `now`; True when it did."""
+    why = overdue(r, now, limits)
+    if why is not None:
+        fail(r, why)
+    return why is not None
+
+
+def _progress_said(p: dict[str, int]) -> str:
+    mib = 1 << 20
+    disk = (f"disk {p.get('disk_bytes_copied', 0) // mib} of "
+            f"{p.get('disk_bytes_total', 0) // mib} MiB")
+    if not p.get("passes"):
+        return f"{disk}, memory copy not started"
+    return (f"{disk}, memory pass {p['passes']}, dirty rate {p.get('dirty_pages_rate', 0)} "
+            f"pages/s, {p.get('ram_bytes_copied', 0) // mib} MiB sent of "
+            f"{p.get('ram_bytes_total', 0) // mib} MiB RAM, expected downtime "
+            f"{p.get('expected_downtime_ms', 0)} ms")
 
 
 def _end(r: Record, state: MigrationPhase, reason: str) -> None:

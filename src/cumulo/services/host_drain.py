@@ -6,6 +6,8 @@ are not built yet), instances with volumes, instances in any other state.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -67,10 +69,12 @@ def drain(svc: Services, who: Principal, name: str) -> DrainView:
     return out
 
 
-def advance(s: Session, svc: Services, source_host_id: str) -> set[str]:
+def advance(s: Session, svc: Services, source_host_id: str,
+            now: datetime | None = None) -> set[str]:
     """Start queued migrations off `source_host_id` while fewer than `drain_concurrency` run;
     each gets its destination now (placement as for a create, the source excluded) or fails
-    with placement's reason. Returns the destinations to wake (after the commit)."""
+    with placement's reason; its time limits count from `now` (default: the clock's now).
+    Returns the destinations to wake (after the commit)."""
     running = s.scalar(select(func.count()).select_from(MigrationRow).where(
         MigrationRow.source_host_id == source_host_id, MigrationRow.active,
         MigrationRow.state != MigrationPhase.QUEUED.value)) or 0
@@ -89,6 +93,7 @@ def advance(s: Session, svc: Services, source_host_id: str) -> set[str]:
             migrations.store(s, mig, rec)
             continue
         mig.destination_host_id, mig.state = dest, MigrationPhase.PREPARING.value
+        migrations.mark_started(mig, now or datetime.now(UTC))
         s.flush()
         wake.add(dest)
         running += 1

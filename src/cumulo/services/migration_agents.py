@@ -101,8 +101,10 @@ def apply(s: Session, svc: Services, host_id: str, observed: list[MigrationObser
             s.execute(update(InstanceRow).where(InstanceRow.id == row.instance_id)
                       .values(host_id=row.destination_host_id))
             moved.add(row.instance_id)
-        if migrations.store(s, row, rec) and rec.ended:
-            wake |= host_drain.advance(s, svc, row.source_host_id)  # the next one's turn
+        held = row.active
+        # The next one's turn: this one ended, or its destination gave back what it held.
+        if (migrations.store(s, row, rec) or held != rec.active) and rec.ended:
+            wake |= host_drain.advance(s, svc, row.source_host_id)
         after = (rec.state, rec.switched, rec.source_done, rec.destination_done, rec.incoming)
         if after != before:
             wake |= {row.source_host_id, row.destination_host_id}

@@ -36,6 +36,9 @@ from cumulo.services.lookups import instance_row as find_row
 
 PROGRESS_KEYS = ("disk_bytes_copied", "disk_bytes_total", "ram_bytes_copied", "ram_bytes_total",
                  "dirty_pages_rate", "expected_downtime_ms", "passes")
+# When a migration left the queue (ISO 8601), kept beside its progress (no column of its own):
+# its time limits count from it. One started directly has none: it started when created.
+STARTED_KEY = "started_at"
 
 
 class MigrationProgressView(BaseModel):
@@ -211,11 +214,21 @@ def _find(s: Session, ref: str) -> MigrationRow:
 
 
 def load(row: MigrationRow) -> rules.Record:
+    progress = dict(row.progress or {})
+    started_at = progress.pop(STARTED_KEY, None)
+    state = MigrationPhase(row.state)
+    started = None if state is MigrationPhase.QUEUED else (
+        datetime.fromisoformat(started_at) if isinstance(started_at, str) else row.created_at)
     return rules.Record(
-        state=MigrationPhase(row.state), incoming=row.incoming, switched=row.switched,
+        state=state, incoming=row.incoming, switched=row.switched,
         source_done=row.source_done, destination_done=row.destination_done, active=row.active,
-        reason=row.reason, progress=dict(row.progress or {}), downtime_ms=row.downtime_ms,
-        total_s=row.total_s)
+        reason=row.reason, progress=progress, downtime_ms=row.downtime_ms,
+        total_s=row.total_s, started=started)
+
+
+def mark_started(row: MigrationRow, now: datetime) -> None:
+    """A queued migration starts now (its time limits count from now, not its creation)."""
+    row.progress = {**(row.progress or {}), STARTED_KEY: now.isoformat()}
 
 
 def store(s: Session, row: MigrationRow, rec: rules.Record) -> bool:
@@ -223,7 +236,10 @@ def store(s: Session, row: MigrationRow, rec: rules.Record) -> bool:
     changed = row.state != rec.state.value
     row.state, row.incoming, row.switched = rec.state.value, rec.incoming, rec.switched
     row.source_done, row.destination_done = rec.source_done, rec.destination_done
-    row.active, row.reason, row.progress = rec.active, rec.reason[:500], rec.progress
+    row.active, row.reason = rec.active, rec.reason[:500]
+    row.progress = dict(rec.progress)
+    if rec.started is not None:
+        row.progress[STARTED_KEY] = rec.started.isoformat()
     row.downtime_ms, row.total_s = rec.downtime_ms, rec.total_s
     row.updated_at = datetime.now(UTC)
     if changed and rec.ended:

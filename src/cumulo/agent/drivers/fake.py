@@ -78,6 +78,9 @@ class FakeHost:
     # The network to other fake hosts (shared by hosts that migrate VMs between them).
     fabric: FakeFabric = field(default_factory=FakeFabric)
     migrations: dict[str, FakeMigration] = field(default_factory=dict)
+    # VM ids whose guest dirties memory faster than the link carries it: their outgoing
+    # migration copies memory pass after pass and never switches over.
+    hot_memory: set[str] = field(default_factory=set)
 
 
 class FakeDriver(MigratingDriver):
@@ -247,7 +250,8 @@ class FakeDriver(MigratingDriver):
         arriving = dest.migrations.get(vm_id) if dest is not None else None
         disk = arriving.disk_bytes if arriving is not None else 0
         self.host.migrations[vm_id] = FakeMigration(
-            "source", incoming, MigrationState.COPYING_DISKS, disk)
+            "source", incoming, MigrationState.COPYING_DISKS, disk,
+            converges=vm_id not in self.host.hot_memory)
 
     async def migration_status(self, vm_id: str) -> MigrationStatus | None:
         mig = self.host.migrations.get(vm_id)

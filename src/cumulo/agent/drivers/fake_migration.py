@@ -48,6 +48,7 @@ class FakeMigration:
     downtime_ms: int | None = None
     total_s: float | None = None
     disk_created: Path | None = None  # destination: the boot disk prepare_incoming made
+    converges: bool = True  # False: a guest dirtying memory faster than the link (hot_memory)
 
     def status(self, vm_id: str) -> MigrationStatus:
         copied = min(self.step, DISK_STEPS) * self.disk_bytes // DISK_STEPS
@@ -59,7 +60,7 @@ class FakeMigration:
                 disk_bytes_total=self.disk_bytes,
                 ram_bytes_copied=ram * self.passes,
                 ram_bytes_total=FAKE_RAM_BYTES,
-                dirty_pages_rate=100 if self.passes else 0,
+                dirty_pages_rate=(100 if self.converges else 90_000) if self.passes else 0,
                 expected_downtime_ms=20 if self.passes else 0,
                 passes=self.passes,
             )
@@ -74,7 +75,7 @@ class FakeMigration:
                 self.state = MigrationState.COPYING_MEMORY
         elif self.state is MigrationState.COPYING_MEMORY:
             self.passes += 1
-            if self.passes >= MEMORY_PASSES:
+            if self.passes >= MEMORY_PASSES and self.converges:
                 self.state = MigrationState.SWITCHING_OVER
         elif self.state is MigrationState.SWITCHING_OVER:
             self.state = MigrationState.COMPLETED

@@ -144,6 +144,22 @@ async def resume_incoming(qmp: QMPSession) -> None:
 
 # -- source -----------------------------------------------------------------------------------
 
+# The source's migration capabilities. auto-converge: while the guest dirties memory faster
+# than the link carries it, QEMU throttles its vCPUs (20% at first, 10% more each pass that
+# does not converge, up to 99%) until a pass fits the downtime limit, so a busy guest
+# converges, slowed for a while, instead of copying forever; the API's [migration]
+# max_seconds fails it if even that is not enough. Post-copy (postcopy-ram) is not used: after
+# its switch the guest's memory is split between the hosts, and a network cut or a lost host
+# then loses the guest, which "the source runs on intact on any failure" forbids.
+SOURCE_CAPABILITIES = ("events", "pause-before-switchover", "auto-converge")
+
+
+async def set_source_capabilities(q: QMPSession) -> None:
+    await q.execute("migrate-set-capabilities", {"capabilities": [
+        {"capability": name, "state": True} for name in SOURCE_CAPABILITIES
+    ]}, timeout=CMD_TIMEOUT_S)  # fmt: skip
+
+
 
 class Outgoing:
     """The source side of one migration: a task that follows it by events."""
@@ -188,10 +204,7 @@ class Outgoing:
     async def _copy(self) -> None:
         inc = IncomingMigration(**self.record.incoming)
         q = self.qmp
-        await q.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": "events", "state": True},
-            {"capability": "pause-before-switchover", "state": True},
-        ]}, timeout=CMD_TIMEOUT_S)  # fmt: skip
+        await set_source_capabilities(q)
         await q.execute("blockdev-add", {
             "driver": "nbd", "node-name": NBD_NODE, "export": inc.export,
             "server": {"type": "inet", "host": inc.host, "port": str(inc.nbd_port)},

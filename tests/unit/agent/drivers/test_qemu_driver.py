@@ -21,6 +21,8 @@ import pytest
 
 from cumulo.agent.drivers.base import DriverError, PowerState, VMSpec
 from cumulo.agent.drivers.qemu import QemuDriver
+from cumulo.agent.drivers.qemu_migration import set_source_capabilities
+from cumulo.agent.drivers.qmp import session_for
 from cumulo.domain.arch import Arch
 from tests.contract.qemu_pids import kill_all
 
@@ -76,6 +78,8 @@ async def test_qemu_outlives_the_process_that_started_it(workdir: Path) -> None:
         from pathlib import Path
         from cumulo.agent.drivers.base import VMSpec
         from cumulo.agent.drivers.qemu import QemuDriver
+from cumulo.agent.drivers.qemu_migration import set_source_capabilities
+from cumulo.agent.drivers.qmp import session_for
         from cumulo.domain.arch import Arch
         spec = VMSpec({VM!r}, "blank", Arch.X86_64, 1, 64, Path({str(spec.boot_disk)!r}))
         print(asyncio.run(QemuDriver(Path({str(workdir / "run")!r}), "tcg").start(spec)).pid)
@@ -119,3 +123,21 @@ async def test_the_tcg_translation_cache_size_reaches_qemu(workdir: Path) -> Non
 def test_a_bad_translation_cache_size_is_refused(size: int) -> None:
     with pytest.raises(DriverError, match="tb-size"):
         QemuDriver(Path("/tmp/cd-tb"), accel="tcg", tb_size_mib=size)
+
+
+async def test_an_outgoing_migration_throttles_a_busy_guest_with_auto_converge(
+        workdir: Path) -> None:
+    """The source's capabilities, set as a migration sets them, are what QEMU 7.2 accepts:
+    auto-converge among them (a guest dirtying memory faster than the link is slowed until
+    the copy converges), post-copy not."""
+    driver = QemuDriver(workdir / "run", accel="tcg")
+    await driver.start(blank_spec(workdir))
+    try:
+        q = session_for(driver.paths(VM).qmp_sock)
+        await set_source_capabilities(q)
+        caps = {c["capability"]: c["state"]
+                for c in await q.execute("query-migrate-capabilities", timeout=5.0)}
+        assert caps["auto-converge"] and caps["pause-before-switchover"] and caps["events"]
+        assert not caps["postcopy-ram"]
+    finally:
+        await driver.force_stop(VM)
