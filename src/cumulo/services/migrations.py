@@ -37,7 +37,8 @@ from cumulo.services.lookups import instance_row as find_row
 PROGRESS_KEYS = ("disk_bytes_copied", "disk_bytes_total", "ram_bytes_copied", "ram_bytes_total",
                  "dirty_pages_rate", "expected_downtime_ms", "passes")
 # When a migration left the queue (ISO 8601), kept beside its progress (no column of its own):
-# its time limits count from it. One started directly has none: it started when created.
+# its time limits count from it. Absent (a migration started directly, before its first
+# write): it started when it was created.
 STARTED_KEY = "started_at"
 
 

@@ -160,7 +160,6 @@ async def set_source_capabilities(q: QMPSession) -> None:
     ]}, timeout=CMD_TIMEOUT_S)  # fmt: skip
 
 
-
 class Outgoing:
     """The source side of one migration: a task that follows it by events."""
 
