@@ -78,8 +78,6 @@ async def test_qemu_outlives_the_process_that_started_it(workdir: Path) -> None:
         from pathlib import Path
         from cumulo.agent.drivers.base import VMSpec
         from cumulo.agent.drivers.qemu import QemuDriver
-from cumulo.agent.drivers.qemu_migration import set_source_capabilities
-from cumulo.agent.drivers.qmp import session_for
         from cumulo.domain.arch import Arch
         spec = VMSpec({VM!r}, "blank", Arch.X86_64, 1, 64, Path({str(spec.boot_disk)!r}))
         print(asyncio.run(QemuDriver(Path({str(workdir / "run")!r}), "tcg").start(spec)).pid)
