@@ -14,10 +14,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cumulo.db.tables import HostRow, InstanceRow, MigrationRow, VolumeRow
+from cumulo.db.tables import HostRow, InstanceRow, MigrationRow
 from cumulo.domain import migration as rules
 from cumulo.domain.errors import Conflict, CumuloError, InsufficientCapacity, NotFound
 from cumulo.domain.ids import new_id
@@ -97,17 +97,15 @@ def _check(s: Session, row: InstanceRow) -> None:
     if row.desired_power == DesiredPower.DELETED.value:
         raise Conflict(f"instance {row.name!r} is being deleted: it is deleted when its host "
                        "is back", code="invalid_state")
-    busy = s.scalar(select(MigrationRow.id).where(MigrationRow.instance_id == row.id,
-                                                  MigrationRow.active))
+    busy = migrations.active_migration(s, row.id)
     if busy is not None:
         raise Conflict(f"instance {row.name!r} is migrating ({busy}): not evacuated",
                        code="migration_in_progress")
-    attached = s.scalar(select(VolumeRow.id).where(or_(VolumeRow.attached_to == row.id,
-                                                       VolumeRow.want_instance_id == row.id)))
+    attached = migrations.attached_volume(s, row.id)
     if attached is not None:
         raise Conflict(f"instance {row.name!r} has volume {attached} attached: a volume lives "
-                       "on its host's disk, so the instance stays with it (detach it to "
-                       "evacuate the instance without it)", code="has_volumes")
+                       "on its host's disk, so the instance stays with it until its host is "
+                       "back", code="has_volumes")
 
 
 def _move(s: Session, svc: Services, row: InstanceRow, source: HostCapacity) -> Evacuated:

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from cumulo.agent.main import _pass as agent_pass
 from cumulo.agent.reconciler import Reconciler
-from cumulo.db.tables import HostRow, InstanceRow
+from cumulo.db.tables import HostRow, InstanceRow, VolumeRow
 from cumulo.domain.errors import CumuloError
 from cumulo.domain.instance import Action
 from cumulo.protocol import Assignment, Observation
@@ -25,6 +25,7 @@ from cumulo.services import (
     instance_events,
     instances,
     migrations,
+    volumes,
 )
 from cumulo.services.context import Principal, Role, Services
 from tests.conftest import ADMIN, AGENT_HOST, stored_state
@@ -117,9 +118,13 @@ async def test_what_cannot_be_placed_is_said_and_stays(
     a, _b, small = cloud
     big = instances.create(svc, ADMIN, None, instances.CreateInstance(
         name="big", image="tiny", vcpus=1, ram_mib=4000)).id
-    with svc.db.session() as s:  # on a, whatever the scheduler chose
-        s.execute(update(InstanceRow).where(InstanceRow.id == big)
-                  .values(host_id=agents.host_id(svc, a.who, a.name)))
+    with_volume = _running(svc, a, "vm-vol")
+    vol = volumes.create(svc, ADMIN, None, "data", 1).id
+    with svc.db.session() as s:  # on a, whatever the scheduler chose; the volume attached
+        host_a = agents.host_id(svc, a.who, a.name)
+        s.execute(update(InstanceRow).where(InstanceRow.id == big).values(host_id=host_a))
+        s.execute(update(VolumeRow).where(VolumeRow.id == vol)
+                  .values(host_id=host_a, attached_to=with_volume))
     _down(svc, AGENT_HOST)
 
     out = host_evacuate.evacuate(svc, ADMIN, AGENT_HOST)
@@ -127,11 +132,14 @@ async def test_what_cannot_be_placed_is_said_and_stays(
     assert [m.instance for m in out.moved] == ["vm"]
     assert [(u.instance, u.reason) for u in out.unmoved] == [
         ("big", "no host fits: zone local-1a has 1 host: 1 lacks 4000 MiB RAM (largest free: "
-                "3968) (besides host-a, which is down)")]
-    assert _host_of(svc, big) == AGENT_HOST and _host_of(svc, small) == B
+                "3968) (besides host-a, which is down)"),
+        ("vm-vol", f"instance 'vm-vol' has volume {vol} attached: a volume lives on its "
+                   "host's disk, so the instance stays with it until its host is back")]
+    assert _host_of(svc, big) == _host_of(svc, with_volume) == AGENT_HOST
+    assert _host_of(svc, small) == B
     # Evacuated again (more room now, or not): only what is still there is considered.
     again = host_evacuate.evacuate(svc, ADMIN, AGENT_HOST)
-    assert (again.moved, [u.instance for u in again.unmoved]) == ([], ["big"])
+    assert (again.moved, [u.instance for u in again.unmoved]) == ([], ["big", "vm-vol"])
 
 
 async def test_the_old_host_back_destroys_its_copies_and_does_not_report_them(
