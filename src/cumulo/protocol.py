@@ -176,7 +176,7 @@ class MigrationAssignment(BaseModel):
 
     id: str  # "mig-<17 hex>"
     role: str  # "destination" | "source"
-    step: str  # prepare | migrate | finish | abort
+    step: str  # prepare | migrate | finish | abort | discard
     instance_id: str
     instance: Assignment | None = None  # prepare: the instance as its source is assigned it
     # prepare: the source disk's virtual size; migrate: what the destination said.

@@ -1,5 +1,6 @@
 """A host's part in live migrations: carry out the step the API gives (prepare, migrate,
-finish, abort) through the driver's migration calls, and report what the driver says.
+finish, abort; discard: an instance evacuated while this host was down) through the driver's
+migration calls, and report what the driver says.
 
 Every step is idempotent, and the driver records each VM's role in its own files, so an
 destination whose agent restarts mid-migration carries on. The one thing kept here is which
@@ -153,6 +154,13 @@ class MigrationReconciler:
                     self.remove_storage(vm)  # the VM runs elsewhere now
                 else:
                     self.to_announce.add(vm)
+                self._marker(m).unlink(missing_ok=True)
+                return self._obs(m, DONE)
+            case Step.DISCARD:
+                # Evacuated while this host was down: it runs elsewhere, from a new disk.
+                # Whatever runs here is a stale copy with the same addresses: destroyed.
+                await d.destroy(vm)
+                self.remove_storage(vm)
                 self._marker(m).unlink(missing_ok=True)
                 return self._obs(m, DONE)
             case Step.ABORT:

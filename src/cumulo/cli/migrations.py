@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from cumulo.cli import hosts, instances
 from cumulo.cli.client import CliError
-from cumulo.cli.output import CliState, emit, err, state
+from cumulo.cli.output import CliState, emit, err, out, state
 
 migration_app = typer.Typer(help="Live migrations of instances between hosts (admin).",
                             no_args_is_help=True)
@@ -21,7 +21,7 @@ COLUMNS = ["id", "instance", "source", "destination", "state", "downtime_ms", "t
 SHOW = ["id", "instance", "project", "source", "destination", "state", "progress",
         "downtime_ms", "total_s", "reason", "created_at", "updated_at", "finished_at"]
 EVENT_COLUMNS = ["at", "kind", "actor", "detail"]
-ENDED = ("completed", "failed", "cancelled")
+ENDED = ("completed", "failed", "cancelled", "evacuated")
 
 
 @instances.app.command("migrate")
@@ -130,3 +130,20 @@ def host_drain(
     emit(st, moves, COLUMNS, title=f"host {name}: migrations")
     for u in drained["unmoved"]:
         err.print(f"not moved: {u['instance']}: {u['reason']}")
+
+
+@hosts.hosts_app.command("evacuate")
+def host_evacuate(ctx: typer.Context, name: str) -> None:
+    """Restart the instances of HOST, which is down, on other hosts of its zone (admin). Their
+    boot disks are NOT recovered: each starts from a new disk made from its image. Says what
+    it could not move and why."""
+    st = state(ctx)
+    done: dict[str, Any] = st.client().post("/v1/hosts/{}/evacuate", name, scoped=False)
+    if st.json:
+        emit(st, done, ["host"])
+        return
+    emit(st, done["moved"], ["instance", "project", "destination", "state", "migration"],
+         title=f"host {name}: evacuated")
+    for u in done["unmoved"]:
+        err.print(f"not moved: {u['instance']}: {u['reason']}")
+    out.print(f"note: {done['note']}", soft_wrap=True)

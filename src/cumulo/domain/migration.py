@@ -37,9 +37,14 @@ class MigrationPhase(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # `host evacuate`: restarted on the destination while the source was down (nothing
+    # copied: its boot disk is made again from its image). Ended as it is recorded; the source
+    # is told to discard its copy whenever its agent is heard from again.
+    EVACUATED = "evacuated"
 
 
-ENDED = frozenset({MigrationPhase.COMPLETED, MigrationPhase.FAILED, MigrationPhase.CANCELLED})
+ENDED = frozenset({MigrationPhase.COMPLETED, MigrationPhase.FAILED, MigrationPhase.CANCELLED,
+                   MigrationPhase.EVACUATED})
 # What a side reports of its driver (cumulo.agent.drivers.base.MigrationState), and DONE: the
 # step it was given (finish or abort) is carried out.
 DONE = "done"
@@ -54,6 +59,9 @@ class Step(StrEnum):
     MIGRATE = "migrate"  # source: migrate_out, then report the copy's status
     FINISH = "finish"  # either side: finish_migration
     ABORT = "abort"  # either side: cancel_migration (the source first)
+    # The source of an evacuation: destroy its VM (running or not) and its files; the
+    # instance runs elsewhere since its host was down (never two copies running).
+    DISCARD = "discard"
 
 
 @dataclass
@@ -94,6 +102,8 @@ def source_step(r: Record) -> Step | None:
     """The source's part now (None: nothing, or done)."""
     if r.source_done:
         return None
+    if r.state is MigrationPhase.EVACUATED:
+        return Step.DISCARD
     if r.state is MigrationPhase.COMPLETED:
         return Step.FINISH
     if r.state in (MigrationPhase.FAILED, MigrationPhase.CANCELLED):
@@ -114,6 +124,13 @@ def destination_step(r: Record) -> Step | None:
     if r.switched:
         return Step.FINISH
     return Step.PREPARE
+
+
+def evacuated(reason: str) -> Record:
+    """An evacuation's record: ended as it starts (the destination starts the instance as a
+    new one of its own), the source still to discard its copy."""
+    return Record(state=MigrationPhase.EVACUATED, switched=True, destination_done=True,
+                  active=False, reason=reason)
 
 
 def cancel(r: Record, reason: str) -> str | None:
@@ -213,7 +230,7 @@ def on_source(r: Record, rep: SideReport) -> None:
                 else "the switch-over had completed"
         elif rep.state == DONE:
             r.source_done = True
-    elif rep.step is Step.FINISH and rep.state == DONE:
+    elif rep.step in (Step.FINISH, Step.DISCARD) and rep.state == DONE:
         r.source_done = True
 
 

@@ -113,16 +113,26 @@ def check_movable(s: Session, row: InstanceRow) -> None:
         raise Conflict(f"instance {row.name!r} is {row.state}: only a running instance moves "
                        "live (cold moves of stopped instances are not built yet)",
                        code="invalid_state")
-    busy = s.scalar(select(MigrationRow.id).where(MigrationRow.instance_id == row.id,
-                                                  MigrationRow.active))
+    busy = active_migration(s, row.id)
     if busy is not None:
         raise Conflict(f"instance {row.name!r} is already migrating ({busy})",
                        code="migration_in_progress")
-    attached = s.scalar(select(VolumeRow.id).where(or_(VolumeRow.attached_to == row.id,
-                                                       VolumeRow.want_instance_id == row.id)))
+    attached = attached_volume(s, row.id)
     if attached is not None:
         raise Conflict(f"instance {row.name!r} has volume {attached} attached: instances "
                        "with volumes do not migrate yet", code="has_volumes")
+
+
+def active_migration(s: Session, instance_id: str) -> str | None:
+    """The id of the instance's migration under way, if any."""
+    return s.scalar(select(MigrationRow.id).where(MigrationRow.instance_id == instance_id,
+                                                  MigrationRow.active))
+
+
+def attached_volume(s: Session, instance_id: str) -> str | None:
+    """The id of a volume attached (or being attached) to the instance, if any."""
+    return s.scalar(select(VolumeRow.id).where(or_(VolumeRow.attached_to == instance_id,
+                                                   VolumeRow.want_instance_id == instance_id)))
 
 
 def request_for(s: Session, row: InstanceRow) -> Request:

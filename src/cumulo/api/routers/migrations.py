@@ -8,8 +8,9 @@ from cumulo.api.deps import Svc, Who
 from cumulo.api.openapi import raises
 from cumulo.api.threads import service
 from cumulo.domain.errors import Conflict, Forbidden, NotFound
-from cumulo.services import host_drain, migrations
+from cumulo.services import host_drain, host_evacuate, migrations
 from cumulo.services.host_drain import DrainView
+from cumulo.services.host_evacuate import EvacuationView
 from cumulo.services.migrations import MigrationView
 
 router = APIRouter(prefix="/v1/migrations", tags=["migrations"],
@@ -23,6 +24,14 @@ host_router = APIRouter(prefix="/v1/hosts", tags=["hosts"], responses=raises(For
 async def drain(svc: Svc, who: Who, name: str) -> DrainView:
     """Disable the host and live-migrate its running instances off it, a few at a time."""
     return await service(svc, host_drain.drain, svc, who, name)
+
+
+@host_router.post("/{name}/evacuate", responses=raises(NotFound, Conflict))
+async def evacuate(svc: Svc, who: Who, name: str) -> EvacuationView:
+    """Restart the instances of a host that is down on other hosts of its zone. Their boot
+    disks are not recovered (they were on the host): each starts from a new one made from
+    its image. What cannot move is listed with why, and stays."""
+    return await service(svc, host_evacuate.evacuate, svc, who, name)
 
 
 @router.get("")
