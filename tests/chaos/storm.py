@@ -94,6 +94,7 @@ class Client:
         self.rng = random.Random(seed * 1000 + number)
         self.model = Model()
         self.made = 0
+        self.done = 0  # operations finished
         self.log: list[str] = []  # what was asked and answered, for a failure's message
 
     def run(self, ops: int) -> None:
@@ -101,6 +102,7 @@ class Client:
             choices = self._choices()
             op = self.rng.choice(choices)
             op()
+            self.done += 1  # read by the killer (an int: no lock needed to read it)
 
     def _name(self, kind: str) -> str:
         self.made += 1
@@ -260,8 +262,10 @@ class Client:
 
     # -- public IPs (client 0) ------------------------------------------------------------
     def _own_ips(self) -> dict[str, str | None]:
-        return {p["ip"]: p["instance"] for p in self.api.list("/v1/public-ips")
-                if not p["auto"]}
+        """The project's allocated addresses and what holds each. One held by an instance
+        the model deleted counts as free: it is let go once that instance is gone."""
+        return {p["ip"]: p["instance"] if p["instance"] in self.model.instances else None
+                for p in self.api.list("/v1/public-ips") if not p["auto"]}
 
     def public_ip_op(self) -> None:
         ips = self.model.public_ips
@@ -291,11 +295,11 @@ class Client:
         else:
             r = self._send("DELETE", f"/v1/public-ips/{ip}")
         assert r is None or r.status_code in (200, 204, 409), r.text
+        if r is not None and r.status_code == 409:  # refused (e.g. still held by an
+            return                                  # instance being deleted): nothing done
         now = self._own_ips()
         if op == "release":
-            if ip in now:  # not done: refused, or lost before it was
-                assert r is None or r.status_code == 409, r.text
-            else:
+            if ip not in now:
                 del ips[ip]
             return
         assert now[ip] in (before, inst), (op, ip, before, inst, now)

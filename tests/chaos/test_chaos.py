@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.chaos
 
 SEED = int(os.environ.get("CUMULO_CHAOS_SEED") or random.SystemRandom().randrange(2**31))
 CLIENTS, OPS = 4, 75  # 300 operations
+KILLS = 5  # during them
 CONVERGE_S = 240.0
 
 
@@ -46,22 +47,29 @@ def fake_cloud_2() -> Iterator[Cloud]:
 
 
 class Killer(threading.Thread):
-    """Kills `cumulo up` (API, scheduler and, with it, its agents) or one agent, every few
-    seconds, until told to stop; `cumulo up` is started again at once, as systemd would."""
+    """Kills `cumulo up` (API, scheduler and, with it, its agents) or one agent when the
+    storm's progress reaches each of its kill points (drawn from the seed: the kills land in
+    the middle of the operations however fast this machine runs them); `cumulo up` is started
+    again at once, as systemd would."""
 
-    def __init__(self, cloud: Cloud, rng: random.Random) -> None:
+    def __init__(self, cloud: Cloud, rng: random.Random, progress: Callable[[], int],
+                 total: int) -> None:
         super().__init__(daemon=True)
-        self.cloud, self.rng = cloud, rng
+        self.cloud, self.rng, self.progress = cloud, rng, progress
+        self.points = sorted(rng.sample(range(total // 10, total * 9 // 10), KILLS))
+        # One of each kind first (in the seed's order), then either.
+        self.kinds = rng.sample(["api", "agent"], 2) + [
+            rng.choice(["api", "agent", "agent"]) for _ in range(KILLS - 2)]
         self.stop = threading.Event()
         self.kills: Counter[str] = Counter()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            # The first two kills are one of each (in the seed's order), then either.
-            first = self.rng.sample(["api", "agent"], 2)
-            while not self.stop.wait(self.rng.uniform(1.5, 4.0)):
-                kind = first.pop() if first else self.rng.choice(["api", "agent", "agent"])
+            for point, kind in zip(self.points, self.kinds, strict=True):
+                while self.progress() < point:
+                    if self.stop.wait(0.05):
+                        return
                 if kind == "api":
                     self.cloud.kill()
                     self.kills["api"] += 1
@@ -120,8 +128,9 @@ def _converge(api: Api, models: list[Model]) -> None:
 def test_300_operations_under_kills_lose_and_duplicate_nothing(
         fake_cloud_2: Cloud, seed: int) -> None:
     c = fake_cloud_2
-    killer = Killer(c, random.Random(seed))
     clients = [Client(n, Api(c.state_dir), seed) for n in range(CLIENTS)]
+    killer = Killer(c, random.Random(seed), lambda: sum(cl.done for cl in clients),
+                    CLIENTS * OPS)
     killer.start()
     try:
         with ThreadPoolExecutor(CLIENTS) as pool:

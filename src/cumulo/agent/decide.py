@@ -42,9 +42,12 @@ def decide(
     shutdown_overdue: bool,
     stop_timeout_s: float,
     resumable: bool = False,
+    powered_off_on_request: bool = False,
 ) -> Decision:
     """`resumable`: the VM is paused on full disks that have room again (see
-    cumulo.domain.disk_errors.may_resume)."""
+    cumulo.domain.disk_errors.may_resume). `powered_off_on_request`: this agent asked the
+    guest to power off (for a stop the user may since have replaced with a start), so a
+    powered-off guest did what it was asked, not what it chose."""
     desired = DesiredPower(a.desired_power)
     power = obs.power if obs is not None else None
     S = InstanceState
@@ -89,6 +92,8 @@ def decide(
             return Decision(Step.START, S.RUNNING)
         return Decision(Step.NONE, S.ERROR, obs.reason or "the VM process exited unexpectedly")
     if power is PowerState.SHUTDOWN:
+        if powered_off_on_request:  # a stop, then a start before the guest was off: start it
+            return Decision(Step.FORCE_STOP, S.STARTING)
         return Decision(
             Step.FORCE_STOP, S.STOPPED, "the guest powered itself off", guest_initiated=True
         )

@@ -137,6 +137,10 @@ class Reconciler:
             stop_timeout_s=self.stop_timeout_s,
             resumable=obs is not None and obs.power is PowerState.PAUSED
             and may_resume(obs.io_errors, self.free_bytes, self.resume_free_bytes),
+            # Asked for any generation: a start since then bumped it, and the guest obeying
+            # the earlier request must not be taken for a guest that chose to power off
+            # (that would turn the user's start into a stop).
+            powered_off_on_request=pending is not None,
         )
         if d.step is Step.START and self.exporter is not None and self.exporter.busy(a.id):
             return Observation(id=a.id, state=InstanceState.STOPPED.value,

@@ -67,6 +67,12 @@ def test_guest_poweroff_is_reported_as_guest_initiated() -> None:
     assert r.guest_initiated and "powered itself off" in r.reason
 
 
+def test_a_guest_that_obeyed_a_stop_since_replaced_by_a_start_is_started_again() -> None:
+    r = decide(a(), obs(PowerState.SHUTDOWN), shutdown_requested=False, shutdown_overdue=False,
+               stop_timeout_s=30, powered_off_on_request=True)
+    assert (r.step, r.report, r.guest_initiated) == (Step.FORCE_STOP, "starting", False)
+
+
 def test_crash_reason_is_passed_on() -> None:
     r = decide(a(), obs(PowerState.CRASHED, "qemu exited (pid 9)"), shutdown_requested=False,
                shutdown_overdue=False, stop_timeout_s=30)

@@ -97,3 +97,17 @@ async def test_stop_of_a_vm_that_stays_paused_is_forced_at_once(tmp_path: Path) 
     assert obs.state == "stopped"
     assert "could not power off; it was powered off by force" in obs.reason
     assert (await driver.observe())[VM].power is PowerState.STOPPED
+
+
+async def test_a_stop_then_a_start_before_the_guest_is_off_keeps_the_start(
+        tmp_path: Path) -> None:
+    """The user's last request wins: the guest powering off for the stop is not taken for a
+    guest that chose to (which would make the API record a stop the user did not ask for)."""
+    driver, rec, _ = await _setup(tmp_path)
+    (obs,) = await rec.run_pass([_assignment("stopped", generation=2)])
+    assert obs.state == "stopping"  # asked to power off; the guest is on its way
+    (obs,) = await rec.run_pass([_assignment("running", generation=3)])  # started again
+    # Powered off as asked, reported starting (not stopped by the guest): the next pass
+    # starts it, as for any stopped VM whose user wants it running.
+    assert (obs.state, obs.reason, obs.guest_initiated) == ("starting", "", False)
+    assert (await driver.observe())[VM].power is PowerState.STOPPED
