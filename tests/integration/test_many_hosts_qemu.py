@@ -26,9 +26,11 @@ pytestmark = pytest.mark.qemu
 
 HOSTS = ("local", "local-2", "local-3")
 REPO = Path(__file__).resolve().parents[2]
-# What a host may open besides its own dir: the system's files and cumulo's own code.
+# What a host may open besides its own dir: the system's files and cumulo's own code, and the
+# machine's registry of the VMs' uids (/run/cumulo: one per machine, so that no two QEMUs of
+# the machine share a uid; separate machines have one each; simulated hosts share it).
 SYSTEM = ("/usr/", "/lib/", "/lib64/", "/bin/", "/sbin/", "/etc/", "/proc/", "/sys/", "/dev/",
-          "/run/netns/", "/var/run/netns/")
+          "/run/netns/", "/var/run/netns/", "/run/cumulo/")
 OPENED = re.compile(r'\bopen(?:at2?)?\((?:[A-Z_]+, )?"([^"]*)"')
 
 

@@ -13,7 +13,7 @@ def test_prices_and_usage_through_the_cli_across_a_restart(fake_cloud: Cloud) ->
     assert prices[("volume", "volume")]["unit"] == "GiB-month"
     assert "t1.nano" in c.cli("price", "list").stdout
     vm = c.json("instance", "create", "web-1", "--image", "tiny", "--type", "t1.nano", "--wait")
-    c.json("volume", "create", "data", "--size", "2")
+    c.json("volume", "create", "data", "--size", "2", "--wait")  # metered once it exists
     before = {(x["resource"], x["kind"]): x for x in c.json("usage")["lines"]}
     assert before.keys() >= {("web-1", "instance"), ("web-1", "boot_disk"),
                              (vm["public_ip"], "public_ip"), ("data", "volume")}

@@ -76,11 +76,17 @@ class UidPool:
         return {int(n) for n in os.listdir(self.registry) if n.isdigit()}
 
     def _owner(self, uid: int) -> Path | None:
+        """The runtime dir holding `uid`, or None when its claim is stale (the dir is gone).
+
+        Only the registry is read: the claiming dir may belong to another host of this
+        machine (simulated hosts share it), whose files this host never opens. A dir that
+        since moved to another uid keeps its old claim too (a uid of the range wasted, until
+        that VM is deleted)."""
         try:
             target = Path(os.readlink(self.registry / str(uid)))
         except OSError:
             return None
-        return target if read_uid(target) == uid else None
+        return target if target.is_dir() else None
 
     def _take(self, uid: int, vm_dir: Path) -> None:
         (vm_dir / "uid").write_text(f"{uid}\n")
