@@ -12,7 +12,7 @@ from cumulo.db.tables import HostRow, MigrationRow
 from cumulo.services import events
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
-from cumulo.services.lookups import instance_row as find_row
+from cumulo.services.lookups import instance_row
 from cumulo.services.views import EventView
 
 _MIGRATION = re.compile(r"^(mig-[0-9a-f]{17})(: .*)?\Z")
@@ -20,7 +20,7 @@ _MIGRATION = re.compile(r"^(mig-[0-9a-f]{17})(: .*)?\Z")
 
 def list_for(svc: Services, who: Principal, project: str | None, ref: str) -> list[EventView]:
     with svc.db.session() as s:
-        row = find_row(s, scope_project(s, who, project), ref)
+        row = instance_row(s, scope_project(s, who, project), ref)
         iid = row.id
         host_names = list(s.scalars(select(HostRow.name)))
         moves = {m.id: (m.source_host_id, m.destination_host_id)

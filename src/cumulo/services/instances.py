@@ -362,13 +362,12 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
                                               f"host {placement.host.name}"))
 
 
-find_row = lookups.instance_row  # the name the use cases here (and their callers) know
 
 
 def get(svc: Services, who: Principal, project: str | None, ref: str) -> InstanceView:
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        return view(s, svc, find_row(s, prj, ref), prj.name, who)
+        return view(s, svc, lookups.instance_row(s, prj, ref), prj.name, who)
 
 
 def list_all(svc: Services, who: Principal, project: str | None) -> list[InstanceView]:
@@ -388,7 +387,7 @@ def act(
     """start / stop / reboot / delete: check the transition, record intent, wake the agent."""
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        row = find_row(s, prj, ref)
+        row = lookups.instance_row(s, prj, ref)
         moving = s.scalar(select(MigrationRow.id).where(MigrationRow.instance_id == row.id,
                                                         MigrationRow.active))
         if moving is not None:
@@ -432,7 +431,7 @@ class ConsoleTarget:
 def console_target(svc: Services, who: Principal, project: str | None, ref: str) -> ConsoleTarget:
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        row = find_row(s, prj, ref)
+        row = lookups.instance_row(s, prj, ref)
         host = s.get(HostRow, row.host_id) if row.host_id else None
         if host is None or not host.agent_url:
             raise Conflict(f"instance {row.name!r} has no host yet", code="invalid_state")
@@ -445,7 +444,7 @@ def resize(svc: Services, who: Principal, project: str | None, ref: str,
     type's disk size is the smallest a new instance gets). It must fit on its host."""
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        row = find_row(s, prj, ref)
+        row = lookups.instance_row(s, prj, ref)
         if (row.state != InstanceState.STOPPED.value
                 or row.desired_power != DesiredPower.STOPPED.value):
             raise Conflict(f"instance {row.name!r} is {row.state}: stop it first",
@@ -478,7 +477,7 @@ def retag(svc: Services, who: Principal, project: str | None, ref: str,
     the tag has that value)."""
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        row = find_row(s, prj, ref)
+        row = lookups.instance_row(s, prj, ref)
         new = dict(row.tags or {}) | add
         for key, value in remove.items():
             if key in new and (value is None or new[key] == value):

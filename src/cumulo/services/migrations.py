@@ -32,7 +32,7 @@ from cumulo.scheduler.placement import HostCapacity, Placement, Request, Why, pl
 from cumulo.services import events, hosts, placement_groups
 from cumulo.services.auth import require_admin, scope_project
 from cumulo.services.context import Principal, Services
-from cumulo.services.lookups import instance_row as find_row
+from cumulo.services.lookups import instance_row
 
 PROGRESS_KEYS = ("disk_bytes_copied", "disk_bytes_total", "ram_bytes_copied", "ram_bytes_total",
                  "dirty_pages_rate", "expected_downtime_ms", "passes")
@@ -77,7 +77,7 @@ def start(svc: Services, who: Principal, project: str | None, ref: str,
         dns_label(to, "host name")
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        row = find_row(s, prj, ref)
+        row = instance_row(s, prj, ref)
         hosts.lock_zone(s, row.zone)  # claims like a create's: one at a time per zone
         check_movable(s, row)
         caps = {c.host_id: c for c in hosts.capacities(s, svc.settings, row.zone)}

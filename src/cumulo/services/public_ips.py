@@ -124,8 +124,8 @@ def attach(svc: Services, who: Principal, project: str | None, ip: str,
 def _refuse_taking(s: Session, row: PublicIpRow, inst: InstanceRow,
                    current: PublicIpRow | None) -> None:
     """Conflict if attaching `row` to `inst` would take an address from anyone. Both are the
-    caller's project's (`_find` and `find_row` look in it only), so naming them leaks
-    nothing."""
+    caller's project's (`_find` and `lookups.instance_row` look in it only), so naming them
+    leaks nothing."""
     if row.instance_id is not None:
         holder = s.get(InstanceRow, row.instance_id)
         raise Conflict(f"public IP {row.ip} is attached to instance "
