@@ -7,7 +7,8 @@ States follow OpenStack Ironic's provision states:
      │                        │              │                          │
      └────────── BMC silent / facts differ ──┴──► error (last_error)    ▼
   any but deploying/active ──delete──► deleting ──BMC powers off──► (gone)
-  (deploying, active, cleaning: the deploy and cleaning steps, not built yet)
+  available ──instance create (bm1.*)──► deploying (the deploy: not built yet)
+  deploying/active ──instance delete──► cleaning ──powered off, instance gone──► available
 
 The conductor (services.baremetal_conductor) moves nodes along; each move is one idempotent
 step recorded in the database, so a restart resumes where it stopped.
@@ -39,7 +40,7 @@ class NodeState(StrEnum):
 
 # The states in which the conductor has a step to take.
 CONDUCTOR_STATES = (NodeState.ENROLL, NodeState.MANAGEABLE, NodeState.INSPECTING,
-                    NodeState.DELETING)
+                    NodeState.DELETING, NodeState.CLEANING)
 # A node that runs (or is being given) a user's server is not deleted under it.
 UNDELETABLE = (NodeState.DEPLOYING, NodeState.ACTIVE, NodeState.CLEANING)
 

@@ -120,7 +120,7 @@ def delete(svc: Services, who: Principal, name: str) -> NodeView:
     """Mark the node `deleting`: the conductor powers it off and forgets it."""
     require_admin(who)
     with svc.db.session() as s:
-        row = _get(s, name)
+        row = _get(s, name, lock=True)  # a create taking it meanwhile waits, or wins
         if bm.NodeState(row.state) in bm.UNDELETABLE or row.instance_id is not None:
             raise Conflict(f"node {name!r} is {row.state}: delete its instance first",
                            code="node_in_use")
@@ -157,8 +157,9 @@ def view(s: Session, row: BaremetalNodeRow) -> NodeView:
         facts=dict(row.facts or {}), created_at=row.created_at, updated_at=row.updated_at)
 
 
-def _get(s: Session, name: str) -> BaremetalNodeRow:
-    row = s.scalar(select(BaremetalNodeRow).where(BaremetalNodeRow.name == name))
+def _get(s: Session, name: str, *, lock: bool = False) -> BaremetalNodeRow:
+    q = select(BaremetalNodeRow).where(BaremetalNodeRow.name == name)
+    row = s.scalar(q.with_for_update() if lock else q)
     if row is None:
         raise NotFound(f"no bare-metal node {name!r}", code="unknown_node")
     return row
