@@ -98,3 +98,16 @@ def test_a_password_needs_the_server_key(api: TestClient) -> None:
     assert (r.status_code, r.json()["code"]) == (409, "no_server_key")
     r = api.post(NODES, json=body(username=None, password=None))  # a BMC without credentials
     assert r.status_code == 201, r.text
+
+
+def test_a_bm1_create_without_a_fitting_node_is_refused_with_why_and_stores_nothing(
+        keyed_api: TestClient, svc: Services) -> None:
+    before = stored_state(svc)
+    r = keyed_api.post("/v1/instances", json={"name": "metal", "image": "tiny",
+                                               "type": "bm1.tiny"})
+    assert r.status_code == 409, r.text
+    assert r.json()["code"] == "no_node_fits"
+    assert "the zone has no bare-metal node" in r.json()["detail"]
+    assert stored_state(svc) == before
+    types = {t["name"]: t for t in keyed_api.get("/v1/instance-types").json()}
+    assert types["bm1.tiny"]["baremetal"] is True
