@@ -115,6 +115,10 @@ def test_enroll_inspect_power_and_delete_a_node(fake_cloud: Cloud, tmp_path: Pat
                                  "connection refused"
     listed = c.cli("baremetal", "node", "list").stdout
     assert "bm-2" in listed and "error" in listed
+    # The operator's retry: enroll again; the BMC is still silent, so error again.
+    assert c.cli("baremetal", "node", "retry", "bm-2").stdout.strip() == \
+        "bare-metal node bm-2 is enroll again"
+    assert _wait_node(c, "bm-2", "error")["last_error"] == node["last_error"]
 
 
 @pytest.fixture

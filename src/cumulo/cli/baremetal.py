@@ -63,6 +63,18 @@ def node_show(ctx: typer.Context, name: str) -> None:
     emit(st, st.client().get("/v1/baremetal/nodes/{}", name, scoped=False), NODE_SHOW)
 
 
+@node_app.command("retry")
+def node_retry(ctx: typer.Context, name: str) -> None:
+    """Send a node in error back to work: cleaning again if its cleaning failed, else
+    enroll (its BMC checked and the machine inspected again)."""
+    st = state(ctx)
+    node = st.client().post("/v1/baremetal/nodes/{}/retry", name, scoped=False)
+    if st.json:
+        emit(st, node, NODE_SHOW)
+    else:
+        out.print(f"bare-metal node {name} is {node['state']} again")
+
+
 @node_app.command("delete")
 def node_delete(ctx: typer.Context, name: str) -> None:
     """Power a node off and forget it (refused while it has an instance)."""

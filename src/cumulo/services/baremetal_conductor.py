@@ -133,7 +133,7 @@ def _clean(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
             raise BmcError(f"{PASSWORD} does not open with this API's server key")
         bmc(w.address).power(PowerAction.OFF)
     except BmcError as e:
-        error = f"cleaning: {e}"[:ERROR_LIMIT]
+        error = f"{bm.CLEANING_FAILED}{e}"[:ERROR_LIMIT]
     state = bm.NodeState.AVAILABLE if error is None else bm.NodeState.ERROR
     with svc.db.session() as s:
         if not compare_and_set(s, w.id, w.generation, state=state.value, last_error=error,

@@ -1,4 +1,4 @@
-"""Bare-metal nodes, the operator's side: enroll, list, show, delete (admins only).
+"""Bare-metal nodes, the operator's side: enroll, list, show, retry, delete (admins only).
 
 Enrolling records the node in state `enroll` and returns at once; the conductor
 (services.baremetal_conductor) then talks to its BMC. The BMC password is stored sealed
@@ -126,6 +126,18 @@ def delete(svc: Services, who: Principal, name: str) -> NodeView:
                            code="node_in_use")
         if row.state != bm.NodeState.DELETING:
             move(s, row, bm.NodeState.DELETING, None)
+        return view(s, row)
+
+
+def retry(svc: Services, who: Principal, name: str) -> NodeView:
+    """Send a node in `error` back to the conductor (domain.baremetal.after_retry)."""
+    require_admin(who)
+    with svc.db.session() as s:
+        row = _get(s, name, lock=True)
+        if row.state != bm.NodeState.ERROR:
+            raise Conflict(f"node {name!r} is {row.state}, not in error: nothing to retry",
+                           code="node_not_in_error")
+        move(s, row, bm.after_retry(row.last_error), None)
         return view(s, row)
 
 

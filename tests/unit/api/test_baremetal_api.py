@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
+from cumulo.db.tables import BaremetalNodeRow
 from cumulo.services.context import Services
 from tests.conftest import stored_state
 
@@ -111,3 +113,14 @@ def test_a_bm1_create_without_a_fitting_node_is_refused_with_why_and_stores_noth
     assert stored_state(svc) == before
     types = {t["name"]: t for t in keyed_api.get("/v1/instance-types").json()}
     assert types["bm1.tiny"]["baremetal"] is True
+
+
+def test_retry_is_for_a_node_in_error_only(keyed_api: TestClient, svc: Services) -> None:
+    assert keyed_api.post(NODES, json=body()).status_code == 201
+    r = keyed_api.post(f"{NODES}/bm-1/retry")
+    assert (r.status_code, r.json()["code"]) == (409, "node_not_in_error")
+    assert keyed_api.post(f"{NODES}/nope/retry").json()["code"] == "unknown_node"
+    with svc.db.session() as s:
+        s.execute(update(BaremetalNodeRow).values(state="error", last_error="inspection: x"))
+    r = keyed_api.post(f"{NODES}/bm-1/retry")
+    assert r.status_code == 200 and (r.json()["state"], r.json()["last_error"]) == ("enroll", None)

@@ -159,8 +159,8 @@ def test_deleting_a_bm1_instance_powers_its_node_off_and_makes_it_available(
     _create(keyed, "metal-again")  # the node is taken again
 
 
-def test_a_bmc_that_fails_while_cleaning_sends_the_node_to_error_the_instance_goes(
-        keyed: Services) -> None:
+def test_a_bmc_that_fails_while_cleaning_sends_the_node_to_error_and_a_retry_cleans_it(
+        keyed: Services, tmp_path: Path) -> None:
     _node(keyed, "bm-1")  # its BMC (port 9) does not answer
     _create(keyed, "metal")
     instances.act(keyed, ADMIN, None, "metal", Action.DELETE)
@@ -168,4 +168,19 @@ def test_a_bmc_that_fails_while_cleaning_sends_the_node_to_error_the_instance_go
     node = nodes.show(keyed, ADMIN, "bm-1")
     assert node.instance is None
     assert node.last_error is not None and node.last_error.startswith("cleaning: ")
-    assert instances.list_all(keyed, ADMIN, None) == []
+    assert instances.list_all(keyed, ADMIN, None) == []  # the instance goes all the same
+    with bmc_in_thread(tmp_path / "bmc", MachineSpec("n1", 1, 256, 2)) as bmc:
+        machine = bmc.machines["n1"]
+        # The BMC answers again (here: at another address), and the machine still runs the
+        # last tenant's system: the retry cleans it again, rather than just inspecting it.
+        with keyed.db.session() as s:
+            s.execute(update(BaremetalNodeRow).values(redfish_url=bmc.url))
+        machine.power_on()
+        assert machine.pid() is not None
+        retried = nodes.retry(keyed, ADMIN, "bm-1")
+        assert (retried.state, retried.last_error) == ("cleaning", None)
+        assert conductor.run_pass(keyed) == {"bm-1": "available"}
+        assert machine.pid() is None
+    with pytest.raises(Conflict) as e:
+        nodes.retry(keyed, ADMIN, "bm-1")
+    assert e.value.code == "node_not_in_error"
