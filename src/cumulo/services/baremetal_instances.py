@@ -25,7 +25,8 @@ from cumulo.domain import baremetal_fit as fit
 from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput
 from cumulo.domain.ids import new_id
 from cumulo.domain.instance import DesiredPower, InstanceState
-from cumulo.services import events, keypairs, metering
+from cumulo.services import events, keypairs, lookups, metering
+from cumulo.services.auth import require_admin, scope_project
 from cumulo.services.baremetal_nodes import move
 from cumulo.services.context import Principal, Services
 from cumulo.services.create_batch import CreateBatch
@@ -139,3 +140,12 @@ def create(svc: Services, batch: CreateBatch, who: Principal, prj: ProjectRow, r
                    private_ip=None, public_ip=None, groups=[], placement_group=None)
     return view, events.Event(prj.id, "instance", row.id, row.name, "created",
                               detail=f"bare metal {itype.name}, image {image.name}")
+
+
+def refuse_migration(svc: Services, who: Principal, project: str | None, ref: str) -> None:
+    """A live migration is for VMs (admins ask; the migration's own checks come next)."""
+    require_admin(who)
+    with svc.db.session() as s:
+        row = lookups.instance_row(s, scope_project(s, who, project), ref)
+        if node_of(s, row.id) is not None:
+            refuse_vm_action(row.name, "a live migration")

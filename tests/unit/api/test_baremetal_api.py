@@ -124,3 +124,15 @@ def test_retry_is_for_a_node_in_error_only(keyed_api: TestClient, svc: Services)
         s.execute(update(BaremetalNodeRow).values(state="error", last_error="inspection: x"))
     r = keyed_api.post(f"{NODES}/bm-1/retry")
     assert r.status_code == 200 and (r.json()["state"], r.json()["last_error"]) == ("enroll", None)
+
+
+def test_a_bm1_instance_is_not_migrated(keyed_api: TestClient, svc: Services) -> None:
+    assert keyed_api.post(NODES, json=body(vcpus=1, ram_mib=256, disk_gib=2)).status_code == 201
+    with svc.db.session() as s:
+        s.execute(update(BaremetalNodeRow).values(state="available"))
+    r = keyed_api.post("/v1/instances", json={"name": "metal", "image": "tiny",
+                                               "type": "bm1.tiny"})
+    assert r.status_code == 202, r.text
+    r = keyed_api.post("/v1/instances/metal/migrate", json={})
+    assert (r.status_code, r.json()["code"]) == (409, "not_for_baremetal"), r.text
+    assert "a live migration is for VMs only" in r.json()["detail"]
