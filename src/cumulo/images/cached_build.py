@@ -21,7 +21,8 @@ BUILD_FILE = "build.json"
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file `path` (created if absent) while the block runs."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -52,7 +53,7 @@ def ensure_built(
     final = kind_dir / f"{name}.{digest[:16]}"
     if _intact(final, digest, files):
         return final
-    with _locked(kind_dir / f".{name}.lock"):
+    with locked(kind_dir / f".{name}.lock"):
         if _intact(final, digest, files):
             return final
         work = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=kind_dir))
