@@ -53,6 +53,7 @@ from cumulo.agent.drivers.qemu_argv import (
     confine,
 )
 from cumulo.agent.drivers.qemu_cgroup import VmCgroups
+from cumulo.agent.drivers.qemu_cold_move import QemuColdMove
 from cumulo.agent.drivers.qemu_confine import UidPool
 from cumulo.agent.drivers.qemu_migration import Outgoing
 from cumulo.agent.drivers.qemu_migration_calls import QemuMigration
@@ -80,7 +81,7 @@ _PAUSED = {
 _BROKEN = {"guest-panicked": "the guest kernel panicked", "internal-error": "qemu internal error"}
 
 
-class QemuDriver(QemuMigration, MigratingDriver):
+class QemuDriver(QemuColdMove, QemuMigration, MigratingDriver):
     name = "qemu"
 
     def __init__(self, runtime_dir: Path, accel: str = "auto", uids: UidPool | None = None,
@@ -99,6 +100,7 @@ class QemuDriver(QemuMigration, MigratingDriver):
         # vm_id -> (pid, observed, monotonic time) of the last QMP status
         self._status: dict[str, tuple[int, Observed, float]] = {}
         self._outgoing: dict[str, Outgoing] = {}  # vm_id -> the migration this driver follows
+        self._cold_copies: dict[str, asyncio.Task[None]] = {}  # vm_id -> its cold copy
         probe = VMPaths.for_vm(self.runtime_dir, _LONGEST_VM_ID).qmp_sock
         if len(os.fsencode(probe)) >= UNIX_PATH_MAX:
             raise DriverError(

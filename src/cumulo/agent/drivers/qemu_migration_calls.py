@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ from cumulo.agent.drivers.base import (
     MigrationState,
     MigrationStatus,
     VMSpec,
+    check_migration_address,
     check_spec_files,
 )
 from cumulo.agent.drivers.qemu_argv import Accel, VMPaths
@@ -34,7 +34,16 @@ class QemuMigration:
     _outgoing: dict[str, Outgoing]
     tb_size_mib: int
 
-    # provided by QemuDriver
+    # provided by QemuDriver (and its QemuColdMove)
+    def _cold_status(self, vm_id: str, record: Record) -> MigrationStatus:
+        raise NotImplementedError
+
+    async def _cold_cancel(self, paths: VMPaths, record: Record) -> None:
+        raise NotImplementedError
+
+    async def _cold_arrived(self, paths: VMPaths, record: Record) -> None:
+        raise NotImplementedError
+
     def _paths(self, vm_id: str) -> VMPaths:
         raise NotImplementedError
 
@@ -62,7 +71,7 @@ class QemuMigration:
     async def prepare_incoming(
         self, spec: VMSpec, address: str, disk_bytes: int
     ) -> IncomingMigration:
-        _check_address(address)
+        check_migration_address(address)
         paths = self._paths(spec.vm_id)
         async with self._lock(spec.vm_id):
             record = Record.load(paths.migration_json)
@@ -125,6 +134,8 @@ class QemuMigration:
         record = Record.load(paths.migration_json)
         if record is None:
             return None
+        if record.cold:
+            return self._cold_status(vm_id, record)
         state = MigrationState(record.state)
         alive = qemu_process.live_pid(paths) is not None
         qmp = session_for(paths.qmp_sock)
@@ -149,6 +160,9 @@ class QemuMigration:
             record = Record.load(paths.migration_json)
             if record is None:
                 return
+            if record.cold:
+                await self._cold_cancel(paths, record)
+                return
             if record.role == "destination":
                 if (qemu_process.live_pid(paths) is not None
                         and await _incoming_state(session_for(paths.qmp_sock)) == "completed"):
@@ -168,6 +182,9 @@ class QemuMigration:
             record = Record.load(paths.migration_json)
             if record is None:
                 return  # finished already
+            if record.cold and record.role == "destination":
+                await self._cold_arrived(paths, record)
+                return
             if record.role == "destination":
                 qmp = session_for(paths.qmp_sock)
                 if (qemu_process.live_pid(paths) is None
@@ -210,13 +227,6 @@ class QemuMigration:
 
 ANNOUNCE_ROUNDS = 5
 _ENDED = (MigrationState.COMPLETED, MigrationState.FAILED, MigrationState.CANCELLED)
-
-
-def _check_address(address: str) -> None:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        raise DriverError(f"invalid migration address {address!r}: not an IP address") from None
 
 
 async def _incoming_state(qmp: QMPSession) -> str:
