@@ -47,7 +47,9 @@ def raw_digest(raw: Path, size: int) -> str:
     h = hashlib.sha256(size.to_bytes(8, "big"))
     with raw.open("rb") as f:
         for offset in _data_blocks(f.fileno(), min(size, os.fstat(f.fileno()).st_size)):
-            block = os.pread(f.fileno(), min(BLOCK, size - offset), offset)
+            want = min(BLOCK, size - offset)
+            block = os.pread(f.fileno(), want, offset)
+            block += bytes(want - len(block))  # past the file's end: zeros
             if block != _ZERO[:len(block)]:
                 h.update(offset.to_bytes(8, "big"))
                 h.update(block)

@@ -74,6 +74,9 @@ def copy_out(host: FakeHost, spec: VMSpec, incoming: IncomingMigration, live: bo
 
 
 def status(host: FakeHost, vm_id: str, mig: FakeMigration) -> MigrationStatus:
+    if mig.role == "destination" and mig.state is MigrationState.INCOMING and (
+            mig.incoming.host, mig.incoming.nbd_port) not in host.fabric.listeners:
+        mig.state, mig.reason = MigrationState.FAILED, "the destination's disk export is gone"
     if mig.role == "source" and mig.state is MigrationState.COPYING_DISKS:
         arriving = _arriving(host, vm_id, mig.incoming)
         if arriving is None:

@@ -108,6 +108,7 @@ class QemuColdMove:
             paths.dir.mkdir(parents=True, exist_ok=True, mode=0o711)
             record = Record("source", dataclasses.asdict(incoming),
                             str(MigrationState.COPYING_DISKS), cold=True,
+                            source_disk=str(spec.boot_disk),
                             disk_bytes=await disk_digest.virtual_size(spec.boot_disk))
             record.save(paths.migration_json)
             self._cold_copies[spec.vm_id] = asyncio.create_task(
@@ -132,11 +133,11 @@ class QemuColdMove:
     def _cold_status(self, vm_id: str, record: Record) -> MigrationStatus:
         state = MigrationState(record.state)
         if record.role == "source" and state is MigrationState.COPYING_DISKS \
-                and vm_id not in self._cold_copies and not _alive(record.helper_pid):
+                and vm_id not in self._cold_copies and not _is(record.helper_pid, "qemu-img"):
             record.state = str(MigrationState.FAILED)
             record.reason = "the disk copy ended with the agent that started it"
         elif record.role == "destination" and state is MigrationState.INCOMING \
-                and not _alive(record.helper_pid):
+                and not _is(record.helper_pid, "qemu-storage-daemon"):
             record.state = str(MigrationState.FAILED)
             record.reason = "the destination's disk export (qemu-storage-daemon) is gone"
         done = record.disk_bytes if record.state == MigrationState.COMPLETED else 0
@@ -208,8 +209,10 @@ async def _copy(paths: VMPaths, record: Record, spec: VMSpec, inc: IncomingMigra
     """The source's copy, then its digest; the record says how it ended."""
     target = (f"driver=nbd,server.type=inet,server.host={_opt(inc.host)},"
               f"server.port={inc.nbd_port},export={_opt(inc.export)}")
+    # The target is the export's raw view of the destination's qcow2 (its format is given by
+    # the options: -O cannot be).
     argv = _in_netns(spec, ["qemu-img", "convert", "-n", "--target-is-zero", "-f", "qcow2",
-                            "-O", "raw", str(spec.boot_disk), "--target-image-opts", target])
+                            str(spec.boot_disk), "--target-image-opts", target])
     proc = None
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -237,12 +240,10 @@ async def _copy(paths: VMPaths, record: Record, spec: VMSpec, inc: IncomingMigra
     record.save(paths.migration_json)
 
 
-def _alive(pid: int | None) -> bool:
-    return pid is not None and Path(f"/proc/{pid}").exists()
-
-
-def _is(pid: int, program: str) -> bool:
-    """`pid` still runs `program` (not a pid reused since by another process)."""
+def _is(pid: int | None, program: str) -> bool:
+    """`pid` still runs `program` (not a pid reused since by another process, nor a zombie)."""
+    if pid is None:
+        return False
     try:
         return program.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

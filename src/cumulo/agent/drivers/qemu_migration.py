@@ -68,6 +68,7 @@ class Record:
     cold: bool = False
     helper_pid: int | None = None
     checksum: str = ""
+    source_disk: str = ""  # a cold move's source: its boot disk (removed by finish)
 
     @classmethod
     def load(cls, path: Path) -> Record | None:

@@ -196,7 +196,7 @@ class QemuMigration:
                 return
             if MigrationState(record.state) is not MigrationState.COMPLETED:
                 raise DriverError(f"cannot finish the migration of {vm_id}: it is {record.state}")
-            boot_disk = _boot_disk_of(paths)
+            boot_disk = Path(record.source_disk) if record.source_disk else _boot_disk_of(paths)
             await self._force_stop(paths)
             self._forget_vm(paths)
             await asyncio.to_thread(shutil.rmtree, paths.dir, True)
