@@ -184,6 +184,18 @@ def overdue(r: Record, now: datetime, limits: Limits) -> str | None:
     return None
 
 
+def destination_lost(r: Record, reason: str) -> bool:
+    """Its destination host is down (its agent silent): fail it while it can still go back,
+    and release what it holds there (`active`); that host is told to clean up (abort) when it
+    is heard from again (`destination_done` stays false). A live migration that switched over
+    can only go forward: it waits for that host. True when `r` changed."""
+    if r.destination_done or not r.active or (r.switched and not r.cold and not r.ended):
+        return False
+    fail(r, reason)
+    r.active = False
+    return True
+
+
 def expire(r: Record, now: datetime, limits: Limits) -> bool:
     """Fail `r` if it is overdue at `now`; True when it did."""
     why = overdue(r, now, limits)
@@ -240,6 +252,7 @@ def on_source(r: Record, rep: SideReport) -> None:
             # The cancel came too late: QEMU had switched over. Go forward, never back.
             r.state, r.switched = MigrationPhase.SWITCHING_OVER, True
             r.downtime_ms, r.total_s = rep.downtime_ms, rep.total_s
+            r.active = not r.destination_done  # held there again: it arrives there
             r.reason = f"{r.reason}; too late: the switch-over had completed" if r.reason \
                 else "the switch-over had completed"
         elif rep.state == DONE:
