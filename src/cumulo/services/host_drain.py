@@ -17,7 +17,7 @@ from cumulo.domain import migration as rules
 from cumulo.domain.errors import CumuloError, NotFound
 from cumulo.domain.ids import new_id
 from cumulo.domain.migration import MigrationPhase
-from cumulo.services import events, hosts, migrations
+from cumulo.services import dedicated_hosts, events, hosts, migrations
 from cumulo.services.auth import require_admin
 from cumulo.services.context import Principal, Services
 
@@ -87,7 +87,7 @@ def advance(s: Session, svc: Services, source_host_id: str,
             break
         rec = migrations.load(mig)
         try:
-            dest, mig.cold = _destination(s, svc, mig)
+            dest, mig.cold, mig.cpu_set = _destination(s, svc, mig)
         except CumuloError as e:
             rules.fail(rec, e.message)  # a queued one ends whole: no host was told anything
             migrations.store(s, mig, rec)
@@ -100,9 +100,10 @@ def advance(s: Session, svc: Services, source_host_id: str,
     return wake
 
 
-def _destination(s: Session, svc: Services, mig: MigrationRow) -> tuple[str, bool]:
-    """Where the queued `mig` goes now, and whether it moves cold (its instance is stopped
-    now: it may have been stopped or started while it waited)."""
+def _destination(s: Session, svc: Services, mig: MigrationRow
+                 ) -> tuple[str, bool, list[int] | None]:
+    """Where the queued `mig` goes now, whether it moves cold (its instance is stopped now:
+    it may have been stopped or started while it waited), and its CPUs there (dedicated)."""
     row = s.get(InstanceRow, mig.instance_id)
     if row is None:
         raise NotFound("the instance is gone", code="unknown_instance")
@@ -115,4 +116,4 @@ def _destination(s: Session, svc: Services, mig: MigrationRow) -> tuple[str, boo
     dest = migrations.pick(svc, migrations.request_for(s, row), caps, source)
     if not s.scalar(select(HostRow.underlay_ip).where(HostRow.id == dest.host_id)):
         raise CumuloError(f"host {dest.name} has no underlay address", code="no_underlay")
-    return dest.host_id, cold
+    return dest.host_id, cold, dedicated_hosts.cpu_set_for(s, dest, row.vcpus)

@@ -55,6 +55,8 @@ def for_host(s: Session, svc: Services, host_id: str) -> list[MigrationAssignmen
             if not found:
                 continue
             instance, disk_bytes = found[0], inst.disk_gib << 30
+            if not source:  # its CPUs there, not the source's (a dedicated host's own)
+                instance = instance.model_copy(update={"cpu_set": list(row.cpu_set or [])})
         out.append(MigrationAssignment(
             id=row.id, role="source" if source else "destination", step=step.value,
             instance_id=row.instance_id, instance=instance, disk_bytes=disk_bytes,
@@ -107,7 +109,7 @@ def apply(s: Session, svc: Services, host_id: str, observed: list[MigrationObser
             # The guest runs on the destination now (and nowhere else: the source is paused
             # since the switch-over): the instance is there.
             s.execute(update(InstanceRow).where(InstanceRow.id == row.instance_id)
-                      .values(host_id=row.destination_host_id))
+                      .values(host_id=row.destination_host_id, cpu_set=row.cpu_set))
             moved.add(row.instance_id)
         held = row.active
         # The next one's turn: this one ended, or its destination gave back what it held.

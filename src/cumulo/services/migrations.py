@@ -31,7 +31,7 @@ from cumulo.domain.instance import DesiredPower, InstanceState
 from cumulo.domain.migration import MigrationPhase
 from cumulo.domain.validation import dns_label
 from cumulo.scheduler.placement import HostCapacity, Placement, Request, Why, place, rejection
-from cumulo.services import events, hosts, placement_groups
+from cumulo.services import dedicated_hosts, events, hosts, placement_groups
 from cumulo.services.auth import require_admin, scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.lookups import instance_row
@@ -100,7 +100,8 @@ def start(svc: Services, who: Principal, project: str | None, ref: str,
         mig = MigrationRow(
             id=new_id("mig"), instance_id=row.id, instance_name=row.name, project_id=prj.id,
             source_host_id=source.host_id, destination_host_id=dest.host_id,
-            state=MigrationPhase.PREPARING.value, progress={}, cold=cold)
+            state=MigrationPhase.PREPARING.value, progress={}, cold=cold,
+            cpu_set=dedicated_hosts.cpu_set_for(s, dest, row.vcpus))
         s.add(mig)
         events.add(s, [events.Event(prj.id, "instance", row.id, row.name, "migration_started",
                                     "admin", mig.id)])

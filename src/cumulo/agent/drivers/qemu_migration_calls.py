@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from cumulo.agent.drivers import qemu_migration, qemu_process
+from cumulo.agent.drivers import qemu_migration, qemu_pinning, qemu_process
 from cumulo.agent.drivers.base import (
     DriverError,
     IncomingMigration,
@@ -101,6 +101,9 @@ class QemuMigration:
                 record.save(paths.migration_json)
                 # -S: the guest never runs here before finish_migration says so (no split brain)
                 await self._start_qemu(spec, paths, accel, ("-S", "-incoming", "defer"))
+                if spec.cpu_set:  # pinned here before it runs here (a dedicated host's CPUs)
+                    await qemu_pinning.pin_vcpus(paths.qmp_sock, spec.cpu_set, spec.vcpus,
+                                                 qemu_migration.CMD_TIMEOUT_S * 5)
                 incoming = await qemu_migration.serve_incoming(
                     session_for(paths.qmp_sock), spec.vm_id, address
                 )

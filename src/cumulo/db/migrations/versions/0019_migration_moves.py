@@ -19,9 +19,11 @@ def upgrade() -> None:
                                    server_default=sa.false()))
         batch.add_column(sa.Column("checksum", sa.String(length=80), nullable=False,
                                    server_default=""))
+        batch.add_column(sa.Column("cpu_set", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("migrations") as batch:
+        batch.drop_column("cpu_set")
         batch.drop_column("checksum")
         batch.drop_column("cold")
