@@ -32,6 +32,10 @@ N_FULL, N_QUICK = 10, 3
 ENDED = ("completed", "failed", "cancelled")
 
 
+def _name(arch: str) -> str:
+    return "m-" + arch.replace("_", "-")  # instance names take no "_"
+
+
 def _ssh(cloud: BenchCloud, name: str, script: str, timeout: float = 60) -> str:
     out = subprocess.run([*CUMULO, "ssh", name, "--", "sh", "-c", f"'{script}'"],
                          env=cloud.env, capture_output=True, text=True, timeout=timeout)
@@ -155,17 +159,17 @@ def run(quick: bool) -> dict[str, Any]:
         _hosts_up(cloud, 2)
         subprocess.run([*CUMULO, "security-group", "rule-add", "default", "--proto", "tcp",
                         "--port", str(PORT)], env=cloud.env, capture_output=True, check=True)
-        names = ["client", *(f"m-{a}" for a in arches)]
+        names = ["client", *(_name(a) for a in arches)]
         cloud.create("client", "x86_64")
         for arch in arches:
-            cloud.create(f"m-{arch}", arch)
+            cloud.create(_name(arch), arch)
         wait_running(cloud, names, timeout=900)
         for name in names:
             _wait_ssh(cloud, name)
         for arch in arches:
-            out[arch] = _arch(cloud, f"m-{arch}", n)
+            out[arch] = _arch(cloud, _name(arch), n)
         if not quick:
-            out["dirty_memory"] = _dirtying(cloud, "m-x86_64")
+            out["dirty_memory"] = _dirtying(cloud, _name("x86_64"))
     out["load_1m_after"] = round(os.getloadavg()[0], 1)
     return out
 
