@@ -20,8 +20,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.cloud import CUMULO, BenchCloud, percentile, running_cloud, wait_running
@@ -150,6 +153,16 @@ def _dirtying(cloud: BenchCloud, name: str) -> dict[str, Any]:
             "ram_bytes_copied": p["ram_bytes_copied"], "ram_bytes_total": p["ram_bytes_total"]}
 
 
+def _keep_logs(cloud: BenchCloud) -> None:
+    """The hosts' logs of a failed start, kept in /tmp/cumulo-bench-migration-logs."""
+    keep = Path(tempfile.gettempdir()) / "cumulo-bench-migration-logs"
+    shutil.rmtree(keep, ignore_errors=True)
+    for log in cloud.state_dir.glob("**/*.log"):
+        target = keep / log.relative_to(cloud.state_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, target)
+
+
 def run(quick: bool) -> dict[str, Any]:
     n = N_QUICK if quick else N_FULL
     arches = ["x86_64"] if quick else ["x86_64", "arm64"]
@@ -163,7 +176,11 @@ def run(quick: bool) -> dict[str, Any]:
         cloud.create("client", "x86_64")
         for arch in arches:
             cloud.create(_name(arch), arch)
-        wait_running(cloud, names, timeout=900)
+        try:
+            wait_running(cloud, names, timeout=900)
+        except RuntimeError:
+            _keep_logs(cloud)
+            raise
         for name in names:
             _wait_ssh(cloud, name)
         for arch in arches:

@@ -18,10 +18,18 @@ from cumulo.db.tables import MigrationRow
 from cumulo.domain.errors import CumuloError
 from cumulo.domain.instance import Action
 from cumulo.protocol import Assignment, Observation
-from cumulo.services import agents, events, host_drain, hosts, instances, migrations
+from cumulo.services import agents, events, host_drain, instances, migrations
 from cumulo.services.context import Services
 from tests.conftest import ADMIN, AGENT_HOST
-from tests.unit.services.test_migrations import B, Side, _host_of, _running, _start_vm, _used
+from tests.unit.services.test_migrations import (
+    B,
+    Side,
+    _host_of,
+    _running,
+    _start_vm,
+    _used,
+    register_two,
+)
 
 DISK = b"the stopped guest's disk " * 4000
 
@@ -45,10 +53,7 @@ class DiskSide(Side):
 
 @pytest.fixture
 def hosts_ab(svc: Services, tmp_path: Path) -> tuple[DiskSide, DiskSide]:
-    for name, ip in ((AGENT_HOST, "10.250.0.1"), (B, "10.250.0.2")):
-        hosts.register(svc, ADMIN, name=name, zone="local-1a", architectures=["x86_64"],
-                       vcpus=4, ram_mib=4096, driver="fake", accel="fake", agent_url="",
-                       underlay_ip=ip)
+    register_two(svc)
     fabric = FakeFabric()
     return (DiskSide(svc, AGENT_HOST, fabric, tmp_path, "10.250.0.1"),
             DiskSide(svc, B, fabric, tmp_path, "10.250.0.2"))

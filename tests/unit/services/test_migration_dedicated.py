@@ -13,10 +13,10 @@ from cumulo.agent.drivers.base import VMSpec
 from cumulo.agent.drivers.fake import FakeFabric
 from cumulo.db.tables import InstanceRow, MigrationRow
 from cumulo.protocol import Assignment, Observation
-from cumulo.services import agents, dedicated_hosts, hosts, instances, migrations
+from cumulo.services import agents, dedicated_hosts, instances, migrations
 from cumulo.services.context import Services
 from tests.conftest import ADMIN, AGENT_HOST
-from tests.unit.services.test_migrations import B, Side, _host_of, _start_vm
+from tests.unit.services.test_migrations import B, Side, _host_of, _start_vm, register_two
 
 
 class PinnedSide(Side):
@@ -39,10 +39,7 @@ def _create(svc: Services, side: Side, name: str, dh: str) -> str:
 
 async def test_a_dedicated_instance_gets_free_cpus_on_its_new_host(
         svc: Services, tmp_path: Path) -> None:
-    for name, ip in ((AGENT_HOST, "10.250.0.1"), (B, "10.250.0.2")):
-        hosts.register(svc, ADMIN, name=name, zone="local-1a", architectures=["x86_64"],
-                       vcpus=4, ram_mib=4096, driver="fake", accel="fake", agent_url="",
-                       underlay_ip=ip)
+    register_two(svc)
     fabric = FakeFabric()
     a = PinnedSide(svc, AGENT_HOST, fabric, tmp_path, "10.250.0.1")
     b = PinnedSide(svc, B, fabric, tmp_path, "10.250.0.2")

@@ -254,19 +254,15 @@ async def _stop_helper(record: Record, program: str) -> None:
     pid = record.helper_pid
     if pid is None or not _is(pid, program):
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    while _is(pid, program) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    if _is(pid, program):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         deadline = time.monotonic() + STOP_GRACE_S
         while _is(pid, program) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if _is(pid, program):
-            raise DriverError(f"{program} (pid {pid}) survived SIGKILL")
+        if not _is(pid, program):
+            return
+    raise DriverError(f"{program} (pid {pid}) survived SIGKILL")
 
 
 async def remove_cold_incoming(paths: VMPaths, record: Record) -> None:
