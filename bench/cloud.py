@@ -268,6 +268,9 @@ class BenchCloud:
         return self._http
 
     def start(self, timeout: float = 300) -> None:
+        # Each VM's QEMU runs as a uid of its own and must reach its disk under the state dir
+        # (mkdtemp makes it 0700): searchable, not listable.
+        os.chmod(self.state_dir, 0o711)
         (self.state_dir / "cumulo.toml").write_text(
             _config(requested_accel(), self.vcpus, self.ram_mib, free_public_pool(),
                     self.tb_size_mib)
