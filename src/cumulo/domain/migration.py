@@ -234,7 +234,7 @@ def on_source(r: Record, rep: SideReport) -> None:
     if rep.step is not source_step(r):
         return  # an answer to a step it no longer has (late, or from before a restart)
     if rep.step is Step.MIGRATE:
-        if rep.progress:
+        if any(rep.progress.values()):  # an ended QEMU says zeros: the last numbers stay
             r.progress = dict(rep.progress)
         if rep.state in _COPYING and not r.switched:
             r.state = _COPYING[rep.state]

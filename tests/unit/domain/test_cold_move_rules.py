@@ -47,3 +47,12 @@ def test_a_destination_that_refuses_the_copy_fails_it_and_the_source_undoes_firs
     live = _copied(False)  # a live switch-over only goes forward: a failed finish retries
     rules.on_destination(live, SideReport(Step.FINISH, "failed", reason="x"))
     assert live.state is MigrationPhase.SWITCHING_OVER
+
+
+def test_the_last_progress_stays_when_the_source_reports_zeros_at_the_end() -> None:
+    r = Record(state=MigrationPhase.COPYING_MEMORY, incoming={"host": "10.0.0.2"})
+    rules.on_source(r, SideReport(Step.MIGRATE, "copying-memory",
+                                  progress={"passes": 3, "dirty_pages_rate": 900}))
+    rules.on_source(r, SideReport(Step.MIGRATE, "completed", downtime_ms=80,
+                                  progress={"passes": 0, "dirty_pages_rate": 0}))
+    assert r.switched and r.progress == {"passes": 3, "dirty_pages_rate": 900}
