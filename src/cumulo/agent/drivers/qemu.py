@@ -53,7 +53,6 @@ from cumulo.agent.drivers.qemu_argv import (
     confine,
 )
 from cumulo.agent.drivers.qemu_cgroup import VmCgroups
-from cumulo.agent.drivers.qemu_cold_move import QemuColdMove
 from cumulo.agent.drivers.qemu_confine import UidPool
 from cumulo.agent.drivers.qemu_migration import Outgoing
 from cumulo.agent.drivers.qemu_migration_calls import QemuMigration
@@ -81,7 +80,7 @@ _PAUSED = {
 _BROKEN = {"guest-panicked": "the guest kernel panicked", "internal-error": "qemu internal error"}
 
 
-class QemuDriver(QemuColdMove, QemuMigration, MigratingDriver):
+class QemuDriver(QemuMigration, MigratingDriver):
     name = "qemu"
 
     def __init__(self, runtime_dir: Path, accel: str = "auto", uids: UidPool | None = None,

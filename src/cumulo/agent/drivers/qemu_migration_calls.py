@@ -23,33 +23,20 @@ from cumulo.agent.drivers.base import (
     check_spec_files,
 )
 from cumulo.agent.drivers.qemu_argv import Accel, VMPaths
+from cumulo.agent.drivers.qemu_cold_move import QemuColdMove
 from cumulo.agent.drivers.qemu_migration import Outgoing, Record
 from cumulo.agent.drivers.qmp import QMPSession, close_session, session_for
 from cumulo.domain.arch import Arch
 
 
-class QemuMigration:
-    """prepare_incoming, migrate_out, migration_status, cancel_migration, finish_migration."""
+class QemuMigration(QemuColdMove):
+    """prepare_incoming, migrate_out, migration_status, cancel_migration, finish_migration
+    (a cold move's branches are QemuColdMove's)."""
 
     _outgoing: dict[str, Outgoing]
     tb_size_mib: int
 
-    # provided by QemuDriver (and its QemuColdMove)
-    def _cold_status(self, vm_id: str, record: Record) -> MigrationStatus:
-        raise NotImplementedError
-
-    async def _cold_cancel(self, paths: VMPaths, record: Record) -> None:
-        raise NotImplementedError
-
-    async def _cold_arrived(self, paths: VMPaths, record: Record) -> None:
-        raise NotImplementedError
-
-    def _paths(self, vm_id: str) -> VMPaths:
-        raise NotImplementedError
-
-    def _lock(self, vm_id: str) -> asyncio.Lock:
-        raise NotImplementedError
-
+    # provided by QemuDriver (_paths and _lock too: see QemuColdMove)
     def _forget_status(self, vm_id: str) -> None:
         raise NotImplementedError
 
