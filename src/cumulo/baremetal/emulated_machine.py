@@ -211,12 +211,17 @@ class EmulatedMachine:
 
 
 def _alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie left for a parent that does not reap is not running)."""
+    """Whether `pid` runs (a zombie left for a parent that does not reap is not running).
+    A killed QEMU's main thread turns zombie before its other threads have exited, and its
+    files (the disk, with its image lock) close only with the last of them: it runs until
+    it is the only task left."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[-1].split()[0] != "Z":
+            return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except OSError:
         return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _opt(path: Path) -> str:
