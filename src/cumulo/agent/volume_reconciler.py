@@ -266,10 +266,11 @@ class VolumeReconciler:
         if self.exporter is None or v.export is None:
             raise _StepFailed("export", StorageError("this host cannot export volumes"))
         link = v.export
+        if v.id not in self.exporter.exported() and \
+                self.store.volume_size(v.id) < v.size_gib * GIB:
+            await _step("grow", self.store.grow_volume(v.id, v.size_gib))  # the export fixes it
         await _step("export", self.exporter.ensure(
             v.id, self.store.volume_path(v.id), ExportSpec(link.name, link.key, link.port)))
-        if self.store.volume_size(v.id) < v.size_gib * GIB:
-            await _step("grow", self.exporter.resize(v.id, v.size_gib * GIB))
         return self._obs(v, VolumeState.IN_USE, None, "exported over NBD")
 
     async def _unexport(self, vol_id: str) -> None:
@@ -352,7 +353,12 @@ class VolumeReconciler:
                                           f"waiting for volume {vol}")
                 raise StorageError(f"source volume {vol or '(deleted)'} is not on this host")
             vms = holders.get(vol)
-            if vms:
+            if self.exporter is not None and vol in self.exporter.exported():
+                tmp = self.store.temp_path(self.store.snapshot_path(s.id))
+                tmp.unlink(missing_ok=True)
+                await self.exporter.snapshot(vol, tmp)  # held open by its export daemon
+                self.store.commit_snapshot(s.id)
+            elif vms:
                 tmp = self.store.temp_path(self.store.snapshot_path(s.id))
                 tmp.unlink(missing_ok=True)
                 await self.driver.snapshot_volume(min(vms), vol, tmp)

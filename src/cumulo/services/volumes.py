@@ -234,10 +234,12 @@ def _wake(svc: Services, host_ids: set[str]) -> None:
 
 
 def _check_local(row: VolumeRow, action: str) -> None:
+    """QEMU's NBD client cannot learn a new size of its export while connected: a volume
+    attached to an instance of another host is grown detached (or attached on its host)."""
     if row.client_host_id is not None:
         raise Conflict(f"cannot {action} volume {row.name!r} while it is attached over the "
-                       "network to an instance of another host (not supported yet: detach it "
-                       "first)", code="remote_attachment")
+                       "network to an instance of another host (detach it first)",
+                       code="remote_attachment")
 
 
 def detach(svc: Services, who: Principal, project: str | None, ref: str) -> VolumeView:
@@ -330,7 +332,6 @@ def snapshot(svc: Services, who: Principal, project: str | None, ref: str,
         prj = scope_project(s, who, project)
         vol = find(s, prj, ref)
         check_volume(vol.name, vol.state, VolumeAction.SNAPSHOT, vol.desired == DELETED)
-        _check_local(vol, "snapshot")
         if s.scalar(select(SnapshotRow.id).where(SnapshotRow.project_id == prj.id,
                                                  SnapshotRow.name == name)):
             raise Conflict(f"snapshot {name!r} already exists", code="name_taken")

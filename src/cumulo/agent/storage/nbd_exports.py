@@ -4,8 +4,9 @@ per exported volume.
 Why one daemon per volume, not one per host: QEMU's NBD server takes one set of TLS
 credentials, so only a daemon of its own gives each export its own TLS-PSK key (a client
 holding one volume's key cannot open another's even knowing its name); a daemon that dies
-takes one volume with it; and the volume's own QMP socket grows it online. The cost is a
-process (~20 MiB) and a port per attached volume.
+takes one volume with it; and the volume's own QMP socket snapshots it online. The cost is
+a process (~20 MiB) and a port per attached volume. (No online grow: the export holds the
+size fixed, and QEMU's NBD client could not learn a new one anyway.)
 
 The daemon listens on this host's underlay address (inside the host's network namespace),
 requires TLS (`tls-creds-psk`, identity = the volume id) and exports the qcow2's guest view
@@ -27,8 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from cumulo.agent.drivers import qemu_volumes
 from cumulo.agent.drivers.base import DriverError
-from cumulo.agent.drivers.qmp import qmp_execute
+from cumulo.agent.drivers.qemu_argv import fmt_node
 from cumulo.agent.storage import psk
 from cumulo.agent.storage.disks import StorageError, run_tool
 from cumulo.domain.ids import is_id
@@ -49,7 +51,7 @@ class ExportSpec:
 class VolumeExporter(Protocol):
     async def ensure(self, vol_id: str, path: Path, spec: ExportSpec) -> None: ...
     async def stop(self, vol_id: str) -> None: ...
-    async def resize(self, vol_id: str, size_bytes: int) -> None: ...
+    async def snapshot(self, vol_id: str, target: Path) -> None: ...
     def exported(self) -> set[str]: ...
 
 
@@ -67,11 +69,11 @@ class RecordingExporter:
     async def stop(self, vol_id: str) -> None:
         self.exports.pop(vol_id, None)
 
-    async def resize(self, vol_id: str, size_bytes: int) -> None:
+    async def snapshot(self, vol_id: str, target: Path) -> None:
         if vol_id not in self.exports:
-            raise StorageError(f"cannot grow {vol_id}: it is not exported")
-        await run_tool("qemu-img", "resize", "-q", "-f", "qcow2", str(self.exports[vol_id][0]),
-                       str(size_bytes))
+            raise StorageError(f"cannot snapshot {vol_id}: it is not exported")
+        await run_tool("qemu-img", "convert", "-q", "-U", "-f", "qcow2", "-O", "qcow2",
+                       str(self.exports[vol_id][0]), str(target))
 
     def exported(self) -> set[str]:
         return set(self.exports)
@@ -96,10 +98,9 @@ class DaemonExporter:
         """The pid of the volume's daemon when it runs (checked: it is qemu-storage-daemon)."""
         try:
             pid = int((self._dir(vol_id) / "pid").read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return None
-        return pid if cmdline and cmdline[0].endswith(BINARY.encode()) else None
+        return pid if is_daemon(pid) else None
 
     async def ensure(self, vol_id: str, path: Path, spec: ExportSpec) -> None:
         d = self._dir(vol_id)
@@ -121,12 +122,12 @@ class DaemonExporter:
             "--object", f"tls-creds-psk,id=tls0,endpoint=server,dir={d}",
             "--blockdev", json.dumps({"driver": "file", "node-name": "file0",
                                       "filename": str(path)}),
-            "--blockdev", json.dumps({"driver": "qcow2", "node-name": "vol0", "file": "file0",
-                                      "discard": "unmap"}),
+            "--blockdev", json.dumps({"driver": "qcow2", "node-name": fmt_node(vol_id),
+                                      "file": "file0", "discard": "unmap"}),
             "--nbd-server", json.dumps({"addr": {"type": "inet", "host": self.listen_ip,
                                                  "port": str(spec.port)},
                                         "tls-creds": "tls0"}),
-            "--export", json.dumps({"type": "nbd", "id": "exp0", "node-name": "vol0",
+            "--export", json.dumps({"type": "nbd", "id": "exp0", "node-name": fmt_node(vol_id),
                                     "name": spec.name, "writable": True}),
             "--chardev", f"socket,id=qmp0,path={d / 'qmp.sock'},server=on,wait=off",
             "--monitor", "chardev=qmp0",
@@ -145,13 +146,14 @@ class DaemonExporter:
             raise StorageError(f"cannot export {vol_id}: {BINARY} failed: "
                                f"{msg[-1] if msg else proc.returncode}")
 
-    async def resize(self, vol_id: str, size_bytes: int) -> None:
-        """Grow the exported volume online (the daemon holds the qcow2 open)."""
+    async def snapshot(self, vol_id: str, target: Path) -> None:
+        """A point-in-time copy taken by the daemon (blockdev-backup, as a VM's QEMU does for
+        a local volume: the same code), while the other host's instance writes on."""
         try:
-            await qmp_execute(self._dir(vol_id) / "qmp.sock", "block_resize",
-                              {"node-name": "vol0", "size": size_bytes}, timeout=10.0)
+            await qemu_volumes.snapshot(self._dir(vol_id) / "qmp.sock", "its export", vol_id,
+                                        target)
         except DriverError as e:
-            raise StorageError(f"cannot grow exported {vol_id}: {e}") from e
+            raise StorageError(str(e)) from e
 
     async def stop(self, vol_id: str) -> None:
         d = self._dir(vol_id)
@@ -161,9 +163,21 @@ class DaemonExporter:
                 os.kill(pid, signal.SIGTERM)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + STOP_WAIT_S
-            while self.running(vol_id) == pid and loop.time() < deadline:
+            # The daemon removes its pidfile before it is gone: wait for the process.
+            while is_daemon(pid) and loop.time() < deadline:
                 await asyncio.sleep(0.05)
-            if self.running(vol_id) == pid:
+            if is_daemon(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+                while is_daemon(pid):
+                    await asyncio.sleep(0.05)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def is_daemon(pid: int) -> bool:
+    """Whether `pid` is a live qemu-storage-daemon (not a zombie, not a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(cmdline) and cmdline[0].endswith(BINARY.encode())
