@@ -139,7 +139,7 @@ _FORGET = (
 )
 
 
-def _forget(s: Session, at: datetime, instance_id: str) -> list[tuple[str, str]]:
+def forget_instance(s: Session, at: datetime, instance_id: str) -> list[tuple[str, str]]:
     """Remove a deleted instance and release what it held; its metering (and its automatic
     public IP's) ends at `at`. Returns its (network id, MAC) pairs: those DNS records are
     gone."""
@@ -277,7 +277,7 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
              project_id, vm_name) = row[:9]
             if obs.state == DELETED:
                 if desired == DesiredPower.DELETED.value:
-                    gone += _forget(s, at, iid)
+                    gone += forget_instance(s, at, iid)
                     changed.add(iid)
                     refresh = True
                     happened.append(events.Event(project_id, "instance", iid, vm_name,

@@ -111,7 +111,9 @@ export async function render(root) {
     const largest = Math.max(0, ...(z ? z.hosts.filter((x) => x.architectures.includes(a)).map((x) => x.vcpus_allocatable - x.vcpus_used) : []));
     const largestRam = Math.max(0, ...(z ? z.hosts.filter((x) => x.architectures.includes(a)).map((x) => x.ram_mib_allocatable - x.ram_mib_used) : []));
     const wasType = type.value;
-    replace(type, types.filter((t) => t.architectures.includes(a)).map((t) => h("option", { value: t.name,
+    // Bare-metal types (bm1.*) are created from the CLI or API: this form's network and
+    // security-group choices are for VMs only, which a bare-metal create refuses.
+    replace(type, types.filter((t) => t.architectures.includes(a) && !t.baremetal).map((t) => h("option", { value: t.name,
       selected: t.name === wasType, text: `${t.name} · ${t.vcpus} vCPU · ${mib(t.ram_mib)} · ${t.disk_gib} GiB · ${t.bandwidth_mbps} Mbit/s` })));
     vcpus.max = String(largest || 1);
     ram.max = String(largestRam || 64);
