@@ -34,6 +34,11 @@ from cumulo.agent.image_export import ExportApi, Exporter
 from cumulo.agent.instance_book import InstanceBook
 from cumulo.agent.migration_reconciler import MigrationReconciler
 from cumulo.agent.reconciler import Reconciler
+from cumulo.agent.storage.nbd_exports import (
+    DaemonExporter,
+    RecordingExporter,
+    VolumeExporter,
+)
 from cumulo.agent.storage.volumes import VolumeStore
 from cumulo.agent.volume_reconciler import VolumeReconciler
 from cumulo.domain.arch import Arch
@@ -80,6 +85,7 @@ class AgentConfig:
     qemu_uid_base: int = 1_900_000_000  # the range of the VMs' uids (see qemu_confine)
     qemu_uid_count: int = 65536
     underlay_ip: str | None = None  # this host's address on the underlay (VXLAN, NBD, ...)
+    storage: bool = False  # a storage host: the zone's new volumes go to such hosts
 
 
 def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
@@ -129,7 +135,7 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
         from cumulo.agent.net.host_network import HostNetwork
 
         network = HostNetwork(cfg.host_dir, cfg.underlay_ip)
-    vrec = VolumeReconciler(driver, VolumeStore(cfg.host_dir))
+    vrec = VolumeReconciler(driver, VolumeStore(cfg.host_dir), exporter=volume_exporter(cfg))
     rec = Reconciler(
         driver,
         cfg.host_dir / "instances",
@@ -152,6 +158,7 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
         agent_version=cumulo.__version__,
         underlay_ip=cfg.underlay_ip,
         cpus=sorted(os.sched_getaffinity(0)),
+        storage=cfg.storage,
     )
     mrec = None
     if isinstance(driver, MigratingDriver):
@@ -172,6 +179,19 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
                 await asyncio.wait_for(metrics_task, 5)
         await client.close()
         sock.unlink(missing_ok=True)
+
+
+def volume_exporter(cfg: AgentConfig) -> VolumeExporter | None:
+    """How this host exports its volumes to instances of other hosts: qemu-storage-daemon in
+    the host's namespace on its underlay address; recorded only by fake hosts; none without
+    an underlay."""
+    if cfg.driver == "fake":
+        return RecordingExporter()
+    if not cfg.underlay_ip:
+        return None
+    from cumulo.agent.net.names import netns_name
+
+    return DaemonExporter(cfg.host_dir / "nbd", cfg.underlay_ip, netns_name(cfg.host_dir))
 
 
 def _metrics_server(cfg: AgentConfig, driver: Driver) -> uvicorn.Server | None:

@@ -186,6 +186,7 @@ def _prepare_host(paths: StatePaths, settings: Settings, db: Database, url: str,
                 "resume_free_mib": settings.host.resume_free_mib,
                 "qemu_uid_base": settings.host.qemu_uid_base,
                 "qemu_uid_count": settings.host.qemu_uid_count,
+                "storage": host.name in settings.host.storage_hosts,
             },
             indent=2,
         )
