@@ -80,6 +80,7 @@ class AgentConfig:
     qemu_uid_base: int = 1_900_000_000  # the range of the VMs' uids (see qemu_confine)
     qemu_uid_count: int = 65536
     underlay_ip: str | None = None  # this host's address on the underlay (VXLAN, NBD, ...)
+    edge_ip: str | None = None  # the edge's address on the underlay (cumulo.edge)
 
 
 def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
@@ -128,7 +129,7 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
     if cfg.driver == "qemu":
         from cumulo.agent.net.host_network import HostNetwork
 
-        network = HostNetwork(cfg.host_dir, cfg.underlay_ip)
+        network = HostNetwork(cfg.host_dir, cfg.underlay_ip, cfg.edge_ip)
     vrec = VolumeReconciler(driver, VolumeStore(cfg.host_dir))
     rec = Reconciler(
         driver,

@@ -21,8 +21,8 @@ import pytest
 import pytest_asyncio
 
 from cumulo.agent.net import namespace
-from cumulo.agent.net.forwarder import Forwarder
-from cumulo.agent.net.plan import Forward
+from cumulo.edge.proxy import Forwarder
+from cumulo.edge.table import Forward
 from tests.conftest import free_port
 
 TARGET = "10.99.0.5"
