@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import socket
 import time
+from typing import cast
 
 import structlog
 
@@ -42,8 +43,7 @@ class _Back(asyncio.DatagramProtocol):
         self.last = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         self.last = time.monotonic()
@@ -63,8 +63,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is not a subclass
 
     def allowed(self, client_ip: str) -> bool:
         addr = ipaddress.ip_address(client_ip)
