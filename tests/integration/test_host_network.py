@@ -95,7 +95,7 @@ class Env:
 
 async def sh(argv: list[str], stdin: bytes = b"", timeout: float = 60,
              check: bool = True) -> tuple[int, str]:  # fmt: skip
-    """Run a command without blocking the event loop (the forwarder runs in it)."""
+    """Run a command without blocking the event loop (the edge runs in it)."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -255,6 +255,24 @@ async def test_ssh_through_the_public_loopback_ip(env: Env) -> None:
     assert "10.231." not in routes
     _, addrs = await sh(["ip", "-4", "addr"])
     assert "10.231." not in addrs
+
+
+async def test_from_the_underlay_only_the_edge_gets_in(env: Env) -> None:
+    """Another machine on the underlay, routing to a1 via its host like the edge does, reaches
+    nothing; the edge's namespace, the same way, reaches a1's SSH port."""
+    stranger = env.dir / "stranger"
+    await fabric.ensure(env.dir, [fabric.Port(stranger, ipaddress.IPv4Interface(
+        "10.251.0.9/24"))])
+    try:
+        for who, expect in ((names.netns_name(stranger), 1), (env.edge.netns, 0)):
+            await sh(["ip", "-n", who, "route", "replace", f"{env.ips['a1']}/32", "via",
+                      str(HOST_UNDERLAY.ip)])
+            code, out = await sh(["ip", "netns", "exec", who, "timeout", "5", "bash", "-c",
+                                  f"exec 3<>/dev/tcp/{env.ips['a1']}/22 && head -c 4 <&3"],
+                                 check=False)
+            assert (code == 0) == (expect == 0) and (out == "SSH-") == (expect == 0), (who, out)
+    finally:
+        await namespace.delete(names.netns_name(stranger))
 
 
 async def test_projects_cannot_exchange_a_packet(env: Env) -> None:

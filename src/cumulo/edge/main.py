@@ -45,8 +45,8 @@ class Edge:
     async def apply(self, table: EdgeTable) -> list[str]:
         """Routes first (a new listener's first flow finds its route), then listeners."""
         p = plan(table.entries)
-        changed = await routes.converge(self.netns, p.routes)
-        errors = list(p.errors)
+        changed, errors = await routes.converge(self.netns, p.routes)
+        errors += p.errors
         errors += await self.tcp.update(p.forwards)
         errors += await self.udp.update(p.forwards)
         log.info("edge_converged", version=table.version, routes=len(p.routes),

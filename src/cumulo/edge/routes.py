@@ -30,8 +30,12 @@ def changes(have: dict[str, str], want: tuple[Route, ...]) -> list[str]:
     return lines
 
 
-async def converge(netns: str, want: tuple[Route, ...]) -> int:
-    """Make the routes match; returns how many lines it changed."""
+async def converge(netns: str, want: tuple[Route, ...]) -> tuple[int, list[str]]:
+    """Make the routes match: every line is tried (one route the kernel refuses, e.g. via
+    an address off the underlay, does not hold back the others). Returns how many lines it
+    ran, and one message per wanted route that is not in place."""
     lines = changes(await current(netns), want)
-    await ip_batch(netns, lines)
-    return len(lines)
+    await ip_batch(netns, lines, check=False)
+    have = await current(netns) if lines else dict(want)
+    return len(lines), [f"no route to {dst} via {via}" for dst, via in want
+                        if have.get(dst) != via]
