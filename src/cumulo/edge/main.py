@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from dataclasses import dataclass
 
 import httpx
 import structlog
 
-from cumulo.agent.host_lock import exit_with_parent
+from cumulo.agent.host_lock import run_supervised
 from cumulo.edge import routes
 from cumulo.edge.proxy import Forwarder
 from cumulo.edge.table import plan
@@ -84,21 +83,16 @@ async def run_edge(cfg: EdgeConfig, stop: asyncio.Event) -> None:
             await edge.close()
 
 
+async def _until_stopped(cfg: EdgeConfig, stop: asyncio.Event) -> None:
+    """The poll is cancelled at once on `stop` (it may be waiting on the API)."""
+    poll = asyncio.create_task(run_edge(cfg, stop))
+    await stop.wait()
+    poll.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await poll
+
+
 def main(cfg: EdgeConfig, parent_pid: int | None = None) -> int:
-    if parent_pid is not None and not exit_with_parent(parent_pid):
-        log.warning("supervisor_gone", parent_pid=parent_pid, hint="not starting")
-        return 0
-
-    async def _run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        poll = asyncio.create_task(run_edge(cfg, stop))
-        await stop.wait()
-        poll.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poll
-
-    asyncio.run(_run())
+    """Run the edge until SIGTERM/SIGINT, or until `parent_pid` (`cumulo up`) dies."""
+    run_supervised(lambda stop: _until_stopped(cfg, stop), parent_pid)
     return 0
