@@ -182,6 +182,10 @@ class MigrationAssignment(BaseModel):
     # prepare: the source disk's virtual size; migrate: what the destination said.
     disk_bytes: int = 0
     incoming: dict[str, str | int] | None = None
+    # A cold move (a stopped instance: its disk only). The source gets `instance` too (its
+    # disk's path); the destination's finish gets the source's digest to check the copy by.
+    cold: bool = False
+    checksum: str = ""
 
 
 class Assignments(BaseModel):
@@ -238,6 +242,7 @@ class MigrationObservation(BaseModel):
     progress: dict[str, int] = Field(default_factory=dict)
     downtime_ms: int | None = None
     total_s: float | None = None
+    checksum: str = ""  # a cold move's source, completed: the digest of the disk it sent
 
 
 class Report(BaseModel):

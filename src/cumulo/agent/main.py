@@ -309,7 +309,7 @@ async def _pass(rec: Reconciler, batch: Assignments, vrec: VolumeReconciler | No
         # Not its public address: that stays with the host the instance is assigned to.
         arriving = [m.instance.model_copy(update={"public_ip": None})
                     for m in batch.migrations
-                    if m.role == "destination" and m.instance is not None]
+                    if m.role == "destination" and m.instance is not None and not m.cold]
     vols: list[VolumeObservation] = []
     snaps: list[SnapshotObservation] = []
     if vrec is not None and (batch.volumes or batch.snapshots or vrec.busy):

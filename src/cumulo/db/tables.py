@@ -486,6 +486,13 @@ class MigrationRow(Base):
     switched: Mapped[bool] = mapped_column(default=False)
     source_done: Mapped[bool] = mapped_column(default=False)
     destination_done: Mapped[bool] = mapped_column(default=False)
+    # A cold move (a stopped instance's disk, nothing runs) and the digest of the disk its
+    # source sent (checked by the destination before the instance changes host).
+    cold: Mapped[bool] = mapped_column(default=False, server_default=false())
+    checksum: Mapped[str] = mapped_column(String(80), default="", server_default="")
+    # The host CPUs the instance gets on a dedicated destination (picked there at the start,
+    # held like its capacity; the instance's own once it arrives). None: a shared host.
+    cpu_set: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)

@@ -11,6 +11,7 @@ and the fake driver (control-plane scale tests).
 from __future__ import annotations
 
 import abc
+import ipaddress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -165,6 +166,8 @@ class MigrationStatus:
     downtime_ms: int | None = None
     total_s: float | None = None
     reason: str = ""
+    # A cold move's source, once COMPLETED: the digest of the disk it sent (content_digest)
+    checksum: str = ""
 
 
 # Hot-plug slots per VM (PCIe root ports): at most this many volumes are attached at once.
@@ -274,6 +277,14 @@ class MigratingDriver(Driver):
     4. once the source says COMPLETED: `finish_migration` on the destination (the guest runs
        there), then on the source (its process and boot disk are removed).
     A VM whose migration failed runs on at the source; the destination is cleaned by cancel.
+
+    A cold move (a stopped VM: nothing runs on either side) uses the same calls for status,
+    cancel and finish, with its own two to start: the destination's
+    `prepare_cold_incoming` (an empty disk exported to the source, no process of the VM),
+    the source's `copy_cold_out` (the disk written into that export). The source says
+    COMPLETED with the digest of what it sent; the destination's `cold_copy_checksum` stops
+    serving and gives the digest of what arrived: the caller compares them before the
+    instance changes host (then `finish_migration` on both sides: nothing to resume).
     """
 
     capabilities = frozenset({Capability.LIVE_MIGRATION})
@@ -305,10 +316,37 @@ class MigratingDriver(Driver):
         """After COMPLETED: the destination lets the guest run; the source removes its stopped
         copy (process and boot disk). DriverError before the source has completed."""
 
+    @abc.abstractmethod
+    async def prepare_cold_incoming(
+        self, spec: VMSpec, address: str, disk_bytes: int
+    ) -> IncomingMigration:
+        """Receive a stopped VM's boot disk: `spec.boot_disk` (must not exist) is made empty,
+        `disk_bytes` long, and exported writable on `address` (an IP of this host) only;
+        `migration_port` is 0 (no memory to receive)."""
+
+    @abc.abstractmethod
+    async def copy_cold_out(self, spec: VMSpec, incoming: IncomingMigration) -> None:
+        """Start writing the stopped VM's boot disk (`spec.boot_disk`) into the destination's
+        export; it goes on by itself (migration_status says COPYING_DISKS, then COMPLETED
+        with the digest, or FAILED). The source disk is only read."""
+
+    @abc.abstractmethod
+    async def cold_copy_checksum(self, vm_id: str) -> str:
+        """Destination of a cold move: stop serving the disk, and the digest of what arrived
+        (the same function as the source's). DriverError when this host receives none."""
+
     async def announce_self(self, vm_id: str) -> None:
         """Have the VM's NICs announce themselves (gratuitous RARP), once it runs on this
         host's network after an arrival: switches and bridges learn where it is now. A no-op
         for a driver without a network."""
+
+
+def check_migration_address(address: str) -> None:
+    """A migration listens on an IP literal of its host only (never a name to resolve)."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise DriverError(f"invalid migration address {address!r}: not an IP address") from None
 
 
 def check_spec_files(spec: VMSpec) -> None:

@@ -99,6 +99,7 @@ class QemuDriver(QemuMigration, MigratingDriver):
         # vm_id -> (pid, observed, monotonic time) of the last QMP status
         self._status: dict[str, tuple[int, Observed, float]] = {}
         self._outgoing: dict[str, Outgoing] = {}  # vm_id -> the migration this driver follows
+        self._cold_copies: dict[str, asyncio.Task[None]] = {}  # vm_id -> its cold copy
         probe = VMPaths.for_vm(self.runtime_dir, _LONGEST_VM_ID).qmp_sock
         if len(os.fsencode(probe)) >= UNIX_PATH_MAX:
             raise DriverError(
