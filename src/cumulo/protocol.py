@@ -284,3 +284,18 @@ class Poll(BaseModel):
     dns: list[str] = Field(default_factory=list)
     have: str | None = Field(default=None, max_length=64)
     report: Report | None = None
+
+
+class EdgeEntry(BaseModel):
+    """One public address as the edge serves it (see cumulo.edge)."""
+
+    public_ip: str
+    instance_id: str
+    private_ip: str  # the instance's first NIC
+    host_ip: str | None  # the underlay address of the host that runs it (None: none known)
+    rules: list[FirewallRule]  # the instance's ingress rules (its security groups)
+
+
+class EdgeTable(BaseModel):
+    version: int  # the notifier's edge version; long-poll again with since=version
+    entries: list[EdgeEntry]

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import os
 import platform
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from cumulo.agent.counters import RECONCILE_SECONDS
 from cumulo.agent.disk_space import DiskGauge
 from cumulo.agent.dns_book import DnsBook
 from cumulo.agent.drivers.base import Driver, MigratingDriver, PowerState
-from cumulo.agent.host_lock import LOCK_WAIT_S, HostBusy, HostLock, exit_with_parent
+from cumulo.agent.host_lock import LOCK_WAIT_S, HostBusy, HostLock, run_supervised
 from cumulo.agent.image_cache import ImageCache
 from cumulo.agent.image_export import ExportApi, Exporter
 from cumulo.agent.instance_book import InstanceBook
@@ -86,6 +85,7 @@ class AgentConfig:
     qemu_uid_count: int = 65536
     underlay_ip: str | None = None  # this host's address on the underlay (VXLAN, NBD, ...)
     storage: bool = False  # a storage host: the zone's new volumes go to such hosts
+    edge_ip: str | None = None  # the edge's address on the underlay (cumulo.edge)
 
 
 def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
@@ -134,7 +134,7 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
     if cfg.driver == "qemu":
         from cumulo.agent.net.host_network import HostNetwork
 
-        network = HostNetwork(cfg.host_dir, cfg.underlay_ip)
+        network = HostNetwork(cfg.host_dir, cfg.underlay_ip, cfg.edge_ip)
     vrec = VolumeReconciler(driver, VolumeStore(cfg.host_dir), exporter=volume_exporter(cfg))
     rec = Reconciler(
         driver,
@@ -368,19 +368,8 @@ def main(cfg: AgentConfig, parent_pid: int | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT; the process's exit status.
 
     `parent_pid`: the supervising process (`cumulo up`); the agent stops when it dies."""
-    if parent_pid is not None and not exit_with_parent(parent_pid):
-        log.warning("supervisor_gone", parent_pid=parent_pid, hint="not starting")
-        return 0
-
-    async def _run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run_agent(cfg, stop)
-
     try:
-        asyncio.run(_run())
+        run_supervised(lambda stop: run_agent(cfg, stop), parent_pid)
     except HostBusy as e:
         print(f"cumulo agent: {cfg.name}: {e}", file=sys.stderr, flush=True)
         return 1
