@@ -3,7 +3,7 @@
 `BenchCloud` runs the all-in-one cloud on a temporary state dir (short, under /tmp: QMP socket
 paths are limited to 108 bytes) and a free loopback port, exactly as the integration tests do,
 and talks to it over its HTTP API with the admin token from the client.toml it writes. VM
-traffic only goes to the instances' public loopback addresses (the agent's forwarder) or, for
+traffic only goes to the instances' public loopback addresses (the edge's forwarder) or, for
 the floor, into a namespace the bench creates itself.
 """
 

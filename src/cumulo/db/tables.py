@@ -111,6 +111,8 @@ class HostRow(Base):
     # The machine's CPU ids its agent may pin vCPUs to (see protocol.HostRegistration.cpus):
     # a dedicated host pins each vCPU to one of these. None: not reported.
     cpus: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    # `storage = true` in its agent config: the zone's new volumes go to such hosts.
+    storage: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class DedicatedHostRow(Base):
@@ -336,6 +338,13 @@ class VolumeRow(Base):
     delete_on_termination: Mapped[bool] = mapped_column(default=False)
     source_snapshot_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     generation: Mapped[int] = mapped_column(Integer, default=1)
+    # Attached to an instance of another host: that host (`client_host_id`) opens the NBD
+    # export the storage host (`host_id`) serves on `export_port` as `export_name` with the
+    # TLS-PSK key `export_key`. Made at the attach, cleared once the client let go.
+    client_host_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    export_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    export_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    export_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         UtcDateTime(), default=utcnow, onupdate=utcnow

@@ -30,17 +30,44 @@ class NicSpec:
 
 
 @dataclass(frozen=True)
+class LocalFile:
+    """A volume stored on this host: a standalone qcow2 file the VM opens itself."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class NbdExport:
+    """A volume stored on another host, exported over NBD (qemu-storage-daemon there).
+
+    Only an address, a port and two secrets cross hosts, never a path: `name` is the export
+    name (unguessable) and `key` the TLS-PSK key (hex) whose identity is the volume id. The
+    key stays on the hosts: it is never handed to the guest.
+    """
+
+    host: str  # the storage host's underlay address (an IP literal)
+    port: int
+    name: str
+    key: str
+
+
+VolumeSource = LocalFile | NbdExport
+
+
+@dataclass(frozen=True)
 class VolumeAttachment:
-    """A block volume (a standalone qcow2 file) given to a VM as a virtio disk.
+    """A block volume given to a VM as a virtio disk, described by how to reach it (`source`:
+    a local qcow2 file or an NBD export of another host), not by a path.
 
     The guest sees it as /dev/vdX with the disk serial `serial` (the volume id without its
     dash: "vol0123456789abcdef0", the 20 bytes virtio-blk carries; EBS on NVMe does the same).
-    `iops` and `mbps` (MiB/s) cap its I/O through QEMU throttling; 0 means no cap.
+    `iops` and `mbps` (MiB/s) cap its I/O through QEMU throttling (on the client side for an
+    NBD export); 0 means no cap.
     `write_error`: a write the host cannot do pauses the VM ("stop") or fails in the guest.
     """
 
     volume_id: str  # "vol-<17 hex>" (validated by the caller)
-    path: Path
+    source: VolumeSource
     iops: int = 0
     mbps: int = 0
     write_error: WriteErrorPolicy = "stop"
@@ -48,6 +75,11 @@ class VolumeAttachment:
     @property
     def serial(self) -> str:
         return self.volume_id.replace("-", "")
+
+    @property
+    def path(self) -> Path | None:
+        """The local file, or None for a volume of another host."""
+        return self.source.path if isinstance(self.source, LocalFile) else None
 
 
 @dataclass(frozen=True)
@@ -356,7 +388,7 @@ def check_spec_files(spec: VMSpec) -> None:
         ("kernel", spec.kernel),
         ("initrd", spec.initrd),
         ("seed ISO", spec.seed_iso),
-        *((f"volume {v.volume_id}", v.path) for v in spec.volumes),
+        *((f"volume {v.volume_id}", v.path) for v in spec.volumes),  # None: over NBD
     ):
         if path is not None and not path.is_file():
             raise DriverError(f"cannot start {spec.vm_id}: {label} {path} does not exist")

@@ -384,7 +384,7 @@ class FakeDriver(MigratingDriver):
                 f"cannot attach {att.volume_id} to {vm_id}: all {MAX_VOLUMES} volume slots"
                 " are in use"
             )
-        if self.check_paths and not att.path.is_file():
+        if self.check_paths and att.path is not None and not att.path.is_file():
             raise DriverError(
                 f"cannot attach {att.volume_id} to {vm_id}: {att.path} does not exist"
             )
@@ -404,6 +404,8 @@ class FakeDriver(MigratingDriver):
 
     async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
         att = self._holder(vm_id, volume_id, "resize")
+        if att.path is None:  # over NBD: the storage host grows the file
+            return
         if att.path.is_file():  # the file grows, as QEMU's block_resize does
             await qemu_img("resize", "-q", "-f", "qcow2", str(att.path), str(size_bytes))
 
@@ -411,6 +413,8 @@ class FakeDriver(MigratingDriver):
         att = self._holder(vm_id, volume_id, "snapshot")
         if target.exists():
             raise DriverError(f"cannot snapshot {volume_id}: {target} already exists")
+        if att.path is None:
+            raise DriverError(f"cannot snapshot {volume_id}: it is stored on another host")
         if att.path.is_file():
             await asyncio.to_thread(shutil.copyfile, att.path, target)
         elif self.check_paths:
