@@ -11,7 +11,14 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cumulo.db.tables import HostRow, InstanceRow, ProjectRow, SnapshotRow, VolumeRow
+from cumulo.db.tables import (
+    HostRow,
+    InstanceRow,
+    MigrationRow,
+    ProjectRow,
+    SnapshotRow,
+    VolumeRow,
+)
 from cumulo.domain.errors import Conflict, InvalidInput, NotFound
 from cumulo.domain.ids import is_id, new_id
 from cumulo.domain.instance import DesiredPower
@@ -186,6 +193,7 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
         check_volume(row.name, row.state, VolumeAction.ATTACH, row.desired == DELETED)
         if inst.desired_power == DesiredPower.DELETED.value:
             raise Conflict(f"instance {inst.name!r} is being deleted", code="invalid_state")
+        _not_moving(s, inst)
         if inst.zone != row.zone:
             raise InvalidInput(f"volume {row.name!r} is in zone {row.zone}; instance "
                                f"{inst.name!r} is in {inst.zone}", code="zone_mismatch")
@@ -204,6 +212,16 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
         wake = _hosts_of(row)
     _wake(svc, wake)
     return result
+
+
+def _not_moving(s: Session, inst: InstanceRow) -> None:
+    """An instance that moves keeps its volumes as they were at the start (the move checked
+    them: services/migration_volumes); a change waits for its end."""
+    busy = s.scalar(select(MigrationRow.id).where(MigrationRow.instance_id == inst.id,
+                                                  MigrationRow.active))
+    if busy is not None:
+        raise Conflict(f"instance {inst.name!r} is migrating ({busy}): attach or detach its "
+                       "volumes once it ended", code="migration_in_progress")
 
 
 def _export_to(s: Session, row: VolumeRow, inst: InstanceRow) -> None:
@@ -250,6 +268,9 @@ def detach(svc: Services, who: Principal, project: str | None, ref: str) -> Volu
         row = find(s, prj, ref)
         if not (row.want_instance_id or row.attached_to):
             raise Conflict(f"volume {row.name!r} is not attached", code="not_attached")
+        inst = s.get(InstanceRow, row.want_instance_id or row.attached_to)
+        if inst is not None:
+            _not_moving(s, inst)
         row.want_instance_id, row.state = None, VolumeState.DETACHING
         _touch(row)
         events.add(s, _event(prj, row, "detach_requested"))
