@@ -53,8 +53,8 @@ class VolSide(DiskSide):
 
 @pytest.fixture
 def three(svc: Services, tmp_path: Path) -> tuple[VolSide, VolSide, Host, str]:
-    """a and b (no storage), c (the storage host); "vm" stopped on a with volume "data"
-    (stored on c) attached over NBD."""
+    """a and b (no storage), c (the storage host); "vm" stopped on a, and volume "data"
+    (stored on c once c's agent made it; _attached attaches it over NBD)."""
     register_two(svc)
     hosts.register(svc, ADMIN, name=C, zone="local-1a", architectures=["x86_64"], vcpus=4,
                    ram_mib=4096, driver="fake", accel="fake", agent_url="",
