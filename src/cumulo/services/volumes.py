@@ -11,14 +11,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cumulo.db.tables import (
-    HostRow,
-    InstanceRow,
-    MigrationRow,
-    ProjectRow,
-    SnapshotRow,
-    VolumeRow,
-)
+from cumulo.db.tables import HostRow, InstanceRow, ProjectRow, SnapshotRow, VolumeRow
 from cumulo.domain.errors import Conflict, InvalidInput, NotFound
 from cumulo.domain.ids import is_id, new_id
 from cumulo.domain.instance import DesiredPower
@@ -31,7 +24,16 @@ from cumulo.domain.volume import (
     check_snapshot_source,
     check_volume,
 )
-from cumulo.services import baremetal_instances, events, hosts, lookups, metering, prices, quotas
+from cumulo.services import (
+    baremetal_instances,
+    events,
+    hosts,
+    lookups,
+    metering,
+    migrations,
+    prices,
+    quotas,
+)
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import SnapshotView, VolumeView
@@ -217,8 +219,7 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
 def _not_moving(s: Session, inst: InstanceRow) -> None:
     """An instance that moves keeps its volumes as they were at the start (the move checked
     them: services/migration_volumes); a change waits for its end."""
-    busy = s.scalar(select(MigrationRow.id).where(MigrationRow.instance_id == inst.id,
-                                                  MigrationRow.active))
+    busy = migrations.active_migration(s, inst.id)
     if busy is not None:
         raise Conflict(f"instance {inst.name!r} is migrating ({busy}): attach or detach its "
                        "volumes once it ended", code="migration_in_progress")
