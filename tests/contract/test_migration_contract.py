@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -31,11 +32,13 @@ import pytest
 
 from cumulo.agent.drivers.base import (
     IncomingMigration,
+    LocalFile,
     MigratingDriver,
     MigrationState,
     MigrationStatus,
     PowerState,
     VMSpec,
+    VolumeAttachment,
 )
 from cumulo.agent.drivers.fake import FakeDriver, FakeHost
 from cumulo.agent.drivers.fake_migration import FakeFabric
@@ -334,6 +337,11 @@ async def test_migration_refuses_bad_calls(pair: Pair) -> None:
     for address in ("not-an-ip", "10.0.0.1; rm -rf /", ""):
         with pytest.raises(Exception, match="invalid migration address"):
             await pair.b.driver.prepare_incoming(spec_b, address, 1 << 30)
+    assert not spec_b.boot_disk.exists()
+    local = VolumeAttachment("vol-000000000000000aa", LocalFile(pair.b.dir / "vol.qcow2"))
+    with pytest.raises(Exception, match="vol-000000000000000aa is a local file"):
+        await pair.b.driver.prepare_incoming(dataclasses.replace(spec_b, volumes=(local,)),
+                                             pair.b.address, 1 << 30)
     assert not spec_b.boot_disk.exists()
     with pytest.raises(Exception, match="already runs"):
         await pair.a.driver.prepare_incoming(spec, pair.a.address, 1 << 30)

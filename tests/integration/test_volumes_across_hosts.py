@@ -3,8 +3,9 @@
 TLS-PSK) to an instance of another host. Bytes the guest wrote and synced there are read
 back by the storage host's instance after a detach (md5), and over NBD again; the export
 cannot be opened from a third host's namespace without TLS nor with a wrong key; an agent
-restart adopts the export's daemon (the guest keeps its disk); a detach and `cumulo down`
-leave no daemon."""
+restart adopts the export's daemon (the guest keeps its disk); the instance migrates live to
+the third host with the volume attached (the same guest, the same bytes, writes go on); a
+detach and `cumulo down` leave no daemon."""
 
 from __future__ import annotations
 
@@ -136,7 +137,25 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
     c.json("volume", "detach", "data", "--wait")
     c.json("volume", "attach", "data", writer, "--wait")
     assert json.loads((export_dir / "export.json").read_text())["name"] != spec["name"]
-    assert _uncached_md5(c, writer, device_of(c, writer, vol["id"])) == written
+    dev = device_of(c, writer, vol["id"])
+    assert _uncached_md5(c, writer, dev) == written
+
+    # live: the writer moves to the third host (the scheduler skips the storage host) with
+    # the volume attached; the same guest (its boot id) reads the same bytes, over the same
+    # export, and its writes after the move are read back
+    boot_id = rssh(c, writer, "cat", "/proc/sys/kernel/random/boot_id").strip()
+    mig = c.json("instance", "migrate", writer, "--wait")
+    assert (mig["state"], mig["destination"]) == ("completed", "local-2"), mig
+    assert c.json("instance", "show", writer)["host"] == "local-2"
+    assert rssh(c, writer, "cat", "/proc/sys/kernel/random/boot_id").strip() == boot_id
+    assert _uncached_md5(c, writer, dev) == written
+    more = rssh(c, writer, "sh", "-c", "'head -c 1048576 /dev/urandom > /tmp/more && "
+                f"dd if=/tmp/more of=/dev/{dev} bs=1048576 seek=1 2>/dev/null && sync && "
+                "md5sum < /tmp/more'").split()[0]
+    back = rssh(c, writer, "sh", "-c", "'echo 3 > /proc/sys/vm/drop_caches; "
+                f"dd if=/dev/{dev} bs=1048576 skip=1 count=1 2>/dev/null | md5sum'").split()[0]
+    assert back == more != ZEROS_MD5
+    assert c.json("volume", "show", "data")["state"] == "in-use"
     daemon = int((export_dir / "pid").read_text())
     c.stop()
     subprocess.run([*CUMULO, "down", "--state-dir", str(c.state_dir)], check=True,

@@ -324,6 +324,8 @@ async def _pass(rec: Reconciler, batch: Assignments, vrec: VolumeReconciler | No
     moving: set[str] = set()
     arriving: list[Assignment] = []
     if mrec is not None and (batch.migrations or mrec.to_announce):
+        if vrec is not None:
+            vrec.expect(batch.volumes)
         migs = await mrec.run_pass(batch.migrations)
         moving = mrec.moving(batch.migrations)
         # Not its public address: that stays with the host the instance is assigned to.
@@ -333,9 +335,11 @@ async def _pass(rec: Reconciler, batch: Assignments, vrec: VolumeReconciler | No
     vols: list[VolumeObservation] = []
     snaps: list[SnapshotObservation] = []
     if vrec is not None and (batch.volumes or batch.snapshots or vrec.busy):
+        # An arriving VM's volumes are on its command line: none is hot-plugged into (or
+        # unplugged from) it while it arrives.
         running = {
             vm_id for vm_id, o in (await rec.driver.observe()).items() if o.power in _LIVE
-        }
+        } - {m.instance_id for m in batch.migrations if m.role == "destination" and not m.cold}
         vols, snaps = await vrec.run_pass(batch.volumes, batch.snapshots, running)
     changed = await rec.run_pass(batch.instances, batch.networks, moving, arriving)
     if mrec is not None and mrec.to_announce:

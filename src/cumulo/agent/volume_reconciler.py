@@ -104,6 +104,11 @@ class VolumeReconciler:
             and (v.remote is not None or self.store.has_volume(v.id))
         )
 
+    def expect(self, volumes: list[VolumeAssignment]) -> None:
+        """Take the new assignments before the pass: a VM arriving live is started (by the
+        migration reconciler, before this pass) with the volumes it is assigned now."""
+        self._desired = {v.id: v for v in volumes}
+
     @property
     def busy(self) -> bool:
         """Whether a pass has anything to do or to report even with no assignments."""

@@ -23,6 +23,7 @@ from cumulo.db.tables import (
     HostRow,
     ImageRow,
     InstanceRow,
+    MigrationRow,
     ProjectRow,
     PublicIpRow,
     SnapshotRow,
@@ -145,7 +146,7 @@ def build_view(s: Session, svc: Services, host_id: str, plan: Plan) -> HostView:
     base, touched = plan.base, plan.touched
     if base is None or touched is None:
         out = assigned(s, svc, host_id, None)
-        vols, snaps = _storage(s, svc, host_id)
+        vols, snaps = storage(s, svc, host_id)
         rebuild_at = time.monotonic() + VIEW_MAX_AGE_S * random.uniform(VIEW_MIN_AGE_SHARE, 1.0)
     else:
         fresh = {a.id: a for a in assigned(s, svc, host_id, touched)}
@@ -187,13 +188,18 @@ def instances_since(svc: Services, host_id: str, view: HostView, have: str | Non
 
 
 
-def _storage(s: Session, svc: Services, host_id: str
+def storage(s: Session, svc: Services, host_id: str
              ) -> tuple[list[VolumeAssignment], list[SnapshotAssignment]]:
     """The volumes stored on the host (exported when attached to another host's instance),
-    then those of other hosts attached to its instances (over NBD)."""
+    then those of other hosts attached to its instances (over NBD), and to the instances
+    arriving here live: the incoming QEMU opens their exports too (migration_volumes)."""
     vols = []
+    incoming = select(MigrationRow.instance_id).where(
+        MigrationRow.destination_host_id == host_id, MigrationRow.active,
+        MigrationRow.cold.is_(False))
     rows = s.scalars(select(VolumeRow).where(
-        (VolumeRow.host_id == host_id) | (VolumeRow.client_host_id == host_id))
+        (VolumeRow.host_id == host_id) | (VolumeRow.client_host_id == host_id)
+        | VolumeRow.attached_to.in_(incoming))
         .order_by(VolumeRow.created_at, VolumeRow.id)).all()
     storage_ips = dict(s.execute(select(HostRow.id, HostRow.underlay_ip).where(
         HostRow.id.in_({v.host_id for v in rows if v.host_id != host_id and v.host_id}))).all())

@@ -110,13 +110,18 @@ def assignments(svc: Services, who: Principal, name: str,
             network_ids |= migration_agents.network_ids(s, hid)
         nets = agent_networks.networks(s, svc, hid, network_ids,
                                        agent_networks.parse_dns_claims(dns_claims or []))
+        vols, snaps = view.volumes, view.snapshots
+        if any(m.role == "destination" and not m.cold for m in moving):
+            # Read again: an arriving VM's volumes are no instance's part of the view, and
+            # its incoming QEMU opens them (agent_views.storage).
+            vols, snaps = agent_views.storage(s, svc, hid)
     delta = agent_views.instances_since(svc, hid, view, have)
     if delta is None:
         return Assignments(version=0, instances=list(view.instances), networks=nets,
-                           volumes=list(view.volumes), snapshots=list(view.snapshots),
+                           volumes=list(vols), snapshots=list(snaps),
                            view=view.name, migrations=moving)
     return Assignments(version=0, instances=delta[0], networks=nets,
-                       volumes=list(view.volumes), snapshots=list(view.snapshots),
+                       volumes=list(vols), snapshots=list(snaps),
                        view=view.name, instances_since=have, instances_removed=delta[1],
                        migrations=moving)
 

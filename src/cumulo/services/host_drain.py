@@ -113,7 +113,7 @@ def _destination(s: Session, svc: Services, mig: MigrationRow
                           code="invalid_state")
     caps = {c.host_id: c for c in hosts.capacities(s, svc.settings, row.zone)}
     source = caps[mig.source_host_id]
-    stored = migration_volumes.check(s, row, cold)  # its volumes may have changed meanwhile
+    stored = migration_volumes.check(s, row)  # its volumes may have changed meanwhile
     dest = migrations.pick(svc, migrations.request_for(s, row), caps, source, stored)
     if not s.scalar(select(HostRow.underlay_ip).where(HostRow.id == dest.host_id)):
         raise CumuloError(f"host {dest.name} has no underlay address", code="no_underlay")

@@ -4,9 +4,13 @@ A volume stored on another host than the instance's is attached over NBD: it is 
 source's disk, so it can follow a stopped instance (its attachment's client host becomes the
 destination when the instance arrives; nothing is copied). What cannot follow is refused:
 a volume stored on the source host (a local file: copying it is not built), a volume stored
-on the destination (it would turn from a network attachment into a local one), a volume
-half-way through an attach or detach, and any volume of a running instance (a live
-migration would need the destination's QEMU to open the same NBD exports: not built yet).
+on the destination (it would turn from a network attachment into a local one) and a volume
+half-way through an attach or detach.
+
+A running instance's network volumes follow a live migration the same way: while it is under
+way the destination is assigned them too (agent_views), so its incoming QEMU opens the same
+exports (the storage host serves both clients); only the boot disk is mirrored, and the
+source's QEMU lets go when it stops after the switch-over.
 """
 
 from __future__ import annotations
@@ -24,15 +28,11 @@ def _rows(s: Session, instance_id: str) -> list[VolumeRow]:
         .order_by(VolumeRow.created_at, VolumeRow.id)))
 
 
-def check(s: Session, row: InstanceRow, cold: bool) -> dict[str, str]:
+def check(s: Session, row: InstanceRow) -> dict[str, str]:
     """Refuse the volumes that cannot follow `row`; return the hosts storing its volumes
     (host id -> one volume's name): none of them may be the destination."""
     stored: dict[str, str] = {}
     for v in _rows(s, row.id):
-        if not cold:
-            raise Conflict(f"instance {row.name!r} has volume {v.name} attached: a running "
-                           "instance with volumes does not migrate live yet (stop it: it "
-                           "then moves cold, its network volumes with it)", code="has_volumes")
         if v.want_instance_id != v.attached_to:
             raise Conflict(f"instance {row.name!r}: volume {v.name} is being attached or "
                            "detached; move it once that is done", code="volume_busy")

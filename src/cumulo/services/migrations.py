@@ -83,7 +83,7 @@ def start(svc: Services, who: Principal, project: str | None, ref: str,
         row = instance_row(s, prj, ref)
         hosts.lock_zone(s, row.zone)  # claims like a create's: one at a time per zone
         cold = check_movable(s, row)
-        stored = migration_volumes.check(s, row, cold)
+        stored = migration_volumes.check(s, row)
         caps = {c.host_id: c for c in hosts.capacities(s, svc.settings, row.zone)}
         source = caps.get(row.host_id or "")
         if source is None:
@@ -122,7 +122,7 @@ def check_movable(s: Session, row: InstanceRow) -> bool:
     if busy is not None:
         raise Conflict(f"instance {row.name!r} is already migrating ({busy})",
                        code="migration_in_progress")
-    migration_volumes.check(s, row, cold)
+    migration_volumes.check(s, row)
     return cold
 
 

@@ -8,11 +8,13 @@ never picks the host storing one of its volumes."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
 
+from cumulo.agent.drivers.base import NbdExport, PowerState, VMSpec
 from cumulo.agent.drivers.fake import FakeFabric
 from cumulo.agent.storage.nbd_exports import RecordingExporter
 from cumulo.agent.storage.volumes import VolumeStore
@@ -20,7 +22,7 @@ from cumulo.agent.volume_reconciler import VolumeReconciler
 from cumulo.db.tables import HostRow, InstanceRow, MigrationRow, VolumeRow
 from cumulo.domain.errors import CumuloError
 from cumulo.domain.instance import Action
-from cumulo.protocol import Observation, VolumeAssignment
+from cumulo.protocol import Assignment, Observation, VolumeAssignment
 from cumulo.services import agents, hosts, instances, migrations, volumes
 from cumulo.services.context import Services
 from tests.conftest import ADMIN, AGENT_HOST
@@ -174,11 +176,112 @@ async def test_what_cannot_follow_is_refused_and_changes_nothing(
         s.execute(update(VolumeRow).where(VolumeRow.name == "loc")
                   .values(attached_to=iid, state="in-use"))
     assert "stored on its own host" in _refused(svc, "volume_on_source", to=B)
-    # a running instance with volumes does not migrate live (yet): said, and how to move it
+    # ... running too (a live migration)
     instances.act(svc, ADMIN, None, "vm", Action.START)
     with svc.db.session() as s:
         gen = s.scalar(select(InstanceRow.generation).where(InstanceRow.id == iid))
     agents.report(svc, a.who, a.name, [Observation(id=iid, state="running",
                                                    generation=int(gen or 0))])
-    assert "stop it" in _refused(svc, "has_volumes", to=B)
+    assert "stored on its own host" in _refused(svc, "volume_on_source", to=B)
     assert _client(svc) == AGENT_HOST
+
+
+class LiveSide(VolSide):
+    """A host whose VMs start with the volumes they are assigned, and whose pass runs as the
+    agent's (agent.main._pass): the volume assignments taken before the migration step, and
+    no VM arriving here counted as running by the volume reconciler."""
+
+    async def _spec(self, a: Assignment) -> VMSpec:
+        spec = await super()._spec(a)
+        return dataclasses.replace(spec, volumes=self.vrec.attachments_for(a.id))
+
+    async def step(self) -> None:
+        batch = agents.assignments(self.svc, self.who, self.name)
+        self.vrec.expect(batch.volumes)
+        obs = await self.mrec.run_pass(batch.migrations)
+        agents.report(self.svc, self.who, self.name, [], migrations=obs)
+        self.mrec.acknowledge(obs)
+        batch = agents.assignments(self.svc, self.who, self.name)
+        arriving = {m.instance_id for m in batch.migrations if m.role == "destination"}
+        live = {vm for vm, o in (await self.driver.observe()).items()
+                if o.power is not PowerState.STOPPED} - arriving
+        vols, snaps = await self.vrec.run_pass(batch.volumes, batch.snapshots, live)
+        agents.report(self.svc, self.who, self.name, [], volumes=vols, snapshots=snaps)
+        self.vrec.acknowledge(vols, snaps)
+
+
+async def test_a_running_instance_migrates_live_with_its_network_volume(
+        svc: Services, tmp_path: Path) -> None:
+    register_two(svc)
+    hosts.register(svc, ADMIN, name=C, zone="local-1a", architectures=["x86_64"], vcpus=4,
+                   ram_mib=4096, driver="fake", accel="fake", agent_url="",
+                   underlay_ip="10.250.0.3", storage=True)
+    fabric = FakeFabric()
+    a = LiveSide(svc, AGENT_HOST, fabric, tmp_path, "10.250.0.1")
+    b = LiveSide(svc, B, fabric, tmp_path, "10.250.0.2")
+    c = Host(svc, C, tmp_path)
+    iid = _stopped(svc, a, "vm")
+    volumes.create(svc, ADMIN, None, "data", 1, zone="local-1a")
+    await _attached(a, c)
+    vol_id = volumes.show(svc, ADMIN, None, "data").id
+    # it runs on a with the volume over NBD (on its command line), and says so
+    instances.act(svc, ADMIN, None, "vm", Action.START)
+    (assigned,) = [i for i in agents.assignments(svc, a.who, a.name).instances if i.id == iid]
+    await a.driver.start(await a._spec(assigned))
+    agents.report(svc, a.who, a.name, [Observation(id=iid, state="running",
+                                                   generation=assigned.generation)])
+    assert set(a.driver.host.vms[iid].volumes) == {vol_id}
+    await b.step()  # b holds a view of its assignments from before the migration
+    mig = migrations.start(svc, ADMIN, None, "vm")  # the scheduler: b (c stores the volume)
+    assert mig.destination == B and not mig.cold
+    await b.step()  # b prepares: its incoming VM opens the same export as a's
+    (on_b,) = b.volumes()
+    (on_c,) = agents.assignments(svc, c.who, c.name).volumes
+    assert on_b.attach_to == iid and on_b.remote is not None and on_c.export is not None
+    assert (on_b.remote.port, on_b.remote.name, on_b.remote.key) == (
+        on_c.export.port, on_c.export.name, on_c.export.key)
+    incoming = b.driver.host.vms[iid]
+    assert set(incoming.volumes) == {vol_id}
+    assert isinstance(incoming.volumes[vol_id].source, NbdExport)
+    assert _client(svc) == AGENT_HOST  # a is the client until the arrival
+    await _until(svc, mig.id, b, a, states=("completed",))
+    assert _host_of(svc, iid) == B and _client(svc) == B
+    assert not a.volumes() and iid not in a.driver.host.vms  # a let go when its VM stopped
+    assert set(b.driver.host.vms[iid].volumes) == {vol_id}
+    for side in (a, b, c, a, b):
+        await side.step()
+    v = volumes.show(svc, ADMIN, None, "data")
+    assert (v.state, v.attached_to, v.state_reason) == ("in-use", "vm", "")
+    assert agents.assignments(svc, c.who, c.name).volumes[0].export == on_c.export
+
+
+async def test_a_live_migration_cancelled_leaves_the_volume_with_the_source(
+        svc: Services, tmp_path: Path) -> None:
+    register_two(svc)
+    hosts.register(svc, ADMIN, name=C, zone="local-1a", architectures=["x86_64"], vcpus=4,
+                   ram_mib=4096, driver="fake", accel="fake", agent_url="",
+                   underlay_ip="10.250.0.3", storage=True)
+    fabric = FakeFabric()
+    a = LiveSide(svc, AGENT_HOST, fabric, tmp_path, "10.250.0.1")
+    b = LiveSide(svc, B, fabric, tmp_path, "10.250.0.2")
+    c = Host(svc, C, tmp_path)
+    iid = _stopped(svc, a, "vm")
+    volumes.create(svc, ADMIN, None, "data", 1, zone="local-1a")
+    await _attached(a, c)
+    vol_id = volumes.show(svc, ADMIN, None, "data").id
+    instances.act(svc, ADMIN, None, "vm", Action.START)
+    (assigned,) = [i for i in agents.assignments(svc, a.who, a.name).instances if i.id == iid]
+    await a.driver.start(await a._spec(assigned))
+    agents.report(svc, a.who, a.name, [Observation(id=iid, state="running",
+                                                   generation=assigned.generation)])
+    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
+    await b.step()
+    assert set(b.driver.host.vms[iid].volumes) == {vol_id}
+    assert migrations.cancel(svc, ADMIN, mig.id).state == "cancelled"
+    for _ in range(3):
+        await a.step()
+        await b.step()
+    assert _host_of(svc, iid) == AGENT_HOST and _client(svc) == AGENT_HOST
+    assert iid not in b.driver.host.vms and set(a.driver.host.vms[iid].volumes) == {vol_id}
+    v = volumes.show(svc, ADMIN, None, "data")
+    assert (v.state, v.attached_to) == ("in-use", "vm")

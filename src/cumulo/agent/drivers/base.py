@@ -381,6 +381,16 @@ def check_migration_address(address: str) -> None:
         raise DriverError(f"invalid migration address {address!r}: not an IP address") from None
 
 
+def check_incoming_volumes(spec: VMSpec) -> None:
+    """A VM arriving live may hold volumes over NBD only: the incoming QEMU opens the same
+    export as the source's (the storage host serves both until the source stops), while a
+    local file would need copying, which is not built (the same check for every driver)."""
+    for v in spec.volumes:
+        if not isinstance(v.source, NbdExport):
+            raise DriverError(f"cannot receive {spec.vm_id}: volume {v.volume_id} is a local "
+                              "file (only volumes over NBD follow a live migration)")
+
+
 def check_spec_files(spec: VMSpec) -> None:
     """Every file the VM needs exists (the same check, and message, for every driver)."""
     for label, path in (

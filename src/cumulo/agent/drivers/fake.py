@@ -30,6 +30,7 @@ from cumulo.agent.drivers.base import (
     PowerState,
     VMSpec,
     VolumeAttachment,
+    check_incoming_volumes,
     check_migration_address,
     check_spec_files,
 )
@@ -218,8 +219,7 @@ class FakeDriver(MigratingDriver):
             if mig is not None and mig.role == "destination":
                 return mig.incoming
             raise DriverError(f"cannot receive {spec.vm_id}: it already runs on this host")
-        if spec.volumes:
-            raise DriverError(f"cannot receive {spec.vm_id}: volumes do not migrate yet")
+        check_incoming_volumes(spec)
         if self.check_paths and spec.boot_disk.exists():
             raise DriverError(
                 f"cannot receive {spec.vm_id}: its boot disk {spec.boot_disk} already exists"
@@ -235,8 +235,9 @@ class FakeDriver(MigratingDriver):
             "destination", incoming, MigrationState.INCOMING, disk_bytes,
             disk_created=spec.boot_disk if self.check_paths else None,
         )  # fmt: skip
-        self.host.vms[spec.vm_id] = _FakeVM(spec, Observed(
+        vm = self.host.vms[spec.vm_id] = _FakeVM(spec, Observed(
             spec.vm_id, PowerState.PAUSED, next(self.host.pids), "qemu status inmigrate"))
+        vm.volumes = {v.volume_id: v for v in spec.volumes}  # opened by the incoming QEMU
         return incoming
 
     async def migrate_out(self, vm_id: str, incoming: IncomingMigration) -> None:

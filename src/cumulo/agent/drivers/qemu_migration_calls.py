@@ -19,6 +19,7 @@ from cumulo.agent.drivers.base import (
     MigrationState,
     MigrationStatus,
     VMSpec,
+    check_incoming_volumes,
     check_migration_address,
     check_spec_files,
 )
@@ -66,8 +67,7 @@ class QemuMigration(QemuColdMove):
                 if record is not None and record.role == "destination":
                     return IncomingMigration(**record.incoming)
                 raise DriverError(f"cannot receive {spec.vm_id}: it already runs on this host")
-            if spec.volumes:
-                raise DriverError(f"cannot receive {spec.vm_id}: volumes do not migrate yet")
+            check_incoming_volumes(spec)  # their keys: written at launch (_hand_over)
             if spec.boot_disk.exists() and (record is None or record.role != "destination"):
                 raise DriverError(
                     f"cannot receive {spec.vm_id}: its boot disk {spec.boot_disk} already exists"
