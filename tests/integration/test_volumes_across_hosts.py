@@ -34,8 +34,10 @@ ZEROS_MD5 = "b6d81b360a5672d80c27430f39153e2c"  # 1 MiB of zeros
 @pytest.fixture(scope="module")
 def cloud3() -> Iterator[Cloud]:
     for cloud in _make("qemu", ["--hosts", "3"]):
+        # One zone: its three hosts are the storage host and two an instance moves between.
         (cloud.state_dir / "cumulo.toml").write_text(cloud.config.replace(
-            "[host]\n", f'[host]\nstorage_hosts = ["{STORE}"]\n'))
+            "[host]\n", f'[host]\nstorage_hosts = ["{STORE}"]\n')
+            + '[[regions]]\nname = "local-1"\nzones = ["local-1a"]\n')
         cloud.start(timeout=900)
         yield cloud
 
@@ -79,6 +81,7 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
                                                          ) -> None:
     c = cloud3
     c.json("keypair", "create", "k")
+    c.json("host", "disable", "local-2")  # the instances on `local` and the storage host
     vms = {name: c.json("instance", "create", name, "--image", "tiny", "--type", "t1.nano",
                         "--zone", "local-1a", "--key", "k", "--wait") for name in ("a", "b")}
     assert {vm["host"] for vm in vms.values()} == {"local", STORE}
@@ -144,6 +147,7 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
     # the volume attached; the same guest (its boot id) reads the same bytes, over the same
     # export, and its writes after the move are read back
     boot_id = rssh(c, writer, "cat", "/proc/sys/kernel/random/boot_id").strip()
+    c.json("host", "enable", "local-2")
     mig = c.json("instance", "migrate", writer, "--wait")
     assert (mig["state"], mig["destination"]) == ("completed", "local-2"), mig
     assert c.json("instance", "show", writer)["host"] == "local-2"

@@ -1,7 +1,8 @@
 """`cumulo host drain HOST`: disable the host and move its instances off it: running ones
 live, stopped ones cold (their disks copied), `drain_concurrency` at a time (the others wait
 as `queued` migrations, started as earlier ones end: see `advance`). What cannot move is said,
-with why: instances with volumes, instances in any other state (starting, stopping, ...).
+with why: volumes that cannot follow (migration_volumes), instances in any other state
+(starting, stopping, ...).
 """
 
 from __future__ import annotations

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import func, select, update
 
-from cumulo.agent.drivers.base import NbdExport, PowerState, VMSpec
+from cumulo.agent.drivers.base import NbdExport, PowerState, VMSpec, VolumeAttachment
 from cumulo.agent.drivers.fake import FakeFabric
 from cumulo.agent.storage.nbd_exports import RecordingExporter
 from cumulo.agent.storage.volumes import VolumeStore
@@ -31,6 +32,7 @@ from tests.unit.services.test_migrations import B, _host_of, register_two
 from tests.unit.services.test_volumes_across_hosts import Host
 
 C = "host-c"
+S = TypeVar("S", bound="VolSide")
 
 
 class VolSide(DiskSide):
@@ -57,13 +59,17 @@ class VolSide(DiskSide):
 def three(svc: Services, tmp_path: Path) -> tuple[VolSide, VolSide, Host, str]:
     """a and b (no storage), c (the storage host); "vm" stopped on a, and volume "data"
     (stored on c once c's agent made it; _attached attaches it over NBD)."""
+    return _three(svc, tmp_path, VolSide)
+
+
+def _three(svc: Services, tmp_path: Path, side: type[S]) -> tuple[S, S, Host, str]:
     register_two(svc)
     hosts.register(svc, ADMIN, name=C, zone="local-1a", architectures=["x86_64"], vcpus=4,
                    ram_mib=4096, driver="fake", accel="fake", agent_url="",
                    underlay_ip="10.250.0.3", storage=True)
     fabric = FakeFabric()
-    a = VolSide(svc, AGENT_HOST, fabric, tmp_path, "10.250.0.1")
-    b = VolSide(svc, B, fabric, tmp_path, "10.250.0.2")
+    a = side(svc, AGENT_HOST, fabric, tmp_path, "10.250.0.1")
+    b = side(svc, B, fabric, tmp_path, "10.250.0.2")
     c = Host(svc, C, tmp_path)
     iid = _stopped(svc, a, "vm")
     volumes.create(svc, ADMIN, None, "data", 1, zone="local-1a")  # on c: the storage host
@@ -186,6 +192,24 @@ async def test_what_cannot_follow_is_refused_and_changes_nothing(
     assert _client(svc) == AGENT_HOST
 
 
+def _plugs(side: VolSide) -> list[str]:
+    """Record each hot-plug and unplug asked of `side`'s driver (and still do it)."""
+    calls: list[str] = []
+    attach, detach = side.driver.attach_volume, side.driver.detach_volume
+
+    async def attach_spy(vm_id: str, att: VolumeAttachment) -> None:
+        calls.append(f"{side.name}: attach {att.volume_id} to {vm_id}")
+        await attach(vm_id, att)
+
+    async def detach_spy(vm_id: str, volume_id: str, timeout_s: float) -> None:
+        calls.append(f"{side.name}: detach {volume_id} from {vm_id}")
+        await detach(vm_id, volume_id, timeout_s)
+
+    setattr(side.driver, "attach_volume", attach_spy)  # noqa: B010 (a method replaced)
+    setattr(side.driver, "detach_volume", detach_spy)  # noqa: B010
+    return calls
+
+
 class LiveSide(VolSide):
     """A host whose VMs start with the volumes they are assigned, and whose pass runs as the
     agent's (agent.main._pass): the volume assignments taken before the migration step, and
@@ -210,28 +234,27 @@ class LiveSide(VolSide):
         self.vrec.acknowledge(vols, snaps)
 
 
-async def test_a_running_instance_migrates_live_with_its_network_volume(
-        svc: Services, tmp_path: Path) -> None:
-    register_two(svc)
-    hosts.register(svc, ADMIN, name=C, zone="local-1a", architectures=["x86_64"], vcpus=4,
-                   ram_mib=4096, driver="fake", accel="fake", agent_url="",
-                   underlay_ip="10.250.0.3", storage=True)
-    fabric = FakeFabric()
-    a = LiveSide(svc, AGENT_HOST, fabric, tmp_path, "10.250.0.1")
-    b = LiveSide(svc, B, fabric, tmp_path, "10.250.0.2")
-    c = Host(svc, C, tmp_path)
-    iid = _stopped(svc, a, "vm")
-    volumes.create(svc, ADMIN, None, "data", 1, zone="local-1a")
+async def _running_with_volume(svc: Services, tmp_path: Path
+                               ) -> tuple[LiveSide, LiveSide, Host, str, str]:
+    """a, b (LiveSide), c (the storage host); "vm" running on a with volume "data" of c
+    attached over NBD (on its command line), reported so; the instance's and volume's ids."""
+    a, b, c, iid = _three(svc, tmp_path, LiveSide)
     await _attached(a, c)
     vol_id = volumes.show(svc, ADMIN, None, "data").id
-    # it runs on a with the volume over NBD (on its command line), and says so
     instances.act(svc, ADMIN, None, "vm", Action.START)
     (assigned,) = [i for i in agents.assignments(svc, a.who, a.name).instances if i.id == iid]
     await a.driver.start(await a._spec(assigned))
     agents.report(svc, a.who, a.name, [Observation(id=iid, state="running",
                                                    generation=assigned.generation)])
     assert set(a.driver.host.vms[iid].volumes) == {vol_id}
+    return a, b, c, iid, vol_id
+
+
+async def test_a_running_instance_migrates_live_with_its_network_volume(
+        svc: Services, tmp_path: Path) -> None:
+    a, b, c, iid, vol_id = await _running_with_volume(svc, tmp_path)
     await b.step()  # b holds a view of its assignments from before the migration
+    plugs = (_plugs(a), _plugs(b))  # no hot-plug nor unplug on either host while it moves
     mig = migrations.start(svc, ADMIN, None, "vm")  # the scheduler: b (c stores the volume)
     assert mig.destination == B and not mig.cold
     await b.step()  # b prepares: its incoming VM opens the same export as a's
@@ -247,6 +270,7 @@ async def test_a_running_instance_migrates_live_with_its_network_volume(
     await _until(svc, mig.id, b, a, states=("completed",))
     assert _host_of(svc, iid) == B and _client(svc) == B
     assert not a.volumes() and iid not in a.driver.host.vms  # a let go when its VM stopped
+    assert plugs == ([], [])
     assert set(b.driver.host.vms[iid].volumes) == {vol_id}
     for side in (a, b, c, a, b):
         await side.step()
@@ -257,23 +281,7 @@ async def test_a_running_instance_migrates_live_with_its_network_volume(
 
 async def test_a_live_migration_cancelled_leaves_the_volume_with_the_source(
         svc: Services, tmp_path: Path) -> None:
-    register_two(svc)
-    hosts.register(svc, ADMIN, name=C, zone="local-1a", architectures=["x86_64"], vcpus=4,
-                   ram_mib=4096, driver="fake", accel="fake", agent_url="",
-                   underlay_ip="10.250.0.3", storage=True)
-    fabric = FakeFabric()
-    a = LiveSide(svc, AGENT_HOST, fabric, tmp_path, "10.250.0.1")
-    b = LiveSide(svc, B, fabric, tmp_path, "10.250.0.2")
-    c = Host(svc, C, tmp_path)
-    iid = _stopped(svc, a, "vm")
-    volumes.create(svc, ADMIN, None, "data", 1, zone="local-1a")
-    await _attached(a, c)
-    vol_id = volumes.show(svc, ADMIN, None, "data").id
-    instances.act(svc, ADMIN, None, "vm", Action.START)
-    (assigned,) = [i for i in agents.assignments(svc, a.who, a.name).instances if i.id == iid]
-    await a.driver.start(await a._spec(assigned))
-    agents.report(svc, a.who, a.name, [Observation(id=iid, state="running",
-                                                   generation=assigned.generation)])
+    a, b, _c, iid, vol_id = await _running_with_volume(svc, tmp_path)
     mig = migrations.start(svc, ADMIN, None, "vm", to=B)
     await b.step()
     assert set(b.driver.host.vms[iid].volumes) == {vol_id}
