@@ -188,6 +188,7 @@ class Client:
         running = sorted(i["name"] for i in self.api.list("/v1/instances")
                          if i["state"] == "running" and i["name"] in self.model.instances)
         if not running:  # (as an operator would, it moves what the API shows running)
+            self.log.append("migrate: nothing running")
             return
         name = self.rng.choice(running)
         r = self._send("POST", f"/v1/instances/{name}/migrate", {})

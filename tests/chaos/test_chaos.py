@@ -22,7 +22,7 @@ import pytest
 from tests.chaos import leftovers
 from tests.chaos.killer import Killer
 from tests.chaos.storm import Api, Client
-from tests.chaos.verdict import converge, unsettled, wait_none
+from tests.chaos.verdict import converge, ended, unsettled, wait_none
 from tests.integration.conftest import Cloud, _make
 
 pytestmark = pytest.mark.chaos
@@ -58,10 +58,11 @@ def run_storm(c: Cloud, clients: list[Client], killer: Killer, ops: int) -> None
     assert killer.error is None, killer.error
     if c.proc is None:
         c.start()
-    ended = Counter(m["state"] for m in Api(c.state_dir).list("/v1/migrations"))
     refused = Counter(line.split()[-1] for cl in clients for line in cl.log
                       if "/migrate " in line and line.split()[-2] == "409")
-    print(f"chaos: migrations {dict(ended)}, refused {dict(refused)}")
+    refused["nothing running"] = sum(line == "migrate: nothing running" for cl in clients
+                                     for line in cl.log)
+    print(f"chaos: migrations {ended(Api(c.state_dir))}, refused {dict(refused)}")
 
 
 def test_300_operations_under_kills_lose_and_duplicate_nothing(
@@ -77,5 +78,6 @@ def test_300_operations_under_kills_lose_and_duplicate_nothing(
     api = Api(c.state_dir)
     converge(api, [cl.model for cl in clients])
     wait_none(lambda: unsettled(api), 60)
+    print(f"chaos: migrations ended {ended(api)}")
     wait_none(lambda: leftovers.check(c.state_dir, api), 60)
     leftovers.assert_catches_a_planted_orphan(c.state_dir, api)

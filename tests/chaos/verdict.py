@@ -88,3 +88,8 @@ def unsettled(api: Api) -> list[str]:
                        f"MiB; its instances {held[h['name']]}, {ram[h['name']]}")
     return out
 
+
+
+def ended(api: Api) -> dict[str, int]:
+    """How many migrations are in each state."""
+    return dict(Counter(m["state"] for m in api.list("/v1/migrations")))

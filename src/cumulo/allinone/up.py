@@ -186,6 +186,8 @@ def _prepare_host(paths: StatePaths, settings: Settings, db: Database, url: str,
                 "resume_free_mib": settings.host.resume_free_mib,
                 "qemu_uid_base": settings.host.qemu_uid_base,
                 "qemu_uid_count": settings.host.qemu_uid_count,
+                # One machine: its fake hosts migrate through a directory of the cloud's.
+                "fake_fabric_dir": str(paths.root / "fake-fabric"),
             },
             indent=2,
         )
