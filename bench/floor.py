@@ -71,6 +71,16 @@ def floor_argv(arch: str, img: Path, disk: Path, seed: Path, console: Path, acce
     ]
 
 
+def floor_net() -> Net:
+    """The floor's one network, as cumulo's dnsmasq config writer takes it."""
+    guest = Host("floor", "floor.floor.bench", GUEST_IP, GUEST_MAC)
+    # dhcp_hosts: dnsmasq hands out leases only to the MACs listed there (on a network spanning
+    # hosts, each host answers for its own instances); without it the guest got no address.
+    return Net(id="floor", bridge=BRIDGE, cidr="10.250.0.0/24", gateway=GATEWAY, prefixlen=24,
+               netmask="255.255.255.0", network_addr="10.250.0.0", domain="floor.bench",
+               hosts=(guest,), dhcp_hosts=(guest,))
+
+
 @dataclass
 class Floor:
     """One namespace + bridge + tap + dnsmasq, reused by every floor boot of a run."""
@@ -97,10 +107,7 @@ class Floor:
             f"link set {TAP} master {BRIDGE} up",
             f"neigh replace {GUEST_IP} lladdr {GUEST_MAC} dev {BRIDGE} nud permanent",
         ]) + "\n")
-        net = Net(id="floor", bridge=BRIDGE, cidr="10.250.0.0/24", gateway=GATEWAY,
-                  prefixlen=24, netmask="255.255.255.0", network_addr="10.250.0.0",
-                  domain="floor.bench",
-                  hosts=(Host("floor", "floor.floor.bench", GUEST_IP, GUEST_MAC),))
+        net = floor_net()
         self.dns = dnsmasq.DnsmasqPaths(self.work / "dnsmasq")
         self.dns.dir.mkdir(parents=True, exist_ok=True)
         self.dns.conf.write_text(dnsmasq.render_conf(net, self.dns))

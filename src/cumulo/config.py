@@ -94,6 +94,9 @@ class InstanceType(BaseModel):
     # What a running instance of this type costs per hour; None: prices.vcpu_hour per vCPU
     # plus prices.ram_gib_hour per GiB of RAM (as a custom size is priced).
     price_per_hour: Price | None = None
+    # A whole physical server (a bare-metal node that fits: at least these vCPUs, RAM and
+    # disk), deployed over its BMC (services.baremetal_instances), rather than a VM.
+    baremetal: bool = False
 
 
 def _default_types() -> list[InstanceType]:
@@ -111,6 +114,16 @@ def _default_types() -> list[InstanceType]:
         InstanceType(name=n, vcpus=c, ram_mib=r, bandwidth_mbps=b, disk_gib=d, architectures=both,
                      price_per_hour=Decimal(p))
         for n, c, r, b, d, p in rows
+    ] + [
+        # Bare metal: a whole server, dearer than a VM of its size. bm1.tiny fits the
+        # emulated nodes of `cumulo up --baremetal-nodes` (1 vCPU, 256 MiB, 2 GiB).
+        InstanceType(name=n, vcpus=c, ram_mib=r, bandwidth_mbps=b, disk_gib=d,
+                     architectures=both, price_per_hour=Decimal(p), baremetal=True)
+        for n, c, r, b, d, p in [
+            ("bm1.tiny", 1, 256, 1000, 1, "0.10"),
+            ("bm1.medium", 16, 65536, 10000, 480, "1.20"),
+            ("bm1.large", 64, 262144, 25000, 1800, "4.80"),
+        ]
     ]
 
 

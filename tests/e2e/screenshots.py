@@ -61,14 +61,16 @@ def take(out: Path, driver: str) -> None:
             page.goto(base + "/#/create")
             page.wait_for_selector("#create-form #zone-choices input:checked")
             page.check("input[name=size-mode][value=custom]")
-            page.fill("#vcpus", "64")
+            page.fill("#vcpus", "65")  # [host] vcpus 16 x cpu_allocation_ratio 4.0 = 64
             expect(page.locator("[data-error-for=size-custom]")).not_to_be_empty()
             page.fill("#name", "web-2")
             _shoot(page, out, "create", full=True)
-            page.goto(base + "/#/instances/web-1")
+            page.click("a[href='#/instances']")
+            page.click("#instance-list a:text('web-1')")
             page.wait_for_selector("#facts dt")
             page.click("#serial-toggle")
             expect(page.locator("#serial-state")).to_contain_text("connected", timeout=60_000)
+            page.locator("#serial").scroll_into_view_if_needed()
             page.locator("#serial .xterm-helper-textarea").focus()
             page.keyboard.type("\r")
             expect(page.locator("#serial .xterm-rows")).to_contain_text(

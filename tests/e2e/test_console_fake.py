@@ -160,3 +160,30 @@ def test_every_page_on_a_phone_and_for_an_admin(fake_cloud: Cloud, open_tab) -> 
             expect(page.locator("#zone-list")).to_contain_text("local")
             # [host] vcpus = 16 under the default cpu_allocation_ratio (4.0)
             expect(page.locator("#zone-list")).to_contain_text("/ 64")
+
+
+def test_create_on_a_dedicated_host(fake_cloud: Cloud, open_tab) -> None:  # type: ignore[no-untyped-def]
+    """The tenancy choice: a shared create is refused on the only host once it is dedicated
+    to the project, a dedicated one lands on it; the price shows the host's own rate."""
+    token = project_token(fake_cloud, "solo")
+    dh = fake_cloud.json("--project", "solo", "dedicated-host", "allocate", "--zone", "local-1a")
+    tab: Tab = open_tab(fake_cloud)
+    tab.sign_in(token)
+    page = tab.page
+    page.click("a[href='#/create']")
+    page.wait_for_selector("#create-form #zone-choices input:checked")
+    expect(page.locator("#dedicated-host")).to_be_hidden()
+    page.fill("#name", "solo-1")
+    # Shared tenancy never lands on a dedicated host, and this zone has no other.
+    expect(page.locator("[data-error-for=zone]")).to_contain_text("dedicated", timeout=WAIT_MS)
+    page.check("input[name=tenancy][value=dedicated]")
+    expect(page.locator("#dedicated-host")).to_be_visible()
+    expect(page.locator("#dedicated-host option")).to_have_count(2)
+    page.select_option("#dedicated-host", dh["id"])
+    expect(page.locator("#price")).to_contain_text("dedicated host itself")
+    expect(page.locator("[data-error-for=zone]")).to_be_empty(timeout=WAIT_MS)
+    page.click("#create-submit")
+    page.wait_for_url(re.compile(r"#/instances/solo-1$"))
+    expect(page.locator("#facts")).to_contain_text(f"dedicated host {dh['id']}", timeout=WAIT_MS)
+    made = fake_cloud.json("--project", "solo", "instance", "show", "solo-1")
+    assert (made["tenancy"], made["dedicated_host"]) == ("dedicated", dh["id"])

@@ -20,6 +20,9 @@ def test_create_form_shows_the_price_of_the_choice(fake_cloud: Cloud, open_tab) 
                                "per GiB-month")
     page.select_option("#type", "m1.xlarge")
     expect(price).to_contain_text("0.18 USD per hour")
+    # Bare-metal types are not offered here (the CLI and API create them).
+    names = page.locator("#type option").evaluate_all("os => os.map(o => o.value)")
+    assert "t1.nano" in names and not [n for n in names if n.startswith("bm1.")]
     # A custom size: 2 vCPUs x 0.02 + 0.5 GiB x 0.005 per hour.
     page.check("input[name=size-mode][value=custom]")
     page.fill("#vcpus", "2")

@@ -3,6 +3,7 @@ conductor), the CLI, and a "physical" server that is a real QEMU machine behind 
 BMC emulator in its own process. Enrolled with a password file, inspected over Redfish, made
 available; powered on, off and rebooted over Redfish (the QEMU process appears and goes);
 deleted (powered off first); and a BMC that does not answer leaves `error` with the reason.
+A bm1.* instance takes a node and its delete cleans it (the deploy itself is not built).
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ def test_enroll_inspect_power_and_delete_a_node(fake_cloud: Cloud, tmp_path: Pat
                                  "connection refused"
     listed = c.cli("baremetal", "node", "list").stdout
     assert "bm-2" in listed and "error" in listed
+    # The operator's retry: enroll again; the BMC is still silent, so error again.
+    assert c.cli("baremetal", "node", "retry", "bm-2").stdout.strip() == \
+        "bare-metal node bm-2 is enroll again"
+    assert _wait_node(c, "bm-2", "error")["last_error"] == node["last_error"]
 
 
 @pytest.fixture
@@ -130,6 +135,25 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     lab = c.state_dir / "baremetal"
     password = (lab / "bmc-password").read_text().strip()
     b = Bmc(BmcAddress(node["redfish_url"], node["redfish_system"], "admin", password))
+
+    # A bm1 instance takes the node (deploying); a second finds none; deleting it cleans the
+    # node: its machine (powered on here as a deployed server would be) goes off for real.
+    made = c.json("instance", "create", "metal", "--image", "tiny", "--type", "bm1.tiny")
+    assert (made["state"], made["type"]) == ("pending", "bm1.tiny")
+    node = c.json("baremetal", "node", "show", "bm-1")
+    assert (node["state"], node["instance"]) == ("deploying", "metal")
+    refused = c.cli("instance", "create", "metal-2", "--image", "tiny", "--type", "bm1.tiny",
+                    check=False)
+    assert refused.returncode != 0 and refused.stderr.startswith("error[no_node_fits]: ")
+    assert "1 deploying" in refused.stderr
+    assert b.power(PowerAction.ON) == "on"
+    pid = int((lab / "node-1" / "qemu.pid").read_text())
+    assert running(pid)
+    c.cli("instance", "delete", "metal")
+    node = _wait_node(c, "bm-1", "available")
+    assert (node["instance"], node["power_state"], node["last_error"]) == (None, "off", None)
+    assert not running(pid) and c.json("instance", "list") == []
+
     assert b.power(PowerAction.ON) == "on"
     pid = int((lab / "node-1" / "qemu.pid").read_text())
     assert running(pid)

@@ -214,6 +214,9 @@ def test_catalogue(ec2: Any) -> None:
     types = ec2.describe_instance_types(InstanceTypes=["t1.nano"])["InstanceTypes"]
     assert types[0]["VCpuInfo"]["DefaultVCpus"] == 1
     assert types[0]["MemoryInfo"]["SizeInMiB"] == 128
+    assert (types[0]["BareMetal"], types[0]["Hypervisor"]) == (False, "xen")
+    metal = ec2.describe_instance_types(InstanceTypes=["bm1.tiny"])["InstanceTypes"][0]
+    assert metal["BareMetal"] is True and "Hypervisor" not in metal
     arm = tiny_ami(ec2, "arm64")
     image = ec2.describe_images(ImageIds=[arm])["Images"][0]
     assert image["Architecture"] == "arm64" and image["State"] == "available"

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from cumulo.cli.client import CliError
-from cumulo.cli.output import emit, out, state
+from cumulo.cli.output import CliState, emit, out, state
 
 baremetal_app = typer.Typer(help="Bare-metal servers (admin).", no_args_is_help=True)
 node_app = typer.Typer(help="Bare-metal nodes: physical servers with a Redfish BMC.",
@@ -63,15 +63,29 @@ def node_show(ctx: typer.Context, name: str) -> None:
     emit(st, st.client().get("/v1/baremetal/nodes/{}", name, scoped=False), NODE_SHOW)
 
 
+@node_app.command("retry")
+def node_retry(ctx: typer.Context, name: str) -> None:
+    """Send a node in error back to work: cleaning again if its cleaning failed, else
+    enroll (its BMC checked and the machine inspected again)."""
+    st = state(ctx)
+    _told(st, st.client().post("/v1/baremetal/nodes/{}/retry", name, scoped=False),
+          "bare-metal node {name} is {state} again")
+
+
 @node_app.command("delete")
 def node_delete(ctx: typer.Context, name: str) -> None:
     """Power a node off and forget it (refused while it has an instance)."""
     st = state(ctx)
-    node = st.client().delete("/v1/baremetal/nodes/{}", name, scoped=False)
+    _told(st, st.client().delete("/v1/baremetal/nodes/{}", name, scoped=False),
+          "bare-metal node {name} is being deleted")
+
+
+def _told(st: CliState, node: dict[str, Any], line: str) -> None:
+    """A node an action answered: its JSON with -o json, else `line` (formatted with it)."""
     if st.json:
         emit(st, node, NODE_SHOW)
     else:
-        out.print(f"bare-metal node {name} is being deleted")
+        out.print(line.format(**node))
 
 
 def _read_password(path: Path) -> str:

@@ -20,7 +20,8 @@ def type_list(ctx: typer.Context) -> None:
     emit(
         st,
         st.client().get("/v1/instance-types", scoped=False),
-        ["name", "vcpus", "ram_mib", "bandwidth_mbps", "disk_gib", "architectures"],
+        ["name", "vcpus", "ram_mib", "bandwidth_mbps", "disk_gib", "architectures",
+         "baremetal"],
     )
 
 

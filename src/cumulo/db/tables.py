@@ -512,8 +512,9 @@ class BaremetalNodeRow(Base):
     power_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     # What the last inspection read over Redfish (arch, vcpus, ram_mib, disk_gib).
     facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The bm1.* instance deployed on it; unique: one node never holds two instances.
     instance_id: Mapped[str | None] = mapped_column(
-        ForeignKey("instances.id", ondelete="SET NULL"), nullable=True)
+        ForeignKey("instances.id", ondelete="SET NULL"), nullable=True, index=True, unique=True)
     # Bumped by every change: a conductor step writes its result only if the node is still
     # as it read it (a delete, or another API process's conductor, may have moved it meanwhile).
     generation: Mapped[int] = mapped_column(Integer, default=0)

@@ -7,7 +7,9 @@ States follow OpenStack Ironic's provision states:
      │                        │              │                          │
      └────────── BMC silent / facts differ ──┴──► error (last_error)    ▼
   any but deploying/active ──delete──► deleting ──BMC powers off──► (gone)
-  (deploying, active, cleaning: the deploy and cleaning steps, not built yet)
+  available ──instance create (bm1.*)──► deploying (the deploy: not built yet)
+  deploying/active ──instance delete──► cleaning ──powered off, instance gone──► available
+  error ──operator's retry──► cleaning (if that failed) or enroll
 
 The conductor (services.baremetal_conductor) moves nodes along; each move is one idempotent
 step recorded in the database, so a restart resumes where it stopped.
@@ -39,7 +41,7 @@ class NodeState(StrEnum):
 
 # The states in which the conductor has a step to take.
 CONDUCTOR_STATES = (NodeState.ENROLL, NodeState.MANAGEABLE, NodeState.INSPECTING,
-                    NodeState.DELETING)
+                    NodeState.DELETING, NodeState.CLEANING)
 # A node that runs (or is being given) a user's server is not deleted under it.
 UNDELETABLE = (NodeState.DEPLOYING, NodeState.ACTIVE, NodeState.CLEANING)
 
@@ -151,6 +153,19 @@ def after_inspection(enrolled: Enrolled, facts: Facts) -> tuple[NodeState, str |
     if diff:
         return NodeState.ERROR, "inspection: the BMC reports " + ", ".join(diff)
     return NodeState.AVAILABLE, None
+
+
+# The start of the last_error of a node whose cleaning failed (services.baremetal_conductor).
+CLEANING_FAILED = "cleaning: "
+
+
+def after_retry(last_error: str | None) -> NodeState:
+    """Where an operator's retry sends a node in `error`: back to cleaning when that is what
+    failed (its machine may still run the last tenant's system: it is powered off again),
+    else to `enroll` (its BMC checked and the machine inspected again)."""
+    if last_error is not None and last_error.startswith(CLEANING_FAILED):
+        return NodeState.CLEANING
+    return NodeState.ENROLL
 
 
 def redfish_arch(architecture: str | None, instruction_set: str | None) -> str | None:

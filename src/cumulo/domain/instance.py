@@ -8,6 +8,7 @@ may move the state anywhere (the hypervisor is the source of truth).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from cumulo.domain.errors import Conflict
@@ -98,3 +99,72 @@ def shown_state(state: str, reason: str, host_up: bool | None) -> tuple[str, str
         return (InstanceState.UNKNOWN.value,
                 f"its host is down (no word from its agent); last reported {state}")
     return (state, reason)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the API holds of an instance when its agent reports on it."""
+
+    state: str
+    reason: str
+    desired: str
+    reboot_seq: int  # reboots asked for
+    done_seq: int  # reboots the agent has done
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the agent observed (its reason already cut to one line)."""
+
+    state: InstanceState  # never the agent's "deleted": that is handled before
+    reason: str
+    guest_initiated: bool  # the guest powered itself off, nobody asked
+    reboot_done_seq: int | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An agent's report applied to an instance: what to write and who must know."""
+
+    state: str
+    reason: str
+    desired: str
+    done_seq: int
+    changed: bool  # something above differs from Recorded: write it
+    # The agent's decisions read what changed (cumulo.agent.decide): hand it the new view at
+    # once, not at its next poll, or within one observe period it acts on the old view again
+    # (e.g. reboots a second time).
+    agent_must_know: bool
+    observed_change: bool  # the state or reason the user sees moved (an event may tell it)
+
+
+def _agent_decides_on(state: str) -> bool:
+    """States the agent's decisions read: a crashed VM is started again only while the API
+    shows it starting; error and rebooting are shown to be kept."""
+    return state in (S.STARTING.value, S.ERROR.value, S.REBOOTING.value)
+
+
+def apply_report(old: Recorded, seen: Seen) -> Outcome:
+    """The instance after its agent reported `seen`.
+
+    A running VM whose reboot is still owed shows `rebooting`. A guest that powered itself off
+    turns the user's wish to `stopped` (else the agent would start it again). While a delete is
+    pending the state stays `deleting` until the VM is reported gone."""
+    desired, done_seq = old.desired, old.done_seq
+    changed = must_know = observed = False
+    if seen.reboot_done_seq is not None and seen.reboot_done_seq > done_seq:
+        done_seq = seen.reboot_done_seq
+        changed = must_know = True
+    state, reason = old.state, old.reason
+    if desired != DesiredPower.DELETED.value:
+        now = seen.state
+        if now is S.RUNNING and done_seq < old.reboot_seq:
+            now = S.REBOOTING
+        if seen.guest_initiated and now is S.STOPPED:
+            desired = DesiredPower.STOPPED.value
+            changed = must_know = True
+        if old.state != now.value or old.reason != seen.reason:
+            must_know |= _agent_decides_on(old.state) or _agent_decides_on(now.value)
+            state, reason = now.value, seen.reason
+            changed = observed = True
+    return Outcome(state, reason, desired, done_seq, changed, must_know, observed)

@@ -22,7 +22,7 @@ from cumulo.db.tables import (
 )
 from cumulo.domain.errors import NotFound
 from cumulo.domain.ids import is_id
-from cumulo.domain.instance import DesiredPower, InstanceState
+from cumulo.domain.instance import DesiredPower, InstanceState, Recorded, Seen, apply_report
 from cumulo.domain.validation import MAX_INTEGER, one_line
 from cumulo.domain.volume import (
     REPORTABLE_SNAPSHOT,
@@ -139,7 +139,7 @@ _FORGET = (
 )
 
 
-def _forget(s: Session, at: datetime, instance_id: str) -> list[tuple[str, str]]:
+def forget_instance(s: Session, at: datetime, instance_id: str) -> list[tuple[str, str]]:
     """Remove a deleted instance and release what it held; its metering (and its automatic
     public IP's) ends at `at`. Returns its (network id, MAC) pairs: those DNS records are
     gone."""
@@ -255,35 +255,25 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
              project_id, vm_name) = row[:9]
             if obs.state == DELETED:
                 if desired == DesiredPower.DELETED.value:
-                    gone += _forget(s, at, iid)
+                    gone += forget_instance(s, at, iid)
                     changed.add(iid)
                     refresh = True
                     happened.append(events.Event(project_id, "instance", iid, vm_name,
                                                  "deleted", "agent"))
                 continue
-            state = InstanceState(obs.state)
-            if obs.reboot_done_seq is not None and obs.reboot_done_seq > done_seq:
-                done_seq = obs.reboot_done_seq
+            out = apply_report(
+                Recorded(old_state, old_reason, desired, reboot_seq, done_seq),
+                Seen(InstanceState(obs.state), one_line(obs.reason, MAX_REASON),
+                     obs.guest_initiated, obs.reboot_done_seq))
+            refresh |= out.agent_must_know
+            if out.changed:
                 changed.add(iid)
-                refresh = True
-            new_state, reason = old_state, old_reason
-            if desired != DesiredPower.DELETED.value:  # else "deleting" until reported gone
-                if state is InstanceState.RUNNING and done_seq < reboot_seq:
-                    state = InstanceState.REBOOTING
-                if obs.guest_initiated and state is InstanceState.STOPPED:
-                    desired = DesiredPower.STOPPED.value
-                    changed.add(iid)
-                    refresh = True
-                said = one_line(obs.reason, MAX_REASON)
-                if old_state != state.value or old_reason != said:
-                    refresh |= _agent_decides_on(old_state) or _agent_decides_on(state.value)
-                    new_state, reason = state.value, said
-                    changed.add(iid)
-                    what = events.instance_transition(old_state, new_state, said,
-                                                      obs.guest_initiated)
-                    if what is not None:
-                        happened.append(events.Event(project_id, "instance", iid, vm_name,
-                                                     *what))
+            new_state, reason, desired, done_seq = out.state, out.reason, out.desired, out.done_seq
+            if out.observed_change:
+                what = events.instance_transition(old_state, new_state, reason,
+                                                  obs.guest_initiated)
+                if what is not None:
+                    happened.append(events.Event(project_id, "instance", iid, vm_name, *what))
             if iid in changed:
                 writes.append({"iid": iid, "gen": generation, "new_state": new_state,
                                "reason": reason, "desired": desired, "done_seq": done_seq})
@@ -340,9 +330,3 @@ def _usable(host: str, ref: str, state: str, states: Collection[str], size: int 
                 attached_to=None if attached_to is None else one_line(attached_to, 40))
     return False
 
-
-def _agent_decides_on(state: str) -> bool:
-    """States the agent's decisions read (cumulo.agent.decide): a crashed VM is started again
-    only while the API shows it starting; error and rebooting are shown to be kept."""
-    return state in (InstanceState.STARTING.value, InstanceState.ERROR.value,
-                     InstanceState.REBOOTING.value)

@@ -15,6 +15,8 @@ another process.
   manageable  → inspecting (cumulo inspects every node it manages)
   inspecting  read the facts; they match the enrollment → available, else → error
   deleting    power the machine off (best effort: a dead BMC does not keep a node) → removed
+  cleaning    (its instance deleted) power the machine off, forget the instance → available;
+              a BMC that fails here → error (the instance is forgotten all the same)
 A BMC that does not answer sends the node to `error` with the reason in last_error.
 """
 
@@ -28,10 +30,12 @@ import structlog
 from sqlalchemy import delete, select
 
 from cumulo.baremetal.redfish import Bmc, BmcAddress, BmcError, PowerAction
-from cumulo.db.tables import BaremetalNodeRow
+from cumulo.db.tables import BaremetalNodeRow, InstanceRow
 from cumulo.domain import baremetal as bm
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import CumuloError
+from cumulo.services import events, metering
+from cumulo.services.agents import forget_instance
 from cumulo.services.baremetal_nodes import PASSWORD, compare_and_set
 from cumulo.services.context import Services
 from cumulo.services.sealed import unseal
@@ -53,6 +57,7 @@ class Work:
     name: str
     state: bm.NodeState
     generation: int
+    instance_id: str | None
     address: BmcAddress | None  # None: its password could not be unsealed
     enrolled: bm.Enrolled
 
@@ -98,6 +103,8 @@ def step(svc: Services, w: Work, bmc: BmcFactory = Bmc) -> Work | None:
             if gone.rowcount == 1:  # type: ignore[attr-defined]
                 log.info("baremetal_node_deleted", node=w.name)
         return None
+    if w.state is bm.NodeState.CLEANING:
+        return _clean(svc, w, bmc)
     if w.state is bm.NodeState.MANAGEABLE:
         return _write(svc, w, bm.NodeState.INSPECTING)
     if w.address is None:
@@ -115,6 +122,31 @@ def step(svc: Services, w: Work, bmc: BmcFactory = Bmc) -> Work | None:
     state, error = bm.after_inspection(w.enrolled, facts)
     found = {k: v for k, v in asdict(facts).items() if k != "power_state"}
     return _write(svc, w, state, last_error=error, power_state=facts.power_state, facts=found)
+
+
+def _clean(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
+    """Power the node of a deleted instance off, then forget the instance and make the node
+    `available` (`error` with the reason when its BMC would not power it off)."""
+    error = None
+    try:
+        if w.address is None:
+            raise BmcError(f"{PASSWORD} does not open with this API's server key")
+        bmc(w.address).power(PowerAction.OFF)
+    except BmcError as e:
+        error = f"{bm.CLEANING_FAILED}{e}"[:ERROR_LIMIT]
+    state = bm.NodeState.AVAILABLE if error is None else bm.NodeState.ERROR
+    with svc.db.session() as s:
+        if not compare_and_set(s, w.id, w.generation, state=state.value, last_error=error,
+                               instance_id=None,
+                               **({} if error else {"power_state": "off"})):
+            return None
+        row = None if w.instance_id is None else s.get(InstanceRow, w.instance_id)
+        if row is not None:
+            forget_instance(s, metering.now(svc), row.id)
+            events.add(s, [events.Event(row.project_id, "instance", row.id, row.name,
+                                        "deleted", "system")])
+    log.info("baremetal_node_cleaned", node=w.name, instance=w.instance_id, error=error)
+    return replace(w, state=state, generation=w.generation + 1, instance_id=None)
 
 
 def _power_off_before_forgetting(w: Work, bmc: BmcFactory) -> None:
@@ -146,5 +178,5 @@ def _work(svc: Services, r: BaremetalNodeRow) -> Work:
         except CumuloError:
             address = None
     return Work(id=r.id, name=r.name, state=bm.NodeState(r.state), generation=r.generation,
-                address=address,
+                instance_id=r.instance_id, address=address,
                 enrolled=bm.Enrolled(Arch(r.arch), r.vcpus, r.ram_mib, r.disk_gib))

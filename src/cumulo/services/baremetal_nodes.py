@@ -1,4 +1,4 @@
-"""Bare-metal nodes, the operator's side: enroll, list, show, delete (admins only).
+"""Bare-metal nodes, the operator's side: enroll, list, show, retry, delete (admins only).
 
 Enrolling records the node in state `enroll` and returns at once; the conductor
 (services.baremetal_conductor) then talks to its BMC. The BMC password is stored sealed
@@ -120,12 +120,24 @@ def delete(svc: Services, who: Principal, name: str) -> NodeView:
     """Mark the node `deleting`: the conductor powers it off and forgets it."""
     require_admin(who)
     with svc.db.session() as s:
-        row = _get(s, name)
+        row = _get(s, name, lock=True)  # a create taking it meanwhile waits, or wins
         if bm.NodeState(row.state) in bm.UNDELETABLE or row.instance_id is not None:
             raise Conflict(f"node {name!r} is {row.state}: delete its instance first",
                            code="node_in_use")
         if row.state != bm.NodeState.DELETING:
             move(s, row, bm.NodeState.DELETING, None)
+        return view(s, row)
+
+
+def retry(svc: Services, who: Principal, name: str) -> NodeView:
+    """Send a node in `error` back to the conductor (domain.baremetal.after_retry)."""
+    require_admin(who)
+    with svc.db.session() as s:
+        row = _get(s, name, lock=True)
+        if row.state != bm.NodeState.ERROR:
+            raise Conflict(f"node {name!r} is {row.state}, not in error: nothing to retry",
+                           code="node_not_in_error")
+        move(s, row, bm.after_retry(row.last_error), None)
         return view(s, row)
 
 
@@ -157,8 +169,9 @@ def view(s: Session, row: BaremetalNodeRow) -> NodeView:
         facts=dict(row.facts or {}), created_at=row.created_at, updated_at=row.updated_at)
 
 
-def _get(s: Session, name: str) -> BaremetalNodeRow:
-    row = s.scalar(select(BaremetalNodeRow).where(BaremetalNodeRow.name == name))
+def _get(s: Session, name: str, *, lock: bool = False) -> BaremetalNodeRow:
+    q = select(BaremetalNodeRow).where(BaremetalNodeRow.name == name)
+    row = s.scalar(q.with_for_update() if lock else q)
     if row is None:
         raise NotFound(f"no bare-metal node {name!r}", code="unknown_node")
     return row

@@ -18,6 +18,7 @@ def list_types(svc: Services) -> list[InstanceTypeView]:
             bandwidth_mbps=t.bandwidth_mbps,
             disk_gib=t.disk_gib,
             architectures=[a.value for a in t.architectures],
+            baremetal=t.baremetal,
         )
         for t in svc.settings.instance_types
     ]

@@ -50,6 +50,7 @@ from cumulo.scheduler.placement import (
     place,
 )
 from cumulo.services import (
+    baremetal_instances,
     client_tokens,
     dedicated_hosts,
     events,
@@ -168,9 +169,9 @@ class _Created:
     """What a create wrote, for the notifications sent once its transaction committed."""
 
     view: InstanceView
-    host_id: str
-    network_id: str
-    record: DnsRecord
+    host_id: str | None  # None (and no network): a bare-metal server
+    network_id: str | None
+    record: DnsRecord | None
     event: events.Event
 
 
@@ -255,6 +256,8 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
                 created.append(done)
             events.add(s, [done.event for done in created] + refused)
     for done in created:
+        if done.host_id is None or done.network_id is None or done.record is None:
+            continue  # bare metal: the conductor's, no agent's
         svc.notifier.notify(done.host_id, [done.view.id])
         # A host new to the network is a new VXLAN flood destination for the others: they
         # learn it at once rather than within the DNS coalescing period.
@@ -292,6 +295,10 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
             f"an instance named {req.name!r} already exists in project {prj.name!r}",
             code="name_taken",
         )
+    if (bm_type := baremetal_instances.type_of(svc.settings, req.type)) is not None:
+        bm_view, event = baremetal_instances.create(svc, batch, call.who, prj, req, bm_type,
+                                                    zone, arch.value, image)
+        return _Created(view=bm_view, host_id=None, network_id=None, record=None, event=event)
     vcpus, ram = size.vcpus, size.ram_mib
     caps = batch.capacities(zone)
     max_cpu, max_ram = largest_possible(caps, arch.value, zone)
@@ -394,6 +401,10 @@ def act(
             raise Conflict(f"instance {row.name!r} is being moved to another host by its "
                            f"provider ({moving}); try again when it is done",
                            code="migration_in_progress")
+        node = baremetal_instances.node_of(s, row.id, lock=True)
+        if node is not None and action is not Action.DELETE:
+            # Redfish power actions come with the deploy (README "Bare metal").
+            baremetal_instances.refuse_vm_action(row.name, f"{action.value} (not built yet)")
         new_state = check_transition(row.name, InstanceState(row.state), action)
         row.state = new_state.value
         row.state_reason = ""
@@ -405,6 +416,8 @@ def act(
         storage: set[str] = set()  # hosts whose volumes change
         if action is Action.DELETE:
             storage = volumes.release_for_instance(s, row.id)
+            if node is not None:
+                baremetal_instances.start_cleaning(s, node)
         events.add(s, [events.Event(prj.id, "instance", row.id, row.name,
                                     f"{action.value}_requested")])
         result = view(s, svc, row, prj.name, who)
@@ -445,6 +458,11 @@ def resize(svc: Services, who: Principal, project: str | None, ref: str,
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
         row = lookups.instance_row(s, prj, ref)
+        if baremetal_instances.node_of(s, row.id) is not None:
+            baremetal_instances.refuse_vm_action(row.name, "a resize")
+        if baremetal_instances.type_of(svc.settings, type_name) is not None:
+            raise InvalidInput(f"{type_name} is a bare-metal type: a VM is not resized to one",
+                               code="not_for_baremetal")
         if (row.state != InstanceState.STOPPED.value
                 or row.desired_power != DesiredPower.STOPPED.value):
             raise Conflict(f"instance {row.name!r} is {row.state}: stop it first",

@@ -59,6 +59,7 @@ class InstanceTypeView(BaseModel):
     bandwidth_mbps: int
     disk_gib: int
     architectures: list[str]
+    baremetal: bool = False  # a whole physical server (bm1.*), not a VM
 
 
 class ImageVariantView(BaseModel):

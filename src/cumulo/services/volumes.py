@@ -22,7 +22,7 @@ from cumulo.domain.volume import (
     check_snapshot_source,
     check_volume,
 )
-from cumulo.services import events, hosts, lookups, metering, prices, quotas
+from cumulo.services import baremetal_instances, events, hosts, lookups, metering, prices, quotas
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import SnapshotView, VolumeView
@@ -166,6 +166,8 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
         prj = scope_project(s, who, project)
         row = find(s, prj, ref)
         inst = lookups.instance_row(s, prj, instance_ref)
+        if baremetal_instances.node_of(s, inst.id) is not None:
+            baremetal_instances.refuse_vm_action(inst.name, "a volume")
         if row.desired != DELETED and (row.want_instance_id or row.attached_to):
             raise Conflict(f"volume {row.name!r} is attached already; detach it first",
                            code="volume_in_use")

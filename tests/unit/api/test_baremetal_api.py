@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
+from cumulo.db.tables import BaremetalNodeRow
 from cumulo.services.context import Services
 from tests.conftest import stored_state
 
@@ -98,3 +100,39 @@ def test_a_password_needs_the_server_key(api: TestClient) -> None:
     assert (r.status_code, r.json()["code"]) == (409, "no_server_key")
     r = api.post(NODES, json=body(username=None, password=None))  # a BMC without credentials
     assert r.status_code == 201, r.text
+
+
+def test_a_bm1_create_without_a_fitting_node_is_refused_with_why_and_stores_nothing(
+        keyed_api: TestClient, svc: Services) -> None:
+    before = stored_state(svc)
+    r = keyed_api.post("/v1/instances", json={"name": "metal", "image": "tiny",
+                                               "type": "bm1.tiny"})
+    assert r.status_code == 409, r.text
+    assert r.json()["code"] == "no_node_fits"
+    assert "the zone has no bare-metal node" in r.json()["detail"]
+    assert stored_state(svc) == before
+    types = {t["name"]: t for t in keyed_api.get("/v1/instance-types").json()}
+    assert types["bm1.tiny"]["baremetal"] is True
+
+
+def test_retry_is_for_a_node_in_error_only(keyed_api: TestClient, svc: Services) -> None:
+    assert keyed_api.post(NODES, json=body()).status_code == 201
+    r = keyed_api.post(f"{NODES}/bm-1/retry")
+    assert (r.status_code, r.json()["code"]) == (409, "node_not_in_error")
+    assert keyed_api.post(f"{NODES}/nope/retry").json()["code"] == "unknown_node"
+    with svc.db.session() as s:
+        s.execute(update(BaremetalNodeRow).values(state="error", last_error="inspection: x"))
+    r = keyed_api.post(f"{NODES}/bm-1/retry")
+    assert r.status_code == 200 and (r.json()["state"], r.json()["last_error"]) == ("enroll", None)
+
+
+def test_a_bm1_instance_is_not_migrated(keyed_api: TestClient, svc: Services) -> None:
+    assert keyed_api.post(NODES, json=body(vcpus=1, ram_mib=256, disk_gib=2)).status_code == 201
+    with svc.db.session() as s:
+        s.execute(update(BaremetalNodeRow).values(state="available"))
+    r = keyed_api.post("/v1/instances", json={"name": "metal", "image": "tiny",
+                                               "type": "bm1.tiny"})
+    assert r.status_code == 202, r.text
+    r = keyed_api.post("/v1/instances/metal/migrate", json={})
+    assert (r.status_code, r.json()["code"]) == (409, "not_for_baremetal"), r.text
+    assert "a live migration is for VMs only" in r.json()["detail"]

@@ -108,6 +108,15 @@ def test_floor_argv_matches_cumulo_essentials(tmp_path: Path) -> None:
     assert x86[0] == "qemu-system-x86_64" and "q35" in x86
 
 
+def test_floor_dnsmasq_leases_the_guests_mac() -> None:
+    """dnsmasq answers only MACs of its hosts file: the floor's guest must be in it, else it
+    boots without an address and never answers SSH."""
+    from cumulo.agent.net import dnsmasq
+
+    hosts = dnsmasq.render_hosts(floor.floor_net())
+    assert f"{floor.GUEST_MAC},{floor.GUEST_IP},floor" in hosts
+
+
 def test_footprint_estimate_and_idle_percent() -> None:
     est = footprint.estimate_max(23000, 200, 2, 5.0)
     assert est == {"memory_bound": 109, "cpu_saturation_vms": 40, "estimate": 109}

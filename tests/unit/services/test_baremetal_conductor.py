@@ -60,6 +60,10 @@ def test_facts_that_differ_from_the_enrollment_give_error_with_the_reason(
     assert node.last_error == ("inspection: the BMC reports vcpus 1 (enrolled 2), ram 512 MiB "
                                "(enrolled 1024), disk 2 GiB (enrolled 4)")
     assert node.facts["vcpus"] == 1
+    # The operator's retry: enroll again (BMC checked, machine inspected), same outcome here.
+    retried = nodes.retry(keyed, ADMIN, "bm-1")
+    assert (retried.state, retried.last_error) == ("enroll", None)
+    assert conductor.run_pass(keyed) == {"bm-1": "error"}
 
 
 @pytest.mark.parametrize(("system", "password", "reason"), [

@@ -62,8 +62,10 @@ def describe_instance_types(call: Call) -> Body:
                 "vcpu-info.default-vcpus": t.vcpus, "memory-info.size-in-mib": t.ram_mib}
         if filters.matches(wanted_filters, fact, {}):
             out.append({
-                "instanceType": t.name, "currentGeneration": True, "bareMetal": False,
-                "hypervisor": "xen", "supportedRootDeviceTypes": ["ebs"],
+                "instanceType": t.name, "currentGeneration": True, "bareMetal": t.baremetal,
+                # EC2 names no hypervisor for a bare-metal type (a *.metal one): it has none.
+                **({} if t.baremetal else {"hypervisor": "xen"}),
+                "supportedRootDeviceTypes": ["ebs"],
                 "supportedVirtualizationTypes": ["hvm"], "supportedUsageClasses": ["on-demand"],
                 "processorInfo": {"supportedArchitectures": archs},
                 "vCpuInfo": {"defaultVCpus": t.vcpus, "defaultCores": t.vcpus,

@@ -1,4 +1,4 @@
-"""Bare-metal nodes (admin only): enroll, list, show, delete."""
+"""Bare-metal nodes (admin only): enroll, list, show, retry, delete."""
 
 from __future__ import annotations
 
@@ -45,6 +45,11 @@ def list_nodes(svc: Svc, who: Who) -> list[NodeView]:
 @router.get("/{name}", responses=raises(NotFound))
 def show(svc: Svc, who: Who, name: str) -> NodeView:
     return nodes.show(svc, who, name)
+
+
+@router.post("/{name}/retry", responses=raises(NotFound, Conflict))
+def retry(svc: Svc, who: Who, name: str) -> NodeView:
+    return nodes.retry(svc, who, name)
 
 
 @router.delete("/{name}", status_code=202, responses=raises(NotFound, Conflict))

@@ -20,7 +20,7 @@ from cumulo.domain.errors import (
 )
 from cumulo.domain.instance import Action
 from cumulo.domain.validation import base64_user_data
-from cumulo.services import instance_check, instances, migrations
+from cumulo.services import baremetal_instances, instance_check, instances, migrations
 from cumulo.services import instance_events as instance_event_log
 from cumulo.services.migrations import MigrationView
 from cumulo.services.views import EventView, InstanceView
@@ -139,6 +139,7 @@ class InstanceMigrate(Input):
 async def migrate(svc: Svc, who: Who, ref: str, body: InstanceMigrate,
                   project: str | None = None) -> MigrationView:
     """Move the running instance to another host while it runs (admins)."""
+    await service(svc, baremetal_instances.refuse_migration, svc, who, project, ref)
     return await service(svc, migrations.start, svc, who, project, ref, body.to)
 
 

@@ -10,13 +10,16 @@ export function fieldOf(err) {
     unknown_arch: "arch", type_arch_mismatch: "size", unknown_type: "size", too_large: "size",
     unknown_image: "image", image_arch_mismatch: "image", unknown_keypair: "key",
     unknown_security_group: "groups", user_data_too_large: "user_data", invalid_user_data: "user_data",
-    unknown_network: "network",
+    unknown_network: "network", invalid_tenancy: "tenancy", invalid_dedicated_host: "tenancy",
+    unknown_dedicated_host: "tenancy", dedicated_host_released: "tenancy",
+    dedicated_to_another_project: "tenancy",
   };
   if (err.code === "invalid_size") return /^bandwidth/.test(err.detail) ? "bandwidth" : "size";
   if (err.code === "invalid_input") {
     const m = /^(\w+)/.exec(err.detail || "");
     const key = m && m[1];
     if (["vcpus", "ram_mib", "type", "disk_gib"].includes(key)) return "size";
+    if (["tenancy", "dedicated_host"].includes(key)) return "tenancy";
     if (["name", "zone", "arch", "image", "bandwidth_mbps", "user_data"].includes(key))
       return key === "bandwidth_mbps" ? "bandwidth" : key;
   }
@@ -34,9 +37,9 @@ function utf8Base64(text) {
 }
 
 export async function render(root) {
-  const [zones, types, images, keys, groups, prices] = await Promise.all([
+  const [zones, types, images, keys, groups, prices, dedicated] = await Promise.all([
     get("/v1/zones"), get("/v1/instance-types"), get("/v1/images"), get("/v1/keypairs"),
-    get("/v1/security-groups"), get("/v1/prices")]);
+    get("/v1/security-groups"), get("/v1/prices"), get("/v1/dedicated-hosts")]);
   const regions = [...new Set(zones.map((z) => z.region))];
   const form = h("form", { id: "create-form", novalidate: true });
   const sec = (n, title, ...body) => h("fieldset", { id: `step-${n}` },
@@ -44,6 +47,11 @@ export async function render(root) {
 
   const region = h("select", { id: "region", name: "region" }, regions.map((r) => h("option", { value: r, text: r })));
   const zoneBox = h("div", { class: "choices", id: "zone-choices", role: "radiogroup", "aria-label": "Zone" });
+  const tenancyBox = h("div", { class: "choices", id: "tenancy-choices", role: "radiogroup", "aria-label": "Tenancy" },
+    radio("tenancy", "shared", true, "Shared", "hosts shared with other projects' VMs"),
+    radio("tenancy", "dedicated", false, "Dedicated host", "a host reserved for this project: nothing of anyone else on it"));
+  const dedicatedHost = h("select", { id: "dedicated-host", name: "dedicated_host" });
+  const dedicatedRow = h("div", { class: "row", hidden: true }, field("Dedicated host", dedicatedHost, { name: "tenancy" }));
   const archBox = h("div", { class: "choices", id: "arch-choices", role: "radiogroup", "aria-label": "Architecture" });
   const sizeMode = h("div", { class: "choices", role: "radiogroup", "aria-label": "Size" },
     radio("size-mode", "type", true, "Instance type", "a fixed size"),
@@ -71,12 +79,23 @@ export async function render(root) {
   const zone = () => zones.find((z) => z.name === (form.querySelector("input[name=zone]:checked") || {}).value);
   const arch = () => (form.querySelector("input[name=arch]:checked") || {}).value;
   const mode = () => form.querySelector("input[name=size-mode]:checked").value;
+  const tenancy = () => form.querySelector("input[name=tenancy]:checked").value;
 
   function drawZones() {
     const here = zones.filter((z) => z.region === region.value);
     replace(zoneBox, here.map((z, i) => radio("zone", z.name, i === here.findIndex((x) => x.vcpus_free > 0) || (i === 0 && !here.some((x) => x.vcpus_free > 0)),
       z.name, z.hosts.length ? `${z.vcpus_free} vCPUs · ${mib(z.ram_mib_free)} free` : "no host", !z.hosts.length)));
+    drawDedicated();
     drawArch();
+  }
+  // The project's dedicated hosts in the chosen zone: any of them (the scheduler picks), or one.
+  function drawDedicated() {
+    const z = zone();
+    const here = dedicated.filter((d) => d.state === "available" && z && d.zone === z.name);
+    const was = dedicatedHost.value;
+    replace(dedicatedHost, h("option", { value: "", text: here.length ? `any of this project's (${here.length} in this zone)` : "none in this zone (an admin allocates them)" }),
+      here.map((d) => h("option", { value: d.id, selected: d.id === was,
+        text: d.capacity ? `${d.id} · ${d.capacity.vcpus_total - d.capacity.vcpus_used} of ${d.capacity.vcpus_total} vCPUs · ${mib(d.capacity.ram_mib_total - d.capacity.ram_mib_used)} free` : d.id })));
   }
   function drawArch() {
     const z = zone();
@@ -92,7 +111,9 @@ export async function render(root) {
     const largest = Math.max(0, ...(z ? z.hosts.filter((x) => x.architectures.includes(a)).map((x) => x.vcpus_allocatable - x.vcpus_used) : []));
     const largestRam = Math.max(0, ...(z ? z.hosts.filter((x) => x.architectures.includes(a)).map((x) => x.ram_mib_allocatable - x.ram_mib_used) : []));
     const wasType = type.value;
-    replace(type, types.filter((t) => t.architectures.includes(a)).map((t) => h("option", { value: t.name,
+    // Bare-metal types (bm1.*) are created from the CLI or API: this form's network and
+    // security-group choices are for VMs only, which a bare-metal create refuses.
+    replace(type, types.filter((t) => t.architectures.includes(a) && !t.baremetal).map((t) => h("option", { value: t.name,
       selected: t.name === wasType, text: `${t.name} · ${t.vcpus} vCPU · ${mib(t.ram_mib)} · ${t.disk_gib} GiB · ${t.bandwidth_mbps} Mbit/s` })));
     vcpus.max = String(largest || 1);
     ram.max = String(largestRam || 64);
@@ -114,6 +135,10 @@ export async function render(root) {
       zone: zone() ? zone().name : null,
       keys: key.value ? [key.value] : [],
       security_groups: [...form.querySelectorAll("input[name=group]:checked")].map((c) => c.value) };
+    if (tenancy() === "dedicated") {
+      if (dedicatedHost.value) b.dedicated_host = dedicatedHost.value;
+      else b.tenancy = "dedicated";
+    }
     if (mode() === "type") b.type = type.value;
     else { b.vcpus = Number(vcpus.value); b.ram_mib = Number(ram.value); }
     if (bandwidth.value !== "") b.bandwidth_mbps = Number(bandwidth.value);
@@ -144,7 +169,9 @@ export async function render(root) {
       if (cpu && mem) perHour = String(Number((Number(vcpus.value) * Number(cpu.price) + Number(ram.value) / 1024 * Number(mem.price)).toFixed(6)));
     }
     const currency = prices.length ? prices[0].currency : "";
-    price.textContent = perHour === null ? "" : `${perHour} ${currency} per hour while running${disk}`;
+    const host = prices.find((x) => x.kind === "dedicated_host");
+    const own = tenancy() === "dedicated" && host ? ` · the dedicated host itself: ${host.price} ${currency} per hour while allocated` : "";
+    price.textContent = perHour === null ? "" : `${perHour} ${currency} per hour while running${disk}${own}`;
   }
   let checking = 0;
   let timer = null;
@@ -185,7 +212,8 @@ export async function render(root) {
     }
   });
   region.addEventListener("change", drawZones);
-  zoneBox.addEventListener("change", drawArch);
+  zoneBox.addEventListener("change", () => { drawDedicated(); drawArch(); });
+  tenancyBox.addEventListener("change", () => { dedicatedRow.hidden = tenancy() !== "dedicated"; check(); });
   archBox.addEventListener("change", drawArchDependent);
   sizeMode.addEventListener("change", () => {
     const c = mode() === "custom";
@@ -213,7 +241,8 @@ export async function render(root) {
   const zoneField = h("div", { class: "field" }, h("span", { class: "hint", text: "Zone (free capacity now)" }), zoneBox,
     h("div", { class: "error", "data-error-for": "zone" }));
   replace(form,
-    sec(1, "Datacenter", h("div", { class: "row" }, field("Region", region)), zoneField),
+    sec(1, "Datacenter", h("div", { class: "row" }, field("Region", region)), zoneField,
+      h("div", { class: "field" }, h("span", { class: "hint", text: "Tenancy" }), tenancyBox), dedicatedRow),
     sec(2, "Architecture", archBox, h("div", { class: "error", "data-error-for": "arch" })),
     sec(3, "Size", sizeMode, h("div", { class: "row" }, field("Instance type", type, { name: "size" })), custom,
       h("div", { class: "hint" }, "Price: ", price)),

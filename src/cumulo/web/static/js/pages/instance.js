@@ -77,6 +77,7 @@ export function render(root, [ref]) {
       ["ID", inst.id], ["State", `${inst.state} (wanted: ${inst.desired_state})${inst.state_reason ? " – " + inst.state_reason : ""}`],
       ["FQDN", inst.fqdn], ["Private IP", inst.private_ip || "–"], ["Public IP", inst.public_ip || "–"],
       ["Region / zone", `${inst.region} / ${inst.zone}`], ["Host", inst.host || "–"],
+      ["Tenancy", inst.tenancy === "dedicated" ? `dedicated host ${inst.dedicated_host || ""}` : "shared"],
       ["Architecture", inst.arch], ["Type", inst.type || "custom"],
       ["Size", `${inst.vcpus} vCPU · ${mib(inst.ram_mib)} · ${inst.disk_gib} GiB disk`],
       ["Bandwidth", `${inst.bandwidth_mbps} Mbit/s`], ["Image", inst.image], ["Network", inst.network || "–"],
