@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,6 +109,11 @@ def test_orphans_planted_on_a_real_host_are_found(host_dir: Path) -> None:
     stray = subprocess.Popen(["qemu-system-x86_64", "-c", "import time; time.sleep(60)",
                               "-pidfile", str(pidfile)], executable=sys.executable)
     try:
+        cmdline = Path(f"/proc/{stray.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while not cmdline.read_bytes().startswith(b"qemu-system") and \
+                time.monotonic() < deadline:  # exec'd yet?
+            time.sleep(0.01)
         found = "\n".join(orphans(_cloud(), [read_host(host_dir, real=True)]))
     finally:
         stray.kill()
