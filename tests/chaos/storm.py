@@ -185,8 +185,8 @@ class Client:
     def migrate_instance(self) -> None:
         """Live migration to the other host, the scheduler's pick. A refusal (409: not
         running any more, a volume attached, already moving, no room) changes nothing."""
-        running = sorted(i["name"] for i in self.api.list("/v1/instances")
-                         if i["state"] == "running" and i["name"] in self.model.instances)
+        shown = [i for i in self.api.list("/v1/instances") if i["name"] in self.model.instances]
+        running = sorted(i["name"] for i in shown if i["state"] == "running")
         if not running:  # (as an operator would, it moves what the API shows running)
             self.log.append("migrate: nothing running")
             return

@@ -68,7 +68,9 @@ def run_storm(c: Cloud, clients: list[Client], killer: Killer, ops: int) -> None
 def test_300_operations_under_kills_lose_and_duplicate_nothing(
         fake_cloud_2: Cloud, seed: int) -> None:
     c = fake_cloud_2
-    clients = [Client(n, Api(c.state_dir), seed, migrate=True) for n in range(CLIENTS)]
+    # (a pause between operations lets some instances be running when a migration is asked)
+    clients = [Client(n, Api(c.state_dir), seed, migrate=True, pause_s=0.1)
+               for n in range(CLIENTS)]
     killer = Killer(c, random.Random(seed), lambda: sum(cl.done for cl in clients),
                     CLIENTS * OPS, KILLS, ["api", "agent"], migrations=True)
     run_storm(c, clients, killer, OPS)
@@ -79,5 +81,7 @@ def test_300_operations_under_kills_lose_and_duplicate_nothing(
     converge(api, [cl.model for cl in clients])
     wait_none(lambda: unsettled(api), 60)
     print(f"chaos: migrations ended {ended(api)}")
-    wait_none(lambda: leftovers.check(c.state_dir, api), 60)
+    wait_none(lambda: leftovers.check(c.state_dir, api), 60, lambda: "migrations:\n" + "\n".join(
+        f"{m['instance_id']} {m['source']} -> {m['destination']}: {m['state']} ({m['reason']})"
+        for m in api.list("/v1/migrations")))
     leftovers.assert_catches_a_planted_orphan(c.state_dir, api)
