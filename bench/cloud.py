@@ -3,7 +3,7 @@
 `BenchCloud` runs the all-in-one cloud on a temporary state dir (short, under /tmp: QMP socket
 paths are limited to 108 bytes) and a free loopback port, exactly as the integration tests do,
 and talks to it over its HTTP API with the admin token from the client.toml it writes. VM
-traffic only goes to the instances' public loopback addresses (the agent's forwarder) or, for
+traffic only goes to the instances' public loopback addresses (the edge's forwarder) or, for
 the floor, into a namespace the bench creates itself.
 """
 
@@ -239,6 +239,7 @@ class BenchCloud:
     vcpus: int = 64
     ram_mib: int = 16384
     tb_size_mib: int | None = None  # [host] tcg_tb_size_mib (None: cumulo's default)
+    hosts: int = 1  # `cumulo up --hosts N` (more than one: all in one zone)
     state_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cmb-",
                                                                            dir="/tmp")))
     port: int = field(default_factory=free_port)
@@ -267,12 +268,18 @@ class BenchCloud:
         return self._http
 
     def start(self, timeout: float = 300) -> None:
+        # Each VM's QEMU runs as a uid of its own and must reach its disk under the state dir
+        # (mkdtemp makes it 0700): searchable, not listable.
+        os.chmod(self.state_dir, 0o711)
         (self.state_dir / "cumulo.toml").write_text(
             _config(requested_accel(), self.vcpus, self.ram_mib, free_public_pool(),
-                    self.tb_size_mib))
+                    self.tb_size_mib)
+            + (f'[[regions]]\nname = "local-1"\nzones = ["{ZONE}"]\n' if self.hosts > 1 else ""))
+        hosts = ["--hosts", str(self.hosts)] if self.hosts > 1 else []
         with open(self.state_dir / "up.log", "ab") as logf:
             self.proc = subprocess.Popen(
-                [*CUMULO, "up", "--state-dir", str(self.state_dir), "--port", str(self.port)],
+                [*CUMULO, "up", "--state-dir", str(self.state_dir), "--port", str(self.port),
+                 *hosts],
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -387,10 +394,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def running_cloud(vcpus: int = 64, ram_mib: int = 16384,
-                  tb_size_mib: int | None = None) -> Iterator[BenchCloud]:
+                  tb_size_mib: int | None = None, hosts: int = 1) -> Iterator[BenchCloud]:
     """A started cloud with a key pair `bench`; always stopped (`cumulo down`) afterwards,
     also on SIGTERM (background jobs ignore SIGINT)."""
-    cloud = BenchCloud(vcpus=vcpus, ram_mib=ram_mib, tb_size_mib=tb_size_mib)
+    cloud = BenchCloud(vcpus=vcpus, ram_mib=ram_mib, tb_size_mib=tb_size_mib, hosts=hosts)
     old = signal.signal(signal.SIGTERM, _interrupt)
     try:
         cloud.start()

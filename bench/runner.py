@@ -24,7 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "latest.json"
 DEFAULT_DOC = REPO / "docs" / "benchmarks.md"
-SECTIONS = ("boot_to_ssh", "control_plane", "footprint", "idle", "tcg_memory")
+SECTIONS = ("boot_to_ssh", "control_plane", "footprint", "idle", "tcg_memory", "migration")
 OPTIONAL = ("many_hosts",)  # only with --only: not part of a default (or --quick) run
 BEGIN = "<!-- bench:results:begin (written by `cumulo bench`; edit outside these markers) -->"
 END = "<!-- bench:results:end -->"
@@ -173,6 +173,13 @@ ROWS: list[tuple[str, str, str, str, tuple[str, float] | None]] = [
     ("footprint", "agent_mib_per_vm", "agent memory per VM", "MiB", None),
     ("footprint", "max_tiny_instances", "tiny instances that fit", "", None),
     ("idle", "cpu_percent", "idle CPU (API + agent)", "%", ("<", 2)),
+    *((("migration", f"{arch}.{key}", f"migration {arch}: {label}", unit, promise)
+       for arch in ("x86_64", "arm64")
+       for key, label, unit, promise in (
+           ("downtime_ms_p50", "QEMU downtime p50", "ms", ("<=", 100)),
+           ("downtime_ms_max", "QEMU downtime max", "ms", None),
+           ("total_s_p50", "total time p50", "s", None),
+           ("stream_gap_ms_max", "longest gap in a streamed counter", "ms", None)))),
 ]
 
 
@@ -288,6 +295,7 @@ def _vm_notes(result: dict[str, Any]) -> list[str]:
                     f"{fp.get('rss_mib')} MiB of which guest-resident "
                     f"{fp.get('guest_resident_mib')} MiB; tiny instances that fit {how}."]
     out += _tcg_notes(result)
+    out += _migration_notes(result)
     idle = result.get("idle")
     if isinstance(idle, dict):
         out += ["", f"Idle: {idle.get('vms')} running {idle.get('arch')} VMs, "
@@ -342,3 +350,30 @@ def main(quick: bool, out: Path | None = None, only: list[str] | None = None,
         rewrite_doc(doc, result)
         log(f"table in {doc}")
     return result
+
+
+def _migration_notes(result: dict[str, Any]) -> list[str]:
+    mig = result.get("migration")
+    if not isinstance(mig, dict):
+        return []
+    out = ["", f"Migration: {mig.get('n')} migrations per architecture of an idle t1.nano "
+               f"instance between the two hosts of `cumulo up --hosts 2`; the stream: "
+               f"{mig.get('stream')} (load average {mig.get('load_1m_before')} before, "
+               f"{mig.get('load_1m_after')} after)."]
+    for arch in ("x86_64", "arm64"):
+        r = mig.get(arch)
+        if isinstance(r, dict):
+            broken = r.get("stream_broken")
+            failed = "; ".join(r.get("failed_reasons") or [])
+            out.append(f"{arch}: {r.get('completed')} of {r.get('migrations')} completed, "
+                       f"downtimes {r.get('downtimes_ms')} ms, counter "
+                       f"{'BROKEN (skipped or restarted)' if broken else 'intact'}"
+                       f"{'; failed: ' + failed if failed else ''}.")
+    hot = mig.get("dirty_memory")
+    if isinstance(hot, dict):
+        why = f": {hot['reason']}" if hot.get("reason") else ""
+        out.append(f"A guest rewriting 64 MiB in a loop: {hot.get('state')} after "
+                   f"{hot.get('wall_s')} s ({hot.get('passes')} passes, dirty rate "
+                   f"{hot.get('dirty_pages_rate')} pages/s at the end, downtime "
+                   f"{hot.get('downtime_ms')} ms){why}.")
+    return out

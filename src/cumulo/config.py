@@ -178,6 +178,9 @@ class LocalHost(BaseModel):
     # entries needed; systemd leaves 1879048192..2147483647 unused).
     qemu_uid_base: int = Field(default=1_900_000_000, ge=1000, le=2**31 - 2)
     qemu_uid_count: int = Field(default=65536, gt=0, le=2**24)
+    # The hosts `cumulo up` starts (by name) whose agent config says `storage = true`: when a
+    # zone has any, its new volumes are stored on those only.
+    storage_hosts: list[HostName] = Field(default_factory=list, max_length=1000)
 
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")

@@ -31,6 +31,9 @@ class HostRegistration(BaseModel):
     # The machine's CPUs (ids) the agent may pin a dedicated host's vCPUs to: all of the
     # machine's, which simulated hosts of one machine share. None: an agent that does not say.
     cpus: list[int] | None = None
+    # `storage = true` in the agent's config: new volumes of its zone go to such hosts only
+    # (when the zone has any up).
+    storage: bool = False
 
 
 class Registered(BaseModel):
@@ -145,8 +148,20 @@ class Assignment(BaseModel):
     cpu_set: list[int] = Field(default_factory=list)
 
 
+class NbdLink(BaseModel):
+    """A volume's NBD export between two hosts: the storage host serves `name` on `port` of
+    its underlay address `host`, over TLS with the pre-shared `key` (64 hex digits, identity:
+    the volume id). Both secrets are made by the API per attachment; no guest sees them."""
+
+    host: str = ""  # the storage host's underlay address ("" in the storage host's own copy)
+    port: int
+    name: str
+    key: str
+
+
 class VolumeAssignment(BaseModel):
-    """A volume whose file lives on this host, and the instance it should be attached to."""
+    """A volume whose file lives on this host, and the instance it should be attached to;
+    or (`remote` set) a volume of another host to attach to an instance of this one."""
 
     id: str  # "vol-<17 hex>"; also the disk serial the guest sees
     size_gib: int  # desired size: grown (never shrunk) when larger than the file
@@ -160,6 +175,10 @@ class VolumeAssignment(BaseModel):
     device: str | None = None  # expected guest device name (e.g. "vdc"), informational
     source_snapshot: str | None = None  # snapshot id to copy from when the file is created
     generation: int
+    # The storage host: export the file over NBD (to an instance of another host) as this.
+    export: NbdLink | None = None
+    # The instance's host: the volume is on another host; attach it over this NBD export.
+    remote: NbdLink | None = None
 
 
 class SnapshotAssignment(BaseModel):
@@ -182,6 +201,10 @@ class MigrationAssignment(BaseModel):
     # prepare: the source disk's virtual size; migrate: what the destination said.
     disk_bytes: int = 0
     incoming: dict[str, str | int] | None = None
+    # A cold move (a stopped instance: its disk only). The source gets `instance` too (its
+    # disk's path); the destination's finish gets the source's digest to check the copy by.
+    cold: bool = False
+    checksum: str = ""
 
 
 class Assignments(BaseModel):
@@ -238,6 +261,7 @@ class MigrationObservation(BaseModel):
     progress: dict[str, int] = Field(default_factory=dict)
     downtime_ms: int | None = None
     total_s: float | None = None
+    checksum: str = ""  # a cold move's source, completed: the digest of the disk it sent
 
 
 class Report(BaseModel):
@@ -260,3 +284,18 @@ class Poll(BaseModel):
     dns: list[str] = Field(default_factory=list)
     have: str | None = Field(default=None, max_length=64)
     report: Report | None = None
+
+
+class EdgeEntry(BaseModel):
+    """One public address as the edge serves it (see cumulo.edge)."""
+
+    public_ip: str
+    instance_id: str
+    private_ip: str  # the instance's first NIC
+    host_ip: str | None  # the underlay address of the host that runs it (None: none known)
+    rules: list[FirewallRule]  # the instance's ingress rules (its security groups)
+
+
+class EdgeTable(BaseModel):
+    version: int  # the notifier's edge version; long-poll again with since=version
+    entries: list[EdgeEntry]

@@ -25,6 +25,7 @@ import pytest
 from cumulo.agent.drivers.base import (
     Driver,
     DriverError,
+    LocalFile,
     Observed,
     PowerState,
     VMSpec,
@@ -89,7 +90,7 @@ class Harness:
         vol_id = f"vol-{n:017x}"
         path = self.workdir / f"{vol_id}.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
-        return VolumeAttachment(vol_id, path, iops, mbps)
+        return VolumeAttachment(vol_id, LocalFile(path), iops, mbps)
 
     async def wait_console(self, vm_id: str, count: int = 1, driver: Driver | None = None) -> str:
         """Poll the console until the guest has said it is ready `count` times."""
@@ -368,7 +369,7 @@ async def test_volume_calls_on_unknown_or_stopped_vms(harness: Harness) -> None:
     with pytest.raises(DriverError, match="not attached"):
         await d.snapshot_volume(spec.vm_id, vol.volume_id, harness.workdir / "s.qcow2")
     assert not (harness.workdir / "s.qcow2").exists()
-    missing = VolumeAttachment("vol-000000000000000ff", harness.workdir / "nope.qcow2")
+    missing = VolumeAttachment("vol-000000000000000ff", LocalFile(harness.workdir / "nope.qcow2"))
     with pytest.raises(DriverError, match="does not exist"):
         await d.attach_volume(spec.vm_id, missing)
     assert await d.attached_volumes(spec.vm_id) == set()

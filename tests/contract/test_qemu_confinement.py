@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cumulo.agent.drivers.base import DriverError, PowerState, VMSpec, VolumeAttachment
+from cumulo.agent.drivers.base import DriverError, LocalFile, PowerState, VMSpec, VolumeAttachment
 from cumulo.agent.drivers.qemu import QemuDriver
 from cumulo.agent.drivers.qemu_cgroup import limits, pid_cgroup
 from cumulo.agent.drivers.qemu_confine import read_uid
@@ -142,7 +142,7 @@ async def test_qemu_cannot_open_another_vms_disk_nor_the_hosts_shadow(host: Host
 async def test_a_volume_is_the_vms_only_while_attached(host: Host) -> None:
     path = host.workdir / "vol-000000000000c0ffe.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
-    vol = VolumeAttachment("vol-000000000000c0ffe", path)
+    vol = VolumeAttachment("vol-000000000000c0ffe", LocalFile(path))
     d = host.driver()
     deadline = time.monotonic() + 120
     while "cumulo-tiny: ready" not in await d.console_log(A):  # it will let go of the disk

@@ -190,8 +190,8 @@ def qemu_pids(state_dir: Path) -> dict[str, int]:
     return out
 
 
-def agent_pids(state_dir: Path) -> set[int]:
-    """The pids of the running agent processes of this cloud."""
+def agent_pids(state_dir: Path, module: bytes = b"cumulo.agent") -> set[int]:
+    """The pids of the running agent processes of this cloud (`module`: or of its edge)."""
     out = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -200,7 +200,7 @@ def agent_pids(state_dir: Path) -> set[int]:
             cmd = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"cumulo.agent" in cmd and str(state_dir).encode() in cmd and running(int(proc.name)):
+        if module in cmd and str(state_dir).encode() in cmd and running(int(proc.name)):
             out.add(int(proc.name))
     return out
 

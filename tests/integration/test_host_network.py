@@ -1,8 +1,11 @@
-"""The host data plane with real tiny VMs (TCG): DHCP + DNS, public SSH through a loopback
-endpoint, isolation between projects, live firewall changes, bandwidth caps, teardown.
+"""The host data plane with real tiny VMs (TCG): DHCP + DNS, public SSH through the edge's
+loopback endpoint, UDP through the edge, isolation between projects, live firewall changes,
+bandwidth caps, teardown.
 
 Three VMs share one module (booting costs seconds): a1 + a2 on project p1's network (a1 has a
-public loopback IP and a bandwidth cap), b1 alone on project p2's network.
+public loopback IP and a bandwidth cap), b1 alone on project p2's network. The host and an
+edge (cumulo.edge, run in this process from a table the test writes) are plugged into an
+underlay of their own, as `cumulo up` plugs them.
 Commands run in guests over SSH executed INSIDE the host namespace (`ip netns exec`).
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -26,13 +30,17 @@ import pytest_asyncio
 
 from cumulo.agent.drivers.base import VMSpec
 from cumulo.agent.drivers.qemu import QemuDriver
-from cumulo.agent.net import dnsmasq, names
+from cumulo.agent.net import dnsmasq, names, namespace
 from cumulo.agent.net.host_network import HostNetwork
 from cumulo.agent.storage.seed import build_seed_iso
+from cumulo.allinone import fabric
 from cumulo.domain.arch import Arch
+from cumulo.edge.main import Edge
 from cumulo.protocol import (
     Assignment,
     DnsRecord,
+    EdgeEntry,
+    EdgeTable,
     FirewallRule,
     ImageFile,
     ImageRef,
@@ -49,12 +57,15 @@ SSH_OPTS = [
     "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
 ]  # fmt: skip
 BASE = [FirewallRule(proto="tcp", port=22), FirewallRule(proto="icmp")]
+HOST_UNDERLAY = ipaddress.IPv4Interface("10.251.0.1/24")
+EDGE_UNDERLAY = ipaddress.IPv4Interface("10.251.0.254/24")
 
 
 @dataclass
 class Env:
     dir: Path
     hn: HostNetwork
+    edge: Edge
     driver: QemuDriver
     key: Path
     public_ip: str
@@ -66,9 +77,17 @@ class Env:
     def ns(self) -> str:
         return self.hn.netns
 
-    async def converge(self) -> None:
+    async def converge_host(self) -> None:
         running = {a.id for a in self.vms.values()}
         await self.hn.converge(self.networks, list(self.vms.values()), running)
+
+    async def converge(self) -> None:
+        """The host's data plane, then the edge's table (as the API would give it)."""
+        await self.converge_host()
+        entries = [EdgeEntry(public_ip=a.public_ip, instance_id=a.id, private_ip=a.nics[0].ip,
+                             host_ip=str(HOST_UNDERLAY.ip), rules=a.ingress)
+                   for a in self.vms.values() if a.public_ip]
+        assert await self.edge.apply(EdgeTable(version=0, entries=entries)) == []
 
     async def ssh(self, vm: str, command: str, stdin: bytes = b"", timeout: float = 60,
                   check: bool = True) -> tuple[int, str]:  # fmt: skip
@@ -79,7 +98,7 @@ class Env:
 
 async def sh(argv: list[str], stdin: bytes = b"", timeout: float = 60,
              check: bool = True) -> tuple[int, str]:  # fmt: skip
-    """Run a command without blocking the event loop (the forwarder runs in it)."""
+    """Run a command without blocking the event loop (the edge runs in it)."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -169,10 +188,12 @@ async def env() -> AsyncIterator[Env]:
             for a in vms.values()
             if a.nics[0].network_id == net.id
         ]
-    hn = HostNetwork(d / "host")
+    await fabric.ensure(d, [fabric.Port(d / "host", HOST_UNDERLAY),
+                            fabric.Port(d / "edge", EDGE_UNDERLAY)])
+    hn = HostNetwork(d / "host", str(HOST_UNDERLAY.ip), str(EDGE_UNDERLAY.ip))
     driver = QemuDriver(d / "run", accel="tcg")
-    e = Env(d, hn, driver, key, public_ip, [net_a, net_b], vms,
-            {n: a.nics[0].ip for n, a in vms.items()})  # fmt: skip
+    e = Env(d, hn, Edge(names.netns_name(d / "edge")), driver, key, public_ip,
+            [net_a, net_b], vms, {n: a.nics[0].ip for n, a in vms.items()})  # fmt: skip
     try:
         await hn.converge(e.networks, list(vms.values()), set())  # bridges + dnsmasq first
         for name, a in vms.items():
@@ -192,14 +213,17 @@ async def env() -> AsyncIterator[Env]:
                 initrd=image / "initrd.img", kernel_cmdline=cmdline, seed_iso=seed,
                 netns=hn.netns, nics=hn.nic_specs(a),
             ))  # fmt: skip
-        await e.converge()  # the taps exist now: attach, shape, firewall, forwarders
+        await e.converge()  # the taps exist now: attach, shape, firewall, the edge
         await asyncio.gather(*(_wait_ssh(e, n) for n in vms))
         yield e
     finally:
         for a in vms.values():
             with contextlib.suppress(Exception):
                 await driver.destroy(a.id)
+        await e.edge.close()
         await hn.teardown()
+        await namespace.delete(names.netns_name(d / "edge"))
+        await fabric.teardown(d)
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -221,7 +245,7 @@ async def test_converge_is_cheap_when_nothing_changed(env: Env) -> None:
     await env.converge()
     t = time.perf_counter()
     for _ in range(10):
-        await env.converge()
+        await env.converge_host()
     assert (time.perf_counter() - t) / 10 < 0.05
 
 
@@ -234,6 +258,24 @@ async def test_ssh_through_the_public_loopback_ip(env: Env) -> None:
     assert "10.231." not in routes
     _, addrs = await sh(["ip", "-4", "addr"])
     assert "10.231." not in addrs
+
+
+async def test_from_the_underlay_only_the_edge_gets_in(env: Env) -> None:
+    """Another machine on the underlay, routing to a1 via its host like the edge does, reaches
+    nothing; the edge's namespace, the same way, reaches a1's SSH port."""
+    stranger = env.dir / "stranger"
+    await fabric.ensure(env.dir, [fabric.Port(stranger, ipaddress.IPv4Interface(
+        "10.251.0.9/24"))])
+    try:
+        for who, expect in ((names.netns_name(stranger), 1), (env.edge.netns, 0)):
+            await sh(["ip", "-n", who, "route", "replace", f"{env.ips['a1']}/32", "via",
+                      str(HOST_UNDERLAY.ip)])
+            code, out = await sh(["ip", "netns", "exec", who, "timeout", "5", "bash", "-c",
+                                  f"exec 3<>/dev/tcp/{env.ips['a1']}/22 && head -c 4 <&3"],
+                                 check=False)
+            assert (code == 0) == (expect == 0) and (out == "SSH-") == (expect == 0), (who, out)
+    finally:
+        await namespace.delete(names.netns_name(stranger))
 
 
 async def test_projects_cannot_exchange_a_packet(env: Env) -> None:
@@ -283,6 +325,44 @@ async def test_a_port_opens_within_2s_of_a_new_rule(env: Env) -> None:
     assert b"hello-8080" in body
 
 
+async def _udp_no_ports(env: Env) -> int:
+    """Datagrams a1's kernel received for a port nothing listens on (the tiny image has no
+    UDP server: busybox's nc has no -u, and no udpsvd; bash's /dev/udp only connects)."""
+    _, out = await env.ssh("a1", "cat /proc/net/snmp")
+    head, values = [line.split() for line in out.splitlines() if line.startswith("Udp:")]
+    return int(values[head.index("NoPorts")])
+
+
+async def test_udp_reaches_the_instance_through_the_edge_as_its_rules_allow(env: Env) -> None:
+    def send(port: int, n: int = 3) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(n):
+                with contextlib.suppress(ConnectionRefusedError):  # nobody listening
+                    s.sendto(b"probe", (env.public_ip, port))
+                    time.sleep(0.05)
+
+    before = await _udp_no_ports(env)
+    send(5353)  # no rule: the edge does not even listen
+    send(5354)  # a rule, for other clients than this one
+    a1 = env.vms["a1"]
+    env.vms["a1"] = a1.model_copy(update={"ingress": [
+        *a1.ingress, FirewallRule(proto="udp", port=5354, cidr="192.0.2.0/24")]})
+    await env.converge()
+    send(5354)
+    await asyncio.sleep(0.5)
+    assert await _udp_no_ports(env) == before
+    env.vms["a1"] = a1.model_copy(update={"ingress": [
+        *a1.ingress, FirewallRule(proto="udp", port=5353, cidr="127.0.0.0/8")]})
+    await env.converge()
+    send(5353)
+    deadline = time.monotonic() + 10
+    while (got := await _udp_no_ports(env) - before) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert got == 3
+    env.vms["a1"] = a1
+    await env.converge()
+
+
 async def _timed(coro: object) -> float:
     t = time.monotonic()
     await coro  # type: ignore[misc]
@@ -312,7 +392,8 @@ async def test_teardown_leaves_nothing(env: Env) -> None:
         await env.driver.destroy(a.id)
     fresh = HostNetwork(env.hn.host_dir)  # as `cumulo down` does, from another process
     await fresh.teardown()
-    await env.hn.teardown()  # the agent's own object: closes its listeners
+    await env.hn.teardown()  # the agent's own object
+    await env.edge.close()  # the edge's listeners
     assert not Path("/run/netns", env.ns).exists()
     _, nslist = await sh(["ip", "netns", "list"])
     assert env.ns not in nslist

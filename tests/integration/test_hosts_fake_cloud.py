@@ -18,7 +18,8 @@ def test_host_commands_and_placement_groups(fake_cloud: Cloud) -> None:
     c = fake_cloud
     [host] = c.json("host", "list")
     assert (host["name"], host["zone"], host["state"]) == ("local", "local-1a", "up")
-    assert host["agent_version"] == cumulo.__version__ and host["underlay_ip"] is None
+    # A single host is on the underlay too: the edge reaches its instances there.
+    assert host["agent_version"] == cumulo.__version__ and host["underlay_ip"] == "10.250.0.1"
     assert (host["vcpus_total"], host["vcpus_allocatable"], host["ram_mib_total"]) == (
         16, 64, 4096)  # cumulo.toml's [host], under the default ratios (4.0, 1.0)
     assert c.json("host", "show", "local")["last_heartbeat_at"] >= host["last_heartbeat_at"]

@@ -1,9 +1,11 @@
 """`cumulo up --hosts 3` with real VMs (TCG): an instance on each simulated host, in both
-zones and both architectures, each reached by SSH at its public IP; a host opens no file of
-another host, of the API or of the machine's image cache (it fetches over HTTP); a frozen
-agent's host goes `down`, its instance `unknown`, and both come back with the VM re-adopted
-(same QEMU pid), as after a killed agent; `cumulo down` leaves no namespace, link or process of
-any host."""
+zones and both architectures, each reached by SSH at its public IP (the edge's); a host opens
+no file of another host, of the API or of the machine's image cache (it fetches over HTTP); a
+frozen agent's host goes `down`, its instance `unknown`, and both come back with the VM
+re-adopted (same QEMU pid), as after a killed agent; the edge killed with SIGKILL comes back
+and serves again; a public IP moved to an instance on another host answers from there (how
+long it took is printed); `cumulo down` leaves no namespace, link or process of any host or
+of the edge."""
 
 from __future__ import annotations
 
@@ -13,12 +15,16 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cumulo.agent.net.names import netns_name
+from cumulo.allinone.edge_process import edge_netns
 from cumulo.allinone.fabric import fabric_netns
+from cumulo.allinone.paths import StatePaths
 from tests.integration.conftest import Cloud, agent_pids, qemu_pids
 from tests.integration.test_network_cloud import ssh, wait_ssh
 
@@ -47,6 +53,13 @@ def wait_host(c: Cloud, host: str, state: str, timeout: float) -> None:
     while (shown := c.json("host", "show", host)["state"]) != state:
         assert time.monotonic() < deadline, f"host {host} still {shown} after {timeout} s"
         time.sleep(0.5)
+
+
+def host_keys(ip: str) -> set[str]:
+    """The SSH host keys served at ip:22 ("type key"), or none."""
+    r = subprocess.run(["ssh-keyscan", "-T", "5", ip], capture_output=True, text=True)
+    return {" ".join(line.split()[1:3]) for line in r.stdout.splitlines()
+            if line and not line.startswith("#")}
 
 
 def foreign_files(trace: Path, host_dir: Path) -> set[str]:
@@ -127,12 +140,46 @@ def test_an_instance_on_each_host_reached_by_ssh_and_down_leaves_nothing(
     assert qemu_pids(c.state_dir)[a_id] == vms[a_id]
     assert ssh(c, "a-x86", "hostname").stdout.strip() == "a-x86"
 
-    namespaces = {fabric_netns(c.state_dir)} | {netns_name(c.state_dir / "hosts" / h)
-                                                for h in HOSTS}
+    # The edge killed (SIGKILL): `cumulo up` starts another, which serves every public IP
+    # again from its first table.
+    (edge,) = agent_pids(c.state_dir, b"cumulo.edge")
+    os.kill(edge, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not agent_pids(c.state_dir, b"cumulo.edge") - {edge}:
+        assert time.monotonic() < deadline, "the killed edge was not restarted"
+        time.sleep(0.2)
+    for name in placed:
+        wait_ssh(c, name, timeout=60)
+
+    # a-x86's public IP moved to b-x86, on another host (and zone): it answers from there,
+    # with b-x86's host key, once the edge has the change.
+    ip = c.json("instance", "show", "a-x86")["public_ip"]
+    b_key = host_keys(c.json("instance", "show", "b-x86")["public_ip"])
+    assert b_key and host_keys(ip) and host_keys(ip) != b_key
+    token = tomllib.loads((c.state_dir / "client.toml").read_text())["token"]
+    t0 = time.monotonic()  # the API called directly: the CLI's own start-up is not counted
+    r = httpx.post(f"http://127.0.0.1:{c.port}/v1/public-ips/{ip}/attach",
+                   json={"instance": "b-x86", "reassociate": True},
+                   headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    answered = time.monotonic()
+    while host_keys(ip) != b_key:
+        assert time.monotonic() < t0 + 60, "the moved public IP never answered from b-x86"
+        answered = time.monotonic()
+        time.sleep(0.02)
+    # (the scan that first got b-x86's key started at `answered`)
+    print(f"public IP moved across hosts: in effect {answered - t0:.2f} s after the attach "
+          "request was sent")
+    assert ssh(c, "b-x86", "hostname").stdout.strip() == "b-x86"
+    assert c.json("instance", "show", "b-x86")["public_ip"] == ip
+
+    namespaces = {fabric_netns(c.state_dir), edge_netns(StatePaths(c.state_dir))} | {
+        netns_name(c.state_dir / "hosts" / h) for h in HOSTS}
 
     c.stop()
     c.cli("down", "--state-dir", str(c.state_dir))
     assert qemu_pids(c.state_dir) == {} and agent_pids(c.state_dir) == set()
+    assert agent_pids(c.state_dir, b"cumulo.edge") == set()
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [n for n in namespaces if n in listed]
     dnsmasq = subprocess.run(["pgrep", "-af", "dnsmasq"], capture_output=True, text=True).stdout

@@ -35,6 +35,8 @@ def _load(path: Path) -> AgentConfig:
         qemu_uid_base=int(raw.get("qemu_uid_base", 1_900_000_000)),
         qemu_uid_count=int(raw.get("qemu_uid_count", 65536)),
         underlay_ip=raw.get("underlay_ip"),
+        storage=bool(raw.get("storage", False)),
+        edge_ip=raw.get("edge_ip"),
         fake_fabric_dir=Path(raw["fake_fabric_dir"]) if raw.get("fake_fabric_dir") else None,
     )
 

@@ -14,7 +14,9 @@ import asyncio
 import ctypes
 import os
 import signal
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -68,3 +70,23 @@ def exit_with_parent(parent_pid: int) -> bool:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
     return os.getppid() == parent_pid
+
+
+def run_supervised(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+                   parent_pid: int | None) -> bool:
+    """Run `main(stop)` until it returns; SIGTERM and SIGINT set `stop`. `parent_pid`: the
+    supervising process (`cumulo up`): this one stops when it dies, and runs nothing (False)
+    when it is gone already."""
+    if parent_pid is not None and not exit_with_parent(parent_pid):
+        log.warning("supervisor_gone", parent_pid=parent_pid, hint="not starting")
+        return False
+
+    async def _run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(_run())
+    return True

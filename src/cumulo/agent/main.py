@@ -11,7 +11,6 @@ import contextlib
 import functools
 import os
 import platform
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,12 +27,17 @@ from cumulo.agent.counters import RECONCILE_SECONDS
 from cumulo.agent.disk_space import DiskGauge
 from cumulo.agent.dns_book import DnsBook
 from cumulo.agent.drivers.base import Driver, MigratingDriver, PowerState
-from cumulo.agent.host_lock import LOCK_WAIT_S, HostBusy, HostLock, exit_with_parent
+from cumulo.agent.host_lock import LOCK_WAIT_S, HostBusy, HostLock, run_supervised
 from cumulo.agent.image_cache import ImageCache
 from cumulo.agent.image_export import ExportApi, Exporter
 from cumulo.agent.instance_book import InstanceBook
 from cumulo.agent.migration_reconciler import MigrationReconciler
 from cumulo.agent.reconciler import Reconciler
+from cumulo.agent.storage.nbd_exports import (
+    DaemonExporter,
+    RecordingExporter,
+    VolumeExporter,
+)
 from cumulo.agent.storage.volumes import VolumeStore
 from cumulo.agent.volume_reconciler import VolumeReconciler
 from cumulo.domain.arch import Arch
@@ -80,6 +84,8 @@ class AgentConfig:
     qemu_uid_base: int = 1_900_000_000  # the range of the VMs' uids (see qemu_confine)
     qemu_uid_count: int = 65536
     underlay_ip: str | None = None  # this host's address on the underlay (VXLAN, NBD, ...)
+    storage: bool = False  # a storage host: the zone's new volumes go to such hosts
+    edge_ip: str | None = None  # the edge's address on the underlay (cumulo.edge)
     # The fake driver's stand-in for the underlay between fake hosts in separate processes
     # (migrations): a directory they share (see FakeFabric). None: this host's alone.
     fake_fabric_dir: Path | None = None
@@ -132,8 +138,8 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
     if cfg.driver == "qemu":
         from cumulo.agent.net.host_network import HostNetwork
 
-        network = HostNetwork(cfg.host_dir, cfg.underlay_ip)
-    vrec = VolumeReconciler(driver, VolumeStore(cfg.host_dir))
+        network = HostNetwork(cfg.host_dir, cfg.underlay_ip, cfg.edge_ip)
+    vrec = VolumeReconciler(driver, VolumeStore(cfg.host_dir), exporter=volume_exporter(cfg))
     rec = Reconciler(
         driver,
         cfg.host_dir / "instances",
@@ -156,6 +162,7 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
         agent_version=cumulo.__version__,
         underlay_ip=cfg.underlay_ip,
         cpus=sorted(os.sched_getaffinity(0)),
+        storage=cfg.storage,
     )
     mrec = None
     if isinstance(driver, MigratingDriver):
@@ -176,6 +183,19 @@ async def _run_locked(cfg: AgentConfig, stop: asyncio.Event) -> None:
                 await asyncio.wait_for(metrics_task, 5)
         await client.close()
         sock.unlink(missing_ok=True)
+
+
+def volume_exporter(cfg: AgentConfig) -> VolumeExporter | None:
+    """How this host exports its volumes to instances of other hosts: qemu-storage-daemon in
+    the host's namespace on its underlay address; recorded only by fake hosts; none without
+    an underlay."""
+    if cfg.driver == "fake":
+        return RecordingExporter()
+    if not cfg.underlay_ip:
+        return None
+    from cumulo.agent.net.names import netns_name
+
+    return DaemonExporter(cfg.host_dir / "nbd", cfg.underlay_ip, netns_name(cfg.host_dir))
 
 
 def _metrics_server(cfg: AgentConfig, driver: Driver) -> uvicorn.Server | None:
@@ -313,7 +333,7 @@ async def _pass(rec: Reconciler, batch: Assignments, vrec: VolumeReconciler | No
         # Not its public address: that stays with the host the instance is assigned to.
         arriving = [m.instance.model_copy(update={"public_ip": None})
                     for m in batch.migrations
-                    if m.role == "destination" and m.instance is not None]
+                    if m.role == "destination" and m.instance is not None and not m.cold]
     vols: list[VolumeObservation] = []
     snaps: list[SnapshotObservation] = []
     if vrec is not None and (batch.volumes or batch.snapshots or vrec.busy):
@@ -352,19 +372,8 @@ def main(cfg: AgentConfig, parent_pid: int | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT; the process's exit status.
 
     `parent_pid`: the supervising process (`cumulo up`); the agent stops when it dies."""
-    if parent_pid is not None and not exit_with_parent(parent_pid):
-        log.warning("supervisor_gone", parent_pid=parent_pid, hint="not starting")
-        return 0
-
-    async def _run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run_agent(cfg, stop)
-
     try:
-        asyncio.run(_run())
+        run_supervised(lambda stop: run_agent(cfg, stop), parent_pid)
     except HostBusy as e:
         print(f"cumulo agent: {cfg.name}: {e}", file=sys.stderr, flush=True)
         return 1

@@ -1,6 +1,8 @@
 """A host's part in live migrations: carry out the step the API gives (prepare, migrate,
 finish, abort; discard: an instance evacuated while this host was down) through the driver's
-migration calls, and report what the driver says.
+migration calls, and report what the driver says. A cold move (a stopped instance) takes the
+same steps through the driver's cold calls; its destination's finish first compares the digest
+of what arrived with the source's, and refuses the copy (`failed`) when they differ.
 
 Every step is idempotent, and the driver records each VM's role in its own files, so an
 destination whose agent restarts mid-migration carries on. The one thing kept here is which
@@ -100,7 +102,13 @@ class MigrationReconciler:
                       "ram_bytes_total": p.ram_bytes_total,
                       "dirty_pages_rate": p.dirty_pages_rate,
                       "expected_downtime_ms": p.expected_downtime_ms, "passes": p.passes},
-            downtime_ms=status.downtime_ms, total_s=status.total_s)
+            downtime_ms=status.downtime_ms, total_s=status.total_s, checksum=status.checksum)
+
+    async def _prepare(self, m: MigrationAssignment, spec: VMSpec, address: str
+                       ) -> IncomingMigration:
+        if m.cold:
+            return await self.driver.prepare_cold_incoming(spec, address, m.disk_bytes)
+        return await self.driver.prepare_incoming(spec, address, m.disk_bytes)
 
     def _marker(self, m: MigrationAssignment) -> Path:
         return self.started_dir / m.id
@@ -118,25 +126,31 @@ class MigrationReconciler:
                     spec = await self.incoming_spec(m.instance)
                     self.started_dir.mkdir(parents=True, exist_ok=True)
                     self._marker(m).touch()
-                    incoming = await d.prepare_incoming(spec, self.underlay_ip, m.disk_bytes)
+                    incoming = await self._prepare(m, spec, self.underlay_ip)
                     return _with_incoming(self._obs(m, "incoming"), incoming)
                 obs = self._obs(m, status.state.value, status.reason)
                 if status.state is MigrationState.INCOMING and m.incoming is None \
                         and m.instance is not None and self.underlay_ip:
                     # Said again until the API has it (idempotent: the same answer).
                     spec = await self.incoming_spec(m.instance)
-                    obs = _with_incoming(obs, await d.prepare_incoming(
-                        spec, self.underlay_ip, m.disk_bytes))
+                    obs = _with_incoming(obs, await self._prepare(m, spec, self.underlay_ip))
                 return obs
             case Step.MIGRATE:
                 if not self._marker(m).exists():
                     if m.incoming is None:
                         return self._obs(m, "failed", "no destination given")
                     incoming = IncomingMigration(**m.incoming)  # type: ignore[arg-type]
+                    if m.cold and m.instance is None:
+                        return self._obs(m, "failed", "no instance given to copy")
+                    cold = await self.incoming_spec(m.instance) \
+                        if m.cold and m.instance is not None else None
                     self.started_dir.mkdir(parents=True, exist_ok=True)
                     self._marker(m).touch()
                     self._following.add(m.id)
-                    await d.migrate_out(vm, incoming)
+                    if cold is not None:
+                        await d.copy_cold_out(cold, incoming)
+                    else:
+                        await d.migrate_out(vm, incoming)
                 status = await d.migration_status(vm)
                 if status is None:
                     return self._obs(m, "failed", "the source VM has no migration")
@@ -149,10 +163,16 @@ class MigrationReconciler:
                                      "the copy: cancelled, the instance runs on where it was")
                 return self._obs(m, status.state.value, status=status)
             case Step.FINISH:
+                if m.cold and m.role == "destination":
+                    arrived = await d.cold_copy_checksum(vm)
+                    if arrived != m.checksum:
+                        return self._obs(m, "failed", f"the copied disk differs from the "
+                                         f"source's: sent {m.checksum or 'no digest'}, "
+                                         f"arrived {arrived}")
                 await d.finish_migration(vm)
                 if m.role == "source":
                     self.remove_storage(vm)  # the VM runs elsewhere now
-                else:
+                elif not m.cold:
                     self.to_announce.add(vm)
                 self._marker(m).unlink(missing_ok=True)
                 return self._obs(m, DONE)

@@ -14,6 +14,11 @@ States reported (VolumeObservation.state):
 - "detaching": the guest has been asked to release the disk and has not yet;
 - "error": the last step failed; `reason` says which and why (retried after `retry_s`,
   or at once when the assignment's generation changes).
+A volume of another host (`remote` set: attach it over NBD) has no file here: only its
+attachment is converged and reported. A volume of this host attached to an instance of
+another (`export` set) is exported over NBD by the exporter, and stopped being exported once
+no longer asked. An NBD attach that fails (the export not up yet) shows "attaching" with the
+reason for `remote_wait_s`, then "error".
 A detach the guest does not complete within `detach_timeout_s` is reported as "in-use"
 (still attached, which is the truth: the disk is still in the guest), with a reason saying
 the guest did not release it; the unplug request is re-sent every `detach_timeout_s`
@@ -29,8 +34,16 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from cumulo.agent.drivers.base import DetachTimeout, Driver, DriverError, VolumeAttachment
+from cumulo.agent.drivers.base import (
+    DetachTimeout,
+    Driver,
+    DriverError,
+    LocalFile,
+    NbdExport,
+    VolumeAttachment,
+)
 from cumulo.agent.storage.disks import StorageError
+from cumulo.agent.storage.nbd_exports import ExportSpec, VolumeExporter
 from cumulo.agent.storage.volumes import GIB, VolumeStore
 from cumulo.domain.volume import SnapshotState, VolumeState
 from cumulo.protocol import SnapshotAssignment, SnapshotObservation, VolumeAssignment
@@ -62,6 +75,9 @@ class VolumeReconciler:
     detach_timeout_s: float = 30.0  # how long the guest gets to release a detached disk
     detach_step_s: float = 3.0  # the longest one pass waits for it
     retry_s: float = 10.0  # a failed step is tried again after this (same generation)
+    exporter: VolumeExporter | None = None  # NBD exports of this host's volumes (None: none)
+    remote_wait_s: float = 30.0
+    _remote_failing: dict[str, float] = field(default_factory=dict)  # volume -> since
     _desired: dict[str, VolumeAssignment] = field(default_factory=dict)
     _holders: dict[str, set[str]] = field(default_factory=dict)  # volume -> running VMs
     _detaching: dict[str, _Detach] = field(default_factory=dict)
@@ -85,7 +101,7 @@ class VolumeReconciler:
             if v.desired != DELETED
             and v.attach_to == vm_id
             and not (self._holders.get(v.id, set()) - {vm_id})
-            and self.store.has_volume(v.id)
+            and (v.remote is not None or self.store.has_volume(v.id))
         )
 
     @property
@@ -123,6 +139,7 @@ class VolumeReconciler:
                 snaps.append(self._delete_snapshot(s))
         for gone in self._detaching.keys() - self._desired.keys():
             del self._detaching[gone]
+        await self._stop_unwanted_exports()
         vols = [o for o, _ in results]
         return (
             [o for o in vols if self._last_vols.get(o.id) != o],
@@ -190,6 +207,10 @@ class VolumeReconciler:
         for vm in sorted(held - {target}):
             if await self._detach(v, vm):
                 held.discard(vm)
+        if v.remote is not None:
+            return await self._remote_steps(v, target, held, running)
+        if v.export is None or v.desired == DELETED:
+            await self._unexport(v.id)
         if v.desired == DELETED:
             if held:
                 return self._still_held(v, held)
@@ -204,6 +225,8 @@ class VolumeReconciler:
             await _step("create", self.store.create_volume(v.id, v.size_gib, src))
         if held - {target}:  # a detach is still pending: the other VM has the file open
             return self._still_held(v, held)
+        if v.export is not None:
+            return await self._export_steps(v)
         if self.store.volume_size(v.id) < v.size_gib * GIB:
             if target is not None and target in held:
                 await _step("grow", self.driver.resize_volume(target, v.id, v.size_gib * GIB))
@@ -215,6 +238,53 @@ class VolumeReconciler:
         if target is None:
             return self._obs(v, VolumeState.AVAILABLE, None)
         return self._obs(v, VolumeState.IN_USE, target)
+
+    async def _remote_steps(self, v: VolumeAssignment, target: str | None, held: set[str],
+                            running: set[str]) -> VolObs:
+        """A volume of another host: only its attachment (over NBD) is this host's to do."""
+        if held - {target}:
+            return self._still_held(v, held)
+        if target is not None and target in running and target not in held:
+            try:
+                await self.driver.attach_volume(target, self._attachment(v))
+            except _FAILURES as e:
+                since = self._remote_failing.setdefault(v.id, time.monotonic())
+                if time.monotonic() - since >= self.remote_wait_s:
+                    del self._remote_failing[v.id]
+                    raise _StepFailed("attach over NBD", e) from e
+                return self._obs(v, VolumeState.ATTACHING, None,
+                                 f"waiting for the storage host's export: {e}")
+            held.add(target)
+        self._remote_failing.pop(v.id, None)
+        if target is None:
+            return self._obs(v, VolumeState.AVAILABLE, None)
+        return self._obs(v, VolumeState.IN_USE, target)
+
+    async def _export_steps(self, v: VolumeAssignment) -> VolObs:
+        """A volume of this host attached to an instance of another: export it over NBD (the
+        instance's host reports the attachment)."""
+        if self.exporter is None or v.export is None:
+            raise _StepFailed("export", StorageError("this host cannot export volumes"))
+        link = v.export
+        if v.id not in self.exporter.exported() and \
+                self.store.volume_size(v.id) < v.size_gib * GIB:
+            await _step("grow", self.store.grow_volume(v.id, v.size_gib))  # the export fixes it
+        await _step("export", self.exporter.ensure(
+            v.id, self.store.volume_path(v.id), ExportSpec(link.name, link.key, link.port)))
+        return self._obs(v, VolumeState.IN_USE, None, "exported over NBD")
+
+    async def _unexport(self, vol_id: str) -> None:
+        if self.exporter is not None and vol_id in self.exporter.exported():
+            await _step("unexport", self.exporter.stop(vol_id))
+
+    async def _stop_unwanted_exports(self) -> None:
+        if self.exporter is None:
+            return
+        for vol in sorted(self.exporter.exported() - self._desired.keys()):
+            try:
+                await self.exporter.stop(vol)
+            except _FAILURES as e:
+                log.error("unexport_failed", volume_id=vol, error=str(e))
 
     async def _detach(self, v: VolumeAssignment, vm_id: str) -> bool:
         """Ask `vm_id` to release the disk; True once it has."""
@@ -259,8 +329,10 @@ class VolumeReconciler:
             return 0
 
     def _attachment(self, v: VolumeAssignment) -> VolumeAttachment:
-        return VolumeAttachment(v.id, self.store.volume_path(v.id), v.iops, v.mbps,
-                                v.write_error)
+        r = v.remote
+        source = (LocalFile(self.store.volume_path(v.id)) if r is None
+                  else NbdExport(r.host, r.port, r.name, r.key))
+        return VolumeAttachment(v.id, source, v.iops, v.mbps, v.write_error)
 
     # -- snapshots --------------------------------------------------------------------------
 
@@ -281,7 +353,12 @@ class VolumeReconciler:
                                           f"waiting for volume {vol}")
                 raise StorageError(f"source volume {vol or '(deleted)'} is not on this host")
             vms = holders.get(vol)
-            if vms:
+            if self.exporter is not None and vol in self.exporter.exported():
+                tmp = self.store.temp_path(self.store.snapshot_path(s.id))
+                tmp.unlink(missing_ok=True)
+                await self.exporter.snapshot(vol, tmp)  # held open by its export daemon
+                self.store.commit_snapshot(s.id)
+            elif vms:
                 tmp = self.store.temp_path(self.store.snapshot_path(s.id))
                 tmp.unlink(missing_ok=True)
                 await self.driver.snapshot_volume(min(vms), vol, tmp)

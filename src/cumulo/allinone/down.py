@@ -46,6 +46,18 @@ async def _stop_vms(run_dir: Path) -> int:
     return len(alive)
 
 
+async def _stop_exports(nbd_dir: Path) -> None:
+    """The host's NBD export daemons (its volumes attached to other hosts' instances): made
+    again by the agent at the next `cumulo up`."""
+    if not nbd_dir.is_dir():
+        return
+    from cumulo.agent.storage.nbd_exports import DaemonExporter
+
+    exporter = DaemonExporter(nbd_dir, "", None)
+    for vol in sorted(exporter.exported()):
+        await exporter.stop(vol)
+
+
 async def _teardown_network(host_dir: Path) -> None:
     """Namespace, bridges, taps, dnsmasq: everything the host's data plane made."""
     from cumulo.agent.net.host_network import HostNetwork
@@ -64,6 +76,7 @@ async def _down_host(host_dir: Path) -> int:
         raise Conflict(f"cannot stop host {host_dir.name}: {e}", code="agent_running") from None
     try:
         stopped = await _stop_vms(host_dir / "run") if (host_dir / "run").is_dir() else 0
+        await _stop_exports(host_dir / "nbd")
         await _teardown_network(host_dir)
         (host_dir / "agent.sock").unlink(missing_ok=True)
     finally:
@@ -77,10 +90,12 @@ def run(state_dir: Path) -> int:
 
 
 async def _down(paths: StatePaths) -> int:
-    from cumulo.allinone import baremetal_lab, fabric
+    from cumulo.agent.net import namespace
+    from cumulo.allinone import baremetal_lab, edge_process, fabric
 
-    await _stop_up(paths)
+    await _stop_up(paths)  # and with it the edge, its child
     stopped = sum([await _down_host(host_dir) for host_dir in paths.hosts()])
     baremetal_lab.stop_leftovers(paths.root)
+    await namespace.delete(edge_process.edge_netns(paths))
     await fabric.teardown(paths.root)
     return stopped

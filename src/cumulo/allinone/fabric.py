@@ -8,8 +8,10 @@ underlay address. Both ends are created directly in their namespaces: the root n
 never holds an underlay link nor a route to an underlay address (only cumulo's namespaces
 do), as it never holds one to a VM network.
 
-VXLAN segments, NBD exports and migration streams between hosts travel over it; the control
-plane (agents <-> API) does not: it is HTTP to the API's URL, as on real machines.
+VXLAN segments, NBD exports and migration streams between hosts travel over it, and the
+edge's inner legs (cumulo.edge: its namespace is plugged in like a host's, at the last
+address); the control plane (agents, edge <-> API) does not: it is HTTP to the API's URL, as
+on real machines. A single host is plugged in too, for the edge to reach it.
 """
 
 from __future__ import annotations
@@ -46,12 +48,19 @@ class Port:
 
 
 def addresses(cidr: str, count: int) -> list[ipaddress.IPv4Interface]:
-    """The underlay addresses of hosts 1..count: the first usable addresses of `cidr`."""
+    """The underlay addresses of hosts 1..count: the first usable addresses of `cidr` (the
+    last one is the edge's)."""
     net = ipaddress.IPv4Network(cidr)
-    usable = list(net.hosts())[:count]
+    usable = list(net.hosts())[:-1][:count]
     if len(usable) < count:
         raise ValueError(f"underlay {cidr} has room for {len(usable)} hosts, not {count}")
     return [ipaddress.IPv4Interface(f"{ip}/{net.prefixlen}") for ip in usable]
+
+
+def edge_address(cidr: str) -> ipaddress.IPv4Interface:
+    """The edge's underlay address (cumulo.edge): the last usable address of `cidr`."""
+    net = ipaddress.IPv4Network(cidr)
+    return ipaddress.IPv4Interface(f"{list(net.hosts())[-1]}/{net.prefixlen}")
 
 
 async def ensure(state_dir: Path, ports: list[Port]) -> None:

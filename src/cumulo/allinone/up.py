@@ -24,7 +24,7 @@ import tomli_w
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from cumulo.allinone import fabric
+from cumulo.allinone import edge_process, fabric
 from cumulo.allinone.baremetal_lab import Lab
 from cumulo.allinone.paths import StatePaths, write_private
 from cumulo.api import app as app_mod
@@ -88,7 +88,7 @@ class LocalHostPlan:
     zone: str
     vcpus: int
     ram_mib: int
-    underlay: ipaddress.IPv4Interface | None  # None: a single host needs no underlay
+    underlay: ipaddress.IPv4Interface | None  # None: not on the underlay
     metrics_port: int = 0  # its agent's /metrics ([host] metrics_port, the next ones after it)
 
 
@@ -96,11 +96,12 @@ def plan_hosts(settings: Settings, count: int) -> list[LocalHostPlan]:
     """`count` hosts of this machine: the first is [host] as configured, the others are named
     after it (`NAME-2`, ...) and spread over the zones in turn from [host]'s zone on, so two
     hosts and two zones put one in each. Each simulated machine gets an equal share of the
-    configured vCPUs and RAM, and its own underlay address."""
+    configured vCPUs and RAM, and its own underlay address (a single host too: the edge
+    reaches its instances over the underlay)."""
     host = settings.host
     zones = settings.zone_names()
     first = zones.index(host.zone)
-    underlay = fabric.addresses(settings.network.underlay_cidr, count) if count > 1 else None
+    underlay = fabric.addresses(settings.network.underlay_cidr, count)
     return [
         LocalHostPlan(
             name=host.name if i == 0 else f"{host.name[:60]}-{i + 1}",
@@ -133,12 +134,18 @@ MAX_LOCAL_HOSTS = 16
 
 def prepare(paths: StatePaths, settings: Settings, db: Database, port: int,
             hosts: list[LocalHostPlan]) -> tuple[str, list[Path]]:
-    """Schema, default project, tokens, client.toml, each agent's config. Returns (url, the
-    agents' configs)."""
+    """Schema, default project, tokens, client.toml, each agent's config and the edge's.
+    Returns (url, the agents' configs)."""
     upgrade(db)
     url = f"http://127.0.0.1:{port}"
     write_client_config(paths, db, url)
+    edge_token = _read_line(edge_process.edge_dir(paths) / "edge.token")
+    edge_process.prepare(paths, db, url, edge_token is not None and _token_valid(db, edge_token))
     return url, [_prepare_host(paths, settings, db, url, h) for h in hosts]
+
+
+def _read_line(path: Path) -> str | None:
+    return path.read_text().strip() if path.exists() else None
 
 
 def write_client_config(paths: StatePaths, db: Database, url: str) -> None:
@@ -181,11 +188,14 @@ def _prepare_host(paths: StatePaths, settings: Settings, db: Database, url: str,
                 "architectures": [a.value for a in settings.host.architectures],
                 "stop_timeout_s": settings.host.stop_timeout_s,
                 "underlay_ip": str(host.underlay.ip) if host.underlay else None,
+                "edge_ip": str(edge_process.address(settings.network.underlay_cidr).ip)
+                if host.underlay else None,
                 "metrics_listen": f"127.0.0.1:{host.metrics_port}" if host.metrics_port else "",
                 "metrics_token": settings.metrics_token,
                 "resume_free_mib": settings.host.resume_free_mib,
                 "qemu_uid_base": settings.host.qemu_uid_base,
                 "qemu_uid_count": settings.host.qemu_uid_count,
+                "storage": host.name in settings.host.storage_hosts,
                 # One machine: its fake hosts migrate through a directory of the cloud's.
                 "fake_fabric_dir": str(paths.root / "fake-fabric"),
             },
@@ -213,11 +223,13 @@ def register_images(svc: Services) -> None:
 
 
 class AgentSupervisor:
-    """Runs the local agent as a child process and restarts it if it dies."""
+    """Runs the local agent (or the edge: `module`) as a child process and restarts it if it
+    dies."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, module: str = "cumulo.agent") -> None:
         self.config = config
         self.log_path = log_path
+        self.module = module
         self.proc: subprocess.Popen[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -228,7 +240,7 @@ class AgentSupervisor:
                 # --parent-pid: the agent stops if `cumulo up` is killed, so that the next
                 # `cumulo up` never runs a second agent beside it (agent/host_lock.py).
                 # Spawned from the event loop's thread, the main one: see exit_with_parent.
-                [sys.executable, "-m", "cumulo.agent", "--config", str(self.config),
+                [sys.executable, "-m", self.module, "--config", str(self.config),
                  "--parent-pid", str(os.getpid())],
                 stdout=logf,
                 stderr=subprocess.STDOUT,
@@ -239,7 +251,8 @@ class AgentSupervisor:
         while not self._stopping:
             await asyncio.sleep(0.5)
             if self.proc is not None and self.proc.poll() is not None and not self._stopping:
-                _say(f"agent exited with {self.proc.returncode}; restarting it")
+                what = self.module.removeprefix("cumulo.")
+                _say(f"{what} exited with {self.proc.returncode}; restarting it")
                 await asyncio.sleep(1.0)
                 self._spawn()
 
@@ -311,15 +324,19 @@ def _run_locked(
     hosts = plan_hosts(settings, hosts_to_run(paths, count))
     db = Database(database_url or f"sqlite:///{paths.database}")
     url, agent_cfgs = prepare(paths, settings, db, port, hosts)
-    if len(hosts) > 1:
-        asyncio.run(fabric.ensure(paths.root, [
-            fabric.Port(paths.host_dir(h.name), h.underlay) for h in hosts if h.underlay]))
+    edge_at = edge_process.address(settings.network.underlay_cidr)
+    asyncio.run(fabric.ensure(paths.root, [
+        *(fabric.Port(paths.host_dir(h.name), h.underlay) for h in hosts if h.underlay),
+        fabric.Port(edge_process.edge_dir(paths), edge_at)]))
     svc = Services(
         db=db, settings=settings, notifier=Notifier(), image_store=paths.root / "images",
         server_key=server_key(settings, paths),
     )
     register_images(svc)
     supervisors = [AgentSupervisor(cfg, cfg.parent / "agent.log") for cfg in agent_cfgs]
+    edge_dir = edge_process.edge_dir(paths)
+    supervisors.append(AgentSupervisor(edge_dir / "edge.json", edge_dir / "edge.log",
+                                       module="cumulo.edge"))
     lab = Lab(paths.root, baremetal_nodes) if baremetal_nodes else None
 
     @contextlib.asynccontextmanager

@@ -22,6 +22,7 @@ from cumulo.api.routers import (
     baremetal,
     catalogue,
     dedicated_hosts,
+    edge,
     events,
     hosts,
     images,
@@ -118,9 +119,9 @@ def create_app(svc: Services) -> FastAPI:
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
                    hosts, placement_groups, dedicated_hosts, access_keys, events, usage,
-                   agent_images, baremetal, migrations):
-        app.include_router(module.router,
-                           dependencies=[] if module in (agents, agent_images) else user_facing)
+                   agent_images, baremetal, migrations, edge):
+        machines = module in (agents, agent_images, edge)
+        app.include_router(module.router, dependencies=[] if machines else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)
     app.include_router(migrations.host_router, dependencies=user_facing)
     app.include_router(serial.router)  # a WebSocket: checks its own parameters

@@ -79,6 +79,9 @@ def agent(
     underlay_ip: Annotated[
         str | None, typer.Option("--underlay-ip", help="This host's address on the underlay.")
     ] = None,
+    storage: Annotated[bool, typer.Option(
+        "--storage", help="A storage host: its zone's new volumes are stored on such hosts.")
+    ] = False,
     driver: Annotated[str, typer.Option("--driver", help="qemu or fake")] = "qemu",
     accel: Annotated[str, typer.Option("--accel", help="auto, kvm or tcg")] = "auto",
     vcpus: Annotated[int | None, typer.Option("--vcpus", min=1)] = None,
@@ -118,6 +121,7 @@ def agent(
         accel=accel, architectures=[Arch.X86_64, Arch.ARM64], underlay_ip=underlay_ip,
         metrics_listen=metrics_listen or "", metrics_token=metrics_token,
         qemu_uid_base=defaults.qemu_uid_base, qemu_uid_count=defaults.qemu_uid_count,
+        storage=storage,
     )
     raise typer.Exit(main(cfg))
 

@@ -1,5 +1,6 @@
 """`cumulo instance migrate NAME`, `cumulo instance events NAME` and `cumulo migration ...`
-(list, show, cancel): moving running instances between hosts (admins)."""
+(list, show, cancel): moving instances between hosts, running ones live, stopped ones cold
+(admins)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def migrate(
         "--wait", help="Show its progress until it ends.")] = False,
     timeout: instances.Timeout = 1800.0,
 ) -> None:
-    """Move a running instance to another host while it runs (admin)."""
+    """Move an instance to another host: live while it runs, cold (disk copied) if stopped
+    (admin)."""
     st = state(ctx)
     mig = st.client().post("/v1/instances/{}/migrate", name, json={"to": to})
     if wait:
@@ -107,8 +109,8 @@ def host_drain(
         "--wait", help="Follow the migrations until every one ended.")] = False,
     timeout: instances.Timeout = 3600.0,
 ) -> None:
-    """Disable HOST and live-migrate its running instances off it, a few at a time; say what
-    it cannot move and why (admin)."""
+    """Disable HOST and move its instances off it (running ones live, stopped ones cold), a few
+    at a time; say what it cannot move and why (admin)."""
     st = state(ctx)
     client = st.client()
     drained: dict[str, Any] = client.post("/v1/hosts/{}/drain", name, scoped=False)

@@ -111,6 +111,8 @@ class HostRow(Base):
     # The machine's CPU ids its agent may pin vCPUs to (see protocol.HostRegistration.cpus):
     # a dedicated host pins each vCPU to one of these. None: not reported.
     cpus: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    # `storage = true` in its agent config: the zone's new volumes go to such hosts.
+    storage: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class DedicatedHostRow(Base):
@@ -336,6 +338,13 @@ class VolumeRow(Base):
     delete_on_termination: Mapped[bool] = mapped_column(default=False)
     source_snapshot_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     generation: Mapped[int] = mapped_column(Integer, default=1)
+    # Attached to an instance of another host: that host (`client_host_id`) opens the NBD
+    # export the storage host (`host_id`) serves on `export_port` as `export_name` with the
+    # TLS-PSK key `export_key`. Made at the attach, cleared once the client let go.
+    client_host_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    export_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    export_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    export_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         UtcDateTime(), default=utcnow, onupdate=utcnow
@@ -486,6 +495,13 @@ class MigrationRow(Base):
     switched: Mapped[bool] = mapped_column(default=False)
     source_done: Mapped[bool] = mapped_column(default=False)
     destination_done: Mapped[bool] = mapped_column(default=False)
+    # A cold move (a stopped instance's disk, nothing runs) and the digest of the disk its
+    # source sent (checked by the destination before the instance changes host).
+    cold: Mapped[bool] = mapped_column(default=False, server_default=false())
+    checksum: Mapped[str] = mapped_column(String(80), default="", server_default="")
+    # The host CPUs the instance gets on a dedicated destination (picked there at the start,
+    # held like its capacity; the instance's own once it arrives). None: a shared host.
+    cpu_set: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)

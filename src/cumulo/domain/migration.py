@@ -16,6 +16,13 @@ The order of things, and why:
   within `prepare_s`, or a copy that has not switched over within `max_s` of the start (a
   guest dirtying memory faster than the link carries it, even throttled by auto-converge),
   fail it the same way, with the limit and the last progress in the reason.
+
+A cold move (a stopped instance) follows the same steps with nothing running: the destination
+exports an empty disk, the source copies its disk into it and says `completed` with the
+digest of what it sent (`switched`: the copy is over); the destination's finish digests what
+arrived and only when both match does the instance change host. Until then it can still fail
+or be cancelled (a digest that differs, a cancel while checking): nothing runs anywhere and
+the source's disk was only read, so going back loses nothing.
 """
 
 from __future__ import annotations
@@ -79,6 +86,8 @@ class Record:
     downtime_ms: int | None = None
     total_s: float | None = None
     started: datetime | None = None  # when it left the queue (its time limits count from it)
+    cold: bool = False  # a stopped instance's disk, moved (see the module's doc)
+    checksum: str = ""  # a cold move: the digest of the disk the source sent
 
     @property
     def ended(self) -> bool:
@@ -96,6 +105,7 @@ class SideReport:
     progress: dict[str, int] = field(default_factory=dict)
     downtime_ms: int | None = None
     total_s: float | None = None
+    checksum: str = ""  # a cold move's source, completed: the digest of what it sent
 
 
 def source_step(r: Record) -> Step | None:
@@ -138,15 +148,16 @@ def cancel(r: Record, reason: str) -> str | None:
     if r.ended:
         return f"it has already {r.state.value}" if r.state is not MigrationPhase.CANCELLED \
             else None
-    if r.switched:
+    if r.switched and not r.cold:
         return "it is switching over: it can only complete now"
     _end(r, MigrationPhase.CANCELLED, reason)
     return None
 
 
 def fail(r: Record, reason: str) -> None:
-    """End it as failed (before the switch-over only: after it, it can only complete)."""
-    if not r.ended and not r.switched:
+    """End it as failed (before the switch-over only: after it, it can only complete; a cold
+    move until the destination took it: nothing runs, the source's disk is intact)."""
+    if not r.ended and (not r.switched or r.cold):
         _end(r, MigrationPhase.FAILED, reason)
 
 
@@ -171,6 +182,18 @@ def overdue(r: Record, now: datetime, limits: Limits) -> str | None:
         return (f"it did not switch over within [migration] max_seconds = {limits.max_s:g} s "
                 f"({r.state.value}; last progress: {_progress_said(r.progress)})")
     return None
+
+
+def destination_lost(r: Record, reason: str) -> bool:
+    """Its destination host is down (its agent silent): fail it while it can still go back,
+    and release what it holds there (`active`); that host is told to clean up (abort) when it
+    is heard from again (`destination_done` stays false). A live migration that switched over
+    can only go forward: it waits for that host. True when `r` changed."""
+    if r.destination_done or not r.active or (r.switched and not r.cold and not r.ended):
+        return False
+    fail(r, reason)
+    r.active = False
+    return True
 
 
 def expire(r: Record, now: datetime, limits: Limits) -> bool:
@@ -211,13 +234,16 @@ def on_source(r: Record, rep: SideReport) -> None:
     if rep.step is not source_step(r):
         return  # an answer to a step it no longer has (late, or from before a restart)
     if rep.step is Step.MIGRATE:
-        if rep.progress:
+        if any(rep.progress.values()):  # an ended QEMU says zeros: the last numbers stay
             r.progress = dict(rep.progress)
         if rep.state in _COPYING and not r.switched:
             r.state = _COPYING[rep.state]
         elif rep.state == "completed":
+            if r.cold and not rep.checksum:
+                return  # said by a source that cannot tell what it sent: not checkable
             r.switched, r.state = True, MigrationPhase.SWITCHING_OVER
             r.downtime_ms, r.total_s = rep.downtime_ms, rep.total_s
+            r.checksum = rep.checksum
         elif rep.state in ("failed", "cancelled"):
             fail(r, rep.reason or f"the source reported the migration {rep.state}")
             r.source_done = True  # its driver rolled back: the guest runs on there
@@ -226,6 +252,7 @@ def on_source(r: Record, rep: SideReport) -> None:
             # The cancel came too late: QEMU had switched over. Go forward, never back.
             r.state, r.switched = MigrationPhase.SWITCHING_OVER, True
             r.downtime_ms, r.total_s = rep.downtime_ms, rep.total_s
+            r.active = not r.destination_done  # held there again: it arrives there
             r.reason = f"{r.reason}; too late: the switch-over had completed" if r.reason \
                 else "the switch-over had completed"
         elif rep.state == DONE:
@@ -246,6 +273,9 @@ def on_destination(r: Record, rep: SideReport) -> bool:
             r.incoming = dict(rep.incoming)
             if r.state is MigrationPhase.PREPARING:
                 r.state = MigrationPhase.COPYING_DISKS
+        return False
+    if rep.state == "failed" and rep.step is Step.FINISH and r.cold:
+        fail(r, rep.reason or "the destination refused the copy")  # e.g. digests differ
         return False
     if rep.state != DONE:
         if rep.step is Step.FINISH and rep.reason:

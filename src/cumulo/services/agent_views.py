@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from cumulo.db.tables import (
     AddressRow,
+    HostRow,
     ImageRow,
     InstanceRow,
     ProjectRow,
@@ -32,6 +33,7 @@ from cumulo.protocol import (
     Assignment,
     ImageFile,
     ImageRef,
+    NbdLink,
     NicRef,
     SnapshotAssignment,
     VolumeAssignment,
@@ -187,15 +189,34 @@ def instances_since(svc: Services, host_id: str, view: HostView, have: str | Non
 
 def _storage(s: Session, svc: Services, host_id: str
              ) -> tuple[list[VolumeAssignment], list[SnapshotAssignment]]:
+    """The volumes stored on the host (exported when attached to another host's instance),
+    then those of other hosts attached to its instances (over NBD)."""
     vols = []
-    for v in s.scalars(select(VolumeRow).where(VolumeRow.host_id == host_id)
-                       .order_by(VolumeRow.created_at, VolumeRow.id)):
+    rows = s.scalars(select(VolumeRow).where(
+        (VolumeRow.host_id == host_id) | (VolumeRow.client_host_id == host_id))
+        .order_by(VolumeRow.created_at, VolumeRow.id)).all()
+    storage_ips = dict(s.execute(select(HostRow.id, HostRow.underlay_ip).where(
+        HostRow.id.in_({v.host_id for v in rows if v.host_id != host_id and v.host_id}))).all())
+    for v in rows:
         vt = svc.settings.volume_type(v.type_name)
+        link = (None if v.export_name is None or v.export_key is None or v.export_port is None
+                else NbdLink(port=v.export_port, name=v.export_name, key=v.export_key))
+        if v.host_id == host_id:
+            exported = v.client_host_id is not None and v.client_host_id != host_id
+            # Exported: it stays until the other host let go (a delete waits for that).
+            desired = "present" if exported else v.desired
+            attach_to, export, remote = (None if exported else v.want_instance_id,
+                                         link if exported else None, None)
+        else:
+            desired, attach_to, export = "present", v.want_instance_id, None
+            remote = (None if link is None else
+                      link.model_copy(update={"host": storage_ips.get(v.host_id or "") or ""}))
         vols.append(VolumeAssignment(
             id=v.id, size_gib=v.size_gib, iops=vt.iops if vt else 0, mbps=vt.mbps if vt else 0,
-            write_error=vt.write_error if vt else "stop", desired=v.desired,
-            attach_to=v.want_instance_id, device=v.device,
-            source_snapshot=v.source_snapshot_id, generation=v.generation))
+            write_error=vt.write_error if vt else "stop", desired=desired,
+            attach_to=attach_to, device=v.device,
+            source_snapshot=v.source_snapshot_id if remote is None else None,
+            generation=v.generation, export=export, remote=remote))
     snaps = [SnapshotAssignment(id=sn.id, volume_id=sn.volume_id,
                                 desired="deleted" if sn.state == SnapshotState.DELETING
                                 else "present")

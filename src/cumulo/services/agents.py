@@ -152,9 +152,14 @@ def forget_instance(s: Session, at: datetime, instance_id: str) -> list[tuple[st
 
 
 def _report_storage(s: Session, svc: Services, at: datetime, host_id: str,
-                    volumes: list[VolumeObservation], snapshots: list[SnapshotObservation]
-                    ) -> list[events.Event]:
-    """Apply the storage observations; the events they make (and the metering)."""
+                    volumes: list[VolumeObservation], snapshots: list[SnapshotObservation],
+                    wake: set[str]) -> list[events.Event]:
+    """Apply the storage observations; the events they make (and the metering). The hosts
+    whose assignments this changed are added to `wake`.
+
+    A volume attached over NBD to an instance of another host: that host (the client) tells
+    its state and attachment; the storage host only its failures (to export it). Once the
+    client let go of a volume no longer asked of it, the export is dropped."""
     out: list[events.Event] = []
 
     def event(row: VolumeRow | SnapshotRow, kind: str, detail: str = "") -> None:
@@ -162,10 +167,16 @@ def _report_storage(s: Session, svc: Services, at: datetime, host_id: str,
         out.append(events.Event(row.project_id, rtype, row.id, row.name, kind, "agent", detail))
 
     vrows = {r.id: r for r in s.scalars(select(VolumeRow).where(
-        VolumeRow.id.in_([v.id for v in volumes]), VolumeRow.host_id == host_id))}
+        VolumeRow.id.in_([v.id for v in volumes]),
+        (VolumeRow.host_id == host_id) | (VolumeRow.client_host_id == host_id)))}
     for obs in volumes:
         row = vrows.get(obs.id)
         if row is None or obs.generation < row.generation:
+            continue
+        remote = row.client_host_id is not None and row.client_host_id != row.host_id
+        if remote and host_id == row.host_id and obs.state != VolumeState.ERROR:
+            continue  # the client host tells how the attachment is
+        if remote and host_id == row.client_host_id and obs.state == DELETED:
             continue
         if obs.state == DELETED:
             if row.desired == DELETED:
@@ -180,7 +191,17 @@ def _report_storage(s: Session, svc: Services, at: datetime, host_id: str,
             attached_now=obs.attached_to, device=row.device)
         for kind, detail in after.events:
             event(row, kind, detail)
+        if remote and host_id == row.host_id:  # the export failed: say so, keep the rest
+            row.state, row.state_reason = after.state, reason
+            continue
         row.state, row.attached_to, row.state_reason = after.state, obs.attached_to, reason
+        if remote and obs.attached_to is None and row.want_instance_id is None \
+                and obs.state != VolumeState.ERROR:
+            row.client_host_id = row.export_name = row.export_key = None
+            row.export_port = None
+            if row.desired == DELETED:
+                row.state = VolumeState.DELETING
+            wake |= {h for h in (row.host_id, host_id) if h}
     srows = {r.id: r for r in s.scalars(select(SnapshotRow).where(
         SnapshotRow.id.in_([x.id for x in snapshots]), SnapshotRow.host_id == host_id))}
     for sobs in snapshots:
@@ -236,6 +257,7 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
     gone: list[tuple[str, str]] = []  # (network id, MAC) of deleted instances
     refresh = bool(volumes or snapshots)  # does the reporter need the new view at once?
     changed: set[str] = set()  # instances whose assignment changed
+    storage_wake: set[str] = set()  # hosts whose volumes a storage report changed
     at = metering.now(svc)
     with svc.db.session() as s:
         hosts.heartbeat(s, svc, reporter)
@@ -281,11 +303,13 @@ def report(svc: Services, who: Principal, name: str, observations: list[Observat
                     metered.add(iid)
         _apply(s, svc, at, writes, metered, rows)
         if volumes or snapshots:
-            happened += _report_storage(s, svc, at, reporter, volumes, snapshots)
+            happened += _report_storage(s, svc, at, reporter, volumes, snapshots, storage_wake)
         events.add(s, happened)
         wake, moved = (migration_agents.apply(s, svc, reporter, migrations) if migrations
                        else (set(), set()))
     migration_agents.after_commit(svc, wake, moved)  # the reporter too: its part changed
+    for other in sorted(storage_wake - {reporter}):
+        svc.notifier.notify(other)
     for net_id, mac in gone:
         svc.notifier.dns_changed(net_id, removed=[mac])
     # The reporting agent decides from the API's view of each instance (e.g. a VM shown in

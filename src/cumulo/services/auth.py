@@ -99,8 +99,8 @@ _PROJECT_NAMED = select(ProjectRow).where(ProjectRow.name == bindparam("name"))
 
 def scope_project(s: Session, who: Principal, requested: str | None) -> ProjectRow:
     """The project a call acts in: members get their own; admins any (default: 'default')."""
-    if who.role is Role.AGENT:
-        raise Forbidden("agent tokens cannot use the user API")
+    if who.role in (Role.AGENT, Role.EDGE):
+        raise Forbidden(f"{who.role.value} tokens cannot use the user API")
     if who.is_admin:
         name = requested or DEFAULT_PROJECT
         row = s.scalar(_PROJECT_NAMED, {"name": name})
@@ -118,6 +118,11 @@ def scope_project(s: Session, who: Principal, requested: str | None) -> ProjectR
 def require_admin(who: Principal) -> None:
     if not who.is_admin:
         raise Forbidden("this needs an admin token")
+
+
+def require_edge(who: Principal) -> None:
+    if who.role is not Role.EDGE and not who.is_admin:
+        raise Forbidden("this needs the edge's token")
 
 
 def require_agent(who: Principal, host_name: str) -> None:

@@ -17,6 +17,7 @@ class Role(StrEnum):
     ADMIN = "admin"
     MEMBER = "member"
     AGENT = "agent"
+    EDGE = "edge"  # the edge: reads the table of public addresses, nothing else
 
 
 @dataclass(frozen=True)

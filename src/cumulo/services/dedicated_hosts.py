@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cumulo.db.tables import DedicatedHostRow, HostRow, InstanceRow, ProjectRow
+from cumulo.db.tables import DedicatedHostRow, HostRow, InstanceRow, MigrationRow, ProjectRow
 from cumulo.domain.errors import (
     Conflict,
     Forbidden,
@@ -181,12 +181,15 @@ def tenancy_of(s: Session, prj: ProjectRow, tenancy: str | None,
 def cpu_set_for(s: Session, host: HostCapacity, vcpus: int) -> list[int] | None:
     """Host CPUs of its own for an instance of `vcpus` placed on `host` (None: a shared host,
     nothing pinned): the lowest that no other instance of the host is pinned to, of the CPU
-    ids its agent registered (the machine's: simulated hosts of one machine share them)."""
+    ids its agent registered (the machine's: simulated hosts of one machine share them), and
+    that no migration arriving there holds."""
     if host.dedicated_id is None:
         return None
-    taken = {c for cpus in s.scalars(select(InstanceRow.cpu_set)
-                                     .where(InstanceRow.host_id == host.host_id))
-             for c in cpus or ()}
+    arriving = select(MigrationRow.cpu_set).where(
+        MigrationRow.destination_host_id == host.host_id, MigrationRow.active)
+    taken = {c for q in (select(InstanceRow.cpu_set).where(InstanceRow.host_id == host.host_id),
+                         arriving)
+             for cpus in s.scalars(q) for c in cpus or ()}
     listed = s.scalar(select(HostRow.cpus).where(HostRow.id == host.host_id))
     free = [c for c in (listed or range(host.vcpus_total)) if c not in taken]
     if len(free) < vcpus:  # only if instances are pinned beyond what placement counted

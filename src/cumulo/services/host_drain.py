@@ -1,7 +1,7 @@
-"""`cumulo host drain HOST`: disable the host and live-migrate its running instances off it,
-`drain_concurrency` at a time (the others wait as `queued` migrations, started as earlier
-ones end: see `advance`). What cannot move is said, with why: stopped instances (cold moves
-are not built yet), instances with volumes, instances in any other state.
+"""`cumulo host drain HOST`: disable the host and move its instances off it: running ones
+live, stopped ones cold (their disks copied), `drain_concurrency` at a time (the others wait
+as `queued` migrations, started as earlier ones end: see `advance`). What cannot move is said,
+with why: instances with volumes, instances in any other state (starting, stopping, ...).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from cumulo.domain import migration as rules
 from cumulo.domain.errors import CumuloError, NotFound
 from cumulo.domain.ids import new_id
 from cumulo.domain.migration import MigrationPhase
-from cumulo.services import events, hosts, migrations
+from cumulo.services import dedicated_hosts, events, hosts, migrations
 from cumulo.services.auth import require_admin
 from cumulo.services.context import Principal, Services
 
@@ -87,7 +87,7 @@ def advance(s: Session, svc: Services, source_host_id: str,
             break
         rec = migrations.load(mig)
         try:
-            dest = _destination(s, svc, mig)
+            dest, mig.cold, mig.cpu_set = _destination(s, svc, mig)
         except CumuloError as e:
             rules.fail(rec, e.message)  # a queued one ends whole: no host was told anything
             migrations.store(s, mig, rec)
@@ -100,16 +100,20 @@ def advance(s: Session, svc: Services, source_host_id: str,
     return wake
 
 
-def _destination(s: Session, svc: Services, mig: MigrationRow) -> str:
+def _destination(s: Session, svc: Services, mig: MigrationRow
+                 ) -> tuple[str, bool, list[int] | None]:
+    """Where the queued `mig` goes now, whether it moves cold (its instance is stopped now:
+    it may have been stopped or started while it waited), and its CPUs there (dedicated)."""
     row = s.get(InstanceRow, mig.instance_id)
     if row is None:
         raise NotFound("the instance is gone", code="unknown_instance")
-    if row.state != "running":
-        raise CumuloError(f"instance {row.name!r} is {row.state} now: not moved live",
+    cold = migrations.settled_power(row)
+    if cold is None:
+        raise CumuloError(f"instance {row.name!r} is {row.state} now: not moved",
                           code="invalid_state")
     caps = {c.host_id: c for c in hosts.capacities(s, svc.settings, row.zone)}
     source = caps[mig.source_host_id]
     dest = migrations.pick(svc, migrations.request_for(s, row), caps, source)
     if not s.scalar(select(HostRow.underlay_ip).where(HostRow.id == dest.host_id)):
         raise CumuloError(f"host {dest.name} has no underlay address", code="no_underlay")
-    return dest.host_id
+    return dest.host_id, cold, dedicated_hosts.cpu_set_for(s, dest, row.vcpus)

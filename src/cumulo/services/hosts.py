@@ -59,6 +59,7 @@ def register(
     underlay_ip: str | None = None,
     disk: HostDisk | None = None,
     cpus: list[int] | None = None,
+    storage: bool = False,
 ) -> str:
     """Create or update the host record; returns its id. Called by the agent at start-up.
     A host whose underlay address changed has its instances' records sent again to every
@@ -102,6 +103,7 @@ def register(
         row.vcpus, row.ram_mib, row.driver, row.accel = vcpus, ram_mib, driver, accel
         row.agent_url, row.state, row.last_seen = agent_url, "up", datetime.now(UTC)
         row.agent_version, row.underlay_ip, row.cpus = agent_version, underlay_ip, cpus
+        row.storage = storage
         row.disk_total_mib = None if disk is None else disk.total_mib
         row.disk_free_mib = None if disk is None else disk.free_mib
         s.flush()

@@ -8,6 +8,8 @@ to remove its copy. Every change wakes the hosts whose part it changes.
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -21,6 +23,7 @@ from cumulo.services import agent_views, host_drain, migrations, segments
 from cumulo.services.context import Services
 
 MAX_REASON = 500
+CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}")  # a cold move's disk digest
 _STEPS = frozenset(s.value for s in Step)
 
 
@@ -42,7 +45,9 @@ def for_host(s: Session, svc: Services, host_id: str) -> list[MigrationAssignmen
             continue
         instance = None
         disk_bytes = 0
-        if not source and step in (Step.PREPARE, Step.FINISH):  # its NICs are plumbed
+        # The destination's NICs are plumbed; a cold move's source finds its disk by it.
+        if (not source and step in (Step.PREPARE, Step.FINISH)) or (
+                source and row.cold and step is Step.MIGRATE):
             inst = s.get(InstanceRow, row.instance_id)
             if inst is None or inst.host_id is None:
                 continue
@@ -50,10 +55,13 @@ def for_host(s: Session, svc: Services, host_id: str) -> list[MigrationAssignmen
             if not found:
                 continue
             instance, disk_bytes = found[0], inst.disk_gib << 30
+            if not source:  # its CPUs there, not the source's (a dedicated host's own)
+                instance = instance.model_copy(update={"cpu_set": list(row.cpu_set or [])})
         out.append(MigrationAssignment(
             id=row.id, role="source" if source else "destination", step=step.value,
             instance_id=row.instance_id, instance=instance, disk_bytes=disk_bytes,
-            incoming=row.incoming))
+            incoming=row.incoming, cold=row.cold,
+            checksum=row.checksum if not source and step is Step.FINISH else ""))
     return out
 
 
@@ -62,11 +70,13 @@ def network_ids(s: Session, host_id: str) -> set[str]:
     runs there (its NICs are on their bridges when the guest resumes)."""
     return set(s.scalars(select(AddressRow.network_id).join(
         MigrationRow, MigrationRow.instance_id == AddressRow.instance_id).where(
-        MigrationRow.destination_host_id == host_id, MigrationRow.active)))
+        MigrationRow.destination_host_id == host_id, MigrationRow.active,
+        MigrationRow.cold.is_(False))))
 
 
 def _usable(o: MigrationObservation) -> bool:
     return (is_id(o.id) and o.step in _STEPS and o.state in SIDE_STATES
+            and (not o.checksum or CHECKSUM.fullmatch(o.checksum) is not None)
             and all(0 <= v <= MAX_INTEGER for v in o.progress.values())
             and (o.downtime_ms is None or 0 <= o.downtime_ms <= MAX_INTEGER))
 
@@ -89,7 +99,7 @@ def apply(s: Session, svc: Services, host_id: str, observed: list[MigrationObser
                          incoming=dict(o.incoming) if o.incoming else None,
                          progress={k: int(v) for k, v in o.progress.items()
                                    if k in migrations.PROGRESS_KEYS},
-                         downtime_ms=o.downtime_ms, total_s=o.total_s)
+                         downtime_ms=o.downtime_ms, total_s=o.total_s, checksum=o.checksum)
         arrived = False
         if host_id == row.source_host_id:
             rules.on_source(rec, rep)
@@ -99,7 +109,7 @@ def apply(s: Session, svc: Services, host_id: str, observed: list[MigrationObser
             # The guest runs on the destination now (and nowhere else: the source is paused
             # since the switch-over): the instance is there.
             s.execute(update(InstanceRow).where(InstanceRow.id == row.instance_id)
-                      .values(host_id=row.destination_host_id))
+                      .values(host_id=row.destination_host_id, cpu_set=row.cpu_set))
             moved.add(row.instance_id)
         held = row.active
         # The next one's turn: this one ended, or its destination gave back what it held.

@@ -4,6 +4,10 @@ other failure before the switch-over (cumulo.domain.migration.overdue): the sour
 roll back (the guest runs on there), then the destination to clean up, and the next queued
 migration of a drain starts.
 
+A migration whose destination host is down (hosts.sweep_down) fails the same way, at once, and
+releases the capacity it held there (domain.migration.destination_lost): that host cleans up
+when its agent is heard from again.
+
 Every API process sweeps: the row lock (PostgreSQL) lets one of them only fail (and tell of)
 a migration.
 """
@@ -12,12 +16,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
 
-from cumulo.db.tables import MigrationRow
+from cumulo.db.tables import HostRow, MigrationRow
 from cumulo.domain import migration as rules
 from cumulo.domain.migration import MigrationPhase
-from cumulo.services import host_drain, migrations
+from cumulo.services import host_drain, hosts, migrations
 from cumulo.services.context import Services
 
 _RUNNING = [p.value for p in MigrationPhase if p not in rules.ENDED and
@@ -46,6 +51,33 @@ def sweep(svc: Services, now: datetime | None = None) -> list[str]:
             failed.append(row.id)
             wake |= {row.source_host_id, row.destination_host_id} - {""}
             wake |= host_drain.advance(s, svc, row.source_host_id, now)
+        lost, woken = _destinations_lost(s, svc, now)
+        failed += lost
+        wake |= woken
     for host_id in wake:
         svc.notifier.notify(host_id, [])
     return failed
+
+
+def _destinations_lost(s: Session, svc: Services, now: datetime) -> tuple[list[str], set[str]]:
+    """Fail (and release) the migrations whose destination host is down, by the real clock
+    as hosts.sweep_down has it (`now` only starts a drain's next migration)."""
+    down = and_(MigrationRow.active, MigrationRow.destination_host_id == HostRow.id,
+                or_(HostRow.state != "up", HostRow.last_seen <= hosts.seen_after()))
+    changed: list[str] = []
+    wake: set[str] = set()
+    for mid, name in list(s.execute(select(MigrationRow.id, HostRow.name).where(down))):
+        row = s.scalar(select(MigrationRow).where(MigrationRow.id == mid)
+                       .with_for_update(skip_locked=True))
+        if row is None:
+            continue
+        rec = migrations.load(row)
+        reason = (f"its destination host {name} is down (no word from its agent): what it "
+                  "held there is released, and cleaned up when it is heard from again")
+        if not rules.destination_lost(rec, reason):
+            continue
+        migrations.store(s, row, rec)
+        changed.append(row.id)
+        wake.add(row.source_host_id)
+        wake |= host_drain.advance(s, svc, row.source_host_id, now)
+    return changed, wake

@@ -1,4 +1,6 @@
 """Live migration, the operator's side: start (check -> claim), list, show, cancel (admins).
+A running instance moves live; a stopped one moves cold (its disk copied and checked, nothing
+started: see cumulo.domain.migration).
 
 A migration is a record of its own (cumulo.domain.migration has its states and rules); the
 instance stays `running` in its user's view throughout. Starting one claims the destination's
@@ -29,7 +31,7 @@ from cumulo.domain.instance import DesiredPower, InstanceState
 from cumulo.domain.migration import MigrationPhase
 from cumulo.domain.validation import dns_label
 from cumulo.scheduler.placement import HostCapacity, Placement, Request, Why, place, rejection
-from cumulo.services import events, hosts, placement_groups
+from cumulo.services import dedicated_hosts, events, hosts, placement_groups
 from cumulo.services.auth import require_admin, scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.lookups import instance_row
@@ -60,6 +62,7 @@ class MigrationView(BaseModel):
     source: str  # host names (admins only see migrations)
     destination: str
     state: str
+    cold: bool  # a stopped instance moved: its disk copied and checked, nothing started
     progress: MigrationProgressView
     downtime_ms: int | None
     total_s: float | None
@@ -79,25 +82,26 @@ def start(svc: Services, who: Principal, project: str | None, ref: str,
         prj = scope_project(s, who, project)
         row = instance_row(s, prj, ref)
         hosts.lock_zone(s, row.zone)  # claims like a create's: one at a time per zone
-        check_movable(s, row)
+        cold = check_movable(s, row)
         caps = {c.host_id: c for c in hosts.capacities(s, svc.settings, row.zone)}
         source = caps.get(row.host_id or "")
         if source is None:
             raise Conflict(f"instance {row.name!r} has no host", code="invalid_state")
         if not source.up:
-            raise Conflict(f"instance {row.name!r}: its host {source.name} is down; a live "
-                           "migration needs both hosts up", code="host_down")
+            raise Conflict(f"instance {row.name!r}: its host {source.name} is down; a move "
+                           "needs both hosts up (see `cumulo host evacuate`)", code="host_down")
         request = request_for(s, row)
         dest = (_chosen(s, svc, request, caps, source, to) if to is not None
                 else pick(svc, request, caps, source))
         underlay = s.scalar(select(HostRow.underlay_ip).where(HostRow.id == dest.host_id))
         if not underlay:
             raise Conflict(f"host {dest.name} has no underlay address: it cannot receive a "
-                           "live migration", code="no_underlay")
+                           "migration", code="no_underlay")
         mig = MigrationRow(
             id=new_id("mig"), instance_id=row.id, instance_name=row.name, project_id=prj.id,
             source_host_id=source.host_id, destination_host_id=dest.host_id,
-            state=MigrationPhase.PREPARING.value, progress={})
+            state=MigrationPhase.PREPARING.value, progress={}, cold=cold,
+            cpu_set=dedicated_hosts.cpu_set_for(s, dest, row.vcpus))
         s.add(mig)
         events.add(s, [events.Event(prj.id, "instance", row.id, row.name, "migration_started",
                                     "admin", mig.id)])
@@ -107,12 +111,12 @@ def start(svc: Services, who: Principal, project: str | None, ref: str,
     return shown
 
 
-def check_movable(s: Session, row: InstanceRow) -> None:
-    if row.state != InstanceState.RUNNING.value or \
-            row.desired_power != DesiredPower.RUNNING.value:
-        raise Conflict(f"instance {row.name!r} is {row.state}: only a running instance moves "
-                       "live (cold moves of stopped instances are not built yet)",
-                       code="invalid_state")
+def check_movable(s: Session, row: InstanceRow) -> bool:
+    """Refuse what cannot move now; True: it moves cold (stopped), False: live (running)."""
+    cold = settled_power(row)
+    if cold is None:
+        raise Conflict(f"instance {row.name!r} is {row.state}: a running instance moves live, "
+                       "a stopped one cold, nothing else moves", code="invalid_state")
     busy = active_migration(s, row.id)
     if busy is not None:
         raise Conflict(f"instance {row.name!r} is already migrating ({busy})",
@@ -121,6 +125,17 @@ def check_movable(s: Session, row: InstanceRow) -> None:
     if attached is not None:
         raise Conflict(f"instance {row.name!r} has volume {attached} attached: instances "
                        "with volumes do not migrate yet", code="has_volumes")
+    return cold
+
+
+_SETTLED = {(InstanceState.RUNNING.value, DesiredPower.RUNNING.value): False,
+            (InstanceState.STOPPED.value, DesiredPower.STOPPED.value): True}
+
+
+def settled_power(row: InstanceRow) -> bool | None:
+    """True: stopped (it would move cold), False: running (live), None: neither, or on its
+    way to the other (nothing moves then)."""
+    return _SETTLED.get((row.state, row.desired_power))
 
 
 def active_migration(s: Session, instance_id: str) -> str | None:
@@ -234,7 +249,7 @@ def load(row: MigrationRow) -> rules.Record:
         state=state, incoming=row.incoming, switched=row.switched,
         source_done=row.source_done, destination_done=row.destination_done, active=row.active,
         reason=row.reason, progress=progress, downtime_ms=row.downtime_ms,
-        total_s=row.total_s, started=started)
+        total_s=row.total_s, started=started, cold=row.cold, checksum=row.checksum)
 
 
 def mark_started(row: MigrationRow, now: datetime) -> None:
@@ -252,14 +267,18 @@ def store(s: Session, row: MigrationRow, rec: rules.Record) -> bool:
     if rec.started is not None:
         row.progress[STARTED_KEY] = rec.started.isoformat()
     row.downtime_ms, row.total_s = rec.downtime_ms, rec.total_s
+    row.checksum = rec.checksum
     row.updated_at = datetime.now(UTC)
     if changed and rec.ended:
         row.finished_at = row.updated_at
         kind = {"completed": "migrated", "failed": "migration_failed",
                 "cancelled": "migration_cancelled"}[rec.state.value]
-        detail = (f"{row.id}: downtime {rec.downtime_ms} ms, total {rec.total_s} s"
-                  if rec.state is MigrationPhase.COMPLETED
-                  else f"{row.id}: it runs on where it was")
+        if rec.state is not MigrationPhase.COMPLETED:
+            detail = f"{row.id}: it {'stays' if rec.cold else 'runs on'} where it was"
+        elif rec.cold:
+            detail = f"{row.id}: moved stopped, its disk copied and checked ({rec.checksum})"
+        else:
+            detail = f"{row.id}: downtime {rec.downtime_ms} ms, total {rec.total_s} s"
         events.add(s, [events.Event(row.project_id, "instance", row.instance_id,
                                     row.instance_name, kind, "system", detail)])
     s.flush()
@@ -275,6 +294,6 @@ def view(s: Session, row: MigrationRow) -> MigrationView:
         id=row.id, instance=row.instance_name, instance_id=row.instance_id, project=project,
         source=names.get(row.source_host_id, row.source_host_id),
         destination=names.get(row.destination_host_id, row.destination_host_id),
-        state=row.state, progress=MigrationProgressView(**progress),
+        state=row.state, cold=row.cold, progress=MigrationProgressView(**progress),
         downtime_ms=row.downtime_ms, total_s=row.total_s, reason=row.reason,
         created_at=row.created_at, updated_at=row.updated_at, finished_at=row.finished_at)

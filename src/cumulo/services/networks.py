@@ -32,8 +32,8 @@ def _view(s: Session, row: NetworkRow, project: str) -> NetworkView:
 
 def _check_free(s: Session, net: ipaddress.IPv4Network, project_id: str) -> None:
     """Networks never overlap, across projects too: one namespace per host holds every
-    network's bridge and routes, and the public IP forwarder reaches instances by their
-    private address from there. A refusal names only the caller's own networks: another
+    network's bridge and routes, and the edge reaches instances by their private address
+    (one route per address, cumulo.edge). A refusal names only the caller's own networks: another
     project's names and ranges are not the caller's to learn."""
     for row in s.scalars(select(NetworkRow)):
         if not net.overlaps(ipaddress.ip_network(row.cidr)):

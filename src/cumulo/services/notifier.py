@@ -39,6 +39,10 @@ DNS_WAKE_GRAIN_S = 0.05
 # than that many changes is rebuilt whole.
 CHANGE_LOG = 64
 
+# The notifier's key of the edge (cumulo.edge), beside the hosts' ids: it is woken at every
+# content change of any host (what a host is assigned holds every fact of the edge's table).
+EDGE = "edge"
+
 # One content change: its version, and the instances it touched (None: anything else too).
 _Change = tuple[int, frozenset[str] | None]
 
@@ -146,6 +150,10 @@ class Notifier:
         self._content[host_id] += 1
         self._changes[host_id].append(
             (self._content[host_id], None if instances is None else frozenset(instances)))
+        if host_id != EDGE:
+            self._versions[EDGE] += 1
+            for loop, event in self._waiters.pop(EDGE, []):
+                loop.call_soon_threadsafe(event.set)
 
     def _wake(self, host_id: str | None, content: bool,
               instances: Iterable[str] | None = None) -> None:

@@ -30,8 +30,8 @@ def _view(row: ProjectRow) -> ProjectView:
 
 def whoami(svc: Services, who: Principal) -> Caller:
     """The caller's role and project (None for an admin: any project)."""
-    if who.role is Role.AGENT:
-        raise Forbidden("agent tokens cannot use the user API")
+    if who.role in (Role.AGENT, Role.EDGE):
+        raise Forbidden(f"{who.role.value} tokens cannot use the user API")
     if who.is_admin:
         return Caller(role=who.role.value, project=None)
     with svc.db.session() as s:

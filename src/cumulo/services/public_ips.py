@@ -1,5 +1,5 @@
 """Public IPs. In all-in-one mode they come from a loopback pool (a slice of 127.0.0.0/8)
-and the host agent forwards them into the instance as its security groups allow."""
+and the edge (cumulo.edge) forwards them into the instance as its security groups allow."""
 
 from __future__ import annotations
 

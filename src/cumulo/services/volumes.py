@@ -1,7 +1,9 @@
 """Block volumes and their snapshots: validate, authorize, record intent, wake the agent.
 
-A volume's file lives on one host of its zone (chosen at create); it attaches only to
-instances on that host. The agent converges files and attachments and reports back.
+A volume's file lives on one host of its zone (chosen at create: volume_placement); it
+attaches to an instance of any host of that zone: on another host, over an NBD export the
+storage host serves (a secret name and TLS-PSK key per attachment, made here). The agents
+converge files, exports and attachments and report back.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import HostRow, InstanceRow, ProjectRow, SnapshotRow, VolumeRow
-from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
+from cumulo.domain.errors import Conflict, InvalidInput, NotFound
 from cumulo.domain.ids import is_id, new_id
 from cumulo.domain.instance import DesiredPower
 from cumulo.domain.validation import dns_label, positive
@@ -26,6 +28,7 @@ from cumulo.services import baremetal_instances, events, hosts, lookups, meterin
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import SnapshotView, VolumeView
+from cumulo.services.volume_placement import StorageCandidate, new_export, storage_host
 
 PRESENT, DELETED = "present", "deleted"
 # The boot disk is vda and the cloud-init seed vdb: volumes start at vdc.
@@ -123,10 +126,7 @@ def create(svc: Services, who: Principal, project: str | None, name: str, size_g
                                    f"({source.size_gib} GiB)", code="invalid_size")
             host_id = source.host_id
         else:
-            up = [c for c in hosts.capacities(s, svc.settings, z) if c.up and c.enabled]
-            if not up:
-                raise InsufficientCapacity(f"no host is up and enabled in zone {z}")
-            host_id = min(up, key=lambda c: c.name).host_id
+            host_id = storage_host(z, _storage_candidates(s, svc, z))
         row = VolumeRow(id=new_id("vol"), name=name, project_id=prj.id, zone=z, host_id=host_id,
                         size_gib=size_gib, type_name=type_name, state=VolumeState.CREATING,
                         desired=PRESENT, delete_on_termination=delete_on_termination,
@@ -139,6 +139,18 @@ def create(svc: Services, who: Principal, project: str | None, name: str, size_g
         result = _view(s, svc, row, prj.name)
     svc.notifier.notify(host_id)
     return result
+
+
+def _storage_candidates(s: Session, svc: Services, zone: str) -> list[StorageCandidate]:
+    caps = hosts.capacities(s, svc.settings, zone)
+    marked = set(s.scalars(select(HostRow.id).where(HostRow.zone == zone, HostRow.storage)))
+    stored: dict[str, int] = {}
+    for hid, gib in s.execute(select(VolumeRow.host_id, VolumeRow.size_gib)
+                              .where(VolumeRow.zone == zone)):
+        if hid:
+            stored[hid] = stored.get(hid, 0) + gib
+    return [StorageCandidate(c.host_id, c.name, c.up and c.enabled, c.host_id in marked,
+                             stored.get(c.host_id, 0)) for c in caps]
 
 
 def list_all(svc: Services, who: Principal, project: str | None) -> list[VolumeView]:
@@ -178,9 +190,7 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
             raise InvalidInput(f"volume {row.name!r} is in zone {row.zone}; instance "
                                f"{inst.name!r} is in {inst.zone}", code="zone_mismatch")
         if inst.host_id != row.host_id:
-            raise InvalidInput(f"volume {row.name!r} is stored on another host than instance "
-                               f"{inst.name!r} (volumes attach to instances of their host)",
-                               code="host_mismatch")
+            _export_to(s, row, inst)
         used = set(s.scalars(select(VolumeRow.device).where(
             (VolumeRow.want_instance_id == inst.id) | (VolumeRow.attached_to == inst.id))))
         free = [d for d in _DEVICES if d not in used]
@@ -191,9 +201,47 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
         _touch(row)
         events.add(s, _event(prj, row, "attach_requested", f"to instance {inst.name}"))
         result = _view(s, svc, row, prj.name)
-        host_id = row.host_id
-    svc.notifier.notify(host_id)
+        wake = _hosts_of(row)
+    _wake(svc, wake)
     return result
+
+
+def _export_to(s: Session, row: VolumeRow, inst: InstanceRow) -> None:
+    """The volume attaches to an instance of another host: a new NBD export of it (fresh
+    secrets, a free port of the storage host) for that host."""
+    if row.client_host_id is not None:
+        raise Conflict(f"volume {row.name!r} is still being released by another host",
+                       code="volume_in_use")
+    underlays = dict(s.execute(select(HostRow.id, HostRow.underlay_ip).where(
+        HostRow.id.in_([row.host_id, inst.host_id]))).all())
+    if not row.host_id or not underlays.get(row.host_id) or not underlays.get(inst.host_id or ""):
+        raise InvalidInput(f"volume {row.name!r} is stored on another host than instance "
+                           f"{inst.name!r}, and the two hosts share no underlay network",
+                           code="host_mismatch")
+    used = set(s.scalars(select(VolumeRow.export_port).where(
+        VolumeRow.host_id == row.host_id, VolumeRow.export_port.is_not(None))))
+    export = new_export({p for p in used if p is not None})
+    row.client_host_id = inst.host_id
+    row.export_name, row.export_key, row.export_port = export.name, export.key, export.port
+
+
+def _hosts_of(row: VolumeRow) -> set[str]:
+    """The hosts that converge the volume: its storage host, and its NBD client's."""
+    return {h for h in (row.host_id, row.client_host_id) if h}
+
+
+def _wake(svc: Services, host_ids: set[str]) -> None:
+    for h in sorted(host_ids):
+        svc.notifier.notify(h)
+
+
+def _check_local(row: VolumeRow, action: str) -> None:
+    """QEMU's NBD client cannot learn a new size of its export while connected: a volume
+    attached to an instance of another host is grown detached (or attached on its host)."""
+    if row.client_host_id is not None:
+        raise Conflict(f"cannot {action} volume {row.name!r} while it is attached over the "
+                       "network to an instance of another host (detach it first)",
+                       code="remote_attachment")
 
 
 def detach(svc: Services, who: Principal, project: str | None, ref: str) -> VolumeView:
@@ -206,8 +254,8 @@ def detach(svc: Services, who: Principal, project: str | None, ref: str) -> Volu
         _touch(row)
         events.add(s, _event(prj, row, "detach_requested"))
         result = _view(s, svc, row, prj.name)
-        host_id = row.host_id
-    svc.notifier.notify(host_id)
+        wake = _hosts_of(row)
+    _wake(svc, wake)
     return result
 
 
@@ -222,6 +270,7 @@ def resize(svc: Services, who: Principal, project: str | None, ref: str,
             raise InvalidInput(f"volumes only grow: {row.name!r} is {row.size_gib} GiB, "
                                f"asked {size_gib} GiB", code="invalid_size")
         check_volume(row.name, row.state, VolumeAction.RESIZE, row.desired == DELETED)
+        _check_local(row, "resize")
         quotas.check(s, svc, prj, {"volume_gib": size_gib - row.size_gib},
                      ("volume", row.id, row.name))
         events.add(s, _event(prj, row, "resize_requested",
@@ -265,8 +314,7 @@ def release_for_instance(s: Session, instance_id: str) -> set[str]:
         if row.delete_on_termination:
             row.desired, row.state = DELETED, VolumeState.DELETING
         _touch(row)
-        if row.host_id:
-            wake.add(row.host_id)
+        wake |= _hosts_of(row)
     return wake
 
 

@@ -26,8 +26,8 @@ async def test_drain_moves_running_instances_a_few_at_a_time(
     drained = host_drain.drain(svc, ADMIN, AGENT_HOST)
     assert [(m.instance, m.state) for m in drained.migrations] == [
         ("vm", "preparing"), ("vm-2", "queued")]
-    assert [(u.instance, "only a running instance moves live" in u.reason)
-            for u in drained.unmoved] == [("vm-3", True)]
+    assert [(u.instance, "is stopping: a running instance moves live, a stopped one cold"
+             in u.reason) for u in drained.unmoved] == [("vm-3", True)]
     assert agents.assignments(svc, a.who, a.name).migrations == []
     for _ in range(40):
         await b.step()

@@ -59,15 +59,20 @@ class Side:
 @pytest.fixture
 def cloud(svc: Services, tmp_path: Path) -> tuple[Side, Side, str]:
     """host-a and host-b in local-1a with underlay addresses; an instance running on a."""
-    for name, ip in ((AGENT_HOST, "10.250.0.1"), (B, "10.250.0.2")):
-        hosts.register(svc, ADMIN, name=name, zone="local-1a", architectures=["x86_64"],
-                       vcpus=4, ram_mib=4096, driver="fake", accel="fake", agent_url="",
-                       underlay_ip=ip)
+    register_two(svc)
     fabric = FakeFabric()
     a = Side(svc, AGENT_HOST, fabric, tmp_path, "10.250.0.1")
     b = Side(svc, B, fabric, tmp_path, "10.250.0.2")
     iid = _running(svc, a, "vm")
     return a, b, iid
+
+
+def register_two(svc: Services) -> None:
+    """host-a and host-b in local-1a, with underlay addresses 10.250.0.1 and .2."""
+    for name, ip in ((AGENT_HOST, "10.250.0.1"), (B, "10.250.0.2")):
+        hosts.register(svc, ADMIN, name=name, zone="local-1a", architectures=["x86_64"],
+                       vcpus=4, ram_mib=4096, driver="fake", accel="fake", agent_url="",
+                       underlay_ip=ip)
 
 
 def _running(svc: Services, a: Side, name: str) -> str:

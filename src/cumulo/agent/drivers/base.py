@@ -11,6 +11,7 @@ and the fake driver (control-plane scale tests).
 from __future__ import annotations
 
 import abc
+import ipaddress
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -29,17 +30,44 @@ class NicSpec:
 
 
 @dataclass(frozen=True)
+class LocalFile:
+    """A volume stored on this host: a standalone qcow2 file the VM opens itself."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class NbdExport:
+    """A volume stored on another host, exported over NBD (qemu-storage-daemon there).
+
+    Only an address, a port and two secrets cross hosts, never a path: `name` is the export
+    name (unguessable) and `key` the TLS-PSK key (hex) whose identity is the volume id. The
+    key stays on the hosts: it is never handed to the guest.
+    """
+
+    host: str  # the storage host's underlay address (an IP literal)
+    port: int
+    name: str
+    key: str
+
+
+VolumeSource = LocalFile | NbdExport
+
+
+@dataclass(frozen=True)
 class VolumeAttachment:
-    """A block volume (a standalone qcow2 file) given to a VM as a virtio disk.
+    """A block volume given to a VM as a virtio disk, described by how to reach it (`source`:
+    a local qcow2 file or an NBD export of another host), not by a path.
 
     The guest sees it as /dev/vdX with the disk serial `serial` (the volume id without its
     dash: "vol0123456789abcdef0", the 20 bytes virtio-blk carries; EBS on NVMe does the same).
-    `iops` and `mbps` (MiB/s) cap its I/O through QEMU throttling; 0 means no cap.
+    `iops` and `mbps` (MiB/s) cap its I/O through QEMU throttling (on the client side for an
+    NBD export); 0 means no cap.
     `write_error`: a write the host cannot do pauses the VM ("stop") or fails in the guest.
     """
 
     volume_id: str  # "vol-<17 hex>" (validated by the caller)
-    path: Path
+    source: VolumeSource
     iops: int = 0
     mbps: int = 0
     write_error: WriteErrorPolicy = "stop"
@@ -47,6 +75,11 @@ class VolumeAttachment:
     @property
     def serial(self) -> str:
         return self.volume_id.replace("-", "")
+
+    @property
+    def path(self) -> Path | None:
+        """The local file, or None for a volume of another host."""
+        return self.source.path if isinstance(self.source, LocalFile) else None
 
 
 @dataclass(frozen=True)
@@ -165,6 +198,8 @@ class MigrationStatus:
     downtime_ms: int | None = None
     total_s: float | None = None
     reason: str = ""
+    # A cold move's source, once COMPLETED: the digest of the disk it sent (content_digest)
+    checksum: str = ""
 
 
 # Hot-plug slots per VM (PCIe root ports): at most this many volumes are attached at once.
@@ -274,6 +309,14 @@ class MigratingDriver(Driver):
     4. once the source says COMPLETED: `finish_migration` on the destination (the guest runs
        there), then on the source (its process and boot disk are removed).
     A VM whose migration failed runs on at the source; the destination is cleaned by cancel.
+
+    A cold move (a stopped VM: nothing runs on either side) uses the same calls for status,
+    cancel and finish, with its own two to start: the destination's
+    `prepare_cold_incoming` (an empty disk exported to the source, no process of the VM),
+    the source's `copy_cold_out` (the disk written into that export). The source says
+    COMPLETED with the digest of what it sent; the destination's `cold_copy_checksum` stops
+    serving and gives the digest of what arrived: the caller compares them before the
+    instance changes host (then `finish_migration` on both sides: nothing to resume).
     """
 
     capabilities = frozenset({Capability.LIVE_MIGRATION})
@@ -305,10 +348,37 @@ class MigratingDriver(Driver):
         """After COMPLETED: the destination lets the guest run; the source removes its stopped
         copy (process and boot disk). DriverError before the source has completed."""
 
+    @abc.abstractmethod
+    async def prepare_cold_incoming(
+        self, spec: VMSpec, address: str, disk_bytes: int
+    ) -> IncomingMigration:
+        """Receive a stopped VM's boot disk: `spec.boot_disk` (must not exist) is made empty,
+        `disk_bytes` long, and exported writable on `address` (an IP of this host) only;
+        `migration_port` is 0 (no memory to receive)."""
+
+    @abc.abstractmethod
+    async def copy_cold_out(self, spec: VMSpec, incoming: IncomingMigration) -> None:
+        """Start writing the stopped VM's boot disk (`spec.boot_disk`) into the destination's
+        export; it goes on by itself (migration_status says COPYING_DISKS, then COMPLETED
+        with the digest, or FAILED). The source disk is only read."""
+
+    @abc.abstractmethod
+    async def cold_copy_checksum(self, vm_id: str) -> str:
+        """Destination of a cold move: stop serving the disk, and the digest of what arrived
+        (the same function as the source's). DriverError when this host receives none."""
+
     async def announce_self(self, vm_id: str) -> None:
         """Have the VM's NICs announce themselves (gratuitous RARP), once it runs on this
         host's network after an arrival: switches and bridges learn where it is now. A no-op
         for a driver without a network."""
+
+
+def check_migration_address(address: str) -> None:
+    """A migration listens on an IP literal of its host only (never a name to resolve)."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise DriverError(f"invalid migration address {address!r}: not an IP address") from None
 
 
 def check_spec_files(spec: VMSpec) -> None:
@@ -318,7 +388,7 @@ def check_spec_files(spec: VMSpec) -> None:
         ("kernel", spec.kernel),
         ("initrd", spec.initrd),
         ("seed ISO", spec.seed_iso),
-        *((f"volume {v.volume_id}", v.path) for v in spec.volumes),
+        *((f"volume {v.volume_id}", v.path) for v in spec.volumes),  # None: over NBD
     ):
         if path is not None and not path.is_file():
             raise DriverError(f"cannot start {spec.vm_id}: {label} {path} does not exist")

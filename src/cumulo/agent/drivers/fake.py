@@ -12,12 +12,12 @@ view of it): a new FakeDriver on the same FakeHost re-adopts its VMs, like a res
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cumulo.agent.drivers import fake_cold_move
 from cumulo.agent.drivers.base import (
     MAX_VOLUMES,
     DetachTimeout,
@@ -30,6 +30,7 @@ from cumulo.agent.drivers.base import (
     PowerState,
     VMSpec,
     VolumeAttachment,
+    check_migration_address,
     check_spec_files,
 )
 from cumulo.agent.drivers.fake_migration import FakeFabric, FakeMigration, copy_disk
@@ -81,6 +82,8 @@ class FakeHost:
     # VM ids whose guest dirties memory faster than the link carries it: their outgoing
     # migration copies memory pass after pass and never switches over.
     hot_memory: set[str] = field(default_factory=set)
+    # VM ids whose cold move's copy arrives with one byte changed (see fake_cold_move).
+    corrupt_copies: set[str] = field(default_factory=set)
 
 
 class FakeDriver(MigratingDriver):
@@ -211,10 +214,7 @@ class FakeDriver(MigratingDriver):
     async def prepare_incoming(
         self, spec: VMSpec, address: str, disk_bytes: int
     ) -> IncomingMigration:
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            raise DriverError(f"invalid migration address {address!r}: not an IP address") from None
+        check_migration_address(address)
         mig = self.host.migrations.get(spec.vm_id)
         vm = self.host.vms.get(spec.vm_id)
         if vm is not None and vm.observed.power in _LIVE:
@@ -259,10 +259,28 @@ class FakeDriver(MigratingDriver):
             "source", incoming, MigrationState.COPYING_DISKS, disk,
             converges=vm_id not in self.host.hot_memory)
 
+    async def prepare_cold_incoming(
+        self, spec: VMSpec, address: str, disk_bytes: int
+    ) -> IncomingMigration:
+        return fake_cold_move.prepare(self.host, spec, address, disk_bytes, self.check_paths,
+                                      self._live(spec.vm_id))
+
+    async def copy_cold_out(self, spec: VMSpec, incoming: IncomingMigration) -> None:
+        fake_cold_move.copy_out(self.host, spec, incoming, self._live(spec.vm_id))
+
+    async def cold_copy_checksum(self, vm_id: str) -> str:
+        return fake_cold_move.checksum(self.host, vm_id)
+
+    def _live(self, vm_id: str) -> bool:
+        vm = self.host.vms.get(vm_id)
+        return vm is not None and vm.observed.power in _LIVE
+
     async def migration_status(self, vm_id: str) -> MigrationStatus | None:
         mig = self.host.migrations.get(vm_id)
         if mig is None:
             return None
+        if mig.cold:
+            return fake_cold_move.status(self.host, vm_id, mig)
         if mig.role == "destination":
             vm = self.host.vms.get(vm_id)
             if mig.state is MigrationState.INCOMING and (vm is None or vm.observed.power
@@ -292,6 +310,8 @@ class FakeDriver(MigratingDriver):
         mig = self.host.migrations.get(vm_id)
         if mig is None:
             return
+        if mig.cold:
+            return fake_cold_move.cancel(self.host, vm_id, mig)
         if mig.role == "destination":
             if mig.state is MigrationState.COMPLETED:
                 raise DriverError(f"cannot cancel the arrival of {vm_id}: it has completed")
@@ -307,6 +327,8 @@ class FakeDriver(MigratingDriver):
         mig = self.host.migrations.get(vm_id)
         if mig is None:
             return
+        if mig.cold:
+            return fake_cold_move.finish(self.host, vm_id, mig)
         vm = self.host.vms.get(vm_id)
         if mig.role == "destination":
             self._check_arrival(mig, vm)
@@ -358,6 +380,9 @@ class FakeDriver(MigratingDriver):
                                    "qemu status postmigrate")
 
     def _forget_migration(self, vm_id: str) -> None:
+        cold = self.host.migrations.get(vm_id)
+        if cold is not None and cold.cold:
+            return fake_cold_move.forget(self.host, vm_id, remove_disk=True)
         mig = self.host.migrations.pop(vm_id, None)
         if mig is None or mig.role != "destination":
             return
@@ -389,7 +414,7 @@ class FakeDriver(MigratingDriver):
                 f"cannot attach {att.volume_id} to {vm_id}: all {MAX_VOLUMES} volume slots"
                 " are in use"
             )
-        if self.check_paths and not att.path.is_file():
+        if self.check_paths and att.path is not None and not att.path.is_file():
             raise DriverError(
                 f"cannot attach {att.volume_id} to {vm_id}: {att.path} does not exist"
             )
@@ -409,6 +434,8 @@ class FakeDriver(MigratingDriver):
 
     async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
         att = self._holder(vm_id, volume_id, "resize")
+        if att.path is None:  # over NBD: the storage host grows the file
+            return
         if att.path.is_file():  # the file grows, as QEMU's block_resize does
             await qemu_img("resize", "-q", "-f", "qcow2", str(att.path), str(size_bytes))
 
@@ -416,6 +443,8 @@ class FakeDriver(MigratingDriver):
         att = self._holder(vm_id, volume_id, "snapshot")
         if target.exists():
             raise DriverError(f"cannot snapshot {volume_id}: {target} already exists")
+        if att.path is None:
+            raise DriverError(f"cannot snapshot {volume_id}: it is stored on another host")
         if att.path.is_file():
             await asyncio.to_thread(shutil.copyfile, att.path, target)
         elif self.check_paths:

@@ -117,6 +117,10 @@ class FakeMigration:
     total_s: float | None = None
     disk_created: Path | None = None  # destination: the boot disk prepare_incoming made
     converges: bool = True  # False: a guest dirtying memory faster than the link (hot_memory)
+    # A cold move (fake_cold_move): the disk only, no VM running on either side.
+    cold: bool = False
+    disk: Path | None = None  # the source's boot disk
+    checksum: str = ""  # the source's digest once completed; the destination's once checked
 
     def status(self, vm_id: str) -> MigrationStatus:
         copied = min(self.step, DISK_STEPS) * self.disk_bytes // DISK_STEPS
@@ -133,7 +137,7 @@ class FakeMigration:
                 passes=self.passes,
             )
         return MigrationStatus(vm_id, self.role, self.state, progress, self.downtime_ms,
-                               self.total_s, self.reason)
+                               self.total_s, self.reason, self.checksum)
 
     def advance(self) -> None:
         """One step of the source's copy (the caller has checked the destination is there)."""

@@ -37,6 +37,7 @@ from cumulo.agent.drivers.accel import resolve_accel
 from cumulo.agent.drivers.base import (
     DriverError,
     MigratingDriver,
+    NbdExport,
     Observed,
     PowerState,
     VMSpec,
@@ -59,6 +60,7 @@ from cumulo.agent.drivers.qemu_migration_calls import QemuMigration
 from cumulo.agent.drivers.qemu_stats import process_use
 from cumulo.agent.drivers.qmp import close_session, qmp_execute, session_for
 from cumulo.agent.drivers.serial import SerialPort, StreamSerialPort
+from cumulo.agent.storage import psk
 from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import DiskIoError
 from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB, check_tb_size
@@ -99,6 +101,7 @@ class QemuDriver(QemuMigration, MigratingDriver):
         # vm_id -> (pid, observed, monotonic time) of the last QMP status
         self._status: dict[str, tuple[int, Observed, float]] = {}
         self._outgoing: dict[str, Outgoing] = {}  # vm_id -> the migration this driver follows
+        self._cold_copies: dict[str, asyncio.Task[None]] = {}  # vm_id -> its cold copy
         probe = VMPaths.for_vm(self.runtime_dir, _LONGEST_VM_ID).qmp_sock
         if len(os.fsencode(probe)) >= UNIX_PATH_MAX:
             raise DriverError(
@@ -217,16 +220,19 @@ class QemuDriver(QemuMigration, MigratingDriver):
             if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot attach {att.volume_id} to {vm_id}: it is not running")
             uid = qemu_confine.read_uid(paths.dir)  # None: started (as root) by an older cumulo
-            if uid is not None and att.path.is_file():
+            if uid is not None and att.path is not None and att.path.is_file():
                 qemu_confine.grant(paths.dir, uid, att.path, att.volume_id)
+            _write_psk(paths, att, uid)
             try:
-                await qemu_volumes.attach(paths.qmp_sock, vm_id, att)
+                await qemu_volumes.attach(paths.qmp_sock, vm_id, att,
+                                          paths.psk_dir(att.volume_id))
             except BaseException:
                 held = True  # when unsure, the VM may still hold it: keep it the VM's
                 with contextlib.suppress(DriverError):
                     held = att.volume_id in await qemu_volumes.attached(paths.qmp_sock)
                 if not held:
                     qemu_confine.revoke(paths.dir, att.volume_id)
+                    psk.remove_keys(paths.psk_dir(att.volume_id))
                 raise
 
     async def detach_volume(self, vm_id: str, volume_id: str, timeout_s: float) -> None:
@@ -234,9 +240,11 @@ class QemuDriver(QemuMigration, MigratingDriver):
         async with self._lock(vm_id):
             if qemu_process.live_pid(paths) is None:
                 qemu_confine.revoke(paths.dir, volume_id)
+                psk.remove_keys(paths.psk_dir(volume_id))
                 return
             await qemu_volumes.detach(paths.qmp_sock, vm_id, volume_id, timeout_s)
             qemu_confine.revoke(paths.dir, volume_id)
+            psk.remove_keys(paths.psk_dir(volume_id))
 
     async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
         paths = self._paths(vm_id)
@@ -417,7 +425,8 @@ def _hand_over(spec: VMSpec, paths: VMPaths, uid: int) -> None:
     """Give the VM's QEMU (uid) its files and nothing else: its boot disk, volumes, console
     log and pidfile read-write, its seed read-only; files it held before and no longer has
     (a volume detached while it was stopped) go back to root."""
-    mine = {"boot": spec.boot_disk, **{v.volume_id: v.path for v in spec.volumes}}
+    mine = {"boot": spec.boot_disk,
+            **{v.volume_id: v.path for v in spec.volumes if v.path is not None}}
     if spec.seed_iso is not None:
         mine["seed"] = spec.seed_iso
     for path in (paths.pidfile, paths.console_log):
@@ -428,6 +437,17 @@ def _hand_over(spec: VMSpec, paths: VMPaths, uid: int) -> None:
     qemu_confine.check_reachable(spec.vm_id, uid, [*mine.values(), *reads])
     for key, path in mine.items():
         qemu_confine.grant(paths.dir, uid, path, key, writable=key != "seed")
+    for v in spec.volumes:
+        _write_psk(paths, v, uid)
+
+
+def _write_psk(paths: VMPaths, att: VolumeAttachment, uid: int | None) -> None:
+    """A volume over NBD: its TLS-PSK key where the VM's QEMU (uid) and nobody else reads it."""
+    if isinstance(att.source, NbdExport):
+        try:
+            psk.write_key(paths.psk_dir(att.volume_id), att.volume_id, att.source.key, uid)
+        except ValueError as e:
+            raise DriverError(f"cannot attach {att.volume_id}: {e}") from e
 
 
 def _is_vm_dir(entry: os.DirEntry[str]) -> bool:

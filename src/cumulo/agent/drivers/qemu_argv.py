@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cumulo.agent.drivers.base import MAX_VOLUMES, DriverError, VMSpec, VolumeAttachment
+from cumulo.agent.drivers.base import (
+    MAX_VOLUMES,
+    DriverError,
+    NbdExport,
+    VMSpec,
+    VolumeAttachment,
+)
 from cumulo.domain.arch import Arch
 from cumulo.domain.tcg import accel_option
 
@@ -22,6 +28,7 @@ UNIX_PATH_MAX = 108
 # QEMU 7.2's seccomp filter: everything it offers to deny (see `-sandbox` in qemu(1)).
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 QMP_FD = 3
+NBD_RECONNECT_S = 5  # a volume's NBD client: how long I/O waits for a lost storage host
 SERIAL_FD = 4
 TAP_FD0 = 5
 LAUNCHER = Path(__file__).with_name("qemu_exec.py")
@@ -60,6 +67,10 @@ class VMPaths:
     @property
     def console_log(self) -> Path:
         return self.dir / "console.log"
+
+    def psk_dir(self, volume_id: str) -> Path:
+        """Where the TLS-PSK key of a volume over NBD is (`keys.psk`, the VM's, read-only)."""
+        return self.dir / f"psk-{volume_id}"
 
     @property
     def stop_marker(self) -> Path:
@@ -154,7 +165,7 @@ def build_argv(spec: VMSpec, paths: VMPaths, accel: Accel, tb_size_mib: int = 0)
             f"virtio-net-pci,netdev=net{i},mac={_opt(nic.mac)},romfile=",
         ]
     argv += ["-device", "virtio-rng-pci"]
-    argv += volume_argv(spec)
+    argv += volume_argv(spec, paths)
     argv += [
         "-chardev",
         f"socket,id=qmp,fd={QMP_FD},server=on,wait=off",
@@ -228,19 +239,43 @@ def throttle_group(att: VolumeAttachment) -> dict[str, Any]:
     return {"qom-type": "throttle-group", "id": throttle_group_id(att.volume_id), "limits": limits}
 
 
+def tls_creds_id(volume_id: str) -> str:
+    return f"{volume_id}-tls"
+
+
+def tls_creds(volume_id: str, psk_dir: Path) -> dict[str, Any]:
+    """The TLS-PSK client credentials of a volume over NBD (QMP object-add arguments): the
+    identity is the volume id, the key is read from `psk_dir`/keys.psk."""
+    return {"qom-type": "tls-creds-psk", "id": tls_creds_id(volume_id), "endpoint": "client",
+            "dir": str(psk_dir), "username": volume_id}
+
+
 def volume_blockdev(att: VolumeAttachment) -> dict[str, Any]:
-    """The volume's block node chain (QMP blockdev-add arguments)."""
+    """The volume's block node chain (QMP blockdev-add arguments): throttle over qcow2 over
+    the local file, or throttle over an NBD client of the storage host's export (the qcow2
+    is opened there: the export carries the guest's bytes)."""
+    cache = {"direct": False, "no-flush": False}
+    src = att.source
+    inner: dict[str, Any]
+    if isinstance(src, NbdExport):
+        inner = {
+            "driver": "nbd", "node-name": fmt_node(att.volume_id), "discard": "unmap",
+            "cache": cache, "export": src.name, "tls-creds": tls_creds_id(att.volume_id),
+            "server": {"type": "inet", "host": src.host, "port": str(src.port)},
+            # A storage host that goes away: requests wait this long for it, then fail
+            # (I/O errors in the guest); the client keeps reconnecting in the background.
+            "reconnect-delay": NBD_RECONNECT_S,
+        }  # fmt: skip
+    else:
+        inner = {
+            "driver": "qcow2", "node-name": fmt_node(att.volume_id), "discard": "unmap",
+            "cache": cache, "file": {"driver": "file", "filename": str(src.path)},
+        }  # fmt: skip
     return {
         "driver": "throttle",
         "node-name": top_node(att.volume_id),
         "throttle-group": throttle_group_id(att.volume_id),
-        "file": {
-            "driver": "qcow2",
-            "node-name": fmt_node(att.volume_id),
-            "discard": "unmap",
-            "cache": {"direct": False, "no-flush": False},
-            "file": {"driver": "file", "filename": str(att.path)},
-        },
+        "file": inner,
     }
 
 
@@ -256,7 +291,7 @@ def volume_device(att: VolumeAttachment, port: int) -> dict[str, Any]:
     }
 
 
-def volume_argv(spec: VMSpec) -> list[str]:
+def volume_argv(spec: VMSpec, paths: VMPaths) -> list[str]:
     """The hot-plug ports, then each cold-attached volume in its own port (in spec order)."""
     if len(spec.volumes) > MAX_VOLUMES:
         raise DriverError(
@@ -268,6 +303,9 @@ def volume_argv(spec: VMSpec) -> list[str]:
         argv += ["-device", f"pcie-root-port,id={hotplug_port(i)},chassis={i + 1},io-reserve=0"]
     for i, att in enumerate(spec.volumes):
         dev = volume_device(att, i)
+        if isinstance(att.source, NbdExport):
+            creds = tls_creds(att.volume_id, paths.psk_dir(att.volume_id))
+            argv += ["-object", json.dumps(creds, separators=(",", ":"))]
         argv += [
             "-object",
             json.dumps(throttle_group(att), separators=(",", ":")),

@@ -63,6 +63,12 @@ class Record:
     disk_created: str | None = None  # destination: the boot disk it made (removed on cancel)
     disk_bytes: int = 0  # source: the boot disk's size, known once the mirror is ready
     started: float = field(default_factory=time.time)
+    # A cold move (qemu_cold_move): the pid of its helper (the destination's
+    # qemu-storage-daemon, the source's qemu-img convert) and the digest of the disk.
+    cold: bool = False
+    helper_pid: int | None = None
+    checksum: str = ""
+    source_disk: str = ""  # a cold move's source: its boot disk (removed by finish)
 
     @classmethod
     def load(cls, path: Path) -> Record | None:
@@ -78,7 +84,7 @@ class Record:
 
     def status(self, vm_id: str, progress: MigrationProgress) -> MigrationStatus:
         return MigrationStatus(vm_id, self.role, MigrationState(self.state), progress,
-                               self.downtime_ms, self.total_s, self.reason)
+                               self.downtime_ms, self.total_s, self.reason, self.checksum)
 
 
 # -- destination ------------------------------------------------------------------------------

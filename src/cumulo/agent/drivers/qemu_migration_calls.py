@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
 import json
 import shutil
 from pathlib import Path
 
-from cumulo.agent.drivers import qemu_migration, qemu_process
+from cumulo.agent.drivers import qemu_migration, qemu_pinning, qemu_process
 from cumulo.agent.drivers.base import (
     DriverError,
     IncomingMigration,
@@ -20,27 +19,24 @@ from cumulo.agent.drivers.base import (
     MigrationState,
     MigrationStatus,
     VMSpec,
+    check_migration_address,
     check_spec_files,
 )
 from cumulo.agent.drivers.qemu_argv import Accel, VMPaths
+from cumulo.agent.drivers.qemu_cold_move import QemuColdMove
 from cumulo.agent.drivers.qemu_migration import Outgoing, Record
 from cumulo.agent.drivers.qmp import QMPSession, close_session, session_for
 from cumulo.domain.arch import Arch
 
 
-class QemuMigration:
-    """prepare_incoming, migrate_out, migration_status, cancel_migration, finish_migration."""
+class QemuMigration(QemuColdMove):
+    """prepare_incoming, migrate_out, migration_status, cancel_migration, finish_migration
+    (a cold move's branches are QemuColdMove's)."""
 
     _outgoing: dict[str, Outgoing]
     tb_size_mib: int
 
-    # provided by QemuDriver
-    def _paths(self, vm_id: str) -> VMPaths:
-        raise NotImplementedError
-
-    def _lock(self, vm_id: str) -> asyncio.Lock:
-        raise NotImplementedError
-
+    # provided by QemuDriver (_paths and _lock too: see QemuColdMove)
     def _forget_status(self, vm_id: str) -> None:
         raise NotImplementedError
 
@@ -62,7 +58,7 @@ class QemuMigration:
     async def prepare_incoming(
         self, spec: VMSpec, address: str, disk_bytes: int
     ) -> IncomingMigration:
-        _check_address(address)
+        check_migration_address(address)
         paths = self._paths(spec.vm_id)
         async with self._lock(spec.vm_id):
             record = Record.load(paths.migration_json)
@@ -92,6 +88,9 @@ class QemuMigration:
                 record.save(paths.migration_json)
                 # -S: the guest never runs here before finish_migration says so (no split brain)
                 await self._start_qemu(spec, paths, accel, ("-S", "-incoming", "defer"))
+                if spec.cpu_set:  # pinned here before it runs here (a dedicated host's CPUs)
+                    await qemu_pinning.pin_vcpus(paths.qmp_sock, spec.cpu_set, spec.vcpus,
+                                                 qemu_migration.CMD_TIMEOUT_S * 5)
                 incoming = await qemu_migration.serve_incoming(
                     session_for(paths.qmp_sock), spec.vm_id, address
                 )
@@ -125,6 +124,8 @@ class QemuMigration:
         record = Record.load(paths.migration_json)
         if record is None:
             return None
+        if record.cold:
+            return self._cold_status(vm_id, record)
         state = MigrationState(record.state)
         alive = qemu_process.live_pid(paths) is not None
         qmp = session_for(paths.qmp_sock)
@@ -149,6 +150,9 @@ class QemuMigration:
             record = Record.load(paths.migration_json)
             if record is None:
                 return
+            if record.cold:
+                await self._cold_cancel(paths, record)
+                return
             if record.role == "destination":
                 if (qemu_process.live_pid(paths) is not None
                         and await _incoming_state(session_for(paths.qmp_sock)) == "completed"):
@@ -168,6 +172,9 @@ class QemuMigration:
             record = Record.load(paths.migration_json)
             if record is None:
                 return  # finished already
+            if record.cold and record.role == "destination":
+                await self._cold_arrived(paths, record)
+                return
             if record.role == "destination":
                 qmp = session_for(paths.qmp_sock)
                 if (qemu_process.live_pid(paths) is None
@@ -179,7 +186,7 @@ class QemuMigration:
                 return
             if MigrationState(record.state) is not MigrationState.COMPLETED:
                 raise DriverError(f"cannot finish the migration of {vm_id}: it is {record.state}")
-            boot_disk = _boot_disk_of(paths)
+            boot_disk = Path(record.source_disk) if record.source_disk else _boot_disk_of(paths)
             await self._force_stop(paths)
             self._forget_vm(paths)
             await asyncio.to_thread(shutil.rmtree, paths.dir, True)
@@ -210,13 +217,6 @@ class QemuMigration:
 
 ANNOUNCE_ROUNDS = 5
 _ENDED = (MigrationState.COMPLETED, MigrationState.FAILED, MigrationState.CANCELLED)
-
-
-def _check_address(address: str) -> None:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        raise DriverError(f"invalid migration address {address!r}: not an IP address") from None
 
 
 async def _incoming_state(qmp: QMPSession) -> str:

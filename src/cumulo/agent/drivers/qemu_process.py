@@ -162,7 +162,8 @@ def spec_record(spec: VMSpec, accel: Accel, argv: list[str]) -> dict[str, Any]:
         "nics": [{"tap": n.tap, "mac": n.mac} for n in spec.nics],
         "extra": dict(spec.extra),
         "volumes": [
-            {"id": v.volume_id, "path": str(v.path), "iops": v.iops, "mbps": v.mbps}
+            {"id": v.volume_id, "path": None if v.path is None else str(v.path),
+             "iops": v.iops, "mbps": v.mbps}
             for v in spec.volumes
         ],
         "accel": accel,

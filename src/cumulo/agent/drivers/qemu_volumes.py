@@ -3,7 +3,8 @@
 Everything is read back from QEMU (qom-list, query-pci, query-named-block-nodes), never kept
 in memory, so a new agent sees what an earlier one attached. Names come from qemu_argv: the
 device id is the volume id; nodes "<vol>-thr" (throttle) over "<vol>-fmt" (qcow2); throttle
-group "<vol>-tg"; slots are PCIe root ports "hp0".."hp{MAX_VOLUMES-1}".
+group "<vol>-tg"; TLS-PSK credentials "<vol>-tls" (a volume over NBD); slots are PCIe root
+ports "hp0".."hp{MAX_VOLUMES-1}".
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cumulo.agent.drivers.base import MAX_VOLUMES, DetachTimeout, DriverError, VolumeAttachment
+from cumulo.agent.drivers.base import (
+    MAX_VOLUMES,
+    DetachTimeout,
+    DriverError,
+    LocalFile,
+    VolumeAttachment,
+)
 from cumulo.agent.drivers.qemu_argv import (
     fmt_node,
     hotplug_port,
     throttle_group,
     throttle_group_id,
+    tls_creds,
+    tls_creds_id,
     top_node,
     volume_blockdev,
     volume_device,
@@ -76,7 +85,8 @@ async def _used_ports(sock: Path) -> set[str]:
     return used
 
 
-async def attach(sock: Path, vm_id: str, att: VolumeAttachment) -> None:
+async def attach(sock: Path, vm_id: str, att: VolumeAttachment, psk_dir: Path) -> None:
+    """Hot-plug; a volume over NBD opens with the TLS-PSK key already written in `psk_dir`."""
     vol = att.volume_id
     if vol in await _peripherals(sock):
         return
@@ -87,9 +97,11 @@ async def attach(sock: Path, vm_id: str, att: VolumeAttachment) -> None:
         raise DriverError(
             f"cannot attach {vol} to {vm_id}: all {MAX_VOLUMES} volume slots are in use"
         )
-    if not att.path.is_file():
-        raise DriverError(f"cannot attach {vol} to {vm_id}: {att.path} does not exist")
+    if isinstance(att.source, LocalFile) and not att.source.path.is_file():
+        raise DriverError(f"cannot attach {vol} to {vm_id}: {att.source.path} does not exist")
     try:
+        if not isinstance(att.source, LocalFile):
+            await _qmp(sock, "object-add", tls_creds(vol, psk_dir))
         await _qmp(sock, "object-add", throttle_group(att))
         await _qmp(sock, "blockdev-add", volume_blockdev(att))
         await _qmp(sock, "device_add", volume_device(att, free[0]))
@@ -126,8 +138,10 @@ async def _release_nodes(sock: Path, vol: str) -> None:
         if node in nodes:
             await _blockdev_del(sock, node)
             nodes = await _node_names(sock)  # deleting the top node frees its children
-    if throttle_group_id(vol) in await _objects(sock):
-        await _qmp(sock, "object-del", {"id": throttle_group_id(vol)})
+    objects = await _objects(sock)
+    for obj in (throttle_group_id(vol), tls_creds_id(vol)):
+        if obj in objects:
+            await _qmp(sock, "object-del", {"id": obj})
 
 
 async def _blockdev_del(sock: Path, node: str) -> None:

@@ -6,8 +6,13 @@ Two tables, replaced together in ONE `nft -f` transaction inside the host namesp
   forward: established/related accepted; nothing is routed between networks; traffic TO an
   instance NIC goes through its `to_<tap>` chain (its ingress rules, then drop); traffic FROM
   instances is allowed. input: instances may reach their gateway for DHCP, DNS and ping only.
-  output (the namespace itself: dnsmasq, the public forwarder) is trusted; the forwarder
-  checks client addresses against the rules' CIDRs itself.
+  output (the namespace itself: dnsmasq) is trusted.
+  From the underlay (the host reaches the edge's address there, see cumulo.edge), only the
+  edge's packets are forwarded, and only to an instance's ports its rules allow, whatever
+  their CIDRs: the edge matched the client's address against them already (the packets carry
+  the edge's own address). Back to the edge, an instance's packets from those ports pass
+  without a connection of this host's: after a live migration the flow arrives here
+  mid-stream, and the guest may be the first to send.
 - `bridge cumulo` (stateless, before everything): anti-spoofing per tap (MAC and IPv4 source
   must be the instance's own; no IPv6); and at each network's VXLAN port, the anycast
   gateway kept on its host: every host's bridge holds the same gateway address and MAC, so
@@ -33,7 +38,45 @@ def _rule(r: Rule) -> str:
     return f"{src}{r.proto} dport {r.port} accept"
 
 
-def render(nets: tuple[Net, ...], nics: tuple[Nic, ...]) -> str:
+UNDERLAY_IF = "underlay0"  # as cumulo.allinone.fabric names it in each host's namespace
+
+
+def _edge_rule(r: Rule, side: str) -> str | None:
+    """What the edge may send to (side "dport") or receive from ("sport") an instance."""
+    if r.proto == "icmp":
+        return None
+    if r.port is None:
+        return f"meta l4proto {r.proto} accept"
+    return f"{r.proto} {side} {r.port} accept"
+
+
+def _edge_forward(nics: tuple[Nic, ...], edge_ip: str | None) -> list[str]:
+    if edge_ip is None:
+        return []
+    u = f'"{UNDERLAY_IF}"'
+    out = [f"\t\tiifname {u} ip saddr != {edge_ip} drop"]
+    out += [f'\t\tiifname {u} oifname "{nic.bridge}" ip daddr {nic.ip} jump edge_to_{nic.tap}'
+            for nic in nics]
+    out.append(f"\t\tiifname {u} drop")
+    out += [f'\t\tiifname "{nic.bridge}" oifname {u} ip saddr {nic.ip} ip daddr {edge_ip} '
+            f"jump edge_from_{nic.tap}" for nic in nics]
+    return out
+
+
+def _edge_chains(nics: tuple[Nic, ...], edge_ip: str | None) -> list[str]:
+    if edge_ip is None:
+        return []
+    out: list[str] = []
+    for nic in nics:
+        for chain, side in (("edge_to", "dport"), ("edge_from", "sport")):
+            rules = dict.fromkeys(r for r in map(lambda r: _edge_rule(r, side), nic.rules) if r)
+            out += ["", f"\tchain {chain}_{nic.tap} {{"]
+            out += [f"\t\t{r}" for r in rules]
+            out += ["\t\tdrop", "\t}"]
+    return out
+
+
+def render(nets: tuple[Net, ...], nics: tuple[Nic, ...], edge_ip: str | None = None) -> str:
     """The full nft script: recreate both tables atomically (add, delete, define)."""
     out = [
         f"table inet {TABLE}",
@@ -64,6 +107,7 @@ def render(nets: tuple[Net, ...], nics: tuple[Nic, ...]) -> str:
         "\t\tct state invalid drop",
         "\t\tmeta nfproto ipv6 drop",
     ]
+    out += _edge_forward(nics, edge_ip)
     for n in nets:
         out.append(f'\t\tiifname "{n.bridge}" oifname != "{n.bridge}" drop')
     for nic in nics:
@@ -75,6 +119,7 @@ def render(nets: tuple[Net, ...], nics: tuple[Nic, ...]) -> str:
         out += ["", f"\tchain to_{nic.tap} {{"]
         out += [f"\t\t{_rule(r)}" for r in nic.rules]
         out += ["\t\tdrop", "\t}"]
+    out += _edge_chains(nics, edge_ip)
     out += ["}", "", f"table bridge {TABLE} {{"]
     for hook in ("forward", "input"):
         out += [

@@ -5,7 +5,9 @@ Layout, all inside the host namespace `names.netns_name(host_dir)`:
   VXLAN device per network on its bridge, to the other hosts serving it (with an underlay)
   tap per instance NIC (created by QEMU, which runs in the namespace), attached to its bridge,
   tc caps on the tap (+ its IFB), one nft transaction for every firewall rule of the host.
-Public endpoints (loopback listeners in the root namespace) are served by this process.
+Public addresses are not the host's: the edge (cumulo.edge) serves them and reaches the
+instances over the underlay; this host's firewall lets in from the underlay only the edge's
+traffic, to what the instances' security groups allow (see firewall.py).
 
 The reconciler calls `converge` after each pass (after driver.start, so new taps exist, and
 after destroy, so removed instances lose their rules); it is cheap when nothing changed.
@@ -23,8 +25,7 @@ import structlog
 
 from cumulo.agent.drivers.base import NicSpec
 from cumulo.agent.net import bridge, dnsmasq, firewall, names, namespace, plan, shaping, vxlan
-from cumulo.agent.net.cmd import NetError
-from cumulo.agent.net.forwarder import Forwarder
+from cumulo.agent.net.cmd import NetError, run
 from cumulo.protocol import Assignment, NetworkRef
 
 log = structlog.get_logger("cumulo.agent.net")
@@ -42,12 +43,14 @@ def _ifindexes(taps: list[str]) -> dict[str, int]:
 
 
 class HostNetwork:
-    def __init__(self, host_dir: Path, underlay_ip: str | None = None) -> None:
+    def __init__(self, host_dir: Path, underlay_ip: str | None = None,
+                 edge_ip: str | None = None) -> None:
         self.host_dir = Path(host_dir).absolute()
         self.underlay_ip = underlay_ip  # None: networks stay on this host (no VXLAN)
+        self.edge_ip = edge_ip  # the edge's underlay address (None: no public addresses here)
         self._netns = names.netns_name(self.host_dir)
         self.state_dir = self.host_dir / "net"
-        self._forwarder = Forwarder(self._netns)
+        self._threads: namespace.Threads | None = None
         self._applied: str | None = None
         self._lock = asyncio.Lock()
 
@@ -55,10 +58,15 @@ class HostNetwork:
     def netns(self) -> str:
         return self._netns
 
-    @property
-    def public_endpoints(self) -> list[tuple[str, int]]:
-        """(loopback ip, port) of every listening public endpoint."""
-        return self._forwarder.listening
+    def _in_netns(self) -> namespace.Threads:
+        if self._threads is None:
+            self._threads = namespace.Threads(self._netns, workers=1)
+        return self._threads
+
+    def _forget_threads(self) -> None:
+        if self._threads is not None:
+            self._threads.close()  # they live in the old namespace
+            self._threads = None
 
     def nic_specs(self, a: Assignment) -> tuple[NicSpec, ...]:
         return tuple(
@@ -75,11 +83,11 @@ class HostNetwork:
         self, networks: list[NetworkRef], instances: list[Assignment], running: set[str]
     ) -> None:
         """Make the data plane match; idempotent, and a no-op when nothing changed."""
-        p = plan.build(networks, instances, running, self.underlay_ip)
+        p = plan.build(networks, instances, running, self.underlay_ip, self.edge_ip)
         async with self._lock:
             if not namespace.exists(self._netns):
                 self._applied = None
-                await self._forwarder.close()  # its threads live in the old namespace
+                self._forget_threads()
                 await namespace.ensure(self._netns)
             taps = await self._tap_indexes(p)
             fingerprint = hashlib.sha256(repr((p, sorted(taps.items()))).encode()).hexdigest()
@@ -91,7 +99,7 @@ class HostNetwork:
     async def _tap_indexes(self, p: plan.NetPlan) -> dict[str, int]:
         if not p.nics:
             return {}
-        return await self._forwarder.connector().call(_ifindexes, [n.tap for n in p.nics])
+        return await self._in_netns().call(_ifindexes, [n.tap for n in p.nics])
 
     def _dnsmasq_alive(self, p: plan.NetPlan) -> bool:
         return all(dnsmasq.live_pid(self._dnsmasq_paths(n.id)) is not None for n in p.nets)
@@ -109,12 +117,11 @@ class HostNetwork:
         ifbs = {n for n, link in links.items() if link.kind == "ifb" and names.is_cumulo_ifb(n)}
         caps = {n.tap: n.mbps for n in p.nics if n.tap in present}
         await shaping.apply(ns, caps, ifbs)
-        await firewall.apply(ns, firewall.render(p.nets, p.nics))
-        errors = await self._forwarder.update(p.forwards)
-        if errors:
-            raise NetError("; ".join(errors))
-        log.info("network_converged", netns=ns, networks=len(p.nets), nics=len(present),
-                 endpoints=len(p.forwards))  # fmt: skip
+        await firewall.apply(ns, firewall.render(p.nets, p.nics, p.edge_ip))
+        # The edge's traffic is routed in from the underlay (the firewall says what may pass).
+        await run("ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                  f"net.ipv4.ip_forward={1 if p.edge_ip else 0}")
+        log.info("network_converged", netns=ns, networks=len(p.nets), nics=len(present))
 
     async def _stop_stale_dnsmasq(self, wanted: set[str]) -> None:
         base = self.state_dir / "dnsmasq"
@@ -128,7 +135,7 @@ class HostNetwork:
     async def teardown(self) -> None:
         """Remove everything this host's data plane made (works from a fresh process too)."""
         async with self._lock:
-            await self._forwarder.close()
+            self._forget_threads()
             await self._stop_stale_dnsmasq(set())
             await namespace.delete(self._netns)
             shutil.rmtree(self.state_dir, ignore_errors=True)

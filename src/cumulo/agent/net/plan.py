@@ -17,7 +17,6 @@ from cumulo.protocol import Assignment, FirewallRule, NetworkRef
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 PROTOS = ("tcp", "udp", "icmp")
-DEFAULT_SSH_PORT = 22
 
 
 @dataclass(frozen=True)
@@ -66,20 +65,10 @@ class Nic:
 
 
 @dataclass(frozen=True)
-class Forward:
-    """A public endpoint: public_ip:port (root namespace) -> private ip:port (host netns)."""
-
-    public_ip: str
-    port: int
-    private_ip: str
-    cidrs: tuple[str, ...]  # clients allowed (matched against the client's address)
-
-
-@dataclass(frozen=True)
 class NetPlan:
     nets: tuple[Net, ...]
     nics: tuple[Nic, ...]  # only NICs of running instances (their taps exist)
-    forwards: tuple[Forward, ...]
+    edge_ip: str | None = None  # the edge's underlay address: let in to what the rules allow
 
 
 def _ip(value: str, what: str) -> str:
@@ -158,35 +147,14 @@ def network(n: NetworkRef, local_macs: frozenset[str] = frozenset(),
     )
 
 
-def forwards_of(a: Assignment) -> tuple[Forward, ...]:
-    """The public endpoints of an instance: one per allowed TCP port of its first NIC.
-
-    A TCP rule without a port (every port) forwards port 22 only: a loopback forwarder cannot
-    listen on all 65535 ports, and SSH is what the public endpoint is for.
-    """
-    if not a.public_ip or not a.nics:
-        return ()
-    public = _ip(a.public_ip, "public ip")
-    if not ipaddress.IPv4Address(public).is_loopback:
-        raise NetError(f"public ip {public} is not a loopback address (all-in-one mode)")
-    private = _ip(a.nics[0].ip, "ip")
-    ports: dict[int, set[str]] = {}
-    for r in map(rule, a.ingress):
-        if r.proto == "tcp":
-            ports.setdefault(r.port if r.port is not None else DEFAULT_SSH_PORT, set()).add(r.cidr)
-    return tuple(Forward(public, p, private, tuple(sorted(c))) for p, c in sorted(ports.items()))
-
-
 def build(networks: list[NetworkRef], instances: list[Assignment], running: set[str],
-          underlay_ip: str | None = None) -> NetPlan:
+          underlay_ip: str | None = None, edge_ip: str | None = None) -> NetPlan:
     local = frozenset(_mac(nic.mac) for a in instances for nic in a.nics)
     nets = tuple(sorted((network(n, local, underlay_ip) for n in networks),
                         key=lambda n: n.bridge))
     by_id = {n.id: n for n in nets}
     nics: list[Nic] = []
-    forwards: list[Forward] = []
     for a in sorted(instances, key=lambda a: a.id):
-        forwards.extend(forwards_of(a))
         if a.id not in running:
             continue
         rules = tuple(dict.fromkeys(rule(r) for r in a.ingress))
@@ -203,9 +171,7 @@ def build(networks: list[NetworkRef], instances: list[Assignment], running: set[
                 Nic(a.id, names.tap_name(a.id, i), net.bridge, ip, _mac(ref.mac),
                     a.bandwidth_mbps, rules)
             )  # fmt: skip
-    seen: set[tuple[str, int]] = set()
-    for f in forwards:
-        if (f.public_ip, f.port) in seen:
-            raise NetError(f"public endpoint {f.public_ip}:{f.port} is assigned twice")
-        seen.add((f.public_ip, f.port))
-    return NetPlan(nets, tuple(nics), tuple(forwards))
+    edge = _ip(edge_ip, "edge address") if edge_ip else None
+    if edge is not None and underlay_ip is None:
+        raise NetError("an edge address needs this host's underlay address")
+    return NetPlan(nets, tuple(nics), edge)

@@ -43,6 +43,7 @@ async def register(svc: Svc, who: Who, body: HostRegistration) -> Registered:
         agent_url=body.agent_url,
         agent_version=body.agent_version,
         underlay_ip=body.underlay_ip,
+        storage=body.storage,
         disk=body.disk,
         cpus=body.cpus,
     )

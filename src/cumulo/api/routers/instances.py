@@ -138,7 +138,8 @@ class InstanceMigrate(Input):
              responses=raises(Forbidden, NotFound, Conflict, InsufficientCapacity))
 async def migrate(svc: Svc, who: Who, ref: str, body: InstanceMigrate,
                   project: str | None = None) -> MigrationView:
-    """Move the running instance to another host while it runs (admins)."""
+    """Move the instance to another host of its zone (admins): live while it runs, cold
+    (its disk copied and checked) when it is stopped."""
     await service(svc, baremetal_instances.refuse_migration, svc, who, project, ref)
     return await service(svc, migrations.start, svc, who, project, ref, body.to)
 

@@ -22,7 +22,8 @@ host_router = APIRouter(prefix="/v1/hosts", tags=["hosts"], responses=raises(For
 
 @host_router.post("/{name}/drain", responses=raises(NotFound))
 async def drain(svc: Svc, who: Who, name: str) -> DrainView:
-    """Disable the host and live-migrate its running instances off it, a few at a time."""
+    """Disable the host and move its instances off it, a few at a time: running ones live,
+    stopped ones cold."""
     return await service(svc, host_drain.drain, svc, who, name)
 
 

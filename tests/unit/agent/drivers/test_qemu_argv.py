@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from cumulo.agent.drivers.base import MAX_VOLUMES, DriverError, NicSpec, VMSpec, VolumeAttachment
+from cumulo.agent.drivers.base import (
+    MAX_VOLUMES,
+    DriverError,
+    LocalFile,
+    NbdExport,
+    NicSpec,
+    VMSpec,
+    VolumeAttachment,
+)
 from cumulo.agent.drivers.qemu_argv import LAUNCHER, Confinement, VMPaths, build_argv, confine
 from cumulo.domain.arch import Arch
 
@@ -189,9 +198,29 @@ def test_paths() -> None:
     assert str(PATHS.serial_sock) == f"{D}/ser.sock"
 
 
-VOL_A = VolumeAttachment("vol-0123456789abcdef0", Path("/var/lib/cumulo/volumes/a,b.qcow2"),
+VOL_A = VolumeAttachment("vol-0123456789abcdef0",
+                         LocalFile(Path("/var/lib/cumulo/volumes/a,b.qcow2")),
                          iops=500, mbps=40)  # fmt: skip
-VOL_B = VolumeAttachment("vol-00000000000000001", Path("/v/b.qcow2"), write_error="report")
+VOL_B = VolumeAttachment("vol-00000000000000001", LocalFile(Path("/v/b.qcow2")),
+                         write_error="report")
+VOL_NBD = VolumeAttachment("vol-000000000000000aa",
+                           NbdExport("10.250.0.3", 10810, "s3cr3t", "ab" * 32), mbps=8)
+
+
+def test_a_volume_of_another_host_opens_over_nbd_with_tls_and_its_key_file() -> None:
+    argv = build_argv(spec(Arch.X86_64, volumes=(VOL_NBD,)), PATHS, "tcg")
+    objects = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-object"
+               and argv[i + 1].startswith("{")]
+    assert {"qom-type": "tls-creds-psk", "id": "vol-000000000000000aa-tls",
+            "endpoint": "client", "dir": f"{D}/psk-vol-000000000000000aa",
+            "username": "vol-000000000000000aa"} in objects
+    (dev,) = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-blockdev"
+              and "vol-000000000000000aa" in argv[i + 1]]
+    nbd = dev["file"]
+    assert nbd["driver"] == "nbd" and nbd["export"] == "s3cr3t"
+    assert nbd["server"] == {"type": "inet", "host": "10.250.0.3", "port": "10810"}
+    assert nbd["tls-creds"] == "vol-000000000000000aa-tls"
+    assert "ab" * 32 not in " ".join(argv)  # the key is in the file, not on the command line
 
 
 def test_cold_attached_volumes_are_throttled_in_hotplug_slots() -> None:
@@ -221,7 +250,8 @@ def test_cold_attached_volumes_are_throttled_in_hotplug_slots() -> None:
 
 
 def test_too_many_volumes_is_a_clear_error() -> None:
-    vols = tuple(VolumeAttachment(f"vol-{i:017x}", Path(f"/v/{i}")) for i in range(MAX_VOLUMES + 1))
+    vols = tuple(VolumeAttachment(f"vol-{i:017x}", LocalFile(Path(f"/v/{i}")))
+                 for i in range(MAX_VOLUMES + 1))
     with pytest.raises(DriverError, match=f"at most {MAX_VOLUMES}"):
         build_argv(spec(Arch.X86_64, volumes=vols), PATHS, "tcg")
 

@@ -95,3 +95,23 @@ def test_empty_ruleset_removes_the_tables() -> None:
         "table inet cumulo", "delete table inet cumulo",
         "table bridge cumulo", "delete table bridge cumulo",
     ]  # fmt: skip
+
+
+def test_with_an_edge_only_its_packets_come_in_from_the_underlay_to_allowed_ports() -> None:
+    text = firewall.render((NET_A,), (NIC,), "10.250.0.254")
+    forward = text[text.index("chain forward"):text.index("chain to_")]
+    # Before the networks' own rules: the underlay is not a network of this host.
+    assert forward.index('iifname "underlay0" ip saddr != 10.250.0.254 drop') < forward.index(
+        'iifname "underlay0" oifname "cbaaaaaaaaaaaa" ip daddr 10.9.1.10 jump '
+        "edge_to_ct11111111110") < forward.index('iifname "underlay0" drop') < forward.index(
+        'iifname "cbaaaaaaaaaaaa" oifname != "cbaaaaaaaaaaaa" drop')
+    assert ('iifname "cbaaaaaaaaaaaa" oifname "underlay0" ip saddr 10.9.1.10 ip daddr '
+            "10.250.0.254 jump edge_from_ct11111111110") in forward
+    # The rules' ports, without their CIDRs (the edge matched the client against them); no
+    # ICMP (the edge sends none).
+    assert ("\tchain edge_to_ct11111111110 {\n\t\ttcp dport 22 accept\n\t\ttcp dport 8080 "
+            "accept\n\t\tmeta l4proto udp accept\n\t\tdrop\n\t}") in text
+    assert ("\tchain edge_from_ct11111111110 {\n\t\ttcp sport 22 accept\n\t\ttcp sport 8080 "
+            "accept\n\t\tmeta l4proto udp accept\n\t\tdrop\n\t}") in text
+    # Without an edge, nothing about the underlay.
+    assert "underlay0" not in firewall.render((NET_A,), (NIC,))

@@ -75,7 +75,6 @@ def test_plan_keeps_only_running_nics_and_normalises() -> None:
         {"nics": [NicRef(network_id=NET.id, mac="52:54:00:00:00:0a", ip="10.9.2.10")]},
         {"nics": [NicRef(network_id=NET.id, mac="nope", ip="10.9.1.10")]},
         {"nics": [NicRef(network_id="net-other", mac="52:54:00:00:00:0a", ip="10.9.1.10")]},
-        {"public_ip": "192.0.2.1"},
     ],
 )
 def test_malformed_input_is_rejected_never_interpolated(bad: dict[str, object]) -> None:
@@ -88,30 +87,3 @@ def test_bad_network_is_rejected() -> None:
         plan.network(NET.model_copy(update={"gateway": "10.9.2.1"}))
     with pytest.raises(NetError, match="dns domain"):
         plan.network(NET.model_copy(update={"dns_domain": "bad domain/"}))
-
-
-def test_forwards_one_per_tcp_port_and_port_22_for_all_ports() -> None:
-    a = vm(
-        public_ip="127.100.0.5",
-        ingress=[
-            FirewallRule(proto="tcp", port=None, cidr="127.0.0.0/8"),
-            FirewallRule(proto="tcp", port=22),
-            FirewallRule(proto="tcp", port=8080, cidr="10.0.0.0/8"),
-            FirewallRule(proto="udp", port=53),
-            FirewallRule(proto="icmp"),
-        ],
-    )
-    assert plan.forwards_of(a) == (
-        plan.Forward("127.100.0.5", 22, "10.9.1.10", ("0.0.0.0/0", "127.0.0.0/8")),
-        plan.Forward("127.100.0.5", 8080, "10.9.1.10", ("10.0.0.0/8",)),
-    )
-    assert plan.forwards_of(vm()) == ()  # no public ip
-    # the listeners exist whether or not the VM runs (a stopped VM refuses connections)
-    assert plan.build([NET], [a], set()).forwards == plan.forwards_of(a)
-
-
-def test_a_public_endpoint_cannot_be_assigned_twice() -> None:
-    a = vm(public_ip="127.100.0.5")
-    b = vm("i-0000000000000000b", public_ip="127.100.0.5")
-    with pytest.raises(NetError, match="twice"):
-        plan.build([NET], [a, b], set())

@@ -1,8 +1,8 @@
-"""The loopback forwarder's inner leg, against a real namespace. The "instance" is routed to
-one end of a veth pair with a permanent neighbour entry (as cumulo sets for its guests): its
-packets leave and are dropped on the other end, like those to a guest whose NIC has no
-address yet, until the test gives the address to the namespace's loopback. The SYNs sent
-meanwhile are counted on the veth's TX."""
+"""The edge's endpoints against a real namespace: the TCP forwarder's inner leg, and UDP
+flows. For TCP, the "instance" is routed to one end of a veth pair with a permanent
+neighbour entry (as cumulo sets for its guests): its packets leave and are dropped on the
+other end, like those to a guest whose NIC has no address yet, until the test gives the
+address to the namespace's loopback. The SYNs sent meanwhile are counted on the veth's TX."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ import pytest
 import pytest_asyncio
 
 from cumulo.agent.net import namespace
-from cumulo.agent.net.forwarder import Forwarder
-from cumulo.agent.net.plan import Forward
+from cumulo.edge.proxy import Forwarder, NetnsConnector
+from cumulo.edge.table import Forward
+from cumulo.edge.udp import UdpRelay
 from tests.conftest import free_port
 
 TARGET = "10.99.0.5"
@@ -135,3 +136,63 @@ async def test_a_refusal_closes_the_client_at_once(netns: str, endpoint: Forward
     reader, writer = await asyncio.open_connection(endpoint.public_ip, endpoint.port)
     assert await asyncio.wait_for(reader.read(100), 10) == b""
     writer.close()
+
+
+def _udp_echo(ns: str, port: int, ready: threading.Event, stop: threading.Event) -> None:
+    """Answer each datagram on TARGET:port with its upper-case, until `stop`."""
+    namespace.enter(ns)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv:
+        srv.bind((TARGET, port))
+        srv.settimeout(0.2)
+        ready.set()
+        while not stop.is_set():
+            try:
+                data, peer = srv.recvfrom(2048)
+            except TimeoutError:
+                continue
+            srv.sendto(data.upper(), peer)
+
+
+async def test_udp_flows_per_client_and_only_from_allowed_clients(netns: str) -> None:
+    _ip("-n", netns, "addr", "add", f"{TARGET}/32", "dev", "lo")
+    public = f"127.78.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
+    port = free_port()
+    relay = UdpRelay(NetnsConnector(netns))
+    ready, stop = threading.Event(), threading.Event()
+    server = threading.Thread(target=_udp_echo, args=(netns, port, ready, stop), daemon=True)
+    server.start()
+    assert await asyncio.to_thread(ready.wait, 10)
+    loop = asyncio.get_running_loop()
+    try:
+        allowed = Forward(public, port, TARGET, ("127.0.0.0/8",), "udp")
+        assert await relay.update((allowed,)) == []
+        clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+        for i, c in enumerate(clients):
+            c.setblocking(False)
+            c.bind((f"127.0.0.{i + 1}", 0))
+        for i, c in enumerate(clients):  # each client its own flow, answered to itself
+            for n in range(3):
+                await loop.sock_sendto(c, f"c{i}-{n}".encode(), (public, port))
+                data = await asyncio.wait_for(loop.sock_recv(c, 100), 5)
+                assert data == f"C{i}-{n}".encode()
+        (ep,) = relay._endpoints.values()
+        assert len(ep.flows) == 2
+        # Only 127.0.0.1 allowed now: the other client's next datagram gets nothing.
+        assert await relay.update((Forward(public, port, TARGET, ("127.0.0.1/32",),
+                                           "udp"),)) == []
+        fresh = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        fresh.setblocking(False)
+        fresh.bind(("127.0.0.2", 0))
+        await loop.sock_sendto(fresh, b"denied", (public, port))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(loop.sock_recv(fresh, 100), 1)
+        # Another instance behind the address: the flows to the old one end.
+        assert await relay.update((Forward(public, port, "10.99.0.6", ("127.0.0.0/8",),
+                                           "udp"),)) == []
+        assert ep.flows == {}
+        for c in [*clients, fresh]:
+            c.close()
+    finally:
+        stop.set()
+        await relay.close()
+        await asyncio.to_thread(server.join, 5)

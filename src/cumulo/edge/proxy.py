@@ -1,11 +1,17 @@
-"""Public endpoints in all-in-one mode: TCP listeners on loopback addresses of the ROOT
-namespace that forward into instances, without the root namespace ever routing to a VM network.
+"""The edge's TCP endpoints: listeners on loopback addresses of the ROOT namespace that
+forward into instances, without the root namespace ever routing to a VM network.
 
 Listening sockets are ordinary asyncio servers (root namespace, e.g. 127.100.0.5:22). The
-sockets towards the instances are created by worker threads that did `setns` into the host
+sockets towards the instances are created by worker threads that did `setns` into the edge's
 namespace once (ThreadPoolExecutor initializer): a socket belongs to the namespace of the
 thread that created it, for its whole life, so the event loop can then use it like any other.
 Each endpoint only accepts clients whose address matches one of its rules' CIDRs.
+
+A flow is two sockets joined by the edge: the client's leg stays whatever happens to the
+instance; the inner leg is a TCP connection from the edge's namespace to the private address,
+routed by the kernel, so when the instance moves to another host only its route changes and
+the connection goes on (its retransmissions find the new host). A public address given to
+another instance closes the flows to the old one.
 """
 
 from __future__ import annotations
@@ -15,15 +21,14 @@ import contextlib
 import ipaddress
 import socket
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import structlog
 
 from cumulo.agent.net import namespace
-from cumulo.agent.net.plan import Forward
+from cumulo.edge.table import Forward
 
-log = structlog.get_logger("cumulo.agent.net")
+log = structlog.get_logger("cumulo.edge")
 
 A = TypeVar("A")
 T = TypeVar("T")
@@ -61,12 +66,7 @@ class NetnsConnector:
 
     def __init__(self, netns: str, workers: int = 4) -> None:
         self.netns = netns
-        self._pool = ThreadPoolExecutor(
-            max_workers=workers,
-            thread_name_prefix=f"netns-{netns}",
-            initializer=namespace.enter,
-            initargs=(netns,),
-        )
+        self._threads = namespace.Threads(netns, workers)
 
     async def connect(
         self,
@@ -129,11 +129,10 @@ class NetnsConnector:
 
     async def call(self, fn: Callable[[A], T], arg: A) -> T:
         """Run `fn(arg)` in a thread that is inside the namespace."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn, arg)
+        return await self._threads.call(fn, arg)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._threads.close()
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -223,18 +222,21 @@ class _Endpoint:
                 with contextlib.suppress(Exception):
                     await w.wait_closed()
 
+    def drop_flows(self) -> None:
+        for t in list(self.conns):
+            t.cancel()
+
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
-        for t in list(self.conns):
-            t.cancel()
+        self.drop_flows()
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await self.server.wait_closed()
 
 
 class Forwarder:
-    """The set of public endpoints of one host (converged with `update`)."""
+    """The edge's set of TCP endpoints (converged with `update`)."""
 
     def __init__(self, netns: str) -> None:
         self.netns = netns
@@ -247,13 +249,16 @@ class Forwarder:
 
     async def update(self, forwards: tuple[Forward, ...]) -> list[str]:
         """Converge the listeners; returns one error message per endpoint that failed."""
-        wanted = {(f.public_ip, f.port): f for f in forwards}
+        wanted = {(f.public_ip, f.port): f for f in forwards if f.proto == "tcp"}
         for key in [k for k in self._endpoints if k not in wanted]:
             await self._endpoints.pop(key).stop()
         errors: list[str] = []
         for key, f in wanted.items():
             ep = self._endpoints.get(key)
             if ep is not None:
+                if ep.forward.private_ip != f.private_ip:
+                    # The address now names another instance: the old one's flows end.
+                    ep.drop_flows()
                 ep.forward = f  # new target / CIDRs apply to new connections
                 continue
             if self._connector is None:

@@ -1,0 +1,38 @@
+"""The edge's table: every public address attached to an instance, where that instance's
+private address is reached (the underlay address of its host) and what its security groups
+let in. The edge (cumulo.edge) long-polls it; the notifier wakes it at every change of what
+any host is assigned (services.notifier.EDGE), which covers an address attached or moved, an
+instance placed, migrated or deleted, and a rule changed."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from cumulo.db.tables import AddressRow, HostRow, InstanceRow, PublicIpRow
+from cumulo.protocol import EdgeEntry
+from cumulo.services import security_groups
+from cumulo.services.auth import require_edge
+from cumulo.services.context import Principal, Services
+
+_ATTACHED = (select(PublicIpRow.ip, InstanceRow.id, HostRow.underlay_ip)
+             .join(InstanceRow, InstanceRow.id == PublicIpRow.instance_id)
+             .outerjoin(HostRow, HostRow.id == InstanceRow.host_id)
+             .order_by(PublicIpRow.ip))
+
+
+def entries(svc: Services, who: Principal) -> list[EdgeEntry]:
+    require_edge(who)
+    with svc.db.session() as s:
+        rows = s.execute(_ATTACHED).all()
+        ids = [r[1] for r in rows]
+        if not ids:
+            return []
+        first_nic: dict[str, str] = {}
+        for iid, ip in s.execute(select(AddressRow.instance_id, AddressRow.ip)
+                                 .where(AddressRow.instance_id.in_(ids))
+                                 .order_by(AddressRow.id)):
+            first_nic.setdefault(iid, ip)
+        rules = security_groups.ingress_for(s, ids)
+    return [EdgeEntry(public_ip=ip, instance_id=iid, private_ip=first_nic[iid],
+                      host_ip=host_ip, rules=rules[iid])
+            for ip, iid, host_ip in rows if iid in first_nic]

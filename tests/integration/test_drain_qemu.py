@@ -1,0 +1,67 @@
+"""`cumulo host drain` with real VMs (TCG) on `cumulo up --hosts 2` (one zone, placement
+packing both instances onto one host): a running instance moves live and a stopped one moves
+cold (its disk copied over the underlay and checked, nothing started), the drained host holds
+nothing of either after (no QEMU, no disk), the running one is the same guest (boot id), and
+the stopped one, started on its new host, boots from the moved disk (a file written and
+synced before has the same checksum)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import Cloud, _make
+from tests.integration.test_live_migration_qemu import ONE_ZONE, _vm_files
+from tests.integration.test_network_cloud import ssh, wait_ssh
+
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[Cloud]:
+    for c in _make("qemu", ["--hosts", "2"]):
+        (c.state_dir / "cumulo.toml").write_text('placement_policy = "pack"\n' + c.config
+                                                 + ONE_ZONE)
+        c.start()
+        yield c
+
+
+def test_drain_moves_a_running_instance_live_and_a_stopped_one_cold(cloud: Cloud) -> None:
+    c = cloud
+    c.json("keypair", "create", "k")
+    made = {name: c.json("instance", "create", name, "--image", "tiny", "--type", "t1.nano",
+                         "--key", "k") for name in ("live", "cold")}
+    for name in made:
+        wait_ssh(c, name, timeout=300)
+    shown = {name: c.json("instance", "show", name) for name in made}
+    (source,) = {v["host"] for v in shown.values()}  # packed onto one host
+    (dest,) = {h["name"] for h in c.json("host", "list")} - {source}
+    md5 = ssh(c, "cold", "sh", "-c", "'dd if=/dev/urandom of=$HOME/f bs=1024 count=2048 "
+              "2>/dev/null; sync; md5sum $HOME/f'").stdout.split()[0]
+    boot_id = ssh(c, "live", "cat", "/proc/sys/kernel/random/boot_id").stdout.strip()
+    c.json("instance", "stop", "cold", "--wait")
+
+    drained = c.json("host", "drain", source, "--wait")
+    moves = {m["instance"]: m for m in drained["migrations"]}
+    assert drained["unmoved"] == [], drained
+    assert {n: (m["state"], m["cold"], m["destination"]) for n, m in moves.items()} == {
+        "live": ("completed", False, dest), "cold": ("completed", True, dest)}, moves
+    assert moves["cold"]["downtime_ms"] is None and moves["live"]["downtime_ms"] is not None
+    for name, before in shown.items():
+        after = c.json("instance", "show", name)
+        assert after["host"] == dest and after["id"] == before["id"], after
+        assert after["private_ip"] == before["private_ip"]
+        assert _vm_files(c, source, before["id"]) == []  # nothing left on the drained host
+    assert c.json("instance", "show", "cold")["state"] == "stopped"
+    assert _vm_files(c, dest, shown["cold"]["id"]) == ["disk"]  # moved, not started
+    assert ssh(c, "live", "cat", "/proc/sys/kernel/random/boot_id").stdout.strip() == boot_id
+    events = c.json("instance", "events", "cold")
+    assert any(e["kind"] == "migrated" and "its disk copied and checked" in e["detail"]
+               for e in events), events
+
+    c.json("instance", "start", "cold", "--wait")
+    wait_ssh(c, "cold", timeout=300)
+    assert ssh(c, "cold", "md5sum", "$HOME/f").stdout.split()[0] == md5
+    assert c.json("host", "show", source)["state"] == "disabled"
+    c.cli("host", "enable", source)
