@@ -258,13 +258,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--username", default="")
     p.add_argument("--password-file", type=Path)
     p.add_argument("--port-file", type=Path, help="where to write the port once listening")
+    p.add_argument("--provision-port", type=int,
+                   help="the API's loopback port the machines' provisioning NIC reaches")
     p.add_argument("--parent-pid", type=int, help="stop when this process (cumulo up) dies")
     a = p.parse_args(argv)
     if a.parent_pid is not None and not exit_with_parent(a.parent_pid):
         return
     host, _, port = a.listen.rpartition(":")
     password = a.password_file.read_text().strip() if a.password_file else ""
-    emu = Emulator([EmulatedMachine(spec, a.state_dir) for spec in a.node], a.username,
+    emu = Emulator([EmulatedMachine(spec, a.state_dir, a.provision_port)
+                    for spec in a.node], a.username,
                    password)
     served = serve(emu, host, int(port))
     if a.port_file:

@@ -23,6 +23,12 @@ QEMU = "qemu-system-x86_64"
 STOP_WAIT_S = 10.0
 BOOT_TARGETS = ("None", "Hdd", "Cd", "Pxe")
 BOOT_ENABLED = ("Disabled", "Once", "Continuous")
+# Where a machine's provisioning NIC reaches the API: QEMU user networking, `restrict=on`
+# (nothing NATed out, nothing else reachable) and one guestfwd from this address, port 80, to
+# the API's loopback port. `cmd:` runs one busybox nc per connection (a chardev target would
+# carry only the first connection). A real deployment uses a provisioning VLAN instead.
+PROVISION_ADDR = "10.0.2.100"
+PROVISION_GUEST_CIDR = "10.0.2.15/24"
 
 
 class MachineError(Exception):
@@ -46,8 +52,10 @@ class BmcState:
 
 
 class EmulatedMachine:
-    def __init__(self, spec: MachineSpec, state_dir: Path) -> None:
+    def __init__(self, spec: MachineSpec, state_dir: Path,
+                 provision_port: int | None = None) -> None:
         self.spec = spec
+        self.provision_port = provision_port
         self.dir = state_dir / spec.system_id
         self.dir.mkdir(parents=True, exist_ok=True)
         self.disk = self.dir / "disk.qcow2"
@@ -125,6 +133,10 @@ class EmulatedMachine:
                 "-pidfile", str(self.pidfile), "-daemonize"]
         if self.state.media_image and self.media.exists():
             argv += ["-drive", f"if=ide,media=cdrom,readonly=on,file={_opt(self.media)}"]
+        if self.provision_port is not None:
+            fwd = f"tcp:{PROVISION_ADDR}:80-cmd:busybox nc 127.0.0.1 {int(self.provision_port)}"
+            argv += ["-netdev", f"user,id=prov,restrict=on,guestfwd={fwd}",
+                     "-device", "virtio-net-pci,netdev=prov"]
         target = self.state.boot_target if self.state.boot_enabled != "Disabled" else "None"
         argv += ["-boot", {"Cd": "order=d", "Pxe": "order=n"}.get(target, "order=c")]
         return argv
@@ -199,12 +211,17 @@ class EmulatedMachine:
 
 
 def _alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie left for a parent that does not reap is not running)."""
+    """Whether `pid` runs (a zombie left for a parent that does not reap is not running).
+    A killed QEMU's main thread turns zombie before its other threads have exited, and its
+    files (the disk, with its image lock) close only with the last of them: it runs until
+    it is the only task left."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[-1].split()[0] != "Z":
+            return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except OSError:
         return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _opt(path: Path) -> str:

@@ -27,6 +27,10 @@ _TOOL_PACKAGES = {
     "dpkg-deb": "dpkg",
     "mke2fs": "e2fsprogs",
     "qemu-img": "qemu-utils",
+    "e2fsck": "e2fsprogs",
+    "resize2fs": "e2fsprogs",
+    "mformat": "mtools",
+    "mcopy": "mtools",
 }
 
 

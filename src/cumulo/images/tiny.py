@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import gzip
 import hashlib
 import json
@@ -19,12 +18,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cumulo.domain.arch import Arch
 from cumulo.images import debs, kmod, rootfs
+from cumulo.images.cached_build import locked
 from cumulo.images.cpio import CpioArchive
 from cumulo.images.debs import DebPackage, ImageBuildError, ToolMissing
 from cumulo.images.rootfs import guest_file
@@ -165,17 +165,6 @@ def inputs_digest(arch: Arch, packages: Sequence[DebPackage]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _current_digest(link: Path) -> str | None:
     try:
         doc = json.loads((link / "image.json").read_text())
@@ -210,7 +199,7 @@ def ensure_tiny_image(
     digest = inputs_digest(arch, packages)
     if _current_digest(link) == digest:
         return link
-    with _locked(tiny / f".{arch.value}.lock"):
+    with locked(tiny / f".{arch.value}.lock"):
         if _current_digest(link) == digest:
             return link
         final = tiny / f"{arch.value}.{digest[:16]}"

@@ -17,7 +17,7 @@ from cumulo.domain import migration as rules
 from cumulo.domain.errors import CumuloError, NotFound
 from cumulo.domain.ids import new_id
 from cumulo.domain.migration import MigrationPhase
-from cumulo.services import dedicated_hosts, events, hosts, migrations
+from cumulo.services import dedicated_hosts, events, hosts, migration_volumes, migrations
 from cumulo.services.auth import require_admin
 from cumulo.services.context import Principal, Services
 
@@ -113,7 +113,8 @@ def _destination(s: Session, svc: Services, mig: MigrationRow
                           code="invalid_state")
     caps = {c.host_id: c for c in hosts.capacities(s, svc.settings, row.zone)}
     source = caps[mig.source_host_id]
-    dest = migrations.pick(svc, migrations.request_for(s, row), caps, source)
+    stored = migration_volumes.check(s, row, cold)  # its volumes may have changed meanwhile
+    dest = migrations.pick(svc, migrations.request_for(s, row), caps, source, stored)
     if not s.scalar(select(HostRow.underlay_ip).where(HostRow.id == dest.host_id)):
         raise CumuloError(f"host {dest.name} has no underlay address", code="no_underlay")
     return dest.host_id, cold, dedicated_hosts.cpu_set_for(s, dest, row.vcpus)

@@ -19,7 +19,7 @@ from cumulo.domain.ids import is_id
 from cumulo.domain.migration import SIDE_STATES, SideReport, Step
 from cumulo.domain.validation import MAX_INTEGER, one_line
 from cumulo.protocol import MigrationAssignment, MigrationObservation
-from cumulo.services import agent_views, host_drain, migrations, segments
+from cumulo.services import agent_views, host_drain, migration_volumes, migrations, segments
 from cumulo.services.context import Services
 
 MAX_REASON = 500
@@ -111,6 +111,7 @@ def apply(s: Session, svc: Services, host_id: str, observed: list[MigrationObser
             s.execute(update(InstanceRow).where(InstanceRow.id == row.instance_id)
                       .values(host_id=row.destination_host_id, cpu_set=row.cpu_set))
             moved.add(row.instance_id)
+            wake |= migration_volumes.follow(s, row.instance_id, row.destination_host_id)
         held = row.active
         # The next one's turn: this one ended, or its destination gave back what it held.
         if (migrations.store(s, row, rec) or held != rec.active) and rec.ended:

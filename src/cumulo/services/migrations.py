@@ -31,7 +31,7 @@ from cumulo.domain.instance import DesiredPower, InstanceState
 from cumulo.domain.migration import MigrationPhase
 from cumulo.domain.validation import dns_label
 from cumulo.scheduler.placement import HostCapacity, Placement, Request, Why, place, rejection
-from cumulo.services import dedicated_hosts, events, hosts, placement_groups
+from cumulo.services import dedicated_hosts, events, hosts, migration_volumes, placement_groups
 from cumulo.services.auth import require_admin, scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.lookups import instance_row
@@ -83,6 +83,7 @@ def start(svc: Services, who: Principal, project: str | None, ref: str,
         row = instance_row(s, prj, ref)
         hosts.lock_zone(s, row.zone)  # claims like a create's: one at a time per zone
         cold = check_movable(s, row)
+        stored = migration_volumes.check(s, row, cold)
         caps = {c.host_id: c for c in hosts.capacities(s, svc.settings, row.zone)}
         source = caps.get(row.host_id or "")
         if source is None:
@@ -91,8 +92,8 @@ def start(svc: Services, who: Principal, project: str | None, ref: str,
             raise Conflict(f"instance {row.name!r}: its host {source.name} is down; a move "
                            "needs both hosts up (see `cumulo host evacuate`)", code="host_down")
         request = request_for(s, row)
-        dest = (_chosen(s, svc, request, caps, source, to) if to is not None
-                else pick(svc, request, caps, source))
+        dest = (_chosen(s, svc, request, caps, source, to, stored) if to is not None
+                else pick(svc, request, caps, source, stored))
         underlay = s.scalar(select(HostRow.underlay_ip).where(HostRow.id == dest.host_id))
         if not underlay:
             raise Conflict(f"host {dest.name} has no underlay address: it cannot receive a "
@@ -121,10 +122,7 @@ def check_movable(s: Session, row: InstanceRow) -> bool:
     if busy is not None:
         raise Conflict(f"instance {row.name!r} is already migrating ({busy})",
                        code="migration_in_progress")
-    attached = attached_volume(s, row.id)
-    if attached is not None:
-        raise Conflict(f"instance {row.name!r} has volume {attached} attached: instances "
-                       "with volumes do not migrate yet", code="has_volumes")
+    migration_volumes.check(s, row, cold)
     return cold
 
 
@@ -167,7 +165,7 @@ _REFUSED = {Why.DISABLED: "host_disabled", Why.DOWN: "host_down"}
 
 
 def _chosen(s: Session, svc: Services, request: Request, caps: dict[str, HostCapacity],
-            source: HostCapacity, to: str) -> HostCapacity:
+            source: HostCapacity, to: str, stored: dict[str, str]) -> HostCapacity:
     row = s.scalar(select(HostRow).where(HostRow.name == to))
     if row is None:
         raise NotFound(f"no host {to!r} (see `cumulo host list`)", code="unknown_host")
@@ -176,6 +174,7 @@ def _chosen(s: Session, svc: Services, request: Request, caps: dict[str, HostCap
     if row.zone != request.zone:
         raise InvalidInput(f"host {to} is in zone {row.zone}, the instance in {request.zone}: "
                            "a migration stays in its zone", code="other_zone")
+    migration_volumes.refuse_destination(stored, row.id, to)
     cap = caps[row.id]
     why = rejection(request, cap)
     if why is None:
@@ -187,12 +186,19 @@ def _chosen(s: Session, svc: Services, request: Request, caps: dict[str, HostCap
 
 
 def pick(svc: Services, request: Request, caps: dict[str, HostCapacity],
-            source: HostCapacity) -> HostCapacity:
-    others = [c for c in caps.values() if c.host_id != source.host_id]
+         source: HostCapacity, stored: dict[str, str] | None = None) -> HostCapacity:
+    """The scheduler's destination: any host but the source and those storing one of the
+    instance's volumes (`stored`, from migration_volumes.check)."""
+    stored = stored or {}
+    others = [c for c in caps.values() if c.host_id != source.host_id
+              and c.host_id not in stored]
     placement = place(request, others, svc.settings.placement_policy)
     if placement.host is None:
+        skipped = sorted(c.name for c in caps.values() if c.host_id in stored)
+        also = (f", and {', '.join(skipped)}, which store{'s' if len(skipped) == 1 else ''} "
+                "its volumes" if skipped else "")
         raise InsufficientCapacity(f"{placement.explain()} (besides {source.name}, where it "
-                                   "runs)", code="no_host_fits")
+                                   f"runs{also})", code="no_host_fits")
     return placement.host
 
 

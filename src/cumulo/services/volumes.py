@@ -24,7 +24,16 @@ from cumulo.domain.volume import (
     check_snapshot_source,
     check_volume,
 )
-from cumulo.services import baremetal_instances, events, hosts, lookups, metering, prices, quotas
+from cumulo.services import (
+    baremetal_instances,
+    events,
+    hosts,
+    lookups,
+    metering,
+    migrations,
+    prices,
+    quotas,
+)
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import SnapshotView, VolumeView
@@ -186,6 +195,7 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
         check_volume(row.name, row.state, VolumeAction.ATTACH, row.desired == DELETED)
         if inst.desired_power == DesiredPower.DELETED.value:
             raise Conflict(f"instance {inst.name!r} is being deleted", code="invalid_state")
+        _not_moving(s, inst)
         if inst.zone != row.zone:
             raise InvalidInput(f"volume {row.name!r} is in zone {row.zone}; instance "
                                f"{inst.name!r} is in {inst.zone}", code="zone_mismatch")
@@ -204,6 +214,15 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
         wake = _hosts_of(row)
     _wake(svc, wake)
     return result
+
+
+def _not_moving(s: Session, inst: InstanceRow) -> None:
+    """An instance that moves keeps its volumes as they were at the start (the move checked
+    them: services/migration_volumes); a change waits for its end."""
+    busy = migrations.active_migration(s, inst.id)
+    if busy is not None:
+        raise Conflict(f"instance {inst.name!r} is migrating ({busy}): attach or detach its "
+                       "volumes once it ended", code="migration_in_progress")
 
 
 def _export_to(s: Session, row: VolumeRow, inst: InstanceRow) -> None:
@@ -250,6 +269,9 @@ def detach(svc: Services, who: Principal, project: str | None, ref: str) -> Volu
         row = find(s, prj, ref)
         if not (row.want_instance_id or row.attached_to):
             raise Conflict(f"volume {row.name!r} is not attached", code="not_attached")
+        inst = s.get(InstanceRow, row.want_instance_id or row.attached_to)
+        if inst is not None:
+            _not_moving(s, inst)
         row.want_instance_id, row.state = None, VolumeState.DETACHING
         _touch(row)
         events.add(s, _event(prj, row, "detach_requested"))

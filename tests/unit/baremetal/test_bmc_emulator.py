@@ -81,3 +81,14 @@ def test_the_emulator_listens_on_loopback_only(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         parse_node("n1:2:1024")  # no disk size
     assert parse_node("n-1:2:1024:4") == MachineSpec("n-1", 2, 1024, 4)
+
+
+def test_a_provisioning_nic_reaches_only_the_api_port(tmp_path: Path) -> None:
+    spec = MachineSpec("p1", 1, 128, 1)
+    assert "-netdev" not in EmulatedMachine(spec, tmp_path / "a").argv()  # none unless asked
+    argv = EmulatedMachine(spec, tmp_path / "b", provision_port=41234).argv()
+    netdev = argv[argv.index("-netdev") + 1]
+    # restrict=on: no NAT out, no host services; the one guestfwd goes to the loopback port
+    assert netdev == ("user,id=prov,restrict=on,"
+                      "guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 41234")
+    assert "hostfwd" not in " ".join(argv)
