@@ -86,11 +86,18 @@ class Api:
 
 
 class Client:
-    """One user doing `ops` random operations, seeded."""
+    """One user doing `ops` random operations, seeded. `max_instances` of its own at a time;
+    `migrate`: it also moves its running instances live to another host (admin), which
+    changes nothing it asked for."""
 
-    def __init__(self, number: int, api: Api, seed: int) -> None:
+    def __init__(self, number: int, api: Api, seed: int, *,
+                 max_instances: int = MAX_INSTANCES, migrate: bool = False,
+                 pause_s: float = 0.0) -> None:
         self.n = number
         self.api = api
+        self.max_instances, self.migrate = max_instances, migrate
+        self.pause_s = pause_s  # at most, between two operations (real VMs need time to run)
+        self.migrations = 0  # accepted
         self.rng = random.Random(seed * 1000 + number)
         self.model = Model()
         self.made = 0
@@ -103,6 +110,7 @@ class Client:
             op = self.rng.choice(choices)
             op()
             self.done += 1  # read by the killer (an int: no lock needed to read it)
+            time.sleep(self.rng.uniform(0, self.pause_s))
 
     def _name(self, kind: str) -> str:
         self.made += 1
@@ -111,10 +119,12 @@ class Client:
     def _choices(self) -> list[Any]:
         m = self.model
         out: list[Any] = []
-        if len(m.instances) < MAX_INSTANCES:
+        if len(m.instances) < self.max_instances:
             out += [self.create_instance] * 3
         if m.instances:
-            out += [self.stop_or_start] * 3 + [self.delete_instance]
+            out += [self.stop_or_start] * 3 + [self.delete_instance, self.reboot]
+        if self.migrate and "running" in m.instances.values():
+            out += [self.migrate_instance] * 3
         if len(m.volumes) < MAX_VOLUMES:
             out.append(self.create_volume)
         if m.volumes:
@@ -165,6 +175,28 @@ class Client:
         assert r.status_code == 202, r.text
         self.model.instances[name] = want
 
+    def reboot(self) -> None:
+        """Asks for nothing the model keeps (a reboot leaves a running instance running);
+        refused unless it runs, or while it is moved."""
+        name = self.rng.choice(sorted(self.model.instances))
+        r = self._send("POST", f"/v1/instances/{name}/reboot")
+        assert r is None or r.status_code in (202, 409), r.text
+
+    def migrate_instance(self) -> None:
+        """Live migration to the other host, the scheduler's pick. A refusal (409: not
+        running any more, a volume attached, already moving, no room) changes nothing."""
+        shown = [i for i in self.api.list("/v1/instances") if i["name"] in self.model.instances]
+        running = sorted(i["name"] for i in shown if i["state"] == "running")
+        if not running:  # (as an operator would, it moves what the API shows running)
+            self.log.append("migrate: nothing running")
+            return
+        name = self.rng.choice(running)
+        r = self._send("POST", f"/v1/instances/{name}/migrate", {})
+        assert r is None or r.status_code in (202, 409), r.text
+        if r is not None and r.status_code == 409:
+            self.log[-1] += f" {r.json()['code']}"
+        self.migrations += r is not None and r.status_code == 202
+
     def delete_instance(self) -> None:
         name = self.rng.choice(sorted(self.model.instances))
         r = self._send("DELETE", f"/v1/instances/{name}")
@@ -172,6 +204,9 @@ class Client:
             shown = self.api.read(f"/v1/instances/{name}")
             if shown is not None and shown["desired_state"] != "deleted":
                 return  # not done
+        elif r.status_code == 409:  # refused while it is moved to another host
+            assert r.json().get("code") == "migration_in_progress", r.text
+            return
         else:
             assert r.status_code == 202, r.text
         del self.model.instances[name]
@@ -204,8 +239,10 @@ class Client:
         else:
             target = None
             r = self._send("POST", f"/v1/volumes/{vol}/detach")
-        if r is not None:  # done, or refused (e.g. still being created or detached)
-            assert r.status_code in (202, 409), r.text
+        if r is not None:  # done, or refused (e.g. still being created or detached, or
+            # kept on another host than the instance: local volumes attach on their host)
+            assert r.status_code in (202, 409) or r.json().get("code") == "host_mismatch", \
+                r.text
             if r.status_code == 202:
                 self.model.volumes[vol] = target
             return

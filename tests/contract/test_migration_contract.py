@@ -168,16 +168,20 @@ def _linked_namespaces() -> Iterator[tuple[str, str]]:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-@pytest.fixture(params=["fake", pytest.param("qemu", marks=pytest.mark.qemu)])
+@pytest.fixture(params=["fake", "fake-shared", pytest.param("qemu", marks=pytest.mark.qemu)])
 def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
     workdir = Path(tempfile.mkdtemp(prefix="cm-"))
     dirs = (workdir / "a", workdir / "b")
     for d in dirs:
         d.mkdir()
     try:
-        if request.param == "fake":
+        if request.param.startswith("fake"):
             fabric = FakeFabric()
-            drivers = [FakeDriver(FakeHost(fabric=fabric)) for _ in dirs]
+            # fake-shared: each host its own fabric object, as in separate processes (the
+            # agents of a `cumulo up --hosts N` fake cloud), joined by a shared directory.
+            drivers = [FakeDriver(FakeHost(fabric=fabric if request.param == "fake" else
+                                           FakeFabric(shared=workdir / "fabric")))
+                       for _ in dirs]
             hosts = [Host(d, dirs[i], f"10.0.0.{i + 1}", None, d.simulate_crash)
                      for i, d in enumerate(drivers)]
             yield Pair("fake", hosts[0], hosts[1], None, boot_timeout=5.0)

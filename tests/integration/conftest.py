@@ -180,10 +180,10 @@ def qemu_pids(state_dir: Path) -> dict[str, int]:
     """vm_id -> pid of the live QEMU processes of this cloud (read from their pidfiles)."""
     out = {}
     for pidfile in state_dir.glob("hosts/*/run/*/qemu.pid"):
-        pid = int(pidfile.read_text().strip())
         try:
+            pid = int(pidfile.read_text().strip())
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
+        except (OSError, ValueError):  # gone, or being written (a VM starting)
             continue
         if str(state_dir).encode() in cmd:
             out[pidfile.parent.name] = pid

@@ -37,6 +37,7 @@ def _load(path: Path) -> AgentConfig:
         underlay_ip=raw.get("underlay_ip"),
         storage=bool(raw.get("storage", False)),
         edge_ip=raw.get("edge_ip"),
+        fake_fabric_dir=Path(raw["fake_fabric_dir"]) if raw.get("fake_fabric_dir") else None,
     )
 
 

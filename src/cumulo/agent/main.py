@@ -86,14 +86,18 @@ class AgentConfig:
     underlay_ip: str | None = None  # this host's address on the underlay (VXLAN, NBD, ...)
     storage: bool = False  # a storage host: the zone's new volumes go to such hosts
     edge_ip: str | None = None  # the edge's address on the underlay (cumulo.edge)
+    # The fake driver's stand-in for the underlay between fake hosts in separate processes
+    # (migrations): a directory they share (see FakeFabric). None: this host's alone.
+    fake_fabric_dir: Path | None = None
 
 
 def make_driver(cfg: AgentConfig) -> tuple[Driver, str]:
     """The driver and the accelerator it will use (shown in `zone list`)."""
     if cfg.driver == "fake":
-        from cumulo.agent.drivers.fake import FakeDriver
+        from cumulo.agent.drivers.fake import FakeDriver, FakeHost
+        from cumulo.agent.drivers.fake_migration import FakeFabric
 
-        return FakeDriver(), "fake"
+        return FakeDriver(FakeHost(fabric=FakeFabric(shared=cfg.fake_fabric_dir))), "fake"
     from cumulo.agent.drivers.accel import resolve_accel
     from cumulo.agent.drivers.qemu import QemuDriver
 

@@ -196,6 +196,8 @@ def _prepare_host(paths: StatePaths, settings: Settings, db: Database, url: str,
                 "qemu_uid_base": settings.host.qemu_uid_base,
                 "qemu_uid_count": settings.host.qemu_uid_count,
                 "storage": host.name in settings.host.storage_hosts,
+                # One machine: its fake hosts migrate through a directory of the cloud's.
+                "fake_fabric_dir": str(paths.root / "fake-fabric"),
             },
             indent=2,
         )

@@ -60,7 +60,7 @@ class TokenRow(Base):
     __tablename__ = "tokens"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    role: Mapped[str] = mapped_column(String(16))  # admin | member | agent
+    role: Mapped[str] = mapped_column(String(16))  # admin | member | agent | edge
     project_id: Mapped[str | None] = mapped_column(
         ForeignKey("projects.id", ondelete="CASCADE"), nullable=True
     )

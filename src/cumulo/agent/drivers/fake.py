@@ -195,6 +195,9 @@ class FakeDriver(MigratingDriver):
         pid = vm.observed.pid
         vm.events.append("kill")
         vm.power_off(PowerState.CRASHED, reason or f"qemu process exited unexpectedly (pid {pid})")
+        mig = self.host.migrations.get(vm_id)
+        if mig is not None and mig.role == "destination":  # a dead QEMU listens no more
+            self.host.fabric.close(mig.incoming)
 
     def simulate_io_error(self, vm_id: str, disk: str, path: str, nospace: bool = True) -> None:
         """A write of the running VM to `disk` (its file `path`) fails on the host: the VM
@@ -231,6 +234,7 @@ class FakeDriver(MigratingDriver):
         port = next(self.host.fabric.ports)
         incoming = IncomingMigration(spec.vm_id, address, port, "root", port)
         self.host.fabric.listeners[(address, port)] = self.host
+        self.host.fabric.listen(incoming, spec.boot_disk, disk_bytes)
         self.host.migrations[spec.vm_id] = FakeMigration(
             "destination", incoming, MigrationState.INCOMING, disk_bytes,
             disk_created=spec.boot_disk if self.check_paths else None,
@@ -249,7 +253,9 @@ class FakeDriver(MigratingDriver):
             return  # already under way
         dest = self._destination(incoming)
         arriving = dest.migrations.get(vm_id) if dest is not None else None
-        disk = arriving.disk_bytes if arriving is not None else 0
+        remote = self.host.fabric.remote(incoming) if dest is None else None
+        disk = arriving.disk_bytes if arriving is not None else \
+            remote.disk_bytes if remote is not None else 0
         self.host.migrations[vm_id] = FakeMigration(
             "source", incoming, MigrationState.COPYING_DISKS, disk,
             converges=vm_id not in self.host.hot_memory)
@@ -281,8 +287,15 @@ class FakeDriver(MigratingDriver):
             if mig.state is MigrationState.INCOMING and (vm is None or vm.observed.power
                                                          not in _LIVE):
                 mig.state, mig.reason = MigrationState.FAILED, "the incoming QEMU is gone"
+            self._check_arrival(mig, vm)
             return mig.status(vm_id)
-        if mig.state not in _ENDED_MIGRATION:
+        if mig.state not in _ENDED_MIGRATION and \
+                (remote := self.host.fabric.remote(mig.incoming)) is not None and \
+                self._destination(mig.incoming) is None:
+            mig.advance()
+            if mig.state is MigrationState.COMPLETED:
+                self._hand_over_remote(vm_id, mig.incoming, remote.boot_disk)
+        elif mig.state not in _ENDED_MIGRATION:
             dest = self._destination(mig.incoming)
             dest_vm = dest.vms.get(vm_id) if dest is not None else None
             if dest_vm is None or dest_vm.observed.power not in _LIVE:
@@ -319,6 +332,7 @@ class FakeDriver(MigratingDriver):
             return fake_cold_move.finish(self.host, vm_id, mig)
         vm = self.host.vms.get(vm_id)
         if mig.role == "destination":
+            self._check_arrival(mig, vm)
             if mig.state is not MigrationState.COMPLETED or vm is None:
                 raise DriverError(f"cannot finish the arrival of {vm_id}: it has not arrived")
             vm.observed = Observed(vm_id, PowerState.RUNNING, vm.observed.pid)
@@ -351,6 +365,21 @@ class FakeDriver(MigratingDriver):
         src_vm.observed = Observed(vm_id, PowerState.PAUSED, src_vm.observed.pid,
                                    "qemu status postmigrate")
 
+    def _check_arrival(self, mig: FakeMigration, vm: _FakeVM | None) -> None:
+        """A destination whose source, in another process, has handed the VM over."""
+        if mig.state is MigrationState.INCOMING and vm is not None and vm.observed.power in \
+                _LIVE and (events := self.host.fabric.arrived(mig.incoming)) is not None:
+            vm.events, mig.state = events, MigrationState.COMPLETED
+            self.host.fabric.close(mig.incoming)
+
+    def _hand_over_remote(self, vm_id: str, incoming: IncomingMigration, disk: Path) -> None:
+        """The switch-over to a destination in another process (see FakeFabric)."""
+        src_vm = self.host.vms[vm_id]
+        copy_disk(src_vm.spec.boot_disk, disk, self.check_paths)
+        self.host.fabric.hand_over(incoming, list(src_vm.events))
+        src_vm.observed = Observed(vm_id, PowerState.PAUSED, src_vm.observed.pid,
+                                   "qemu status postmigrate")
+
     def _forget_migration(self, vm_id: str) -> None:
         cold = self.host.migrations.get(vm_id)
         if cold is not None and cold.cold:
@@ -359,6 +388,7 @@ class FakeDriver(MigratingDriver):
         if mig is None or mig.role != "destination":
             return
         self.host.fabric.listeners.pop((mig.incoming.host, mig.incoming.migration_port), None)
+        self.host.fabric.close(mig.incoming)
         if mig.state is not MigrationState.COMPLETED and mig.disk_created is not None:
             mig.disk_created.unlink(missing_ok=True)
 

@@ -10,6 +10,8 @@ At completion the boot disk's bytes really move (the destination file gets the s
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +32,76 @@ FAKE_RAM_BYTES = 128 << 20
 
 @dataclass
 class FakeFabric:
-    """The network between fake hosts: (address, port) -> the host listening there."""
+    """The network between fake hosts: (address, port) -> the host listening there.
+
+    Fake hosts in one process (tests) find each other in `listeners`. Fake hosts in separate
+    processes (the agents of a `cumulo up --hosts N` fake cloud) share a directory, `shared`:
+    a destination listening is a file `<address>_<port>.json` naming its process and its
+    boot disk; the source's switch-over copies the disk there and writes `<address>_<port>
+    .done` with the console history, which the destination reads at its next status. (This
+    machine's files stand in for the underlay: a fake cloud's hosts are all on one machine.)
+    """
 
     listeners: dict[tuple[str, int], object] = field(default_factory=dict)
     ports: itertools.count[int] = field(default_factory=lambda: itertools.count(49152))
+    shared: Path | None = None
+
+    def _file(self, incoming: IncomingMigration, suffix: str) -> Path | None:
+        if self.shared is None:
+            return None
+        return self.shared / f"{incoming.host}_{incoming.migration_port}.{suffix}"
+
+    def listen(self, incoming: IncomingMigration, boot_disk: Path, disk_bytes: int) -> None:
+        """Tell sources in other processes where this host listens."""
+        path = self._file(incoming, "json")
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.close(incoming)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "vm": incoming.vm_id,
+                                   "disk": str(boot_disk), "disk_bytes": disk_bytes}))
+        tmp.replace(path)
+
+    def close(self, incoming: IncomingMigration) -> None:
+        for suffix in ("json", "done"):
+            if (path := self._file(incoming, suffix)) is not None:
+                path.unlink(missing_ok=True)
+
+    def remote(self, incoming: IncomingMigration) -> RemoteListener | None:
+        """The destination listening in another process for this VM, if it still runs."""
+        path = self._file(incoming, "json")
+        try:
+            facts = json.loads(path.read_text()) if path is not None else None
+        except (OSError, ValueError):
+            return None
+        if not isinstance(facts, dict) or facts.get("vm") != incoming.vm_id:
+            return None
+        try:
+            os.kill(int(facts["pid"]), 0)  # a killed agent took its fake VMs with it
+        except (OSError, ValueError):
+            return None
+        return RemoteListener(Path(facts["disk"]), int(facts["disk_bytes"]))
+
+    def hand_over(self, incoming: IncomingMigration, events: list[str]) -> None:
+        """The source's switch-over, for a destination in another process."""
+        if (path := self._file(incoming, "done")) is not None:
+            path.write_text(json.dumps(events))
+
+    def arrived(self, incoming: IncomingMigration) -> list[str] | None:
+        """The console history a source handed over to this destination, once it has."""
+        path = self._file(incoming, "done")
+        try:
+            events = json.loads(path.read_text()) if path is not None else None
+        except (OSError, ValueError):
+            return None
+        return [str(e) for e in events] if isinstance(events, list) else None
+
+
+@dataclass(frozen=True)
+class RemoteListener:
+    boot_disk: Path
+    disk_bytes: int
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""the edge: public addresses owned outside the host agents
+"""the edge: public addresses owned outside the host agents (no schema change: the edge's
+token is an API token of role `edge`, and its table is read from existing rows)
 
 Revision ID: 0016
 Revises: 0015
@@ -11,7 +12,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass  # reserved; filled in by the change that needs it
+    pass  # nothing to change (kept so that the chain's revision numbers stay as released)
 
 
 def downgrade() -> None:
