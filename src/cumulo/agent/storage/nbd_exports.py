@@ -124,6 +124,8 @@ class DaemonExporter:
                                       "filename": str(path)}),
             "--blockdev", json.dumps({"driver": "qcow2", "node-name": fmt_node(vol_id),
                                       "file": "file0", "discard": "unmap"}),
+            # No max-connections: QEMU 7.2's default (0) serves any number of clients, as a
+            # live migration needs (the incoming QEMU connects while the source's still is).
             "--nbd-server", json.dumps({"addr": {"type": "inet", "host": self.listen_ip,
                                                  "port": str(spec.port)},
                                         "tls-creds": "tls0"}),
