@@ -3,6 +3,8 @@ recorded while the cloud ran is still there after it restarts."""
 
 from __future__ import annotations
 
+import time
+
 from tests.integration.conftest import Cloud
 
 
@@ -14,9 +16,16 @@ def test_prices_and_usage_through_the_cli_across_a_restart(fake_cloud: Cloud) ->
     assert "t1.nano" in c.cli("price", "list").stdout
     vm = c.json("instance", "create", "web-1", "--image", "tiny", "--type", "t1.nano", "--wait")
     c.json("volume", "create", "data", "--size", "2", "--wait")  # metered once it exists
-    before = {(x["resource"], x["kind"]): x for x in c.json("usage")["lines"]}
-    assert before.keys() >= {("web-1", "instance"), ("web-1", "boot_disk"),
-                             (vm["public_ip"], "public_ip"), ("data", "volume")}
+    expected = {("web-1", "instance"), ("web-1", "boot_disk"), (vm["public_ip"], "public_ip"),
+                ("data", "volume")}
+    # A line shows whole seconds used: a volume made within the last second has none yet.
+    deadline = time.monotonic() + 30
+    while True:
+        before = {(x["resource"], x["kind"]): x for x in c.json("usage")["lines"]}
+        if before.keys() >= expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert before.keys() >= expected
     assert before[("web-1", "instance")]["price_per_hour"] == "0.005"
 
     c.kill()
