@@ -17,6 +17,7 @@ import os
 import random
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -49,6 +50,22 @@ def _md5(c: Cloud, vm: str, dev: str, mib: int) -> str:
     return rssh(c, vm, "sh", "-c", f"'head -c {mib}M /dev/{dev} | md5sum'").split()[0]
 
 
+def _synced_volume(c: Cloud, name: str, volume: str) -> tuple[dict[str, Any], dict[str, Any],
+                                                              str]:
+    """A running instance `name` whose guest wrote 8 MiB to `volume` and synced them: the
+    instance, the volume and the bytes' md5."""
+    c.json("keypair", "create", "k")
+    vm = c.json("instance", "create", name, "--image", "tiny", "--type", "t1.nano", "--key",
+                "k", "--wait")
+    vol = c.json("volume", "create", volume, "--size", "1", "--wait")
+    c.json("volume", "attach", volume, name, "--wait")
+    wait_ssh(c, name, timeout=300)
+    dev = device_of(c, name, vol["id"])
+    rssh(c, name, "sh", "-c", f"'head -c 8M /dev/urandom | dd of=/dev/{dev} bs=1M conv=fsync"
+                              " 2>/dev/null'")
+    return vm, vol, _md5(c, name, dev, 8)
+
+
 # Opt-in: in the full suite of 2026-12-06 (seed 2076155282) one host stopped converging after
 # three agent kills and one API kill during a migration that stayed `preparing`: an instance
 # stayed `starting`, a volume `creating`, another `detaching`, for the 420 s allowed. Seen once
@@ -60,16 +77,7 @@ def _md5(c: Cloud, vm: str, dev: str, mib: int) -> str:
 def test_storm_with_qemu_kills_keeps_every_synced_byte(qemu_cloud_2: Cloud,
                                                        seed: int) -> None:
     c = qemu_cloud_2
-    c.json("keypair", "create", "k")
-    keep = c.json("instance", "create", "keep", "--image", "tiny", "--type", "t1.nano",
-                  "--key", "k", "--wait")
-    vol = c.json("volume", "create", "keepvol", "--size", "1", "--wait")
-    c.json("volume", "attach", "keepvol", "keep", "--wait")
-    wait_ssh(c, "keep", timeout=300)
-    dev = device_of(c, "keep", vol["id"])
-    rssh(c, "keep", "sh", "-c", f"'head -c 8M /dev/urandom | dd of=/dev/{dev} bs=1M"
-                                " conv=fsync 2>/dev/null'")
-    synced = _md5(c, "keep", dev, 8)
+    keep, vol, synced = _synced_volume(c, "keep", "keepvol")
     kept = Model(instances={"keep": "running"}, volumes={"keepvol": "keep"})
 
     clients = [Client(n, Api(c.state_dir), seed, max_instances=MAX_INSTANCES, migrate=True,
@@ -127,16 +135,7 @@ def test_kills_of_qemu_agent_and_api_keep_every_synced_byte(qemu_cloud_1: Cloud,
     `error` and starts again when asked), its agent killed, `cumulo up` killed, in the seed's
     order; then the volume's bytes are all there, one QEMU runs it, none is left over."""
     c = qemu_cloud_1
-    c.json("keypair", "create", "k")
-    vm = c.json("instance", "create", "a", "--image", "tiny", "--type", "t1.nano", "--key",
-                "k", "--wait")
-    vol = c.json("volume", "create", "data", "--size", "1", "--wait")
-    c.json("volume", "attach", "data", "a", "--wait")
-    wait_ssh(c, "a", timeout=300)
-    dev = device_of(c, "a", vol["id"])
-    rssh(c, "a", "sh", "-c", f"'head -c 8M /dev/urandom | dd of=/dev/{dev} bs=1M conv=fsync"
-                             " 2>/dev/null'")
-    synced = _md5(c, "a", dev, 8)
+    vm, vol, synced = _synced_volume(c, "a", "data")
 
     kills = ["qemu", "agent", "api"]
     random.Random(seed).shuffle(kills)
