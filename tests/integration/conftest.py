@@ -61,6 +61,7 @@ class Cloud:
             )
 
     def start(self, timeout: float = 600) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
         self.spawn()
         assert self.proc is not None
         deadline = time.monotonic() + timeout
@@ -69,7 +70,10 @@ class Cloud:
                 raise AssertionError(f"cumulo up exited: {self.log.read_text()[-3000:]}")
             try:
                 zones = self.json("zone", "list")
-                if sum(h["state"] == "up" for z in zones for h in z["hosts"]) >= self.hosts:
+                # `cumulo up` says "ready" from its own check, a moment after the API shows
+                # the hosts up: a test that reads the log must find the line there.
+                if (sum(h["state"] == "up" for z in zones for h in z["hosts"]) >= self.hosts
+                        and "ready: host" in self.log.read_text()[offset:]):
                     return
             except (AssertionError, httpx.HTTPError):
                 pass
