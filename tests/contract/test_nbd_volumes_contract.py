@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 
 from cumulo.agent.drivers.base import DriverError, NbdExport, VolumeAttachment
+from cumulo.agent.drivers.qmp import qmp_execute
 from cumulo.agent.storage.nbd_exports import DaemonExporter, ExportSpec
 from tests.conftest import free_port
-from tests.contract.test_driver_contract import Harness, harness, tiny_guest
+from tests.contract.test_driver_contract import Harness, harness, qemu_img_info, tiny_guest
+
+GIB = 2**30
 
 __all__ = ["harness", "tiny_guest"]  # the fixtures, shared
 
@@ -70,3 +73,44 @@ async def test_volumes_over_nbd_cold_and_hot(harness: Harness,
         assert not list(vm_dir.glob("psk-*"))
     await d.attach_volume(spec.vm_id, hot)  # everything was released: it plugs in again
     assert await d.attached_volumes(spec.vm_id) == {hot.volume_id}
+
+
+async def test_a_volume_over_nbd_grows_online(harness: Harness,
+                                              exports: tuple[DaemonExporter, Path]) -> None:
+    """The storage host grows the exported file under its running daemon, then the driver
+    gives the VM the new size; twice, so the QEMU driver's node names alternate."""
+    d = harness.driver
+    ex, tmp = exports
+    vol = await _export(ex, tmp, 0xa3, "4" * 64)
+    disk, pid = tmp / f"{vol.volume_id}.qcow2", ex.running(vol.volume_id)
+    spec = harness.spec()
+    await d.start(spec)
+    await harness.wait_console(spec.vm_id)
+    await d.attach_volume(spec.vm_id, vol)
+    qmp = harness.workdir / "run" / spec.vm_id / "qmp.sock"
+    if harness.kind == "qemu":  # before its export grew, the disk stays as it is
+        with pytest.raises(DriverError, match="storage host grows it first"):
+            await d.resize_volume(spec.vm_id, vol, 2 * GIB)
+        assert await _disk_size(qmp, vol.volume_id) == GIB
+    for size in (2 * GIB, 3 * GIB):
+        await ex.grow(vol.volume_id, disk, size)
+        assert qemu_img_info(disk)["virtual-size"] == size
+        assert ex.running(vol.volume_id) == pid  # the same daemon serves on
+        await d.resize_volume(spec.vm_id, vol, size)
+        await harness.reopen().resize_volume(spec.vm_id, vol, size)  # idempotent
+        if harness.kind == "qemu":
+            assert await _disk_size(qmp, vol.volume_id) == size
+    assert await harness.reopen().attached_volumes(spec.vm_id) == {vol.volume_id}
+    await d.detach_volume(spec.vm_id, vol.volume_id, timeout_s=30)
+    assert await d.attached_volumes(spec.vm_id) == set()  # every node released
+    await d.attach_volume(spec.vm_id, vol)  # and it plugs in again, at its new size
+    if harness.kind == "qemu":
+        assert await _disk_size(qmp, vol.volume_id) == 3 * GIB
+
+
+async def _disk_size(qmp: Path, vol_id: str) -> int:
+    """The size of the VM's virtio disk (its block backend: what the guest is told)."""
+    for b in await qmp_execute(qmp, "query-block", timeout=5):
+        if b.get("qdev", "").startswith(f"/machine/peripheral/{vol_id}/"):
+            return int(b["inserted"]["image"]["virtual-size"])
+    raise AssertionError(f"{vol_id} has no disk in the VM")

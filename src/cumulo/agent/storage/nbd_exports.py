@@ -4,9 +4,16 @@ per exported volume.
 Why one daemon per volume, not one per host: QEMU's NBD server takes one set of TLS
 credentials, so only a daemon of its own gives each export its own TLS-PSK key (a client
 holding one volume's key cannot open another's even knowing its name); a daemon that dies
-takes one volume with it; and the volume's own QMP socket snapshots it online. The cost is
-a process (~20 MiB) and a port per attached volume. (No online grow: the export holds the
-size fixed, and QEMU's NBD client could not learn a new one anyway.)
+takes one volume with it; and the volume's own QMP socket snapshots and grows it online. The
+cost is a process (~20 MiB) and a port per attached volume.
+
+An online grow (`grow`): QEMU 7.2's NBD export forbids resizing its node and tells every
+client the size it had when it was added, so the daemon drops the export (its client's
+connection breaks; the client's requests wait for the reconnect, `reconnect-delay`),
+resizes the qcow2 and adds the export again under the same name and key: a new connection
+sees the new size (the client's host then moves its disk onto one: qemu_volumes.resize). A
+`growing` file marks the moment without an export, so that an agent that died then adds it
+back instead of adopting a daemon that serves nothing.
 
 The daemon listens on this host's underlay address (inside the host's network namespace),
 requires TLS (`tls-creds-psk`, identity = the volume id) and exports the qcow2's guest view
@@ -26,17 +33,21 @@ import shutil
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cumulo.agent.drivers import qemu_volumes
 from cumulo.agent.drivers.base import DriverError
 from cumulo.agent.drivers.qemu_argv import fmt_node
+from cumulo.agent.drivers.qmp import qmp_execute
 from cumulo.agent.storage import psk
 from cumulo.agent.storage.disks import StorageError, run_tool
 from cumulo.domain.ids import is_id
 
 BINARY = "qemu-storage-daemon"
 STOP_WAIT_S = 10.0
+QMP_TIMEOUT_S = 10.0
+EXPORT_ID = "exp0"
+GROWING = "growing"  # present (the size asked) while a grow has the export down
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,7 @@ class VolumeExporter(Protocol):
     async def ensure(self, vol_id: str, path: Path, spec: ExportSpec) -> None: ...
     async def stop(self, vol_id: str) -> None: ...
     async def snapshot(self, vol_id: str, target: Path) -> None: ...
+    async def grow(self, vol_id: str, path: Path, size_bytes: int) -> None: ...
     def exported(self) -> set[str]: ...
 
 
@@ -74,6 +86,9 @@ class RecordingExporter:
             raise StorageError(f"cannot snapshot {vol_id}: it is not exported")
         await run_tool("qemu-img", "convert", "-q", "-U", "-f", "qcow2", "-O", "qcow2",
                        str(self.exports[vol_id][0]), str(target))
+
+    async def grow(self, vol_id: str, path: Path, size_bytes: int) -> None:
+        await run_tool("qemu-img", "resize", "-q", "-f", "qcow2", str(path), str(size_bytes))
 
     def exported(self) -> set[str]:
         return set(self.exports)
@@ -107,6 +122,8 @@ class DaemonExporter:
         want = {**asdict(spec), "path": str(path), "listen": self.listen_ip}
         with contextlib.suppress(OSError, ValueError):
             if self.running(vol_id) and json.loads((d / "export.json").read_text()) == want:
+                if (d / GROWING).exists():  # an agent died mid-grow: finish it
+                    await self._grow_running(vol_id, spec, int((d / GROWING).read_text()))
                 return  # adopted: the daemon of an earlier agent serves it as asked
         await self.stop(vol_id)
         if not path.is_file():
@@ -129,8 +146,7 @@ class DaemonExporter:
             "--nbd-server", json.dumps({"addr": {"type": "inet", "host": self.listen_ip,
                                                  "port": str(spec.port)},
                                         "tls-creds": "tls0"}),
-            "--export", json.dumps({"type": "nbd", "id": "exp0", "node-name": fmt_node(vol_id),
-                                    "name": spec.name, "writable": True}),
+            "--export", json.dumps(_export(vol_id, spec)),
             "--chardev", f"socket,id=qmp0,path={d / 'qmp.sock'},server=on,wait=off",
             "--monitor", "chardev=qmp0",
             "--pidfile", str(d / "pid"),
@@ -157,6 +173,37 @@ class DaemonExporter:
         except DriverError as e:
             raise StorageError(str(e)) from e
 
+    async def grow(self, vol_id: str, path: Path, size_bytes: int) -> None:
+        """Grow the volume to `size_bytes` while it is exported (see the module's doc)."""
+        d = self._dir(vol_id)
+        try:
+            spec = ExportSpec(**{k: v for k, v in json.loads((d / "export.json").read_text())
+                                 .items() if k in ("name", "key", "port")})
+        except (OSError, ValueError, TypeError):
+            spec = None
+        if spec is None or self.running(vol_id) is None:  # no daemon holds it: the file
+            await run_tool("qemu-img", "resize", "-q", "-f", "qcow2", str(path),
+                           str(size_bytes))
+            return
+        (d / GROWING).write_text(str(size_bytes))
+        await self._grow_running(vol_id, spec, size_bytes)
+
+    async def _grow_running(self, vol_id: str, spec: ExportSpec, size_bytes: int) -> None:
+        sock = self._dir(vol_id) / "qmp.sock"
+        try:
+            exported = any(e.get("id") == EXPORT_ID
+                           for e in await _qmp(sock, "query-block-exports"))
+            if await _virtual_size(sock, vol_id) < size_bytes:
+                if exported:
+                    await _qmp(sock, "block-export-del", {"id": EXPORT_ID, "mode": "hard"})
+                    exported = False
+                await _resize(sock, vol_id, size_bytes)
+            if not exported:
+                await _qmp(sock, "block-export-add", _export(vol_id, spec))
+        except DriverError as e:
+            raise StorageError(f"cannot grow {vol_id}: {e}") from e
+        (self._dir(vol_id) / GROWING).unlink(missing_ok=True)
+
     async def stop(self, vol_id: str) -> None:
         d = self._dir(vol_id)
         pid = self.running(vol_id)
@@ -174,6 +221,38 @@ class DaemonExporter:
                 while is_daemon(pid):
                     await asyncio.sleep(0.05)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _export(vol_id: str, spec: ExportSpec) -> dict[str, object]:
+    """The daemon's export (its --export option and QMP block-export-add arguments)."""
+    return {"type": "nbd", "id": EXPORT_ID, "node-name": fmt_node(vol_id), "name": spec.name,
+            "writable": True}
+
+
+async def _qmp(sock: Path, command: str, arguments: dict[str, object] | None = None) -> Any:
+    return await qmp_execute(sock, command, arguments, timeout=QMP_TIMEOUT_S)
+
+
+async def _resize(sock: Path, vol_id: str, size_bytes: int) -> None:
+    """block_resize, once the deleted export has let go of the node: it goes when its
+    client's requests are drained, and holds the resize permission until then."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STOP_WAIT_S
+    while True:
+        try:
+            await _qmp(sock, "block_resize", {"node-name": fmt_node(vol_id), "size": size_bytes})
+            return
+        except DriverError as e:
+            if "Permission conflict" not in str(e) or loop.time() > deadline:
+                raise
+        await asyncio.sleep(0.05)
+
+
+async def _virtual_size(sock: Path, vol_id: str) -> int:
+    for n in await _qmp(sock, "query-named-block-nodes", {"flat": True}):
+        if n.get("node-name") == fmt_node(vol_id):
+            return int(n["image"]["virtual-size"])
+    raise DriverError(f"{fmt_node(vol_id)} is not open")
 
 
 def is_daemon(pid: int) -> bool:
