@@ -114,3 +114,39 @@ async def _disk_size(qmp: Path, vol_id: str) -> int:
         if b.get("qdev", "").startswith(f"/machine/peripheral/{vol_id}/"):
             return int(b["inserted"]["image"]["virtual-size"])
     raise AssertionError(f"{vol_id} has no disk in the VM")
+
+
+async def test_an_export_daemon_runs_confined(exports: tuple[DaemonExporter, Path]) -> None:
+    """Each export's daemon runs as a uid of its own (not root, no group, no capability,
+    no_new_privs) and opens only its own volume's file: asked (over its QMP) to open another
+    export's file, it is refused by the kernel. A new exporter (agent restart) adopts it;
+    stopped, the file is root's again and the uid free."""
+    ex, tmp = exports
+    a = await _export(ex, tmp, 0xb1, "5" * 64)
+    b = await _export(ex, tmp, 0xb2, "6" * 64)
+    pid = ex.running(a.volume_id)
+    assert pid is not None
+    status = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines())
+    uids = {int(u) for u in status["Uid"].split()}
+    (uid,) = uids
+    assert uid != 0 and {int(g) for g in status["Gid"].split()} == {uid}
+    assert status["Groups"].strip() == "" and int(status["CapEff"], 16) == 0
+    assert status["NoNewPrivs"].strip() == "1"
+    disk_a, disk_b = (tmp / f"{v.volume_id}.qcow2" for v in (a, b))
+    assert (disk_a.stat().st_uid, disk_a.stat().st_mode & 0o777) == (uid, 0o600)
+    assert disk_b.stat().st_uid not in (0, uid)  # b's daemon's own uid
+    d = ex.root / a.volume_id
+    with pytest.raises(DriverError, match="Permission denied"):
+        await qmp_execute(d / "qmp.sock", "blockdev-add", {
+            "driver": "file", "node-name": "other", "filename": str(disk_b)}, timeout=5)
+    assert (d.stat().st_uid, d.stat().st_mode & 0o777) == (0, 0o711)  # not its to write in
+
+    assert isinstance(a.source, NbdExport)
+    again = DaemonExporter(ex.root, "127.0.0.1", None)  # the agent restarted: adopted
+    await again.ensure(a.volume_id, disk_a,
+                       ExportSpec(a.source.name, a.source.key, a.source.port))
+    assert again.running(a.volume_id) == pid
+    await again.stop(a.volume_id)
+    assert (disk_a.stat().st_uid, disk_a.stat().st_mode & 0o777) == (0, 0o600)
+    assert not (again.uids.registry / str(uid)).exists() and not d.exists()

@@ -17,10 +17,12 @@ back instead of adopting a daemon that serves nothing.
 
 The daemon listens on this host's underlay address (inside the host's network namespace),
 requires TLS (`tls-creds-psk`, identity = the volume id) and exports the qcow2's guest view
-under a secret name. Its files are `<root>/<vol>/`: keys.psk (0400 root), qmp.sock, pid, and
-export.json (what it was started with). It is daemonized: an agent restart finds it running
-and adopts it when export.json matches the assignment (restarts it otherwise: the client's
-NBD node reconnects, and nothing written was acknowledged before it reached the daemon).
+under a secret name. It runs confined, as a uid of its own (nbd_daemon). Its files are
+`<root>/<vol>/` (0711 root): keys.psk (0400, the daemon's), qmp.sock, pid, daemon.log, uid,
+grants and export.json (what it was started with; all root's). It runs in a session of its
+own: an agent restart finds it running and adopts it when export.json matches the
+assignment (restarts it otherwise: the client's NBD node reconnects, and nothing written was
+acknowledged before it reached the daemon).
 """
 
 from __future__ import annotations
@@ -35,18 +37,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cumulo.agent.drivers import qemu_volumes
+from cumulo.agent.drivers import qemu_confine, qemu_volumes
 from cumulo.agent.drivers.base import DriverError
 from cumulo.agent.drivers.qemu_argv import fmt_node
 from cumulo.agent.drivers.qmp import qmp_execute
-from cumulo.agent.storage import psk
+from cumulo.agent.storage import nbd_daemon, psk
 from cumulo.agent.storage.disks import StorageError, run_tool
+from cumulo.agent.storage.nbd_daemon import is_daemon
 from cumulo.domain.ids import is_id
 
-BINARY = "qemu-storage-daemon"
+__all__ = ["DaemonExporter", "ExportSpec", "RecordingExporter", "VolumeExporter", "is_daemon"]
+
 STOP_WAIT_S = 10.0
 QMP_TIMEOUT_S = 10.0
-EXPORT_ID = "exp0"
 GROWING = "growing"  # present (the size asked) while a grow has the export down
 
 
@@ -95,10 +98,12 @@ class RecordingExporter:
 
 
 class DaemonExporter:
-    def __init__(self, root: Path, listen_ip: str, netns: str | None) -> None:
+    def __init__(self, root: Path, listen_ip: str, netns: str | None,
+                 uids: qemu_confine.UidPool | None = None) -> None:
         self.root = root
         self.listen_ip = listen_ip
         self.netns = netns
+        self.uids = uids or qemu_confine.UidPool()  # the VMs' pool: no uid is ever shared
         root.mkdir(parents=True, exist_ok=True)
 
     def _dir(self, vol_id: str) -> Path:
@@ -128,50 +133,40 @@ class DaemonExporter:
         await self.stop(vol_id)
         if not path.is_file():
             raise StorageError(f"cannot export {vol_id}: {path} does not exist")
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        d.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(d, 0o711)  # the daemon's uid may enter (its key) but not list nor write
         try:
-            psk.write_key(d, vol_id, spec.key)
-        except ValueError as e:
+            uid = self.uids.claim(d)
+            blocked = qemu_confine.unreachable(path)
+            if blocked is not None:
+                raise StorageError(f"cannot export {vol_id}: its daemon runs as uid {uid} and "
+                                   f"cannot reach {path}: {blocked} is not searchable by other "
+                                   f"users (chmod o+x {blocked})")
+            psk.write_key(d, vol_id, spec.key, uid=uid)
+            (d / "export.json").write_text(json.dumps(want))
+            qemu_confine.grant(d, uid, path, vol_id)
+            await nbd_daemon.launch(nbd_daemon.daemon_argv(
+                d, vol_id, path, spec.name, (self.listen_ip, spec.port), uid, self.netns),
+                d, vol_id)
+        except (StorageError, DriverError, ValueError, OSError) as e:
+            self._clean(d)
+            if isinstance(e, StorageError):
+                raise
             raise StorageError(f"cannot export {vol_id}: {e}") from e
-        (d / "export.json").write_text(json.dumps(want))
-        argv = [
-            BINARY,
-            "--object", f"tls-creds-psk,id=tls0,endpoint=server,dir={d}",
-            "--blockdev", json.dumps({"driver": "file", "node-name": "file0",
-                                      "filename": str(path)}),
-            "--blockdev", json.dumps({"driver": "qcow2", "node-name": fmt_node(vol_id),
-                                      "file": "file0", "discard": "unmap"}),
-            # No max-connections: QEMU 7.2's default (0) serves any number of clients, as a
-            # live migration needs (the incoming QEMU connects while the source's still is).
-            "--nbd-server", json.dumps({"addr": {"type": "inet", "host": self.listen_ip,
-                                                 "port": str(spec.port)},
-                                        "tls-creds": "tls0"}),
-            "--export", json.dumps(_export(vol_id, spec)),
-            "--chardev", f"socket,id=qmp0,path={d / 'qmp.sock'},server=on,wait=off",
-            "--monitor", "chardev=qmp0",
-            "--pidfile", str(d / "pid"),
-            "--daemonize",
-        ]  # fmt: skip
-        if self.netns:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
-        _, err = await proc.communicate()
-        if proc.returncode != 0:
-            shutil.rmtree(d, ignore_errors=True)
-            msg = err.decode(errors="replace").strip().splitlines()
-            raise StorageError(f"cannot export {vol_id}: {BINARY} failed: "
-                               f"{msg[-1] if msg else proc.returncode}")
 
     async def snapshot(self, vol_id: str, target: Path) -> None:
         """A point-in-time copy taken by the daemon (blockdev-backup, as a VM's QEMU does for
         a local volume: the same code), while the other host's instance writes on."""
+        d = self._dir(vol_id)
+        uid = qemu_confine.read_uid(d)
         try:
-            await qemu_volumes.snapshot(self._dir(vol_id) / "qmp.sock", "its export", vol_id,
-                                        target)
+            await qemu_volumes.snapshot(
+                d / "qmp.sock", "its export", vol_id, target,
+                None if uid is None else lambda t: qemu_confine.grant(d, uid, t, "snapshot"))
         except DriverError as e:
             raise StorageError(str(e)) from e
+        finally:
+            qemu_confine.revoke(d, "snapshot")  # the copy is root's again
 
     async def grow(self, vol_id: str, path: Path, size_bytes: int) -> None:
         """Grow the volume to `size_bytes` while it is exported (see the module's doc)."""
@@ -191,15 +186,16 @@ class DaemonExporter:
     async def _grow_running(self, vol_id: str, spec: ExportSpec, size_bytes: int) -> None:
         sock = self._dir(vol_id) / "qmp.sock"
         try:
-            exported = any(e.get("id") == EXPORT_ID
+            exported = any(e.get("id") == nbd_daemon.EXPORT_ID
                            for e in await _qmp(sock, "query-block-exports"))
             if await _virtual_size(sock, vol_id) < size_bytes:
                 if exported:
-                    await _qmp(sock, "block-export-del", {"id": EXPORT_ID, "mode": "hard"})
+                    await _qmp(sock, "block-export-del",
+                               {"id": nbd_daemon.EXPORT_ID, "mode": "hard"})
                     exported = False
                 await _resize(sock, vol_id, size_bytes)
             if not exported:
-                await _qmp(sock, "block-export-add", _export(vol_id, spec))
+                await _qmp(sock, "block-export-add", nbd_daemon.export_args(vol_id, spec.name))
         except DriverError as e:
             raise StorageError(f"cannot grow {vol_id}: {e}") from e
         (self._dir(vol_id) / GROWING).unlink(missing_ok=True)
@@ -220,13 +216,13 @@ class DaemonExporter:
                     os.kill(pid, signal.SIGKILL)
                 while is_daemon(pid):
                     await asyncio.sleep(0.05)
+        self._clean(d)
+
+    def _clean(self, d: Path) -> None:
+        """The volume file back to root, the uid freed, the directory gone."""
+        qemu_confine.revoke_all(d)
+        self.uids.release(d)
         shutil.rmtree(d, ignore_errors=True)
-
-
-def _export(vol_id: str, spec: ExportSpec) -> dict[str, object]:
-    """The daemon's export (its --export option and QMP block-export-add arguments)."""
-    return {"type": "nbd", "id": EXPORT_ID, "node-name": fmt_node(vol_id), "name": spec.name,
-            "writable": True}
 
 
 async def _qmp(sock: Path, command: str, arguments: dict[str, object] | None = None) -> Any:
@@ -253,12 +249,3 @@ async def _virtual_size(sock: Path, vol_id: str) -> int:
         if n.get("node-name") == fmt_node(vol_id):
             return int(n["image"]["virtual-size"])
     raise DriverError(f"{fmt_node(vol_id)} is not open")
-
-
-def is_daemon(pid: int) -> bool:
-    """Whether `pid` is a live qemu-storage-daemon (not a zombie, not a reused pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return bool(cmdline) and cmdline[0].endswith(BINARY.encode())
