@@ -2,11 +2,11 @@
 (`[host] storage_hosts`) stores a new volume, which attaches over NBD (qemu-storage-daemon,
 TLS-PSK) to an instance of another host. Bytes the guest wrote and synced there are read
 back by the storage host's instance after a detach (md5), and over NBD again; the export
-cannot be opened from a third host's namespace without TLS nor with a wrong key; an agent
-restart adopts the export's daemon (the guest keeps its disk); the volume grows online while
-attached over NBD (the guest sees the new size, old bytes intact); the instance migrates live to
-the third host with the volume attached (the same guest, the same bytes, writes go on); a
-detach and `cumulo down` leave no daemon."""
+cannot be opened from a third host's namespace without TLS nor with a wrong key; its daemon
+runs as a uid of its own; an agent restart adopts the export's daemon (the guest keeps its
+disk); the volume grows online while attached over NBD (the guest sees the new size, old
+bytes intact); the instance migrates live to the third host with the volume attached (the
+same guest, the same bytes, writes go on); a detach and `cumulo down` leave no daemon."""
 
 from __future__ import annotations
 
@@ -99,6 +99,9 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
     assert (v["state"], v["attached_to"]) == ("in-use", writer)
     export_dir = c.state_dir / "hosts" / STORE / "nbd" / vol["id"]
     daemon = int((export_dir / "pid").read_text())
+    uid = os.stat(f"/proc/{daemon}").st_uid  # confined: a uid of its own, its file's owner
+    assert uid != 0 and (c.state_dir / "hosts" / STORE / "volumes" / f"{vol['id']}.qcow2"
+                         ).stat().st_uid == uid
     dev = device_of(c, writer, vol["id"])
     rssh(c, writer, "sh", "-c", f"'head -c 1048576 /dev/urandom > /dev/{dev} && sync'")
     written = _uncached_md5(c, writer, dev)
@@ -126,6 +129,7 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
           len(agent_pids(c.state_dir) - {old_agent}) == 3)
     time.sleep(3)  # a pass or two of the new agent
     assert int((export_dir / "pid").read_text()) == daemon and is_daemon(daemon)
+    assert os.stat(f"/proc/{daemon}").st_uid == uid
     assert _uncached_md5(c, writer, dev) == written
     assert c.json("volume", "show", "data")["state"] == "in-use"
 
