@@ -2,10 +2,11 @@
 (`[host] storage_hosts`) stores a new volume, which attaches over NBD (qemu-storage-daemon,
 TLS-PSK) to an instance of another host. Bytes the guest wrote and synced there are read
 back by the storage host's instance after a detach (md5), and over NBD again; the export
-cannot be opened from a third host's namespace without TLS nor with a wrong key; an agent
-restart adopts the export's daemon (the guest keeps its disk); the instance migrates live to
-the third host with the volume attached (the same guest, the same bytes, writes go on); a
-detach and `cumulo down` leave no daemon."""
+cannot be opened from a third host's namespace without TLS nor with a wrong key; its daemon
+runs as a uid of its own; an agent restart adopts the export's daemon (the guest keeps its
+disk); the volume grows online while attached over NBD (the guest sees the new size, old
+bytes intact); the instance migrates live to the third host with the volume attached (the
+same guest, the same bytes, writes go on); a detach and `cumulo down` leave no daemon."""
 
 from __future__ import annotations
 
@@ -98,6 +99,9 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
     assert (v["state"], v["attached_to"]) == ("in-use", writer)
     export_dir = c.state_dir / "hosts" / STORE / "nbd" / vol["id"]
     daemon = int((export_dir / "pid").read_text())
+    uid = os.stat(f"/proc/{daemon}").st_uid  # confined: a uid of its own, its file's owner
+    assert uid != 0 and (c.state_dir / "hosts" / STORE / "volumes" / f"{vol['id']}.qcow2"
+                         ).stat().st_uid == uid
     dev = device_of(c, writer, vol["id"])
     rssh(c, writer, "sh", "-c", f"'head -c 1048576 /dev/urandom > /dev/{dev} && sync'")
     written = _uncached_md5(c, writer, dev)
@@ -125,6 +129,7 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
           len(agent_pids(c.state_dir) - {old_agent}) == 3)
     time.sleep(3)  # a pass or two of the new agent
     assert int((export_dir / "pid").read_text()) == daemon and is_daemon(daemon)
+    assert os.stat(f"/proc/{daemon}").st_uid == uid
     assert _uncached_md5(c, writer, dev) == written
     assert c.json("volume", "show", "data")["state"] == "in-use"
 
@@ -142,6 +147,22 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
     assert json.loads((export_dir / "export.json").read_text())["name"] != spec["name"]
     dev = device_of(c, writer, vol["id"])
     assert _uncached_md5(c, writer, dev) == written
+
+    # grown online over NBD: the guest sees 2 GiB without a detach, the synced bytes are
+    # intact, a write beyond the old end is read back; the same daemon serves on
+    daemon = int((export_dir / "pid").read_text())
+    c.json("volume", "resize", "data", "--size", "2")
+    _wait("the guest did not see the new size", lambda: int(rssh(
+        c, writer, "cat", f"/sys/block/{dev}/size")) == 2 * 2**30 // 512, timeout=120)
+    assert c.json("volume", "show", "data")["size_gib"] == 2
+    assert int((export_dir / "pid").read_text()) == daemon and is_daemon(daemon)
+    assert _uncached_md5(c, writer, dev) == written
+    beyond = rssh(c, writer, "sh", "-c", "'head -c 1048576 /dev/urandom > /tmp/beyond && "
+                  f"dd if=/tmp/beyond of=/dev/{dev} bs=1048576 seek=1536 2>/dev/null && "
+                  "sync && md5sum < /tmp/beyond'").split()[0]
+    assert rssh(c, writer, "sh", "-c", "'echo 3 > /proc/sys/vm/drop_caches; "
+                f"dd if=/dev/{dev} bs=1048576 skip=1536 count=1 2>/dev/null | md5sum'"
+                ).split()[0] == beyond != ZEROS_MD5
 
     # live: the writer moves to the third host (the scheduler skips the storage host) with
     # the volume attached; the same guest (its boot id) reads the same bytes, over the same
