@@ -35,6 +35,7 @@ from cumulo.agent.net.host_network import HostNetwork
 from cumulo.agent.storage.seed import build_seed_iso
 from cumulo.allinone import fabric
 from cumulo.domain.arch import Arch
+from cumulo.edge import echo_gate
 from cumulo.edge.main import Edge
 from cumulo.protocol import (
     Assignment,
@@ -136,10 +137,15 @@ def _assignment(vm_id: str, name: str, net: NetworkRef, ip: str, mac: str,
     )  # fmt: skip
 
 
-def _free_public_ip() -> str:
-    """A loopback address nobody listens on port 22 of (127.100.x.y, per process)."""
-    for i in range(1, 250):
-        ip = f"127.100.{os.getpid() % 250}.{i}"
+def _public_pool() -> str:
+    """This process's slice of loopback addresses (its edge serves ICMP to all of them)."""
+    return f"127.100.{os.getpid() % 250}.0/24"
+
+
+def _free_public_ip(after: int = 0) -> str:
+    """A loopback address of the pool nobody listens on port 22 of."""
+    for i in range(after + 1, 250):
+        ip = str(ipaddress.IPv4Network(_public_pool())[i])
         with socket.socket() as s:
             if s.connect_ex((ip, 22)) != 0:
                 return ip
@@ -192,7 +198,7 @@ async def env() -> AsyncIterator[Env]:
                             fabric.Port(d / "edge", EDGE_UNDERLAY)])
     hn = HostNetwork(d / "host", str(HOST_UNDERLAY.ip), str(EDGE_UNDERLAY.ip))
     driver = QemuDriver(d / "run", accel="tcg")
-    e = Env(d, hn, Edge(names.netns_name(d / "edge")), driver, key, public_ip,
+    e = Env(d, hn, Edge(names.netns_name(d / "edge"), _public_pool()), driver, key, public_ip,
             [net_a, net_b], vms, {n: a.nics[0].ip for n, a in vms.items()})  # fmt: skip
     try:
         await hn.converge(e.networks, list(vms.values()), set())  # bridges + dnsmasq first
@@ -221,6 +227,7 @@ async def env() -> AsyncIterator[Env]:
             with contextlib.suppress(Exception):
                 await driver.destroy(a.id)
         await e.edge.close()
+        await echo_gate.remove_table(e.edge.netns)
         await hn.teardown()
         await namespace.delete(names.netns_name(d / "edge"))
         await fabric.teardown(d)
@@ -384,6 +391,37 @@ async def test_bandwidth_cap_in_both_directions(env: Env) -> None:
     assert "tbf" in qd
 
 
+async def _pinged(ip: str) -> bool:
+    """One echo request from the root namespace (busybox's ping: the machine may have no other)."""
+    code, _ = await sh(["busybox", "ping", "-c", "1", "-W", "3", ip], check=False)
+    return code == 0
+
+
+async def test_a_ping_of_a_public_ip_is_answered_only_when_its_instance_answers(env: Env) -> None:
+    """Without the edge's gate the machine itself answers every loopback address: each
+    `not` below would fail."""
+    a1, b1 = env.vms["a1"], env.vms["b1"]
+    assert await _pinged(env.public_ip)  # a1's rules allow ICMP (from anywhere)
+    unassigned = str(ipaddress.IPv4Network(_public_pool())[250])
+    assert not await _pinged(unassigned)  # an address of the pool that names no instance
+    for icmp in ([], [FirewallRule(proto="icmp", cidr="192.0.2.0/24")]):  # none; not from here
+        env.vms["a1"] = a1.model_copy(update={"ingress": [
+            *(r for r in a1.ingress if r.proto != "icmp"), *icmp]})
+        await env.converge()
+        assert not await _pinged(env.public_ip), icmp
+    env.vms["a1"] = a1
+    await env.converge()
+    assert await _pinged(env.public_ip)
+    # An instance that stops answers no more: b1 gets a public address, then is stopped.
+    other = _free_public_ip(after=int(ipaddress.IPv4Address(env.public_ip)) & 0xFF)
+    env.vms["b1"] = b1.model_copy(update={"public_ip": other})
+    await env.converge()
+    assert await _pinged(other)
+    await env.driver.destroy(b1.id)
+    assert not await _pinged(other)
+    assert await _pinged(env.public_ip)  # and the others still do
+
+
 async def test_teardown_leaves_nothing(env: Env) -> None:
     pidfiles = list((env.hn.state_dir / "dnsmasq").glob("*/dnsmasq.pid"))
     pids = [int(p.read_text()) for p in pidfiles]
@@ -394,6 +432,11 @@ async def test_teardown_leaves_nothing(env: Env) -> None:
     await fresh.teardown()
     await env.hn.teardown()  # the agent's own object
     await env.edge.close()  # the edge's listeners
+    # Its table of the root namespace outlives it (no edge: no answer) until `cumulo down`.
+    table = ["nft", "list", "table", "ip", echo_gate.table_name(env.edge.netns)]
+    assert (await sh(table, check=False))[0] == 0
+    await echo_gate.remove_table(env.edge.netns)
+    assert (await sh(table, check=False))[0] != 0
     assert not Path("/run/netns", env.ns).exists()
     _, nslist = await sh(["ip", "netns", "list"])
     assert env.ns not in nslist
