@@ -1,6 +1,6 @@
 """The host data plane with real tiny VMs (TCG): DHCP + DNS, public SSH through the edge's
-loopback endpoint, UDP through the edge, isolation between projects, live firewall changes,
-bandwidth caps, teardown.
+loopback endpoint (by address, and by FQDN from the edge's DNS), UDP and ICMP through the
+edge, isolation between projects, live firewall changes, bandwidth caps, teardown.
 
 Three VMs share one module (booting costs seconds): a1 + a2 on project p1's network (a1 has a
 public loopback IP and a bandwidth cap), b1 alone on project p2's network. The host and an
@@ -35,6 +35,7 @@ from cumulo.agent.net.host_network import HostNetwork
 from cumulo.agent.storage.seed import build_seed_iso
 from cumulo.allinone import fabric
 from cumulo.domain.arch import Arch
+from cumulo.domain.netaddr import public_dns_address
 from cumulo.edge import echo_gate
 from cumulo.edge.main import Edge
 from cumulo.protocol import (
@@ -86,7 +87,7 @@ class Env:
         """The host's data plane, then the edge's table (as the API would give it)."""
         await self.converge_host()
         entries = [EdgeEntry(public_ip=a.public_ip, instance_id=a.id, private_ip=a.nics[0].ip,
-                             host_ip=str(HOST_UNDERLAY.ip), rules=a.ingress)
+                             host_ip=str(HOST_UNDERLAY.ip), rules=a.ingress, fqdn=a.fqdn)
                    for a in self.vms.values() if a.public_ip]
         assert await self.edge.apply(EdgeTable(version=0, entries=entries)) == []
 
@@ -265,6 +266,24 @@ async def test_ssh_through_the_public_loopback_ip(env: Env) -> None:
     assert "10.231." not in routes
     _, addrs = await sh(["ip", "-4", "addr"])
     assert "10.231." not in addrs
+
+
+async def test_ssh_by_fqdn_with_a_resolver_pointed_at_the_edges_dns(env: Env) -> None:
+    """The machine's own resolver is left alone: ssh runs in a mount namespace of its own
+    whose /etc/resolv.conf names the edge's DNS (the pool's last usable address)."""
+    conf = env.dir / "resolv.conf"
+    conf.write_text(f"nameserver {public_dns_address(_public_pool())}\n"
+                    "options timeout:2 attempts:2\n")
+    login = " ".join(["ssh", "-i", str(env.key), *SSH_OPTS, f"cumulo@{env.vms['a1'].fqdn}",
+                      "hostname"])
+    _, out = await sh(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       f"mount --bind {conf} /etc/resolv.conf && exec {login}"])
+    assert out.split() == ["a1"]
+    # a name of no instance with a public address does not resolve (a2 has none)
+    code, out = await sh(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                          f"mount --bind {conf} /etc/resolv.conf && exec getent hosts "
+                          f"{env.vms['a2'].fqdn}"], check=False)
+    assert code != 0 and not out.strip()
 
 
 async def test_from_the_underlay_only_the_edge_gets_in(env: Env) -> None:

@@ -141,7 +141,7 @@ def prepare(paths: StatePaths, settings: Settings, db: Database, port: int,
     write_client_config(paths, db, url)
     edge_token = _read_line(edge_process.edge_dir(paths) / "edge.token")
     edge_process.prepare(paths, db, url, edge_token is not None and _token_valid(db, edge_token),
-                         settings.network.public_pool)
+                         settings.network.public_pool, settings.cloud_domain)
     return url, [_prepare_host(paths, settings, db, url, h) for h in hosts]
 
 

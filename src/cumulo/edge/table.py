@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from cumulo.edge.public_dns import fqdn_key
 from cumulo.protocol import EdgeEntry
 
 DEFAULT_SSH_PORT = 22
@@ -51,6 +52,7 @@ class EdgePlan:
     routes: tuple[tuple[str, str], ...]  # (instance private ip, via: its host's underlay ip)
     errors: tuple[str, ...]  # entries left out, and why
     echoes: tuple[EchoTarget, ...] = ()
+    names: tuple[tuple[str, str], ...] = ()  # (FQDN, public ip): the edge's public DNS
 
 
 def _ipv4(value: str, what: str) -> ipaddress.IPv4Address:
@@ -98,6 +100,7 @@ def _forwards(e: EdgeEntry) -> list[Forward]:
 def plan(entries: list[EdgeEntry]) -> EdgePlan:
     forwards: list[Forward] = []
     echoes: list[EchoTarget] = []
+    names: dict[str, str] = {}
     routes: dict[str, str] = {}
     errors: list[str] = []
     seen: set[tuple[str, int, str]] = set()
@@ -105,6 +108,7 @@ def plan(entries: list[EdgeEntry]) -> EdgePlan:
         try:
             fs = _forwards(e)
             echo = _echo(e)
+            name = fqdn_key(e.fqdn) if e.fqdn else None
             via = str(_ipv4(e.host_ip, "host address")) if e.host_ip else None
         except ValueError as err:
             errors.append(f"{e.public_ip} ({e.instance_id}): {err}")
@@ -120,5 +124,7 @@ def plan(entries: list[EdgeEntry]) -> EdgePlan:
         forwards.extend(fs)
         if echo is not None:
             echoes.append(echo)
+        if name is not None:
+            names[name] = str(_ipv4(e.public_ip, "public ip"))
     return EdgePlan(tuple(forwards), tuple(sorted(routes.items())), tuple(errors),
-                    tuple(echoes))
+                    tuple(echoes), tuple(sorted(names.items())))
