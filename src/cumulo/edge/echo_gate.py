@@ -32,7 +32,7 @@ import structlog
 
 from cumulo.agent.net.cmd import NetError, run
 from cumulo.edge import icmp_packets
-from cumulo.edge.pinger import Pinger
+from cumulo.edge.pinger import Pinger, read_echoes
 from cumulo.edge.table import EchoTarget
 
 log = structlog.get_logger("cumulo.edge")
@@ -111,15 +111,8 @@ class EchoGate:
 
     def _read(self) -> None:
         assert self._sock is not None
-        while True:
-            try:
-                packet = self._sock.recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            echo = icmp_packets.parse(packet, icmp_packets.ECHO_REQUEST)
-            if echo is None or ipaddress.IPv4Address(echo.dst) not in self.pool:
+        for echo in read_echoes(self._sock, icmp_packets.ECHO_REQUEST):
+            if ipaddress.IPv4Address(echo.dst) not in self.pool:
                 continue  # every ICMP packet of the machine comes by: only ours are served
             target = self._targets.get(echo.dst)
             if target is None or not target.allows(echo.src) or len(self._pending) >= MAX_PENDING:

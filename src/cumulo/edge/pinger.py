@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import random
 import socket
+from collections.abc import Iterator
 
 from cumulo.edge import icmp_packets
 from cumulo.edge.proxy import NetnsConnector
@@ -21,6 +22,20 @@ def _raw_icmp_socket(_: object = None) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     sock.setblocking(False)
     return sock
+
+
+def read_echoes(sock: socket.socket, icmp_type: int) -> Iterator[icmp_packets.Echo]:
+    """The echoes of `icmp_type` queued on a non-blocking raw ICMP socket (until none is)."""
+    while True:
+        try:
+            packet = sock.recv(65535)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # e.g. an ICMP error queued on the socket: read on
+            continue
+        echo = icmp_packets.parse(packet, icmp_type)
+        if echo is not None:
+            yield echo
 
 
 class Pinger:
@@ -55,16 +70,7 @@ class Pinger:
 
     def _read(self) -> None:
         assert self._sock is not None
-        while True:
-            try:
-                packet = self._sock.recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # e.g. an ICMP error queued on the socket: read on
-                continue
-            echo = icmp_packets.parse(packet, icmp_packets.ECHO_REPLY)
-            if echo is None:
-                continue
+        for echo in read_echoes(self._sock, icmp_packets.ECHO_REPLY):
             waiting = self._waiting.get((echo.src, echo.ident, echo.seq))
             if waiting is not None and not waiting.done():
                 waiting.set_result(None)
