@@ -140,7 +140,8 @@ def prepare(paths: StatePaths, settings: Settings, db: Database, port: int,
     url = f"http://127.0.0.1:{port}"
     write_client_config(paths, db, url)
     edge_token = _read_line(edge_process.edge_dir(paths) / "edge.token")
-    edge_process.prepare(paths, db, url, edge_token is not None and _token_valid(db, edge_token))
+    edge_process.prepare(paths, db, url, edge_token is not None and _token_valid(db, edge_token),
+                         settings.network.public_pool, settings.cloud_domain)
     return url, [_prepare_host(paths, settings, db, url, h) for h in hosts]
 
 
