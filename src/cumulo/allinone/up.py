@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from cumulo.allinone import edge_process, fabric
-from cumulo.allinone.baremetal_lab import Lab
+from cumulo.allinone.baremetal_lab import Lab, deploy_settings
 from cumulo.allinone.paths import StatePaths, write_private
 from cumulo.api import app as app_mod
 from cumulo.api import server, threads
@@ -329,6 +329,8 @@ def _run_locked(
     asyncio.run(fabric.ensure(paths.root, [
         *(fabric.Port(paths.host_dir(h.name), h.underlay) for h in hosts if h.underlay),
         fabric.Port(edge_process.edge_dir(paths), edge_at)]))
+    if baremetal_nodes:
+        settings = deploy_settings(settings, url)
     svc = Services(
         db=db, settings=settings, notifier=Notifier(), image_store=paths.root / "images",
         server_key=server_key(settings, paths),
@@ -349,7 +351,7 @@ def _run_locked(
                 supervisor.start()
             if lab is not None:
                 # Enrolled once its emulator listens: the conductor would find it silent.
-                lab.start()
+                lab.start(port)
                 await asyncio.to_thread(lab.wait_listening)
                 for name in await asyncio.to_thread(lab.enroll_missing, svc):
                     _say(f"bare-metal node {name} enrolled (its BMC: {lab.url()})")
