@@ -239,6 +239,9 @@ def test_a_running_instance_moves_live_a_cancel_leaves_it_and_a_lost_agent_split
         assert shown["state"] == "switching-over", shown  # switched: it only goes forward
         assert c.json("instance", "show", "vm")["host"] == dest
         assert "qemu" in _vm_files(c, dest, vm["id"])  # paused: the source keeps its copy
+        paused = len(stream.lines())
+        time.sleep(2)  # the guest runs nowhere: its counter does not move
+        assert len(stream.lines()) == paused, "the guest runs while its destination waits"
     finally:
         os.kill(agent, signal.SIGKILL)
     _wait("no new agent", lambda: _agent_pid(c, source, missing=agent) != agent, timeout=120)

@@ -136,8 +136,17 @@ def _moves_back_that_fail(c: Cloud, vm: str, dev: str, written: str) -> None:
         os.kill(agent, signal.SIGCONT)
     assert (cancelled["state"], cancelled["reason"]) == (
         "cancelled", "cancelled by an administrator"), cancelled
+    _wait("the destination kept a part of the VM after the cancel",
+          lambda: _left_on(c, "local", inst["id"]) == [], timeout=120)
 
-    mig = c.json("instance", "migrate", vm, "--to", "local")
+    # Its clean-up reported (the files go a moment before): the next move is taken.
+    deadline = time.monotonic() + 60
+    while (again := c.cli("-o", "json", "instance", "migrate", vm, "--to", "local",
+                          check=False)).returncode != 0:
+        assert "migration_in_progress" in again.stderr + again.stdout, again.stderr
+        assert time.monotonic() < deadline, "the cancelled migration kept the instance"
+        time.sleep(0.5)
+    mig = json.loads(again.stdout)
     copying(c, "local", inst["id"])
     os.kill(int((c.state_dir / "hosts" / "local" / "run" / inst["id"] / "qemu.pid")
                 .read_text()), signal.SIGKILL)
