@@ -61,6 +61,11 @@ def scale(quick: bool) -> Scale:
     return Scale(instances=300 if quick else 2000, open_loop_s=4.0 if quick else 30.0)
 
 
+# --quick on PostgreSQL: half the closed loop's instances. At its ~17-70 creates/s, 300 took
+# half a minute of the quick run's 6 (creating and deleting), for a figure with no promise.
+QUICK_PG_INSTANCES = 150
+
+
 def postgres_url() -> str | None:
     """Where to create the PostgreSQL bench database (None: PostgreSQL is skipped)."""
     return os.environ.get("CUMULO_BENCH_POSTGRES_URL") or os.environ.get(
@@ -78,7 +83,8 @@ def run(quick: bool) -> dict[str, object]:
         out["postgresql_skipped"] = "set CUMULO_BENCH_POSTGRES_URL (or CUMULO_TEST_POSTGRES_URL)"
         return out
     with pg_database(pg) as url, tempfile.TemporaryDirectory(prefix="cumulo-bench-") as tmp:
-        out["postgresql"] = measure(url, sc, Path(tmp))
+        out["postgresql"] = measure(
+            url, replace(sc, instances=QUICK_PG_INSTANCES) if quick else sc, Path(tmp))
     if quick:
         out["postgresql_2_apis_skipped"] = "full run only (the --quick budget)"
         return out
@@ -223,6 +229,7 @@ def _wait(cond: object, timeout: float, what: str, step: float = 0.02) -> float:
 def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
     """One full create/delete run (then the open-loop phases) against a fresh database."""
     work.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
     admin, hosts = prepare(url, sc, work)
     bases = [f"http://127.0.0.1:{free_port()}" for _ in range(sc.apis)]
     bus = ["--bus"] if sc.apis > 1 else []  # PostgreSQL LISTEN/NOTIFY between them
@@ -284,9 +291,14 @@ def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
             _wait(lambda: probe.counts()[0] == 0, sc.timeout_s, "all to be deleted")
 
         saturation = round(created / create_wall, 1)
+        t_open = time.perf_counter()
         opened = open_loop.run_phases(
             bases, admin, saturation, sc.open_loop_s, cp_http.create_body,
             probe.running_names, delete_all, sc.timeout_s) if sc.open_loop_s > 0 else []
+        # Where the section's time goes: setup (database, API, hosts registered), the closed
+        # loop's creates and deletes, the open-loop phases (with their cleanup).
+        phase_s = {"setup": t0 - began, "create": create_wall, "delete": t_gone - d0,
+                   "open_loop": time.perf_counter() - t_open}
         return {
             "create_per_s": saturation,
             **cp_http.stats("", lat),
@@ -311,6 +323,7 @@ def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
             "delete_to_all_gone_s": round(delete_wall, 2),
             "api_cpu_s_delete": round(cpu2 - cpu1, 2),
             "open_loop": opened,
+            "phase_s": {k: round(v, 1) for k, v in phase_s.items()},
         }
     except BaseException:
         for log in (*(p.name for p in work.glob("api*.log")), "agents.log"):

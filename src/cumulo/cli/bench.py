@@ -26,7 +26,8 @@ def _repo_root() -> Path:
 
 def bench(
     quick: Annotated[
-        bool, typer.Option("--quick", help="Smaller runs (minutes, not tens).")
+        bool, typer.Option("--quick", help="Smaller runs (minutes, not tens); the migration "
+                           "section only when named with --only.")
     ] = False,
     out: Annotated[
         Path | None, typer.Option("--out", help="JSON results (default bench/results/latest.json).")

@@ -188,21 +188,38 @@ def instances_since(svc: Services, host_id: str, view: HostView, have: str | Non
 
 
 
+# What `storage` reads, built once and read as columns: every whole rebuild of a host's view
+# asks, and on most hosts there is nothing (building the statements and the ORM's read of no
+# rows cost about as much as the rebuild's instances: docs/benchmarks.md, 2026-12-07).
+_INCOMING = select(MigrationRow.instance_id).where(
+    MigrationRow.destination_host_id == bindparam("host"), MigrationRow.active,
+    MigrationRow.cold.is_(False))
+_VOLUMES = (select(VolumeRow.id, VolumeRow.host_id, VolumeRow.client_host_id,
+                   VolumeRow.type_name, VolumeRow.size_gib, VolumeRow.desired,
+                   VolumeRow.want_instance_id, VolumeRow.device, VolumeRow.source_snapshot_id,
+                   VolumeRow.generation, VolumeRow.export_name, VolumeRow.export_key,
+                   VolumeRow.export_port)
+            .where((VolumeRow.host_id == bindparam("host"))
+                   | (VolumeRow.client_host_id == bindparam("host"))
+                   | VolumeRow.attached_to.in_(_INCOMING))
+            .order_by(VolumeRow.created_at, VolumeRow.id))
+_UNDERLAY = select(HostRow.id, HostRow.underlay_ip).where(
+    HostRow.id.in_(bindparam("ids", expanding=True)))
+_SNAPSHOTS = (select(SnapshotRow.id, SnapshotRow.volume_id, SnapshotRow.state)
+              .where(SnapshotRow.host_id == bindparam("host"))
+              .order_by(SnapshotRow.created_at, SnapshotRow.id))
+
+
 def storage(s: Session, svc: Services, host_id: str
              ) -> tuple[list[VolumeAssignment], list[SnapshotAssignment]]:
     """The volumes stored on the host (exported when attached to another host's instance),
     then those of other hosts attached to its instances (over NBD), and to the instances
     arriving here live: the incoming QEMU opens their exports too (migration_volumes)."""
     vols = []
-    incoming = select(MigrationRow.instance_id).where(
-        MigrationRow.destination_host_id == host_id, MigrationRow.active,
-        MigrationRow.cold.is_(False))
-    rows = s.scalars(select(VolumeRow).where(
-        (VolumeRow.host_id == host_id) | (VolumeRow.client_host_id == host_id)
-        | VolumeRow.attached_to.in_(incoming))
-        .order_by(VolumeRow.created_at, VolumeRow.id)).all()
-    storage_ips = dict(s.execute(select(HostRow.id, HostRow.underlay_ip).where(
-        HostRow.id.in_({v.host_id for v in rows if v.host_id != host_id and v.host_id}))).all())
+    conn = s.connection()
+    rows = conn.execute(_VOLUMES, {"host": host_id}).all()
+    others = {v.host_id for v in rows if v.host_id != host_id and v.host_id}
+    storage_ips = dict(conn.execute(_UNDERLAY, {"ids": list(others)}).all()) if others else {}
     for v in rows:
         vt = svc.settings.volume_type(v.type_name)
         link = (None if v.export_name is None or v.export_key is None or v.export_port is None
@@ -223,9 +240,8 @@ def storage(s: Session, svc: Services, host_id: str
             attach_to=attach_to, device=v.device,
             source_snapshot=v.source_snapshot_id if remote is None else None,
             generation=v.generation, export=export, remote=remote))
-    snaps = [SnapshotAssignment(id=sn.id, volume_id=sn.volume_id,
-                                desired="deleted" if sn.state == SnapshotState.DELETING
+    snaps = [SnapshotAssignment(id=sid, volume_id=volume_id,
+                                desired="deleted" if state == SnapshotState.DELETING
                                 else "present")
-             for sn in s.scalars(select(SnapshotRow).where(SnapshotRow.host_id == host_id)
-                                 .order_by(SnapshotRow.created_at, SnapshotRow.id))]
+             for sid, volume_id, state in conn.execute(_SNAPSHOTS, {"host": host_id})]
     return vols, snaps

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import AddressRow, InstanceRow, MigrationRow
@@ -27,17 +27,27 @@ CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}")  # a cold move's disk digest
 _STEPS = frozenset(s.value for s in Step)
 
 
-def _mine(host_id: str) -> ColumnElement[bool]:
-    return or_(and_(MigrationRow.destination_host_id == host_id,
+def _mine(host: BindParameter[str]) -> ColumnElement[bool]:
+    return or_(and_(MigrationRow.destination_host_id == host,
                     MigrationRow.destination_done.is_(False)),
-               and_(MigrationRow.source_host_id == host_id, MigrationRow.source_done.is_(False)))
+               and_(MigrationRow.source_host_id == host, MigrationRow.source_done.is_(False)))
+
+
+# Built once, and asked first as one column on the session's connection: every long-poll
+# answer asks, and almost every host takes part in no migration. Building the statement and
+# the ORM's read of no rows were a third of an answer's CPU (docs/benchmarks.md, Findings
+# of 2026-12-07).
+_ANY_MINE = select(MigrationRow.id).where(_mine(bindparam("host"))).limit(1)
+_MINE = (select(MigrationRow).where(_mine(bindparam("host")))
+         .order_by(MigrationRow.created_at, MigrationRow.id))
 
 
 def for_host(s: Session, svc: Services, host_id: str) -> list[MigrationAssignment]:
     """The host's part in each migration that still needs it."""
+    if s.connection().execute(_ANY_MINE, {"host": host_id}).first() is None:
+        return []
     out = []
-    for row in s.scalars(select(MigrationRow).where(_mine(host_id))
-                         .order_by(MigrationRow.created_at, MigrationRow.id)):
+    for row in s.scalars(_MINE, {"host": host_id}):
         rec = migrations.load(row)
         source = row.source_host_id == host_id
         step = rules.source_step(rec) if source else rules.destination_step(rec)

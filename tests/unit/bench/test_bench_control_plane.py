@@ -47,6 +47,10 @@ def test_tiny_run_creates_runs_and_deletes_everything(backend: str, tmp_path: Pa
         assert isinstance(result[key], float) and result[key] > 0, key
     assert result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     assert result["api_cpu_s_create"] > 0
+    phase_s = result["phase_s"]  # where the section's time went
+    assert isinstance(phase_s, dict)
+    assert set(phase_s) == {"setup", "create", "delete", "open_loop"}
+    assert all(v > 0 for v in phase_s.values())
     # the open-loop phases: 25, 50, 80 % of the saturation just measured, every create ran
     phases = result["open_loop"]
     assert isinstance(phases, list) and len(phases) == 3

@@ -67,17 +67,23 @@ def test_unknown_section_is_refused() -> None:
         runner.run_all(True, ["nope"])
 
 
-def test_many_hosts_runs_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    ran: list[str] = []
+@pytest.fixture
+def ran(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every section is an empty one; the names of those run, in order."""
+    names: list[str] = []
 
     def fake_load(name: str) -> Any:
         def run(quick: bool) -> dict[str, Any]:
-            ran.append(name)
+            names.append(name)
             return {}
 
         return run
 
     monkeypatch.setattr(runner, "load_section", fake_load)
+    return names
+
+
+def test_many_hosts_runs_only_when_asked(ran: list[str]) -> None:
     runner.run_all(True)
     assert "many_hosts" not in ran and "tcg_memory" in ran  # a default run leaves it out
     ran.clear()
@@ -111,3 +117,15 @@ def test_table_rewrite_keeps_the_rest_of_the_doc(tmp_path: Path) -> None:
 def test_the_real_doc_has_the_markers() -> None:
     text = (REPO / "docs" / "benchmarks.md").read_text()
     assert text.count(runner.BEGIN) == 1 and text.count(runner.END) == 1
+
+
+def test_quick_leaves_out_full_only_sections_unless_named(ran: list[str]) -> None:
+    data = runner.run_all(True)
+    assert "migration" not in ran and "control_plane" in ran
+    assert set(data["section_seconds"]) == set(ran)  # where the run's time went
+    ran.clear()
+    runner.run_all(False)
+    assert "migration" in ran
+    ran.clear()
+    runner.run_all(True, ["migration"])
+    assert ran == ["migration"]
