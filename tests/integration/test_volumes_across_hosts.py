@@ -3,7 +3,9 @@
 TLS-PSK) to an instance of another host. Bytes the guest wrote and synced there are read
 back by the storage host's instance after a detach (md5), and over NBD again; the export
 cannot be opened from a third host's namespace without TLS nor with a wrong key; an agent
-restart adopts the export's daemon (the guest keeps its disk); the instance migrates live to
+restart adopts the export's daemon (the guest keeps its disk); the storage host goes down
+(agent and daemon killed) and comes back: the volume shows `error`, the guest sees I/O
+errors, then its bytes and its write made meanwhile; the instance migrates live to
 the third host with the volume attached (the same guest, the same bytes, writes go on); a
 detach and `cumulo down` leave no daemon."""
 
@@ -22,7 +24,7 @@ import pytest
 from cumulo.agent.net import names
 from cumulo.agent.storage.nbd_exports import is_daemon
 from tests.integration.conftest import CUMULO, Cloud, _make, agent_pids
-from tests.integration.test_network_cloud import wait_ssh
+from tests.integration.test_network_cloud import ssh, wait_ssh
 from tests.integration.test_volumes_cloud import device_of, rssh
 
 pytestmark = pytest.mark.qemu
@@ -77,6 +79,61 @@ def _wait(what: str, ok: object, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+def _storage_host_down_and_back(c: Cloud, writer: str, dev: str, daemon: int, written: str
+                                ) -> int:
+    """The storage host goes down: its agent frozen (no heartbeat) and the export's daemon
+    killed (kill -9). The API shows the volume `error` with the reason and refuses a
+    snapshot; the writer's QEMU runs on: a read fails in the guest (EIO, once the NBD client's
+    reconnect-delay passed), a write pauses the VM (write-error policy `stop`). The agent
+    killed too, `cumulo up` restarts it; it restarts the daemon with the same export name and
+    key, the NBD client reconnects by itself, the VM is resumed, the write completes, and
+    every synced byte is there. Returns the new daemon's pid."""
+    export_dir = c.state_dir / "hosts" / STORE / "nbd" / c.json("volume", "show", "data")["id"]
+    spec = json.loads((export_dir / "export.json").read_text())
+    late = rssh(c, writer, "sh", "-c", "'head -c 65536 /dev/urandom > /tmp/late && "
+                "md5sum < /tmp/late'").split()[0]
+    agent = _agent_of(c, STORE)
+    os.kill(agent, signal.SIGSTOP)
+    os.kill(daemon, signal.SIGKILL)
+    _wait("the volume was not shown in error",
+          lambda: c.json("volume", "show", "data")["state"] == "error")
+    shown = c.json("volume", "show", "data")
+    assert shown["attached_to"] == writer, shown
+    assert f"its storage host {STORE} is down" in shown["state_reason"], shown
+    refused = c.cli("volume", "snapshot", "data", "while-down", check=False)
+    assert refused.returncode != 0 and "storage_host_down" in refused.stderr, refused.stderr
+    read = ssh(c, writer, "sh", "-c", f"'echo 3 > /proc/sys/vm/drop_caches; "
+               f"head -c 65536 /dev/{dev} > /dev/null'", root=True, check=False)
+    assert read.returncode == 1 and "I/O error" in read.stderr, (read.returncode, read.stderr)
+    assert c.json("instance", "show", writer)["state"] == "running"
+    # ssh stalls while the VM is paused: run in the background
+    write = subprocess.Popen(
+        [*CUMULO, "ssh", "--user", "root", writer, "--", "sh", "-c",
+         f"'dd if=/tmp/late of=/dev/{dev} bs=65536 seek=32 2>/dev/null && sync'"],
+        env=c.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        paused = c.wait_state(writer, "paused", timeout=60)
+        assert "storage host unreachable" in paused["state_reason"], paused
+        os.kill(agent, signal.SIGKILL)
+        _wait("the agent was not restarted",
+              lambda: len(agent_pids(c.state_dir) - {agent}) == 3)
+        _, err = write.communicate(timeout=180)
+        assert write.returncode == 0, err
+    finally:
+        if write.poll() is None:
+            write.kill()
+    c.wait_state(writer, "running", timeout=30)
+    assert c.json("volume", "show", "data")["state"] == "in-use"
+    new_daemon = int((export_dir / "pid").read_text())
+    assert new_daemon != daemon and is_daemon(new_daemon)
+    assert json.loads((export_dir / "export.json").read_text()) == spec  # same name and key
+    assert _uncached_md5(c, writer, dev) == written
+    back = rssh(c, writer, "sh", "-c", f"'dd if=/dev/{dev} bs=65536 skip=32 count=1 "
+                "2>/dev/null | md5sum'").split()[0]
+    assert back == late
+    return new_daemon
+
+
 def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path: Path
                                                          ) -> None:
     c = cloud3
@@ -127,6 +184,8 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
     assert int((export_dir / "pid").read_text()) == daemon and is_daemon(daemon)
     assert _uncached_md5(c, writer, dev) == written
     assert c.json("volume", "show", "data")["state"] == "in-use"
+
+    daemon = _storage_host_down_and_back(c, writer, dev, daemon, written)
 
     # detached: the daemon goes; attached to the storage host's instance: the same bytes
     assert c.json("volume", "detach", "data", "--wait")["state"] == "available"
