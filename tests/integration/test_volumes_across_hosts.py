@@ -94,30 +94,34 @@ def _storage_host_down_and_back(c: Cloud, writer: str, dev: str, daemon: int, wr
                 "md5sum < /tmp/late'").split()[0]
     agent = _agent_of(c, STORE)
     os.kill(agent, signal.SIGSTOP)
-    os.kill(daemon, signal.SIGKILL)
-    _wait("the volume was not shown in error",
-          lambda: c.json("volume", "show", "data")["state"] == "error")
-    shown = c.json("volume", "show", "data")
-    assert shown["attached_to"] == writer, shown
-    assert f"its storage host {STORE} is down" in shown["state_reason"], shown
-    refused = c.cli("volume", "snapshot", "data", "while-down", check=False)
-    assert refused.returncode != 0 and "storage_host_down" in refused.stderr, refused.stderr
-    read = ssh(c, writer, "sh", "-c", f"'echo 3 > /proc/sys/vm/drop_caches; "
-               f"head -c 65536 /dev/{dev} > /dev/null'", root=True, check=False)
-    assert read.returncode == 1 and "I/O error" in read.stderr, (read.returncode, read.stderr)
-    assert c.json("instance", "show", writer)["state"] == "running"
-    # ssh stalls while the VM is paused: run in the background
-    write = subprocess.Popen(
-        [*CUMULO, "ssh", "--user", "root", writer, "--", "sh", "-c",
-         f"'dd if=/tmp/late of=/dev/{dev} bs=65536 seek=32 2>/dev/null && sync'"],
-        env=c.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    write: subprocess.Popen[str] | None = None
     try:
+        os.kill(daemon, signal.SIGKILL)
+        _wait("the volume was not shown in error",
+              lambda: c.json("volume", "show", "data")["state"] == "error")
+        shown = c.json("volume", "show", "data")
+        assert shown["attached_to"] == writer, shown
+        assert f"its storage host {STORE} is down" in shown["state_reason"], shown
+        refused = c.cli("volume", "snapshot", "data", "while-down", check=False)
+        assert refused.returncode != 0 and "storage_host_down" in refused.stderr, refused.stderr
+        read = ssh(c, writer, "sh", "-c", f"'echo 3 > /proc/sys/vm/drop_caches; "
+                   f"head -c 65536 /dev/{dev} > /dev/null'", root=True, check=False)
+        assert (read.returncode, read.stderr) == (1, f"head: /dev/{dev}: Input/output error\n")
+        assert c.json("instance", "show", writer)["state"] == "running"
+        # ssh stalls while the VM is paused: run in the background
+        write = subprocess.Popen(
+            [*CUMULO, "ssh", "--user", "root", writer, "--", "sh", "-c",
+             f"'dd if=/tmp/late of=/dev/{dev} bs=65536 seek=32 2>/dev/null && sync'"],
+            env=c.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         paused = c.wait_state(writer, "paused", timeout=60)
         assert "storage host unreachable" in paused["state_reason"], paused
-        os.kill(agent, signal.SIGKILL)
+    finally:
+        os.kill(agent, signal.SIGKILL)  # `cumulo up` starts another
+    assert write is not None
+    try:
         _wait("the agent was not restarted",
               lambda: len(agent_pids(c.state_dir) - {agent}) == 3)
-        _, err = write.communicate(timeout=180)
+        _, err = write.communicate(timeout=180)  # resumed: the write completed
         assert write.returncode == 0, err
     finally:
         if write.poll() is None:
