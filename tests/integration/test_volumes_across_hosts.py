@@ -111,7 +111,7 @@ def _storage_host_down_and_back(c: Cloud, writer: str, dev: str, daemon: int, wr
         # ssh stalls while the VM is paused: run in the background
         write = subprocess.Popen(
             [*CUMULO, "ssh", "--user", "root", writer, "--", "sh", "-c",
-             f"'dd if=/tmp/late of=/dev/{dev} bs=65536 seek=32 2>/dev/null && sync'"],
+             f"'dd if=/tmp/late of=/dev/{dev} bs=65536 seek=32 conv=fsync 2>/dev/null'"],
             env=c.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         paused = c.wait_state(writer, "paused", timeout=60)
         assert "storage host unreachable" in paused["state_reason"], paused
@@ -160,7 +160,11 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
     export_dir = c.state_dir / "hosts" / STORE / "nbd" / vol["id"]
     daemon = int((export_dir / "pid").read_text())
     dev = device_of(c, writer, vol["id"])
-    rssh(c, writer, "sh", "-c", f"'head -c 1048576 /dev/urandom > /dev/{dev} && sync'")
+    # Synced: fsync flushes the disk's write cache (over NBD: the storage host's qcow2 data
+    # and metadata reach its file). A plain `sync` writes a raw device's pages but sends no
+    # flush: what it wrote could still be lost with a killed export daemon.
+    rssh(c, writer, "sh", "-c", f"'dd if=/dev/urandom of=/dev/{dev} bs=1048576 count=1 "
+                                "iflag=fullblock conv=fsync 2>/dev/null'")
     written = _uncached_md5(c, writer, dev)
     assert written != ZEROS_MD5
 
