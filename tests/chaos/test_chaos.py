@@ -78,7 +78,7 @@ def test_300_operations_under_kills_lose_and_duplicate_nothing(
     assert sum(cl.migrations for cl in clients), "no migration was accepted"
     assert killer.during_migration, "no kill landed during a migration"
     api = Api(c.state_dir)
-    converge(api, [cl.model for cl in clients])
+    converge(api, [cl.model for cl in clients], state_dir=c.state_dir)
     wait_none(lambda: unsettled(api), 60)
     print(f"chaos: migrations ended {ended(api)}")
     wait_none(lambda: leftovers.check(c.state_dir, api), 60, lambda: "migrations:\n" + "\n".join(

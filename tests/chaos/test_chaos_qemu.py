@@ -92,7 +92,7 @@ def test_storm_with_qemu_kills_keeps_every_synced_byte(qemu_cloud_2: Cloud,
 
     api = Api(c.state_dir)
     models = [cl.model for cl in clients] + [kept]
-    converge(api, models, BOOT_S)
+    converge(api, models, BOOT_S, c.state_dir)
     # Killed under a running instance: reported, with why, and started again when asked (a
     # QEMU killed at the storm's end may be seen by its agent only now: asked as it shows).
     crashed: set[str] = set()
@@ -112,7 +112,7 @@ def test_storm_with_qemu_kills_keeps_every_synced_byte(qemu_cloud_2: Cloud,
 
     wait_none(restart_crashed, BOOT_S, lambda: story(api, sorted(crashed)))
     assert "keep" in crashed, "the keeper's QEMU kill went unreported"
-    converge(api, models, 60)
+    converge(api, models, 60, c.state_dir)
     wait_none(lambda: unsettled(api), 60)
     print(f"chaos: migrations ended {ended(api)}")
     wait_none(lambda: leftovers.check(c.state_dir, api), 60)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.chaos.killer import active_migrations
 from tests.chaos.storm import Api, Model
@@ -51,8 +52,23 @@ def differences(api: Api, models: list[Model]) -> list[str]:
     return out
 
 
-def converge(api: Api, models: list[Model], timeout: float = CONVERGE_S) -> None:
-    wait_none(lambda: differences(api, models), timeout)
+def converge(api: Api, models: list[Model], timeout: float = CONVERGE_S,
+             state_dir: Path | None = None) -> None:
+    wait_none(lambda: differences(api, models), timeout, lambda: scene(api, state_dir))
+
+
+def scene(api: Api, state_dir: Path | None = None, lines: int = 30) -> str:
+    """What a stall needs to be diagnosed after the cloud is gone: each host's state, every
+    migration, and the last lines of each agent's log (a storm's failure is rare: its one
+    report must say enough)."""
+    out = [f"host {h['name']}: {h['state']} (last seen {h.get('last_seen')})"
+           for h in api.list("/v1/hosts")]
+    out += [f"migration {m['id']} of {m['instance']} {m['source']} -> {m['destination']}: "
+            f"{m['state']} ({m.get('reason', '')})" for m in api.list("/v1/migrations")]
+    for log in sorted(state_dir.glob("hosts/*/agent.log")) if state_dir else []:
+        out.append(f"--- {log.parent.name}/agent.log (last {lines} lines)")
+        out += log.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(out)
 
 
 def wait_none(find: Callable[[], list[str]], timeout: float,

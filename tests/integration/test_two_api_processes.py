@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -64,6 +65,7 @@ def two_apis() -> Iterator[tuple[list[int], dict[str, str], list[subprocess.Pope
                 p.terminate()
                 p.wait(timeout=30)
         next(gen, None)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _agent(ports: list[int], headers: dict[str, str], state: Path) -> subprocess.Popen[bytes]:
@@ -151,4 +153,6 @@ def test_a_write_through_one_api_wakes_the_host_polling_the_other(
     finally:
         agent.terminate()
         agent.wait(timeout=30)
-    assert os.path.exists(state / "agent.token")
+        token_kept = os.path.exists(state / "agent.token")
+        shutil.rmtree(state.parent, ignore_errors=True)
+    assert token_kept

@@ -40,6 +40,7 @@ from cumulo.agent.storage.nbd_exports import (
 )
 from cumulo.agent.storage.volumes import VolumeStore
 from cumulo.agent.volume_reconciler import VolumeReconciler
+from cumulo.agent.watchdog import watched
 from cumulo.domain.arch import Arch
 from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB
 from cumulo.protocol import (
@@ -61,6 +62,9 @@ OBSERVE_S = 2.0  # how often the host's VMs are observed (crashes seen within ~2
 # checks every VM's pid, converges the network and asks QMP about VMs not asked for 5 s: at
 # 1 s, 50 idle VMs cost the agent 1.8 % of a core (bench idle), over the 2 % promise.
 RESYNC_S = 30.0  # re-send every observation this often, in case the API lost one
+# A pass longer than this is logged with where it waits (a boot under TCG takes ~10 s; a
+# cold copy's or an image fetch's waits are in the pass too, but each step returns).
+SLOW_PASS_S = 60.0
 _LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)  # processes holding disks
 
 
@@ -279,7 +283,7 @@ async def agent_loop(
                     _forget_reports(rec, vrec, disk, mrec)
                     last_resync = time.monotonic()
                 started = time.perf_counter()
-                report = await _pass(rec, batch, vrec, mrec)
+                report = await watched(_pass(rec, batch, vrec, mrec), "reconcile_pass", SLOW_PASS_S)
                 RECONCILE_SECONDS.observe(time.perf_counter() - started)
                 space = disk.to_report() if disk is not None else None
                 if space is not None:
