@@ -95,10 +95,12 @@ def _storage_host_down_and_back(c: Cloud, writer: str, dev: str, daemon: int, wr
     agent = _agent_of(c, STORE)
     os.kill(agent, signal.SIGSTOP)
     write: subprocess.Popen[str] | None = None
+    started = time.monotonic()
     try:
         os.kill(daemon, signal.SIGKILL)
         _wait("the volume was not shown in error",
               lambda: c.json("volume", "show", "data")["state"] == "error")
+        marked = time.monotonic() - started
         shown = c.json("volume", "show", "data")
         assert shown["attached_to"] == writer, shown
         assert f"its storage host {STORE} is down" in shown["state_reason"], shown
@@ -117,6 +119,7 @@ def _storage_host_down_and_back(c: Cloud, writer: str, dev: str, daemon: int, wr
         assert "storage host unreachable" in paused["state_reason"], paused
     finally:
         os.kill(agent, signal.SIGKILL)  # `cumulo up` starts another
+        restarted = time.monotonic()
     assert write is not None
     try:
         _wait("the agent was not restarted",
@@ -126,6 +129,9 @@ def _storage_host_down_and_back(c: Cloud, writer: str, dev: str, daemon: int, wr
     finally:
         if write.poll() is None:
             write.kill()
+    print(f"storage host down: volume shown in error after {marked:.1f} s; the paused write "
+          f"completed {time.monotonic() - restarted:.1f} s after its agent was killed, "
+          f"{time.monotonic() - started:.1f} s in all")
     c.wait_state(writer, "running", timeout=30)
     assert c.json("volume", "show", "data")["state"] == "in-use"
     new_daemon = int((export_dir / "pid").read_text())
