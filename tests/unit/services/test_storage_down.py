@@ -13,15 +13,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from cumulo.agent.drivers.base import VMSpec
-from cumulo.db.tables import HostRow, InstanceRow
-from cumulo.domain.arch import Arch
+from cumulo.db.tables import HostRow
 from cumulo.domain.errors import CumuloError
-from cumulo.protocol import Observation
-from cumulo.services import agents, events, hosts, instances, migrations, volumes
+from cumulo.services import agents, events, hosts, migrations, volumes
 from cumulo.services.context import Services
-from tests.conftest import ADMIN, AGENT_HOST, stored_state
-from tests.unit.services.test_volumes_across_hosts import Host
+from tests.conftest import ADMIN, stored_state
+from tests.unit.services.test_volumes_across_hosts import Host, vm_and_storage_host
 
 B = "host-b"  # the storage host
 
@@ -38,19 +35,7 @@ def silent(svc: Services, name: str) -> None:
 async def attached(svc: Services, tmp_path: Path) -> tuple[Host, Host, str]:
     """"vm" running on host-a with volume "data" (stored on host-b) attached over NBD, and
     snapshot "s1" of it (on host-b)."""
-    for name, ip, storage in ((AGENT_HOST, "10.250.0.1", False), (B, "10.250.0.2", True)):
-        hosts.register(svc, ADMIN, name=name, zone="local-1a", architectures=["x86_64"],
-                       vcpus=4, ram_mib=4096, driver="fake", accel="fake", agent_url="",
-                       underlay_ip=ip, storage=storage)
-    a, b = Host(svc, AGENT_HOST, tmp_path), Host(svc, B, tmp_path)
-    iid = instances.create(svc, ADMIN, None, instances.CreateInstance(
-        name="vm", image="tiny", type="t1.nano")).id
-    with svc.db.session() as s:
-        s.execute(update(InstanceRow).where(InstanceRow.id == iid)
-                  .values(host_id=agents.host_id(svc, a.who, a.name)))
-    agents.report(svc, a.who, a.name, [Observation(id=iid, state="running", generation=1)])
-    await a.driver.start(VMSpec(vm_id=iid, hostname="vm", arch=Arch.X86_64, vcpus=1,
-                                ram_mib=128, boot_disk=tmp_path / "unused"))
+    a, b, iid = await vm_and_storage_host(svc, tmp_path)
     volumes.create(svc, ADMIN, None, "data", 1, zone="local-1a")
     await b.step()
     volumes.attach(svc, ADMIN, None, "data", "vm")
