@@ -12,7 +12,12 @@ names every difference:
 - in the host's namespace: a tap (`ct...`) or IFB (`cf...`, its tc caps) of a VM not running
   there, an nftables chain (`to_TAP` / `from_TAP`: the per-NIC rules) of such a VM, a bridge
   of a removed network; a dnsmasq (or its directory) of a removed network;
-- a qemu-storage-daemon (an NBD export) of this cloud for a volume not attached.
+- a qemu-storage-daemon (an NBD export) of this cloud, or its directory (`nbd/VOL`: keys,
+  socket, pidfile), for a volume not attached;
+- in the edge's namespace: a route to a private address that no public address leads to, or
+  one via a host that does not run its instance, or none for an attached public address.
+The QEMU uid registry (/run/cumulo/vm-uids) is not checked: a claim whose directory is gone is
+free by construction (agent/drivers/qemu_confine.py), so a left claim costs nothing.
 
 `orphans` is the pure comparison (unit-tested with planted orphans); `read_host` and
 `read_cloud` gather its two sides.
@@ -43,6 +48,9 @@ class CloudView:
     attached: frozenset[str]  # ids of the volumes attached to an instance
     snapshots: frozenset[str]
     networks: frozenset[str]  # ids
+    # private address -> underlay address of its host, for each instance with a public
+    # address: the edge's routes, exactly
+    edge_routes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,6 +71,7 @@ class HostHoldings:
     links: set[str] = field(default_factory=set)  # cumulo's links in the namespace
     nft_chains: set[str] = field(default_factory=set)
     storage_daemons: list[str] = field(default_factory=list)  # command lines
+    nbd_dirs: set[str] = field(default_factory=set)  # volume ids
 
 
 def _tap_owner(tap: str, vm_ids: set[str]) -> str | None:
@@ -71,9 +80,20 @@ def _tap_owner(tap: str, vm_ids: set[str]) -> str | None:
     return next((v for v in vm_ids if names.tap_name(v, 0)[2:12] == prefix), None)
 
 
-def orphans(cloud: CloudView, hosts: list[HostHoldings]) -> list[str]:
-    """Every difference between what the hosts hold and what the cloud has (empty: none)."""
+def orphans(cloud: CloudView, hosts: list[HostHoldings],
+            edge_routes: dict[str, str] | None = None) -> list[str]:
+    """Every difference between what the hosts (and the edge's routes: private address ->
+    via, None when not read) hold and what the cloud has (empty: none)."""
     out: list[str] = []
+    if edge_routes is not None:
+        for dst, via in sorted(edge_routes.items()):
+            if dst not in cloud.edge_routes:
+                out.append(f"edge: route to {dst} via {via}, to which no public address leads")
+            elif cloud.edge_routes[dst] != via:
+                out.append(f"edge: route to {dst} via {via}, whose instance runs behind "
+                           f"{cloud.edge_routes[dst]}")
+        out += [f"edge: no route to {dst} (via {via}), which a public address leads to"
+                for dst, via in sorted(cloud.edge_routes.items()) if dst not in edge_routes]
     volume_homes: dict[str, list[str]] = {}
     for h in hosts:
         mine = {i for i, (host, _) in cloud.instances.items() if host == h.name}
@@ -120,6 +140,8 @@ def orphans(cloud: CloudView, hosts: list[HostHoldings]) -> list[str]:
         for cmd in h.storage_daemons:
             if not any(v in cmd for v in cloud.attached):
                 out.append(f"{at} qemu-storage-daemon of no attached volume: {cmd[:200]}")
+        out += [f"{at} NBD export directory of volume {v} (not attached)" for v in
+                sorted(h.nbd_dirs - cloud.attached)]
     for v, homes in sorted(volume_homes.items()):
         if len(homes) > 1:
             out.append(f"volume {v} kept on {len(homes)} hosts: {homes}")
@@ -184,6 +206,7 @@ def read_host(host_dir: Path, real: bool) -> HostHoldings:
         if Path(argv[0]).name == "dnsmasq":
             conf = next(a for a in argv if a.startswith("--conf-file="))
             h.dnsmasqs[Path(conf.removeprefix("--conf-file=")).parent.name] = pid
+    h.nbd_dirs = {v for v in _ids(host_dir / "nbd") if v.startswith("vol-")}
     h.storage_daemons = [" ".join(argv) for _, argv in _processes(str(host_dir))
                          if Path(argv[0]).name == "qemu-storage-daemon"]
     ns = names.netns_name(host_dir)
@@ -197,23 +220,39 @@ def read_host(host_dir: Path, real: bool) -> HostHoldings:
 
 def read_cloud(api: Api) -> tuple[CloudView, dict[str, bool]]:
     """What the API says exists, and each host's name -> whether its VMs are real."""
-    hosts = {h["name"]: h["driver"] != "fake" for h in api.list("/v1/hosts")}
+    listed = api.list("/v1/hosts")
+    hosts = {h["name"]: h["driver"] != "fake" for h in listed}
+    underlay = {h["name"]: h["underlay_ip"] for h in listed}
+    instances = api.list("/v1/instances")
     vols = api.list("/v1/volumes")
     view = CloudView(
-        instances={i["id"]: (i["host"], i["state"]) for i in api.list("/v1/instances")},
+        instances={i["id"]: (i["host"], i["state"]) for i in instances},
         volumes={v["id"]: v["state"] for v in vols},
         attached=frozenset(v["id"] for v in vols if v["attached_to"]),
         snapshots=frozenset(s["id"] for s in api.list("/v1/snapshots")),
         networks=frozenset(n["id"] for n in api.list("/v1/networks")),
+        edge_routes={i["private_ip"]: underlay[i["host"]] for i in instances
+                     if i["public_ip"] and i["private_ip"] and underlay.get(i["host"])},
     )
     return view, hosts
 
 
+def read_edge(state_dir: Path) -> dict[str, str] | None:
+    """The edge's routes (private address -> via), None when the cloud has no edge."""
+    ns = names.netns_name(state_dir / "edge")
+    if ns not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                text=True).stdout:
+        return None
+    out = _netns(ns, "ip", "-4", "-j", "route", "show", "proto", "static")
+    return {str(r["dst"]).removesuffix("/32"): str(r["gateway"])
+            for r in json.loads(out or "[]") if r.get("dst") and r.get("gateway")}
+
+
 def check(state_dir: Path, api: Api) -> list[str]:
-    """Every orphan on the hosts of the cloud in `state_dir` (empty: none)."""
+    """Every orphan on the hosts and the edge of the cloud in `state_dir` (empty: none)."""
     view, hosts = read_cloud(api)
     return orphans(view, [read_host(state_dir / "hosts" / name, real)
-                          for name, real in sorted(hosts.items())])
+                          for name, real in sorted(hosts.items())], read_edge(state_dir))
 
 
 def assert_catches_a_planted_orphan(state_dir: Path, api: Api) -> None:

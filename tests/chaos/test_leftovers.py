@@ -62,6 +62,7 @@ def test_a_clean_host_has_no_orphans() -> None:
     (lambda h: h.dnsmasqs.__setitem__(GONE_NET, 104), "dnsmasq 104 of removed network"),
     (lambda h: h.storage_daemons.append(f"qemu-storage-daemon --blockdev {GONE_VOL}"),
      "qemu-storage-daemon of no attached volume"),
+    (lambda h: h.nbd_dirs.add(VOL), f"NBD export directory of volume {VOL} (not attached)"),
 ])
 def test_each_planted_orphan_is_named(plant: object, found: str) -> None:
     h = _clean()
@@ -77,6 +78,18 @@ def test_a_volume_on_two_hosts_or_on_none_is_named() -> None:
     lost = _clean()
     lost.volume_files.clear()
     assert orphans(_cloud(), [lost]) == [f"volume {VOL} (available) has no file on any host"]
+
+
+def test_the_edge_routes_exactly_each_public_address_to_its_host() -> None:
+    cloud = _cloud()
+    cloud.edge_routes.update({"10.0.0.5": "10.250.0.1", "10.0.0.6": "10.250.0.2"})
+    assert orphans(cloud, [_clean()], {"10.0.0.5": "10.250.0.1",
+                                       "10.0.0.6": "10.250.0.2"}) == []
+    assert orphans(cloud, [_clean()], None) == []  # no edge read: nothing said of it
+    assert orphans(cloud, [_clean()], {"10.0.0.5": "10.250.0.2", "10.0.0.7": "10.250.0.1"}) == [
+        "edge: route to 10.0.0.5 via 10.250.0.2, whose instance runs behind 10.250.0.1",
+        "edge: route to 10.0.0.7 via 10.250.0.1, to which no public address leads",
+        "edge: no route to 10.0.0.6 (via 10.250.0.2), which a public address leads to"]
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy.exc import IntegrityError
 
 from cumulo.domain.errors import Conflict
-from cumulo.services import instances
+from cumulo.services import instance_create
 from cumulo.services.context import Principal, Services
 from cumulo.services.create_batch import CreateBatch
 
@@ -17,15 +17,16 @@ class _DryRun(Exception):
 
 
 def check_create(svc: Services, who: Principal, project: str | None,
-                 req: instances.CreateInstance) -> None:
+                 req: instance_create.CreateInstance) -> None:
     """Every check a create makes (name, size, zone capacity, image, keys, groups, network,
     address) and the error it would raise; nothing is written."""
-    size = instances._size(svc, req)
+    size = instance_create._size(svc, req)
     try:
         with svc.db.session() as s:
             batch = CreateBatch(s, svc.settings)
             batch.read_limits([batch.project(who, project)])  # quotas: as a create would
-            instances._create_one(svc, batch, instances.CreateCall(who, project, req), size)
+            call = instance_create.CreateCall(who, project, req)
+            instance_create._create_one(svc, batch, call, size)
             raise _DryRun
     except _DryRun:
         return
