@@ -43,6 +43,8 @@ _CATALOGUE_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?\Z")
 # An instance's FQDN is <name>.<project>.<zone>.<cloud_domain>: three labels of up to 63
 # characters and their dots leave 61 of DNS's 253.
 MAX_CLOUD_DOMAIN = 253 - 3 * 64
+# Where bare-metal deploys reach the API: http://HOST[:PORT] (it goes on a kernel command line).
+_DEPLOY_URL = r"^http://[A-Za-z0-9.\-]{1,200}(:[0-9]{1,5})?$"
 
 
 def _reported(check: Callable[[str], str]) -> Callable[[str], str]:
@@ -311,6 +313,20 @@ class MigrationSettings(BaseModel):
         return Limits(max_s=self.max_seconds, prepare_s=self.prepare_seconds)
 
 
+class BaremetalSettings(BaseModel):
+    """How the bare-metal conductor deploys a node (services.baremetal_deploy_steps)."""
+
+    # From the deploy's start to the ramdisk's report: past it the node goes to `error` and
+    # is powered off (its one-time token expires with it).
+    deploy_timeout_s: int = Field(default=900, ge=10, le=86400)
+    # The API as BMCs reach it (they fetch the deploy ISO from it: Redfish InsertMedia), and
+    # as a node's deploy ramdisk reaches it on the provisioning network (it fetches the image
+    # and reports there). `cumulo up --baremetal-nodes` sets both for its emulated nodes;
+    # unset, a deploy fails at once saying so.
+    media_url: str | None = Field(default=None, pattern=_DEPLOY_URL)
+    provision_url: str | None = Field(default=None, pattern=_DEPLOY_URL)
+
+
 class Settings(BaseModel):
     cloud_domain: str = "cumulo.internal"
     network: NetworkSettings = Field(default_factory=NetworkSettings)
@@ -351,6 +367,7 @@ class Settings(BaseModel):
     metrics_token: str = Field(default="", pattern=r"^([\x21-\x7e]{16,200})?$")
     ec2: Ec2Settings = Field(default_factory=Ec2Settings)
     prices: PriceSettings = Field(default_factory=PriceSettings)
+    baremetal: BaremetalSettings = Field(default_factory=BaremetalSettings)
 
     @field_validator("cloud_domain")
     @classmethod

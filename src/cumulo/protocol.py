@@ -294,6 +294,7 @@ class EdgeEntry(BaseModel):
     private_ip: str  # the instance's first NIC
     host_ip: str | None  # the underlay address of the host that runs it (None: none known)
     rules: list[FirewallRule]  # the instance's ingress rules (its security groups)
+    fqdn: str | None = None  # the instance's name: the edge's DNS answers it with public_ip
 
 
 class EdgeTable(BaseModel):

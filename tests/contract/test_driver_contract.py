@@ -316,7 +316,7 @@ async def test_volume_hotplug_resize_snapshot_detach(harness: Harness) -> None:
     # A new driver (agent restart) asks the hypervisor, not its memory.
     assert await harness.reopen().attached_volumes(spec.vm_id) == {vol.volume_id}
 
-    await d.resize_volume(spec.vm_id, vol.volume_id, 2 * 2**30)
+    await d.resize_volume(spec.vm_id, vol, 2 * 2**30)
     assert qemu_img_info(vol.path)["virtual-size"] == 2 * 2**30
 
     target = harness.workdir / "snap.qcow2"
@@ -361,11 +361,11 @@ async def test_volume_calls_on_unknown_or_stopped_vms(harness: Harness) -> None:
     with pytest.raises(DriverError, match="not running"):
         await d.attach_volume(unknown, vol)
     with pytest.raises(DriverError):
-        await d.resize_volume(unknown, vol.volume_id, 2**31)
+        await d.resize_volume(unknown, vol, 2**31)
     spec = harness.spec()
     await d.start(spec)
     with pytest.raises(DriverError, match="not attached"):
-        await d.resize_volume(spec.vm_id, vol.volume_id, 2**31)
+        await d.resize_volume(spec.vm_id, vol, 2**31)
     with pytest.raises(DriverError, match="not attached"):
         await d.snapshot_volume(spec.vm_id, vol.volume_id, harness.workdir / "s.qcow2")
     assert not (harness.workdir / "s.qcow2").exists()

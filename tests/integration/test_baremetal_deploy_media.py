@@ -1,18 +1,16 @@
 """The bare-metal deploy at the machine's level, for real: an emulated node (a QEMU machine)
 boots the deploy ISO from virtual media once, its ramdisk fetches the whole-disk tiny image
 over the provisioning NIC (user networking, restrict=on, one guestfwd to a loopback port),
-checks its sha256, writes it to the node's disk and reports; the node then boots from that
-disk alone (SYSLINUX, the tiny kernel, root on /dev/vda2) and its serial console shows the
-guest up; an image whose sha256 is wrong is reported and not written. The API's deploy
-endpoints and the conductor's steps are not built yet: a loopback HTTP server stands in.
-"""
+checks its sha256 and, when it is wrong, reports that and writes nothing (a loopback HTTP
+server stands in for the API). A deploy that succeeds, through the API and the conductor,
+and the node booting from its disk afterwards: test_baremetal_qemu.py (one deploy is all
+the suite's time allows)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -72,17 +70,6 @@ def machine(tmp_path: Path) -> Iterator[tuple[EmulatedMachine, _Api]]:
         api.server.server_close()
 
 
-def _wait_console(m: EmulatedMachine, text: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    log = ""
-    while time.monotonic() < deadline:
-        log = m.console_log.read_text(errors="replace") if m.console_log.exists() else ""
-        if text in log:
-            return log
-        time.sleep(1)
-    raise AssertionError(f"{text!r} not on the console after {timeout}s:\n{log[-3000:]}")
-
-
 def _boot_deploy(m: EmulatedMachine, sha: str) -> None:
     base = f"http://{PROVISION_ADDR}"
     iso = deploy_iso.build_iso(deploy_iso.ensure_deploy_ramdisk(),
@@ -90,31 +77,6 @@ def _boot_deploy(m: EmulatedMachine, sha: str) -> None:
     m.insert_media("http://127.0.0.1/deploy.iso", iso)
     m.set_boot("Cd", "Once")
     m.power_on()
-
-
-def test_a_node_deployed_from_virtual_media_boots_the_image_from_its_disk(
-    machine: tuple[EmulatedMachine, _Api],
-) -> None:
-    m, api = machine
-    disk = wholedisk.ensure_tiny_disk()
-    _boot_deploy(m, json.loads((disk / "build.json").read_text())["gz_sha256"])
-    argv = " ".join(json.loads(m.last_argv.read_text()))
-    assert "restrict=on" in argv and "order=d" in argv
-
-    assert api.reported.wait(300), m.console_log.read_text(errors="replace")[-3000:]
-    # a report whose answer was lost is sent again: the same report, maybe more than once
-    assert set(api.reports) == {b"ok"}
-    assert "sha256 ok" in m.console_log.read_text(errors="replace")
-
-    # What the conductor does next: media out, boot from disk (the Once override is spent).
-    m.force_off()
-    m.eject_media()
-    m.console_log.unlink()
-    m.power_on()
-    argv = " ".join(json.loads(m.last_argv.read_text()))
-    assert "order=c" in argv and "media=cdrom" not in argv
-    log = _wait_console(m, "cumulo-tiny: ready", 240)
-    assert "SYSLINUX" in log and "switching to /dev/vda2" in log
 
 
 def test_an_image_whose_sha256_is_wrong_is_reported_and_nothing_is_written(

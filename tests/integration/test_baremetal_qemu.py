@@ -3,7 +3,8 @@ conductor), the CLI, and a "physical" server that is a real QEMU machine behind 
 BMC emulator in its own process. Enrolled with a password file, inspected over Redfish, made
 available; powered on, off and rebooted over Redfish (the QEMU process appears and goes);
 deleted (powered off first); and a BMC that does not answer leaves `error` with the reason.
-A bm1.* instance takes a node and its delete cleans it (the deploy itself is not built).
+With `cumulo up --baremetal-nodes 1`, a bm1.* instance is deployed on its node from virtual
+media for real (the tiny image, booted from the node's own disk) and its delete cleans it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,17 @@ def _wait_node(c: Cloud, name: str, state: str, timeout: float = 90) -> dict[str
         time.sleep(0.5)
     raise AssertionError(f"node {name} not {state} after {timeout}s: {node}\n"
                          f"{c.log.read_text()[-3000:]}")
+
+
+def _wait_console(log: Path, text: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = log.read_text(errors="replace") if log.exists() else ""
+        if text in seen:
+            return seen
+        time.sleep(1)
+    raise AssertionError(f"{text!r} not on the node's console after {timeout}s:\n{seen[-3000:]}")
 
 
 @pytest.fixture
@@ -136,18 +148,33 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     password = (lab / "bmc-password").read_text().strip()
     b = Bmc(BmcAddress(node["redfish_url"], node["redfish_system"], "admin", password))
 
-    # A bm1 instance takes the node (deploying); a second finds none; deleting it cleans the
-    # node: its machine (powered on here as a deployed server would be) goes off for real.
-    made = c.json("instance", "create", "metal", "--image", "tiny", "--type", "bm1.tiny")
-    assert (made["state"], made["type"]) == ("pending", "bm1.tiny")
+    # A bm1 instance is deployed on the node for real: the conductor inserts the deploy ISO
+    # (the emulator fetches it from the API), the node boots it from CD, its ramdisk fetches
+    # the whole-disk image over the provisioning NIC, checks and writes it and reports; the
+    # conductor ejects the media and boots the node from its disk. A second create finds no
+    # node; deleting the instance cleans the node: its machine goes off for real.
+    made = c.json("instance", "create", "metal", "--image", "tiny", "--type", "bm1.tiny",
+                  "--wait", "--timeout", "600")
+    assert (made["state"], made["type"], made["state_reason"]) == ("running", "bm1.tiny", "")
     node = c.json("baremetal", "node", "show", "bm-1")
-    assert (node["state"], node["instance"]) == ("deploying", "metal")
+    assert (node["state"], node["instance"], node["power_state"], node["last_error"],
+            node["deploy_step"]) == ("active", "metal", "on", None, None)
+    machine = lab / "node-1"
+    assert json.loads((machine / "state.json").read_text())["media_image"] == ""  # ejected
+    argv = json.loads((machine / "last-argv.json").read_text())
+    assert "order=c" in " ".join(argv) and not any("media=cdrom" in a for a in argv)
+    assert "restrict=on" in " ".join(argv)  # the provisioning NIC reaches the API, no more
+    # The console (the emulator keeps it, truncated at each power-on) shows the tiny image
+    # booted by SYSLINUX from the node's own disk, its root on the partition the deploy wrote.
+    console = _wait_console(machine / "console.log", "cumulo-tiny: ready", 240)
+    assert "SYSLINUX" in console and "switching to /dev/vda2" in console
+    deployed = " ".join(e["kind"] for e in c.json("instance", "events", "metal"))
+    assert "started" in deployed
     refused = c.cli("instance", "create", "metal-2", "--image", "tiny", "--type", "bm1.tiny",
                     check=False)
     assert refused.returncode != 0 and refused.stderr.startswith("error[no_node_fits]: ")
-    assert "1 deploying" in refused.stderr
-    assert b.power(PowerAction.ON) == "on"
-    pid = int((lab / "node-1" / "qemu.pid").read_text())
+    assert "1 active" in refused.stderr
+    pid = int((machine / "qemu.pid").read_text())
     assert running(pid)
     c.cli("instance", "delete", "metal")
     node = _wait_node(c, "bm-1", "available")

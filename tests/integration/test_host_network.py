@@ -1,6 +1,6 @@
 """The host data plane with real tiny VMs (TCG): DHCP + DNS, public SSH through the edge's
-loopback endpoint, UDP through the edge, isolation between projects, live firewall changes,
-bandwidth caps, teardown.
+loopback endpoint (by address, and by FQDN from the edge's DNS), UDP and ICMP through the
+edge, isolation between projects, live firewall changes, bandwidth caps, teardown.
 
 Three VMs share one module (booting costs seconds): a1 + a2 on project p1's network (a1 has a
 public loopback IP and a bandwidth cap), b1 alone on project p2's network. The host and an
@@ -35,6 +35,8 @@ from cumulo.agent.net.host_network import HostNetwork
 from cumulo.agent.storage.seed import build_seed_iso
 from cumulo.allinone import fabric
 from cumulo.domain.arch import Arch
+from cumulo.domain.netaddr import public_dns_address
+from cumulo.edge import echo_gate
 from cumulo.edge.main import Edge
 from cumulo.protocol import (
     Assignment,
@@ -85,7 +87,7 @@ class Env:
         """The host's data plane, then the edge's table (as the API would give it)."""
         await self.converge_host()
         entries = [EdgeEntry(public_ip=a.public_ip, instance_id=a.id, private_ip=a.nics[0].ip,
-                             host_ip=str(HOST_UNDERLAY.ip), rules=a.ingress)
+                             host_ip=str(HOST_UNDERLAY.ip), rules=a.ingress, fqdn=a.fqdn)
                    for a in self.vms.values() if a.public_ip]
         assert await self.edge.apply(EdgeTable(version=0, entries=entries)) == []
 
@@ -136,10 +138,15 @@ def _assignment(vm_id: str, name: str, net: NetworkRef, ip: str, mac: str,
     )  # fmt: skip
 
 
-def _free_public_ip() -> str:
-    """A loopback address nobody listens on port 22 of (127.100.x.y, per process)."""
-    for i in range(1, 250):
-        ip = f"127.100.{os.getpid() % 250}.{i}"
+def _public_pool() -> str:
+    """This process's slice of loopback addresses (its edge serves ICMP to all of them)."""
+    return f"127.100.{os.getpid() % 250}.0/24"
+
+
+def _free_public_ip(after: int = 0) -> str:
+    """A loopback address of the pool nobody listens on port 22 of."""
+    for i in range(after + 1, 250):
+        ip = str(ipaddress.IPv4Network(_public_pool())[i])
         with socket.socket() as s:
             if s.connect_ex((ip, 22)) != 0:
                 return ip
@@ -192,7 +199,7 @@ async def env() -> AsyncIterator[Env]:
                             fabric.Port(d / "edge", EDGE_UNDERLAY)])
     hn = HostNetwork(d / "host", str(HOST_UNDERLAY.ip), str(EDGE_UNDERLAY.ip))
     driver = QemuDriver(d / "run", accel="tcg")
-    e = Env(d, hn, Edge(names.netns_name(d / "edge")), driver, key, public_ip,
+    e = Env(d, hn, Edge(names.netns_name(d / "edge"), _public_pool()), driver, key, public_ip,
             [net_a, net_b], vms, {n: a.nics[0].ip for n, a in vms.items()})  # fmt: skip
     try:
         await hn.converge(e.networks, list(vms.values()), set())  # bridges + dnsmasq first
@@ -221,6 +228,7 @@ async def env() -> AsyncIterator[Env]:
             with contextlib.suppress(Exception):
                 await driver.destroy(a.id)
         await e.edge.close()
+        await echo_gate.remove_table(e.edge.netns)
         await hn.teardown()
         await namespace.delete(names.netns_name(d / "edge"))
         await fabric.teardown(d)
@@ -258,6 +266,24 @@ async def test_ssh_through_the_public_loopback_ip(env: Env) -> None:
     assert "10.231." not in routes
     _, addrs = await sh(["ip", "-4", "addr"])
     assert "10.231." not in addrs
+
+
+async def test_ssh_by_fqdn_with_a_resolver_pointed_at_the_edges_dns(env: Env) -> None:
+    """The machine's own resolver is left alone: ssh runs in a mount namespace of its own
+    whose /etc/resolv.conf names the edge's DNS (the pool's last usable address)."""
+    conf = env.dir / "resolv.conf"
+    conf.write_text(f"nameserver {public_dns_address(_public_pool())}\n"
+                    "options timeout:2 attempts:2\n")
+    login = " ".join(["ssh", "-i", str(env.key), *SSH_OPTS, f"cumulo@{env.vms['a1'].fqdn}",
+                      "hostname"])
+    _, out = await sh(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       f"mount --bind {conf} /etc/resolv.conf && exec {login}"])
+    assert out.split() == ["a1"]
+    # a name of no instance with a public address does not resolve (a2 has none)
+    code, out = await sh(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                          f"mount --bind {conf} /etc/resolv.conf && exec getent hosts "
+                          f"{env.vms['a2'].fqdn}"], check=False)
+    assert code != 0 and not out.strip()
 
 
 async def test_from_the_underlay_only_the_edge_gets_in(env: Env) -> None:
@@ -384,6 +410,37 @@ async def test_bandwidth_cap_in_both_directions(env: Env) -> None:
     assert "tbf" in qd
 
 
+async def _pinged(ip: str) -> bool:
+    """One echo request from the root namespace (busybox's ping: the machine may have no other)."""
+    code, _ = await sh(["busybox", "ping", "-c", "1", "-W", "3", ip], check=False)
+    return code == 0
+
+
+async def test_a_ping_of_a_public_ip_is_answered_only_when_its_instance_answers(env: Env) -> None:
+    """Without the edge's gate the machine itself answers every loopback address: each
+    `not` below would fail."""
+    a1, b1 = env.vms["a1"], env.vms["b1"]
+    assert await _pinged(env.public_ip)  # a1's rules allow ICMP (from anywhere)
+    unassigned = str(ipaddress.IPv4Network(_public_pool())[250])
+    assert not await _pinged(unassigned)  # an address of the pool that names no instance
+    for icmp in ([], [FirewallRule(proto="icmp", cidr="192.0.2.0/24")]):  # none; not from here
+        env.vms["a1"] = a1.model_copy(update={"ingress": [
+            *(r for r in a1.ingress if r.proto != "icmp"), *icmp]})
+        await env.converge()
+        assert not await _pinged(env.public_ip), icmp
+    env.vms["a1"] = a1
+    await env.converge()
+    assert await _pinged(env.public_ip)
+    # An instance that stops answers no more: b1 gets a public address, then is stopped.
+    other = _free_public_ip(after=int(ipaddress.IPv4Address(env.public_ip)) & 0xFF)
+    env.vms["b1"] = b1.model_copy(update={"public_ip": other})
+    await env.converge()
+    assert await _pinged(other)
+    await env.driver.destroy(b1.id)
+    assert not await _pinged(other)
+    assert await _pinged(env.public_ip)  # and the others still do
+
+
 async def test_teardown_leaves_nothing(env: Env) -> None:
     pidfiles = list((env.hn.state_dir / "dnsmasq").glob("*/dnsmasq.pid"))
     pids = [int(p.read_text()) for p in pidfiles]
@@ -394,6 +451,11 @@ async def test_teardown_leaves_nothing(env: Env) -> None:
     await fresh.teardown()
     await env.hn.teardown()  # the agent's own object
     await env.edge.close()  # the edge's listeners
+    # Its table of the root namespace outlives it (no edge: no answer) until `cumulo down`.
+    table = ["nft", "list", "table", "ip", echo_gate.table_name(env.edge.netns)]
+    assert (await sh(table, check=False))[0] == 0
+    await echo_gate.remove_table(env.edge.netns)
+    assert (await sh(table, check=False))[0] != 0
     assert not Path("/run/netns", env.ns).exists()
     _, nslist = await sh(["ip", "netns", "list"])
     assert env.ns not in nslist

@@ -1,11 +1,12 @@
 """`cumulo up --hosts 3` with real VMs (TCG): an instance on each simulated host, in both
-zones and both architectures, each reached by SSH at its public IP (the edge's); a host opens
-no file of another host, of the API or of the machine's image cache (it fetches over HTTP); a
-frozen agent's host goes `down`, its instance `unknown`, and both come back with the VM
-re-adopted (same QEMU pid), as after a killed agent; the edge killed with SIGKILL comes back
-and serves again; a public IP moved to an instance on another host answers from there (how
-long it took is printed); `cumulo down` leaves no namespace, link or process of any host or
-of the edge."""
+zones and both architectures, each reached by SSH at its public IP (the edge's) and at its
+FQDN (`cumulo ssh FQDN`, and plain ssh resolving it at the edge's DNS), and pinged at its
+public IP; a host opens no file of another host, of the API or of the machine's image cache
+(it fetches over HTTP); a frozen agent's host goes `down`, its instance `unknown`, and both
+come back with the VM re-adopted (same QEMU pid), as after a killed agent; the edge killed
+with SIGKILL comes back and serves again; a public IP moved to an instance on another host
+answers from there (how long it took is printed); `cumulo down` leaves no namespace, link or
+process of any host or of the edge, nor the edge's table of the root namespace."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from cumulo.agent.net.names import netns_name
 from cumulo.allinone.edge_process import edge_netns
 from cumulo.allinone.fabric import fabric_netns
 from cumulo.allinone.paths import StatePaths
+from cumulo.domain.netaddr import public_dns_address
+from cumulo.edge import echo_gate
 from tests.integration.conftest import Cloud, agent_pids, qemu_pids
 from tests.integration.test_network_cloud import ssh, wait_ssh
 
@@ -60,6 +63,26 @@ def host_keys(ip: str) -> set[str]:
     r = subprocess.run(["ssh-keyscan", "-T", "5", ip], capture_output=True, text=True)
     return {" ".join(line.split()[1:3]) for line in r.stdout.splitlines()
             if line and not line.startswith("#")}
+
+
+def by_fqdn(c: Cloud, fqdn: str, *command: str) -> subprocess.CompletedProcess[str]:
+    """A plain `ssh cumulo@FQDN` whose resolver asks the edge's DNS: in a mount namespace of
+    its own, so the machine's /etc/resolv.conf is left alone."""
+    pool = tomllib.loads(c.config)["network"]["public_pool"]
+    conf = c.state_dir / "resolv.conf"
+    conf.write_text(f"nameserver {public_dns_address(pool)}\noptions timeout:2 attempts:2\n")
+    login = ["ssh", "-i", str(c.state_dir / "keys" / "k"), "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+             "-o", "ConnectTimeout=10", f"cumulo@{fqdn}", *command]
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           f'mount --bind {conf} /etc/resolv.conf && exec "$@"', "sh", *login],
+                          capture_output=True, text=True, timeout=120)
+
+
+def pinged(ip: str) -> bool:
+    """Echo requests from the machine (busybox's ping: it may have no other); one answer do."""
+    return subprocess.run(["busybox", "ping", "-c", "3", "-W", "5", ip],
+                          capture_output=True).returncode == 0
 
 
 def foreign_files(trace: Path, host_dir: Path) -> set[str]:
@@ -107,6 +130,13 @@ def test_an_instance_on_each_host_reached_by_ssh_and_down_leaves_nothing(
                   if vm_id == c.json("instance", "show", name)["id"]]
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         assert str(c.state_dir / "hosts" / host).encode() in cmd
+        # By its FQDN too (the edge's DNS), and its public IP answers a ping (the edge's
+        # echo, answered only when the instance answers its own).
+        shown = c.json("instance", "show", name)
+        assert c.cli("ssh", shown["fqdn"], "--", "hostname").stdout.strip() == name
+        plain = by_fqdn(c, shown["fqdn"], "hostname")
+        assert plain.stdout.strip() == name, plain.stderr
+        assert pinged(shown["public_ip"]), name
 
     # A frozen agent: its host is down within 15 s (the margin is the CLI's own start-up on
     # a loaded machine), its instance `unknown`, the others untouched; back on SIGCONT, with
@@ -180,6 +210,8 @@ def test_an_instance_on_each_host_reached_by_ssh_and_down_leaves_nothing(
     c.cli("down", "--state-dir", str(c.state_dir))
     assert qemu_pids(c.state_dir) == {} and agent_pids(c.state_dir) == set()
     assert agent_pids(c.state_dir, b"cumulo.edge") == set()
+    table = echo_gate.table_name(edge_netns(StatePaths(c.state_dir)))
+    assert subprocess.run(["nft", "list", "table", "ip", table]).returncode != 0
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [n for n in namespaces if n in listed]
     dnsmasq = subprocess.run(["pgrep", "-af", "dnsmasq"], capture_output=True, text=True).stdout

@@ -2,11 +2,15 @@
 (`[host] storage_hosts`) stores a new volume, which attaches over NBD (qemu-storage-daemon,
 TLS-PSK) to an instance of another host. Bytes the guest wrote and synced there are read
 back by the storage host's instance after a detach (md5), and over NBD again; the export
-cannot be opened from a third host's namespace without TLS nor with a wrong key; an agent
-restart adopts the export's daemon (the guest keeps its disk); the storage host goes down
-(agent and daemon killed) and comes back: the volume shows `error`, the guest sees I/O
-errors, then its bytes and its write made meanwhile; the instance migrates live to
-the third host with the volume attached (the same guest, the same bytes, writes go on); a
+cannot be opened from a third host's namespace without TLS nor with a wrong key; its daemon
+runs as a uid of its own; an agent restart adopts the export's daemon (the guest keeps its
+disk); the storage host goes down (agent and daemon killed) and comes back: the volume
+shows `error`, the guest sees I/O errors, then its bytes and its write made meanwhile;
+the volume grows online while attached over NBD (the guest sees the new size, old
+bytes intact); the instance migrates live to the third host with the volume attached (the
+same guest, the same bytes, writes go on); a move back cancelled during the copy and another
+whose destination QEMU is killed (kill -9) during the copy each leave it running on its host,
+reading and writing its volume, and nothing on the other host (no QEMU, disk or key); a
 detach and `cumulo down` leave no daemon."""
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,7 +28,9 @@ import pytest
 
 from cumulo.agent.net import names
 from cumulo.agent.storage.nbd_exports import is_daemon
+from tests.conftest import running
 from tests.integration.conftest import CUMULO, Cloud, _make, agent_pids
+from tests.integration.test_live_migration_qemu import copying
 from tests.integration.test_network_cloud import ssh, wait_ssh
 from tests.integration.test_volumes_cloud import device_of, rssh
 
@@ -144,6 +151,95 @@ def _storage_host_down_and_back(c: Cloud, writer: str, dev: str, daemon: int, wr
     return new_daemon
 
 
+def _write_read_back(c: Cloud, vm: str, dev: str) -> None:
+    """A new MiB written to the volume's second MiB and synced is read back from the disk."""
+    more = rssh(c, vm, "sh", "-c", "'head -c 1048576 /dev/urandom > /tmp/more && "
+                f"dd if=/tmp/more of=/dev/{dev} bs=1048576 seek=1 2>/dev/null && sync && "
+                "md5sum < /tmp/more'").split()[0]
+    back = rssh(c, vm, "sh", "-c", "'echo 3 > /proc/sys/vm/drop_caches; "
+                f"dd if=/dev/{dev} bs=1048576 skip=1 count=1 2>/dev/null | md5sum'").split()[0]
+    assert back == more != ZEROS_MD5
+
+
+def _left_on(c: Cloud, host: str, vm_id: str) -> list[str]:
+    """What `host` holds of the VM: a QEMU, its runtime files (the volume's key among them),
+    its disk."""
+    hdir = c.state_dir / "hosts" / host
+    pidfile = hdir / "run" / vm_id / "qemu.pid"
+    found = ["qemu"] if pidfile.exists() and running(int(pidfile.read_text() or 0)) else []
+    found += [f"run/{p.name}" for p in sorted((hdir / "run" / vm_id).glob("*"))]
+    return found + (["disk"] if (hdir / "instances" / vm_id).exists() else [])
+
+
+def _client_host(c: Cloud, volume_id: str) -> str | None:
+    """The host the volume's attachment is served to (the API's record)."""
+    db = sqlite3.connect(f"file:{c.state_dir / 'cumulo.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT h.name FROM volumes v LEFT JOIN hosts h ON h.id = "
+                         "v.client_host_id WHERE v.id = ?", (volume_id,)).fetchone()
+    finally:
+        db.close()
+    return row[0] if row else None
+
+
+def _moves_back_that_fail(c: Cloud, vm: str, dev: str, written: str) -> None:
+    """`vm` (on local-2, the volume attached over NBD) is moved back to `local` twice: one
+    move cancelled during the disk copy (its source's agent held meanwhile, so the cancel
+    surely comes before the switch-over), one whose destination QEMU is killed during it.
+    Each time the guest runs on where it was with its volume, and `local` holds nothing."""
+    inst = c.json("instance", "show", vm)
+    vol = c.json("volume", "show", "data")
+    boot_id = rssh(c, vm, "cat", "/proc/sys/kernel/random/boot_id").strip()
+    assert _client_host(c, vol["id"]) == "local-2"
+
+    agent = _agent_of(c, "local-2")
+    mig = c.json("instance", "migrate", vm, "--to", "local")
+    copying(c, "local", inst["id"])
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        assert c.json("migration", "show", mig["id"])["state"] in (
+            "copying-disks", "copying-memory"), "not during the copy"
+        cancelled = c.json("migration", "cancel", mig["id"])
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    assert (cancelled["state"], cancelled["reason"]) == (
+        "cancelled", "cancelled by an administrator"), cancelled
+    _wait("the destination kept a part of the VM after the cancel",
+          lambda: _left_on(c, "local", inst["id"]) == [], timeout=120)
+
+    # Its clean-up reported (the files go a moment before): the next move is taken.
+    deadline = time.monotonic() + 60
+    while (again := c.cli("-o", "json", "instance", "migrate", vm, "--to", "local",
+                          check=False)).returncode != 0:
+        assert "migration_in_progress" in again.stderr + again.stdout, again.stderr
+        assert time.monotonic() < deadline, "the cancelled migration kept the instance"
+        time.sleep(0.5)
+    mig = json.loads(again.stdout)
+    copying(c, "local", inst["id"])
+    os.kill(int((c.state_dir / "hosts" / "local" / "run" / inst["id"] / "qemu.pid")
+                .read_text()), signal.SIGKILL)
+    _wait("the migration did not fail", lambda: c.json("migration", "show", mig["id"])[
+        "state"] not in ("preparing", "copying-disks", "copying-memory"), timeout=120)
+    failed = c.json("migration", "show", mig["id"])
+    assert failed["state"] == "failed" and failed["reason"], failed
+    print(f"destination QEMU killed during the copy: {failed['reason']}")
+
+    for ended in (cancelled, failed):
+        events = c.json("instance", "events", vm)
+        assert any(e["kind"] in ("migration_cancelled", "migration_failed")
+                   and ended["id"] in e["detail"] for e in events), events
+    _wait("the destination kept a part of the VM", lambda: _left_on(c, "local", inst["id"])
+          == [], timeout=120)
+    after = c.json("instance", "show", vm)
+    assert (after["host"], after["state"]) == ("local-2", "running"), after
+    assert "qemu" in _left_on(c, "local-2", inst["id"])
+    assert rssh(c, vm, "cat", "/proc/sys/kernel/random/boot_id").strip() == boot_id
+    assert _uncached_md5(c, vm, dev) == written
+    _write_read_back(c, vm, dev)
+    assert _client_host(c, vol["id"]) == "local-2"
+    assert c.json("volume", "show", "data")["state"] == "in-use"
+
+
 def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path: Path
                                                          ) -> None:
     c = cloud3
@@ -165,6 +261,9 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
     assert (v["state"], v["attached_to"]) == ("in-use", writer)
     export_dir = c.state_dir / "hosts" / STORE / "nbd" / vol["id"]
     daemon = int((export_dir / "pid").read_text())
+    uid = os.stat(f"/proc/{daemon}").st_uid  # confined: a uid of its own, its file's owner
+    assert uid != 0 and (c.state_dir / "hosts" / STORE / "volumes" / f"{vol['id']}.qcow2"
+                         ).stat().st_uid == uid
     dev = device_of(c, writer, vol["id"])
     # Synced: fsync flushes the disk's write cache (over NBD: the storage host's qcow2 data
     # and metadata reach its file). A plain `sync` writes a raw device's pages but sends no
@@ -196,6 +295,7 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
           len(agent_pids(c.state_dir) - {old_agent}) == 3)
     time.sleep(3)  # a pass or two of the new agent
     assert int((export_dir / "pid").read_text()) == daemon and is_daemon(daemon)
+    assert os.stat(f"/proc/{daemon}").st_uid == uid
     assert _uncached_md5(c, writer, dev) == written
     assert c.json("volume", "show", "data")["state"] == "in-use"
 
@@ -216,6 +316,22 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
     dev = device_of(c, writer, vol["id"])
     assert _uncached_md5(c, writer, dev) == written
 
+    # grown online over NBD: the guest sees 2 GiB without a detach, the synced bytes are
+    # intact, a write beyond the old end is read back; the same daemon serves on
+    daemon = int((export_dir / "pid").read_text())
+    c.json("volume", "resize", "data", "--size", "2")
+    _wait("the guest did not see the new size", lambda: int(rssh(
+        c, writer, "cat", f"/sys/block/{dev}/size")) == 2 * 2**30 // 512, timeout=120)
+    assert c.json("volume", "show", "data")["size_gib"] == 2
+    assert int((export_dir / "pid").read_text()) == daemon and is_daemon(daemon)
+    assert _uncached_md5(c, writer, dev) == written
+    beyond = rssh(c, writer, "sh", "-c", "'head -c 1048576 /dev/urandom > /tmp/beyond && "
+                  f"dd if=/tmp/beyond of=/dev/{dev} bs=1048576 seek=1536 2>/dev/null && "
+                  "sync && md5sum < /tmp/beyond'").split()[0]
+    assert rssh(c, writer, "sh", "-c", "'echo 3 > /proc/sys/vm/drop_caches; "
+                f"dd if=/dev/{dev} bs=1048576 skip=1536 count=1 2>/dev/null | md5sum'"
+                ).split()[0] == beyond != ZEROS_MD5
+
     # live: the writer moves to the third host (the scheduler skips the storage host) with
     # the volume attached; the same guest (its boot id) reads the same bytes, over the same
     # export, and its writes after the move are read back
@@ -226,12 +342,8 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
     assert c.json("instance", "show", writer)["host"] == "local-2"
     assert rssh(c, writer, "cat", "/proc/sys/kernel/random/boot_id").strip() == boot_id
     assert _uncached_md5(c, writer, dev) == written
-    more = rssh(c, writer, "sh", "-c", "'head -c 1048576 /dev/urandom > /tmp/more && "
-                f"dd if=/tmp/more of=/dev/{dev} bs=1048576 seek=1 2>/dev/null && sync && "
-                "md5sum < /tmp/more'").split()[0]
-    back = rssh(c, writer, "sh", "-c", "'echo 3 > /proc/sys/vm/drop_caches; "
-                f"dd if=/dev/{dev} bs=1048576 skip=1 count=1 2>/dev/null | md5sum'").split()[0]
-    assert back == more != ZEROS_MD5
+    _write_read_back(c, writer, dev)
+    _moves_back_that_fail(c, writer, dev, written)
     assert c.json("volume", "show", "data")["state"] == "in-use"
     daemon = int((export_dir / "pid").read_text())
     c.stop()

@@ -197,9 +197,11 @@ def volume_exporter(cfg: AgentConfig) -> VolumeExporter | None:
         return RecordingExporter()
     if not cfg.underlay_ip:
         return None
+    from cumulo.agent.drivers.qemu_confine import UidPool
     from cumulo.agent.net.names import netns_name
 
-    return DaemonExporter(cfg.host_dir / "nbd", cfg.underlay_ip, netns_name(cfg.host_dir))
+    return DaemonExporter(cfg.host_dir / "nbd", cfg.underlay_ip, netns_name(cfg.host_dir),
+                          UidPool(base=cfg.qemu_uid_base, count=cfg.qemu_uid_count))
 
 
 def _metrics_server(cfg: AgentConfig, driver: Driver) -> uvicorn.Server | None:

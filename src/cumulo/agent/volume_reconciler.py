@@ -17,8 +17,11 @@ States reported (VolumeObservation.state):
 A volume of another host (`remote` set: attach it over NBD) has no file here: only its
 attachment is converged and reported. A volume of this host attached to an instance of
 another (`export` set) is exported over NBD by the exporter, and stopped being exported once
-no longer asked. An NBD attach that fails (the export not up yet) shows "attaching" with the
-reason for `remote_wait_s`, then "error".
+no longer asked. A grow of a volume over NBD is done by both hosts: the storage host grows
+its export, then the instance's host moves the disk onto a connection that sees the new size
+(until the export has grown, it reports "in-use" with the reason and tries again next pass).
+An NBD attach that fails (the export not up yet) shows "attaching" with the reason for
+`remote_wait_s`, then "error".
 A detach the guest does not complete within `detach_timeout_s` is reported as "in-use"
 (still attached, which is the truth: the disk is still in the guest), with a reason saying
 the guest did not release it; the unplug request is re-sent every `detach_timeout_s`
@@ -78,6 +81,7 @@ class VolumeReconciler:
     exporter: VolumeExporter | None = None  # NBD exports of this host's volumes (None: none)
     remote_wait_s: float = 30.0
     _remote_failing: dict[str, float] = field(default_factory=dict)  # volume -> since
+    _remote_size: dict[str, int] = field(default_factory=dict)  # grown to (bytes), over NBD
     _desired: dict[str, VolumeAssignment] = field(default_factory=dict)
     _holders: dict[str, set[str]] = field(default_factory=dict)  # volume -> running VMs
     _detaching: dict[str, _Detach] = field(default_factory=dict)
@@ -234,7 +238,8 @@ class VolumeReconciler:
             return await self._export_steps(v)
         if self.store.volume_size(v.id) < v.size_gib * GIB:
             if target is not None and target in held:
-                await _step("grow", self.driver.resize_volume(target, v.id, v.size_gib * GIB))
+                await _step("grow", self.driver.resize_volume(target, self._attachment(v),
+                                                              v.size_gib * GIB))
             else:
                 await _step("grow", self.store.grow_volume(v.id, v.size_gib))
         if target is not None and target in running and target not in held:
@@ -262,7 +267,14 @@ class VolumeReconciler:
             held.add(target)
         self._remote_failing.pop(v.id, None)
         if target is None:
+            self._remote_size.pop(v.id, None)
             return self._obs(v, VolumeState.AVAILABLE, None)
+        if target in held and self._remote_size.get(v.id, 0) < v.size_gib * GIB:
+            try:  # the storage host grows its export first; until then this waits
+                await self.driver.resize_volume(target, self._attachment(v), v.size_gib * GIB)
+            except _FAILURES as e:
+                return self._obs(v, VolumeState.IN_USE, target, f"growing: {e}")
+            self._remote_size[v.id] = v.size_gib * GIB
         return self._obs(v, VolumeState.IN_USE, target)
 
     async def _export_steps(self, v: VolumeAssignment) -> VolObs:
@@ -271,9 +283,9 @@ class VolumeReconciler:
         if self.exporter is None or v.export is None:
             raise _StepFailed("export", StorageError("this host cannot export volumes"))
         link = v.export
-        if v.id not in self.exporter.exported() and \
-                self.store.volume_size(v.id) < v.size_gib * GIB:
-            await _step("grow", self.store.grow_volume(v.id, v.size_gib))  # the export fixes it
+        if self.store.volume_size(v.id) < v.size_gib * GIB:  # online: the export shows it
+            await _step("grow", self.exporter.grow(v.id, self.store.volume_path(v.id),
+                                                   v.size_gib * GIB))
         await _step("export", self.exporter.ensure(
             v.id, self.store.volume_path(v.id), ExportSpec(link.name, link.key, link.port)))
         return self._obs(v, VolumeState.IN_USE, None, "exported over NBD")

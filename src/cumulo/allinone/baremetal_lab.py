@@ -4,7 +4,9 @@ They are QEMU machines behind the Redfish BMC emulator (cumulo.baremetal.bmc_emu
 `cumulo up` runs as a child process on a loopback port of its own, and enrolled as nodes
 bm-1..bm-N (system node-I) in the first zone. The port and the BMC password (random, 0600)
 are kept in STATE/baremetal, so the nodes' enrolled Redfish URL and credentials stay right
-across restarts; machines' disks and boot settings are kept there too. The emulator stops
+across restarts; machines' disks and boot settings are kept there too. Each machine has a
+provisioning NIC whose one reachable address forwards to the API's loopback port, from which
+its deploy ramdisk fetches the image (see deploy_settings). The emulator stops
 with `cumulo up` (the kernel signals it if `cumulo up` is killed) and powers its machines off.
 """
 
@@ -23,7 +25,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from cumulo.allinone.paths import pid_alive, write_private
-from cumulo.baremetal.emulated_machine import MachineSpec
+from cumulo.baremetal.emulated_machine import PROVISION_ADDR, MachineSpec
+from cumulo.config import Settings
 from cumulo.db.tables import BaremetalNodeRow
 from cumulo.services import baremetal_nodes as nodes
 from cumulo.services.context import Principal, Role, Services
@@ -33,6 +36,16 @@ NODE_VCPUS, NODE_RAM_MIB, NODE_DISK_GIB = 1, 256, 2
 MAX_NODES = 16
 START_TIMEOUT_S = 60.0
 USERNAME = "admin"
+
+
+def deploy_settings(settings: Settings, api_url: str) -> Settings:
+    """`settings` with the deploy URLs the emulated nodes need, unless the file sets them:
+    BMCs (the emulator, on this machine) fetch the deploy ISO from the API's loopback URL,
+    and the nodes' deploy ramdisks reach the API at the provisioning NIC's guestfwd."""
+    b = settings.baremetal
+    return settings.model_copy(update={"baremetal": b.model_copy(update={
+        "media_url": b.media_url or api_url,
+        "provision_url": b.provision_url or f"http://{PROVISION_ADDR}"})})
 
 
 class Lab:
@@ -84,12 +97,14 @@ class Lab:
             made.append(name)
         return made
 
-    def start(self) -> None:
-        """Start the emulator (from the main thread: see exit_with_parent)."""
+    def start(self, api_port: int) -> None:
+        """Start the emulator (from the main thread: see exit_with_parent); its machines'
+        provisioning NIC reaches the API on loopback port `api_port` (their deploys)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "cumulo.baremetal.bmc_emulator", "--state-dir",
                 str(self.dir), "--listen", f"127.0.0.1:{self.port()}", "--username", USERNAME,
-                "--password-file", str(self.password_file()), "--parent-pid", str(os.getpid())]
+                "--password-file", str(self.password_file()), "--parent-pid", str(os.getpid()),
+                "--provision-port", str(api_port)]
         for spec in self.specs():
             argv += ["--node", f"{spec.system_id}:{spec.vcpus}:{spec.ram_mib}:{spec.disk_gib}"]
         with open(self.dir / "emulator.log", "ab") as log:

@@ -92,10 +92,12 @@ def run(state_dir: Path) -> int:
 async def _down(paths: StatePaths) -> int:
     from cumulo.agent.net import namespace
     from cumulo.allinone import baremetal_lab, edge_process, fabric
+    from cumulo.edge import echo_gate
 
     await _stop_up(paths)  # and with it the edge, its child
     stopped = sum([await _down_host(host_dir) for host_dir in paths.hosts()])
     baremetal_lab.stop_leftovers(paths.root)
     await namespace.delete(edge_process.edge_netns(paths))
+    await echo_gate.remove_table(edge_process.edge_netns(paths))  # left by a killed edge
     await fabric.teardown(paths.root)
     return stopped

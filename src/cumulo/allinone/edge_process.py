@@ -28,8 +28,10 @@ def address(underlay_cidr: str) -> ipaddress.IPv4Interface:
     return fabric.edge_address(underlay_cidr)
 
 
-def prepare(paths: StatePaths, db: Database, url: str, token_valid: bool | None) -> Path:
-    """The edge's token (kept while valid: `token_valid`; None: no token yet) and config."""
+def prepare(paths: StatePaths, db: Database, url: str, token_valid: bool | None,
+            public_pool: str, cloud_domain: str) -> Path:
+    """The edge's token (kept while valid: `token_valid`; None: no token yet) and config
+    (`public_pool`: the loopback slice whose echo requests and names it serves)."""
     d = edge_dir(paths)
     token_file = d / "edge.token"
     if not token_valid:
@@ -38,5 +40,6 @@ def prepare(paths: StatePaths, db: Database, url: str, token_valid: bool | None)
         write_private(token_file, token + "\n")
     cfg = d / "edge.json"
     write_private(cfg, json.dumps({"api_url": url, "token_file": str(token_file),
-                                   "netns": edge_netns(paths)}, indent=2))
+                                   "netns": edge_netns(paths), "public_pool": public_pool,
+                                   "cloud_domain": cloud_domain}, indent=2))
     return cfg

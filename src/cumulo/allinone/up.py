@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from cumulo.allinone import edge_process, fabric
-from cumulo.allinone.baremetal_lab import Lab
+from cumulo.allinone.baremetal_lab import Lab, deploy_settings
 from cumulo.allinone.paths import StatePaths, write_private
 from cumulo.api import app as app_mod
 from cumulo.api import server, threads
@@ -140,7 +140,8 @@ def prepare(paths: StatePaths, settings: Settings, db: Database, port: int,
     url = f"http://127.0.0.1:{port}"
     write_client_config(paths, db, url)
     edge_token = _read_line(edge_process.edge_dir(paths) / "edge.token")
-    edge_process.prepare(paths, db, url, edge_token is not None and _token_valid(db, edge_token))
+    edge_process.prepare(paths, db, url, edge_token is not None and _token_valid(db, edge_token),
+                         settings.network.public_pool, settings.cloud_domain)
     return url, [_prepare_host(paths, settings, db, url, h) for h in hosts]
 
 
@@ -328,6 +329,8 @@ def _run_locked(
     asyncio.run(fabric.ensure(paths.root, [
         *(fabric.Port(paths.host_dir(h.name), h.underlay) for h in hosts if h.underlay),
         fabric.Port(edge_process.edge_dir(paths), edge_at)]))
+    if baremetal_nodes:
+        settings = deploy_settings(settings, url)
     svc = Services(
         db=db, settings=settings, notifier=Notifier(), image_store=paths.root / "images",
         server_key=server_key(settings, paths),
@@ -348,7 +351,7 @@ def _run_locked(
                 supervisor.start()
             if lab is not None:
                 # Enrolled once its emulator listens: the conductor would find it silent.
-                lab.start()
+                lab.start(port)
                 await asyncio.to_thread(lab.wait_listening)
                 for name in await asyncio.to_thread(lab.enroll_missing, svc):
                     _say(f"bare-metal node {name} enrolled (its BMC: {lab.url()})")

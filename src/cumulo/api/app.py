@@ -20,6 +20,7 @@ from cumulo.api.routers import (
     agent_images,
     agents,
     baremetal,
+    baremetal_deploy,
     catalogue,
     dedicated_hosts,
     edge,
@@ -119,8 +120,8 @@ def create_app(svc: Services) -> FastAPI:
     user_facing = [Depends(refuse_unstorable)]
     for module in (agents, instances, catalogue, images, projects, networking, volumes, join,
                    hosts, placement_groups, dedicated_hosts, access_keys, events, usage,
-                   agent_images, baremetal, migrations, edge):
-        machines = module in (agents, agent_images, edge)
+                   agent_images, baremetal, baremetal_deploy, migrations, edge):
+        machines = module in (agents, agent_images, baremetal_deploy, edge)
         app.include_router(module.router, dependencies=[] if machines else user_facing)
     app.include_router(projects.whoami_router, dependencies=user_facing)
     app.include_router(migrations.host_router, dependencies=user_facing)

@@ -79,6 +79,10 @@ def agent(
     underlay_ip: Annotated[
         str | None, typer.Option("--underlay-ip", help="This host's address on the underlay.")
     ] = None,
+    edge_ip: Annotated[
+        str | None, typer.Option("--edge-ip", help="The edge's address on the underlay: its "
+                                 "packets are let in to what instances' rules allow.")
+    ] = None,
     storage: Annotated[bool, typer.Option(
         "--storage", help="A storage host: its zone's new volumes are stored on such hosts.")
     ] = False,
@@ -99,10 +103,14 @@ def agent(
     host = dns_label(name or defaults.name, "host name")
     if driver not in ("qemu", "fake") or accel not in ("auto", "kvm", "tcg"):
         raise CliError("invalid_input", "--driver is qemu or fake; --accel auto, kvm or tcg")
-    if underlay_ip is not None:
+    if underlay_ip is not None or edge_ip is not None:
         from cumulo.services.networks import check_ip
 
+        if underlay_ip is None:
+            raise CliError("invalid_input", "--edge-ip needs --underlay-ip (the edge reaches "
+                                            "instances over the underlay)")
         underlay_ip = check_ip(underlay_ip)
+        edge_ip = check_ip(edge_ip) if edge_ip is not None else None
     if metrics_listen is not None:
         metrics_listen = _listen_address(metrics_listen)
     state_dir = state_dir.absolute()
@@ -119,6 +127,7 @@ def agent(
         api_url=api, token=token, host_dir=state_dir, name=host, zone=zone,
         vcpus=vcpus or defaults.vcpus, ram_mib=ram_mib or defaults.ram_mib, driver=driver,
         accel=accel, architectures=[Arch.X86_64, Arch.ARM64], underlay_ip=underlay_ip,
+        edge_ip=edge_ip,
         metrics_listen=metrics_listen or "", metrics_token=metrics_token,
         qemu_uid_base=defaults.qemu_uid_base, qemu_uid_count=defaults.qemu_uid_count,
         storage=storage,

@@ -17,9 +17,9 @@ baremetal_app.add_typer(node_app, name="node")
 
 NODE_COLUMNS = ["name", "zone", "state", "power_state", "arch", "vcpus", "ram_mib", "disk_gib",
                 "instance", "last_error"]
-NODE_SHOW = ["name", "zone", "state", "last_error", "power_state", "arch", "vcpus", "ram_mib",
-             "disk_gib", "instance", "redfish_url", "redfish_system", "bmc_username", "facts",
-             "created_at", "updated_at"]
+NODE_SHOW = ["name", "zone", "state", "deploy_step", "last_error", "power_state", "arch", "vcpus",
+             "ram_mib", "disk_gib", "instance", "redfish_url", "redfish_system", "bmc_username",
+             "facts", "created_at", "updated_at"]
 MAX_PASSWORD_FILE = 4096
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from cumulo.cli.client import CliError
+from cumulo.cli.client import Client, CliError
 from cumulo.cli.output import CliState, emit, out, state
 
 keypair_app = typer.Typer(help="SSH key pairs.", no_args_is_help=True)
@@ -206,9 +207,24 @@ def ip_list(ctx: typer.Context) -> None:
     emit(st, st.client().get("/v1/public-ips"), IP_COLUMNS)
 
 
+_FQDN = re.compile(r"(?i)[a-z0-9-]{1,63}(\.[a-z0-9-]{1,63})+\.?")
+
+
+def _instance(client: Client, name: str) -> Any:
+    """The instance called `name`, or whose FQDN it is (a name has no dot; an FQDN is DNS
+    labels joined by dots). Anything else goes to the API as a name, which judges it."""
+    if not _FQDN.fullmatch(name):
+        return client.get("/v1/instances/{}", name)
+    want = name.rstrip(".").lower()
+    for inst in client.get("/v1/instances"):
+        if str(inst.get("fqdn", "")).lower() == want:
+            return inst
+    raise CliError("unknown_instance", f"no instance of yours has the FQDN {name}")
+
+
 def ssh(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="instance name")],
+    name: Annotated[str, typer.Argument(help="instance name or FQDN")],
     command: Annotated[list[str] | None, typer.Argument(help="after --: remote command")] = None,
     user: Annotated[str | None, typer.Option("--user", "-l", help="default: the image's "
                                              "default user")] = None,
@@ -217,7 +233,7 @@ def ssh(
     """Log in to an instance over SSH (at its public IP); returns the remote exit status."""
     st = state(ctx)
     client = st.client()
-    inst = client.get("/v1/instances/{}", name)
+    inst = _instance(client, name)
     if inst["state"] != "running":
         raise CliError("invalid_state", f"instance {name} is {inst['state']}, not running")
     if not inst.get("public_ip"):

@@ -534,6 +534,14 @@ class BaremetalNodeRow(Base):
     # Bumped by every change: a conductor step writes its result only if the node is still
     # as it read it (a delete, or another API process's conductor, may have moved it meanwhile).
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    # The deploy under way (services.baremetal_deploy_steps): the step done last, the sha256
+    # of its one-time token (the token is only in the URLs given to the node), the deadline
+    # (the token expires with it) and what the node's deploy ramdisk reported.
+    deploy_step: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    deploy_token: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True,
+                                                     index=True)
+    deploy_deadline: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    deploy_report: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 

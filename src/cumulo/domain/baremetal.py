@@ -7,9 +7,14 @@ States follow OpenStack Ironic's provision states:
      │                        │              │                          │
      └────────── BMC silent / facts differ ──┴──► error (last_error)    ▼
   any but deploying/active ──delete──► deleting ──BMC powers off──► (gone)
-  available ──instance create (bm1.*)──► deploying (the deploy: not built yet)
-  deploying/active ──instance delete──► cleaning ──powered off, instance gone──► available
-  error ──operator's retry──► cleaning (if that failed) or enroll
+  available ──instance create (bm1.*)──► deploying ──the deploy's steps──► active
+                                             └──report failed / timeout / BMC──► error
+  deploying/active/error ──instance delete──► cleaning ──powered off, instance gone──► available
+  error ──operator's retry──► cleaning (if that failed) or enroll (not with an instance)
+
+A deploy's steps (DeployStep, recorded on the node): booting (a one-time token issued, the
+deploy ISO inserted, boot once from CD, power on) → waiting (for the deploy ramdisk's report)
+→ finishing (media ejected, boot from disk, power cycle) → the node `active`.
 
 The conductor (services.baremetal_conductor) moves nodes along; each move is one idempotent
 step recorded in the database, so a restart resumes where it stopped.
@@ -41,7 +46,39 @@ class NodeState(StrEnum):
 
 # The states in which the conductor has a step to take.
 CONDUCTOR_STATES = (NodeState.ENROLL, NodeState.MANAGEABLE, NodeState.INSPECTING,
-                    NodeState.DELETING, NodeState.CLEANING)
+                    NodeState.DEPLOYING, NodeState.DELETING, NodeState.CLEANING)
+
+
+class DeployStep(StrEnum):
+    """The deploy step a node in `deploying` did last (None: not started)."""
+
+    BOOTING = "booting"  # token issued; media in, boot once from CD, power on (under way)
+    WAITING = "waiting"  # the node runs the deploy ramdisk: its report is awaited
+    FINISHING = "finishing"  # reported ok: media out, boot from disk, power cycle (under way)
+
+
+# The start of the last_error of a node whose deploy failed (services.baremetal_deploy_steps).
+DEPLOY_FAILED = "deploy: "
+REPORT_OK = "ok"
+REPORT_ERROR = "error="
+MAX_REPORT = 400
+_REPORT_TEXT = re.compile(r"^[\x20-\x7e]*\Z")  # printable ASCII (the ramdisk's shell writes it)
+
+
+def deploy_report(body: bytes) -> str:
+    """A deploy ramdisk's report as recorded: "ok", or "error=<why>" (one printable line)."""
+    text = body.decode("ascii", errors="replace").strip()
+    if text == REPORT_OK or (text.startswith(REPORT_ERROR) and len(text) > len(REPORT_ERROR)
+                             and len(text) <= MAX_REPORT and _REPORT_TEXT.match(text)):
+        return text
+    raise InvalidInput(f"invalid deploy report: expected 'ok' or 'error=<why>' (printable, at "
+                       f"most {MAX_REPORT} characters)", code="invalid_deploy_report")
+
+
+def report_failure(report: str) -> str | None:
+    """Why a recorded report failed the deploy (None: it says ok)."""
+    return None if report == REPORT_OK else "the deploy ramdisk reported: " + report.removeprefix(
+        REPORT_ERROR)
 # A node that runs (or is being given) a user's server is not deleted under it.
 UNDELETABLE = (NodeState.DEPLOYING, NodeState.ACTIVE, NodeState.CLEANING)
 

@@ -81,3 +81,9 @@ def random_mac() -> str:
     the same MAC in about one run in eight (the control-plane benchmark hit it).
     """
     return "52:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
+
+
+def public_dns_address(pool: str) -> str:
+    """The address of the edge's DNS (the instances' public names): the last usable address
+    of the public pool, which is never given to an instance."""
+    return str(ipaddress.IPv4Network(pool).broadcast_address - 1)

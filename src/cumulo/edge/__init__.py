@@ -23,4 +23,8 @@ ingress rules) comes from the API by long-poll (GET /v1/edge/table, the edge's o
 woken by the notifier at every change of what hosts are assigned. Each answer is the whole
 table: the edge converges to it (table.py plans, routes.py and proxy.py / udp.py apply), so
 a restarted edge (kill -9) rebuilds everything from its first answer.
+
+Besides TCP (proxy.py) and UDP (udp.py): a ping of a public address is answered only when
+the instance answers the edge's own (echo_gate.py, pinger.py), and an authoritative DNS
+answers each instance's FQDN with its public address (public_dns.py).
 """

@@ -14,7 +14,9 @@ def _load(path: Path) -> EdgeConfig:
     raw = json.loads(path.read_text())
     return EdgeConfig(api_url=str(raw["api_url"]),
                       token=Path(raw["token_file"]).read_text().strip(),
-                      netns=str(raw["netns"]))
+                      netns=str(raw["netns"]),
+                      public_pool=str(raw["public_pool"]) if raw.get("public_pool") else None,
+                      cloud_domain=str(raw.get("cloud_domain", "cumulo.internal")))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,12 @@ import httpx
 import structlog
 
 from cumulo.agent.host_lock import run_supervised
+from cumulo.domain.netaddr import public_dns_address
 from cumulo.edge import routes
+from cumulo.edge.echo_gate import EchoGate
+from cumulo.edge.pinger import Pinger
 from cumulo.edge.proxy import Forwarder
+from cumulo.edge.public_dns import PublicDns
 from cumulo.edge.table import plan
 from cumulo.edge.udp import UdpRelay
 from cumulo.protocol import EdgeTable
@@ -33,13 +37,23 @@ class EdgeConfig:
     api_url: str
     token: str
     netns: str  # the edge's namespace, plugged into the underlay
+    public_pool: str | None = None  # its echo requests are served (None: left to the kernel)
+    cloud_domain: str = "cumulo.internal"  # the public DNS's domain
 
 
 class Edge:
-    def __init__(self, netns: str) -> None:
+    """`public_pool` given: ICMP echo (echo_gate.py) and public names (public_dns.py) are
+    served too, the DNS on the pool's last usable address, port `dns_port`."""
+
+    def __init__(self, netns: str, public_pool: str | None = None,
+                 cloud_domain: str = "cumulo.internal", dns_port: int = 53) -> None:
         self.netns = netns
         self.tcp = Forwarder(netns)
         self.udp = UdpRelay(self.tcp.connector())
+        self.pinger = Pinger(self.tcp.connector())
+        self.echo = EchoGate(netns, public_pool, self.pinger) if public_pool else None
+        self.dns = (PublicDns(public_dns_address(public_pool), cloud_domain, dns_port)
+                    if public_pool else None)
 
     async def apply(self, table: EdgeTable) -> list[str]:
         """Routes first (a new listener's first flow finds its route), then listeners."""
@@ -48,17 +62,26 @@ class Edge:
         errors += p.errors
         errors += await self.tcp.update(p.forwards)
         errors += await self.udp.update(p.forwards)
+        if self.echo is not None:
+            errors += await self.echo.update(p.echoes)
+        if self.dns is not None:
+            errors += await self.dns.update(p.names)
         log.info("edge_converged", version=table.version, routes=len(p.routes),
                  route_changes=changed, endpoints=len(p.forwards), errors=errors)
         return errors
 
     async def close(self) -> None:
+        if self.echo is not None:
+            await self.echo.close()
+        if self.dns is not None:
+            self.dns.close()
+        self.pinger.close()
         await self.udp.close()
         await self.tcp.close()
 
 
 async def run_edge(cfg: EdgeConfig, stop: asyncio.Event) -> None:
-    edge = Edge(cfg.netns)
+    edge = Edge(cfg.netns, cfg.public_pool, cfg.cloud_domain)
     since = -1
     async with httpx.AsyncClient(base_url=cfg.api_url,
                                  headers={"Authorization": f"Bearer {cfg.token}"},

@@ -14,6 +14,7 @@ another process.
   enroll      read the power state: the BMC answers with these credentials → manageable
   manageable  → inspecting (cumulo inspects every node it manages)
   inspecting  read the facts; they match the enrollment → available, else → error
+  deploying   the deploy's steps (services.baremetal_deploy_steps) → active, or error
   deleting    power the machine off (best effort: a dead BMC does not keep a node) → removed
   cleaning    (its instance deleted) power the machine off, forget the instance → available;
               a BMC that fails here → error (the instance is forgotten all the same)
@@ -25,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy import delete, select
@@ -34,6 +36,7 @@ from cumulo.db.tables import BaremetalNodeRow, InstanceRow
 from cumulo.domain import baremetal as bm
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import CumuloError
+from cumulo.services import baremetal_deploy_steps as deploy_steps
 from cumulo.services import events, metering
 from cumulo.services.agents import forget_instance
 from cumulo.services.baremetal_nodes import PASSWORD, compare_and_set
@@ -60,6 +63,10 @@ class Work:
     instance_id: str | None
     address: BmcAddress | None  # None: its password could not be unsealed
     enrolled: bm.Enrolled
+    updated_at: datetime
+    deploy_step: str | None = None  # in `deploying` (domain.baremetal.DeployStep)
+    deploy_deadline: datetime | None = None
+    deploy_report: str | None = None
 
 
 def pending(svc: Services) -> list[Work]:
@@ -88,13 +95,17 @@ def drive(svc: Services, w: Work, bmc: BmcFactory = Bmc) -> str:
         after = step(svc, w, bmc)
         if after is None:
             return "deleted" if w.state is bm.NodeState.DELETING else "stale"
+        if after is w:  # it waits (a deploy's report): the next pass looks again
+            break
         w = after
     return w.state.value
 
 
 def step(svc: Services, w: Work, bmc: BmcFactory = Bmc) -> Work | None:
-    """One step of node `w`: its new snapshot, or None when it is gone or was moved by
-    another writer meanwhile."""
+    """One step of node `w`: its new snapshot (`w` itself when it waits), or None when it
+    is gone or was moved by another writer meanwhile."""
+    if w.state is bm.NodeState.DEPLOYING:
+        return deploy_steps.step(svc, w, bmc)
     if w.state is bm.NodeState.DELETING:
         _power_off_before_forgetting(w, bmc)
         with svc.db.session() as s:
@@ -137,7 +148,8 @@ def _clean(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
     state = bm.NodeState.AVAILABLE if error is None else bm.NodeState.ERROR
     with svc.db.session() as s:
         if not compare_and_set(s, w.id, w.generation, state=state.value, last_error=error,
-                               instance_id=None,
+                               instance_id=None, deploy_step=None, deploy_token=None,
+                               deploy_deadline=None, deploy_report=None,
                                **({} if error else {"power_state": "off"})):
             return None
         row = None if w.instance_id is None else s.get(InstanceRow, w.instance_id)
@@ -166,7 +178,7 @@ def _write(svc: Services, w: Work, state: bm.NodeState, *, last_error: str | Non
             return None
     if state is bm.NodeState.ERROR:
         log.warning("baremetal_node_error", node=w.name, error=last_error)
-    return replace(w, state=state, generation=w.generation + 1)
+    return replace(w, state=state, generation=w.generation + 1, updated_at=datetime.now(UTC))
 
 
 def _work(svc: Services, r: BaremetalNodeRow) -> Work:
@@ -179,4 +191,6 @@ def _work(svc: Services, r: BaremetalNodeRow) -> Work:
             address = None
     return Work(id=r.id, name=r.name, state=bm.NodeState(r.state), generation=r.generation,
                 instance_id=r.instance_id, address=address,
-                enrolled=bm.Enrolled(Arch(r.arch), r.vcpus, r.ram_mib, r.disk_gib))
+                enrolled=bm.Enrolled(Arch(r.arch), r.vcpus, r.ram_mib, r.disk_gib),
+                updated_at=r.updated_at, deploy_step=r.deploy_step,
+                deploy_deadline=r.deploy_deadline, deploy_report=r.deploy_report)

@@ -39,6 +39,7 @@ class NodeView(BaseModel):
     disk_gib: int
     instance: str | None  # the instance deployed on it (its name)
     power_state: str | None  # as the BMC last reported it
+    deploy_step: str | None  # in `deploying`: its step (domain.baremetal.DeployStep)
     redfish_url: str
     redfish_system: str
     bmc_username: str | None
@@ -137,6 +138,9 @@ def retry(svc: Services, who: Principal, name: str) -> NodeView:
         if row.state != bm.NodeState.ERROR:
             raise Conflict(f"node {name!r} is {row.state}, not in error: nothing to retry",
                            code="node_not_in_error")
+        if row.instance_id is not None:  # its deploy failed: the instance's delete cleans it
+            raise Conflict(f"node {name!r} holds an instance (its deploy failed): delete the "
+                           "instance, which cleans the node", code="node_in_use")
         move(s, row, bm.after_retry(row.last_error), None)
         return view(s, row)
 
@@ -164,7 +168,8 @@ def view(s: Session, row: BaremetalNodeRow) -> NodeView:
     return NodeView(
         name=row.name, zone=row.zone, state=row.state, last_error=row.last_error,
         arch=row.arch, vcpus=row.vcpus, ram_mib=row.ram_mib, disk_gib=row.disk_gib,
-        instance=instance, power_state=row.power_state, redfish_url=row.redfish_url,
+        instance=instance, power_state=row.power_state, deploy_step=row.deploy_step,
+        redfish_url=row.redfish_url,
         redfish_system=row.redfish_system, bmc_username=row.bmc_username,
         facts=dict(row.facts or {}), created_at=row.created_at, updated_at=row.updated_at)
 

@@ -1,21 +1,24 @@
 """The edge's table: every public address attached to an instance, where that instance's
-private address is reached (the underlay address of its host) and what its security groups
-let in. The edge (cumulo.edge) long-polls it; the notifier wakes it at every change of what
-any host is assigned (services.notifier.EDGE), which covers an address attached or moved, an
-instance placed, migrated or deleted, and a rule changed."""
+private address is reached (the underlay address of its host), what its security groups
+let in, and its FQDN (the edge's DNS answers it with the public address). The edge
+(cumulo.edge) long-polls it; the notifier wakes it at every change of what any host is
+assigned (services.notifier.EDGE), which covers an address attached or moved, an instance
+placed, migrated or deleted, and a rule changed."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 
-from cumulo.db.tables import AddressRow, HostRow, InstanceRow, PublicIpRow
+from cumulo.db.tables import AddressRow, HostRow, InstanceRow, ProjectRow, PublicIpRow
 from cumulo.protocol import EdgeEntry
 from cumulo.services import security_groups
 from cumulo.services.auth import require_edge
-from cumulo.services.context import Principal, Services
+from cumulo.services.context import Principal, Services, fqdn
 
-_ATTACHED = (select(PublicIpRow.ip, InstanceRow.id, HostRow.underlay_ip)
+_ATTACHED = (select(PublicIpRow.ip, InstanceRow.id, HostRow.underlay_ip, InstanceRow.name,
+                    ProjectRow.name, InstanceRow.zone)
              .join(InstanceRow, InstanceRow.id == PublicIpRow.instance_id)
+             .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
              .outerjoin(HostRow, HostRow.id == InstanceRow.host_id)
              .order_by(PublicIpRow.ip))
 
@@ -34,5 +37,5 @@ def entries(svc: Services, who: Principal) -> list[EdgeEntry]:
             first_nic.setdefault(iid, ip)
         rules = security_groups.ingress_for(s, ids)
     return [EdgeEntry(public_ip=ip, instance_id=iid, private_ip=first_nic[iid],
-                      host_ip=host_ip, rules=rules[iid])
-            for ip, iid, host_ip in rows if iid in first_nic]
+                      host_ip=host_ip, rules=rules[iid], fqdn=fqdn(svc, name, project, zone))
+            for ip, iid, host_ip, name, project, zone in rows if iid in first_nic]

@@ -35,9 +35,10 @@ def _allocate(s: Session, svc: Services, prj: ProjectRow, auto: bool,
     def taken_among(candidates: list[str]) -> Iterable[str]:
         return s.scalars(_TAKEN, {"ips": candidates})
 
-    # .0/.255-style addresses are avoided: some tools treat them as special
+    # .0/.255-style addresses are avoided: some tools treat them as special; the last usable
+    # one is the edge's DNS (netaddr.public_dns_address)
     ip = address_picker.pick(s, f"public:{pool}", int(pool.network_address) + 1,
-                             int(pool.broadcast_address) - 1, taken_among,
+                             int(pool.broadcast_address) - 2, taken_among,
                              skip_byte_values=(0, 255))
     if ip is None:
         raise InsufficientCapacity(f"the public IP pool {pool} is exhausted")

@@ -230,8 +230,8 @@ def _not_moving(s: Session, inst: InstanceRow) -> None:
     them: services/migration_volumes); a change waits for its end."""
     busy = migrations.active_migration(s, inst.id)
     if busy is not None:
-        raise Conflict(f"instance {inst.name!r} is migrating ({busy}): attach or detach its "
-                       "volumes once it ended", code="migration_in_progress")
+        raise Conflict(f"instance {inst.name!r} is migrating ({busy}): attach, detach or grow "
+                       "its volumes once it ended", code="migration_in_progress")
 
 
 def _hosts_of(row: VolumeRow) -> set[str]:
@@ -242,15 +242,6 @@ def _hosts_of(row: VolumeRow) -> set[str]:
 def _wake(svc: Services, host_ids: set[str]) -> None:
     for h in sorted(host_ids):
         svc.notifier.notify(h)
-
-
-def _check_local(row: VolumeRow, action: str) -> None:
-    """QEMU's NBD client cannot learn a new size of its export while connected: a volume
-    attached to an instance of another host is grown detached (or attached on its host)."""
-    if row.client_host_id is not None:
-        raise Conflict(f"cannot {action} volume {row.name!r} while it is attached over the "
-                       "network to an instance of another host (detach it first)",
-                       code="remote_attachment")
 
 
 def detach(svc: Services, who: Principal, project: str | None, ref: str) -> VolumeView:
@@ -283,7 +274,10 @@ def resize(svc: Services, who: Principal, project: str | None, ref: str,
                                f"asked {size_gib} GiB", code="invalid_size")
         check_volume(row.name, row.state, VolumeAction.RESIZE, row.desired == DELETED)
         storage_down.refuse(s, row.host_id, f"grow volume {row.name!r}")
-        _check_local(row, "resize")
+        holder = row.want_instance_id or row.attached_to
+        inst = s.get(InstanceRow, holder) if holder else None
+        if inst is not None:
+            _not_moving(s, inst)
         quotas.check(s, svc, prj, {"volume_gib": size_gib - row.size_gib},
                      ("volume", row.id, row.name))
         events.add(s, _event(prj, row, "resize_requested",
@@ -293,8 +287,8 @@ def resize(svc: Services, who: Principal, project: str | None, ref: str,
                       [prices.volume_rate(svc.settings, size_gib)])
         _touch(row)
         result = _view(s, svc, row, prj.name)
-        host_id = row.host_id
-    svc.notifier.notify(host_id)
+        wake = _hosts_of(row)  # over NBD both grow it: the storage host, then the instance's
+    _wake(svc, wake)
     return result
 
 

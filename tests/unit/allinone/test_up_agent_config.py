@@ -43,6 +43,8 @@ def test_the_agent_and_the_edge_learn_their_underlay_addresses(tmp_path: Path) -
     edge = load_edge(tmp_path / "edge" / "edge.json")
     assert edge.api_url == "http://127.0.0.1:8080"
     assert edge.netns == edge_process.edge_netns(StatePaths(tmp_path))
+    # the pool whose pings and names it serves, and the cloud's domain (its DNS's)
+    assert (edge.public_pool, edge.cloud_domain) == ("127.100.0.0/16", "cumulo.internal")
     assert (tmp_path / "edge" / "edge.token").stat().st_mode & 0o777 == 0o600
     token = edge.token
     _agent_config(tmp_path, "")  # again: the token is kept while valid

@@ -35,6 +35,9 @@ def test_the_table_follows_addresses_rules_and_hosts(api: TestClient, svc: Servi
     assert {ip: (e["instance_id"], e["private_ip"], e["host_ip"]) for ip, e in entries.items()
             } == {m["public_ip"]: (m["id"], m["private_ip"], "10.250.0.1") for m in made}
     assert all(e["rules"] for e in entries.values())  # the default group's SSH rule
+    # and each instance's FQDN (the edge's DNS answers it with the public address)
+    assert {ip: e["fqdn"] for ip, e in entries.items()} == {m["public_ip"]: m["fqdn"]
+                                                            for m in made}
 
     # Unchanged: the long-poll waits (its cap), then answers the same version.
     assert _table(api, edge, since=first["version"], wait=0.2)["version"] == first["version"]

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from cumulo.domain.netaddr import public_dns_address
 from cumulo.protocol import Observation
 from cumulo.services import agents
 from cumulo.services.context import Principal, Role, Services
@@ -195,3 +196,12 @@ def test_public_pool_must_be_a_loopback_slice(pool: str) -> None:
     with pytest.raises(InvalidInput):
         load_settings(path)
     path.unlink()
+
+
+def test_the_pools_last_usable_address_is_the_edges_dns_never_an_instances(
+        api: TestClient, svc: Services) -> None:
+    svc.settings.network.public_pool = "127.100.7.0/29"  # .1 to .6; .6: the DNS
+    assert public_dns_address(svc.settings.network.public_pool) == "127.100.7.6"
+    got = [api.post("/v1/public-ips").json() for _ in range(6)]
+    assert sorted(g["ip"] for g in got[:5]) == [f"127.100.7.{i}" for i in range(1, 6)]
+    assert got[5]["code"] == "insufficient_capacity"

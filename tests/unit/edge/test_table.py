@@ -80,3 +80,13 @@ def test_route_changes_replace_what_moved_and_remove_what_left() -> None:
         "route replace 10.9.1.11/32 via 10.250.0.2 proto static",
     ]
     assert routes.changes(dict(want), want) == []
+
+
+def test_echo_requests_are_served_from_the_clients_the_icmp_rules_allow() -> None:
+    p = plan([entry(rules=[FirewallRule(proto="icmp", cidr="127.0.0.0/8"),
+                           FirewallRule(proto="icmp", cidr="192.0.2.7/24")]),
+              entry(public="127.100.0.6", iid="i-b", private="10.9.1.11")])  # tcp 22 only
+    assert [(e.public_ip, e.private_ip, e.cidrs) for e in p.echoes] == [
+        ("127.100.0.5", "10.9.1.10", ("127.0.0.0/8", "192.0.2.0/24"))]
+    assert p.echoes[0].allows("127.0.0.1") and p.echoes[0].allows("192.0.2.200")
+    assert not p.echoes[0].allows("10.0.0.1") and not p.echoes[0].allows("bogus")

@@ -131,6 +131,10 @@ async def test_a_cancelled_cold_move_leaves_the_volume_with_the_source(
     with pytest.raises(CumuloError) as err:
         volumes.detach(svc, ADMIN, None, "data")
     assert err.value.code == "migration_in_progress"
+    with pytest.raises(CumuloError) as err:
+        volumes.resize(svc, ADMIN, None, "data", 2)
+    assert err.value.code == "migration_in_progress"
+    assert volumes.show(svc, ADMIN, None, "data").size_gib == 1
     volumes.create(svc, ADMIN, None, "more", 1, zone="local-1a")
     await c.step()
     with pytest.raises(CumuloError) as err:

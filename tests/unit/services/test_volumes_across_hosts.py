@@ -18,7 +18,7 @@ from cumulo.agent.storage.volumes import VolumeStore
 from cumulo.agent.volume_reconciler import VolumeReconciler
 from cumulo.db.tables import InstanceRow
 from cumulo.domain.arch import Arch
-from cumulo.domain.errors import Conflict, InsufficientCapacity
+from cumulo.domain.errors import InsufficientCapacity
 from cumulo.domain.instance import Action
 from cumulo.protocol import Observation
 from cumulo.services import agents, hosts, instances, volumes
@@ -114,10 +114,16 @@ async def test_a_volume_attaches_to_an_instance_of_another_host_over_nbd(
     await b.step()  # the storage host's own report does not undo the client's
     assert volumes.show(svc, ADMIN, None, "data").state == "in-use"
 
-    # a grow across hosts is refused, said why (the NBD client cannot learn a new size)
-    with pytest.raises(Conflict, match="another host") as err:
-        volumes.resize(svc, ADMIN, None, "data", 2)
-    assert err.value.code == "remote_attachment"
+    # a grow across hosts: the storage host grows the exported file, the instance's host
+    # the disk its VM sees (it waits for the export when it comes first: in-use, said why)
+    volumes.resize(svc, ADMIN, None, "data", 2)
+    await a.step()
+    assert volumes.show(svc, ADMIN, None, "data").state == "in-use"
+    await b.step()
+    assert b.vrec.store.volume_size(vol.id) == 2**31
+    assert set(b.exporter.exports) == {vol.id}  # still exported, never detached
+    await a.step()
+    assert volumes.show(svc, ADMIN, None, "data").size_gib == 2
     # a snapshot is taken on the storage host, of the exported volume
     snap = volumes.snapshot(svc, ADMIN, None, "data", "s1")
     await b.step()

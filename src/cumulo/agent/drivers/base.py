@@ -275,8 +275,12 @@ class Driver(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
-        """Grow an attached volume online; the guest is told the new size."""
+    async def resize_volume(self, vm_id: str, att: VolumeAttachment, size_bytes: int) -> None:
+        """Grow an attached volume online; the guest is told the new size (a no-op when the
+        guest's disk is that large already).
+
+        A local file is grown here; a volume over NBD is grown by its storage host first
+        (its export's new size): until then this raises DriverError and changes nothing."""
 
     @abc.abstractmethod
     async def snapshot_volume(self, vm_id: str, volume_id: str, target: Path) -> None:

@@ -440,9 +440,9 @@ class FakeDriver(MigratingDriver):
             )
         del vm.volumes[volume_id]
 
-    async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
-        att = self._holder(vm_id, volume_id, "resize")
-        if att.path is None:  # over NBD: the storage host grows the file
+    async def resize_volume(self, vm_id: str, att: VolumeAttachment, size_bytes: int) -> None:
+        att = self._holder(vm_id, att.volume_id, "resize")
+        if att.path is None:  # over NBD: the storage host grows the file (its exporter)
             return
         if att.path.is_file():  # the file grows, as QEMU's block_resize does
             await qemu_img("resize", "-q", "-f", "qcow2", str(att.path), str(size_bytes))

@@ -246,12 +246,12 @@ class QemuDriver(QemuMigration, MigratingDriver):
             qemu_confine.revoke(paths.dir, volume_id)
             psk.remove_keys(paths.psk_dir(volume_id))
 
-    async def resize_volume(self, vm_id: str, volume_id: str, size_bytes: int) -> None:
+    async def resize_volume(self, vm_id: str, att: VolumeAttachment, size_bytes: int) -> None:
         paths = self._paths(vm_id)
         async with self._lock(vm_id):
             if qemu_process.live_pid(paths) is None:
-                raise DriverError(f"cannot resize {volume_id}: {vm_id} is not running")
-            await qemu_volumes.resize(paths.qmp_sock, vm_id, volume_id, size_bytes)
+                raise DriverError(f"cannot resize {att.volume_id}: {vm_id} is not running")
+            await qemu_volumes.resize(paths.qmp_sock, vm_id, att, size_bytes)
 
     async def snapshot_volume(self, vm_id: str, volume_id: str, target: Path) -> None:
         paths = self._paths(vm_id)

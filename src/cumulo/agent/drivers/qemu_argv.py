@@ -225,6 +225,13 @@ def top_node(volume_id: str) -> str:
     return f"{volume_id}-thr"
 
 
+def spare_node(volume_id: str) -> str:
+    """The other name of a volume's NBD client node: an online grow opens a new connection
+    (the only way QEMU 7.2's client learns a new export size) under the name not in use,
+    then points the throttle node at it, so the names alternate from grow to grow."""
+    return f"{volume_id}-nbd"
+
+
 def throttle_group_id(volume_id: str) -> str:
     return f"{volume_id}-tg"
 
@@ -250,26 +257,33 @@ def tls_creds(volume_id: str, psk_dir: Path) -> dict[str, Any]:
             "dir": str(psk_dir), "username": volume_id}
 
 
+_CACHE = {"direct": False, "no-flush": False}
+
+
+def nbd_blockdev(volume_id: str, src: NbdExport, node: str) -> dict[str, Any]:
+    """An NBD client node of the storage host's export (QMP blockdev-add arguments)."""
+    return {
+        "driver": "nbd", "node-name": node, "discard": "unmap",
+        "cache": dict(_CACHE), "export": src.name, "tls-creds": tls_creds_id(volume_id),
+        "server": {"type": "inet", "host": src.host, "port": str(src.port)},
+        # A storage host that goes away: requests wait this long for it, then fail
+        # (I/O errors in the guest); the client keeps reconnecting in the background.
+        "reconnect-delay": NBD_RECONNECT_S,
+    }  # fmt: skip
+
+
 def volume_blockdev(att: VolumeAttachment) -> dict[str, Any]:
     """The volume's block node chain (QMP blockdev-add arguments): throttle over qcow2 over
     the local file, or throttle over an NBD client of the storage host's export (the qcow2
     is opened there: the export carries the guest's bytes)."""
-    cache = {"direct": False, "no-flush": False}
     src = att.source
     inner: dict[str, Any]
     if isinstance(src, NbdExport):
-        inner = {
-            "driver": "nbd", "node-name": fmt_node(att.volume_id), "discard": "unmap",
-            "cache": cache, "export": src.name, "tls-creds": tls_creds_id(att.volume_id),
-            "server": {"type": "inet", "host": src.host, "port": str(src.port)},
-            # A storage host that goes away: requests wait this long for it, then fail
-            # (I/O errors in the guest); the client keeps reconnecting in the background.
-            "reconnect-delay": NBD_RECONNECT_S,
-        }  # fmt: skip
+        inner = nbd_blockdev(att.volume_id, src, fmt_node(att.volume_id))
     else:
         inner = {
             "driver": "qcow2", "node-name": fmt_node(att.volume_id), "discard": "unmap",
-            "cache": cache, "file": {"driver": "file", "filename": str(src.path)},
+            "cache": dict(_CACHE), "file": {"driver": "file", "filename": str(src.path)},
         }  # fmt: skip
     return {
         "driver": "throttle",

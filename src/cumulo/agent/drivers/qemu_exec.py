@@ -18,12 +18,14 @@ so it costs a few milliseconds per start. In order:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import socket
 import struct
 import sys
 
+PR_SET_NO_NEW_PRIVS = 38
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
@@ -56,6 +58,14 @@ def _listen(path: str) -> int:
         os.umask(old)
     sock.listen(16)
     return sock.detach()
+
+
+def _no_new_privs() -> None:
+    """No exec may give privileges back (a setuid binary, file capabilities): QEMU's own
+    -sandbox sets it too, but qemu-storage-daemon has no sandbox option to do it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
 
 
 def _pairs(values: list[str]) -> list[tuple[int, str]]:
@@ -123,6 +133,7 @@ def main(argv: list[str]) -> int:
             os.setgroups([])
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
+            _no_new_privs()
             os.execv(command[0], command)
         except BaseException as e:  # whatever it is, the parent must hear it
             os.write(wr, f"cannot exec {command[0]} as uid {uid}: {e}".encode())

@@ -21,11 +21,14 @@ from cumulo.agent.drivers.base import (
     DetachTimeout,
     DriverError,
     LocalFile,
+    NbdExport,
     VolumeAttachment,
 )
 from cumulo.agent.drivers.qemu_argv import (
     fmt_node,
     hotplug_port,
+    nbd_blockdev,
+    spare_node,
     throttle_group,
     throttle_group_id,
     tls_creds,
@@ -67,7 +70,7 @@ async def attached(sock: Path) -> set[str]:
     """Volumes the VM holds: a device, or block nodes left by an unfinished attach/detach."""
     held = {d for d in await _peripherals(sock) if d.startswith("vol-") and is_id(d)}
     for node in await _node_names(sock):
-        for suffix in ("-thr", "-fmt"):
+        for suffix in ("-thr", "-fmt", "-nbd"):
             vol = node.removesuffix(suffix)
             if node.endswith(suffix) and vol.startswith("vol-") and is_id(vol):
                 held.add(vol)
@@ -134,7 +137,7 @@ async def detach(sock: Path, vm_id: str, vol: str, timeout_s: float) -> None:
 async def _release_nodes(sock: Path, vol: str) -> None:
     """Remove the volume's block nodes and throttle group (the device must be gone)."""
     nodes = await _node_names(sock)
-    for node in (top_node(vol), fmt_node(vol)):
+    for node in (top_node(vol), fmt_node(vol), spare_node(vol)):
         if node in nodes:
             await _blockdev_del(sock, node)
             nodes = await _node_names(sock)  # deleting the top node frees its children
@@ -159,10 +162,57 @@ async def _blockdev_del(sock: Path, node: str) -> None:
         await asyncio.sleep(POLL_S)
 
 
-async def resize(sock: Path, vm_id: str, vol: str, size_bytes: int) -> None:
-    if top_node(vol) not in await _node_names(sock):
+async def resize(sock: Path, vm_id: str, att: VolumeAttachment, size_bytes: int) -> None:
+    """Grow the guest's disk to `size_bytes` (a no-op when it is that large already)."""
+    vol = att.volume_id
+    sizes = await _node_sizes(sock)
+    if top_node(vol) not in sizes:
         raise DriverError(f"cannot resize {vol}: it is not attached to {vm_id}")
+    if isinstance(att.source, NbdExport):
+        if sizes[top_node(vol)] >= size_bytes:
+            return
+        await _reconnect_grown(sock, vm_id, vol, att.source, size_bytes, sizes)
     await _qmp(sock, "block_resize", {"node-name": top_node(vol), "size": size_bytes})
+
+
+async def _node_sizes(sock: Path) -> dict[str, int]:
+    nodes = await _qmp(sock, "query-named-block-nodes", {"flat": True})
+    return {str(n["node-name"]): int(n["image"]["virtual-size"]) for n in nodes}
+
+
+async def _reconnect_grown(sock: Path, vm_id: str, vol: str, src: NbdExport,
+                           size_bytes: int, sizes: dict[str, int]) -> None:
+    """Put the volume's throttle node on a new NBD connection that sees the grown export.
+
+    QEMU 7.2's NBD client keeps the size of its handshake for the life of the node (a
+    block_resize beyond it fails: "Cannot grow NBD nodes"), but a new connection sees the
+    new size: open one under the node name not in use (fmt_node/spare_node), point the
+    throttle node's `file` at it (blockdev-reopen; the old client node goes with its last
+    reference), then block_resize tells the guest. The device never loses its backend, so
+    the guest sees no I/O error, only a capacity change."""
+    names = [fmt_node(vol), spare_node(vol)]
+    if all(n in sizes for n in names):  # a grow cut short: drop the node nobody uses
+        for n in names:
+            with contextlib.suppress(DriverError):  # "in use": the throttle node's child
+                await _qmp(sock, "blockdev-del", {"node-name": n})
+        sizes = await _node_sizes(sock)
+    new = next(n for n in names if n not in sizes)
+    await _qmp(sock, "blockdev-add", nbd_blockdev(vol, src, new))
+    try:
+        seen = (await _node_sizes(sock))[new]
+        if seen < size_bytes:
+            raise DriverError(f"cannot grow {vol} on {vm_id} yet: its export has {seen} "
+                              f"bytes, not {size_bytes} (the storage host grows it first)")
+        await _qmp(sock, "blockdev-reopen", {"options": [{
+            "driver": "throttle", "node-name": top_node(vol),
+            "throttle-group": throttle_group_id(vol), "file": new}]})
+    except BaseException:
+        with contextlib.suppress(DriverError):
+            await _qmp(sock, "blockdev-del", {"node-name": new})
+        raise
+    old = next(n for n in names if n != new)
+    if old in await _node_names(sock):  # one hot-plugged or grown into is the monitor's too
+        await _blockdev_del(sock, old)
 
 
 async def snapshot(sock: Path, vm_id: str, vol: str, target: Path,

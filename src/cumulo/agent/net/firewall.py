@@ -10,9 +10,9 @@ Two tables, replaced together in ONE `nft -f` transaction inside the host namesp
   From the underlay (the host reaches the edge's address there, see cumulo.edge), only the
   edge's packets are forwarded, and only to an instance's ports its rules allow, whatever
   their CIDRs: the edge matched the client's address against them already (the packets carry
-  the edge's own address). Back to the edge, an instance's packets from those ports pass
-  without a connection of this host's: after a live migration the flow arrives here
-  mid-stream, and the guest may be the first to send.
+  the edge's own address); of ICMP, echo requests when a rule allows ICMP. Back to the edge,
+  an instance's packets from those ports pass without a connection of this host's: after a
+  live migration the flow arrives here mid-stream, and the guest may be the first to send.
 - `bridge cumulo` (stateless, before everything): anti-spoofing per tap (MAC and IPv4 source
   must be the instance's own; no IPv6); and at each network's VXLAN port, the anycast
   gateway kept on its host: every host's bridge holds the same gateway address and MAC, so
@@ -42,9 +42,12 @@ UNDERLAY_IF = "underlay0"  # as cumulo.allinone.fabric names it in each host's n
 
 
 def _edge_rule(r: Rule, side: str) -> str | None:
-    """What the edge may send to (side "dport") or receive from ("sport") an instance."""
+    """What the edge may send to (side "dport") or receive from ("sport") an instance: its
+    echo requests to an instance whose rules allow ICMP answer a ping of a public address
+    (cumulo.edge.echo_gate), and the instance's replies go back."""
     if r.proto == "icmp":
-        return None
+        kind = "echo-request" if side == "dport" else "echo-reply"
+        return f"icmp type {kind} accept"
     if r.port is None:
         return f"meta l4proto {r.proto} accept"
     return f"{r.proto} {side} {r.port} accept"

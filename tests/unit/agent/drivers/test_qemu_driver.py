@@ -21,7 +21,7 @@ import pytest
 
 from cumulo.agent.drivers.base import DriverError, PowerState, VMSpec
 from cumulo.agent.drivers.qemu import QemuDriver
-from cumulo.agent.drivers.qemu_migration import set_source_capabilities
+from cumulo.agent.drivers.qemu_migration import SOURCE_PARAMETERS, set_source_capabilities
 from cumulo.agent.drivers.qmp import session_for
 from cumulo.domain.arch import Arch
 from tests.contract.qemu_pids import kill_all
@@ -125,9 +125,10 @@ def test_a_bad_translation_cache_size_is_refused(size: int) -> None:
 
 async def test_an_outgoing_migration_throttles_a_busy_guest_with_auto_converge(
         workdir: Path) -> None:
-    """The source's capabilities, set as a migration sets them, are what QEMU 7.2 accepts:
-    auto-converge among them (a guest dirtying memory faster than the link is slowed until
-    the copy converges), post-copy not."""
+    """The source's capabilities and parameters, set as a migration sets them, are what QEMU
+    7.2 accepts: auto-converge among them (a guest dirtying memory faster than the link is
+    slowed until the copy converges), post-copy not, and a downtime limit below QEMU's
+    default 300 ms."""
     driver = QemuDriver(workdir / "run", accel="tcg")
     await driver.start(blank_spec(workdir))
     try:
@@ -137,5 +138,7 @@ async def test_an_outgoing_migration_throttles_a_busy_guest_with_auto_converge(
                 for c in await q.execute("query-migrate-capabilities", timeout=5.0)}
         assert caps["auto-converge"] and caps["pause-before-switchover"] and caps["events"]
         assert not caps["postcopy-ram"]
+        params = await q.execute("query-migrate-parameters", timeout=5.0)
+        assert params["downtime-limit"] == SOURCE_PARAMETERS["downtime-limit"] < 300
     finally:
         await driver.force_stop(VM)

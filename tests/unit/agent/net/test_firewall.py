@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from cumulo.agent.net import firewall
 from cumulo.agent.net.plan import Host, Net, Nic, Rule
 
@@ -107,11 +109,17 @@ def test_with_an_edge_only_its_packets_come_in_from_the_underlay_to_allowed_port
         'iifname "cbaaaaaaaaaaaa" oifname != "cbaaaaaaaaaaaa" drop')
     assert ('iifname "cbaaaaaaaaaaaa" oifname "underlay0" ip saddr 10.9.1.10 ip daddr '
             "10.250.0.254 jump edge_from_ct11111111110") in forward
-    # The rules' ports, without their CIDRs (the edge matched the client against them); no
-    # ICMP (the edge sends none).
+    # The rules' ports, without their CIDRs (the edge matched the client against them); of
+    # ICMP, the edge's echo requests and their replies (it pings for a client's ping).
     assert ("\tchain edge_to_ct11111111110 {\n\t\ttcp dport 22 accept\n\t\ttcp dport 8080 "
-            "accept\n\t\tmeta l4proto udp accept\n\t\tdrop\n\t}") in text
+            "accept\n\t\tmeta l4proto udp accept\n\t\ticmp type echo-request accept\n"
+            "\t\tdrop\n\t}") in text
     assert ("\tchain edge_from_ct11111111110 {\n\t\ttcp sport 22 accept\n\t\ttcp sport 8080 "
-            "accept\n\t\tmeta l4proto udp accept\n\t\tdrop\n\t}") in text
+            "accept\n\t\tmeta l4proto udp accept\n\t\ticmp type echo-reply accept\n"
+            "\t\tdrop\n\t}") in text
+    # Without an ICMP rule, no ICMP from the edge either.
+    tcp_only = firewall.render((NET_A,), (dataclasses.replace(NIC, rules=NIC.rules[:1]),),
+                               "10.250.0.254")
+    assert "icmp type echo-request accept\n\t\tdrop" not in tcp_only.split("chain edge_to_")[1]
     # Without an edge, nothing about the underlay.
     assert "underlay0" not in firewall.render((NET_A,), (NIC,))

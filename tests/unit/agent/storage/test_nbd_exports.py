@@ -1,7 +1,7 @@
 """The storage host's NBD exports, with real qemu-storage-daemon processes on loopback: the
 export opens only over TLS with its key; a new agent adopts a daemon that serves what is asked
-(same pid), restarts one that does not (a new key: the old one opens nothing); a snapshot through
-the daemon; stop leaves no process and no file."""
+(same pid), restarts one that does not (a new key: the old one opens nothing); a snapshot and
+an online grow through the daemon; stop leaves no process and no file."""
 
 from __future__ import annotations
 
@@ -65,10 +65,18 @@ async def test_an_export_is_tls_only_adopted_restarted_grown_and_stopped(tmp_pat
         assert _info(port, fresh.name, _client_key(tmp_path, spec.key)).returncode != 0
         assert _info(port, fresh.name, _client_key(tmp_path, fresh.key)).returncode == 0
 
-        # copied online by the daemon that holds the file open
+        # copied online by the daemon that holds the file open (the copy is root's after)
         copy = tmp_path / "snap.qcow2"
         await again.snapshot(VOL, copy)
-        assert virtual_size(copy) == 2**30
+        assert virtual_size(copy) == 2**30 and copy.stat().st_uid == 0
+
+        # grown online by the same daemon: a new connection sees the new size
+        daemon = again.running(VOL)
+        await again.grow(VOL, disk, 2**31)
+        await again.grow(VOL, disk, 2**31)  # idempotent
+        assert again.running(VOL) == daemon and virtual_size(disk) == 2**31
+        info = _info(port, fresh.name, _client_key(tmp_path, fresh.key))
+        assert info.returncode == 0 and "2 GiB" in info.stdout, info
     finally:
         last = ex.running(VOL)
         await ex.stop(VOL)
