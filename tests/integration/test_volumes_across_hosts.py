@@ -4,7 +4,9 @@ TLS-PSK) to an instance of another host. Bytes the guest wrote and synced there 
 back by the storage host's instance after a detach (md5), and over NBD again; the export
 cannot be opened from a third host's namespace without TLS nor with a wrong key; its daemon
 runs as a uid of its own; an agent restart adopts the export's daemon (the guest keeps its
-disk); the volume grows online while attached over NBD (the guest sees the new size, old
+disk); the storage host goes down (agent and daemon killed) and comes back: the volume
+shows `error`, the guest sees I/O errors, then its bytes and its write made meanwhile;
+the volume grows online while attached over NBD (the guest sees the new size, old
 bytes intact); the instance migrates live to the third host with the volume attached (the
 same guest, the same bytes, writes go on); a move back cancelled during the copy and another
 whose destination QEMU is killed (kill -9) during the copy each leave it running on its host,
@@ -29,7 +31,7 @@ from cumulo.agent.storage.nbd_exports import is_daemon
 from tests.conftest import running
 from tests.integration.conftest import CUMULO, Cloud, _make, agent_pids
 from tests.integration.test_live_migration_qemu import copying
-from tests.integration.test_network_cloud import wait_ssh
+from tests.integration.test_network_cloud import ssh, wait_ssh
 from tests.integration.test_volumes_cloud import device_of, rssh
 
 pytestmark = pytest.mark.qemu
@@ -82,6 +84,71 @@ def _wait(what: str, ok: object, timeout: float = 60) -> None:
     while not ok():  # type: ignore[operator]
         assert time.monotonic() < deadline, what
         time.sleep(0.5)
+
+
+def _storage_host_down_and_back(c: Cloud, writer: str, dev: str, daemon: int, written: str
+                                ) -> int:
+    """The storage host goes down: its agent frozen (no heartbeat) and the export's daemon
+    killed (kill -9). The API shows the volume `error` with the reason and refuses a
+    snapshot; the writer's QEMU runs on: a read fails in the guest (EIO, once the NBD client's
+    reconnect-delay passed), a write pauses the VM (write-error policy `stop`). The agent
+    killed too, `cumulo up` restarts it; it restarts the daemon with the same export name and
+    key, the NBD client reconnects by itself, the VM is resumed, the write completes, and
+    every synced byte is there. Returns the new daemon's pid."""
+    export_dir = c.state_dir / "hosts" / STORE / "nbd" / c.json("volume", "show", "data")["id"]
+    spec = json.loads((export_dir / "export.json").read_text())
+    late = rssh(c, writer, "sh", "-c", "'head -c 65536 /dev/urandom > /tmp/late && "
+                "md5sum < /tmp/late'").split()[0]
+    agent = _agent_of(c, STORE)
+    os.kill(agent, signal.SIGSTOP)
+    write: subprocess.Popen[str] | None = None
+    started = time.monotonic()
+    try:
+        os.kill(daemon, signal.SIGKILL)
+        _wait("the volume was not shown in error",
+              lambda: c.json("volume", "show", "data")["state"] == "error")
+        marked = time.monotonic() - started
+        shown = c.json("volume", "show", "data")
+        assert shown["attached_to"] == writer, shown
+        assert f"its storage host {STORE} is down" in shown["state_reason"], shown
+        refused = c.cli("volume", "snapshot", "data", "while-down", check=False)
+        assert refused.returncode != 0 and "storage_host_down" in refused.stderr, refused.stderr
+        read = ssh(c, writer, "sh", "-c", f"'echo 3 > /proc/sys/vm/drop_caches; "
+                   f"head -c 65536 /dev/{dev} > /dev/null'", root=True, check=False)
+        assert (read.returncode, read.stderr) == (1, f"head: /dev/{dev}: Input/output error\n")
+        assert c.json("instance", "show", writer)["state"] == "running"
+        # ssh stalls while the VM is paused: run in the background
+        write = subprocess.Popen(
+            [*CUMULO, "ssh", "--user", "root", writer, "--", "sh", "-c",
+             f"'dd if=/tmp/late of=/dev/{dev} bs=65536 seek=32 conv=fsync 2>/dev/null'"],
+            env=c.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        paused = c.wait_state(writer, "paused", timeout=60)
+        assert "storage host unreachable" in paused["state_reason"], paused
+    finally:
+        os.kill(agent, signal.SIGKILL)  # `cumulo up` starts another
+        restarted = time.monotonic()
+    assert write is not None
+    try:
+        _wait("the agent was not restarted",
+              lambda: len(agent_pids(c.state_dir) - {agent}) == 3)
+        _, err = write.communicate(timeout=180)  # resumed: the write completed
+        assert write.returncode == 0, err
+    finally:
+        if write.poll() is None:
+            write.kill()
+    print(f"storage host down: volume shown in error after {marked:.1f} s; the paused write "
+          f"completed {time.monotonic() - restarted:.1f} s after its agent was killed, "
+          f"{time.monotonic() - started:.1f} s in all")
+    c.wait_state(writer, "running", timeout=30)
+    assert c.json("volume", "show", "data")["state"] == "in-use"
+    new_daemon = int((export_dir / "pid").read_text())
+    assert new_daemon != daemon and is_daemon(new_daemon)
+    assert json.loads((export_dir / "export.json").read_text()) == spec  # same name and key
+    assert _uncached_md5(c, writer, dev) == written
+    back = rssh(c, writer, "sh", "-c", f"'dd if=/dev/{dev} bs=65536 skip=32 count=1 "
+                "2>/dev/null | md5sum'").split()[0]
+    assert back == late
+    return new_daemon
 
 
 def _write_read_back(c: Cloud, vm: str, dev: str) -> None:
@@ -198,7 +265,11 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
     assert uid != 0 and (c.state_dir / "hosts" / STORE / "volumes" / f"{vol['id']}.qcow2"
                          ).stat().st_uid == uid
     dev = device_of(c, writer, vol["id"])
-    rssh(c, writer, "sh", "-c", f"'head -c 1048576 /dev/urandom > /dev/{dev} && sync'")
+    # Synced: fsync flushes the disk's write cache (over NBD: the storage host's qcow2 data
+    # and metadata reach its file). A plain `sync` writes a raw device's pages but sends no
+    # flush: what it wrote could still be lost with a killed export daemon.
+    rssh(c, writer, "sh", "-c", f"'dd if=/dev/urandom of=/dev/{dev} bs=1048576 count=1 "
+                                "iflag=fullblock conv=fsync 2>/dev/null'")
     written = _uncached_md5(c, writer, dev)
     assert written != ZEROS_MD5
 
@@ -227,6 +298,8 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
     assert os.stat(f"/proc/{daemon}").st_uid == uid
     assert _uncached_md5(c, writer, dev) == written
     assert c.json("volume", "show", "data")["state"] == "in-use"
+
+    daemon = _storage_host_down_and_back(c, writer, dev, daemon, written)
 
     # detached: the daemon goes; attached to the storage host's instance: the same bytes
     assert c.json("volume", "detach", "data", "--wait")["state"] == "available"

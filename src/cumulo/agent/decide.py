@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cumulo.agent.drivers.base import Observed, PowerState
-from cumulo.domain.disk_errors import pause_reason
+from cumulo.domain.disk_errors import pause_reason, remote
 from cumulo.domain.instance import DesiredPower, InstanceState
 from cumulo.protocol import Assignment
 
@@ -44,10 +44,11 @@ def decide(
     resumable: bool = False,
     powered_off_on_request: bool = False,
 ) -> Decision:
-    """`resumable`: the VM is paused on full disks that have room again (see
-    cumulo.domain.disk_errors.may_resume). `powered_off_on_request`: this agent asked the
-    guest to power off (for a stop the user may since have replaced with a start), so a
-    powered-off guest did what it was asked, not what it chose."""
+    """`resumable`: the VM is paused on full disks that have room again, or on network
+    volumes whose export is worth trying again (see cumulo.domain.disk_errors.may_resume).
+    `powered_off_on_request`: this agent asked the guest to power off (for a stop the user
+    may since have replaced with a start), so a powered-off guest did what it was asked, not
+    what it chose."""
     desired = DesiredPower(a.desired_power)
     power = obs.power if obs is not None else None
     S = InstanceState
@@ -101,6 +102,10 @@ def decide(
         return Decision(Step.REBOOT, S.RUNNING)
     if power is PowerState.PAUSED:
         assert obs is not None
+        if resumable and remote(obs.io_errors):
+            # A try: while the storage host is away, QEMU pauses it again on the same write.
+            # It shows paused until a pass sees it run.
+            return Decision(Step.RESUME, S.PAUSED, _paused(obs))
         if resumable:
             return Decision(Step.RESUME, S.RUNNING)
         return Decision(Step.NONE, S.PAUSED, _paused(obs))

@@ -30,7 +30,7 @@ from cumulo.agent.drivers.base import (
 from cumulo.agent.image_cache import ImageFetching
 from cumulo.agent.storage.disks import StorageError, ensure_overlay
 from cumulo.domain.arch import Arch
-from cumulo.domain.disk_errors import may_resume
+from cumulo.domain.disk_errors import may_resume, remote
 from cumulo.domain.ids import is_id
 from cumulo.domain.instance import InstanceState
 from cumulo.protocol import Assignment, NetworkRef, Observation
@@ -61,6 +61,10 @@ class Reconciler:
     # A VM paused on a full disk is resumed once that disk's filesystem has this much free.
     resume_free_bytes: int = 64 * 1024 * 1024
     free_bytes: Callable[[str], int | None] = field(default=lambda p: _free_bytes(p))
+    # A VM paused on a network volume whose storage host was away is resumed this often, to
+    # try the write again (it pauses again at once while the export is still away).
+    remote_retry_s: float = 5.0
+    _remote_tries: dict[str, float] = field(default_factory=dict)  # vm_id -> next try
     # vm_id -> (generation, monotonic deadline) of an ACPI shutdown we asked for
     _shutdowns: dict[str, tuple[int, float]] = field(default_factory=dict)
     _last_report: dict[str, Observation] = field(default_factory=dict)
@@ -136,7 +140,8 @@ class Reconciler:
             shutdown_overdue=overdue,
             stop_timeout_s=self.stop_timeout_s,
             resumable=obs is not None and obs.power is PowerState.PAUSED
-            and may_resume(obs.io_errors, self.free_bytes, self.resume_free_bytes),
+            and may_resume(obs.io_errors, self.free_bytes, self.resume_free_bytes)
+            and self._try_remote(a.id, obs),
             # Asked for any generation: a start since then bumped it, and the guest obeying
             # the earlier request must not be taken for a guest that chose to power off
             # (that would turn the user's start into a stop).
@@ -168,6 +173,18 @@ class Reconciler:
             guest_initiated=d.guest_initiated,
         )
 
+    def _try_remote(self, vm_id: str, obs: Observed) -> bool:
+        """Whether the VM may be resumed now as far as network volumes go: at once when none
+        of its errors is one, else once per `remote_retry_s`."""
+        if not remote(obs.io_errors):
+            self._remote_tries.pop(vm_id, None)
+            return True
+        now = time.monotonic()
+        if now < self._remote_tries.get(vm_id, 0.0):
+            return False
+        self._remote_tries[vm_id] = now + self.remote_retry_s
+        return True
+
     async def _apply(self, a: Assignment, d: Decision) -> int | None:
         """Carry out the step; returns the reboot sequence now done, if it changed."""
         if d.step is not Step.REQUEST_SHUTDOWN and d.step is not Step.NONE:
@@ -184,9 +201,11 @@ class Reconciler:
                 await self.driver.reboot(a.id)
                 return a.reboot_seq
             case Step.RESUME:
-                log.info("vm_resumed", vm_id=a.id, hint="its full disk has room again")
+                log.info("vm_resumed", vm_id=a.id, hint="its full disk has room again, or a "
+                         "network volume's storage host may be back")
                 await self.driver.resume(a.id)
             case Step.DESTROY:
+                self._remote_tries.pop(a.id, None)
                 await self.driver.destroy(a.id)
                 self._remove_storage(a.id)
             case Step.NONE:

@@ -137,8 +137,9 @@ def host_drain(
 @hosts.hosts_app.command("evacuate")
 def host_evacuate(ctx: typer.Context, name: str) -> None:
     """Restart the instances of HOST, which is down, on other hosts of its zone (admin). Their
-    boot disks are NOT recovered: each starts from a new disk made from its image. Says what
-    it could not move and why."""
+    boot disks are NOT recovered: each starts from a new disk made from its image, with its
+    volumes stored on other hosts; volumes stored on HOST stay there, detached. Says what it
+    could not move and why."""
     st = state(ctx)
     done: dict[str, Any] = st.client().post("/v1/hosts/{}/evacuate", name, scoped=False)
     if st.json:
@@ -146,6 +147,9 @@ def host_evacuate(ctx: typer.Context, name: str) -> None:
         return
     emit(st, done["moved"], ["instance", "project", "destination", "state", "migration"],
          title=f"host {name}: evacuated")
+    for m in done["moved"]:
+        if m.get("volumes") or m.get("volumes_left"):
+            out.print(f"{m['instance']}: {m['note']}", soft_wrap=True)
     for u in done["unmoved"]:
         err.print(f"not moved: {u['instance']}: {u['reason']}")
     out.print(f"note: {done['note']}", soft_wrap=True)

@@ -1,7 +1,8 @@
 """`cumulo host evacuate HOST`: restart the instances of a host that is down on other hosts of
 its zone, from what survives the host: their records (id, name, private IP, MAC, public IP,
-FQDN, security groups, desired power), not their boot disks, which were on the host: each
-gets a new one from its image.
+FQDN, security groups, desired power) and their volumes stored on other hosts (attached again
+from the new host: services/evacuate_volumes), not their boot disks, which were on the host:
+each gets a new one from its image. A volume stored on the down host stays there, detached.
 
 Each move is a migration record of its own, `evacuated` at once (nothing is copied): it tells
 the old host, whenever its agent is heard from again, to destroy its copy of the VM (the
@@ -25,7 +26,15 @@ from cumulo.domain.instance import DesiredPower, InstanceState
 from cumulo.domain.migration import MigrationPhase
 from cumulo.domain.validation import dns_label
 from cumulo.scheduler.placement import HostCapacity, place
-from cumulo.services import dedicated_hosts, events, hosts, metering, migrations, segments
+from cumulo.services import (
+    dedicated_hosts,
+    evacuate_volumes,
+    events,
+    hosts,
+    metering,
+    migrations,
+    segments,
+)
 from cumulo.services.auth import require_admin
 from cumulo.services.context import Principal, Services
 from cumulo.services.host_drain import Unmoved
@@ -41,14 +50,16 @@ class Evacuated(BaseModel):
     destination: str  # a host name (admins only evacuate)
     state: str  # its state now: pending (it starts there) or stopped (moved stopped)
     migration: str  # the evacuation's record (`cumulo migration show ID`)
-    note: str  # what it lost: its boot disk, made again from its image
+    note: str  # what it lost (its boot disk, made again from its image) and its volumes
+    volumes: list[str] = []  # attached again from the new host (stored on other hosts)
+    volumes_left: list[str] = []  # stored on a down host: detached, it restarts without them
 
 
 class EvacuationView(BaseModel):
     host: str
     moved: list[Evacuated]
     unmoved: list[Unmoved]  # what stays on the down host, and why
-    note: str  # said once for all: boot disks are not recovered
+    note: str  # said once for all: boot disks are not recovered; volumes on the host stay
 
 
 def evacuate(svc: Services, who: Principal, name: str) -> EvacuationView:
@@ -74,17 +85,20 @@ def evacuate(svc: Services, who: Principal, name: str) -> EvacuationView:
         for row in list(s.scalars(select(InstanceRow).where(InstanceRow.host_id == host.id)
                                   .order_by(InstanceRow.created_at, InstanceRow.id))):
             try:
-                _check(s, row)
-                moved.append(_move(s, svc, row, source))
+                with s.begin_nested():  # a move refused half-way changes nothing
+                    _check(s, row)
+                    done, storage = _move(s, svc, row, source)
+                moved.append(done)
                 moved_ids.append(row.id)
-                wake.add(str(row.host_id))
+                wake |= {str(row.host_id), *storage}
             except CumuloError as e:
                 unmoved.append(Unmoved(instance=row.name, instance_id=row.id,
                                        reason=e.message))
         out = EvacuationView(
             host=name, moved=moved, unmoved=unmoved,
             note=f"boot disks are not recovered: they were on host {name}; each moved "
-                 "instance starts from a new boot disk made from its image")
+                 "instance starts from a new boot disk made from its image, with its volumes "
+                 f"stored on other hosts; volumes stored on host {name} stay there, detached")
     for host_id in wake:
         svc.notifier.notify(host_id, None)
     svc.notifier.notify(old, None)  # its view loses them (answered when it is back)
@@ -101,15 +115,12 @@ def _check(s: Session, row: InstanceRow) -> None:
     if busy is not None:
         raise Conflict(f"instance {row.name!r} is migrating ({busy}): not evacuated",
                        code="migration_in_progress")
-    attached = migrations.attached_volume(s, row.id)
-    if attached is not None:
-        raise Conflict(f"instance {row.name!r} has volume {attached} attached: a volume lives "
-                       "on its host's disk, so the instance stays with it until its host is "
-                       "back", code="has_volumes")
 
 
-def _move(s: Session, svc: Services, row: InstanceRow, source: HostCapacity) -> Evacuated:
-    """Place `row` as a create would (the down host excluded) and move it there."""
+def _move(s: Session, svc: Services, row: InstanceRow, source: HostCapacity
+          ) -> tuple[Evacuated, set[str]]:
+    """Place `row` as a create would (the down host excluded; a host storing one of its
+    volumes only when no other fits) and move it there. Also the storage hosts to wake."""
     caps = hosts.capacities(s, svc.settings, row.zone)  # again: each move holds capacity
     # A host that has yet to discard a stale copy of this instance (evacuated from it before,
     # while it was down) would find that copy and run it: never chosen.
@@ -119,14 +130,19 @@ def _move(s: Session, svc: Services, row: InstanceRow, source: HostCapacity) -> 
         MigrationRow.source_done.is_(False))))
     request = migrations.request_for(s, row)
     others = [c for c in caps if c.host_id != source.host_id and c.host_id not in stale]
-    placement = place(request, others, svc.settings.placement_policy)
+    storing = evacuate_volumes.storing_hosts(s, row.id)
+    placement = place(request, [c for c in others if c.host_id not in storing],
+                      svc.settings.placement_policy)
+    if placement.host is None and storing:
+        placement = place(request, others, svc.settings.placement_policy)
     dest = placement.host
     if dest is None:
         besides = [f"{source.name}, which is down", *(
             f"{c.name}, which holds an older copy of it" for c in caps if c.host_id in stale)]
         raise InsufficientCapacity(f"{placement.explain()} (besides {'; '.join(besides)})",
                                    code="no_host_fits")
-    note = LOST_DISK.format(image=row.image_name)
+    vols = evacuate_volumes.move(s, row.id, row.name, dest.host_id)
+    note = LOST_DISK.format(image=row.image_name) + _volumes_note(vols)
     row.cpu_set = dedicated_hosts.cpu_set_for(s, dest, row.vcpus)
     row.host_id = dest.host_id
     stopped = row.desired_power == DesiredPower.STOPPED.value
@@ -151,4 +167,16 @@ def _move(s: Session, svc: Services, row: InstanceRow, source: HostCapacity) -> 
     s.flush()
     shown = migrations.view(s, mig)
     return Evacuated(instance=row.name, instance_id=row.id, project=shown.project,
-                     destination=dest.name, state=row.state, migration=mig.id, note=note)
+                     destination=dest.name, state=row.state, migration=mig.id, note=note,
+                     volumes=vols.followed, volumes_left=vols.left), vols.wake
+
+
+def _volumes_note(vols: evacuate_volumes.Outcome) -> str:
+    """What became of its volumes, said in the note (output, record, event log)."""
+    said = ""
+    if vols.followed:
+        said += f"; volumes {', '.join(vols.followed)} attached again"
+    if vols.left:
+        said += (f"; volumes {', '.join(vols.left)} left detached (their storage host is "
+                 "down: attach them again once it is back)")
+    return said

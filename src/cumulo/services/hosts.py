@@ -22,7 +22,7 @@ from cumulo.domain.instance import InstanceState
 from cumulo.domain.validation import MAX_INTEGER, dns_label, positive
 from cumulo.protocol import HostDisk
 from cumulo.scheduler.placement import HostCapacity
-from cumulo.services import events, segments
+from cumulo.services import events, segments, storage_down
 from cumulo.services.auth import require_agent
 from cumulo.services.context import Principal, Services
 
@@ -187,7 +187,9 @@ _BEAT = (update(HostRow).where(HostRow.id == bindparam("host"), HostRow.state ==
 def _came_back(s: Session, host_id: str, name: str) -> None:
     said = f"host {name}'s agent is heard from again"
     events.add(s, [events.Event(None, "host", host_id, name, "up", "system", said),
-                   *_on_instances(s, host_id, "host_up", said)])
+                   *_on_instances(s, host_id, "host_up", said),
+                   *storage_down.volume_events(s, host_id, "storage_host_up",
+                                               f"its storage host {name} is back")])
 
 
 def _on_instances(s: Session, host_id: str, kind: str, said: str) -> list[events.Event]:
@@ -200,7 +202,8 @@ def _on_instances(s: Session, host_id: str, kind: str, said: str) -> list[events
 
 def sweep_down(svc: Services) -> list[str]:
     """Mark down the hosts whose agent was silent for HOST_DOWN_AFTER; each such host, and
-    each instance on it (in its project's log), gets an event. The names marked down.
+    each instance and volume on it (in its project's log), gets an event. The names marked
+    down.
 
     Run every few seconds by each API process: the conditional update lets one of them only
     mark (and tell of) a host."""
@@ -218,7 +221,9 @@ def sweep_down(svc: Services) -> list[str]:
             svc.notifier.heartbeats.pop(host_id, None)  # its next beat is written
             said = f"no word from host {name}'s agent for {HOST_DOWN_AFTER.total_seconds():g} s"
             events.add(s, [events.Event(None, "host", host_id, name, "down", "system", said),
-                           *_on_instances(s, host_id, "host_down", said)])
+                           *_on_instances(s, host_id, "host_down", said),
+                           *storage_down.volume_events(s, host_id, "storage_host_down",
+                                                       storage_down.reason(name))])
             marked.append(name)
     return marked
 

@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 
 from cumulo.db.tables import InstanceRow, VolumeRow
 from cumulo.domain.errors import Conflict
+from cumulo.services import storage_down
 
 
-def _rows(s: Session, instance_id: str) -> list[VolumeRow]:
+def volumes_of(s: Session, instance_id: str) -> list[VolumeRow]:
     return list(s.scalars(select(VolumeRow).where(
         or_(VolumeRow.attached_to == instance_id, VolumeRow.want_instance_id == instance_id))
         .order_by(VolumeRow.created_at, VolumeRow.id)))
@@ -32,7 +33,7 @@ def check(s: Session, row: InstanceRow) -> dict[str, str]:
     """Refuse the volumes that cannot follow `row`; return the hosts storing its volumes
     (host id -> one volume's name): none of them may be the destination."""
     stored: dict[str, str] = {}
-    for v in _rows(s, row.id):
+    for v in volumes_of(s, row.id):
         if v.want_instance_id != v.attached_to:
             raise Conflict(f"instance {row.name!r}: volume {v.name} is being attached or "
                            "detached; move it once that is done", code="volume_busy")
@@ -41,6 +42,9 @@ def check(s: Session, row: InstanceRow) -> dict[str, str]:
                            "host (a local file); only volumes stored on another host follow "
                            "a move (detach it first)", code="volume_on_source")
         stored.setdefault(v.host_id, v.name)
+    for host_id, name in stored.items():
+        # The destination's QEMU opens the export as it starts: it must be served.
+        storage_down.refuse(s, host_id, f"move instance {row.name!r} with volume {name}")
     return stored
 
 
@@ -56,7 +60,7 @@ def follow(s: Session, instance_id: str, destination_host_id: str) -> set[str]:
     now the destination (the same export: the source's client side went with the stopped
     VM). Returns the hosts to wake (the storage hosts and the destination)."""
     wake: set[str] = set()
-    for v in _rows(s, instance_id):
+    for v in volumes_of(s, instance_id):
         if v.host_id is None or v.host_id == destination_host_id:
             continue  # refused at the start; never made local behind the user's back
         v.client_host_id = destination_host_id

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import (
@@ -22,7 +22,6 @@ from cumulo.db.tables import (
     MigrationRow,
     PlacementGroupRow,
     ProjectRow,
-    VolumeRow,
 )
 from cumulo.domain import migration as rules
 from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput, NotFound
@@ -140,12 +139,6 @@ def active_migration(s: Session, instance_id: str) -> str | None:
     """The id of the instance's migration under way, if any."""
     return s.scalar(select(MigrationRow.id).where(MigrationRow.instance_id == instance_id,
                                                   MigrationRow.active))
-
-
-def attached_volume(s: Session, instance_id: str) -> str | None:
-    """The id of a volume attached (or being attached) to the instance, if any."""
-    return s.scalar(select(VolumeRow.id).where(or_(VolumeRow.attached_to == instance_id,
-                                                   VolumeRow.want_instance_id == instance_id)))
 
 
 def request_for(s: Session, row: InstanceRow) -> Request:

@@ -33,11 +33,13 @@ from cumulo.services import (
     migrations,
     prices,
     quotas,
+    storage_down,
+    volume_exports,
 )
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
 from cumulo.services.views import SnapshotView, VolumeView
-from cumulo.services.volume_placement import StorageCandidate, new_export, storage_host
+from cumulo.services.volume_placement import StorageCandidate, storage_host
 
 PRESENT, DELETED = "present", "deleted"
 # The boot disk is vda and the cloud-init seed vdb: volumes start at vdc.
@@ -56,14 +58,16 @@ def views(s: Session, svc: Services, rows: list[VolumeRow], project: str) -> lis
                             if r.attached_to or r.want_instance_id]))).all())
     snaps = dict(s.execute(select(SnapshotRow.id, SnapshotRow.name).where(
         SnapshotRow.id.in_([r.source_snapshot_id for r in rows if r.source_snapshot_id]))).all())
+    down = storage_down.down_hosts(s, (r.host_id for r in rows))
     out = []
     for r in rows:
         iops, mbps, write_error = _limits(svc, r.type_name)
         attached = r.attached_to or r.want_instance_id
+        state, reason = storage_down.shown(r.state, r.state_reason, down.get(r.host_id or ""))
         out.append(VolumeView(
             id=r.id, name=r.name, project=project, zone=r.zone, size_gib=r.size_gib,
-            type=r.type_name, iops=iops, mbps=mbps, write_error=write_error, state=r.state,
-            state_reason=r.state_reason,
+            type=r.type_name, iops=iops, mbps=mbps, write_error=write_error, state=state,
+            state_reason=reason,
             attached_to=inst_names.get(attached) if attached else None,
             device=r.device if attached else None,
             delete_on_termination=r.delete_on_termination,
@@ -127,6 +131,7 @@ def create(svc: Services, who: Principal, project: str | None, name: str, size_g
         if from_snapshot is not None:
             source = _find_snapshot(s, prj, from_snapshot)
             check_snapshot_source(source.name, source.state)
+            storage_down.refuse(s, source.host_id, f"make a volume from snapshot {source.name!r}")
             if source.zone != z:
                 raise InvalidInput(f"snapshot {source.name!r} is in zone {source.zone}, not "
                                    f"{z}", code="zone_mismatch")
@@ -193,6 +198,7 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
             raise Conflict(f"volume {row.name!r} is attached already; detach it first",
                            code="volume_in_use")
         check_volume(row.name, row.state, VolumeAction.ATTACH, row.desired == DELETED)
+        storage_down.refuse(s, row.host_id, f"attach volume {row.name!r}")
         if inst.desired_power == DesiredPower.DELETED.value:
             raise Conflict(f"instance {inst.name!r} is being deleted", code="invalid_state")
         _not_moving(s, inst)
@@ -200,7 +206,10 @@ def attach(svc: Services, who: Principal, project: str | None, ref: str,
             raise InvalidInput(f"volume {row.name!r} is in zone {row.zone}; instance "
                                f"{inst.name!r} is in {inst.zone}", code="zone_mismatch")
         if inst.host_id != row.host_id:
-            _export_to(s, row, inst)
+            if row.client_host_id is not None:
+                raise Conflict(f"volume {row.name!r} is still being released by another host",
+                               code="volume_in_use")
+            volume_exports.export_to(s, row, inst.host_id, inst.name)
         used = set(s.scalars(select(VolumeRow.device).where(
             (VolumeRow.want_instance_id == inst.id) | (VolumeRow.attached_to == inst.id))))
         free = [d for d in _DEVICES if d not in used]
@@ -223,25 +232,6 @@ def _not_moving(s: Session, inst: InstanceRow) -> None:
     if busy is not None:
         raise Conflict(f"instance {inst.name!r} is migrating ({busy}): attach, detach or grow "
                        "its volumes once it ended", code="migration_in_progress")
-
-
-def _export_to(s: Session, row: VolumeRow, inst: InstanceRow) -> None:
-    """The volume attaches to an instance of another host: a new NBD export of it (fresh
-    secrets, a free port of the storage host) for that host."""
-    if row.client_host_id is not None:
-        raise Conflict(f"volume {row.name!r} is still being released by another host",
-                       code="volume_in_use")
-    underlays = dict(s.execute(select(HostRow.id, HostRow.underlay_ip).where(
-        HostRow.id.in_([row.host_id, inst.host_id]))).all())
-    if not row.host_id or not underlays.get(row.host_id) or not underlays.get(inst.host_id or ""):
-        raise InvalidInput(f"volume {row.name!r} is stored on another host than instance "
-                           f"{inst.name!r}, and the two hosts share no underlay network",
-                           code="host_mismatch")
-    used = set(s.scalars(select(VolumeRow.export_port).where(
-        VolumeRow.host_id == row.host_id, VolumeRow.export_port.is_not(None))))
-    export = new_export({p for p in used if p is not None})
-    row.client_host_id = inst.host_id
-    row.export_name, row.export_key, row.export_port = export.name, export.key, export.port
 
 
 def _hosts_of(row: VolumeRow) -> set[str]:
@@ -283,6 +273,7 @@ def resize(svc: Services, who: Principal, project: str | None, ref: str,
             raise InvalidInput(f"volumes only grow: {row.name!r} is {row.size_gib} GiB, "
                                f"asked {size_gib} GiB", code="invalid_size")
         check_volume(row.name, row.state, VolumeAction.RESIZE, row.desired == DELETED)
+        storage_down.refuse(s, row.host_id, f"grow volume {row.name!r}")
         holder = row.want_instance_id or row.attached_to
         inst = s.get(InstanceRow, holder) if holder else None
         if inst is not None:
@@ -336,10 +327,12 @@ def release_for_instance(s: Session, instance_id: str) -> set[str]:
 
 def _snap_view(s: Session, row: SnapshotRow, project: str) -> SnapshotView:
     vol = s.get(VolumeRow, row.volume_id) if row.volume_id else None
+    state, reason = storage_down.shown(row.state, row.state_reason,
+                                       storage_down.down_hosts(s, [row.host_id]).get(
+                                           row.host_id or ""))
     return SnapshotView(id=row.id, name=row.name, project=project, zone=row.zone,
                         volume=vol.name if vol else None, size_gib=row.size_gib,
-                        state=row.state, state_reason=row.state_reason,
-                        created_at=row.created_at)
+                        state=state, state_reason=reason, created_at=row.created_at)
 
 
 @quotas.records_refusals
@@ -350,6 +343,7 @@ def snapshot(svc: Services, who: Principal, project: str | None, ref: str,
         prj = scope_project(s, who, project)
         vol = find(s, prj, ref)
         check_volume(vol.name, vol.state, VolumeAction.SNAPSHOT, vol.desired == DELETED)
+        storage_down.refuse(s, vol.host_id, f"snapshot volume {vol.name!r}")
         if s.scalar(select(SnapshotRow.id).where(SnapshotRow.project_id == prj.id,
                                                  SnapshotRow.name == name)):
             raise Conflict(f"snapshot {name!r} already exists", code="name_taken")

@@ -111,3 +111,30 @@ async def test_a_stop_then_a_start_before_the_guest_is_off_keeps_the_start(
     # starts it, as for any stopped VM whose user wants it running.
     assert (obs.state, obs.reason, obs.guest_initiated) == ("starting", "", False)
     assert (await driver.observe())[VM].power is PowerState.STOPPED
+
+
+async def test_paused_on_a_network_volume_tried_again_until_its_storage_host_is_back(
+        tmp_path: Path) -> None:
+    """A write to a volume over NBD whose storage host went away pauses the VM (`stop`
+    policy); the agent resumes it every `remote_retry_s` to try the write again: it pauses
+    again while the export is away (still shown paused, no flapping), and runs on once the
+    storage host serves it again, with nothing the guest wrote dropped."""
+    driver, rec, _free = await _setup(tmp_path)
+    rec.remote_retry_s = 3600.0  # one try per pass below, by hand
+    driver.simulate_io_error(VM, VOL, "", nospace=False, remote=True)
+    (obs,) = await rec.run_pass([_assignment()])  # tried at once: still away
+    reason = (f"storage host unreachable (I/O error on network volume {VOL}); resumes when "
+              "it is back")
+    assert (obs.state, obs.reason) == ("paused", reason)
+    rec.acknowledge([obs])
+    assert (await driver.observe())[VM].power is PowerState.PAUSED
+    # Not tried again before its time, and nothing to report meanwhile.
+    driver.host.unreachable.clear()  # the storage host is back
+    assert await rec.run_pass([_assignment()]) == []
+    assert (await driver.observe())[VM].power is PowerState.PAUSED
+    rec._remote_tries.clear()  # its time came
+    assert await rec.run_pass([_assignment()]) == []  # resumed; shown paused until seen to run
+    assert (await driver.observe())[VM].power is PowerState.RUNNING
+    assert "reset" not in driver.host.vms[VM].events  # the write was retried, not dropped
+    (obs,) = await rec.run_pass([_assignment()])
+    assert (obs.state, obs.reason) == ("running", "")

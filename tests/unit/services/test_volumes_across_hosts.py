@@ -64,8 +64,8 @@ class Host:
         self.vrec.acknowledge(vols, snaps)
 
 
-async def test_a_volume_attaches_to_an_instance_of_another_host_over_nbd(
-        svc: Services, tmp_path: Path) -> None:
+async def vm_and_storage_host(svc: Services, tmp_path: Path) -> tuple[Host, Host, str]:
+    """host-a, running "vm", and host-b, the zone's storage host."""
     for name, ip, storage in ((AGENT_HOST, "10.250.0.1", False), (B, "10.250.0.2", True)):
         hosts.register(svc, ADMIN, name=name, zone="local-1a", architectures=["x86_64"],
                        vcpus=4, ram_mib=4096, driver="fake", accel="fake", agent_url="",
@@ -79,6 +79,12 @@ async def test_a_volume_attaches_to_an_instance_of_another_host_over_nbd(
     agents.report(svc, a.who, a.name, [Observation(id=iid, state="running", generation=1)])
     await a.driver.start(VMSpec(vm_id=iid, hostname="vm", arch=Arch.X86_64, vcpus=1,
                                 ram_mib=128, boot_disk=tmp_path / "unused"))
+    return a, b, iid
+
+
+async def test_a_volume_attaches_to_an_instance_of_another_host_over_nbd(
+        svc: Services, tmp_path: Path) -> None:
+    a, b, iid = await vm_and_storage_host(svc, tmp_path)
 
     vol = volumes.create(svc, ADMIN, None, "data", 1, zone="local-1a")
     await b.step()  # b is the only storage host: the file is made there

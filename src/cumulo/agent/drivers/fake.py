@@ -77,6 +77,8 @@ class FakeHost:
     stuck_volumes: set[str] = field(default_factory=set)
     # Host files that cannot be written now (a full disk: see simulate_io_error).
     full_files: set[str] = field(default_factory=set)
+    # Network volumes whose storage host does not answer now (see simulate_io_error).
+    unreachable: set[str] = field(default_factory=set)
     # The network to other fake hosts (shared by hosts that migrate VMs between them).
     fabric: FakeFabric = field(default_factory=FakeFabric)
     migrations: dict[str, FakeMigration] = field(default_factory=dict)
@@ -160,7 +162,8 @@ class FakeDriver(MigratingDriver):
         again if their files still cannot be written."""
         if vm.observed.power is not PowerState.PAUSED:
             return
-        still = tuple(e for e in vm.observed.io_errors if e.path in self.host.full_files)
+        still = tuple(e for e in vm.observed.io_errors if e.path in self.host.full_files
+                      or (e.remote and e.disk in self.host.unreachable))
         vm.observed = (Observed(vm.observed.vm_id, PowerState.PAUSED, vm.observed.pid,
                                 "qemu status io-error", still)
                        if still else
@@ -199,14 +202,18 @@ class FakeDriver(MigratingDriver):
         if mig is not None and mig.role == "destination":  # a dead QEMU listens no more
             self.host.fabric.close(mig.incoming)
 
-    def simulate_io_error(self, vm_id: str, disk: str, path: str, nospace: bool = True) -> None:
+    def simulate_io_error(self, vm_id: str, disk: str, path: str, nospace: bool = True,
+                          remote: bool = False) -> None:
         """A write of the running VM to `disk` (its file `path`) fails on the host: the VM
         pauses, as a disk with the `stop` write-error policy does (tests). With `nospace`, the
-        file counts as unwritable (host.full_files) until a test removes it."""
+        file counts as unwritable (host.full_files) until a test removes it; with `remote`
+        (a network volume), the volume does (host.unreachable)."""
         vm = self.host.vms[vm_id]
         if nospace:
             self.host.full_files.add(path)
-        errors = (*vm.observed.io_errors, DiskIoError(disk, nospace, path))
+        if remote:
+            self.host.unreachable.add(disk)
+        errors = (*vm.observed.io_errors, DiskIoError(disk, nospace, path, remote))
         vm.observed = Observed(vm_id, PowerState.PAUSED, vm.observed.pid, "qemu status io-error",
                                errors)
 

@@ -3,7 +3,8 @@
 Each disk whose write-error policy is `stop` carries an io-status: "nospace" after a write
 failed with ENOSPC (the host's filesystem is full), "failed" after any other error, "ok"
 otherwise; it is reset to "ok" when the VM runs again (`cont`). The boot disk is the -drive
-named "root"; a volume is a -device whose qdev id is its volume id (see qemu_argv).
+named "root"; a volume is a -device whose qdev id is its volume id (see qemu_argv), over a
+file or, attached across hosts, an NBD client (its storage host did not answer).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def parse(blocks: Any) -> tuple[DiskIoError, ...]:
         disk = _disk(block)
         if disk is None:
             continue
-        out.append(DiskIoError(disk=disk, nospace=status == "nospace",
-                               path=_file(block.get("inserted", {}).get("image", {}))))
+        image = block.get("inserted", {}).get("image", {})
+        out.append(DiskIoError(disk=disk, nospace=status == "nospace", path=_file(image),
+                               remote=_nbd(image)))
     return tuple(out)
 
 
@@ -57,3 +59,12 @@ def _file(image: dict[str, Any]) -> str:
             return name
         image = image.get("backing-image") or {}
     return ""
+
+
+def _nbd(image: dict[str, Any]) -> bool:
+    """Whether the disk is a network volume: an NBD node under its filters (throttle)."""
+    for _ in range(8):
+        if image.get("format") == "nbd":
+            return True
+        image = image.get("backing-image") or {}
+    return False

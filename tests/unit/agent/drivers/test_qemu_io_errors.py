@@ -37,3 +37,12 @@ def test_the_disks_in_error_their_cause_and_their_files() -> None:
         DiskIoError(VOL, nospace=True, path="/h/volumes/v.qcow2"),
     )
     assert parse({"unexpected": True}) == ()
+
+
+def test_a_network_volume_is_told_apart() -> None:
+    """A volume attached over NBD: its throttle node's filtered child is the NBD client
+    (format "nbd", a URL for a name): no host file, and `remote`."""
+    nbd = {"filename": "nbd://10.250.0.3:10810/0123abcd", "format": "nbd"}
+    blocks = [_block("failed", "", f"/machine/peripheral/{VOL}/virtio-backend",
+                     {"filename": "json:{...}", "format": "throttle", "backing-image": nbd})]
+    assert parse(blocks) == (DiskIoError(VOL, nospace=False, path="", remote=True),)
