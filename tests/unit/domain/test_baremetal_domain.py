@@ -99,7 +99,7 @@ def test_redfish_processor_names_map_to_cumulo_arches() -> None:
 
 def test_the_conductor_works_only_on_nodes_in_its_states() -> None:
     assert set(bm.CONDUCTOR_STATES) == {bm.NodeState.ENROLL, bm.NodeState.MANAGEABLE,
-                                        bm.NodeState.INSPECTING, bm.NodeState.DELETING,
-                                        bm.NodeState.CLEANING}
+                                        bm.NodeState.INSPECTING, bm.NodeState.DEPLOYING,
+                                        bm.NodeState.DELETING, bm.NodeState.CLEANING}
     assert not set(bm.CONDUCTOR_STATES) & {bm.NodeState.AVAILABLE, bm.NodeState.ERROR}
     assert bm.NodeState.ACTIVE in bm.UNDELETABLE
