@@ -7,11 +7,12 @@ runs as a uid of its own; an agent restart adopts the export's daemon (the guest
 disk); the storage host goes down (agent and daemon killed) and comes back: the volume
 shows `error`, the guest sees I/O errors, then its bytes and its write made meanwhile;
 the volume grows online while attached over NBD (the guest sees the new size, old
-bytes intact); the instance migrates live to the third host with the volume attached (the
-same guest, the same bytes, writes go on); a move back cancelled during the copy and another
-whose destination QEMU is killed (kill -9) during the copy each leave it running on its host,
-reading and writing its volume, and nothing on the other host (no QEMU, disk or key); a
-detach and `cumulo down` leave no daemon."""
+bytes intact); the instance migrates live to the third host with the volume attached while
+it writes to the volume and its boot disk (the same guest, the same bytes, every write it
+flushed before, during and after the switch-over on both disks, writes go on); a move back
+cancelled during the copy and another whose destination QEMU is killed (kill -9) during the
+copy each leave it running on its host, reading and writing its volume, and nothing on the
+other host (no QEMU, disk or key); a detach and `cumulo down` leave no daemon."""
 
 from __future__ import annotations
 
@@ -159,6 +160,38 @@ def _write_read_back(c: Cloud, vm: str, dev: str) -> None:
     back = rssh(c, vm, "sh", "-c", "'echo 3 > /proc/sys/vm/drop_caches; "
                 f"dd if=/dev/{dev} bs=1048576 skip=1 count=1 2>/dev/null | md5sum'").split()[0]
     assert back == more != ZEROS_MD5
+
+
+# Blocks of the volume the writer loop stamps (one 4 KiB block per tick from 64 MiB on: no
+# other step of this test writes there).
+TICK_BLOCK0 = 16384
+
+
+def _start_ticks(c: Cloud, vm: str, dev: str) -> None:
+    """A loop in the guest: tick n writes n into the volume's block TICK_BLOCK0 + n and
+    flushes it (conv=fsync), then appends n to a file on the boot disk and syncs, every
+    0.1 s. So a tick the boot disk has was flushed to both disks first."""
+    rssh(c, vm, "sh", "-c", "'rm -f $HOME/ticks; (n=0; while :; do n=$((n+1)); "
+         f"printf %08d $n | dd of=/dev/{dev} bs=4096 seek=$(({TICK_BLOCK0}+n)) "
+         "conv=notrunc,fsync 2>/dev/null || exit; echo $n >> $HOME/ticks; sync; "
+         "usleep 100000; done) >/dev/null 2>&1 & echo $! > $HOME/ticks.pid'")
+
+
+def _ticks(c: Cloud, vm: str) -> list[int]:
+    return [int(n) for n in rssh(c, vm, "cat", "$HOME/ticks").split()]
+
+
+def _check_ticks(c: Cloud, vm: str, dev: str) -> int:
+    """Stop the loop; every tick the boot disk kept is 1..n in order, and each one's block
+    on the volume holds its number (read past the guest's cache). n."""
+    rssh(c, vm, "sh", "-c", "'kill $(cat $HOME/ticks.pid)'")
+    ticks = _ticks(c, vm)
+    assert ticks == list(range(1, len(ticks) + 1)), ticks
+    out = rssh(c, vm, "sh", "-c", "'echo 3 > /proc/sys/vm/drop_caches; for n in "
+               f"$(cat $HOME/ticks); do dd if=/dev/{dev} bs=4096 skip=$(({TICK_BLOCK0}+n)) "
+               "count=1 2>/dev/null | head -c 8; echo; done'")
+    assert [int(v) for v in out.split()] == ticks[:len(out.split())] == ticks
+    return len(ticks)
 
 
 def _left_on(c: Cloud, host: str, vm_id: str) -> list[str]:
@@ -333,13 +366,20 @@ def test_a_volume_written_on_one_host_is_read_on_another(cloud3: Cloud, tmp_path
                 ).split()[0] == beyond != ZEROS_MD5
 
     # live: the writer moves to the third host (the scheduler skips the storage host) with
-    # the volume attached; the same guest (its boot id) reads the same bytes, over the same
-    # export, and its writes after the move are read back
+    # the volume attached, writing to it and to its boot disk throughout; the same guest (its
+    # boot id) reads the same bytes, over the same export, every tick flushed before, during
+    # and after the switch-over is on both disks, and its writes after the move are read back
     boot_id = rssh(c, writer, "cat", "/proc/sys/kernel/random/boot_id").strip()
     c.json("host", "enable", "local-2")
+    _start_ticks(c, writer, dev)
+    _wait("the writer loop did not tick", lambda: len(_ticks(c, writer)) >= 5)
     mig = c.json("instance", "migrate", writer, "--wait")
     assert (mig["state"], mig["destination"]) == ("completed", "local-2"), mig
     assert c.json("instance", "show", writer)["host"] == "local-2"
+    at_switch = len(_ticks(c, writer))
+    _wait("the writer loop stopped at the move",
+          lambda: len(_ticks(c, writer)) >= at_switch + 5)
+    assert _check_ticks(c, writer, dev) >= at_switch + 5
     assert rssh(c, writer, "cat", "/proc/sys/kernel/random/boot_id").strip() == boot_id
     assert _uncached_md5(c, writer, dev) == written
     _write_read_back(c, writer, dev)
