@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import delete, not_, select
 
 from cumulo.baremetal.redfish import Bmc, BmcAddress, BmcError, PowerAction
 from cumulo.db.tables import BaremetalNodeRow, InstanceRow
@@ -74,7 +74,9 @@ def pending(svc: Services) -> list[Work]:
     """The nodes the conductor has a step for."""
     with svc.db.session() as s:
         rows = s.scalars(select(BaremetalNodeRow).where(
-            BaremetalNodeRow.state.in_([st.value for st in bm.CONDUCTOR_STATES])))
+            BaremetalNodeRow.state.in_([st.value for st in bm.CONDUCTOR_STATES]),
+            # a stop/start/reboot under way in another process: cleaned once it is done
+            not_(baremetal_power.leased(datetime.now(UTC)))))
         return [_work(svc, r) for r in rows]
 
 
@@ -155,8 +157,8 @@ def _clean(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
     state = bm.NodeState.AVAILABLE if error is None else bm.NodeState.ERROR
     with svc.db.session() as s:
         if not compare_and_set(s, w.id, w.generation, state=state.value, last_error=error,
-                               instance_id=None, deploy_step=None, deploy_token=None,
-                               deploy_deadline=None, deploy_report=None,
+                               instance_id=None, power_action=None, deploy_step=None,
+                               deploy_token=None, deploy_deadline=None, deploy_report=None,
                                **({} if error else {"power_state": "off"})):
             return None
         row = None if w.instance_id is None else s.get(InstanceRow, w.instance_id)

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, and_, not_, select, update
 from sqlalchemy.orm import Session
 
 from cumulo.baremetal.redfish import Bmc, BmcError, PowerAction
@@ -67,15 +67,13 @@ class PowerWork:
 
 def pending(svc: Services, work: Callable[[BaremetalNodeRow], Work]) -> list[PowerWork]:
     """The active nodes whose instance asks for a power action (none under way elsewhere)."""
-    stale = datetime.now(UTC) - timedelta(seconds=LEASE_S)  # updated_at is the real time
     with svc.db.session() as s:
         rows = s.execute(
             select(BaremetalNodeRow, InstanceRow.state, InstanceRow.generation)
             .join(InstanceRow, InstanceRow.id == BaremetalNodeRow.instance_id)
             .where(BaremetalNodeRow.state == bm.NodeState.ACTIVE.value,
                    InstanceRow.state.in_([st.value for st in _ENDS]),
-                   or_(BaremetalNodeRow.power_action.is_(None),
-                       BaremetalNodeRow.updated_at < stale)))
+                   not_(leased(datetime.now(UTC)))))  # updated_at is the real time
         return [PowerWork(work(node), node.instance_id or "", InstanceState(state), gen)
                 for node, state, gen in rows]
 
@@ -103,6 +101,7 @@ def apply(svc: Services, p: PowerWork, bmc: BmcFactory = Bmc) -> str:
     with svc.db.session() as s:
         if not compare_and_set(s, w.id, generation, power_action=None,
                                **({"power_state": power} if power else {})):
+            release(s, w.id, _WORD[want])  # deleted meanwhile: its cleaning need not wait
             return "stale"
         row = s.get(InstanceRow, p.instance_id, with_for_update=True)
         if row is None or row.generation != p.instance_generation:
@@ -110,6 +109,20 @@ def apply(svc: Services, p: PowerWork, bmc: BmcFactory = Bmc) -> str:
         _record(s, svc, row, state, reason, None if ok else f"{_WORD[want]}_failed")
     log.info("baremetal_power_done", node=w.name, instance=p.instance_id, state=state.value)
     return state.value
+
+
+def release(s: Session, node_id: str, action: str) -> None:
+    """Drop this conductor's claim after its Redfish calls, whatever moved the node meanwhile
+    (its generation is left alone, as it is not a step of the node's own)."""
+    s.execute(update(BaremetalNodeRow).where(BaremetalNodeRow.id == node_id,
+                                             BaremetalNodeRow.power_action == action)
+              .values(power_action=None))
+
+
+def leased(now: datetime) -> ColumnElement[bool]:
+    """Nodes whose machine a conductor is powering now (their lease has not run out)."""
+    return and_(BaremetalNodeRow.power_action.is_not(None),
+                BaremetalNodeRow.updated_at >= now - timedelta(seconds=LEASE_S))
 
 
 def _act(svc: Services, b: Bmc, want: InstanceState) -> tuple[str, str]:

@@ -5,6 +5,7 @@ meanwhile, and the lease that keeps a second conductor off."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
@@ -27,6 +28,7 @@ class PowerBmc(FakeBmc):
 
     calls: ClassVar[list[str]] = []
     ignores_acpi: ClassVar[bool] = False
+    during: ClassVar[Callable[[], None] | None] = None  # run at the next call, once
 
     def power(self, action: PowerAction, wait_s: float = 0) -> str:
         if action is PowerAction.SOFT_OFF and PowerBmc.ignores_acpi:
@@ -39,6 +41,9 @@ class PowerBmc(FakeBmc):
         return FakeBmc.power_now
 
     def _did(self, what: str) -> None:
+        during, PowerBmc.during = PowerBmc.during, None
+        if during is not None:
+            during()
         if FakeBmc.fail_on is not None and what.startswith(FakeBmc.fail_on):
             raise BmcError(f"the BMC at {self.address.url} refused to {what}: HTTP 500")
         PowerBmc.calls.append(what)
@@ -51,7 +56,7 @@ def active(deploying: Services) -> Services:  # noqa: F811
     with svc.db.session() as s:
         s.execute(update(BaremetalNodeRow).values(state="active", power_state="on"))
         s.execute(update(InstanceRow).values(state="running", state_reason=""))
-    PowerBmc.calls, PowerBmc.ignores_acpi = [], False
+    PowerBmc.calls, PowerBmc.ignores_acpi, PowerBmc.during = [], False, None
     FakeBmc.power_now, FakeBmc.fail_on = "on", None
     return svc
 
@@ -161,3 +166,21 @@ def test_deleting_a_running_server_cleans_its_node(active: Services) -> None:
     instances.act(svc, ADMIN, None, "metal", Action.DELETE)  # before the stop is applied
     assert _pass(svc) == {"bm-1": "available"}
     assert PowerBmc.calls == ["power off"]  # the cleaning's, no stop of its own
+
+
+def test_a_delete_during_a_stop_is_cleaned_once_the_stop_is_done(active: Services) -> None:
+    svc = active
+    instances.act(svc, ADMIN, None, "metal", Action.STOP)
+    [work] = power.pending(svc, lambda r: conductor._work(svc, r))
+    waited: list[list[conductor.Work]] = []
+
+    def delete() -> None:  # while the conductor's Redfish call is under way
+        instances.act(svc, ADMIN, None, "metal", Action.DELETE)
+        waited.append(conductor.pending(svc))  # the cleaning waits for the power action
+
+    PowerBmc.during = delete
+    assert power.apply(svc, work, PowerBmc) == "stale"
+    assert waited == [[]] and _node(svc)[1] is None  # the claim released
+    assert _pass(svc) == {"bm-1": "available"}
+    assert PowerBmc.calls == ["power soft-off", "power off"]
+    assert instances.list_all(svc, ADMIN, None) == []
