@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cloud import CUMULO, BenchCloud, percentile, running_cloud, wait_running
+from bench.fdb_follow import FOLLOW_WITHIN_S, FdbWatch
 
 PORT = 5001
 PERIOD_MS = 50
@@ -116,9 +117,16 @@ def _stream(cloud: BenchCloud, name: str, ip: str) -> str:
 def _arch(cloud: BenchCloud, name: str, n: int) -> dict[str, Any]:
     ip = cloud.show(name)["private_ip"]
     out = _stream(cloud, name, ip)
-    migs = []
+    mac = _ssh(cloud, name, "cat /sys/class/net/eth0/address").strip()
+    migs, follows = [], []
     for _ in range(n):
+        watch = FdbWatch(cloud, name, mac)
+        watch.start()
         migs.append(migrate(cloud, name))
+        watch.join(timeout=FOLLOW_WITHIN_S + 5)
+        watch.stop.set()
+        if migs[-1]["state"] == "completed":
+            follows.append(watch.follow_ms)
         time.sleep(1.0)
     gap, intact = stream_gaps(_ssh(cloud, "client", f"cat {out}"))
     done = [m for m in migs if m["state"] == "completed"]
@@ -128,7 +136,13 @@ def _arch(cloud: BenchCloud, name: str, n: int) -> dict[str, Any]:
         "migrations": n, "completed": len(done),
         "failed_reasons": [m["reason"] for m in migs if m["state"] != "completed"],
         "stream_gap_ms_max": gap, "stream_broken": not intact, "downtimes_ms": downtimes,
+        "fdb_follow_ms": follows,
     }
+    followed = [float(f) for f in follows if f is not None]
+    result["fdb_not_followed"] = len(follows) - len(followed)  # not within FOLLOW_WITHIN_S
+    if followed:
+        result.update(fdb_follow_ms_p50=percentile(followed, 50),
+                      fdb_follow_ms_max=max(followed))
     if downtimes:
         result.update(downtime_ms_p50=percentile(downtimes, 50), downtime_ms_max=max(downtimes))
     if totals:

@@ -179,7 +179,8 @@ ROWS: list[tuple[str, str, str, str, tuple[str, float] | None]] = [
            ("downtime_ms_p50", "QEMU downtime p50", "ms", ("<=", 100)),
            ("downtime_ms_max", "QEMU downtime max", "ms", None),
            ("total_s_p50", "total time p50", "s", None),
-           ("stream_gap_ms_max", "longest gap in a streamed counter", "ms", None)))),
+           ("stream_gap_ms_max", "longest gap in a streamed counter", "ms", None),
+           ("fdb_follow_ms_max", "VXLAN entries follow the move, max", "ms", ("<=", 1000))))),
 ]
 
 

@@ -1,5 +1,6 @@
 """Ansible's amazon.aws modules (ec2_key, ec2_security_group, ec2_ami_info, ec2_instance,
-ec2_vol) against the EC2 API: on the fake driver, and on a real VM that it SSHes into."""
+ec2_vol) against the EC2 API, on a real VM that it SSHes into. (The same playbook on the fake
+driver, without the SSH, checked nothing more and cost 45 s of the suite: removed.)"""
 
 from __future__ import annotations
 
@@ -27,10 +28,6 @@ def _check(cloud: Cloud, tmp_path: Path, *, ssh: bool) -> dict[str, str]:
     volume = ec2.describe_volumes(VolumeIds=[out["volume"]])["Volumes"][0]
     assert volume["Size"] == 1 and volume["State"] in ("available", "in-use")
     return out
-
-
-def test_ansible_playbook_on_the_fake_driver(fake_cloud: Cloud, tmp_path: Path) -> None:
-    _check(fake_cloud, tmp_path, ssh=False)
 
 
 @pytest.mark.qemu
