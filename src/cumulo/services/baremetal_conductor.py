@@ -76,7 +76,7 @@ def pending(svc: Services) -> list[Work]:
         rows = s.scalars(select(BaremetalNodeRow).where(
             BaremetalNodeRow.state.in_([st.value for st in bm.CONDUCTOR_STATES]),
             # a stop/start/reboot under way in another process: cleaned once it is done
-            not_(baremetal_power.leased(datetime.now(UTC)))))
+            not_(baremetal_power.leased(svc.settings))))
         return [_work(svc, r) for r in rows]
 
 

@@ -18,7 +18,7 @@ reason, and its desired power is set to match, so nothing is left half-done and 
 retried behind the user's back; a power that cannot be read either: `error`.
 
 The node records the action under way before its Redfish calls (power_action, with its
-updated_at: a lease of LEASE_S), so two API processes never apply one request twice; a
+updated_at: a lease, see lease_s), so two API processes never apply one request twice; a
 conductor that died mid-action is followed by another once the lease has run out (stop and
 start are idempotent; a reboot is then done again). The result is written only if the node
 is still at the generation the claim wrote (a delete meanwhile wins) and the instance still
@@ -37,6 +37,7 @@ from sqlalchemy import ColumnElement, and_, not_, select, update
 from sqlalchemy.orm import Session
 
 from cumulo.baremetal.redfish import Bmc, BmcError, PowerAction
+from cumulo.config import Settings
 from cumulo.db.tables import BaremetalNodeRow, InstanceRow
 from cumulo.domain import baremetal as bm
 from cumulo.domain.instance import DesiredPower, InstanceState
@@ -49,7 +50,8 @@ if TYPE_CHECKING:  # the conductor imports this module
 
 log = structlog.get_logger("cumulo.baremetal")
 
-LEASE_S = 180.0  # a stop's graceful wait plus the BMC's power waits fit in it
+# A power action's Redfish calls fit in this, plus a stop's graceful wait (lease_s).
+BASE_LEASE_S = 150.0
 REASON_LIMIT = 500
 S = InstanceState
 # The instance states that ask the conductor for a power action, and the state each ends in.
@@ -65,6 +67,12 @@ class PowerWork:
     instance_generation: int
 
 
+def lease_s(settings: Settings) -> float:
+    """How long a claimed node is left to its conductor: a stop's grace, then ForceOff's
+    wait (redfish.POWER_WAIT_S) and the BMC's answers."""
+    return BASE_LEASE_S + settings.baremetal.stop_timeout_s
+
+
 def pending(svc: Services, work: Callable[[BaremetalNodeRow], Work]) -> list[PowerWork]:
     """The active nodes whose instance asks for a power action (none under way elsewhere)."""
     with svc.db.session() as s:
@@ -73,7 +81,7 @@ def pending(svc: Services, work: Callable[[BaremetalNodeRow], Work]) -> list[Pow
             .join(InstanceRow, InstanceRow.id == BaremetalNodeRow.instance_id)
             .where(BaremetalNodeRow.state == bm.NodeState.ACTIVE.value,
                    InstanceRow.state.in_([st.value for st in _ENDS]),
-                   not_(leased(datetime.now(UTC)))))  # updated_at is the real time
+                   not_(leased(svc.settings))))
         return [PowerWork(work(node), node.instance_id or "", InstanceState(state), gen)
                 for node, state, gen in rows]
 
@@ -119,10 +127,12 @@ def release(s: Session, node_id: str, action: str) -> None:
               .values(power_action=None))
 
 
-def leased(now: datetime) -> ColumnElement[bool]:
-    """Nodes whose machine a conductor is powering now (their lease has not run out)."""
+def leased(settings: Settings) -> ColumnElement[bool]:
+    """Nodes whose machine a conductor is powering now (their lease has not run out;
+    updated_at is the real time: services.baremetal_nodes)."""
     return and_(BaremetalNodeRow.power_action.is_not(None),
-                BaremetalNodeRow.updated_at >= now - timedelta(seconds=LEASE_S))
+                BaremetalNodeRow.updated_at
+                >= datetime.now(UTC) - timedelta(seconds=lease_s(settings)))
 
 
 def _act(svc: Services, b: Bmc, want: InstanceState) -> tuple[str, str]:

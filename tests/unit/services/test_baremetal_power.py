@@ -155,7 +155,7 @@ def test_a_request_changed_meanwhile_wins_and_a_claimed_node_is_left_to_its_cond
     assert _pass(svc) == {}
     with svc.db.session() as s:
         s.execute(update(BaremetalNodeRow).values(
-            updated_at=datetime.now(UTC) - timedelta(seconds=power.LEASE_S + 1)))
+            updated_at=datetime.now(UTC) - timedelta(seconds=power.lease_s(svc.settings) + 1)))
     assert _pass(svc) == {"bm-1": "running"}  # the start, applied by the next conductor
     assert _shown(svc) == ("running", "", "running") and _node(svc) == ("on", None)
 
