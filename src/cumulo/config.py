@@ -319,6 +319,9 @@ class BaremetalSettings(BaseModel):
     # From the deploy's start to the ramdisk's report: past it the node goes to `error` and
     # is powered off (its one-time token expires with it).
     deploy_timeout_s: int = Field(default=900, ge=10, le=86400)
+    # A stop asks the OS to shut down (Redfish GracefulShutdown: ACPI), and pulls the plug
+    # (ForceOff) if the machine is still on after this long, as a VM's stop does.
+    stop_timeout_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
     # The API as BMCs reach it (they fetch the deploy ISO from it: Redfish InsertMedia), and
     # as a node's deploy ramdisk reaches it on the provisioning network (it fetches the image
     # and reports there). `cumulo up --baremetal-nodes` sets both for its emulated nodes;

@@ -4,7 +4,8 @@ BMC emulator in its own process. Enrolled with a password file, inspected over R
 available; powered on, off and rebooted over Redfish (the QEMU process appears and goes);
 deleted (powered off first); and a BMC that does not answer leaves `error` with the reason.
 With `cumulo up --baremetal-nodes 1`, a bm1.* instance is deployed on its node from virtual
-media for real (the tiny image, booted from the node's own disk) and its delete cleans it.
+media for real (the tiny image, booted from the node's own disk), stopped and started over
+Redfish, and its delete cleans it.
 """
 
 from __future__ import annotations
@@ -170,6 +171,18 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     assert "SYSLINUX" in console and "switching to /dev/vda2" in console
     deployed = " ".join(e["kind"] for e in c.json("instance", "events", "metal"))
     assert "started" in deployed
+    # Stop and start are the conductor's Redfish power actions: the stop presses the power
+    # button (GracefulShutdown) and the tiny OS powers itself off; the start powers the
+    # machine on (its second boot is not awaited: the deploy's showed that it boots).
+    pid = int((machine / "qemu.pid").read_text())
+    stopped = c.json("instance", "stop", "metal", "--wait", "--timeout", "120")
+    assert (stopped["state"], stopped["state_reason"]) == ("stopped", "")
+    assert not running(pid) and b.power_state() == "off"
+    assert "power button pressed, powering off" in (machine / "console.log").read_text(
+        errors="replace")
+    started = c.json("instance", "start", "metal", "--wait", "--timeout", "120")
+    assert (started["state"], b.power_state()) == ("running", "on")
+    assert running(int((machine / "qemu.pid").read_text()))
     refused = c.cli("instance", "create", "metal-2", "--image", "tiny", "--type", "bm1.tiny",
                     check=False)
     assert refused.returncode != 0 and refused.stderr.startswith("error[no_node_fits]: ")

@@ -27,9 +27,12 @@ Wait = Annotated[bool, typer.Option("--wait", help="Follow the state until it se
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
 
 
-def wait_for(st: CliState, ref: str, target: str | None, timeout: float) -> dict[str, Any] | None:
+def wait_for(st: CliState, ref: str, target: str | None, timeout: float,
+             action: str | None = None) -> dict[str, Any] | None:
     """Poll until the instance reaches `target` (None: until it is gone). The error and
-    paused states fail."""
+    paused states fail, and so does `action` when its reason says it failed (a bare-metal
+    server's BMC that failed leaves it in the state its machine is in: it never reaches
+    `target`, or is there already)."""
     client = st.client()
     deadline = time.monotonic() + timeout
     last: dict[str, Any] | None = None
@@ -43,6 +46,9 @@ def wait_for(st: CliState, ref: str, target: str | None, timeout: float) -> dict
                 raise
             assert last is not None
             status.update(f"{ref}: {last['state']}")
+            if action is not None and last["state_reason"].startswith(f"{action} failed: "):
+                raise CliError(f"{action}_failed",
+                               f"instance {last.get('name', ref)}: {last['state_reason']}")
             if last["state"] == target:
                 return last
             if last["state"] == "error":
@@ -169,7 +175,8 @@ def _action(
     else:
         result = client.post("/v1/instances/{}/{}", name, action)
     if wait:
-        result = wait_for(st, result["id"], target, timeout)
+        result = wait_for(st, result["id"], target, timeout,
+                          None if action == "delete" else action)
         if result is None:
             if st.json:
                 emit(st, {"name": name, "state": "deleted"}, ["name", "state"])

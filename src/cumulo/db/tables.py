@@ -542,6 +542,9 @@ class BaremetalNodeRow(Base):
                                                      index=True)
     deploy_deadline: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     deploy_report: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # The power action (stop, start, reboot) a conductor applies to its instance's machine
+    # (services.baremetal_power); with updated_at, a lease against a second conductor.
+    power_action: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 

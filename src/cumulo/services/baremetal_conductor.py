@@ -18,6 +18,7 @@ another process.
   deleting    power the machine off (best effort: a dead BMC does not keep a node) → removed
   cleaning    (its instance deleted) power the machine off, forget the instance → available;
               a BMC that fails here → error (the instance is forgotten all the same)
+  active      its instance's stop, start or reboot, when asked (services.baremetal_power)
 A BMC that does not answer sends the node to `error` with the reason in last_error.
 """
 
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 import structlog
-from sqlalchemy import delete, select
+from sqlalchemy import delete, not_, select
 
 from cumulo.baremetal.redfish import Bmc, BmcAddress, BmcError, PowerAction
 from cumulo.db.tables import BaremetalNodeRow, InstanceRow
@@ -37,7 +38,7 @@ from cumulo.domain import baremetal as bm
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import CumuloError
 from cumulo.services import baremetal_deploy_steps as deploy_steps
-from cumulo.services import events, metering
+from cumulo.services import baremetal_power, events, metering
 from cumulo.services.agents import forget_instance
 from cumulo.services.baremetal_nodes import PASSWORD, compare_and_set
 from cumulo.services.context import Services
@@ -73,19 +74,27 @@ def pending(svc: Services) -> list[Work]:
     """The nodes the conductor has a step for."""
     with svc.db.session() as s:
         rows = s.scalars(select(BaremetalNodeRow).where(
-            BaremetalNodeRow.state.in_([st.value for st in bm.CONDUCTOR_STATES])))
+            BaremetalNodeRow.state.in_([st.value for st in bm.CONDUCTOR_STATES]),
+            # a stop/start/reboot under way in another process: cleaned once it is done
+            not_(baremetal_power.leased(svc.settings))))
         return [_work(svc, r) for r in rows]
 
 
 def run_pass(svc: Services, bmc: BmcFactory = Bmc) -> dict[str, str]:
-    """One pass over every node with work to do; {node name: where it ended}."""
+    """One pass over every node with work to do; {node name: where it ended} (for a power
+    action of its instance: the instance's state after it)."""
     work = pending(svc)
-    if not work:
+    power = baremetal_power.pending(svc, lambda r: _work(svc, r))
+    if not work and not power:
         return {}
-    with ThreadPoolExecutor(max_workers=min(PARALLEL_NODES, len(work)),
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_NODES, len(work) + len(power)),
                             thread_name_prefix="cumulo-bm") as pool:
-        ends = list(pool.map(lambda w: drive(svc, w, bmc), work))
-    return {w.name: end for w, end in zip(work, ends, strict=True)}
+        # Both submitted at once (map does), collected after: no node is in both lists.
+        stepped = pool.map(lambda w: drive(svc, w, bmc), work)
+        powered = pool.map(lambda p: baremetal_power.apply(svc, p, bmc), power)
+        ends, power_ends = list(stepped), list(powered)
+    return ({w.name: end for w, end in zip(work, ends, strict=True)}
+            | {p.node.name: end for p, end in zip(power, power_ends, strict=True)})
 
 
 def drive(svc: Services, w: Work, bmc: BmcFactory = Bmc) -> str:
@@ -148,8 +157,8 @@ def _clean(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
     state = bm.NodeState.AVAILABLE if error is None else bm.NodeState.ERROR
     with svc.db.session() as s:
         if not compare_and_set(s, w.id, w.generation, state=state.value, last_error=error,
-                               instance_id=None, deploy_step=None, deploy_token=None,
-                               deploy_deadline=None, deploy_report=None,
+                               instance_id=None, power_action=None, deploy_step=None,
+                               deploy_token=None, deploy_deadline=None, deploy_report=None,
                                **({} if error else {"power_state": "off"})):
             return None
         row = None if w.instance_id is None else s.get(InstanceRow, w.instance_id)

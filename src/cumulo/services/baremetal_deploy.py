@@ -64,13 +64,19 @@ class WholeDisk:
     sha256: str
 
 
-def whole_disk(image: ImageRow) -> WholeDisk:
-    """The whole-disk form of `image`. Only the built-in tiny image (x86_64) has one so far:
-    imported images (qcow2 or raw, not gzipped) are not deployed yet."""
+def require_whole_disk(image: ImageRow) -> None:
+    """Refuse `image` unless it has a whole-disk form. Only the built-in tiny image (x86_64)
+    has one so far: imported images (qcow2 or raw, not gzipped) are not deployed yet. A bm1
+    create checks it (services.baremetal_instances), and so does the deploy."""
     if image.project_id is not None or image.name != "tiny" or image.arch != "x86_64":
         raise InvalidInput(f"image {image.name!r} ({image.arch}) has no whole-disk form for "
                            "bare metal: only the built-in tiny image (x86_64) deploys so far",
                            code="no_whole_disk_image")
+
+
+def whole_disk(image: ImageRow) -> WholeDisk:
+    """The whole-disk form of `image` (built on first use)."""
+    require_whole_disk(image)
     return _tiny_disk()
 
 

@@ -25,6 +25,7 @@ from cumulo.domain import baremetal_fit as fit
 from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput
 from cumulo.domain.ids import new_id
 from cumulo.domain.instance import DesiredPower, InstanceState
+from cumulo.services import baremetal_deploy as deploy
 from cumulo.services import events, keypairs, lookups, metering
 from cumulo.services.auth import require_admin, scope_project
 from cumulo.services.baremetal_nodes import move
@@ -98,6 +99,15 @@ def refuse_vm_action(name: str, what: str) -> None:
                    code="not_for_baremetal")
 
 
+def require_active(name: str, node: BaremetalNodeRow, what: str) -> None:
+    """A power action needs a deployed server: one being deployed, failed or cleaned is
+    not powered behind its conductor's back."""
+    if node.state != bm.NodeState.ACTIVE.value:
+        raise Conflict(f"cannot {what} instance {name!r}: its bare-metal server is "
+                       f"{node.state}, not deployed (delete it, or wait for its deploy)",
+                       code="invalid_state")
+
+
 def start_cleaning(s: Session, node: BaremetalNodeRow) -> None:
     """The node's instance is being deleted: the conductor powers it off and cleans it."""
     if node.state != bm.NodeState.CLEANING.value:
@@ -110,6 +120,7 @@ def create(svc: Services, batch: CreateBatch, who: Principal, prj: ProjectRow, r
     """The rest of a bm1 create (name, image and size checked by the caller): refuse what is
     for VMs only, charge the quota, take a node, write the instance and its node."""
     s = batch.s
+    deploy.require_whole_disk(image)  # else its deploy could only fail, the node in error
     refuse_vm_options(itype.name, tenancy=req.tenancy, dedicated_host=req.dedicated_host,
                       placement_group=req.placement_group, network=req.network,
                       private_ip=req.private_ip, security_groups=req.security_groups,

@@ -77,8 +77,8 @@ def act(
                            code="migration_in_progress")
         node = baremetal_instances.node_of(s, row.id, lock=True)
         if node is not None and action is not Action.DELETE:
-            # Redfish power actions come with the deploy (README "Bare metal").
-            baremetal_instances.refuse_vm_action(row.name, f"{action.value} (not built yet)")
+            # The conductor applies it over Redfish (services.baremetal_power).
+            baremetal_instances.require_active(row.name, node, action.value)
         new_state = check_transition(row.name, InstanceState(row.state), action)
         row.state = new_state.value
         row.state_reason = ""

@@ -78,12 +78,26 @@ def test_a_create_takes_the_smallest_fitting_node_and_marks_it_deploying(
     assert str(e.value) == (
         "no bare-metal node in zone local-1a fits bm1.tiny (1 vCPUs, 256 MiB, 1 GiB disk, "
         "x86_64): 3 nodes: 2 deploying, 1 arm64")
-    with pytest.raises(InsufficientCapacity, match="1 too small"):
-        _create(keyed, "metal-4", type_name="bm1.medium", arch="arm64")
+    _node(keyed, "bm-small", system="small")
+    with pytest.raises(InsufficientCapacity, match="4 nodes: 2 deploying, 1 arm64, 1 too small"):
+        _create(keyed, "metal-4", type_name="bm1.medium")
     # A node that holds an instance is not deleted under it.
     with pytest.raises(Conflict) as c:
         nodes.delete(keyed, ADMIN, "bm-1")
     assert c.value.code == "node_in_use"
+
+
+def test_an_image_with_no_whole_disk_form_is_refused_at_create_and_takes_no_node(
+        keyed: Services) -> None:
+    _node(keyed, "bm-arm", system="arm", arch="arm64")
+    before = nodes.list_nodes(keyed, ADMIN)
+    with pytest.raises(InvalidInput) as e:  # the tiny image's arm64 variant: no such form
+        _create(keyed, "metal", arch="arm64")
+    assert e.value.code == "no_whole_disk_image"
+    assert str(e.value) == ("image 'tiny' (arm64) has no whole-disk form for bare metal: only "
+                            "the built-in tiny image (x86_64) deploys so far")
+    assert nodes.list_nodes(keyed, ADMIN) == before
+    assert instances.list_all(keyed, ADMIN, None) == []
 
 
 def test_racing_creates_never_take_one_node_twice(keyed: Services) -> None:
@@ -122,20 +136,24 @@ def test_vm_only_create_options_are_refused_and_take_no_node(
     assert instances.list_all(keyed, ADMIN, None) == []
 
 
-def test_volumes_resize_and_power_actions_of_a_bm1_instance_are_refused(
+def test_volumes_and_resize_of_a_bm1_instance_are_refused_and_power_before_its_deploy(
         keyed: Services) -> None:
     _node(keyed, "bm-1")
     _create(keyed, "metal")
     volumes.create(keyed, ADMIN, None, "v1", 1)
     refusals: list[CumuloError] = []
     for call in (lambda: volumes.attach(keyed, ADMIN, None, "v1", "metal"),
-                 lambda: instances.resize(keyed, ADMIN, None, "metal", "t1.nano"),
-                 lambda: instances.act(keyed, ADMIN, None, "metal", Action.STOP)):
+                 lambda: instances.resize(keyed, ADMIN, None, "metal", "t1.nano")):
         with pytest.raises(CumuloError) as e:
             call()
         refusals.append(e.value)
     assert {r.code for r in refusals} == {"not_for_baremetal"}
     assert "a volume is for VMs only" in str(refusals[0])
+    # Power actions are the conductor's (test_baremetal_power.py), once the node is deployed.
+    with pytest.raises(Conflict, match="server is deploying, not deployed") as c:
+        instances.act(keyed, ADMIN, None, "metal", Action.STOP)
+    assert c.value.code == "invalid_state"
+    assert instances.get(keyed, ADMIN, None, "metal").state == "pending"
 
 
 def test_deleting_a_bm1_instance_powers_its_node_off_and_makes_it_available(
