@@ -333,7 +333,7 @@ class VolumeRow(Base):
     desired: Mapped[str] = mapped_column(String(16), default="present")  # present | deleted
     # The attachment the user asked for; `attached_to` is what the agent confirmed.
     want_instance_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    attached_to: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    attached_to: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     device: Mapped[str | None] = mapped_column(String(16), nullable=True)
     delete_on_termination: Mapped[bool] = mapped_column(default=False)
     source_snapshot_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -341,7 +341,7 @@ class VolumeRow(Base):
     # Attached to an instance of another host: that host (`client_host_id`) opens the NBD
     # export the storage host (`host_id`) serves on `export_port` as `export_name` with the
     # TLS-PSK key `export_key`. Made at the attach, cleared once the client let go.
-    client_host_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    client_host_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     export_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
     export_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     export_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -360,7 +360,8 @@ class SnapshotRow(Base):
     name: Mapped[str] = mapped_column(String(63))
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
     volume_id: Mapped[str | None] = mapped_column(String(32), nullable=True)  # may be deleted
-    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True)
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True,
+                                                index=True)
     zone: Mapped[str] = mapped_column(String(63))
     size_gib: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))  # creating | available | error | deleting
