@@ -26,6 +26,7 @@ from cumulo.services import (
     hosts,
     lookups,
     metering,
+    storage_down,
     terminated,
     volumes,
 )
@@ -80,6 +81,8 @@ def act(
             # The conductor applies it over Redfish (services.baremetal_power).
             baremetal_instances.require_active(row.name, node, action.value)
         new_state = check_transition(row.name, InstanceState(row.state), action)
+        if action is Action.START:
+            storage_down.refuse_start(s, row.id, row.name)
         row.state = new_state.value
         row.state_reason = ""
         row.desired_power = desired_after(action, DesiredPower(row.desired_power)).value

@@ -2,7 +2,8 @@
 
 They show `error` with the reason ("its storage host h is down"), and what needs that host
 is refused with `storage_host_down`: an attach, a snapshot, a grow, a volume made from a
-snapshot stored there, a move of an instance using such a volume. A detach and a delete are
+snapshot stored there, a move of an instance using such a volume, the start of a stopped
+instance attached to one. A detach and a delete are
 taken (they complete when the host is back). The state is derived from the host's liveness at
 each read, never stored: the moment the host is up again, the volume shows what its hosts
 last reported (`in-use`, `available`), with nothing to undo. The instance using the volume
@@ -59,6 +60,18 @@ def refuse(s: Session, host_id: str | None, what: str) -> None:
     down = down_hosts(s, [host_id]).get(host_id or "")
     if down is not None:
         raise Conflict(f"cannot {what}: {reason(down)}", code=CODE)
+
+
+def refuse_start(s: Session, instance_id: str, name: str) -> None:
+    """Raise Conflict (storage_host_down) when a volume the instance boots with is stored on a
+    host that is down: its QEMU could not open the export, and the start would fail."""
+    stored = dict(s.execute(select(VolumeRow.host_id, VolumeRow.name)
+                            .where(VolumeRow.want_instance_id == instance_id)).all())
+    down = down_hosts(s, stored)
+    if down:
+        host_id = min(down)
+        raise Conflict(f"cannot start instance {name!r} with volume {stored[host_id]!r}: "
+                       f"{reason(down[host_id])}", code=CODE)
 
 
 def volume_events(s: Session, host_id: str, kind: str, said: str) -> list[events.Event]:

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from cumulo.db.tables import HostRow
+from cumulo.db.tables import HostRow, InstanceRow
 from cumulo.domain.errors import CumuloError
-from cumulo.services import agents, events, hosts, migrations, volumes
+from cumulo.domain.instance import Action
+from cumulo.services import agents, events, hosts, instances, migrations, volumes
 from cumulo.services.context import Services
 from tests.conftest import ADMIN, stored_state
 from tests.unit.services.test_volumes_across_hosts import Host, vm_and_storage_host
@@ -105,6 +106,26 @@ async def test_a_volume_whose_storage_host_is_down_shows_error_and_recovers(
     # The same export as before: its daemon restarted with the same name and key.
     assert agents.assignments(svc, b.who, b.name).volumes[0].export == export_before.export
     volumes.snapshot(svc, ADMIN, None, "data", "s2")
+
+
+async def test_a_stopped_instance_does_not_start_while_its_volume_s_host_is_down(
+        svc: Services, attached: tuple[Host, Host, str]) -> None:
+    _a, b, iid = attached
+    instances.act(svc, ADMIN, None, "vm", Action.STOP)
+    with svc.db.session() as s:  # as its host reports once the VM is off
+        s.execute(update(InstanceRow).where(InstanceRow.id == iid).values(state="stopped"))
+    silent(svc, B)
+
+    state = stored_state(svc)
+    with pytest.raises(CumuloError) as err:
+        instances.act(svc, ADMIN, None, "vm", Action.START)
+    assert (err.value.code, err.value.message) == (
+        "storage_host_down", "cannot start instance 'vm' with volume 'data': its storage host "
+        "host-b is down: its data cannot be read or written until the host is back")
+    assert stored_state(svc) == state
+
+    agents.assignments(svc, b.who, b.name)  # heard from again
+    assert instances.act(svc, ADMIN, None, "vm", Action.START).state == "starting"
 
 
 async def test_a_detach_or_delete_is_taken_and_completes_when_the_host_is_back(
