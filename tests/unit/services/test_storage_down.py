@@ -11,13 +11,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from cumulo.db.tables import HostRow, InstanceRow
+from cumulo.api.ec2 import instance_view
+from cumulo.api.ec2.params import Params
+from cumulo.api.ec2.registry import Call
+from cumulo.db.tables import HostRow, InstanceRow, ProjectRow
 from cumulo.domain.errors import CumuloError
 from cumulo.domain.instance import Action
 from cumulo.services import agents, events, hosts, instances, migrations, volumes
-from cumulo.services.context import Services
+from cumulo.services.context import Principal, Role, Services
 from tests.conftest import ADMIN, stored_state
 from tests.unit.services.test_volumes_across_hosts import Host, vm_and_storage_host
 
@@ -106,6 +109,19 @@ async def test_a_volume_whose_storage_host_is_down_shows_error_and_recovers(
     # The same export as before: its daemon restarted with the same name and key.
     assert agents.assignments(svc, b.who, b.name).volumes[0].export == export_before.export
     volumes.snapshot(svc, ADMIN, None, "data", "s2")
+
+
+async def test_ec2_still_shows_the_attachment_while_the_volume_s_host_is_down(
+        svc: Services, attached: tuple[Host, Host, str]) -> None:
+    with svc.db.session() as s:
+        project_id = s.scalar(select(ProjectRow.id).where(ProjectRow.name == "default"))
+    who = Principal(role=Role.ADMIN, project_id=project_id)
+    call = Call(svc=svc, who=who, project="default", region="local-1", params=Params({}),
+                action="DescribeInstances", request_id="r")
+    silent(svc, B)
+    assert volumes.show(svc, ADMIN, None, "data").state == "error"
+    (disk,) = instance_view.context(call).disks["vm"]
+    assert disk["ebs"]["status"] == "attached", disk
 
 
 async def test_a_stopped_instance_does_not_start_while_its_volume_s_host_is_down(

@@ -70,10 +70,12 @@ def context(call: Call) -> Context:
     names = device_names.of(call.svc, call.who, None)
     disks: dict[str, list[dict[str, Any]]] = {}
     for v in volumes.list_all(call.svc, call.who, None):
-        if v.attached_to and v.state in ("attaching", "in-use", "detaching"):
+        # `error` while attached: its storage host is down, the attachment holds (EC2 has
+        # no error status for an attachment; DescribeVolumes shows the volume's).
+        if v.attached_to and v.state in ("attaching", "in-use", "detaching", "error"):
             disks.setdefault(v.attached_to, []).append({
                 "deviceName": names.get(v.id) or f"/dev/{v.device}",
-                "ebs": {"volumeId": v.id, "status": "attached" if v.state == "in-use"
+                "ebs": {"volumeId": v.id, "status": "attached" if v.state in ("in-use", "error")
                         else v.state, "attachTime": v.created_at,
                         "deleteOnTermination": v.delete_on_termination}})
     return Context(group_ids={g.name: g.id for g in groups},
