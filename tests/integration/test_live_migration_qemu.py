@@ -25,7 +25,7 @@ import pytest
 
 from cumulo.agent.net import names
 from tests.conftest import running
-from tests.integration.conftest import Cloud, _make
+from tests.integration.conftest import CUMULO, Cloud, _make
 from tests.integration.test_network_cloud import ssh, wait_ssh
 
 pytestmark = pytest.mark.qemu
@@ -74,6 +74,36 @@ class Reader:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class SshReader(Reader):
+    """The same, over an SSH session to the public address (`cumulo ssh`) in which the guest
+    prints its counter: what a user's session through the edge sees of a move."""
+
+    def __init__(self, c: Cloud, name: str) -> None:  # no super(): it opens no socket
+        self.proc = subprocess.Popen(
+            [*CUMULO, "ssh", name, "--", "sh", "-c", "'i=0; while :; do echo $i; "
+             "i=$((i+1)); usleep 100000; done'"], env=c.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.data = bytearray()
+        self.longest_gap = 0.0
+        self.ended = None
+        self._last = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := os.read(self.proc.stdout.fileno(), 4096):
+            now = time.monotonic()
+            self.longest_gap = max(self.longest_gap, now - self._last)
+            self._last = now
+            self.data += chunk
+        self.ended = f"the SSH session ended ({self.proc.wait()})"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
 def _guest(c: Cloud, name: str) -> dict[str, str]:
@@ -140,10 +170,12 @@ def _wait(what: str, check: Any, timeout: float = 120) -> None:
         time.sleep(0.5)
 
 
-def _moves_live(c: Cloud, vm: dict[str, Any]) -> tuple[Reader, dict[str, str]]:
+def _moves_live(c: Cloud, vm: dict[str, Any], over_ssh: bool = False
+                ) -> tuple[Reader, dict[str, str]]:
     """Migrate the running instance `vm` to the other host while it streams a counter
-    through its public IP; check that nothing its user sees changed. The open stream and
-    the guest as it was before the move."""
+    through its public IP (a TCP connection, or with `over_ssh` an SSH session); check that
+    nothing its user sees changed. The open stream and the guest as it was before the
+    move."""
     name, source = vm["name"], vm["host"]
     (dest,) = {h["name"] for h in c.json("host", "list")} - {source}
 
@@ -151,9 +183,12 @@ def _moves_live(c: Cloud, vm: dict[str, Any]) -> tuple[Reader, dict[str, str]]:
     # this test; and a synced file.
     ssh(c, name, "sh", "-c", "'dd if=/dev/urandom of=$HOME/f bs=1024 count=4096 "
         "2>/dev/null; sync'")
-    ssh(c, name, "sh", "-c", f"'(i=0; while :; do echo $i; i=$((i+1)); usleep 100000; done"
-        f" | nc -l -p {PORT} >/dev/null 2>&1 &)'")
-    stream = Reader(vm["public_ip"], PORT)
+    if over_ssh:
+        stream: Reader = SshReader(c, name)
+    else:
+        ssh(c, name, "sh", "-c", f"'(i=0; while :; do echo $i; i=$((i+1)); usleep 100000; "
+            f"done | nc -l -p {PORT} >/dev/null 2>&1 &)'")
+        stream = Reader(vm["public_ip"], PORT)
     _wait("no stream", lambda: len(stream.lines()) >= 10, timeout=60)
     before = _guest(c, name)
     gap_before = stream.longest_gap
@@ -266,6 +301,6 @@ def test_an_arm64_instance_moves_live(cloud: Cloud) -> None:
                 "t1.nano", "--key", "k", "--wait")
     assert vm["arch"] == "arm64"
     wait_ssh(c, "arm", timeout=300)
-    stream, _ = _moves_live(c, vm)
+    stream, _ = _moves_live(c, vm, over_ssh=True)  # a user's SSH session goes on
     stream.close()
     c.json("instance", "delete", "arm")
