@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from cumulo.baremetal.redfish import BmcError, PowerAction
+from cumulo.baremetal.redfish import Bmc, BmcError, PowerAction
 from cumulo.db.tables import InstanceRow
 from cumulo.domain import baremetal as bm
 from cumulo.domain.errors import CumuloError
@@ -55,9 +55,8 @@ def step(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
     report, or for another conductor's step under way), None when another writer moved it."""
     now = svc.clock()
     s = w.deploy_step
-    if s in (bm.DeployStep.BOOTING, bm.DeployStep.FINISHING) and \
-            datetime.now(UTC) - w.updated_at < timedelta(seconds=LEASE_S):
-        return w  # (updated_at is written with the real time: services.baremetal_nodes)
+    if leased(w):
+        return w
     if s == bm.DeployStep.FINISHING or (s == bm.DeployStep.WAITING
                                          and w.deploy_report == bm.REPORT_OK):
         return _finish(svc, w, bmc)
@@ -69,6 +68,23 @@ def step(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
                          f"{svc.settings.baremetal.deploy_timeout_s} s")
         return w
     return _boot(svc, w, bmc)
+
+
+def leased(w: Work) -> bool:
+    """Whether a step under way (booting, finishing) is still its conductor's."""
+    return w.deploy_step in (bm.DeployStep.BOOTING, bm.DeployStep.FINISHING) and \
+        datetime.now(UTC) - w.updated_at < timedelta(seconds=LEASE_S)
+    # (updated_at is written with the real time: services.baremetal_nodes)
+
+
+def boot_media(b: Bmc, url: str) -> None:
+    """Boot the node once from the ISO at `url`: off (a restarted step: the machine may run
+    an older ISO), media in, boot once from CD, on."""
+    b.power(PowerAction.OFF)
+    b.insert_media(url)
+    b.set_boot("cd", once=True)
+    if b.power(PowerAction.ON) != "on":
+        raise BmcError("the node did not power on")
 
 
 def _boot(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
@@ -97,12 +113,7 @@ def _boot(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
         return None
     w = booting
     try:
-        b = bmc(address)
-        b.power(PowerAction.OFF)  # a restarted step: the machine may run an older ISO
-        b.insert_media(deploy.iso_url(svc, token))
-        b.set_boot("cd", once=True)
-        if b.power(PowerAction.ON) != "on":
-            raise BmcError("the node did not power on")
+        boot_media(bmc(address), deploy.iso_url(svc, token))
     except BmcError as e:
         return _fail(svc, w, bmc, str(e))
     log.info("baremetal_deploy_booted", node=w.name, instance=w.instance_id)
