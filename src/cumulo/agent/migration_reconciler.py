@@ -73,8 +73,12 @@ class MigrationReconciler:
                 obs = self._obs(m, "incoming", f"waiting: {e}")
             except (DriverError, StorageError, OSError) as e:
                 log.error("migration_step_failed", migration=m.id, step=m.step, error=str(e))
-                obs = self._obs(m, "failed" if m.step in (Step.PREPARE, Step.MIGRATE)
-                                else "error", str(e))
+                obs = self._failed(m, str(e))
+            except Exception as e:  # a bug: it fails this migration, never the whole pass
+                # (it killed the agent, and every agent restarted after it at its first pass:
+                # the host's volumes and instances waited for the migration's deadline)
+                log.exception("migration_step_crashed", migration=m.id, step=m.step)
+                obs = self._failed(m, f"internal error: {e!r}")
             if obs.state == "error":
                 obs = obs.model_copy(update={"state": "incoming" if m.role == "destination"
                                              else "switching-over"})
@@ -88,6 +92,12 @@ class MigrationReconciler:
 
     def forget_reports(self) -> None:
         self._last.clear()
+
+    def _failed(self, m: MigrationAssignment, reason: str) -> MigrationObservation:
+        """A step that raised: its migration fails before the switch-over, else it is said
+        again at the next pass (run_pass reports it as still under way)."""
+        return self._obs(m, "failed" if m.step in (Step.PREPARE, Step.MIGRATE) else "error",
+                         reason)
 
     def _obs(self, m: MigrationAssignment, state: str, reason: str = "",
              status: MigrationStatus | None = None) -> MigrationObservation:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from cumulo.agent.drivers.base import MigrationState, PowerState, VMSpec
+from cumulo.agent.drivers.base import IncomingMigration, MigrationState, PowerState, VMSpec
 from cumulo.agent.drivers.fake import FakeDriver, FakeFabric, FakeHost
 from cumulo.agent.main import _pass as agent_pass
 from cumulo.agent.migration_reconciler import MigrationReconciler
@@ -41,7 +41,10 @@ class Side:
 
     def restart(self) -> None:
         """A new agent (and driver) on the same host: what it knows is on the host."""
-        self.driver = FakeDriver(self.host, check_paths=False)
+        self.restart_with(FakeDriver(self.host, check_paths=False))
+
+    def restart_with(self, driver: FakeDriver) -> None:
+        self.driver = driver
         self.mrec = MigrationReconciler(self.driver, self.root / self.name / "migrations",
                                         self._spec, self.removed.append, self.underlay)
 
@@ -257,6 +260,31 @@ async def test_a_source_failure_that_leaves_no_destination_fails_it(
     await b.step()
     assert iid not in b.host.vms
     assert agents.assignments(svc, b.who, b.name).migrations == []
+
+
+class _BuggyPrepare(FakeDriver):
+    async def prepare_incoming(self, spec: VMSpec, address: str, disk_bytes: int
+                               ) -> IncomingMigration:
+        raise TypeError("a bug in the driver")
+
+
+async def test_a_bug_in_a_step_fails_its_migration_not_the_hosts_pass(
+        svc: Services, cloud: tuple[Side, Side, str]) -> None:
+    """An unexpected exception in one migration's step used to leave the pass (and kill the
+    agent, and each agent restarted after it): the host's volumes and instances waited for
+    the migration's deadline (issue 25's storm stall). It fails that migration instead."""
+    a, b, iid = cloud
+    await _start_vm(a, iid)
+    before = _used(svc)
+    b.restart_with(_BuggyPrepare(b.host, check_paths=False))
+    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
+    await b.step()  # no exception out of the pass
+    shown = migrations.show(svc, ADMIN, mig.id)
+    assert shown.state == "failed" and "a bug in the driver" in shown.reason
+    await a.step()
+    await b.step()  # the destination's abort: its part released
+    assert _used(svc) == before and _host_of(svc, iid) == AGENT_HOST
+    assert a.host.vms[iid].observed.power is PowerState.RUNNING
 
 
 def test_refused_requests_say_why_and_change_nothing(

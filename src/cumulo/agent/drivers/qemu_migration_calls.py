@@ -64,9 +64,18 @@ class QemuMigration(QemuColdMove):
         async with self._lock(spec.vm_id):
             record = Record.load(paths.migration_json)
             if qemu_process.live_pid(paths) is not None:
-                if record is not None and record.role == "destination":
+                if record is None or record.role != "destination":
+                    raise DriverError(f"cannot receive {spec.vm_id}: it already runs on this "
+                                      "host")
+                if record.incoming:
                     return IncomingMigration(**record.incoming)
-                raise DriverError(f"cannot receive {spec.vm_id}: it already runs on this host")
+                # An agent died (kill -9) between launching the incoming QEMU and saving what
+                # it serves: nothing says which of serve_incoming's steps it did. Made again
+                # from scratch (the record was a TypeError here, which killed every agent
+                # restarted after it at its first pass: the host's volumes and instances
+                # stalled with it until the migration timed out).
+                await self._remove_incoming(paths, record)
+                record = None
             check_incoming_volumes(spec)  # their keys: written at launch (_hand_over)
             if spec.boot_disk.exists() and (record is None or record.role != "destination"):
                 raise DriverError(

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cumulo.agent.drivers.base import DriverError, PowerState, VMSpec
+from cumulo.agent.drivers.base import DriverError, MigrationState, PowerState, VMSpec
 from cumulo.agent.drivers.qemu import QemuDriver
 from cumulo.agent.drivers.qemu_migration import SOURCE_PARAMETERS, set_source_capabilities
 from cumulo.agent.drivers.qmp import session_for
@@ -142,3 +143,51 @@ async def test_an_outgoing_migration_throttles_a_busy_guest_with_auto_converge(
         assert params["downtime-limit"] == SOURCE_PARAMETERS["downtime-limit"] < 300
     finally:
         await driver.force_stop(VM)
+
+
+async def test_an_arrival_whose_agent_was_killed_mid_prepare_is_prepared_again(
+        workdir: Path) -> None:
+    """Issue 25's storm stall: an agent killed (-9) after launching the incoming QEMU and
+    serving it, but before saving what it serves, left a record with no `incoming`; every
+    agent started after it died at its first pass (a TypeError), and the host's volumes and
+    instances waited with it. The next agent prepares the arrival again instead."""
+    disk = workdir / "arriving.qcow2"  # made by prepare_incoming, as on a destination
+    spec = VMSpec(VM, "arriving", Arch.X86_64, 1, 64, disk)
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        from pathlib import Path
+        from cumulo.agent.drivers import qemu_migration
+        from cumulo.agent.drivers.base import VMSpec
+        from cumulo.agent.drivers.qemu import QemuDriver
+        from cumulo.domain.arch import Arch
+        served = qemu_migration.serve_incoming
+        async def killed_after(*args):  # the agent dies before its record says what it serves
+            await served(*args)
+            os.kill(os.getpid(), signal.SIGKILL)
+        qemu_migration.serve_incoming = killed_after
+        spec = VMSpec({VM!r}, "arriving", Arch.X86_64, 1, 64, Path({str(disk)!r}))
+        driver = QemuDriver(Path({str(workdir / "run")!r}), "tcg")
+        asyncio.run(driver.prepare_incoming(spec, "127.0.0.1", 16 << 20))
+        """
+    )
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    driver = QemuDriver(workdir / "run", accel="tcg")  # the restarted agent
+    left = int((workdir / "run" / VM / "qemu.pid").read_text())
+    status = await driver.migration_status(VM)
+    assert status is not None and status.state is MigrationState.INCOMING
+    incoming = await driver.prepare_incoming(spec, "127.0.0.1", 16 << 20)  # said again
+    try:
+        gone = Path(f"/proc/{left}/cmdline")  # the half-prepared QEMU is gone (or a zombie)
+        assert not gone.exists() or not gone.read_bytes()
+        # The new one serves the disk (a connection to its migration port would end it:
+        # an incoming stream that breaks makes QEMU exit).
+        with socket.create_connection(("127.0.0.1", incoming.nbd_port), timeout=5):
+            pass
+        status = await driver.migration_status(VM)
+        assert status is not None and status.state is MigrationState.INCOMING
+        assert await driver.prepare_incoming(spec, "127.0.0.1", 16 << 20) == incoming
+    finally:
+        await driver.cancel_migration(VM)
+    assert await driver.migration_status(VM) is None and not disk.exists()
