@@ -19,8 +19,7 @@ retry cleans it again (domain.baremetal.after_retry).
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -31,8 +30,14 @@ from cumulo.domain import baremetal as bm
 from cumulo.services import baremetal_deploy as deploy
 from cumulo.services import events, metering
 from cumulo.services.agents import forget_instance
-from cumulo.services.baremetal_deploy_steps import boot_media, leased
-from cumulo.services.baremetal_nodes import PASSWORD, compare_and_set
+from cumulo.services.baremetal_deploy_steps import (
+    boot_media,
+    cannot_boot,
+    leased,
+    power_off_and_eject,
+    written,
+)
+from cumulo.services.baremetal_nodes import compare_and_set
 from cumulo.services.context import Services
 
 if TYPE_CHECKING:  # the conductor imports this module
@@ -67,17 +72,12 @@ def step(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
 
 def _boot(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
     """Start (or start again) the wipe: a new token, the ISO in wipe mode, boot once, on."""
-    now = svc.clock()
-    if w.deploy_deadline is not None and now >= w.deploy_deadline:
-        return _fail(svc, w, bmc, "the wipe did not boot within "
-                     f"{svc.settings.baremetal.deploy_timeout_s} s")
-    why = deploy.urls_configured(svc)
-    if w.address is None:
-        why = f"{PASSWORD} does not open with this API's server key"
+    why = cannot_boot(svc, w, "wipe")
     if why is not None or w.address is None:
         return _fail(svc, w, bmc, why or "")
     token, digest = deploy.new_token()
-    deadline = w.deploy_deadline or now + timedelta(seconds=svc.settings.baremetal.deploy_timeout_s)
+    deadline = w.deploy_deadline or svc.clock() + timedelta(
+        seconds=svc.settings.baremetal.deploy_timeout_s)
     booting = _write(svc, w, deploy_step=bm.DeployStep.BOOTING.value, deploy_token=digest,
                      deploy_deadline=deadline, deploy_report=None)
     if booting is None:
@@ -110,14 +110,7 @@ def _finish(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
 def _fail(svc: Services, w: Work, bmc: BmcFactory, why: str) -> Work | None:
     """Power the node off and take its media out (best effort), then `error` with
     `cleaning: <why>` (the instance is forgotten all the same, as in Ironic)."""
-    power: dict[str, Any] = {}
-    if w.address is not None:
-        try:
-            b = bmc(w.address)
-            power["power_state"] = b.power(PowerAction.OFF)
-            b.eject_media()
-        except BmcError as e:
-            log.warning("baremetal_clean_power_off_failed", node=w.name, error=str(e))
+    power = power_off_and_eject(w, bmc)
     reason = f"{bm.CLEANING_FAILED}{why}"[:ERROR_LIMIT]
     log.warning("baremetal_node_error", node=w.name, error=reason)
     return _write(svc, w, state=bm.NodeState.ERROR, last_error=reason, power_action=None,
@@ -129,15 +122,12 @@ def _write(svc: Services, w: Work, *, state: bm.NodeState = bm.NodeState.CLEANIN
     """Write the node's step (compare and set); its first write also forgets the deleted
     instance (event `deleted`). None when another writer moved the node first."""
     with svc.db.session() as s:
-        if not compare_and_set(s, w.id, w.generation, state=state.value, instance_id=None,
-                               **values):
+        values["instance_id"] = None
+        if not compare_and_set(s, w.id, w.generation, state=state.value, **values):
             return None
         row = None if w.instance_id is None else s.get(InstanceRow, w.instance_id)
         if row is not None:
             forget_instance(s, metering.now(svc), row.id)
             events.add(s, [events.Event(row.project_id, "instance", row.id, row.name,
                                         "deleted", "system")])
-    return replace(w, state=state, generation=w.generation + 1, updated_at=datetime.now(UTC),
-                   instance_id=None, deploy_step=values.get("deploy_step", w.deploy_step),
-                   deploy_report=values.get("deploy_report", w.deploy_report),
-                   deploy_deadline=values.get("deploy_deadline", w.deploy_deadline))
+    return written(w, state, values)
