@@ -24,7 +24,7 @@ from cumulo.agent.drivers.base import (
 from cumulo.agent.drivers.fake_migration import DISK_STEPS, FakeMigration
 
 if TYPE_CHECKING:
-    from cumulo.agent.drivers.fake import FakeHost
+    from cumulo.agent.drivers.fake_host import FakeHost
 
 _ENDED = (MigrationState.COMPLETED, MigrationState.FAILED, MigrationState.CANCELLED)
 
