@@ -2,9 +2,10 @@
 boots the deploy ISO from virtual media once, its ramdisk fetches the whole-disk tiny image
 over the provisioning NIC (user networking, restrict=on, one guestfwd to a loopback port),
 checks its sha256 and, when it is wrong, reports that and writes nothing (a loopback HTTP
-server stands in for the API). A deploy that succeeds, through the API and the conductor,
-and the node booting from its disk afterwards: test_baremetal_qemu.py (one deploy is all
-the suite's time allows)."""
+server stands in for the API); in wipe mode (a node's cleaning) it zeroes the start and the
+end of a disk that held data, and reports ok. A deploy that succeeds, through the API and
+the conductor, and the node booting from its disk afterwards, then its cleaning's wipe:
+test_baremetal_qemu.py (one deploy is all the suite's time allows)."""
 
 from __future__ import annotations
 
@@ -70,10 +71,12 @@ def machine(tmp_path: Path) -> Iterator[tuple[EmulatedMachine, _Api]]:
         api.server.server_close()
 
 
-def _boot_deploy(m: EmulatedMachine, sha: str) -> None:
+def _boot_deploy(m: EmulatedMachine, sha: str | None) -> None:
+    """Boot the deploy ISO: deploying the image of sha256 `sha`, or wiping when None."""
     base = f"http://{PROVISION_ADDR}"
-    iso = deploy_iso.build_iso(deploy_iso.ensure_deploy_ramdisk(),
-                               deploy_iso.deploy_cmdline(f"{base}/image", sha, f"{base}/report"))
+    cmdline = (deploy_iso.wipe_cmdline(f"{base}/report") if sha is None
+               else deploy_iso.deploy_cmdline(f"{base}/image", sha, f"{base}/report"))
+    iso = deploy_iso.build_iso(deploy_iso.ensure_deploy_ramdisk(), cmdline)
     m.insert_media("http://127.0.0.1/deploy.iso", iso)
     m.set_boot("Cd", "Once")
     m.power_on()
@@ -97,3 +100,42 @@ def test_an_image_whose_sha256_is_wrong_is_reported_and_nothing_is_written(
     assert done.returncode == 0, done.stderr
     extents = json.loads(done.stdout)
     assert not [e for e in extents if e["data"]]
+
+
+def _qemu_io(disk: Path, *commands: str) -> None:
+    argv = ["qemu-io", "-f", "qcow2"]
+    for c in commands:
+        argv += ["-c", c]
+    done = subprocess.run([*argv, str(disk)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "fail" not in done.stdout.lower(), done.stdout + done.stderr
+
+
+def test_the_ramdisk_in_wipe_mode_zeroes_the_start_and_the_end_of_the_disk(
+    machine: tuple[EmulatedMachine, _Api], tmp_path: Path,
+) -> None:
+    m, api = machine
+    mib, size = 1 << 20, 1 << 30  # the machine's 1 GiB disk
+    # The last tenant's disk: data at its start (partition table, boot loader), middle and
+    # end (where GPT keeps its backup).
+    _qemu_io(m.disk, f"write -P 0xab 0 {8 * mib}", f"write -P 0xab {512 * mib} {mib}",
+             f"write -P 0xab {size - 8 * mib} {8 * mib}")
+    _boot_deploy(m, None)
+    assert api.reported.wait(300), m.console_log.read_text(errors="replace")[-3000:]
+    assert set(api.reports) == {b"ok"}
+    assert "wiped the first and last 4 MiB of /dev/vda (2097152 sectors)" in \
+        m.console_log.read_text(errors="replace")
+    m.force_off()
+    # Read the disk file back: its first and last 4 MiB are zeros; what lies beyond them was
+    # not written (the wipe is no full erase: README "Bare metal").
+    raw = tmp_path / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(m.disk), str(raw)], check=True,
+                   timeout=120)
+    with raw.open("rb") as f:
+        def at(offset: int, n: int) -> bytes:
+            f.seek(offset)
+            return f.read(n)
+
+        assert at(0, 4 * mib) == bytes(4 * mib)
+        assert at(size - 4 * mib, 4 * mib) == bytes(4 * mib)
+        assert at(4 * mib, mib) == b"\xab" * mib == at(512 * mib, mib)
+        assert at(size - 8 * mib, mib) == b"\xab" * mib

@@ -5,13 +5,14 @@ available; powered on, off and rebooted over Redfish (the QEMU process appears a
 deleted (powered off first); and a BMC that does not answer leaves `error` with the reason.
 With `cumulo up --baremetal-nodes 1`, a bm1.* instance is deployed on its node from virtual
 media for real (the tiny image, booted from the node's own disk), stopped and started over
-Redfish, and its delete cleans it.
+Redfish, and its delete cleans it (the deploy ramdisk in wipe mode zeroes its disk's ends).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -189,10 +190,18 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     assert "1 active" in refused.stderr
     pid = int((machine / "qemu.pid").read_text())
     assert running(pid)
+    # The delete cleans the node: the deploy ISO again, in wipe mode, zeroes the start and the
+    # end of the node's disk (the boot loader the tenant's system came up from is gone).
     c.cli("instance", "delete", "metal")
-    node = _wait_node(c, "bm-1", "available")
+    node = _wait_node(c, "bm-1", "available", timeout=240)
     assert (node["instance"], node["power_state"], node["last_error"]) == (None, "off", None)
     assert not running(pid) and c.json("instance", "list") == []
+    assert "cumulo-deploy: wiped the first and last 4 MiB of /dev/vda" in (
+        machine / "console.log").read_text(errors="replace")
+    read = subprocess.run(["qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0 0 4M",
+                           "-c", "read -P 0 2044M 4M", str(machine / "disk.qcow2")],
+                          capture_output=True, text=True, check=False)
+    assert read.returncode == 0 and "fail" not in read.stdout.lower(), read.stdout + read.stderr
 
     assert b.power(PowerAction.ON) == "on"
     pid = int((lab / "node-1" / "qemu.pid").read_text())

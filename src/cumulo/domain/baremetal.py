@@ -9,9 +9,11 @@ States follow OpenStack Ironic's provision states:
   any but deploying/active ──delete──► deleting ──BMC powers off──► (gone)
   available ──instance create (bm1.*)──► deploying ──the deploy's steps──► active
                                              └──report failed / timeout / BMC──► error
-  deploying/active/error ──instance delete──► cleaning ──powered off, instance gone──► available
+  deploying/active/error ──instance delete──► cleaning ──instance gone, disk wiped──► available
+                                                  └──wipe failed / timeout / BMC──► error
   error ──operator's retry──► cleaning (if that failed) or enroll (not with an instance)
 
+A cleaning's steps are the same (services.baremetal_clean_steps), with the ISO in wipe mode.
 A deploy's steps (DeployStep, recorded on the node): booting (a one-time token issued, the
 deploy ISO inserted, boot once from CD, power on) → waiting (for the deploy ramdisk's report)
 → finishing (media ejected, boot from disk, power cycle) → the node `active`.
@@ -50,7 +52,8 @@ CONDUCTOR_STATES = (NodeState.ENROLL, NodeState.MANAGEABLE, NodeState.INSPECTING
 
 
 class DeployStep(StrEnum):
-    """The deploy step a node in `deploying` did last (None: not started)."""
+    """The deploy (or cleaning) step a node in `deploying` (`cleaning`) did last (None: not
+    started)."""
 
     BOOTING = "booting"  # token issued; media in, boot once from CD, power on (under way)
     WAITING = "waiting"  # the node runs the deploy ramdisk: its report is awaited

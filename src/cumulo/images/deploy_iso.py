@@ -85,6 +85,16 @@ def deploy_cmdline(image_url: str, sha256: str, report_url: str, disk: str = "/d
             f"cumulo.report={report_url} cumulo.disk={disk}")
 
 
+def wipe_cmdline(report_url: str, disk: str = "/dev/vda") -> str:
+    """The command line of the same ramdisk in wipe mode (a node's cleaning): it zeroes the
+    start and the end of `disk` and reports to `report_url`; both checked like a deploy's."""
+    if not _URL_RE.match(report_url):
+        raise ImageBuildError(f"not a deploy URL: {report_url!r}")
+    if not _DISK_RE.match(disk):
+        raise ImageBuildError(f"not a disk device: {disk!r}")
+    return f"console=ttyS0 quiet cumulo.mode=wipe cumulo.report={report_url} cumulo.disk={disk}"
+
+
 def isolinux_cfg(cmdline: str) -> str:
     return (
         "SERIAL 0 115200\nDEFAULT deploy\nTIMEOUT 0\nPROMPT 0\n"

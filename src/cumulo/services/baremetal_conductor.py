@@ -16,8 +16,9 @@ another process.
   inspecting  read the facts; they match the enrollment → available, else → error
   deploying   the deploy's steps (services.baremetal_deploy_steps) → active, or error
   deleting    power the machine off (best effort: a dead BMC does not keep a node) → removed
-  cleaning    (its instance deleted) power the machine off, forget the instance → available;
-              a BMC that fails here → error (the instance is forgotten all the same)
+  cleaning    (its instance deleted) forget the instance, wipe the disk with the deploy ramdisk
+              in wipe mode, power off (services.baremetal_clean_steps) → available; anything
+              failing here → error (the instance is forgotten all the same)
   active      its instance's stop, start or reboot, when asked (services.baremetal_power)
 A BMC that does not answer sends the node to `error` with the reason in last_error.
 """
@@ -33,13 +34,13 @@ import structlog
 from sqlalchemy import delete, not_, select
 
 from cumulo.baremetal.redfish import Bmc, BmcAddress, BmcError, PowerAction
-from cumulo.db.tables import BaremetalNodeRow, InstanceRow
+from cumulo.db.tables import BaremetalNodeRow
 from cumulo.domain import baremetal as bm
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import CumuloError
+from cumulo.services import baremetal_clean_steps as clean_steps
 from cumulo.services import baremetal_deploy_steps as deploy_steps
-from cumulo.services import baremetal_power, events, metering
-from cumulo.services.agents import forget_instance
+from cumulo.services import baremetal_power
 from cumulo.services.baremetal_nodes import PASSWORD, compare_and_set
 from cumulo.services.context import Services
 from cumulo.services.sealed import unseal
@@ -124,7 +125,7 @@ def step(svc: Services, w: Work, bmc: BmcFactory = Bmc) -> Work | None:
                 log.info("baremetal_node_deleted", node=w.name)
         return None
     if w.state is bm.NodeState.CLEANING:
-        return _clean(svc, w, bmc)
+        return clean_steps.step(svc, w, bmc)
     if w.state is bm.NodeState.MANAGEABLE:
         return _write(svc, w, bm.NodeState.INSPECTING)
     if w.address is None:
@@ -142,32 +143,6 @@ def step(svc: Services, w: Work, bmc: BmcFactory = Bmc) -> Work | None:
     state, error = bm.after_inspection(w.enrolled, facts)
     found = {k: v for k, v in asdict(facts).items() if k != "power_state"}
     return _write(svc, w, state, last_error=error, power_state=facts.power_state, facts=found)
-
-
-def _clean(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
-    """Power the node of a deleted instance off, then forget the instance and make the node
-    `available` (`error` with the reason when its BMC would not power it off)."""
-    error = None
-    try:
-        if w.address is None:
-            raise BmcError(f"{PASSWORD} does not open with this API's server key")
-        bmc(w.address).power(PowerAction.OFF)
-    except BmcError as e:
-        error = f"{bm.CLEANING_FAILED}{e}"[:ERROR_LIMIT]
-    state = bm.NodeState.AVAILABLE if error is None else bm.NodeState.ERROR
-    with svc.db.session() as s:
-        if not compare_and_set(s, w.id, w.generation, state=state.value, last_error=error,
-                               instance_id=None, power_action=None, deploy_step=None,
-                               deploy_token=None, deploy_deadline=None, deploy_report=None,
-                               **({} if error else {"power_state": "off"})):
-            return None
-        row = None if w.instance_id is None else s.get(InstanceRow, w.instance_id)
-        if row is not None:
-            forget_instance(s, metering.now(svc), row.id)
-            events.add(s, [events.Event(row.project_id, "instance", row.id, row.name,
-                                        "deleted", "system")])
-    log.info("baremetal_node_cleaned", node=w.name, instance=w.instance_id, error=error)
-    return replace(w, state=state, generation=w.generation + 1, instance_id=None)
 
 
 def _power_off_before_forgetting(w: Work, bmc: BmcFactory) -> None:

@@ -7,6 +7,10 @@ and the deploy ramdisk on the node fetches the whole-disk image and posts its re
 These routes take no other credential (a node being deployed has none), so the token is all
 that opens them, and only while its deploy waits for them. A token that is malformed,
 unknown, finished or expired is the same `unknown_deploy` to the caller.
+
+A node's cleaning (services.baremetal_clean_steps) uses the same token and routes: its ISO
+boots the same ramdisk in wipe mode (no image: `/image` is refused), and it reports to the
+same `/report`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from cumulo.services.context import Services
 
 PREFIX = "/v1/baremetal/deploy"
 _TOKEN = re.compile(r"^[0-9a-f]{64}\Z")
+_TOKEN_STATES = (bm.NodeState.DEPLOYING.value, bm.NodeState.CLEANING.value)
 
 
 def new_token() -> tuple[str, str]:
@@ -103,7 +108,7 @@ def _node(s: Session, svc: Services, token: str, *, lock: bool = False) -> Barem
         raise unknown
     q = select(BaremetalNodeRow).where(BaremetalNodeRow.deploy_token == digest(token))
     row = s.scalar(q.with_for_update() if lock else q)
-    if (row is None or row.state != bm.NodeState.DEPLOYING.value
+    if (row is None or row.state not in _TOKEN_STATES
             or row.deploy_step not in (bm.DeployStep.BOOTING, bm.DeployStep.WAITING)
             or row.deploy_deadline is None or row.deploy_deadline <= svc.clock()):
         raise unknown
@@ -114,20 +119,26 @@ def image_file(svc: Services, token: str) -> Path:
     """The whole-disk image the deploy writes (its sha256 is on the ramdisk's command line)."""
     with svc.db.session() as s:
         node = _node(s, svc, token)
+        if node.state != bm.NodeState.DEPLOYING.value:  # a cleaning's wipe fetches nothing
+            raise NotFound("no bare-metal deploy waits for this token (unknown, finished or "
+                           "expired)", code="unknown_deploy")
         return whole_disk(image_of(s, node.instance_id)).path
 
 
 def iso(svc: Services, token: str) -> bytes:
     """The deploy ISO, built for this deploy: its kernel command line carries the image URL,
-    its sha256 and the report URL, all on the provisioning network, with this token."""
+    its sha256 and the report URL, all on the provisioning network, with this token (a
+    cleaning's: wipe mode and the report URL)."""
     with svc.db.session() as s:
         node = _node(s, svc, token)
-        disk = whole_disk(image_of(s, node.instance_id))
+        disk = (None if node.state == bm.NodeState.CLEANING.value
+                else whole_disk(image_of(s, node.instance_id)))
     why = urls_configured(svc)
     if why is not None:
         raise Conflict(why, code="deploy_not_configured")
     base = f"{svc.settings.baremetal.provision_url}{PREFIX}/{token}"
-    cmdline = deploy_iso.deploy_cmdline(f"{base}/image", disk.sha256, f"{base}/report")
+    cmdline = (deploy_iso.wipe_cmdline(f"{base}/report") if disk is None
+               else deploy_iso.deploy_cmdline(f"{base}/image", disk.sha256, f"{base}/report"))
     return deploy_iso.build_iso(deploy_iso.ensure_deploy_ramdisk(), cmdline)
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from cumulo.baremetal.redfish import BmcError, PowerAction
+from cumulo.baremetal.redfish import Bmc, BmcError, PowerAction
 from cumulo.db.tables import InstanceRow
 from cumulo.domain import baremetal as bm
 from cumulo.domain.errors import CumuloError
@@ -55,9 +55,8 @@ def step(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
     report, or for another conductor's step under way), None when another writer moved it."""
     now = svc.clock()
     s = w.deploy_step
-    if s in (bm.DeployStep.BOOTING, bm.DeployStep.FINISHING) and \
-            datetime.now(UTC) - w.updated_at < timedelta(seconds=LEASE_S):
-        return w  # (updated_at is written with the real time: services.baremetal_nodes)
+    if leased(w):
+        return w
     if s == bm.DeployStep.FINISHING or (s == bm.DeployStep.WAITING
                                          and w.deploy_report == bm.REPORT_OK):
         return _finish(svc, w, bmc)
@@ -71,25 +70,47 @@ def step(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
     return _boot(svc, w, bmc)
 
 
+def leased(w: Work) -> bool:
+    """Whether a step under way (booting, finishing) is still its conductor's."""
+    return w.deploy_step in (bm.DeployStep.BOOTING, bm.DeployStep.FINISHING) and \
+        datetime.now(UTC) - w.updated_at < timedelta(seconds=LEASE_S)
+    # (updated_at is written with the real time: services.baremetal_nodes)
+
+
+def boot_media(b: Bmc, url: str) -> None:
+    """Boot the node once from the ISO at `url`: off (a restarted step: the machine may run
+    an older ISO), media in, boot once from CD, on."""
+    b.power(PowerAction.OFF)
+    b.insert_media(url)
+    b.set_boot("cd", once=True)
+    if b.power(PowerAction.ON) != "on":
+        raise BmcError("the node did not power on")
+
+
+def cannot_boot(svc: Services, w: Work, what: str) -> str | None:
+    """Why the deploy ISO cannot be booted for `what` (deploy, wipe) now, or None."""
+    if w.deploy_deadline is not None and svc.clock() >= w.deploy_deadline:
+        return f"the {what} did not boot within {svc.settings.baremetal.deploy_timeout_s} s"
+    if w.address is None:
+        return f"{PASSWORD} does not open with this API's server key"
+    return deploy.urls_configured(svc)
+
+
 def _boot(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
     """Start (or start again) the deploy: a new token, the ISO in, boot once from CD, on."""
-    now = svc.clock()
-    if w.deploy_deadline is not None and now >= w.deploy_deadline:
-        return _fail(svc, w, bmc, "the deploy did not boot within "
-                     f"{svc.settings.baremetal.deploy_timeout_s} s")
-    why = deploy.urls_configured(svc)
-    try:
-        with svc.db.session() as s:
-            deploy.whole_disk(deploy.image_of(s, w.instance_id))  # built here if need be
-    except CumuloError as e:
-        why = why or e.message
+    why = cannot_boot(svc, w, "deploy")
+    if why is None:
+        try:
+            with svc.db.session() as s:
+                deploy.whole_disk(deploy.image_of(s, w.instance_id))  # built here if need be
+        except CumuloError as e:
+            why = e.message
     address = w.address
-    if address is None:
-        why = f"{PASSWORD} does not open with this API's server key"
     if why is not None or address is None:
         return _fail(svc, w, bmc, why or "")
     token, digest = deploy.new_token()
-    deadline = w.deploy_deadline or now + timedelta(seconds=svc.settings.baremetal.deploy_timeout_s)
+    deadline = w.deploy_deadline or svc.clock() + timedelta(
+        seconds=svc.settings.baremetal.deploy_timeout_s)
     booting = _write(svc, w, "deploying: booting the deploy ramdisk from virtual media",
                      deploy_step=bm.DeployStep.BOOTING.value, deploy_token=digest,
                      deploy_deadline=deadline, deploy_report=None)
@@ -97,12 +118,7 @@ def _boot(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
         return None
     w = booting
     try:
-        b = bmc(address)
-        b.power(PowerAction.OFF)  # a restarted step: the machine may run an older ISO
-        b.insert_media(deploy.iso_url(svc, token))
-        b.set_boot("cd", once=True)
-        if b.power(PowerAction.ON) != "on":
-            raise BmcError("the node did not power on")
+        boot_media(bmc(address), deploy.iso_url(svc, token))
     except BmcError as e:
         return _fail(svc, w, bmc, str(e))
     log.info("baremetal_deploy_booted", node=w.name, instance=w.instance_id)
@@ -134,14 +150,7 @@ def _finish(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
 def _fail(svc: Services, w: Work, bmc: BmcFactory, why: str) -> Work | None:
     """Power the node off and take its media out (best effort), then `error` for the node
     (`deploy: <why>`) and its instance (the reason)."""
-    power: dict[str, Any] = {}
-    if w.address is not None:
-        try:
-            b = bmc(w.address)
-            power["power_state"] = b.power(PowerAction.OFF)
-            b.eject_media()
-        except BmcError as e:
-            log.warning("baremetal_deploy_cleanup_failed", node=w.name, error=str(e))
+    power = power_off_and_eject(w, bmc)
     reason = f"{bm.DEPLOY_FAILED}{why}"[:ERROR_LIMIT]
     log.warning("baremetal_deploy_failed", node=w.name, instance=w.instance_id, error=reason)
     return _write(svc, w, reason, state=bm.NodeState.ERROR, instance_state=InstanceState.ERROR,
@@ -167,7 +176,27 @@ def _write(svc: Services, w: Work, reason: str, *, state: bm.NodeState = bm.Node
                 kind = "started" if instance_state is InstanceState.RUNNING else "deploy_failed"
                 events.add(s, [events.Event(row.project_id, "instance", row.id, row.name,
                                             kind, "system", reason)])
+    return written(w, state, values)
+
+
+def power_off_and_eject(w: Work, bmc: BmcFactory) -> dict[str, Any]:
+    """A failed step's clean-up (best effort): the node off, its media out; the power state
+    to record (none when the BMC failed)."""
+    power: dict[str, Any] = {}
+    if w.address is not None:
+        try:
+            b = bmc(w.address)
+            power["power_state"] = b.power(PowerAction.OFF)
+            b.eject_media()
+        except BmcError as e:
+            log.warning("baremetal_cleanup_failed", node=w.name, error=str(e))
+    return power
+
+
+def written(w: Work, state: bm.NodeState, values: dict[str, Any]) -> Work:
+    """`w` as a compare-and-set of `values` left it."""
     return replace(w, state=state, generation=w.generation + 1, updated_at=datetime.now(UTC),
+                   instance_id=values.get("instance_id", w.instance_id),
                    deploy_step=values.get("deploy_step", w.deploy_step),
                    deploy_report=values.get("deploy_report", w.deploy_report),
                    deploy_deadline=values.get("deploy_deadline", w.deploy_deadline))

@@ -7,7 +7,7 @@ every create), so two creates never take one node, and a node taken is not delet
 its instance. An instance on a node has no hypervisor host (host_id stays NULL: no agent
 ever sees it); the bare-metal conductor (services.baremetal_conductor) is what acts on it.
 
-Deleting the instance moves its node to `cleaning`; the conductor powers the node off,
+Deleting the instance moves its node to `cleaning`; the conductor wipes its disk, powers it off,
 forgets the instance and makes the node `available` again.
 """
 
@@ -109,9 +109,12 @@ def require_active(name: str, node: BaremetalNodeRow, what: str) -> None:
 
 
 def start_cleaning(s: Session, node: BaremetalNodeRow) -> None:
-    """The node's instance is being deleted: the conductor powers it off and cleans it."""
+    """The node's instance is being deleted: the conductor wipes its disk and powers it off.
+    A deploy under way is dropped (its token opens nothing more): the cleaning starts anew."""
     if node.state != bm.NodeState.CLEANING.value:
         move(s, node, bm.NodeState.CLEANING, None)
+        node.deploy_step = node.deploy_token = node.deploy_report = None
+        node.deploy_deadline = None
 
 
 def create(svc: Services, batch: CreateBatch, who: Principal, prj: ProjectRow, req: CreateInstance,

@@ -7,93 +7,38 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import secrets
 import zlib
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from cumulo.api.app import create_app
-from cumulo.baremetal.redfish import Bmc, BmcError, PowerAction
 from cumulo.config import BaremetalSettings
 from cumulo.db.tables import BaremetalNodeRow, InstanceRow
 from cumulo.domain.errors import Conflict
 from cumulo.domain.instance import Action
 from cumulo.images import wholedisk
-from cumulo.services import baremetal_conductor as conductor
 from cumulo.services import baremetal_deploy as deploy
 from cumulo.services import baremetal_deploy_steps as steps
 from cumulo.services import baremetal_nodes as nodes
 from cumulo.services import instances
 from cumulo.services.context import Services
-from tests.baremetal_support import PASSWORD, USER
+from tests.baremetal_fakes import MEDIA, PROVISION, FakeBmc, clean, deploying_node, run_pass
+from tests.baremetal_fakes import node as node_of
+from tests.baremetal_fakes import token as token_of
 from tests.conftest import ADMIN
-
-MEDIA, PROVISION = "http://127.0.0.1:8999", "http://10.0.2.100"
-ISO_URL = re.compile(rf"^{MEDIA}/v1/baremetal/deploy/([0-9a-f]{{64}})/deploy\.iso\Z")
-
-
-class FakeBmc(Bmc):
-    """A BMC that records what it is asked (and fails where told to)."""
-
-    calls: ClassVar[list[str]] = []
-    power_now: ClassVar[str] = "off"
-    fail_on: ClassVar[str | None] = None
-
-    def power(self, action: PowerAction, wait_s: float = 0) -> str:
-        self._did(f"power {action.value}")
-        FakeBmc.power_now = "on" if action in (PowerAction.ON, PowerAction.REBOOT) else "off"
-        return FakeBmc.power_now
-
-    def insert_media(self, image_url: str) -> None:
-        self._did(f"insert {image_url}")
-
-    def eject_media(self) -> None:
-        self._did("eject")
-
-    def set_boot(self, device: str, once: bool = True) -> None:
-        self._did(f"boot {device} {'once' if once else 'always'}")
-
-    def _did(self, what: str) -> None:
-        if FakeBmc.fail_on is not None and what.startswith(FakeBmc.fail_on):
-            raise BmcError(f"the BMC at {self.address.url} refused to {what}: HTTP 500")
-        FakeBmc.calls.append(what)
 
 
 @pytest.fixture
 def bmc() -> type[FakeBmc]:
-    FakeBmc.calls, FakeBmc.power_now, FakeBmc.fail_on = [], "off", None
-    return FakeBmc
+    return FakeBmc.reset()
 
 
 @pytest.fixture
 def deploying(svc: Services) -> Services:
-    """A node `bm-1` in `deploying` with the instance `metal` (bm1.tiny, image tiny)."""
-    svc.server_key = secrets.token_bytes(32)
-    svc.settings.baremetal = BaremetalSettings(media_url=MEDIA, provision_url=PROVISION)
-    nodes.enroll(svc, ADMIN, nodes.Enrollment(
-        name="bm-1", zone="local-1a", redfish_url="http://127.0.0.1:9", system="n1",
-        arch="x86_64", vcpus=1, ram_mib=256, disk_gib=2, username=USER, password=PASSWORD))
-    with svc.db.session() as s:
-        s.execute(update(BaremetalNodeRow).values(state="available"))
-    instances.create(svc, ADMIN, None, instances.CreateInstance(
-        name="metal", image="tiny", type="bm1.tiny"))
-    return svc
-
-
-def _pass(svc: Services) -> dict[str, str]:
-    return conductor.run_pass(svc, FakeBmc)
-
-
-def _token(bmc: type[FakeBmc]) -> str:
-    [url] = [c.removeprefix("insert ") for c in bmc.calls if c.startswith("insert ")][-1:]
-    m = ISO_URL.match(url)
-    assert m, url
-    return m.group(1)
+    return deploying_node(svc)
 
 
 def _instance(svc: Services) -> tuple[str, str]:
@@ -101,22 +46,14 @@ def _instance(svc: Services) -> tuple[str, str]:
     return view.state, view.state_reason
 
 
-def _node(svc: Services) -> BaremetalNodeRow:
-    with svc.db.session() as s:
-        row = s.scalar(select(BaremetalNodeRow))
-        assert row is not None
-        s.expunge(row)
-        return row
-
-
 def test_a_deploy_boots_the_iso_takes_the_report_and_boots_the_node_from_its_disk(
         deploying: Services, bmc: type[FakeBmc]) -> None:
     svc = deploying
-    assert _pass(svc) == {"bm-1": "deploying"}
-    token = _token(bmc)
+    assert run_pass(svc) == {"bm-1": "deploying"}
+    token = token_of(bmc)
     assert bmc.calls == ["power off", f"insert {MEDIA}/v1/baremetal/deploy/{token}/deploy.iso",
                          "boot cd once", "power on"]
-    node = _node(svc)
+    node = node_of(svc)
     assert (node.deploy_step, node.power_state) == ("waiting", "on")
     # only the token's sha256 is stored, and it expires with the deploy's timeout
     assert node.deploy_token == hashlib.sha256(token.encode()).hexdigest() != token
@@ -124,7 +61,7 @@ def test_a_deploy_boots_the_iso_takes_the_report_and_boots_the_node_from_its_dis
     left = node.deploy_deadline - datetime.now(UTC)
     assert timedelta(seconds=890) < left <= timedelta(seconds=900)
     assert _instance(svc) == ("pending", "deploying: the node writes the image to its disk")
-    assert _pass(svc) == {"bm-1": "deploying"} and len(bmc.calls) == 4  # it waits
+    assert run_pass(svc) == {"bm-1": "deploying"} and len(bmc.calls) == 4  # it waits
 
     api = TestClient(create_app(svc))  # no credential: the token is the only one
     base = f"/v1/baremetal/deploy/{token}"
@@ -147,9 +84,9 @@ def test_a_deploy_boots_the_iso_takes_the_report_and_boots_the_node_from_its_dis
     assert (r.status_code, r.json()["code"]) == (409, "deploy_already_reported")
 
     bmc.calls.clear()
-    assert _pass(svc) == {"bm-1": "active"}
+    assert run_pass(svc) == {"bm-1": "active"}
     assert bmc.calls == ["power off", "eject", "boot disk always", "power on"]
-    node = _node(svc)
+    node = node_of(svc)
     assert (node.state, node.power_state, node.last_error, node.deploy_token,
             node.deploy_step) == ("active", "on", None, None, None)
     assert _instance(svc) == ("running", "")
@@ -157,15 +94,15 @@ def test_a_deploy_boots_the_iso_takes_the_report_and_boots_the_node_from_its_dis
     for r in (api.get(f"{base}/image"), api.post(f"{base}/report", content=b"ok")):
         assert (r.status_code, r.json()["code"]) == (404, "unknown_deploy")
 
-    # Deleting the instance cleans the node, as before.
+    # Deleting the instance cleans the node: its disk wiped (test_baremetal_clean.py).
     instances.act(svc, ADMIN, None, "metal", Action.DELETE)
-    assert _pass(svc) == {"bm-1": "available"}
-    assert _node(svc).instance_id is None
+    clean(svc, bmc)
+    assert node_of(svc).instance_id is None
 
 
 def test_a_wrong_token_opens_nothing_and_a_malformed_report_is_refused(
         deploying: Services, bmc: type[FakeBmc]) -> None:
-    _pass(deploying)
+    run_pass(deploying)
     api = TestClient(create_app(deploying))
     for token in ("0" * 64, "nothex", "A" * 64, "0" * 63):
         for r in (api.get(f"/v1/baremetal/deploy/{token}/image"),
@@ -174,22 +111,22 @@ def test_a_wrong_token_opens_nothing_and_a_malformed_report_is_refused(
             assert (r.status_code, r.json()["code"]) == (404, "unknown_deploy"), r.text
     for body in (b"", b"fine", b"okay", b"error=", b"error=bad\x01byte", b"error=" + b"x" * 500,
                  b"error=" + b"x" * 5000):
-        r = api.post(f"/v1/baremetal/deploy/{_token(bmc)}/report", content=body)
+        r = api.post(f"/v1/baremetal/deploy/{token_of(bmc)}/report", content=body)
         assert (r.status_code, r.json()["code"]) == (400, "invalid_deploy_report"), r.text
-    assert _node(deploying).deploy_report is None
-    assert _pass(deploying) == {"bm-1": "deploying"}
+    assert node_of(deploying).deploy_report is None
+    assert run_pass(deploying) == {"bm-1": "deploying"}
 
 
 def test_a_failed_report_leaves_node_and_instance_in_error_with_the_reason(
         deploying: Services, bmc: type[FakeBmc]) -> None:
     svc = deploying
-    _pass(svc)
+    run_pass(svc)
     why = f"the image's sha256 is {'1' * 64}, expected {'0' * 64}: nothing written"
-    deploy.report(svc, _token(bmc), f"error={why}".encode())
+    deploy.report(svc, token_of(bmc), f"error={why}".encode())
     bmc.calls.clear()
-    assert _pass(svc) == {"bm-1": "error"}
+    assert run_pass(svc) == {"bm-1": "error"}
     assert bmc.calls == ["power off", "eject"]  # powered off, media out
-    node = _node(svc)
+    node = node_of(svc)
     reason = f"deploy: the deploy ramdisk reported: {why}"
     assert (node.state, node.last_error, node.power_state, node.deploy_token) == (
         "error", reason, "off", None)
@@ -200,40 +137,40 @@ def test_a_failed_report_leaves_node_and_instance_in_error_with_the_reason(
     assert e.value.code == "node_in_use"
     # ... and the instance's delete cleans the node back to available.
     instances.act(svc, ADMIN, None, "metal", Action.DELETE)
-    assert _pass(svc) == {"bm-1": "available"}
+    clean(svc, bmc)
 
 
 def test_a_deploy_that_never_reports_fails_at_its_deadline(
         deploying: Services, bmc: type[FakeBmc]) -> None:
     svc = deploying
-    _pass(svc)
-    token = _token(bmc)
+    run_pass(svc)
+    token = token_of(bmc)
     later = datetime.now(UTC) + timedelta(seconds=901)
     svc.clock = lambda: later
     # the token expired with the deadline: the ramdisk's late report is not taken
     r = TestClient(create_app(svc)).post(f"/v1/baremetal/deploy/{token}/report", content=b"ok")
     assert (r.status_code, r.json()["code"]) == (404, "unknown_deploy")
-    assert _pass(svc) == {"bm-1": "error"}
+    assert run_pass(svc) == {"bm-1": "error"}
     reason = "deploy: no report from the deploy ramdisk within 900 s"
-    assert (_node(svc).last_error, _node(svc).power_state) == (reason, "off")
+    assert (node_of(svc).last_error, node_of(svc).power_state) == (reason, "off")
     assert _instance(svc) == ("error", reason)
 
 
 def test_a_bmc_that_fails_mid_deploy_gives_error_with_the_reason(
         deploying: Services, bmc: type[FakeBmc]) -> None:
     bmc.fail_on = "insert"
-    assert _pass(deploying) == {"bm-1": "error"}
+    assert run_pass(deploying) == {"bm-1": "error"}
     reason = ("deploy: the BMC at http://127.0.0.1:9 refused to insert "
               f"{MEDIA}/v1/baremetal/deploy/")
-    assert (_node(deploying).last_error or "").startswith(reason)
+    assert (node_of(deploying).last_error or "").startswith(reason)
     assert _instance(deploying)[0] == "error"
 
 
 def test_a_deploy_without_urls_or_a_whole_disk_image_fails_saying_why(
         deploying: Services, bmc: type[FakeBmc]) -> None:
     deploying.settings.baremetal = BaremetalSettings()
-    assert _pass(deploying) == {"bm-1": "error"}
-    assert _node(deploying).last_error == (
+    assert run_pass(deploying) == {"bm-1": "error"}
+    assert node_of(deploying).last_error == (
         "deploy: this API has no deploy URLs: set [baremetal] media_url and provision_url "
         "(`cumulo up --baremetal-nodes` sets them)")
     assert not [c for c in bmc.calls if c.startswith(("insert", "power on"))]
@@ -242,18 +179,18 @@ def test_a_deploy_without_urls_or_a_whole_disk_image_fails_saying_why(
 def test_a_step_left_by_a_dead_conductor_is_taken_up_after_its_lease(
         deploying: Services, bmc: type[FakeBmc]) -> None:
     svc = deploying
-    _pass(svc)
-    first = _token(bmc)
+    run_pass(svc)
+    first = token_of(bmc)
     # As a conductor that died mid-boot leaves it: step booting, recorded a moment ago.
     with svc.db.session() as s:
         s.execute(update(BaremetalNodeRow).values(deploy_step="booting"))
     bmc.calls.clear()
-    assert _pass(svc) == {"bm-1": "deploying"} and bmc.calls == []  # within its lease
+    assert run_pass(svc) == {"bm-1": "deploying"} and bmc.calls == []  # within its lease
     with svc.db.session() as s:
         s.execute(update(BaremetalNodeRow).values(
             updated_at=datetime.now(UTC) - timedelta(seconds=steps.LEASE_S + 1)))
-    assert _pass(svc) == {"bm-1": "deploying"}
-    second = _token(bmc)
+    assert run_pass(svc) == {"bm-1": "deploying"}
+    second = token_of(bmc)
     assert second != first and bmc.calls[0] == "power off"  # the old ISO's run is stopped
     api = TestClient(create_app(svc))
     assert api.post(f"/v1/baremetal/deploy/{first}/report", content=b"ok").status_code == 404
@@ -263,7 +200,7 @@ def test_a_step_left_by_a_dead_conductor_is_taken_up_after_its_lease(
         s.execute(update(BaremetalNodeRow).values(
             deploy_step="finishing",
             updated_at=datetime.now(UTC) - timedelta(seconds=steps.LEASE_S + 1)))
-    assert _pass(svc) == {"bm-1": "active"}
+    assert run_pass(svc) == {"bm-1": "active"}
     with svc.db.session() as s:
         assert s.scalar(select(InstanceRow.state)) == "running"
 
@@ -271,12 +208,12 @@ def test_a_step_left_by_a_dead_conductor_is_taken_up_after_its_lease(
 def test_deleting_the_instance_mid_deploy_cleans_the_node_and_kills_the_token(
         deploying: Services, bmc: type[FakeBmc]) -> None:
     svc = deploying
-    _pass(svc)
-    token = _token(bmc)
+    run_pass(svc)
+    token = token_of(bmc)
     instances.act(svc, ADMIN, None, "metal", Action.DELETE)
-    assert _pass(svc) == {"bm-1": "available"}
-    assert bmc.calls[-1] == "power off"
-    r = TestClient(create_app(svc)).get(f"/v1/baremetal/deploy/{token}/image")
-    assert r.status_code == 404
-    node = _node(svc)
+    # the deploy's token died with the delete: its ramdisk's report is not taken
+    r = TestClient(create_app(svc)).post(f"/v1/baremetal/deploy/{token}/report", content=b"ok")
+    assert (r.status_code, r.json()["code"]) == (404, "unknown_deploy")
+    assert clean(svc, bmc) != token
+    node = node_of(svc)
     assert (node.deploy_token, node.deploy_step, node.instance_id) == (None, None, None)

@@ -156,25 +156,28 @@ def test_volumes_and_resize_of_a_bm1_instance_are_refused_and_power_before_its_d
     assert instances.get(keyed, ADMIN, None, "metal").state == "pending"
 
 
-def test_deleting_a_bm1_instance_powers_its_node_off_and_makes_it_available(
+def test_deleting_a_bm1_instance_forgets_it_and_never_leaves_its_node_available_unwiped(
         keyed: Services, tmp_path: Path) -> None:
     with bmc_in_thread(tmp_path / "bmc", MachineSpec("n1", 1, 256, 2)) as bmc:
         _node(keyed, "bm-1", url=bmc.url)
         _create(keyed, "metal")
+        bmc.machines["n1"].power_on()
         # deleted before the conductor deploys it (the deploy: test_baremetal_deploy.py)
         gone = instances.act(keyed, ADMIN, None, "metal", Action.DELETE)
         assert gone.state == "deleting"
         assert nodes.show(keyed, ADMIN, "bm-1").state == "cleaning"
-        assert conductor.run_pass(keyed) == {"bm-1": "available"}
+        # This API has no deploy URLs, so the disk cannot be wiped: the machine is powered
+        # off and the node is in error, not available (the wipe: test_baremetal_clean.py).
+        assert conductor.run_pass(keyed) == {"bm-1": "error"}
+        assert bmc.machines["n1"].pid() is None
     node = nodes.show(keyed, ADMIN, "bm-1")
-    assert (node.state, node.instance, node.last_error, node.power_state) == (
-        "available", None, None, "off")
+    assert (node.state, node.instance, node.power_state) == ("error", None, "off")
+    assert (node.last_error or "").startswith("cleaning: this API has no deploy URLs")
     assert instances.list_all(keyed, ADMIN, None) == []
     with keyed.db.session() as s:
         kinds = list(s.scalars(select(EventRow.kind).where(EventRow.resource_name == "metal")
                                .order_by(EventRow.id)))
     assert kinds == ["created", "delete_requested", "deleted"]
-    _create(keyed, "metal-again")  # the node is taken again
 
 
 def test_a_bmc_that_fails_while_cleaning_sends_the_node_to_error_and_a_retry_cleans_it(
@@ -197,8 +200,6 @@ def test_a_bmc_that_fails_while_cleaning_sends_the_node_to_error_and_a_retry_cle
         assert machine.pid() is not None
         retried = nodes.retry(keyed, ADMIN, "bm-1")
         assert (retried.state, retried.last_error) == ("cleaning", None)
-        assert conductor.run_pass(keyed) == {"bm-1": "available"}
+        # (no deploy URLs here: the wipe cannot run, the node stays in error, powered off)
+        assert conductor.run_pass(keyed) == {"bm-1": "error"}
         assert machine.pid() is None
-    with pytest.raises(Conflict) as e:
-        nodes.retry(keyed, ADMIN, "bm-1")
-    assert e.value.code == "node_not_in_error"

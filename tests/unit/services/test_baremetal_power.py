@@ -16,11 +16,14 @@ from cumulo.baremetal.redfish import BmcError, PowerAction
 from cumulo.db.tables import BaremetalNodeRow, EventRow, InstanceRow
 from cumulo.domain.instance import Action
 from cumulo.services import baremetal_conductor as conductor
+from cumulo.services import baremetal_deploy as deploy
 from cumulo.services import baremetal_power as power
 from cumulo.services import instances
 from cumulo.services.context import Services
+from tests.baremetal_fakes import FakeBmc
+from tests.baremetal_fakes import token as token_of
 from tests.conftest import ADMIN
-from tests.unit.services.test_baremetal_deploy import FakeBmc, deploying  # noqa: F401
+from tests.unit.services.test_baremetal_deploy import deploying  # noqa: F401
 
 
 class PowerBmc(FakeBmc):
@@ -63,6 +66,13 @@ def active(deploying: Services) -> Services:  # noqa: F811
 
 def _pass(svc: Services) -> dict[str, str]:
     return conductor.run_pass(svc, PowerBmc)
+
+
+def _clean(svc: Services) -> None:
+    """The cleaning's passes, its wipe reported ok (test_baremetal_clean.py)."""
+    assert _pass(svc) == {"bm-1": "cleaning"}
+    deploy.report(svc, token_of(PowerBmc), b"ok")
+    assert _pass(svc) == {"bm-1": "available"}
 
 
 def _shown(svc: Services) -> tuple[str, str, str]:
@@ -164,8 +174,10 @@ def test_deleting_a_running_server_cleans_its_node(active: Services) -> None:
     svc = active
     instances.act(svc, ADMIN, None, "metal", Action.STOP)
     instances.act(svc, ADMIN, None, "metal", Action.DELETE)  # before the stop is applied
-    assert _pass(svc) == {"bm-1": "available"}
-    assert PowerBmc.calls == ["power off"]  # the cleaning's, no stop of its own
+    _clean(svc)
+    # the cleaning's: off, the wipe ramdisk on, off once wiped; no stop of its own
+    assert [c for c in PowerBmc.calls if c.startswith("power")] == [
+        "power off", "power on", "power off"]
 
 
 def test_a_delete_during_a_stop_is_cleaned_once_the_stop_is_done(active: Services) -> None:
@@ -181,6 +193,6 @@ def test_a_delete_during_a_stop_is_cleaned_once_the_stop_is_done(active: Service
     PowerBmc.during = delete
     assert power.apply(svc, work, PowerBmc) == "stale"
     assert waited == [[]] and _node(svc)[1] is None  # the claim released
-    assert _pass(svc) == {"bm-1": "available"}
-    assert PowerBmc.calls == ["power soft-off", "power off"]
+    _clean(svc)
+    assert PowerBmc.calls[:2] == ["power soft-off", "power off"]
     assert instances.list_all(svc, ADMIN, None) == []
