@@ -325,11 +325,15 @@ def release_for_instance(s: Session, instance_id: str) -> set[str]:
     return wake
 
 
-def _snap_view(s: Session, row: SnapshotRow, project: str) -> SnapshotView:
+def _snap_view(s: Session, row: SnapshotRow, project: str,
+               down: dict[str, str] | None = None) -> SnapshotView:
+    """`down`: the down hosts among those of the snapshots listed with it (read once for a
+    list); None: read for this one."""
+    if down is None:
+        down = storage_down.down_hosts(s, [row.host_id])
     vol = s.get(VolumeRow, row.volume_id) if row.volume_id else None
     state, reason = storage_down.shown(row.state, row.state_reason,
-                                       storage_down.down_hosts(s, [row.host_id]).get(
-                                           row.host_id or ""))
+                                       down.get(row.host_id or ""))
     return SnapshotView(id=row.id, name=row.name, project=project, zone=row.zone,
                         volume=vol.name if vol else None, size_gib=row.size_gib,
                         state=state, state_reason=reason, created_at=row.created_at)
@@ -365,9 +369,10 @@ def snapshot(svc: Services, who: Principal, project: str | None, ref: str,
 def list_snapshots(svc: Services, who: Principal, project: str | None) -> list[SnapshotView]:
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
-        return [_snap_view(s, r, prj.name) for r in s.scalars(
-            select(SnapshotRow).where(SnapshotRow.project_id == prj.id)
-            .order_by(SnapshotRow.created_at))]
+        rows = list(s.scalars(select(SnapshotRow).where(SnapshotRow.project_id == prj.id)
+                              .order_by(SnapshotRow.created_at)))
+        down = storage_down.down_hosts(s, (r.host_id for r in rows))
+        return [_snap_view(s, r, prj.name, down) for r in rows]
 
 
 def delete_snapshot(svc: Services, who: Principal, project: str | None, ref: str) -> None:
