@@ -181,6 +181,10 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     assert "cumulo-tiny: installed 1 ssh key(s)" in console
     assert "cumulo-tiny: ready hostname=metal instance-id=" + made["id"] in console
     assert f"metal user-data: {made['fqdn']}" in console
+    # Its console is the BMC's serial console, which cumulo does not relay: said plainly.
+    refused = c.cli("instance", "console-log", "metal", check=False)
+    assert refused.returncode != 0
+    assert refused.stderr.startswith("error[baremetal_no_console]: instance 'metal' is a ")
     deployed = " ".join(e["kind"] for e in c.json("instance", "events", "metal"))
     assert "started" in deployed
     # Stop and start are the conductor's Redfish power actions: the stop presses the power

@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 
 from cumulo.baremetal.redfish import BmcError, PowerAction
 from cumulo.db.tables import BaremetalNodeRow, EventRow, InstanceRow
+from cumulo.domain.errors import Conflict
 from cumulo.domain.instance import Action
 from cumulo.services import baremetal_conductor as conductor
 from cumulo.services import baremetal_deploy as deploy
@@ -237,3 +238,11 @@ def test_a_power_change_without_a_request_is_seen_by_the_power_sync(active: Serv
     assert _shown(svc)[0] == "stopping"
     assert _pass(svc) == {"bm-1": "stopped"} and PowerBmc.calls[-1] == "power soft-off"
     assert _last_event(svc)[:2] == ("stopped", "user")
+
+
+def test_a_servers_console_is_refused_saying_why(active: Services) -> None:
+    with pytest.raises(Conflict) as e:
+        instances.console_target(active, ADMIN, None, "metal")
+    assert e.value.code == "baremetal_no_console"
+    assert str(e.value).startswith("instance 'metal' is a bare-metal server: its console is its "
+                                   "BMC's serial console")
