@@ -5,8 +5,9 @@ available; powered on, off and rebooted over Redfish (the QEMU process appears a
 deleted (powered off first); and a BMC that does not answer leaves `error` with the reason.
 With `cumulo up --baremetal-nodes 1`, a bm1.* instance is deployed on its node from virtual
 media for real (the tiny image, booted from the node's own disk, with its NoCloud seed on a
-partition the deploy added: hostname, key, user-data), stopped and started over Redfish, and
-its delete cleans it (the deploy ramdisk in wipe mode zeroes its disk's ends, the seed too).
+partition the deploy added: hostname, key, user-data), stopped and started over Redfish, seen
+stopped and running again when its power changes outside cumulo, and its delete cleans it
+(the deploy ramdisk in wipe mode zeroes its disk's ends, the seed too).
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ def _wait_node(c: Cloud, name: str, state: str, timeout: float = 90) -> dict[str
         time.sleep(0.5)
     raise AssertionError(f"node {name} not {state} after {timeout}s: {node}\n"
                          f"{c.log.read_text()[-3000:]}")
+
+
+def _wait_instance(c: Cloud, name: str, state: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    shown: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        shown = c.json("instance", "show", name)
+        if shown["state"] == state:
+            return shown
+        time.sleep(1)
+    raise AssertionError(f"instance {name} not {state} after {timeout}s: {shown}")
 
 
 def _wait_console(log: Path, text: str, timeout: float) -> str:
@@ -199,6 +211,15 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     started = c.json("instance", "start", "metal", "--wait", "--timeout", "120")
     assert (started["state"], b.power_state()) == ("running", "on")
     assert running(int((machine / "qemu.pid").read_text()))
+    # Power changed outside cumulo (at the BMC here; an OS's `poweroff` looks the same over
+    # Redfish): the conductor's power sync shows it within seconds, as a guest's stop.
+    assert b.power(PowerAction.OFF) == "off"
+    assert _wait_instance(c, "metal", "stopped")["state_reason"].startswith(
+        "the server powered off without a request")
+    assert [(e["kind"], e["actor"]) for e in c.json("instance", "events", "metal")][-1] == (
+        "stopped", "guest")
+    assert b.power(PowerAction.ON) == "on"
+    _wait_instance(c, "metal", "running")
     refused = c.cli("instance", "create", "metal-2", "--image", "tiny", "--type", "bm1.tiny",
                     check=False)
     assert refused.returncode != 0 and refused.stderr.startswith("error[no_node_fits]: ")
