@@ -47,17 +47,6 @@ def _wait_node(c: Cloud, name: str, state: str, timeout: float = 90) -> dict[str
                          f"{c.log.read_text()[-3000:]}")
 
 
-def _wait_instance(c: Cloud, name: str, state: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    shown: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        shown = c.json("instance", "show", name)
-        if shown["state"] == state:
-            return shown
-        time.sleep(1)
-    raise AssertionError(f"instance {name} not {state} after {timeout}s: {shown}")
-
-
 def _wait_console(log: Path, text: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     seen = ""
@@ -214,12 +203,12 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     # Power changed outside cumulo (at the BMC here; an OS's `poweroff` looks the same over
     # Redfish): the conductor's power sync shows it within seconds, as a guest's stop.
     assert b.power(PowerAction.OFF) == "off"
-    assert _wait_instance(c, "metal", "stopped")["state_reason"].startswith(
+    assert c.wait_state("metal", "stopped", 60)["state_reason"].startswith(
         "the server powered off without a request")
     assert [(e["kind"], e["actor"]) for e in c.json("instance", "events", "metal")][-1] == (
         "stopped", "guest")
     assert b.power(PowerAction.ON) == "on"
-    _wait_instance(c, "metal", "running")
+    c.wait_state("metal", "running", 60)
     refused = c.cli("instance", "create", "metal-2", "--image", "tiny", "--type", "bm1.tiny",
                     check=False)
     assert refused.returncode != 0 and refused.stderr.startswith("error[no_node_fits]: ")

@@ -27,7 +27,7 @@ at the one read (a newer request of the user wins: the next pass applies it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -75,13 +75,19 @@ def lease_s(settings: Settings) -> float:
 
 def pending(svc: Services, work: Callable[[BaremetalNodeRow], Work]) -> list[PowerWork]:
     """The active nodes whose instance asks for a power action (none under way elsewhere)."""
+    return active_nodes(svc, work, _ENDS, not_(leased(svc.settings)))
+
+
+def active_nodes(svc: Services, work: Callable[[BaremetalNodeRow], Work],
+                 states: Iterable[InstanceState], *where: ColumnElement[bool]
+                 ) -> list[PowerWork]:
+    """The active nodes whose instance is in one of `states` (and `where` holds)."""
     with svc.db.session() as s:
         rows = s.execute(
             select(BaremetalNodeRow, InstanceRow.state, InstanceRow.generation)
             .join(InstanceRow, InstanceRow.id == BaremetalNodeRow.instance_id)
             .where(BaremetalNodeRow.state == bm.NodeState.ACTIVE.value,
-                   InstanceRow.state.in_([st.value for st in _ENDS]),
-                   not_(leased(svc.settings))))
+                   InstanceRow.state.in_([st.value for st in states]), *where))
         return [PowerWork(work(node), node.instance_id or "", InstanceState(state), gen)
                 for node, state, gen in rows]
 

@@ -18,18 +18,16 @@ delete meanwhile) and the instance still at its generation (a request made meanw
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import select
 
 from cumulo.baremetal.redfish import Bmc, BmcError
 from cumulo.db.tables import BaremetalNodeRow, InstanceRow
-from cumulo.domain import baremetal as bm
 from cumulo.domain.instance import InstanceState
 from cumulo.services import baremetal_power
 from cumulo.services.baremetal_nodes import compare_and_set
+from cumulo.services.baremetal_power import PowerWork
 from cumulo.services.context import Services
 
 if TYPE_CHECKING:  # the conductor imports this module
@@ -44,28 +42,13 @@ OFF_REASON = "the server powered off without a request (its OS, or at its BMC)"
 ON_DETAIL = "the server powered on without a request (at its BMC)"
 
 
-@dataclass(frozen=True)
-class Watched:
-    node: Work
-    instance_id: str
-    instance_state: InstanceState
-    instance_generation: int
-
-
-def pending(svc: Services, work: Callable[[BaremetalNodeRow], Work]) -> list[Watched]:
+def pending(svc: Services, work: Callable[[BaremetalNodeRow], Work]) -> list[PowerWork]:
     """The active nodes whose instance is running or stopped, no power action under way."""
-    with svc.db.session() as s:
-        rows = s.execute(
-            select(BaremetalNodeRow, InstanceRow.state, InstanceRow.generation)
-            .join(InstanceRow, InstanceRow.id == BaremetalNodeRow.instance_id)
-            .where(BaremetalNodeRow.state == bm.NodeState.ACTIVE.value,
-                   BaremetalNodeRow.power_action.is_(None),
-                   InstanceRow.state.in_([S.RUNNING.value, S.STOPPED.value])))
-        return [Watched(work(node), node.instance_id or "", InstanceState(state), gen)
-                for node, state, gen in rows]
+    return baremetal_power.active_nodes(svc, work, _MEANS.values(),
+                                        BaremetalNodeRow.power_action.is_(None))
 
 
-def sync(svc: Services, w: Watched, bmc: BmcFactory = Bmc) -> str:
+def sync(svc: Services, w: PowerWork, bmc: BmcFactory = Bmc) -> str:
     """Read the node's power; returns the instance's state after it ("stale" when another
     writer moved first)."""
     node = w.node

@@ -11,27 +11,13 @@ network-config, as for a VM (the image configures its NICs by DHCP).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy.orm import Session
 
-from cumulo.agent.storage.seed import seed_iso_bytes
+from cumulo.agent.storage.seed import SeedContent, seed_iso_bytes
 from cumulo.db.tables import InstanceRow, ProjectRow
 from cumulo.domain import baremetal as bm
 from cumulo.services import baremetal_deploy as deploy
 from cumulo.services.context import Services, fqdn
-
-
-@dataclass(frozen=True)
-class SeedContent:
-    """What a NoCloud seed carries (the keyword arguments of seed_iso_bytes)."""
-
-    instance_id: str
-    hostname: str
-    fqdn: str
-    user_data: bytes | None
-    ssh_public_keys: tuple[str, ...]
-    network_config: str | None = None
 
 
 def instance_seed(s: Session, svc: Services, row: InstanceRow) -> SeedContent:
@@ -42,7 +28,7 @@ def instance_seed(s: Session, svc: Services, row: InstanceRow) -> SeedContent:
     return SeedContent(instance_id=row.id, hostname=row.name,
                        fqdn=fqdn(svc, row.name, project_name, row.zone),
                        user_data=row.user_data or None,
-                       ssh_public_keys=tuple(row.ssh_keys or ()))
+                       ssh_public_keys=list(row.ssh_keys or ()))
 
 
 def seed_iso(svc: Services, token: str) -> bytes:
@@ -53,7 +39,5 @@ def seed_iso(svc: Services, token: str) -> bytes:
         row = None if node.instance_id is None else s.get(InstanceRow, node.instance_id)
         if node.state != bm.NodeState.DEPLOYING.value or row is None:
             raise deploy.unknown_deploy()
-        c = instance_seed(s, svc, row)
-    return seed_iso_bytes(instance_id=c.instance_id, hostname=c.hostname, fqdn=c.fqdn,
-                          user_data=c.user_data, ssh_public_keys=c.ssh_public_keys,
-                          network_config=c.network_config)
+        content = instance_seed(s, svc, row)
+    return seed_iso_bytes(**content)

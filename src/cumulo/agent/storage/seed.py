@@ -9,6 +9,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Required, TypedDict, Unpack
 
 import pycdlib
 
@@ -50,21 +51,21 @@ def render_meta_data(
     return "\n".join(lines) + "\n"
 
 
-def build_seed_iso(
-    path: Path,
-    *,
-    instance_id: str,
-    hostname: str,
-    fqdn: str | None = None,
-    user_data: bytes | None = None,
-    ssh_public_keys: Sequence[str] = (),
-    network_config: str | None = None,
-) -> None:
+class SeedContent(TypedDict, total=False):
+    """What a seed carries (the keyword arguments of `seed_iso_bytes`)."""
+
+    instance_id: Required[str]
+    hostname: Required[str]
+    fqdn: str | None
+    user_data: bytes | None
+    ssh_public_keys: Sequence[str]
+    network_config: str | None
+
+
+def build_seed_iso(path: Path, **content: Unpack[SeedContent]) -> None:
     """Write the NoCloud seed ISO of this content (see `seed_iso_bytes`) to `path`; the file
     appears atomically (written to a temp file in the same directory, then renamed)."""
-    data = seed_iso_bytes(instance_id=instance_id, hostname=hostname, fqdn=fqdn,
-                          user_data=user_data, ssh_public_keys=ssh_public_keys,
-                          network_config=network_config)
+    data = seed_iso_bytes(**content)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
