@@ -1,10 +1,10 @@
 """The bare-metal deploy ISO (x86_64): ISOLINUX booting the tiny kernel with a deploy ramdisk.
 
 The ramdisk is the tiny image's initramfs (busybox, the virtio modules) with a second cpio
-archive appended that replaces `/init` with `deploy/init`, links the busybox applets the
-deploy uses and adds `sfdisk` (Debian's fdisk package, with its loader and libraries: the
-seed's partition is added with a real partitioning tool) (the kernel unpacks concatenated
-archives in order, later files win). It is built once and cached
+archive appended (the kernel unpacks concatenated archives in order, later files win) that
+replaces `/init` with `deploy/init`, links the busybox applets the deploy uses and adds
+`sfdisk` from Debian's fdisk package with its loader and libraries (the seed's partition is
+added by a real partitioning tool). It is built once and cached
 (`<cache>/deploy/x86_64.<digest16>/`). The ISO itself is made per deploy, in
 well under a second, because its kernel command line carries that deploy's URLs, in which the
 one-time token is.
