@@ -15,10 +15,17 @@ import secrets
 from collections import defaultdict
 from collections.abc import Collection
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
-from cumulo.db.tables import AddressRow, HostRow, InstanceRow, NetworkRow, ProjectRow
+from cumulo.db.tables import (
+    AddressRow,
+    BaremetalNodeRow,
+    HostRow,
+    InstanceRow,
+    NetworkRow,
+    ProjectRow,
+)
 from cumulo.domain.errors import InsufficientCapacity
 from cumulo.protocol import DnsRecord
 from cumulo.services.context import Services, fqdn
@@ -42,11 +49,19 @@ def free_vni(s: Session) -> int:
     raise InsufficientCapacity("no free VXLAN network identifier found")
 
 
+# The host where an instance's private address is reached: the one that runs it (a VM), or
+# its node's port host (a bare-metal server: services.baremetal_ports). Join InstanceRow,
+# then BaremetalNodeRow (outer, on NODE_OF), then HostRow (outer) on HOST_OF.
+NODE_OF = BaremetalNodeRow.instance_id == InstanceRow.id
+HOST_OF = or_(HostRow.id == InstanceRow.host_id,
+              and_(InstanceRow.host_id.is_(None), HostRow.name == BaremetalNodeRow.port_host))
+
 _RECORDS = (select(AddressRow.network_id, AddressRow.ip, AddressRow.mac, InstanceRow.name,
                    InstanceRow.zone, ProjectRow.name, HostRow.underlay_ip)
             .join(InstanceRow, InstanceRow.id == AddressRow.instance_id)
             .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
-            .outerjoin(HostRow, HostRow.id == InstanceRow.host_id)
+            .outerjoin(BaremetalNodeRow, NODE_OF)
+            .outerjoin(HostRow, HOST_OF)  # a bare-metal server's: its port host
             .order_by(AddressRow.ip))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from cumulo.agent.net import names
 from cumulo.agent.net.cmd import ip_batch, run
 from cumulo.agent.net.plan import Net, Nic
 
@@ -60,6 +61,11 @@ async def converge(netns: str, nets: tuple[Net, ...], nics: tuple[Nic, ...]) -> 
         if nic.tap not in present:
             continue  # QEMU has not created it (yet); the next pass attaches it
         lines += attach_lines(nic)
+    # A bare-metal port no longer assigned (its node is cleaning, or in error) is unplugged:
+    # a VM's tap goes with its QEMU, a port's tap stays while the machine runs.
+    plugged = {n.tap for n in nics}
+    lines += [f"link set {n} nomaster" for n, link in present.items()
+              if names.is_port_tap(n) and link.master and n not in plugged]
     await ip_batch(netns, lines)
     # Stale neighbours would only matter for removed records: flush and set, per bridge.
     neigh: list[str] = []
