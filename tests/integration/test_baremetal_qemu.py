@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from cumulo.agent.net.names import netns_name, port_tap_name
+from cumulo.baremetal import switch_port
 from cumulo.baremetal.emulated_machine import MachineSpec
 from cumulo.baremetal.redfish import Bmc, BmcAddress, PowerAction
 from tests.baremetal_support import PASSWORD, USER, bmc_process
@@ -135,9 +138,39 @@ def test_enroll_inspect_power_and_delete_a_node(fake_cloud: Cloud, tmp_path: Pat
     assert _wait_node(c, "bm-2", "error")["last_error"] == node["last_error"]
 
 
+def _reached_on_its_network(c: Cloud, ns: str, made: dict[str, Any], mac: str,
+                            console: Path) -> None:
+    """The deployed server is on its project's network like a VM: its DHCP lease from the
+    network's dnsmasq (on its console), echo replies and its SSH port on its private IP from
+    the host's namespace, and echo replies at its public IP through the edge (its security
+    group, the default, lets ICMP in)."""
+    ip = made["private_ip"]
+    assert ip and made["public_ip"] and made["network"] == "default", made
+    _wait_console(console, f"cumulo-tiny: eth0 bound {ip}/", 120)
+    leases = c.state_dir / "hosts" / "local" / "net" / "dnsmasq"
+    assert any(mac in f.read_text() for f in leases.rglob("*lease*")), "no lease"
+    deadline = time.monotonic() + 60
+    while _in_netns(ns, "busybox", "ping", "-c", "1", "-W", "2", ip).returncode != 0:
+        assert time.monotonic() < deadline, f"no echo reply from {ip}"
+    banner = _in_netns(ns, sys.executable, "-c", "import socket, sys; s = socket."
+                       "create_connection((sys.argv[1], 22), 10); print(s.recv(64).decode())", ip)
+    assert banner.stdout.startswith("SSH-2.0-dropbear"), banner.stdout + banner.stderr
+    deadline = time.monotonic() + 60  # the edge learns the entry at its next long-poll
+    while subprocess.run(["busybox", "ping", "-c", "1", "-W", "2", made["public_ip"]],
+                         capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, f"no echo reply at {made['public_ip']}"
+
+
+def _in_netns(ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
+                          timeout=30)
+
+
 @pytest.fixture
 def lab_cloud() -> Iterator[Cloud]:
-    for cloud in _make("fake", ["--baremetal-nodes", "1"]):
+    # The QEMU driver: its host's agent runs the data plane the node's NIC is plugged into
+    # (no VM is started on it).
+    for cloud in _make("qemu", ["--baremetal-nodes", "1"]):
         cloud.start()
         yield cloud
 
@@ -145,8 +178,11 @@ def lab_cloud() -> Iterator[Cloud]:
 def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None:
     c = lab_cloud
     node = _wait_node(c, "bm-1", "available")
+    mac = switch_port.mac_of("node-1")  # read over Redfish (EthernetInterfaces)
     assert node["facts"] == {"arch": "x86_64", "vcpus": 1, "ram_mib": 256, "disk_gib": 2}
+    assert (node["mac"], node["port_host"]) == (mac, "local")  # cabled to the first host
     lab = c.state_dir / "baremetal"
+    ns = netns_name(c.state_dir / "hosts" / "local")  # the host the node is cabled to
     password = (lab / "bmc-password").read_text().strip()
     b = Bmc(BmcAddress(node["redfish_url"], node["redfish_system"], "admin", password))
 
@@ -165,13 +201,16 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     assert json.loads((machine / "state.json").read_text())["media_image"] == ""  # ejected
     argv = json.loads((machine / "last-argv.json").read_text())
     assert "order=c" in " ".join(argv) and not any("media=cdrom" in a for a in argv)
-    assert "restrict=on" in " ".join(argv)  # the provisioning NIC reaches the API, no more
+    # The network flip: booted from its disk, its NIC is on its switch port (a tap in the
+    # host's namespace), no longer on the provisioning network.
+    assert "tap,id=nic,fd=" in " ".join(argv) and "restrict=on" not in " ".join(argv)
     # The console (the emulator keeps it, truncated at each power-on) shows the tiny image
     # booted by SYSLINUX from the node's own disk, its root on the partition the deploy wrote.
     console = _wait_console(machine / "console.log", "cumulo-tiny: ready", 240)
     assert "SYSLINUX" in console and "switching to /dev/vda2" in console
     deployed = " ".join(e["kind"] for e in c.json("instance", "events", "metal"))
     assert "started" in deployed
+    _reached_on_its_network(c, ns, made, mac, machine / "console.log")
     # Stop and start are the conductor's Redfish power actions: the stop presses the power
     # button (GracefulShutdown) and the tiny OS powers itself off; the start powers the
     # machine on (its second boot is not awaited: the deploy's showed that it boots).
@@ -206,6 +245,10 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     assert b.power(PowerAction.ON) == "on"
     pid = int((lab / "node-1" / "qemu.pid").read_text())
     assert running(pid)
+    # Its tap is back (the machine runs from its disk), but the node has no instance: its
+    # port host leaves it on no bridge.
+    tap = json.loads(_in_netns(ns, "ip", "-j", "link", "show", port_tap_name(mac)).stdout)
+    assert tap and "master" not in tap[0], tap
 
     # A restart keeps the node (no second enrollment) and its BMC's address.
     c.stop()  # the emulator goes with `cumulo up`, and powers its machine off

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cumulo.baremetal import switch_port
+from cumulo.baremetal import redfish, switch_port
 from cumulo.baremetal.bmc_emulator import Emulator, parse_node, serve
 from cumulo.baremetal.emulated_machine import EmulatedMachine, MachineSpec
 from tests.baremetal_support import PASSWORD, USER, Bmc, bmc_in_thread
@@ -46,6 +46,15 @@ def test_a_system_reports_its_machine(http: httpx.Client) -> None:
     storage = http.get(f"{SYS}/SimpleStorage/1").json()
     assert storage["Devices"][0]["CapacityBytes"] == 4 * 1024**3
     assert http.get(f"{SYS}/Processors/CPU0").json()["InstructionSet"] == "x86-64"
+    nics = http.get(f"{SYS}/EthernetInterfaces").json()["Members"]
+    nic = http.get(nics[0]["@odata.id"]).json()
+    assert nic["MACAddress"] == switch_port.mac_of("n1")
+
+
+def test_inspection_reads_the_nics_mac_over_redfish(bmc: Bmc) -> None:
+    """What the agent's DHCP answers the deployed server by (sushy, as the conductor reads)."""
+    facts = redfish.Bmc(redfish.BmcAddress(bmc.url, SYS, USER, PASSWORD)).facts()
+    assert facts.mac == bmc.machines["n1"].mac == switch_port.mac_of("n1")
 
 
 def test_the_boot_override_is_kept_and_bad_values_refused(http: httpx.Client,
