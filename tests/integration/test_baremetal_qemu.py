@@ -16,17 +16,20 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import dns.resolver
 import pytest
 
 from cumulo.agent.net.names import netns_name, port_tap_name
 from cumulo.baremetal import switch_port
 from cumulo.baremetal.emulated_machine import MachineSpec
 from cumulo.baremetal.redfish import Bmc, BmcAddress, PowerAction
+from cumulo.domain.netaddr import public_dns_address
 from tests.baremetal_support import PASSWORD, USER, bmc_process
 from tests.conftest import free_port, running
 from tests.integration.conftest import Cloud, _make
@@ -138,27 +141,41 @@ def test_enroll_inspect_power_and_delete_a_node(fake_cloud: Cloud, tmp_path: Pat
     assert _wait_node(c, "bm-2", "error")["last_error"] == node["last_error"]
 
 
-def _reached_on_its_network(c: Cloud, ns: str, made: dict[str, Any], mac: str,
-                            console: Path) -> None:
+def _reached_on_its_network(c: Cloud, ns: str, made: dict[str, Any], mac: str) -> None:
     """The deployed server is on its project's network like a VM: its DHCP lease from the
-    network's dnsmasq (on its console), echo replies and its SSH port on its private IP from
-    the host's namespace, and echo replies at its public IP through the edge (its security
-    group, the default, lets ICMP in)."""
-    ip = made["private_ip"]
-    assert ip and made["public_ip"] and made["network"] == "default", made
-    _wait_console(console, f"cumulo-tiny: eth0 bound {ip}/", 120)
+    network's dnsmasq (the lease file), echo replies and its SSH port on its private IP from
+    the host's namespace, and echo replies and its SSH port at its public IP through the
+    edge (its security group, the default, lets ICMP and SSH in), its FQDN answered by the
+    edge's DNS with that address."""
+    ip, public = made["private_ip"], made["public_ip"]
+    assert ip and public and made["network"] == "default", made
     leases = c.state_dir / "hosts" / "local" / "net" / "dnsmasq"
-    assert any(mac in f.read_text() for f in leases.rglob("*lease*")), "no lease"
+    deadline = time.monotonic() + 120
+    while not any(f"{mac} {ip} " in f.read_text() for f in leases.glob("*/leases")):
+        assert time.monotonic() < deadline, f"no DHCP lease of {ip} to {mac}"
+        time.sleep(1)
     deadline = time.monotonic() + 60
     while _in_netns(ns, "busybox", "ping", "-c", "1", "-W", "2", ip).returncode != 0:
         assert time.monotonic() < deadline, f"no echo reply from {ip}"
-    banner = _in_netns(ns, sys.executable, "-c", "import socket, sys; s = socket."
-                       "create_connection((sys.argv[1], 22), 10); print(s.recv(64).decode())", ip)
+    banner = _in_netns(ns, sys.executable, "-c", _BANNER, ip)
     assert banner.stdout.startswith("SSH-2.0-dropbear"), banner.stdout + banner.stderr
     deadline = time.monotonic() + 60  # the edge learns the entry at its next long-poll
-    while subprocess.run(["busybox", "ping", "-c", "1", "-W", "2", made["public_ip"]],
+    while subprocess.run(["busybox", "ping", "-c", "1", "-W", "2", public],
                          capture_output=True).returncode != 0:
-        assert time.monotonic() < deadline, f"no echo reply at {made['public_ip']}"
+        assert time.monotonic() < deadline, f"no echo reply at {public}"
+    banner = subprocess.run([sys.executable, "-c", _BANNER, public], capture_output=True,
+                            text=True, timeout=30)
+    assert banner.stdout.startswith("SSH-2.0-dropbear"), banner.stdout + banner.stderr
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [public_dns_address(tomllib.loads(c.config)["network"]
+                                               ["public_pool"])]
+    answer = resolver.resolve(made["fqdn"], "A", lifetime=10)
+    assert [a.to_text() for a in answer] == [public]
+
+
+# The first bytes a TCP connection to port 22 of argv[1] gets (the SSH server's banner).
+_BANNER = ("import socket, sys; s = socket.create_connection((sys.argv[1], 22), 10); "
+           "print(s.recv(64).decode(errors='replace'))")
 
 
 def _in_netns(ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -210,7 +227,7 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     assert "SYSLINUX" in console and "switching to /dev/vda2" in console
     deployed = " ".join(e["kind"] for e in c.json("instance", "events", "metal"))
     assert "started" in deployed
-    _reached_on_its_network(c, ns, made, mac, machine / "console.log")
+    _reached_on_its_network(c, ns, made, mac)
     # Stop and start are the conductor's Redfish power actions: the stop presses the power
     # button (GracefulShutdown) and the tiny OS powers itself off; the start powers the
     # machine on (its second boot is not awaited: the deploy's showed that it boots).

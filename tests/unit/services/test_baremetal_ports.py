@@ -13,13 +13,14 @@ from sqlalchemy import select, update
 
 from cumulo.agent.dns_book import DnsBook
 from cumulo.agent.net import names, plan
-from cumulo.db.tables import AddressRow, BaremetalNodeRow
+from cumulo.db.tables import AddressRow, BaremetalNodeRow, HostRow
 from cumulo.domain.errors import InvalidInput
 from cumulo.domain.instance import Action
 from cumulo.protocol import Assignments
-from cumulo.services import agents, edge_table, hosts, instances, security_groups
+from cumulo.services import agents, edge_table, hosts, instances, public_ips, security_groups
 from cumulo.services import baremetal_nodes as nodes
 from cumulo.services.context import Principal, Role, Services
+from cumulo.services.notifier import EDGE
 from tests.baremetal_support import PASSWORD, USER
 from tests.conftest import ADMIN, AGENT_HOST
 
@@ -131,3 +132,20 @@ def test_the_edge_routes_its_public_ip_to_the_port_host(keyed: Services) -> None
     assert (entry.public_ip, entry.private_ip, entry.host_ip, entry.instance_id) == (
         inst.public_ip, inst.private_ip, UNDERLAY, inst.id)
     assert entry.fqdn == inst.fqdn
+
+
+def test_a_rule_change_wakes_the_port_host_and_an_address_change_the_edge(
+        keyed: Services) -> None:
+    _node(keyed)
+    _create(keyed)
+    with keyed.db.session() as s:
+        (host_id,) = s.scalars(select(HostRow.id).where(HostRow.name == AGENT_HOST))
+    before = keyed.notifier.version(host_id)
+    security_groups.add_rule(keyed, ADMIN, None, "default", "udp", 53, "10.0.0.0/8")
+    assert keyed.notifier.version(host_id) > before  # it enforces the server's rules
+    edge = keyed.notifier.version(EDGE)
+    ip = public_ips.allocate(keyed, ADMIN, None).ip
+    public_ips.attach(keyed, ADMIN, None, ip, "metal")
+    assert keyed.notifier.version(EDGE) > edge
+    (entry,) = edge_table.entries(keyed, Principal(role=Role.EDGE))
+    assert (entry.public_ip, entry.host_ip) == (ip, UNDERLAY)
