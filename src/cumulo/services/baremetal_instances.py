@@ -64,7 +64,7 @@ def refuse_vm_options(type_name: str, *, tenancy: str | None, dedicated_host: st
             "of its own, with the node's disk and NIC)", code="not_for_baremetal")
 
 
-def refuse_network_options(node: BaremetalNodeRow, req: CreateInstance) -> None:
+def refuse_network_options(req: CreateInstance) -> None:
     """A node with no port (no MAC read, or cabled to no host) cannot put its server on a
     network: asking for one is refused, not ignored."""
     net = [flag for flag, given in (
@@ -145,7 +145,7 @@ def create(svc: Services, batch: CreateBatch, who: Principal, prj: ProjectRow, r
     node = claim(s, itype, zone, arch,
                  max(itype.disk_gib, -(-image.virtual_size_bytes // 2**30)))
     if node.mac is None or node.port_host is None:
-        refuse_network_options(node, req)
+        refuse_network_options(req)
     keys = batch.get(("keys", prj.id, *req.keys), lambda: keypairs.resolve(s, prj, req.keys))
     row = InstanceRow(
         id=new_id("i"), name=req.name, project_id=prj.id, zone=zone, arch=arch,
