@@ -6,7 +6,7 @@ holds the NIC as a port without a VM (protocol.PortAssignment): its agent plugs 
 the instance's network like a VM's (bridge, DHCP entry by MAC, security groups) and does not
 run anything for it (no VM, no capacity). Any other state (deploying, cleaning): no port, so
 the tap (if the machine is up) is on no bridge. The instance's DNS record and the edge's
-entry point at the port host's underlay address (segments.HOST_OF): that is where its private
+entry point at the port host's underlay address (segments.UNDERLAY): that is where its private
 address is reached, as a VM's is at the host that runs it.
 """
 

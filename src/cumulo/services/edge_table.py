@@ -10,27 +10,18 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from cumulo.db.tables import (
-    AddressRow,
-    BaremetalNodeRow,
-    HostRow,
-    InstanceRow,
-    ProjectRow,
-    PublicIpRow,
-)
+from cumulo.db.tables import AddressRow, InstanceRow, ProjectRow, PublicIpRow
 from cumulo.protocol import EdgeEntry
 from cumulo.services import security_groups
 from cumulo.services.auth import require_edge
 from cumulo.services.context import Principal, Services, fqdn
-from cumulo.services.segments import HOST_OF, NODE_OF
+from cumulo.services.segments import UNDERLAY, hosts_of
 
-_ATTACHED = (select(PublicIpRow.ip, InstanceRow.id, HostRow.underlay_ip, InstanceRow.name,
-                    ProjectRow.name, InstanceRow.zone)
-             .join(InstanceRow, InstanceRow.id == PublicIpRow.instance_id)
-             .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
-             .outerjoin(BaremetalNodeRow, NODE_OF)
-             .outerjoin(HostRow, HOST_OF)  # a bare-metal server's: its port host
-             .order_by(PublicIpRow.ip))
+_ATTACHED = hosts_of(select(PublicIpRow.ip, InstanceRow.id, UNDERLAY, InstanceRow.name,
+                            ProjectRow.name, InstanceRow.zone)
+                     .join(InstanceRow, InstanceRow.id == PublicIpRow.instance_id)
+                     .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
+                     ).order_by(PublicIpRow.ip)
 
 
 def entries(svc: Services, who: Principal) -> list[EdgeEntry]:
