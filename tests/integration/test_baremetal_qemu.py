@@ -4,8 +4,10 @@ BMC emulator in its own process. Enrolled with a password file, inspected over R
 available; powered on, off and rebooted over Redfish (the QEMU process appears and goes);
 deleted (powered off first); and a BMC that does not answer leaves `error` with the reason.
 With `cumulo up --baremetal-nodes 1`, a bm1.* instance is deployed on its node from virtual
-media for real (the tiny image, booted from the node's own disk), stopped and started over
-Redfish, and its delete cleans it (the deploy ramdisk in wipe mode zeroes its disk's ends).
+media for real (the tiny image, booted from the node's own disk, with its NoCloud seed on a
+partition the deploy added: hostname, key, user-data), stopped and started over Redfish, seen
+stopped and running again when its power changes outside cumulo, and its delete cleans it
+(the deploy ramdisk in wipe mode zeroes its disk's ends, the seed too).
 """
 
 from __future__ import annotations
@@ -208,8 +210,11 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     # the whole-disk image over the provisioning NIC, checks and writes it and reports; the
     # conductor ejects the media and boots the node from its disk. A second create finds no
     # node; deleting the instance cleans the node: its machine goes off for real.
+    c.json("keypair", "create", "k1")
+    script = c.state_dir / "user-data.sh"
+    script.write_text("#!/bin/sh\necho \"metal user-data: $(hostname -f)\"\n")
     made = c.json("instance", "create", "metal", "--image", "tiny", "--type", "bm1.tiny",
-                  "--wait", "--timeout", "600")
+                  "--key", "k1", "--user-data", str(script), "--wait", "--timeout", "600")
     assert (made["state"], made["type"], made["state_reason"]) == ("running", "bm1.tiny", "")
     node = c.json("baremetal", "node", "show", "bm-1")
     assert (node["state"], node["instance"], node["power_state"], node["last_error"],
@@ -223,8 +228,19 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     assert "tap,id=nic,fd=" in " ".join(argv) and "restrict=on" not in " ".join(argv)
     # The console (the emulator keeps it, truncated at each power-on) shows the tiny image
     # booted by SYSLINUX from the node's own disk, its root on the partition the deploy wrote.
-    console = _wait_console(machine / "console.log", "cumulo-tiny: ready", 240)
+    console = _wait_console(machine / "console.log", "metal user-data: ", 240)
     assert "SYSLINUX" in console and "switching to /dev/vda2" in console
+    # Its NoCloud seed, which the deploy ramdisk fetched and wrote to a partition it added at
+    # the disk's end: found there, the hostname and FQDN set, the key installed, the
+    # user-data run.
+    assert "cumulo-tiny: seed found on /dev/vda3" in console
+    assert "cumulo-tiny: installed 1 ssh key(s)" in console
+    assert "cumulo-tiny: ready hostname=metal instance-id=" + made["id"] in console
+    assert f"metal user-data: {made['fqdn']}" in console
+    # Its console is the BMC's serial console, which cumulo does not relay: said plainly.
+    refused = c.cli("instance", "console-log", "metal", check=False)
+    assert refused.returncode != 0
+    assert refused.stderr.startswith("error[baremetal_no_console]: instance 'metal' is a ")
     deployed = " ".join(e["kind"] for e in c.json("instance", "events", "metal"))
     assert "started" in deployed
     _reached_on_its_network(c, ns, made, mac)
@@ -240,6 +256,15 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     started = c.json("instance", "start", "metal", "--wait", "--timeout", "120")
     assert (started["state"], b.power_state()) == ("running", "on")
     assert running(int((machine / "qemu.pid").read_text()))
+    # Power changed outside cumulo (at the BMC here; an OS's `poweroff` looks the same over
+    # Redfish): the conductor's power sync shows it within seconds, as a guest's stop.
+    assert b.power(PowerAction.OFF) == "off"
+    assert c.wait_state("metal", "stopped", 60)["state_reason"].startswith(
+        "the server powered off without a request")
+    assert [(e["kind"], e["actor"]) for e in c.json("instance", "events", "metal")][-1] == (
+        "stopped", "guest")
+    assert b.power(PowerAction.ON) == "on"
+    c.wait_state("metal", "running", 60)
     refused = c.cli("instance", "create", "metal-2", "--image", "tiny", "--type", "bm1.tiny",
                     check=False)
     assert refused.returncode != 0 and refused.stderr.startswith("error[no_node_fits]: ")
@@ -247,7 +272,8 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     pid = int((machine / "qemu.pid").read_text())
     assert running(pid)
     # The delete cleans the node: the deploy ISO again, in wipe mode, zeroes the start and the
-    # end of the node's disk (the boot loader the tenant's system came up from is gone).
+    # end of the node's disk (the boot loader the tenant's system came up from is gone, and
+    # the seed's partition with the tenant's keys and user-data: it lies in the last 4 MiB).
     c.cli("instance", "delete", "metal")
     node = _wait_node(c, "bm-1", "available", timeout=240)
     assert (node["instance"], node["power_state"], node["last_error"]) == (None, "off", None)

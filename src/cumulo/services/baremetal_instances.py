@@ -109,6 +109,17 @@ def refuse_vm_action(name: str, what: str) -> None:
                    code="not_for_baremetal")
 
 
+def refuse_console(name: str) -> None:
+    """A server's console is its BMC's serial console (Redfish advertises it in the Manager's
+    SerialConsole: IPMI SOL, SSH or Telnet to the BMC), a live stream that no Redfish call
+    reads back as a log; cumulo does not relay it (yet). Said plainly rather than
+    `has no host yet`, for the console log (REST, EC2's GetConsoleOutput) and the
+    interactive serial console alike."""
+    raise Conflict(f"instance {name!r} is a bare-metal server: its console is its BMC's serial "
+                   "console (IPMI SOL or the BMC's SSH), which Redfish does not read back as a "
+                   "log and cumulo does not relay", code="baremetal_no_console")
+
+
 def require_active(name: str, node: BaremetalNodeRow, what: str) -> None:
     """A power action needs a deployed server: one being deployed, failed or cleaned is
     not powered behind its conductor's back."""

@@ -126,6 +126,8 @@ def console_target(svc: Services, who: Principal, project: str | None, ref: str)
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
         row = lookups.instance_row(s, prj, ref)
+        if baremetal_instances.node_of(s, row.id) is not None:
+            baremetal_instances.refuse_console(row.name)
         host = s.get(HostRow, row.host_id) if row.host_id else None
         if host is None or not host.agent_url:
             raise Conflict(f"instance {row.name!r} has no host yet", code="invalid_state")
