@@ -35,6 +35,7 @@ from cumulo.domain.netaddr import public_dns_address
 from tests.baremetal_support import PASSWORD, USER, bmc_process
 from tests.conftest import free_port, running
 from tests.integration.conftest import Cloud, _make
+from tests.integration.test_many_hosts_qemu import by_fqdn
 
 pytestmark = pytest.mark.qemu
 
@@ -244,6 +245,10 @@ def test_up_with_baremetal_nodes_runs_and_enrolls_them(lab_cloud: Cloud) -> None
     deployed = " ".join(e["kind"] for e in c.json("instance", "events", "metal"))
     assert "started" in deployed
     _reached_on_its_network(c, ns, made, mac)
+    # Logged in with its seed's key, at its public IP (`cumulo ssh`) and at its FQDN.
+    assert c.cli("ssh", "metal", "--", "hostname").stdout.strip() == "metal"
+    by_name = by_fqdn(c, made["fqdn"], "hostname -f", key="k1")
+    assert by_name.stdout.strip() == made["fqdn"], by_name.stdout + by_name.stderr
     # Stop and start are the conductor's Redfish power actions: the stop presses the power
     # button (GracefulShutdown) and the tiny OS powers itself off; the start powers the
     # machine on (its second boot is not awaited: the deploy's showed that it boots).
