@@ -153,8 +153,9 @@ def step(svc: Services, w: Work, bmc: BmcFactory = Bmc) -> Work | None:
         log.warning("baremetal_bmc_failed", node=w.name, state=w.state.value, error=str(e))
         return _write(svc, w, bm.NodeState.ERROR, last_error=str(e)[:ERROR_LIMIT])
     state, error = bm.after_inspection(w.enrolled, facts)
-    found = {k: v for k, v in asdict(facts).items() if k != "power_state"}
-    return _write(svc, w, state, last_error=error, power_state=facts.power_state, facts=found)
+    found = {k: v for k, v in asdict(facts).items() if k not in ("power_state", "mac")}
+    return _write(svc, w, state, last_error=error, power_state=facts.power_state, facts=found,
+                  mac=facts.mac)
 
 
 def _power_off_before_forgetting(w: Work, bmc: BmcFactory) -> None:
