@@ -171,6 +171,10 @@ class LocalHost(BaseModel):
     tcg_tb_size_mib: int = Field(default=DEFAULT_TB_SIZE_MIB, ge=0, le=MAX_TB_SIZE_MIB)
     architectures: list[Arch] = Field(default_factory=lambda: [Arch.X86_64, Arch.ARM64])
     stop_timeout_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+    # What a cleaning erases: "metadata" zeroes the disk's first and last 4 MiB (partition
+    # tables, boot loader, GPT's backup: seconds); "full" overwrites every block with zeros
+    # (the next tenant reads nothing of the last one's; hours on a big disk).
+    erase: Literal["metadata", "full"] = "metadata"
     # The agent's Prometheus endpoint, http://127.0.0.1:PORT/metrics (0: none); with `cumulo
     # up --hosts N` the others take the next ports (hence 16 below the last port).
     metrics_port: int = Field(default=0, ge=0, le=65535 - 16)
@@ -322,6 +326,10 @@ class BaremetalSettings(BaseModel):
     # A stop asks the OS to shut down (Redfish GracefulShutdown: ACPI), and pulls the plug
     # (ForceOff) if the machine is still on after this long, as a VM's stop does.
     stop_timeout_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+    # What a cleaning erases: "metadata" zeroes the disk's first and last 4 MiB (partition
+    # tables, boot loader, GPT's backup: seconds); "full" overwrites every block with zeros
+    # (the next tenant reads nothing of the last one's; hours on a big disk).
+    erase: Literal["metadata", "full"] = "metadata"
     # The API as BMCs reach it (they fetch the deploy ISO from it: Redfish InsertMedia), and
     # as a node's deploy ramdisk reaches it on the provisioning network (it fetches the image
     # and reports there). `cumulo up --baremetal-nodes` sets both for its emulated nodes;

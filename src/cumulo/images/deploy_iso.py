@@ -124,14 +124,22 @@ def deploy_cmdline(image_url: str, sha256: str, report_url: str, seed_url: str,
             f"cumulo.report={report_url} cumulo.seed={seed_url} cumulo.disk={disk}")
 
 
-def wipe_cmdline(report_url: str, disk: str = "/dev/vda") -> str:
+ERASES = ("metadata", "full")
+
+
+def wipe_cmdline(report_url: str, disk: str = "/dev/vda", erase: str = "metadata") -> str:
     """The command line of the same ramdisk in wipe mode (a node's cleaning): it zeroes the
-    start and the end of `disk` and reports to `report_url`; both checked like a deploy's."""
+    start and the end of `disk` (erase `metadata`, Ironic's erase_devices_metadata) or every
+    block of it (`full`, Ironic's erase_devices by overwriting) and reports to `report_url`;
+    all checked like a deploy's."""
     if not _URL_RE.match(report_url):
         raise ImageBuildError(f"not a deploy URL: {report_url!r}")
     if not _DISK_RE.match(disk):
         raise ImageBuildError(f"not a disk device: {disk!r}")
-    return f"console=ttyS0 quiet cumulo.mode=wipe cumulo.report={report_url} cumulo.disk={disk}"
+    if erase not in ERASES:
+        raise ImageBuildError(f"not an erase mode: {erase!r}")
+    return (f"console=ttyS0 quiet cumulo.mode=wipe cumulo.report={report_url} "
+            f"cumulo.disk={disk}" + (" cumulo.erase=full" if erase == "full" else ""))
 
 
 def isolinux_cfg(cmdline: str) -> str:

@@ -175,7 +175,8 @@ def iso(svc: Services, token: str) -> bytes:
     if why is not None:
         raise Conflict(why, code="deploy_not_configured")
     base = f"{svc.settings.baremetal.provision_url}{PREFIX}/{token}"
-    cmdline = (deploy_iso.wipe_cmdline(f"{base}/report") if disk is None
+    cmdline = (deploy_iso.wipe_cmdline(f"{base}/report", erase=svc.settings.baremetal.erase)
+               if disk is None
                else deploy_iso.deploy_cmdline(f"{base}/image", disk.sha256, f"{base}/report",
                                               f"{base}/seed"))
     return deploy_iso.build_iso(deploy_iso.ensure_deploy_ramdisk(), cmdline)

@@ -67,7 +67,10 @@ def test_cleaning_boots_the_wipe_ramdisk_and_makes_the_node_available_once_it_re
     assert r.status_code == 200, r.text
     iso = r.content.decode("latin-1")
     assert f"cumulo.mode=wipe cumulo.report={PROVISION}{base}/report cumulo.disk=/dev/vda" in iso
-    assert "cumulo.image=" not in iso
+    assert "cumulo.image=" not in iso and "cumulo.erase=full" not in iso
+    svc.settings.baremetal.erase = "full"  # the operator's choice: every block zeroed
+    assert "cumulo.disk=/dev/vda cumulo.erase=full" in \
+        api.get(f"{base}/deploy.iso").content.decode("latin-1")
     r = api.get(f"{base}/image")  # a wipe fetches nothing
     assert (r.status_code, r.json()["code"]) == (404, "unknown_deploy")
 
@@ -148,3 +151,8 @@ def test_the_wipe_command_line_takes_only_checked_values(report: str, disk: str)
         deploy_iso.wipe_cmdline(report, disk)
     assert deploy_iso.wipe_cmdline("http://h/r") == (
         "console=ttyS0 quiet cumulo.mode=wipe cumulo.report=http://h/r cumulo.disk=/dev/vda")
+    assert deploy_iso.wipe_cmdline("http://h/r", erase="full") == (
+        "console=ttyS0 quiet cumulo.mode=wipe cumulo.report=http://h/r cumulo.disk=/dev/vda"
+        " cumulo.erase=full")
+    with pytest.raises(ImageBuildError):
+        deploy_iso.wipe_cmdline("http://h/r", erase="full;reboot")
