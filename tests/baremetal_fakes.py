@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Sequence
 from typing import ClassVar
 
 from sqlalchemy import select, update
@@ -57,8 +58,10 @@ class FakeBmc(Bmc):
         FakeBmc.calls.append(what)
 
 
-def deploying_node(svc: Services) -> Services:
-    """A node `bm-1` in `deploying` with the instance `metal` (bm1.tiny, image tiny)."""
+def deploying_node(svc: Services, keys: Sequence[str] = (), user_data: bytes | None = None
+                   ) -> Services:
+    """A node `bm-1` in `deploying` with the instance `metal` (bm1.tiny, image tiny; with
+    these keys and user-data)."""
     svc.server_key = secrets.token_bytes(32)
     svc.settings.baremetal = BaremetalSettings(media_url=MEDIA, provision_url=PROVISION)
     nodes.enroll(svc, ADMIN, nodes.Enrollment(
@@ -67,7 +70,7 @@ def deploying_node(svc: Services) -> Services:
     with svc.db.session() as s:
         s.execute(update(BaremetalNodeRow).values(state="available"))
     instances.create(svc, ADMIN, None, instances.CreateInstance(
-        name="metal", image="tiny", type="bm1.tiny"))
+        name="metal", image="tiny", type="bm1.tiny", keys=list(keys), user_data=user_data))
     return svc
 
 

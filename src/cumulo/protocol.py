@@ -148,6 +148,16 @@ class Assignment(BaseModel):
     cpu_set: list[int] = Field(default_factory=list)
 
 
+class PortAssignment(BaseModel):
+    """A port without a VM: the NIC of a deployed bare-metal server, cabled to this host's
+    fabric (its tap: `names.port_tap_name(mac)`, opened by the server's BMC side). The host
+    plugs it like a VM's tap (bridge, DHCP entry, security groups); nothing runs here."""
+
+    id: str  # the bm1 instance's id
+    nics: list[NicRef] = Field(default_factory=list)
+    ingress: list[FirewallRule] = Field(default_factory=list)
+
+
 class NbdLink(BaseModel):
     """A volume's NBD export between two hosts: the storage host serves `name` on `port` of
     its underlay address `host`, over TLS with the pre-shared `key` (64 hex digits, identity:
@@ -222,6 +232,7 @@ class Assignments(BaseModel):
     volumes: list[VolumeAssignment] = Field(default_factory=list)
     snapshots: list[SnapshotAssignment] = Field(default_factory=list)
     migrations: list[MigrationAssignment] = Field(default_factory=list)
+    ports: list[PortAssignment] = Field(default_factory=list)  # bare-metal NICs cabled here
 
 
 class Observation(BaseModel):

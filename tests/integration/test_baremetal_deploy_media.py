@@ -1,9 +1,10 @@
 """The bare-metal deploy at the machine's level, for real: an emulated node (a QEMU machine)
 boots the deploy ISO from virtual media once, its ramdisk fetches the whole-disk tiny image
 over the provisioning NIC (user networking, restrict=on, one guestfwd to a loopback port),
-checks its sha256 and, when it is wrong, reports that and writes nothing (a loopback HTTP
-server stands in for the API); in wipe mode (a node's cleaning) it zeroes the start and the
-end of a disk that held data, and reports ok. A deploy that succeeds, through the API and
+checks its sha256 and, when it is wrong, reports that and writes nothing, as it does when
+the instance's NoCloud seed cannot be fetched (a loopback HTTP server stands in for the API);
+in wipe mode (a node's cleaning) it zeroes the start and the end of a disk that held data,
+and reports ok. A deploy that succeeds, through the API and
 the conductor, and the node booting from its disk afterwards, then its cleaning's wipe:
 test_baremetal_qemu.py (one deploy is all the suite's time allows)."""
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cumulo.agent.storage.seed import seed_iso_bytes
 from cumulo.baremetal.emulated_machine import PROVISION_ADDR, EmulatedMachine, MachineSpec
 from cumulo.images import deploy_iso, wholedisk
 
@@ -25,23 +27,26 @@ pytestmark = pytest.mark.qemu
 
 
 class _Api:
-    """Serves one image at /image and records what is POSTed to /report."""
+    """Serves one image at /image, a seed at /seed (while it has one) and records what is
+    POSTed to /report."""
 
     def __init__(self, image: Path) -> None:
         self.image = image.read_bytes()
+        self.seed: bytes | None = seed_iso_bytes(instance_id="i-1", hostname="deploy-1")
         self.reports: list[bytes] = []
         self.reported = threading.Event()
         api = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path != "/image":
+                body = {"/image": api.image, "/seed": api.seed}.get(self.path)
+                if body is None:
                     self.send_error(404)
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(api.image)))
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(api.image)
+                self.wfile.write(body)
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -75,7 +80,8 @@ def _boot_deploy(m: EmulatedMachine, sha: str | None) -> None:
     """Boot the deploy ISO: deploying the image of sha256 `sha`, or wiping when None."""
     base = f"http://{PROVISION_ADDR}"
     cmdline = (deploy_iso.wipe_cmdline(f"{base}/report") if sha is None
-               else deploy_iso.deploy_cmdline(f"{base}/image", sha, f"{base}/report"))
+               else deploy_iso.deploy_cmdline(f"{base}/image", sha, f"{base}/report",
+                                              f"{base}/seed"))
     iso = deploy_iso.build_iso(deploy_iso.ensure_deploy_ramdisk(), cmdline)
     m.insert_media("http://127.0.0.1/deploy.iso", iso)
     m.set_boot("Cd", "Once")
@@ -94,12 +100,29 @@ def test_an_image_whose_sha256_is_wrong_is_reported_and_nothing_is_written(
     assert report == (f"error=the image's sha256 is {real}, expected {'0' * 64}: "
                       "nothing written").encode()
     m.force_off()
-    # not one byte of the node's disk was written (every cluster of its qcow2 unallocated)
-    done = subprocess.run(["qemu-img", "map", "--output=json", str(m.disk)],
+    _assert_unwritten(m.disk)
+
+
+def test_a_seed_that_cannot_be_fetched_is_reported_and_nothing_is_written(
+    machine: tuple[EmulatedMachine, _Api],
+) -> None:
+    m, api = machine
+    api.seed = None  # the API answers 404 (e.g. the instance was deleted meanwhile)
+    real = json.loads((wholedisk.ensure_tiny_disk() / "build.json").read_text())["gz_sha256"]
+    _boot_deploy(m, real)
+    assert api.reported.wait(300), m.console_log.read_text(errors="replace")[-3000:]
+    assert set(api.reports) == {
+        b"error=could not fetch the instance's seed from the API: nothing written"}
+    m.force_off()
+    _assert_unwritten(m.disk)
+
+
+def _assert_unwritten(disk: Path) -> None:
+    """Not one byte of the node's disk was written (every cluster of its qcow2 unallocated)."""
+    done = subprocess.run(["qemu-img", "map", "--output=json", str(disk)],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    extents = json.loads(done.stdout)
-    assert not [e for e in extents if e["data"]]
+    assert not [e for e in json.loads(done.stdout) if e["data"]]
 
 
 def _qemu_io(disk: Path, *commands: str) -> None:

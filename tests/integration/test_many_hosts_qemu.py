@@ -65,13 +65,14 @@ def host_keys(ip: str) -> set[str]:
             if line and not line.startswith("#")}
 
 
-def by_fqdn(c: Cloud, fqdn: str, *command: str) -> subprocess.CompletedProcess[str]:
-    """A plain `ssh cumulo@FQDN` whose resolver asks the edge's DNS: in a mount namespace of
-    its own, so the machine's /etc/resolv.conf is left alone."""
+def by_fqdn(c: Cloud, fqdn: str, *command: str, key: str = "k"
+            ) -> subprocess.CompletedProcess[str]:
+    """A plain `ssh cumulo@FQDN` (with the key pair `key`) whose resolver asks the edge's
+    DNS: in a mount namespace of its own, so the machine's /etc/resolv.conf is left alone."""
     pool = tomllib.loads(c.config)["network"]["public_pool"]
     conf = c.state_dir / "resolv.conf"
     conf.write_text(f"nameserver {public_dns_address(pool)}\noptions timeout:2 attempts:2\n")
-    login = ["ssh", "-i", str(c.state_dir / "keys" / "k"), "-o", "StrictHostKeyChecking=no",
+    login = ["ssh", "-i", str(c.state_dir / "keys" / key), "-o", "StrictHostKeyChecking=no",
              "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
              "-o", "ConnectTimeout=10", f"cumulo@{fqdn}", *command]
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",

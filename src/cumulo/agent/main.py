@@ -351,7 +351,8 @@ async def _pass(rec: Reconciler, batch: Assignments, vrec: VolumeReconciler | No
             vm_id for vm_id, o in (await rec.driver.observe()).items() if o.power in _LIVE
         } - {m.instance_id for m in batch.migrations if m.role == "destination" and not m.cold}
         vols, snaps = await vrec.run_pass(batch.volumes, batch.snapshots, running)
-    changed = await rec.run_pass(batch.instances, batch.networks, moving, arriving)
+    changed = await rec.run_pass(batch.instances, batch.networks, moving, arriving,
+                                 batch.ports)
     if mrec is not None and mrec.to_announce:
         await mrec.announce({o.id for o in changed if o.state == "running"}
                             | {a.id for a in batch.instances if a.state == "running"})

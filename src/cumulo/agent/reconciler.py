@@ -11,7 +11,7 @@ import asyncio
 import base64
 import shutil
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +33,7 @@ from cumulo.domain.arch import Arch
 from cumulo.domain.disk_errors import may_resume, remote
 from cumulo.domain.ids import is_id
 from cumulo.domain.instance import InstanceState
-from cumulo.protocol import Assignment, NetworkRef, Observation
+from cumulo.protocol import Assignment, NetworkRef, Observation, PortAssignment
 
 if TYPE_CHECKING:
     from cumulo.agent.image_cache import ImageCache
@@ -73,7 +73,8 @@ class Reconciler:
     async def run_pass(self, assignments: list[Assignment],
                        networks: list[NetworkRef] | None = None,
                        moving: Collection[str] = (),
-                       arriving: Collection[Assignment] = ()) -> list[Observation]:
+                       arriving: Collection[Assignment] = (),
+                       ports: Sequence[PortAssignment] = ()) -> list[Observation]:
         """Converge every assigned VM; return the observations that changed since last time.
 
         `moving`: VMs leaving this host (live migration): their power is the migration's, not
@@ -92,7 +93,7 @@ class Reconciler:
             self.exporter.forget({a.export_id for a in assignments if a.export_id})
         # The namespace and bridges must exist before QEMU starts inside them.
         plumbed = [*assignments, *arriving]
-        await self._converge_network(plumbed, networks or [], live)
+        await self._converge_network(plumbed, networks or [], live, ports)
         results = await asyncio.gather(
             *(self._converge(a, observed.get(a.id)) for a in assignments if a.id not in moving)
         )
@@ -100,7 +101,7 @@ class Reconciler:
         started |= live & ({*moving} | {a.id for a in arriving})
         if started - live or live - started:
             # New taps to attach (and shape, and firewall); gone ones to forget.
-            await self._converge_network(plumbed, networks or [], started)
+            await self._converge_network(plumbed, networks or [], started, ports)
         if self.images is not None:
             await self.images.collect(assignments)
         changed = []
@@ -110,11 +111,12 @@ class Reconciler:
         return changed
 
     async def _converge_network(self, assignments: list[Assignment],
-                                networks: list[NetworkRef], running: set[str]) -> None:
+                                networks: list[NetworkRef], running: set[str],
+                                ports: Sequence[PortAssignment]) -> None:
         if self.network is None:
             return
         try:
-            await self.network.converge(networks, assignments, running)
+            await self.network.converge(networks, assignments, running, ports)
         except Exception as e:  # a data-plane failure must not stop the VM reconcile loop
             log.error("network_converge_failed", error=str(e))
 

@@ -6,7 +6,9 @@ bm-1..bm-N (system node-I) in the first zone. The port and the BMC password (ran
 are kept in STATE/baremetal, so the nodes' enrolled Redfish URL and credentials stay right
 across restarts; machines' disks and boot settings are kept there too. Each machine has a
 provisioning NIC whose one reachable address forwards to the API's loopback port, from which
-its deploy ramdisk fetches the image (see deploy_settings). The emulator stops
+its deploy ramdisk fetches the image (see deploy_settings); booted from its disk, the
+machine's NIC is on its switch port, a tap in the namespace of the zone's first local host
+(`--port-host`: that host's agent plugs it into the instance's network). The emulator stops
 with `cumulo up` (the kernel signals it if `cumulo up` is killed) and powers its machines off.
 """
 
@@ -49,11 +51,13 @@ def deploy_settings(settings: Settings, api_url: str) -> Settings:
 
 
 class Lab:
-    def __init__(self, root: Path, count: int) -> None:
+    def __init__(self, root: Path, count: int, port_host: str | None = None,
+                 port_netns: str | None = None) -> None:
         if not 0 < count <= MAX_NODES:
             raise ValueError(f"--baremetal-nodes is 1 to {MAX_NODES}")
         self.dir = root / "baremetal"
         self.count = count
+        self.port_host, self.port_netns = port_host, port_netns  # the nodes' cabling
         self.proc: subprocess.Popen[bytes] | None = None
 
     def specs(self) -> list[MachineSpec]:
@@ -93,7 +97,7 @@ class Lab:
             nodes.enroll(svc, Principal(Role.ADMIN), nodes.Enrollment(
                 name=name, zone=zone, redfish_url=self.url(), system=spec.system_id,
                 arch="x86_64", vcpus=spec.vcpus, ram_mib=spec.ram_mib, disk_gib=spec.disk_gib,
-                username=USERNAME, password=password))
+                username=USERNAME, password=password, port_host=self.port_host))
             made.append(name)
         return made
 
@@ -105,6 +109,8 @@ class Lab:
                 str(self.dir), "--listen", f"127.0.0.1:{self.port()}", "--username", USERNAME,
                 "--password-file", str(self.password_file()), "--parent-pid", str(os.getpid()),
                 "--provision-port", str(api_port)]
+        if self.port_netns is not None:
+            argv += ["--port-netns", self.port_netns]
         for spec in self.specs():
             argv += ["--node", f"{spec.system_id}:{spec.vcpus}:{spec.ram_mib}:{spec.disk_gib}"]
         with open(self.dir / "emulator.log", "ab") as log:

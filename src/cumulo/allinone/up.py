@@ -24,6 +24,7 @@ import tomli_w
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from cumulo.agent.net.names import netns_name
 from cumulo.allinone import edge_process, fabric
 from cumulo.allinone.baremetal_lab import Lab, deploy_settings
 from cumulo.allinone.paths import StatePaths, write_private
@@ -340,7 +341,12 @@ def _run_locked(
     edge_dir = edge_process.edge_dir(paths)
     supervisors.append(AgentSupervisor(edge_dir / "edge.json", edge_dir / "edge.log",
                                        module="cumulo.edge"))
-    lab = Lab(paths.root, baremetal_nodes) if baremetal_nodes else None
+    lab = None
+    if baremetal_nodes:
+        # The nodes stand in the first zone, cabled to its first local host (if it has one).
+        cabled = next((h.name for h in hosts if h.zone == settings.zone_names()[0]), None)
+        lab = Lab(paths.root, baremetal_nodes, cabled,
+                  None if cabled is None else netns_name(paths.host_dir(cabled)))
 
     @contextlib.asynccontextmanager
     async def lifespan(served: FastAPI) -> AsyncIterator[None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -38,7 +39,7 @@ from cumulo.api.routers import (
     volumes,
 )
 from cumulo.api.segments import OneSegmentPerName
-from cumulo.services import baremetal_conductor, migration_deadlines
+from cumulo.services import baremetal_conductor, baremetal_power_sync, migration_deadlines
 from cumulo.services import hosts as host_service
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
@@ -67,11 +68,16 @@ async def _sweep(svc: Services) -> None:
 
 async def conduct(svc: Services) -> None:
     """The bare-metal conductor's passes (services.baremetal_conductor), in the long-job
-    threads (a pass waits on BMCs for seconds). Every API process runs it, `cumulo up`'s too."""
+    threads (a pass waits on BMCs for seconds). Every API process runs it, `cumulo up`'s too;
+    every few passes it reads the power of the deployed servers too."""
+    passes = 0
     while True:
         await asyncio.sleep(CONDUCT_EVERY_S)
+        passes += 1
+        sync = passes % baremetal_power_sync.SYNC_EVERY_PASSES == 0
         try:
-            await threads.long_job(baremetal_conductor.run_pass, svc)
+            await threads.long_job(functools.partial(baremetal_conductor.run_pass, svc,
+                                                     sync_power=sync))
         except Exception as e:  # the database is away: try again at the next pass
             log.warning("baremetal_pass_failed", error=str(e))
 

@@ -11,7 +11,7 @@ is a management network, and this one is never reachable from outside the machin
 
 Run: python -m cumulo.baremetal.bmc_emulator --state-dir D --node ID:VCPUS:RAM_MIB:DISK_GIB
      [--node ...] [--listen 127.0.0.1:0] [--username U --password-file F] [--port-file F]
-     [--parent-pid PID]
+     [--provision-port PORT] [--port-netns NETNS] [--parent-pid PID]
 """
 
 from __future__ import annotations
@@ -189,7 +189,10 @@ def _system(emu: Emulator, m: EmulatedMachine, method: str, rest: list[str],
            ("Processors", "CPU0"): rf.processor(m),
            ("SimpleStorage",): rf.collection(f"{path}", "SimpleStorageCollection",
                                              [f"{path}/1"]),
-           ("SimpleStorage", "1"): rf.simple_storage(m)}.get(tuple(rest))
+           ("SimpleStorage", "1"): rf.simple_storage(m),
+           ("EthernetInterfaces",): rf.collection(f"{path}", "EthernetInterfaceCollection",
+                                                  [f"{path}/{rf.NIC_ID}"]),
+           ("EthernetInterfaces", rf.NIC_ID): rf.ethernet_interface(m)}.get(tuple(rest))
     return (200, sub) if sub is not None and method == "GET" else _missing(path)
 
 
@@ -260,15 +263,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port-file", type=Path, help="where to write the port once listening")
     p.add_argument("--provision-port", type=int,
                    help="the API's loopback port the machines' provisioning NIC reaches")
+    p.add_argument("--port-netns",
+                   help="the network namespace of the host the machines' NICs are cabled to "
+                        "(their switch port: a tap there, when they boot their disk)")
     p.add_argument("--parent-pid", type=int, help="stop when this process (cumulo up) dies")
     a = p.parse_args(argv)
     if a.parent_pid is not None and not exit_with_parent(a.parent_pid):
         return
     host, _, port = a.listen.rpartition(":")
     password = a.password_file.read_text().strip() if a.password_file else ""
-    emu = Emulator([EmulatedMachine(spec, a.state_dir, a.provision_port)
-                    for spec in a.node], a.username,
-                   password)
+    emu = Emulator([EmulatedMachine(spec, a.state_dir, a.provision_port, a.port_netns)
+                    for spec in a.node], a.username, password)
     served = serve(emu, host, int(port))
     if a.port_file:
         tmp = a.port_file.with_suffix(".tmp")

@@ -4,6 +4,12 @@ Power is QEMU's process: on means a QEMU runs for this machine (found by its pid
 `-name`, so an emulator restart re-adopts it), off means none does. What a BMC keeps across
 power cycles (the boot override, the inserted virtual media) lives in `state.json` beside
 the disk, written atomically, so an emulator restart keeps it too.
+
+The machine has one NIC (its MAC: switch_port.mac_of), whose far end depends on what it
+boots, as a real server's switch port is moved between networks (Ironic's network flip):
+booted from virtual media (the deploy or wipe ramdisk) it is on the provisioning network;
+booted from its disk (a deployed server) it is on its switch port, a tap in the port host's
+namespace that the host's agent plugs into the instance's network while the node is active.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +25,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from cumulo.agent.net.cmd import NetError
+from cumulo.baremetal import switch_port
 
 QEMU = "qemu-system-x86_64"
 STOP_WAIT_S = 10.0
@@ -29,6 +39,7 @@ BOOT_ENABLED = ("Disabled", "Once", "Continuous")
 # carry only the first connection). A real deployment uses a provisioning VLAN instead.
 PROVISION_ADDR = "10.0.2.100"
 PROVISION_GUEST_CIDR = "10.0.2.15/24"
+_NETNS = re.compile(r"^[A-Za-z0-9_-]{1,63}\Z")
 
 
 class MachineError(Exception):
@@ -53,9 +64,13 @@ class BmcState:
 
 class EmulatedMachine:
     def __init__(self, spec: MachineSpec, state_dir: Path,
-                 provision_port: int | None = None) -> None:
+                 provision_port: int | None = None, port_netns: str | None = None) -> None:
         self.spec = spec
         self.provision_port = provision_port
+        if port_netns is not None and not _NETNS.match(port_netns):
+            raise ValueError(f"invalid network namespace name {port_netns!r}")
+        self.port_netns = port_netns  # the port host's namespace (None: no switch port)
+        self.mac = switch_port.mac_of(spec.system_id)
         self.dir = state_dir / spec.system_id
         self.dir.mkdir(parents=True, exist_ok=True)
         self.disk = self.dir / "disk.qcow2"
@@ -92,9 +107,20 @@ class EmulatedMachine:
     def power_on(self) -> None:
         if self.pid() is not None:
             return
-        argv = self.argv()
-        self.last_argv.write_text(json.dumps(argv))
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        tap_fd = None
+        if self.port_netns is not None and not self.boots_media():
+            try:
+                tap_fd = switch_port.open_port(self.port_netns, self.mac)
+            except (OSError, NetError) as e:
+                raise MachineError(f"the machine's switch port did not open: {e}") from e
+        try:
+            argv = self.argv(tap_fd)
+            self.last_argv.write_text(json.dumps(argv))
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                  pass_fds=() if tap_fd is None else (tap_fd,))
+        finally:
+            if tap_fd is not None:
+                os.close(tap_fd)  # QEMU holds its own: the tap goes with it
         if done.returncode != 0:
             raise MachineError(f"the machine did not power on: {done.stderr.strip()[-300:]}")
         if self.state.boot_enabled == "Once":
@@ -121,8 +147,13 @@ class EmulatedMachine:
         else:
             self._qmp("system_reset")
 
-    def argv(self) -> list[str]:
-        """QEMU's command line for a power-on with the current boot override and media."""
+    def boots_media(self) -> bool:
+        """Whether the next power-on boots the virtual media (the CD), not the disk."""
+        return self.state.boot_enabled != "Disabled" and self.state.boot_target == "Cd"
+
+    def argv(self, tap_fd: int | None = None) -> list[str]:
+        """QEMU's command line for a power-on with the current boot override and media;
+        `tap_fd`: the open switch port, the NIC's far end when it boots its disk."""
         s = self.spec
         argv = [QEMU, "-name", self.qemu_name, "-machine", "q35", "-accel", "tcg",
                 "-cpu", "max", "-smp", str(s.vcpus), "-m", str(s.ram_mib),
@@ -133,10 +164,13 @@ class EmulatedMachine:
                 "-pidfile", str(self.pidfile), "-daemonize"]
         if self.state.media_image and self.media.exists():
             argv += ["-drive", f"if=ide,media=cdrom,readonly=on,file={_opt(self.media)}"]
-        if self.provision_port is not None:
+        if self.boots_media() and self.provision_port is not None:
             fwd = f"tcp:{PROVISION_ADDR}:80-cmd:busybox nc 127.0.0.1 {int(self.provision_port)}"
-            argv += ["-netdev", f"user,id=prov,restrict=on,guestfwd={fwd}",
-                     "-device", "virtio-net-pci,netdev=prov"]
+            argv += ["-netdev", f"user,id=nic,restrict=on,guestfwd={fwd}",
+                     "-device", f"virtio-net-pci,netdev=nic,mac={self.mac}"]
+        elif tap_fd is not None:
+            argv += ["-netdev", f"tap,id=nic,fd={int(tap_fd)}",
+                     "-device", f"virtio-net-pci,netdev=nic,mac={self.mac},romfile="]
         target = self.state.boot_target if self.state.boot_enabled != "Disabled" else "None"
         argv += ["-boot", {"Cd": "order=d", "Pxe": "order=n"}.get(target, "order=c")]
         return argv

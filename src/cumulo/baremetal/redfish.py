@@ -25,6 +25,7 @@ CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 20
 POWER_WAIT_S = 60.0
 T = TypeVar("T")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
 
 
@@ -145,7 +146,20 @@ def _facts(system: Any) -> Facts:
     gib = (system.json.get("MemorySummary") or {}).get("TotalSystemMemoryGiB")
     ram_mib = round(float(gib) * 1024) if isinstance(gib, int | float) else None
     return Facts(arch=arch, vcpus=vcpus, ram_mib=ram_mib, disk_gib=_disk_gib(system),
-                 power_state=str(system.power_state.value).lower())
+                 power_state=str(system.power_state.value).lower(), mac=_mac(system))
+
+
+def _mac(system: Any) -> str | None:
+    """The first NIC's MAC from EthernetInterfaces (None: the BMC does not say, or says
+    nothing that is a MAC: the node then gets no network)."""
+    try:
+        summary = system.ethernet_interfaces.summary
+    except (sushy_exc.SushyError, AttributeError):
+        return None
+    for mac in sorted(summary or {}):
+        if isinstance(mac, str) and _MAC.match(mac.lower()):
+            return mac.lower()
+    return None
 
 
 def _disk_gib(system: Any) -> int | None:

@@ -15,6 +15,7 @@ V1 = "/redfish/v1"
 RESET_TYPES = ["On", "ForceOn", "ForceOff", "GracefulShutdown", "ForceRestart",
                "GracefulRestart"]
 MEDIA_ID = "Cd"
+NIC_ID = "NIC1"
 
 
 def ref(path: str) -> dict[str, str]:
@@ -51,6 +52,7 @@ def system(m: EmulatedMachine) -> dict[str, Any]:
                           "Status": {"State": "Enabled"}},
         "Processors": ref(f"{path}/Processors"),
         "SimpleStorage": ref(f"{path}/SimpleStorage"),
+        "EthernetInterfaces": ref(f"{path}/EthernetInterfaces"),
         "VirtualMedia": ref(f"{path}/VirtualMedia"),
         "Links": {"ManagedBy": [ref(f"{V1}/Managers/{sid}")]},
         "Actions": {"#ComputerSystem.Reset": {
@@ -73,6 +75,15 @@ def simple_storage(m: EmulatedMachine) -> dict[str, Any]:
             "Name": "virtio disk controller",
             "Devices": [{"Name": "disk0", "CapacityBytes": m.spec.disk_gib * 1024**3,
                          "Status": {"State": "Enabled", "Health": "OK"}}]}
+
+
+def ethernet_interface(m: EmulatedMachine) -> dict[str, Any]:
+    """The machine's one NIC (inspection reads its MAC: the agent's DHCP answers it)."""
+    path = f"{V1}/Systems/{m.spec.system_id}/EthernetInterfaces/{NIC_ID}"
+    return {"@odata.type": "#EthernetInterface.v1_4_0.EthernetInterface", "@odata.id": path,
+            "Id": NIC_ID, "Name": "virtio NIC", "MACAddress": m.mac,
+            "PermanentMACAddress": m.mac, "LinkStatus": "LinkUp",
+            "Status": {"State": "Enabled", "Health": "OK"}}
 
 
 def manager(m: EmulatedMachine) -> dict[str, Any]:

@@ -19,7 +19,7 @@ NODE_COLUMNS = ["name", "zone", "state", "power_state", "arch", "vcpus", "ram_mi
                 "instance", "last_error"]
 NODE_SHOW = ["name", "zone", "state", "deploy_step", "last_error", "power_state", "arch", "vcpus",
              "ram_mib", "disk_gib", "instance", "redfish_url", "redfish_system", "bmc_username",
-             "facts", "created_at", "updated_at"]
+             "mac", "port_host", "facts", "created_at", "updated_at"]
 MAX_PASSWORD_FILE = 4096
 
 
@@ -38,12 +38,15 @@ def node_enroll(
     password_file: Annotated[Path | None, typer.Option(
         "--password-file", help="A file holding the BMC's password (never on the command "
         "line: it would show in `ps` and the shell's history).")] = None,
+    port_host: Annotated[str | None, typer.Option(
+        "--port-host", help="The hypervisor host whose fabric the server's NIC is cabled to "
+        "(without it, the server has no network).")] = None,
 ) -> None:
     """Enroll a server: cumulo checks its BMC, inspects it, then makes it available."""
     st = state(ctx)
     body: dict[str, Any] = {"name": name, "zone": zone, "redfish_url": redfish,
                             "system": system, "arch": arch, "vcpus": vcpus, "ram_mib": ram,
-                            "disk_gib": disk, "username": username}
+                            "disk_gib": disk, "username": username, "port_host": port_host}
     if password_file is not None:
         body["password"] = _read_password(password_file)
     emit(st, st.client().post("/v1/baremetal/nodes", json=body, scoped=False), NODE_SHOW)

@@ -546,6 +546,11 @@ class BaremetalNodeRow(Base):
     # The power action (stop, start, reboot) a conductor applies to its instance's machine
     # (services.baremetal_power); with updated_at, a lease against a second conductor.
     power_action: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The node's NIC (services.baremetal_ports): its MAC (read at inspection over Redfish)
+    # and the name of the host whose fabric its switch port is on (given at enrollment; a
+    # name: the host may register later). Either NULL: the node's servers have no network.
+    mac: Mapped[str | None] = mapped_column(String(17), nullable=True)
+    port_host: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 

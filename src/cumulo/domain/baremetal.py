@@ -159,6 +159,7 @@ class Facts:
     ram_mib: int | None
     disk_gib: int | None
     power_state: str | None
+    mac: str | None = None  # the NIC's (the first EthernetInterface with a valid MAC)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -132,6 +134,29 @@ def apt_state_key(roots: Sequence[str] = _APT_STATE) -> str:
                 continue
             entries.append(f"{q}\0{st.st_size}\0{st.st_mtime_ns}")
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def load_resolved(path: Path, apt_key: str) -> list[DebPackage] | None:
+    """The packages `save_resolved` kept in `path` for this apt state (apt_state_key and the
+    package list), or None: each `apt-cache` run costs over a second here."""
+    try:
+        doc = json.loads(path.read_text())
+        if doc["apt_state"] != apt_key:
+            return None
+        return [DebPackage(**p) for p in doc["packages"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent, from an older cumulo, or damaged: ask apt again
+
+
+def save_resolved(path: Path, apt_key: str, pkgs: Sequence[DebPackage]) -> None:
+    doc = {"apt_state": apt_key, "packages": [dataclasses.asdict(p) for p in pkgs]}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only cache only means asking apt each time
 
 
 def show(name: str, arch: str) -> DebPackage:

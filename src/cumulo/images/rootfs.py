@@ -48,7 +48,7 @@ def guest_file(name: str) -> bytes:
     return resources.files("cumulo.images").joinpath("tiny", name).read_bytes()
 
 
-def _copy_elf_with_libs(src_root: Path, rel: str, lib_trees: Sequence[Path], dest: Path) -> None:
+def copy_elf_with_libs(src_root: Path, rel: str, lib_trees: Sequence[Path], dest: Path) -> None:
     """Copy `rel` from `src_root` into `dest`, plus its loader and shared libraries (looked
     up in its own RUNPATH inside `src_root` first, then in the library packages)."""
     todo = [(_resolve_in(src_root / rel, src_root), rel)]
@@ -146,17 +146,17 @@ def rootfs_tree(
 
     lib_trees = [trees[p] for p in LIB_PACKAGES]
     for rel in DROPBEAR_FILES:
-        _copy_elf_with_libs(trees["dropbear-bin"], rel, lib_trees, root)
+        copy_elf_with_libs(trees["dropbear-bin"], rel, lib_trees, root)
     _add_sudo(root, trees, lib_trees)
     # iputils' ping, not busybox's: it uses ICMP datagram sockets, which every user may open
     # (rcS sets net.ipv4.ping_group_range); busybox 1.35's needs a raw socket, so root
     for name in ("ping", "ping6"):
         (root / "bin" / name).unlink(missing_ok=True)  # busybox applet links
-    _copy_elf_with_libs(trees["iputils-ping"], "bin/ping", lib_trees, root)
+    copy_elf_with_libs(trees["iputils-ping"], "bin/ping", lib_trees, root)
     (root / "bin/ping6").symlink_to("ping")
     # The default user's login shell, as on Debian's cloud images: busybox's shell runs its
     # own applets before anything in PATH (so `ping` would be busybox's there).
-    _copy_elf_with_libs(trees["bash"], "bin/bash", lib_trees, root)
+    copy_elf_with_libs(trees["bash"], "bin/bash", lib_trees, root)
 
     def put(rel: str, data: bytes, mode: int = 0o644) -> None:
         p = root / rel
@@ -190,7 +190,7 @@ def rootfs_tree(
 
 def _add_sudo(root: Path, trees: dict[str, Path], lib_trees: Sequence[Path]) -> None:
     for rel in SUDO_FILES:
-        _copy_elf_with_libs(trees["sudo"], rel, lib_trees, root)
+        copy_elf_with_libs(trees["sudo"], rel, lib_trees, root)
     (root / "usr/bin/sudo").chmod(0o4755)  # setuid root (mke2fs -d keeps mode and owner)
     pam = trees["libpam-modules"]
     for name in PAM_MODULES:
@@ -198,7 +198,7 @@ def _add_sudo(root: Path, trees: dict[str, Path], lib_trees: Sequence[Path]) -> 
         if not found:
             raise ImageBuildError(f"{name} not found in libpam-modules")
         rel = found[0].relative_to(pam).as_posix()
-        _copy_elf_with_libs(pam, rel, lib_trees, root)
+        copy_elf_with_libs(pam, rel, lib_trees, root)
     for d, mode in (("etc/sudoers.d", 0o750), ("etc/pam.d", 0o755)):
         (root / d).mkdir(parents=True, exist_ok=True)
         (root / d).chmod(mode)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import gzip
 import hashlib
 import json
@@ -117,7 +116,7 @@ def _resolve_packages(arch: Arch, tiny: Path) -> list[DebPackage]:
     # keyed by the package list too: a cumulo that needs more packages must not reuse the
     # answer of an older one
     apt_key = debs.apt_state_key() + " " + ",".join(USERLAND_PACKAGES)
-    pkgs = _load_resolved(saved, apt_key)
+    pkgs = debs.load_resolved(saved, apt_key)
     if pkgs is None:
         a = arch.debian_name
         meta, *userland = debs.show_many(
@@ -125,29 +124,8 @@ def _resolve_packages(arch: Arch, tiny: Path) -> list[DebPackage]:
         )
         kernel = debs.show(debs.kernel_of(meta), a)
         pkgs = [kernel, *userland]
-        _save_resolved(saved, apt_key, pkgs)
+        debs.save_resolved(saved, apt_key, pkgs)
     return pkgs
-
-
-def _load_resolved(path: Path, apt_key: str) -> list[DebPackage] | None:
-    try:
-        doc = json.loads(path.read_text())
-        if doc["apt_state"] != apt_key:
-            return None
-        return [DebPackage(**p) for p in doc["packages"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # absent, from an older cumulo, or damaged: ask apt again
-
-
-def _save_resolved(path: Path, apt_key: str, pkgs: Sequence[DebPackage]) -> None:
-    doc = {"apt_state": apt_key, "packages": [dataclasses.asdict(p) for p in pkgs]}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a read-only cache only means asking apt each time
 
 
 def inputs_digest(arch: Arch, packages: Sequence[DebPackage]) -> str:

@@ -43,6 +43,7 @@ from cumulo.protocol import (
 from cumulo.services import (
     agent_networks,
     agent_views,
+    baremetal_ports,
     events,
     hosts,
     metering,
@@ -106,6 +107,8 @@ def assignments(svc: Services, who: Principal, name: str,
             view = agent_views.build_view(s, svc, hid, plan)
         moving = migration_agents.for_host(s, svc, hid)
         network_ids = set(view.network_ids)
+        ports = baremetal_ports.for_host(s, name)  # few: read whole at every answer
+        network_ids |= {nic.network_id for p in ports for nic in p.nics}
         if any(m.role == "destination" for m in moving):  # it serves arriving VMs' networks
             network_ids |= migration_agents.network_ids(s, hid)
         nets = agent_networks.networks(s, svc, hid, network_ids,
@@ -119,11 +122,11 @@ def assignments(svc: Services, who: Principal, name: str,
     if delta is None:
         return Assignments(version=0, instances=list(view.instances), networks=nets,
                            volumes=list(vols), snapshots=list(snaps),
-                           view=view.name, migrations=moving)
+                           view=view.name, migrations=moving, ports=ports)
     return Assignments(version=0, instances=delta[0], networks=nets,
                        volumes=list(vols), snapshots=list(snaps),
                        view=view.name, instances_since=have, instances_removed=delta[1],
-                       migrations=moving)
+                       migrations=moving, ports=ports)
 
 
 # What a report and a deletion run, built once. Columns and statements on the session's

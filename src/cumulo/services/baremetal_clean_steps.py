@@ -121,13 +121,16 @@ def _write(svc: Services, w: Work, *, state: bm.NodeState = bm.NodeState.CLEANIN
            **values: Any) -> Work | None:
     """Write the node's step (compare and set); its first write also forgets the deleted
     instance (event `deleted`). None when another writer moved the node first."""
+    gone: list[tuple[str, str]] = []
     with svc.db.session() as s:
         values["instance_id"] = None
         if not compare_and_set(s, w.id, w.generation, state=state.value, **values):
             return None
         row = None if w.instance_id is None else s.get(InstanceRow, w.instance_id)
         if row is not None:
-            forget_instance(s, metering.now(svc), row.id)
+            gone = forget_instance(s, metering.now(svc), row.id)
             events.add(s, [events.Event(row.project_id, "instance", row.id, row.name,
                                         "deleted", "system")])
+    for network_id, mac in gone:  # its address is free: its DNS record goes
+        svc.notifier.dns_changed(network_id, removed=[mac])
     return written(w, state, values)

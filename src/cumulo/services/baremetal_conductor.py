@@ -19,7 +19,9 @@ another process.
   cleaning    (its instance deleted) forget the instance, wipe the disk with the deploy ramdisk
               in wipe mode, power off (services.baremetal_clean_steps) → available; anything
               failing here → error (the instance is forgotten all the same)
-  active      its instance's stop, start or reboot, when asked (services.baremetal_power)
+  active      its instance's stop, start or reboot, when asked (services.baremetal_power);
+              every few passes its power read, a change made outside cumulo (the OS powered
+              off) shown on its instance (services.baremetal_power_sync)
 A BMC that does not answer sends the node to `error` with the reason in last_error.
 """
 
@@ -41,6 +43,7 @@ from cumulo.domain.errors import CumuloError
 from cumulo.services import baremetal_clean_steps as clean_steps
 from cumulo.services import baremetal_deploy_steps as deploy_steps
 from cumulo.services import baremetal_power
+from cumulo.services import baremetal_power_sync as power_sync
 from cumulo.services.baremetal_nodes import PASSWORD, compare_and_set
 from cumulo.services.context import Services
 from cumulo.services.sealed import unseal
@@ -81,21 +84,30 @@ def pending(svc: Services) -> list[Work]:
         return [_work(svc, r) for r in rows]
 
 
-def run_pass(svc: Services, bmc: BmcFactory = Bmc) -> dict[str, str]:
+def run_pass(svc: Services, bmc: BmcFactory = Bmc, sync_power: bool = False
+             ) -> dict[str, str]:
     """One pass over every node with work to do; {node name: where it ended} (for a power
-    action of its instance: the instance's state after it)."""
+    action of its instance, or a power sync: the instance's state after it). With
+    `sync_power` (every power_sync.SYNC_EVERY_PASSES passes), the power of the active nodes
+    with nothing under way is read too (services.baremetal_power_sync)."""
     work = pending(svc)
     power = baremetal_power.pending(svc, lambda r: _work(svc, r))
-    if not work and not power:
+    watched = power_sync.pending(svc, lambda r: _work(svc, r)) if sync_power else []
+    if not work and not power and not watched:
         return {}
-    with ThreadPoolExecutor(max_workers=min(PARALLEL_NODES, len(work) + len(power)),
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_NODES,
+                                            len(work) + len(power) + len(watched)),
                             thread_name_prefix="cumulo-bm") as pool:
-        # Both submitted at once (map does), collected after: no node is in both lists.
+        # All submitted at once (map does), collected after: no node is in two lists (the
+        # power actions' instances are stopping, starting or rebooting; the synced ones
+        # running or stopped; the others' nodes are not active).
         stepped = pool.map(lambda w: drive(svc, w, bmc), work)
         powered = pool.map(lambda p: baremetal_power.apply(svc, p, bmc), power)
-        ends, power_ends = list(stepped), list(powered)
+        synced = pool.map(lambda p: power_sync.sync(svc, p, bmc), watched)
+        ends, power_ends, sync_ends = list(stepped), list(powered), list(synced)
     return ({w.name: end for w, end in zip(work, ends, strict=True)}
-            | {p.node.name: end for p, end in zip(power, power_ends, strict=True)})
+            | {p.node.name: end for p, end in zip(power, power_ends, strict=True)}
+            | {p.node.name: end for p, end in zip(watched, sync_ends, strict=True)})
 
 
 def drive(svc: Services, w: Work, bmc: BmcFactory = Bmc) -> str:
@@ -141,8 +153,9 @@ def step(svc: Services, w: Work, bmc: BmcFactory = Bmc) -> Work | None:
         log.warning("baremetal_bmc_failed", node=w.name, state=w.state.value, error=str(e))
         return _write(svc, w, bm.NodeState.ERROR, last_error=str(e)[:ERROR_LIMIT])
     state, error = bm.after_inspection(w.enrolled, facts)
-    found = {k: v for k, v in asdict(facts).items() if k != "power_state"}
-    return _write(svc, w, state, last_error=error, power_state=facts.power_state, facts=found)
+    found = {k: v for k, v in asdict(facts).items() if k not in ("power_state", "mac")}
+    return _write(svc, w, state, last_error=error, power_state=facts.power_state, facts=found,
+                  mac=facts.mac)
 
 
 def _power_off_before_forgetting(w: Work, bmc: BmcFactory) -> None:

@@ -3,14 +3,15 @@
 Each deploy gets a random token (services.baremetal_deploy_steps issues it); the node's row
 keeps only its sha256 and the deadline, with which it expires. The token is in the URLs the
 node is given and nowhere else: the BMC fetches the deploy ISO with it (Redfish InsertMedia),
-and the deploy ramdisk on the node fetches the whole-disk image and posts its report with it.
+and the deploy ramdisk on the node fetches the whole-disk image and the instance's NoCloud
+seed (services.baremetal_seed) and posts its report with it.
 These routes take no other credential (a node being deployed has none), so the token is all
 that opens them, and only while its deploy waits for them. A token that is malformed,
 unknown, finished or expired is the same `unknown_deploy` to the caller.
 
 A node's cleaning (services.baremetal_clean_steps) uses the same token and routes: its ISO
-boots the same ramdisk in wipe mode (no image: `/image` is refused), and it reports to the
-same `/report`.
+boots the same ramdisk in wipe mode (no image, no seed: `/image` and `/seed` are refused),
+and it reports to the same `/report`.
 """
 
 from __future__ import annotations
@@ -100,10 +101,15 @@ def image_of(s: Session, instance_id: str | None) -> ImageRow:
     return image
 
 
-def _node(s: Session, svc: Services, token: str, *, lock: bool = False) -> BaremetalNodeRow:
+def unknown_deploy() -> NotFound:
+    return NotFound("no bare-metal deploy waits for this token (unknown, finished or "
+                    "expired)", code="unknown_deploy")
+
+
+def waiting_node(s: Session, svc: Services, token: str, *, lock: bool = False
+                 ) -> BaremetalNodeRow:
     """The node whose deploy `token` opens, while it waits for it."""
-    unknown = NotFound("no bare-metal deploy waits for this token (unknown, finished or "
-                       "expired)", code="unknown_deploy")
+    unknown = unknown_deploy()
     if not _TOKEN.match(token):
         raise unknown
     q = select(BaremetalNodeRow).where(BaremetalNodeRow.deploy_token == digest(token))
@@ -118,19 +124,18 @@ def _node(s: Session, svc: Services, token: str, *, lock: bool = False) -> Barem
 def image_file(svc: Services, token: str) -> Path:
     """The whole-disk image the deploy writes (its sha256 is on the ramdisk's command line)."""
     with svc.db.session() as s:
-        node = _node(s, svc, token)
+        node = waiting_node(s, svc, token)
         if node.state != bm.NodeState.DEPLOYING.value:  # a cleaning's wipe fetches nothing
-            raise NotFound("no bare-metal deploy waits for this token (unknown, finished or "
-                           "expired)", code="unknown_deploy")
+            raise unknown_deploy()
         return whole_disk(image_of(s, node.instance_id)).path
 
 
 def iso(svc: Services, token: str) -> bytes:
     """The deploy ISO, built for this deploy: its kernel command line carries the image URL,
-    its sha256 and the report URL, all on the provisioning network, with this token (a
-    cleaning's: wipe mode and the report URL)."""
+    its sha256, the report URL and the seed's (services.baremetal_seed), all on the
+    provisioning network, with this token (a cleaning's: wipe mode and the report URL)."""
     with svc.db.session() as s:
-        node = _node(s, svc, token)
+        node = waiting_node(s, svc, token)
         disk = (None if node.state == bm.NodeState.CLEANING.value
                 else whole_disk(image_of(s, node.instance_id)))
     why = urls_configured(svc)
@@ -138,7 +143,8 @@ def iso(svc: Services, token: str) -> bytes:
         raise Conflict(why, code="deploy_not_configured")
     base = f"{svc.settings.baremetal.provision_url}{PREFIX}/{token}"
     cmdline = (deploy_iso.wipe_cmdline(f"{base}/report") if disk is None
-               else deploy_iso.deploy_cmdline(f"{base}/image", disk.sha256, f"{base}/report"))
+               else deploy_iso.deploy_cmdline(f"{base}/image", disk.sha256, f"{base}/report",
+                                              f"{base}/seed"))
     return deploy_iso.build_iso(deploy_iso.ensure_deploy_ramdisk(), cmdline)
 
 
@@ -148,7 +154,7 @@ def report(svc: Services, token: str, body: bytes) -> str:
     it lost); another is refused. The node's generation is left alone: a conductor step
     under way (its boot) must not lose its write to the report."""
     with svc.db.session() as s:
-        node = _node(s, svc, token, lock=True)
+        node = waiting_node(s, svc, token, lock=True)
         text = bm.deploy_report(body)
         if node.deploy_report is None:
             s.execute(update(BaremetalNodeRow).where(BaremetalNodeRow.id == node.id)

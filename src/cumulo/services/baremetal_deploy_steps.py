@@ -33,7 +33,7 @@ from cumulo.domain import baremetal as bm
 from cumulo.domain.errors import CumuloError
 from cumulo.domain.instance import InstanceState
 from cumulo.services import baremetal_deploy as deploy
-from cumulo.services import events, metering
+from cumulo.services import baremetal_ports, events, metering
 from cumulo.services.baremetal_nodes import PASSWORD, compare_and_set
 from cumulo.services.context import Services
 
@@ -143,6 +143,8 @@ def _finish(svc: Services, w: Work, bmc: BmcFactory) -> Work | None:
         return _fail(svc, after, bmc, str(e))
     done = _write(svc, after, "", state=bm.NodeState.ACTIVE, instance_state=InstanceState.RUNNING,
                   power_state="on", **_CLEARED)
+    if done is not None:  # its port host plugs its NIC into the instance's network now
+        baremetal_ports.notify_port_host(svc, w.id)
     log.info("baremetal_node_deployed", node=w.name, instance=w.instance_id)
     return done
 

@@ -5,7 +5,10 @@ fits (domain.baremetal_fit) and moves it to `deploying` with the instance record
 the create's own transaction: the node row is read FOR UPDATE (and the zone is locked by
 every create), so two creates never take one node, and a node taken is not deleted under
 its instance. An instance on a node has no hypervisor host (host_id stays NULL: no agent
-ever sees it); the bare-metal conductor (services.baremetal_conductor) is what acts on it.
+runs it); the bare-metal conductor (services.baremetal_conductor) is what acts on it. A node
+with a port (its MAC and port host) puts its server on a project network like a VM: an
+address with the node's MAC, security groups, a public IP; its port host plugs it once the
+node is active (services.baremetal_ports).
 
 Deleting the instance moves its node to `cleaning`; the conductor wipes its disk, powers it off,
 forgets the instance and makes the node `available` again.
@@ -25,7 +28,9 @@ from cumulo.domain import baremetal_fit as fit
 from cumulo.domain.errors import Conflict, InsufficientCapacity, InvalidInput
 from cumulo.domain.ids import new_id
 from cumulo.domain.instance import DesiredPower, InstanceState
+from cumulo.protocol import DnsRecord
 from cumulo.services import baremetal_deploy as deploy
+from cumulo.services import baremetal_ports as ports
 from cumulo.services import events, keypairs, lookups, metering
 from cumulo.services.auth import require_admin, scope_project
 from cumulo.services.baremetal_nodes import move
@@ -45,9 +50,8 @@ def type_of(settings: Settings, type_name: str | None) -> InstanceType | None:
 
 
 def refuse_vm_options(type_name: str, *, tenancy: str | None, dedicated_host: str | None,
-                      placement_group: str | None, network: str | None,
-                      private_ip: str | None, security_groups: list[str],
-                      bandwidth_mbps: int | None, disk_gib: int | None) -> None:
+                      placement_group: str | None, bandwidth_mbps: int | None,
+                      disk_gib: int | None) -> None:
     """A create option that means something for a VM only is refused, not ignored."""
     said = [flag for flag, given in (
         ("--tenancy", tenancy is not None), ("--dedicated-host", dedicated_host is not None),
@@ -58,12 +62,18 @@ def refuse_vm_options(type_name: str, *, tenancy: str | None, dedicated_host: st
         raise InvalidInput(
             f"{', '.join(said)}: not for a bare-metal server ({type_name} is a whole machine "
             "of its own, with the node's disk and NIC)", code="not_for_baremetal")
+
+
+def refuse_network_options(req: CreateInstance) -> None:
+    """A node with no port (no MAC read, or cabled to no host) cannot put its server on a
+    network: asking for one is refused, not ignored."""
     net = [flag for flag, given in (
-        ("--network", network is not None), ("--private-ip", private_ip is not None),
-        ("--security-group", bool(security_groups))) if given]
+        ("--network", req.network is not None), ("--private-ip", req.private_ip is not None),
+        ("--security-group", bool(req.security_groups))) if given]
     if net:
-        raise InvalidInput(f"{', '.join(net)}: bare-metal servers are not on project networks "
-                           "yet", code="not_for_baremetal")
+        raise InvalidInput(f"{', '.join(net)}: the bare-metal node that fits has no network "
+                           "port (its NIC's MAC or its port host is unknown)",
+                           code="node_has_no_port")
 
 
 def claim(s: Session, itype: InstanceType, zone: str, arch: str, disk_gib: int
@@ -99,6 +109,17 @@ def refuse_vm_action(name: str, what: str) -> None:
                    code="not_for_baremetal")
 
 
+def refuse_console(name: str) -> None:
+    """A server's console is its BMC's serial console (Redfish advertises it in the Manager's
+    SerialConsole: IPMI SOL, SSH or Telnet to the BMC), a live stream that no Redfish call
+    reads back as a log; cumulo does not relay it (yet). Said plainly rather than
+    `has no host yet`, for the console log (REST, EC2's GetConsoleOutput) and the
+    interactive serial console alike."""
+    raise Conflict(f"instance {name!r} is a bare-metal server: its console is its BMC's serial "
+                   "console (IPMI SOL or the BMC's SSH), which Redfish does not read back as a "
+                   "log and cumulo does not relay", code="baremetal_no_console")
+
+
 def require_active(name: str, node: BaremetalNodeRow, what: str) -> None:
     """A power action needs a deployed server: one being deployed, failed or cleaned is
     not powered behind its conductor's back."""
@@ -119,20 +140,23 @@ def start_cleaning(s: Session, node: BaremetalNodeRow) -> None:
 
 def create(svc: Services, batch: CreateBatch, who: Principal, prj: ProjectRow, req: CreateInstance,
            itype: InstanceType, zone: str, arch: str, image: ImageRow
-           ) -> tuple[InstanceView, events.Event]:
+           ) -> tuple[InstanceView, events.Event, str | None, DnsRecord | None]:
     """The rest of a bm1 create (name, image and size checked by the caller): refuse what is
-    for VMs only, charge the quota, take a node, write the instance and its node."""
+    for VMs only, charge the quota, take a node, write the instance and its node, and its
+    address if the node has a port. Also the network's id and the instance's DNS record
+    (None, None: no network)."""
     s = batch.s
     deploy.require_whole_disk(image)  # else its deploy could only fail, the node in error
     refuse_vm_options(itype.name, tenancy=req.tenancy, dedicated_host=req.dedicated_host,
-                      placement_group=req.placement_group, network=req.network,
-                      private_ip=req.private_ip, security_groups=req.security_groups,
-                      bandwidth_mbps=req.bandwidth_mbps, disk_gib=req.disk_gib)
+                      placement_group=req.placement_group, bandwidth_mbps=req.bandwidth_mbps,
+                      disk_gib=req.disk_gib)
     budget = batch.budget(svc, prj).charge(
         {"instances": 1, "vcpus": itype.vcpus, "ram_mib": itype.ram_mib},
         ("instance", "", req.name))
     node = claim(s, itype, zone, arch,
                  max(itype.disk_gib, -(-image.virtual_size_bytes // 2**30)))
+    if node.mac is None or node.port_host is None:
+        refuse_network_options(req)
     keys = batch.get(("keys", prj.id, *req.keys), lambda: keypairs.resolve(s, prj, req.keys))
     row = InstanceRow(
         id=new_id("i"), name=req.name, project_id=prj.id, zone=zone, arch=arch,
@@ -146,14 +170,23 @@ def create(svc: Services, batch: CreateBatch, who: Principal, prj: ProjectRow, r
     s.add(row)
     s.flush()  # the instance before the node that refers to it
     assign(s, node, row.id)
+    net = None if node.mac is None or node.port_host is None else ports.attach(
+        svc, batch, prj, req, zone, row.id, node)
     metering.start(s, metering.now(svc), prj.id, row.id, row.name, metering.instance_rates(
         svc.settings, row.state, row.type_name, row.vcpus, row.ram_mib, row.disk_gib))
     s.flush()
     batch.charged(budget)
-    view = view_of(svc, row, prj.name, who, host=None, host_up=None, network=None,
-                   private_ip=None, public_ip=None, groups=[], placement_group=None)
-    return view, events.Event(prj.id, "instance", row.id, row.name, "created",
-                              detail=f"bare metal {itype.name}, image {image.name}")
+    view = view_of(svc, row, prj.name, who, host=None, host_up=None,
+                   network=None if net is None else net.network,
+                   private_ip=None if net is None else net.private_ip,
+                   public_ip=None if net is None else net.public_ip,
+                   groups=[] if net is None else net.groups, placement_group=None)
+    record = None if net is None else DnsRecord(
+        hostname=row.name, fqdn=view.fqdn, ip=net.private_ip, mac=node.mac or "",
+        underlay_ip=net.underlay_ip)
+    return (view, events.Event(prj.id, "instance", row.id, row.name, "created",
+                               detail=f"bare metal {itype.name}, image {image.name}"),
+            None if net is None else net.network_id, record)
 
 
 def refuse_migration(svc: Services, who: Principal, project: str | None, ref: str) -> None:

@@ -44,6 +44,8 @@ class NodeView(BaseModel):
     redfish_system: str
     bmc_username: str | None
     facts: dict[str, Any]  # what the last inspection read over Redfish
+    mac: str | None  # its NIC's, read at inspection (None: not read, no network)
+    port_host: str | None  # the host its NIC is cabled to (None: no network)
     created_at: datetime
     updated_at: datetime
 
@@ -60,6 +62,7 @@ class Enrollment:
     disk_gib: int
     username: str | None = None
     password: str | None = None
+    port_host: str | None = None  # the host whose fabric its NIC is cabled to
 
     def checked(self, zones: list[str]) -> Enrollment:
         """The same enrollment with every field validated and normalised (InvalidInput or
@@ -78,7 +81,9 @@ class Enrollment:
             ram_mib=positive(self.ram_mib, "ram (MiB)", maximum=bm.MAX_RAM_MIB),
             disk_gib=positive(self.disk_gib, "disk (GiB)", maximum=bm.MAX_DISK_GIB),
             username=None if self.username is None else bm.bmc_username(self.username),
-            password=None if self.password is None else bm.bmc_password(self.password))
+            password=None if self.password is None else bm.bmc_password(self.password),
+            port_host=None if self.port_host is None else dns_label(self.port_host,
+                                                                    "port host"))
 
 
 def enroll(svc: Services, who: Principal, e: Enrollment) -> NodeView:
@@ -98,7 +103,7 @@ def enroll(svc: Services, who: Principal, e: Enrollment) -> NodeView:
             id=node_id, name=e.name, zone=e.zone, state=bm.NodeState.ENROLL.value,
             arch=e.arch, vcpus=e.vcpus, ram_mib=e.ram_mib, disk_gib=e.disk_gib,
             redfish_url=e.redfish_url, redfish_system=e.system, bmc_username=e.username,
-            bmc_password=sealed, facts={}, generation=0)
+            bmc_password=sealed, facts={}, generation=0, port_host=e.port_host)
         s.add(row)
         s.flush()
         return view(s, row)
@@ -171,7 +176,8 @@ def view(s: Session, row: BaremetalNodeRow) -> NodeView:
         instance=instance, power_state=row.power_state, deploy_step=row.deploy_step,
         redfish_url=row.redfish_url,
         redfish_system=row.redfish_system, bmc_username=row.bmc_username,
-        facts=dict(row.facts or {}), created_at=row.created_at, updated_at=row.updated_at)
+        facts=dict(row.facts or {}), mac=row.mac, port_host=row.port_host,
+        created_at=row.created_at, updated_at=row.updated_at)
 
 
 def _get(s: Session, name: str, *, lock: bool = False) -> BaremetalNodeRow:

@@ -27,7 +27,7 @@ at the one read (a newer request of the user wins: the next pass applies it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -75,13 +75,19 @@ def lease_s(settings: Settings) -> float:
 
 def pending(svc: Services, work: Callable[[BaremetalNodeRow], Work]) -> list[PowerWork]:
     """The active nodes whose instance asks for a power action (none under way elsewhere)."""
+    return active_nodes(svc, work, _ENDS, not_(leased(svc.settings)))
+
+
+def active_nodes(svc: Services, work: Callable[[BaremetalNodeRow], Work],
+                 states: Iterable[InstanceState], *where: ColumnElement[bool]
+                 ) -> list[PowerWork]:
+    """The active nodes whose instance is in one of `states` (and `where` holds)."""
     with svc.db.session() as s:
         rows = s.execute(
             select(BaremetalNodeRow, InstanceRow.state, InstanceRow.generation)
             .join(InstanceRow, InstanceRow.id == BaremetalNodeRow.instance_id)
             .where(BaremetalNodeRow.state == bm.NodeState.ACTIVE.value,
-                   InstanceRow.state.in_([st.value for st in _ENDS]),
-                   not_(leased(svc.settings))))
+                   InstanceRow.state.in_([st.value for st in states]), *where))
         return [PowerWork(work(node), node.instance_id or "", InstanceState(state), gen)
                 for node, state, gen in rows]
 
@@ -114,7 +120,7 @@ def apply(svc: Services, p: PowerWork, bmc: BmcFactory = Bmc) -> str:
         row = s.get(InstanceRow, p.instance_id, with_for_update=True)
         if row is None or row.generation != p.instance_generation:
             return "stale"  # the user asked for something else meanwhile: the next pass
-        _record(s, svc, row, state, reason, None if ok else f"{_WORD[want]}_failed")
+        record(s, svc, row, state, reason, None if ok else f"{_WORD[want]}_failed")
     log.info("baremetal_power_done", node=w.name, instance=p.instance_id, state=state.value)
     return state.value
 
@@ -160,10 +166,11 @@ def _read_power(bmc: BmcFactory, w: Work) -> tuple[str | None, InstanceState]:
     return power, {"on": S.RUNNING, "off": S.STOPPED}.get(power, S.ERROR)
 
 
-def _record(s: Session, svc: Services, row: InstanceRow, state: InstanceState, reason: str,
-            failed: str | None) -> None:
+def record(s: Session, svc: Services, row: InstanceRow, state: InstanceState, reason: str,
+           failed: str | None, *, guest: bool = False, detail: str | None = None) -> None:
     """The instance shows `state` and `reason`; its desired power matches what it runs.
-    `failed`: the event's kind when the action failed."""
+    `failed`: the event's kind when the action failed; `guest`: the server powered itself
+    off (services.baremetal_power_sync); `detail`: the event's, when not the reason."""
     old = row.state
     row.state, row.state_reason = state.value, reason
     if state is not S.ERROR:
@@ -173,7 +180,9 @@ def _record(s: Session, svc: Services, row: InstanceRow, state: InstanceState, r
     metering.instance(s, svc.settings, metering.now(svc), row.project_id, row.id, row.name,
                       row.state, row.type_name, row.vcpus, row.ram_mib, row.disk_gib)
     kind = ((failed, "system", reason) if failed is not None
-            else events.instance_transition(old, state.value, reason, guest=False))
+            else events.instance_transition(old, state.value, reason, guest=guest))
+    if kind is not None and detail is not None:
+        kind = (kind[0], kind[1], detail)
     if kind is not None:
         events.add(s, [events.Event(row.project_id, "instance", row.id, row.name,
                                     kind[0], kind[1], kind[2])])

@@ -249,8 +249,11 @@ def create_many(svc: Services, calls: Sequence[CreateCall]) -> list[InstanceView
                 created.append(done)
             events.add(s, [done.event for done in created] + refused)
     for done in created:
-        if done.host_id is None or done.network_id is None or done.record is None:
-            continue  # bare metal: the conductor's, no agent's
+        if done.network_id is None or done.record is None:
+            continue  # a bare-metal server with no network
+        if done.host_id is None:  # bare metal: its port host plugs it once it is deployed
+            svc.notifier.dns_changed(done.network_id, added=[done.record])
+            continue
         svc.notifier.notify(done.host_id, [done.view.id])
         # A host new to the network is a new VXLAN flood destination for the others: they
         # learn it at once rather than within the DNS coalescing period.
@@ -289,9 +292,10 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
             code="name_taken",
         )
     if (bm_type := baremetal_instances.type_of(svc.settings, req.type)) is not None:
-        bm_view, event = baremetal_instances.create(svc, batch, call.who, prj, req, bm_type,
-                                                    zone, arch.value, image)
-        return _Created(view=bm_view, host_id=None, network_id=None, record=None, event=event)
+        bm_view, event, net_id, record = baremetal_instances.create(
+            svc, batch, call.who, prj, req, bm_type, zone, arch.value, image)
+        return _Created(view=bm_view, host_id=None, network_id=net_id, record=record,
+                        event=event)
     vcpus, ram = size.vcpus, size.ram_mib
     caps = batch.capacities(zone)
     max_cpu, max_ram = largest_possible(caps, arch.value, zone)

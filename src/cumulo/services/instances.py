@@ -22,6 +22,7 @@ from cumulo.domain.instance import (
 from cumulo.domain.validation import tags
 from cumulo.services import (
     baremetal_instances,
+    baremetal_ports,
     events,
     hosts,
     lookups,
@@ -77,6 +78,7 @@ def act(
                            f"provider ({moving}); try again when it is done",
                            code="migration_in_progress")
         node = baremetal_instances.node_of(s, row.id, lock=True)
+        node_id = None if node is None else node.id
         if node is not None and action is not Action.DELETE:
             # The conductor applies it over Redfish (services.baremetal_power).
             baremetal_instances.require_active(row.name, node, action.value)
@@ -104,6 +106,8 @@ def act(
         svc.notifier.notify(row.host_id, [row.id])
     for host_id in storage:
         svc.notifier.notify(host_id)
+    if node_id is not None and action is Action.DELETE:
+        baremetal_ports.notify_port_host(svc, node_id)  # cleaning: its port is unplugged
     return result
 
 
@@ -122,6 +126,8 @@ def console_target(svc: Services, who: Principal, project: str | None, ref: str)
     with svc.db.session() as s:
         prj = scope_project(s, who, project)
         row = lookups.instance_row(s, prj, ref)
+        if baremetal_instances.node_of(s, row.id) is not None:
+            baremetal_instances.refuse_console(row.name)
         host = s.get(HostRow, row.host_id) if row.host_id else None
         if host is None or not host.agent_url:
             raise Conflict(f"instance {row.name!r} has no host yet", code="invalid_state")

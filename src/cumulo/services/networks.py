@@ -131,8 +131,9 @@ _MAC_USED = select(AddressRow.id).where(AddressRow.mac == bindparam("mac"))
 
 
 def allocate_address(s: Session, network: NetworkRow, instance_id: str,
-                     requested: str | None = None) -> AddressRow:
-    """Reserve `requested` or a free address (the unique constraint guards races)."""
+                     requested: str | None = None, mac: str | None = None) -> AddressRow:
+    """Reserve `requested` or a free address (the unique constraint guards races), for a NIC
+    of MAC `mac` (None: a new random one, a VM's; a bare-metal server's NIC has its own)."""
     net = ipaddress.IPv4Network(network.cidr)
 
     def taken_among(candidates: list[str]) -> Iterable[str]:
@@ -155,7 +156,7 @@ def allocate_address(s: Session, network: NetworkRow, instance_id: str,
         raise InsufficientCapacity(f"network {network.name!r} ({network.cidr}) has no free "
                                    "address left")
     row = AddressRow(id=new_id("adr"), network_id=network.id, instance_id=instance_id, ip=ip,
-                     mac=_free_mac(s))
+                     mac=mac or _free_mac(s))
     s.add(row)
     return row
 

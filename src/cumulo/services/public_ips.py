@@ -15,6 +15,7 @@ from cumulo.domain.ids import new_id
 from cumulo.services import address_picker, events, lookups, metering, networks, prices, quotas
 from cumulo.services.auth import scope_project
 from cumulo.services.context import Principal, Services
+from cumulo.services.notifier import EDGE
 from cumulo.services.views import PublicIpView
 
 
@@ -118,8 +119,14 @@ def attach(svc: Services, who: Principal, project: str | None, ip: str,
         events.add(s, _event(prj, row, "attached", f"to instance {inst.name}"))
         result = _view(s, row, prj.name)
     for h in notify:
-        svc.notifier.notify(h)
+        _wake(svc, h)
     return result
+
+
+def _wake(svc: Services, host_id: str | None) -> None:
+    """The host of an instance whose public address changed, and so the edge; a bare-metal
+    server has no host (its port host has no use for the address): the edge alone."""
+    svc.notifier.notify(EDGE if host_id is None else host_id)
 
 
 def _refuse_taking(s: Session, row: PublicIpRow, inst: InstanceRow,
@@ -148,7 +155,7 @@ def detach(svc: Services, who: Principal, project: str | None, ip: str) -> Publi
         row.auto = False
         events.add(s, _event(prj, row, "detached", f"from instance {inst.name}" if inst else ""))
         result = _view(s, row, prj.name)
-    svc.notifier.notify(inst.host_id if inst else None)
+    _wake(svc, inst.host_id if inst else None)
     return result
 
 

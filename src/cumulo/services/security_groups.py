@@ -11,7 +11,14 @@ import ipaddress
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from cumulo.db.tables import InstanceGroupRow, InstanceRow, ProjectRow, SecurityGroupRow
+from cumulo.db.tables import (
+    BaremetalNodeRow,
+    HostRow,
+    InstanceGroupRow,
+    InstanceRow,
+    ProjectRow,
+    SecurityGroupRow,
+)
 from cumulo.db.tables import SecurityRuleRow as Rule
 from cumulo.domain.errors import Conflict, InvalidInput, NotFound
 from cumulo.domain.ids import new_id
@@ -87,9 +94,13 @@ def validate_rule(proto: str, port: int | None, cidr: str) -> tuple[str, int | N
 
 
 def _member_hosts(s: Session, group_id: str) -> set[str]:
-    return {h for h in s.scalars(select(InstanceRow.host_id).join(
-        InstanceGroupRow, InstanceGroupRow.instance_id == InstanceRow.id)
-        .where(InstanceGroupRow.group_id == group_id)) if h}
+    """The hosts that enforce the group: those of its VMs, and its bare-metal servers' port
+    hosts (their NICs' rules are on the host's tap, as a VM's)."""
+    members = select(InstanceGroupRow.instance_id).where(InstanceGroupRow.group_id == group_id)
+    vms = select(InstanceRow.host_id).where(InstanceRow.id.in_(members))
+    ports = (select(HostRow.id).join(BaremetalNodeRow, BaremetalNodeRow.port_host == HostRow.name)
+             .where(BaremetalNodeRow.instance_id.in_(members)))
+    return {h for h in [*s.scalars(vms), *s.scalars(ports)] if h}
 
 
 def create(svc: Services, who: Principal, project: str | None, name: str,

@@ -14,11 +14,19 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 from collections.abc import Collection
+from typing import Any, TypeVar
 
-from sqlalchemy import Select, bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy.orm import Session, aliased
 
-from cumulo.db.tables import AddressRow, HostRow, InstanceRow, NetworkRow, ProjectRow
+from cumulo.db.tables import (
+    AddressRow,
+    BaremetalNodeRow,
+    HostRow,
+    InstanceRow,
+    NetworkRow,
+    ProjectRow,
+)
 from cumulo.domain.errors import InsufficientCapacity
 from cumulo.protocol import DnsRecord
 from cumulo.services.context import Services, fqdn
@@ -42,12 +50,27 @@ def free_vni(s: Session) -> int:
     raise InsufficientCapacity("no free VXLAN network identifier found")
 
 
-_RECORDS = (select(AddressRow.network_id, AddressRow.ip, AddressRow.mac, InstanceRow.name,
-                   InstanceRow.zone, ProjectRow.name, HostRow.underlay_ip)
-            .join(InstanceRow, InstanceRow.id == AddressRow.instance_id)
-            .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
-            .outerjoin(HostRow, HostRow.id == InstanceRow.host_id)
-            .order_by(AddressRow.ip))
+# Where an instance's private address is reached: the underlay address of the host that
+# runs it (a VM), else of its node's port host (a bare-metal server: services.
+# baremetal_ports). Select UNDERLAY from a query on InstanceRow joined with `hosts_of`.
+PORT_HOST = aliased(HostRow, name="port_hosts")
+Q = TypeVar("Q", bound="Select[*tuple[Any, ...]]")
+UNDERLAY = func.coalesce(HostRow.underlay_ip, PORT_HOST.underlay_ip)
+
+
+def hosts_of(q: Q) -> Q:
+    """`q` (on InstanceRow) with the outer joins UNDERLAY reads (equality joins: the hot
+    queries keep their hash and index joins)."""
+    return (q.outerjoin(HostRow, HostRow.id == InstanceRow.host_id)
+            .outerjoin(BaremetalNodeRow, BaremetalNodeRow.instance_id == InstanceRow.id)
+            .outerjoin(PORT_HOST, PORT_HOST.name == BaremetalNodeRow.port_host))
+
+
+_RECORDS = hosts_of(select(AddressRow.network_id, AddressRow.ip, AddressRow.mac,
+                           InstanceRow.name, InstanceRow.zone, ProjectRow.name, UNDERLAY)
+                    .join(InstanceRow, InstanceRow.id == AddressRow.instance_id)
+                    .join(ProjectRow, ProjectRow.id == InstanceRow.project_id)
+                    ).order_by(AddressRow.ip)
 
 
 def _read(s: Session, svc: Services, query: Select[str, str, str, str, str, str, str | None]

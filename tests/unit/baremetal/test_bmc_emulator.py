@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cumulo.baremetal import redfish, switch_port
 from cumulo.baremetal.bmc_emulator import Emulator, parse_node, serve
 from cumulo.baremetal.emulated_machine import EmulatedMachine, MachineSpec
 from tests.baremetal_support import PASSWORD, USER, Bmc, bmc_in_thread
@@ -45,6 +46,15 @@ def test_a_system_reports_its_machine(http: httpx.Client) -> None:
     storage = http.get(f"{SYS}/SimpleStorage/1").json()
     assert storage["Devices"][0]["CapacityBytes"] == 4 * 1024**3
     assert http.get(f"{SYS}/Processors/CPU0").json()["InstructionSet"] == "x86-64"
+    nics = http.get(f"{SYS}/EthernetInterfaces").json()["Members"]
+    nic = http.get(nics[0]["@odata.id"]).json()
+    assert nic["MACAddress"] == switch_port.mac_of("n1")
+
+
+def test_inspection_reads_the_nics_mac_over_redfish(bmc: Bmc) -> None:
+    """What the agent's DHCP answers the deployed server by (sushy, as the conductor reads)."""
+    facts = redfish.Bmc(redfish.BmcAddress(bmc.url, SYS, USER, PASSWORD)).facts()
+    assert facts.mac == bmc.machines["n1"].mac == switch_port.mac_of("n1")
 
 
 def test_the_boot_override_is_kept_and_bad_values_refused(http: httpx.Client,
@@ -86,9 +96,27 @@ def test_the_emulator_listens_on_loopback_only(tmp_path: Path) -> None:
 def test_a_provisioning_nic_reaches_only_the_api_port(tmp_path: Path) -> None:
     spec = MachineSpec("p1", 1, 128, 1)
     assert "-netdev" not in EmulatedMachine(spec, tmp_path / "a").argv()  # none unless asked
-    argv = EmulatedMachine(spec, tmp_path / "b", provision_port=41234).argv()
+    m = EmulatedMachine(spec, tmp_path / "b", provision_port=41234)
+    m.set_boot("Cd", "Once")
+    argv = m.argv()
     netdev = argv[argv.index("-netdev") + 1]
     # restrict=on: no NAT out, no host services; the one guestfwd goes to the loopback port
-    assert netdev == ("user,id=prov,restrict=on,"
+    assert netdev == ("user,id=nic,restrict=on,"
                       "guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 41234")
     assert "hostfwd" not in " ".join(argv)
+    assert f"virtio-net-pci,netdev=nic,mac={m.mac}" in argv
+
+
+def test_the_nic_is_on_its_switch_port_when_the_machine_boots_its_disk(tmp_path: Path) -> None:
+    """The network flip: the deploy media boots on the provisioning network, the disk on the
+    switch port (the tap's fd), with one MAC (the one Redfish reports) on both sides."""
+    m = EmulatedMachine(MachineSpec("p2", 1, 128, 1), tmp_path, provision_port=41234,
+                        port_netns="cn-test")
+    assert not m.boots_media()
+    argv = m.argv(tap_fd=7)
+    assert argv[argv.index("-netdev") + 1] == "tap,id=nic,fd=7"
+    assert f"virtio-net-pci,netdev=nic,mac={m.mac},romfile=" in argv
+    assert "guestfwd" not in " ".join(argv)
+    m.set_boot("Cd", "Once")
+    assert "tap," not in " ".join(m.argv(tap_fd=7))  # the media never sees the tenant side
+    assert m.mac == switch_port.mac_of("p2") and m.mac.startswith("02:")

@@ -53,16 +53,21 @@ def test_the_disk_boots_its_root_from_the_second_partition() -> None:
 
 def test_deploy_cmdline_names_the_urls_and_refuses_what_could_break_out() -> None:
     line = deploy_iso.deploy_cmdline("http://10.0.2.100/v1/deploy/t0k/image", SHA,
-                                     "http://10.0.2.100/v1/deploy/t0k/report")
+                                     "http://10.0.2.100/v1/deploy/t0k/report",
+                                     "http://10.0.2.100/v1/deploy/t0k/seed")
     assert f"cumulo.sha256={SHA}" in line and "cumulo.disk=/dev/vda" in line
     assert "cumulo.image=http://10.0.2.100/v1/deploy/t0k/image" in line
+    assert "cumulo.seed=http://10.0.2.100/v1/deploy/t0k/seed" in line
     for bad in ("http://x/a b", "http://x/a'b", "http://x/$(reboot)", "https://x/a", "x"):
         with pytest.raises(ImageBuildError, match="not a deploy URL"):
-            deploy_iso.deploy_cmdline(bad, SHA, "http://x/r")
+            deploy_iso.deploy_cmdline(bad, SHA, "http://x/r", "http://x/s")
+        with pytest.raises(ImageBuildError, match="not a deploy URL"):
+            deploy_iso.deploy_cmdline("http://x/i", SHA, "http://x/r", bad)
     with pytest.raises(ImageBuildError, match="not a sha256"):
-        deploy_iso.deploy_cmdline("http://x/i", SHA.upper(), "http://x/r")
+        deploy_iso.deploy_cmdline("http://x/i", SHA.upper(), "http://x/r", "http://x/s")
     with pytest.raises(ImageBuildError, match="not a disk"):
-        deploy_iso.deploy_cmdline("http://x/i", SHA, "http://x/r", disk="/dev/vda;reboot")
+        deploy_iso.deploy_cmdline("http://x/i", SHA, "http://x/r", "http://x/s",
+                                  disk="/dev/vda;reboot")
 
 
 def test_a_cached_build_is_reused_and_new_inputs_build_anew(tmp_path: Path) -> None:
@@ -112,7 +117,11 @@ def test_the_deploy_ramdisk_overrides_init_and_the_iso_carries_the_cmdline() -> 
     cpio = gzip.decompress((r / "deploy.img").read_bytes())  # both archives, in order
     assert cpio.rfind(deploy_iso.deploy_init()) > cpio.find(b"cumulo tiny initramfs")
     assert b"bin/wget" in cpio and b"bin/sha256sum" in cpio
-    line = deploy_iso.deploy_cmdline("http://10.0.2.100/i", SHA, "http://10.0.2.100/r")
+    # sfdisk, with its loader and libraries (the seed's partition)
+    for path in (b"sbin/sfdisk", b"lib64/ld-linux-x86-64.so.2", b"libfdisk.so.1", b"libc.so.6"):
+        assert path in cpio, path
+    line = deploy_iso.deploy_cmdline("http://10.0.2.100/i", SHA, "http://10.0.2.100/r",
+                                     "http://10.0.2.100/s")
     iso = deploy_iso.build_iso(r, line)
     assert iso[32769:32774] == b"CD001"
     assert line.encode() in iso and b"ISOLINUX" in iso

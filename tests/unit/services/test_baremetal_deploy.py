@@ -65,14 +65,16 @@ def test_a_deploy_boots_the_iso_takes_the_report_and_boots_the_node_from_its_dis
 
     api = TestClient(create_app(svc))  # no credential: the token is the only one
     base = f"/v1/baremetal/deploy/{token}"
-    # The ISO, built for this deploy: its kernel command line names the image, its sha256
-    # and the report URL on the provisioning network, each with this token.
+    # The ISO, built for this deploy: its kernel command line names the image, its sha256,
+    # the report URL and the seed's (test_baremetal_seed.py) on the provisioning network,
+    # each with this token.
     r = api.get(f"{base}/deploy.iso")
     assert r.status_code == 200, r.text
     assert r.content[0x8001:0x8006] == b"CD001"  # an ISO 9660 image
     disk = json.loads((wholedisk.ensure_tiny_disk() / "build.json").read_text())
     assert (f"cumulo.image={PROVISION}{base}/image cumulo.sha256={disk['gz_sha256']} "
-            f"cumulo.report={PROVISION}{base}/report") in r.content.decode("latin-1")
+            f"cumulo.report={PROVISION}{base}/report cumulo.seed={PROVISION}{base}/seed"
+            ) in r.content.decode("latin-1")
     # The image: the whole-disk tiny image, gzipped, whose sha256 the ramdisk checks.
     r = api.get(f"{base}/image")
     assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == disk["gz_sha256"]

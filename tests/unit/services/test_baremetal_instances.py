@@ -123,8 +123,6 @@ def test_racing_creates_never_take_one_node_twice(keyed: Services) -> None:
     ({"tenancy": "dedicated"}, "--tenancy"),
     ({"placement_group": "pg"}, "--placement-group"),
     ({"disk_gib": 5}, "--disk-size"),
-    ({"network": "default"}, "--network"),
-    ({"security_groups": ["default"]}, "--security-group"),
 ])
 def test_vm_only_create_options_are_refused_and_take_no_node(
         keyed: Services, opts: dict[str, object], flag: str) -> None:

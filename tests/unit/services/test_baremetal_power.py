@@ -14,10 +14,12 @@ from sqlalchemy import select, update
 
 from cumulo.baremetal.redfish import BmcError, PowerAction
 from cumulo.db.tables import BaremetalNodeRow, EventRow, InstanceRow
+from cumulo.domain.errors import Conflict
 from cumulo.domain.instance import Action
 from cumulo.services import baremetal_conductor as conductor
 from cumulo.services import baremetal_deploy as deploy
 from cumulo.services import baremetal_power as power
+from cumulo.services import baremetal_power_sync as sync
 from cumulo.services import instances
 from cumulo.services.context import Services
 from tests.baremetal_fakes import FakeBmc
@@ -196,3 +198,51 @@ def test_a_delete_during_a_stop_is_cleaned_once_the_stop_is_done(active: Service
     _clean(svc)
     assert PowerBmc.calls[:2] == ["power soft-off", "power off"]
     assert instances.list_all(svc, ADMIN, None) == []
+
+
+def _sync(svc: Services) -> dict[str, str]:
+    return conductor.run_pass(svc, PowerBmc, sync_power=True)
+
+
+def _last_event(svc: Services) -> tuple[str, str, str]:
+    with svc.db.session() as s:
+        row = s.scalars(select(EventRow).order_by(EventRow.id.desc())).first()
+        assert row is not None
+        return row.kind, row.actor, row.detail
+
+
+def test_a_power_change_without_a_request_is_seen_by_the_power_sync(active: Services) -> None:
+    svc = active
+    assert _sync(svc) == {"bm-1": "running"} and PowerBmc.calls == ["power read"]
+    assert _pass(svc) == {} and PowerBmc.calls == ["power read"]  # only every few passes
+    FakeBmc.power_now = "off"  # the OS powered itself off (`poweroff`), nobody asked
+    assert _pass(svc) == {} and _shown(svc)[0] == "running"
+    assert _sync(svc) == {"bm-1": "stopped"}
+    # as a VM whose guest powered off: stopped, and meant to stay so (desired power)
+    assert _shown(svc) == ("stopped", sync.OFF_REASON, "stopped") and _node(svc) == ("off", None)
+    assert _last_event(svc) == ("stopped", "guest", sync.OFF_REASON)
+    before = len(_events(svc))
+    assert _sync(svc) == {"bm-1": "stopped"} and len(_events(svc)) == before  # no change
+    FakeBmc.power_now = "on"  # powered on at the BMC, outside cumulo
+    assert _sync(svc) == {"bm-1": "running"}
+    assert _shown(svc) == ("running", "", "running") and _node(svc) == ("on", None)
+    assert _last_event(svc) == ("started", "agent", sync.ON_DETAIL)
+
+    # A BMC that does not answer changes nothing (the next sync reads it again).
+    FakeBmc.power_now, FakeBmc.fail_on = "off", "power read"
+    assert _sync(svc) == {"bm-1": "running"} and _shown(svc)[0] == "running"
+    # A request made during the read wins: the sync's result is dropped, the request applied.
+    FakeBmc.fail_on = None
+    PowerBmc.during = lambda: instances.act(svc, ADMIN, None, "metal", Action.STOP) and None
+    assert _sync(svc) == {"bm-1": "stale"}
+    assert _shown(svc)[0] == "stopping"
+    assert _pass(svc) == {"bm-1": "stopped"} and PowerBmc.calls[-1] == "power soft-off"
+    assert _last_event(svc)[:2] == ("stopped", "user")
+
+
+def test_a_servers_console_is_refused_saying_why(active: Services) -> None:
+    with pytest.raises(Conflict) as e:
+        instances.console_target(active, ADMIN, None, "metal")
+    assert e.value.code == "baremetal_no_console"
+    assert str(e.value).startswith("instance 'metal' is a bare-metal server: its console is its "
+                                   "BMC's serial console")

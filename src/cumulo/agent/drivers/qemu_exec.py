@@ -40,7 +40,9 @@ def _place(fd: int, slot: int) -> None:
     os.set_inheritable(slot, True)
 
 
-def _open_tap(name: str) -> int:
+def open_tap(name: str) -> int:
+    """A tap named `name` in the calling thread's namespace, opened (it lives while the fd
+    does: a tap vanishes with its QEMU)."""
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     ifreq = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
     fcntl.ioctl(fd, TUNSETIFF, ifreq)
@@ -113,7 +115,7 @@ def main(argv: list[str]) -> int:
             print(f"warning: qemu_exec: cannot join cgroup {cgroup}: {e}", file=sys.stderr)
     try:
         for slot, name in _pairs(taps):
-            _place(_open_tap(name), slot)
+            _place(open_tap(name), slot)
         for slot, path in _pairs(listens):
             _place(_listen(path), slot)
     except OSError as e:

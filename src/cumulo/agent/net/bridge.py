@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from cumulo.agent.net import names
 from cumulo.agent.net.cmd import ip_batch, run
 from cumulo.agent.net.plan import Net, Nic
 
@@ -41,6 +42,15 @@ def attach_lines(nic: Nic) -> list[str]:
     return [f"link set {nic.tap} master {nic.bridge} up"]
 
 
+def unplug_lines(present: dict[str, Link], nics: tuple[Nic, ...]) -> list[str]:
+    """A bare-metal port no longer assigned (its node is cleaning, or in error) is unplugged
+    from its bridge: a VM's tap goes with its QEMU, a port's tap stays while its machine
+    runs."""
+    plugged = {n.tap for n in nics}
+    return [f"link set {n} nomaster" for n, link in sorted(present.items())
+            if names.is_port_tap(n) and link.master and n not in plugged]
+
+
 def neighbour_lines(net: Net) -> list[str]:
     """Permanent ARP entries: the first packet to a booting VM does not wait for ARP retries."""
     return [
@@ -60,6 +70,7 @@ async def converge(netns: str, nets: tuple[Net, ...], nics: tuple[Nic, ...]) -> 
         if nic.tap not in present:
             continue  # QEMU has not created it (yet); the next pass attaches it
         lines += attach_lines(nic)
+    lines += unplug_lines(present, nics)
     await ip_batch(netns, lines)
     # Stale neighbours would only matter for removed records: flush and set, per bridge.
     neigh: list[str] = []

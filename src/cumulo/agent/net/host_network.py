@@ -4,6 +4,8 @@ Layout, all inside the host namespace `names.netns_name(host_dir)`:
   bridge per network (gateway address) + dnsmasq per network (DHCP/DNS)
   VXLAN device per network on its bridge, to the other hosts serving it (with an underlay)
   tap per instance NIC (created by QEMU, which runs in the namespace), attached to its bridge,
+  tap per bare-metal port cabled here (opened by the node's BMC emulator), the same way,
+  and detached from any bridge while its node is not active (no port assigned),
   tc caps on the tap (+ its IFB), one nft transaction for every firewall rule of the host.
 Public addresses are not the host's: the edge (cumulo.edge) serves them and reaches the
 instances over the underlay; this host's firewall lets in from the underlay only the edge's
@@ -19,6 +21,7 @@ import asyncio
 import hashlib
 import shutil
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -26,7 +29,7 @@ import structlog
 from cumulo.agent.drivers.base import NicSpec
 from cumulo.agent.net import bridge, dnsmasq, firewall, names, namespace, plan, shaping, vxlan
 from cumulo.agent.net.cmd import NetError, run
-from cumulo.protocol import Assignment, NetworkRef
+from cumulo.protocol import Assignment, NetworkRef, PortAssignment
 
 log = structlog.get_logger("cumulo.agent.net")
 
@@ -80,10 +83,12 @@ class HostNetwork:
         return dnsmasq.DnsmasqPaths(self.state_dir / "dnsmasq" / network_id)
 
     async def converge(
-        self, networks: list[NetworkRef], instances: list[Assignment], running: set[str]
+        self, networks: list[NetworkRef], instances: list[Assignment], running: set[str],
+        ports: Sequence[PortAssignment] = (),
     ) -> None:
-        """Make the data plane match; idempotent, and a no-op when nothing changed."""
-        p = plan.build(networks, instances, running, self.underlay_ip, self.edge_ip)
+        """Make the data plane match; idempotent, and a no-op when nothing changed.
+        `ports`: bare-metal NICs cabled to this host (plugged as running VMs' NICs)."""
+        p = plan.build(networks, instances, running, self.underlay_ip, self.edge_ip, ports)
         async with self._lock:
             if not namespace.exists(self._netns):
                 self._applied = None

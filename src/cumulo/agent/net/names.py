@@ -5,6 +5,8 @@
 - tap       `ct<10 hex><i>`: a hash of the vm id + the NIC index (QEMU creates it)
 - ifb       `cf<10 hex><i>`: the IFB device that shapes traffic FROM that tap's VM
 - vxlan     `cv<12 hex>`:  the network's VXLAN segment to other hosts (a port of its bridge)
+- port      `cp<12 hex>`:  a bare-metal node's "switch port" on this host: the tap its BMC
+                           emulator opens, named after the node's MAC (services.baremetal_ports)
 """
 
 from __future__ import annotations
@@ -44,6 +46,19 @@ def tap_name(vm_id: str, index: int) -> str:
     if not 0 <= index < MAX_NICS:
         raise ValueError(f"NIC index {index} out of range 0..{MAX_NICS - 1}")
     return f"ct{_h(vm_id, 10)}{index}"
+
+
+def port_tap_name(mac: str) -> str:
+    """The tap a bare-metal node's NIC is cabled to: the emulator that opens it and the agent
+    that plugs it both know the node by its MAC."""
+    digits = mac.lower().replace(":", "")
+    if len(digits) != 12 or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError(f"invalid MAC address {mac!r}")
+    return "cp" + digits
+
+
+def is_port_tap(name: str) -> bool:
+    return name.startswith("cp") and len(name) == 14
 
 
 def ifb_name(tap: str) -> str:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cumulo.agent.net import names, vxlan
 from cumulo.agent.net.cmd import NetError
-from cumulo.protocol import Assignment, FirewallRule, NetworkRef
+from cumulo.protocol import Assignment, FirewallRule, NetworkRef, NicRef, PortAssignment
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
@@ -147,9 +148,24 @@ def network(n: NetworkRef, local_macs: frozenset[str] = frozenset(),
     )
 
 
+def _nic(owner: str, tap: str, ref: NicRef, by_id: dict[str, Net], mbps: int,
+         rules: tuple[Rule, ...]) -> Nic:
+    net = by_id.get(ref.network_id)
+    if net is None:
+        raise NetError(f"{owner}: network {ref.network_id} is not in the assignments")
+    ip = _ip(ref.ip, "ip")
+    if ipaddress.IPv4Address(ip) not in ipaddress.IPv4Network(net.cidr):
+        raise NetError(f"{owner}: {ip} is outside {net.cidr}")
+    return Nic(owner, tap, net.bridge, ip, _mac(ref.mac), mbps, rules)
+
+
 def build(networks: list[NetworkRef], instances: list[Assignment], running: set[str],
-          underlay_ip: str | None = None, edge_ip: str | None = None) -> NetPlan:
-    local = frozenset(_mac(nic.mac) for a in instances for nic in a.nics)
+          underlay_ip: str | None = None, edge_ip: str | None = None,
+          ports: Sequence[PortAssignment] = ()) -> NetPlan:
+    """`ports`: bare-metal NICs cabled to this host, plugged like running VMs' NICs (their
+    tap is named after their MAC; it exists while the server runs from its disk)."""
+    local = frozenset(_mac(nic.mac) for nics in [*(a.nics for a in instances),
+                                                 *(p.nics for p in ports)] for nic in nics)
     nets = tuple(sorted((network(n, local, underlay_ip) for n in networks),
                         key=lambda n: n.bridge))
     by_id = {n.id: n for n in nets}
@@ -160,17 +176,12 @@ def build(networks: list[NetworkRef], instances: list[Assignment], running: set[
         rules = tuple(dict.fromkeys(rule(r) for r in a.ingress))
         if a.bandwidth_mbps < 0:
             raise NetError(f"invalid bandwidth {a.bandwidth_mbps} Mbit/s for {a.id}")
-        for i, ref in enumerate(a.nics):
-            net = by_id.get(ref.network_id)
-            if net is None:
-                raise NetError(f"{a.id}: network {ref.network_id} is not in the assignments")
-            ip = _ip(ref.ip, "ip")
-            if ipaddress.IPv4Address(ip) not in ipaddress.IPv4Network(net.cidr):
-                raise NetError(f"{a.id}: {ip} is outside {net.cidr}")
-            nics.append(
-                Nic(a.id, names.tap_name(a.id, i), net.bridge, ip, _mac(ref.mac),
-                    a.bandwidth_mbps, rules)
-            )  # fmt: skip
+        nics += [_nic(a.id, names.tap_name(a.id, i), ref, by_id, a.bandwidth_mbps, rules)
+                 for i, ref in enumerate(a.nics)]
+    for p in sorted(ports, key=lambda p: p.id):
+        rules = tuple(dict.fromkeys(rule(r) for r in p.ingress))
+        nics += [_nic(p.id, names.port_tap_name(_mac(ref.mac)), ref, by_id, 0, rules)
+                 for ref in p.nics]
     edge = _ip(edge_ip, "edge address") if edge_ip else None
     if edge is not None and underlay_ip is None:
         raise NetError("an edge address needs this host's underlay address")

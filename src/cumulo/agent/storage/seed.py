@@ -9,6 +9,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Required, TypedDict, Unpack
 
 import pycdlib
 
@@ -50,8 +51,37 @@ def render_meta_data(
     return "\n".join(lines) + "\n"
 
 
-def build_seed_iso(
-    path: Path,
+class SeedContent(TypedDict, total=False):
+    """What a seed carries (the keyword arguments of `seed_iso_bytes`)."""
+
+    instance_id: Required[str]
+    hostname: Required[str]
+    fqdn: str | None
+    user_data: bytes | None
+    ssh_public_keys: Sequence[str]
+    network_config: str | None
+
+
+def build_seed_iso(path: Path, **content: Unpack[SeedContent]) -> None:
+    """Write the NoCloud seed ISO of this content (see `seed_iso_bytes`) to `path`; the file
+    appears atomically (written to a temp file in the same directory, then renamed)."""
+    data = seed_iso_bytes(**content)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def seed_iso_bytes(
     *,
     instance_id: str,
     hostname: str,
@@ -59,13 +89,14 @@ def build_seed_iso(
     user_data: bytes | None = None,
     ssh_public_keys: Sequence[str] = (),
     network_config: str | None = None,
-) -> None:
-    """Write a NoCloud seed ISO (ISO9660 + Joliet + Rock Ridge, label `cidata`) to `path`.
+) -> bytes:
+    """A NoCloud seed ISO (ISO9660 + Joliet + Rock Ridge, label `cidata`): a VM's (attached
+    as a disk by its host's agent) and a bare-metal server's (written to a partition of its
+    disk by the deploy ramdisk) are made here, from the same content.
 
     With `fqdn` (<name>.<project>.<zone>.<domain>), the meta-data's local-hostname is the FQDN
     and the user-data carries cumulo's #cloud-config (hostname, fqdn, /etc/hosts) next to the
     user's own user-data (see `user_data.compose_user_data`).
-    The file appears atomically (written to a temp file in the same directory, then renamed).
     """
     for name, value in (("instance_id", instance_id), ("hostname", hostname)):
         if not value or any(c in value for c in "\n\r\0"):
@@ -99,18 +130,8 @@ def build_seed_iso(
                 rr_name=name,
                 joliet_path="/" + name,
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                iso.write_fp(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp_name, 0o644)
-            os.replace(tmp_name, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
+        out = io.BytesIO()
+        iso.write_fp(out)
+        return out.getvalue()
     finally:
         iso.close()

@@ -27,6 +27,8 @@ class NodeEnroll(Input):
     vcpus: int
     ram_mib: int
     disk_gib: int
+    port_host: str | None = Field(default=None, description="the host its NIC is cabled to "
+                                  "(its servers are on project networks through that host)")
 
 
 @router.post("", status_code=201, responses=raises(Conflict, NotFound))
@@ -34,7 +36,7 @@ def enroll(svc: Svc, who: Who, body: NodeEnroll) -> NodeView:
     return nodes.enroll(svc, who, nodes.Enrollment(
         name=body.name, zone=body.zone, redfish_url=body.redfish_url, system=body.system,
         arch=body.arch, vcpus=body.vcpus, ram_mib=body.ram_mib, disk_gib=body.disk_gib,
-        username=body.username, password=body.password))
+        username=body.username, password=body.password, port_host=body.port_host))
 
 
 @router.get("")

@@ -1,5 +1,6 @@
 """What a bare-metal deploy fetches and reports (services.baremetal_deploy): the deploy ISO
-(the BMC fetches it), the whole-disk image and the report (the node's deploy ramdisk). The
+(the BMC fetches it), the whole-disk image, the NoCloud seed and the report (the node's
+deploy ramdisk). The
 one-time token in the path is the only credential: a node being deployed has no other."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from cumulo.api.deps import Svc
 from cumulo.api.openapi import raises
 from cumulo.domain.errors import Conflict, InvalidInput, NotFound
 from cumulo.services import baremetal_deploy as deploy
+from cumulo.services import baremetal_seed
 
 router = APIRouter(prefix=deploy.PREFIX, tags=["bare metal"], responses=raises(NotFound))
 MAX_REPORT_BYTES = 4096
@@ -39,6 +41,15 @@ async def image(svc: Svc, token: str) -> Response:
     path = await to_thread.run_sync(functools.partial(deploy.image_file, svc, token))
     return _DiskResponse(path, media_type="application/octet-stream",
                          headers={"cache-control": "no-store"})
+
+
+@router.get("/{token}/seed", response_class=Response)
+async def seed(svc: Svc, token: str) -> Response:
+    """The instance's cloud-init NoCloud seed (an ISO 9660 volume labelled `cidata`, as a VM
+    of this instance gets it), which the deploy ramdisk writes to a partition of the disk."""
+    iso = await to_thread.run_sync(functools.partial(baremetal_seed.seed_iso, svc, token))
+    return Response(iso, media_type="application/octet-stream",
+                    headers={"cache-control": "no-store"})
 
 
 @router.post("/{token}/report", status_code=204, responses=raises(InvalidInput, Conflict))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cumulo.agent.net import names, plan
+from cumulo.agent.net import bridge, names, plan
 from cumulo.agent.net.cmd import NetError
 from cumulo.protocol import (
     Assignment,
@@ -16,6 +16,7 @@ from cumulo.protocol import (
     ImageRef,
     NetworkRef,
     NicRef,
+    PortAssignment,
 )
 
 NET = NetworkRef(
@@ -87,3 +88,28 @@ def test_bad_network_is_rejected() -> None:
         plan.network(NET.model_copy(update={"gateway": "10.9.2.1"}))
     with pytest.raises(NetError, match="dns domain"):
         plan.network(NET.model_copy(update={"dns_domain": "bad domain/"}))
+
+
+def test_a_bare_metal_port_is_plugged_like_a_running_vms_nic_and_unplugged_once_gone() -> None:
+    """A port without a VM: its tap (named after its MAC) on the network's bridge, behind its
+    rules, answered by DHCP; a port tap left on a bridge with no port assigned is unplugged
+    (a VM's tap never is: it goes with its QEMU)."""
+    mac = "02:aa:bb:cc:dd:01"
+    net = NET.model_copy(update={"records": [
+        DnsRecord(hostname="metal", fqdn="metal.p1.z.cumulo.test", ip="10.9.1.20", mac=mac)]})
+    port = PortAssignment(id="i-0000000000000000c",
+                          nics=[NicRef(network_id=NET.id, mac=mac.upper(), ip="10.9.1.20")],
+                          ingress=[FirewallRule(proto="icmp")])
+    p = plan.build([net], [], set(), ports=[port])
+    (nic,) = p.nics
+    assert (nic.tap, nic.bridge, nic.mac, nic.ip, nic.mbps) == (
+        "cp02aabbccdd01", p.nets[0].bridge, mac, "10.9.1.20", 0)
+    assert nic.rules == (plan.Rule("icmp", None, "0.0.0.0/0"),)
+    assert [h.mac for h in p.nets[0].dhcp_hosts] == [mac]
+    vm_tap = names.tap_name("i-0000000000000000a", 0)
+    present = {t: bridge.Link(t, "tun", p.nets[0].bridge) for t in (nic.tap, vm_tap)}
+    assert bridge.unplug_lines(present, p.nics) == []
+    assert bridge.unplug_lines(present, ()) == [f"link set {nic.tap} nomaster"]
+    with pytest.raises(NetError):  # its MAC names its tap: checked before any use
+        plan.build([net], [], set(), ports=[port.model_copy(update={"nics": [
+            NicRef(network_id=NET.id, mac="02:aa;rm", ip="10.9.1.20")]})])
