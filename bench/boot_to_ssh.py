@@ -2,7 +2,7 @@
 
 One `cumulo up` (real agent, QEMU driver, the accelerator `auto` picks, unless
 CUMULO_BENCH_ACCEL says otherwise) and one hand-made floor network (bench/floor.py). For each
-architecture, runs alternate: a cumulo boot, then a floor boot, N times each (10; 3 with
+architecture, runs alternate: a cumulo boot, then a floor boot, N times each (10; 2 with
 --quick), so that both see the same machine load. Each cumulo boot: POST /v1/instances
 (`tiny`, t1.nano: 1 vCPU, 128 MiB) -> poll `ssh -o BatchMode=yes cumulo@<public loopback IP>
 true` every 50 ms until it succeeds -> delete and wait until it is gone. Each floor boot: QEMU
@@ -38,7 +38,9 @@ RAM_MIB = 128  # t1.nano; x86_64 with this kernel does not boot in 64 MiB
 
 
 def runs(quick: bool) -> int:
-    return 3 if quick else 10
+    """Boots per architecture. --quick: 2 (was 3; the 6-minute budget, docs/benchmarks.md):
+    its p50 (nearest rank) is the faster of two boots and its p95 the slower."""
+    return 2 if quick else 10
 
 
 def cumulo_boot(cloud: BenchCloud, name: str, arch: str, timeout: float = 180

@@ -4,12 +4,16 @@ over the provisioning NIC (user networking, restrict=on, one guestfwd to a loopb
 checks its sha256 and, when it is wrong, reports that and writes nothing, as it does when
 the instance's NoCloud seed cannot be fetched (a loopback HTTP server stands in for the API);
 in wipe mode (a node's cleaning) it zeroes the start and the end of a disk that held data,
-and reports ok. A deploy that succeeds, through the API and
-the conductor, and the node booting from its disk afterwards, then its cleaning's wipe:
+and reports ok. An imported GPT whole disk (made for a smaller disk, as cloud images are) is
+deployed with its backup GPT moved to the disk's end and the seed's partition added. A deploy
+that succeeds, through the API and the conductor, and the node booting from its disk
+afterwards, then its cleaning's wipe:
 test_baremetal_qemu.py (one deploy is all the suite's time allows)."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import subprocess
 import threading
@@ -21,7 +25,8 @@ import pytest
 
 from cumulo.agent.storage.seed import seed_iso_bytes
 from cumulo.baremetal.emulated_machine import PROVISION_ADDR, EmulatedMachine, MachineSpec
-from cumulo.images import deploy_iso, wholedisk
+from cumulo.images import deploy_iso, imported_disk, wholedisk
+from tests.disk_images import read_gpt, to_qcow2, write_gpt_disk
 
 pytestmark = pytest.mark.qemu
 
@@ -162,3 +167,48 @@ def test_the_ramdisk_in_wipe_mode_zeroes_the_start_and_the_end_of_the_disk(
         assert at(size - 4 * mib, 4 * mib) == bytes(4 * mib)
         assert at(4 * mib, mib) == b"\xab" * mib == at(512 * mib, mib)
         assert at(size - 8 * mib, mib) == b"\xab" * mib
+
+
+def test_an_imported_gpt_whole_disk_is_deployed_its_backup_gpt_moved_to_the_end(
+    tmp_path: Path,
+) -> None:
+    mib, size = 1 << 20, 1 << 30  # a 16 MiB image on the machine's 1 GiB disk
+    raw = tmp_path / "cloud.raw"
+    write_gpt_disk(raw, 16 * mib, [(2048, 16384)])
+    with raw.open("r+b") as f:
+        f.seek(2048 * 512)
+        f.write(b"\xcd" * mib)
+    image = tmp_path / "cloud.qcow2"
+    to_qcow2(raw, image)
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    built = imported_disk.ensure_imported_disk(image, sha, tmp_path / "forms")
+    api = _Api(built / "disk.raw.gz")
+    assert gzip.decompress(api.image) == raw.read_bytes()
+    m = EmulatedMachine(MachineSpec("deploy-1", 1, 256, 1), tmp_path, provision_port=api.port)
+    try:
+        _boot_deploy(m, json.loads((built / "build.json").read_text())["gz_sha256"])
+        assert api.reported.wait(300), m.console_log.read_text(errors="replace")[-3000:]
+        assert set(api.reports) == {b"ok"}, m.console_log.read_text(errors="replace")[-3000:]
+        assert "moved the backup GPT to the end of /dev/vda" in \
+            m.console_log.read_text(errors="replace")
+    finally:
+        m.force_off()
+        api.server.shutdown()
+        api.server.server_close()
+    out = tmp_path / "deployed.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(m.disk), str(out)], check=True,
+                   timeout=120)
+    last, seed_start = size // 512 - 1, size // 512 - 8192
+    assert api.seed is not None
+    with out.open("rb") as f:
+        primary, backup = read_gpt(f, 1), read_gpt(f, last)  # both intact, the backup at the end
+        assert primary.header_ok and backup.header_ok
+        assert (primary.backup, backup.current, backup.backup) == (last, last, 1)
+        assert primary.last_usable == backup.last_usable >= seed_start + 6144 - 1
+        assert primary.partitions == backup.partitions == [
+            (2048, 2048 + 16384 - 1), (seed_start, seed_start + 6144 - 1)]
+        f.seek(2048 * 512)
+        assert f.read(mib) == b"\xcd" * mib  # the image's partition as it was
+        f.seek(seed_start * 512)
+        iso = f.read(len(api.seed))
+    assert iso == api.seed and b"CIDATA" in iso[32768:34816].upper()  # the ISO9660 label

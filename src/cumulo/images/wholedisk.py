@@ -115,13 +115,18 @@ def _build(tiny_dir: Path, digest: str, work: Path, out: Path) -> dict[str, obje
         for src, offset in ((boot, BOOT_START), (root, ROOT_START)):
             f.seek(offset)
             _copy_sparse(src, f)
-    gz = out / "disk.raw.gz"
+    return {"name": "tiny-disk", "arch": "x86_64", **gzip_raw(raw, out / "disk.raw.gz"),
+            "kernel_cmdline": disk_cmdline()}
+
+
+def gzip_raw(raw: Path, gz: Path) -> dict[str, object]:
+    """Gzip the raw disk `raw` to `gz` (what a deploy transfers; mtime 0: the same disk gives
+    the same bytes); the facts a build records: both files' sizes and sha256s."""
     with raw.open("rb") as src_f, gzip.GzipFile(gz, "wb", compresslevel=6, mtime=0) as dst:
         shutil.copyfileobj(src_f, dst, 1 << 20)
     size, sha = file_digest(raw)
     gz_size, gz_sha = file_digest(gz)
-    return {"name": "tiny-disk", "arch": "x86_64", "size": size, "sha256": sha,
-            "gz_size": gz_size, "gz_sha256": gz_sha, "kernel_cmdline": disk_cmdline()}
+    return {"size": size, "sha256": sha, "gz_size": gz_size, "gz_sha256": gz_sha}
 
 
 def _copy_sparse(src: Path, dst: BinaryIO) -> None:

@@ -30,12 +30,14 @@ from sqlalchemy.orm import Session
 from cumulo.db.tables import BaremetalNodeRow, ImageRow, InstanceRow
 from cumulo.domain import baremetal as bm
 from cumulo.domain.errors import Conflict, InvalidInput, NotFound
-from cumulo.images import deploy_iso, wholedisk
+from cumulo.images import deploy_iso, imported_disk, wholedisk
+from cumulo.images.debs import ImageBuildError
 from cumulo.services.context import Services
 
 PREFIX = "/v1/baremetal/deploy"
 _TOKEN = re.compile(r"^[0-9a-f]{64}\Z")
 _TOKEN_STATES = (bm.NodeState.DEPLOYING.value, bm.NodeState.CLEANING.value)
+WHOLE_DISKS = "whole-disk"  # in the image store: the whole-disk forms of imported images
 
 
 def new_token() -> tuple[str, str]:
@@ -70,25 +72,56 @@ class WholeDisk:
     sha256: str
 
 
+def _is_tiny(image: ImageRow) -> bool:
+    return image.project_id is None and image.name == "tiny"
+
+
 def require_whole_disk(image: ImageRow) -> None:
-    """Refuse `image` unless it has a whole-disk form. Only the built-in tiny image (x86_64)
-    has one so far: imported images (qcow2 or raw, not gzipped) are not deployed yet. A bm1
+    """Refuse `image` unless it has a whole-disk form: the built-in tiny image (x86_64) and
+    any x86_64 image that is a whole disk (a partition table: images.imported_disk). A bm1
     create checks it (services.baremetal_instances), and so does the deploy."""
-    if image.project_id is not None or image.name != "tiny" or image.arch != "x86_64":
-        raise InvalidInput(f"image {image.name!r} ({image.arch}) has no whole-disk form for "
-                           "bare metal: only the built-in tiny image (x86_64) deploys so far",
-                           code="no_whole_disk_image")
+    if image.arch != "x86_64":
+        raise _no_form(image.name, image.arch, "only x86_64 images deploy so far")
+    if not _is_tiny(image):
+        _table(image.disk_path, image.disk_sha256, image.virtual_size_bytes, image.name)
+
+
+def _no_form(name: str, arch: str, why: str) -> InvalidInput:
+    return InvalidInput(f"image {name!r} ({arch}) has no whole-disk form for bare metal: {why}",
+                        code="no_whole_disk_image")
+
+
+@functools.lru_cache(maxsize=256)
+def _table(path: str, sha256: str, virtual_size: int, name: str) -> str:
+    """The image's partition table (a bm1 create asks each time: read once per content)."""
+    try:
+        return imported_disk.check(Path(path), "qcow2", virtual_size)
+    except imported_disk.NotWholeDisk as e:
+        raise _no_form(name, "x86_64", f"it is no whole disk: {e}") from None
+    except ImageBuildError as e:
+        raise _no_form(name, "x86_64", f"its first sectors cannot be read: {e}") from None
 
 
 def whole_disk(image: ImageRow) -> WholeDisk:
-    """The whole-disk form of `image` (built on first use)."""
+    """The whole-disk form of `image` (built on first use, kept in the image store beside
+    the image, keyed by the image's sha256)."""
     require_whole_disk(image)
-    return _tiny_disk()
+    if _is_tiny(image):
+        return _tiny_disk()
+    try:
+        built = imported_disk.ensure_imported_disk(
+            Path(image.disk_path), image.disk_sha256, Path(image.disk_path).parent / WHOLE_DISKS)
+    except (imported_disk.NotWholeDisk, ImageBuildError) as e:
+        raise _no_form(image.name, image.arch, f"building it failed: {e}") from None
+    return _form(built)
 
 
 @functools.cache
 def _tiny_disk() -> WholeDisk:
-    built = wholedisk.ensure_tiny_disk()
+    return _form(wholedisk.ensure_tiny_disk())
+
+
+def _form(built: Path) -> WholeDisk:
     meta = json.loads((built / "build.json").read_text())
     return WholeDisk(built / "disk.raw.gz", str(meta["gz_sha256"]))
 

@@ -3,7 +3,7 @@ liveness (an instance of a down host shows as unknown) and, for admins only, the
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import BindParameter, bindparam, select
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import (
@@ -20,26 +20,31 @@ from cumulo.services import dedicated_hosts, hosts, placement_groups
 from cumulo.services.context import Principal, Services, fqdn
 from cumulo.services.views import InstanceView
 
+# Built once: every instance view runs them (a get, a list, each start/stop/delete).
+_IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
+_HOSTS = select(HostRow.id, HostRow.name, hosts.IS_UP).where(HostRow.id.in_(_IDS))
+_ADDRESSES = (select(AddressRow.instance_id, AddressRow.ip, NetworkRow.name)
+              .join(NetworkRow, NetworkRow.id == AddressRow.network_id)
+              .where(AddressRow.instance_id.in_(_IDS)))
+_PUBLIC_IPS = select(PublicIpRow.instance_id, PublicIpRow.ip).where(
+    PublicIpRow.instance_id.in_(_IDS))
+_GROUPS = (select(InstanceGroupRow.instance_id, SecurityGroupRow.name)
+           .join(SecurityGroupRow, SecurityGroupRow.id == InstanceGroupRow.group_id)
+           .where(InstanceGroupRow.instance_id.in_(_IDS))
+           .order_by(SecurityGroupRow.name))
+
 
 def views(s: Session, svc: Services, rows: list[InstanceRow], project: str,
           who: Principal) -> list[InstanceView]:
     """Views of `rows` (all of one project), with their network facts fetched in bulk."""
     ids = [r.id for r in rows]
-    host_ids = {r.host_id for r in rows if r.host_id}
+    host_ids = list({r.host_id for r in rows if r.host_id})
     hosts_by_id = {hid: (name, bool(up)) for hid, name, up in s.execute(
-        select(HostRow.id, HostRow.name, hosts.IS_UP).where(HostRow.id.in_(host_ids)),
-        {"seen_after": hosts.seen_after()})}
-    addr = {a.instance_id: (a.ip, n) for a, n in s.execute(
-        select(AddressRow, NetworkRow.name).join(NetworkRow, NetworkRow.id == AddressRow.network_id)
-        .where(AddressRow.instance_id.in_(ids)))}
-    pub = dict(s.execute(select(PublicIpRow.instance_id, PublicIpRow.ip)
-                         .where(PublicIpRow.instance_id.in_(ids))).all())
+        _HOSTS, {"ids": host_ids, "seen_after": hosts.seen_after()})}
+    addr = {iid: (ip, n) for iid, ip, n in s.execute(_ADDRESSES, {"ids": ids})}
+    pub = dict(s.execute(_PUBLIC_IPS, {"ids": ids}).all())
     groups: dict[str, list[str]] = {i: [] for i in ids}
-    for iid, gname in s.execute(select(InstanceGroupRow.instance_id, SecurityGroupRow.name)
-                                .join(SecurityGroupRow,
-                                      SecurityGroupRow.id == InstanceGroupRow.group_id)
-                                .where(InstanceGroupRow.instance_id.in_(ids))
-                                .order_by(SecurityGroupRow.name)):
+    for iid, gname in s.execute(_GROUPS, {"ids": ids}):
         groups[iid].append(gname)
     dedicated = dedicated_hosts.ids_of_hosts(
         s, {r.host_id for r in rows if r.host_id and r.tenancy == "dedicated"})

@@ -27,7 +27,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from cumulo.config import Settings
@@ -39,6 +39,18 @@ from cumulo.services.prices import Rate
 
 # An instance's compute is billed in these states only (see the module doc).
 BILLED_STATES = frozenset({InstanceState.RUNNING.value, InstanceState.REBOOTING.value})
+
+
+# Built once: every instance's state change runs them (a create, a delete, a report).
+_U = UsageIntervalRow
+_INSERT = insert(_U)
+_OPEN = (select(_U.id, _U.resource_id, _U.kind, _U.basis, _U.quantity, _U.unit_price,
+                _U.period_hours, _U.started_at)
+         .where(_U.resource_id.in_(bindparam("ids", expanding=True)), _U.ended_at.is_(None))
+         .order_by(_U.id))
+_CLOSE = (update(_U).where(_U.id.in_(bindparam("ids", expanding=True)))
+          .values(ended_at=bindparam("at", type_=_U.ended_at.type)))
+_DROP = delete(_U).where(_U.id.in_(bindparam("ids", expanding=True)))
 
 
 def now(svc: Services) -> datetime:
@@ -58,10 +70,20 @@ def _price_text(rate: Rate) -> str:
 def start(s: Session, at: datetime, project_id: str, resource_id: str, resource_name: str,
           rates: Sequence[Rate]) -> None:
     """Open an interval per rate of a resource that has none open (it was just created)."""
-    s.add_all(UsageIntervalRow(
-        project_id=project_id, resource_id=resource_id, resource_name=resource_name[:63],
-        kind=r.kind, basis=r.basis[:80], quantity=r.quantity, unit_price=_price_text(r),
-        period_hours=r.period_hours, started_at=at, ended_at=None) for r in rates)
+    _open(s, at, [Change(project_id, resource_id, resource_name, rates)])
+
+
+def _open(s: Session, at: datetime, changes: Sequence[Change]) -> None:
+    """Open an interval per rate of each change, in one statement. Columns on the session's
+    connection, not ORM objects: nothing reads them back in the transaction that writes them,
+    and a flush of objects with generated keys was one INSERT per interval."""
+    rows = [{"project_id": c.project_id, "resource_id": c.resource_id,
+             "resource_name": c.resource_name[:63], "kind": r.kind, "basis": r.basis[:80],
+             "quantity": r.quantity, "unit_price": _price_text(r),
+             "period_hours": r.period_hours, "started_at": at, "ended_at": None}
+            for c in changes for r in c.rates]
+    if rows:
+        s.connection().execute(_INSERT, rows)
 
 
 @dataclass(frozen=True)
@@ -83,25 +105,32 @@ def sync(s: Session, at: datetime, project_id: str, resource_id: str, resource_n
 
 
 def sync_many(s: Session, at: datetime, changes: Sequence[Change]) -> None:
-    """`sync` of several resources in one query (an agent's report of many instances)."""
+    """`sync` of several resources in one query (an agent's report of many instances), and
+    at most one statement each to close, drop and open intervals."""
     if not changes:
         return
     wanted = {c.resource_id: list(c.rates) for c in changes}
-    for row in s.scalars(select(UsageIntervalRow).where(
-            UsageIntervalRow.resource_id.in_(list(wanted)), UsageIntervalRow.ended_at.is_(None))):
-        rates = wanted[row.resource_id]
+    closed: list[int] = []
+    dropped: list[int] = []
+    for iid, resource_id, *key, started_at in s.connection().execute(
+            _OPEN, {"ids": list(wanted)}):
+        rates = wanted[resource_id]
         match = next((r for r in rates if _key(r.kind, r.basis[:80], r.quantity,
                                                _price_text(r), r.period_hours)
-                      == _key(row.kind, row.basis, row.quantity, row.unit_price,
-                              row.period_hours)), None)
+                      == tuple(key)), None)
         if match is not None:
             rates.remove(match)
-        elif row.started_at >= at:
-            s.delete(row)  # opened and closed within one second: nothing to bill
+        elif started_at >= at:
+            dropped.append(iid)  # opened and closed within one second: nothing to bill
         else:
-            row.ended_at = at
-    for c in changes:
-        start(s, at, c.project_id, c.resource_id, c.resource_name, wanted[c.resource_id])
+            closed.append(iid)
+    conn = s.connection()
+    if closed:
+        conn.execute(_CLOSE, {"ids": closed, "at": at})
+    if dropped:
+        conn.execute(_DROP, {"ids": dropped})
+    _open(s, at, [Change(c.project_id, c.resource_id, c.resource_name, wanted[c.resource_id])
+                  for c in changes])
 
 
 def end(s: Session, at: datetime, resource_ids: Collection[str]) -> None:

@@ -89,7 +89,7 @@ def test_boot_summary_shape() -> None:
     assert r["breakdown_median_s"]["qemu_start"] == 0.2
     assert r["floor_breakdown_median_s"] == {"guest_ready": 3.5, "ssh": 5.0}
     assert (r["ready_to_ssh_median_s"], r["floor_ready_to_ssh_median_s"]) == (2.0, 1.5)
-    assert boot_to_ssh.runs(True) == 3 and boot_to_ssh.runs(False) >= 10
+    assert boot_to_ssh.runs(True) == 2 and boot_to_ssh.runs(False) >= 10
 
 
 def test_floor_argv_matches_cumulo_essentials(tmp_path: Path) -> None:
