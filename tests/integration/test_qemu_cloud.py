@@ -26,7 +26,7 @@ def wait_console(cloud: Cloud, name: str, pattern: str, timeout: float = 120,
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:
-        text = cloud.cli("instance", "console-log", name).stdout
+        text = cloud.get("/v1/instances/{}/console", name)
         if len(re.findall(re.escape(pattern), text)) >= count:
             return text
         time.sleep(0.5)
