@@ -4,13 +4,22 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from cumulo.services import hosts
 from cumulo.services.context import Services
 from tests.conftest import ADMIN
+
+
+@pytest.fixture(autouse=True)
+def _hosts_stay_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hosts below are registered once and never heartbeat: on a loaded machine a test
+    outlived their 12 s (a create or a snapshot then refused for a host down, not a quota)."""
+    monkeypatch.setattr(hosts, "HOST_DOWN_AFTER", timedelta(hours=1))
 
 
 def _project(api: TestClient, name: str) -> dict[str, str]:
