@@ -25,7 +25,7 @@ from tests.chaos import leftovers
 from tests.chaos.killer import Killer
 from tests.chaos.storm import Api, Client, Model
 from tests.chaos.test_chaos import ONE_ZONE, run_storm
-from tests.chaos.verdict import converge, ended, story, unsettled, wait_none
+from tests.chaos.verdict import converge, ended, scene, story, unsettled, wait_none
 from tests.integration.conftest import Cloud, _make, agent_pids, qemu_pids
 from tests.integration.test_network_cloud import wait_ssh
 from tests.integration.test_volumes_cloud import device_of, rssh
@@ -116,7 +116,7 @@ def test_storm_with_qemu_kills_keeps_every_synced_byte(qemu_cloud_2: Cloud,
     wait_none(restart_crashed, BOOT_S, lambda: story(api, sorted(crashed)))
     assert "keep" in crashed, "the keeper's QEMU kill went unreported"
     converge(api, models, 60, c.state_dir)
-    wait_none(lambda: unsettled(api), 60)
+    wait_none(lambda: unsettled(api), 60, lambda: scene(api, c.state_dir))
     print(f"chaos: migrations ended {ended(api)}")
     wait_none(lambda: leftovers.check(c.state_dir, api), 60)
     leftovers.assert_catches_a_planted_orphan(c.state_dir, api)
