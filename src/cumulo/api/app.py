@@ -39,22 +39,28 @@ from cumulo.api.routers import (
     volumes,
 )
 from cumulo.api.segments import OneSegmentPerName
-from cumulo.services import baremetal_conductor, baremetal_power_sync, migration_deadlines
+from cumulo.services import (
+    baremetal_conductor,
+    baremetal_power_sync,
+    migration_deadlines,
+    terminated,
+)
 from cumulo.services import hosts as host_service
 from cumulo.services.auth import TokenCache
 from cumulo.services.context import Services
 
 log = structlog.get_logger("cumulo.api")
 
-# How often silent hosts (host_service.sweep_down) and overdue migrations
-# (migration_deadlines.sweep) are looked for.
+# How often silent hosts (host_service.sweep_down), overdue migrations
+# (migration_deadlines.sweep) and deleted instances past their retention (terminated.purge)
+# are looked for.
 SWEEP_EVERY_S = 5.0
 CONDUCT_EVERY_S = 2.0  # how often the bare-metal conductor looks for nodes with work
 
 
 async def _sweep(svc: Services) -> None:
-    """Mark down the hosts whose agent went silent and fail the migrations past their time
-    limit, for as long as the API runs."""
+    """Mark down the hosts whose agent went silent, fail the migrations past their time
+    limit and forget deleted instances past their retention, for as long as the API runs."""
     while True:
         await asyncio.sleep(SWEEP_EVERY_S)
         try:
@@ -62,6 +68,7 @@ async def _sweep(svc: Services) -> None:
                 log.warning("host_down", host=name)
             for mid in await threads.service(svc, migration_deadlines.sweep, svc):
                 log.warning("migration_overdue", migration=mid)
+            await threads.service(svc, terminated.purge, svc)
         except Exception as e:  # the database is away: try again at the next sweep
             log.warning("host_sweep_failed", error=str(e))
 

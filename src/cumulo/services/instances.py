@@ -101,7 +101,7 @@ def act(
                                     f"{action.value}_requested")])
         result = view(s, svc, row, prj.name, who)
         if action is Action.DELETE:
-            terminated.record(s, svc, prj.id, result)
+            terminated.record(s, prj.id, result)
     if row.host_id not in storage:
         svc.notifier.notify(row.host_id, [row.id])
     for host_id in storage:

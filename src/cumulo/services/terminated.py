@@ -3,7 +3,6 @@ instance to stay visible for a while (the EC2 API shows them `terminated`)."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, delete, select
@@ -19,23 +18,22 @@ def _since(svc: Services) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=svc.settings.ec2.terminated_visible_s)
 
 
-# Those past the retention are forgotten by a delete at most this often (per API process),
-# not by every one: `recent` never shows them anyway, and the purge was a statement more per
-# deleted instance.
-PURGE_EVERY_S = 60.0
-_purged_at = [-PURGE_EVERY_S]  # time.monotonic() of this process's last purge
 _PURGE = delete(TerminatedInstanceRow).where(
     TerminatedInstanceRow.terminated_at < bindparam("since", type_=UtcDateTime()))
 
 
-def record(s: Session, svc: Services, project_id: str, view: InstanceView) -> None:
-    """Keep `view` (an instance being deleted); forget those past the retention."""
-    if time.monotonic() - _purged_at[0] >= PURGE_EVERY_S:
-        _purged_at[0] = time.monotonic()
-        s.connection().execute(_PURGE, {"since": _since(svc)})
+def record(s: Session, project_id: str, view: InstanceView) -> None:
+    """Keep `view` (an instance being deleted); `purge` forgets it after the retention."""
     s.merge(TerminatedInstanceRow(id=view.id, project_id=project_id,
                                   view=view.model_dump(mode="json"),
                                   terminated_at=datetime.now(UTC)))
+
+
+def purge(svc: Services) -> int:
+    """Forget the records past the retention (the API's periodic sweep: not a statement
+    more for every delete; `recent` never shows them anyway). How many were forgotten."""
+    with svc.db.session() as s:
+        return int(s.connection().execute(_PURGE, {"since": _since(svc)}).rowcount or 0)
 
 
 def recent(svc: Services, who: Principal, project: str | None
