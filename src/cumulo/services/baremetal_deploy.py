@@ -82,8 +82,14 @@ def require_whole_disk(image: ImageRow) -> None:
     create checks it (services.baremetal_instances), and so does the deploy."""
     if image.arch != "x86_64":
         raise _no_form(image.name, image.arch, "only x86_64 images deploy so far")
-    if not _is_tiny(image):
-        _table(image.disk_path, image.disk_sha256, image.virtual_size_bytes, image.name)
+    if _is_tiny(image):
+        return
+    try:
+        why = _why_not_whole(image.disk_path, image.disk_sha256, image.virtual_size_bytes)
+    except ImageBuildError as e:  # not cached: a read that failed may work next time
+        raise _no_form(image.name, image.arch, f"its first sectors cannot be read: {e}") from None
+    if why is not None:
+        raise _no_form(image.name, image.arch, f"it is no whole disk: {why}")
 
 
 def _no_form(name: str, arch: str, why: str) -> InvalidInput:
@@ -92,14 +98,14 @@ def _no_form(name: str, arch: str, why: str) -> InvalidInput:
 
 
 @functools.lru_cache(maxsize=256)
-def _table(path: str, sha256: str, virtual_size: int, name: str) -> str:
-    """The image's partition table (a bm1 create asks each time: read once per content)."""
+def _why_not_whole(path: str, sha256: str, virtual_size: int) -> str | None:
+    """Why the image's content is no whole disk (None: it is one). A bm1 create asks each
+    time: the first sectors are read once per content, a refusal remembered as well."""
     try:
-        return imported_disk.check(Path(path), "qcow2", virtual_size)
+        imported_disk.check(Path(path), "qcow2", virtual_size)
     except imported_disk.NotWholeDisk as e:
-        raise _no_form(name, "x86_64", f"it is no whole disk: {e}") from None
-    except ImageBuildError as e:
-        raise _no_form(name, "x86_64", f"its first sectors cannot be read: {e}") from None
+        return str(e)
+    return None
 
 
 def whole_disk(image: ImageRow) -> WholeDisk:
