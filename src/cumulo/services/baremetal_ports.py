@@ -22,12 +22,11 @@ from cumulo.db.tables import (
     AddressRow,
     BaremetalNodeRow,
     HostRow,
-    InstanceGroupRow,
     ProjectRow,
 )
 from cumulo.domain import baremetal as bm
 from cumulo.protocol import NicRef, PortAssignment
-from cumulo.services import networks, public_ips, security_groups
+from cumulo.services import instance_nics, security_groups
 from cumulo.services.context import Services
 from cumulo.services.create_batch import CreateBatch
 
@@ -85,16 +84,10 @@ def attach(svc: Services, batch: CreateBatch, prj: ProjectRow, req: CreateInstan
     """A new bm1 instance on a node with a port: its address on the network (the node's
     MAC), its security groups and its public IP, as a VM's create gives them."""
     s = batch.s
-    groups = batch.get(("groups", prj.id, *req.security_groups),
-                       lambda: security_groups.resolve(s, prj, req.security_groups))
-    network = batch.get(("network", prj.id, zone, req.network),
-                        lambda: networks.resolve(s, svc, prj, zone, req.network))
-    with s.no_autoflush:
-        address = networks.allocate_address(s, network, instance_id, req.private_ip,
-                                            mac=node.mac)
-        for g in groups:
-            s.add(InstanceGroupRow(instance_id=instance_id, group_id=g.id))
-        public_ip = public_ips.assign_auto(s, svc, prj, instance_id)
+    network, groups = instance_nics.choices(svc, batch, prj, zone, req.network,
+                                            req.security_groups)
+    address, public_ip = instance_nics.wire(s, svc, prj, instance_id, network, groups,
+                                            req.private_ip, mac=node.mac)
     host_id = port_host_id(s, node)
     return Attached(network_id=network.id, network=network.name, private_ip=address.ip,
                     public_ip=public_ip.ip, groups=sorted({g.name for g in groups}),

@@ -13,7 +13,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cumulo.db.tables import (
-    InstanceGroupRow,
     InstanceRow,
     ProjectRow,
 )
@@ -53,13 +52,11 @@ from cumulo.services import (
     events,
     hosts,
     images,
+    instance_nics,
     keypairs,
     metering,
-    networks,
     placement_groups,
-    public_ips,
     quotas,
-    security_groups,
 )
 from cumulo.services.context import Principal, Services
 from cumulo.services.create_batch import CreateBatch
@@ -323,10 +320,8 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
         raise InsufficientCapacity(placement.explain(), code="no_host_fits")
     cpu_set = dedicated_hosts.cpu_set_for(s, placement.host, vcpus)
     keys = batch.get(("keys", prj.id, *req.keys), lambda: keypairs.resolve(s, prj, req.keys))
-    groups = batch.get(("groups", prj.id, *req.security_groups),
-                       lambda: security_groups.resolve(s, prj, req.security_groups))
-    network = batch.get(("network", prj.id, zone, req.network),
-                        lambda: networks.resolve(s, svc, prj, zone, req.network))
+    network, groups = instance_nics.choices(svc, batch, prj, zone, req.network,
+                                            req.security_groups)
     row = InstanceRow(
         id=new_id("i"), name=req.name, project_id=prj.id, zone=zone, arch=arch.value,
         type_name=req.type, vcpus=vcpus, ram_mib=ram, bandwidth_mbps=size.bandwidth_mbps,
@@ -339,13 +334,10 @@ def _create_one(svc: Services, batch: CreateBatch, call: CreateCall, size: _Size
     )
     s.add(row)
     s.flush()  # the instance first: the rows below refer to it
-    # Their searches look at other instances' rows only: what this create adds is written in
-    # one flush at the end, not one per search.
+    # What this create adds is written in one flush at the end, not one per search.
+    address, public_ip = instance_nics.wire(s, svc, prj, row.id, network, groups,
+                                            req.private_ip)
     with s.no_autoflush:
-        address = networks.allocate_address(s, network, row.id, req.private_ip)
-        for g in groups:
-            s.add(InstanceGroupRow(instance_id=row.id, group_id=g.id))
-        public_ip = public_ips.assign_auto(s, svc, prj, row.id)
         metering.start(s, metering.now(svc), prj.id, row.id, row.name, metering.instance_rates(
             svc.settings, row.state, row.type_name, vcpus, ram, disk))
     s.flush()
