@@ -25,11 +25,17 @@ MAX_REASON = 200  # the column's
 def host_views(s: Session, settings: Settings, zone: str | None = None) -> list[HostView]:
     """Every host (of `zone`), by name: what it registered, its state, and what placement
     counts on it."""
-    rows = {r.id: r for r in s.scalars(select(HostRow) if zone is None
-                                       else select(HostRow).where(HostRow.zone == zone))}
+    caps = hosts.capacities(s, settings, zone)
+    # Rows read after the capacities, by their ids: on PostgreSQL each statement sees its own
+    # snapshot, so a host that joined between two reads was in the second and not the first
+    # (a KeyError, a 500 to `cumulo zones` while an agent joined). One gone meanwhile is left out.
+    rows = {r.id: r for r in s.scalars(
+        select(HostRow).where(HostRow.id.in_([c.host_id for c in caps])))}
     out = []
-    for cap in hosts.capacities(s, settings, zone):
-        row = rows[cap.host_id]
+    for cap in caps:
+        row = rows.get(cap.host_id)
+        if row is None:
+            continue
         out.append(HostView(
             name=cap.name, zone=cap.zone,
             state="disabled" if not cap.enabled else "up" if cap.up else "down",

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 
+from cumulo.config import Settings
 from cumulo.db.tables import HostRow
-from cumulo.services import hosts
+from cumulo.scheduler.placement import HostCapacity
+from cumulo.services import catalogue, hosts
 from cumulo.services.context import Principal, Role, Services
+from tests.conftest import ADMIN
 
 
 def _register(svc: Services, name: str, archs: list[str]) -> str:
@@ -35,3 +40,24 @@ def test_capacities_tell_live_hosts_from_silent_and_down_ones(svc: Services) -> 
     assert (caps[live].vcpus_used, caps[live].ram_mib_used) == (0, 0)
     with svc.db.session() as s:
         assert hosts.capacities(s, svc.settings, "no-such-zone") == []
+
+
+def test_zones_list_a_host_that_joins_between_their_reads(
+        svc: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL each statement reads its own snapshot: a host that joined after the
+    host rows were read but before the capacities were must not make `zones` fail (it did,
+    with a 500, while an agent joined)."""
+    _register(svc, "cap-first", ["x86_64"])
+    real = hosts.capacities
+
+    def joined_meanwhile(s: Session, settings: Settings,
+                         zone: str | None = None) -> list[HostCapacity]:
+        s.add(HostRow(id="h-late", name="cap-late", zone="local-1a", architectures=["x86_64"],
+                      vcpus=4, ram_mib=2048, driver="fake", accel="fake", agent_url="",
+                      state="up", last_seen=datetime.now(UTC)))
+        s.flush()
+        return real(s, settings, zone)
+
+    monkeypatch.setattr(hosts, "capacities", joined_meanwhile)
+    zone = next(z for z in catalogue.list_zones(svc, ADMIN) if z.name == "local-1a")
+    assert {"cap-first", "cap-late"} <= {h.name for h in zone.hosts}
