@@ -147,7 +147,9 @@ class Reconciler:
             # Asked for any generation: a start since then bumped it, and the guest obeying
             # the earlier request must not be taken for a guest that chose to power off
             # (that would turn the user's start into a stop).
-            powered_off_on_request=pending is not None,
+            # The driver's word survives an agent restart (this agent's memory does not).
+            powered_off_on_request=pending is not None
+            or (obs is not None and obs.power_off_requested),
         )
         if d.step is Step.START and self.exporter is not None and self.exporter.busy(a.id):
             return Observation(id=a.id, state=InstanceState.STOPPED.value,

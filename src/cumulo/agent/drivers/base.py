@@ -123,6 +123,11 @@ class Observed:
     pid: int | None = None
     reason: str = ""
     io_errors: tuple[DiskIoError, ...] = ()
+    # SHUTDOWN only: cumulo asked this guest to power off (request_shutdown) since its
+    # process started. Kept by the driver, so that an agent restarted between a stop and a
+    # start that came before the guest was off still tells the guest obeying the old stop
+    # from a guest that chose to power off (agent.decide: powered_off_on_request).
+    power_off_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -296,6 +301,15 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def attached_volumes(self, vm_id: str) -> set[str]:
         """The ids of the volumes the running VM holds (empty when it does not run)."""
+
+
+# migrate_out's refusal of a VM whose guest was asked to power off since its process started
+# (Observed.power_off_requested): it may still obey during the copy, and arrive powered off
+# where nobody knows it was asked (a stop, then a start before it was off: it must run). It
+# stays where that is known.
+POWER_OFF_PENDING = ("cannot migrate {vm_id}: its guest was asked to power off (a stop, then a "
+                     "start before it was off) and may still do so; reboot it, or wait until "
+                     "it has powered off and started again")
 
 
 class MigratingDriver(Driver):

@@ -50,7 +50,8 @@ class FakeDriver(FakeMigrationCalls):
                 vm.shutdown_pending = False
                 if vm.observed.power is PowerState.RUNNING:
                     vm.events.append("poweroff")
-                    vm.observed = Observed(vm_id, PowerState.SHUTDOWN, vm.observed.pid)
+                    vm.observed = Observed(vm_id, PowerState.SHUTDOWN, vm.observed.pid,
+                                           power_off_requested=vm.power_off_asked)
             result[vm_id] = vm.observed
         return result
 
@@ -70,6 +71,7 @@ class FakeDriver(FakeMigrationCalls):
             vm = self.host.vms[spec.vm_id] = FakeVM(spec, observed)
         else:
             vm.spec, vm.observed, vm.shutdown_pending = spec, observed, False
+            vm.power_off_asked = False
         vm.volumes = {v.volume_id: v for v in spec.volumes}
         vm.events.append("boot")
         return observed
@@ -78,7 +80,7 @@ class FakeDriver(FakeMigrationCalls):
         vm = self.host.vms.get(vm_id)
         if vm is not None and vm.observed.power in LIVE:
             self._retry_writes(vm)  # a paused guest would never see the request
-            vm.shutdown_pending = True
+            vm.shutdown_pending = vm.power_off_asked = True
 
     async def force_stop(self, vm_id: str) -> None:
         vm = self.host.vms.get(vm_id)
@@ -92,7 +94,7 @@ class FakeDriver(FakeMigrationCalls):
         vm = self.host.vms.get(vm_id)
         if vm is None or vm.observed.power not in LIVE:
             raise DriverError(f"cannot reboot {vm_id}: it is not running")
-        vm.shutdown_pending = False
+        vm.shutdown_pending = vm.power_off_asked = False
         vm.events.append("reset")  # the writes that failed are dropped, and it runs
         if vm.observed.power is not PowerState.RUNNING:
             vm.observed = Observed(vm_id, PowerState.RUNNING, vm.observed.pid)
@@ -147,6 +149,13 @@ class FakeDriver(FakeMigrationCalls):
         mig = self.host.migrations.get(vm_id)
         if mig is not None and mig.role == "destination":  # a dead QEMU listens no more
             self.host.fabric.close(mig.incoming)
+
+    def simulate_guest_poweroff(self, vm_id: str) -> None:
+        """The guest powers itself off, nobody asked (tests): SHUTDOWN, its process still
+        there (as QEMU's `-action shutdown=pause`). KeyError if unknown."""
+        vm = self.host.vms[vm_id]
+        vm.events.append("poweroff")
+        vm.observed = Observed(vm_id, PowerState.SHUTDOWN, vm.observed.pid)
 
     def simulate_io_error(self, vm_id: str, disk: str, path: str, nospace: bool = True,
                           remote: bool = False) -> None:

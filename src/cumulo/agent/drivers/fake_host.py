@@ -15,18 +15,21 @@ LIVE = (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTDOWN)
 
 
 class FakeVM:
-    __slots__ = ("events", "observed", "ports", "shutdown_pending", "spec", "volumes")
+    __slots__ = ("events", "observed", "ports", "power_off_asked", "shutdown_pending", "spec",
+                 "volumes")
 
     def __init__(self, spec: VMSpec, observed: Observed) -> None:
         self.spec = spec
         self.observed = observed
         self.shutdown_pending = False
+        # request_shutdown since its process started (the QEMU driver's stop-requested file)
+        self.power_off_asked = False
         self.events: list[str] = []  # "boot", "reset", "poweroff", "kill": console is rendered
         self.volumes: dict[str, VolumeAttachment] = {}  # held by the running process
         self.ports: list[FakeSerialPort] = []  # open serial connections (end with the process)
 
     def power_off(self, power: PowerState, reason: str) -> None:
-        self.shutdown_pending = False
+        self.shutdown_pending = self.power_off_asked = False
         self.volumes.clear()  # the process is gone, and its disks with it
         self.close_ports()
         self.observed = Observed(self.observed.vm_id, power, None, reason)

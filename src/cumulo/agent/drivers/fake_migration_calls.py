@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cumulo.agent.drivers import fake_cold_move
 from cumulo.agent.drivers.base import (
+    POWER_OFF_PENDING,
     DriverError,
     IncomingMigration,
     MigratingDriver,
@@ -62,12 +63,14 @@ class FakeMigrationCalls(MigratingDriver):
         return incoming
 
     async def migrate_out(self, vm_id: str, incoming: IncomingMigration) -> None:
-        running(self.host, vm_id, f"migrate {vm_id}")  # and it runs on while the copy goes
+        vm = running(self.host, vm_id, f"migrate {vm_id}")  # it runs on while the copy goes
         mig = self.host.migrations.get(vm_id)
         if mig is not None and mig.role == "destination":
             raise DriverError(f"cannot migrate {vm_id}: it is still arriving on this host")
         if mig is not None and mig.state not in _ENDED_MIGRATION:
             return  # already under way
+        if vm.power_off_asked:
+            raise DriverError(POWER_OFF_PENDING.format(vm_id=vm_id))
         dest = self._destination(incoming)
         arriving = dest.migrations.get(vm_id) if dest is not None else None
         remote = self.host.fabric.remote(incoming) if dest is None else None
@@ -152,7 +155,8 @@ class FakeMigrationCalls(MigratingDriver):
             self._check_arrival(mig, vm)
             if mig.state is not MigrationState.COMPLETED or vm is None:
                 raise DriverError(f"cannot finish the arrival of {vm_id}: it has not arrived")
-            vm.observed = Observed(vm_id, PowerState.RUNNING, vm.observed.pid)
+            if vm.observed.power is not PowerState.SHUTDOWN:  # arrived powered off: stays so
+                vm.observed = Observed(vm_id, PowerState.RUNNING, vm.observed.pid)
             self._forget_migration(vm_id)
             return
         if mig.state is not MigrationState.COMPLETED:
@@ -176,6 +180,7 @@ class FakeMigrationCalls(MigratingDriver):
         src_vm = self.host.vms[vm_id]
         copy_disk(src_vm.spec.boot_disk, dest_vm.spec.boot_disk, self.check_paths)
         dest_vm.events = list(src_vm.events)
+        _arrive_as(dest_vm)
         dest.migrations[vm_id].state = MigrationState.COMPLETED
         dest.fabric.listeners.pop((dest.migrations[vm_id].incoming.host,
                                    dest.migrations[vm_id].incoming.migration_port), None)
@@ -187,6 +192,7 @@ class FakeMigrationCalls(MigratingDriver):
         if mig.state is MigrationState.INCOMING and vm is not None and vm.observed.power in \
                 LIVE and (events := self.host.fabric.arrived(mig.incoming)) is not None:
             vm.events, mig.state = events, MigrationState.COMPLETED
+            _arrive_as(vm)
             self.host.fabric.close(mig.incoming)
 
     def _hand_over_remote(self, vm_id: str, incoming: IncomingMigration, disk: Path) -> None:
@@ -208,3 +214,10 @@ class FakeMigrationCalls(MigratingDriver):
         self.host.fabric.close(mig.incoming)
         if mig.state is not MigrationState.COMPLETED and mig.disk_created is not None:
             mig.disk_created.unlink(missing_ok=True)
+
+
+def _arrive_as(vm: FakeVM) -> None:
+    """The source's runstate comes over with the memory (as QEMU's): a guest that had
+    powered off during the copy (its console's last event) arrives powered off."""
+    if vm.events[-1:] == ["poweroff"]:
+        vm.observed = Observed(vm.observed.vm_id, PowerState.SHUTDOWN, vm.observed.pid)

@@ -166,6 +166,8 @@ class QemuDriver(QemuMigration, MigratingDriver):
             if qemu_process.live_pid(paths) is None:
                 raise DriverError(f"cannot reboot {vm_id}: it is not running")
             await qmp_execute(paths.qmp_sock, "system_reset", timeout=QMP_TIMEOUT_S)
+            # A reset guest has no power-off request pending any more (see Observed).
+            paths.stop_marker.unlink(missing_ok=True)
             # A reset leaves a paused VM paused (QEMU's "prelaunch"), its failed writes gone.
             await self._run_if_paused(paths)
 
@@ -391,7 +393,8 @@ class QemuDriver(QemuMigration, MigratingDriver):
         if state == "running":
             return Observed(vm_id, PowerState.RUNNING, pid)
         if state == "shutdown":
-            return Observed(vm_id, PowerState.SHUTDOWN, pid, "the guest powered off")
+            return Observed(vm_id, PowerState.SHUTDOWN, pid, "the guest powered off",
+                            power_off_requested=paths.stop_marker.exists())
         if state in _BROKEN:
             return Observed(vm_id, PowerState.CRASHED, pid, _BROKEN[state])
         if state in _PAUSED:

@@ -136,15 +136,25 @@ async def incoming_state(qmp: QMPSession) -> str:
     return str(info.get("status", "none")) if isinstance(info, dict) else "none"
 
 
+# The runstates a guest arrives in when it had powered off (`shutdown`), panicked or failed
+# on the source during the copy: QEMU carries the source's runstate over, and refuses `cont`
+# in them ("Resetting the Virtual Machine is required"). Such a guest is not resumed: it
+# arrives as it was, and the destination's agent sees it as it would on any host (a guest
+# that powered off: stopped; a panic: error, with why).
+ARRIVED_OFF = frozenset({"shutdown", "guest-panicked", "internal-error"})
+
+
 async def resume_incoming(qmp: QMPSession) -> None:
-    """The memory has arrived: stop serving the disk, let the guest run here."""
+    """The memory has arrived: stop serving the disk, let the guest run here (unless it
+    arrived powered off or broken: ARRIVED_OFF)."""
     exports = await qmp.execute("query-block-exports", timeout=CMD_TIMEOUT_S)
     if any(e.get("id") == EXPORT for e in exports):
         await qmp.execute("block-export-del", {"id": EXPORT}, timeout=CMD_TIMEOUT_S)
     with contextlib.suppress(DriverError):  # not running (already stopped): fine
         await qmp.execute("nbd-server-stop", timeout=CMD_TIMEOUT_S)
     status = await qmp.execute("query-status", timeout=CMD_TIMEOUT_S)
-    if status.get("status") != "running":
+    state = str(status.get("status", "")) if isinstance(status, dict) else ""
+    if state != "running" and state not in ARRIVED_OFF:
         await qmp.execute("cont", timeout=CMD_TIMEOUT_S)
 
 

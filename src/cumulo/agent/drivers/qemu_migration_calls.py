@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cumulo.agent.drivers import qemu_migration, qemu_pinning, qemu_process
 from cumulo.agent.drivers.base import (
+    POWER_OFF_PENDING,
     DriverError,
     IncomingMigration,
     MigrationProgress,
@@ -120,6 +121,8 @@ class QemuMigration(QemuColdMove):
                 raise DriverError(f"cannot migrate {vm_id}: it is still arriving on this host")
             if record is not None and MigrationState(record.state) not in _ENDED:
                 return  # already under way
+            if paths.stop_marker.exists():  # a power-off asked of this process's guest
+                raise DriverError(POWER_OFF_PENDING.format(vm_id=vm_id))
             record = Record("source", dataclasses.asdict(incoming),
                             str(MigrationState.COPYING_DISKS))
             record.save(paths.migration_json)
