@@ -88,3 +88,29 @@ async def test_a_guest_asked_to_power_off_is_not_moved(pair: Pair) -> None:
     # It obeys: the driver says it was asked (the agent starts it again if a start came).
     await _power(a, spec.vm_id, PowerState.SHUTDOWN)
     assert (await a.driver.observe())[spec.vm_id].power_off_requested
+
+
+async def test_a_destination_that_dies_after_the_switch_over_finishes_as_a_crash(
+        pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    spec = await pair.start_on_a()
+    await pair.ticks(a, spec.vm_id, at_least=2)
+    incoming = await pair.prepare(spec)
+    await a.driver.migrate_out(spec.vm_id, incoming)
+    end = (await follow(a.driver, spec.vm_id, timeout=900))[-1]
+    assert end.state is MigrationState.COMPLETED, end
+    b.crash(spec.vm_id)  # kill -9 of the arrived QEMU before finish let the guest run
+
+    await b.driver.finish_migration(spec.vm_id)  # it used to fail for ever: "not arrived"
+    dead = (await b.driver.observe())[spec.vm_id]
+    assert dead.power is PowerState.CRASHED and "exited" in dead.reason, dead
+    assert await b.driver.migration_status(spec.vm_id) is None
+    await a.driver.finish_migration(spec.vm_id)
+    await assert_clean(a, spec)
+    # Its disk arrived whole: a start there boots it.
+    booted = (await b.driver.console_log(spec.vm_id)).count(READY)
+    await b.driver.start(pair.spec(b, spec.vm_id))
+    deadline = time.monotonic() + pair.boot_timeout
+    while (await b.driver.console_log(spec.vm_id)).count(READY) <= booted:
+        assert time.monotonic() < deadline, await b.driver.console_log(spec.vm_id)
+        await asyncio.sleep(0.5)

@@ -82,3 +82,28 @@ async def test_a_guest_asked_to_power_off_does_not_move_and_the_last_start_wins(
     vm = instances.get(svc, ADMIN, None, "vm")
     assert (vm.state, vm.desired_state) == ("starting", "running")  # started at the next pass
     assert a.host.vms[iid].observed.power is PowerState.STOPPED
+
+
+async def test_a_destination_qemu_that_dies_after_the_switch_over_ends_the_move_as_a_crash(
+        svc: Services, cloud: tuple[Side, Side, str], tmp_path: Path) -> None:
+    """Its finish used to fail for good ("it has not arrived"): the migration stayed
+    switching-over. The disk is all on the destination; the guest's memory died there."""
+    a, b, iid = cloud
+    await _start_vm(a, iid)
+    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
+    await b.step()
+    for _ in range(20):
+        await a.step()
+        if migrations.show(svc, ADMIN, mig.id).downtime_ms is not None:  # switched
+            break
+    b.driver.simulate_crash(iid)  # killed before its agent let the guest run
+    await b.step()
+    assert migrations.show(svc, ADMIN, mig.id).state == "completed"
+    assert _host_of(svc, iid) == B
+    await a.step()
+    assert iid not in a.host.vms and a.removed == [iid]
+    await _pass(b, tmp_path)
+    vm = instances.get(svc, ADMIN, None, "vm")
+    assert (vm.state, vm.desired_state) == ("error", "running")
+    assert "exited unexpectedly" in vm.state_reason, vm
+    assert iid in b.host.vms and not b.removed  # its disk is kept: a start boots it there

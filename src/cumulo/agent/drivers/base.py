@@ -364,7 +364,10 @@ class MigratingDriver(Driver):
     @abc.abstractmethod
     async def finish_migration(self, vm_id: str) -> None:
         """After COMPLETED: the destination lets the guest run; the source removes its stopped
-        copy (process and boot disk). DriverError before the source has completed."""
+        copy (process and boot disk). DriverError before the source has completed. A guest
+        that arrived powered off (or panicked) is left as it arrived, and a destination
+        process that died since the switch-over is left dead, its disk kept: either way the
+        arrival ends, and the VM is observed as it is (SHUTDOWN, CRASHED)."""
 
     @abc.abstractmethod
     async def prepare_cold_incoming(

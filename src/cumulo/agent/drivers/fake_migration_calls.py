@@ -153,6 +153,10 @@ class FakeMigrationCalls(MigratingDriver):
         vm = self.host.vms.get(vm_id)
         if mig.role == "destination":
             self._check_arrival(mig, vm)
+            if vm is not None and vm.observed.power not in LIVE:  # died since: a crash here
+                mig.state = MigrationState.COMPLETED  # the source said so: its disk is kept
+                self._forget_migration(vm_id)
+                return
             if mig.state is not MigrationState.COMPLETED or vm is None:
                 raise DriverError(f"cannot finish the arrival of {vm_id}: it has not arrived")
             if vm.observed.power is not PowerState.SHUTDOWN:  # arrived powered off: stays so

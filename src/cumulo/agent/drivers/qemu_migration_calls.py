@@ -189,8 +189,17 @@ class QemuMigration(QemuColdMove):
                 return
             if record.role == "destination":
                 qmp = session_for(paths.qmp_sock)
-                if (qemu_process.live_pid(paths) is None
-                        or await _incoming_state(qmp) != "completed"):
+                if qemu_process.live_pid(paths) is None:
+                    # Its QEMU died after the switch-over (finish is asked only once the
+                    # source completed). The disk is all here (the mirror flushed it before
+                    # the source let the memory go); the guest's memory died with it. The
+                    # move ends as a crash here, reported as any (error, "exited"), never a
+                    # finish that fails for ever.
+                    await close_session(paths.qmp_sock)
+                    paths.migration_json.unlink(missing_ok=True)
+                    self._forget_status(vm_id)
+                    return
+                if await _incoming_state(qmp) != "completed":
                     raise DriverError(f"cannot finish the arrival of {vm_id}: it has not arrived")
                 await qemu_migration.resume_incoming(qmp)
                 paths.migration_json.unlink(missing_ok=True)
