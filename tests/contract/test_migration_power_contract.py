@@ -7,6 +7,8 @@ asked to power off is not moved while it may still obey."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import pytest
@@ -114,3 +116,31 @@ async def test_a_destination_that_dies_after_the_switch_over_finishes_as_a_crash
     while (await b.driver.console_log(spec.vm_id)).count(READY) <= booted:
         assert time.monotonic() < deadline, await b.driver.console_log(spec.vm_id)
         await asyncio.sleep(0.5)
+
+
+async def test_an_arrival_that_cannot_be_resumed_gives_up_as_a_crash(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    spec = await pair.start_on_a()
+    await pair.ticks(a, spec.vm_id, at_least=2)
+    incoming = await pair.prepare(spec)
+    await a.driver.migrate_out(spec.vm_id, incoming)
+    end = (await follow(a.driver, spec.vm_id, timeout=900))[-1]
+    assert end.state is MigrationState.COMPLETED, end
+    # Its QEMU cannot resume it (the fake: refuses `cont`; QEMU: frozen, its monitor silent).
+    if isinstance(b.driver, FakeDriver):
+        b.driver.host.unresumable.add(spec.vm_id)
+    else:
+        assert isinstance(b.driver, QemuDriver)
+        os.kill(int(b.driver.paths(spec.vm_id).pidfile.read_text()), signal.SIGSTOP)
+    b.driver.finish_give_up_s = 3600.0
+    with pytest.raises(DriverError):
+        await b.driver.finish_migration(spec.vm_id)  # tried again at the next pass
+    assert await b.driver.migration_status(spec.vm_id) is not None
+    b.driver.finish_give_up_s = 0.0
+    await b.driver.finish_migration(spec.vm_id)  # gives up: a crash, with why
+    dead = (await b.driver.observe())[spec.vm_id]
+    assert dead.power is PowerState.CRASHED, dead
+    assert dead.reason.startswith("it arrived by live migration but could not be resumed"), dead
+    assert await b.driver.migration_status(spec.vm_id) is None
+    await a.driver.finish_migration(spec.vm_id)
+    await assert_clean(a, spec)

@@ -107,3 +107,37 @@ async def test_a_destination_qemu_that_dies_after_the_switch_over_ends_the_move_
     assert (vm.state, vm.desired_state) == ("error", "running")
     assert "exited unexpectedly" in vm.state_reason, vm
     assert iid in b.host.vms and not b.removed  # its disk is kept: a start boots it there
+
+
+async def test_an_arrival_that_cannot_be_resumed_ends_as_a_crash_after_a_while(
+        svc: Services, cloud: tuple[Side, Side, str], tmp_path: Path) -> None:
+    """A switched migration can only go forward: a destination whose QEMU keeps refusing to
+    resume the guest tries again at each pass (the reason shown), then gives up: the move
+    ends, and the instance shows `error` with why, on the host that has its disk."""
+    a, b, iid = cloud
+    await _start_vm(a, iid)
+    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
+    await b.step()
+    for _ in range(20):
+        await a.step()
+        if migrations.show(svc, ADMIN, mig.id).downtime_ms is not None:  # switched
+            break
+    b.host.unresumable.add(iid)
+    b.driver.finish_give_up_s = 3600.0
+    await b.step()
+    await b.step()
+    shown = migrations.show(svc, ADMIN, mig.id)
+    assert shown.state == "switching-over" and "cont on" in shown.reason, shown
+    assert b.host.vms[iid].observed.power is PowerState.PAUSED  # waiting, not running
+    b.driver.finish_give_up_s = 0.0  # its time is up
+    await b.step()
+    assert migrations.show(svc, ADMIN, mig.id).state == "completed"
+    assert _host_of(svc, iid) == B
+    await a.step()
+    assert iid not in a.host.vms
+    await _pass(b, tmp_path)
+    vm = instances.get(svc, ADMIN, None, "vm")
+    assert (vm.state, vm.desired_state) == ("error", "running")
+    assert vm.state_reason.startswith("it arrived by live migration but could not be resumed "
+                                      "for 0 s (QMP cont on"), vm.state_reason
+    assert b.host.vms[iid].observed.power is PowerState.CRASHED  # no process left

@@ -312,6 +312,15 @@ POWER_OFF_PENDING = ("cannot migrate {vm_id}: its guest was asked to power off (
                      "it has powered off and started again")
 
 
+# How long a destination's finish may fail to resume an arrived guest (QEMU refusing `cont`,
+# its monitor not answering) before the arrival ends as a crash there, with this reason: the
+# guest waits paused on both hosts meanwhile, and a migration past its switch-over can only
+# go forward, so it must end some time (its disk has all arrived; a start boots it there).
+FINISH_GIVE_UP_S = 120.0
+NOT_RESUMED = ("it arrived by live migration but could not be resumed for {seconds:g} s "
+               "({error}); its QEMU was stopped, its disk is here: start it again")
+
+
 class MigratingDriver(Driver):
     """A driver with Capability.LIVE_MIGRATION: it moves a running VM to another host of the
     same driver while the guest runs (pre-copy; the boot disk is mirrored, never shared).

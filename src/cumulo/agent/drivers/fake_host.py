@@ -58,6 +58,9 @@ class FakeHost:
     # VM ids whose guest dirties memory faster than the link carries it: their outgoing
     # migration copies memory pass after pass and never switches over.
     hot_memory: set[str] = field(default_factory=set)
+    # VM ids whose arrival cannot be resumed (QEMU refusing `cont`): finish fails, then
+    # gives up (base.FINISH_GIVE_UP_S).
+    unresumable: set[str] = field(default_factory=set)
     # VM ids whose cold move's copy arrives with one byte changed (see fake_cold_move).
     corrupt_copies: set[str] = field(default_factory=set)
 

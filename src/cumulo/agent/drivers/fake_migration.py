@@ -121,6 +121,7 @@ class FakeMigration:
     cold: bool = False
     disk: Path | None = None  # the source's boot disk
     checksum: str = ""  # the source's digest once completed; the destination's once checked
+    finish_failing_since: float | None = None  # destination: its first failed resume (time)
 
     def status(self, vm_id: str) -> MigrationStatus:
         copied = min(self.step, DISK_STEPS) * self.disk_bytes // DISK_STEPS

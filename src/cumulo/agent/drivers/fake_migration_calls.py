@@ -4,10 +4,13 @@ of FakeDriver, as qemu_migration_calls is of the QEMU driver."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from cumulo.agent.drivers import fake_cold_move
 from cumulo.agent.drivers.base import (
+    FINISH_GIVE_UP_S,
+    NOT_RESUMED,
     POWER_OFF_PENDING,
     DriverError,
     IncomingMigration,
@@ -29,6 +32,7 @@ _ENDED_MIGRATION = (MigrationState.COMPLETED, MigrationState.FAILED, MigrationSt
 class FakeMigrationCalls(MigratingDriver):
     host: FakeHost
     check_paths: bool
+    finish_give_up_s: float = FINISH_GIVE_UP_S
 
     async def prepare_incoming(
         self, spec: VMSpec, address: str, disk_bytes: int
@@ -159,6 +163,10 @@ class FakeMigrationCalls(MigratingDriver):
                 return
             if mig.state is not MigrationState.COMPLETED or vm is None:
                 raise DriverError(f"cannot finish the arrival of {vm_id}: it has not arrived")
+            if vm_id in self.host.unresumable:
+                self._not_resumed(vm, mig, DriverError(f"QMP cont on {vm_id} failed: refused"))
+                self._forget_migration(vm_id)
+                return
             if vm.observed.power is not PowerState.SHUTDOWN:  # arrived powered off: stays so
                 vm.observed = Observed(vm_id, PowerState.RUNNING, vm.observed.pid)
             self._forget_migration(vm_id)
@@ -206,6 +214,18 @@ class FakeMigrationCalls(MigratingDriver):
         self.host.fabric.hand_over(incoming, list(src_vm.events))
         src_vm.observed = Observed(vm_id, PowerState.PAUSED, src_vm.observed.pid,
                                    "qemu status postmigrate")
+
+    def _not_resumed(self, vm: FakeVM, mig: FakeMigration, exc: DriverError) -> None:
+        """As the QEMU driver's: raised again until it has failed for finish_give_up_s, then
+        the arrived VM is killed as a crash, with the reason."""
+        now = time.time()
+        if mig.finish_failing_since is None:
+            mig.finish_failing_since = now
+        if now - mig.finish_failing_since < self.finish_give_up_s:
+            raise exc
+        vm.events.append("kill")
+        vm.power_off(PowerState.CRASHED, NOT_RESUMED.format(seconds=self.finish_give_up_s,
+                                                            error=exc))
 
     def _forget_migration(self, vm_id: str) -> None:
         cold = self.host.migrations.get(vm_id)

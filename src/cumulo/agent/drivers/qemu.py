@@ -308,7 +308,7 @@ class QemuDriver(QemuMigration, MigratingDriver):
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         paths.dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         for stale in (paths.stop_marker, paths.pidfile, paths.last_pid, paths.qmp_sock,
-                      paths.serial_sock):
+                      paths.serial_sock, paths.exit_reason):
             stale.unlink(missing_ok=True)
         uid = await asyncio.to_thread(self.uids.claim, paths.dir)
         await asyncio.to_thread(_hand_over, spec, paths, uid)

@@ -78,6 +78,12 @@ class VMPaths:
         return self.dir / "stop-requested"
 
     @property
+    def exit_reason(self) -> Path:
+        """Why cumulo ended the VM's process as a crash (an arrival it could not resume):
+        the crash's reason, instead of "exited unexpectedly"."""
+        return self.dir / "exit-reason"
+
+    @property
     def spec_json(self) -> Path:
         return self.dir / "spec.json"
 

@@ -69,6 +69,7 @@ class Record:
     helper_pid: int | None = None
     checksum: str = ""
     source_disk: str = ""  # a cold move's source: its boot disk (removed by finish)
+    finish_failing_since: float | None = None  # destination: its first failed resume (time)
 
     @classmethod
     def load(cls, path: Path) -> Record | None:

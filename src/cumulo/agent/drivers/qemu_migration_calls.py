@@ -6,13 +6,19 @@ A mixin of QemuDriver: it uses the driver's per-VM paths, locks, launch and stop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 from cumulo.agent.drivers import qemu_migration, qemu_pinning, qemu_process
 from cumulo.agent.drivers.base import (
+    FINISH_GIVE_UP_S,
+    NOT_RESUMED,
     POWER_OFF_PENDING,
     DriverError,
     IncomingMigration,
@@ -37,6 +43,7 @@ class QemuMigration(QemuColdMove):
 
     _outgoing: dict[str, Outgoing]
     tb_size_mib: int
+    finish_give_up_s: float = FINISH_GIVE_UP_S
 
     # provided by QemuDriver (_paths and _lock too: see QemuColdMove)
     def _forget_status(self, vm_id: str) -> None:
@@ -199,9 +206,13 @@ class QemuMigration(QemuColdMove):
                     paths.migration_json.unlink(missing_ok=True)
                     self._forget_status(vm_id)
                     return
-                if await _incoming_state(qmp) != "completed":
-                    raise DriverError(f"cannot finish the arrival of {vm_id}: it has not arrived")
-                await qemu_migration.resume_incoming(qmp)
+                try:
+                    if await _incoming_state(qmp) != "completed":
+                        raise DriverError(f"cannot finish the arrival of {vm_id}: it has not "
+                                          "arrived")
+                    await qemu_migration.resume_incoming(qmp)
+                except DriverError as exc:
+                    await self._not_resumed(paths, record, exc)  # raises until it gives up
                 paths.migration_json.unlink(missing_ok=True)
                 self._forget_status(vm_id)
                 return
@@ -226,6 +237,25 @@ class QemuMigration(QemuColdMove):
         await session_for(paths.qmp_sock).execute("announce-self", {
             "initial": 50, "max": 550, "rounds": ANNOUNCE_ROUNDS, "step": 100,
         }, timeout=qemu_migration.CMD_TIMEOUT_S)  # fmt: skip
+
+    async def _not_resumed(self, paths: VMPaths, record: Record, exc: DriverError) -> None:
+        """A resume that failed: said again (finish is asked at each pass) until it has
+        failed for finish_give_up_s (counted in migration.json: across agent restarts); then
+        its QEMU is killed as a crash with the reason, and the arrival ends (base.NOT_RESUMED)."""
+        now = time.time()
+        if record.finish_failing_since is None:
+            record.finish_failing_since = now
+            record.save(paths.migration_json)
+        if now - record.finish_failing_since < self.finish_give_up_s:
+            raise exc
+        paths.exit_reason.write_text(NOT_RESUMED.format(seconds=self.finish_give_up_s,
+                                                        error=exc) + "\n")
+        if (pid := qemu_process.live_pid(paths)) is not None:  # no stop marker: a crash
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not await qemu_process.wait_gone(paths, pid, 10.0):
+                raise DriverError(f"qemu (pid {pid}) of {paths.vm_id} survived SIGKILL")
+        await close_session(paths.qmp_sock)
 
     async def _remove_incoming(self, paths: VMPaths, record: Record) -> None:
         await self._force_stop(paths)

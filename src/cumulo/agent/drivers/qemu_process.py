@@ -54,6 +54,9 @@ async def wait_gone(paths: VMPaths, pid: int, timeout: float) -> bool:
 
 
 def crash_reason(paths: VMPaths) -> str:
+    with contextlib.suppress(OSError):
+        if said := " ".join(paths.exit_reason.read_text(errors="replace").split())[:400]:
+            return said
     pid = read_pid(paths.pidfile) or read_pid(paths.last_pid)
     if pid is not None:
         return f"qemu process exited unexpectedly (pid {pid})"
