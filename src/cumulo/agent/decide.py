@@ -46,9 +46,9 @@ def decide(
 ) -> Decision:
     """`resumable`: the VM is paused on full disks that have room again, or on network
     volumes whose export is worth trying again (see cumulo.domain.disk_errors.may_resume).
-    `powered_off_on_request`: this agent asked the guest to power off (for a stop the user
-    may since have replaced with a start), so a powered-off guest did what it was asked, not
-    what it chose."""
+    `powered_off_on_request`: cumulo asked the guest to power off (for a stop the user may
+    since have replaced with a start; this agent, or the driver's record of it from before a
+    restart), so a powered-off guest did what it was asked, not what it chose."""
     desired = DesiredPower(a.desired_power)
     power = obs.power if obs is not None else None
     S = InstanceState
