@@ -66,18 +66,9 @@ def _synced_volume(c: Cloud, name: str, volume: str) -> tuple[dict[str, Any], di
     return vm, vol, _md5(c, name, dev, 8)
 
 
-# Opt-in: in the full suite of 2026-12-06 (seed 2076155282) one host stopped converging after
-# three agent kills and one API kill during a migration that stayed `preparing`: an instance
-# stayed `starting`, a volume `creating`, another `detaching`, for the 420 s allowed. Seen once
-# in about 14 runs. A bug that fits it was fixed (an arrival whose record had no `incoming`
-# crashed every later agent pass); the storm passed 8 of 9 runs since. The ninth, seed
-# 626427342 (it replays), leaves a migration `switching-over` for good: the destination's
-# `cont` is refused with "Resetting the Virtual Machine is required" (issue 25, not fixed
-# yet). Until it is, and while the suite's time cannot take its 1-3 minutes, the default run
-# keeps the one-VM test below and this storm runs with CUMULO_CHAOS_QEMU_STORM=1.
-@pytest.mark.skipif(os.environ.get("CUMULO_CHAOS_QEMU_STORM") != "1",
-                    reason="opt-in (CUMULO_CHAOS_QEMU_STORM=1) until the migration it leaves "
-                           "switching-over (seed 626427342) is fixed")
+# About 1 minute. Opt-in until seed 626427342 (it replays) was fixed: a guest that obeyed a
+# stop replaced by a start powered off during its live migration, and the destination's
+# `cont` was refused for good ("Resetting the Virtual Machine is required").
 def test_storm_with_qemu_kills_keeps_every_synced_byte(qemu_cloud_2: Cloud,
                                                        seed: int) -> None:
     c = qemu_cloud_2

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from cumulo.agent.drivers.base import DriverError, MigrationState, PowerState
+from cumulo.agent.drivers.base import DriverError, MigrationState, PowerState, VMSpec
 from cumulo.agent.drivers.fake import FakeDriver
 from cumulo.agent.drivers.qemu import QemuDriver
 from cumulo.agent.drivers.qmp import qmp_execute
@@ -41,6 +41,25 @@ async def _guest_powers_off(host: Host, vm_id: str) -> None:
     await _power(host, vm_id, PowerState.SHUTDOWN)
 
 
+async def _switched(pair: Pair, spec: VMSpec) -> None:
+    """`spec`'s migration from a to b, started and followed until the source completed."""
+    incoming = await pair.prepare(spec)
+    await pair.a.driver.migrate_out(spec.vm_id, incoming)
+    end = (await follow(pair.a.driver, spec.vm_id, timeout=900))[-1]
+    assert end.state is MigrationState.COMPLETED, end
+
+
+async def _boots_on_b(pair: Pair, vm_id: str) -> None:
+    """A start on b boots the VM from the disk that arrived there."""
+    b = pair.b
+    booted = (await b.driver.console_log(vm_id)).count(READY)
+    await b.driver.start(pair.spec(b, vm_id))
+    deadline = time.monotonic() + pair.boot_timeout
+    while (await b.driver.console_log(vm_id)).count(READY) <= booted:
+        assert time.monotonic() < deadline, await b.driver.console_log(vm_id)
+        await asyncio.sleep(0.5)
+
+
 async def test_a_guest_powered_off_before_the_switch_over_arrives_off_and_finishes(
         pair: Pair) -> None:
     a, b = pair.a, pair.b
@@ -51,10 +70,7 @@ async def test_a_guest_powered_off_before_the_switch_over_arrives_off_and_finish
     await _guest_powers_off(a, spec.vm_id)
     off = (await a.driver.observe())[spec.vm_id]
     assert not off.power_off_requested  # the guest chose it
-    incoming = await pair.prepare(spec)
-    await a.driver.migrate_out(spec.vm_id, incoming)
-    end = (await follow(a.driver, spec.vm_id, timeout=900))[-1]
-    assert end.state is MigrationState.COMPLETED, end
+    await _switched(pair, spec)
 
     await b.driver.finish_migration(spec.vm_id)  # not resumed: it arrived powered off
     await b.driver.finish_migration(spec.vm_id)  # idempotent
@@ -68,12 +84,7 @@ async def test_a_guest_powered_off_before_the_switch_over_arrives_off_and_finish
     # boots it from the disk that arrived.
     await b.driver.force_stop(spec.vm_id)
     assert (await b.driver.observe())[spec.vm_id].power is PowerState.STOPPED
-    booted = (await b.driver.console_log(spec.vm_id)).count(READY)
-    await b.driver.start(pair.spec(b, spec.vm_id))
-    deadline = time.monotonic() + pair.boot_timeout
-    while (await b.driver.console_log(spec.vm_id)).count(READY) <= booted:
-        assert time.monotonic() < deadline, await b.driver.console_log(spec.vm_id)
-        await asyncio.sleep(0.5)
+    await _boots_on_b(pair, spec.vm_id)
 
 
 async def test_a_guest_asked_to_power_off_is_not_moved(pair: Pair) -> None:
@@ -97,10 +108,7 @@ async def test_a_destination_that_dies_after_the_switch_over_finishes_as_a_crash
     a, b = pair.a, pair.b
     spec = await pair.start_on_a()
     await pair.ticks(a, spec.vm_id, at_least=2)
-    incoming = await pair.prepare(spec)
-    await a.driver.migrate_out(spec.vm_id, incoming)
-    end = (await follow(a.driver, spec.vm_id, timeout=900))[-1]
-    assert end.state is MigrationState.COMPLETED, end
+    await _switched(pair, spec)
     b.crash(spec.vm_id)  # kill -9 of the arrived QEMU before finish let the guest run
 
     await b.driver.finish_migration(spec.vm_id)  # it used to fail for ever: "not arrived"
@@ -110,22 +118,14 @@ async def test_a_destination_that_dies_after_the_switch_over_finishes_as_a_crash
     await a.driver.finish_migration(spec.vm_id)
     await assert_clean(a, spec)
     # Its disk arrived whole: a start there boots it.
-    booted = (await b.driver.console_log(spec.vm_id)).count(READY)
-    await b.driver.start(pair.spec(b, spec.vm_id))
-    deadline = time.monotonic() + pair.boot_timeout
-    while (await b.driver.console_log(spec.vm_id)).count(READY) <= booted:
-        assert time.monotonic() < deadline, await b.driver.console_log(spec.vm_id)
-        await asyncio.sleep(0.5)
+    await _boots_on_b(pair, spec.vm_id)
 
 
 async def test_an_arrival_that_cannot_be_resumed_gives_up_as_a_crash(pair: Pair) -> None:
     a, b = pair.a, pair.b
     spec = await pair.start_on_a()
     await pair.ticks(a, spec.vm_id, at_least=2)
-    incoming = await pair.prepare(spec)
-    await a.driver.migrate_out(spec.vm_id, incoming)
-    end = (await follow(a.driver, spec.vm_id, timeout=900))[-1]
-    assert end.state is MigrationState.COMPLETED, end
+    await _switched(pair, spec)
     # Its QEMU cannot resume it (the fake: refuses `cont`; QEMU: frozen, its monitor silent).
     if isinstance(b.driver, FakeDriver):
         b.driver.host.unresumable.add(spec.vm_id)

@@ -17,7 +17,7 @@ from cumulo.services import agents, migration_deadlines, migrations
 from cumulo.services.context import Services
 from tests.conftest import ADMIN, AGENT_HOST
 from tests.unit.services.test_cold_moves import DISK, DiskSide, _stopped, hosts_ab
-from tests.unit.services.test_migrations import B, Side, _host_of, _start_vm, _used, cloud
+from tests.unit.services.test_migrations import B, Side, _host_of, _start_vm, _used, cloud, switched
 
 __all__ = ["cloud", "hosts_ab"]  # the fixtures, shared
 
@@ -125,13 +125,7 @@ async def test_a_cold_move_whose_destination_dies_keeps_the_source_disk(
 async def test_a_live_migration_past_its_switch_over_waits_for_its_destination(
         svc: Services, cloud: tuple[Side, Side, str]) -> None:
     a, b, iid = cloud
-    await _start_vm(a, iid)
-    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
-    await b.step()
-    for _ in range(20):
-        await a.step()
-        if migrations.show(svc, ADMIN, mig.id).downtime_ms is not None:
-            break
+    mig = await switched(svc, a, b, iid)
     _state(svc, B, "down")
     assert migration_deadlines.sweep(svc) == []  # only forward: it cannot go back now
     assert _held(svc) == [mig.id]

@@ -15,7 +15,16 @@ from cumulo.agent.reconciler import Reconciler
 from cumulo.services import agents, instances, migrations
 from cumulo.services.context import Services
 from tests.conftest import ADMIN, AGENT_HOST
-from tests.unit.services.test_migrations import B, Side, _host_of, _start_vm, _used, cloud
+from tests.unit.services.test_migrations import (
+    B,
+    Side,
+    _copying,
+    _host_of,
+    _start_vm,
+    _used,
+    cloud,
+    switched,
+)
 
 __all__ = ["cloud"]  # the fixture, shared
 
@@ -34,11 +43,7 @@ async def _pass(side: Side, root: Path) -> None:
 async def test_a_guest_that_powers_off_during_the_copy_arrives_off_and_the_move_ends(
         svc: Services, cloud: tuple[Side, Side, str], tmp_path: Path) -> None:
     a, b, iid = cloud
-    await _start_vm(a, iid)
-    before = _used(svc)
-    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
-    await b.step()
-    await a.step()  # the copy is under way
+    mig, before = await _copying(svc, a, b, iid)
     a.driver.simulate_guest_poweroff(iid)  # the guest chose to (`poweroff` in it)
     for _ in range(20):
         await a.step()
@@ -89,13 +94,7 @@ async def test_a_destination_qemu_that_dies_after_the_switch_over_ends_the_move_
     """Its finish used to fail for good ("it has not arrived"): the migration stayed
     switching-over. The disk is all on the destination; the guest's memory died there."""
     a, b, iid = cloud
-    await _start_vm(a, iid)
-    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
-    await b.step()
-    for _ in range(20):
-        await a.step()
-        if migrations.show(svc, ADMIN, mig.id).downtime_ms is not None:  # switched
-            break
+    mig = await switched(svc, a, b, iid)
     b.driver.simulate_crash(iid)  # killed before its agent let the guest run
     await b.step()
     assert migrations.show(svc, ADMIN, mig.id).state == "completed"
@@ -115,13 +114,7 @@ async def test_an_arrival_that_cannot_be_resumed_ends_as_a_crash_after_a_while(
     resume the guest tries again at each pass (the reason shown), then gives up: the move
     ends, and the instance shows `error` with why, on the host that has its disk."""
     a, b, iid = cloud
-    await _start_vm(a, iid)
-    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
-    await b.step()
-    for _ in range(20):
-        await a.step()
-        if migrations.show(svc, ADMIN, mig.id).downtime_ms is not None:  # switched
-            break
+    mig = await switched(svc, a, b, iid)
     b.host.unresumable.add(iid)
     b.driver.finish_give_up_s = 3600.0
     await b.step()

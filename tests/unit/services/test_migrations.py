@@ -164,6 +164,18 @@ async def test_a_migration_completes_and_the_host_changes_only_after_the_arrival
     assert [m.id for m in migrations.list_all(svc, ADMIN)] == [mig.id]
 
 
+async def switched(svc: Services, a: Side, b: Side, iid: str) -> migrations.MigrationView:
+    """The VM running on a, its migration to b switched over (the source completed)."""
+    await _start_vm(a, iid)
+    mig = migrations.start(svc, ADMIN, None, "vm", to=B)
+    await b.step()
+    for _ in range(20):
+        await a.step()
+        if migrations.show(svc, ADMIN, mig.id).downtime_ms is not None:
+            break
+    return mig
+
+
 async def _copying(svc: Services, a: Side, b: Side, iid: str
                    ) -> tuple[migrations.MigrationView, dict[str, tuple[int, int]]]:
     """The VM running on a, a migration to b under way (the disk copy started); and what
