@@ -310,10 +310,10 @@ class QemuDriver(QemuMigration, MigratingDriver):
             stale.unlink(missing_ok=True)
         uid = await asyncio.to_thread(self.uids.claim, paths.dir)
         await asyncio.to_thread(_hand_over, spec, paths, uid)
-        cgroup = await asyncio.to_thread(self.cgroups.prepare, spec.vm_id, spec.vcpus,
-                                         spec.ram_mib)
+        cgroups = await asyncio.to_thread(self.cgroups.prepare, spec.vm_id, spec.vcpus,
+                                          spec.ram_mib)
         argv = [*build_argv(spec, paths, accel, self.tb_size_mib), *extra]
-        argv = confine(spec, paths, argv, Confinement(uid, cgroup, sys.executable, binary))
+        argv = confine(spec, paths, argv, Confinement(uid, cgroups, sys.executable, binary))
         qemu_process.write_spec_record(paths, spec, accel, argv)
         pid = await qemu_process.launch(argv, paths)
         paths.last_pid.write_text(f"{pid}\n")
