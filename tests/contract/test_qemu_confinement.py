@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -278,6 +279,29 @@ async def test_a_restarted_agent_finds_each_vm_with_its_uid(host: Host) -> None:
     await d.start(host.specs[B])
     assert host.uid(B) == before[B][1] and host.pid(B) != before[B][0]
     assert status(host.pid(B))["Uid"].split()[0] == str(before[B][1])
+
+
+def test_a_vms_cgroups_go_once_its_process_has_left_them(host: Host) -> None:
+    groups = VmCgroups.for_runtime(host.runtime)
+    vm = "i-00000000000c0ffe8"
+    made = groups.prepare(vm, 1, 64)
+    if not made:
+        pytest.skip("no writable cgroup hierarchy here")
+    proc = subprocess.Popen(["sleep", "60"])  # the test's own process, in the VM's groups
+    try:
+        for d in made:
+            (d / "cgroup.procs").write_text(str(proc.pid))
+        def end() -> None:
+            proc.kill()
+            proc.wait()
+
+        threading.Timer(0.3, end).start()
+        groups.remove(vm, wait_s=10)  # still in use at first: removed once the process left
+        assert not any(d.exists() for d in made)
+    finally:
+        proc.kill()
+        proc.wait()
+        groups.remove(vm, wait_s=5)
 
 
 # The guest fills all its RAM (a tmpfs as large as the RAM, of zeroes written) once the host

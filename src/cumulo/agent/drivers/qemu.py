@@ -67,6 +67,7 @@ from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB, check_tb_size
 
 QMP_TIMEOUT_S = 1.0
 QUIT_GRACE_S = 2.0
+CGROUP_EXIT_WAIT_S = 2.0  # an exited QEMU leaves its cgroups within milliseconds
 OBSERVE_CONCURRENCY = 32
 # A live process is checked through /proc at every observe (a crash is seen at once); its
 # QMP status (guest powered off, paused) is asked at most this often, or at every observe
@@ -412,13 +413,17 @@ class QemuDriver(QemuMigration, MigratingDriver):
         with contextlib.suppress(DriverError):
             await qmp_execute(paths.qmp_sock, "quit", timeout=QMP_TIMEOUT_S)
         if await qemu_process.wait_gone(paths, pid, QUIT_GRACE_S):
-            self.cgroups.remove(paths.vm_id)  # made again at the next start
+            await self._remove_cgroups(paths)
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         if not await qemu_process.wait_gone(paths, pid, 10.0):
             raise DriverError(f"qemu (pid {pid}) of {paths.vm_id} survived SIGKILL")
-        self.cgroups.remove(paths.vm_id)  # made again at the next start
+        await self._remove_cgroups(paths)
+
+    async def _remove_cgroups(self, paths: VMPaths) -> None:
+        """The cgroups of a VM whose QEMU has just exited (made again at the next start)."""
+        await asyncio.to_thread(self.cgroups.remove, paths.vm_id, CGROUP_EXIT_WAIT_S)
 
 
 def _hand_over(spec: VMSpec, paths: VMPaths, uid: int) -> None:

@@ -23,8 +23,10 @@ them without remembering anything.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -92,6 +94,11 @@ class VmCgroups:
         """The VM's cgroup v2 (None: no cgroup v2 here)."""
         return None if self.mount is None else self.mount / self.parent / self._name(vm_id)
 
+    def roots(self) -> list[Path]:
+        """Every hierarchy the VMs get a directory in: cgroup v2's, then each v1 one once."""
+        return list(dict.fromkeys([*([self.mount] if self.mount is not None else []),
+                                   *self.v1.values()]))
+
     def v1_paths(self, vm_id: str) -> dict[Path, list[str]]:
         """The VM's cgroup v1 directories, each with the wanted controllers it limits."""
         out: dict[Path, list[str]] = {}
@@ -127,12 +134,21 @@ class VmCgroups:
                        " limits")
         return tuple(made)
 
-    def remove(self, vm_id: str) -> None:
-        """Remove the VM's cgroups (each once empty: the kernel refuses while a process is in)."""
-        path = self.path(vm_id)
-        for p in [*([path] if path is not None else []), *self.v1_paths(vm_id)]:
-            with contextlib.suppress(OSError):  # gone already, or the process still exiting
-                p.rmdir()
+    def remove(self, vm_id: str, wait_s: float = 0.0) -> None:
+        """Remove the VM's cgroups. The kernel refuses (EBUSY) while a process is in one, and
+        a QEMU that has just exited (its /proc cmdline already empty) leaves its cgroups a
+        moment later: a caller that saw it exit waits up to `wait_s` for that."""
+        deadline = time.monotonic() + wait_s
+        for root in self.roots():
+            path = root / self.parent / self._name(vm_id)
+            while True:
+                try:
+                    path.rmdir()
+                except OSError as e:  # gone already (ENOENT), or still in use
+                    if e.errno == errno.EBUSY and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                        continue
+                break
 
     def _mkdir(self, path: Path) -> bool:
         try:
