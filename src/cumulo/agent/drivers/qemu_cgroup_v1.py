@@ -3,8 +3,9 @@
 A kernel binds each controller to one hierarchy: on a hybrid host cpu, memory and pids are
 mounted as cgroup v1 (`/sys/fs/cgroup/memory`, ...) and so are absent from cgroup v2. For
 each wanted controller mounted there, a VM gets one more directory, `<v1 mount>/cumulo/<name>`,
-with the v1 files of the same limits. Pure functions: which v1 mounts a mountinfo names, and
-which files a controller's directory gets.
+with the v1 files of the same limits. Pure functions: the sizes of a VM's limits (both
+versions use them), which cgroup mounts a mountinfo names, and which files a controller's v1
+directory gets.
 """
 
 from __future__ import annotations
