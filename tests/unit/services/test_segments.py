@@ -126,5 +126,7 @@ def test_a_bad_or_taken_underlay_address_is_refused(svc: Services) -> None:
 
 def _mac(svc: Services, instance_id: str) -> str:
     with svc.db.session() as s:
-        mac: str = s.scalar(select(AddressRow.mac).where(AddressRow.instance_id == instance_id))
+        mac: str | None = s.scalar(
+            select(AddressRow.mac).where(AddressRow.instance_id == instance_id))
+    assert mac is not None, instance_id
     return mac

@@ -3,8 +3,9 @@
 
 Run as a script (`python3 -I -S qemu_exec.py ...`): standard library only, no cumulo import,
 so it costs a few milliseconds per start. In order:
-- join the VM's cgroup (`--cgroup DIR`: this process's pid into DIR/cgroup.procs; QEMU
-  inherits it, so all its memory is charged there from its first page);
+- join the VM's cgroups (`--cgroup DIR`, once per cgroup: its v2 one and, on a hybrid host,
+  one per cgroup v1 controller; this process's pid into each DIR/cgroup.procs; QEMU inherits
+  them, so all its memory is charged there from its first page);
 - open each tap (`--tap FD=NAME`: /dev/net/tun, TUNSETIFF) and bind each unix socket
   (`--listen FD=PATH`, mode 0600, owned by root) and put them on fixed fd numbers, which
   QEMU's command line names (`-netdev tap,fd=FD`, `-chardev socket,fd=FD`): QEMU never needs
@@ -80,13 +81,13 @@ def _pairs(values: list[str]) -> list[tuple[int, str]]:
 
 def main(argv: list[str]) -> int:
     if "--" not in argv:
-        print("usage: qemu_exec.py --uid N --gid N [--cgroup DIR] [--tap FD=NAME]..."
+        print("usage: qemu_exec.py --uid N --gid N [--cgroup DIR]... [--tap FD=NAME]..."
               " [--listen FD=PATH]... -- QEMU ARGS", file=sys.stderr)
         return 2
     split = argv.index("--")
     opts, command = argv[:split], argv[split + 1:]
     uid = gid = -1
-    cgroup = ""
+    cgroups: list[str] = []
     taps: list[str] = []
     listens: list[str] = []
     for key, value in zip(opts[::2], opts[1::2], strict=True):
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> int:
         elif key == "--gid":
             gid = int(value)
         elif key == "--cgroup":
-            cgroup = value
+            cgroups.append(value)
         elif key == "--tap":
             taps.append(value)
         elif key == "--listen":
@@ -107,7 +108,7 @@ def main(argv: list[str]) -> int:
         print("qemu_exec: --uid and --gid (not root) and a command by its absolute path are"
               " required", file=sys.stderr)
         return 2
-    if cgroup:
+    for cgroup in cgroups:
         try:
             with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
