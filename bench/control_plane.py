@@ -2,7 +2,7 @@
 
 Setup (per database backend): a fresh database (SQLite file in a temp dir; a new PostgreSQL
 database), the real API (uvicorn on 127.0.0.1, its own process), H simulated hosts (the real
-agent loop and reconciler over the fake driver, one process, each with its own agent token
+agent loop and reconciler over the fake driver, 250 to a process, each with its own agent token
 and HTTP long-poll). Then C concurrent HTTP clients create N `t1.nano` instances in one
 project; the clock runs from the first create to the moment every instance is running, as
 reported by the agents. Then every instance is deleted, until all are gone.
@@ -25,13 +25,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, or_, select, text
 
 from bench import cp_http, open_loop
-from bench.cloud import free_port
-from bench.cp_http import TYPE, ZONE, percentile
+from bench.cloud import free_port, percentile
+from bench.cp_http import TYPE, ZONE
 from cumulo.config import Settings
 from cumulo.db.engine import Database
 from cumulo.db.migrate import upgrade
@@ -39,6 +40,7 @@ from cumulo.db.tables import HostRow, InstanceRow
 from cumulo.services import images, quotas
 from cumulo.services.auth import ensure_default_project, issue_token
 from cumulo.services.context import Principal, Role, Services
+from cumulo.services.hosts import HOST_DOWN_AFTER
 from cumulo.services.notifier import Notifier
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,6 +177,25 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+# Simulated hosts per asyncio process. One process cannot heartbeat 1,000 agents every
+# HOST_DOWN_AFTER (12 s) on a share of 2 cores: they flapped `down` (docs/benchmarks.md,
+# 2026-12-07). 250 keeps the 100-host runs in one process, as their earlier figures were.
+HOSTS_PER_PROCESS = 250
+
+
+def spawn_hosts(base: dict[str, object], hosts: list[dict[str, str]],
+                work: Path) -> list[subprocess.Popen[bytes]]:
+    """The simulated hosts, HOSTS_PER_PROCESS to a process: `agents.json` / `agents.log`,
+    then `agents1.json` / `agents1.log`, ... (`base`: what every host shares)."""
+    procs = []
+    for i, first in enumerate(range(0, len(hosts), HOSTS_PER_PROCESS)):
+        cfg = work / f"agents{i or ''}.json"
+        cfg.write_text(json.dumps(
+            {**base, "hosts": hosts[first:first + HOSTS_PER_PROCESS]}))
+        procs.append(_spawn(["agents", "--config", str(cfg)], work / f"agents{i or ''}.log"))
+    return procs
+
+
 def _api_pid(proc: subprocess.Popen[bytes]) -> int:
     """The API's own pid (under py-spy, its child)."""
     if not os.environ.get("CUMULO_BENCH_PYSPY"):
@@ -197,6 +218,13 @@ class Probe:
     def hosts(self) -> int:
         with self.db.session() as s:
             return int(s.scalar(select(func.count()).select_from(HostRow)) or 0)
+
+    def down(self) -> int:
+        """Hosts the API counts down: marked so, or silent for HOST_DOWN_AFTER."""
+        late = datetime.now(UTC) - HOST_DOWN_AFTER
+        with self.db.session() as s:
+            return int(s.scalar(select(func.count()).select_from(HostRow).where(
+                or_(HostRow.state == "down", HostRow.last_seen < late))) or 0)
 
     def counts(self) -> tuple[int, int]:
         """(instances, of which running)."""
@@ -236,7 +264,7 @@ def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
     logs = [work / f"api{i or ''}.log" for i in range(sc.apis)]  # api.log, api1.log, ...
     apis = [_spawn(["api", "--db", url, "--port", b.rsplit(":", 1)[1], *bus], log)
             for b, log in zip(bases, logs, strict=True)]
-    agents: subprocess.Popen[bytes] | None = None
+    agents: list[subprocess.Popen[bytes]] = []
     probe = Probe(url)
     api_pid = apis[0].pid
     try:
@@ -247,11 +275,9 @@ def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
                 raise RuntimeError(f"the API exited: {log.read_text()[-2000:]}")
         for i, h in enumerate(hosts):
             h["api_url"] = bases[i % len(bases)]
-        cfg = work / "agents.json"
-        cfg.write_text(json.dumps({
-            "api_url": bases[0], "zone": ZONE, "vcpus": sc.host_vcpus,
-            "ram_mib": sc.host_ram_mib, "work_dir": str(work / "hosts"), "hosts": hosts}))
-        agents = _spawn(["agents", "--config", str(cfg)], work / "agents.log")
+        agents = spawn_hosts({"api_url": bases[0], "zone": ZONE, "vcpus": sc.host_vcpus,
+                              "ram_mib": sc.host_ram_mib, "work_dir": str(work / "hosts")},
+                             hosts, work)
         # 1,000 simulated hosts take minutes to register on a loaded 2-core machine
         _wait(lambda: probe.hosts() == sc.hosts, max(120, sc.hosts / 2), f"{sc.hosts} hosts "
               "to register", 0.5)
@@ -262,18 +288,21 @@ def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
         def api_cpu() -> float:
             return sum(_cpu_s(pid) for pid in api_pids)
 
+        def agents_cpu() -> float:
+            return sum(_cpu_s(a.pid) for a in agents)
+
         def fire(method: str, names: list[str]) -> tuple[list[float], list[str], float]:
             return asyncio.run(cp_http.fire(bases, admin, sc.clients,
                                             [(method, n) for n in names]))
 
         names = [f"bench-{i:05d}" for i in range(sc.instances)]
-        cpu0, agents_cpu0 = api_cpu(), _cpu_s(agents.pid)
+        cpu0, agents_cpu0 = api_cpu(), agents_cpu()
         clients_cpu0 = _cpu_s(os.getpid())  # this process: the clients and the probe
         lat, errors, t0 = fire("POST", names)
         t_sent = time.perf_counter()
         created = sc.instances - len(errors)
         t_run = _wait(lambda: probe.counts()[1] >= created, sc.timeout_s, "all to run")
-        cpu1, agents_cpu1 = api_cpu(), _cpu_s(agents.pid)
+        cpu1, agents_cpu1 = api_cpu(), agents_cpu()
         clients_cpu1 = _cpu_s(os.getpid())
         shown = cp_http.shown_running(bases[-1], admin)
         create_wall = t_run - t0
@@ -326,15 +355,16 @@ def measure(url: str, sc: Scale, work: Path) -> dict[str, object]:
             "phase_s": {k: round(v, 1) for k, v in phase_s.items()},
         }
     except BaseException:
-        for log in (*(p.name for p in work.glob("api*.log")), "agents.log"):
+        for name in (p.name for pattern in ("api*.log", "agents*.log")
+                     for p in work.glob(pattern)):
             with suppress(OSError):
-                tail = (work / log).read_text()[-3000:]
-                print(f"--- {log} (last lines) ---\n{tail}", file=sys.stderr)
+                tail = (work / name).read_text()[-3000:]
+                print(f"--- {name} (last lines) ---\n{tail}", file=sys.stderr)
         raise
     finally:
         probe.close()
-        if agents is not None:
-            _stop(agents)
+        for a in agents:
+            _stop(a)
         first = apis[0]
         if first.poll() is None and api_pid != first.pid:  # py-spy writes once its child exits
             os.kill(api_pid, signal.SIGTERM)

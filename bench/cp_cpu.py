@@ -75,7 +75,7 @@ def steps(n: int) -> dict[str, float]:
         def reports(state: str, generation: int) -> None:
             for k in range(0, n, 10):
                 agents.report(svc, agent, "h0000", [
-                    Observation(id=i, state=state, generation=generation)  # type: ignore[arg-type]
+                    Observation(id=i, state=state, generation=generation)
                     for i in ids[k:k + 10]])
 
         out = {

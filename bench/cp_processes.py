@@ -44,6 +44,7 @@ class FakeHostReconciler(Reconciler):
     TODO(reconciler): once the reconciler lets a driver skip storage, drop this subclass."""
 
     async def _spec(self, a: Assignment, make_disk: bool = True) -> VMSpec:
+        del make_disk  # no disk to make: the fake driver never opens one
         return VMSpec(
             vm_id=a.id,
             hostname=a.hostname,

@@ -88,7 +88,7 @@ def token(bmc: type[FakeBmc]) -> str:
 
 def node(svc: Services) -> BaremetalNodeRow:
     with svc.db.session() as s:
-        row = s.scalar(select(BaremetalNodeRow))
+        row: BaremetalNodeRow | None = s.scalar(select(BaremetalNodeRow))
         assert row is not None
         s.expunge(row)
         return row

@@ -30,7 +30,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cumulo.agent.drivers.qemu_cgroup import VmCgroups, cgroup2_mount
+from cumulo.agent.drivers.qemu_cgroup import VmCgroups
 from cumulo.agent.net import names
 from tests.chaos.storm import Api
 
@@ -188,11 +188,11 @@ def read_host(host_dir: Path, real: bool) -> HostHoldings:
     h.snapshot_files = _ids(host_dir / "snapshots", ".qcow2")
     h.temp_files = {str(p) for d in ("volumes", "snapshots") for p in
                     (host_dir / d).glob("*.tmp")}
-    mount = cgroup2_mount()
-    scope = VmCgroups.for_runtime(host_dir / "run").scope
-    if mount is not None and (mount / "cumulo").is_dir():
-        h.cgroups = {p.name.removesuffix(f".{scope}") for p in (mount / "cumulo").iterdir()
-                     if p.name.endswith(f".{scope}")}
+    groups = VmCgroups.for_runtime(host_dir / "run")
+    for root in groups.roots():  # cgroup v2's, and the v1 ones on a hybrid host
+        if (root / groups.parent).is_dir():
+            h.cgroups |= {p.name.removesuffix(f".{groups.scope}") for p in
+                          (root / groups.parent).iterdir() if p.name.endswith(f".{groups.scope}")}
     run = f"{host_dir}/run/"
     for pid, argv in _processes(run):
         exe = Path(argv[0]).name

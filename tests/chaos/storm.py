@@ -314,10 +314,10 @@ class Client:
         ops += ["detach"] * bool(held)
         op = self.rng.choice(ops)
         if op == "allocate":
-            before = self._own_ips()
+            owned_before = self._own_ips()
             r = self._send("POST", "/v1/public-ips")
             if r is None:  # lost: an address it made is ours (none other allocates)
-                for ip in set(self._own_ips()) - set(before):
+                for ip in set(self._own_ips()) - set(owned_before):
                     ips[ip] = None
                 return
             assert r.status_code == 201, r.text

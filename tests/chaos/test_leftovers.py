@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cumulo.agent.drivers.qemu_cgroup import VmCgroups
 from cumulo.agent.net import names, namespace
 from tests.chaos.leftovers import CloudView, HostHoldings, orphans, read_host
 
@@ -137,3 +138,16 @@ def test_orphans_planted_on_a_real_host_are_found(host_dir: Path) -> None:
                  f"dnsmasq files of removed network {GONE_NET}",
                  f"volume {VOL} (available) has no file"):
         assert what in found, found
+
+
+def test_a_vm_cgroup_left_in_a_cgroup_v1_hierarchy_is_found(host_dir: Path) -> None:
+    """On a hybrid host a VM's cgroups are in v1 hierarchies too: one left there is named."""
+    groups = VmCgroups.for_runtime(host_dir / "run")
+    if os.geteuid() != 0 or not groups.v1:
+        pytest.skip("no writable cgroup v1 hierarchy of cpu/memory/pids here")
+    left = next(iter(groups.v1.values())) / groups.parent / f"{GONE}.{groups.scope}"
+    left.mkdir(parents=True)
+    try:
+        assert GONE in read_host(host_dir, real=True).cgroups
+    finally:
+        left.rmdir()

@@ -22,7 +22,7 @@ def kill_all(runtime: Path) -> None:
                 wait_pid_gone(pid)
     groups = VmCgroups.for_runtime(runtime.absolute())
     for vm_dir in runtime.glob("*/"):
-        groups.remove(vm_dir.name)  # the VM's cgroup, once empty
+        groups.remove(vm_dir.name, wait_s=5.0)  # the VM's cgroups, once its QEMU has left
 
 
 def wait_pid_gone(pid: int, timeout: float = 5.0) -> None:

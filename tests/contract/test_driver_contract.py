@@ -317,6 +317,7 @@ async def test_volume_hotplug_resize_snapshot_detach(harness: Harness) -> None:
     assert await harness.reopen().attached_volumes(spec.vm_id) == {vol.volume_id}
 
     await d.resize_volume(spec.vm_id, vol, 2 * 2**30)
+    assert vol.path is not None  # harness.volume(): a local qcow2 file
     assert qemu_img_info(vol.path)["virtual-size"] == 2 * 2**30
 
     target = harness.workdir / "snap.qcow2"

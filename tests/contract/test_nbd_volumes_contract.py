@@ -66,6 +66,7 @@ async def test_volumes_over_nbd_cold_and_hot(harness: Harness,
     assert not list(vm_dir.glob("psk-*"))  # the keys went with the volumes
 
     if harness.kind == "qemu":  # a real NBD client: a wrong key opens nothing
+        assert isinstance(hot.source, NbdExport)
         wrong = dataclasses.replace(hot, source=dataclasses.replace(hot.source, key="3" * 64))
         with pytest.raises(DriverError, match=hot.volume_id):
             await d.attach_volume(spec.vm_id, wrong)

@@ -15,16 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, expect, sync_playwright
 
 from tests.integration.conftest import Cloud, fake_cloud, qemu_cloud
 
 __all__ = ["fake_cloud", "qemu_cloud"]
 
 CHROMIUM = Path("/usr/bin/chromium")
-DESKTOP = {"width": 1280, "height": 800}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 _API_REFUSAL = re.compile(r"^Failed to load resource: the server responded with a status of 4\d\d")
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 # Per module, not per session: Playwright's sync API runs an event loop in this thread while
@@ -72,7 +72,7 @@ def open_tab(browser: Browser) -> Iterator[object]:
     tabs: list[Tab] = []
     contexts = []
 
-    def _open(cloud: Cloud, viewport: dict[str, int] | None = None) -> Tab:
+    def _open(cloud: Cloud, viewport: ViewportSize | None = None) -> Tab:
         ctx = browser.new_context(viewport=viewport or DESKTOP, accept_downloads=True)
         contexts.append(ctx)
         tab = Tab(ctx.new_page(), f"http://127.0.0.1:{cloud.port}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -163,9 +163,11 @@ def test_errors_are_ec2s_and_change_nothing(ec2: Any) -> None:
 def test_another_projects_instance_is_not_found(cloud: Cloud, ec2: Any) -> None:
     iid = run_one(ec2)["InstanceId"]
     other = client(cloud, new_project(cloud, "o" + secrets.token_hex(4)))
-    for call in (lambda: other.describe_instances(InstanceIds=[iid]),
-                 lambda: other.terminate_instances(InstanceIds=[iid]),
-                 lambda: other.get_console_output(InstanceId=iid)):
+    calls: tuple[Callable[[], object], ...] = (
+        lambda: other.describe_instances(InstanceIds=[iid]),
+        lambda: other.terminate_instances(InstanceIds=[iid]),
+        lambda: other.get_console_output(InstanceId=iid))
+    for call in calls:
         with pytest.raises(ClientError) as exc:
             call()
         assert error_code(exc) == "InvalidInstanceID.NotFound"
@@ -375,7 +377,7 @@ def test_other_projects_volumes_groups_and_addresses_are_not_found(cloud: Cloud,
     gid = ec2.create_security_group(GroupName="mine", Description="x")["GroupId"]
     alloc = ec2.allocate_address(Domain="vpc")["AllocationId"]
     other = client(cloud, new_project(cloud, "o" + secrets.token_hex(4)))
-    cases = [
+    cases: list[tuple[Callable[[], object], str]] = [
         (lambda: other.describe_volumes(VolumeIds=[vid]), "InvalidVolume.NotFound"),
         (lambda: other.delete_volume(VolumeId=vid), "InvalidVolume.NotFound"),
         (lambda: other.create_snapshot(VolumeId=vid), "InvalidVolume.NotFound"),

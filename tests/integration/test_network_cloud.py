@@ -115,9 +115,9 @@ def test_ssh_dns_isolation_firewall_and_bandwidth(qemu_cloud: Cloud) -> None:
     assert shown.count("8Mbit") >= 2, shown
     size = 2 * 1024 * 1024
     t0 = time.monotonic()
-    r = subprocess.run([*CUMULO, "ssh", "b", "--", "cat", ">/dev/null"],
-                       input=b"\0" * size, capture_output=True, timeout=120, env=c.env)
-    assert r.returncode == 0
+    upload = subprocess.run([*CUMULO, "ssh", "b", "--", "cat", ">/dev/null"],
+                            input=b"\0" * size, capture_output=True, timeout=120, env=c.env)
+    assert upload.returncode == 0
     assert time.monotonic() - t0 >= size * 8 / 8e6, "upload beat the 8 Mbit/s cap"
 
 

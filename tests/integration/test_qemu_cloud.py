@@ -24,7 +24,7 @@ READY = "cumulo-tiny: ready hostname={name}"
 def wait_console(cloud: Cloud, name: str, pattern: str, timeout: float = 120,
                  count: int = 1) -> str:
     deadline = time.monotonic() + timeout
-    text = ""
+    text: str = ""  # the console's text (cloud.get answers a text body as text)
     while time.monotonic() < deadline:
         text = cloud.get("/v1/instances/{}/console", name)
         if len(re.findall(re.escape(pattern), text)) >= count:

@@ -84,9 +84,9 @@ def _check(cloud: Cloud) -> None:
     cloud.cli("instance", "stop", "web-1", "--wait")
     closed = None
     while closed is None:
-        msg = a.recv(timeout=10)
-        if isinstance(msg, str):
-            closed = json.loads(msg)
+        frame = a.recv(timeout=10)
+        if isinstance(frame, str):
+            closed = json.loads(frame)
     assert closed["type"] == "closed"
     msg, code = _refused(_open(cloud, "web-1", admin))
     assert msg["code"] == "serial_unavailable" and "not running" in msg["detail"]

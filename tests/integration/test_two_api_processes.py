@@ -65,6 +65,10 @@ def two_apis() -> Iterator[tuple[list[int], dict[str, str], list[subprocess.Pope
                 p.terminate()
                 p.wait(timeout=30)
         next(gen, None)
+        for side in ("a", "b"):  # shown by pytest only when the test failed
+            log = root / side / "api.log"
+            if log.exists():
+                print(f"--- API {side}'s log (end)\n{log.read_text(errors='replace')[-4000:]}")
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -86,6 +90,13 @@ def _instance(port: int, headers: dict[str, str], name: str) -> dict[str, Any]:
     return body
 
 
+def _zones(port: int, headers: dict[str, str]) -> list[dict[str, Any]]:
+    r = httpx.get(f"http://127.0.0.1:{port}/v1/zones", headers=headers)
+    assert r.status_code == 200, r.text  # the APIs' logs are printed at teardown
+    zones: list[dict[str, Any]] = r.json()
+    return zones
+
+
 def _until_running(port: int, headers: dict[str, str], name: str, within: float) -> float:
     t0 = time.monotonic()
     while _instance(port, headers, name)["state"] != "running":
@@ -101,9 +112,8 @@ def test_a_write_through_one_api_wakes_the_host_polling_the_other(
     agent = _agent(ports, headers, state)  # it polls the first URL: API a
     try:
         deadline = time.monotonic() + 120
-        while not any(h["name"] == "hv-1" and h["state"] == "up" for z in httpx.get(
-                f"http://127.0.0.1:{ports[1]}/v1/zones", headers=headers).json()
-                for h in z["hosts"]):
+        while not any(h["name"] == "hv-1" and h["state"] == "up"
+                      for z in _zones(ports[1], headers) for h in z["hosts"]):
             assert agent.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
         time.sleep(1)  # its long-poll on API a is open now

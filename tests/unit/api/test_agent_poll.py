@@ -118,10 +118,12 @@ def test_a_registration_says_only_what_the_columns_hold(api: TestClient,
     good = {"name": AGENT_HOST, "zone": "local-1a", "architectures": ["amd64", "arm64"],
             "vcpus": 4, "ram_mib": 4096, "driver": "qemu", "accel": "tcg",
             "agent_url": "unix:/run/cumulo/agent.sock"}
-    for over in ({"architectures": ["sparc"]}, {"architectures": []},
-                 {"driver": "qemu\x1b[2J"}, {"driver": "q" * 17}, {"accel": "turbo-max"},
-                 {"agent_url": "file:///etc/passwd"}, {"agent_url": "http://a b"},
-                 {"agent_url": "http://" + "a" * 300}):
+    bad: tuple[dict[str, object], ...] = (
+        {"architectures": ["sparc"]}, {"architectures": []},
+        {"driver": "qemu\x1b[2J"}, {"driver": "q" * 17}, {"accel": "turbo-max"},
+        {"agent_url": "file:///etc/passwd"}, {"agent_url": "http://a b"},
+        {"agent_url": "http://" + "a" * 300})
+    for over in bad:
         r = api.post("/v1/agent/hosts/register", json=good | over, headers=agent)
         assert r.status_code == 400, (over, r.text)
         assert r.json()["code"] in ("invalid_input", "unknown_arch"), r.text

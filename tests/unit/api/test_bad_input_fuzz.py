@@ -132,7 +132,7 @@ def _spice(data: st.DataObject, value: Any, *, url: bool = False,
     if isinstance(value, list):
         return [_spice(data, v, url=url, names=names) for v in value]
     if isinstance(value, str) and data.draw(st.integers(0, 2)) == 0:
-        if names and data.draw(st.booleans()):
+        if len(names) > 0 and data.draw(st.booleans()):
             return data.draw(st.sampled_from(names))
         return data.draw(st.sampled_from((URL_STRINGS if url else ODD_STRINGS) + EXISTING))
     if isinstance(value, int | float) and data.draw(st.integers(0, 2)) == 0:

@@ -5,6 +5,7 @@ the edge's token reads that and nothing else, and no other token but an admin's 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 
@@ -76,7 +77,9 @@ def test_only_the_edge_and_admins_read_it_and_the_edge_reads_nothing_else(
 
 async def test_every_content_change_of_any_host_wakes_the_edge() -> None:
     n = Notifier()
-    for change in (lambda: n.notify("h1", ["i-a"]), lambda: n.touch("h2")):
+    changes: tuple[Callable[[], None], ...] = (lambda: n.notify("h1", ["i-a"]),
+                                              lambda: n.touch("h2"))
+    for change in changes:
         before = n.version(EDGE)
         poll = asyncio.create_task(n.wait(EDGE, before, 30))
         await asyncio.sleep(0.05)

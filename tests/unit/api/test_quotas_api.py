@@ -158,13 +158,15 @@ def test_twenty_concurrent_creates_never_overshoot(api: TestClient, svc: Service
 
     def create(i: int) -> int:
         zone = "local-1a" if i % 2 else "local-1b"
-        return api.post("/v1/instances", params={"project": "e"}, json={
+        status: int = api.post("/v1/instances", params={"project": "e"}, json={
             "name": f"vm{i}", "image": "tiny", "type": "t1.nano", "zone": zone}).status_code
+        return status
 
     def volume(i: int) -> int:
         zone = "local-1a" if i % 2 else "local-1b"
-        return api.post("/v1/volumes", params={"project": "e"}, json={
+        status: int = api.post("/v1/volumes", params={"project": "e"}, json={
             "name": f"v{i}", "size_gib": 1, "zone": zone}).status_code
+        return status
 
     with ThreadPoolExecutor(20) as pool:
         created = list(pool.map(create, range(20)))

@@ -76,11 +76,12 @@ def test_volume_lifecycle(api: TestClient, svc: Services) -> None:
 
 def test_bad_volume_input_changes_nothing(api: TestClient, svc: Services) -> None:
     vol(api, "taken")
-    cases = [({"size_gib": 0}, "invalid_size"), ({"size_gib": -1}, "invalid_size"),
-             ({"size_gib": 10**6}, "invalid_size"), ({"type": "gold"}, "unknown_volume_type"),
-             ({"zone": "nowhere"}, "unknown_zone"), ({"name": "Bad Name"}, "invalid_name"),
-             ({"name": "taken"}, "name_taken"), ({"from_snapshot": "ghost"}, "unknown_snapshot"),
-             ({"zone": "local-1b"}, "insufficient_capacity")]
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"size_gib": 0}, "invalid_size"), ({"size_gib": -1}, "invalid_size"),
+        ({"size_gib": 10**6}, "invalid_size"), ({"type": "gold"}, "unknown_volume_type"),
+        ({"zone": "nowhere"}, "unknown_zone"), ({"name": "Bad Name"}, "invalid_name"),
+        ({"name": "taken"}, "name_taken"), ({"from_snapshot": "ghost"}, "unknown_snapshot"),
+        ({"zone": "local-1b"}, "insufficient_capacity")]
     for over, code in cases:
         r = api.post("/v1/volumes", json={"name": "v", "size_gib": 1} | over)
         assert r.json()["code"] == code, (over, r.text)

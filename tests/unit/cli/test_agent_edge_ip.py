@@ -20,7 +20,12 @@ def test_the_edges_address_reaches_the_agents_config(
         monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "agent.token").write_text("cma_token\n")  # joined already: no join token
     seen: list[AgentConfig] = []
-    monkeypatch.setattr(agent_main, "main", lambda cfg: seen.append(cfg) or 0)
+
+    def main(cfg: AgentConfig) -> int:  # the agent's main, not run: what it was given
+        seen.append(cfg)
+        return 0
+
+    monkeypatch.setattr(agent_main, "main", main)
     code, _, err = run(capfd, *BASE, "--state-dir", str(tmp_path), "--underlay-ip",
                        "10.250.0.7", "--edge-ip", "10.250.0.254")
     assert code == 0, err

@@ -33,11 +33,12 @@ def keyed(svc: Services) -> Services:
 
 
 def _enroll(svc: Services, url: str, name: str = "bm-1", system: str = "n1",
-            password: str | None = PASSWORD, **size: int) -> nodes.NodeView:
-    sizes = {"vcpus": 2, "ram_mib": 1024, "disk_gib": 4, **size}
+            password: str | None = PASSWORD, vcpus: int = 2, ram_mib: int = 1024,
+            disk_gib: int = 4) -> nodes.NodeView:
     return nodes.enroll(svc, ADMIN, nodes.Enrollment(
         name=name, zone="local-1a", redfish_url=url, system=system, arch="x86_64",
-        username=USER if password is not None else None, password=password, **sizes))
+        vcpus=vcpus, ram_mib=ram_mib, disk_gib=disk_gib,
+        username=USER if password is not None else None, password=password))
 
 
 def test_an_enrolled_node_is_verified_inspected_and_made_available(

@@ -19,6 +19,7 @@ from cumulo.services import baremetal_conductor as conductor
 from cumulo.services import baremetal_nodes as nodes
 from cumulo.services import catalogue, instances, volumes
 from cumulo.services.context import Services
+from cumulo.services.views import InstanceView
 from tests.baremetal_support import PASSWORD, USER, bmc_in_thread
 from tests.conftest import ADMIN
 
@@ -41,8 +42,8 @@ def _node(svc: Services, name: str, url: str = "http://127.0.0.1:9", system: str
                   .values(state="available"))
 
 
-def _create(svc: Services, name: str, type_name: str = "bm1.tiny", **opts: object
-            ) -> instances.InstanceView:
+def _create(svc: Services, name: str, type_name: str = "bm1.tiny", /, **opts: object
+            ) -> InstanceView:
     return instances.create(svc, ADMIN, None, instances.CreateInstance(
         name=name, image="tiny", type=type_name, **opts))  # type: ignore[arg-type]
 
@@ -80,7 +81,7 @@ def test_a_create_takes_the_smallest_fitting_node_and_marks_it_deploying(
         "x86_64): 3 nodes: 2 deploying, 1 arm64")
     _node(keyed, "bm-small", system="small")
     with pytest.raises(InsufficientCapacity, match="4 nodes: 2 deploying, 1 arm64, 1 too small"):
-        _create(keyed, "metal-4", type_name="bm1.medium")
+        _create(keyed, "metal-4", "bm1.medium")
     # A node that holds an instance is not deleted under it.
     with pytest.raises(Conflict) as c:
         nodes.delete(keyed, ADMIN, "bm-1")

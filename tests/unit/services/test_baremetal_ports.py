@@ -21,6 +21,7 @@ from cumulo.services import agents, edge_table, hosts, instances, public_ips, se
 from cumulo.services import baremetal_nodes as nodes
 from cumulo.services.context import Principal, Role, Services
 from cumulo.services.notifier import EDGE
+from cumulo.services.views import InstanceView
 from tests.baremetal_support import PASSWORD, USER
 from tests.conftest import ADMIN, AGENT_HOST
 
@@ -55,7 +56,7 @@ def _state(svc: Services, state: str, name: str = "bm-1") -> None:
                   .values(state=state))
 
 
-def _create(svc: Services, name: str = "metal", **opts: object) -> instances.InstanceView:
+def _create(svc: Services, name: str = "metal", /, **opts: object) -> InstanceView:
     return instances.create(svc, ADMIN, None, instances.CreateInstance(
         name=name, image="tiny", type="bm1.tiny", **opts))  # type: ignore[arg-type]
 

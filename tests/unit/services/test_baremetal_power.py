@@ -33,7 +33,7 @@ class PowerBmc(FakeBmc):
 
     calls: ClassVar[list[str]] = []
     ignores_acpi: ClassVar[bool] = False
-    during: ClassVar[Callable[[], None] | None] = None  # run at the next call, once
+    during: ClassVar[Callable[[], object] | None] = None  # run at the next call, once
 
     def power(self, action: PowerAction, wait_s: float = 0) -> str:
         if action is PowerAction.SOFT_OFF and PowerBmc.ignores_acpi:
@@ -233,7 +233,7 @@ def test_a_power_change_without_a_request_is_seen_by_the_power_sync(active: Serv
     assert _sync(svc) == {"bm-1": "running"} and _shown(svc)[0] == "running"
     # A request made during the read wins: the sync's result is dropped, the request applied.
     FakeBmc.fail_on = None
-    PowerBmc.during = lambda: instances.act(svc, ADMIN, None, "metal", Action.STOP) and None
+    PowerBmc.during = lambda: instances.act(svc, ADMIN, None, "metal", Action.STOP)
     assert _sync(svc) == {"bm-1": "stale"}
     assert _shown(svc)[0] == "stopping"
     assert _pass(svc) == {"bm-1": "stopped"} and PowerBmc.calls[-1] == "power soft-off"

@@ -142,6 +142,7 @@ def test_a_bad_or_taken_underlay_address_is_refused(svc: Services) -> None:
 
 def _mac(svc: Services, instance_id: str) -> str:
     with svc.db.session() as s:
-        mac = s.scalar(select(AddressRow.mac).where(AddressRow.instance_id == instance_id))
-    assert mac is not None
+        mac: str | None = s.scalar(
+            select(AddressRow.mac).where(AddressRow.instance_id == instance_id))
+    assert mac is not None, instance_id
     return mac

@@ -27,7 +27,7 @@ def test_networks_made_before_0011_get_distinct_vnis(tmp_path: Path) -> None:
                  "gw": f"10.9.{i}.1", "at": f"{at} 00:00:00"})
     command.upgrade(cfg, "head")
     with db.engine.connect() as c:
-        vnis = dict(c.execute(text("SELECT id, vni FROM networks")).all())
+        vnis: dict[str, int] = dict(c.execute(text("SELECT id, vni FROM networks")).all())
         assert c.execute(text("SELECT underlay_ip FROM hosts")).all() == []
     assert vnis == {"net-1": 4096, "net-0": 4097}  # in the order they were made
     command.downgrade(cfg, "0010")

@@ -16,7 +16,7 @@ from cumulo.agent.drivers.fake import FakeDriver, FakeHost
 from cumulo.agent.storage.nbd_exports import RecordingExporter
 from cumulo.agent.storage.volumes import VolumeStore
 from cumulo.agent.volume_reconciler import VolumeReconciler
-from cumulo.db.tables import InstanceRow
+from cumulo.db.tables import InstanceRow, VolumeRow
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import InsufficientCapacity
 from cumulo.domain.instance import Action
@@ -151,7 +151,7 @@ async def test_a_volume_attaches_to_an_instance_of_another_host_over_nbd(
     await b.step()
     await a.step()
     with svc.db.session() as s:
-        s.execute(update(volumes.VolumeRow).where(volumes.VolumeRow.id == vol.id)
+        s.execute(update(VolumeRow).where(VolumeRow.id == vol.id)
                   .values(delete_on_termination=True))
     instances.act(svc, ADMIN, None, "vm", Action.DELETE)
     (on_b,) = agents.assignments(svc, b.who, b.name).volumes

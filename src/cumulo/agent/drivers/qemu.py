@@ -67,6 +67,7 @@ from cumulo.domain.tcg import DEFAULT_TB_SIZE_MIB, check_tb_size
 
 QMP_TIMEOUT_S = 1.0
 QUIT_GRACE_S = 2.0
+CGROUP_EXIT_WAIT_S = 2.0  # an exited QEMU leaves its cgroups within milliseconds
 OBSERVE_CONCURRENCY = 32
 # A live process is checked through /proc at every observe (a crash is seen at once); its
 # QMP status (guest powered off, paused) is asked at most this often, or at every observe
@@ -310,10 +311,10 @@ class QemuDriver(QemuMigration, MigratingDriver):
             stale.unlink(missing_ok=True)
         uid = await asyncio.to_thread(self.uids.claim, paths.dir)
         await asyncio.to_thread(_hand_over, spec, paths, uid)
-        cgroup = await asyncio.to_thread(self.cgroups.prepare, spec.vm_id, spec.vcpus,
-                                         spec.ram_mib)
+        cgroups = await asyncio.to_thread(self.cgroups.prepare, spec.vm_id, spec.vcpus,
+                                          spec.ram_mib)
         argv = [*build_argv(spec, paths, accel, self.tb_size_mib), *extra]
-        argv = confine(spec, paths, argv, Confinement(uid, cgroup, sys.executable, binary))
+        argv = confine(spec, paths, argv, Confinement(uid, cgroups, sys.executable, binary))
         qemu_process.write_spec_record(paths, spec, accel, argv)
         pid = await qemu_process.launch(argv, paths)
         paths.last_pid.write_text(f"{pid}\n")
@@ -412,13 +413,17 @@ class QemuDriver(QemuMigration, MigratingDriver):
         with contextlib.suppress(DriverError):
             await qmp_execute(paths.qmp_sock, "quit", timeout=QMP_TIMEOUT_S)
         if await qemu_process.wait_gone(paths, pid, QUIT_GRACE_S):
-            self.cgroups.remove(paths.vm_id)  # made again at the next start
+            await self._remove_cgroups(paths)
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         if not await qemu_process.wait_gone(paths, pid, 10.0):
             raise DriverError(f"qemu (pid {pid}) of {paths.vm_id} survived SIGKILL")
-        self.cgroups.remove(paths.vm_id)  # made again at the next start
+        await self._remove_cgroups(paths)
+
+    async def _remove_cgroups(self, paths: VMPaths) -> None:
+        """The cgroups of a VM whose QEMU has just exited (made again at the next start)."""
+        await asyncio.to_thread(self.cgroups.remove, paths.vm_id, CGROUP_EXIT_WAIT_S)
 
 
 def _hand_over(spec: VMSpec, paths: VMPaths, uid: int) -> None:

@@ -186,19 +186,19 @@ class Confinement:
     """Who the VM's QEMU runs as and where (see qemu_confine, qemu_cgroup, qemu_exec)."""
 
     uid: int
-    cgroup: Path | None
+    cgroups: tuple[Path, ...]  # its v2 cgroup, and its v1 ones on a hybrid host
     python: str  # the interpreter that runs the launcher
     binary: str  # QEMU's absolute path
 
 
 def confine(spec: VMSpec, paths: VMPaths, argv: list[str], c: Confinement) -> list[str]:
-    """`argv` (from build_argv) started by the launcher: inside `spec.netns` when set (by
-    `ip netns exec`, which execs the launcher there), as `c.uid`, in `c.cgroup`."""
-    prefix = ["ip", "netns", "exec", spec.netns] if spec.netns else []
-    launcher = [*prefix, c.python, "-I", "-S", str(LAUNCHER), "--uid", str(c.uid),
-                "--gid", str(c.uid)]
-    if c.cgroup is not None:
-        launcher += ["--cgroup", str(c.cgroup)]
+    """`argv` (from build_argv) started by the launcher: in `c.cgroups`, then inside
+    `spec.netns` when set (the launcher enters it itself: see qemu_exec), as `c.uid`."""
+    launcher = [c.python, "-I", "-S", str(LAUNCHER), "--uid", str(c.uid), "--gid", str(c.uid)]
+    for cgroup in c.cgroups:
+        launcher += ["--cgroup", str(cgroup)]
+    if spec.netns:
+        launcher += ["--netns", spec.netns]
     launcher += ["--listen", f"{QMP_FD}={paths.qmp_sock}",
                  "--listen", f"{SERIAL_FD}={paths.serial_sock}"]
     for i, nic in enumerate(spec.nics):

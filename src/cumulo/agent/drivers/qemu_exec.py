@@ -1,10 +1,14 @@
-"""Start one VM's QEMU confined: run as root (inside the host's network namespace, by
-`ip netns exec`), do the few things that need root, then exec QEMU as the VM's own uid.
+"""Start one VM's QEMU confined: run as root, do the few things that need root, then exec
+QEMU as the VM's own uid (inside the host's network namespace).
 
 Run as a script (`python3 -I -S qemu_exec.py ...`): standard library only, no cumulo import,
 so it costs a few milliseconds per start. In order:
-- join the VM's cgroup (`--cgroup DIR`: this process's pid into DIR/cgroup.procs; QEMU
-  inherits it, so all its memory is charged there from its first page);
+- join the VM's cgroups (`--cgroup DIR`, once per cgroup: its v2 one and, on a hybrid host,
+  one per cgroup v1 controller; this process's pid into each DIR/cgroup.procs; QEMU inherits
+  them, so all its memory is charged there from its first page);
+- enter the host's network namespace (`--netns NAME`: setns(2) on /run/netns/NAME). Not by
+  `ip netns exec`, which also gives its command a new mount namespace with a fresh /sys and
+  so without /sys/fs/cgroup: a launcher started that way cannot join any cgroup;
 - open each tap (`--tap FD=NAME`: /dev/net/tun, TUNSETIFF) and bind each unix socket
   (`--listen FD=PATH`, mode 0600, owned by root) and put them on fixed fd numbers, which
   QEMU's command line names (`-netdev tap,fd=FD`, `-chardev socket,fd=FD`): QEMU never needs
@@ -26,6 +30,7 @@ import struct
 import sys
 
 PR_SET_NO_NEW_PRIVS = 38
+CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
@@ -70,6 +75,20 @@ def _no_new_privs() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
 
 
+def enter_netns(name: str) -> None:
+    """Move this (single-threaded) process into the named network namespace, as
+    `ip netns exec` does, but keeping its mount namespace."""
+    if not name or "/" in name or name in (".", ".."):
+        raise OSError(f"invalid network namespace name {name!r}")
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns to network namespace {name} failed")
+    finally:
+        os.close(fd)
+
+
 def _pairs(values: list[str]) -> list[tuple[int, str]]:
     out = []
     for v in values:
@@ -80,13 +99,14 @@ def _pairs(values: list[str]) -> list[tuple[int, str]]:
 
 def main(argv: list[str]) -> int:
     if "--" not in argv:
-        print("usage: qemu_exec.py --uid N --gid N [--cgroup DIR] [--tap FD=NAME]..."
-              " [--listen FD=PATH]... -- QEMU ARGS", file=sys.stderr)
+        print("usage: qemu_exec.py --uid N --gid N [--cgroup DIR]... [--netns NAME]"
+              " [--tap FD=NAME]... [--listen FD=PATH]... -- QEMU ARGS", file=sys.stderr)
         return 2
     split = argv.index("--")
     opts, command = argv[:split], argv[split + 1:]
     uid = gid = -1
-    cgroup = ""
+    cgroups: list[str] = []
+    netns = ""
     taps: list[str] = []
     listens: list[str] = []
     for key, value in zip(opts[::2], opts[1::2], strict=True):
@@ -95,7 +115,9 @@ def main(argv: list[str]) -> int:
         elif key == "--gid":
             gid = int(value)
         elif key == "--cgroup":
-            cgroup = value
+            cgroups.append(value)
+        elif key == "--netns":
+            netns = value
         elif key == "--tap":
             taps.append(value)
         elif key == "--listen":
@@ -107,13 +129,15 @@ def main(argv: list[str]) -> int:
         print("qemu_exec: --uid and --gid (not root) and a command by its absolute path are"
               " required", file=sys.stderr)
         return 2
-    if cgroup:
+    for cgroup in cgroups:
         try:
             with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
         except OSError as e:
             print(f"warning: qemu_exec: cannot join cgroup {cgroup}: {e}", file=sys.stderr)
     try:
+        if netns:  # after the cgroups (their file system is this mount namespace's)
+            enter_netns(netns)
         for slot, name in _pairs(taps):
             _place(open_tap(name), slot)
         for slot, path in _pairs(listens):

@@ -170,13 +170,14 @@ def test_nics_are_taps_the_launcher_opened() -> None:
 def test_confined_in_a_network_namespace() -> None:
     s = spec(Arch.X86_64, netns="cn-0123456789", nics=NICS)
     qemu = build_argv(s, PATHS, "tcg")
-    c = Confinement(1900000007, Path("/sys/fs/cgroup/cumulo/i-1"), "/venv/bin/python",
-                    "/usr/bin/qemu-system-x86_64")
+    groups = (Path("/sys/fs/cgroup/unified/cumulo/i-1"), Path("/sys/fs/cgroup/memory/cumulo/i-1"))
+    c = Confinement(1900000007, groups, "/venv/bin/python", "/usr/bin/qemu-system-x86_64")
     assert confine(s, PATHS, qemu, c) == [
-        "ip", "netns", "exec", "cn-0123456789",
         "/venv/bin/python", "-I", "-S", str(LAUNCHER),
         "--uid", "1900000007", "--gid", "1900000007",
-        "--cgroup", "/sys/fs/cgroup/cumulo/i-1",
+        "--cgroup", "/sys/fs/cgroup/unified/cumulo/i-1",
+        "--cgroup", "/sys/fs/cgroup/memory/cumulo/i-1",
+        "--netns", "cn-0123456789",
         "--listen", f"3={D}/qmp.sock", "--listen", f"4={D}/ser.sock",
         "--tap", "5=ct0123456789a0", "--tap", "6=ct0123456789a1",
         "--", "/usr/bin/qemu-system-x86_64", *qemu[1:],
@@ -186,8 +187,9 @@ def test_confined_in_a_network_namespace() -> None:
 def test_confined_without_namespace_nor_cgroup() -> None:
     s = spec(Arch.X86_64)
     qemu = build_argv(s, PATHS, "tcg")
-    argv = confine(s, PATHS, qemu, Confinement(1900000001, None, "/p", "/q"))
-    assert argv[:4] == ["/p", "-I", "-S", str(LAUNCHER)] and "--cgroup" not in argv
+    argv = confine(s, PATHS, qemu, Confinement(1900000001, (), "/p", "/q"))
+    assert argv[:4] == ["/p", "-I", "-S", str(LAUNCHER)]
+    assert "--cgroup" not in argv and "--netns" not in argv
     assert argv[argv.index("--") + 1:] == ["/q", *qemu[1:]]
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from cumulo.agent.drivers.base import DriverError
 from cumulo.agent.drivers.qemu_cgroup import VmCgroups, cgroup2_mount, limits
+from cumulo.agent.drivers.qemu_cgroup_v1 import v1_limits, v1_mounts
 from cumulo.agent.drivers.qemu_confine import UidPool, grant, granted, revoke, revoke_all
 
 
@@ -108,7 +109,7 @@ def test_a_vm_cgroup_gets_its_limits_where_the_controllers_exist(tmp_path: Path)
         (path / name).write_text("max")
     (root / "cumulo" / "cgroup.controllers").write_text("cpu memory pids")
     (root / "cumulo" / "cgroup.subtree_control").write_text("")
-    assert groups.prepare("i-1", 2, 512) == path
+    assert groups.prepare("i-1", 2, 512) == (path,)
     assert (root / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
     assert (path / "cpu.max").read_text() == "200000 100000"
     assert (path / "memory.max").read_text() == str((512 + 256 + 64) * 2**20)
@@ -120,10 +121,10 @@ def test_without_controllers_the_vm_is_grouped_and_the_agent_warns(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = fake_cgroupfs(tmp_path / "cg", "hugetlb")
     groups = VmCgroups(root)
-    assert groups.prepare("i-1", 1, 128) == root / "cumulo" / "i-1"
+    assert groups.prepare("i-1", 1, 128) == (root / "cumulo" / "i-1",)
     groups.prepare("i-2", 1, 128)
     out = capsys.readouterr().out
-    assert out.count("lacks the controllers cpu, memory, pids") == 1  # said once
+    assert out.count("has the controllers cpu, memory, pids: VMs run without") == 1  # said once
 
 
 def test_no_cgroup2_means_no_cgroup_and_a_warning(
@@ -134,6 +135,105 @@ def test_no_cgroup2_means_no_cgroup_and_a_warning(
     info.write_text("35 24 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n")
     assert cgroup2_mount(info) == Path("/sys/fs/cgroup/unified")
     groups = VmCgroups(None)
-    groups.mount = None
-    assert groups.prepare("i-1", 1, 128) is None
-    assert "no cgroup v2 hierarchy" in capsys.readouterr().out
+    assert groups.prepare("i-1", 1, 128) == ()
+    out = capsys.readouterr().out
+    assert "no cgroup v2 hierarchy" in out and "controllers cpu, memory, pids" in out
+
+
+# A hybrid host (this one's mounts): cpu, memory, pids bound to cgroup v1; cgroup v2 has none.
+HYBRID = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+
+
+def test_v1_mounts_are_found_by_their_super_options(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(HYBRID)
+    assert v1_mounts(("cpu", "memory", "pids"), info) == {
+        "cpu": Path("/sys/fs/cgroup/cpu"), "memory": Path("/sys/fs/cgroup/memory"),
+        "pids": Path("/sys/fs/cgroup/pids")}  # fmt: skip
+    assert cgroup2_mount(info) == Path("/sys/fs/cgroup/unified")
+    # systemd-era layout: cpu and cpuacct co-mounted (one hierarchy, two names for its path);
+    # optional fields (shared:N) before the " - "; no memory hierarchy at all
+    info.write_text("25 24 0:22 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:9 - cgroup cgroup"
+                    " rw,cpu,cpuacct\n26 24 0:23 / /sys/fs/cgroup/pids rw shared:10 - cgroup"
+                    " cgroup rw,pids\n")
+    assert v1_mounts(("cpu", "memory", "pids"), info) == {
+        "cpu": Path("/sys/fs/cgroup/cpu,cpuacct"), "pids": Path("/sys/fs/cgroup/pids")}
+    assert cgroup2_mount(info) is None
+    info.write_text("35 24 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n")
+    assert v1_mounts(("cpu", "memory", "pids"), info) == {}  # v2 only: nothing to add
+
+
+def test_v1_limits_say_the_same_as_the_v2_ones() -> None:
+    v2 = limits(2, 1024)
+    assert v1_limits("cpu", 2, 1024) == {"cpu.cfs_period_us": "100000",
+                                         "cpu.cfs_quota_us": "200000"}  # two whole CPUs
+    memory = v1_limits("memory", 2, 1024)
+    assert list(memory) == ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]  # RAM first
+    assert set(memory.values()) == {v2["memory.max"]}  # RAM + swap = RAM: no swap
+    assert v1_limits("pids", 2, 1024) == {"pids.max": v2["pids.max"]}
+    assert v1_limits("cpuset", 2, 1024) == {}
+
+
+def fake_v1(root: Path, vm: str, files: dict[str, list[str]]) -> dict[str, Path]:
+    """Directories shaped like v1 hierarchies with the VM's directory and its files made (the
+    kernel would make them at mkdir)."""
+    out = {}
+    for controller, names in files.items():
+        out[controller] = root / controller
+        d = out[controller] / "cumulo" / vm
+        d.mkdir(parents=True)
+        for name in names:
+            (d / name).write_text("max")
+    return out
+
+
+def test_a_hybrid_host_limits_the_vm_in_v1_and_groups_it_in_v2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    v2 = fake_cgroupfs(tmp_path / "unified", "hugetlb")
+    v1 = fake_v1(tmp_path, "i-1.s", {
+        "cpu": ["cpu.cfs_period_us", "cpu.cfs_quota_us"],
+        "memory": ["memory.limit_in_bytes"],  # no swap accounting: no memsw file
+        "pids": ["pids.max"]})  # fmt: skip
+    groups = VmCgroups(v2, v1, scope="s")
+    got = groups.prepare("i-1", 2, 512)
+    assert got == (v2 / "cumulo" / "i-1.s", *(v1[c] / "cumulo" / "i-1.s" for c in v1))
+    assert "controllers" not in capsys.readouterr().out  # every limit is set: no warning
+    cpu, memory, pids = got[1:]
+    assert (cpu / "cpu.cfs_quota_us").read_text() == "200000"
+    assert (cpu / "cpu.cfs_period_us").read_text() == "100000"
+    assert (memory / "memory.limit_in_bytes").read_text() == str((512 + 256 + 64) * 2**20)
+    assert not (memory / "memory.memsw.limit_in_bytes").exists()  # not invented
+    assert (pids / "pids.max").read_text() == str(256 + 8)
+    for d in got[1:]:
+        for f in d.iterdir():
+            f.unlink()  # emptied, as the kernel's are once QEMU is gone
+    VmCgroups(v2, v1, scope="s").remove("i-1")  # a restarted agent: it remembers nothing
+    assert not any(d.exists() for d in got)
+
+
+def test_a_hybrid_host_warns_of_a_v1_hierarchy_it_cannot_write(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    v2 = fake_cgroupfs(tmp_path / "unified", "hugetlb")
+    v1 = fake_v1(tmp_path, "i-1", {"cpu": [], "pids": []})
+    v1["memory"] = tmp_path / "memory"
+    v1["memory"].write_text("")  # not a directory: mkdir under it fails
+    groups = VmCgroups(v2, v1)
+    assert groups.prepare("i-1", 1, 128) == (
+        v2 / "cumulo" / "i-1", v1["cpu"] / "cumulo" / "i-1", v1["pids"] / "cumulo" / "i-1")
+    out = capsys.readouterr().out
+    assert "cannot create cgroups under" in out and "the controllers memory: VMs run" in out
+
+
+def test_without_cgroup2_a_hybrid_host_still_limits_in_v1(tmp_path: Path) -> None:
+    v1 = fake_v1(tmp_path, "i-1", {"memory": ["memory.limit_in_bytes"]})
+    assert VmCgroups(None, v1).prepare("i-1", 1, 128) == (v1["memory"] / "cumulo" / "i-1",)
+    assert (v1["memory"] / "cumulo" / "i-1" / "memory.limit_in_bytes").read_text() == str(
+        (128 + 256 + 16) * 2**20)
