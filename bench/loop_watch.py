@@ -6,8 +6,9 @@ moment when the loop did not run its callbacks for more than STALL_S, with
 - `at` / `s`: when it began (time.monotonic, the same clock in every process of the machine,
   so the stalls of the API and of the client line up with each other and with the requests)
   and how long it lasted;
-- `cpu_s`: the CPU time the loop's thread used meanwhile: close to `s` when the loop ran
-  something long, far below when the thread waited (a lock, I/O) or was not scheduled;
+- `watched_cpu_s` of `watched_s` (from when the stall was seen, STALL_S in, to its end): the
+  CPU time the loop's thread used meanwhile: close to `watched_s` when the loop ran something
+  long, far below when the thread waited (a lock, I/O) or was not scheduled;
 - `gc_s`: the part spent in the cyclic garbage collector (gc.callbacks), by generation;
 - `stacks`: the loop thread's stack, sampled every SAMPLE_S during the stall, as counts of
   the innermost frames (a sampler thread takes the GIL between the loop's switch intervals,
@@ -46,9 +47,13 @@ class LoopWatch:
         self._clock = time.pthread_getcpuclockid(self._ident)
 
     async def ticks(self) -> None:
-        while True:
-            self._last = time.monotonic()
-            await asyncio.sleep(TICK_S)
+        try:
+            while True:
+                self._last = time.monotonic()
+                await asyncio.sleep(TICK_S)
+        finally:  # cancelled: the watching thread ends too
+            self._stop.set()
+            gc.callbacks.remove(self._on_gc)
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -70,7 +75,7 @@ class LoopWatch:
                     continue
                 cpu0, seen = time.clock_gettime(self._clock), time.monotonic()
                 stacks: Counter[str] = Counter()
-                while self._last == began:
+                while self._last == began and not self._stop.is_set():
                     frame = sys._current_frames().get(self._ident)
                     if frame is not None:
                         stacks[_summary(traceback.extract_stack(frame))] += 1
@@ -80,7 +85,6 @@ class LoopWatch:
                 self._gc = [g for g in self._gc if g[1] >= end]
                 f.write(json.dumps({
                     "at": round(began, 4), "s": round(end - began - TICK_S, 4),
-                    # from when the stall was seen (STALL_S in) to its end
                     "watched_s": round(end - seen, 4),
                     "watched_cpu_s": round(time.clock_gettime(self._clock) - cpu0, 4),
                     "gc_s": [(round(e - s, 4), g) for s, e, g in gcs],
