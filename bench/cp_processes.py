@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
+from fastapi import FastAPI
 
+from bench import loop_watch
 from cumulo.agent.api_client import ApiClient
 from cumulo.agent.drivers.base import VMSpec
 from cumulo.agent.drivers.fake import FakeDriver
@@ -70,8 +75,21 @@ def serve_api(db_url: str, port: int, bus: bool = False) -> None:
         pg_bus = PgBus(db_url, svc.notifier.deliver)
         svc.notifier.share_with(pg_bus.publish)
         pg_bus.start()
+    app = create_app(svc)
+    if os.environ.get(loop_watch.ENV):
+        inner = app.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def watched(a: FastAPI) -> AsyncIterator[None]:
+            task = loop_watch.start("api")
+            async with inner(a):
+                yield
+            if task is not None:
+                task.cancel()
+
+        app.router.lifespan_context = watched
     try:
-        server.serve(create_app(svc), svc.notifier, port, access_log=False)  # as `cumulo up`
+        server.serve(app, svc.notifier, port, access_log=False)  # as `cumulo up`
     finally:
         if pg_bus is not None:
             pg_bus.stop()

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from bench import loop_watch
 from bench.cloud import percentile
 
 FRACTIONS = (0.25, 0.5, 0.8)  # of the saturation rate measured in the same run
@@ -89,6 +90,7 @@ async def fire_on_schedule(bases: Sequence[str], token: str, start_at: float,
     results: list[Sent | None] = [None] * len(offsets)
     clients = [httpx.AsyncClient(base_url=b, timeout=120.0, limits=limits,
                                  headers={"Authorization": f"Bearer {token}"}) for b in bases]
+    watch = loop_watch.start("client")
     try:
         # Open some connections before the clock, as a busy client would have them.
         await asyncio.gather(*(c.get("/healthz") for c in clients for _ in range(warm)))
@@ -112,6 +114,8 @@ async def fire_on_schedule(bases: Sequence[str], token: str, start_at: float,
         await asyncio.gather(*tasks)
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
+        if watch is not None:
+            watch.cancel()
     return [r for r in results if r is not None]
 
 

@@ -15,6 +15,7 @@ rebuild only those in the cached assignments (`changes`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import threading
 import time
@@ -35,6 +36,14 @@ DNS_COALESCE_S = 3.0
 # create of that moment queued behind them. Wake-ups due within DNS_WAKE_GRAIN_S go together.
 DNS_SPREAD_FROM = 0.5
 DNS_WAKE_GRAIN_S = 0.05
+# A change the other hosts must follow sooner than the coalescing period allows (a host new to
+# a network is a new VXLAN flood destination for the hosts serving it) is asked for with a
+# shorter `within`: each host is woken at a random moment of that window, not all together,
+# and once for every change of the window. Waking them all at once answered every host of the
+# network in one turn of the API's event loop: in the control-plane benchmark, each create on a
+# host new to the network (most of them, in a network that grows) queued up to 100 long-poll
+# answers (~2 ms each) in front of every request of that moment (docs/benchmarks.md, the
+# open-loop stall).
 # Content changes remembered per host, with the instances each one touched. A cached view older
 # than that many changes is rebuilt whole.
 CHANGE_LOG = 64
@@ -53,6 +62,8 @@ class Notifier:
         self.coalesce_s = coalesce_s
         self._soon: dict[str, float] = {}  # host id -> when to wake it (time.monotonic())
         self._timer: threading.Timer | None = None
+        self._timer_at = 0.0  # when it fires
+        self._timers = 0  # timers armed so far: a cancelled one that fired anyway is stale
         self.dns = DnsJournal()
         # Per-process memory of the agent protocol, kept here because every part of the API
         # shares this object: host name -> id (ids never change once made), and host id ->
@@ -134,10 +145,11 @@ class Notifier:
         elif kind == "s":
             self._notify_soon(message["h"])
         elif kind == "d":
+            within = message.get("w", 0.0 if message.get("p") else None)  # "p": older API
             self._dns_changed(str(message["n"]),
                               [DnsRecord.model_validate(r) for r in message["a"]],
                               [str(m) for m in message["r"]], message.get("skip"),
-                              bool(message.get("p")))
+                              None if within is None else float(within))
         elif kind == "all":  # messages may have been lost: everything is fetched again
             self.dns.forget_history()
             with self._lock:
@@ -174,51 +186,70 @@ class Notifier:
         self._notify_soon(hosts)
         self._share({"k": "s", "h": hosts})
 
-    def _notify_soon(self, host_ids: Iterable[str | None]) -> None:
+    def _notify_soon(self, host_ids: Iterable[str | None], within: float | None = None) -> None:
+        """Wake these hosts within `within` s (None: within the coalescing period, from
+        DNS_SPREAD_FROM of it on). A host already due by then is woken once, when due."""
         now = time.monotonic()
         with self._lock:
             for h in host_ids:
-                if h and h not in self._soon:
-                    self._soon[h] = now + self.coalesce_s * random.uniform(DNS_SPREAD_FROM, 1.0)
+                if not h:
+                    continue
+                due = self._soon.get(h)
+                if within is None:
+                    if due is None:
+                        self._soon[h] = now + self.coalesce_s * random.uniform(DNS_SPREAD_FROM,
+                                                                               1.0)
+                elif due is None or due > now + within:
+                    self._soon[h] = now + within * random.random()
             self._arm(now)
 
     def _arm(self, now: float) -> None:
-        """Under the lock: a timer for the earliest wake-up, unless one runs. A host added
-        later with an earlier time waits for that timer, at most `coalesce_s` all the same."""
-        if self._timer is not None or not self._soon:
+        """Under the lock: a timer for the earliest wake-up (the one running is replaced when a
+        wake-up is due before it)."""
+        if not self._soon:
             return
-        self._timer = threading.Timer(max(0.0, min(self._soon.values()) - now), self._flush)
+        first = min(self._soon.values())
+        if self._timer is not None:
+            if first >= self._timer_at:
+                return
+            self._timer.cancel()
+        self._timers += 1
+        self._timer_at = first
+        self._timer = threading.Timer(max(0.0, first - now),
+                                      functools.partial(self._flush, self._timers))
         self._timer.daemon = True
         self._timer.start()
 
-    def _flush(self) -> None:
+    def _flush(self, timer: int) -> None:
         now = time.monotonic()
         with self._lock:
             due = [h for h, at in self._soon.items() if at <= now + DNS_WAKE_GRAIN_S]
             for h in due:
                 del self._soon[h]
-            self._timer = None
-            self._arm(now)
+            if timer == self._timers:  # not one cancelled as it fired: the next is armed
+                self._timer = None
+                self._arm(now)
         for h in due:
             self._wake(h, content=False)
 
     def dns_changed(self, network_id: str, added: Iterable[DnsRecord] = (),
                     removed: Iterable[str] = (), skip: str | None = None,
-                    prompt: bool = False) -> None:
+                    within: float | None = None) -> None:
         """Records of a network were added or removed (MACs; call after the commit): journal
-        them and wake, soon, every host serving that network but `skip`; with `prompt`, now
-        (a change of where a NIC runs: the hosts' VXLAN entries must follow within 1 s)."""
+        them and wake every host serving that network but `skip`, within the coalescing
+        period, or within `within` s when given (0: now; a change of where a NIC runs: the
+        hosts' VXLAN entries must follow within 1 s)."""
         added, removed = list(added), list(removed)
-        self._dns_changed(network_id, added, removed, skip, prompt)
+        self._dns_changed(network_id, added, removed, skip, within)
         self._share({"k": "d", "n": network_id, "a": [r.model_dump() for r in added],
-                     "r": removed, "skip": skip, "p": prompt})
+                     "r": removed, "skip": skip, "w": within})
 
     def _dns_changed(self, network_id: str, added: list[DnsRecord], removed: list[str],
-                     skip: str | None, prompt: bool = False) -> None:
+                     skip: str | None, within: float | None = None) -> None:
         self.dns.changed(network_id, added, removed)
         hosts = [h for h in self.dns.subscribers([network_id]) if h != skip]
-        if not prompt:
-            self._notify_soon(hosts)
+        if within is None or within > 0:
+            self._notify_soon(hosts, within)
             return
         for h in hosts:
             self._wake(h, content=False)

@@ -98,7 +98,7 @@ def announce(svc: Services, instance_ids: Collection[str]) -> None:
     with svc.db.session() as s:
         changed = _read(s, svc, _RECORDS.where(AddressRow.instance_id.in_(instance_ids)))
     for network_id, recs in changed.items():
-        svc.notifier.dns_changed(network_id, added=recs, prompt=True)
+        svc.notifier.dns_changed(network_id, added=recs, within=0)
 
 
 def announce_host(svc: Services, host_id: str) -> None:

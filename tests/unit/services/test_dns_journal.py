@@ -230,6 +230,9 @@ class _Clock:
             def start(self) -> None:
                 clock.timers.append((clock.now + delay, fn))
 
+            def cancel(self) -> None:
+                clock.timers.remove((clock.now + delay, fn))
+
         return _Timer()
 
     def run_next(self) -> None:
@@ -259,6 +262,35 @@ def test_dns_wake_ups_are_spread_over_the_period_and_each_host_gets_one(
         clock.run_next()
     # h2 and h4 are due within DNS_WAKE_GRAIN_S of each other: one timer wakes both.
     assert woken == [("h2", 1.0), ("h4", 1.0), ("h3", 1.5), ("h1", 2.0)]
+
+
+def test_a_change_within_a_window_wakes_each_host_once_within_it_not_all_together(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr("cumulo.services.notifier.time.monotonic", clock.monotonic)
+    monkeypatch.setattr("cumulo.services.notifier.threading.Timer", clock.timer)
+    monkeypatch.setattr("cumulo.services.notifier.random.uniform", lambda _a, _b: 1.0)
+    shares = iter([0.5, 0.1, 0.9])  # the hosts' shares of the window, in (set) order
+    monkeypatch.setattr("cumulo.services.notifier.random.random", lambda: next(shares))
+    n = Notifier(coalesce_s=3.0)
+    for h in ("h1", "h2", "h3", "creator"):
+        n.dns.subscribe(h, [NET])
+    woken: list[tuple[str, float]] = []
+    monkeypatch.setattr(n, "_wake", lambda h, content: woken.append((h, clock.now - 100.0)))
+
+    n.notify_soon(["h1"])  # a coalesced change first: h1 due at 3 s, the timer set for then
+    n.dns_changed(NET, added=[A], skip="creator", within=0.5)  # then one within 0.5 s
+    n.dns_changed(NET, added=[B], skip="creator", within=0.5)  # already due by then: no more
+    assert woken == []  # none at once
+    while clock.timers:
+        clock.run_next()
+    # Each host once, at its own moment of the window; h1 came forward from 3 s (the timer
+    # was set again, earlier).
+    assert sorted(h for h, _ in woken) == ["h1", "h2", "h3"]
+    assert [at for _, at in woken] == pytest.approx([0.05, 0.25, 0.45])
+
+    n.dns_changed(NET, added=[C], skip="creator", within=0)  # 0: every other host now
+    assert sorted(h for h, at in woken[3:]) == ["h1", "h2", "h3"]
 
 
 def test_parse_dns_claims_ignores_what_is_malformed() -> None:

@@ -1,9 +1,12 @@
 """Networks across hosts, API side: each network's VNI, the hosts' underlay addresses, and
-records that say where each NIC runs, sent to every host serving the network; a host new to a
-network, an instance that changed host, or a host whose underlay address changed is announced
-at once (not within the DNS coalescing period), so that every host's VXLAN entries follow."""
+records that say where each NIC runs, sent to every host serving the network; an instance that
+changed host, or a host whose underlay address changed, is announced at once, and a host new to
+a network within half a second (not within the DNS coalescing period), so that every host's
+VXLAN entries follow."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from sqlalchemy import select, update
@@ -13,7 +16,15 @@ from cumulo.agent.net import plan
 from cumulo.db.tables import AddressRow, InstanceRow, NetworkRow
 from cumulo.domain.errors import Conflict, InvalidInput
 from cumulo.protocol import Assignments, NetworkRef
-from cumulo.services import agents, hosts, instances, networks, segments
+from cumulo.services import (
+    agents,
+    hosts,
+    instance_create,
+    instances,
+    networks,
+    notifier,
+    segments,
+)
 from cumulo.services.context import Principal, Role, Services
 from cumulo.services.views import InstanceView
 from tests.conftest import ADMIN, AGENT_HOST
@@ -66,7 +77,12 @@ def test_hosts_get_each_network_with_its_vni_and_where_every_nic_runs(svc: Servi
     seen = svc.notifier.version(a_id)
     b = _new(svc, "b")  # the scheduler spreads: on host-b, new to the network
     assert b.host == "host-b" and a.host == AGENT_HOST
-    # host-a is woken now, not within the coalescing period: host-b is a new flood target.
+    # host-a is woken within NEW_HOST_WAKE_S (0.5 s), before a coalesced wake-up could come
+    # (1.5 s at the earliest): host-b is a new flood target.
+    assert svc.notifier.coalesce_s * notifier.DNS_SPREAD_FROM > instance_create.NEW_HOST_WAKE_S
+    deadline = time.monotonic() + svc.notifier.coalesce_s * notifier.DNS_SPREAD_FROM
+    while svc.notifier.version(a_id) == seen and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert svc.notifier.version(a_id) > seen
     (net,) = _poll(svc, AGENT_HOST, book_a).networks
     assert _where(net) == {"a": IP_A, "b": IP_B}
