@@ -71,8 +71,7 @@ def _panels(prom: prometheus.Prometheus, dashboard: dict[str, Any], start: float
     for panel in dashboard["panels"]:
         series: list[dict[str, Any]] = []
         for t in panel.get("targets", []):
-            target = dq.Target(panel["title"], panel["type"], t["expr"],
-                               t.get("legendFormat", ""))
+            target = dq.Target(panel["title"], t["expr"], t.get("legendFormat", ""))
             query = target.promql(RATE)
             if panel["type"] == "bargauge":
                 for s in prom.query(query):

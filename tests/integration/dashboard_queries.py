@@ -30,7 +30,6 @@ _LABEL_VALUES = re.compile(r"^label_values\((\w+),\s*(\w+)\)$")
 @dataclass(frozen=True)
 class Target:
     panel: str
-    panel_type: str
     expr: str  # as written in the dashboard, with its $variables
     legend: str
 
@@ -49,7 +48,7 @@ def load(path: Path = DASHBOARD) -> dict[str, Any]:
 
 
 def targets(dashboard: dict[str, Any]) -> list[Target]:
-    return [Target(p["title"], p["type"], t["expr"], t.get("legendFormat", ""))
+    return [Target(p["title"], t["expr"], t.get("legendFormat", ""))
             for p in dashboard["panels"] for t in p.get("targets", [])]
 
 
