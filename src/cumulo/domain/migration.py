@@ -245,6 +245,13 @@ def on_source(r: Record, rep: SideReport) -> None:
             r.downtime_ms, r.total_s = rep.downtime_ms, rep.total_s
             r.checksum = rep.checksum
         elif rep.state in ("failed", "cancelled"):
+            if r.switched and not r.cold:
+                # Past the switch-over the guest is the destination's: a source that says
+                # failed now (an agent restarted since, whose driver lost the paused copy)
+                # changes nothing. Marking it done would drop the migration from its answers
+                # while the instance is still assigned to it, not `moving`: it would start
+                # the guest again there. Its FINISH comes once the destination has it.
+                return
             fail(r, rep.reason or f"the source reported the migration {rep.state}")
             r.source_done = True  # its driver rolled back: the guest runs on there
     elif rep.step is Step.ABORT:
