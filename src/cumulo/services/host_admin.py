@@ -26,11 +26,12 @@ def host_views(s: Session, settings: Settings, zone: str | None = None) -> list[
     """Every host (of `zone`), by name: what it registered, its state, and what placement
     counts on it."""
     caps = hosts.capacities(s, settings, zone)
-    # Rows read after the capacities, by their ids: on PostgreSQL each statement sees its own
-    # snapshot, so a host that joined between two reads was in the second and not the first
-    # (a KeyError, a 500 to `cumulo zones` while an agent joined). One gone meanwhile is left out.
-    rows = {r.id: r for r in s.scalars(
-        select(HostRow).where(HostRow.id.in_([c.host_id for c in caps])))}
+    # Rows read after the capacities: on PostgreSQL each statement sees its own snapshot, so a
+    # host that joined between two reads is in the second only (read first, the rows missed
+    # it: a KeyError, a 500 to `cumulo zones` while an agent joined). One gone meanwhile is
+    # left out.
+    rows = {r.id: r for r in s.scalars(select(HostRow) if zone is None
+                                       else select(HostRow).where(HostRow.zone == zone))}
     out = []
     for cap in caps:
         row = rows.get(cap.host_id)
