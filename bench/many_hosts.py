@@ -5,7 +5,9 @@ hosts, 250 to an asyncio process (bench/cp_processes.py: the real agent loop, re
 driver per host, each with its own token and long-poll), as in the control-plane section.
 Once every host is registered and 5 s have passed, the CPU (utime + stime) and RSS of the API
 and of the hosts' processes are read over a window (30 s; 15 s with --quick) with no request
-but the hosts' own (long-polls, heartbeats, reports). Not in the default sections (it is
+but the hosts' own (long-polls, heartbeats, reports). Then, busy, the control-plane run
+(bench.control_plane.measure, SQLite) with 1,000 hosts and 10,000 instances (1,000 with
+--quick): saturation and the open loop at that scale. Not in the default sections (it is
 not part of the --quick budget): `cumulo bench --only many_hosts`.
 """
 
@@ -28,6 +30,7 @@ from bench.control_plane import (
     _spawn,
     _stop,
     _wait,
+    measure,
     prepare,
     spawn_hosts,
 )
@@ -81,11 +84,26 @@ def _hosts_cpu_s(procs: list[subprocess.Popen[bytes]]) -> float:
     return sum(_cpu_s(p.pid) for p in procs)
 
 
+# Busy, at the largest count (issue 24 item 2): the control-plane run (closed loop, then the
+# open loop at 25/50/80 % of its saturation) with this many instances.
+BUSY_INSTANCES = {False: 10_000, True: 1_000}  # by `quick`
+BUSY_OPEN_LOOP_S = {False: 10.0, True: 4.0}
+
+
+def busy(n: int, quick: bool, work: Path) -> dict[str, Any]:
+    """The control-plane section's measure (SQLite) with n simulated hosts."""
+    sc = Scale(instances=BUSY_INSTANCES[quick], hosts=n, open_loop_s=BUSY_OPEN_LOOP_S[quick],
+               timeout_s=1800.0)
+    return measure(f"sqlite:///{work / 'cumulo.db'}", sc, work)
+
+
 def run(quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for n in COUNTS:
         with tempfile.TemporaryDirectory(prefix="cumulo-bench-") as tmp:
             out[str(n)] = idle(n, 15.0 if quick else 30.0, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="cumulo-bench-") as tmp:
+        out["busy"] = busy(COUNTS[-1], quick, Path(tmp))
     small, big = out[str(COUNTS[0])], out[str(COUNTS[-1])]
     if small["api_rss_mib"] and big["hosts"] > small["hosts"]:
         out["api_rss_kib_per_host"] = round(

@@ -43,6 +43,7 @@ from cumulo.services import (
     baremetal_conductor,
     baremetal_power_sync,
     migration_deadlines,
+    pending_beats,
     terminated,
 )
 from cumulo.services import hosts as host_service
@@ -71,6 +72,25 @@ async def _sweep(svc: Services) -> None:
             await threads.service(svc, terminated.purge, svc)
         except Exception as e:  # the database is away: try again at the next sweep
             log.warning("host_sweep_failed", error=str(e))
+
+
+async def write_heartbeats(svc: Services) -> None:
+    """Write the agents' noted heartbeats together (services.pending_beats), for as long as
+    the API runs; what is noted when it stops is written then."""
+    beats = svc.notifier.pending_beats
+    beats.start()
+    try:
+        while True:
+            await asyncio.sleep(pending_beats.FLUSH_EVERY_S)
+            if ids := beats.take():
+                try:
+                    await threads.service(svc, host_service.write_heartbeats, svc, ids)
+                except Exception as e:  # the database is away: they are written at once later
+                    log.warning("heartbeats_not_written", hosts=len(ids), error=str(e))
+    finally:
+        if ids := beats.take(stop=True):
+            with contextlib.suppress(Exception):
+                host_service.write_heartbeats(svc, ids)
 
 
 async def conduct(svc: Services) -> None:
@@ -106,7 +126,7 @@ async def running(*loops: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     svc = app.state.services
-    async with threads.lifespan(app), running(_sweep(svc), conduct(svc)):
+    async with threads.lifespan(app), running(_sweep(svc), write_heartbeats(svc), conduct(svc)):
         yield
 
 

@@ -47,12 +47,19 @@ def issue_token(
 def authenticate(s: Session, authorization: str | None) -> Principal:
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    row = s.scalar(
-        select(TokenRow).where(TokenRow.sha256 == token_digest(authorization[7:].strip()))
-    )
+    row = s.connection().execute(
+        _TOKEN, {"digest": token_digest(authorization[7:].strip())}).first()
     if row is None:
         raise Unauthorized("invalid token")
-    return Principal(role=Role(row.role), project_id=row.project_id, host_name=row.host_name)
+    role, project_id, host_name = row
+    return Principal(role=Role(role), project_id=project_id, host_name=host_name)
+
+
+# Built once, columns on the session's connection: with 1,000 idle hosts, each agent's token
+# is checked again at every other long-poll (TokenCache's ttl), 125 times a second; through
+# the ORM that was a quarter of the idle API's CPU.
+_TOKEN = select(TokenRow.role, TokenRow.project_id, TokenRow.host_name).where(
+    TokenRow.sha256 == bindparam("digest"))
 
 
 class TokenCache:

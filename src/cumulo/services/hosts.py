@@ -167,6 +167,10 @@ def heartbeat(s: Session, svc: Services, host_id: str) -> None:
     last = svc.notifier.heartbeats.get(host_id)
     if last is not None and now - last < HEARTBEAT_WRITE_EVERY.total_seconds():
         return
+    # Written `up` by this process already: the flusher writes it (services.pending_beats).
+    if last is not None and svc.notifier.pending_beats.note(host_id):
+        svc.notifier.heartbeats[host_id] = now
+        return
     beat = s.connection().execute(_BEAT, {"host": host_id, "now": datetime.now(UTC)})
     if beat.rowcount == 0:
         # Marked down by the sweep (or unknown): up again, and said so.
@@ -182,6 +186,32 @@ def heartbeat(s: Session, svc: Services, host_id: str) -> None:
 # row tells of a host the sweep marked down.
 _BEAT = (update(HostRow).where(HostRow.id == bindparam("host"), HostRow.state == "up")
          .values(last_seen=bindparam("now")))
+
+
+def write_heartbeats(svc: Services, host_ids: list[str]) -> None:
+    """The beats the API's flusher took (services.pending_beats), in one statement; a host
+    marked down meanwhile (by another API process's sweep) comes back here."""
+    now = datetime.now(UTC)
+    try:
+        with svc.db.session() as s:
+            beat = s.connection().execute(_BEATS, {"hosts": host_ids, "now": now})
+            if beat.rowcount == len(host_ids):
+                return
+            for host_id, name in s.execute(_NOT_UP, {"hosts": host_ids}):
+                s.execute(update(HostRow).where(HostRow.id == host_id)
+                          .values(last_seen=now, state="up"))
+                _came_back(s, host_id, name)
+    except Exception:
+        for host_id in host_ids:  # not written: their next beats are, at once
+            svc.notifier.heartbeats.pop(host_id, None)
+        raise
+
+
+_BEATS = (update(HostRow)
+          .where(HostRow.id.in_(bindparam("hosts", expanding=True)), HostRow.state == "up")
+          .values(last_seen=bindparam("now")))
+_NOT_UP = select(HostRow.id, HostRow.name).where(
+    HostRow.id.in_(bindparam("hosts", expanding=True)), HostRow.state != "up")
 
 
 def _came_back(s: Session, host_id: str, name: str) -> None:

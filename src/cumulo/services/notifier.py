@@ -26,6 +26,7 @@ from typing import Any
 from cumulo.protocol import DnsRecord
 from cumulo.services.agent_memory import AgentMemory
 from cumulo.services.dns_journal import DnsJournal
+from cumulo.services.pending_beats import PendingBeats
 
 # DNS-only changes (another host's instance joined or left a network) wake a host at most
 # this often: a burst of creates then costs each host one fetch per period, not one per create.
@@ -70,6 +71,7 @@ class Notifier:
         # when this process last wrote its heartbeat (time.monotonic()).
         self.host_ids: dict[str, str] = {}
         self.heartbeats: dict[str, float] = {}
+        self.pending_beats = PendingBeats()  # beats the API's flusher writes together
         self.agents = AgentMemory()  # the hosts' recent views, DNS records, network facts
         self._versions: dict[str, int] = defaultdict(int)
         self._content: dict[str, int] = defaultdict(int)
