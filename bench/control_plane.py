@@ -33,11 +33,11 @@ from sqlalchemy import create_engine, func, or_, select, text
 from bench import cp_http, open_loop
 from bench.cloud import free_port, percentile
 from bench.cp_http import TYPE, ZONE
-from cumulo.config import Settings
+from cumulo.config import NetworkSettings, Settings
 from cumulo.db.engine import Database
 from cumulo.db.migrate import upgrade
 from cumulo.db.tables import HostRow, InstanceRow
-from cumulo.services import images, quotas
+from cumulo.services import images, networks, quotas
 from cumulo.services.auth import ensure_default_project, issue_token
 from cumulo.services.context import Principal, Role, Services
 from cumulo.services.hosts import HOST_DOWN_AFTER
@@ -124,6 +124,11 @@ def _fake_image(root: Path) -> Path:
     return d
 
 
+# A project's default network is a /20 (4,094 addresses): a larger run (1,000 hosts' 10,000
+# instances) gets a /16 one, made before the API starts.
+DEFAULT_NETWORK_HOLDS = 4000
+
+
 def prepare(url: str, sc: Scale, work: Path) -> tuple[str, list[dict[str, str]]]:
     """Schema, project, image, tokens. Returns (admin token, [{name, token}] per host)."""
     db = Database(url)
@@ -134,6 +139,10 @@ def prepare(url: str, sc: Scale, work: Path) -> tuple[str, list[dict[str, str]]]
             ensure_default_project(s)
             admin = issue_token(s, Role.ADMIN, description="bench")
         images.register_builtin(svc, _fake_image(work))
+        if sc.instances > DEFAULT_NETWORK_HOLDS:  # its default network, before the API makes
+            big = Settings(network=NetworkSettings(default_prefix=16))  # a /20 of its own
+            networks.ensure_defaults(replace(svc, settings=big), Principal(role=Role.ADMIN),
+                                     "default", [ZONE])
         # Limits far above the run, as numbers: every create still pays for its quota check.
         quotas.set_limits(svc, Principal(role=Role.ADMIN), "default",
                           dict.fromkeys(quotas.UNITS, str(10**9)))
