@@ -2,7 +2,7 @@
 
 Every long-poll answer and report is a heartbeat (services.hosts.heartbeat), written at most
 every HEARTBEAT_WRITE_EVERY per host: with 1,000 idle hosts polling every 4 s, 250 write
-transactions a second, a fifth of an idle API's CPU. While an API process runs its flusher
+transactions a second, 13 % of an idle API's CPU. While an API process runs its flusher
 (api/app.py), the beat of a host it already wrote `up` is only noted here, and the flusher
 writes every noted beat in one statement each FLUSH_EVERY_S (hosts.write_heartbeats). A
 host's first beat in a process (or its first since this process marked it down) is still
