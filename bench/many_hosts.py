@@ -84,16 +84,11 @@ def _hosts_cpu_s(procs: list[subprocess.Popen[bytes]]) -> float:
     return sum(_cpu_s(p.pid) for p in procs)
 
 
-# Busy, at the largest count (issue 24 item 2): the control-plane run (closed loop, then the
-# open loop at 25/50/80 % of its saturation) with this many instances.
-BUSY_INSTANCES = {False: 10_000, True: 1_000}  # by `quick`
-BUSY_OPEN_LOOP_S = {False: 10.0, True: 4.0}
-
-
 def busy(n: int, quick: bool, work: Path) -> dict[str, Any]:
-    """The control-plane section's measure (SQLite) with n simulated hosts."""
-    sc = Scale(instances=BUSY_INSTANCES[quick], hosts=n, open_loop_s=BUSY_OPEN_LOOP_S[quick],
-               timeout_s=1800.0)
+    """The control-plane section's measure (SQLite: closed loop, deletes, then the open loop
+    at 25/50/80 % of its saturation) with n simulated hosts (issue 24 item 2)."""
+    sc = Scale(instances=1_000 if quick else 10_000, hosts=n,
+               open_loop_s=4.0 if quick else 10.0, timeout_s=1800.0)
     return measure(f"sqlite:///{work / 'cumulo.db'}", sc, work)
 
 

@@ -74,7 +74,7 @@ async def _sweep(svc: Services) -> None:
             log.warning("host_sweep_failed", error=str(e))
 
 
-async def write_heartbeats(svc: Services) -> None:
+async def _flush_heartbeats(svc: Services) -> None:
     """Write the agents' noted heartbeats together (services.pending_beats), for as long as
     the API runs; what is noted when it stops is written then."""
     beats = svc.notifier.pending_beats
@@ -126,7 +126,7 @@ async def running(*loops: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     svc = app.state.services
-    async with threads.lifespan(app), running(_sweep(svc), write_heartbeats(svc), conduct(svc)):
+    async with threads.lifespan(app), running(_sweep(svc), _flush_heartbeats(svc), conduct(svc)):
         yield
 
 

@@ -171,40 +171,31 @@ def heartbeat(s: Session, svc: Services, host_id: str) -> None:
     if last is not None and svc.notifier.pending_beats.note(host_id):
         svc.notifier.heartbeats[host_id] = now
         return
-    beat = s.connection().execute(_BEAT, {"host": host_id, "now": datetime.now(UTC)})
-    if beat.rowcount == 0:
-        # Marked down by the sweep (or unknown): up again, and said so.
-        name = s.scalar(select(HostRow.name).where(HostRow.id == host_id))
-        if name is not None:
-            s.execute(update(HostRow).where(HostRow.id == host_id)
-                      .values(last_seen=datetime.now(UTC), state="up"))
-            _came_back(s, host_id, name)
+    _write_beats(s, [host_id])
     svc.notifier.heartbeats[host_id] = now
 
 
-# A host that is up stays up: the common heartbeat is one statement, and one that matches no
-# row tells of a host the sweep marked down.
-_BEAT = (update(HostRow).where(HostRow.id == bindparam("host"), HostRow.state == "up")
-         .values(last_seen=bindparam("now")))
-
-
 def write_heartbeats(svc: Services, host_ids: list[str]) -> None:
-    """The beats the API's flusher took (services.pending_beats), in one statement; a host
-    marked down meanwhile (by another API process's sweep) comes back here."""
-    now = datetime.now(UTC)
+    """The beats the API's flusher took (services.pending_beats), in one statement."""
     try:
         with svc.db.session() as s:
-            beat = s.connection().execute(_BEATS, {"hosts": host_ids, "now": now})
-            if beat.rowcount == len(host_ids):
-                return
-            for host_id, name in s.execute(_NOT_UP, {"hosts": host_ids}):
-                s.execute(update(HostRow).where(HostRow.id == host_id)
-                          .values(last_seen=now, state="up"))
-                _came_back(s, host_id, name)
+            _write_beats(s, host_ids)
     except Exception:
         for host_id in host_ids:  # not written: their next beats are, at once
             svc.notifier.heartbeats.pop(host_id, None)
         raise
+
+
+def _write_beats(s: Session, host_ids: list[str]) -> None:
+    """The hosts are alive. Hosts that are up stay up: one statement for all of them; one it
+    matched no row of was marked down (by a sweep, of this or another API process): up
+    again, and said so."""
+    now = datetime.now(UTC)
+    if s.connection().execute(_BEATS, {"hosts": host_ids, "now": now}).rowcount == len(host_ids):
+        return
+    for host_id, name in s.execute(_NOT_UP, {"hosts": host_ids}):
+        s.execute(update(HostRow).where(HostRow.id == host_id).values(last_seen=now, state="up"))
+        _came_back(s, host_id, name)
 
 
 _BEATS = (update(HostRow)
