@@ -1,4 +1,5 @@
-"""The agent's HTTP client for the API (the only way an agent learns or tells anything)."""
+"""The agent's HTTP client for the API (the only way an agent learns or tells anything, but
+that it is alive: see cumulo.beats)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from cumulo import beats
 from cumulo.protocol import (
     Assignments,
     HostRegistration,
@@ -35,6 +37,13 @@ def _client(url: str, token: str,
     )
 
 
+def _beat_address(url: str) -> tuple[str, int] | None:
+    if url.startswith("unix:"):
+        return None
+    u = httpx.URL(url)
+    return (u.host, u.port or (443 if u.scheme == "https" else 80)) if u.host else None
+
+
 class ApiClient:
     """`url`: one API URL, or several separated by commas (API processes sharing a database):
     a request that cannot reach one moves the client on to the next, and the agent's loop
@@ -43,9 +52,17 @@ class ApiClient:
     def __init__(self, url: str, token: str,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         """`transport`: how to reach the API other than by `url` (tests: in process)."""
-        self._clients = [_client(u.strip(), token, transport)
-                         for u in url.split(",") if u.strip()]
+        urls = [u.strip() for u in url.split(",") if u.strip()]
+        self._clients = [_client(u, token, transport) for u in urls]
+        self._beat_addresses = [None if transport is not None else _beat_address(u)
+                                for u in urls]
         self._current = 0
+        self.beat_key = beats.key_of(token)
+
+    def beat_address(self) -> tuple[str, int] | None:
+        """Where the API process this client talks to hears beats: UDP at its HTTP host and
+        port (None: it is reached over a unix socket or in process)."""
+        return self._beat_addresses[self._current]
 
     @property
     def _http(self) -> httpx.AsyncClient:

@@ -22,6 +22,7 @@ import uvicorn
 
 import cumulo
 from cumulo.agent.api_client import ApiClient
+from cumulo.agent.beat_sender import send_beats
 from cumulo.agent.console_server import make_app
 from cumulo.agent.counters import RECONCILE_SECONDS
 from cumulo.agent.disk_space import DiskGauge
@@ -251,6 +252,7 @@ async def agent_loop(
     poll: asyncio.Task[Assignments] | None = None
     riding: Report | None = None  # the report of the pass an answer caused: on the next poll
     last_resync = time.monotonic()
+    beating = asyncio.create_task(send_beats(client, reg.name, stop))
     try:
         while not stop.is_set():
             try:
@@ -320,6 +322,9 @@ async def agent_loop(
                 _forget_reports(rec, vrec, disk, mrec)
                 await _sleep_or_stop(stop, 1.0)
     finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
         if poll is not None:
             poll.cancel()
             with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):

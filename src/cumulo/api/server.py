@@ -14,7 +14,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
-from cumulo.api import heap
+from cumulo.api import beat_listener, heap
 from cumulo.services.notifier import Notifier
 
 
@@ -30,8 +30,10 @@ class Server(uvicorn.Server):
 
 def serve(app: FastAPI, notifier: Notifier, port: int, *, access_log: bool = True,
           host: str = "127.0.0.1") -> None:
-    """Serve `app` on `host`:`port` until SIGINT or SIGTERM."""
+    """Serve `app` on `host`:`port` until SIGINT or SIGTERM, and hear the hosts' beats at
+    the same address and port number over UDP (api/beat_listener.py)."""
     heap.settle()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             access_log=access_log)
-    Server(config, notifier).run()
+    with beat_listener.listening(app.state.services, host, port):
+        Server(config, notifier).run()

@@ -31,6 +31,7 @@ def parse_dns_claims(claims: list[str]) -> dict[str, tuple[str, int]]:
 def networks(s: Session, svc: Services, host_id: str, network_ids: set[str],
              claims: dict[str, tuple[str, int]]) -> list[NetworkRef]:
     """The host's networks, each with its DNS records (see dns_journal)."""
+    svc.notifier.answering(host_id)  # this answer brings what a due wake-up was for
     journal = svc.notifier.dns
     journal.subscribe(host_id, network_ids)  # first: a change after this wakes the host
     deltas = {}

@@ -45,6 +45,15 @@ DNS_WAKE_GRAIN_S = 0.05
 # host new to the network (most of them, in a network that grows) queued up to 100 long-poll
 # answers (~2 ms each) in front of every request of that moment (docs/benchmarks.md, the
 # open-loop stall).
+# Either window is stretched for a change that wakes many hosts, so that such wake-ups cost
+# the API at most about WAKES_PER_S long-poll answers a second: a network on 1,000 hosts was
+# woken whole within 0.5-3 s at every create or delete, more answers than the API's event loop
+# could give on top of the hosts' own polls (250 a second at 1,000 hosts), and hosts whose polls
+# waited 12 s in its queue were marked down (docs/benchmarks.md, Findings, "Hosts marked down
+# at 1,000 hosts"). Past LONG_POLL_MAX most hosts get the change first in their next periodic
+# answer, which drops their wake-up (`answering`). 200: a network of up to 100 hosts keeps the
+# windows above.
+WAKES_PER_S = 200.0
 # Content changes remembered per host, with the instances each one touched. A cached view older
 # than that many changes is rebuilt whole.
 CHANGE_LOG = 64
@@ -190,20 +199,27 @@ class Notifier:
 
     def _notify_soon(self, host_ids: Iterable[str | None], within: float | None = None) -> None:
         """Wake these hosts within `within` s (None: within the coalescing period, from
-        DNS_SPREAD_FROM of it on). A host already due by then is woken once, when due."""
+        DNS_SPREAD_FROM of it on), or within a longer window when they are many (see
+        WAKES_PER_S), also from DNS_SPREAD_FROM of it on. A host already due by then is woken
+        once, when due."""
+        hosts = [h for h in host_ids if h]
+        base = self.coalesce_s if within is None else within
+        window = max(base, len(hosts) / WAKES_PER_S)
+        spread_from = DNS_SPREAD_FROM if within is None or window > within else 0.0
         now = time.monotonic()
         with self._lock:
-            for h in host_ids:
-                if not h:
-                    continue
+            for h in hosts:
                 due = self._soon.get(h)
-                if within is None:
-                    if due is None:
-                        self._soon[h] = now + self.coalesce_s * random.uniform(DNS_SPREAD_FROM,
-                                                                               1.0)
-                elif due is None or due > now + within:
-                    self._soon[h] = now + within * random.random()
+                if due is None or (within is not None and due > now + window):
+                    self._soon[h] = now + window * random.uniform(spread_from, 1.0)
             self._arm(now)
+
+    def answering(self, host_id: str) -> None:
+        """The host is being answered, with every DNS change journaled from now on (call it
+        before reading the journal): a wake-up still due for it would only make it ask again
+        for nothing new."""
+        with self._lock:
+            self._soon.pop(host_id, None)
 
     def _arm(self, now: float) -> None:
         """Under the lock: a timer for the earliest wake-up (the one running is replaced when a

@@ -10,7 +10,7 @@ import pytest
 from cumulo.agent.dns_book import DnsBook
 from cumulo.domain.instance import Action
 from cumulo.protocol import Assignments, DnsRecord, NetworkRef, Observation
-from cumulo.services import agent_networks, agents, instances, networks
+from cumulo.services import agent_networks, agents, instances, networks, notifier
 from cumulo.services.context import Principal, Role, Services
 from cumulo.services.dns_journal import Delta, DnsJournal
 from cumulo.services.notifier import Notifier
@@ -269,9 +269,10 @@ def test_a_change_within_a_window_wakes_each_host_once_within_it_not_all_togethe
     clock = _Clock()
     monkeypatch.setattr("cumulo.services.notifier.time.monotonic", clock.monotonic)
     monkeypatch.setattr("cumulo.services.notifier.threading.Timer", clock.timer)
-    monkeypatch.setattr("cumulo.services.notifier.random.uniform", lambda _a, _b: 1.0)
     shares = iter([0.5, 0.1, 0.9])  # the hosts' shares of the window, in (set) order
-    monkeypatch.setattr("cumulo.services.notifier.random.random", lambda: next(shares))
+    # A coalesced wake-up at the end of its period; one within a window anywhere in it.
+    monkeypatch.setattr("cumulo.services.notifier.random.uniform",
+                        lambda low, _high: next(shares) if low == 0 else 1.0)
     n = Notifier(coalesce_s=3.0)
     for h in ("h1", "h2", "h3", "creator"):
         n.dns.subscribe(h, [NET])
@@ -291,6 +292,45 @@ def test_a_change_within_a_window_wakes_each_host_once_within_it_not_all_togethe
 
     n.dns_changed(NET, added=[C], skip="creator", within=0)  # 0: every other host now
     assert sorted(h for h, at in woken[3:]) == ["h1", "h2", "h3"]
+
+
+def test_a_change_for_many_hosts_is_spread_wider_and_an_answer_drops_its_wake_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr("cumulo.services.notifier.time.monotonic", clock.monotonic)
+    monkeypatch.setattr("cumulo.services.notifier.threading.Timer", clock.timer)
+    n = Notifier(coalesce_s=3.0)
+    peers = [f"h{i}" for i in range(1000)]
+    for h in [*peers, "creator"]:
+        n.dns.subscribe(h, [NET])
+    woken: list[tuple[str, float]] = []
+    monkeypatch.setattr(n, "_wake", lambda h, content: woken.append((h, clock.now - 100.0)))
+
+    # 1,000 hosts to wake: over 1,000 / WAKES_PER_S = 5 s, not within 3 s (or 0.5 s) ...
+    window = len(peers) / notifier.WAKES_PER_S
+    assert window > max(n.coalesce_s, 0.5)
+    n.dns_changed(NET, added=[A], skip="creator", within=0.5)
+    n.dns_changed(NET, added=[B], skip="creator")
+    # ... and the hosts answered meanwhile (their own polls ended) are not woken at all.
+    for h in peers[:600]:
+        n.answering(h)
+    while clock.timers:
+        clock.run_next()
+    assert sorted(h for h, _ in woken) == sorted(peers[600:])
+    at = [t for _, t in woken]
+    assert window * notifier.DNS_SPREAD_FROM - notifier.DNS_WAKE_GRAIN_S <= min(at)
+    assert max(at) <= window
+    # A network on few hosts keeps the short window: 10 hosts are woken within 0.5 s.
+    few = [f"s{i}" for i in range(10)]
+    for h in few:
+        n.dns.subscribe(h, [OTHER_NET])
+    woken.clear()
+    start = clock.now - 100.0
+    n.dns_changed(OTHER_NET, added=[C], within=0.5)
+    while clock.timers:
+        clock.run_next()
+    assert sorted(h for h, _ in woken) == sorted(few)
+    assert max(t for _, t in woken) - start <= 0.5
 
 
 def test_parse_dns_claims_ignores_what_is_malformed() -> None:
