@@ -14,7 +14,7 @@ from sqlalchemy import String, and_, bindparam, case, cast, false, func, select,
 from sqlalchemy.orm import Session
 
 from cumulo.config import Settings
-from cumulo.db.tables import DedicatedHostRow, HostRow, InstanceRow, MigrationRow, TokenRow
+from cumulo.db.tables import DedicatedHostRow, HostRow, InstanceRow, MigrationRow
 from cumulo.domain.arch import Arch
 from cumulo.domain.errors import Conflict, InvalidInput
 from cumulo.domain.ids import new_id
@@ -24,7 +24,7 @@ from cumulo.protocol import HostDisk
 from cumulo.scheduler.placement import HostCapacity
 from cumulo.services import events, segments, storage_down
 from cumulo.services.auth import require_agent
-from cumulo.services.context import Principal, Role, Services
+from cumulo.services.context import Principal, Services
 
 # What a registration may say besides its numbers, as the columns hold it: shown to users
 # (`cumulo zone list`) and, for agent_url, where the API fetches consoles from.
@@ -183,19 +183,6 @@ def beat_heard(svc: Services, host_id: str) -> bool:
         return False
     svc.notifier.heartbeats[host_id] = time.monotonic()
     return True
-
-
-def beat_keys(svc: Services, name: str) -> tuple[str, list[bytes]] | None:
-    """(id, HMAC keys) of the registered host `name`: the digests of its agent tokens (see
-    cumulo.beats). None: no such host, or no agent token of it."""
-    with svc.db.session() as s:
-        rows = s.connection().execute(_BEAT_KEYS, {"name": name}).all()
-    return (rows[0][0], [digest.encode() for _, digest in rows]) if rows else None
-
-
-_BEAT_KEYS = (select(HostRow.id, TokenRow.sha256)
-              .join(TokenRow, TokenRow.host_name == HostRow.name)
-              .where(HostRow.name == bindparam("name"), TokenRow.role == Role.AGENT.value))
 
 
 def write_heartbeats(svc: Services, host_ids: list[str]) -> None:

@@ -80,6 +80,9 @@ class Notifier:
         # when this process last wrote its heartbeat (time.monotonic()).
         self.host_ids: dict[str, str] = {}
         self.heartbeats: dict[str, float] = {}
+        # Host name -> (id, HMAC key of the token its last answered long-poll carried, when):
+        # whose UDP beats this process can verify (api/beat_listener.py), without a read.
+        self.beat_keys: dict[str, tuple[str, bytes, float]] = {}
         self.pending_beats = PendingBeats()  # beats the API's flusher writes together
         self.agents = AgentMemory()  # the hosts' recent views, DNS records, network facts
         self._versions: dict[str, int] = defaultdict(int)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
 
+from cumulo import beats
 from cumulo.api.deps import Svc, Who
 from cumulo.api.openapi import raises
 from cumulo.api.threads import service
@@ -87,9 +89,17 @@ async def _answer(request: Request, svc: Services, who: Principal, name: str, si
         version = woken
     desired = await service(svc, agents.assignments, svc, who, name, dns, have)
     desired.version = version
+    _keep_beat_key(svc, request, name, host_id)
     # Serialized here: FastAPI would validate the model it was just built from once more
     # (the busiest call of the API: every agent, at every change).
     return Response(desired.model_dump_json(), media_type="application/json")
+
+
+def _keep_beat_key(svc: Services, request: Request, name: str, host_id: str) -> None:
+    """The key of the host's UDP beats: the token this answered poll carried, which the
+    agent signs its beats with (cumulo.beats); kept fresh by every answer."""
+    token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    svc.notifier.beat_keys[name] = (host_id, beats.key_of(token), time.monotonic())
 
 
 async def unless_gone(request: Request, waiting: Coroutine[Any, Any, T]) -> T | None:
