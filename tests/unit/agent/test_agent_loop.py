@@ -40,6 +40,9 @@ class Client:
     async def register(self, reg: HostRegistration) -> str:
         return "h"
 
+    def beat_address(self) -> None:
+        return None  # an API in process: no UDP beats
+
     async def assignments(self, host: str, since: int, wait: float,
                           dns: list[str] | None = None, have: str | None = None,
                           report: Report | None = None) -> Assignments:

@@ -198,6 +198,9 @@ async def test_agent_loop_reports_volumes_and_cold_attaches(tmp_path: Path) -> N
         async def register(self, reg: HostRegistration) -> str:
             return "h"
 
+        def beat_address(self) -> None:
+            return None  # an API in process: no UDP beats
+
         async def assignments(self, host: str, since: int, wait: float,
                               dns: list[str] | None = None, have: str | None = None,
                               report: Report | None = None) -> Assignments:
