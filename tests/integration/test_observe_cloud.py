@@ -85,6 +85,12 @@ def test_api_and_agent_metrics(observed_cloud: tuple[Cloud, int]) -> None:
     api = scrape(f"http://127.0.0.1:{c.port}/metrics")
     assert value(api, "cumulo_instances", state="running", zone="local-1a") == 1
     assert value(api, "cumulo_host_vcpus_used", host="local", zone="local-1a") == 1
+    # The agent's UDP heartbeats reach the API and count (one every 3 s).
+    deadline = time.monotonic() + 15
+    while not (value(api, "cumulo_host_beats_total", outcome="counted") or 0) >= 1:
+        assert time.monotonic() < deadline, "no heartbeat of the agent counted over UDP"
+        time.sleep(0.5)
+        api = scrape(f"http://127.0.0.1:{c.port}/metrics")
     agent_url = f"http://127.0.0.1:{agent_port}/metrics"
     assert httpx.get(agent_url, timeout=30).status_code == 401
     agent = scrape(agent_url)

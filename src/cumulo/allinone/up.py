@@ -350,8 +350,9 @@ def _run_locked(
 
     @contextlib.asynccontextmanager
     async def lifespan(served: FastAPI) -> AsyncIterator[None]:
-        # The API's own worker threads, and its bare-metal conductor.
-        async with threads.lifespan(served), app_mod.running(app_mod.conduct(svc)):
+        # The API's own worker threads and what it runs beside its requests (host sweeps,
+        # heartbeat flusher, bare-metal conductor): this lifespan replaces the app's.
+        async with threads.lifespan(served), app_mod.background(svc):
             started = datetime.now(UTC)
             for supervisor in supervisors:
                 supervisor.start()

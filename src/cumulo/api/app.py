@@ -123,10 +123,15 @@ async def running(*loops: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
                 await task
 
 
+def background(svc: Services) -> contextlib.AbstractAsyncContextManager[None]:
+    """What every API process runs beside its requests: the sweeps, the heartbeat flusher
+    and the bare-metal conductor (a lifespan of its own, as `cumulo up`'s, includes it)."""
+    return running(_sweep(svc), _flush_heartbeats(svc), conduct(svc))
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    svc = app.state.services
-    async with threads.lifespan(app), running(_sweep(svc), _flush_heartbeats(svc), conduct(svc)):
+    async with threads.lifespan(app), background(app.state.services):
         yield
 
 

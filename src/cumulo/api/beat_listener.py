@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import structlog
 
 from cumulo import beats
-from cumulo.services import hosts
+from cumulo.services import counters, hosts
 from cumulo.services.context import Services
 
 log = structlog.get_logger()
@@ -45,6 +45,11 @@ class BeatListener:
 
     def hear(self, data: bytes) -> bool:
         """One datagram: True when it counted as its host's heartbeat."""
+        counted = self._counts(data)
+        (counters.HOST_BEATS_COUNTED if counted else counters.HOST_BEATS_DROPPED).inc()
+        return counted
+
+    def _counts(self, data: bytes) -> bool:
         parsed = beats.decode(data)
         if parsed is None:
             return False

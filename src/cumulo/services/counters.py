@@ -12,4 +12,10 @@ IMAGE_BYTES = Counter(
     ["direction"], registry=None)
 IMAGE_BYTES_IN = IMAGE_BYTES.labels(direction="in")
 
-ALL = (IMAGE_BYTES,)
+HOST_BEATS = Counter(
+    "cumulo_host_beats", "Hosts' UDP heartbeats (cumulo.beats): counted, or dropped (malformed, "
+    "forged, replayed, of a host not answered here lately)", ["outcome"], registry=None)
+HOST_BEATS_COUNTED = HOST_BEATS.labels(outcome="counted")
+HOST_BEATS_DROPPED = HOST_BEATS.labels(outcome="dropped")
+
+ALL = (IMAGE_BYTES, HOST_BEATS)
