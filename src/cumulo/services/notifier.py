@@ -47,12 +47,11 @@ DNS_WAKE_GRAIN_S = 0.05
 # open-loop stall).
 # Either window is stretched for a change that wakes many hosts, so that such wake-ups cost
 # the API at most about WAKES_PER_S long-poll answers a second: a network on 1,000 hosts was
-# woken whole within 0.5-3 s at every create or delete, more answers than the API's event loop
-# could give on top of the hosts' own polls (250 a second at 1,000 hosts), and hosts whose polls
-# waited 12 s in its queue were marked down (docs/benchmarks.md, Findings, "Hosts marked down
-# at 1,000 hosts"). Past LONG_POLL_MAX most hosts get the change first in their next periodic
-# answer, which drops their wake-up (`answering`). 200: a network of up to 100 hosts keeps the
-# windows above.
+# woken whole within 0.5-3 s at every create or delete, up to 2,000 answers a second asked of
+# an API that also answers the hosts' own polls (250 a second at 1,000 hosts; docs/
+# benchmarks.md, Findings, "Hosts marked down at 1,000 hosts"). Past LONG_POLL_MAX most hosts
+# get the change first in their next periodic answer, which drops their wake-up
+# (`answering`). 200: a network of up to 100 hosts keeps the windows above.
 WAKES_PER_S = 200.0
 # Content changes remembered per host, with the instances each one touched. A cached view older
 # than that many changes is rebuilt whole.
