@@ -217,9 +217,9 @@ class Notifier:
             self._arm(now)
 
     def answering(self, host_id: str) -> None:
-        """The host is being answered, with every DNS change journaled from now on (call it
-        before reading the journal): a wake-up still due for it would only make it ask again
-        for nothing new."""
+        """The host is being answered, with every DNS change journaled so far (call it before
+        reading the journal): a wake-up still due for it would only make it ask again for
+        nothing new. A change journaled after this call schedules its own wake-up."""
         with self._lock:
             self._soon.pop(host_id, None)
 
