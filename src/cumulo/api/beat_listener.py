@@ -79,17 +79,14 @@ class BeatListener:
 def listening(svc: Services, host: str, port: int) -> Iterator[BeatListener | None]:
     """Hear beats at `host`:`port` (UDP) while the context lasts. None when that address
     cannot be bound: hosts are then alive by their long-polls alone."""
+    sock: socket.socket | None = None
     try:
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         sock = socket.socket(family, socket.SOCK_DGRAM)
-    except OSError as e:
-        log.warning("beats_not_heard", address=f"{host}:{port}", error=str(e))
-        yield None
-        return
-    try:
         sock.bind(address)
     except OSError as e:
-        sock.close()
+        if sock is not None:
+            sock.close()
         log.warning("beats_not_heard", address=f"{host}:{port}", error=str(e))
         yield None
         return

@@ -167,18 +167,16 @@ def heartbeat(s: Session, svc: Services, host_id: str) -> None:
     last = svc.notifier.heartbeats.get(host_id)
     if last is not None and now - last < HEARTBEAT_WRITE_EVERY.total_seconds():
         return
-    # Written `up` by this process already: the flusher writes it (services.pending_beats).
-    if last is not None and svc.notifier.pending_beats.note(host_id):
+    if not beat_heard(svc, host_id):
+        _write_beats(s, [host_id])
         svc.notifier.heartbeats[host_id] = now
-        return
-    _write_beats(s, [host_id])
-    svc.notifier.heartbeats[host_id] = now
 
 
 def beat_heard(svc: Services, host_id: str) -> bool:
-    """A verified UDP beat of the host (cumulo.beats): noted for the flusher, as a long-poll's
-    beat is, when this process has written the host up already. False: ignored; its next
-    long-poll answer writes it, and its coming back when it was down (with its events)."""
+    """A beat of the host (a long-poll's, or a verified UDP one: cumulo.beats), noted for the
+    flusher (services.pending_beats) when this process has written the host up already.
+    False: not noted; the caller writes it, or (a UDP beat) its next long-poll answer does,
+    with its coming back when it was down (and its events)."""
     if host_id not in svc.notifier.heartbeats or not svc.notifier.pending_beats.note(host_id):
         return False
     svc.notifier.heartbeats[host_id] = time.monotonic()
